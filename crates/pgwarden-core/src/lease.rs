@@ -1,0 +1,214 @@
+//! Leases: one issued database user with its TTL arithmetic and lifecycle state.
+
+use crate::{CoreError, RoleDef, Ttl, names::random_alphanumeric};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use time::{OffsetDateTime, macros::format_description};
+
+/// Extra life given to the database's `VALID UNTIL` beyond the lease's end, as Vault does.
+pub const VALID_UNTIL_SLACK: Duration = Duration::from_secs(5);
+
+/// Where a lease is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseState {
+    /// Written before the user is created; rolled back if found at start-up.
+    Pending,
+    /// The user exists and is handed out.
+    Active,
+    /// Revocation has been asked for and has not succeeded yet.
+    Revoking,
+}
+
+impl LeaseState {
+    /// The state's name as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseState::Pending => "pending",
+            LeaseState::Active => "active",
+            LeaseState::Revoking => "revoking",
+        }
+    }
+
+    /// The state named `text`, if any.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => LeaseState::Pending,
+            "active" => LeaseState::Active,
+            "revoking" => LeaseState::Revoking,
+            _ => return None,
+        })
+    }
+}
+
+/// One issued database user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// `<mount>/creds/<role>/<random>`.
+    pub id: String,
+    /// The user's name in the target database.
+    pub username: String,
+    /// Who asked for it (a token's display name).
+    pub owner: String,
+    /// The mount it was issued from.
+    pub mount: String,
+    /// The role as it was when the lease was issued; revocation uses this snapshot.
+    pub role: RoleDef,
+    /// Lifecycle state.
+    pub state: LeaseState,
+    /// When it was issued.
+    pub issued_at: OffsetDateTime,
+    /// When it ends unless renewed.
+    pub expires_at: OffsetDateTime,
+    /// Hard end: issue time plus the role's max TTL.
+    pub max_expires_at: OffsetDateTime,
+    /// When it was last renewed.
+    pub last_renewal: Option<OffsetDateTime>,
+    /// Failed revocation attempts so far.
+    pub revoke_attempts: u32,
+    /// The last revocation error, for lookup and operators.
+    pub last_error: Option<String>,
+}
+
+/// The outcome of a planned renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    /// The new end of the lease.
+    pub expires_at: OffsetDateTime,
+    /// Seconds from now to the new end.
+    pub ttl: Ttl,
+    /// The increment asked for, when it was cut short by the max TTL.
+    pub capped_from: Option<Ttl>,
+}
+
+impl Lease {
+    /// A new pending lease for `username` under `role`, issued `now` for `ttl` (capped by max TTL).
+    pub fn new_pending(
+        mount: &str,
+        role: &RoleDef,
+        username: String,
+        owner: &str,
+        ttl: Ttl,
+        now: OffsetDateTime,
+    ) -> Lease {
+        let max_expires_at = now + role.max_ttl.as_duration();
+        let ttl = if ttl.is_zero() { role.default_ttl } else { ttl };
+        Lease {
+            id: format!("{mount}/creds/{}/{}", role.name, random_alphanumeric(24)),
+            username,
+            owner: owner.to_string(),
+            mount: mount.to_string(),
+            role: role.clone(),
+            state: LeaseState::Pending,
+            issued_at: now,
+            expires_at: (now + ttl.as_duration()).min(max_expires_at),
+            max_expires_at,
+            last_renewal: None,
+            revoke_attempts: 0,
+            last_error: None,
+        }
+    }
+
+    /// Seconds left until the lease ends (zero once ended).
+    pub fn remaining(&self, now: OffsetDateTime) -> Ttl {
+        Ttl::from_secs((self.expires_at - now).whole_seconds().max(0) as u64)
+    }
+
+    /// The lease's new end after renewing by `increment` at `now` (zero means the role's
+    /// default TTL), never past the max TTL.
+    pub fn plan_renewal(&self, increment: Ttl, now: OffsetDateTime) -> Result<Renewal, CoreError> {
+        if now >= self.max_expires_at {
+            return Err(CoreError::PastMaxTtl {
+                lease_id: self.id.clone(),
+            });
+        }
+        let increment = if increment.is_zero() {
+            self.role.default_ttl
+        } else {
+            increment
+        };
+        let wanted = now + increment.as_duration();
+        let (expires_at, capped_from) = if wanted > self.max_expires_at {
+            (self.max_expires_at, Some(increment))
+        } else {
+            (wanted, None)
+        };
+        Ok(Renewal {
+            expires_at,
+            ttl: Ttl::from_secs((expires_at - now).whole_seconds().max(0) as u64),
+            capped_from,
+        })
+    }
+}
+
+/// The `VALID UNTIL` text for a lease ending at `expires_at`: five seconds later, in UTC with an
+/// explicit offset, e.g. `2026-11-22 10:00:05+00`.
+pub fn valid_until(expires_at: OffsetDateTime) -> String {
+    let at = (expires_at + VALID_UNTIL_SLACK).to_offset(time::UtcOffset::UTC);
+    at.format(format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second]+00"
+    ))
+    .expect("a UTC timestamp always formats")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RoleSpec;
+    use time::macros::datetime;
+
+    fn role() -> RoleDef {
+        RoleSpec {
+            db_name: Some("appdb".into()),
+            preset: Some(crate::Preset::Readonly),
+            default_ttl: Some(Ttl::from_secs(60)),
+            max_ttl: Some(Ttl::from_secs(300)),
+            ..RoleSpec::default()
+        }
+        .into_def("ro")
+        .unwrap()
+    }
+
+    const T0: OffsetDateTime = datetime!(2026-11-22 10:00:00 UTC);
+
+    #[test]
+    fn new_lease_uses_default_ttl_and_vault_id_shape() {
+        let lease = Lease::new_pending("database", &role(), "u".into(), "root", Ttl::default(), T0);
+        assert_eq!(lease.expires_at, T0 + Duration::from_secs(60));
+        assert_eq!(lease.max_expires_at, T0 + Duration::from_secs(300));
+        let (prefix, random) = lease.id.rsplit_once('/').unwrap();
+        assert_eq!(prefix, "database/creds/ro");
+        assert_eq!(random.len(), 24);
+    }
+
+    #[test]
+    fn renewal_is_capped_at_max_ttl() {
+        let lease = Lease::new_pending("database", &role(), "u".into(), "root", Ttl::default(), T0);
+        let now = T0 + Duration::from_secs(200);
+        let plain = lease.plan_renewal(Ttl::from_secs(50), now).unwrap();
+        assert_eq!((plain.ttl.as_secs(), plain.capped_from), (50, None));
+        let capped = lease.plan_renewal(Ttl::from_secs(3600), now).unwrap();
+        assert_eq!(capped.expires_at, lease.max_expires_at);
+        assert_eq!(capped.ttl.as_secs(), 100);
+        assert_eq!(capped.capped_from, Some(Ttl::from_secs(3600)));
+        let default = lease.plan_renewal(Ttl::default(), now).unwrap();
+        assert_eq!(default.ttl.as_secs(), 60);
+    }
+
+    #[test]
+    fn renewal_past_max_ttl_is_refused() {
+        let lease = Lease::new_pending("database", &role(), "u".into(), "root", Ttl::default(), T0);
+        let err = lease
+            .plan_renewal(Ttl::from_secs(10), T0 + Duration::from_secs(300))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("lease {:?} is past the max TTL, cannot renew", lease.id)
+        );
+    }
+
+    #[test]
+    fn valid_until_adds_slack_and_an_explicit_offset() {
+        assert_eq!(valid_until(T0), "2026-11-22 10:00:05+00");
+    }
+}

@@ -1,0 +1,17 @@
+//! Domain types of pgwarden with no I/O: TTLs, role and connection definitions, leases,
+//! generated names and passwords, and the statement templates that carry them into SQL.
+
+pub mod connection;
+pub mod error;
+pub mod glob;
+pub mod lease;
+pub mod names;
+pub mod role;
+pub mod template;
+pub mod ttl;
+
+pub use connection::ConnectionDef;
+pub use error::CoreError;
+pub use lease::{Lease, LeaseState, Renewal};
+pub use role::{Preset, RoleDef, RoleKind, RoleSpec, Statements};
+pub use ttl::Ttl;

@@ -1,0 +1,114 @@
+//! Vault-style statement templates: `{{name}}` (alias `{{username}}`), `{{password}}` and
+//! `{{expiration}}`. Every substituted value must pass [`is_safe_value`], so nothing
+//! substituted can leave the quotes the template writer put around it.
+
+use crate::{CoreError, names::is_safe_value};
+
+/// The values a template may reference.
+#[derive(Debug, Clone, Copy)]
+pub struct TemplateValues<'a> {
+    /// The generated user name.
+    pub name: &'a str,
+    /// What `{{password}}` becomes (pgwarden passes a SCRAM verifier, never the plaintext).
+    pub password: Option<&'a str>,
+    /// What `{{expiration}}` becomes, e.g. `2026-11-22 10:00:05+00`.
+    pub expiration: Option<&'a str>,
+}
+
+/// Substitutes the placeholders of `statement`; unknown placeholders and unsafe values are errors.
+pub fn render(statement: &str, values: &TemplateValues<'_>) -> Result<String, CoreError> {
+    let mut out = String::with_capacity(statement.len() + 64);
+    let mut rest = statement;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let placeholder = after[..end].trim();
+        let (label, value) = match placeholder {
+            "name" | "username" => ("name", Some(values.name)),
+            "password" => ("password", values.password),
+            "expiration" => ("expiration", values.expiration),
+            other => {
+                return Err(CoreError::UnknownPlaceholder {
+                    placeholder: other.to_string(),
+                });
+            }
+        };
+        let value = value.unwrap_or("");
+        if !is_safe_value(value) {
+            return Err(CoreError::UnsafeValue { placeholder: label });
+        }
+        out.push_str(value);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Checks a template's placeholders without values, so bad templates fail when written, not when used.
+pub fn validate(statement: &str) -> Result<(), CoreError> {
+    render(
+        statement,
+        &TemplateValues {
+            name: "n",
+            password: Some("p"),
+            expiration: Some("e"),
+        },
+    )
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALUES: TemplateValues<'static> = TemplateValues {
+        name: "v-root-app-abc-1",
+        password: Some("SCRAM-SHA-256$4096:s$k:k"),
+        expiration: Some("2026-11-22 10:00:05+00"),
+    };
+
+    #[test]
+    fn substitutes_vault_placeholders() {
+        let sql = render(
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT x TO \"{{ username }}\";",
+            &VALUES,
+        )
+        .unwrap();
+        assert_eq!(
+            sql,
+            "CREATE ROLE \"v-root-app-abc-1\" WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:s$k:k' VALID UNTIL '2026-11-22 10:00:05+00'; GRANT x TO \"v-root-app-abc-1\";"
+        );
+    }
+
+    #[test]
+    fn refuses_values_that_could_escape_quotes() {
+        let values = TemplateValues {
+            name: "x\"; DROP TABLE t; --",
+            ..VALUES
+        };
+        let err = render("DROP ROLE \"{{name}}\"", &values).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "refusing to substitute name: the value has characters outside the safe alphabet"
+        );
+    }
+
+    #[test]
+    fn names_unknown_placeholders() {
+        let err = validate("GRANT {{group}} TO \"{{name}}\"").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown placeholder {{group}} in statement; known: name, username, password, expiration"
+        );
+    }
+
+    #[test]
+    fn leaves_dollar_quoted_bodies_alone() {
+        let sql = render("DO $$ BEGIN RAISE NOTICE '{{name}}'; END $$;", &VALUES).unwrap();
+        assert_eq!(sql, "DO $$ BEGIN RAISE NOTICE 'v-root-app-abc-1'; END $$;");
+    }
+}
