@@ -1,14 +1,6 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Test support for pgwarden: throwaway PostgreSQL clusters started from the installed server
+//! binaries with `scram-sha-256` authentication. The `dev` command uses the same clusters.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod cluster;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use cluster::{PgCluster, SUPERUSER, TestkitError};

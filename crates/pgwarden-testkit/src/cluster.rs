@@ -1,0 +1,388 @@
+//! A PostgreSQL cluster in a temporary directory, on a free loopback port, password-protected
+//! with `scram-sha-256`. When the process runs as root, `initdb` and `postgres` run as the
+//! `postgres` system user. Dropping the cluster shuts the server down and deletes its files.
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, User};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::chown;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a cluster could not be started or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    /// No `initdb`/`postgres` binaries were found.
+    #[error(
+        "no PostgreSQL server binaries found in /usr/lib/postgresql/*/bin or PATH: install them (apt-get install postgresql) or set PGWARDEN_PG_BIN"
+    )]
+    NoBinaries,
+    /// A file-system or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A PostgreSQL tool exited with an error.
+    #[error("{tool} failed ({status}): {output}")]
+    Tool {
+        /// The tool's name.
+        tool: &'static str,
+        /// Its exit status.
+        status: String,
+        /// What it printed.
+        output: String,
+    },
+    /// The server did not start accepting connections in time.
+    #[error("PostgreSQL did not become ready within 30 s; its log:\n{log}")]
+    NotReady {
+        /// The server log.
+        log: String,
+    },
+    /// A SQL command against the cluster failed.
+    #[error("{what}: {source}")]
+    Sql {
+        /// What was being done.
+        what: String,
+        /// The driver's error.
+        source: tokio_postgres::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestkitError {
+    let what = what.into();
+    move |source| TestkitError::Io { what, source }
+}
+
+/// The superuser of every cluster the testkit makes.
+pub const SUPERUSER: &str = "postgres";
+
+/// A running throwaway PostgreSQL server.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    password: String,
+    server: Option<Child>,
+    run_as: Option<User>,
+}
+
+/// The directory holding `initdb`, `postgres` and `pg_isready`.
+fn find_bin_dir() -> Result<PathBuf, TestkitError> {
+    if let Some(dir) = std::env::var_os("PGWARDEN_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .find(|dir| dir.join("initdb").exists() && dir.join("postgres").exists())
+        })
+        .ok_or(TestkitError::NoBinaries)
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> Result<u16, TestkitError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+    Ok(listener
+        .local_addr()
+        .map_err(io("finding a free port"))?
+        .port())
+}
+
+impl PgCluster {
+    /// Initialises and starts a new cluster; blocks until it accepts connections.
+    pub fn start() -> Result<PgCluster, TestkitError> {
+        let bin = find_bin_dir()?;
+        let run_as = if nix::unistd::geteuid().is_root() {
+            User::from_name("postgres")
+                .ok()
+                .flatten()
+                .ok_or_else(|| TestkitError::Io {
+                    what: "running as root needs the `postgres` system user".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                })
+                .map(Some)?
+        } else {
+            None
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("pgwarden-pg-")
+            .tempdir()
+            .map_err(io("creating a temporary directory"))?;
+        let password = format!("pw-{}", rand::random::<u64>());
+        let mut cluster = PgCluster {
+            dir,
+            bin,
+            port: 0,
+            password,
+            server: None,
+            run_as,
+        };
+        cluster.init()?;
+        cluster.launch()?;
+        Ok(cluster)
+    }
+
+    fn give_to_server_user(&self, path: &Path) -> Result<(), TestkitError> {
+        if let Some(user) = &self.run_as {
+            chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw())).map_err(|source| {
+                TestkitError::Io {
+                    what: format!("chown {}", path.display()),
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(tool));
+        if let Some(user) = &self.run_as {
+            cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+            cmd.env("HOME", self.dir.path());
+        }
+        cmd.env_remove("PGDATA");
+        cmd
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    fn init(&mut self) -> Result<(), TestkitError> {
+        let root = self.dir.path();
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+            .map_err(io("chmod temp dir"))?;
+        self.give_to_server_user(root)?;
+        let pwfile = root.join("pwfile");
+        fs::write(&pwfile, &self.password).map_err(io("writing pwfile"))?;
+        self.give_to_server_user(&pwfile)?;
+        let output = self
+            .command("initdb")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args([
+                "-U",
+                SUPERUSER,
+                "--auth-local=scram-sha-256",
+                "--auth-host=scram-sha-256",
+            ])
+            .args(["-E", "UTF8", "--locale=C", "--no-sync"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io("running initdb"))?;
+        let _ = fs::remove_file(&pwfile);
+        if !output.status.success() {
+            return Err(TestkitError::Tool {
+                tool: "initdb",
+                status: output.status.to_string(),
+                output: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn launch(&mut self) -> Result<(), TestkitError> {
+        self.port = free_port()?;
+        let log = fs::File::create(self.log_path()).map_err(io("creating the server log"))?;
+        self.give_to_server_user(&self.log_path())?;
+        let server = self
+            .command("postgres")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.dir.path().display()
+            ))
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ])
+            .args([
+                "-c",
+                "max_connections=300",
+                "-c",
+                "password_encryption=scram-sha-256",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io("server log"))?)
+            .stderr(log)
+            .spawn()
+            .map_err(io("starting postgres"))?;
+        self.server = Some(server);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), TestkitError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let status = self
+                .command("pg_isready")
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .map_err(io("running pg_isready"))?;
+            if status.success() {
+                return Ok(());
+            }
+            if let Some(Ok(Some(_))) = self.server.as_mut().map(Child::try_wait) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(TestkitError::NotReady { log: self.log() })
+    }
+
+    /// The server's log so far (for diagnosing failures).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The superuser's password.
+    pub fn superuser_password(&self) -> &str {
+        &self.password
+    }
+
+    /// A `postgresql://` URL for `user`/`password` on database `db`.
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "postgresql://{user}:{password}@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// Connects as `user` with `password` to `db`; the connection task runs in the background.
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(db)
+            .connect_timeout(Duration::from_secs(10));
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Connects as the superuser to `db`.
+    pub async fn connect_superuser(
+        &self,
+        db: &str,
+    ) -> Result<tokio_postgres::Client, TestkitError> {
+        self.connect_as(SUPERUSER, &self.password, db)
+            .await
+            .map_err(|source| TestkitError::Sql {
+                what: format!("connecting to {db} as {SUPERUSER}"),
+                source,
+            })
+    }
+
+    /// Creates a non-superuser administrator `admin` (LOGIN CREATEROLE, may end others'
+    /// sessions) owning a new database `db` that holds a sample table `public.items`;
+    /// the shape pgwarden expects of a target database.
+    pub async fn create_app_database(
+        &self,
+        db: &str,
+        admin: &str,
+        admin_password: &str,
+    ) -> Result<(), TestkitError> {
+        let sql = |what: &str| {
+            let what = what.to_string();
+            move |source| TestkitError::Sql { what, source }
+        };
+        let su = self.connect_superuser("postgres").await?;
+        su.batch_execute(&format!(
+            "CREATE ROLE \"{admin}\" LOGIN CREATEROLE PASSWORD '{admin_password}';
+             GRANT pg_signal_backend TO \"{admin}\";"
+        ))
+        .await
+        .map_err(sql("creating the admin role"))?;
+        su.batch_execute(&format!("CREATE DATABASE \"{db}\" OWNER \"{admin}\""))
+            .await
+            .map_err(sql("creating the database"))?;
+        let su_db = self.connect_superuser(db).await?;
+        su_db
+            .batch_execute(&format!("ALTER SCHEMA public OWNER TO \"{admin}\";"))
+            .await
+            .map_err(sql("handing schema public to the admin"))?;
+        let owner = self
+            .connect_as(admin, admin_password, db)
+            .await
+            .map_err(sql("connecting as the admin"))?;
+        owner
+            .batch_execute(
+                "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL);
+                 INSERT INTO items (name) VALUES ('apple'), ('banana'), ('cherry');",
+            )
+            .await
+            .map_err(sql("creating the sample table"))?;
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown, then SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(server.id() as i32), Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = server.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
