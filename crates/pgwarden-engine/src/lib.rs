@@ -1,14 +1,12 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Everything pgwarden does inside a target PostgreSQL: connect as the administrative user,
+//! set up preset group roles, and create, renew and revoke dynamic users.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod error;
+mod preset;
+mod quote;
+mod target;
+mod users;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use error::EngineError;
+pub use quote::{quote_ident, quote_literal};
+pub use target::Target;

@@ -1,0 +1,176 @@
+//! A target database reached through one connection definition: the parsed connection
+//! settings and a small pool of administrative connections.
+
+use crate::error::{EngineError, describe};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use pgwarden_core::ConnectionDef;
+use secrecy::ExposeSecret;
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio_postgres::{Config, NoTls};
+
+/// Most administrative connections pgwarden keeps open to one target.
+const POOL_SIZE: usize = 16;
+/// How long to wait for a connection before calling the target unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A target database and the administrative connections pgwarden uses on it.
+pub struct Target {
+    pub(crate) name: String,
+    pub(crate) config: Config,
+    pub(crate) pool: Pool,
+    /// Preset group setups already applied since start-up (group, preset, schemas).
+    pub(crate) groups_ready: tokio::sync::Mutex<HashSet<String>>,
+}
+
+/// Parses `def.connection_url`, filling `{{username}}`/`{{password}}` (percent-encoded) and
+/// any missing user or password from the definition.
+fn parse_config(def: &ConnectionDef) -> Result<Config, EngineError> {
+    let encode = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+    let url = def
+        .connection_url
+        .trim()
+        .replace("{{username}}", &encode(&def.username))
+        .replace("{{password}}", &encode(def.password.expose_secret()));
+    let mut config: Config =
+        url.parse()
+            .map_err(|e: tokio_postgres::Error| EngineError::InvalidUrl {
+                connection: def.name.clone(),
+                reason: describe(&e),
+            })?;
+    if config.get_user().is_none() {
+        config.user(&def.username);
+    }
+    if config.get_password().is_none() {
+        config.password(def.password.expose_secret());
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config.application_name("pgwarden");
+    Ok(config)
+}
+
+impl Target {
+    /// Prepares a target from its definition; connects lazily.
+    pub fn new(def: &ConnectionDef) -> Result<Target, EngineError> {
+        let config = parse_config(def)?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT * 2))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| EngineError::InvalidUrl {
+                connection: def.name.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Target {
+            name: def.name.clone(),
+            config,
+            pool,
+            groups_ready: Default::default(),
+        })
+    }
+
+    /// An administrative connection from the pool.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, EngineError> {
+        self.pool.get().await.map_err(|e| EngineError::Unreachable {
+            connection: self.name.clone(),
+            reason: match &e {
+                deadpool_postgres::PoolError::Backend(inner) => describe(inner),
+                other => other.to_string(),
+            },
+        })
+    }
+
+    /// A separate administrative connection to another database on the same server.
+    pub(crate) async fn connect_to(
+        &self,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, EngineError> {
+        let mut config = self.config.clone();
+        config.dbname(database);
+        let (client, connection) =
+            config
+                .connect(NoTls)
+                .await
+                .map_err(|e| EngineError::Unreachable {
+                    connection: format!("{} (database {database:?})", self.name),
+                    reason: describe(&e),
+                })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "secondary connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Connects once and runs `SELECT 1`, to check a definition when it is written.
+    pub async fn verify(&self) -> Result<(), EngineError> {
+        let client = self.client().await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(crate::error::sql(format!(
+                "verifying connection {:?}",
+                self.name
+            )))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    fn def(url: &str) -> ConnectionDef {
+        ConnectionDef {
+            name: "appdb".into(),
+            connection_url: url.into(),
+            username: "admin".into(),
+            password: SecretString::from("p@ss:/word"),
+            allowed_roles: vec![],
+            verify_connection: false,
+        }
+    }
+
+    #[test]
+    fn placeholders_are_filled_and_encoded() {
+        let config = parse_config(&def(
+            "postgresql://{{username}}:{{password}}@db.example:6432/app?sslmode=disable",
+        ))
+        .unwrap();
+        assert_eq!(config.get_user(), Some("admin"));
+        assert_eq!(config.get_password(), Some(&b"p@ss:/word"[..]));
+        assert_eq!(config.get_dbname(), Some("app"));
+        assert_eq!(config.get_ports(), &[6432]);
+    }
+
+    #[test]
+    fn missing_credentials_come_from_the_definition() {
+        let config = parse_config(&def("postgresql://db.example/app")).unwrap();
+        assert_eq!(config.get_user(), Some("admin"));
+        assert_eq!(config.get_password(), Some(&b"p@ss:/word"[..]));
+    }
+
+    #[test]
+    fn bad_urls_are_named() {
+        let err = parse_config(&def("postgresql://h/db?sslmode=sometimes")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("connection \"appdb\": invalid connection_url: "),
+            "{err}"
+        );
+    }
+}

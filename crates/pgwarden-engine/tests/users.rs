@@ -1,0 +1,356 @@
+//! Dynamic users against a real PostgreSQL: the password works, presets grant what they say,
+//! revocation ends sessions and drops the role, renewal moves VALID UNTIL.
+
+use pgwarden_core::{ConnectionDef, RoleDef, RoleSpec, names};
+use pgwarden_engine::Target;
+use pgwarden_testkit::PgCluster;
+use secrecy::{ExposeSecret, SecretString};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio_postgres::error::SqlState;
+
+const ADMIN: &str = "pgwarden_admin";
+const ADMIN_PW: &str = "admin-secret";
+
+struct Setup {
+    cluster: PgCluster,
+    target: Target,
+}
+
+async fn setup() -> Setup {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    cluster
+        .create_app_database("appdb", ADMIN, ADMIN_PW)
+        .await
+        .unwrap();
+    let def = ConnectionDef {
+        name: "appdb".into(),
+        connection_url: format!(
+            "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/appdb?sslmode=disable",
+            cluster.port()
+        ),
+        username: ADMIN.into(),
+        password: SecretString::from(ADMIN_PW),
+        allowed_roles: vec!["*".into()],
+        verify_connection: true,
+    };
+    let target = Target::new(&def).unwrap();
+    target.verify().await.unwrap();
+    Setup { cluster, target }
+}
+
+fn role(name: &str, yaml_json: &str) -> RoleDef {
+    serde_json::from_str::<RoleSpec>(yaml_json)
+        .unwrap()
+        .into_def(name)
+        .unwrap()
+}
+
+struct Issued {
+    username: String,
+    password: SecretString,
+}
+
+async fn issue(s: &Setup, role: &RoleDef) -> Issued {
+    let username = names::generate_username("test", &role.name, 1);
+    let password = names::generate_password();
+    let expires = OffsetDateTime::now_utc() + Duration::from_secs(600);
+    s.target
+        .create_user(role, &username, &password, expires)
+        .await
+        .unwrap();
+    Issued { username, password }
+}
+
+async fn login(s: &Setup, user: &Issued) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    s.cluster
+        .connect_as(&user.username, user.password.expose_secret(), "appdb")
+        .await
+}
+
+async fn role_exists(s: &Setup, name: &str) -> bool {
+    let su = s.cluster.connect_superuser("appdb").await.unwrap();
+    su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .await
+        .unwrap()
+        .is_some()
+}
+
+fn code(e: &tokio_postgres::Error) -> SqlState {
+    e.code()
+        .cloned()
+        .unwrap_or_else(|| panic!("no SQLSTATE in {e:?}"))
+}
+
+#[tokio::test]
+async fn presets_grant_what_they_claim_and_revocation_drops_the_user() {
+    let s = setup().await;
+    let readonly = role(
+        "appdb-readonly",
+        r#"{"db_name":"appdb","preset":"readonly"}"#,
+    );
+    let user = role("appdb-user", r#"{"db_name":"appdb","preset":"user"}"#);
+    let admin = role("appdb-admin", r#"{"db_name":"appdb","preset":"admin"}"#);
+
+    let ro = issue(&s, &readonly).await;
+    let ro_client = login(&s, &ro)
+        .await
+        .expect("issued password logs in with scram-sha-256");
+    let row = ro_client
+        .query_one("SELECT session_user::text, current_user::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), ro.username);
+    assert_eq!(
+        row.get::<_, String>(1),
+        "appdb-readonly",
+        "session runs as the group role"
+    );
+    let n: i64 = ro_client
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    let denied = ro_client
+        .execute("INSERT INTO items (name) VALUES ('x')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&denied), SqlState::INSUFFICIENT_PRIVILEGE);
+
+    // A table the owner creates later is readable too (default privileges).
+    let owner = s
+        .cluster
+        .connect_as(ADMIN, ADMIN_PW, "appdb")
+        .await
+        .unwrap();
+    owner
+        .batch_execute("CREATE TABLE later (v int); INSERT INTO later VALUES (7);")
+        .await
+        .unwrap();
+    let v: i32 = ro_client
+        .query_one("SELECT v FROM later", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 7);
+
+    let rw = issue(&s, &user).await;
+    let rw_client = login(&s, &rw).await.unwrap();
+    rw_client
+        .execute("INSERT INTO items (name) VALUES ('date')", &[])
+        .await
+        .expect("user may insert");
+    let denied = rw_client
+        .batch_execute("CREATE TABLE nope (x int)")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&denied), SqlState::INSUFFICIENT_PRIVILEGE);
+
+    let adm = issue(&s, &admin).await;
+    let adm_client = login(&s, &adm).await.unwrap();
+    adm_client
+        .batch_execute("CREATE TABLE made_by_admin (x int)")
+        .await
+        .unwrap();
+    let table_owner: String = owner
+        .query_one(
+            "SELECT tableowner::text FROM pg_tables WHERE tablename = 'made_by_admin'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(table_owner, "appdb-admin");
+
+    // Revocation ends live sessions, the password stops working, the role is gone.
+    for (issued, def, client) in [(&ro, &readonly, &ro_client), (&adm, &admin, &adm_client)] {
+        s.target.revoke_user(def, &issued.username).await.unwrap();
+        assert!(
+            client.simple_query("SELECT 1").await.is_err(),
+            "session survived revocation"
+        );
+        let err = login(&s, issued).await.unwrap_err();
+        assert_eq!(code(&err), SqlState::INVALID_PASSWORD);
+        assert!(!role_exists(&s, &issued.username).await);
+    }
+    // The admin's table outlives it, owned by the group.
+    let su = s.cluster.connect_superuser("appdb").await.unwrap();
+    let still: i64 = su
+        .query_one("SELECT count(*) FROM made_by_admin", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(still, 0);
+    // Revoking again is not an error.
+    s.target.revoke_user(&readonly, &ro.username).await.unwrap();
+}
+
+#[tokio::test]
+async fn templates_run_in_one_transaction_and_are_disowned_on_revoke() {
+    let s = setup().await;
+    let reader = role(
+        "custom-reader",
+        r#"{"db_name":"appdb","creation_statements":[
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{{name}}\";"]}"#,
+    );
+    let r = issue(&s, &reader).await;
+    let client = login(&s, &r).await.unwrap();
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+
+    // A user that owns a table in another database is still dropped, its table kept.
+    let su = s.cluster.connect_superuser("postgres").await.unwrap();
+    su.batch_execute(&format!("CREATE DATABASE other OWNER {ADMIN}"))
+        .await
+        .unwrap();
+    let su_other = s.cluster.connect_superuser("other").await.unwrap();
+    su_other
+        .batch_execute(&format!("ALTER SCHEMA public OWNER TO {ADMIN}"))
+        .await
+        .unwrap();
+    let admin_other = s
+        .cluster
+        .connect_as(ADMIN, ADMIN_PW, "other")
+        .await
+        .unwrap();
+    admin_other
+        .batch_execute(&format!(
+            "GRANT CREATE ON SCHEMA public TO \"{}\"",
+            r.username
+        ))
+        .await
+        .unwrap();
+    let in_other = s
+        .cluster
+        .connect_as(&r.username, r.password.expose_secret(), "other")
+        .await
+        .unwrap();
+    in_other
+        .batch_execute("CREATE TABLE leftover (x int)")
+        .await
+        .unwrap();
+
+    s.target.revoke_user(&reader, &r.username).await.unwrap();
+    assert!(!role_exists(&s, &r.username).await);
+    let owner: String = su_other
+        .query_one(
+            "SELECT tableowner::text FROM pg_tables WHERE tablename = 'leftover'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, ADMIN);
+
+    // A failing statement leaves nothing behind.
+    let broken = role(
+        "broken",
+        r#"{"db_name":"appdb","creation_statements":[
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}';",
+            "GRANT SELECT ON no_such_table TO \"{{name}}\";"]}"#,
+    );
+    let username = names::generate_username("test", "broken", 1);
+    let err = s
+        .target
+        .create_user(
+            &broken,
+            &username,
+            &names::generate_password(),
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "creating user {username:?} for role \"broken\": relation \"no_such_table\" does not exist (SQLSTATE 42P01)"
+        )
+    );
+    assert!(!role_exists(&s, &username).await);
+}
+
+#[tokio::test]
+async fn renewal_moves_valid_until() {
+    let s = setup().await;
+    let readonly = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
+    let r = issue(&s, &readonly).await;
+    let later =
+        OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() + Duration::from_secs(7200);
+    s.target
+        .renew_user(&readonly, &r.username, later)
+        .await
+        .unwrap();
+    let su = s.cluster.connect_superuser("appdb").await.unwrap();
+    let until: String = su
+        .query_one("SELECT to_char(rolvaliduntil AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM pg_roles WHERE rolname = $1", &[&r.username])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        format!("{until}+00"),
+        pgwarden_core::lease::valid_until(later)
+    );
+    s.target.revoke_user(&readonly, &r.username).await.unwrap();
+    let err = s
+        .target
+        .renew_user(&readonly, &r.username, later)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("user {:?} no longer exists in the database", r.username)
+    );
+}
+
+#[tokio::test]
+async fn hostile_role_names_stay_inside_their_quotes() {
+    let s = setup().await;
+    let hostile = role(
+        "a\"; DROP TABLE items; --",
+        r#"{"db_name":"appdb","preset":"user"}"#,
+    );
+    let r = issue(&s, &hostile).await;
+    let client = login(&s, &r).await.unwrap();
+    let current: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(current, "a\"; DROP TABLE items; --");
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "the sample table is still there");
+    s.target.revoke_user(&hostile, &r.username).await.unwrap();
+    assert!(!role_exists(&s, &r.username).await);
+}
+
+#[tokio::test]
+async fn unreachable_database_is_reported_as_such() {
+    let def = ConnectionDef {
+        name: "gone".into(),
+        connection_url: "postgresql://{{username}}:{{password}}@127.0.0.1:1/appdb?sslmode=disable"
+            .into(),
+        username: ADMIN.into(),
+        password: SecretString::from("x"),
+        allowed_roles: vec![],
+        verify_connection: true,
+    };
+    let err = Target::new(&def).unwrap().verify().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("database of connection \"gone\" is unreachable: "),
+        "{err}"
+    );
+}
