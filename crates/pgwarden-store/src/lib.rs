@@ -1,14 +1,81 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! pgwarden's state: the [`Store`] trait and its embedded SQLite backend.
+//!
+//! The store holds leases (so no issued user is ever forgotten, even across crashes) and the
+//! roles and connections written through the API. Secrets arrive already sealed; lease
+//! passwords are never stored.
+
+mod migrations;
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use pgwarden_core::{Lease, RoleDef};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or written.
+    #[error("state store {path}: {source}")]
+    Open {
+        /// The file's path.
+        path: String,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// A query failed.
+    #[error("state store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored row could not be read back.
+    #[error("state store holds a corrupt {what}: {reason}")]
+    Corrupt {
+        /// What kind of row.
+        what: &'static str,
+        /// Why it cannot be read.
+        reason: String,
+    },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A connection definition as stored: the password sealed by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredConnection {
+    /// Name within its mount.
+    pub name: String,
+    /// URL with optional `{{username}}`/`{{password}}` placeholders.
+    pub connection_url: String,
+    /// Administrative user.
+    pub username: String,
+    /// The administrative password, encrypted by the server.
+    pub sealed_password: Vec<u8>,
+    /// Role globs allowed to use the connection.
+    pub allowed_roles: Vec<String>,
+    /// Whether to check the connection when written.
+    pub verify_connection: bool,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
+/// Durable state. Implementations are synchronous and fast; every write is durable when it returns.
+pub trait Store: Send + Sync + 'static {
+    /// Records a new lease (normally pending, before its user is created).
+    fn insert_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Replaces a lease's mutable fields (state, expiries, revocation attempts).
+    fn update_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Forgets a lease whose user is gone.
+    fn delete_lease(&self, id: &str) -> Result<(), StoreError>;
+    /// One lease by id.
+    fn get_lease(&self, id: &str) -> Result<Option<Lease>, StoreError>;
+    /// Ids of leases starting with `prefix`, sorted.
+    fn lease_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Every lease, for start-up recovery.
+    fn all_leases(&self) -> Result<Vec<Lease>, StoreError>;
+    /// Creates or replaces a role of `mount`.
+    fn put_role(&self, mount: &str, role: &RoleDef) -> Result<(), StoreError>;
+    /// Deletes a role; false when there was none.
+    fn delete_role(&self, mount: &str, name: &str) -> Result<bool, StoreError>;
+    /// Every stored role with its mount.
+    fn roles(&self) -> Result<Vec<(String, RoleDef)>, StoreError>;
+    /// Creates or replaces a connection of `mount`.
+    fn put_connection(&self, mount: &str, connection: &StoredConnection) -> Result<(), StoreError>;
+    /// Deletes a connection; false when there was none.
+    fn delete_connection(&self, mount: &str, name: &str) -> Result<bool, StoreError>;
+    /// Every stored connection with its mount.
+    fn connections(&self) -> Result<Vec<(String, StoredConnection)>, StoreError>;
 }

@@ -1,0 +1,65 @@
+//! Schema migrations, applied in order and tracked in SQLite's `user_version`.
+
+use rusqlite::Connection;
+
+/// Each entry upgrades the schema by one version; never edit one that has shipped, append.
+const MIGRATIONS: &[&str] = &[
+    // 1: leases, roles, connections.
+    "CREATE TABLE leases (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        mount TEXT NOT NULL,
+        role_json TEXT NOT NULL,
+        state TEXT NOT NULL,
+        issued_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        max_expires_at_ms INTEGER NOT NULL,
+        last_renewal_ms INTEGER,
+        revoke_attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE roles (
+        mount TEXT NOT NULL,
+        name TEXT NOT NULL,
+        role_json TEXT NOT NULL,
+        PRIMARY KEY (mount, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE connections (
+        mount TEXT NOT NULL,
+        name TEXT NOT NULL,
+        connection_url TEXT NOT NULL,
+        username TEXT NOT NULL,
+        sealed_password BLOB NOT NULL,
+        allowed_roles_json TEXT NOT NULL,
+        verify_connection INTEGER NOT NULL,
+        PRIMARY KEY (mount, name)
+    ) WITHOUT ROWID;",
+];
+
+/// Brings the schema up to date inside one transaction.
+pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let current: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_twice_is_harmless() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+    }
+}

@@ -1,0 +1,432 @@
+//! The embedded backend: one SQLite file in WAL mode in the data directory.
+
+use crate::{Store, StoreError, StoredConnection, migrations};
+use pgwarden_core::{Lease, LeaseState, RoleDef};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use std::path::Path;
+use std::sync::Mutex;
+use time::OffsetDateTime;
+
+/// A [`Store`] in one SQLite file. Safe against a killed process: every write is committed to
+/// the write-ahead log before the call returns.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+const LEASE_COLUMNS: &str = "id, username, owner, mount, role_json, state, issued_at_ms, expires_at_ms, \
+     max_expires_at_ms, last_renewal_ms, revoke_attempts, last_error";
+
+fn millis(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_millis(ms: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).map_err(|e| {
+        StoreError::Corrupt {
+            what: "timestamp",
+            reason: e.to_string(),
+        }
+    })
+}
+
+fn role_json(role: &RoleDef) -> String {
+    serde_json::to_string(role).expect("a RoleDef always serializes")
+}
+
+fn parse_role(json: &str) -> Result<RoleDef, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        what: "role",
+        reason: e.to_string(),
+    })
+}
+
+/// The raw columns of a lease row, converted after the SQLite borrow ends.
+type LeaseRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    u32,
+    Option<String>,
+);
+
+fn lease_row(row: &Row<'_>) -> rusqlite::Result<LeaseRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+        row.get(9)?,
+        row.get(10)?,
+        row.get(11)?,
+    ))
+}
+
+fn lease_from_row(r: LeaseRow) -> Result<Lease, StoreError> {
+    let (
+        id,
+        username,
+        owner,
+        mount,
+        role,
+        state,
+        issued,
+        expires,
+        max_expires,
+        renewed,
+        attempts,
+        last_error,
+    ) = r;
+    Ok(Lease {
+        state: LeaseState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            what: "lease state",
+            reason: state.clone(),
+        })?,
+        role: parse_role(&role)?,
+        issued_at: from_millis(issued)?,
+        expires_at: from_millis(expires)?,
+        max_expires_at: from_millis(max_expires)?,
+        last_renewal: renewed.map(from_millis).transpose()?,
+        id,
+        username,
+        owner,
+        mount,
+        revoke_attempts: attempts,
+        last_error,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `state.db` in `data_dir` and migrates it.
+    pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        let path = data_dir.join("state.db");
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        migrations::migrate(&mut conn).map_err(open_err)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&conn)
+    }
+}
+
+impl Store for SqliteStore {
+    fn insert_lease(&self, l: &Lease) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.prepare_cached(&format!(
+                "INSERT INTO leases ({LEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ))?
+            .execute(params![
+                l.id,
+                l.username,
+                l.owner,
+                l.mount,
+                role_json(&l.role),
+                l.state.as_str(),
+                millis(l.issued_at),
+                millis(l.expires_at),
+                millis(l.max_expires_at),
+                l.last_renewal.map(millis),
+                l.revoke_attempts,
+                l.last_error,
+            ])?;
+            Ok(())
+        })
+    }
+
+    fn update_lease(&self, l: &Lease) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.prepare_cached(
+                "UPDATE leases SET state = ?2, expires_at_ms = ?3, last_renewal_ms = ?4, \
+                 revoke_attempts = ?5, last_error = ?6 WHERE id = ?1",
+            )?
+            .execute(params![
+                l.id,
+                l.state.as_str(),
+                millis(l.expires_at),
+                l.last_renewal.map(millis),
+                l.revoke_attempts,
+                l.last_error,
+            ])?;
+            Ok(())
+        })
+    }
+
+    fn delete_lease(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.prepare_cached("DELETE FROM leases WHERE id = ?1")?
+                .execute([id])?;
+            Ok(())
+        })
+    }
+
+    fn get_lease(&self, id: &str) -> Result<Option<Lease>, StoreError> {
+        let row = self.with(|c| {
+            Ok(
+                c.prepare_cached(&format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?1"))?
+                    .query_row([id], lease_row)
+                    .optional()?,
+            )
+        })?;
+        row.map(lease_from_row).transpose()
+    }
+
+    fn lease_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id FROM leases WHERE id >= ?1 AND substr(id, 1, length(?1)) = ?1 ORDER BY id",
+            )?;
+            let ids = stmt.query_map([prefix], |row| row.get(0))?.collect::<Result<_, _>>()?;
+            Ok(ids)
+        })
+    }
+
+    fn all_leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let rows: Vec<LeaseRow> = self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {LEASE_COLUMNS} FROM leases ORDER BY expires_at_ms"
+            ))?;
+            let rows = stmt.query_map([], lease_row)?.collect::<Result<_, _>>()?;
+            Ok(rows)
+        })?;
+        rows.into_iter().map(lease_from_row).collect()
+    }
+
+    fn put_role(&self, mount: &str, role: &RoleDef) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO roles (mount, name, role_json) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (mount, name) DO UPDATE SET role_json = excluded.role_json",
+                params![mount, role.name, role_json(role)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn delete_role(&self, mount: &str, name: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM roles WHERE mount = ?1 AND name = ?2",
+                [mount, name],
+            )? > 0)
+        })
+    }
+
+    fn roles(&self) -> Result<Vec<(String, RoleDef)>, StoreError> {
+        let rows: Vec<(String, String)> = self.with(|c| {
+            let mut stmt = c.prepare("SELECT mount, role_json FROM roles ORDER BY mount, name")?;
+            let rows = stmt
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })?;
+        rows.into_iter()
+            .map(|(mount, json)| Ok((mount, parse_role(&json)?)))
+            .collect()
+    }
+
+    fn put_connection(&self, mount: &str, conn: &StoredConnection) -> Result<(), StoreError> {
+        let allowed = serde_json::to_string(&conn.allowed_roles).expect("strings serialize");
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO connections (mount, name, connection_url, username, sealed_password, \
+                 allowed_roles_json, verify_connection) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (mount, name) DO UPDATE SET connection_url = excluded.connection_url, \
+                 username = excluded.username, sealed_password = excluded.sealed_password, \
+                 allowed_roles_json = excluded.allowed_roles_json, verify_connection = excluded.verify_connection",
+                params![
+                    mount,
+                    conn.name,
+                    conn.connection_url,
+                    conn.username,
+                    conn.sealed_password,
+                    allowed,
+                    conn.verify_connection
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn delete_connection(&self, mount: &str, name: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM connections WHERE mount = ?1 AND name = ?2",
+                [mount, name],
+            )? > 0)
+        })
+    }
+
+    fn connections(&self) -> Result<Vec<(String, StoredConnection)>, StoreError> {
+        type Raw = (String, String, String, String, Vec<u8>, String, bool);
+        let rows: Vec<Raw> = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT mount, name, connection_url, username, sealed_password, allowed_roles_json, \
+                 verify_connection FROM connections ORDER BY mount, name",
+            )?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })?;
+        rows.into_iter()
+            .map(
+                |(
+                    mount,
+                    name,
+                    connection_url,
+                    username,
+                    sealed_password,
+                    allowed,
+                    verify_connection,
+                )| {
+                    let allowed_roles =
+                        serde_json::from_str(&allowed).map_err(|e| StoreError::Corrupt {
+                            what: "connection",
+                            reason: e.to_string(),
+                        })?;
+                    Ok((
+                        mount,
+                        StoredConnection {
+                            name,
+                            connection_url,
+                            username,
+                            sealed_password,
+                            allowed_roles,
+                            verify_connection,
+                        },
+                    ))
+                },
+            )
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwarden_core::{RoleSpec, Ttl};
+    use time::macros::datetime;
+
+    fn role() -> RoleDef {
+        serde_json::from_str::<RoleSpec>(
+            r#"{"db_name":"appdb","preset":"readonly","default_ttl":60,"max_ttl":600}"#,
+        )
+        .unwrap()
+        .into_def("ro")
+        .unwrap()
+    }
+
+    #[test]
+    fn leases_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = datetime!(2026-11-22 10:00:00.123 UTC);
+        let mut lease = Lease::new_pending(
+            "database",
+            &role(),
+            "v-x".into(),
+            "root",
+            Ttl::default(),
+            t0,
+        );
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            store.insert_lease(&lease).unwrap();
+            lease.state = LeaseState::Revoking;
+            lease.revoke_attempts = 2;
+            lease.last_error = Some("boom".into());
+            store.update_lease(&lease).unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.get_lease(&lease.id).unwrap(), Some(lease.clone()));
+        assert_eq!(store.all_leases().unwrap(), vec![lease.clone()]);
+        assert_eq!(
+            store.lease_ids_with_prefix("database/creds/").unwrap(),
+            vec![lease.id.clone()]
+        );
+        assert!(
+            store
+                .lease_ids_with_prefix("database/creds/r_")
+                .unwrap()
+                .is_empty()
+        );
+        store.delete_lease(&lease.id).unwrap();
+        assert_eq!(store.get_lease(&lease.id).unwrap(), None);
+    }
+
+    #[test]
+    fn prefix_matching_is_literal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let t0 = datetime!(2026-11-22 10:00:00 UTC);
+        let mut a = Lease::new_pending("database", &role(), "a".into(), "root", Ttl::default(), t0);
+        a.id = "database/creds/a%/1".into();
+        let mut b = Lease::new_pending("database", &role(), "b".into(), "root", Ttl::default(), t0);
+        b.id = "database/creds/ab/1".into();
+        store.insert_lease(&a).unwrap();
+        store.insert_lease(&b).unwrap();
+        assert_eq!(
+            store.lease_ids_with_prefix("database/creds/a%").unwrap(),
+            vec![a.id]
+        );
+    }
+
+    #[test]
+    fn roles_and_connections_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.put_role("database", &role()).unwrap();
+        store.put_role("database", &role()).unwrap();
+        assert_eq!(
+            store.roles().unwrap(),
+            vec![("database".to_string(), role())]
+        );
+        assert!(store.delete_role("database", "ro").unwrap());
+        assert!(!store.delete_role("database", "ro").unwrap());
+        let conn = StoredConnection {
+            name: "appdb".into(),
+            connection_url: "postgresql://h/db".into(),
+            username: "admin".into(),
+            sealed_password: vec![1, 2, 3],
+            allowed_roles: vec!["appdb-*".into()],
+            verify_connection: true,
+        };
+        store.put_connection("database", &conn).unwrap();
+        assert_eq!(
+            store.connections().unwrap(),
+            vec![("database".to_string(), conn)]
+        );
+        assert!(store.delete_connection("database", "appdb").unwrap());
+        assert!(store.connections().unwrap().is_empty());
+    }
+}
