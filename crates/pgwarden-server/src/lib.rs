@@ -1,14 +1,145 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The pgwarden server: configuration, state, the lease manager and reaper, and the
+//! Vault-compatible HTTP API. [`start`] wires them together.
+
+pub mod api;
+pub mod broker;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod schedule;
+pub mod seal;
+
+pub use config::{Config, ConfigError};
+pub use error::ServerError;
+
+use broker::Broker;
+use catalog::Catalog;
+use metrics::Metrics;
+use pgwarden_store::{SqliteStore, Store};
+use secrecy::ExposeSecret;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Shortest root token accepted.
+const MIN_ROOT_TOKEN_BYTES: usize = 16;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state store could not be opened.
+    #[error(transparent)]
+    Store(#[from] pgwarden_store::StoreError),
+    /// The data directory or listener could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// Recovery of stored leases failed.
+    #[error("recovering leases: {0}")]
+    Recover(ServerError),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A running server.
+pub struct Running {
+    /// The address the API listens on.
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    reaper: JoinHandle<()>,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl Running {
+    /// Stops accepting requests, finishes those in flight, stops the reaper.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let _ = self.shutdown.send(true);
+        let _ = self.reaper.await;
+        self.http
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
+}
+
+/// Opens the state, recovers leases, checks connections and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let root_token = config.root_token.clone().ok_or_else(|| {
+        ConfigError::Invalid("no root token: set PGWARDEN_ROOT_TOKEN or root_token_file".into())
+    })?;
+    if root_token.expose_secret().len() < MIN_ROOT_TOKEN_BYTES {
+        return Err(ConfigError::Invalid(format!(
+            "the root token must be at least {MIN_ROOT_TOKEN_BYTES} characters"
+        ))
+        .into());
+    }
+    let sealer = config
+        .seal_key
+        .as_ref()
+        .map(seal::Sealer::new)
+        .transpose()
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    create_private_dir(&config.data_dir)?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
+    let catalog = Arc::new(Catalog::load(&config, store.clone(), sealer)?);
+    let metrics = Arc::new(Metrics::new());
+    let broker = Arc::new(Broker::new(store, catalog.clone(), metrics.clone()));
+    let recovered = broker.recover().map_err(StartError::Recover)?;
+    tracing::info!(leases = recovered, data_dir = %config.data_dir.display(), "state loaded");
+    for (name, target) in catalog.targets_to_verify() {
+        if let Err(error) = target.verify().await {
+            tracing::warn!(connection = %name, %error, "connection check failed; credentials from it will fail until it is reachable");
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Io {
+            what: format!("listening on {}", config.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Io {
+        what: "reading the listen address".into(),
+        source,
+    })?;
+    let (shutdown, signal) = watch::channel(false);
+    let reaper = tokio::spawn(broker.clone().run_reaper(signal.clone()));
+    let app = api::router(Arc::new(api::AppState {
+        broker,
+        root_token,
+        metrics,
+    }));
+    let mut stop = signal;
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "pgwarden listening");
+    Ok(Running {
+        addr,
+        shutdown,
+        http,
+        reaper,
+    })
+}
+
+/// Creates `dir` (mode 0700) if it does not exist.
+fn create_private_dir(dir: &std::path::Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StartError::Io {
+            what: format!("creating data_dir {}", dir.display()),
+            source,
+        })
 }

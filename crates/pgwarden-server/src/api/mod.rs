@@ -1,0 +1,373 @@
+//! The Vault-compatible HTTP API: one router, thin handlers over the broker and catalog.
+
+mod respond;
+mod routes;
+
+use crate::broker::Broker;
+use crate::catalog::ConnectionWrite;
+use crate::error::ServerError;
+use crate::metrics::{Metrics, ResponseLabels};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use pgwarden_core::{RoleSpec, Ttl};
+use routes::{Op, Route};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use time::format_description::well_known::Rfc3339;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The lease manager.
+    pub broker: Arc<Broker>,
+    /// The root token.
+    pub root_token: SecretString,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The whole HTTP surface.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/sys/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/{*path}", any(v1))
+        .fallback(|| async {
+            respond::error(&ServerError::NotFound("no handler for this path".into()))
+        })
+        .with_state(state)
+}
+
+async fn health() -> Response {
+    axum::Json(json!({
+        "initialized": true,
+        "sealed": false,
+        "standby": false,
+        "performance_standby": false,
+        "replication_performance_mode": "disabled",
+        "replication_dr_mode": "disabled",
+        "server_time_utc": time::OffsetDateTime::now_utc().unix_timestamp(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "cluster_name": "pgwarden",
+    }))
+    .into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Who is calling. Only the root token exists so far.
+struct Caller {
+    display_name: &'static str,
+}
+
+/// Checks the token in `X-Vault-Token` or `Authorization: Bearer`, in constant time.
+fn authenticate(headers: &HeaderMap, root: &SecretString) -> Result<Caller, ServerError> {
+    let token = headers
+        .get("x-vault-token")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        })
+        .ok_or(ServerError::PermissionDenied)?;
+    if bool::from(token.as_bytes().ct_eq(root.expose_secret().as_bytes())) {
+        Ok(Caller {
+            display_name: "root",
+        })
+    } else {
+        Err(ServerError::PermissionDenied)
+    }
+}
+
+fn operation(method: &Method, query: &HashMap<String, String>) -> Result<Op, ServerError> {
+    Ok(match method.as_str() {
+        "GET" if query.get("list").is_some_and(|v| v == "true") => Op::List,
+        "GET" => Op::Read,
+        "PUT" | "POST" => Op::Write,
+        "DELETE" => Op::Delete,
+        "LIST" => Op::List,
+        _ => return Err(ServerError::MethodNotAllowed),
+    })
+}
+
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ServerError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
+        return Err(ServerError::PayloadTooLarge(MAX_BODY_BYTES));
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ServerError::PayloadTooLarge(MAX_BODY_BYTES))
+}
+
+/// Parses a JSON body (empty means `{}`), naming what is wrong.
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ServerError> {
+    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(text)
+        .map_err(|e| ServerError::BadRequest(format!("invalid request body: {e}")))
+}
+
+async fn v1(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    Path(path): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let response = match handle(&state, &method, &path, &query, &headers, body).await {
+        Ok(response) => response,
+        Err(e) => {
+            if e.status() >= 500 {
+                tracing::error!(%method, path, error = %e, "request failed");
+            }
+            respond::error(&e)
+        }
+    };
+    state
+        .metrics
+        .http_responses
+        .get_or_create(&ResponseLabels {
+            code: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    #[serde(default)]
+    lease_id: Option<String>,
+    #[serde(default)]
+    increment: Option<Ttl>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    #[serde(default)]
+    lease_id: Option<String>,
+    #[serde(default)]
+    sync: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupBody {
+    lease_id: String,
+}
+
+fn lease_id(from_path: Option<String>, from_body: Option<String>) -> Result<String, ServerError> {
+    from_path
+        .or(from_body)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| ServerError::BadRequest("lease_id is required".into()))
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&Rfc3339).expect("UTC timestamps format")
+}
+
+async fn handle(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ServerError> {
+    let route = routes::parse(path);
+    if route == Route::Unknown {
+        return Err(ServerError::NotFound(format!(
+            "no handler for path {path:?}"
+        )));
+    }
+    let op = operation(method, query)?;
+    let caller = authenticate(headers, &state.root_token)?;
+    let body = if op == Op::Write {
+        read_body(headers, body).await?
+    } else {
+        Bytes::new()
+    };
+    let broker = &state.broker;
+    let catalog = broker.catalog();
+    Ok(match (route, op) {
+        (Route::Health, Op::Read) => health().await,
+        (Route::TokenLookupSelf, Op::Read) => respond::envelope(
+            json!({
+                "accessor": "root",
+                "display_name": caller.display_name,
+                "policies": ["root"],
+                "ttl": 0,
+                "expire_time": null,
+                "renewable": false,
+                "type": "service",
+            }),
+            None,
+            None,
+        ),
+        (Route::Creds { mount, role }, Op::Read | Op::Write) => {
+            let issued = broker.issue(mount, role, caller.display_name).await?;
+            let ttl = issued
+                .lease
+                .remaining(time::OffsetDateTime::now_utc())
+                .as_secs();
+            respond::envelope(
+                json!({
+                    "username": issued.lease.username,
+                    "password": issued.password.expose_secret(),
+                }),
+                Some((&issued.lease.id, ttl)),
+                None,
+            )
+        }
+        (Route::Renew(id), Op::Write) => {
+            let request: RenewBody = parse_json(&body)?;
+            let id = lease_id(id, request.lease_id)?;
+            let renewed = broker
+                .renew(&id, request.increment.unwrap_or_default())
+                .await?;
+            let mut response = respond::envelope(
+                serde_json::Value::Null,
+                Some((&renewed.lease.id, renewed.ttl.as_secs())),
+                renewed.warning.map(|w| vec![w]),
+            );
+            *response.status_mut() = StatusCode::OK;
+            response
+        }
+        (Route::Revoke(id), Op::Write) => {
+            let request: RevokeBody = parse_json(&body)?;
+            let id = lease_id(id, request.lease_id)?;
+            if request.sync == Some(false) {
+                broker.revoke_later(&id)?;
+                respond::empty(StatusCode::ACCEPTED)
+            } else {
+                broker.revoke(&id).await?;
+                respond::empty(StatusCode::NO_CONTENT)
+            }
+        }
+        (Route::RevokePrefix(prefix), Op::Write) => {
+            broker.revoke_prefix(&prefix).await?;
+            respond::empty(StatusCode::NO_CONTENT)
+        }
+        (Route::Lookup, Op::Write) => {
+            let request: LookupBody = parse_json(&body)?;
+            let lease = broker.lookup(&request.lease_id)?;
+            let now = time::OffsetDateTime::now_utc();
+            respond::envelope(
+                json!({
+                    "id": lease.id,
+                    "issue_time": rfc3339(lease.issued_at),
+                    "expire_time": rfc3339(lease.expires_at),
+                    "last_renewal": lease.last_renewal.map(rfc3339),
+                    "renewable": lease.state == pgwarden_core::LeaseState::Active && now < lease.max_expires_at,
+                    "ttl": lease.remaining(now).as_secs(),
+                    "state": lease.state.as_str(),
+                    "revocation_attempts": lease.revoke_attempts,
+                    "last_error": lease.last_error,
+                }),
+                None,
+                None,
+            )
+        }
+        (Route::ListLeases(prefix), Op::List) => respond::keys(broker.list(&prefix)?),
+        (Route::Config { mount, name: None }, Op::List) => {
+            respond::keys(catalog.connection_names(mount)?)
+        }
+        (
+            Route::Config {
+                mount,
+                name: Some(name),
+            },
+            Op::Read,
+        ) => respond::envelope(catalog.connection_info(mount, name)?, None, None),
+        (
+            Route::Config {
+                mount,
+                name: Some(name),
+            },
+            Op::Write,
+        ) => {
+            catalog
+                .put_connection(mount, name, parse_json::<ConnectionWrite>(&body)?)
+                .await?;
+            respond::empty(StatusCode::NO_CONTENT)
+        }
+        (
+            Route::Config {
+                mount,
+                name: Some(name),
+            },
+            Op::Delete,
+        ) => {
+            catalog.delete_connection(mount, name)?;
+            respond::empty(StatusCode::NO_CONTENT)
+        }
+        (Route::Role { mount, name: None }, Op::List) => respond::keys(catalog.role_names(mount)?),
+        (
+            Route::Role {
+                mount,
+                name: Some(name),
+            },
+            Op::Read,
+        ) => {
+            let spec = catalog.role_spec(mount, name)?;
+            respond::envelope(
+                serde_json::to_value(spec).expect("a role serializes"),
+                None,
+                None,
+            )
+        }
+        (
+            Route::Role {
+                mount,
+                name: Some(name),
+            },
+            Op::Write,
+        ) => {
+            catalog.put_role(mount, name, parse_json::<RoleSpec>(&body)?)?;
+            respond::empty(StatusCode::NO_CONTENT)
+        }
+        (
+            Route::Role {
+                mount,
+                name: Some(name),
+            },
+            Op::Delete,
+        ) => {
+            catalog.delete_role(mount, name)?;
+            respond::empty(StatusCode::NO_CONTENT)
+        }
+        _ => return Err(ServerError::MethodNotAllowed),
+    })
+}

@@ -1,0 +1,156 @@
+//! Maps a method and a `/v1/…` path to the operation it names, without doing anything.
+
+/// Vault's four kinds of request (`PUT` and `POST` are the same; `LIST` may be `GET ?list=true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// GET
+    Read,
+    /// PUT or POST
+    Write,
+    /// DELETE
+    Delete,
+    /// LIST, or GET with `list=true`
+    List,
+}
+
+/// An operation of the API, with the names it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `sys/health`
+    Health,
+    /// `auth/token/lookup-self`
+    TokenLookupSelf,
+    /// `sys/leases/renew[/<id>]`
+    Renew(Option<String>),
+    /// `sys/leases/revoke[/<id>]`
+    Revoke(Option<String>),
+    /// `sys/leases/revoke-prefix/<prefix>`
+    RevokePrefix(String),
+    /// `sys/leases/lookup` (the id in the body)
+    Lookup,
+    /// `LIST sys/leases/lookup/<prefix>`
+    ListLeases(String),
+    /// `<mount>/creds/<role>`
+    Creds {
+        /// The mount.
+        mount: &'a str,
+        /// The role.
+        role: &'a str,
+    },
+    /// `<mount>/config[/<name>]`
+    Config {
+        /// The mount.
+        mount: &'a str,
+        /// The connection, absent for LIST.
+        name: Option<&'a str>,
+    },
+    /// `<mount>/roles[/<name>]`
+    Role {
+        /// The mount.
+        mount: &'a str,
+        /// The role, absent for LIST.
+        name: Option<&'a str>,
+    },
+    /// Nothing here.
+    Unknown,
+}
+
+fn tail(parts: &[&str]) -> Option<String> {
+    let joined = parts.join("/");
+    (!joined.is_empty()).then_some(joined)
+}
+
+/// The route for `path` (the part after `/v1/`, already percent-decoded).
+pub fn parse(path: &str) -> Route<'_> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let nonempty = |s: &&str| !s.is_empty();
+    match parts.as_slice() {
+        ["sys", "health"] => Route::Health,
+        ["auth", "token", "lookup-self"] => Route::TokenLookupSelf,
+        ["sys", "leases", "renew", rest @ ..] | ["sys", "renew", rest @ ..] => {
+            Route::Renew(tail(rest))
+        }
+        ["sys", "leases", "revoke", rest @ ..] | ["sys", "revoke", rest @ ..] => {
+            Route::Revoke(tail(rest))
+        }
+        ["sys", "leases", "revoke-prefix", rest @ ..] | ["sys", "revoke-prefix", rest @ ..] => {
+            match tail(rest) {
+                Some(prefix) => Route::RevokePrefix(prefix),
+                None => Route::Unknown,
+            }
+        }
+        ["sys", "leases", "lookup"] => Route::Lookup,
+        ["sys", "leases", "lookup", rest @ ..] => Route::ListLeases(rest.join("/")),
+        ["sys", ..] | ["auth", ..] => Route::Unknown,
+        [mount, "creds", role] if nonempty(mount) && nonempty(role) => Route::Creds { mount, role },
+        [mount, "config"] | [mount, "config", ""] if nonempty(mount) => {
+            Route::Config { mount, name: None }
+        }
+        [mount, "config", name] if nonempty(mount) => Route::Config {
+            mount,
+            name: Some(name),
+        },
+        [mount, "roles"] | [mount, "roles", ""] if nonempty(mount) => {
+            Route::Role { mount, name: None }
+        }
+        [mount, "roles", name] if nonempty(mount) => Route::Role {
+            mount,
+            name: Some(name),
+        },
+        _ => Route::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_vault_paths() {
+        assert_eq!(parse("sys/health"), Route::Health);
+        assert_eq!(
+            parse("database/creds/appdb-readonly"),
+            Route::Creds {
+                mount: "database",
+                role: "appdb-readonly"
+            }
+        );
+        assert_eq!(parse("sys/leases/renew"), Route::Renew(None));
+        assert_eq!(
+            parse("sys/leases/revoke/database/creds/r/abc"),
+            Route::Revoke(Some("database/creds/r/abc".into()))
+        );
+        assert_eq!(
+            parse("sys/leases/revoke-prefix/database/creds"),
+            Route::RevokePrefix("database/creds".into())
+        );
+        assert_eq!(
+            parse("sys/leases/lookup/database/creds/"),
+            Route::ListLeases("database/creds/".into())
+        );
+        assert_eq!(
+            parse("database/roles/"),
+            Route::Role {
+                mount: "database",
+                name: None
+            }
+        );
+        assert_eq!(
+            parse("database/roles/a\"; DROP TABLE t; --"),
+            Route::Role {
+                mount: "database",
+                name: Some("a\"; DROP TABLE t; --")
+            }
+        );
+        assert_eq!(
+            parse("database/config"),
+            Route::Config {
+                mount: "database",
+                name: None
+            }
+        );
+        assert_eq!(parse("database/creds/"), Route::Unknown);
+        assert_eq!(parse("sys/mounts"), Route::Unknown);
+        assert_eq!(parse("database/creds/a/b"), Route::Unknown);
+    }
+}

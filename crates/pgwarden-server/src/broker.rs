@@ -1,0 +1,394 @@
+//! The lease manager: issues users as leases, renews and revokes them, and runs the reaper that
+//! drops every user when its lease ends, retrying failed revocations with backoff.
+
+use crate::catalog::Catalog;
+use crate::error::ServerError;
+use crate::metrics::{Metrics, RevokeLabels};
+use crate::schedule::Schedule;
+use pgwarden_core::names::{generate_password, generate_username};
+use pgwarden_core::{Lease, LeaseState, Ttl};
+use pgwarden_engine::EngineError;
+use pgwarden_store::Store;
+use secrecy::SecretString;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::{Semaphore, watch};
+
+/// Revocations the reaper runs at once.
+const REAPER_CONCURRENCY: usize = 16;
+/// Longest wait between revocation retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A freshly issued credential.
+pub struct Issued {
+    /// The lease as stored.
+    pub lease: Lease,
+    /// The user's password; returned once, never stored.
+    pub password: SecretString,
+}
+
+/// The result of a renewal.
+pub struct Renewed {
+    /// The lease after renewal.
+    pub lease: Lease,
+    /// Seconds left.
+    pub ttl: Ttl,
+    /// A warning when the increment was capped by the max TTL.
+    pub warning: Option<String>,
+}
+
+/// Why a lease is being revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Its TTL ran out.
+    Expired,
+    /// Someone asked.
+    Requested,
+}
+
+/// The lease manager shared by the API and the reaper.
+pub struct Broker {
+    store: Arc<dyn Store>,
+    catalog: Arc<Catalog>,
+    schedule: Schedule,
+    metrics: Arc<Metrics>,
+    /// Per-lease locks so renewal and revocation of one lease never interleave.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Leases whose last revocation attempt failed.
+    failing: Mutex<HashSet<String>>,
+    /// Leases revoked with `sync: false` (revoked on the reaper's next pass even if not expired).
+    forced: Mutex<HashSet<String>>,
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn not_found(id: &str) -> ServerError {
+    ServerError::BadRequest(format!(
+        "lease {id:?} not found (it may have expired or been revoked)"
+    ))
+}
+
+/// Delay before retry number `attempts` (1, 2, 4 … seconds, at most [`MAX_BACKOFF`]).
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(16)).min(MAX_BACKOFF)
+}
+
+impl Broker {
+    /// A broker over `store` and `catalog`; call [`Broker::recover`] before serving.
+    pub fn new(store: Arc<dyn Store>, catalog: Arc<Catalog>, metrics: Arc<Metrics>) -> Broker {
+        Broker {
+            store,
+            catalog,
+            schedule: Schedule::default(),
+            metrics,
+            locks: Mutex::default(),
+            failing: Mutex::default(),
+            forced: Mutex::default(),
+        }
+    }
+
+    /// The catalog of mounts, connections and roles.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(id.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.leases.set(self.schedule.len() as i64);
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.metrics.leases_failing_revocation.set(failing as i64);
+    }
+
+    /// Puts every stored lease back on the schedule: unfinished creations are rolled back at
+    /// once, failing revocations are retried at once, the rest are revoked at expiry.
+    pub fn recover(&self) -> Result<usize, ServerError> {
+        let leases = self.store.all_leases()?;
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        for lease in &leases {
+            let at = match lease.state {
+                LeaseState::Pending | LeaseState::Revoking => now(),
+                LeaseState::Active => lease.expires_at,
+            };
+            if lease.revoke_attempts > 0 {
+                failing.insert(lease.id.clone());
+            }
+            self.schedule.set(&lease.id, at);
+        }
+        drop(failing);
+        self.update_gauges();
+        Ok(leases.len())
+    }
+
+    /// Creates a user for `role_name` in `mount` on behalf of `owner`.
+    pub async fn issue(
+        &self,
+        mount: &str,
+        role_name: &str,
+        owner: &str,
+    ) -> Result<Issued, ServerError> {
+        let role = self.catalog.role(mount, role_name)?;
+        let target = self.catalog.target_for_role(mount, &role)?;
+        let issued_at = now();
+        let username = generate_username(owner, &role.name, issued_at.unix_timestamp());
+        let password = generate_password();
+        let mut lease =
+            Lease::new_pending(mount, &role, username, owner, Ttl::default(), issued_at);
+        self.store.insert_lease(&lease)?;
+        let created = target
+            .create_user(&role, &lease.username, &password, lease.expires_at)
+            .await;
+        if let Err(error) = created {
+            self.metrics.issue_failures.inc();
+            tracing::warn!(lease_id = %lease.id, %error, "creating user failed");
+            if matches!(error, EngineError::Unreachable { .. }) {
+                // Nothing was sent to the database: there is nothing to undo.
+                self.store.delete_lease(&lease.id)?;
+            } else {
+                // Roll back whatever may exist; if that fails too, the reaper keeps trying.
+                self.schedule.set(&lease.id, now());
+                self.update_gauges();
+            }
+            return Err(error.into());
+        }
+        lease.state = LeaseState::Active;
+        if let Err(error) = self.store.update_lease(&lease) {
+            self.schedule.set(&lease.id, now());
+            return Err(error.into());
+        }
+        self.schedule.set(&lease.id, lease.expires_at);
+        self.metrics.leases_issued.inc();
+        self.update_gauges();
+        tracing::info!(lease_id = %lease.id, username = %lease.username, ttl = lease.remaining(now()).as_secs(), "issued");
+        Ok(Issued { lease, password })
+    }
+
+    /// Extends a lease by `increment` (zero: the role's default TTL), never past its max TTL.
+    pub async fn renew(&self, id: &str, increment: Ttl) -> Result<Renewed, ServerError> {
+        let _guard = self.lock(id).await;
+        let mut lease = self.store.get_lease(id)?.ok_or_else(|| not_found(id))?;
+        let at = now();
+        if lease.state != LeaseState::Active || at >= lease.expires_at {
+            return Err(ServerError::BadRequest(format!(
+                "lease {id:?} has expired or is being revoked"
+            )));
+        }
+        let renewal = lease.plan_renewal(increment, at)?;
+        let target = self.catalog.target(&lease.mount, &lease.role.db_name)?;
+        target
+            .renew_user(&lease.role, &lease.username, renewal.expires_at)
+            .await?;
+        lease.expires_at = renewal.expires_at;
+        lease.last_renewal = Some(at);
+        self.store.update_lease(&lease)?;
+        self.schedule.set(id, lease.expires_at);
+        let warning = renewal.capped_from.map(|asked| {
+            format!(
+                "TTL of \"{asked}\" exceeded the effective max_ttl of \"{}\"; TTL value is capped accordingly",
+                renewal.ttl
+            )
+        });
+        tracing::info!(lease_id = %id, ttl = renewal.ttl.as_secs(), capped = warning.is_some(), "renewed");
+        Ok(Renewed {
+            lease,
+            ttl: renewal.ttl,
+            warning,
+        })
+    }
+
+    /// Revokes a lease now; an unknown lease is an error.
+    pub async fn revoke(&self, id: &str) -> Result<(), ServerError> {
+        if self.store.get_lease(id)?.is_none() {
+            return Err(not_found(id));
+        }
+        self.attempt_revocation(id, Why::Requested).await
+    }
+
+    /// Queues a lease for revocation by the reaper (Vault's `"sync": false`).
+    pub fn revoke_later(&self, id: &str) -> Result<(), ServerError> {
+        if self.store.get_lease(id)?.is_none() {
+            return Err(not_found(id));
+        }
+        self.forced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+        self.schedule.set(id, now());
+        Ok(())
+    }
+
+    /// Revokes every lease whose id starts with `prefix`; reports the first failure after trying all.
+    pub async fn revoke_prefix(&self, prefix: &str) -> Result<usize, ServerError> {
+        let ids = self.store.lease_ids_with_prefix(prefix)?;
+        let mut first_error = None;
+        for id in &ids {
+            if let Err(e) = self.attempt_revocation(id, Why::Requested).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(ids.len()), Err)
+    }
+
+    /// One lease by id.
+    pub fn lookup(&self, id: &str) -> Result<Lease, ServerError> {
+        self.store.get_lease(id)?.ok_or_else(|| not_found(id))
+    }
+
+    /// Vault's LIST of `sys/leases/lookup/<prefix>`: the next path segment of every lease
+    /// under `prefix` (`role/` for folders, the id's last part for leases).
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>, ServerError> {
+        let prefix = if prefix.is_empty() || prefix.ends_with('/') {
+            prefix.to_string()
+        } else {
+            format!("{prefix}/")
+        };
+        let mut keys: Vec<String> = self
+            .store
+            .lease_ids_with_prefix(&prefix)?
+            .iter()
+            .map(|id| {
+                let rest = &id[prefix.len()..];
+                match rest.find('/') {
+                    Some(slash) => rest[..=slash].to_string(),
+                    None => rest.to_string(),
+                }
+            })
+            .collect();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// Tries to drop a lease's user once. On success the lease is forgotten; on failure it is
+    /// kept (visible in lookup and metrics) and retried after a backoff.
+    async fn attempt_revocation(&self, id: &str, why: Why) -> Result<(), ServerError> {
+        let _guard = self.lock(id).await;
+        let Some(mut lease) = self.store.get_lease(id)? else {
+            self.schedule.remove(id);
+            return Ok(());
+        };
+        let at = now();
+        let forced = self
+            .forced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if why == Why::Expired
+            && !forced
+            && lease.state == LeaseState::Active
+            && lease.expires_at > at
+        {
+            // Renewed after the reaper picked it up.
+            self.schedule.set(id, lease.expires_at);
+            return Ok(());
+        }
+        let rolling_back = lease.state == LeaseState::Pending;
+        if lease.state == LeaseState::Active {
+            lease.state = LeaseState::Revoking;
+            self.store.update_lease(&lease)?;
+        }
+        let result = match self.catalog.target(&lease.mount, &lease.role.db_name) {
+            Ok(target) if rolling_back => target
+                .rollback_user(&lease.role, &lease.username)
+                .await
+                .map_err(Into::into),
+            Ok(target) => target
+                .revoke_user(&lease.role, &lease.username)
+                .await
+                .map_err(Into::into),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                self.store.delete_lease(id)?;
+                self.schedule.remove(id);
+                self.failing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+                let reason = match (rolling_back, why) {
+                    (true, _) => "rollback",
+                    (false, Why::Expired) => "expired",
+                    (false, Why::Requested) => "requested",
+                };
+                self.metrics
+                    .leases_revoked
+                    .get_or_create(&RevokeLabels { reason })
+                    .inc();
+                self.update_gauges();
+                tracing::info!(lease_id = %id, username = %lease.username, reason, "revoked");
+                Ok(())
+            }
+            Err(error) => {
+                lease.revoke_attempts += 1;
+                lease.last_error = Some(error.to_string());
+                self.store.update_lease(&lease)?;
+                let retry = backoff(lease.revoke_attempts);
+                self.schedule.set(id, at + retry);
+                self.failing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.to_string());
+                self.metrics.revocation_failures.inc();
+                self.update_gauges();
+                tracing::warn!(lease_id = %id, attempts = lease.revoke_attempts, retry_in_s = retry.as_secs(), %error, "revocation failed; will retry");
+                Err(ServerError::Internal(format!(
+                    "revoking lease {id:?} failed (attempt {}, retrying in {}s): {error}",
+                    lease.revoke_attempts,
+                    retry.as_secs()
+                )))
+            }
+        }
+    }
+
+    /// The reaper: sleeps until the earliest scheduled lease is due, revokes everything due
+    /// (up to 16 at once), and repeats until `shutdown` turns true.
+    pub async fn run_reaper(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let permits = Arc::new(Semaphore::new(REAPER_CONCURRENCY));
+        loop {
+            let wait = self
+                .schedule
+                .next_due()
+                .map(|at| (at - now()).try_into().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.schedule.changed() => continue,
+                _ = shutdown.changed() => return,
+            }
+            for id in self.schedule.take_due(now()) {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let broker = self.clone();
+                tokio::spawn(async move {
+                    let _ = broker.attempt_revocation(&id, Why::Expired).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute() {
+        let secs: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(backoff(1000), Duration::from_secs(60));
+    }
+}

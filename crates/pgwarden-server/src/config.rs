@@ -1,0 +1,329 @@
+//! The server's YAML configuration and its `PGWARDEN_*` environment overrides.
+
+use pgwarden_core::{ConnectionDef, CoreError, RoleSpec};
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why the configuration cannot be used; each message names the field and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or has unknown fields.
+    #[error("config file {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, with line and column.
+        reason: String,
+    },
+    /// A field's value is not usable.
+    #[error("config: {0}")]
+    Invalid(String),
+    /// A role or connection definition is invalid.
+    #[error("config: mount {mount:?}: {source}")]
+    Definition {
+        /// The mount it is in.
+        mount: String,
+        /// What is wrong.
+        source: CoreError,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory of the SQLite state file.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// File holding the root token (`PGWARDEN_ROOT_TOKEN` wins).
+    #[serde(default)]
+    pub root_token_file: Option<PathBuf>,
+    /// File holding the 64-hex-digit key that seals stored secrets (`PGWARDEN_SEAL_KEY` wins).
+    #[serde(default)]
+    pub seal_key_file: Option<PathBuf>,
+    /// Secrets-engine mounts by name.
+    #[serde(default)]
+    pub mounts: BTreeMap<String, MountConfig>,
+    /// The root token, resolved from the environment or `root_token_file` by [`Config::resolve_secrets`].
+    #[serde(skip)]
+    pub root_token: Option<SecretString>,
+    /// The seal key, resolved by [`Config::resolve_secrets`].
+    #[serde(skip)]
+    pub seal_key: Option<SecretString>,
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8200".parse().expect("a valid address")
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./pgwarden-data")
+}
+
+/// One database secrets-engine mount.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountConfig {
+    /// Connections by name (what roles call `db_name`).
+    #[serde(default)]
+    pub connections: BTreeMap<String, ConnectionConfig>,
+    /// Dynamic roles by name.
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleSpec>,
+}
+
+/// A connection as written in the file; the password comes from exactly one of three places.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Accepted for Vault compatibility; must be `postgresql-database-plugin` when given.
+    #[serde(default)]
+    pub plugin_name: Option<String>,
+    /// `postgresql://{{username}}:{{password}}@host:port/db?sslmode=…`
+    pub connection_url: String,
+    /// Administrative user.
+    pub username: String,
+    /// The password inline (prefer `password_env` or `password_file`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password (trailing newline ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Role globs allowed to use this connection; empty allows none.
+    #[serde(default)]
+    pub allowed_roles: Vec<String>,
+    /// Connect once at start-up to check the settings.
+    #[serde(default = "yes")]
+    pub verify_connection: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Reads a secret from a file, dropping one trailing newline.
+fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Invalid(format!("{what} {}: {e}", path.display())))?;
+    let trimmed = text.strip_suffix('\n').unwrap_or(&text);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    if trimmed.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "{what} {} is empty",
+            path.display()
+        )));
+    }
+    Ok(SecretString::from(trimmed.to_string()))
+}
+
+/// A non-empty environment variable.
+fn env_secret(name: &str) -> Option<SecretString> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(SecretString::from)
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides and resolves secrets.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|reason| ConfigError::Parse {
+            path: path.display().to_string(),
+            reason,
+        })?;
+        config.apply_env()?;
+        config.resolve_secrets()?;
+        Ok(config)
+    }
+
+    /// Parses YAML text (no environment, no secrets).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return serde_saphyr::from_str("{}").map_err(|e| e.to_string());
+        }
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Applies `PGWARDEN_LISTEN` and `PGWARDEN_DATA_DIR`.
+    pub fn apply_env(&mut self) -> Result<(), ConfigError> {
+        if let Ok(listen) = std::env::var("PGWARDEN_LISTEN") {
+            self.listen = listen
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("PGWARDEN_LISTEN {listen:?}: {e}")))?;
+        }
+        if let Some(dir) = std::env::var_os("PGWARDEN_DATA_DIR") {
+            self.data_dir = PathBuf::from(dir);
+        }
+        Ok(())
+    }
+
+    /// Resolves the root token (`PGWARDEN_ROOT_TOKEN`, else `root_token_file`) and the seal key
+    /// (`PGWARDEN_SEAL_KEY`, else `seal_key_file`), keeping values already set.
+    pub fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        if self.root_token.is_none() {
+            self.root_token = match (env_secret("PGWARDEN_ROOT_TOKEN"), &self.root_token_file) {
+                (Some(token), _) => Some(token),
+                (None, Some(file)) => Some(read_secret_file(file, "root_token_file")?),
+                (None, None) => None,
+            };
+        }
+        if self.seal_key.is_none() {
+            self.seal_key = match (env_secret("PGWARDEN_SEAL_KEY"), &self.seal_key_file) {
+                (Some(key), _) => Some(key),
+                (None, Some(file)) => Some(read_secret_file(file, "seal_key_file")?),
+                (None, None) => None,
+            };
+        }
+        Ok(())
+    }
+}
+
+impl ConnectionConfig {
+    /// The validated definition named `name`, with its password read from wherever it lives.
+    pub fn to_def(&self, mount: &str, name: &str) -> Result<ConnectionDef, ConfigError> {
+        let invalid = |reason: String| ConfigError::Definition {
+            mount: mount.to_string(),
+            source: CoreError::InvalidConnection {
+                connection: name.to_string(),
+                reason,
+            },
+        };
+        if let Some(plugin) = &self.plugin_name
+            && plugin != pgwarden_core::connection::POSTGRES_PLUGIN
+        {
+            return Err(invalid(format!(
+                "plugin_name {plugin:?} is not supported; use {:?}",
+                pgwarden_core::connection::POSTGRES_PLUGIN
+            )));
+        }
+        let password = match (&self.password, &self.password_env, &self.password_file) {
+            (Some(p), None, None) => SecretString::from(p.clone()),
+            (None, Some(var), None) => env_secret(var).ok_or_else(|| {
+                invalid(format!(
+                    "password_env {var:?} is not set in the environment"
+                ))
+            })?,
+            (None, None, Some(file)) => {
+                read_secret_file(file, "password_file").map_err(|e| invalid(e.to_string()))?
+            }
+            (None, None, None) => {
+                return Err(invalid(
+                    "set one of password, password_env or password_file".into(),
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    "set only one of password, password_env or password_file".into(),
+                ));
+            }
+        };
+        let def = ConnectionDef {
+            name: name.to_string(),
+            connection_url: self.connection_url.clone(),
+            username: self.username.clone(),
+            password,
+            allowed_roles: self.allowed_roles.clone(),
+            verify_connection: self.verify_connection,
+        };
+        def.validate().map_err(|source| ConfigError::Definition {
+            mount: mount.to_string(),
+            source,
+        })?;
+        Ok(def)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+listen: "127.0.0.1:8201"
+data_dir: "/tmp/x"
+mounts:
+  database:
+    connections:
+      appdb:
+        connection_url: "postgresql://{{username}}:{{password}}@127.0.0.1:5432/appdb?sslmode=disable"
+        username: pgwarden_admin
+        password: secret
+        allowed_roles: ["appdb-*"]
+    roles:
+      appdb-readonly: { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 24h }
+      custom-reader:
+        db_name: appdb
+        creation_statements:
+          - CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';
+        default_ttl: 5m
+        max_ttl: 1h
+"#;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let config = Config::parse(SAMPLE).unwrap();
+        assert_eq!(config.listen.port(), 8201);
+        let mount = &config.mounts["database"];
+        let conn = mount.connections["appdb"]
+            .to_def("database", "appdb")
+            .unwrap();
+        assert!(conn.allows_role("appdb-readonly"));
+        assert!(!conn.allows_role("other"));
+        let role = mount.roles["custom-reader"]
+            .clone()
+            .into_def("custom-reader")
+            .unwrap();
+        assert_eq!(role.default_ttl.as_secs(), 300);
+    }
+
+    #[test]
+    fn defaults_apply_to_an_empty_file() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.listen, default_listen());
+        assert_eq!(config.data_dir, PathBuf::from("./pgwarden-data"));
+        assert!(config.mounts.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_name() {
+        let err = Config::parse("listen: \"127.0.0.1:1\"\nlisten_adress: x\n").unwrap_err();
+        assert!(err.contains("listen_adress"), "{err}");
+    }
+
+    #[test]
+    fn a_connection_needs_exactly_one_password_source() {
+        let mut conn =
+            Config::parse(SAMPLE).unwrap().mounts["database"].connections["appdb"].clone();
+        conn.password_env = Some("X".into());
+        assert_eq!(
+            conn.to_def("database", "appdb").unwrap_err().to_string(),
+            "config: mount \"database\": connection \"appdb\": set only one of password, password_env or password_file"
+        );
+        conn.password = None;
+        conn.password_env = Some("PGWARDEN_TEST_SURELY_UNSET".into());
+        assert_eq!(
+            conn.to_def("database", "appdb").unwrap_err().to_string(),
+            "config: mount \"database\": connection \"appdb\": password_env \"PGWARDEN_TEST_SURELY_UNSET\" is not set in the environment"
+        );
+    }
+}

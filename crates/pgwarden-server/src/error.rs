@@ -1,0 +1,70 @@
+//! The server's one error type, mapped once to an HTTP status and Vault's error body.
+
+use pgwarden_core::CoreError;
+use pgwarden_engine::EngineError;
+use pgwarden_store::StoreError;
+
+/// Every way a request can fail, each with its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// 400: the request is wrong; the message says how.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 403: no token, or not a token that may do this.
+    #[error("permission denied")]
+    PermissionDenied,
+    /// 404: no such mount, role, connection or path.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the path exists but not with this method.
+    #[error("unsupported operation")]
+    MethodNotAllowed,
+    /// 413: the body is over the limit.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 503: a target database cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: something failed on pgwarden's side or in the target database.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServerError {
+    /// The HTTP status code for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            ServerError::BadRequest(_) => 400,
+            ServerError::PermissionDenied => 403,
+            ServerError::NotFound(_) => 404,
+            ServerError::MethodNotAllowed => 405,
+            ServerError::PayloadTooLarge(_) => 413,
+            ServerError::Unavailable(_) => 503,
+            ServerError::Internal(_) => 500,
+        }
+    }
+}
+
+impl From<CoreError> for ServerError {
+    fn from(e: CoreError) -> Self {
+        ServerError::BadRequest(e.to_string())
+    }
+}
+
+impl From<StoreError> for ServerError {
+    fn from(e: StoreError) -> Self {
+        ServerError::Internal(e.to_string())
+    }
+}
+
+impl From<EngineError> for ServerError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Unreachable { .. } => ServerError::Unavailable(e.to_string()),
+            EngineError::InvalidUrl { .. }
+            | EngineError::Template(_)
+            | EngineError::UserGone { .. } => ServerError::BadRequest(e.to_string()),
+            EngineError::Sql { .. } => ServerError::Internal(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Prometheus metrics of the broker, in one registry passed around explicitly.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why a lease ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevokeLabels {
+    /// `expired`, `requested` or `rollback`.
+    pub reason: &'static str,
+}
+
+/// HTTP responses by status code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    /// The status code.
+    pub code: u16,
+}
+
+/// Every metric pgwarden exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Leases issued.
+    pub leases_issued: Counter,
+    /// Issue attempts that failed.
+    pub issue_failures: Counter,
+    /// Leases whose user was dropped, by reason.
+    pub leases_revoked: Family<RevokeLabels, Counter>,
+    /// Revocation attempts that failed (each retry counts).
+    pub revocation_failures: Counter,
+    /// Leases pgwarden is responsible for (pending, active or being revoked).
+    pub leases: Gauge,
+    /// Leases whose revocation has failed and is being retried.
+    pub leases_failing_revocation: Gauge,
+    /// HTTP responses by status.
+    pub http_responses: Family<ResponseLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates and registers all metrics.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("pgwarden");
+        let m = Metrics {
+            leases_issued: Counter::default(),
+            issue_failures: Counter::default(),
+            leases_revoked: Family::default(),
+            revocation_failures: Counter::default(),
+            leases: Gauge::default(),
+            leases_failing_revocation: Gauge::default(),
+            http_responses: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("leases_issued", "Leases issued", m.leases_issued.clone());
+        registry.register(
+            "issue_failures",
+            "Credential requests that failed",
+            m.issue_failures.clone(),
+        );
+        registry.register(
+            "leases_revoked",
+            "Leases whose user was dropped",
+            m.leases_revoked.clone(),
+        );
+        registry.register(
+            "revocation_failures",
+            "Failed revocation attempts",
+            m.revocation_failures.clone(),
+        );
+        registry.register(
+            "leases",
+            "Leases held (pending, active or being revoked)",
+            m.leases.clone(),
+        );
+        registry.register(
+            "leases_failing_revocation",
+            "Leases whose revocation failed and is being retried",
+            m.leases_failing_revocation.clone(),
+        );
+        registry.register(
+            "http_responses",
+            "HTTP responses by status code",
+            m.http_responses.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
