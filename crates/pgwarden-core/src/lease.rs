@@ -109,6 +109,11 @@ impl Lease {
         }
     }
 
+    /// The TTL the lease was issued with: from issue to its current end.
+    pub fn granted_ttl(&self) -> Ttl {
+        Ttl::from_secs((self.expires_at - self.issued_at).whole_seconds().max(0) as u64)
+    }
+
     /// Seconds left until the lease ends (zero once ended).
     pub fn remaining(&self, now: OffsetDateTime) -> Ttl {
         Ttl::from_secs((self.expires_at - now).whole_seconds().max(0) as u64)

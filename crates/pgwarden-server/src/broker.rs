@@ -170,7 +170,7 @@ impl Broker {
         self.schedule.set(&lease.id, lease.expires_at);
         self.metrics.leases_issued.inc();
         self.update_gauges();
-        tracing::info!(lease_id = %lease.id, username = %lease.username, ttl = lease.remaining(now()).as_secs(), "issued");
+        tracing::info!(lease_id = %lease.id, username = %lease.username, ttl = lease.granted_ttl().as_secs(), "issued");
         Ok(Issued { lease, password })
     }
 

@@ -238,10 +238,7 @@ async fn handle(
         ),
         (Route::Creds { mount, role }, Op::Read | Op::Write) => {
             let issued = broker.issue(mount, role, caller.display_name).await?;
-            let ttl = issued
-                .lease
-                .remaining(time::OffsetDateTime::now_utc())
-                .as_secs();
+            let ttl = issued.lease.granted_ttl().as_secs();
             respond::envelope(
                 json!({
                     "username": issued.lease.username,

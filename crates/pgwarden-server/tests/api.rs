@@ -1,0 +1,632 @@
+//! The Vault-compatible API against a real PostgreSQL: issue, renew, revoke, lookup, list,
+//! runtime definitions, and every kind of bad input.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn issue_login_revoke() {
+    let env = Env::start(ROLES).await;
+    for role in [
+        "appdb-readonly",
+        "appdb-user",
+        "appdb-admin",
+        "custom-reader",
+    ] {
+        let creds = env.creds(role).await;
+        assert!(
+            creds
+                .lease_id
+                .starts_with(&format!("database/creds/{role}/"))
+        );
+        assert!(creds.username.starts_with("v-root-"), "{}", creds.username);
+        let client = env.login(&creds).await.expect("issued password works");
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM items", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 3);
+        let (status, _) = env
+            .call(
+                "PUT",
+                "sys/leases/revoke",
+                Some(json!({ "lease_id": creds.lease_id })),
+            )
+            .await;
+        assert_eq!(status, 204);
+        assert_invalid_password(env.login(&creds).await.unwrap_err());
+        assert!(!env.role_exists(&creds.username).await);
+    }
+    let creds = env.creds("appdb-readonly").await;
+    assert_eq!(creds.lease_duration, 3600);
+}
+
+#[tokio::test]
+async fn renewal_is_capped_and_moves_valid_until() {
+    let env = Env::start(
+        "      short: { db_name: appdb, preset: readonly, default_ttl: 10s, max_ttl: 30s }",
+    )
+    .await;
+    let creds = env.creds("short").await;
+    assert_eq!(creds.lease_duration, 10);
+    let (status, body) = env
+        .call(
+            "PUT",
+            "sys/leases/renew",
+            Some(json!({ "lease_id": creds.lease_id, "increment": "20s" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["lease_duration"], 20);
+    assert_eq!(body["warnings"], serde_json::Value::Null);
+    let (status, body) = env
+        .call(
+            "PUT",
+            "sys/leases/renew",
+            Some(json!({ "lease_id": creds.lease_id, "increment": 3600 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let capped = body["lease_duration"].as_u64().unwrap();
+    assert!(
+        (28..=30).contains(&capped),
+        "capped to the max TTL, got {capped}"
+    );
+    let warning = body["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.starts_with("TTL of \"3600s\" exceeded the effective max_ttl of \""),
+        "{warning}"
+    );
+
+    // VALID UNTIL follows: lookup's expire_time + 5 s.
+    let (_, lookup) = env
+        .call(
+            "PUT",
+            "sys/leases/lookup",
+            Some(json!({ "lease_id": creds.lease_id })),
+        )
+        .await;
+    let expire = time::OffsetDateTime::parse(
+        lookup["data"]["expire_time"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let su = env.cluster.connect_superuser("appdb").await.unwrap();
+    let until: i64 = su
+        .query_one(
+            "SELECT extract(epoch FROM rolvaliduntil)::bigint FROM pg_roles WHERE rolname = $1",
+            &[&creds.username],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(until, expire.unix_timestamp() + 5);
+    assert_eq!(lookup["data"]["state"], "active");
+    assert_eq!(lookup["data"]["renewable"], true);
+}
+
+#[tokio::test]
+async fn reaper_drops_expired_users_within_two_seconds() {
+    let env = Env::start(
+        "      blink: { db_name: appdb, preset: readonly, default_ttl: 2s, max_ttl: 1m }",
+    )
+    .await;
+    let creds = env.creds("blink").await;
+    let session = env.login(&creds).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        env.role_exists(&creds.username).await,
+        "still valid before expiry"
+    );
+    let gone_after = env
+        .wait_role_gone(&creds.username, Duration::from_secs(3))
+        .await
+        .expect("dropped within 2 s of expiry");
+    assert!(gone_after <= Duration::from_millis(2500), "{gone_after:?}");
+    assert!(
+        session.simple_query("SELECT 1").await.is_err(),
+        "live session was ended"
+    );
+    assert_invalid_password(env.login(&creds).await.unwrap_err());
+    let (status, body) = env
+        .call(
+            "PUT",
+            "sys/leases/lookup",
+            Some(json!({ "lease_id": creds.lease_id })),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["errors"][0],
+        format!(
+            "lease {:?} not found (it may have expired or been revoked)",
+            creds.lease_id
+        )
+    );
+    let metrics = env.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "pgwarden_leases_revoked_total{reason=\"expired\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(&metrics, "pgwarden_leases"), 0.0);
+}
+
+#[tokio::test]
+async fn lookup_list_and_revoke_prefix() {
+    let env = Env::start(ROLES).await;
+    let a = env.creds("appdb-readonly").await;
+    let b = env.creds("appdb-readonly").await;
+    let c = env.creds("appdb-user").await;
+    let (status, body) = env
+        .call("LIST", "sys/leases/lookup/database/creds/", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["data"]["keys"],
+        json!(["appdb-readonly/", "appdb-user/"])
+    );
+    let (_, body) = env
+        .call(
+            "GET",
+            "sys/leases/lookup/database/creds/appdb-readonly?list=true",
+            None,
+        )
+        .await;
+    let mut keys: Vec<String> = body["data"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    keys.sort();
+    let mut expected: Vec<String> = [&a, &b]
+        .iter()
+        .map(|c| c.lease_id.rsplit('/').next().unwrap().to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+
+    let (status, _) = env
+        .call(
+            "PUT",
+            "sys/leases/revoke-prefix/database/creds/appdb-readonly",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    for creds in [&a, &b] {
+        assert!(!env.role_exists(&creds.username).await);
+    }
+    assert!(env.role_exists(&c.username).await);
+    let (status, body) = env
+        .call(
+            "LIST",
+            "sys/leases/lookup/database/creds/appdb-readonly/",
+            None,
+        )
+        .await;
+    assert_eq!((status, body), (404, json!({ "errors": [] })));
+
+    // Queued revocation (sync: false) answers 202 and the reaper does it.
+    let (status, _) = env
+        .call(
+            "PUT",
+            "sys/leases/revoke",
+            Some(json!({ "lease_id": c.lease_id, "sync": false })),
+        )
+        .await;
+    assert_eq!(status, 202);
+    env.wait_role_gone(&c.username, Duration::from_secs(5))
+        .await
+        .expect("queued revocation ran");
+}
+
+#[tokio::test]
+async fn roles_and_connections_at_run_time() {
+    let env = Env::start(ROLES).await;
+    let url = format!(
+        "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/appdb?sslmode=disable",
+        env.cluster.port()
+    );
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/config/second",
+            Some(json!({ "plugin_name": "postgresql-database-plugin", "connection_url": url, "username": ADMIN, "password": ADMIN_PW, "allowed_roles": "rt-*" })),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (_, body) = env.call("GET", "database/config/second", None).await;
+    assert_eq!(body["data"]["connection_details"]["username"], ADMIN);
+    assert_eq!(body["data"]["allowed_roles"], json!(["rt-*"]));
+    assert!(
+        !body.to_string().contains(ADMIN_PW),
+        "password never read back"
+    );
+
+    let (status, body) = env
+        .call("POST", "database/roles/rt-reader", Some(json!({ "db_name": "second", "preset": "readonly", "default_ttl": "1m", "max_ttl": 120 })))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (_, body) = env.call("GET", "database/roles/rt-reader", None).await;
+    assert_eq!(body["data"]["default_ttl"], 60);
+    assert_eq!(body["data"]["max_ttl"], 120);
+    assert_eq!(body["data"]["preset"], "readonly");
+    let (_, body) = env.call("LIST", "database/roles", None).await;
+    assert!(
+        body["data"]["keys"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("rt-reader"))
+    );
+
+    let creds = env.creds("rt-reader").await;
+    env.login(&creds).await.unwrap();
+
+    // A connection's allowed_roles are enforced.
+    env.call(
+        "POST",
+        "database/roles/not-allowed",
+        Some(json!({ "db_name": "second", "preset": "readonly" })),
+    )
+    .await;
+    let (status, body) = env.call("GET", "database/creds/not-allowed", None).await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({ "errors": ["role \"not-allowed\" is not in the allowed_roles of connection \"second\""] })
+        )
+    );
+
+    // Runtime definitions survive a restart (the password sealed in the store).
+    let mut env = env;
+    env.stop().await;
+    env.boot(ROLES).await;
+    let again = env.creds("rt-reader").await;
+    env.login(&again).await.unwrap();
+
+    // Definitions from the file are read-only through the API.
+    let (status, body) = env.call("DELETE", "database/roles/appdb-admin", None).await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({ "errors": ["role \"appdb-admin\" is defined in the configuration file and is read-only through the API"] })
+        )
+    );
+    let (status, _) = env.call("DELETE", "database/roles/rt-reader", None).await;
+    assert_eq!(status, 204);
+    let (status, _) = env.call("GET", "database/roles/rt-reader", None).await;
+    assert_eq!(status, 404);
+
+    // A connection that cannot be reached is refused when written.
+    let (status, body) = env
+        .call("POST", "database/config/broken", Some(json!({ "connection_url": "postgresql://{{username}}:{{password}}@127.0.0.1:1/x", "username": "u", "password": "p" })))
+        .await;
+    assert_eq!(status, 400);
+    assert!(body["errors"][0].as_str().unwrap().starts_with("connection \"broken\" failed verification: database of connection \"broken\" is unreachable: "), "{body}");
+}
+
+#[tokio::test]
+async fn bad_input_gets_precise_errors_and_changes_nothing() {
+    let env = Env::start(ROLES).await;
+    let cases: Vec<(
+        &str,
+        &str,
+        Option<serde_json::Value>,
+        u16,
+        serde_json::Value,
+    )> = vec![
+        (
+            "GET",
+            "nomount/creds/x",
+            None,
+            404,
+            json!({"errors": ["no mount \"nomount\": mounts are defined in the configuration file"]}),
+        ),
+        (
+            "GET",
+            "database/creds/nope",
+            None,
+            404,
+            json!({"errors": ["role \"nope\" not found in mount \"database\""]}),
+        ),
+        (
+            "GET",
+            "database/frobnicate/x",
+            None,
+            404,
+            json!({"errors": ["no handler for path \"database/frobnicate/x\""]}),
+        ),
+        (
+            "PUT",
+            "sys/leases/renew",
+            Some(json!({"lease_id": "database/creds/appdb-readonly/nope"})),
+            400,
+            json!({"errors": ["lease \"database/creds/appdb-readonly/nope\" not found (it may have expired or been revoked)"]}),
+        ),
+        (
+            "PUT",
+            "sys/leases/revoke",
+            Some(json!({"lease_id": "database/creds/appdb-readonly/nope"})),
+            400,
+            json!({"errors": ["lease \"database/creds/appdb-readonly/nope\" not found (it may have expired or been revoked)"]}),
+        ),
+        (
+            "PUT",
+            "sys/leases/revoke",
+            Some(json!({})),
+            400,
+            json!({"errors": ["lease_id is required"]}),
+        ),
+        (
+            "PUT",
+            "sys/leases/renew",
+            Some(json!({"lease_id": "x", "increment": "soon"})),
+            400,
+            json!({"errors": ["invalid request body: invalid TTL \"soon\": use integer seconds or a duration like 90s, 15m, 1h, 24h at line 1 column 19"]}),
+        ),
+        (
+            "POST",
+            "database/roles/r1",
+            Some(json!({"db_name": "appdb", "preset": "readonly", "max_ttl": "forever"})),
+            400,
+            json!({"errors": ["invalid request body: invalid TTL \"forever\": use integer seconds or a duration like 90s, 15m, 1h, 24h at line 1 column 38"]}),
+        ),
+        (
+            "POST",
+            "database/roles/r2",
+            Some(json!({"db_name": "appdb"})),
+            400,
+            json!({"errors": ["role \"r2\": creation_statements or preset (readonly, user, admin) is required"]}),
+        ),
+        (
+            "DELETE",
+            "database/creds/appdb-readonly",
+            None,
+            405,
+            json!({"errors": ["unsupported operation"]}),
+        ),
+    ];
+    for (method, path, body, status, expected) in cases {
+        let (got_status, got) = env.call(method, path, body).await;
+        assert_eq!((got_status, &got), (status, &expected), "{method} {path}");
+    }
+
+    // Malformed JSON.
+    let response = env
+        .http
+        .put(env.url("sys/leases/renew"))
+        .header("X-Vault-Token", ROOT)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap(),
+        json!({"errors": ["invalid request body: key must be a string at line 1 column 2"]})
+    );
+    // Body over 1 MiB.
+    let big = format!("{{\"lease_id\": \"{}\"}}", "x".repeat(1024 * 1024));
+    let response = env
+        .http
+        .put(env.url("sys/leases/renew"))
+        .header("X-Vault-Token", ROOT)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap(),
+        json!({"errors": ["request body is larger than 1048576 bytes"]})
+    );
+    // Missing and wrong tokens.
+    let response = env
+        .http
+        .get(env.url("database/creds/appdb-readonly"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap(),
+        json!({"errors": ["permission denied"]})
+    );
+    let response = env
+        .http
+        .get(env.url("database/creds/appdb-readonly"))
+        .bearer_auth("test-root-token-0123456788")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let response = env
+        .http
+        .get(env.url("database/creds/appdb-readonly"))
+        .bearer_auth(ROOT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "Authorization: Bearer works too");
+
+    // Nothing above left a lease behind except the last one.
+    let (_, body) = env
+        .call("LIST", "sys/leases/lookup/database/creds/", None)
+        .await;
+    assert_eq!(body["data"]["keys"], json!(["appdb-readonly/"]));
+}
+
+#[tokio::test]
+async fn hostile_role_names_are_handled_safely() {
+    let env = Env::start(ROLES).await;
+    let name = "a\"; DROP TABLE items; --";
+    let path = format!(
+        "database/roles/{}",
+        "a%22%3B%20DROP%20TABLE%20items%3B%20--"
+    );
+    let (status, body) = env
+        .call(
+            "POST",
+            &path,
+            Some(json!({ "db_name": "appdb", "preset": "user" })),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = env
+        .call(
+            "GET",
+            "database/creds/a%22%3B%20DROP%20TABLE%20items%3B%20--",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let lease_id = body["lease_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        lease_id.rsplit_once('/').unwrap().0,
+        format!("database/creds/{name}")
+    );
+    let user = body["data"]["username"].as_str().unwrap().to_string();
+    let client = env
+        .cluster
+        .connect_as(&user, body["data"]["password"].as_str().unwrap(), "appdb")
+        .await
+        .unwrap();
+    let current: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(current, name);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    let (status, _) = env
+        .call(
+            "PUT",
+            "sys/leases/revoke",
+            Some(json!({ "lease_id": lease_id })),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert!(!env.role_exists(&user).await);
+}
+
+#[tokio::test]
+async fn unreachable_database_is_503_and_leaves_no_lease() {
+    let env = Env::start(ROLES).await;
+    let (status, body) = env
+        .call("POST", "database/config/down", Some(json!({ "connection_url": "postgresql://{{username}}:{{password}}@127.0.0.1:1/x", "username": "u", "password": "p", "allowed_roles": ["*"], "verify_connection": false })))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    env.call(
+        "POST",
+        "database/roles/down-ro",
+        Some(json!({ "db_name": "down", "preset": "readonly" })),
+    )
+    .await;
+    let (status, body) = env.call("GET", "database/creds/down-ro", None).await;
+    assert_eq!(status, 503);
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("database of connection \"down\" is unreachable: "),
+        "{body}"
+    );
+    let (status, _) = env
+        .call("LIST", "sys/leases/lookup/database/creds/", None)
+        .await;
+    assert_eq!(status, 404, "no lease left behind");
+    assert_eq!(
+        metric(&env.metrics().await, "pgwarden_issue_failures_total"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn failed_revocation_is_retried_and_stays_visible() {
+    let env = Env::start(ROLES).await;
+    let creds = env.creds("appdb-readonly").await;
+    // Lock pgwarden's administrator out, and end its pooled sessions.
+    let su = env.cluster.connect_superuser("appdb").await.unwrap();
+    su.batch_execute(&format!("ALTER ROLE {ADMIN} NOLOGIN"))
+        .await
+        .unwrap();
+    su.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+        &[&ADMIN],
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (status, body) = env
+        .call(
+            "PUT",
+            "sys/leases/revoke",
+            Some(json!({ "lease_id": creds.lease_id })),
+        )
+        .await;
+    assert_eq!(status, 500, "{body}");
+    let message = body["errors"][0].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "revoking lease {:?} failed (attempt 1, retrying in 1s): ",
+            creds.lease_id
+        )),
+        "{message}"
+    );
+    let (_, lookup) = env
+        .call(
+            "PUT",
+            "sys/leases/lookup",
+            Some(json!({ "lease_id": creds.lease_id })),
+        )
+        .await;
+    assert_eq!(lookup["data"]["state"], "revoking");
+    assert!(lookup["data"]["revocation_attempts"].as_u64().unwrap() >= 1);
+    assert!(
+        lookup["data"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{lookup}"
+    );
+    let metrics = env.metrics().await;
+    assert_eq!(metric(&metrics, "pgwarden_leases_failing_revocation"), 1.0);
+    assert!(metric(&metrics, "pgwarden_revocation_failures_total") >= 1.0);
+
+    // Let it back in: the retry succeeds on its own.
+    su.batch_execute(&format!("ALTER ROLE {ADMIN} LOGIN"))
+        .await
+        .unwrap();
+    env.wait_role_gone(&creds.username, Duration::from_secs(10))
+        .await
+        .expect("retried revocation succeeded");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(&env.metrics().await, "pgwarden_leases_failing_revocation"),
+        0.0
+    );
+    let (status, _) = env
+        .call(
+            "PUT",
+            "sys/leases/lookup",
+            Some(json!({ "lease_id": creds.lease_id })),
+        )
+        .await;
+    assert_eq!(status, 400);
+}

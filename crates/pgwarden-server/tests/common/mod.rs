@@ -1,0 +1,201 @@
+//! Shared harness: a real PostgreSQL from the testkit, an in-process pgwarden, an HTTP client.
+#![allow(dead_code)]
+
+use pgwarden_server::{Config, Running};
+use pgwarden_testkit::PgCluster;
+use secrecy::SecretString;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+pub const ADMIN: &str = "pgwarden_admin";
+pub const ADMIN_PW: &str = "admin-secret";
+pub const ROOT: &str = "test-root-token-0123456789";
+pub const SEAL_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+/// A cluster with database `appdb`, and a server whose mount `database` has a connection
+/// `appdb` and the roles in `roles_yaml` (indented under `roles:`).
+pub struct Env {
+    pub cluster: PgCluster,
+    pub data: tempfile::TempDir,
+    pub server: Option<Running>,
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+pub const ROLES: &str = r#"
+      appdb-readonly: { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 24h }
+      appdb-user:     { db_name: appdb, preset: user,     default_ttl: 1h, max_ttl: 24h, schemas: [public] }
+      appdb-admin:    { db_name: appdb, preset: admin,    default_ttl: 15m, max_ttl: 4h }
+      custom-reader:
+        db_name: appdb
+        creation_statements:
+          - CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';
+          - GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{{name}}";
+        default_ttl: 5m
+        max_ttl: 1h
+"#;
+
+pub fn config_yaml(port: u16, roles: &str) -> String {
+    format!(
+        r#"
+listen: "127.0.0.1:0"
+mounts:
+  database:
+    connections:
+      appdb:
+        connection_url: "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{port}/appdb?sslmode=disable"
+        username: {ADMIN}
+        password: {ADMIN_PW}
+        allowed_roles: ["*"]
+    roles:
+{roles}
+"#
+    )
+}
+
+impl Env {
+    pub async fn start(roles: &str) -> Env {
+        let cluster = tokio::task::spawn_blocking(PgCluster::start)
+            .await
+            .unwrap()
+            .unwrap();
+        cluster
+            .create_app_database("appdb", ADMIN, ADMIN_PW)
+            .await
+            .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let mut env = Env {
+            cluster,
+            data,
+            server: None,
+            http: reqwest::Client::new(),
+            base: String::new(),
+        };
+        env.boot(roles).await;
+        env
+    }
+
+    /// Starts (or restarts) the in-process server on the same data directory.
+    pub async fn boot(&mut self, roles: &str) {
+        let mut config = Config::parse(&config_yaml(self.cluster.port(), roles)).unwrap();
+        config.data_dir = self.data.path().to_path_buf();
+        config.root_token = Some(SecretString::from(ROOT));
+        config.seal_key = Some(SecretString::from(SEAL_KEY));
+        let running = pgwarden_server::start(config).await.unwrap();
+        self.base = format!("http://{}", running.addr);
+        self.server = Some(running);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/v1/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    /// Sends `method` to `/v1/<path>` with the root token and an optional JSON body.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                self.url(path),
+            )
+            .header("X-Vault-Token", ROOT);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, json)
+    }
+
+    pub async fn creds(&self, role: &str) -> Creds {
+        let (status, body) = self
+            .call("GET", &format!("database/creds/{role}"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        Creds {
+            lease_id: body["lease_id"].as_str().unwrap().to_string(),
+            username: body["data"]["username"].as_str().unwrap().to_string(),
+            password: body["data"]["password"].as_str().unwrap().to_string(),
+            lease_duration: body["lease_duration"].as_u64().unwrap(),
+        }
+    }
+
+    pub async fn login(
+        &self,
+        creds: &Creds,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        self.cluster
+            .connect_as(&creds.username, &creds.password, "appdb")
+            .await
+    }
+
+    pub async fn role_exists(&self, name: &str) -> bool {
+        let su = self.cluster.connect_superuser("appdb").await.unwrap();
+        su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+            .await
+            .unwrap()
+            .is_some()
+    }
+
+    /// Polls until `name` is gone from pg_roles or `limit` passes; returns how long it took.
+    pub async fn wait_role_gone(&self, name: &str, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if !self.role_exists(name).await {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+pub struct Creds {
+    pub lease_id: String,
+    pub username: String,
+    pub password: String,
+    pub lease_duration: u64,
+}
+
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("metric {name} not in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+pub fn assert_invalid_password(err: tokio_postgres::Error) {
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD),
+        "{err:?}"
+    );
+}

@@ -1,0 +1,110 @@
+//! `pgwarden dev`: a throwaway PostgreSQL, a demo database and the broker, on embedded defaults.
+
+use pgwarden_server::Config;
+use pgwarden_server::config::{ConnectionConfig, MountConfig};
+use pgwarden_testkit::PgCluster;
+use secrecy::SecretString;
+use std::net::SocketAddr;
+
+/// The demo's administrative user in the throwaway cluster.
+const ADMIN: &str = "pgwarden_admin";
+
+fn random_token(len: usize) -> String {
+    use rand::RngExt;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+fn demo_mount(port: u16, admin_password: String) -> Result<MountConfig, String> {
+    let mut mount = MountConfig::default();
+    mount.connections.insert(
+        "appdb".into(),
+        ConnectionConfig {
+            plugin_name: None,
+            connection_url: format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{port}/appdb?sslmode=disable"),
+            username: ADMIN.into(),
+            password: Some(admin_password),
+            password_env: None,
+            password_file: None,
+            allowed_roles: vec!["appdb-*".into()],
+            verify_connection: true,
+        },
+    );
+    for (name, preset, ttl, max) in [
+        ("appdb-readonly", "readonly", "1h", "24h"),
+        ("appdb-user", "user", "1h", "24h"),
+        ("appdb-admin", "admin", "15m", "4h"),
+    ] {
+        let spec = serde_json::json!({ "db_name": "appdb", "preset": preset, "default_ttl": ttl, "max_ttl": max });
+        mount.roles.insert(
+            name.into(),
+            serde_json::from_value(spec).map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(mount)
+}
+
+/// Runs the demo until Ctrl-C, then stops the broker and PostgreSQL and deletes their files.
+pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), String> {
+    eprintln!("starting a throwaway PostgreSQL…");
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let admin_password = random_token(24);
+    cluster
+        .create_app_database("appdb", ADMIN, &admin_password)
+        .await
+        .map_err(|e| e.to_string())?;
+    let data = tempfile::Builder::new()
+        .prefix("pgwarden-dev-")
+        .tempdir()
+        .map_err(|e| format!("creating a temporary data directory: {e}"))?;
+    let root_token = root_token.unwrap_or_else(|| random_token(32));
+    let mut config = Config::parse("").map_err(|e| e.to_string())?;
+    config.listen = listen;
+    config.data_dir = data.path().to_path_buf();
+    config.root_token = Some(SecretString::from(root_token.clone()));
+    config.seal_key = Some(SecretString::from(hex_key()));
+    config.mounts.insert(
+        "database".into(),
+        demo_mount(cluster.port(), admin_password)?,
+    );
+    let running = pgwarden_server::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = format!("http://{}", running.addr);
+    println!(
+        "\npgwarden dev is running: PostgreSQL on 127.0.0.1:{port} (database appdb, table items), state in {data}.\n\
+         Everything is deleted on Ctrl-C.\n\n\
+         PGWARDEN_ADDR={addr}\n\
+         PGWARDEN_TOKEN={root_token}\n\n\
+         Try it:\n\
+         \x20 export PGWARDEN_ADDR={addr} PGWARDEN_TOKEN={root_token}\n\
+         \x20 export VAULT_ADDR=$PGWARDEN_ADDR VAULT_TOKEN=$PGWARDEN_TOKEN   # for Vault clients\n\
+         \x20 curl -s -H \"X-Vault-Token: $PGWARDEN_TOKEN\" $PGWARDEN_ADDR/v1/database/creds/appdb-readonly\n\
+         \x20 PGPASSWORD=<password> psql -h 127.0.0.1 -p {port} -U <username> appdb -c 'SELECT * FROM items'\n\n\
+         Roles: appdb-readonly, appdb-user (1h, max 24h), appdb-admin (15m, max 4h).\n",
+        port = cluster.port(),
+        data = data.path().display(),
+    );
+    crate::stop_signal().await;
+    eprintln!("stopping…");
+    running
+        .shutdown()
+        .await
+        .map_err(|e| format!("stopping the broker: {e}"))?;
+    drop(cluster);
+    let data_path = data.path().display().to_string();
+    data.close()
+        .map_err(|e| format!("removing {data_path}: {e}"))?;
+    Ok(())
+}
+
+fn hex_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
