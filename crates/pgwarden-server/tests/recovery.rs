@@ -1,0 +1,52 @@
+//! Crash safety: a lease left half-created is rolled back on the next start, and a restart
+//! loses no lease.
+
+mod common;
+
+use common::*;
+use pgwarden_core::LeaseState;
+use pgwarden_store::{SqliteStore, Store};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn half_created_leases_are_rolled_back_on_start() {
+    let mut env = Env::start(ROLES).await;
+    let kept = env.creds("appdb-readonly").await;
+    let half = env.creds("appdb-user").await;
+    let never = env.creds("custom-reader").await;
+    env.stop().await;
+
+    // Rewind two leases to "pending": one whose user exists (crash after CREATE ROLE, before
+    // the lease was marked active), one whose user was never created.
+    let store = SqliteStore::open(env.data.path()).unwrap();
+    for id in [&half.lease_id, &never.lease_id] {
+        let mut lease = store.get_lease(id).unwrap().unwrap();
+        lease.state = LeaseState::Pending;
+        store.update_lease(&lease).unwrap();
+    }
+    drop(store);
+    let su = env.cluster.connect_superuser("appdb").await.unwrap();
+    su.batch_execute(&format!("DROP OWNED BY \"{0}\"; DROP ROLE \"{0}\"", never.username)).await.unwrap();
+
+    env.boot(ROLES).await;
+    env.wait_role_gone(&half.username, Duration::from_secs(5)).await.expect("half-created user rolled back");
+    for id in [&half.lease_id, &never.lease_id] {
+        let mut gone = false;
+        for _ in 0..50 {
+            let (status, _) = env.call("PUT", "sys/leases/lookup", Some(json!({ "lease_id": id }))).await;
+            if status == 400 {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(gone, "pending lease {id} was forgotten after rollback");
+    }
+    // The active lease survived the restart untouched.
+    let (status, body) = env.call("PUT", "sys/leases/lookup", Some(json!({ "lease_id": kept.lease_id }))).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["state"], "active");
+    env.login(&kept).await.expect("kept credential still works");
+    assert_eq!(metric(&env.metrics().await, "pgwarden_leases_revoked_total{reason=\"rollback\"}"), 2.0);
+}

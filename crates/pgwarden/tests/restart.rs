@@ -1,0 +1,138 @@
+//! A real `pgwarden server` process killed with SIGKILL loses no lease, and after the restart
+//! the reaper still drops users on time.
+
+use pgwarden_testkit::PgCluster;
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "pgwarden_admin";
+const ADMIN_PW: &str = "admin-secret";
+const ROOT: &str = "restart-test-root-token";
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn spawn_server(config: &std::path::Path, port: u16) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["server", "--config"])
+        .arg(config)
+        .env("PGWARDEN_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PGWARDEN_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if reqwest::get(format!("{base}/v1/sys/health")).await.is_ok_and(|r| r.status() == 200) {
+            return Server { child, base };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("pgwarden server did not come up");
+}
+
+async fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut request = client
+        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{base}/v1/{path}"))
+        .header("X-Vault-Token", ROOT);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn sigkill_loses_no_lease_and_the_reaper_keeps_time() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap().unwrap();
+    cluster.create_app_database("appdb", ADMIN, ADMIN_PW).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("root-token");
+    std::fs::write(&token_file, format!("{ROOT}\n")).unwrap();
+    let config = dir.path().join("pgwarden.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+data_dir: "{data}"
+root_token_file: "{token}"
+mounts:
+  database:
+    connections:
+      appdb:
+        connection_url: "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{port}/appdb?sslmode=disable"
+        username: {ADMIN}
+        password_env: TEST_APPDB_PASSWORD
+        allowed_roles: ["appdb-*"]
+    roles:
+      appdb-long:  {{ db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }}
+      appdb-short: {{ db_name: appdb, preset: readonly, default_ttl: 6s, max_ttl: 1m }}
+"#,
+            data = dir.path().join("data").display(),
+            token = token_file.display(),
+            port = cluster.port(),
+        ),
+    )
+    .unwrap();
+    // SAFETY: set before any server process is spawned; the variable is inherited by them.
+    unsafe { std::env::set_var("TEST_APPDB_PASSWORD", ADMIN_PW) };
+    let port = free_port();
+
+    let mut server = spawn_server(&config, port).await;
+    let (_, long) = call(&server.base, "GET", "database/creds/appdb-long", None).await;
+    let (_, short) = call(&server.base, "GET", "database/creds/appdb-short", None).await;
+    let (_, short_lookup) = call(&server.base, "PUT", "sys/leases/lookup", Some(json!({"lease_id": short["lease_id"]}))).await;
+    let short_expiry = time::OffsetDateTime::parse(
+        short_lookup["data"]["expire_time"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+
+    let server = spawn_server(&config, port).await;
+    for lease in [&long, &short] {
+        let (status, body) = call(&server.base, "PUT", "sys/leases/lookup", Some(json!({"lease_id": lease["lease_id"]}))).await;
+        assert_eq!(status, 200, "lease survived SIGKILL: {body}");
+        assert_eq!(body["data"]["state"], "active");
+    }
+
+    let su = cluster.connect_superuser("appdb").await.unwrap();
+    let short_user = short["data"]["username"].as_str().unwrap();
+    loop {
+        let exists = su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&short_user]).await.unwrap().is_some();
+        let now = time::OffsetDateTime::now_utc();
+        if !exists {
+            assert!(now - short_expiry <= time::Duration::seconds(2), "dropped {} after expiry", now - short_expiry);
+            assert!(now >= short_expiry, "dropped before expiry");
+            break;
+        }
+        assert!(now - short_expiry <= time::Duration::seconds(2), "not dropped within 2 s of expiry");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let long_client = cluster
+        .connect_as(long["data"]["username"].as_str().unwrap(), long["data"]["password"].as_str().unwrap(), "appdb")
+        .await
+        .expect("the long lease's password still works after the restart");
+    long_client.simple_query("SELECT 1").await.unwrap();
+}
