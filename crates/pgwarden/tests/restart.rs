@@ -1,64 +1,12 @@
 //! A real `pgwarden server` process killed with SIGKILL loses no lease, and after the restart
 //! the reaper still drops users on time.
 
+mod common;
+
+use common::*;
 use pgwarden_testkit::PgCluster;
-use serde_json::{Value, json};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const ADMIN: &str = "pgwarden_admin";
-const ADMIN_PW: &str = "admin-secret";
-const ROOT: &str = "restart-test-root-token";
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn spawn_server(config: &std::path::Path, port: u16) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
-        .args(["server", "--config"])
-        .arg(config)
-        .env("PGWARDEN_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PGWARDEN_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if reqwest::get(format!("{base}/v1/sys/health")).await.is_ok_and(|r| r.status() == 200) {
-            return Server { child, base };
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("pgwarden server did not come up");
-}
-
-async fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let mut request = client
-        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{base}/v1/{path}"))
-        .header("X-Vault-Token", ROOT);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
+use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test]
 async fn sigkill_loses_no_lease_and_the_reaper_keeps_time() {
@@ -97,9 +45,9 @@ mounts:
     let port = free_port();
 
     let mut server = spawn_server(&config, port).await;
-    let (_, long) = call(&server.base, "GET", "database/creds/appdb-long", None).await;
-    let (_, short) = call(&server.base, "GET", "database/creds/appdb-short", None).await;
-    let (_, short_lookup) = call(&server.base, "PUT", "sys/leases/lookup", Some(json!({"lease_id": short["lease_id"]}))).await;
+    let (_, long) = call(&server.base, ROOT, "GET", "database/creds/appdb-long", None).await;
+    let (_, short) = call(&server.base, ROOT, "GET", "database/creds/appdb-short", None).await;
+    let (_, short_lookup) = call(&server.base, ROOT, "PUT", "sys/leases/lookup", Some(json!({"lease_id": short["lease_id"]}))).await;
     let short_expiry = time::OffsetDateTime::parse(
         short_lookup["data"]["expire_time"].as_str().unwrap(),
         &time::format_description::well_known::Rfc3339,
@@ -112,7 +60,7 @@ mounts:
 
     let server = spawn_server(&config, port).await;
     for lease in [&long, &short] {
-        let (status, body) = call(&server.base, "PUT", "sys/leases/lookup", Some(json!({"lease_id": lease["lease_id"]}))).await;
+        let (status, body) = call(&server.base, ROOT, "PUT", "sys/leases/lookup", Some(json!({"lease_id": lease["lease_id"]}))).await;
         assert_eq!(status, 200, "lease survived SIGKILL: {body}");
         assert_eq!(body["data"]["state"], "active");
     }

@@ -1,0 +1,63 @@
+//! Shared helpers: the real `pgwarden` binary as a child process, and a small API client.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN: &str = "pgwarden_admin";
+pub const ADMIN_PW: &str = "admin-secret";
+pub const ROOT: &str = "binary-test-root-token";
+
+/// A `pgwarden server` child process; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `pgwarden server --config <config>` on `port` and waits until it answers.
+pub async fn spawn_server(config: &std::path::Path, port: u16) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["server", "--config"])
+        .arg(config)
+        .env("PGWARDEN_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PGWARDEN_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if reqwest::get(format!("{base}/v1/sys/health")).await.is_ok_and(|r| r.status() == 200) {
+            return Server { child, base };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("pgwarden server did not come up");
+}
+
+pub async fn call(base: &str, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut request = client
+        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{base}/v1/{path}"))
+        .header("X-Vault-Token", token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
