@@ -27,14 +27,23 @@ async fn half_created_leases_are_rolled_back_on_start() {
     }
     drop(store);
     let su = env.cluster.connect_superuser("appdb").await.unwrap();
-    su.batch_execute(&format!("DROP OWNED BY \"{0}\"; DROP ROLE \"{0}\"", never.username)).await.unwrap();
+    su.batch_execute(&format!(
+        "DROP OWNED BY \"{0}\"; DROP ROLE \"{0}\"",
+        never.username
+    ))
+    .await
+    .unwrap();
 
     env.boot(ROLES).await;
-    env.wait_role_gone(&half.username, Duration::from_secs(5)).await.expect("half-created user rolled back");
+    env.wait_role_gone(&half.username, Duration::from_secs(5))
+        .await
+        .expect("half-created user rolled back");
     for id in [&half.lease_id, &never.lease_id] {
         let mut gone = false;
         for _ in 0..50 {
-            let (status, _) = env.call("PUT", "sys/leases/lookup", Some(json!({ "lease_id": id }))).await;
+            let (status, _) = env
+                .call("PUT", "sys/leases/lookup", Some(json!({ "lease_id": id })))
+                .await;
             if status == 400 {
                 gone = true;
                 break;
@@ -44,9 +53,21 @@ async fn half_created_leases_are_rolled_back_on_start() {
         assert!(gone, "pending lease {id} was forgotten after rollback");
     }
     // The active lease survived the restart untouched.
-    let (status, body) = env.call("PUT", "sys/leases/lookup", Some(json!({ "lease_id": kept.lease_id }))).await;
+    let (status, body) = env
+        .call(
+            "PUT",
+            "sys/leases/lookup",
+            Some(json!({ "lease_id": kept.lease_id })),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["data"]["state"], "active");
     env.login(&kept).await.expect("kept credential still works");
-    assert_eq!(metric(&env.metrics().await, "pgwarden_leases_revoked_total{reason=\"rollback\"}"), 2.0);
+    assert_eq!(
+        metric(
+            &env.metrics().await,
+            "pgwarden_leases_revoked_total{reason=\"rollback\"}"
+        ),
+        2.0
+    );
 }

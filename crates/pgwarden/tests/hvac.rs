@@ -26,8 +26,14 @@ fn python() -> PathBuf {
 
 #[tokio::test]
 async fn hvac_configures_issues_renews_and_revokes() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap().unwrap();
-    cluster.create_app_database("appdb", ADMIN, ADMIN_PW).await.unwrap();
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    cluster
+        .create_app_database("appdb", ADMIN, ADMIN_PW)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let seal_key = dir.path().join("seal.key");
     std::fs::write(&seal_key, "0123456789abcdef".repeat(4)).unwrap();
@@ -44,13 +50,19 @@ async fn hvac_configures_issues_renews_and_revokes() {
         ),
     )
     .unwrap();
-    let server = spawn_server(&config, free_port()).await;
+    let server = spawn_server(&config, free_port(), &[]).await;
 
     let mut script = Command::new(python())
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hvac_compat.py"))
         .env("VAULT_ADDR", &server.base)
         .env("VAULT_TOKEN", ROOT)
-        .env("APPDB_URL", format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/appdb?sslmode=disable", cluster.port()))
+        .env(
+            "APPDB_URL",
+            format!(
+                "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/appdb?sslmode=disable",
+                cluster.port()
+            ),
+        )
         .env("APPDB_ADMIN", ADMIN)
         .env("APPDB_ADMIN_PASSWORD", ADMIN_PW)
         .stdin(Stdio::piped())
@@ -59,31 +71,66 @@ async fn hvac_configures_issues_renews_and_revokes() {
         .unwrap();
     let mut lines = BufReader::new(script.stdout.take().unwrap()).lines();
     let mut next = || -> serde_json::Value {
-        let line = lines.next().expect("the hvac script ended early (see its traceback above)").unwrap();
+        let line = lines
+            .next()
+            .expect("the hvac script ended early (see its traceback above)")
+            .unwrap();
         serde_json::from_str(&line).unwrap()
     };
 
     let issued = next();
     assert_eq!(issued["role_default_ttl"], 60);
     assert_eq!(issued["lease_duration"], 60);
-    assert!(issued["lease_id"].as_str().unwrap().starts_with("database/creds/hvac-reader/"));
-    let (user, password) = (issued["username"].as_str().unwrap(), issued["password"].as_str().unwrap());
-    let client = cluster.connect_as(user, password, "appdb").await.expect("hvac-issued password works");
-    let n: i64 = client.query_one("SELECT count(*) FROM items", &[]).await.unwrap().get(0);
+    assert!(
+        issued["lease_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("database/creds/hvac-reader/")
+    );
+    let (user, password) = (
+        issued["username"].as_str().unwrap(),
+        issued["password"].as_str().unwrap(),
+    );
+    let client = cluster
+        .connect_as(user, password, "appdb")
+        .await
+        .expect("hvac-issued password works");
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 3);
 
     writeln!(script.stdin.as_mut().unwrap()).unwrap();
     let renewed = next();
     let capped = renewed["renewed_duration"].as_u64().unwrap();
-    assert!((118..=120).contains(&capped), "renewal capped at the 2m max TTL, got {capped}");
-    assert!(renewed["warnings"][0].as_str().unwrap().contains("capped"), "{renewed}");
+    assert!(
+        (118..=120).contains(&capped),
+        "renewal capped at the 2m max TTL, got {capped}"
+    );
+    assert!(
+        renewed["warnings"][0].as_str().unwrap().contains("capped"),
+        "{renewed}"
+    );
     assert_eq!(renewed["lookup_id"], issued["lease_id"]);
 
     let revoked = next();
     assert_eq!(revoked["revoke_status"], 204);
     assert!(script.wait().unwrap().success());
-    let err = cluster.connect_as(user, password, "appdb").await.unwrap_err();
-    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD));
+    let err = cluster
+        .connect_as(user, password, "appdb")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)
+    );
     let su = cluster.connect_superuser("appdb").await.unwrap();
-    assert!(su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user]).await.unwrap().is_none());
+    assert!(
+        su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user])
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

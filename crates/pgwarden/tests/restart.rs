@@ -10,8 +10,14 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn sigkill_loses_no_lease_and_the_reaper_keeps_time() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap().unwrap();
-    cluster.create_app_database("appdb", ADMIN, ADMIN_PW).await.unwrap();
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    cluster
+        .create_app_database("appdb", ADMIN, ADMIN_PW)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("root-token");
     std::fs::write(&token_file, format!("{ROOT}\n")).unwrap();
@@ -40,27 +46,51 @@ mounts:
         ),
     )
     .unwrap();
-    // SAFETY: set before any server process is spawned; the variable is inherited by them.
-    unsafe { std::env::set_var("TEST_APPDB_PASSWORD", ADMIN_PW) };
+    let env = [("TEST_APPDB_PASSWORD", ADMIN_PW)];
     let port = free_port();
 
-    let mut server = spawn_server(&config, port).await;
+    let mut server = spawn_server(&config, port, &env).await;
     let (_, long) = call(&server.base, ROOT, "GET", "database/creds/appdb-long", None).await;
-    let (_, short) = call(&server.base, ROOT, "GET", "database/creds/appdb-short", None).await;
-    let (_, short_lookup) = call(&server.base, ROOT, "PUT", "sys/leases/lookup", Some(json!({"lease_id": short["lease_id"]}))).await;
+    let (_, short) = call(
+        &server.base,
+        ROOT,
+        "GET",
+        "database/creds/appdb-short",
+        None,
+    )
+    .await;
+    let (_, short_lookup) = call(
+        &server.base,
+        ROOT,
+        "PUT",
+        "sys/leases/lookup",
+        Some(json!({"lease_id": short["lease_id"]})),
+    )
+    .await;
     let short_expiry = time::OffsetDateTime::parse(
         short_lookup["data"]["expire_time"].as_str().unwrap(),
         &time::format_description::well_known::Rfc3339,
     )
     .unwrap();
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     server.child.wait().unwrap();
     drop(server);
 
-    let server = spawn_server(&config, port).await;
+    let server = spawn_server(&config, port, &env).await;
     for lease in [&long, &short] {
-        let (status, body) = call(&server.base, ROOT, "PUT", "sys/leases/lookup", Some(json!({"lease_id": lease["lease_id"]}))).await;
+        let (status, body) = call(
+            &server.base,
+            ROOT,
+            "PUT",
+            "sys/leases/lookup",
+            Some(json!({"lease_id": lease["lease_id"]})),
+        )
+        .await;
         assert_eq!(status, 200, "lease survived SIGKILL: {body}");
         assert_eq!(body["data"]["state"], "active");
     }
@@ -68,18 +98,33 @@ mounts:
     let su = cluster.connect_superuser("appdb").await.unwrap();
     let short_user = short["data"]["username"].as_str().unwrap();
     loop {
-        let exists = su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&short_user]).await.unwrap().is_some();
+        let exists = su
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&short_user])
+            .await
+            .unwrap()
+            .is_some();
         let now = time::OffsetDateTime::now_utc();
         if !exists {
-            assert!(now - short_expiry <= time::Duration::seconds(2), "dropped {} after expiry", now - short_expiry);
+            assert!(
+                now - short_expiry <= time::Duration::seconds(2),
+                "dropped {} after expiry",
+                now - short_expiry
+            );
             assert!(now >= short_expiry, "dropped before expiry");
             break;
         }
-        assert!(now - short_expiry <= time::Duration::seconds(2), "not dropped within 2 s of expiry");
+        assert!(
+            now - short_expiry <= time::Duration::seconds(2),
+            "not dropped within 2 s of expiry"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let long_client = cluster
-        .connect_as(long["data"]["username"].as_str().unwrap(), long["data"]["password"].as_str().unwrap(), "appdb")
+        .connect_as(
+            long["data"]["username"].as_str().unwrap(),
+            long["data"]["password"].as_str().unwrap(),
+            "appdb",
+        )
         .await
         .expect("the long lease's password still works after the restart");
     long_client.simple_query("SELECT 1").await.unwrap();

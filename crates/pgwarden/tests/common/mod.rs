@@ -23,34 +23,54 @@ impl Drop for Server {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts `pgwarden server --config <config>` on `port` and waits until it answers.
-pub async fn spawn_server(config: &std::path::Path, port: u16) -> Server {
+pub async fn spawn_server(config: &std::path::Path, port: u16, env: &[(&str, &str)]) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
         .args(["server", "--config"])
         .arg(config)
         .env("PGWARDEN_LISTEN", format!("127.0.0.1:{port}"))
         .env("PGWARDEN_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let server = Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if reqwest::get(format!("{base}/v1/sys/health")).await.is_ok_and(|r| r.status() == 200) {
-            return Server { child, base };
+        if reqwest::get(format!("{}/v1/sys/health", server.base))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return server;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("pgwarden server did not come up");
 }
 
-pub async fn call(base: &str, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub async fn call(
+    base: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let client = reqwest::Client::new();
     let mut request = client
-        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{base}/v1/{path}"))
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{base}/v1/{path}"),
+        )
         .header("X-Vault-Token", token);
     if let Some(body) = body {
         request = request.json(&body);
@@ -60,4 +80,3 @@ pub async fn call(base: &str, token: &str, method: &str, path: &str, body: Optio
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
-

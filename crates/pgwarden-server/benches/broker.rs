@@ -1,0 +1,297 @@
+//! Benchmark: issue+revoke throughput and latency through pgwarden's HTTP API at
+//! concurrency 1, 8 and 32, beside the same CREATE ROLE/DROP ROLE sent directly (one
+//! connection per worker); then the time and peak memory to reap 10,000 expired leases.
+//!
+//! Run with `cargo bench -p pgwarden-server --bench broker`. Prints tables; asserts nothing.
+
+use pgwarden_core::{Lease, LeaseState, RoleSpec, Ttl, names};
+use pgwarden_server::{Config, Running};
+use pgwarden_store::{SqliteStore, Store};
+use pgwarden_testkit::PgCluster;
+use secrecy::SecretString;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "pgwarden_admin";
+const ADMIN_PW: &str = "admin-secret";
+const ROOT: &str = "bench-root-token-0123456789";
+const SEAL: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const REAP_COUNT: usize = 10_000;
+const CREATE: &str =
+    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';";
+
+fn config(cluster: &PgCluster, data: &std::path::Path) -> Config {
+    let yaml = format!(
+        r#"
+listen: "127.0.0.1:0"
+mounts:
+  database:
+    connections:
+      appdb:
+        connection_url: "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{port}/appdb?sslmode=disable"
+        username: {ADMIN}
+        password: {ADMIN_PW}
+        allowed_roles: ["*"]
+    roles:
+      template: {{ db_name: appdb, creation_statements: ['{create}'], default_ttl: 1h, max_ttl: 2h }}
+      preset:   {{ db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }}
+"#,
+        port = cluster.port(),
+        create = CREATE.replace('\'', "''"),
+    );
+    let mut config = Config::parse(&yaml).expect("bench config parses");
+    config.data_dir = data.to_path_buf();
+    config.root_token = Some(SecretString::from(ROOT));
+    config.seal_key = Some(SecretString::from(SEAL));
+    config
+}
+
+/// Latencies of one run and its wall time.
+struct Run {
+    latencies: Vec<Duration>,
+    wall: Duration,
+}
+
+impl Run {
+    fn ops_per_sec(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64()
+    }
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+    }
+}
+
+/// Runs `total` operations over `workers` tasks, each with its own state from `setup`.
+async fn measure<S, F, Fut, Setup, SetupFut>(
+    workers: usize,
+    total: usize,
+    setup: Setup,
+    op: F,
+) -> Run
+where
+    S: Send + Sync + 'static,
+    Setup: Fn() -> SetupFut,
+    SetupFut: std::future::Future<Output = S>,
+    F: Fn(Arc<S>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let per_worker = total / workers;
+    let mut states = Vec::new();
+    for _ in 0..workers {
+        states.push(Arc::new(setup().await));
+    }
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for state in states {
+        let op = op.clone();
+        handles.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_worker);
+            for _ in 0..per_worker {
+                let t = Instant::now();
+                op(state.clone()).await;
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for handle in handles {
+        latencies.extend(handle.await.unwrap());
+    }
+    Run {
+        latencies,
+        wall: start.elapsed(),
+    }
+}
+
+async fn via_pgwarden(http: reqwest::Client, base: String, role: &'static str) {
+    let creds: serde_json::Value = http
+        .get(format!("{base}/v1/database/creds/{role}"))
+        .header("X-Vault-Token", ROOT)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lease_id = creds["lease_id"].as_str().expect("credential issued");
+    let status = http
+        .put(format!("{base}/v1/sys/leases/revoke"))
+        .header("X-Vault-Token", ROOT)
+        .json(&serde_json::json!({ "lease_id": lease_id }))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+}
+
+async fn direct(client: &tokio_postgres::Client) {
+    let name = names::generate_username("bench", "direct", 0);
+    let verifier =
+        postgres_protocol::password::scram_sha_256(names::random_alphanumeric(32).as_bytes());
+    client
+        .batch_execute(&format!(
+            "CREATE ROLE \"{name}\" WITH LOGIN PASSWORD '{verifier}' VALID UNTIL 'infinity'; DROP ROLE \"{name}\";"
+        ))
+        .await
+        .unwrap();
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn throughput(cluster: &PgCluster, server: &Running) {
+    let base = format!("http://{}", server.addr);
+    println!(
+        "\nissue + revoke through pgwarden's API vs the same CREATE ROLE/DROP ROLE sent directly\n"
+    );
+    println!("| concurrency | path | ops | ops/s | p50 ms | p99 ms | pgwarden/direct ops/s |");
+    println!("|---|---|---|---|---|---|---|");
+    for (workers, total) in [(1usize, 200usize), (8, 800), (32, 1600)] {
+        let mut rows = Vec::new();
+        for role in ["template", "preset"] {
+            let http = reqwest::Client::new();
+            let base = base.clone();
+            let run = measure(
+                workers,
+                total,
+                || async {},
+                move |_: Arc<()>| via_pgwarden(http.clone(), base.clone(), role),
+            )
+            .await;
+            rows.push((format!("pgwarden ({role} role)"), run));
+        }
+        let direct_run = measure(
+            workers,
+            total,
+            || async { cluster.connect_as(ADMIN, ADMIN_PW, "appdb").await.unwrap() },
+            |client: Arc<tokio_postgres::Client>| async move { direct(&client).await },
+        )
+        .await;
+        let baseline = direct_run.ops_per_sec();
+        for (label, run) in rows
+            .iter()
+            .chain(std::iter::once(&("direct SQL".to_string(), direct_run)))
+        {
+            println!(
+                "| {workers} | {label} | {} | {:.0} | {} | {} | {:.2} |",
+                run.latencies.len(),
+                run.ops_per_sec(),
+                ms(run.percentile(0.5)),
+                ms(run.percentile(0.99)),
+                run.ops_per_sec() / baseline
+            );
+        }
+    }
+}
+
+/// Writes `count` already-expired active leases straight into the store, with their users
+/// created in one transaction, as if pgwarden had been down while they expired.
+async fn seed_expired(cluster: &PgCluster, data: &std::path::Path, count: usize) {
+    let role = serde_json::from_str::<RoleSpec>(&format!(
+        r#"{{"db_name":"appdb","creation_statements":[{}],"default_ttl":60,"max_ttl":120}}"#,
+        serde_json::to_string(CREATE).unwrap()
+    ))
+    .unwrap()
+    .into_def("template")
+    .unwrap();
+    let store = SqliteStore::open(data).unwrap();
+    let issued = time::OffsetDateTime::now_utc() - Duration::from_secs(120);
+    let mut sql = String::from("BEGIN;");
+    for _ in 0..count {
+        let username = names::generate_username("bench", "reap", 0);
+        sql.push_str(&format!(
+            "CREATE ROLE \"{username}\" LOGIN VALID UNTIL 'infinity';"
+        ));
+        let mut lease =
+            Lease::new_pending("database", &role, username, "bench", Ttl::default(), issued);
+        lease.state = LeaseState::Active;
+        store.insert_lease(&lease).unwrap();
+    }
+    sql.push_str("COMMIT;");
+    cluster
+        .connect_as(ADMIN, ADMIN_PW, "appdb")
+        .await
+        .unwrap()
+        .batch_execute(&sql)
+        .await
+        .unwrap();
+}
+
+async fn reap(cluster: &PgCluster) {
+    let data = tempfile::tempdir().unwrap();
+    seed_expired(cluster, data.path(), REAP_COUNT).await;
+    let su = cluster.connect_superuser("appdb").await.unwrap();
+    let count = || async {
+        su.query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-bench-reap-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    assert_eq!(count().await, REAP_COUNT as i64);
+    // Reset the peak-RSS counter so VmHWM measures from here on.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = peak_rss_kib();
+    let start = Instant::now();
+    let server = pgwarden_server::start(config(cluster, data.path()))
+        .await
+        .unwrap();
+    while count().await > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = start.elapsed();
+    let peak = peak_rss_kib();
+    server.shutdown().await.unwrap();
+    println!(
+        "\nreaping expired leases (start-up recovery, ordered schedule, 16 concurrent revocations)\n"
+    );
+    println!(
+        "| leases | time to drop all | users/s | peak RSS of the bench process | RSS growth during reaping |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {REAP_COUNT} | {:.1} s | {:.0} | {} MiB | {} MiB |",
+        elapsed.as_secs_f64(),
+        REAP_COUNT as f64 / elapsed.as_secs_f64(),
+        peak / 1024,
+        peak.saturating_sub(before) / 1024
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` probes harness-less benches.
+    }
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    cluster
+        .create_app_database("appdb", ADMIN, ADMIN_PW)
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let server = pgwarden_server::start(config(&cluster, data.path()))
+        .await
+        .unwrap();
+    throughput(&cluster, &server).await;
+    server.shutdown().await.unwrap();
+    reap(&cluster).await;
+}
