@@ -354,3 +354,24 @@ async fn unreachable_database_is_reported_as_such() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn sslmode_require_is_never_downgraded_to_plaintext() {
+    let s = setup().await;
+    let def = ConnectionDef {
+        name: "tls".into(),
+        connection_url: format!(
+            "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/appdb?sslmode=require",
+            s.cluster.port()
+        ),
+        username: ADMIN.into(),
+        password: SecretString::from(ADMIN_PW),
+        allowed_roles: vec![],
+        verify_connection: true,
+    };
+    let err = Target::new(&def).unwrap().verify().await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "database of connection \"tls\" is unreachable: error performing TLS handshake: server does not support TLS"
+    );
+}
