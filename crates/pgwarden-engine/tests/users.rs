@@ -3,14 +3,11 @@
 
 use pgwarden_core::{ConnectionDef, RoleDef, RoleSpec, names};
 use pgwarden_engine::Target;
-use pgwarden_testkit::PgCluster;
+use pgwarden_testkit::{APP_ADMIN as ADMIN, APP_ADMIN_PASSWORD as ADMIN_PW, PgCluster};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
-
-const ADMIN: &str = "pgwarden_admin";
-const ADMIN_PW: &str = "admin-secret";
 
 struct Setup {
     cluster: PgCluster,
@@ -18,20 +15,10 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .unwrap()
-        .unwrap();
-    cluster
-        .create_app_database("appdb", ADMIN, ADMIN_PW)
-        .await
-        .unwrap();
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
     let def = ConnectionDef {
         name: "appdb".into(),
-        connection_url: format!(
-            "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/appdb?sslmode=disable",
-            cluster.port()
-        ),
+        connection_url: cluster.templated_url("appdb"),
         username: ADMIN.into(),
         password: SecretString::from(ADMIN_PW),
         allowed_roles: vec!["*".into()],
@@ -72,11 +59,7 @@ async fn login(s: &Setup, user: &Issued) -> Result<tokio_postgres::Client, tokio
 }
 
 async fn role_exists(s: &Setup, name: &str) -> bool {
-    let su = s.cluster.connect_superuser("appdb").await.unwrap();
-    su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
-        .await
-        .unwrap()
-        .is_some()
+    s.cluster.role_exists(name).await.unwrap()
 }
 
 fn code(e: &tokio_postgres::Error) -> SqlState {

@@ -7,13 +7,11 @@
 use pgwarden_core::{Lease, LeaseState, RoleSpec, Ttl, names};
 use pgwarden_server::{Config, Running};
 use pgwarden_store::{SqliteStore, Store};
-use pgwarden_testkit::PgCluster;
+use pgwarden_testkit::{APP_ADMIN as ADMIN, APP_ADMIN_PASSWORD as ADMIN_PW, PgCluster};
 use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const ADMIN: &str = "pgwarden_admin";
-const ADMIN_PW: &str = "admin-secret";
 const ROOT: &str = "bench-root-token-0123456789";
 const SEAL: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const REAP_COUNT: usize = 10_000;
@@ -28,7 +26,7 @@ mounts:
   database:
     connections:
       appdb:
-        connection_url: "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{port}/appdb?sslmode=disable"
+        connection_url: "{url}"
         username: {ADMIN}
         password: {ADMIN_PW}
         allowed_roles: ["*"]
@@ -36,7 +34,7 @@ mounts:
       template: {{ db_name: appdb, creation_statements: ['{create}'], default_ttl: 1h, max_ttl: 2h }}
       preset:   {{ db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }}
 "#,
-        port = cluster.port(),
+        url = cluster.templated_url("appdb"),
         create = CREATE.replace('\'', "''"),
     );
     let mut config = Config::parse(&yaml).expect("bench config parses");
@@ -279,14 +277,7 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` probes harness-less benches.
     }
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .unwrap()
-        .unwrap();
-    cluster
-        .create_app_database("appdb", ADMIN, ADMIN_PW)
-        .await
-        .unwrap();
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
     let data = tempfile::tempdir().unwrap();
     let server = pgwarden_server::start(config(&cluster, data.path()))
         .await

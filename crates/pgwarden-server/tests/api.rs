@@ -231,10 +231,7 @@ async fn lookup_list_and_revoke_prefix() {
 #[tokio::test]
 async fn roles_and_connections_at_run_time() {
     let env = Env::start(ROLES).await;
-    let url = format!(
-        "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/appdb?sslmode=disable",
-        env.cluster.port()
-    );
+    let url = env.cluster.templated_url("appdb");
     let (status, body) = env
         .call(
             "POST",

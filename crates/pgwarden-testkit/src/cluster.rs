@@ -61,6 +61,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestkitError {
 
 /// The superuser of every cluster the testkit makes.
 pub const SUPERUSER: &str = "postgres";
+/// The administrator of the database `appdb` made by [`PgCluster::start_with_appdb`].
+pub const APP_ADMIN: &str = "pgwarden_admin";
+/// That administrator's password.
+pub const APP_ADMIN_PASSWORD: &str = "admin-secret";
 
 /// A running throwaway PostgreSQL server.
 pub struct PgCluster {
@@ -139,6 +143,21 @@ impl PgCluster {
         };
         cluster.init()?;
         cluster.launch()?;
+        Ok(cluster)
+    }
+
+    /// Starts a cluster (off the async runtime's threads) with database `appdb` owned by
+    /// [`APP_ADMIN`], holding the sample table `items`.
+    pub async fn start_with_appdb() -> Result<PgCluster, TestkitError> {
+        let cluster = tokio::task::spawn_blocking(PgCluster::start)
+            .await
+            .map_err(|e| TestkitError::Io {
+                what: "starting the cluster".into(),
+                source: std::io::Error::other(e),
+            })??;
+        cluster
+            .create_app_database("appdb", APP_ADMIN, APP_ADMIN_PASSWORD)
+            .await?;
         Ok(cluster)
     }
 
@@ -278,12 +297,25 @@ impl PgCluster {
         &self.password
     }
 
-    /// A `postgresql://` URL for `user`/`password` on database `db`.
-    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+    /// A Vault-style connection URL for `db` with `{{username}}`/`{{password}}` placeholders.
+    pub fn templated_url(&self, db: &str) -> String {
         format!(
-            "postgresql://{user}:{password}@127.0.0.1:{}/{db}?sslmode=disable",
+            "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/{db}?sslmode=disable",
             self.port
         )
+    }
+
+    /// Whether a role named `name` exists (asked as the superuser).
+    pub async fn role_exists(&self, name: &str) -> Result<bool, TestkitError> {
+        let su = self.connect_superuser("postgres").await?;
+        let row = su
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+            .await
+            .map_err(|source| TestkitError::Sql {
+                what: format!("looking up role {name:?}"),
+                source,
+            })?;
+        Ok(row.is_some())
     }
 
     /// Connects as `user` with `password` to `db`; the connection task runs in the background.

@@ -3,4 +3,4 @@
 
 mod cluster;
 
-pub use cluster::{PgCluster, SUPERUSER, TestkitError};
+pub use cluster::{APP_ADMIN, APP_ADMIN_PASSWORD, PgCluster, SUPERUSER, TestkitError};

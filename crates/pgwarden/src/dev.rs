@@ -18,13 +18,13 @@ fn random_token(len: usize) -> String {
         .collect()
 }
 
-fn demo_mount(port: u16, admin_password: String) -> Result<MountConfig, String> {
+fn demo_mount(cluster: &PgCluster, admin_password: String) -> Result<MountConfig, String> {
     let mut mount = MountConfig::default();
     mount.connections.insert(
         "appdb".into(),
         ConnectionConfig {
             plugin_name: None,
-            connection_url: format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{port}/appdb?sslmode=disable"),
+            connection_url: cluster.templated_url("appdb"),
             username: ADMIN.into(),
             password: Some(admin_password),
             password_env: None,
@@ -69,10 +69,9 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
     config.data_dir = data.path().to_path_buf();
     config.root_token = Some(SecretString::from(root_token.clone()));
     config.seal_key = Some(SecretString::from(hex_key()));
-    config.mounts.insert(
-        "database".into(),
-        demo_mount(cluster.port(), admin_password)?,
-    );
+    config
+        .mounts
+        .insert("database".into(), demo_mount(&cluster, admin_password)?);
     let running = pgwarden_server::start(config)
         .await
         .map_err(|e| e.to_string())?;

@@ -26,14 +26,7 @@ fn python() -> PathBuf {
 
 #[tokio::test]
 async fn hvac_configures_issues_renews_and_revokes() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .unwrap()
-        .unwrap();
-    cluster
-        .create_app_database("appdb", ADMIN, ADMIN_PW)
-        .await
-        .unwrap();
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let seal_key = dir.path().join("seal.key");
     std::fs::write(&seal_key, "0123456789abcdef".repeat(4)).unwrap();
@@ -56,13 +49,7 @@ async fn hvac_configures_issues_renews_and_revokes() {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hvac_compat.py"))
         .env("VAULT_ADDR", &server.base)
         .env("VAULT_TOKEN", ROOT)
-        .env(
-            "APPDB_URL",
-            format!(
-                "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/appdb?sslmode=disable",
-                cluster.port()
-            ),
-        )
+        .env("APPDB_URL", cluster.templated_url("appdb"))
         .env("APPDB_ADMIN", ADMIN)
         .env("APPDB_ADMIN_PASSWORD", ADMIN_PW)
         .stdin(Stdio::piped())
@@ -126,11 +113,5 @@ async fn hvac_configures_issues_renews_and_revokes() {
         err.code(),
         Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)
     );
-    let su = cluster.connect_superuser("appdb").await.unwrap();
-    assert!(
-        su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user])
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!cluster.role_exists(user).await.unwrap());
 }

@@ -10,14 +10,7 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn sigkill_loses_no_lease_and_the_reaper_keeps_time() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .unwrap()
-        .unwrap();
-    cluster
-        .create_app_database("appdb", ADMIN, ADMIN_PW)
-        .await
-        .unwrap();
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("root-token");
     std::fs::write(&token_file, format!("{ROOT}\n")).unwrap();
@@ -32,7 +25,7 @@ mounts:
   database:
     connections:
       appdb:
-        connection_url: "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{port}/appdb?sslmode=disable"
+        connection_url: "{url}"
         username: {ADMIN}
         password_env: TEST_APPDB_PASSWORD
         allowed_roles: ["appdb-*"]
@@ -42,7 +35,7 @@ mounts:
 "#,
             data = dir.path().join("data").display(),
             token = token_file.display(),
-            port = cluster.port(),
+            url = cluster.templated_url("appdb"),
         ),
     )
     .unwrap();
@@ -95,14 +88,9 @@ mounts:
         assert_eq!(body["data"]["state"], "active");
     }
 
-    let su = cluster.connect_superuser("appdb").await.unwrap();
     let short_user = short["data"]["username"].as_str().unwrap();
     loop {
-        let exists = su
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&short_user])
-            .await
-            .unwrap()
-            .is_some();
+        let exists = cluster.role_exists(short_user).await.unwrap();
         let now = time::OffsetDateTime::now_utc();
         if !exists {
             assert!(

@@ -3,12 +3,11 @@
 
 use pgwarden_server::{Config, Running};
 use pgwarden_testkit::PgCluster;
+pub use pgwarden_testkit::{APP_ADMIN as ADMIN, APP_ADMIN_PASSWORD as ADMIN_PW};
 use secrecy::SecretString;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-pub const ADMIN: &str = "pgwarden_admin";
-pub const ADMIN_PW: &str = "admin-secret";
 pub const ROOT: &str = "test-root-token-0123456789";
 pub const SEAL_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
@@ -35,7 +34,7 @@ pub const ROLES: &str = r#"
         max_ttl: 1h
 "#;
 
-pub fn config_yaml(port: u16, roles: &str) -> String {
+pub fn config_yaml(url: &str, roles: &str) -> String {
     format!(
         r#"
 listen: "127.0.0.1:0"
@@ -43,7 +42,7 @@ mounts:
   database:
     connections:
       appdb:
-        connection_url: "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{port}/appdb?sslmode=disable"
+        connection_url: "{url}"
         username: {ADMIN}
         password: {ADMIN_PW}
         allowed_roles: ["*"]
@@ -55,14 +54,7 @@ mounts:
 
 impl Env {
     pub async fn start(roles: &str) -> Env {
-        let cluster = tokio::task::spawn_blocking(PgCluster::start)
-            .await
-            .unwrap()
-            .unwrap();
-        cluster
-            .create_app_database("appdb", ADMIN, ADMIN_PW)
-            .await
-            .unwrap();
+        let cluster = PgCluster::start_with_appdb().await.unwrap();
         let data = tempfile::tempdir().unwrap();
         let mut env = Env {
             cluster,
@@ -77,7 +69,8 @@ impl Env {
 
     /// Starts (or restarts) the in-process server on the same data directory.
     pub async fn boot(&mut self, roles: &str) {
-        let mut config = Config::parse(&config_yaml(self.cluster.port(), roles)).unwrap();
+        let mut config =
+            Config::parse(&config_yaml(&self.cluster.templated_url("appdb"), roles)).unwrap();
         config.data_dir = self.data.path().to_path_buf();
         config.root_token = Some(SecretString::from(ROOT));
         config.seal_key = Some(SecretString::from(SEAL_KEY));
@@ -142,11 +135,7 @@ impl Env {
     }
 
     pub async fn role_exists(&self, name: &str) -> bool {
-        let su = self.cluster.connect_superuser("appdb").await.unwrap();
-        su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
-            .await
-            .unwrap()
-            .is_some()
+        self.cluster.role_exists(name).await.unwrap()
     }
 
     /// Polls until `name` is gone from pg_roles or `limit` passes; returns how long it took.

@@ -5,8 +5,7 @@ use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const ADMIN: &str = "pgwarden_admin";
-pub const ADMIN_PW: &str = "admin-secret";
+pub use pgwarden_testkit::{APP_ADMIN as ADMIN, APP_ADMIN_PASSWORD as ADMIN_PW};
 pub const ROOT: &str = "binary-test-root-token";
 
 /// A `pgwarden server` child process; killed when dropped.
