@@ -55,4 +55,12 @@ pub enum CoreError {
         /// The lease's id.
         lease_id: String,
     },
+    /// A policy grant that cannot be used.
+    #[error("policy grant {grant}: {reason}")]
+    InvalidPolicy {
+        /// The grant's position, counting from 1.
+        grant: usize,
+        /// What is wrong.
+        reason: String,
+    },
 }

@@ -4,14 +4,18 @@
 pub mod connection;
 pub mod error;
 pub mod glob;
+pub mod identity;
 pub mod lease;
 pub mod names;
+pub mod policy;
 pub mod role;
 pub mod template;
 pub mod ttl;
 
 pub use connection::ConnectionDef;
 pub use error::CoreError;
+pub use identity::Identity;
 pub use lease::{Lease, LeaseState, Renewal};
+pub use policy::{Allowed, Grant, Policy};
 pub use role::{Preset, RoleDef, RoleKind, RoleSpec, Statements};
 pub use ttl::Ttl;

@@ -1,0 +1,54 @@
+//! Who a caller is, once a credential has been checked.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A verified caller: a Kubernetes service account or a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The policy subject: `system:serviceaccount:<namespace>:<name>` or `user:<name>`.
+    pub subject: String,
+    /// Groups the caller belongs to (matched by policy as `group:<name>`).
+    pub groups: Vec<String>,
+    /// A short name for generated usernames and logs, e.g. `kubernetes-team-a-app`.
+    pub display_name: String,
+    /// Facts about the login shown by token lookup (role, namespace, service account…).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Identity {
+    /// The subject of a Kubernetes service account.
+    pub fn service_account_subject(namespace: &str, name: &str) -> String {
+        format!("system:serviceaccount:{namespace}:{name}")
+    }
+
+    /// Every subject string policy grants can match: the caller's own and `group:<g>` per group.
+    pub fn policy_subjects(&self) -> Vec<String> {
+        std::iter::once(self.subject.clone())
+            .chain(self.groups.iter().map(|g| format!("group:{g}")))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_become_group_subjects() {
+        let id = Identity {
+            subject: "user:ola@example.com".into(),
+            groups: vec!["dba".into(), "team-a".into()],
+            display_name: "jwt-ola".into(),
+            metadata: BTreeMap::new(),
+        };
+        assert_eq!(
+            id.policy_subjects(),
+            vec!["user:ola@example.com", "group:dba", "group:team-a"]
+        );
+        assert_eq!(
+            Identity::service_account_subject("ns", "sa"),
+            "system:serviceaccount:ns:sa"
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! Declarative grants: which subjects may get which `<mount>/<role>`, for at most how long.
+
+use crate::{CoreError, Ttl, glob::any_match};
+use serde::{Deserialize, Serialize};
+
+/// The whole policy file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Grants, each independent; a request is allowed when any grant allows it.
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
+/// One grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// Subject globs: `system:serviceaccount:<ns>:<sa>`, `group:<g>`, `user:<u>`.
+    pub subjects: Vec<String>,
+    /// Role globs as `<mount>/<role>`.
+    pub roles: Vec<String>,
+    /// Caps leases below the role's own max TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<Ttl>,
+}
+
+/// Why a request is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowed {
+    /// Index of the grant that allows it (the most generous one when several do).
+    pub grant: usize,
+    /// The lease cap it sets, if any.
+    pub max_ttl: Option<Ttl>,
+}
+
+const SUBJECT_KINDS: [&str; 3] = ["system:serviceaccount:", "group:", "user:"];
+
+impl Policy {
+    /// Checks every grant: subjects of a known kind, roles shaped `<mount>/<role>`.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        for (index, grant) in self.grants.iter().enumerate() {
+            let invalid = |reason: String| CoreError::InvalidPolicy {
+                grant: index + 1,
+                reason,
+            };
+            if grant.subjects.is_empty() || grant.roles.is_empty() {
+                return Err(invalid("needs at least one subject and one role".into()));
+            }
+            if let Some(bad) = grant.subjects.iter().find(|s| {
+                !SUBJECT_KINDS
+                    .iter()
+                    .any(|kind| s.starts_with(kind) && s.len() > kind.len())
+            }) {
+                return Err(invalid(format!(
+                    "subject {bad:?} must start with system:serviceaccount:, group: or user:"
+                )));
+            }
+            if let Some(bad) = grant.roles.iter().find(|r| {
+                let (mount, role) = r.split_once('/').unwrap_or(("", ""));
+                mount.is_empty() || role.is_empty()
+            }) {
+                return Err(invalid(format!(
+                    "role {bad:?} must look like <mount>/<role>, e.g. database/appdb-readonly"
+                )));
+            }
+            if grant.max_ttl.is_some_and(Ttl::is_zero) {
+                return Err(invalid("max_ttl must be positive".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any of `subjects` may get `role` of `mount`; the most generous grant wins.
+    pub fn allows(&self, subjects: &[String], mount: &str, role: &str) -> Option<Allowed> {
+        let wanted = format!("{mount}/{role}");
+        self.grants
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| {
+                subjects.iter().any(|s| any_match(&g.subjects, s)) && any_match(&g.roles, &wanted)
+            })
+            .map(|(grant, g)| Allowed {
+                grant,
+                max_ttl: g.max_ttl,
+            })
+            .max_by_key(|a| a.max_ttl.map_or(u64::MAX, Ttl::as_secs))
+    }
+
+    /// The grants that name `subject`, with their indexes.
+    pub fn grants_for<'a>(
+        &'a self,
+        subject: &'a str,
+    ) -> impl Iterator<Item = (usize, &'a Grant)> + 'a {
+        self.grants
+            .iter()
+            .enumerate()
+            .filter(move |(_, g)| any_match(&g.subjects, subject))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            grants: vec![
+                Grant {
+                    subjects: vec![
+                        "system:serviceaccount:team-a:*".into(),
+                        "group:team-a".into(),
+                    ],
+                    roles: vec![
+                        "database/appdb-user".into(),
+                        "database/appdb-readonly".into(),
+                    ],
+                    max_ttl: Some(Ttl::from_secs(8 * 3600)),
+                },
+                Grant {
+                    subjects: vec!["group:dba".into()],
+                    roles: vec!["database/*".into()],
+                    max_ttl: None,
+                },
+            ],
+        }
+    }
+
+    fn subjects(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn grants_match_subjects_and_roles_by_glob() {
+        let p = policy();
+        let app = subjects(&["system:serviceaccount:team-a:app"]);
+        assert_eq!(
+            p.allows(&app, "database", "appdb-user"),
+            Some(Allowed {
+                grant: 0,
+                max_ttl: Some(Ttl::from_secs(28_800))
+            })
+        );
+        assert_eq!(p.allows(&app, "database", "appdb-admin"), None);
+        assert_eq!(
+            p.allows(
+                &subjects(&["system:serviceaccount:team-b:app"]),
+                "database",
+                "appdb-user"
+            ),
+            None
+        );
+        let dba = subjects(&["user:kari", "group:team-a", "group:dba"]);
+        assert_eq!(
+            p.allows(&dba, "database", "appdb-user"),
+            Some(Allowed {
+                grant: 1,
+                max_ttl: None
+            })
+        );
+        assert_eq!(
+            p.grants_for("group:dba")
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn validation_names_the_grant_and_the_fix() {
+        let mut p = policy();
+        p.grants[1].subjects.push("dba".into());
+        assert_eq!(
+            p.validate().unwrap_err().to_string(),
+            "policy grant 2: subject \"dba\" must start with system:serviceaccount:, group: or user:"
+        );
+        let mut p = policy();
+        p.grants[0].roles.push("appdb-admin".into());
+        assert_eq!(
+            p.validate().unwrap_err().to_string(),
+            "policy grant 1: role \"appdb-admin\" must look like <mount>/<role>, e.g. database/appdb-readonly"
+        );
+        assert!(policy().validate().is_ok());
+    }
+}
