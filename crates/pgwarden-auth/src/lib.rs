@@ -1,14 +1,17 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Turns login credentials into an [`Identity`](pgwarden_core::Identity): Kubernetes
+//! service-account tokens (checked locally against the cluster's JWKS, or by the API server's
+//! TokenReview) and OIDC/JWT tokens of people.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod error;
+mod jwks;
+mod jwt;
+mod kubernetes;
+mod oidc;
+mod tokenreview;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use error::{AuthError, Check};
+pub use jwks::{Jwks, KeySource};
+pub use jwt::JwtRules;
+pub use kubernetes::{KubernetesAuth, KubernetesRole, ServiceAccount, Validation};
+pub use oidc::{JwtAuth, JwtRole};
+pub use tokenreview::TokenReviewer;

@@ -2,5 +2,6 @@
 //! binaries with `scram-sha-256` authentication. The `dev` command uses the same clusters.
 
 mod cluster;
+pub mod issuer;
 
 pub use cluster::{APP_ADMIN, APP_ADMIN_PASSWORD, PgCluster, SUPERUSER, TestkitError};

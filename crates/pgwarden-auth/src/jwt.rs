@@ -1,0 +1,109 @@
+//! Signature and standard-claim checks of a JWT against a [`Jwks`].
+
+use crate::{AuthError, Check, Jwks};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
+use serde_json::{Map, Value};
+
+/// Asymmetric algorithms accepted; `none` and shared-secret HMAC never are.
+const ACCEPTED: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::PS256,
+];
+
+/// What a token's standard claims must say.
+#[derive(Debug, Clone, Default)]
+pub struct JwtRules {
+    /// Accepted `iss` values; empty accepts any.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values (any one suffices); empty skips the check.
+    pub audiences: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// Whether a token without `exp` is refused.
+    pub require_exp: bool,
+}
+
+/// The verified claims of `token`.
+pub async fn verify(
+    jwks: &Jwks,
+    token: &str,
+    rules: &JwtRules,
+) -> Result<Map<String, Value>, AuthError> {
+    let header = decode_header(token).map_err(|e| {
+        AuthError::rejected(
+            Check::Malformed,
+            format!("the token is not a valid JWT: {e}"),
+        )
+    })?;
+    if !ACCEPTED.contains(&header.alg) {
+        return Err(AuthError::rejected(
+            Check::Malformed,
+            format!("the token's algorithm {:?} is not accepted", header.alg),
+        ));
+    }
+    let key = jwks.key(header.kid.as_deref()).await?;
+    let mut validation = Validation::new(header.alg);
+    validation.leeway = rules.leeway_secs;
+    validation.validate_nbf = true;
+    validation.required_spec_claims.clear();
+    if !rules.issuers.is_empty() {
+        validation.set_issuer(&rules.issuers);
+    }
+    if rules.audiences.is_empty() {
+        validation.validate_aud = false;
+    } else {
+        validation.set_audience(&rules.audiences);
+    }
+    let claims = decode::<Map<String, Value>>(token, &key, &validation)
+        .map_err(|e| {
+            let (check, detail) = match e.kind() {
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => (
+                    Check::Signature,
+                    "the token's signature does not verify".to_string(),
+                ),
+                ErrorKind::ExpiredSignature => {
+                    (Check::Expired, "the token has expired".to_string())
+                }
+                ErrorKind::ImmatureSignature => (
+                    Check::NotYetValid,
+                    "the token is not valid yet (nbf)".to_string(),
+                ),
+                ErrorKind::InvalidIssuer => (
+                    Check::Issuer,
+                    format!(
+                        "the token's issuer is not accepted (accepted: {:?})",
+                        rules.issuers
+                    ),
+                ),
+                ErrorKind::InvalidAudience | ErrorKind::MissingRequiredClaim(_)
+                    if !rules.audiences.is_empty() =>
+                {
+                    (
+                        Check::Audience,
+                        format!(
+                            "the token's audience is not accepted (accepted: {:?})",
+                            rules.audiences
+                        ),
+                    )
+                }
+                other => (
+                    Check::Malformed,
+                    format!("the token cannot be read: {other:?}"),
+                ),
+            };
+            AuthError::rejected(check, detail)
+        })?
+        .claims;
+    if rules.require_exp && !claims.contains_key("exp") {
+        return Err(AuthError::rejected(
+            Check::Expired,
+            "the token has no expiry (exp)",
+        ));
+    }
+    Ok(claims)
+}
