@@ -41,6 +41,28 @@ impl LeaseState {
     }
 }
 
+/// Who a lease belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Short name used in generated usernames and logs (`root`, `kubernetes-team-a-app`).
+    pub display_name: String,
+    /// The policy subject; only callers with the same subject may renew, look up or revoke it.
+    pub subject: String,
+    /// The accessor of the token that asked; revoking that token revokes the lease.
+    pub token_accessor: Option<String>,
+}
+
+impl Owner {
+    /// The root token's identity.
+    pub fn root() -> Owner {
+        Owner {
+            display_name: "root".into(),
+            subject: "root".into(),
+            token_accessor: None,
+        }
+    }
+}
+
 /// One issued database user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -48,8 +70,8 @@ pub struct Lease {
     pub id: String,
     /// The user's name in the target database.
     pub username: String,
-    /// Who asked for it (a token's display name).
-    pub owner: String,
+    /// Who asked for it.
+    pub owner: Owner,
     /// The mount it was issued from.
     pub mount: String,
     /// The role as it was when the lease was issued; revocation uses this snapshot.
@@ -87,7 +109,7 @@ impl Lease {
         mount: &str,
         role: &RoleDef,
         username: String,
-        owner: &str,
+        owner: Owner,
         ttl: Ttl,
         now: OffsetDateTime,
     ) -> Lease {
@@ -96,7 +118,7 @@ impl Lease {
         Lease {
             id: format!("{mount}/creds/{}/{}", role.name, random_alphanumeric(24)),
             username,
-            owner: owner.to_string(),
+            owner,
             mount: mount.to_string(),
             role: role.clone(),
             state: LeaseState::Pending,
@@ -127,22 +149,38 @@ impl Lease {
                 lease_id: self.id.clone(),
             });
         }
-        let increment = if increment.is_zero() {
-            self.role.default_ttl
-        } else {
-            increment
-        };
-        let wanted = now + increment.as_duration();
-        let (expires_at, capped_from) = if wanted > self.max_expires_at {
-            (self.max_expires_at, Some(increment))
-        } else {
-            (wanted, None)
-        };
-        Ok(Renewal {
-            expires_at,
-            ttl: Ttl::from_secs((expires_at - now).whole_seconds().max(0) as u64),
-            capped_from,
-        })
+        Ok(extend(
+            now,
+            increment,
+            self.role.default_ttl,
+            self.max_expires_at,
+        ))
+    }
+}
+
+/// A new end `increment` after `now` (zero: `default`), never past `max_end`. Shared by leases
+/// and tokens; the caller checks that `now` is before `max_end`.
+pub fn extend(
+    now: OffsetDateTime,
+    increment: Ttl,
+    default: Ttl,
+    max_end: OffsetDateTime,
+) -> Renewal {
+    let increment = if increment.is_zero() {
+        default
+    } else {
+        increment
+    };
+    let wanted = now + increment.as_duration();
+    let (expires_at, capped_from) = if wanted > max_end {
+        (max_end, Some(increment))
+    } else {
+        (wanted, None)
+    };
+    Renewal {
+        expires_at,
+        ttl: Ttl::from_secs((expires_at - now).whole_seconds().max(0) as u64),
+        capped_from,
     }
 }
 
@@ -178,7 +216,14 @@ mod tests {
 
     #[test]
     fn new_lease_uses_default_ttl_and_vault_id_shape() {
-        let lease = Lease::new_pending("database", &role(), "u".into(), "root", Ttl::default(), T0);
+        let lease = Lease::new_pending(
+            "database",
+            &role(),
+            "u".into(),
+            Owner::root(),
+            Ttl::default(),
+            T0,
+        );
         assert_eq!(lease.expires_at, T0 + Duration::from_secs(60));
         assert_eq!(lease.max_expires_at, T0 + Duration::from_secs(300));
         let (prefix, random) = lease.id.rsplit_once('/').unwrap();
@@ -188,7 +233,14 @@ mod tests {
 
     #[test]
     fn renewal_is_capped_at_max_ttl() {
-        let lease = Lease::new_pending("database", &role(), "u".into(), "root", Ttl::default(), T0);
+        let lease = Lease::new_pending(
+            "database",
+            &role(),
+            "u".into(),
+            Owner::root(),
+            Ttl::default(),
+            T0,
+        );
         let now = T0 + Duration::from_secs(200);
         let plain = lease.plan_renewal(Ttl::from_secs(50), now).unwrap();
         assert_eq!((plain.ttl.as_secs(), plain.capped_from), (50, None));
@@ -202,7 +254,14 @@ mod tests {
 
     #[test]
     fn renewal_past_max_ttl_is_refused() {
-        let lease = Lease::new_pending("database", &role(), "u".into(), "root", Ttl::default(), T0);
+        let lease = Lease::new_pending(
+            "database",
+            &role(),
+            "u".into(),
+            Owner::root(),
+            Ttl::default(),
+            T0,
+        );
         let err = lease
             .plan_renewal(Ttl::from_secs(10), T0 + Duration::from_secs(300))
             .unwrap_err();

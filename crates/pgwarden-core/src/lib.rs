@@ -10,12 +10,14 @@ pub mod names;
 pub mod policy;
 pub mod role;
 pub mod template;
+pub mod token;
 pub mod ttl;
 
 pub use connection::ConnectionDef;
 pub use error::CoreError;
 pub use identity::Identity;
-pub use lease::{Lease, LeaseState, Renewal};
+pub use lease::{Lease, LeaseState, Owner, Renewal};
 pub use policy::{Allowed, Grant, Policy};
 pub use role::{Preset, RoleDef, RoleKind, RoleSpec, Statements};
+pub use token::TokenRecord;
 pub use ttl::Ttl;

@@ -4,7 +4,7 @@
 //!
 //! Run with `cargo bench -p pgwarden-server --bench broker`. Prints tables; asserts nothing.
 
-use pgwarden_core::{Lease, LeaseState, RoleSpec, Ttl, names};
+use pgwarden_core::{Lease, LeaseState, Owner, RoleSpec, Ttl, names};
 use pgwarden_server::{Config, Running};
 use pgwarden_store::{SqliteStore, Store};
 use pgwarden_testkit::{APP_ADMIN as ADMIN, APP_ADMIN_PASSWORD as ADMIN_PW, PgCluster};
@@ -214,8 +214,14 @@ async fn seed_expired(cluster: &PgCluster, data: &std::path::Path, count: usize)
         sql.push_str(&format!(
             "CREATE ROLE \"{username}\" LOGIN VALID UNTIL 'infinity';"
         ));
-        let mut lease =
-            Lease::new_pending("database", &role, username, "bench", Ttl::default(), issued);
+        let mut lease = Lease::new_pending(
+            "database",
+            &role,
+            username,
+            Owner::root(),
+            Ttl::default(),
+            issued,
+        );
         lease.state = LeaseState::Active;
         store.insert_lease(&lease).unwrap();
     }

@@ -6,7 +6,7 @@ use crate::error::ServerError;
 use crate::metrics::{Metrics, RevokeLabels};
 use crate::schedule::Schedule;
 use pgwarden_core::names::{generate_password, generate_username};
-use pgwarden_core::{Lease, LeaseState, Ttl};
+use pgwarden_core::{Lease, LeaseState, Owner, Ttl};
 use pgwarden_engine::EngineError;
 use pgwarden_store::Store;
 use secrecy::SecretString;
@@ -131,17 +131,24 @@ impl Broker {
         Ok(leases.len())
     }
 
-    /// Creates a user for `role_name` in `mount` on behalf of `owner`.
+    /// Creates a user for `role_name` in `mount` on behalf of `owner`; `cap` (from policy)
+    /// lowers the role's max TTL.
     pub async fn issue(
         &self,
         mount: &str,
         role_name: &str,
-        owner: &str,
+        owner: Owner,
+        cap: Option<Ttl>,
     ) -> Result<Issued, ServerError> {
-        let role = self.catalog.role(mount, role_name)?;
+        let mut role = self.catalog.role(mount, role_name)?;
         let target = self.catalog.target_for_role(mount, &role)?;
+        if let Some(cap) = cap.filter(|cap| *cap < role.max_ttl) {
+            role.max_ttl = cap;
+            role.default_ttl = role.default_ttl.min(cap);
+        }
         let issued_at = now();
-        let username = generate_username(owner, &role.name, issued_at.unix_timestamp());
+        let username =
+            generate_username(&owner.display_name, &role.name, issued_at.unix_timestamp());
         let password = generate_password();
         let mut lease =
             Lease::new_pending(mount, &role, username, owner, Ttl::default(), issued_at);
@@ -228,9 +235,20 @@ impl Broker {
         Ok(())
     }
 
-    /// Revokes every lease whose id starts with `prefix`; reports the first failure after trying all.
+    /// Revokes every lease whose id starts with `prefix`.
     pub async fn revoke_prefix(&self, prefix: &str) -> Result<usize, ServerError> {
-        let ids = self.store.lease_ids_with_prefix(prefix)?;
+        self.revoke_all(self.store.lease_ids_with_prefix(prefix)?)
+            .await
+    }
+
+    /// Revokes every lease issued to the token with `accessor` (a logout).
+    pub async fn revoke_token_leases(&self, accessor: &str) -> Result<usize, ServerError> {
+        self.revoke_all(self.store.lease_ids_for_token(accessor)?)
+            .await
+    }
+
+    /// Revokes each of `ids`; reports the first failure after trying all.
+    async fn revoke_all(&self, ids: Vec<String>) -> Result<usize, ServerError> {
         let mut first_error = None;
         for id in &ids {
             if let Err(e) = self.attempt_revocation(id, Why::Requested).await {

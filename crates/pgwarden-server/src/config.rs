@@ -58,6 +58,15 @@ pub struct Config {
     /// Secrets-engine mounts by name.
     #[serde(default)]
     pub mounts: BTreeMap<String, MountConfig>,
+    /// Auth mounts by name (`/v1/auth/<name>/login`).
+    #[serde(default)]
+    pub auth: BTreeMap<String, AuthConfig>,
+    /// The policy file (hot-reloaded); without one only the root token can get credentials.
+    #[serde(default)]
+    pub policy_file: Option<PathBuf>,
+    /// Vault KV v1 mounts served read-only: mount → path → key/value data.
+    #[serde(default)]
+    pub settings: BTreeMap<String, BTreeMap<String, BTreeMap<String, serde_json::Value>>>,
     /// The root token, resolved from the environment or `root_token_file` by [`Config::resolve_secrets`].
     #[serde(skip)]
     pub root_token: Option<SecretString>,
@@ -72,6 +81,86 @@ fn default_listen() -> SocketAddr {
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./pgwarden-data")
+}
+
+/// An auth mount: Kubernetes service accounts or OIDC/JWT for people.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum AuthConfig {
+    /// Kubernetes service-account tokens.
+    Kubernetes(KubernetesConfig),
+    /// OIDC/JWT tokens of people.
+    Jwt(JwtConfig),
+}
+
+/// Where signing keys come from: exactly one of the three.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// A JWKS file (re-read when an unknown key id appears).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Find the JWKS through `<issuer>/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub oidc_discovery: bool,
+}
+
+/// A Kubernetes auth mount.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// The cluster's service-account issuer (`iss`); checked when set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Signing keys (ignored with `token_review`).
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// Accepted audiences (any one suffices); empty skips the check.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Accept legacy secret-based tokens (`iss: kubernetes/serviceaccount`).
+    #[serde(default)]
+    pub allow_legacy_tokens: bool,
+    /// Validate through the API server's TokenReview instead of locally.
+    #[serde(default)]
+    pub token_review: Option<TokenReviewConfig>,
+    /// Login roles.
+    #[serde(default)]
+    pub roles: std::collections::HashMap<String, pgwarden_auth::KubernetesRole>,
+}
+
+/// How to reach the API server for TokenReview.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenReviewConfig {
+    /// `https://<api server>`.
+    pub host: String,
+    /// File with the reviewer's service-account token.
+    pub reviewer_token_file: PathBuf,
+    /// PEM file of the cluster's CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// An OIDC/JWT auth mount.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The identity provider's issuer (`iss`); checked when set, and the discovery base.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Signing keys.
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// Accepted audiences; empty skips the check.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Login roles.
+    #[serde(default)]
+    pub roles: std::collections::HashMap<String, pgwarden_auth::JwtRole>,
 }
 
 /// One database secrets-engine mount.
@@ -294,6 +383,44 @@ mounts:
             .into_def("custom-reader")
             .unwrap();
         assert_eq!(role.default_ttl.as_secs(), 300);
+    }
+
+    #[test]
+    fn parses_auth_mounts() {
+        let config = Config::parse(
+            r#"
+auth:
+  kubernetes:
+    type: kubernetes
+    issuer: https://kubernetes.default.svc
+    keys: { oidc_discovery: true }
+    audiences: [pgwarden]
+    roles:
+      team-a: { bound_service_account_names: ["*"], bound_service_account_namespaces: [team-a], token_ttl: 1h }
+  people:
+    type: jwt
+    keys: { jwks_url: "https://idp/jwks" }
+    roles:
+      dba: { user_claim: email, groups_claim: groups }
+policy_file: /etc/pgwarden/policy.yaml
+settings:
+  kv:
+    team-a/appdb: { host: db, port: 5432, credentials: database/creds/appdb-user }
+"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(config.auth["kubernetes"], AuthConfig::Kubernetes(ref k) if k.keys.oidc_discovery)
+        );
+        assert!(
+            matches!(config.auth["people"], AuthConfig::Jwt(ref j) if j.roles.contains_key("dba"))
+        );
+        assert_eq!(
+            config.settings["kv"]["team-a/appdb"]["port"],
+            serde_json::json!(5432)
+        );
+        let err = Config::parse("auth:\n  k:\n    type: ldap\n").unwrap_err();
+        assert!(err.contains("ldap"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub enum ServerError {
     /// 403: no token, or not a token that may do this.
     #[error("permission denied")]
     PermissionDenied,
+    /// 403 with the reason a login was refused.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such mount, role, connection or path.
     #[error("{0}")]
     NotFound(String),
@@ -35,7 +38,7 @@ impl ServerError {
     pub fn status(&self) -> u16 {
         match self {
             ServerError::BadRequest(_) => 400,
-            ServerError::PermissionDenied => 403,
+            ServerError::PermissionDenied | ServerError::Forbidden(_) => 403,
             ServerError::NotFound(_) => 404,
             ServerError::MethodNotAllowed => 405,
             ServerError::PayloadTooLarge(_) => 413,
@@ -48,6 +51,16 @@ impl ServerError {
 impl From<CoreError> for ServerError {
     fn from(e: CoreError) -> Self {
         ServerError::BadRequest(e.to_string())
+    }
+}
+
+impl From<pgwarden_auth::AuthError> for ServerError {
+    fn from(e: pgwarden_auth::AuthError) -> Self {
+        match e {
+            pgwarden_auth::AuthError::UnknownRole { .. } => ServerError::BadRequest(e.to_string()),
+            pgwarden_auth::AuthError::Rejected { .. } => ServerError::Forbidden(e.to_string()),
+            pgwarden_auth::AuthError::Unavailable(_) => ServerError::Unavailable(e.to_string()),
+        }
     }
 }
 

@@ -6,9 +6,12 @@ pub mod broker;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod logins;
 pub mod metrics;
+pub mod policy;
 pub mod schedule;
 pub mod seal;
+pub mod tokens;
 
 pub use config::{Config, ConfigError};
 pub use error::ServerError;
@@ -89,9 +92,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
     let catalog = Arc::new(Catalog::load(&config, store.clone(), sealer)?);
     let metrics = Arc::new(Metrics::new());
-    let broker = Arc::new(Broker::new(store, catalog.clone(), metrics.clone()));
+    let broker = Arc::new(Broker::new(store.clone(), catalog.clone(), metrics.clone()));
+    let logins = logins::Logins::from_config(&config.auth)?;
+    let policy = Arc::new(
+        policy::PolicyHolder::load(config.policy_file.as_deref()).map_err(ConfigError::Invalid)?,
+    );
+    let tokens = tokens::Tokens::new(store);
+    let purged = tokens.purge_expired().map_err(StartError::Recover)?;
     let recovered = broker.recover().map_err(StartError::Recover)?;
-    tracing::info!(leases = recovered, data_dir = %config.data_dir.display(), "state loaded");
+    tracing::info!(leases = recovered, expired_tokens_purged = purged, data_dir = %config.data_dir.display(), "state loaded");
     for (name, target) in catalog.targets_to_verify() {
         if let Err(error) = target.verify().await {
             tracing::warn!(connection = %name, %error, "connection check failed; credentials from it will fail until it is reachable");
@@ -109,10 +118,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })?;
     let (shutdown, signal) = watch::channel(false);
     let reaper = tokio::spawn(broker.clone().run_reaper(signal.clone()));
+    let reload_metrics = metrics.clone();
+    tokio::spawn(policy.clone().watch(signal.clone(), move |ok| {
+        let result = if ok { "ok" } else { "rejected" };
+        reload_metrics
+            .policy_reloads
+            .get_or_create(&metrics::ReloadLabels { result })
+            .inc();
+    }));
     let app = api::router(Arc::new(api::AppState {
         broker,
         root_token,
         metrics,
+        tokens,
+        logins,
+        policy,
+        settings: config.settings.clone(),
     }));
     let mut stop = signal;
     let http = tokio::spawn(async move {

@@ -20,6 +20,29 @@ pub struct ResponseLabels {
     pub code: u16,
 }
 
+/// Why a request was denied.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    /// `policy`, `not_owner` or `root_only`.
+    pub reason: &'static str,
+}
+
+/// A login attempt's mount and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoginLabels {
+    /// The auth mount.
+    pub mount: String,
+    /// `ok`, or the check that failed (`expired`, `wrong_audience`, `namespace_not_bound`…).
+    pub result: &'static str,
+}
+
+/// A policy reload's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `rejected`.
+    pub result: &'static str,
+}
+
 /// Every metric pgwarden exports.
 pub struct Metrics {
     registry: Registry,
@@ -37,6 +60,12 @@ pub struct Metrics {
     pub leases_failing_revocation: Gauge,
     /// HTTP responses by status.
     pub http_responses: Family<ResponseLabels, Counter>,
+    /// Login attempts by mount and outcome.
+    pub logins: Family<LoginLabels, Counter>,
+    /// Requests denied, by reason.
+    pub denials: Family<DenialLabels, Counter>,
+    /// Policy reloads by outcome.
+    pub policy_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Metrics {
@@ -51,6 +80,9 @@ impl Metrics {
             leases: Gauge::default(),
             leases_failing_revocation: Gauge::default(),
             http_responses: Family::default(),
+            logins: Family::default(),
+            denials: Family::default(),
+            policy_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register("leases_issued", "Leases issued", m.leases_issued.clone());
@@ -83,6 +115,17 @@ impl Metrics {
             "http_responses",
             "HTTP responses by status code",
             m.http_responses.clone(),
+        );
+        registry.register(
+            "logins",
+            "Login attempts by mount and result",
+            m.logins.clone(),
+        );
+        registry.register("denials", "Requests denied, by reason", m.denials.clone());
+        registry.register(
+            "policy_reloads",
+            "Policy file reloads by result",
+            m.policy_reloads.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -9,7 +9,8 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
-use pgwarden_core::{Lease, RoleDef};
+use pgwarden_core::{Lease, RoleDef, TokenRecord};
+use time::OffsetDateTime;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,8 @@ pub trait Store: Send + Sync + 'static {
     fn get_lease(&self, id: &str) -> Result<Option<Lease>, StoreError>;
     /// Ids of leases starting with `prefix`, sorted.
     fn lease_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Ids of the leases issued to the token with `accessor`.
+    fn lease_ids_for_token(&self, accessor: &str) -> Result<Vec<String>, StoreError>;
     /// Every lease, for start-up recovery.
     fn all_leases(&self) -> Result<Vec<Lease>, StoreError>;
     /// Creates or replaces a role of `mount`.
@@ -78,4 +81,20 @@ pub trait Store: Send + Sync + 'static {
     fn delete_connection(&self, mount: &str, name: &str) -> Result<bool, StoreError>;
     /// Every stored connection with its mount.
     fn connections(&self) -> Result<Vec<(String, StoredConnection)>, StoreError>;
+    /// Records a token issued at login.
+    fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    /// The token whose hash is `hash`.
+    fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// The token with `accessor`.
+    fn token_by_accessor(&self, accessor: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Moves a token's end.
+    fn set_token_expiry(
+        &self,
+        accessor: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Forgets a token; false when there was none.
+    fn delete_token(&self, accessor: &str) -> Result<bool, StoreError>;
+    /// Forgets tokens that ended before `now`; returns how many.
+    fn delete_expired_tokens(&self, now: OffsetDateTime) -> Result<usize, StoreError>;
 }

@@ -35,6 +35,21 @@ const MIGRATIONS: &[&str] = &[
         verify_connection INTEGER NOT NULL,
         PRIMARY KEY (mount, name)
     ) WITHOUT ROWID;",
+    // 2: lease ownership by identity and token; tokens (hashes only).
+    "ALTER TABLE leases ADD COLUMN subject TEXT NOT NULL DEFAULT 'root';
+    ALTER TABLE leases ADD COLUMN token_accessor TEXT;
+    CREATE INDEX leases_by_token ON leases (token_accessor) WHERE token_accessor IS NOT NULL;
+    CREATE TABLE tokens (
+        accessor TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        identity_json TEXT NOT NULL,
+        mount TEXT NOT NULL,
+        role TEXT NOT NULL,
+        issued_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        max_expires_at_ms INTEGER NOT NULL,
+        ttl_secs INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// Brings the schema up to date inside one transaction.

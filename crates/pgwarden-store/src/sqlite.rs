@@ -1,7 +1,7 @@
 //! The embedded backend: one SQLite file in WAL mode in the data directory.
 
 use crate::{Store, StoreError, StoredConnection, migrations};
-use pgwarden_core::{Lease, LeaseState, RoleDef};
+use pgwarden_core::{Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
 use std::sync::Mutex;
@@ -14,7 +14,8 @@ pub struct SqliteStore {
 }
 
 const LEASE_COLUMNS: &str = "id, username, owner, mount, role_json, state, issued_at_ms, expires_at_ms, \
-     max_expires_at_ms, last_renewal_ms, revoke_attempts, last_error";
+     max_expires_at_ms, last_renewal_ms, revoke_attempts, last_error, subject, token_accessor";
+const TOKEN_COLUMNS: &str = "accessor, hash, identity_json, mount, role, issued_at_ms, expires_at_ms, max_expires_at_ms, ttl_secs";
 
 fn millis(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
@@ -42,51 +43,38 @@ fn parse_role(json: &str) -> Result<RoleDef, StoreError> {
 
 /// The raw columns of a lease row, converted after the SQLite borrow ends.
 type LeaseRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    i64,
-    Option<i64>,
-    u32,
-    Option<String>,
+    (String, String, String, String, String, String),
+    (i64, i64, i64, Option<i64>, u32, Option<String>),
+    (String, Option<String>),
 );
 
 fn lease_row(row: &Row<'_>) -> rusqlite::Result<LeaseRow> {
     Ok((
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-        row.get(5)?,
-        row.get(6)?,
-        row.get(7)?,
-        row.get(8)?,
-        row.get(9)?,
-        row.get(10)?,
-        row.get(11)?,
+        (
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get(5)?,
+        ),
+        (
+            row.get(6)?,
+            row.get(7)?,
+            row.get(8)?,
+            row.get(9)?,
+            row.get(10)?,
+            row.get(11)?,
+        ),
+        (row.get(12)?, row.get(13)?),
     ))
 }
 
 fn lease_from_row(r: LeaseRow) -> Result<Lease, StoreError> {
     let (
-        id,
-        username,
-        owner,
-        mount,
-        role,
-        state,
-        issued,
-        expires,
-        max_expires,
-        renewed,
-        attempts,
-        last_error,
+        (id, username, display_name, mount, role, state),
+        (issued, expires, max_expires, renewed, attempts, last_error),
+        (subject, token_accessor),
     ) = r;
     Ok(Lease {
         state: LeaseState::parse(&state).ok_or_else(|| StoreError::Corrupt {
@@ -100,14 +88,68 @@ fn lease_from_row(r: LeaseRow) -> Result<Lease, StoreError> {
         last_renewal: renewed.map(from_millis).transpose()?,
         id,
         username,
-        owner,
+        owner: Owner {
+            display_name,
+            subject,
+            token_accessor,
+        },
         mount,
         revoke_attempts: attempts,
         last_error,
     })
 }
 
+/// The raw columns of a token row.
+type TokenRow = (String, String, String, String, String, i64, i64, i64, i64);
+
+fn token_from_row(r: TokenRow) -> Result<TokenRecord, StoreError> {
+    let (accessor, hash, identity, mount, role, issued, expires, max_expires, ttl) = r;
+    let identity: Identity = serde_json::from_str(&identity).map_err(|e| StoreError::Corrupt {
+        what: "token identity",
+        reason: e.to_string(),
+    })?;
+    Ok(TokenRecord {
+        accessor,
+        hash,
+        identity,
+        mount,
+        role,
+        issued_at: from_millis(issued)?,
+        expires_at: from_millis(expires)?,
+        max_expires_at: from_millis(max_expires)?,
+        ttl: Ttl::from_secs(ttl.max(0) as u64),
+    })
+}
+
 impl SqliteStore {
+    /// The token whose `column` (accessor or hash) equals `value`.
+    fn token_where(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let row: Option<TokenRow> = self.with(|c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens WHERE {column} = ?1"
+            ))?
+            .query_row([value], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ))
+            })
+            .optional()?)
+        })?;
+        row.map(token_from_row).transpose()
+    }
+
     /// Opens (creating if needed) `state.db` in `data_dir` and migrates it.
     pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         let path = data_dir.join("state.db");
@@ -144,12 +186,12 @@ impl Store for SqliteStore {
     fn insert_lease(&self, l: &Lease) -> Result<(), StoreError> {
         self.with(|c| {
             c.prepare_cached(&format!(
-                "INSERT INTO leases ({LEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                "INSERT INTO leases ({LEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
             ))?
             .execute(params![
                 l.id,
                 l.username,
-                l.owner,
+                l.owner.display_name,
                 l.mount,
                 role_json(&l.role),
                 l.state.as_str(),
@@ -159,6 +201,8 @@ impl Store for SqliteStore {
                 l.last_renewal.map(millis),
                 l.revoke_attempts,
                 l.last_error,
+                l.owner.subject,
+                l.owner.token_accessor,
             ])?;
             Ok(())
         })
@@ -207,6 +251,17 @@ impl Store for SqliteStore {
                 "SELECT id FROM leases WHERE id >= ?1 AND substr(id, 1, length(?1)) = ?1 ORDER BY id",
             )?;
             let ids = stmt.query_map([prefix], |row| row.get(0))?.collect::<Result<_, _>>()?;
+            Ok(ids)
+        })
+    }
+
+    fn lease_ids_for_token(&self, accessor: &str) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT id FROM leases WHERE token_accessor = ?1 ORDER BY id")?;
+            let ids = stmt
+                .query_map([accessor], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
             Ok(ids)
         })
     }
@@ -330,12 +385,65 @@ impl Store for SqliteStore {
             )
             .collect()
     }
+
+    fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        let identity = serde_json::to_string(&t.identity).expect("an identity serializes");
+        self.with(|c| {
+            c.prepare_cached(&format!(
+                "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))?
+            .execute(params![
+                t.accessor,
+                t.hash,
+                identity,
+                t.mount,
+                t.role,
+                millis(t.issued_at),
+                millis(t.expires_at),
+                millis(t.max_expires_at),
+                t.ttl.as_secs() as i64,
+            ])?;
+            Ok(())
+        })
+    }
+
+    fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.token_where("hash", hash)
+    }
+
+    fn token_by_accessor(&self, accessor: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.token_where("accessor", accessor)
+    }
+
+    fn set_token_expiry(
+        &self,
+        accessor: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.prepare_cached("UPDATE tokens SET expires_at_ms = ?2 WHERE accessor = ?1")?
+                .execute(params![accessor, millis(expires_at)])?;
+            Ok(())
+        })
+    }
+
+    fn delete_token(&self, accessor: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            Ok(c.prepare_cached("DELETE FROM tokens WHERE accessor = ?1")?
+                .execute([accessor])?
+                > 0)
+        })
+    }
+
+    fn delete_expired_tokens(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
+        self.with(|c| Ok(c.execute("DELETE FROM tokens WHERE expires_at_ms < ?1", [millis(now)])?))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgwarden_core::{RoleSpec, Ttl};
+    use pgwarden_core::RoleSpec;
     use time::macros::datetime;
 
     fn role() -> RoleDef {
@@ -355,7 +463,7 @@ mod tests {
             "database",
             &role(),
             "v-x".into(),
-            "root",
+            Owner::root(),
             Ttl::default(),
             t0,
         );
@@ -385,13 +493,81 @@ mod tests {
     }
 
     #[test]
+    fn tokens_round_trip_and_find_their_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let t0 = datetime!(2026-11-22 10:00:00 UTC);
+        let token = TokenRecord {
+            accessor: "acc1".into(),
+            hash: "h1".into(),
+            identity: Identity {
+                subject: "system:serviceaccount:a:b".into(),
+                groups: vec![],
+                display_name: "kubernetes-a-b".into(),
+                metadata: Default::default(),
+            },
+            mount: "kubernetes".into(),
+            role: "r".into(),
+            issued_at: t0,
+            expires_at: t0 + std::time::Duration::from_secs(60),
+            max_expires_at: t0 + std::time::Duration::from_secs(600),
+            ttl: Ttl::from_secs(60),
+        };
+        store.insert_token(&token).unwrap();
+        assert_eq!(store.token_by_hash("h1").unwrap(), Some(token.clone()));
+        let owner = Owner {
+            display_name: "kubernetes-a-b".into(),
+            subject: token.identity.subject.clone(),
+            token_accessor: Some("acc1".into()),
+        };
+        let lease = Lease::new_pending("database", &role(), "u".into(), owner, Ttl::default(), t0);
+        store.insert_lease(&lease).unwrap();
+        assert_eq!(
+            store.get_lease(&lease.id).unwrap().unwrap().owner,
+            lease.owner
+        );
+        assert_eq!(
+            store.lease_ids_for_token("acc1").unwrap(),
+            vec![lease.id.clone()]
+        );
+        store
+            .set_token_expiry("acc1", t0 + std::time::Duration::from_secs(120))
+            .unwrap();
+        assert_eq!(
+            store.token_by_accessor("acc1").unwrap().unwrap().expires_at,
+            t0 + std::time::Duration::from_secs(120)
+        );
+        assert_eq!(
+            store
+                .delete_expired_tokens(t0 + std::time::Duration::from_secs(121))
+                .unwrap(),
+            1
+        );
+        assert!(!store.delete_token("acc1").unwrap());
+    }
+
+    #[test]
     fn prefix_matching_is_literal() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         let t0 = datetime!(2026-11-22 10:00:00 UTC);
-        let mut a = Lease::new_pending("database", &role(), "a".into(), "root", Ttl::default(), t0);
+        let mut a = Lease::new_pending(
+            "database",
+            &role(),
+            "a".into(),
+            Owner::root(),
+            Ttl::default(),
+            t0,
+        );
         a.id = "database/creds/a%/1".into();
-        let mut b = Lease::new_pending("database", &role(), "b".into(), "root", Ttl::default(), t0);
+        let mut b = Lease::new_pending(
+            "database",
+            &role(),
+            "b".into(),
+            Owner::root(),
+            Ttl::default(),
+            t0,
+        );
         b.id = "database/creds/ab/1".into();
         store.insert_lease(&a).unwrap();
         store.insert_lease(&b).unwrap();

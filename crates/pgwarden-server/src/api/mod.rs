@@ -1,12 +1,17 @@
 //! The Vault-compatible HTTP API: one router, thin handlers over the broker and catalog.
 
+mod caller;
 mod respond;
 mod routes;
+mod tokens;
 
 use crate::broker::Broker;
 use crate::catalog::ConnectionWrite;
 use crate::error::ServerError;
+use crate::logins::Logins;
 use crate::metrics::{Metrics, ResponseLabels};
+use crate::policy::PolicyHolder;
+use crate::tokens::Tokens;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -19,9 +24,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
 
 /// Largest request body accepted.
@@ -35,6 +39,14 @@ pub struct AppState {
     pub root_token: SecretString,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Login tokens.
+    pub tokens: Tokens,
+    /// Auth mounts.
+    pub logins: Logins,
+    /// The policy in force.
+    pub policy: Arc<PolicyHolder>,
+    /// KV v1 data: mount → path → key/value.
+    pub settings: BTreeMap<String, BTreeMap<String, BTreeMap<String, serde_json::Value>>>,
 }
 
 /// The whole HTTP surface.
@@ -73,32 +85,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-/// Who is calling. Only the root token exists so far.
-struct Caller {
-    display_name: &'static str,
-}
-
-/// Checks the token in `X-Vault-Token` or `Authorization: Bearer`, in constant time.
-fn authenticate(headers: &HeaderMap, root: &SecretString) -> Result<Caller, ServerError> {
-    let token = headers
-        .get("x-vault-token")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-        })
-        .ok_or(ServerError::PermissionDenied)?;
-    if bool::from(token.as_bytes().ct_eq(root.expose_secret().as_bytes())) {
-        Ok(Caller {
-            display_name: "root",
-        })
-    } else {
-        Err(ServerError::PermissionDenied)
-    }
 }
 
 fn operation(method: &Method, query: &HashMap<String, String>) -> Result<Op, ServerError> {
@@ -213,31 +199,48 @@ async fn handle(
         )));
     }
     let op = operation(method, query)?;
-    let caller = authenticate(headers, &state.root_token)?;
     let body = if op == Op::Write {
         read_body(headers, body).await?
     } else {
         Bytes::new()
     };
+    if let Route::Login { mount } = route {
+        return match op {
+            Op::Write => tokens::login(state, mount, parse_json(&body)?).await,
+            _ => Err(ServerError::MethodNotAllowed),
+        };
+    }
+    let caller = caller::authenticate(state, headers)?;
+    if matches!(route, Route::Config { .. } | Route::Role { .. }) {
+        caller.require_root(state, path)?;
+    }
     let broker = &state.broker;
     let catalog = broker.catalog();
     Ok(match (route, op) {
         (Route::Health, Op::Read) => health().await,
-        (Route::TokenLookupSelf, Op::Read) => respond::envelope(
-            json!({
-                "accessor": "root",
-                "display_name": caller.display_name,
-                "policies": ["root"],
-                "ttl": 0,
-                "expire_time": null,
-                "renewable": false,
-                "type": "service",
-            }),
-            None,
-            None,
-        ),
+        (Route::TokenLookupSelf, Op::Read) => tokens::lookup_self(&caller),
+        (Route::TokenRenewSelf, Op::Write) => {
+            tokens::renew_self(state, caller, parse_json(&body)?)?
+        }
+        (Route::TokenRevokeSelf, Op::Write) => tokens::revoke_self(state, &caller).await?,
+        (Route::TokenRevokeAccessor, Op::Write) => {
+            caller.require_root(state, "auth/token/revoke-accessor")?;
+            tokens::revoke_accessor(state, parse_json(&body)?).await?
+        }
+        (Route::Kv { mount, path }, Op::Read) => {
+            let full = format!("{mount}/{path}");
+            let data = state
+                .settings
+                .get(mount)
+                .ok_or_else(|| ServerError::NotFound(format!("no handler for path {full:?}")))?
+                .get(&path)
+                .ok_or_else(|| ServerError::NotFound(format!("no settings at {full:?}")))?;
+            caller.authorize(state, mount, &path)?;
+            respond::envelope(json!(data), None, None)
+        }
         (Route::Creds { mount, role }, Op::Read | Op::Write) => {
-            let issued = broker.issue(mount, role, caller.display_name).await?;
+            let cap = caller.authorize(state, mount, role)?;
+            let issued = broker.issue(mount, role, caller.owner(), cap).await?;
             let ttl = issued.lease.granted_ttl().as_secs();
             respond::envelope(
                 json!({
@@ -251,6 +254,7 @@ async fn handle(
         (Route::Renew(id), Op::Write) => {
             let request: RenewBody = parse_json(&body)?;
             let id = lease_id(id, request.lease_id)?;
+            caller.require_owner(state, &broker.lookup(&id)?)?;
             let renewed = broker
                 .renew(&id, request.increment.unwrap_or_default())
                 .await?;
@@ -265,6 +269,7 @@ async fn handle(
         (Route::Revoke(id), Op::Write) => {
             let request: RevokeBody = parse_json(&body)?;
             let id = lease_id(id, request.lease_id)?;
+            caller.require_owner(state, &broker.lookup(&id)?)?;
             if request.sync == Some(false) {
                 broker.revoke_later(&id)?;
                 respond::empty(StatusCode::ACCEPTED)
@@ -274,12 +279,14 @@ async fn handle(
             }
         }
         (Route::RevokePrefix(prefix), Op::Write) => {
+            caller.require_root(state, "sys/leases/revoke-prefix")?;
             broker.revoke_prefix(&prefix).await?;
             respond::empty(StatusCode::NO_CONTENT)
         }
         (Route::Lookup, Op::Write) => {
             let request: LookupBody = parse_json(&body)?;
             let lease = broker.lookup(&request.lease_id)?;
+            caller.require_owner(state, &lease)?;
             let now = time::OffsetDateTime::now_utc();
             respond::envelope(
                 json!({
@@ -297,7 +304,10 @@ async fn handle(
                 None,
             )
         }
-        (Route::ListLeases(prefix), Op::List) => respond::keys(broker.list(&prefix)?),
+        (Route::ListLeases(prefix), Op::List) => {
+            caller.require_root(state, "sys/leases/lookup")?;
+            respond::keys(broker.list(&prefix)?)
+        }
         (Route::Config { mount, name: None }, Op::List) => {
             respond::keys(catalog.connection_names(mount)?)
         }

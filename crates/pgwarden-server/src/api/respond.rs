@@ -11,11 +11,24 @@ pub fn envelope(
     lease: Option<(&str, u64)>,
     warnings: Option<Vec<String>>,
 ) -> Response {
+    (
+        StatusCode::OK,
+        axum::Json(envelope_value(data, lease, warnings)),
+    )
+        .into_response()
+}
+
+/// The envelope as JSON, for responses that add to it (login's `auth`).
+pub fn envelope_value(
+    data: Value,
+    lease: Option<(&str, u64)>,
+    warnings: Option<Vec<String>>,
+) -> Value {
     let (lease_id, lease_duration, renewable) = match lease {
         Some((id, ttl)) => (id, ttl, true),
         None => ("", 0, false),
     };
-    let body = json!({
+    json!({
         "request_id": uuid::Uuid::new_v4().to_string(),
         "lease_id": lease_id,
         "renewable": renewable,
@@ -24,8 +37,7 @@ pub fn envelope(
         "wrap_info": null,
         "warnings": warnings,
         "auth": null,
-    });
-    (StatusCode::OK, axum::Json(body)).into_response()
+    })
 }
 
 /// An empty response with `status` (204 for writes, 202 for queued work).

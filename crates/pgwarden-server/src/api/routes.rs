@@ -20,6 +20,17 @@ pub enum Route<'a> {
     Health,
     /// `auth/token/lookup-self`
     TokenLookupSelf,
+    /// `auth/token/renew-self`
+    TokenRenewSelf,
+    /// `auth/token/revoke-self`
+    TokenRevokeSelf,
+    /// `auth/token/revoke-accessor`
+    TokenRevokeAccessor,
+    /// `auth/<mount>/login`
+    Login {
+        /// The auth mount.
+        mount: &'a str,
+    },
     /// `sys/leases/renew[/<id>]`
     Renew(Option<String>),
     /// `sys/leases/revoke[/<id>]`
@@ -51,6 +62,13 @@ pub enum Route<'a> {
         /// The role, absent for LIST.
         name: Option<&'a str>,
     },
+    /// `<kv-mount>/<path>`: a Vault KV v1 read of the `settings:` section.
+    Kv {
+        /// The KV mount.
+        mount: &'a str,
+        /// The path below it.
+        path: String,
+    },
     /// Nothing here.
     Unknown,
 }
@@ -67,6 +85,10 @@ pub fn parse(path: &str) -> Route<'_> {
     match parts.as_slice() {
         ["sys", "health"] => Route::Health,
         ["auth", "token", "lookup-self"] => Route::TokenLookupSelf,
+        ["auth", "token", "renew-self"] => Route::TokenRenewSelf,
+        ["auth", "token", "revoke-self"] => Route::TokenRevokeSelf,
+        ["auth", "token", "revoke-accessor"] => Route::TokenRevokeAccessor,
+        ["auth", mount, "login"] if nonempty(mount) => Route::Login { mount },
         ["sys", "leases", "renew", rest @ ..] | ["sys", "renew", rest @ ..] => {
             Route::Renew(tail(rest))
         }
@@ -97,6 +119,12 @@ pub fn parse(path: &str) -> Route<'_> {
             mount,
             name: Some(name),
         },
+        [mount, rest @ ..] if nonempty(mount) && !rest.is_empty() && rest.iter().all(nonempty) => {
+            Route::Kv {
+                mount,
+                path: rest.join("/"),
+            }
+        }
         _ => Route::Unknown,
     }
 }
@@ -151,6 +179,20 @@ mod tests {
         );
         assert_eq!(parse("database/creds/"), Route::Unknown);
         assert_eq!(parse("sys/mounts"), Route::Unknown);
-        assert_eq!(parse("database/creds/a/b"), Route::Unknown);
+        assert_eq!(
+            parse("auth/kubernetes/login"),
+            Route::Login {
+                mount: "kubernetes"
+            }
+        );
+        assert_eq!(parse("auth/token/revoke-self"), Route::TokenRevokeSelf);
+        assert_eq!(
+            parse("kv/team-a/appdb"),
+            Route::Kv {
+                mount: "kv",
+                path: "team-a/appdb".into()
+            }
+        );
+        assert_eq!(parse("kv"), Route::Unknown);
     }
 }

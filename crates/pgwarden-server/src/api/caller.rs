@@ -1,0 +1,111 @@
+//! Who is calling, from the token in `X-Vault-Token` or `Authorization: Bearer`, and what they
+//! may do: root may do anything; a login token gets what policy grants and its own leases only.
+
+use super::AppState;
+use crate::error::ServerError;
+use crate::metrics::DenialLabels;
+use axum::http::{HeaderMap, header};
+use pgwarden_core::{Lease, Owner, TokenRecord, Ttl};
+use secrecy::ExposeSecret;
+use subtle::ConstantTimeEq;
+
+/// An authenticated caller.
+pub enum Caller {
+    /// The root token.
+    Root,
+    /// A token issued at login.
+    Token(Box<TokenRecord>),
+}
+
+fn token_from(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-vault-token")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        })
+}
+
+/// Checks the request's token: the root token (compared in constant time) or a live login token.
+pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ServerError> {
+    let token = token_from(headers).ok_or(ServerError::PermissionDenied)?;
+    if bool::from(
+        token
+            .as_bytes()
+            .ct_eq(state.root_token.expose_secret().as_bytes()),
+    ) {
+        return Ok(Caller::Root);
+    }
+    state
+        .tokens
+        .authenticate(token)
+        .map(|record| Caller::Token(Box::new(record)))
+}
+
+impl Caller {
+    /// The owner recorded on leases this caller creates.
+    pub fn owner(&self) -> Owner {
+        match self {
+            Caller::Root => Owner::root(),
+            Caller::Token(t) => Owner {
+                display_name: t.identity.display_name.clone(),
+                subject: t.identity.subject.clone(),
+                token_accessor: Some(t.accessor.clone()),
+            },
+        }
+    }
+
+    fn subject(&self) -> &str {
+        match self {
+            Caller::Root => "root",
+            Caller::Token(t) => &t.identity.subject,
+        }
+    }
+
+    fn deny(&self, state: &AppState, reason: &'static str, what: &str) -> ServerError {
+        state
+            .metrics
+            .denials
+            .get_or_create(&DenialLabels { reason })
+            .inc();
+        tracing::warn!(target: "pgwarden::audit", subject = self.subject(), reason, what, "permission denied");
+        ServerError::PermissionDenied
+    }
+
+    /// Only the root token may do this.
+    pub fn require_root(&self, state: &AppState, what: &str) -> Result<(), ServerError> {
+        match self {
+            Caller::Root => Ok(()),
+            Caller::Token(_) => Err(self.deny(state, "root_only", what)),
+        }
+    }
+
+    /// Whether policy lets this caller read `<mount>/<path>`; returns the grant's TTL cap.
+    pub fn authorize(
+        &self,
+        state: &AppState,
+        mount: &str,
+        path: &str,
+    ) -> Result<Option<Ttl>, ServerError> {
+        let Caller::Token(token) = self else {
+            return Ok(None);
+        };
+        let policy = state.policy.get();
+        match policy.allows(&token.identity.policy_subjects(), mount, path) {
+            Some(allowed) => Ok(allowed.max_ttl),
+            None => Err(self.deny(state, "policy", &format!("{mount}/{path}"))),
+        }
+    }
+
+    /// Only the lease's owner (same subject) or root may touch it.
+    pub fn require_owner(&self, state: &AppState, lease: &Lease) -> Result<(), ServerError> {
+        match self {
+            Caller::Root => Ok(()),
+            Caller::Token(t) if t.identity.subject == lease.owner.subject => Ok(()),
+            Caller::Token(_) => Err(self.deny(state, "not_owner", &lease.id)),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The policy in force, loaded from its file and reloaded when the file changes. A broken file
+//! is rejected with its line and reason, and the previous policy stays in force.
+
+use arc_swap::ArcSwap;
+use pgwarden_core::Policy;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often the policy file is checked for changes.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reads, parses and validates a policy file; the error names the file, line and reason.
+pub fn load(path: &Path) -> Result<Policy, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("policy file {}: {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("policy file {}: {e}", path.display()))
+}
+
+/// Parses and validates policy YAML.
+pub fn parse(text: &str) -> Result<Policy, String> {
+    let policy: Policy = if text.trim().is_empty() {
+        Policy::default()
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())?
+    };
+    policy.validate().map_err(|e| e.to_string())?;
+    Ok(policy)
+}
+
+/// The policy in force.
+pub struct PolicyHolder {
+    current: ArcSwap<Policy>,
+    path: Option<PathBuf>,
+}
+
+impl PolicyHolder {
+    /// Loads the policy at `path` (none: an empty policy that grants nothing).
+    pub fn load(path: Option<&Path>) -> Result<PolicyHolder, String> {
+        let policy = path.map(load).transpose()?.unwrap_or_default();
+        Ok(PolicyHolder {
+            current: ArcSwap::from_pointee(policy),
+            path: path.map(Path::to_path_buf),
+        })
+    }
+
+    /// The policy in force now.
+    pub fn get(&self) -> Arc<Policy> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the file when its contents change, until `shutdown` turns true; `on_reload`
+    /// is told whether each reload succeeded.
+    pub async fn watch(
+        self: Arc<Self>,
+        mut shutdown: watch::Receiver<bool>,
+        on_reload: impl Fn(bool) + Send,
+    ) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        let mut last_text = std::fs::read_to_string(&path).ok();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RELOAD_INTERVAL) => {}
+                _ = shutdown.changed() => return,
+            }
+            let text = match tokio::fs::read_to_string(&path).await {
+                Ok(text) => text,
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "policy file unreadable; the previous policy stays in force");
+                    continue;
+                }
+            };
+            if last_text.as_deref() == Some(text.as_str()) {
+                continue;
+            }
+            match parse(&text) {
+                Ok(policy) => {
+                    tracing::info!(path = %path.display(), grants = policy.grants.len(), "policy reloaded");
+                    self.current.store(Arc::new(policy));
+                    on_reload(true);
+                }
+                Err(reason) => {
+                    tracing::error!(path = %path.display(), %reason, "policy rejected; the previous policy stays in force");
+                    on_reload(false);
+                }
+            }
+            last_text = Some(text);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_carry_the_line() {
+        let err = parse("grants:\n  - subjects: [\"group:dba\"]\n    roles: [\"database/*\"]\n    max_tll: 8h\n").unwrap_err();
+        assert!(err.contains("max_tll") && err.contains("line 4"), "{err}");
+        let err =
+            parse("grants:\n  - subjects: [\"dba\"]\n    roles: [\"database/*\"]\n").unwrap_err();
+        assert_eq!(
+            err,
+            "policy grant 1: subject \"dba\" must start with system:serviceaccount:, group: or user:"
+        );
+        assert_eq!(parse("").unwrap(), Policy::default());
+    }
+}

@@ -1,0 +1,98 @@
+//! pgwarden tokens: issued at login, stored only as hashes, looked up and compared in constant
+//! time, renewable up to their max TTL, revocable (which revokes the leases they created).
+
+use crate::error::ServerError;
+use pgwarden_core::lease::extend;
+use pgwarden_core::token::{generate_accessor, generate_token, hash_token};
+use pgwarden_core::{Identity, Renewal, TokenRecord, Ttl};
+use pgwarden_store::Store;
+use secrecy::SecretString;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+
+/// Issues and checks tokens.
+pub struct Tokens {
+    store: Arc<dyn Store>,
+}
+
+impl Tokens {
+    /// Tokens kept in `store`.
+    pub fn new(store: Arc<dyn Store>) -> Tokens {
+        Tokens { store }
+    }
+
+    /// A new token for `identity`, logged in through `mount`/`role`.
+    pub fn issue(
+        &self,
+        identity: Identity,
+        mount: &str,
+        role: &str,
+        ttl: Ttl,
+        max_ttl: Ttl,
+    ) -> Result<(SecretString, TokenRecord), ServerError> {
+        let now = OffsetDateTime::now_utc();
+        let (token, hash) = generate_token();
+        let record = TokenRecord {
+            accessor: generate_accessor(),
+            hash,
+            identity,
+            mount: mount.to_string(),
+            role: role.to_string(),
+            issued_at: now,
+            expires_at: now + ttl.as_duration(),
+            max_expires_at: now + max_ttl.as_duration(),
+            ttl,
+        };
+        self.store.insert_token(&record)?;
+        Ok((token, record))
+    }
+
+    /// The live token `token`, or `permission denied`. An expired token is forgotten (its
+    /// leases live on to their own TTL).
+    pub fn authenticate(&self, token: &str) -> Result<TokenRecord, ServerError> {
+        let hash = hash_token(token);
+        let record = self
+            .store
+            .token_by_hash(&hash)?
+            .ok_or(ServerError::PermissionDenied)?;
+        if !bool::from(record.hash.as_bytes().ct_eq(hash.as_bytes())) {
+            return Err(ServerError::PermissionDenied);
+        }
+        if OffsetDateTime::now_utc() >= record.expires_at {
+            self.store.delete_token(&record.accessor)?;
+            return Err(ServerError::PermissionDenied);
+        }
+        Ok(record)
+    }
+
+    /// The token with `accessor`.
+    pub fn by_accessor(&self, accessor: &str) -> Result<TokenRecord, ServerError> {
+        self.store
+            .token_by_accessor(accessor)?
+            .ok_or_else(|| ServerError::BadRequest(format!("no token with accessor {accessor:?}")))
+    }
+
+    /// Extends `record` by `increment` (zero: its TTL), never past its max TTL.
+    pub fn renew(&self, record: &mut TokenRecord, increment: Ttl) -> Result<Renewal, ServerError> {
+        let now = OffsetDateTime::now_utc();
+        let renewal = extend(now, increment, record.ttl, record.max_expires_at);
+        self.store
+            .set_token_expiry(&record.accessor, renewal.expires_at)?;
+        record.expires_at = renewal.expires_at;
+        Ok(renewal)
+    }
+
+    /// Forgets the token with `accessor`.
+    pub fn revoke(&self, accessor: &str) -> Result<(), ServerError> {
+        self.store.delete_token(accessor)?;
+        Ok(())
+    }
+
+    /// Forgets tokens that have expired.
+    pub fn purge_expired(&self) -> Result<usize, ServerError> {
+        Ok(self
+            .store
+            .delete_expired_tokens(OffsetDateTime::now_utc())?)
+    }
+}
