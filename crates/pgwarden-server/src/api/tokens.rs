@@ -47,6 +47,7 @@ fn seconds_left(record: &TokenRecord) -> u64 {
 fn auth_response(
     token: Option<&SecretString>,
     record: &TokenRecord,
+    lease_duration: Ttl,
     warnings: Option<Vec<String>>,
 ) -> Response {
     let mut body = respond::envelope_value(Value::Null, None, warnings);
@@ -56,7 +57,7 @@ fn auth_response(
         "policies": ["default"],
         "token_policies": ["default"],
         "metadata": record.identity.metadata,
-        "lease_duration": seconds_left(record),
+        "lease_duration": lease_duration.as_secs(),
         "renewable": true,
         "entity_id": record.identity.subject,
         "token_type": "service",
@@ -95,7 +96,7 @@ pub async fn login(
         logged_in.max_ttl,
     )?;
     tracing::info!(target: "pgwarden::audit", mount, role = %body.role, subject = %record.identity.subject, accessor = %record.accessor, "login");
-    Ok(auth_response(Some(&token), &record, None))
+    Ok(auth_response(Some(&token), &record, record.ttl, None))
 }
 
 /// What the caller's own token is.
@@ -147,7 +148,7 @@ pub fn renew_self(
             renewal.ttl
         )]
     });
-    Ok(auth_response(None, &record, warning))
+    Ok(auth_response(None, &record, renewal.ttl, warning))
 }
 
 /// Revokes a token and every lease it created (a logout).

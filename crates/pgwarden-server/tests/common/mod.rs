@@ -19,6 +19,8 @@ pub struct Env {
     pub server: Option<Running>,
     pub http: reqwest::Client,
     pub base: String,
+    /// Top-level YAML appended to the generated config (auth mounts, policy_file, settings).
+    pub extra: String,
 }
 
 pub const ROLES: &str = r#"
@@ -34,7 +36,7 @@ pub const ROLES: &str = r#"
         max_ttl: 1h
 "#;
 
-pub fn config_yaml(url: &str, roles: &str) -> String {
+pub fn config_yaml(url: &str, roles: &str, extra: &str) -> String {
     format!(
         r#"
 listen: "127.0.0.1:0"
@@ -48,12 +50,18 @@ mounts:
         allowed_roles: ["*"]
     roles:
 {roles}
+{extra}
 "#
     )
 }
 
 impl Env {
     pub async fn start(roles: &str) -> Env {
+        Env::start_with(roles, "").await
+    }
+
+    /// Like [`Env::start`], with `extra` top-level YAML in the config.
+    pub async fn start_with(roles: &str, extra: &str) -> Env {
         let cluster = PgCluster::start_with_appdb().await.unwrap();
         let data = tempfile::tempdir().unwrap();
         let mut env = Env {
@@ -62,6 +70,7 @@ impl Env {
             server: None,
             http: reqwest::Client::new(),
             base: String::new(),
+            extra: extra.to_string(),
         };
         env.boot(roles).await;
         env
@@ -69,8 +78,12 @@ impl Env {
 
     /// Starts (or restarts) the in-process server on the same data directory.
     pub async fn boot(&mut self, roles: &str) {
-        let mut config =
-            Config::parse(&config_yaml(&self.cluster.templated_url("appdb"), roles)).unwrap();
+        let mut config = Config::parse(&config_yaml(
+            &self.cluster.templated_url("appdb"),
+            roles,
+            &self.extra,
+        ))
+        .unwrap();
         config.data_dir = self.data.path().to_path_buf();
         config.root_token = Some(SecretString::from(ROOT));
         config.seal_key = Some(SecretString::from(SEAL_KEY));
@@ -91,13 +104,24 @@ impl Env {
 
     /// Sends `method` to `/v1/<path>` with the root token and an optional JSON body.
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as(ROOT, method, path, body).await
+    }
+
+    /// Sends `method` to `/v1/<path>` with `token` and an optional JSON body.
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = self
             .http
             .request(
                 reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
                 self.url(path),
             )
-            .header("X-Vault-Token", ROOT);
+            .header("X-Vault-Token", token);
         if let Some(body) = body {
             request = request.json(&body);
         }

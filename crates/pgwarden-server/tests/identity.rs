@@ -1,0 +1,460 @@
+//! Identity and policy end to end: service accounts and people log in, get exactly what the
+//! policy grants, touch only their own leases; token revocation is a logout; policy reloads live.
+
+mod common;
+
+use common::*;
+use pgwarden_testkit::issuer::{TestIssuer, TestKey, service_account_claims, sign, unix_now};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const AUD: &str = "pgwarden";
+
+struct Identity {
+    env: Env,
+    issuer: TestIssuer,
+    policy: std::path::PathBuf,
+    _policy_dir: tempfile::TempDir,
+}
+
+const POLICY: &str = r#"
+grants:
+  - subjects: ["system:serviceaccount:team-a:*", "group:team-a"]
+    roles: ["database/appdb-user", "database/appdb-readonly", "kv/team-a/*"]
+    max_ttl: 30m
+  - subjects: ["group:dba"]
+    roles: ["database/*"]
+"#;
+
+async fn start(policy: &str, token_ttl: &str) -> Identity {
+    let issuer = TestIssuer::start(&[TestKey::Rsa1, TestKey::Ec1]).await;
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy_file = policy_dir.path().join("policy.yaml");
+    std::fs::write(&policy_file, policy).unwrap();
+    let extra = format!(
+        r#"
+policy_file: "{policy}"
+auth:
+  kubernetes:
+    type: kubernetes
+    issuer: "{iss}"
+    keys: {{ jwks_url: "{jwks}" }}
+    audiences: [{AUD}]
+    roles:
+      team-a: {{ bound_service_account_names: ["*"], bound_service_account_namespaces: [team-a], token_ttl: {token_ttl}, token_max_ttl: 1h }}
+      team-b: {{ bound_service_account_names: ["*"], bound_service_account_namespaces: [team-b] }}
+  jwt:
+    type: jwt
+    issuer: "{iss}"
+    keys: {{ oidc_discovery: true }}
+    audiences: [{AUD}]
+    roles:
+      people: {{ user_claim: email, groups_claim: groups }}
+settings:
+  kv:
+    team-a/appdb: {{ host: 127.0.0.1, port: 5432, database: appdb, credentials: database/creds/appdb-user }}
+"#,
+        policy = policy_file.display(),
+        iss = issuer.issuer(),
+        jwks = issuer.jwks_url(),
+    );
+    let env = Env::start_with(ROLES, &extra).await;
+    Identity {
+        env,
+        issuer,
+        policy: policy_file,
+        _policy_dir: policy_dir,
+    }
+}
+
+impl Identity {
+    async fn login_sa(&self, role: &str, namespace: &str, name: &str) -> (u16, Value) {
+        let jwt = self
+            .issuer
+            .service_account_token(TestKey::Rsa1, AUD, namespace, name);
+        self.env
+            .call_as(
+                "",
+                "POST",
+                "auth/kubernetes/login",
+                Some(json!({ "role": role, "jwt": jwt })),
+            )
+            .await
+    }
+
+    async fn token(&self, role: &str, namespace: &str, name: &str) -> String {
+        let (status, body) = self.login_sa(role, namespace, name).await;
+        assert_eq!(status, 200, "{body}");
+        body["auth"]["client_token"].as_str().unwrap().to_string()
+    }
+}
+
+#[tokio::test]
+async fn service_accounts_get_exactly_what_policy_grants() {
+    let id = start(POLICY, "1h").await;
+    let env = &id.env;
+    let (status, body) = id.login_sa("team-a", "team-a", "app").await;
+    assert_eq!(status, 200, "{body}");
+    let auth = &body["auth"];
+    assert!(auth["client_token"].as_str().unwrap().starts_with("pgw_"));
+    assert_eq!(
+        auth["metadata"],
+        json!({"role": "team-a", "service_account_name": "app", "service_account_namespace": "team-a", "service_account_uid": "uid-team-a-app"})
+    );
+    assert_eq!(auth["lease_duration"], 3600);
+    assert_eq!(auth["renewable"], true);
+    let a = auth["client_token"].as_str().unwrap().to_string();
+
+    // Granted: a real credential, capped by the grant's 30m.
+    let (status, creds) = env
+        .call_as(&a, "GET", "database/creds/appdb-user", None)
+        .await;
+    assert_eq!(status, 200, "{creds}");
+    assert_eq!(creds["lease_duration"], 1800);
+    let user = creds["data"]["username"].as_str().unwrap();
+    assert!(user.starts_with("v-kubernet-appdb-us-"), "{user}");
+    env.cluster
+        .connect_as(user, creds["data"]["password"].as_str().unwrap(), "appdb")
+        .await
+        .expect("password works");
+
+    // Not granted.
+    let (status, body) = env
+        .call_as(&a, "GET", "database/creds/appdb-admin", None)
+        .await;
+    assert_eq!(
+        (status, body),
+        (403, json!({"errors": ["permission denied"]}))
+    );
+
+    // Another namespace may not read team-a's role, nor touch team-a's lease.
+    let b = id.token("team-b", "team-b", "app").await;
+    let (status, _) = env
+        .call_as(&b, "GET", "database/creds/appdb-user", None)
+        .await;
+    assert_eq!(status, 403);
+    let lease = json!({ "lease_id": creds["lease_id"] });
+    for path in ["sys/leases/renew", "sys/leases/lookup", "sys/leases/revoke"] {
+        let (status, body) = env.call_as(&b, "PUT", path, Some(lease.clone())).await;
+        assert_eq!(
+            (status, body),
+            (403, json!({"errors": ["permission denied"]})),
+            "{path}"
+        );
+    }
+    // Admin endpoints are root's.
+    let (status, _) = env
+        .call_as(&a, "LIST", "sys/leases/lookup/database/creds/", None)
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = env
+        .call_as(&a, "GET", "database/roles/appdb-user", None)
+        .await;
+    assert_eq!(status, 403);
+
+    // The owner may renew and look up its lease.
+    let (status, body) = env
+        .call_as(
+            &a,
+            "PUT",
+            "sys/leases/renew",
+            Some(json!({ "lease_id": creds["lease_id"], "increment": "10m" })),
+        )
+        .await;
+    assert_eq!((status, body["lease_duration"].clone()), (200, json!(600)));
+    let (status, _) = env
+        .call_as(&a, "PUT", "sys/leases/lookup", Some(lease.clone()))
+        .await;
+    assert_eq!(status, 200);
+
+    // lookup-self and renew-self.
+    let (status, me) = env.call_as(&a, "GET", "auth/token/lookup-self", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(me["data"]["entity_id"], "system:serviceaccount:team-a:app");
+    assert_eq!(me["data"]["path"], "auth/kubernetes/login");
+    let (status, renewed) = env
+        .call_as(
+            &a,
+            "POST",
+            "auth/token/renew-self",
+            Some(json!({ "increment": "2h" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{renewed}");
+    assert!(
+        renewed["warnings"][0].as_str().unwrap().contains("capped"),
+        "{renewed}"
+    );
+
+    // KV settings: team-a may read its own, team-b may not.
+    let (status, body) = env.call_as(&a, "GET", "kv/team-a/appdb", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["credentials"], "database/creds/appdb-user");
+    assert_eq!(body["data"]["port"], 5432);
+    let (status, _) = env.call_as(&b, "GET", "kv/team-a/appdb", None).await;
+    assert_eq!(status, 403);
+
+    let metrics = env.metrics().await;
+    assert_eq!(
+        metric(&metrics, "pgwarden_denials_total{reason=\"policy\"}"),
+        3.0
+    );
+    assert_eq!(
+        metric(&metrics, "pgwarden_denials_total{reason=\"not_owner\"}"),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn login_rejections_are_precise_and_counted() {
+    let id = start(POLICY, "1h").await;
+    let env = &id.env;
+    let iss = id.issuer.issuer();
+    let good = id
+        .issuer
+        .service_account_token(TestKey::Rsa1, AUD, "team-a", "app");
+    let mut tampered: Vec<String> = good.split('.').map(String::from).collect();
+    tampered[1] = id
+        .issuer
+        .service_account_token(TestKey::Rsa1, AUD, "team-b", "app")
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let cases = [
+        (
+            "nope",
+            good.clone(),
+            400,
+            "login role \"nope\" not found in auth mount \"kubernetes\"".to_string(),
+        ),
+        (
+            "team-a",
+            id.issuer
+                .service_account_token(TestKey::Rsa1, "other", "team-a", "app"),
+            403,
+            "permission denied: the token's audience is not accepted (accepted: [\"pgwarden\"])"
+                .to_string(),
+        ),
+        (
+            "team-a",
+            sign(
+                TestKey::Rsa1,
+                &service_account_claims(&iss, AUD, "team-a", "app", -600),
+            ),
+            403,
+            "permission denied: the token has expired".to_string(),
+        ),
+        (
+            "team-a",
+            tampered.join("."),
+            403,
+            "permission denied: the token's signature does not verify".to_string(),
+        ),
+        (
+            "team-a",
+            id.issuer
+                .service_account_token(TestKey::Rsa1, AUD, "team-b", "app"),
+            403,
+            "permission denied: namespace \"team-b\" is not bound to this login role".to_string(),
+        ),
+    ];
+    for (role, jwt, status, message) in cases {
+        let got = env
+            .call_as(
+                "",
+                "POST",
+                "auth/kubernetes/login",
+                Some(json!({ "role": role, "jwt": jwt })),
+            )
+            .await;
+        assert_eq!(got, (status, json!({ "errors": [message] })));
+    }
+    let (status, _) = env
+        .call_as(
+            "",
+            "POST",
+            "auth/nowhere/login",
+            Some(json!({ "role": "x", "jwt": good })),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let metrics = env.metrics().await;
+    for result in [
+        "unknown_role",
+        "wrong_audience",
+        "expired",
+        "bad_signature",
+        "namespace_not_bound",
+    ] {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!("pgwarden_logins_total{{mount=\"kubernetes\",result=\"{result}\"}}")
+            ),
+            1.0,
+            "{result}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn revoking_a_token_revokes_its_leases_but_expiry_does_not() {
+    let id = start(POLICY, "2s").await;
+    let env = &id.env;
+    let a = id.token("team-a", "team-a", "app").await;
+    let mut users = Vec::new();
+    for role in ["appdb-user", "appdb-readonly"] {
+        let (status, creds) = env
+            .call_as(&a, "GET", &format!("database/creds/{role}"), None)
+            .await;
+        assert_eq!(status, 200, "{creds}");
+        users.push(creds["data"]["username"].as_str().unwrap().to_string());
+    }
+    let (status, _) = env
+        .call_as(&a, "POST", "auth/token/revoke-self", None)
+        .await;
+    assert_eq!(status, 204);
+    for user in &users {
+        assert!(!env.role_exists(user).await, "{user} dropped at logout");
+    }
+    let (status, _) = env.call_as(&a, "GET", "auth/token/lookup-self", None).await;
+    assert_eq!(status, 403, "revoked token no longer works");
+
+    // A token that simply expires leaves its leases alone.
+    let short = id.token("team-a", "team-a", "app").await;
+    let (_, creds) = env
+        .call_as(&short, "GET", "database/creds/appdb-user", None)
+        .await;
+    let user = creds["data"]["username"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, _) = env
+        .call_as(&short, "GET", "auth/token/lookup-self", None)
+        .await;
+    assert_eq!(status, 403, "token expired");
+    assert!(
+        env.role_exists(&user).await,
+        "the lease outlives its token's expiry"
+    );
+    let (status, body) = env
+        .call(
+            "PUT",
+            "sys/leases/lookup",
+            Some(json!({ "lease_id": creds["lease_id"] })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["data"]["state"].clone()),
+        (200, json!("active"))
+    );
+    // A new login of the same service account may still renew it.
+    let again = id.token("team-a", "team-a", "app").await;
+    let (status, _) = env
+        .call_as(
+            &again,
+            "PUT",
+            "sys/leases/renew",
+            Some(json!({ "lease_id": creds["lease_id"] })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Root revokes a token by accessor: its leases go too.
+    let (_, me) = env
+        .call_as(&again, "GET", "auth/token/lookup-self", None)
+        .await;
+    let (_, creds) = env
+        .call_as(&again, "GET", "database/creds/appdb-readonly", None)
+        .await;
+    let (status, _) = env
+        .call(
+            "POST",
+            "auth/token/revoke-accessor",
+            Some(json!({ "accessor": me["data"]["accessor"] })),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert!(
+        !env.role_exists(creds["data"]["username"].as_str().unwrap())
+            .await
+    );
+}
+
+#[tokio::test]
+async fn people_log_in_with_oidc_and_get_their_groups_grants() {
+    let id = start(POLICY, "1h").await;
+    let claims = json!({"iss": id.issuer.issuer(), "aud": AUD, "exp": unix_now() + 600, "sub": "42",
+        "email": "kari@example.com", "groups": ["dba"]});
+    let (status, body) = id
+        .env
+        .call_as(
+            "",
+            "POST",
+            "auth/jwt/login",
+            Some(json!({ "role": "people", "jwt": sign(TestKey::Ec1, &claims) })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["auth"]["client_token"].as_str().unwrap();
+    let (status, creds) = id
+        .env
+        .call_as(token, "GET", "database/creds/appdb-admin", None)
+        .await;
+    assert_eq!(status, 200, "{creds}");
+    assert_eq!(
+        creds["lease_duration"], 900,
+        "no grant cap: the role's own 15m"
+    );
+    assert!(
+        creds["data"]["username"]
+            .as_str()
+            .unwrap()
+            .starts_with("v-jwt-kari-appdb-ad-")
+    );
+}
+
+#[tokio::test]
+async fn policy_reloads_live_and_a_broken_file_keeps_the_last_good_one() {
+    let id = start("grants: []\n", "1h").await;
+    let env = &id.env;
+    let a = id.token("team-a", "team-a", "app").await;
+    let (status, _) = env
+        .call_as(&a, "GET", "database/creds/appdb-readonly", None)
+        .await;
+    assert_eq!(status, 403);
+
+    std::fs::write(&id.policy, POLICY).unwrap();
+    let mut allowed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if env
+            .call_as(&a, "GET", "database/creds/appdb-readonly", None)
+            .await
+            .0
+            == 200
+        {
+            allowed = true;
+            break;
+        }
+    }
+    assert!(allowed, "new grant took effect without a restart");
+
+    std::fs::write(
+        &id.policy,
+        "grants:\n  - subjects: [\"team-a\"]\n    roles: [\"database/*\"]\n",
+    )
+    .unwrap();
+    let mut rejected = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let metrics = env.metrics().await;
+        if metrics.contains("pgwarden_policy_reloads_total{result=\"rejected\"} 1") {
+            rejected = true;
+            break;
+        }
+    }
+    assert!(rejected, "broken policy was noticed and rejected");
+    let (status, _) = env
+        .call_as(&a, "GET", "database/creds/appdb-readonly", None)
+        .await;
+    assert_eq!(status, 200, "the previous policy stays in force");
+}
