@@ -1,6 +1,7 @@
 //! The `pgwarden` binary: the broker server and the self-contained dev demo.
 
 mod dev;
+mod policy;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -37,6 +38,11 @@ enum Command {
         /// Root token to use instead of a random one.
         #[arg(long, env = "PGWARDEN_DEV_ROOT_TOKEN", hide_env_values = true)]
         root_token: Option<String>,
+    },
+    /// Check a policy file or explain what it grants, offline.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
     },
 }
 
@@ -79,6 +85,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Server { config } => server(config).await,
         Command::Dev { listen, root_token } => dev::run(listen, root_token).await,
+        Command::Policy { command } => policy::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
