@@ -458,3 +458,31 @@ async fn policy_reloads_live_and_a_broken_file_keeps_the_last_good_one() {
         .await;
     assert_eq!(status, 200, "the previous policy stays in force");
 }
+
+#[tokio::test]
+async fn a_key_rotated_in_while_the_server_runs_is_picked_up() {
+    let id = start(POLICY, "1h").await;
+    id.token("team-a", "team-a", "app").await;
+    let rotated = id
+        .issuer
+        .service_account_token(TestKey::Rsa2, AUD, "team-a", "app");
+    let login = json!({ "role": "team-a", "jwt": rotated });
+    let (status, body) = id
+        .env
+        .call_as("", "POST", "auth/kubernetes/login", Some(login.clone()))
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            403,
+            json!({ "errors": ["permission denied: no signing key with kid \"rsa-2\" in the key set"] })
+        )
+    );
+    id.issuer.publish(TestKey::Rsa2);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the JWKS refresh rate limit
+    let (status, body) = id
+        .env
+        .call_as("", "POST", "auth/kubernetes/login", Some(login))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -1,5 +1,6 @@
 //! Compatibility with hvac, the Python Vault client: configure a connection and a role,
-//! generate credentials, renew and revoke the lease, all through hvac's own methods.
+//! log in with a Kubernetes service-account token, generate credentials, renew and revoke the
+//! lease, all through hvac's own methods.
 //!
 //! The Python interpreter is `$PGWARDEN_TEST_PYTHON`, else `<workspace>/.venv/bin/python`
 //! (`scripts/test` creates it with hvac installed).
@@ -8,9 +9,11 @@ mod common;
 
 use common::*;
 use pgwarden_testkit::PgCluster;
-use std::io::{BufRead, BufReader, Write};
+use pgwarden_testkit::issuer::{TestIssuer, TestKey};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Lines, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 fn python() -> PathBuf {
     if let Some(path) = std::env::var_os("PGWARDEN_TEST_PYTHON") {
@@ -22,6 +25,88 @@ fn python() -> PathBuf {
         "no Python with hvac: run scripts/test, or `python3 -m venv .venv && .venv/bin/pip install hvac`, or set PGWARDEN_TEST_PYTHON"
     );
     venv
+}
+
+/// A Python script driving hvac, which prints one JSON line per step and waits for a line on
+/// stdin after issuing credentials.
+struct Script {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Script {
+    fn start(name: &str, env: &[(&str, String)]) -> Script {
+        let mut child = Command::new(python())
+            .arg(format!("{}/tests/{name}", env!("CARGO_MANIFEST_DIR")))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Script { child, lines }
+    }
+
+    fn next(&mut self) -> Value {
+        let line = self
+            .lines
+            .next()
+            .expect("the hvac script ended early (see its traceback above)")
+            .unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    fn proceed(&mut self) {
+        writeln!(self.child.stdin.as_mut().unwrap()).unwrap();
+    }
+
+    fn finish(mut self) {
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+/// Logs in with the issued credentials (must work), lets the script renew and revoke, then
+/// checks the renewal was capped at `max_ttl` and that the password no longer works.
+async fn check_lease_cycle(cluster: &PgCluster, script: &mut Script, issued: &Value, max_ttl: u64) {
+    let (user, password) = (
+        issued["username"].as_str().unwrap(),
+        issued["password"].as_str().unwrap(),
+    );
+    let client = cluster
+        .connect_as(user, password, "appdb")
+        .await
+        .expect("hvac-issued password works");
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+
+    script.proceed();
+    let renewed = script.next();
+    let capped = renewed["renewed_duration"].as_u64().unwrap();
+    assert!(
+        (max_ttl - 2..=max_ttl).contains(&capped),
+        "renewal capped at the max TTL, got {capped}"
+    );
+    assert!(
+        renewed["warnings"][0].as_str().unwrap().contains("capped"),
+        "{renewed}"
+    );
+    assert_eq!(renewed["lookup_id"], issued["lease_id"]);
+
+    let revoked = script.next();
+    assert_eq!(revoked["revoke_status"], 204);
+    let err = cluster
+        .connect_as(user, password, "appdb")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)
+    );
+    assert!(!cluster.role_exists(user).await.unwrap());
 }
 
 #[tokio::test]
@@ -45,27 +130,17 @@ async fn hvac_configures_issues_renews_and_revokes() {
     .unwrap();
     let server = spawn_server(&config, free_port(), &[]).await;
 
-    let mut script = Command::new(python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hvac_compat.py"))
-        .env("VAULT_ADDR", &server.base)
-        .env("VAULT_TOKEN", ROOT)
-        .env("APPDB_URL", cluster.templated_url("appdb"))
-        .env("APPDB_ADMIN", ADMIN)
-        .env("APPDB_ADMIN_PASSWORD", ADMIN_PW)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(script.stdout.take().unwrap()).lines();
-    let mut next = || -> serde_json::Value {
-        let line = lines
-            .next()
-            .expect("the hvac script ended early (see its traceback above)")
-            .unwrap();
-        serde_json::from_str(&line).unwrap()
-    };
-
-    let issued = next();
+    let mut script = Script::start(
+        "hvac_compat.py",
+        &[
+            ("VAULT_ADDR", server.base.clone()),
+            ("VAULT_TOKEN", ROOT.to_string()),
+            ("APPDB_URL", cluster.templated_url("appdb")),
+            ("APPDB_ADMIN", ADMIN.to_string()),
+            ("APPDB_ADMIN_PASSWORD", ADMIN_PW.to_string()),
+        ],
+    );
+    let issued = script.next();
     assert_eq!(issued["role_default_ttl"], 60);
     assert_eq!(issued["lease_duration"], 60);
     assert!(
@@ -74,44 +149,78 @@ async fn hvac_configures_issues_renews_and_revokes() {
             .unwrap()
             .starts_with("database/creds/hvac-reader/")
     );
-    let (user, password) = (
-        issued["username"].as_str().unwrap(),
-        issued["password"].as_str().unwrap(),
-    );
-    let client = cluster
-        .connect_as(user, password, "appdb")
-        .await
-        .expect("hvac-issued password works");
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM items", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 3);
+    check_lease_cycle(&cluster, &mut script, &issued, 120).await;
+    script.finish();
+}
 
-    writeln!(script.stdin.as_mut().unwrap()).unwrap();
-    let renewed = next();
-    let capped = renewed["renewed_duration"].as_u64().unwrap();
-    assert!(
-        (118..=120).contains(&capped),
-        "renewal capped at the 2m max TTL, got {capped}"
+// Multi-threaded: the script's output is read with blocking calls while the test issuer, a
+// task on this runtime, must keep answering the server's key requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_logs_in_with_a_service_account_token() {
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let issuer = TestIssuer::start(&[TestKey::Ec1]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, ROOT).unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "grants:\n  - subjects: [\"system:serviceaccount:team-a:*\"]\n    roles: [\"database/appdb-user\"]\n",
+    )
+    .unwrap();
+    let config = dir.path().join("pgwarden.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+data_dir: "{data}"
+root_token_file: "{token}"
+policy_file: "{policy}"
+auth:
+  kubernetes:
+    type: kubernetes
+    issuer: "{iss}"
+    keys: {{ oidc_discovery: true }}
+    audiences: [pgwarden]
+    roles:
+      team-a: {{ bound_service_account_names: [app], bound_service_account_namespaces: [team-a] }}
+mounts:
+  database:
+    connections:
+      appdb:
+        connection_url: "{url}"
+        username: {ADMIN}
+        password: {ADMIN_PW}
+        allowed_roles: ["appdb-*"]
+    roles:
+      appdb-user: {{ db_name: appdb, preset: user, default_ttl: 1m, max_ttl: 3m }}
+"#,
+            data = dir.path().join("data").display(),
+            token = token_file.display(),
+            policy = policy.display(),
+            iss = issuer.issuer(),
+            url = cluster.templated_url("appdb"),
+        ),
+    )
+    .unwrap();
+    let server = spawn_server(&config, free_port(), &[]).await;
+    let jwt = issuer.service_account_token(TestKey::Ec1, "pgwarden", "team-a", "app");
+    let mut script = Script::start(
+        "hvac_k8s.py",
+        &[("VAULT_ADDR", server.base.clone()), ("SA_JWT", jwt)],
     );
-    assert!(
-        renewed["warnings"][0].as_str().unwrap().contains("capped"),
-        "{renewed}"
-    );
-    assert_eq!(renewed["lookup_id"], issued["lease_id"]);
-
-    let revoked = next();
-    assert_eq!(revoked["revoke_status"], 204);
-    assert!(script.wait().unwrap().success());
-    let err = cluster
-        .connect_as(user, password, "appdb")
-        .await
-        .unwrap_err();
+    let issued = script.next();
     assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)
+        issued["login_metadata"]["service_account_namespace"],
+        "team-a"
     );
-    assert!(!cluster.role_exists(user).await.unwrap());
+    assert_eq!(issued["lease_duration"], 60);
+    assert!(
+        issued["username"]
+            .as_str()
+            .unwrap()
+            .starts_with("v-kubernet-appdb-us-")
+    );
+    check_lease_cycle(&cluster, &mut script, &issued, 180).await;
+    script.finish();
 }
