@@ -486,3 +486,81 @@ async fn a_key_rotated_in_while_the_server_runs_is_picked_up() {
         .await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn token_review_over_tls_trusts_only_the_configured_ca() {
+    use pgwarden_testkit::issuer::FakeApiServer;
+    use pgwarden_testkit::tls::TestCa;
+    let ca = TestCa::localhost();
+    let api = FakeApiServer::start_tls("reviewer-secret", &ca).await;
+    api.add_token("opaque-sa-token", "team-a", "app");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, reviewer_file, policy) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("reviewer"),
+        dir.path().join("policy.yaml"),
+    );
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    std::fs::write(&reviewer_file, "reviewer-secret\n").unwrap();
+    std::fs::write(&policy, POLICY).unwrap();
+    let role = "team-a: { bound_service_account_names: [app], bound_service_account_namespaces: [team-a] }";
+    let extra = format!(
+        r#"
+policy_file: "{policy}"
+auth:
+  review:
+    type: kubernetes
+    token_review: {{ host: "{url}", reviewer_token_file: "{reviewer}", ca_file: "{ca}" }}
+    roles:
+      {role}
+  review-untrusted:
+    type: kubernetes
+    token_review: {{ host: "{url}", reviewer_token_file: "{reviewer}" }}
+    roles:
+      {role}
+"#,
+        policy = policy.display(),
+        url = api.url(),
+        reviewer = reviewer_file.display(),
+        ca = ca_file.display(),
+    );
+    assert!(api.url().starts_with("https://127.0.0.1:"));
+    let env = Env::start_with(ROLES, &extra).await;
+    let login = |mount: &'static str, jwt: &'static str| {
+        let env = &env;
+        async move {
+            env.call_as(
+                "",
+                "POST",
+                &format!("auth/{mount}/login"),
+                Some(json!({ "role": "team-a", "jwt": jwt })),
+            )
+            .await
+        }
+    };
+    let (status, body) = login("review", "opaque-sa-token").await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["auth"]["client_token"].as_str().unwrap();
+    let (status, _) = env
+        .call_as(token, "GET", "database/creds/appdb-readonly", None)
+        .await;
+    assert_eq!(status, 200);
+
+    let (status, body) = login("review", "forged").await;
+    assert_eq!(
+        (status, body),
+        (
+            403,
+            json!({ "errors": ["permission denied: the API server rejected the token: [invalid bearer token, token lookup failed]"] })
+        )
+    );
+    let (status, body) = login("review-untrusted", "opaque-sa-token").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("TokenReview at https://127.0.0.1:"),
+        "{body}"
+    );
+}

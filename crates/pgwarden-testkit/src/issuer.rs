@@ -196,13 +196,26 @@ impl Drop for TestIssuer {
 /// tokens from a table of known tokens.
 pub struct FakeApiServer {
     addr: SocketAddr,
+    scheme: &'static str,
     tokens: Arc<Mutex<Vec<(String, String)>>>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl FakeApiServer {
-    /// Starts the fake; only `reviewer_token` may create TokenReviews.
+    /// Starts the fake over plain HTTP; only `reviewer_token` may create TokenReviews.
     pub async fn start(reviewer_token: &str) -> FakeApiServer {
+        FakeApiServer::start_with(reviewer_token, None).await
+    }
+
+    /// Starts the fake over HTTPS with a certificate from `ca`, as a real API server runs.
+    pub async fn start_tls(reviewer_token: &str, ca: &crate::tls::TestCa) -> FakeApiServer {
+        FakeApiServer::start_with(reviewer_token, Some(ca.server_config.clone())).await
+    }
+
+    async fn start_with(
+        reviewer_token: &str,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> FakeApiServer {
         let tokens: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let known = tokens.clone();
         let reviewer = format!("Bearer {reviewer_token}");
@@ -220,11 +233,18 @@ impl FakeApiServer {
             .await
             .expect("binding the fake API server");
         let addr = listener.local_addr().expect("local address");
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = match tls {
+                Some(config) => {
+                    axum::serve(crate::tls::TlsListener::new(listener, config), app).await
+                }
+                None => axum::serve(listener, app).await,
+            };
         });
         FakeApiServer {
             addr,
+            scheme,
             tokens,
             server,
         }
@@ -232,7 +252,7 @@ impl FakeApiServer {
 
     /// The API server URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Makes `token` valid for service account `namespace`/`name`.

@@ -3,5 +3,6 @@
 
 mod cluster;
 pub mod issuer;
+pub mod tls;
 
 pub use cluster::{APP_ADMIN, APP_ADMIN_PASSWORD, PgCluster, SUPERUSER, TestkitError};
