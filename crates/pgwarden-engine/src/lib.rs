@@ -9,4 +9,4 @@ mod users;
 
 pub use error::EngineError;
 pub use quote::{quote_ident, quote_literal};
-pub use target::Target;
+pub use target::{Endpoint, Target};

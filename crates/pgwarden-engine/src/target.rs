@@ -15,6 +15,17 @@ const POOL_SIZE: usize = 16;
 /// How long to wait for a connection before calling the target unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where a target database is, as clients need it (no credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or address (or Unix socket directory).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Database name.
+    pub database: String,
+}
+
 /// A target database and the administrative connections pgwarden uses on it.
 pub struct Target {
     pub(crate) name: String,
@@ -79,6 +90,21 @@ impl Target {
             pool,
             groups_ready: Default::default(),
         })
+    }
+
+    /// Where clients reach this database: host, port and database name from the connection URL.
+    pub fn endpoint(&self) -> Endpoint {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+            None => "localhost".to_string(),
+        };
+        Endpoint {
+            host,
+            port: self.config.get_ports().first().copied().unwrap_or(5432),
+            database: self.config.get_dbname().unwrap_or_default().to_string(),
+        }
     }
 
     /// An administrative connection from the pool.
@@ -155,6 +181,18 @@ mod tests {
         assert_eq!(config.get_password(), Some(&b"p@ss:/word"[..]));
         assert_eq!(config.get_dbname(), Some("app"));
         assert_eq!(config.get_ports(), &[6432]);
+        let target = Target::new(&def(
+            "postgresql://{{username}}:{{password}}@db.example:6432/app",
+        ))
+        .unwrap();
+        assert_eq!(
+            target.endpoint(),
+            Endpoint {
+                host: "db.example".into(),
+                port: 6432,
+                database: "app".into()
+            }
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Issued {
     pub lease: Lease,
     /// The user's password; returned once, never stored.
     pub password: SecretString,
+    /// Where the database is.
+    pub endpoint: pgwarden_engine::Endpoint,
 }
 
 /// The result of a renewal.
@@ -178,7 +180,11 @@ impl Broker {
         self.metrics.leases_issued.inc();
         self.update_gauges();
         tracing::info!(lease_id = %lease.id, username = %lease.username, ttl = lease.granted_ttl().as_secs(), "issued");
-        Ok(Issued { lease, password })
+        Ok(Issued {
+            lease,
+            password,
+            endpoint: target.endpoint(),
+        })
     }
 
     /// Extends a lease by `increment` (zero: the role's default TTL), never past its max TTL.

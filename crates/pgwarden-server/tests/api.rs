@@ -24,6 +24,22 @@ async fn issue_login_revoke() {
         );
         assert!(creds.username.starts_with("v-root-"), "{}", creds.username);
         let client = env.login(&creds).await.expect("issued password works");
+        let (_, lookup) = env
+            .call("GET", &format!("database/creds/{role}"), None)
+            .await;
+        assert_eq!(
+            (
+                &lookup["data"]["host"],
+                &lookup["data"]["port"],
+                &lookup["data"]["database"]
+            ),
+            (
+                &json!("127.0.0.1"),
+                &json!(env.cluster.port()),
+                &json!("appdb")
+            ),
+            "where to connect comes with the credential"
+        );
         let n: i64 = client
             .query_one("SELECT count(*) FROM items", &[])
             .await

@@ -246,6 +246,9 @@ async fn handle(
                 json!({
                     "username": issued.lease.username,
                     "password": issued.password.expose_secret(),
+                    "host": issued.endpoint.host,
+                    "port": issued.endpoint.port,
+                    "database": issued.endpoint.database,
                 }),
                 Some((&issued.lease.id, ttl)),
                 None,
