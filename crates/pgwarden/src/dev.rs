@@ -37,6 +37,7 @@ fn demo_mount(cluster: &PgCluster, admin_password: String) -> Result<MountConfig
         ("appdb-readonly", "readonly", "1h", "24h"),
         ("appdb-user", "user", "1h", "24h"),
         ("appdb-admin", "admin", "15m", "4h"),
+        ("appdb-short", "readonly", "10s", "30s"),
     ] {
         let spec = serde_json::json!({ "db_name": "appdb", "preset": preset, "default_ttl": ttl, "max_ttl": max });
         mount.roles.insert(
@@ -86,7 +87,8 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
          \x20 export VAULT_ADDR=$PGWARDEN_ADDR VAULT_TOKEN=$PGWARDEN_TOKEN   # for Vault clients\n\
          \x20 curl -s -H \"X-Vault-Token: $PGWARDEN_TOKEN\" $PGWARDEN_ADDR/v1/database/creds/appdb-readonly\n\
          \x20 PGPASSWORD=<password> psql -h 127.0.0.1 -p {port} -U <username> appdb -c 'SELECT * FROM items'\n\n\
-         Roles: appdb-readonly, appdb-user (1h, max 24h), appdb-admin (15m, max 4h).\n",
+         Roles: appdb-readonly, appdb-user (1h, max 24h), appdb-admin (15m, max 4h), and appdb-short\n\
+         (readonly, 10s, max 30s) to watch renewal: cargo run -p pgwarden-client --example steady_queries\n",
         port = cluster.port(),
         data = data.path().display(),
     );

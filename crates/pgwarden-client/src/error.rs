@@ -1,0 +1,56 @@
+//! Errors of the client.
+
+/// What went wrong talking to pgwarden.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// pgwarden could not be reached.
+    #[error("cannot reach pgwarden at {address}: {reason}")]
+    Unreachable {
+        /// The address used.
+        address: String,
+        /// The transport error.
+        reason: String,
+    },
+    /// pgwarden answered with an error.
+    #[error("pgwarden answered {status} to {what}: {message}")]
+    Api {
+        /// What was asked.
+        what: String,
+        /// HTTP status.
+        status: u16,
+        /// pgwarden's error message(s).
+        message: String,
+    },
+    /// The login token file could not be read.
+    #[error("cannot read the token file {path}: {reason}")]
+    TokenFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The answer was not what the API promises.
+    #[error("unexpected answer to {what}: {reason}")]
+    Protocol {
+        /// What was asked.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// True for errors that retrying later may fix (pgwarden down or overloaded).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
+    /// True when pgwarden refused the token (403).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, ClientError::Api { status: 403, .. })
+    }
+}

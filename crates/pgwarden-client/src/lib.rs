@@ -1,0 +1,18 @@
+//! Rust client for pgwarden.
+//!
+//! - [`Client`]: the typed HTTP API (login, credentials, renew, revoke, lookup).
+//! - [`CredentialProvider`]: keeps one credential fresh in the background — renews it at two
+//!   thirds of its duration while renewal can extend it, fetches a new one before the old one
+//!   reaches its max TTL, revokes the old one after a grace period — and notifies on change.
+//! - [`PgPool`]: a `deadpool` pool of `tokio-postgres` connections that always connect with the
+//!   current credential and retry once with a fresh one when the database rejects a password.
+
+mod api;
+mod error;
+mod pool;
+mod provider;
+
+pub use api::{Auth, Client, Credential, LeaseInfo, Renewal};
+pub use error::ClientError;
+pub use pool::{PgPool, PgwardenManager, PooledClient, pool};
+pub use provider::{CredentialProvider, Current, ProviderOptions};

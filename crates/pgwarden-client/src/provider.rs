@@ -1,0 +1,260 @@
+//! A credential kept fresh in the background, with Vault-Agent-like rules done right: renew at
+//! two thirds of the lease while renewal can still extend it; once a renewal is capped by the
+//! max TTL, fetch a new credential at two thirds of what is left, publish it, and revoke the old
+//! lease only after a grace period so in-flight work can finish. While pgwarden is unreachable,
+//! retry with capped exponential backoff and jitter and keep the current credential.
+
+use crate::{Client, ClientError, Credential};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Tuning of a [`CredentialProvider`].
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderOptions {
+    /// How long a replaced lease lives on before it is revoked.
+    pub grace: Duration,
+    /// Longest wait between retries while pgwarden is unreachable.
+    pub max_backoff: Duration,
+}
+
+impl Default for ProviderOptions {
+    fn default() -> Self {
+        ProviderOptions {
+            grace: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The credential in use, with what the provider knows about its lease.
+#[derive(Debug, Clone)]
+pub struct Current {
+    /// The credential.
+    pub credential: Arc<Credential>,
+    /// Increases by one each time the credential is replaced.
+    pub generation: u64,
+    /// When the lease ends unless renewed.
+    pub expires_at: Instant,
+    /// True once a renewal was cut short by the max TTL: the next step is a new credential.
+    pub capped: bool,
+}
+
+struct Shared {
+    client: Arc<Client>,
+    path: String,
+    options: ProviderOptions,
+    current: watch::Sender<Current>,
+    reissue: Mutex<()>,
+}
+
+/// Keeps one credential fresh; see the module documentation for the rules.
+pub struct CredentialProvider {
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+fn two_thirds(d: Duration) -> Duration {
+    d * 2 / 3
+}
+
+/// Capped exponential backoff with up to 50 % jitter for retry number `attempt` (from 1).
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(500u64.saturating_mul(1 << attempt.min(16))).min(max);
+    let jitter = base.mul_f64(rand::random::<f64>() * 0.5);
+    (base + jitter).min(max)
+}
+
+impl Shared {
+    fn publish(&self, credential: Credential, generation: u64) -> Current {
+        let current = Current {
+            expires_at: Instant::now() + credential.lease_duration,
+            credential: Arc::new(credential),
+            generation,
+            capped: false,
+        };
+        self.current.send_replace(current.clone());
+        current
+    }
+
+    /// Fetches a new credential unless `stale` has already been replaced; schedules the
+    /// revocation of the replaced lease after the grace period.
+    async fn reissue(&self, stale: u64) -> Result<Current, ClientError> {
+        let _one_at_a_time = self.reissue.lock().await;
+        let old = self.current.borrow().clone();
+        if old.generation != stale {
+            return Ok(old);
+        }
+        let fresh = self.client.credential(&self.path).await?;
+        tracing::info!(path = %self.path, lease_id = %fresh.lease_id, replaced = %old.credential.lease_id, "new credential");
+        let current = self.publish(fresh, old.generation + 1);
+        let (client, grace, lease_id) = (
+            self.client.clone(),
+            self.options.grace,
+            old.credential.lease_id.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if let Err(error) = client.revoke(&lease_id).await {
+                tracing::warn!(%lease_id, %error, "revoking a replaced lease failed; it will expire on its own");
+            }
+        });
+        Ok(current)
+    }
+
+    /// Renews the current lease, or replaces the credential when renewal cannot extend it.
+    async fn step(&self) -> Result<(), ClientError> {
+        let current = self.current.borrow().clone();
+        if current.capped {
+            return self.reissue(current.generation).await.map(|_| ());
+        }
+        match self
+            .client
+            .renew(
+                &current.credential.lease_id,
+                current.credential.lease_duration,
+            )
+            .await
+        {
+            Ok(renewal) if renewal.lease_duration >= Duration::from_secs(1) => {
+                self.current.send_if_modified(|c| {
+                    if c.generation != current.generation {
+                        return false;
+                    }
+                    c.expires_at = Instant::now() + renewal.lease_duration;
+                    c.capped = renewal.capped;
+                    true
+                });
+                Ok(())
+            }
+            Ok(_) => self.reissue(current.generation).await.map(|_| ()),
+            Err(e) if e.is_transient() => Err(e),
+            Err(error) => {
+                tracing::info!(%error, "lease cannot be renewed; fetching a new credential");
+                self.reissue(current.generation).await.map(|_| ())
+            }
+        }
+    }
+
+    /// When the next step is due: two thirds into what is left of the lease.
+    fn next_step_at(&self) -> Instant {
+        let current = self.current.borrow();
+        let left = current.expires_at.saturating_duration_since(Instant::now());
+        Instant::now() + two_thirds(left)
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut failures = 0u32;
+        let mut changed = self.current.subscribe();
+        let mut due = self.next_step_at();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => {}
+                // Replaced from outside (a refresh after a rejected password): plan anew.
+                Ok(()) = changed.changed() => {
+                    due = self.next_step_at();
+                    continue;
+                }
+            }
+            match self.step().await {
+                Ok(()) => {
+                    failures = 0;
+                    changed.borrow_and_update();
+                    due = self.next_step_at();
+                }
+                Err(error) => {
+                    failures += 1;
+                    let left = self
+                        .current
+                        .borrow()
+                        .expires_at
+                        .saturating_duration_since(Instant::now());
+                    let wait = backoff(failures, self.options.max_backoff);
+                    tracing::warn!(%error, attempt = failures, valid_for_s = left.as_secs(), retry_in_ms = wait.as_millis() as u64,
+                        "cannot refresh the credential; keeping the current one");
+                    due = Instant::now() + wait;
+                }
+            }
+        }
+    }
+}
+
+impl CredentialProvider {
+    /// Fetches the first credential from `path` and starts keeping it fresh.
+    pub async fn start(
+        client: Arc<Client>,
+        path: &str,
+        options: ProviderOptions,
+    ) -> Result<CredentialProvider, ClientError> {
+        let first = client.credential(path).await?;
+        let (current, _) = watch::channel(Current {
+            expires_at: Instant::now() + first.lease_duration,
+            credential: Arc::new(first),
+            generation: 0,
+            capped: false,
+        });
+        let shared = Arc::new(Shared {
+            client,
+            path: path.to_string(),
+            options,
+            current,
+            reissue: Mutex::new(()),
+        });
+        let task = tokio::spawn(shared.clone().run());
+        Ok(CredentialProvider { shared, task })
+    }
+
+    /// The credential to use now.
+    pub fn current(&self) -> Current {
+        self.shared.current.borrow().clone()
+    }
+
+    /// A receiver that sees every new credential (and every renewal).
+    pub fn subscribe(&self) -> watch::Receiver<Current> {
+        self.shared.current.subscribe()
+    }
+
+    /// Replaces the credential of generation `stale` now (e.g. after the database rejected its
+    /// password); if it was already replaced, returns the newer one.
+    pub async fn refresh(&self, stale: u64) -> Result<Current, ClientError> {
+        self.shared.reissue(stale).await
+    }
+
+    /// Stops refreshing; with `revoke`, drops the current lease's user too.
+    pub async fn stop(self, revoke: bool) -> Result<(), ClientError> {
+        self.task.abort();
+        if revoke {
+            let lease_id = self.current().credential.lease_id.clone();
+            self.shared.client.revoke(&lease_id).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CredentialProvider {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let max = Duration::from_secs(30);
+        for attempt in 1..20 {
+            let b = backoff(attempt, max);
+            assert!(b <= max);
+            assert!(
+                b >= Duration::from_millis(500u64 << attempt.min(16))
+                    .min(max)
+                    .min(max)
+            );
+        }
+        assert_eq!(two_thirds(Duration::from_secs(3)), Duration::from_secs(2));
+    }
+}
