@@ -189,9 +189,24 @@ impl CredentialProvider {
         options: ProviderOptions,
     ) -> Result<CredentialProvider, ClientError> {
         let first = client.credential(path).await?;
+        let valid_for = first.lease_duration;
+        Ok(CredentialProvider::adopt(
+            client, path, first, valid_for, options,
+        ))
+    }
+
+    /// Keeps fresh a credential obtained earlier (e.g. by an init container) whose lease has
+    /// `valid_for` left, instead of issuing a second one.
+    pub fn adopt(
+        client: Arc<Client>,
+        path: &str,
+        credential: Credential,
+        valid_for: Duration,
+        options: ProviderOptions,
+    ) -> CredentialProvider {
         let (current, _) = watch::channel(Current {
-            expires_at: Instant::now() + first.lease_duration,
-            credential: Arc::new(first),
+            expires_at: Instant::now() + valid_for,
+            credential: Arc::new(credential),
             generation: 0,
             capped: false,
         });
@@ -203,7 +218,7 @@ impl CredentialProvider {
             reissue: Mutex::new(()),
         });
         let task = tokio::spawn(shared.clone().run());
-        Ok(CredentialProvider { shared, task })
+        CredentialProvider { shared, task }
     }
 
     /// The credential to use now.

@@ -39,6 +39,23 @@ enum Command {
         #[arg(long, env = "PGWARDEN_DEV_ROOT_TOKEN", hide_env_values = true)]
         root_token: Option<String>,
     },
+    /// Run the sidecar agent: keep credential files fresh for an application.
+    ///
+    /// Logs in, writes every credential file atomically (mode 0600), renews at two thirds of
+    /// the lease, fetches a new credential before the max TTL, signals the application, and
+    /// serves /healthz and /readyz. A lease recorded beside the files (by an earlier --once)
+    /// is adopted instead of issuing a second one.
+    Agent {
+        /// The agent's YAML configuration.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Write the files once and exit (init-container mode).
+        #[arg(long, conflicts_with = "check")]
+        once: bool,
+        /// Validate the configuration and exit.
+        #[arg(long)]
+        check: bool,
+    },
     /// Check a policy file or explain what it grants, offline.
     Policy {
         #[command(subcommand)]
@@ -78,6 +95,26 @@ async fn server(config: PathBuf) -> Result<(), String> {
         .map_err(|e| format!("shutting down: {e}"))
 }
 
+async fn agent(config: PathBuf, once: bool, check: bool) -> Result<(), String> {
+    let loaded = pgwarden_agent::AgentConfig::load(&config)?;
+    if check {
+        println!(
+            "{}: valid, {} credential(s)",
+            config.display(),
+            loaded.credentials.len()
+        );
+        return Ok(());
+    }
+    let mode = if once {
+        pgwarden_agent::Mode::Once
+    } else {
+        pgwarden_agent::Mode::Sidecar
+    };
+    pgwarden_agent::run(loaded, mode, stop_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -86,6 +123,11 @@ async fn main() -> ExitCode {
         Command::Server { config } => server(config).await,
         Command::Dev { listen, root_token } => dev::run(listen, root_token).await,
         Command::Policy { command } => policy::run(command),
+        Command::Agent {
+            config,
+            once,
+            check,
+        } => agent(config, once, check).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

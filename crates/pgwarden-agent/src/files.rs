@@ -1,0 +1,286 @@
+//! Rendering credentials into the files applications read, writing them atomically, and the
+//! state file that lets a sidecar adopt the lease an init container fetched.
+
+use crate::config::{FileConfig, Format};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use pgwarden_client::Credential;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Placeholders a template may use.
+const PLACEHOLDERS: [&str; 6] = [
+    "username", "password", "host", "port", "database", "lease_id",
+];
+
+/// A loaded template file.
+pub struct Template {
+    text: String,
+}
+
+impl Template {
+    /// Reads `path` and checks every placeholder is known.
+    pub fn load(path: &Path) -> Result<Template, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("template {}: {e}", path.display()))?;
+        let template = Template { text };
+        template
+            .render_with(|_| Some(String::new()))
+            .map_err(|e| format!("template {}: {e}", path.display()))?;
+        Ok(template)
+    }
+
+    fn render_with(&self, value: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+        let mut out = String::with_capacity(self.text.len());
+        let mut rest = self.text.as_str();
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after.find("}}").ok_or("unclosed {{")?;
+            let name = after[..end].trim();
+            if !PLACEHOLDERS.contains(&name) {
+                return Err(format!(
+                    "unknown placeholder {{{{{name}}}}}; known: {}",
+                    PLACEHOLDERS.join(", ")
+                ));
+            }
+            out.push_str(&value(name).unwrap_or_default());
+            rest = &after[end + 2..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// The template filled with `c`.
+    pub fn render(&self, c: &Credential) -> Result<String, String> {
+        self.render_with(|name| Some(field(c, name)))
+    }
+}
+
+fn field(c: &Credential, name: &str) -> String {
+    match name {
+        "username" => c.username.clone(),
+        "password" => c.password.expose_secret().to_string(),
+        "host" => c.host.clone(),
+        "port" => c.port.to_string(),
+        "database" => c.database.clone(),
+        "lease_id" => c.lease_id.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Escapes `:` and `\` as libpq's password file requires.
+fn pgpass_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+/// The file's contents for credential `c`.
+pub fn render(file: &FileConfig, c: &Credential) -> Result<String, String> {
+    let pw = c.password.expose_secret();
+    Ok(match (file.format, &file.template) {
+        (Some(Format::Env), _) => format!(
+            "PGUSER={}\nPGPASSWORD={pw}\nPGHOST={}\nPGPORT={}\nPGDATABASE={}\n",
+            c.username, c.host, c.port, c.database
+        ),
+        (Some(Format::Json), _) => serde_json::json!({
+            "username": c.username, "password": pw, "host": c.host, "port": c.port,
+            "database": c.database, "lease_id": c.lease_id,
+        })
+        .to_string(),
+        (Some(Format::Pgpass), _) => format!(
+            "{}:{}:{}:{}:{}\n",
+            pgpass_escape(&c.host),
+            c.port,
+            pgpass_escape(&c.database),
+            pgpass_escape(&c.username),
+            pgpass_escape(pw)
+        ),
+        (Some(Format::Url), _) => format!(
+            "postgresql://{}:{}@{}:{}/{}\n",
+            utf8_percent_encode(&c.username, NON_ALPHANUMERIC),
+            utf8_percent_encode(pw, NON_ALPHANUMERIC),
+            c.host,
+            c.port,
+            utf8_percent_encode(&c.database, NON_ALPHANUMERIC)
+        ),
+        (None, Some(template)) => Template::load(template)?.render(c)?,
+        (None, None) => {
+            return Err(format!(
+                "file {}: no format or template",
+                file.path.display()
+            ));
+        }
+    })
+}
+
+/// Replaces `path` with `contents` atomically (temporary file in the same directory, fsync,
+/// rename), mode 0600: a reader sees the old file or the new one, never a mix.
+pub fn write_atomically(path: &Path, contents: &str) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".pgwarden-")
+        .tempfile_in(dir)
+        .map_err(fail)?;
+    tmp.write_all(contents.as_bytes()).map_err(fail)?;
+    tmp.as_file().sync_all().map_err(fail)?;
+    tmp.persist(path).map_err(|e| fail(e.error))?;
+    Ok(())
+}
+
+/// What the agent remembers of a credential beside its files, to adopt the lease later.
+#[derive(Serialize, Deserialize)]
+struct State {
+    path: String,
+    lease_id: String,
+    lease_duration_secs: u64,
+    username: String,
+    password: String,
+    host: String,
+    port: u16,
+    database: String,
+}
+
+/// Where the state of credential `path` lives: beside its first file.
+pub fn state_path(first_file: &Path, path: &str) -> PathBuf {
+    let dir = first_file.parent().unwrap_or(Path::new("."));
+    let name: String = path
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    dir.join(format!(".pgwarden-lease-{name}.json"))
+}
+
+/// Records `c` as the credential of `path`.
+pub fn save_state(file: &Path, path: &str, c: &Credential) -> Result<(), String> {
+    let state = State {
+        path: path.to_string(),
+        lease_id: c.lease_id.clone(),
+        lease_duration_secs: c.lease_duration.as_secs(),
+        username: c.username.clone(),
+        password: c.password.expose_secret().to_string(),
+        host: c.host.clone(),
+        port: c.port,
+        database: c.database.clone(),
+    };
+    write_atomically(
+        file,
+        &serde_json::to_string(&state).expect("state serializes"),
+    )
+}
+
+/// The credential recorded for `path`, if any.
+pub fn load_state(file: &Path, path: &str) -> Option<Credential> {
+    let state: State = serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()?;
+    (state.path == path).then(|| Credential {
+        lease_id: state.lease_id,
+        lease_duration: Duration::from_secs(state.lease_duration_secs),
+        username: state.username,
+        password: SecretString::from(state.password),
+        host: state.host,
+        port: state.port,
+        database: state.database,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cred() -> Credential {
+        Credential {
+            lease_id: "database/creds/r/abc".into(),
+            lease_duration: Duration::from_secs(60),
+            username: "v-user".into(),
+            password: SecretString::from("p:w\\d"),
+            host: "db.internal".into(),
+            port: 5433,
+            database: "app db".into(),
+        }
+    }
+
+    fn file(format: Format) -> FileConfig {
+        FileConfig {
+            path: "x".into(),
+            format: Some(format),
+            template: None,
+        }
+    }
+
+    #[test]
+    fn renders_every_format() {
+        let c = cred();
+        assert_eq!(
+            render(&file(Format::Env), &c).unwrap(),
+            "PGUSER=v-user\nPGPASSWORD=p:w\\d\nPGHOST=db.internal\nPGPORT=5433\nPGDATABASE=app db\n"
+        );
+        assert_eq!(
+            render(&file(Format::Pgpass), &c).unwrap(),
+            "db.internal:5433:app db:v-user:p\\:w\\\\d\n"
+        );
+        assert_eq!(
+            render(&file(Format::Url), &c).unwrap(),
+            "postgresql://v%2Duser:p%3Aw%5Cd@db.internal:5433/app%20db\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&file(Format::Json), &c).unwrap()).unwrap();
+        assert_eq!(json["port"], 5433);
+        assert_eq!(json["password"], "p:w\\d");
+    }
+
+    #[test]
+    fn templates_fill_known_placeholders_and_refuse_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("t.tmpl");
+        std::fs::write(&t, "user={{ username }} db={{database}}").unwrap();
+        assert_eq!(
+            Template::load(&t).unwrap().render(&cred()).unwrap(),
+            "user=v-user db=app db"
+        );
+        std::fs::write(&t, "{{ secret }}").unwrap();
+        assert_eq!(
+            Template::load(&t).err().unwrap(),
+            format!(
+                "template {}: unknown placeholder {{{{secret}}}}; known: username, password, host, port, database, lease_id",
+                t.display()
+            )
+        );
+    }
+
+    #[test]
+    fn writes_are_atomic_and_private_and_state_round_trips() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("appdb.env");
+        write_atomically(&f, "one").unwrap();
+        write_atomically(&f, "two").unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "two");
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary files left"
+        );
+        let s = state_path(&f, "database/creds/appdb-user");
+        assert_eq!(
+            s,
+            dir.path()
+                .join(".pgwarden-lease-database_creds_appdb_user.json")
+        );
+        save_state(&s, "database/creds/appdb-user", &cred()).unwrap();
+        let back = load_state(&s, "database/creds/appdb-user").unwrap();
+        assert_eq!(
+            (back.lease_id.as_str(), back.password.expose_secret()),
+            ("database/creds/r/abc", "p:w\\d")
+        );
+        assert!(load_state(&s, "database/creds/other").is_none());
+    }
+}

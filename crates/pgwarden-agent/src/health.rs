@@ -1,0 +1,65 @@
+//! `/healthz` (the agent is running) and `/readyz` (every credential file is written and its
+//! lease still valid, with how long each remains valid).
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use tokio::time::Instant;
+
+/// What the health endpoint reports of one credential.
+pub struct Slot {
+    /// The credential path.
+    pub path: String,
+    /// The lease in the files now.
+    pub lease_id: String,
+    /// When that lease ends unless renewed.
+    pub expires_at: Instant,
+}
+
+/// The agent's state as the health endpoint sees it.
+#[derive(Default)]
+pub struct Status {
+    slots: Mutex<Vec<Slot>>,
+}
+
+impl Status {
+    /// Records (or updates) the credential `slot.path`.
+    pub fn set(&self, slot: Slot) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        match slots.iter_mut().find(|s| s.path == slot.path) {
+            Some(existing) => *existing = slot,
+            None => slots.push(slot),
+        }
+    }
+
+    fn report(&self) -> (bool, serde_json::Value) {
+        let now = Instant::now();
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let ready = !slots.is_empty() && slots.iter().all(|s| s.expires_at > now);
+        let credentials: Vec<_> = slots
+            .iter()
+            .map(|s| json!({ "path": s.path, "lease_id": s.lease_id, "valid_for_seconds": s.expires_at.saturating_duration_since(now).as_secs() }))
+            .collect();
+        (ready, json!({ "ready": ready, "credentials": credentials }))
+    }
+}
+
+/// The health routes.
+pub fn router(status: Arc<Status>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let (ready, body) = status.report();
+                let code = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                async move { (code, axum::Json(body)) }
+            }),
+        )
+}

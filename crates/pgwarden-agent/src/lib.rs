@@ -1,0 +1,13 @@
+//! The pgwarden sidecar agent: logs in, fetches credentials, writes them to files atomically
+//! (mode 0600) in the formats applications read, keeps them fresh with the client crate's
+//! renewal rules, tells the application when they change, and reports on a health endpoint how
+//! long they remain valid.
+
+mod config;
+mod files;
+mod health;
+mod on_change;
+mod run;
+
+pub use config::{AgentConfig, AuthConfig, CredentialConfig, FileConfig, Format, OnChange};
+pub use run::{AgentError, Mode, run};

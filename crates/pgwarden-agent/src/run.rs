@@ -1,0 +1,211 @@
+//! The agent's life: log in, fetch or adopt each credential, write its files, then (as a
+//! sidecar) keep them fresh until told to stop.
+
+use crate::config::{AgentConfig, AuthConfig, CredentialConfig};
+use crate::files::{load_state, render, save_state, state_path, write_atomically};
+use crate::health::{Slot, Status};
+use crate::on_change::fire;
+use pgwarden_client::{Auth, Client, ClientError, CredentialProvider, ProviderOptions};
+use secrecy::SecretString;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A lease found beside the files is adopted only if it has at least this long left.
+const MIN_ADOPTABLE: Duration = Duration::from_secs(2);
+
+/// Why the agent stopped; the message is one line naming the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AgentError(String);
+
+impl From<ClientError> for AgentError {
+    fn from(e: ClientError) -> Self {
+        AgentError(e.to_string())
+    }
+}
+
+impl From<String> for AgentError {
+    fn from(e: String) -> Self {
+        AgentError(e)
+    }
+}
+
+/// How the agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Write the files and keep them fresh until stopped.
+    Sidecar,
+    /// Write the files and exit (init container).
+    Once,
+}
+
+fn client(config: &AgentConfig) -> Result<Client, AgentError> {
+    let auth = match &config.auth {
+        AuthConfig::Kubernetes {
+            role,
+            token_file,
+            mount,
+        } => Auth::Kubernetes {
+            mount: mount.clone(),
+            role: role.clone(),
+            token_file: token_file.clone(),
+        },
+        AuthConfig::Token { token_file } => {
+            let token = std::fs::read_to_string(token_file).map_err(|e| {
+                AgentError(format!(
+                    "cannot read the token file {}: {e}",
+                    token_file.display()
+                ))
+            })?;
+            Auth::Token(SecretString::from(token.trim().to_string()))
+        }
+    };
+    Ok(Client::new(&config.address, auth))
+}
+
+/// One credential being kept fresh.
+struct Kept {
+    config: CredentialConfig,
+    provider: Arc<CredentialProvider>,
+}
+
+impl Kept {
+    fn state_file(&self) -> std::path::PathBuf {
+        state_path(&self.config.files[0].path, &self.config.path)
+    }
+
+    /// Writes every file and the state beside them.
+    fn write(&self) -> Result<(), AgentError> {
+        let current = self.provider.current();
+        for file in &self.config.files {
+            write_atomically(&file.path, &render(file, &current.credential)?)?;
+        }
+        save_state(&self.state_file(), &self.config.path, &current.credential)?;
+        tracing::info!(path = %self.config.path, lease_id = %current.credential.lease_id, files = self.config.files.len(), "credential files written");
+        Ok(())
+    }
+}
+
+/// Adopts the lease recorded beside the files if it is still valid, else issues a new one.
+async fn obtain(
+    client: &Arc<Client>,
+    config: &CredentialConfig,
+    options: ProviderOptions,
+) -> Result<CredentialProvider, AgentError> {
+    let state_file = state_path(&config.files[0].path, &config.path);
+    if let Some(recorded) = load_state(&state_file, &config.path) {
+        match client.lookup(&recorded.lease_id).await {
+            Ok(info) if info.ttl >= MIN_ADOPTABLE => {
+                tracing::info!(path = %config.path, lease_id = %recorded.lease_id, valid_for_s = info.ttl.as_secs(), "adopting the existing lease");
+                return Ok(CredentialProvider::adopt(
+                    client.clone(),
+                    &config.path,
+                    recorded,
+                    info.ttl,
+                    options,
+                ));
+            }
+            Ok(_) => {
+                tracing::info!(lease_id = %recorded.lease_id, "the recorded lease is about to end; fetching a new one")
+            }
+            Err(error) => {
+                tracing::info!(lease_id = %recorded.lease_id, %error, "the recorded lease cannot be adopted; fetching a new one")
+            }
+        }
+    }
+    Ok(CredentialProvider::start(client.clone(), &config.path, options).await?)
+}
+
+/// Rewrites the files and tells the application whenever the credential is replaced, and keeps
+/// the health status current on renewals too.
+async fn watch(kept: Arc<Kept>, status: Arc<Status>) {
+    let mut changes = kept.provider.subscribe();
+    let mut written = changes.borrow().generation;
+    while changes.changed().await.is_ok() {
+        let current = changes.borrow_and_update().clone();
+        status.set(Slot {
+            path: kept.config.path.clone(),
+            lease_id: current.credential.lease_id.clone(),
+            expires_at: current.expires_at,
+        });
+        if current.generation == written {
+            continue;
+        }
+        match kept.write() {
+            Ok(()) => {
+                written = current.generation;
+                if let Some(action) = &kept.config.on_change {
+                    fire(action).await;
+                }
+            }
+            Err(error) => {
+                tracing::error!(path = %kept.config.path, %error, "cannot write the new credential; the previous files stay")
+            }
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves (sidecar) or the files are written (once).
+pub async fn run(
+    config: AgentConfig,
+    mode: Mode,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let client = Arc::new(client(&config)?);
+    client.login().await?;
+    let options = ProviderOptions {
+        grace: config.grace_period,
+        ..ProviderOptions::default()
+    };
+    let status = Arc::new(Status::default());
+    let mut kept = Vec::new();
+    for credential in &config.credentials {
+        let provider = Arc::new(obtain(&client, credential, options).await?);
+        let k = Arc::new(Kept {
+            config: credential.clone(),
+            provider,
+        });
+        k.write()?;
+        let current = k.provider.current();
+        status.set(Slot {
+            path: credential.path.clone(),
+            lease_id: current.credential.lease_id.clone(),
+            expires_at: current.expires_at,
+        });
+        kept.push(k);
+    }
+    if mode == Mode::Once {
+        return Ok(());
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| AgentError(format!("cannot listen on {}: {e}", config.listen)))?;
+    let router = crate::health::router(status.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let watchers: Vec<_> = kept
+        .iter()
+        .map(|k| tokio::spawn(watch(k.clone(), status.clone())))
+        .collect();
+    tracing::info!(credentials = kept.len(), listen = %config.listen, "agent ready");
+    shutdown.await;
+    for w in &watchers {
+        w.abort();
+    }
+    if config.revoke_on_shutdown {
+        tracing::info!(
+            grace_s = config.grace_period.as_secs(),
+            "revoking leases after the grace period"
+        );
+        tokio::time::sleep(config.grace_period).await;
+        for k in kept {
+            let lease_id = k.provider.current().credential.lease_id.clone();
+            if let Err(error) = client.revoke(&lease_id).await {
+                tracing::warn!(%lease_id, %error, "revoking on shutdown failed; the lease will expire on its own");
+            }
+        }
+    }
+    Ok(())
+}
