@@ -118,19 +118,26 @@ pub fn render(file: &FileConfig, c: &Credential) -> Result<String, String> {
 /// Replaces `path` with `contents` atomically (temporary file in the same directory, fsync,
 /// rename), mode 0600: a reader sees the old file or the new one, never a mix.
 pub fn write_atomically(path: &Path, contents: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".pgwarden-")
-        .tempfile_in(dir)
-        .map_err(fail)?;
-    tmp.write_all(contents.as_bytes()).map_err(fail)?;
-    tmp.as_file().sync_all().map_err(fail)?;
-    tmp.persist(path).map_err(|e| fail(e.error))?;
-    Ok(())
+    let tmp = dir.join(format!(".pgwarden-{:016x}.tmp", rand::random::<u64>()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", path.display())
+    })
 }
 
 /// What the agent remembers of a credential beside its files, to adopt the lease later.

@@ -97,8 +97,15 @@ impl Shared {
         );
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            if let Err(error) = client.revoke(&lease_id).await {
-                tracing::warn!(%lease_id, %error, "revoking a replaced lease failed; it will expire on its own");
+            match client.revoke(&lease_id).await {
+                Ok(()) => tracing::debug!(%lease_id, "replaced lease revoked"),
+                // Unknown to pgwarden: it already ended at its max TTL.
+                Err(ClientError::Api { status: 400, .. }) => {
+                    tracing::debug!(%lease_id, "replaced lease already gone")
+                }
+                Err(error) => {
+                    tracing::warn!(%lease_id, %error, "revoking a replaced lease failed; it will expire on its own")
+                }
             }
         });
         Ok(current)

@@ -1,0 +1,400 @@
+//! The sidecar agent as a real process against a real broker and PostgreSQL: files change
+//! atomically and the application is signalled, the broker's restart and a rotating token file
+//! are survived, an init container's lease is adopted, and bad setups end with one clear line.
+
+mod common;
+
+use common::*;
+use pgwarden_server::{Config, Running};
+use pgwarden_testkit::PgCluster;
+use pgwarden_testkit::issuer::{TestIssuer, TestKey, service_account_claims, sign};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+struct Broker {
+    cluster: PgCluster,
+    issuer: TestIssuer,
+    data: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    port: u16,
+    server: Option<Running>,
+}
+
+impl Broker {
+    async fn start() -> Broker {
+        let mut broker = Broker {
+            cluster: PgCluster::start_with_appdb().await.unwrap(),
+            issuer: TestIssuer::start(&[TestKey::Rsa1]).await,
+            data: tempfile::tempdir().unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            server: None,
+        };
+        std::fs::write(
+            broker.dir.path().join("policy.yaml"),
+            "grants:\n  - subjects: [\"system:serviceaccount:team-a:app\"]\n    roles: [\"database/appdb-short\"]\n",
+        )
+        .unwrap();
+        broker.boot().await;
+        broker
+    }
+
+    async fn boot(&mut self) {
+        let yaml = format!(
+            r#"
+listen: "127.0.0.1:{port}"
+policy_file: "{policy}"
+auth:
+  kubernetes:
+    type: kubernetes
+    issuer: "{iss}"
+    keys: {{ jwks_url: "{jwks}" }}
+    audiences: [pgwarden]
+    roles:
+      team-a: {{ bound_service_account_names: [app], bound_service_account_namespaces: [team-a], token_ttl: 2s }}
+mounts:
+  database:
+    connections:
+      appdb: {{ connection_url: "{url}", username: {ADMIN}, password: {ADMIN_PW}, allowed_roles: ["*"] }}
+    roles:
+      appdb-short: {{ db_name: appdb, preset: readonly, default_ttl: 3s, max_ttl: 6s }}
+"#,
+            port = self.port,
+            policy = self.dir.path().join("policy.yaml").display(),
+            iss = self.issuer.issuer(),
+            jwks = self.issuer.jwks_url(),
+            url = self.cluster.templated_url("appdb"),
+        );
+        let mut config = Config::parse(&yaml).unwrap();
+        config.data_dir = self.data.path().to_path_buf();
+        config.root_token = Some(SecretString::from(ROOT));
+        self.server = Some(pgwarden_server::start(config).await.unwrap());
+    }
+
+    async fn stop(&mut self) {
+        self.server.take().unwrap().shutdown().await.unwrap();
+    }
+
+    fn address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn sa_token(&self, ttl: i64) -> String {
+        sign(
+            TestKey::Rsa1,
+            &service_account_claims(&self.issuer.issuer(), "pgwarden", "team-a", "app", ttl),
+        )
+    }
+}
+
+/// Writes an agent config into `dir` and returns its path.
+fn agent_config(
+    dir: &Path,
+    address: &str,
+    listen_port: u16,
+    files_dir: &Path,
+    extra: &str,
+) -> PathBuf {
+    let template = dir.join("custom.tmpl");
+    std::fs::write(&template, "user={{ username }} host={{host}}:{{port}}\n").unwrap();
+    let config = dir.join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+address: "{address}"
+auth: {{ kubernetes: {{ role: team-a, token_file: "{token}" }} }}
+listen: "127.0.0.1:{listen_port}"
+grace_period: 1s
+credentials:
+  - path: database/creds/appdb-short
+    files:
+      - {{ path: "{files}/appdb.env", format: env }}
+      - {{ path: "{files}/appdb.json", format: json }}
+      - {{ path: "{files}/pgpass", format: pgpass }}
+      - {{ path: "{files}/appdb.url", format: url }}
+      - {{ path: "{files}/custom.conf", template: "{template}" }}
+{extra}
+"#,
+            token = dir.join("token").display(),
+            files = files_dir.display(),
+            template = template.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn agent(config: &Path, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"));
+    cmd.args(["agent", "--config"])
+        .arg(config)
+        .args(args)
+        .env("PGWARDEN_LOG", "warn")
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn readyz(port: u16) -> Option<Value> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .ok()?;
+    (response.status() == 200).then_some(())?;
+    response.json().await.ok()
+}
+
+async fn wait_ready(port: u16) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(body) = readyz(port).await {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("agent never became ready");
+}
+
+fn env_file(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_stay_fresh_through_rotation_restart_and_signals() {
+    let mut broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("out");
+    std::fs::create_dir(&files).unwrap();
+    // The first service-account token expires soon; the agent must pick up its rotation.
+    std::fs::write(dir.path().join("token"), broker.sa_token(8)).unwrap();
+    // The "application": records every SIGHUP.
+    let (pid_file, hups) = (dir.path().join("app.pid"), dir.path().join("hups"));
+    let mut app = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}; trap 'echo hup >> {}' HUP; while :; do sleep 0.1; done",
+            pid_file.display(),
+            hups.display()
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let port = free_port();
+    let extra = format!(
+        "    on_change: {{ signal: {{ pid_file: \"{}\", signal: SIGHUP }} }}\nrevoke_on_shutdown: true",
+        pid_file.display()
+    );
+    let config = agent_config(dir.path(), &broker.address(), port, &files, &extra);
+    let mut agent = agent(&config, &[]).spawn().unwrap();
+    let ready = wait_ready(port).await;
+    assert_eq!(
+        ready["credentials"][0]["path"],
+        "database/creds/appdb-short"
+    );
+
+    // Files are complete, private, and the password works.
+    let env = env_file(&files.join("appdb.env"));
+    let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["PGUSER", "PGPASSWORD", "PGHOST", "PGPORT", "PGDATABASE"]
+    );
+    let (user, password) = (&env[0].1, &env[1].1);
+    broker
+        .cluster
+        .connect_as(user, password, "appdb")
+        .await
+        .expect("the written password works");
+    assert_eq!(
+        std::fs::read_to_string(files.join("pgpass")).unwrap(),
+        format!(
+            "127.0.0.1:{}:appdb:{user}:{password}\n",
+            broker.cluster.port()
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(files.join("custom.conf")).unwrap(),
+        format!("user={user} host=127.0.0.1:{}\n", broker.cluster.port())
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(files.join("appdb.json"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // A reader polling the files never sees a partial one, while credentials change.
+    let reader_files = files.clone();
+    let reader = tokio::spawn(async move {
+        let mut users = BTreeSet::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(24) {
+            let json: Value = serde_json::from_str(
+                &std::fs::read_to_string(reader_files.join("appdb.json")).unwrap(),
+            )
+            .expect("never a partial JSON file");
+            assert_eq!(json.as_object().unwrap().len(), 6);
+            assert_eq!(
+                env_file(&reader_files.join("appdb.env")).len(),
+                5,
+                "never a partial env file"
+            );
+            users.insert(json["username"].as_str().unwrap().to_string());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        users
+    });
+
+    // The old service-account token expires (8 s); the rotated one is in the file.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    std::fs::write(dir.path().join("token"), broker.sa_token(600)).unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    // The broker goes away for a moment and comes back.
+    broker.stop().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        readyz(port).await.is_some(),
+        "the files are still valid while the broker is down"
+    );
+    broker.boot().await;
+
+    let users = reader.await.unwrap();
+    assert!(
+        users.len() >= 4,
+        "credentials kept changing across rotation and restart: {users:?}"
+    );
+    let hup_count = std::fs::read_to_string(&hups)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert!(
+        hup_count >= users.len() - 1,
+        "the application was signalled on each change ({hup_count} for {} users)",
+        users.len()
+    );
+    let current = env_file(&files.join("appdb.env"));
+    broker
+        .cluster
+        .connect_as(&current[0].1, &current[1].1, "appdb")
+        .await
+        .expect("the current files work");
+
+    // revoke_on_shutdown: after the grace period the current user is gone.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = agent.wait().await.unwrap();
+    assert!(status.success());
+    assert!(!broker.cluster.role_exists(&current[0].1).await.unwrap());
+    let _ = app.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_adopts_the_lease_of_its_init_container() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), broker.sa_token(600)).unwrap();
+    let port = free_port();
+    let config = agent_config(dir.path(), &broker.address(), port, dir.path(), "");
+    let once = agent(&config, &["--once"]).output().await.unwrap();
+    assert!(
+        once.status.success(),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("appdb.json")).unwrap())
+            .unwrap();
+    let lease_id = json["lease_id"].as_str().unwrap().to_string();
+
+    let _sidecar = agent(&config, &[]).spawn().unwrap();
+    let ready = wait_ready(port).await;
+    assert_eq!(
+        ready["credentials"][0]["lease_id"], lease_id,
+        "adopted, not re-issued"
+    );
+    let (status, body) = call(
+        &broker.address(),
+        ROOT,
+        "LIST",
+        "sys/leases/lookup/database/creds/appdb-short/",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["data"]["keys"],
+        json!([lease_id.rsplit('/').next().unwrap()]),
+        "one lease, not two"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_setups_end_with_one_clear_line() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), broker.sa_token(600)).unwrap();
+    let run = |config: PathBuf| async move {
+        let out = agent(&config, &["--once"]).output().await.unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+
+    let wrong_address = agent_config(
+        dir.path(),
+        "http://127.0.0.1:1",
+        free_port(),
+        dir.path(),
+        "",
+    );
+    let (code, err) = run(wrong_address).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.starts_with("error: cannot reach pgwarden at http://127.0.0.1:1: "),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let config = agent_config(dir.path(), &broker.address(), free_port(), dir.path(), "");
+    std::fs::write(dir.path().join("token"), "not-a-token").unwrap();
+    let (code, err) = run(config.clone()).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err,
+        "error: pgwarden answered 403 to login at auth/kubernetes: permission denied: the token is not a valid JWT: InvalidToken\n"
+    );
+
+    std::fs::write(dir.path().join("token"), broker.sa_token(600)).unwrap();
+    let not_a_dir = dir.path().join("plain-file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let unwritable = agent_config(dir.path(), &broker.address(), free_port(), &not_a_dir, "");
+    let (code, err) = run(unwritable).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot write {}/appdb.env: Not a directory (os error 20)\n",
+            not_a_dir.display()
+        )
+    );
+
+    let check = agent(&config, &["--check"]).output().await.unwrap();
+    assert_eq!(
+        String::from_utf8(check.stdout).unwrap(),
+        format!("{}: valid, 1 credential(s)\n", config.display())
+    );
+}
