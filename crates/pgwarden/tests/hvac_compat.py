@@ -1,18 +1,10 @@
-"""Drives pgwarden with hvac, a real Vault client, through its own methods only.
-
-Prints one JSON line per step; waits for a line on stdin after issuing credentials so the
-Rust test can log in with them before they are renewed and revoked.
-"""
-import json
+"""Drives pgwarden with hvac, a real Vault client, through its own methods only: configure a
+connection and a role with the root token, generate credentials, renew and revoke them."""
 import os
-import sys
 
 import hvac
 
-
-def say(obj):
-    print(json.dumps(obj), flush=True)
-
+from hvac_steps import issued, renew_and_revoke
 
 client = hvac.Client(url=os.environ["VAULT_ADDR"], token=os.environ["VAULT_TOKEN"])
 assert client.is_authenticated(), "hvac could not authenticate"
@@ -37,18 +29,5 @@ client.secrets.database.create_role(
 )
 role = client.secrets.database.read_role(name="hvac-reader")
 creds = client.secrets.database.generate_credentials(name="hvac-reader")
-say({
-    "role_default_ttl": role["data"]["default_ttl"],
-    "lease_id": creds["lease_id"],
-    "lease_duration": creds["lease_duration"],
-    "username": creds["data"]["username"],
-    "password": creds["data"]["password"],
-})
-sys.stdin.readline()
-
-renewed = client.sys.renew_lease(lease_id=creds["lease_id"], increment=3600)
-lookup = client.sys.read_lease(lease_id=creds["lease_id"])
-say({"renewed_duration": renewed["lease_duration"], "warnings": renewed["warnings"], "lookup_id": lookup["data"]["id"]})
-
-response = client.sys.revoke_lease(lease_id=creds["lease_id"])
-say({"revoke_status": response.status_code})
+issued(creds, role_default_ttl=role["data"]["default_ttl"])
+renew_and_revoke(client, creds["lease_id"])
