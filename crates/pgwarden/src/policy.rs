@@ -15,13 +15,26 @@ pub enum PolicyCommand {
     ///
     /// A person with groups is several subjects: `--subject user:kari@example.com --subject group:dba`.
     Explain {
-        /// The policy file.
+        /// The policy file…
+        #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+        policy: Option<PathBuf>,
+        /// …or the server configuration whose `policy_file` to read.
         #[arg(long)]
-        policy: PathBuf,
+        config: Option<PathBuf>,
         /// `system:serviceaccount:<ns>:<sa>`, `user:<name>` or `group:<name>`; repeatable.
         #[arg(long, required = true)]
         subject: Vec<String>,
     },
+}
+
+/// The `policy_file` named by the server configuration at `config`.
+fn policy_file_of(config: &std::path::Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
+    pgwarden_server::Config::parse(&text)
+        .map_err(|e| format!("config file {}: {e}", config.display()))?
+        .policy_file
+        .ok_or_else(|| format!("{} sets no policy_file", config.display()))
 }
 
 /// Runs a policy command, printing its result.
@@ -36,29 +49,41 @@ pub fn run(command: PolicyCommand) -> Result<(), String> {
             );
             Ok(())
         }
-        PolicyCommand::Explain { policy, subject } => {
-            let policy = pgwarden_server::policy::load(&policy)?;
-            let mut any = false;
-            for (index, grant) in policy.grants.iter().enumerate() {
-                let Some(matched) = subject
-                    .iter()
-                    .find(|s| policy.grants_for(s).any(|(i, _)| i == index))
-                else {
-                    continue;
-                };
-                let cap = grant.max_ttl.map_or_else(
-                    || "role's own max TTL".to_string(),
-                    |t| format!("max_ttl {t}"),
-                );
-                for role in &grant.roles {
-                    println!("{role}\tgrant {} ({matched}, {cap})", index + 1);
-                    any = true;
-                }
-            }
-            if !any {
-                println!("nothing: no grant names {}", subject.join(", "));
-            }
+        PolicyCommand::Explain {
+            policy,
+            config,
+            subject,
+        } => {
+            let file = match (policy, config) {
+                (Some(file), _) => file,
+                (None, config) => policy_file_of(&config.ok_or("give --policy or --config")?)?,
+            };
+            explain(&pgwarden_server::policy::load(&file)?, &subject);
             Ok(())
         }
+    }
+}
+
+/// Prints every role the subjects may get, with the grant that allows it.
+fn explain(policy: &pgwarden_core::Policy, subjects: &[String]) {
+    let mut any = false;
+    for (index, grant) in policy.grants.iter().enumerate() {
+        let Some(matched) = subjects
+            .iter()
+            .find(|s| policy.grants_for(s).any(|(i, _)| i == index))
+        else {
+            continue;
+        };
+        let cap = grant.max_ttl.map_or_else(
+            || "role's own max TTL".to_string(),
+            |t| format!("max_ttl {t}"),
+        );
+        for role in &grant.roles {
+            println!("{role}\tgrant {} ({matched}, {cap})", index + 1);
+            any = true;
+        }
+    }
+    if !any {
+        println!("nothing: no grant names {}", subjects.join(", "));
     }
 }

@@ -84,4 +84,22 @@ fn policy_check_and_explain() {
         "{err}"
     );
     assert!(err.contains("max_tll") && err.contains("line 4"), "{err}");
+
+    let config = dir.path().join("pgwarden.yaml");
+    std::fs::write(&config, format!("policy_file: \"{good}\"\n")).unwrap();
+    let (code, out, _) = pgwarden(&[
+        "policy",
+        "explain",
+        "--config",
+        config.to_str().unwrap(),
+        "--subject",
+        "group:dba",
+    ]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "database/*\tgrant 2 (group:dba, role's own max TTL)\n")
+    );
+    let (code, _, err) = pgwarden(&["policy", "explain", "--subject", "group:dba"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--policy <POLICY>"), "{err}");
 }

@@ -217,7 +217,6 @@ async fn handle(
     let broker = &state.broker;
     let catalog = broker.catalog();
     Ok(match (route, op) {
-        (Route::Health, Op::Read) => health().await,
         (Route::TokenLookupSelf, Op::Read) => tokens::lookup_self(&caller),
         (Route::TokenRenewSelf, Op::Write) => {
             tokens::renew_self(state, caller, parse_json(&body)?)?
