@@ -5,6 +5,7 @@ mod error;
 mod preset;
 mod quote;
 mod target;
+mod tls;
 mod users;
 
 pub use error::EngineError;

@@ -2,6 +2,7 @@
 //! settings and a small pool of administrative connections.
 
 use crate::error::{EngineError, describe};
+use crate::tls::{Transport, take_tls_params};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use pgwarden_core::ConnectionDef;
@@ -30,6 +31,7 @@ pub struct Endpoint {
 pub struct Target {
     pub(crate) name: String,
     pub(crate) config: Config,
+    transport: Transport,
     pub(crate) pool: Pool,
     /// Preset group setups already applied since start-up (group, preset, schemas).
     pub(crate) groups_ready: tokio::sync::Mutex<HashSet<String>>,
@@ -37,13 +39,18 @@ pub struct Target {
 
 /// Parses `def.connection_url`, filling `{{username}}`/`{{password}}` (percent-encoded) and
 /// any missing user or password from the definition.
-fn parse_config(def: &ConnectionDef) -> Result<Config, EngineError> {
+fn parse_config(def: &ConnectionDef) -> Result<(Config, Transport), EngineError> {
     let encode = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+    let invalid = |reason: String| EngineError::InvalidUrl {
+        connection: def.name.clone(),
+        reason,
+    };
     let url = def
         .connection_url
         .trim()
         .replace("{{username}}", &encode(&def.username))
         .replace("{{password}}", &encode(def.password.expose_secret()));
+    let (url, transport) = take_tls_params(&url).map_err(invalid)?;
     let mut config: Config =
         url.parse()
             .map_err(|e: tokio_postgres::Error| EngineError::InvalidUrl {
@@ -60,20 +67,44 @@ fn parse_config(def: &ConnectionDef) -> Result<Config, EngineError> {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     config.application_name("pgwarden");
-    Ok(config)
+    config.ssl_mode(match transport {
+        Transport::Plain => tokio_postgres::config::SslMode::Disable,
+        Transport::Tls(_) => tokio_postgres::config::SslMode::Require,
+    });
+    Ok((config, transport))
+}
+
+/// Connects with `tls` and drives the connection in the background.
+async fn connect_with<T>(
+    config: &Config,
+    tls: T,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "secondary connection ended");
+        }
+    });
+    Ok(client)
 }
 
 impl Target {
     /// Prepares a target from its definition; connects lazily.
     pub fn new(def: &ConnectionDef) -> Result<Target, EngineError> {
-        let config = parse_config(def)?;
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let (config, transport) = parse_config(def)?;
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &transport {
+            Transport::Plain => Manager::from_config(config.clone(), NoTls, manager_config),
+            Transport::Tls(tls) => {
+                Manager::from_config(config.clone(), tls.clone(), manager_config)
+            }
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -87,6 +118,7 @@ impl Target {
         Ok(Target {
             name: def.name.clone(),
             config,
+            transport,
             pool,
             groups_ready: Default::default(),
         })
@@ -125,20 +157,14 @@ impl Target {
     ) -> Result<tokio_postgres::Client, EngineError> {
         let mut config = self.config.clone();
         config.dbname(database);
-        let (client, connection) =
-            config
-                .connect(NoTls)
-                .await
-                .map_err(|e| EngineError::Unreachable {
-                    connection: format!("{} (database {database:?})", self.name),
-                    reason: describe(&e),
-                })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "secondary connection ended");
-            }
-        });
-        Ok(client)
+        let connected = match &self.transport {
+            Transport::Plain => connect_with(&config, NoTls).await,
+            Transport::Tls(tls) => connect_with(&config, tls.clone()).await,
+        };
+        connected.map_err(|e| EngineError::Unreachable {
+            connection: format!("{} (database {database:?})", self.name),
+            reason: describe(&e),
+        })
     }
 
     /// Connects once and runs `SELECT 1`, to check a definition when it is written.
@@ -173,7 +199,7 @@ mod tests {
 
     #[test]
     fn placeholders_are_filled_and_encoded() {
-        let config = parse_config(&def(
+        let (config, _) = parse_config(&def(
             "postgresql://{{username}}:{{password}}@db.example:6432/app?sslmode=disable",
         ))
         .unwrap();
@@ -197,14 +223,16 @@ mod tests {
 
     #[test]
     fn missing_credentials_come_from_the_definition() {
-        let config = parse_config(&def("postgresql://db.example/app")).unwrap();
+        let (config, _) = parse_config(&def("postgresql://db.example/app")).unwrap();
         assert_eq!(config.get_user(), Some("admin"));
         assert_eq!(config.get_password(), Some(&b"p@ss:/word"[..]));
     }
 
     #[test]
     fn bad_urls_are_named() {
-        let err = parse_config(&def("postgresql://h/db?sslmode=sometimes")).unwrap_err();
+        let err = parse_config(&def("postgresql://h/db?frobnicate=1"))
+            .err()
+            .unwrap();
         assert!(
             err.to_string()
                 .starts_with("connection \"appdb\": invalid connection_url: "),

@@ -358,3 +358,65 @@ async fn sslmode_require_is_never_downgraded_to_plaintext() {
         "database of connection \"tls\" is unreachable: error performing TLS handshake: server does not support TLS"
     );
 }
+
+#[tokio::test]
+async fn tls_targets_are_verified_against_sslrootcert() {
+    use pgwarden_testkit::tls::TestCa;
+    let ca = std::sync::Arc::new(TestCa::localhost());
+    let server_ca = ca.clone();
+    let cluster = tokio::task::spawn_blocking(move || PgCluster::start_with_tls(&server_ca))
+        .await
+        .unwrap()
+        .unwrap();
+    cluster
+        .create_app_database("appdb", ADMIN, ADMIN_PW)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (good, wrong) = (dir.path().join("ca.pem"), dir.path().join("other-ca.pem"));
+    std::fs::write(&good, &ca.ca_pem).unwrap();
+    std::fs::write(&wrong, TestCa::localhost().ca_pem).unwrap();
+    let target = |root: &std::path::Path| {
+        let url = cluster.templated_url("appdb").replace(
+            "sslmode=disable",
+            &format!("sslmode=verify-full&sslrootcert={}", root.display()),
+        );
+        Target::new(&ConnectionDef {
+            name: "tls".into(),
+            connection_url: url,
+            username: ADMIN.into(),
+            password: SecretString::from(ADMIN_PW),
+            allowed_roles: vec![],
+            verify_connection: true,
+        })
+        .unwrap()
+    };
+
+    let verified = target(&good);
+    verified.verify().await.expect("TLS with the right CA");
+    let su = cluster.connect_superuser("appdb").await.unwrap();
+    let encrypted: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.usename = $1 AND s.ssl",
+            &[&ADMIN],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "the administrative connection is encrypted");
+    let role = role("ro", r#"{"db_name":"tls","preset":"readonly"}"#);
+    let username = names::generate_username("test", "ro", 1);
+    let expires = OffsetDateTime::now_utc() + Duration::from_secs(60);
+    verified
+        .create_user(&role, &username, &names::generate_password(), expires)
+        .await
+        .unwrap();
+    verified.revoke_user(&role, &username).await.unwrap();
+
+    let err = target(&wrong).verify().await.unwrap_err().to_string();
+    assert!(
+        err.starts_with("database of connection \"tls\" is unreachable: ")
+            && err.contains("invalid peer certificate"),
+        "{err}"
+    );
+}

@@ -115,6 +115,15 @@ fn free_port() -> Result<u16, TestkitError> {
 impl PgCluster {
     /// Initialises and starts a new cluster; blocks until it accepts connections.
     pub fn start() -> Result<PgCluster, TestkitError> {
+        PgCluster::start_with(None)
+    }
+
+    /// Like [`PgCluster::start`], with TLS on, presenting `ca`'s loopback certificate.
+    pub fn start_with_tls(ca: &crate::tls::TestCa) -> Result<PgCluster, TestkitError> {
+        PgCluster::start_with(Some(ca))
+    }
+
+    fn start_with(tls: Option<&crate::tls::TestCa>) -> Result<PgCluster, TestkitError> {
         let bin = find_bin_dir()?;
         let run_as = if nix::unistd::geteuid().is_root() {
             User::from_name("postgres")
@@ -142,7 +151,23 @@ impl PgCluster {
             run_as,
         };
         cluster.init()?;
-        cluster.launch()?;
+        let mut settings = Vec::new();
+        if let Some(ca) = tls {
+            let (cert, key) = (
+                cluster.dir.path().join("server.crt"),
+                cluster.dir.path().join("server.key"),
+            );
+            fs::write(&cert, &ca.cert_pem).map_err(io("writing the server certificate"))?;
+            fs::write(&key, &ca.key_pem).map_err(io("writing the server key"))?;
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o600))
+                .map_err(io("chmod server key"))?;
+            cluster.give_to_server_user(&cert)?;
+            cluster.give_to_server_user(&key)?;
+            settings.push("ssl=on".to_string());
+            settings.push(format!("ssl_cert_file={}", cert.display()));
+            settings.push(format!("ssl_key_file={}", key.display()));
+        }
+        cluster.launch(&settings)?;
         Ok(cluster)
     }
 
@@ -225,7 +250,7 @@ impl PgCluster {
         Ok(())
     }
 
-    fn launch(&mut self) -> Result<(), TestkitError> {
+    fn launch(&mut self, settings: &[String]) -> Result<(), TestkitError> {
         self.port = free_port()?;
         let log = fs::File::create(self.log_path()).map_err(io("creating the server log"))?;
         self.give_to_server_user(&self.log_path())?;
@@ -254,6 +279,7 @@ impl PgCluster {
                 "-c",
                 "password_encryption=scram-sha-256",
             ])
+            .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(io("server log"))?)
             .stderr(log)

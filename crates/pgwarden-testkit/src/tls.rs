@@ -15,6 +15,10 @@ pub struct TestCa {
     pub ca_pem: String,
     /// Server configuration presenting the loopback certificate.
     pub server_config: Arc<ServerConfig>,
+    /// The loopback certificate in PEM (for servers configured by file, like PostgreSQL).
+    pub cert_pem: String,
+    /// Its private key in PEM.
+    pub key_pem: String,
 }
 
 impl TestCa {
@@ -40,6 +44,8 @@ impl TestCa {
         TestCa {
             ca_pem: ca_cert.pem(),
             server_config: Arc::new(server_config),
+            cert_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
         }
     }
 }
