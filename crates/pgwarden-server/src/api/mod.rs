@@ -180,7 +180,8 @@ fn lease_id(from_path: Option<String>, from_body: Option<String>) -> Result<Stri
         .ok_or_else(|| ServerError::BadRequest("lease_id is required".into()))
 }
 
-fn rfc3339(t: time::OffsetDateTime) -> String {
+/// A timestamp as Vault writes them.
+pub(super) fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&Rfc3339).expect("UTC timestamps format")
 }
 

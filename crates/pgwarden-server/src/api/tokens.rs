@@ -13,7 +13,6 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// `POST auth/<mount>/login`.
 #[derive(Deserialize)]
@@ -118,8 +117,8 @@ pub fn lookup_self(caller: &Caller) -> Response {
             "policies": ["default"],
             "meta": t.identity.metadata,
             "path": format!("auth/{}/login", t.mount),
-            "issue_time": t.issued_at.format(&Rfc3339).expect("UTC formats"),
-            "expire_time": t.expires_at.format(&Rfc3339).expect("UTC formats"),
+            "issue_time": super::rfc3339(t.issued_at),
+            "expire_time": super::rfc3339(t.expires_at),
             "ttl": seconds_left(t),
             "renewable": OffsetDateTime::now_utc() < t.max_expires_at,
             "type": "service",
