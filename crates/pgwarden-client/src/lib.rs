@@ -4,8 +4,8 @@
 //! - [`CredentialProvider`]: keeps one credential fresh in the background — renews it at two
 //!   thirds of its duration while renewal can extend it, fetches a new one before the old one
 //!   reaches its max TTL, revokes the old one after a grace period — and notifies on change.
-//! - [`PgPool`]: a `deadpool` pool of `tokio-postgres` connections that always connect with the
-//!   current credential and retry once with a fresh one when the database rejects a password.
+//! - [`pool`]: a `deadpool-postgres` pool whose connections always use the current credential,
+//!   retrying once with a fresh one when the database rejects a password.
 
 mod api;
 mod error;
@@ -14,5 +14,5 @@ mod provider;
 
 pub use api::{Auth, Client, Credential, LeaseInfo, Renewal};
 pub use error::ClientError;
-pub use pool::{PgPool, PgwardenManager, PooledClient, pool};
+pub use pool::pool;
 pub use provider::{CredentialProvider, Current, ProviderOptions};

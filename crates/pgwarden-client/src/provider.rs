@@ -40,6 +40,8 @@ pub struct Current {
     pub expires_at: Instant,
     /// True once a renewal was cut short by the max TTL: the next step is a new credential.
     pub capped: bool,
+    /// When this credential replaced the previous one.
+    pub since: std::time::Instant,
 }
 
 struct Shared {
@@ -74,6 +76,7 @@ impl Shared {
             credential: Arc::new(credential),
             generation,
             capped: false,
+            since: std::time::Instant::now(),
         };
         self.current.send_replace(current.clone());
         current
@@ -216,6 +219,7 @@ impl CredentialProvider {
             credential: Arc::new(credential),
             generation: 0,
             capped: false,
+            since: std::time::Instant::now(),
         });
         let shared = Arc::new(Shared {
             client,
