@@ -95,6 +95,35 @@ fn no_mount(mount: &str) -> ServerError {
     ))
 }
 
+/// A catalog entry that knows where it was defined.
+trait Defined {
+    fn source(&self) -> Source;
+}
+
+impl Defined for RoleEntry {
+    fn source(&self) -> Source {
+        self.source
+    }
+}
+
+impl Defined for ConnectionEntry {
+    fn source(&self) -> Source {
+        self.source
+    }
+}
+
+/// Refuses to change `name` through the API when the configuration file defines it.
+fn ensure_writable<E: Defined>(
+    entries: &BTreeMap<String, E>,
+    kind: &str,
+    name: &str,
+) -> Result<(), ServerError> {
+    match entries.get(name) {
+        Some(entry) if entry.source() == Source::File => Err(read_only(kind, name)),
+        _ => Ok(()),
+    }
+}
+
 fn read_only(kind: &str, name: &str) -> ServerError {
     ServerError::BadRequest(format!(
         "{kind} {name:?} is defined in the configuration file and is read-only through the API"
@@ -296,13 +325,7 @@ impl Catalog {
     pub fn put_role(&self, mount: &str, name: &str, spec: RoleSpec) -> Result<(), ServerError> {
         let def = spec.into_def(name)?;
         self.write(mount, |m| {
-            if let Some(RoleEntry {
-                source: Source::File,
-                ..
-            }) = m.roles.get(name)
-            {
-                return Err(read_only("role", name));
-            }
+            ensure_writable(&m.roles, "role", name)?;
             self.store.put_role(mount, &def)?;
             m.roles.insert(
                 name.to_string(),
@@ -318,13 +341,7 @@ impl Catalog {
     /// Deletes an API role (a missing role is not an error, as in Vault).
     pub fn delete_role(&self, mount: &str, name: &str) -> Result<(), ServerError> {
         self.write(mount, |m| {
-            if let Some(RoleEntry {
-                source: Source::File,
-                ..
-            }) = m.roles.get(name)
-            {
-                return Err(read_only("role", name));
-            }
+            ensure_writable(&m.roles, "role", name)?;
             self.store.delete_role(mount, name)?;
             m.roles.remove(name);
             Ok(())
@@ -377,13 +394,9 @@ impl Catalog {
                 pgwarden_core::connection::POSTGRES_PLUGIN
             )));
         }
-        let previous = self.read(mount, |m| match m.connections.get(name) {
-            Some(ConnectionEntry {
-                source: Source::File,
-                ..
-            }) => Err(read_only("connection", name)),
-            Some(entry) => Ok(Some(entry.def.clone())),
-            None => Ok(None),
+        let previous = self.read(mount, |m| {
+            ensure_writable(&m.connections, "connection", name)?;
+            Ok(m.connections.get(name).map(|entry| entry.def.clone()))
         })?;
         let missing = |field: &str| {
             ServerError::BadRequest(format!("connection {name:?}: {field} is required"))
@@ -448,13 +461,7 @@ impl Catalog {
     /// Deletes an API connection (missing is not an error).
     pub fn delete_connection(&self, mount: &str, name: &str) -> Result<(), ServerError> {
         self.write(mount, |m| {
-            if let Some(ConnectionEntry {
-                source: Source::File,
-                ..
-            }) = m.connections.get(name)
-            {
-                return Err(read_only("connection", name));
-            }
+            ensure_writable(&m.connections, "connection", name)?;
             self.store.delete_connection(mount, name)?;
             m.connections.remove(name);
             Ok(())
