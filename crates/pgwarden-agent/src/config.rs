@@ -16,7 +16,7 @@ pub struct AgentConfig {
     pub auth: AuthConfig,
     /// What to fetch and where to write it.
     pub credentials: Vec<CredentialConfig>,
-    /// Address of `/healthz` and `/readyz`.
+    /// Address of `/healthz` and `/readyz` (all interfaces by default, so kubelet probes reach it).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// How long a replaced lease lives on before it is revoked (in-flight connections finish).
@@ -28,7 +28,7 @@ pub struct AgentConfig {
 }
 
 fn default_listen() -> SocketAddr {
-    "127.0.0.1:8210".parse().expect("a valid address")
+    "0.0.0.0:8210".parse().expect("a valid address")
 }
 
 fn default_grace() -> Duration {
