@@ -214,3 +214,75 @@ impl AgentConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<AgentConfig, String> {
+        let config: AgentConfig = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn reads_the_documented_shape_with_defaults() {
+        let config = parse(
+            r#"
+address: "http://127.0.0.1:8200"
+auth: { kubernetes: { role: team-a } }
+credentials:
+  - path: database/creds/appdb-user
+    files:
+      - { path: /pgwarden/appdb.env, format: env }
+    on_change: { signal: { pid_file: /run/app.pid, signal: SIGHUP } }
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.listen, default_listen());
+        assert_eq!(config.grace_period, Duration::from_secs(30));
+        assert!(!config.revoke_on_shutdown);
+        assert!(
+            matches!(config.auth, AuthConfig::Kubernetes { ref mount, ref token_file, .. }
+            if mount == "kubernetes" && token_file == &default_token_file())
+        );
+        let with_token = parse(
+            "address: x\nauth: { token: { token_file: /t } }\ngrace_period: 2m\ncredentials:\n  - { path: p, files: [{ path: /f, format: url }], on_change: { command: [/bin/true] } }\n",
+        )
+        .unwrap();
+        assert_eq!(with_token.grace_period, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn check_names_what_to_fix() {
+        let base = "address: x\nauth: { token: { token_file: /t } }\n";
+        let cases = [
+            ("credentials: []\n", "credentials: list at least one"),
+            (
+                "credentials:\n  - { path: p, files: [] }\n",
+                "credential \"p\": list at least one file",
+            ),
+            (
+                "credentials:\n  - { path: p, files: [{ path: /f }] }\n",
+                "file /f: set exactly one of format or template",
+            ),
+            (
+                "credentials:\n  - { path: p, files: [{ path: /f, format: env }], on_change: { signal: { pid_file: /p, signal: SIGWHAT } } }\n",
+                "unknown signal \"SIGWHAT\"",
+            ),
+            (
+                "credentials:\n  - { path: p, files: [{ path: /f, format: env }], on_change: { command: [] } }\n",
+                "credential \"p\": on_change.command is empty",
+            ),
+        ];
+        for (yaml, message) in cases {
+            assert_eq!(
+                parse(&format!("{base}{yaml}")).unwrap_err(),
+                message,
+                "{yaml}"
+            );
+        }
+        let err = parse(&format!("{base}grace_period: soon\ncredentials: []\n")).unwrap_err();
+        assert!(err.contains("invalid duration \"soon\""), "{err}");
+    }
+}
