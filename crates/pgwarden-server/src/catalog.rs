@@ -50,7 +50,7 @@ pub struct ConnectionWrite {
     pub username: Option<String>,
     /// Administrative password; kept from the previous version when omitted on update.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<SecretString>,
     /// Role globs (a list, or a comma-separated string as Vault accepts).
     #[serde(default, deserialize_with = "comma_list")]
     pub allowed_roles: Option<Vec<String>>,
@@ -412,7 +412,7 @@ impl Catalog {
                 .or_else(|| previous.as_ref().map(|p| p.username.clone()))
                 .ok_or_else(|| missing("username"))?,
             password: match write.password {
-                Some(p) => SecretString::from(p),
+                Some(p) => p,
                 None => previous
                     .as_ref()
                     .map(|p| p.password.clone())

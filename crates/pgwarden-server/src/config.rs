@@ -188,7 +188,7 @@ pub struct ConnectionConfig {
     pub username: String,
     /// The password inline (prefer `password_env` or `password_file`).
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<SecretString>,
     /// Environment variable holding the password.
     #[serde(default)]
     pub password_env: Option<String>,
@@ -307,7 +307,7 @@ impl ConnectionConfig {
             )));
         }
         let password = match (&self.password, &self.password_env, &self.password_file) {
-            (Some(p), None, None) => SecretString::from(p.clone()),
+            (Some(p), None, None) => p.clone(),
             (None, Some(var), None) => env_secret(var).ok_or_else(|| {
                 invalid(format!(
                     "password_env {var:?} is not set in the environment"

@@ -26,7 +26,7 @@ fn demo_mount(cluster: &PgCluster, admin_password: String) -> Result<MountConfig
             plugin_name: None,
             connection_url: cluster.templated_url("appdb"),
             username: ADMIN.into(),
-            password: Some(admin_password),
+            password: Some(admin_password.into()),
             password_env: None,
             password_file: None,
             allowed_roles: vec!["appdb-*".into()],
