@@ -87,6 +87,8 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
          \x20 export VAULT_ADDR=$PGWARDEN_ADDR VAULT_TOKEN=$PGWARDEN_TOKEN   # for Vault clients\n\
          \x20 curl -s -H \"X-Vault-Token: $PGWARDEN_TOKEN\" $PGWARDEN_ADDR/v1/database/creds/appdb-readonly\n\
          \x20 PGPASSWORD=<password> psql -h 127.0.0.1 -p {port} -U <username> appdb -c 'SELECT * FROM items'\n\n\
+         Or fetch one and open psql with it in one go (python3 reads the JSON):\n\
+         {PSQL_ONE_LINER}\n\n\
          Roles: appdb-readonly, appdb-user (1h, max 24h), appdb-admin (15m, max 4h), and appdb-short\n\
          (readonly, 10s, max 30s) to watch renewal: cargo run -p pgwarden-client --example steady_queries\n",
         port = cluster.port(),
@@ -104,6 +106,11 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
         .map_err(|e| format!("removing {data_path}: {e}"))?;
     Ok(())
 }
+
+/// Shell lines that fetch a credential and run psql with it.
+const PSQL_ONE_LINER: &str = r#"  eval "$(curl -s -H "X-Vault-Token: $PGWARDEN_TOKEN" $PGWARDEN_ADDR/v1/database/creds/appdb-readonly \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin)["data"]; print("export PGUSER=%s PGPASSWORD=%s PGHOST=%s PGPORT=%s PGDATABASE=%s" % (d["username"], d["password"], d["host"], d["port"], d["database"]))')"
+  psql -c 'SELECT * FROM items'"#;
 
 fn hex_key() -> String {
     let bytes: [u8; 32] = rand::random();
