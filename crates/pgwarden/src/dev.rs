@@ -1,8 +1,10 @@
 //! `pgwarden dev`: a throwaway PostgreSQL, a demo database and the broker, on embedded defaults.
 
 use pgwarden_server::Config;
+use pgwarden_server::config::AuthConfig;
 use pgwarden_server::config::{ConnectionConfig, MountConfig};
 use pgwarden_testkit::PgCluster;
+use pgwarden_testkit::issuer::{TestIssuer, TestKey, service_account_claims, sign};
 use secrecy::SecretString;
 use std::net::SocketAddr;
 
@@ -73,6 +75,19 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
     config
         .mounts
         .insert("database".into(), demo_mount(&cluster, admin_password)?);
+    // A stand-in for the cluster's service-account issuer, so the Kubernetes login can be tried.
+    let issuer = TestIssuer::start(&[TestKey::Rsa1]).await;
+    let policy_file = data.path().join("policy.yaml");
+    std::fs::write(&policy_file, DEMO_POLICY)
+        .map_err(|e| format!("writing {}: {e}", policy_file.display()))?;
+    config.policy_file = Some(policy_file);
+    config
+        .auth
+        .insert("kubernetes".into(), demo_kubernetes_auth(&issuer)?);
+    let sa_token = sign(
+        TestKey::Rsa1,
+        &service_account_claims(&issuer.issuer(), "pgwarden", "demo", "app", 24 * 3600),
+    );
     let running = pgwarden_server::start(config)
         .await
         .map_err(|e| e.to_string())?;
@@ -89,6 +104,9 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
          \x20 PGPASSWORD=<password> psql -h 127.0.0.1 -p {port} -U <username> appdb -c 'SELECT * FROM items'\n\n\
          Or fetch one and open psql with it in one go (python3 reads the JSON):\n\
          {PSQL_ONE_LINER}\n\n\
+         Log in as a pod would (service account demo/app; its token is valid for 24 h), then use the\n\
+         returned auth.client_token instead of the root token (policy: appdb-readonly and appdb-user):\n\
+         \x20 curl -s -X POST $PGWARDEN_ADDR/v1/auth/kubernetes/login -d '{{\"role\":\"demo\",\"jwt\":\"{sa_token}\"}}'\n\n\
          Roles: appdb-readonly, appdb-user (1h, max 24h), appdb-admin (15m, max 4h), and appdb-short\n\
          (readonly, 10s, max 30s) to watch renewal: cargo run -p pgwarden-client --example steady_queries\n",
         port = cluster.port(),
@@ -105,6 +123,21 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
     data.close()
         .map_err(|e| format!("removing {data_path}: {e}"))?;
     Ok(())
+}
+
+/// The demo policy: the service account `demo/app` may get the readonly and user roles.
+const DEMO_POLICY: &str = "grants:\n  - subjects: [\"system:serviceaccount:demo:*\"]\n    roles: [\"database/appdb-readonly\", \"database/appdb-user\"]\n    max_ttl: 8h\n";
+
+/// A Kubernetes auth mount trusting the demo issuer, with login role `demo` for namespace `demo`.
+fn demo_kubernetes_auth(issuer: &TestIssuer) -> Result<AuthConfig, String> {
+    serde_json::from_value(serde_json::json!({
+        "type": "kubernetes",
+        "issuer": issuer.issuer(),
+        "keys": { "jwks_url": issuer.jwks_url() },
+        "audiences": ["pgwarden"],
+        "roles": { "demo": { "bound_service_account_names": ["*"], "bound_service_account_namespaces": ["demo"] } },
+    }))
+    .map_err(|e| e.to_string())
 }
 
 /// Shell lines that fetch a credential and run psql with it.
