@@ -18,6 +18,17 @@ pub struct Slot {
     pub expires_at: Instant,
 }
 
+impl Slot {
+    /// The slot of credential `path` as `current` stands.
+    pub fn of(path: &str, current: &pgwarden_client::Current) -> Slot {
+        Slot {
+            path: path.to_string(),
+            lease_id: current.credential.lease_id.clone(),
+            expires_at: current.expires_at,
+        }
+    }
+}
+
 /// The agent's state as the health endpoint sees it.
 #[derive(Default)]
 pub struct Status {

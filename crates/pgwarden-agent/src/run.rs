@@ -124,11 +124,7 @@ async fn watch(kept: Arc<Kept>, status: Arc<Status>) {
     let mut written = changes.borrow().generation;
     while changes.changed().await.is_ok() {
         let current = changes.borrow_and_update().clone();
-        status.set(Slot {
-            path: kept.config.path.clone(),
-            lease_id: current.credential.lease_id.clone(),
-            expires_at: current.expires_at,
-        });
+        status.set(Slot::of(&kept.config.path, &current));
         if current.generation == written {
             continue;
         }
@@ -168,11 +164,7 @@ pub async fn run(
         });
         k.write()?;
         let current = k.provider.current();
-        status.set(Slot {
-            path: credential.path.clone(),
-            lease_id: current.credential.lease_id.clone(),
-            expires_at: current.expires_at,
-        });
+        status.set(Slot::of(&credential.path, &current));
         kept.push(k);
     }
     if mode == Mode::Once {

@@ -158,6 +158,18 @@ impl Lease {
     }
 }
 
+impl Renewal {
+    /// Vault's warning when the max TTL cut the renewal short, else nothing.
+    pub fn warning(&self) -> Option<String> {
+        self.capped_from.map(|asked| {
+            format!(
+                "TTL of \"{asked}\" exceeded the effective max_ttl of \"{}\"; TTL value is capped accordingly",
+                self.ttl
+            )
+        })
+    }
+}
+
 /// A new end `increment` after `now` (zero: `default`), never past `max_end`. Shared by leases
 /// and tokens; the caller checks that `now` is before `max_end`.
 pub fn extend(

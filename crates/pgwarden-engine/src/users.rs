@@ -166,11 +166,7 @@ impl Target {
             }
         }
         let disown = format!("REASSIGN OWNED BY {u} TO {heir};\nDROP OWNED BY {u};");
-        let here: String = client
-            .query_one("SELECT current_database()::text", &[])
-            .await
-            .map_err(sql("reading the current database"))?
-            .get(0);
+        let here = current_database(&**client).await?;
         for database in databases.iter().filter(|d| **d != here) {
             let other = self.connect_to(database).await?;
             other.batch_execute(&disown).await.map_err(sql(format!(
@@ -238,11 +234,7 @@ impl Target {
                 }
             }
         }
-        let database: String = client
-            .query_one("SELECT current_database()::text", &[])
-            .await
-            .map_err(sql("reading the current database"))?
-            .get(0);
+        let database = current_database(&***client).await?;
         client
             .batch_execute(&grant_statements(preset, group, &database, schemas))
             .await
@@ -270,6 +262,15 @@ fn render_all(
         .iter()
         .map(|s| render(s, &values).map_err(EngineError::from))
         .collect()
+}
+
+/// The database `client` is connected to.
+async fn current_database(client: &impl GenericClient) -> Result<String, EngineError> {
+    Ok(client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(sql("reading the current database"))?
+        .get(0))
 }
 
 async fn user_exists(client: &impl GenericClient, username: &str) -> Result<bool, EngineError> {

@@ -206,12 +206,7 @@ impl Broker {
         lease.last_renewal = Some(at);
         self.store.update_lease(&lease)?;
         self.schedule.set(id, lease.expires_at);
-        let warning = renewal.capped_from.map(|asked| {
-            format!(
-                "TTL of \"{asked}\" exceeded the effective max_ttl of \"{}\"; TTL value is capped accordingly",
-                renewal.ttl
-            )
-        });
+        let warning = renewal.warning();
         tracing::info!(lease_id = %id, ttl = renewal.ttl.as_secs(), capped = warning.is_some(), "renewed");
         Ok(Renewed {
             lease,

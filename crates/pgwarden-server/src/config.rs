@@ -208,7 +208,7 @@ fn yes() -> bool {
 }
 
 /// Reads a secret from a file, dropping one trailing newline.
-fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, ConfigError> {
+pub(crate) fn read_secret_file(path: &Path, what: &str) -> Result<SecretString, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::Invalid(format!("{what} {}: {e}", path.display())))?;
     let trimmed = text.strip_suffix('\n').unwrap_or(&text);

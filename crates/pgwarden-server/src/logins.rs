@@ -77,10 +77,12 @@ fn token_review(
         })?;
         http = http.add_root_certificate(cert);
     }
-    let token = read_file(mount, "reviewer_token_file", &config.reviewer_token_file)?;
+    // The error names the file; the token itself never appears in it.
+    let token =
+        crate::config::read_secret_file(&config.reviewer_token_file, "reviewer_token_file")?;
     Ok(TokenReviewer {
         host: config.host.clone(),
-        reviewer_token: token.trim().to_string().into(),
+        reviewer_token: token,
         http: http
             .build()
             .map_err(|e| ConfigError::Invalid(format!("auth mount {mount:?}: HTTP client: {e}")))?,

@@ -141,12 +141,7 @@ pub fn renew_self(
     let renewal = state
         .tokens
         .renew(&mut record, body.increment.unwrap_or_default())?;
-    let warning = renewal.capped_from.map(|asked| {
-        vec![format!(
-            "TTL of \"{asked}\" exceeded the effective max_ttl of \"{}\"; TTL value is capped accordingly",
-            renewal.ttl
-        )]
-    });
+    let warning = renewal.warning().map(|w| vec![w]);
     Ok(auth_response(None, &record, renewal.ttl, warning))
 }
 
