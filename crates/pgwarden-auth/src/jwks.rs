@@ -33,6 +33,11 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> AuthError {
     AuthError::Unavailable(format!("cannot load signing keys from {what}: {e}"))
 }
 
+/// [`unavailable`] for a request that failed, with its whole cause chain.
+fn unreachable(url: &str, e: reqwest::Error) -> AuthError {
+    unavailable(url, pgwarden_core::chain(&e))
+}
+
 impl Jwks {
     /// A key set from `source`, refetched at most every `min_refresh`; keys load on first use.
     pub fn new(source: KeySource, http: reqwest::Client, min_refresh: Duration) -> Jwks {
@@ -52,11 +57,11 @@ impl Jwks {
             .timeout(Duration::from_secs(10))
             .send()
             .await
-            .map_err(|e| unavailable(url, e))?;
+            .map_err(|e| unreachable(url, e))?;
         if !response.status().is_success() {
             return Err(unavailable(url, format!("HTTP {}", response.status())));
         }
-        response.json().await.map_err(|e| unavailable(url, e))
+        response.json().await.map_err(|e| unreachable(url, e))
     }
 
     async fn fetch(&self) -> Result<JwkSet, AuthError> {

@@ -43,7 +43,7 @@ impl TokenReviewer {
             .json(&body)
             .send()
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(pgwarden_core::chain(&e)))?;
         let status = response.status();
         if !status.is_success() {
             return Err(unavailable(format!("HTTP {status}")));
@@ -51,7 +51,7 @@ impl TokenReviewer {
         let review: Value = response
             .json()
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(pgwarden_core::chain(&e)))?;
         let status = &review["status"];
         if status["authenticated"] != Value::Bool(true) {
             let why = status["error"].as_str().unwrap_or("not authenticated");

@@ -9,6 +9,12 @@ pub enum CoreError {
         /// The text as given.
         value: String,
     },
+    /// A TTL beyond [`crate::Ttl::MAX`].
+    #[error("TTL {value:?} is too long: the maximum is {max} (100 years)", max = crate::Ttl::MAX)]
+    TtlTooLong {
+        /// The value as given.
+        value: String,
+    },
     /// A role definition that cannot be used.
     #[error("role {role:?}: {reason}")]
     InvalidRole {
@@ -63,4 +69,40 @@ pub enum CoreError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// `error` followed by each of its causes, joined by `: `; a cause whose text is already shown
+/// is skipped. Drivers (reqwest, rustls, tokio-postgres) keep the useful part ("certificate not
+/// trusted", "connection refused") in a cause, so every log line and 5xx message uses this.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("middle: {0}")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn chain_shows_every_cause_once() {
+        let error = Outer(Middle(std::io::Error::other("connection refused")));
+        assert_eq!(chain(&error), "outer: middle: connection refused");
+    }
 }

@@ -113,7 +113,7 @@ impl Lease {
         ttl: Ttl,
         now: OffsetDateTime,
     ) -> Lease {
-        let max_expires_at = now + role.max_ttl.as_duration();
+        let max_expires_at = role.max_ttl.after(now);
         let ttl = if ttl.is_zero() { role.default_ttl } else { ttl };
         Lease {
             id: format!("{mount}/creds/{}/{}", role.name, random_alphanumeric(24)),
@@ -123,7 +123,7 @@ impl Lease {
             role: role.clone(),
             state: LeaseState::Pending,
             issued_at: now,
-            expires_at: (now + ttl.as_duration()).min(max_expires_at),
+            expires_at: ttl.after(now).min(max_expires_at),
             max_expires_at,
             last_renewal: None,
             revoke_attempts: 0,
@@ -183,7 +183,7 @@ pub fn extend(
     } else {
         increment
     };
-    let wanted = now + increment.as_duration();
+    let wanted = increment.after(now);
     let (expires_at, capped_from) = if wanted > max_end {
         (max_end, Some(increment))
     } else {
@@ -199,7 +199,9 @@ pub fn extend(
 /// The `VALID UNTIL` text for a lease ending at `expires_at`: five seconds later, in UTC with an
 /// explicit offset, e.g. `2026-11-22 10:00:05+00`.
 pub fn valid_until(expires_at: OffsetDateTime) -> String {
-    let at = (expires_at + VALID_UNTIL_SLACK).to_offset(time::UtcOffset::UTC);
+    let at = Ttl::from_secs(VALID_UNTIL_SLACK.as_secs())
+        .after(expires_at)
+        .to_offset(time::UtcOffset::UTC);
     at.format(format_description!(
         "[year]-[month]-[day] [hour]:[minute]:[second]+00"
     ))

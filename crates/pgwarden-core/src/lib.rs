@@ -14,7 +14,7 @@ pub mod token;
 pub mod ttl;
 
 pub use connection::ConnectionDef;
-pub use error::CoreError;
+pub use error::{CoreError, chain};
 pub use identity::Identity;
 pub use lease::{Lease, LeaseState, Owner, Renewal};
 pub use policy::{Allowed, Grant, Policy};

@@ -4,12 +4,36 @@
 use crate::CoreError;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::{fmt, str::FromStr, time::Duration};
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 /// A whole number of seconds; zero means "not set" wherever Vault treats it that way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
 pub struct Ttl(u64);
 
 impl Ttl {
+    /// The longest TTL accepted from users: 100 years. Longer ones are refused, so lease and
+    /// token arithmetic never leaves the range of dates.
+    pub const MAX: Ttl = Ttl(100 * 365 * 86_400 + 25 * 86_400);
+
+    /// A TTL of `secs` seconds given as `text`, refused when over [`Ttl::MAX`].
+    fn bounded(secs: u64, text: impl fmt::Display) -> Result<Ttl, CoreError> {
+        if secs > Ttl::MAX.0 {
+            return Err(CoreError::TtlTooLong {
+                value: text.to_string(),
+            });
+        }
+        Ok(Ttl(secs))
+    }
+
+    /// The instant this long after `start`, or the latest representable instant if that is
+    /// later; never panics.
+    pub fn after(self, start: OffsetDateTime) -> OffsetDateTime {
+        time::Duration::try_from(self.as_duration())
+            .ok()
+            .and_then(|d| start.checked_add(d))
+            .unwrap_or_else(|| PrimitiveDateTime::MAX.assume_utc())
+    }
+
     /// A TTL of `secs` seconds.
     pub const fn from_secs(secs: u64) -> Self {
         Ttl(secs)
@@ -56,8 +80,9 @@ impl FromStr for Ttl {
         if s.is_empty() {
             return Err(invalid());
         }
-        if let Ok(secs) = s.parse::<u64>() {
-            return Ok(Ttl(secs));
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            let secs = s.parse::<u64>().unwrap_or(u64::MAX);
+            return Ttl::bounded(secs, text);
         }
         let mut total_nanos = 0f64;
         let mut rest = s;
@@ -74,9 +99,12 @@ impl FromStr for Ttl {
             rest = &rest[number_len + unit_len..];
         }
         let secs = (total_nanos / 1e9).ceil();
-        if !secs.is_finite() || secs > u32::MAX as f64 {
-            return Err(invalid());
+        if !secs.is_finite() || secs > Ttl::MAX.0 as f64 {
+            return Err(CoreError::TtlTooLong {
+                value: text.to_string(),
+            });
         }
+        // In range and whole: the conversion is exact.
         Ok(Ttl(secs as u64))
     }
 }
@@ -99,12 +127,26 @@ impl<'de> Deserialize<'de> for Ttl {
         #[serde(untagged)]
         enum Raw {
             Seconds(u64),
+            Number(f64),
             Text(String),
         }
-        match Raw::deserialize(deserializer)? {
-            Raw::Seconds(secs) => Ok(Ttl(secs)),
-            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
-        }
+        let ttl = match Raw::deserialize(deserializer)? {
+            Raw::Seconds(secs) => Ttl::bounded(secs, secs),
+            Raw::Number(n) if n >= 0.0 && n.fract() == 0.0 && n <= Ttl::MAX.0 as f64 => {
+                // Whole and in range: the conversion is exact.
+                Ok(Ttl(n as u64))
+            }
+            Raw::Number(n) if n >= 0.0 && n.is_finite() && n.fract() == 0.0 => {
+                Err(CoreError::TtlTooLong {
+                    value: n.to_string(),
+                })
+            }
+            Raw::Number(n) => Err(CoreError::InvalidTtl {
+                value: n.to_string(),
+            }),
+            Raw::Text(text) => text.parse(),
+        };
+        ttl.map_err(serde::de::Error::custom)
     }
 }
 
@@ -156,7 +198,69 @@ mod tests {
         );
     }
 
+    #[test]
+    fn refuses_ttls_past_the_maximum_in_every_form() {
+        let max = Ttl::MAX.as_secs();
+        assert_eq!(secs(&max.to_string()), max);
+        let too_long = |text: &str| {
+            format!("TTL {text:?} is too long: the maximum is 3155760000s (100 years)")
+        };
+        for text in [
+            "18446744073709551615",
+            "99999999999999999999999",
+            "3155760001",
+            "1000000h",
+        ] {
+            assert_eq!(text.parse::<Ttl>().unwrap_err().to_string(), too_long(text));
+        }
+        for (json, shown) in [
+            ("18446744073709551615", "18446744073709551615"),
+            ("9223372036854775807", "9223372036854775807"),
+            ("3e11", "300000000000"),
+        ] {
+            let err = serde_json::from_str::<Ttl>(json).unwrap_err().to_string();
+            assert_eq!(err, too_long(shown));
+        }
+        let err = serde_json::from_str::<Ttl>("1.5").unwrap_err().to_string();
+        assert!(err.starts_with("invalid TTL \"1.5\""), "{err}");
+        let err = serde_json::from_str::<Ttl>("-3").unwrap_err().to_string();
+        assert!(err.starts_with("invalid TTL \"-3\""), "{err}");
+    }
+
+    #[test]
+    fn after_saturates_instead_of_overflowing() {
+        let start = OffsetDateTime::now_utc();
+        assert_eq!(Ttl(60).after(start), start + Duration::from_secs(60));
+        let latest = PrimitiveDateTime::MAX.assume_utc();
+        assert_eq!(Ttl(u64::MAX).after(start), latest);
+        assert_eq!(Ttl::MAX.after(latest), latest);
+    }
+
     proptest::proptest! {
+        /// Any text parses to a TTL within the maximum or to an error; it never panics.
+        #[test]
+        fn any_text_parses_within_bounds_or_fails(text in "\\PC{0,24}") {
+            if let Ok(ttl) = text.parse::<Ttl>() {
+                proptest::prop_assert!(ttl <= Ttl::MAX);
+            }
+        }
+
+        /// Numbers and duration strings of any size stay within the maximum or are refused.
+        #[test]
+        fn any_number_is_bounded(n in proptest::num::u64::ANY, unit in "(|s|m|h|d)") {
+            match format!("{n}{unit}").parse::<Ttl>() {
+                Ok(ttl) => proptest::prop_assert!(ttl <= Ttl::MAX),
+                Err(e) => proptest::prop_assert!(e.to_string().contains("too long"), "{}", e),
+            }
+        }
+
+        /// Adding any TTL to any instant gives an instant no earlier than the start.
+        #[test]
+        fn after_never_goes_backwards(secs in proptest::num::u64::ANY, start in 0i64..253_402_300_799) {
+            let start = OffsetDateTime::from_unix_timestamp(start).unwrap();
+            proptest::prop_assert!(Ttl(secs).after(start) >= start);
+        }
+
         #[test]
         fn go_durations_round_trip(h in 0u64..1000, m in 0u64..60, s in 0u64..60) {
             let text = format!("{h}h{m}m{s}s");

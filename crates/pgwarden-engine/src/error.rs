@@ -46,10 +46,7 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
         let detail = db.detail().map(|d| format!("; {d}")).unwrap_or_default();
         return format!("{}{detail} (SQLSTATE {})", db.message(), db.code().code());
     }
-    match std::error::Error::source(error) {
-        Some(source) => format!("{error}: {source}"),
-        None => error.to_string(),
-    }
+    pgwarden_core::chain(error)
 }
 
 /// Wraps a failed statement with what pgwarden was doing.

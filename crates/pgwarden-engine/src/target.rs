@@ -145,7 +145,7 @@ impl Target {
             connection: self.name.clone(),
             reason: match &e {
                 deadpool_postgres::PoolError::Backend(inner) => describe(inner),
-                other => other.to_string(),
+                other => pgwarden_core::chain(other),
             },
         })
     }

@@ -6,7 +6,7 @@ use crate::error::ServerError;
 use crate::metrics::{Metrics, RevokeLabels};
 use crate::schedule::Schedule;
 use pgwarden_core::names::{generate_password, generate_username};
-use pgwarden_core::{Lease, LeaseState, Owner, Ttl};
+use pgwarden_core::{Lease, LeaseState, Owner, Ttl, chain};
 use pgwarden_engine::EngineError;
 use pgwarden_store::Store;
 use secrecy::SecretString;
@@ -62,6 +62,9 @@ pub struct Broker {
     failing: Mutex<HashSet<String>>,
     /// Leases revoked with `sync: false` (revoked on the reaper's next pass even if not expired).
     forced: Mutex<HashSet<String>>,
+    /// Held shared while an issuance picks its connection and records its lease, exclusively
+    /// while a connection is deleted, so no lease is recorded against a deleted connection.
+    connections_in_use: tokio::sync::RwLock<()>,
 }
 
 fn now() -> OffsetDateTime {
@@ -72,6 +75,27 @@ fn not_found(id: &str) -> ServerError {
     ServerError::BadRequest(format!(
         "lease {id:?} not found (it may have expired or been revoked)"
     ))
+}
+
+/// `prefix` as a folder: itself if empty or ending in `/`, else with a `/` added.
+fn as_folder(prefix: &str) -> String {
+    if prefix.is_empty() || prefix.ends_with('/') {
+        prefix.to_string()
+    } else {
+        format!("{prefix}/")
+    }
+}
+
+/// Runs `work` on a task of its own, so it finishes even when the caller is dropped (an HTTP
+/// client that hangs up), and waits for its outcome.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, ServerError>> + Send + 'static,
+) -> Result<T, ServerError> {
+    tokio::spawn(work).await.unwrap_or_else(|e| {
+        Err(ServerError::Internal(format!(
+            "lease operation failed: {e}"
+        )))
+    })
 }
 
 /// Delay before retry number `attempts` (1, 2, 4 … seconds, at most [`MAX_BACKOFF`]).
@@ -90,6 +114,7 @@ impl Broker {
             locks: Mutex::default(),
             failing: Mutex::default(),
             forced: Mutex::default(),
+            connections_in_use: tokio::sync::RwLock::default(),
         }
     }
 
@@ -134,8 +159,22 @@ impl Broker {
     }
 
     /// Creates a user for `role_name` in `mount` on behalf of `owner`; `cap` (from policy)
-    /// lowers the role's max TTL.
+    /// lowers the role's max TTL. Runs to completion even if the caller goes away.
     pub async fn issue(
+        self: &Arc<Self>,
+        mount: &str,
+        role_name: &str,
+        owner: Owner,
+        cap: Option<Ttl>,
+    ) -> Result<Issued, ServerError> {
+        let broker = self.clone();
+        let (mount, role_name) = (mount.to_string(), role_name.to_string());
+        detached(async move { broker.create_lease(&mount, &role_name, owner, cap).await }).await
+    }
+
+    /// The body of [`Broker::issue`]. The lease is locked from before its pending record is
+    /// written until it is active, so a revocation that finds it waits and then drops the user.
+    async fn create_lease(
         &self,
         mount: &str,
         role_name: &str,
@@ -143,7 +182,6 @@ impl Broker {
         cap: Option<Ttl>,
     ) -> Result<Issued, ServerError> {
         let mut role = self.catalog.role(mount, role_name)?;
-        let target = self.catalog.target_for_role(mount, &role)?;
         if let Some(cap) = cap.filter(|cap| *cap < role.max_ttl) {
             role.max_ttl = cap;
             role.default_ttl = role.default_ttl.min(cap);
@@ -154,13 +192,19 @@ impl Broker {
         let password = generate_password();
         let mut lease =
             Lease::new_pending(mount, &role, username, owner, Ttl::default(), issued_at);
-        self.store.insert_lease(&lease)?;
+        let _guard = self.lock(&lease.id).await;
+        let target = {
+            let _in_use = self.connections_in_use.read().await;
+            let target = self.catalog.target_for_role(mount, &role)?;
+            self.store.insert_lease(&lease)?;
+            target
+        };
         let created = target
             .create_user(&role, &lease.username, &password, lease.expires_at)
             .await;
         if let Err(error) = created {
             self.metrics.issue_failures.inc();
-            tracing::warn!(lease_id = %lease.id, %error, "creating user failed");
+            tracing::warn!(lease_id = %lease.id, error = %chain(&error), "creating user failed");
             if matches!(error, EngineError::Unreachable { .. }) {
                 // Nothing was sent to the database: there is nothing to undo.
                 self.store.delete_lease(&lease.id)?;
@@ -171,10 +215,37 @@ impl Broker {
             }
             return Err(error.into());
         }
+        if let Some(accessor) = &lease.owner.token_accessor
+            && self.store.token_by_accessor(accessor)?.is_none()
+        {
+            // The token was revoked after this lease was recorded but before its revocation
+            // listed the token's leases: this issuance must not outlive it.
+            self.metrics.issue_failures.inc();
+            let _ = self.revoke_locked(&lease.id, Why::Requested).await;
+            return Err(ServerError::Forbidden(
+                "the token was revoked while the credential was being issued; nothing was issued"
+                    .into(),
+            ));
+        }
         lease.state = LeaseState::Active;
-        if let Err(error) = self.store.update_lease(&lease) {
-            self.schedule.set(&lease.id, now());
-            return Err(error.into());
+        match self.store.update_lease(&lease) {
+            Ok(true) => {}
+            Ok(false) => {
+                // Revoked by something that did not take the lease's lock: undo the user, or
+                // leave it to the orphan sweep if that fails.
+                self.metrics.issue_failures.inc();
+                if let Err(error) = target.rollback_user(&lease.role, &lease.username).await {
+                    tracing::error!(lease_id = %lease.id, username = %lease.username, error = %chain(&error), "dropping the user of a lease revoked during issuance failed; the orphan sweep will drop it");
+                }
+                return Err(ServerError::Conflict(format!(
+                    "lease {:?} was revoked while it was being issued; its user was dropped",
+                    lease.id
+                )));
+            }
+            Err(error) => {
+                self.schedule.set(&lease.id, now());
+                return Err(error.into());
+            }
         }
         self.schedule.set(&lease.id, lease.expires_at);
         self.metrics.leases_issued.inc();
@@ -188,7 +259,15 @@ impl Broker {
     }
 
     /// Extends a lease by `increment` (zero: the role's default TTL), never past its max TTL.
-    pub async fn renew(&self, id: &str, increment: Ttl) -> Result<Renewed, ServerError> {
+    /// Runs to completion even if the caller goes away.
+    pub async fn renew(self: &Arc<Self>, id: &str, increment: Ttl) -> Result<Renewed, ServerError> {
+        let broker = self.clone();
+        let id = id.to_string();
+        detached(async move { broker.extend_lease(&id, increment).await }).await
+    }
+
+    /// The body of [`Broker::renew`], under the lease's lock.
+    async fn extend_lease(&self, id: &str, increment: Ttl) -> Result<Renewed, ServerError> {
         let _guard = self.lock(id).await;
         let mut lease = self.store.get_lease(id)?.ok_or_else(|| not_found(id))?;
         let at = now();
@@ -215,12 +294,13 @@ impl Broker {
         })
     }
 
-    /// Revokes a lease now; an unknown lease is an error.
-    pub async fn revoke(&self, id: &str) -> Result<(), ServerError> {
+    /// Revokes a lease now; an unknown lease is an error. Runs to completion even if the
+    /// caller goes away.
+    pub async fn revoke(self: &Arc<Self>, id: &str) -> Result<(), ServerError> {
         if self.store.get_lease(id)?.is_none() {
             return Err(not_found(id));
         }
-        self.attempt_revocation(id, Why::Requested).await
+        self.revoke_all(vec![id.to_string()]).await.map(|_| ())
     }
 
     /// Queues a lease for revocation by the reaper (Vault's `"sync": false`).
@@ -236,27 +316,41 @@ impl Broker {
         Ok(())
     }
 
-    /// Revokes every lease whose id starts with `prefix`.
-    pub async fn revoke_prefix(&self, prefix: &str) -> Result<usize, ServerError> {
-        self.revoke_all(self.store.lease_ids_with_prefix(prefix)?)
-            .await
+    /// Revokes the lease with id `prefix`, or else every lease under the path `prefix`, whole
+    /// segments only (`creds/x` covers `creds/x/…`, not `creds/x-admin/…`), as Vault does.
+    pub async fn revoke_prefix(self: &Arc<Self>, prefix: &str) -> Result<usize, ServerError> {
+        let ids = if !prefix.is_empty() && self.store.get_lease(prefix)?.is_some() {
+            vec![prefix.to_string()]
+        } else {
+            self.store.lease_ids_with_prefix(&as_folder(prefix))?
+        };
+        self.revoke_all(ids).await
     }
 
-    /// Revokes every lease issued to the token with `accessor` (a logout).
-    pub async fn revoke_token_leases(&self, accessor: &str) -> Result<usize, ServerError> {
+    /// Revokes every lease issued to the token with `accessor` (a logout). The token must
+    /// already be gone, so that an issuance racing this call sees it and undoes itself.
+    pub async fn revoke_token_leases(
+        self: &Arc<Self>,
+        accessor: &str,
+    ) -> Result<usize, ServerError> {
         self.revoke_all(self.store.lease_ids_for_token(accessor)?)
             .await
     }
 
-    /// Revokes each of `ids`; reports the first failure after trying all.
-    async fn revoke_all(&self, ids: Vec<String>) -> Result<usize, ServerError> {
-        let mut first_error = None;
-        for id in &ids {
-            if let Err(e) = self.attempt_revocation(id, Why::Requested).await {
-                first_error.get_or_insert(e);
+    /// Revokes each of `ids` on a task of its own (so it finishes whatever the caller does);
+    /// reports the first failure after trying all.
+    async fn revoke_all(self: &Arc<Self>, ids: Vec<String>) -> Result<usize, ServerError> {
+        let broker = self.clone();
+        detached(async move {
+            let mut first_error = None;
+            for id in &ids {
+                if let Err(e) = broker.attempt_revocation(id, Why::Requested).await {
+                    first_error.get_or_insert(e);
+                }
             }
-        }
-        first_error.map_or(Ok(ids.len()), Err)
+            first_error.map_or(Ok(ids.len()), Err)
+        })
+        .await
     }
 
     /// One lease by id.
@@ -267,11 +361,7 @@ impl Broker {
     /// Vault's LIST of `sys/leases/lookup/<prefix>`: the next path segment of every lease
     /// under `prefix` (`role/` for folders, the id's last part for leases).
     pub fn list(&self, prefix: &str) -> Result<Vec<String>, ServerError> {
-        let prefix = if prefix.is_empty() || prefix.ends_with('/') {
-            prefix.to_string()
-        } else {
-            format!("{prefix}/")
-        };
+        let prefix = as_folder(prefix);
         let mut keys: Vec<String> = self
             .store
             .lease_ids_with_prefix(&prefix)?
@@ -292,6 +382,11 @@ impl Broker {
     /// kept (visible in lookup and metrics) and retried after a backoff.
     async fn attempt_revocation(&self, id: &str, why: Why) -> Result<(), ServerError> {
         let _guard = self.lock(id).await;
+        self.revoke_locked(id, why).await
+    }
+
+    /// [`Broker::attempt_revocation`] for a caller that holds the lease's lock.
+    async fn revoke_locked(&self, id: &str, why: Why) -> Result<(), ServerError> {
         let Some(mut lease) = self.store.get_lease(id)? else {
             self.schedule.remove(id);
             return Ok(());

@@ -22,6 +22,9 @@ pub enum ServerError {
     /// 405: the path exists but not with this method.
     #[error("unsupported operation")]
     MethodNotAllowed,
+    /// 409: the request conflicts with the state (in use, revoked meanwhile).
+    #[error("{0}")]
+    Conflict(String),
     /// 413: the body is over the limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -41,6 +44,7 @@ impl ServerError {
             ServerError::PermissionDenied | ServerError::Forbidden(_) => 403,
             ServerError::NotFound(_) => 404,
             ServerError::MethodNotAllowed => 405,
+            ServerError::Conflict(_) => 409,
             ServerError::PayloadTooLarge(_) => 413,
             ServerError::Unavailable(_) => 503,
             ServerError::Internal(_) => 500,

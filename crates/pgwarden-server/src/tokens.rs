@@ -1,5 +1,6 @@
-//! pgwarden tokens: issued at login, stored only as hashes, looked up and compared in constant
-//! time, renewable up to their max TTL, revocable (which revokes the leases they created).
+//! pgwarden tokens: issued at login, stored only as SHA-256 hashes and looked up by hash (so
+//! lookup timing says nothing about a token), renewable up to their max TTL, revocable (which
+//! revokes the leases they created).
 
 use crate::error::ServerError;
 use pgwarden_core::lease::extend;
@@ -8,7 +9,6 @@ use pgwarden_core::{Identity, Renewal, TokenRecord, Ttl};
 use pgwarden_store::Store;
 use secrecy::SecretString;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
 /// Issues and checks tokens.
@@ -40,8 +40,8 @@ impl Tokens {
             mount: mount.to_string(),
             role: role.to_string(),
             issued_at: now,
-            expires_at: now + ttl.as_duration(),
-            max_expires_at: now + max_ttl.as_duration(),
+            expires_at: ttl.after(now),
+            max_expires_at: max_ttl.after(now),
             ttl,
         };
         self.store.insert_token(&record)?;
@@ -56,9 +56,6 @@ impl Tokens {
             .store
             .token_by_hash(&hash)?
             .ok_or(ServerError::PermissionDenied)?;
-        if !bool::from(record.hash.as_bytes().ct_eq(hash.as_bytes())) {
-            return Err(ServerError::PermissionDenied);
-        }
         if OffsetDateTime::now_utc() >= record.expires_at {
             self.store.delete_token(&record.accessor)?;
             return Err(ServerError::PermissionDenied);

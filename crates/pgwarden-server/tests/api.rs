@@ -395,6 +395,29 @@ async fn bad_input_gets_precise_errors_and_changes_nothing() {
             json!({"errors": ["invalid request body: invalid TTL \"forever\": use integer seconds or a duration like 90s, 15m, 1h, 24h at line 1 column 38"]}),
         ),
         (
+            "PUT",
+            "sys/leases/renew",
+            Some(json!({"lease_id": "x", "increment": 9223372036854775807u64})),
+            400,
+            json!({"errors": ["invalid request body: TTL \"9223372036854775807\" is too long: the maximum is 3155760000s (100 years) at line 1 column 32"]}),
+        ),
+        (
+            "POST",
+            "database/roles/r3",
+            Some(
+                json!({"db_name": "appdb", "preset": "readonly", "max_ttl": 18446744073709551615u64}),
+            ),
+            400,
+            json!({"errors": ["invalid request body: TTL \"18446744073709551615\" is too long: the maximum is 3155760000s (100 years) at line 1 column 49"]}),
+        ),
+        (
+            "POST",
+            "database/roles/r4",
+            Some(json!({"db_name": "appdb", "preset": "readonly", "max_ttl": 3e11})),
+            400,
+            json!({"errors": ["invalid request body: TTL \"300000000000\" is too long: the maximum is 3155760000s (100 years) at line 1 column 43"]}),
+        ),
+        (
             "POST",
             "database/roles/r2",
             Some(json!({"db_name": "appdb"})),

@@ -186,6 +186,22 @@ async fn service_accounts_get_exactly_what_policy_grants() {
         "{renewed}"
     );
 
+    let (status, body) = env
+        .call_as(
+            &a,
+            "POST",
+            "auth/token/renew-self",
+            Some(json!({ "increment": 18446744073709551615u64 })),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({"errors": ["invalid request body: TTL \"18446744073709551615\" is too long: the maximum is 3155760000s (100 years) at line 1 column 34"]})
+        )
+    );
+
     // KV settings: team-a may read its own, team-b may not.
     let (status, body) = env.call_as(&a, "GET", "kv/team-a/appdb", None).await;
     assert_eq!(status, 200);
@@ -376,6 +392,69 @@ async fn revoking_a_token_revokes_its_leases_but_expiry_does_not() {
     assert!(
         !env.role_exists(creds["data"]["username"].as_str().unwrap())
             .await
+    );
+}
+
+#[tokio::test]
+async fn revoke_self_racing_issuance_leaves_no_user_behind() {
+    let id = std::sync::Arc::new(start(POLICY, "1h").await);
+    let (mut issued, mut refused) = (Vec::new(), 0);
+    for round in 0..24u64 {
+        let token = id.token("team-a", "team-a", "app").await;
+        let mut calls = Vec::new();
+        for _ in 0..7 {
+            let (id, token) = (id.clone(), token.clone());
+            calls.push(tokio::spawn(async move {
+                id.env
+                    .call_as(&token, "GET", "database/creds/appdb-readonly", None)
+                    .await
+            }));
+        }
+        // Land the logout at different points of the issuances.
+        tokio::time::sleep(Duration::from_millis(round * 25)).await;
+        let (status, body) = id
+            .env
+            .call_as(&token, "POST", "auth/token/revoke-self", None)
+            .await;
+        assert_eq!(status, 204, "{body}");
+        for call in calls {
+            let (status, body) = call.await.unwrap();
+            match status {
+                200 => issued.push(body["data"]["username"].as_str().unwrap().to_string()),
+                403 => {
+                    let revoked_meanwhile = json!({"errors": ["the token was revoked while the credential was being issued; nothing was issued"]});
+                    let revoked_before = json!({"errors": ["permission denied"]});
+                    assert!(
+                        body == revoked_meanwhile || body == revoked_before,
+                        "{body}"
+                    );
+                    refused += 1;
+                }
+                _ => panic!("{status} {body}"),
+            }
+        }
+    }
+    let admin = id.env.cluster.connect_superuser("appdb").await.unwrap();
+    let survivors: Vec<String> = admin
+        .query(
+            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'v-kubernet-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        !issued.is_empty() && refused > 0,
+        "{} issued, {refused} refused",
+        issued.len()
+    );
+    assert_eq!(
+        survivors,
+        Vec::<String>::new(),
+        "of {} issued",
+        issued.len()
     );
 }
 

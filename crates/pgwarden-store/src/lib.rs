@@ -57,8 +57,9 @@ pub struct StoredConnection {
 pub trait Store: Send + Sync + 'static {
     /// Records a new lease (normally pending, before its user is created).
     fn insert_lease(&self, lease: &Lease) -> Result<(), StoreError>;
-    /// Replaces a lease's mutable fields (state, expiries, revocation attempts).
-    fn update_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Replaces a lease's mutable fields (state, expiries, revocation attempts); false when no
+    /// lease has this id (it was revoked meanwhile).
+    fn update_lease(&self, lease: &Lease) -> Result<bool, StoreError>;
     /// Forgets a lease whose user is gone.
     fn delete_lease(&self, id: &str) -> Result<(), StoreError>;
     /// One lease by id.

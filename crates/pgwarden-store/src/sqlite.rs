@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use time::OffsetDateTime;
 
-/// A [`Store`] in one SQLite file. Safe against a killed process: every write is committed to
-/// the write-ahead log before the call returns.
+/// A [`Store`] in one SQLite file. Safe against a killed process and against power loss: every
+/// write is committed to the write-ahead log and synced to disk before the call returns.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
@@ -160,7 +160,8 @@ impl SqliteStore {
         let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        // FULL: a lease row must survive power loss, or a committed user could go untracked.
+        conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
@@ -208,21 +209,22 @@ impl Store for SqliteStore {
         })
     }
 
-    fn update_lease(&self, l: &Lease) -> Result<(), StoreError> {
+    fn update_lease(&self, l: &Lease) -> Result<bool, StoreError> {
         self.with(|c| {
-            c.prepare_cached(
-                "UPDATE leases SET state = ?2, expires_at_ms = ?3, last_renewal_ms = ?4, \
+            let changed = c
+                .prepare_cached(
+                    "UPDATE leases SET state = ?2, expires_at_ms = ?3, last_renewal_ms = ?4, \
                  revoke_attempts = ?5, last_error = ?6 WHERE id = ?1",
-            )?
-            .execute(params![
-                l.id,
-                l.state.as_str(),
-                millis(l.expires_at),
-                l.last_renewal.map(millis),
-                l.revoke_attempts,
-                l.last_error,
-            ])?;
-            Ok(())
+                )?
+                .execute(params![
+                    l.id,
+                    l.state.as_str(),
+                    millis(l.expires_at),
+                    l.last_renewal.map(millis),
+                    l.revoke_attempts,
+                    l.last_error,
+                ])?;
+            Ok(changed > 0)
         })
     }
 

@@ -1,0 +1,218 @@
+//! Issuance, renewal and revocation of the same leases at once, and clients that hang up
+//! mid-request: no user may outlive its lease, and no lease may stay pending.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A role whose creation and revocation each take a second, to hold the race window open.
+const SLOW_ROLES: &str = r#"
+      appdb-readonly: { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 24h }
+      slow:
+        db_name: appdb
+        creation_statements:
+          - CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';
+          - SELECT pg_sleep(1);
+        revocation_statements:
+          - SELECT pg_sleep(1);
+          - DROP ROLE IF EXISTS "{{name}}";
+        default_ttl: 1h
+        max_ttl: 2h
+"#;
+
+/// Names of users pgwarden made that still exist in the cluster.
+async fn surviving_users(env: &Env) -> Vec<String> {
+    let admin = env.cluster.connect_superuser("appdb").await.unwrap();
+    admin
+        .query(
+            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'v-%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// Lease ids under `prefix`.
+async fn leases(env: &Env, prefix: &str) -> Vec<String> {
+    let (status, body) = env
+        .call("LIST", &format!("sys/leases/lookup/{prefix}"), None)
+        .await;
+    match status {
+        404 => Vec::new(),
+        200 => serde_json::from_value(body["data"]["keys"].clone()).unwrap(),
+        _ => panic!("LIST {prefix}: {status} {body}"),
+    }
+}
+
+#[tokio::test]
+async fn revoking_a_lease_while_its_user_is_created_drops_the_user() {
+    let env = Arc::new(Env::start(SLOW_ROLES).await);
+    let issuing = tokio::spawn({
+        let env = env.clone();
+        async move { env.call("GET", "database/creds/slow", None).await }
+    });
+    // The pending lease is recorded before CREATE ROLE; revoke it mid-creation.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(leases(&env, "database/creds/slow/").await.len(), 1);
+    let (status, body) = env
+        .call("PUT", "sys/leases/revoke-prefix/database/creds/slow", None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = issuing.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(surviving_users(&env).await, Vec::<String>::new());
+    assert_eq!(
+        leases(&env, "database/creds/slow/").await,
+        Vec::<String>::new()
+    );
+    let creds = Creds {
+        lease_id: String::new(),
+        username: body["data"]["username"].as_str().unwrap().into(),
+        password: body["data"]["password"].as_str().unwrap().into(),
+        lease_duration: 0,
+    };
+    assert!(env.login(&creds).await.is_err());
+}
+
+#[tokio::test]
+async fn eight_issuers_against_a_revoke_prefix_loop_leave_nothing_behind() {
+    let env = Arc::new(Env::start(SLOW_ROLES).await);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let revoker = tokio::spawn({
+        let (env, stop) = (env.clone(), stop.clone());
+        async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, body) = env
+                    .call(
+                        "PUT",
+                        "sys/leases/revoke-prefix/database/creds/appdb-readonly/",
+                        None,
+                    )
+                    .await;
+                assert!(status == 204 || status == 500, "{status} {body}");
+            }
+        }
+    });
+    let mut issuers = Vec::new();
+    for _ in 0..8 {
+        let env = env.clone();
+        issuers.push(tokio::spawn(async move {
+            let mut issued = Vec::new();
+            for _ in 0..15 {
+                let (status, body) = env.call("GET", "database/creds/appdb-readonly", None).await;
+                if status == 200 {
+                    issued.push(Creds {
+                        lease_id: body["lease_id"].as_str().unwrap().into(),
+                        username: body["data"]["username"].as_str().unwrap().into(),
+                        password: body["data"]["password"].as_str().unwrap().into(),
+                        lease_duration: 0,
+                    });
+                }
+            }
+            issued
+        }));
+    }
+    let mut issued = Vec::new();
+    for issuer in issuers {
+        issued.extend(issuer.await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    revoker.await.unwrap();
+    let (status, _) = env
+        .call(
+            "PUT",
+            "sys/leases/revoke-prefix/database/creds/appdb-readonly",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert!(!issued.is_empty());
+    assert_eq!(
+        leases(&env, "database/creds/appdb-readonly/").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(surviving_users(&env).await, Vec::<String>::new());
+    for creds in &issued {
+        assert!(
+            env.login(creds).await.is_err(),
+            "{} logs in",
+            creds.username
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_request_leaves_no_pending_lease() {
+    let env = Env::start(SLOW_ROLES).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let hang_up = impatient
+        .get(env.url("database/creds/slow"))
+        .header("X-Vault-Token", ROOT)
+        .send()
+        .await;
+    assert!(hang_up.unwrap_err().is_timeout());
+    // The issuance finishes on its own: an active lease with a user that exists.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ids = leases(&env, "database/creds/slow/").await;
+    assert_eq!(ids.len(), 1);
+    let id = format!("database/creds/slow/{}", ids[0]);
+    let (status, lookup) = env
+        .call("PUT", "sys/leases/lookup", Some(json!({ "lease_id": id })))
+        .await;
+    assert_eq!((status, &lookup["data"]["state"]), (200, &json!("active")));
+    assert_eq!(surviving_users(&env).await.len(), 1);
+
+    // A revocation the client gives up on also finishes.
+    let hang_up = impatient
+        .put(env.url("sys/leases/revoke"))
+        .header("X-Vault-Token", ROOT)
+        .json(&json!({ "lease_id": id }))
+        .send()
+        .await;
+    assert!(hang_up.unwrap_err().is_timeout());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        leases(&env, "database/creds/slow/").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(surviving_users(&env).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn revoke_prefix_matches_whole_path_segments() {
+    let roles = r#"
+      x:       { db_name: appdb, preset: readonly }
+      x-admin: { db_name: appdb, preset: readonly }
+"#;
+    let env = Env::start(roles).await;
+    let x = env.creds("x").await;
+    let x_admin = env.creds("x-admin").await;
+    let (status, _) = env
+        .call("PUT", "sys/leases/revoke-prefix/database/creds/x", None)
+        .await;
+    assert_eq!(status, 204);
+    assert!(!env.role_exists(&x.username).await);
+    assert!(env.role_exists(&x_admin.username).await);
+    env.login(&x_admin)
+        .await
+        .expect("x-admin's lease is untouched");
+    // A full lease id names exactly that lease.
+    let (status, _) = env
+        .call(
+            "PUT",
+            &format!("sys/leases/revoke-prefix/{}", x_admin.lease_id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert!(!env.role_exists(&x_admin.username).await);
+}
