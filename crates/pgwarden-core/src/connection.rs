@@ -23,6 +23,55 @@ pub struct ConnectionDef {
     pub verify_connection: bool,
 }
 
+/// Splits a password written into `url` (`postgresql://user:secret@host/db` or
+/// `?password=secret`) out of it, leaving the `{{password}}` placeholder in its place, so the
+/// URL can be stored and shown without the secret. Returns the URL unchanged and `None` when
+/// it holds no password (or already uses the placeholder).
+pub fn take_url_password(url: &str) -> (String, Option<SecretString>) {
+    const PLACEHOLDER: &str = "{{password}}";
+    let decode = |s: &str| {
+        SecretString::from(
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    if let Some((userinfo, host)) = authority.rsplit_once('@')
+        && let Some((user, password)) = userinfo.split_once(':')
+        && password != PLACEHOLDER
+    {
+        return (
+            format!("{scheme}://{user}:{PLACEHOLDER}@{host}{tail}"),
+            Some(decode(password)),
+        );
+    }
+    if let Some((path, query)) = tail.split_once('?') {
+        let mut found = None;
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.strip_prefix("password=") {
+                Some(value) if value != PLACEHOLDER => {
+                    found = Some(decode(value));
+                    format!("password={PLACEHOLDER}")
+                }
+                _ => param.to_string(),
+            })
+            .collect();
+        if found.is_some() {
+            return (
+                format!("{scheme}://{authority}{path}?{}", params.join("&")),
+                found,
+            );
+        }
+    }
+    (url.to_string(), None)
+}
+
 impl ConnectionDef {
     /// Checks the parts that need no network: the name and the URL's scheme.
     pub fn validate(&self) -> Result<(), CoreError> {
@@ -40,5 +89,42 @@ impl ConnectionDef {
     /// Whether a role named `role` may use this connection.
     pub fn allows_role(&self, role: &str) -> bool {
         glob::any_match(&self.allowed_roles, role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_url_password;
+    use secrecy::ExposeSecret;
+
+    fn split(url: &str) -> (String, Option<String>) {
+        let (url, password) = take_url_password(url);
+        (url, password.map(|p| p.expose_secret().to_string()))
+    }
+
+    #[test]
+    fn passwords_leave_the_url_for_the_placeholder() {
+        assert_eq!(
+            split("postgresql://admin:s%40cret@db:5432/app?sslmode=require"),
+            (
+                "postgresql://admin:{{password}}@db:5432/app?sslmode=require".into(),
+                Some("s@cret".into())
+            )
+        );
+        assert_eq!(
+            split("postgres://db/app?user=a&password=p%26w&sslmode=disable"),
+            (
+                "postgres://db/app?user=a&password={{password}}&sslmode=disable".into(),
+                Some("p&w".into())
+            )
+        );
+        for unchanged in [
+            "postgresql://{{username}}:{{password}}@db/app",
+            "postgresql://admin@db/app",
+            "postgresql://db/app?password={{password}}",
+            "not a url",
+        ] {
+            assert_eq!(split(unchanged), (unchanged.to_string(), None));
+        }
     }
 }

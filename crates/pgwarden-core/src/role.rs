@@ -47,6 +47,9 @@ pub enum RoleKind {
         schemas: Vec<String>,
         /// The group role holding the grants.
         group_role: String,
+        /// Use `group_role` even though pgwarden did not create it.
+        #[serde(default)]
+        adopt_group_role: bool,
     },
     /// User-written statements.
     Statements(Statements),
@@ -83,6 +86,10 @@ pub struct RoleSpec {
     /// Name of a preset's group role (default: the role's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_role: Option<String>,
+    /// Use an existing `group_role` pgwarden did not create (it must still be a NOLOGIN role
+    /// without SUPERUSER, CREATEROLE or BYPASSRLS).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt_group_role: bool,
     /// Vault's `creation_statements`.
     #[serde(default, deserialize_with = "one_or_many")]
     pub creation_statements: Vec<String>,
@@ -200,6 +207,7 @@ impl RoleSpec {
                     preset,
                     schemas,
                     group_role,
+                    adopt_group_role: self.adopt_group_role,
                 }
             }
             None if self.creation_statements.is_empty() => {
@@ -208,9 +216,10 @@ impl RoleSpec {
                 ));
             }
             None => {
-                if self.group_role.is_some() || !self.schemas.is_empty() {
+                if self.group_role.is_some() || !self.schemas.is_empty() || self.adopt_group_role {
                     return Err(invalid(
-                        "group_role and schemas apply only to preset roles".into(),
+                        "group_role, adopt_group_role and schemas apply only to preset roles"
+                            .into(),
                     ));
                 }
                 let statements = Statements {
@@ -271,10 +280,12 @@ impl RoleDef {
                 preset,
                 schemas,
                 group_role,
+                adopt_group_role,
             } => {
                 spec.preset = Some(*preset);
                 spec.schemas = schemas.clone();
                 spec.group_role = Some(group_role.clone());
+                spec.adopt_group_role = *adopt_group_role;
             }
             RoleKind::Statements(s) => {
                 spec.creation_statements = s.creation.clone();
@@ -307,7 +318,8 @@ mod tests {
             RoleKind::Preset {
                 preset: Preset::Readonly,
                 schemas: vec!["public".into()],
-                group_role: "appdb-readonly".into()
+                group_role: "appdb-readonly".into(),
+                adopt_group_role: false,
             }
         );
     }

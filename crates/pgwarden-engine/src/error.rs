@@ -1,6 +1,7 @@
 //! Errors from talking to a target database.
 
 use pgwarden_core::CoreError;
+use tokio_postgres::error::SqlState;
 
 /// What went wrong in a target database.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,17 @@ pub enum EngineError {
         what: String,
         /// The database's message.
         reason: String,
+        /// Whether running the same work again may succeed (serialization failure, deadlock,
+        /// `tuple concurrently updated` from concurrent GRANTs).
+        retryable: bool,
+    },
+    /// A preset's group role that pgwarden refuses to use.
+    #[error("group role {group:?} {reason}")]
+    UnsafeGroup {
+        /// The group role's name.
+        group: String,
+        /// What is wrong and how to fix it.
+        reason: String,
     },
     /// A template could not be rendered.
     #[error(transparent)]
@@ -49,11 +61,48 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     pgwarden_core::chain(error)
 }
 
+/// True for failures caused only by concurrent work, which the same statements may not meet
+/// again: serialization failures, deadlocks, and catalog rows updated by a concurrent GRANT.
+fn is_retryable(error: &tokio_postgres::Error) -> bool {
+    let Some(db) = error.as_db_error() else {
+        return false;
+    };
+    let code = db.code();
+    *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || (*code == SqlState::INTERNAL_ERROR && db.message() == "tuple concurrently updated")
+}
+
 /// Wraps a failed statement with what pgwarden was doing.
 pub(crate) fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
     let what = what.into();
     move |error| EngineError::Sql {
         what,
         reason: describe(&error),
+        retryable: is_retryable(&error),
+    }
+}
+
+/// Attempts at work that fails only because of concurrent work.
+const ATTEMPTS: u32 = 10;
+
+/// How long to wait before trying again work whose attempt number `attempt` (from 1) ended
+/// with `outcome`; `None` when it succeeded, failed for a reason other than concurrency, or
+/// has been tried [`ATTEMPTS`] times. Waits are random up to a bound that doubles with each
+/// attempt (25 ms, 50 ms, … at most 1 s), so competing writers spread out.
+pub(crate) fn retry_delay<T>(
+    outcome: &Result<T, EngineError>,
+    attempt: u32,
+) -> Option<std::time::Duration> {
+    match outcome {
+        Err(EngineError::Sql {
+            retryable: true, ..
+        }) if attempt < ATTEMPTS => {
+            let bound = 25u64.saturating_mul(1 << attempt.min(6)).min(1000);
+            Some(std::time::Duration::from_millis(rand::random_range(
+                0..=bound,
+            )))
+        }
+        _ => None,
     }
 }

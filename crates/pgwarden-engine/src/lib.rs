@@ -2,6 +2,7 @@
 //! set up preset group roles, and create, renew and revoke dynamic users.
 
 mod error;
+mod groups;
 mod preset;
 mod quote;
 mod target;
@@ -9,5 +10,6 @@ mod tls;
 mod users;
 
 pub use error::EngineError;
+pub use groups::GROUP_MARK;
 pub use quote::{quote_ident, quote_literal};
 pub use target::{Endpoint, Target};

@@ -40,12 +40,13 @@ fn privileges(preset: Preset) -> Privileges {
 
 /// The idempotent `GRANT` and `ALTER DEFAULT PRIVILEGES` statements that give `group` the
 /// preset's privileges in `database` on `schemas`, now and on objects the connecting
-/// administrator creates later.
+/// administrator or any of `admin_groups` (whose users create objects) creates later.
 pub(crate) fn grant_statements(
     preset: Preset,
     group: &str,
     database: &str,
     schemas: &[String],
+    admin_groups: &[&str],
 ) -> String {
     let p = privileges(preset);
     let g = quote_ident(group);
@@ -54,23 +55,40 @@ pub(crate) fn grant_statements(
         p.database,
         quote_ident(database)
     );
+    let creators: Vec<String> = std::iter::once(String::new())
+        .chain(
+            admin_groups
+                .iter()
+                .map(|a| format!(" FOR ROLE {}", quote_ident(a))),
+        )
+        .collect();
     for schema in schemas {
         let s = quote_ident(schema);
         sql.push_str(&format!(
             "GRANT {schema_privs} ON SCHEMA {s} TO {g};\n\
              GRANT {tables} ON ALL TABLES IN SCHEMA {s} TO {g};\n\
-             GRANT {sequences} ON ALL SEQUENCES IN SCHEMA {s} TO {g};\n\
-             ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT {tables} ON TABLES TO {g};\n\
-             ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT {sequences} ON SEQUENCES TO {g};\n",
+             GRANT {sequences} ON ALL SEQUENCES IN SCHEMA {s} TO {g};\n",
             schema_privs = p.schema,
             tables = p.tables,
             sequences = p.sequences,
         ));
         if let Some(routines) = p.routines {
             sql.push_str(&format!(
-                "GRANT {routines} ON ALL ROUTINES IN SCHEMA {s} TO {g};\n\
-                 ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT {routines} ON ROUTINES TO {g};\n"
+                "GRANT {routines} ON ALL ROUTINES IN SCHEMA {s} TO {g};\n"
             ));
+        }
+        for creator in &creators {
+            sql.push_str(&format!(
+                "ALTER DEFAULT PRIVILEGES{creator} IN SCHEMA {s} GRANT {tables} ON TABLES TO {g};\n\
+                 ALTER DEFAULT PRIVILEGES{creator} IN SCHEMA {s} GRANT {sequences} ON SEQUENCES TO {g};\n",
+                tables = p.tables,
+                sequences = p.sequences,
+            ));
+            if let Some(routines) = p.routines {
+                sql.push_str(&format!(
+                    "ALTER DEFAULT PRIVILEGES{creator} IN SCHEMA {s} GRANT {routines} ON ROUTINES TO {g};\n"
+                ));
+            }
         }
     }
     sql
@@ -82,7 +100,7 @@ mod tests {
 
     #[test]
     fn readonly_grants_select_only_and_quotes_every_name() {
-        let sql = grant_statements(Preset::Readonly, "ro\"x", "app db", &["public".into()]);
+        let sql = grant_statements(Preset::Readonly, "ro\"x", "app db", &["public".into()], &[]);
         assert!(
             sql.starts_with("GRANT CONNECT ON DATABASE \"app db\" TO \"ro\"\"x\";\n"),
             "{sql}"
@@ -94,8 +112,22 @@ mod tests {
 
     #[test]
     fn admin_may_create_in_each_schema() {
-        let sql = grant_statements(Preset::Admin, "adm", "db", &["a".into(), "b".into()]);
+        let sql = grant_statements(Preset::Admin, "adm", "db", &["a".into(), "b".into()], &[]);
         assert!(sql.contains("GRANT USAGE, CREATE ON SCHEMA \"a\" TO \"adm\";"));
         assert!(sql.contains("GRANT USAGE, CREATE ON SCHEMA \"b\" TO \"adm\";"));
+    }
+
+    #[test]
+    fn readers_see_what_admin_groups_create() {
+        let sql = grant_statements(Preset::Readonly, "ro", "db", &["s".into()], &["adm\"1"]);
+        assert!(sql.contains(
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA \"s\" GRANT SELECT ON TABLES TO \"ro\";"
+        ));
+        assert!(sql.contains(
+            "ALTER DEFAULT PRIVILEGES FOR ROLE \"adm\"\"1\" IN SCHEMA \"s\" GRANT SELECT ON TABLES TO \"ro\";"
+        ));
+        assert!(sql.contains(
+            "ALTER DEFAULT PRIVILEGES FOR ROLE \"adm\"\"1\" IN SCHEMA \"s\" GRANT SELECT ON SEQUENCES TO \"ro\";"
+        ));
     }
 }

@@ -1,7 +1,7 @@
 //! Creating, renewing and revoking dynamic users in a target database.
 
-use crate::error::{EngineError, sql};
-use crate::preset::grant_statements;
+use crate::error::{EngineError, retry_delay, sql};
+use crate::groups::{Group, current_database, join};
 use crate::quote::{quote_ident, quote_literal};
 use crate::target::Target;
 use pgwarden_core::lease::valid_until;
@@ -10,17 +10,19 @@ use pgwarden_core::{RoleDef, RoleKind, Statements};
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
-use tokio_postgres::error::SqlState;
 
 impl Target {
     /// Creates `username` with `password` for `role`, valid until `expires_at` (plus slack),
-    /// all in one transaction. Only a SCRAM verifier of the password is sent.
+    /// all in one transaction, retried when it fails only because of concurrent work. Only a
+    /// SCRAM verifier of the password is sent. `admin_roles` are the admin preset roles of this
+    /// connection: a preset role's group also gets its privileges on what their users create.
     pub async fn create_user(
         &self,
         role: &RoleDef,
         username: &str,
         password: &SecretString,
         expires_at: OffsetDateTime,
+        admin_roles: &[RoleDef],
     ) -> Result<(), EngineError> {
         let verifier =
             postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
@@ -31,36 +33,33 @@ impl Target {
                 preset,
                 schemas,
                 group_role,
+                adopt_group_role,
             } => {
-                self.ensure_group(&client, *preset, group_role, schemas)
-                    .await?;
+                let group = Group::new(*preset, group_role, schemas, *adopt_group_role);
+                self.ensure_group(&client, &group, admin_roles).await?;
                 let u = quote_ident(username);
-                let g = quote_ident(group_role);
                 vec![format!(
-                    "CREATE ROLE {u} WITH LOGIN PASSWORD {} VALID UNTIL {} IN ROLE {g};\n\
+                    "CREATE ROLE {u} WITH LOGIN PASSWORD {} VALID UNTIL {} IN ROLE {};\n\
                      ALTER ROLE {u} SET role = {};",
                     quote_literal(&verifier),
                     quote_literal(&until),
-                    quote_literal(group_role),
+                    quote_ident(group.name),
+                    quote_literal(group.name),
                 )]
             }
             RoleKind::Statements(s) => {
                 render_all(&s.creation, username, Some(&verifier), Some(&until))?
             }
         };
-        let tx = client
-            .transaction()
-            .await
-            .map_err(sql("starting a transaction"))?;
-        for statement in &statements {
-            tx.batch_execute(statement).await.map_err(sql(format!(
-                "creating user {username:?} for role {:?}",
-                role.name
-            )))?;
+        let mut attempt = 1;
+        loop {
+            let outcome = run_in_transaction(&mut client, &statements, username, role).await;
+            match retry_delay(&outcome, attempt) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return outcome,
+            }
+            attempt += 1;
         }
-        tx.commit()
-            .await
-            .map_err(sql(format!("committing user {username:?}")))
     }
 
     /// Moves `username`'s `VALID UNTIL` to `expires_at` (plus slack).
@@ -160,9 +159,9 @@ impl Target {
         };
         let databases = self.databases_with_dependents(&**client, username).await?;
         if !databases.is_empty() {
-            ensure_member_of(&**client, username).await?;
+            join(&**client, username).await?;
             if let RoleKind::Preset { group_role, .. } = &role.kind {
-                ensure_member_of(&**client, group_role).await?;
+                join(&**client, group_role).await?;
             }
         }
         let disown = format!("REASSIGN OWNED BY {u} TO {heir};\nDROP OWNED BY {u};");
@@ -208,42 +207,28 @@ impl Target {
             .map_err(sql(format!("finding what {username:?} owns")))?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
+}
 
-    /// Creates the preset's group role if missing and applies its grants, once per start-up
-    /// for each distinct (group, preset, schemas).
-    async fn ensure_group(
-        &self,
-        client: &deadpool_postgres::Object,
-        preset: pgwarden_core::Preset,
-        group: &str,
-        schemas: &[String],
-    ) -> Result<(), EngineError> {
-        let key = format!("{group}\0{preset:?}\0{}", schemas.join("\0"));
-        let mut ready = self.groups_ready.lock().await;
-        if ready.contains(&key) {
-            return Ok(());
-        }
-        if !user_exists(&***client, group).await? {
-            let created = client
-                .batch_execute(&format!("CREATE ROLE {} NOLOGIN;", quote_ident(group)))
-                .await;
-            if let Err(error) = created {
-                let raced = matches!(error.code(), Some(c) if *c == SqlState::DUPLICATE_OBJECT || *c == SqlState::UNIQUE_VIOLATION);
-                if !raced {
-                    return Err(sql(format!("creating group role {group:?}"))(error));
-                }
-            }
-        }
-        let database = current_database(&***client).await?;
-        client
-            .batch_execute(&grant_statements(preset, group, &database, schemas))
-            .await
-            .map_err(sql(format!(
-                "granting {preset:?} privileges to group role {group:?}"
-            )))?;
-        ready.insert(key);
-        Ok(())
+/// Runs a user's creation `statements` in one transaction.
+async fn run_in_transaction(
+    client: &mut deadpool_postgres::Object,
+    statements: &[String],
+    username: &str,
+    role: &RoleDef,
+) -> Result<(), EngineError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(sql("starting a transaction"))?;
+    for statement in statements {
+        tx.batch_execute(statement).await.map_err(sql(format!(
+            "creating user {username:?} for role {:?}",
+            role.name
+        )))?;
     }
+    tx.commit()
+        .await
+        .map_err(sql(format!("committing user {username:?}")))
 }
 
 /// Renders each statement with the user's name and, where given, password and expiration.
@@ -264,35 +249,10 @@ fn render_all(
         .collect()
 }
 
-/// The database `client` is connected to.
-async fn current_database(client: &impl GenericClient) -> Result<String, EngineError> {
-    Ok(client
-        .query_one("SELECT current_database()::text", &[])
-        .await
-        .map_err(sql("reading the current database"))?
-        .get(0))
-}
-
 async fn user_exists(client: &impl GenericClient, username: &str) -> Result<bool, EngineError> {
     let row = client
         .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&username])
         .await
         .map_err(sql(format!("looking up role {username:?}")))?;
     Ok(row.is_some())
-}
-
-/// Makes the administrator a member of `role` if it is not already (needed for REASSIGN/DROP OWNED).
-async fn ensure_member_of(client: &impl GenericClient, role: &str) -> Result<(), EngineError> {
-    let member: bool = client
-        .query_one("SELECT pg_has_role(CURRENT_USER, $1, 'USAGE')", &[&role])
-        .await
-        .map_err(sql(format!("checking membership in {role:?}")))?
-        .get(0);
-    if !member {
-        client
-            .batch_execute(&format!("GRANT {} TO CURRENT_USER;", quote_ident(role)))
-            .await
-            .map_err(sql(format!("joining role {role:?} to disown its objects")))?;
-    }
-    Ok(())
 }

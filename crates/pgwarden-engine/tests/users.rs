@@ -16,17 +16,22 @@ struct Setup {
 
 async fn setup() -> Setup {
     let cluster = PgCluster::start_with_appdb().await.unwrap();
-    let def = ConnectionDef {
+    let target = new_target(&cluster);
+    target.verify().await.unwrap();
+    Setup { cluster, target }
+}
+
+/// A fresh target on `cluster`'s `appdb`, as after a restart.
+fn new_target(cluster: &PgCluster) -> Target {
+    Target::new(&ConnectionDef {
         name: "appdb".into(),
         connection_url: cluster.templated_url("appdb"),
         username: ADMIN.into(),
         password: SecretString::from(ADMIN_PW),
         allowed_roles: vec!["*".into()],
         verify_connection: true,
-    };
-    let target = Target::new(&def).unwrap();
-    target.verify().await.unwrap();
-    Setup { cluster, target }
+    })
+    .unwrap()
 }
 
 fn role(name: &str, yaml_json: &str) -> RoleDef {
@@ -42,14 +47,22 @@ struct Issued {
 }
 
 async fn issue(s: &Setup, role: &RoleDef) -> Issued {
+    issue_on(&s.target, role, &[]).await.unwrap()
+}
+
+/// Creates a user of `role` through `target`, with the connection's `admin_roles`.
+async fn issue_on(
+    target: &Target,
+    role: &RoleDef,
+    admin_roles: &[RoleDef],
+) -> Result<Issued, pgwarden_engine::EngineError> {
     let username = names::generate_username("test", &role.name, 1);
     let password = names::generate_password();
     let expires = OffsetDateTime::now_utc() + Duration::from_secs(600);
-    s.target
-        .create_user(role, &username, &password, expires)
-        .await
-        .unwrap();
-    Issued { username, password }
+    target
+        .create_user(role, &username, &password, expires, admin_roles)
+        .await?;
+    Ok(Issued { username, password })
 }
 
 async fn login(s: &Setup, user: &Issued) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -249,6 +262,7 @@ async fn templates_run_in_one_transaction_and_are_disowned_on_revoke() {
             &username,
             &names::generate_password(),
             OffsetDateTime::now_utc(),
+            &[],
         )
         .await
         .unwrap_err();
@@ -408,7 +422,7 @@ async fn tls_targets_are_verified_against_sslrootcert() {
     let username = names::generate_username("test", "ro", 1);
     let expires = OffsetDateTime::now_utc() + Duration::from_secs(60);
     verified
-        .create_user(&role, &username, &names::generate_password(), expires)
+        .create_user(&role, &username, &names::generate_password(), expires, &[])
         .await
         .unwrap();
     verified.revoke_user(&role, &username).await.unwrap();
@@ -419,4 +433,153 @@ async fn tls_targets_are_verified_against_sslrootcert() {
             && err.contains("invalid peer certificate"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn what_admin_users_create_stays_usable_by_every_preset() {
+    let s = setup().await;
+    let readonly = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
+    let user = role("rw", r#"{"db_name":"appdb","preset":"user"}"#);
+    let admin = role("adm", r#"{"db_name":"appdb","preset":"admin"}"#);
+    let admins = std::slice::from_ref(&admin);
+    let early_reader = issue_on(&s.target, &readonly, admins).await.unwrap();
+    let dba = issue_on(&s.target, &admin, admins).await.unwrap();
+    login(&s, &dba)
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE made_by_admin (id serial PRIMARY KEY, note text);
+             INSERT INTO made_by_admin (note) VALUES ('kept');",
+        )
+        .await
+        .unwrap();
+    // A reader issued before the table existed sees it (default privileges for the admin group).
+    let rows = login(&s, &early_reader)
+        .await
+        .unwrap()
+        .query("SELECT note FROM made_by_admin", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+
+    // After a restart (fresh target, nothing cached) every preset still issues and works.
+    let restarted = new_target(&s.cluster);
+    for preset in [&readonly, &user, &admin] {
+        issue_on(&restarted, preset, admins).await.unwrap();
+    }
+    let writer = issue_on(&restarted, &user, admins).await.unwrap();
+    login(&s, &writer)
+        .await
+        .unwrap()
+        .batch_execute("INSERT INTO made_by_admin (note) VALUES ('by user')")
+        .await
+        .unwrap();
+    let custom = role(
+        "custom",
+        r#"{"db_name":"appdb","creation_statements":[
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}';",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{{name}}\";"]}"#,
+    );
+    issue_on(&restarted, &custom, admins).await.unwrap();
+
+    // Revoking the admin user loses nothing it made.
+    restarted.revoke_user(&admin, &dba.username).await.unwrap();
+    let reader = issue_on(&restarted, &readonly, admins).await.unwrap();
+    let count: i64 = login(&s, &reader)
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM made_by_admin", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2);
+}
+
+#[tokio::test]
+async fn group_roles_must_be_safe_and_made_by_pgwarden_unless_adopted() {
+    let s = setup().await;
+    let su = s.cluster.connect_superuser("appdb").await.unwrap();
+    su.batch_execute(
+        "CREATE ROLE legacy_group NOLOGIN;
+         CREATE ROLE powerful_group NOLOGIN CREATEROLE;
+         CREATE ROLE rls_group NOLOGIN BYPASSRLS;",
+    )
+    .await
+    .unwrap();
+    let refused = |group: &str, reason: &str| format!("group role {group:?} {reason}");
+    let attribute = |a: &str| {
+        format!(
+            "has {a}; a preset's group role must be a NOLOGIN role without SUPERUSER, CREATEROLE \
+             or BYPASSRLS, since every dynamic user acts as it"
+        )
+    };
+    for (group, adopt, expected) in [
+        (ADMIN, true, refused(ADMIN, &attribute("LOGIN"))),
+        (
+            "powerful_group",
+            true,
+            refused("powerful_group", &attribute("CREATEROLE")),
+        ),
+        (
+            "rls_group",
+            true,
+            refused("rls_group", &attribute("BYPASSRLS")),
+        ),
+        (
+            "legacy_group",
+            false,
+            refused(
+                "legacy_group",
+                "exists but was not created by pgwarden; set adopt_group_role: true on the role to use it",
+            ),
+        ),
+    ] {
+        let r = role(
+            "r",
+            &format!(
+                r#"{{"db_name":"appdb","preset":"readonly","group_role":"{group}","adopt_group_role":{adopt}}}"#
+            ),
+        );
+        let err = issue_on(&s.target, &r, &[]).await.err().expect(group);
+        assert_eq!(err.to_string(), expected);
+    }
+    let adopted = role(
+        "r",
+        r#"{"db_name":"appdb","preset":"readonly","group_role":"legacy_group","adopt_group_role":true}"#,
+    );
+    let user = issue_on(&s.target, &adopted, &[]).await.unwrap();
+    login(&s, &user).await.unwrap();
+    // A group pgwarden creates carries its mark, so it is used without adoption next time.
+    let made = role("made", r#"{"db_name":"appdb","preset":"readonly"}"#);
+    issue_on(&s.target, &made, &[]).await.unwrap();
+    issue_on(&new_target(&s.cluster), &made, &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_template_grants_are_retried_not_failed() {
+    let s = std::sync::Arc::new(setup().await);
+    let reader = role(
+        "reader",
+        r#"{"db_name":"appdb","creation_statements":[
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{{name}}\";"]}"#,
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (s, reader) = (s.clone(), reader.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for _ in 0..5 {
+                if let Err(e) = issue_on(&s.target, &reader, &[]).await {
+                    failures.push(e.to_string());
+                }
+            }
+            failures
+        }));
+    }
+    let mut failures = Vec::new();
+    for task in tasks {
+        failures.extend(task.await.unwrap());
+    }
+    assert_eq!(failures, Vec::<String>::new());
 }

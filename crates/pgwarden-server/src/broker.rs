@@ -193,14 +193,21 @@ impl Broker {
         let mut lease =
             Lease::new_pending(mount, &role, username, owner, Ttl::default(), issued_at);
         let _guard = self.lock(&lease.id).await;
-        let target = {
+        let (target, admin_roles) = {
             let _in_use = self.connections_in_use.read().await;
             let target = self.catalog.target_for_role(mount, &role)?;
+            let admin_roles = self.catalog.admin_roles(mount, &role.db_name)?;
             self.store.insert_lease(&lease)?;
-            target
+            (target, admin_roles)
         };
         let created = target
-            .create_user(&role, &lease.username, &password, lease.expires_at)
+            .create_user(
+                &role,
+                &lease.username,
+                &password,
+                lease.expires_at,
+                &admin_roles,
+            )
             .await;
         if let Err(error) = created {
             self.metrics.issue_failures.inc();
@@ -351,6 +358,25 @@ impl Broker {
             first_error.map_or(Ok(ids.len()), Err)
         })
         .await
+    }
+
+    /// Deletes an API connection, refused (409) while any lease uses it: their revocation
+    /// needs it. Issuances wait, so none records a lease against the deleted connection.
+    pub async fn delete_connection(&self, mount: &str, name: &str) -> Result<(), ServerError> {
+        let _exclusive = self.connections_in_use.write().await;
+        let using = self
+            .store
+            .all_leases()?
+            .iter()
+            .filter(|lease| lease.mount == mount && lease.role.db_name == name)
+            .count();
+        if using > 0 {
+            return Err(ServerError::Conflict(format!(
+                "connection {name:?} is used by {using} lease(s); revoke them first \
+                 (sys/leases/revoke-prefix/{mount}/creds/<role>) or let them expire"
+            )));
+        }
+        self.catalog.delete_connection(mount, name)
     }
 
     /// One lease by id.

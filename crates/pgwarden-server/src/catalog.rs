@@ -4,8 +4,9 @@
 use crate::config::{Config, ConfigError};
 use crate::error::ServerError;
 use crate::seal::Sealer;
+use pgwarden_core::connection::take_url_password;
 use pgwarden_core::role::validate_name;
-use pgwarden_core::{ConnectionDef, RoleDef, RoleSpec};
+use pgwarden_core::{ConnectionDef, Preset, RoleDef, RoleKind, RoleSpec};
 use pgwarden_engine::Target;
 use pgwarden_store::{Store, StoredConnection};
 use secrecy::SecretString;
@@ -297,6 +298,28 @@ impl Catalog {
         })
     }
 
+    /// The admin preset roles of `mount` whose users are created through `connection`: other
+    /// preset groups of that connection are given their privileges on what these create.
+    pub fn admin_roles(&self, mount: &str, connection: &str) -> Result<Vec<RoleDef>, ServerError> {
+        self.read(mount, |m| {
+            Ok(m.roles
+                .values()
+                .map(|r| &r.def)
+                .filter(|def| {
+                    def.db_name == connection
+                        && matches!(
+                            def.kind,
+                            RoleKind::Preset {
+                                preset: Preset::Admin,
+                                ..
+                            }
+                        )
+                })
+                .cloned()
+                .collect())
+        })
+    }
+
     /// The target of connection `name` (for revocation: no allowed-roles check).
     pub fn target(&self, mount: &str, name: &str) -> Result<Arc<Target>, ServerError> {
         self.read(mount, |m| {
@@ -361,7 +384,7 @@ impl Catalog {
             Ok(serde_json::json!({
                 "plugin_name": pgwarden_core::connection::POSTGRES_PLUGIN,
                 "connection_details": {
-                    "connection_url": c.def.connection_url,
+                    "connection_url": take_url_password(&c.def.connection_url).0,
                     "username": c.def.username,
                 },
                 "allowed_roles": c.def.allowed_roles,
@@ -401,17 +424,29 @@ impl Catalog {
         let missing = |field: &str| {
             ServerError::BadRequest(format!("connection {name:?}: {field} is required"))
         };
+        // A password inside the URL is sealed like any other, never stored or shown in it.
+        let (connection_url, url_password) = match write.connection_url {
+            Some(url) => {
+                let (url, password) = take_url_password(&url);
+                (Some(url), password)
+            }
+            None => (None, None),
+        };
+        if url_password.is_some() && write.password.is_some() {
+            return Err(ServerError::BadRequest(format!(
+                "connection {name:?}: the password is in both connection_url and password; give it once"
+            )));
+        }
         let def = ConnectionDef {
             name: name.to_string(),
-            connection_url: write
-                .connection_url
+            connection_url: connection_url
                 .or_else(|| previous.as_ref().map(|p| p.connection_url.clone()))
                 .ok_or_else(|| missing("connection_url"))?,
             username: write
                 .username
                 .or_else(|| previous.as_ref().map(|p| p.username.clone()))
                 .ok_or_else(|| missing("username"))?,
-            password: match write.password {
+            password: match write.password.or(url_password) {
                 Some(p) => p,
                 None => previous
                     .as_ref()

@@ -80,7 +80,8 @@ impl From<EngineError> for ServerError {
             EngineError::Unreachable { .. } => ServerError::Unavailable(e.to_string()),
             EngineError::InvalidUrl { .. }
             | EngineError::Template(_)
-            | EngineError::UserGone { .. } => ServerError::BadRequest(e.to_string()),
+            | EngineError::UserGone { .. }
+            | EngineError::UnsafeGroup { .. } => ServerError::BadRequest(e.to_string()),
             EngineError::Sql { .. } => ServerError::Internal(e.to_string()),
         }
     }

@@ -326,6 +326,75 @@ async fn roles_and_connections_at_run_time() {
         .await;
     assert_eq!(status, 400);
     assert!(body["errors"][0].as_str().unwrap().starts_with("connection \"broken\" failed verification: database of connection \"broken\" is unreachable: "), "{body}");
+
+    // A connection in use by leases cannot be deleted: their revocation needs it.
+    let (status, body) = env.call("DELETE", "database/config/second", None).await;
+    assert_eq!(
+        (status, body),
+        (
+            409,
+            json!({ "errors": ["connection \"second\" is used by 2 lease(s); revoke them first (sys/leases/revoke-prefix/database/creds/<role>) or let them expire"] })
+        )
+    );
+    let (status, _) = env
+        .call(
+            "PUT",
+            "sys/leases/revoke-prefix/database/creds/rt-reader",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = env.call("DELETE", "database/config/second", None).await;
+    assert_eq!(status, 204);
+
+    // A password written into the URL is sealed like any other: never stored or shown in it.
+    let embedded = url
+        .replace("{{username}}", ADMIN)
+        .replace("{{password}}", ADMIN_PW);
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/config/embedded",
+            Some(json!({ "connection_url": embedded, "username": ADMIN, "allowed_roles": ["*"] })),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (_, body) = env.call("GET", "database/config/embedded", None).await;
+    assert_eq!(
+        body["data"]["connection_details"]["connection_url"],
+        url.replace("{{username}}", ADMIN)
+    );
+    env.call(
+        "POST",
+        "database/roles/via-embedded",
+        Some(json!({ "db_name": "embedded", "preset": "readonly" })),
+    )
+    .await;
+    env.login(&env.creds("via-embedded").await).await.unwrap();
+    let state = std::fs::read(env.data.path().join("state.db")).unwrap();
+    let wal = std::fs::read(env.data.path().join("state.db-wal")).unwrap_or_default();
+    for bytes in [&state, &wal] {
+        assert!(
+            !bytes
+                .windows(ADMIN_PW.len())
+                .any(|w| w == ADMIN_PW.as_bytes()),
+            "the password is not stored in plaintext"
+        );
+    }
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/config/twice",
+            Some(json!({ "connection_url": embedded, "username": ADMIN, "password": ADMIN_PW })),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({ "errors": ["connection \"twice\": the password is in both connection_url and password; give it once"] })
+        )
+    );
 }
 
 #[tokio::test]

@@ -209,11 +209,22 @@ async fn service_accounts_get_exactly_what_policy_grants() {
     assert_eq!(body["data"]["port"], 5432);
     let (status, _) = env.call_as(&b, "GET", "kv/team-a/appdb", None).await;
     assert_eq!(status, 403);
+    // Without a grant, a path that exists and one that does not look the same.
+    for path in ["kv/team-a/appdb", "kv/team-a/nothing-here", "nokv/x"] {
+        let (status, body) = env.call_as(&b, "GET", path, None).await;
+        assert_eq!(
+            (status, body),
+            (403, json!({"errors": ["permission denied"]})),
+            "{path}"
+        );
+    }
+    let (status, _) = env.call_as(&a, "GET", "kv/team-a/nothing-here", None).await;
+    assert_eq!(status, 404, "with a grant, a missing path is 404");
 
     let metrics = env.metrics().await;
     assert_eq!(
         metric(&metrics, "pgwarden_denials_total{reason=\"policy\"}"),
-        3.0
+        6.0
     );
     assert_eq!(
         metric(&metrics, "pgwarden_denials_total{reason=\"not_owner\"}"),

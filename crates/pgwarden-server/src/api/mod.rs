@@ -228,6 +228,8 @@ async fn handle(
             tokens::revoke_accessor(state, parse_json(&body)?).await?
         }
         (Route::Kv { mount, path }, Op::Read) => {
+            // Authorize first, so a caller without a grant cannot probe which paths exist.
+            caller.authorize(state, mount, &path)?;
             let full = format!("{mount}/{path}");
             let data = state
                 .settings
@@ -235,7 +237,6 @@ async fn handle(
                 .ok_or_else(|| ServerError::NotFound(format!("no handler for path {full:?}")))?
                 .get(&path)
                 .ok_or_else(|| ServerError::NotFound(format!("no settings at {full:?}")))?;
-            caller.authorize(state, mount, &path)?;
             respond::envelope(json!(data), None, None)
         }
         (Route::Creds { mount, role }, Op::Read | Op::Write) => {
@@ -340,7 +341,7 @@ async fn handle(
             },
             Op::Delete,
         ) => {
-            catalog.delete_connection(mount, name)?;
+            broker.delete_connection(mount, name).await?;
             respond::empty(StatusCode::NO_CONTENT)
         }
         (Route::Role { mount, name: None }, Op::List) => respond::keys(catalog.role_names(mount)?),

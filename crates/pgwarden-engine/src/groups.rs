@@ -1,0 +1,197 @@
+//! Preset group roles: created NOLOGIN and marked as pgwarden's, checked before every use,
+//! joined by the administrator (so it can grant on, and take back, what the group owns), and
+//! given their preset's privileges, including on what the connection's admin groups create.
+
+use crate::error::{EngineError, retry_delay, sql};
+use crate::preset::grant_statements;
+use crate::quote::{quote_ident, quote_literal};
+use crate::target::Target;
+use pgwarden_core::{Preset, RoleDef, RoleKind};
+use tokio_postgres::GenericClient;
+use tokio_postgres::error::SqlState;
+
+/// The comment pgwarden puts on the group roles it creates. A group role without it is used
+/// only when its role says `adopt_group_role: true`.
+pub const GROUP_MARK: &str = "pgwarden preset group role";
+
+/// A preset role's group, as `create_user` needs it.
+pub(crate) struct Group<'a> {
+    pub preset: Preset,
+    pub name: &'a str,
+    pub schemas: &'a [String],
+    pub adopted: bool,
+}
+
+impl<'a> Group<'a> {
+    /// The group `name` holding `preset`'s privileges on `schemas`.
+    pub(crate) fn new(preset: Preset, name: &'a str, schemas: &'a [String], adopted: bool) -> Self {
+        Group {
+            preset,
+            name,
+            schemas,
+            adopted,
+        }
+    }
+
+    /// The group of `role`, if it is a preset role.
+    pub(crate) fn of(role: &'a RoleDef) -> Option<Group<'a>> {
+        match &role.kind {
+            RoleKind::Preset {
+                preset,
+                schemas,
+                group_role,
+                adopt_group_role,
+            } => Some(Group::new(*preset, group_role, schemas, *adopt_group_role)),
+            RoleKind::Statements(_) => None,
+        }
+    }
+}
+
+impl Target {
+    /// Makes `group` ready for its users: it and the groups of `admin_roles` (the admin preset
+    /// roles of this connection) exist, are safe, are joined by the administrator, and `group`
+    /// holds its preset's privileges on what the administrator and those admin groups own and
+    /// will create. Done once per start-up for each distinct setup.
+    pub(crate) async fn ensure_group(
+        &self,
+        client: &deadpool_postgres::Object,
+        group: &Group<'_>,
+        admin_roles: &[RoleDef],
+    ) -> Result<(), EngineError> {
+        let admins: Vec<Group<'_>> = admin_roles
+            .iter()
+            .filter_map(Group::of)
+            .filter(|admin| admin.preset == Preset::Admin && admin.name != group.name)
+            .collect();
+        let admin_names: Vec<&str> = admins.iter().map(|a| a.name).collect();
+        let key = format!(
+            "{}\0{:?}\0{}\0{}",
+            group.name,
+            group.preset,
+            group.schemas.join("\0"),
+            admin_names.join("\0")
+        );
+        let mut ready = self.groups_ready.lock().await;
+        if ready.contains(&key) {
+            return Ok(());
+        }
+        for g in std::iter::once(group).chain(&admins) {
+            prepare(&***client, g.name, g.adopted).await?;
+        }
+        let database = current_database(&***client).await?;
+        let grants = grant_statements(
+            group.preset,
+            group.name,
+            &database,
+            group.schemas,
+            &admin_names,
+        );
+        let mut attempt = 1;
+        loop {
+            let outcome = client.batch_execute(&grants).await.map_err(sql(format!(
+                "granting {:?} privileges to group role {:?}",
+                group.preset, group.name
+            )));
+            match retry_delay(&outcome, attempt) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => break outcome?,
+            }
+            attempt += 1;
+        }
+        ready.insert(key);
+        Ok(())
+    }
+}
+
+/// Creates `group` (NOLOGIN, marked) if missing, else checks that it is safe to hand to
+/// dynamic users; then makes sure the administrator is a member of it.
+async fn prepare(
+    client: &impl GenericClient,
+    group: &str,
+    adopted: bool,
+) -> Result<(), EngineError> {
+    let unsafe_group = |reason: &str| EngineError::UnsafeGroup {
+        group: group.to_string(),
+        reason: reason.to_string(),
+    };
+    let row = client
+        .query_opt(
+            "SELECT rolcanlogin, rolsuper, rolcreaterole, rolbypassrls, \
+             COALESCE(shobj_description(oid, 'pg_authid'), '') = $2 \
+             FROM pg_roles WHERE rolname = $1",
+            &[&group, &GROUP_MARK],
+        )
+        .await
+        .map_err(sql(format!("looking up group role {group:?}")))?;
+    match row {
+        None => create(client, group).await?,
+        Some(row) => {
+            let (login, superuser, createrole, bypassrls, marked): (bool, bool, bool, bool, bool) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            let attribute = [
+                (login, "LOGIN"),
+                (superuser, "SUPERUSER"),
+                (createrole, "CREATEROLE"),
+                (bypassrls, "BYPASSRLS"),
+            ]
+            .into_iter()
+            .find_map(|(has, name)| has.then_some(name));
+            if let Some(attribute) = attribute {
+                return Err(unsafe_group(&format!(
+                    "has {attribute}; a preset's group role must be a NOLOGIN role without \
+                     SUPERUSER, CREATEROLE or BYPASSRLS, since every dynamic user acts as it"
+                )));
+            }
+            if !marked && !adopted {
+                return Err(unsafe_group(
+                    "exists but was not created by pgwarden; set adopt_group_role: true on \
+                     the role to use it",
+                ));
+            }
+        }
+    }
+    join(client, group).await
+}
+
+/// Creates `group` NOLOGIN with pgwarden's mark; a concurrent creation is fine.
+async fn create(client: &impl GenericClient, group: &str) -> Result<(), EngineError> {
+    let g = quote_ident(group);
+    let created = client
+        .batch_execute(&format!(
+            "CREATE ROLE {g} NOLOGIN;\nCOMMENT ON ROLE {g} IS {};",
+            quote_literal(GROUP_MARK)
+        ))
+        .await;
+    match created {
+        Err(error) if !matches!(error.code(), Some(c) if *c == SqlState::DUPLICATE_OBJECT || *c == SqlState::UNIQUE_VIOLATION) => {
+            Err(sql(format!("creating group role {group:?}"))(error))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Makes the administrator a member of `role` if it is not already (needed to grant on what
+/// the role owns, set its default privileges, and REASSIGN/DROP OWNED).
+pub(crate) async fn join(client: &impl GenericClient, role: &str) -> Result<(), EngineError> {
+    let member: bool = client
+        .query_one("SELECT pg_has_role(CURRENT_USER, $1, 'USAGE')", &[&role])
+        .await
+        .map_err(sql(format!("checking membership in {role:?}")))?
+        .get(0);
+    if !member {
+        client
+            .batch_execute(&format!("GRANT {} TO CURRENT_USER;", quote_ident(role)))
+            .await
+            .map_err(sql(format!("joining role {role:?}")))?;
+    }
+    Ok(())
+}
+
+/// The database `client` is connected to.
+pub(crate) async fn current_database(client: &impl GenericClient) -> Result<String, EngineError> {
+    Ok(client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(sql("reading the current database"))?
+        .get(0))
+}
