@@ -103,7 +103,7 @@ impl Target {
             RoleKind::Statements(s) if !s.revocation.is_empty() => Some(&s.revocation),
             _ => None,
         };
-        self.drop_user(role, username, custom).await
+        self.drop_user(username, heir_group(role), custom).await
     }
 
     /// Undoes a creation that may not have finished: the role's rollback statements if it has
@@ -113,13 +113,35 @@ impl Target {
             RoleKind::Statements(s) if !s.rollback.is_empty() => Some(&s.rollback),
             _ => None,
         };
-        self.drop_user(role, username, custom).await
+        self.drop_user(username, heir_group(role), custom).await
     }
 
+    /// Drops `username`, a user no lease names, handing what it owns to the administrator.
+    pub async fn drop_orphan(&self, username: &str) -> Result<(), EngineError> {
+        self.drop_user(username, None, None).await
+    }
+
+    /// Names of the users in this target's cluster shaped like the ones pgwarden generates
+    /// (`v-<display>-<role>-<20 random>-<unix time>`), sorted.
+    pub async fn generated_users(&self) -> Result<Vec<String>, EngineError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT rolname::text FROM pg_roles \
+                 WHERE rolname ~ '^v-[A-Za-z0-9_-]*-[A-Za-z0-9]{20}-[0-9]+$' ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(sql("listing generated users"))?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Blocks logins, ends sessions, hands owned objects to `heir_group` (or the
+    /// administrator), then drops the user; or runs `custom` statements instead of the last two.
     async fn drop_user(
         &self,
-        role: &RoleDef,
         username: &str,
+        heir_group: Option<&str>,
         custom: Option<&Vec<String>>,
     ) -> Result<(), EngineError> {
         let mut client = self.client().await?;
@@ -153,15 +175,12 @@ impl Target {
                 .await
                 .map_err(sql(format!("committing revocation of {username:?}")));
         }
-        let heir = match &role.kind {
-            RoleKind::Preset { group_role, .. } => quote_ident(group_role),
-            RoleKind::Statements(_) => "CURRENT_USER".to_string(),
-        };
+        let heir = heir_group.map_or_else(|| "CURRENT_USER".to_string(), quote_ident);
         let databases = self.databases_with_dependents(&**client, username).await?;
         if !databases.is_empty() {
             join(&**client, username).await?;
-            if let RoleKind::Preset { group_role, .. } = &role.kind {
-                join(&**client, group_role).await?;
+            if let Some(group) = heir_group {
+                join(&**client, group).await?;
             }
         }
         let disown = format!("REASSIGN OWNED BY {u} TO {heir};\nDROP OWNED BY {u};");
@@ -206,6 +225,15 @@ impl Target {
             .await
             .map_err(sql(format!("finding what {username:?} owns")))?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+}
+
+/// The group that inherits what a user of `role` owns: a preset's group, else none (the
+/// administrator).
+fn heir_group(role: &RoleDef) -> Option<&str> {
+    match &role.kind {
+        RoleKind::Preset { group_role, .. } => Some(group_role),
+        RoleKind::Statements(_) => None,
     }
 }
 

@@ -255,8 +255,17 @@ impl Catalog {
         self.read(mount, |_| Ok(())).is_ok()
     }
 
-    /// The file-defined connections to check at start-up.
+    /// The file-defined connections to check at start-up, as `mount/name` and target.
     pub fn targets_to_verify(&self) -> Vec<(String, Arc<Target>)> {
+        self.targets_where(|c| c.def.verify_connection)
+    }
+
+    /// Every connection, as `mount/name` and target.
+    pub fn targets(&self) -> Vec<(String, Arc<Target>)> {
+        self.targets_where(|_| true)
+    }
+
+    fn targets_where(&self, keep: impl Fn(&ConnectionEntry) -> bool) -> Vec<(String, Arc<Target>)> {
         let mounts = self.mounts.read().unwrap_or_else(|p| p.into_inner());
         mounts
             .iter()
@@ -264,7 +273,7 @@ impl Catalog {
                 mount
                     .connections
                     .values()
-                    .filter(|c| c.def.verify_connection)
+                    .filter(|c| keep(c))
                     .map(move |c| (format!("{m}/{}", c.def.name), c.target.clone()))
             })
             .collect()

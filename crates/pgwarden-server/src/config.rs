@@ -1,6 +1,6 @@
 //! The server's YAML configuration and its `PGWARDEN_*` environment overrides.
 
-use pgwarden_core::{ConnectionDef, CoreError, RoleSpec};
+use pgwarden_core::{ConnectionDef, CoreError, RoleSpec, Ttl};
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -67,12 +67,49 @@ pub struct Config {
     /// Vault KV v1 mounts served read-only: mount → path → key/value data.
     #[serde(default)]
     pub settings: BTreeMap<String, BTreeMap<String, BTreeMap<String, serde_json::Value>>>,
+    /// The sweep for users no lease names.
+    #[serde(default)]
+    pub orphans: OrphanConfig,
     /// The root token, resolved from the environment or `root_token_file` by [`Config::resolve_secrets`].
     #[serde(skip)]
     pub root_token: Option<SecretString>,
     /// The seal key, resolved by [`Config::resolve_secrets`].
     #[serde(skip)]
     pub seal_key: Option<SecretString>,
+}
+
+/// The orphan sweep: users in a target that look like pgwarden's (`v-…-<20 random>-<time>`)
+/// but that no lease names, after a crash, a restore of the state from backup, or a bug.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrphanConfig {
+    /// How often every connection is checked (default 5m).
+    #[serde(default = "default_orphan_interval")]
+    pub interval: Ttl,
+    /// How long an orphan is reported before it is dropped (default 1h).
+    #[serde(default = "default_orphan_grace")]
+    pub grace: Ttl,
+    /// Drop orphans after the grace period (default true); false only reports them.
+    #[serde(default = "yes")]
+    pub drop: bool,
+}
+
+impl Default for OrphanConfig {
+    fn default() -> Self {
+        OrphanConfig {
+            interval: default_orphan_interval(),
+            grace: default_orphan_grace(),
+            drop: true,
+        }
+    }
+}
+
+fn default_orphan_interval() -> Ttl {
+    Ttl::from_secs(300)
+}
+
+fn default_orphan_grace() -> Ttl {
+    Ttl::from_secs(3600)
 }
 
 fn default_listen() -> SocketAddr {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod logins;
 pub mod metrics;
+pub mod orphans;
 pub mod policy;
 pub mod schedule;
 pub mod seal;
@@ -97,6 +98,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let policy = Arc::new(
         policy::PolicyHolder::load(config.policy_file.as_deref()).map_err(ConfigError::Invalid)?,
     );
+    let orphans = Arc::new(orphans::Orphans::new(
+        catalog.clone(),
+        store.clone(),
+        metrics.clone(),
+        config.orphans.clone(),
+    ));
     let tokens = tokens::Tokens::new(store);
     let purged = tokens.purge_expired().map_err(StartError::Recover)?;
     let recovered = broker.recover().map_err(StartError::Recover)?;
@@ -118,6 +125,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })?;
     let (shutdown, signal) = watch::channel(false);
     let reaper = tokio::spawn(broker.clone().run_reaper(signal.clone()));
+    tokio::spawn(orphans.clone().run(signal.clone()));
     let reload_metrics = metrics.clone();
     tokio::spawn(policy.clone().watch(signal.clone(), move |ok| {
         let result = if ok { "ok" } else { "rejected" };
@@ -133,6 +141,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tokens,
         logins,
         policy,
+        orphans,
         settings: config.settings.clone(),
     }));
     let mut stop = signal;

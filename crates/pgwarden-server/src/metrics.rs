@@ -66,6 +66,10 @@ pub struct Metrics {
     pub denials: Family<DenialLabels, Counter>,
     /// Policy reloads by outcome.
     pub policy_reloads: Family<ReloadLabels, Counter>,
+    /// Users shaped like pgwarden's that no lease names, as of the last sweep.
+    pub orphan_users: Gauge,
+    /// Such users dropped after their grace period.
+    pub orphan_users_dropped: Counter,
 }
 
 impl Metrics {
@@ -83,6 +87,8 @@ impl Metrics {
             logins: Family::default(),
             denials: Family::default(),
             policy_reloads: Family::default(),
+            orphan_users: Gauge::default(),
+            orphan_users_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("leases_issued", "Leases issued", m.leases_issued.clone());
@@ -126,6 +132,16 @@ impl Metrics {
             "policy_reloads",
             "Policy file reloads by result",
             m.policy_reloads.clone(),
+        );
+        registry.register(
+            "orphan_users",
+            "Users shaped like pgwarden's that no lease names (last sweep)",
+            m.orphan_users.clone(),
+        );
+        registry.register(
+            "orphan_users_dropped",
+            "Untracked users dropped after the grace period",
+            m.orphan_users_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -45,6 +45,8 @@ pub struct AppState {
     pub logins: Logins,
     /// The policy in force.
     pub policy: Arc<PolicyHolder>,
+    /// Users no lease names.
+    pub orphans: Arc<crate::orphans::Orphans>,
     /// KV v1 data: mount → path → key/value.
     pub settings: BTreeMap<String, BTreeMap<String, BTreeMap<String, serde_json::Value>>>,
 }
@@ -307,6 +309,23 @@ async fn handle(
                 None,
                 None,
             )
+        }
+        (Route::Orphans, Op::Read | Op::List) => {
+            caller.require_root(state, "sys/orphans")?;
+            let orphans: Vec<serde_json::Value> = state
+                .orphans
+                .list()
+                .into_iter()
+                .map(|o| {
+                    json!({
+                        "username": o.username,
+                        "connection": o.connection,
+                        "first_seen": rfc3339(o.first_seen),
+                        "drop_at": o.drop_at.map(rfc3339),
+                    })
+                })
+                .collect();
+            respond::envelope(json!({ "orphans": orphans }), None, None)
         }
         (Route::ListLeases(prefix), Op::List) => {
             caller.require_root(state, "sys/leases/lookup")?;

@@ -39,6 +39,8 @@ pub enum Route<'a> {
     Lookup,
     /// `LIST sys/leases/lookup/<prefix>`
     ListLeases(String),
+    /// `sys/orphans`: users no lease names (pgwarden's own path).
+    Orphans,
     /// `<mount>/creds/<role>`
     Creds {
         /// The mount.
@@ -99,6 +101,7 @@ pub fn parse(path: &str) -> Route<'_> {
             }
         }
         ["sys", "leases", "lookup"] => Route::Lookup,
+        ["sys", "orphans"] => Route::Orphans,
         ["sys", "leases", "lookup", rest @ ..] => Route::ListLeases(rest.join("/")),
         ["sys", ..] | ["auth", ..] => Route::Unknown,
         [mount, "creds", role] if nonempty(mount) && nonempty(role) => Route::Creds { mount, role },

@@ -1,0 +1,163 @@
+//! The orphan sweep: finds users in the targets that are shaped like pgwarden's but that no
+//! lease names (a crash that lost state, a restore from an old backup, a bug), reports them in
+//! the log, `/metrics` and `sys/orphans`, and drops them once their grace period has passed.
+//!
+//! Listing the users before reading the leases keeps the sweep from racing issuance: a lease
+//! row is written before its user is created and deleted only after the user is dropped, so a
+//! user listed while its lease exists is still named by a lease read afterwards.
+
+use crate::catalog::Catalog;
+use crate::config::OrphanConfig;
+use crate::metrics::Metrics;
+use pgwarden_core::chain;
+use pgwarden_store::Store;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+/// A user no lease names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// The user's name.
+    pub username: String,
+    /// The connection (`mount/name`) it was found through.
+    pub connection: String,
+    /// When the sweep first saw it.
+    pub first_seen: OffsetDateTime,
+    /// When it will be dropped; absent when dropping is off.
+    pub drop_at: Option<OffsetDateTime>,
+}
+
+/// The sweep and what it last found.
+pub struct Orphans {
+    catalog: Arc<Catalog>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    config: OrphanConfig,
+    found: Mutex<BTreeMap<String, Orphan>>,
+}
+
+impl Orphans {
+    /// A sweep over `catalog`'s targets against `store`'s leases.
+    pub fn new(
+        catalog: Arc<Catalog>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        config: OrphanConfig,
+    ) -> Orphans {
+        Orphans {
+            catalog,
+            store,
+            metrics,
+            config,
+            found: Mutex::default(),
+        }
+    }
+
+    /// The orphans found by the last sweep, by name.
+    pub fn list(&self) -> Vec<Orphan> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Orphan>> {
+        self.found.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sweeps every `interval` until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(self.config.interval.as_duration());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => self.sweep().await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// One pass: list generated users, subtract those leases name, report and drop.
+    pub async fn sweep(&self) {
+        let mut listed: BTreeMap<String, String> = BTreeMap::new();
+        for (connection, target) in self.catalog.targets() {
+            match target.generated_users().await {
+                Ok(users) => {
+                    for user in users {
+                        listed.entry(user).or_insert_with(|| connection.clone());
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%connection, error = %chain(&error), "orphan sweep cannot list users");
+                }
+            }
+        }
+        let named: HashSet<String> = match self.store.all_leases() {
+            Ok(leases) => leases.into_iter().map(|lease| lease.username).collect(),
+            Err(error) => {
+                tracing::error!(error = %chain(&error), "orphan sweep cannot read leases; skipping");
+                return;
+            }
+        };
+        let now = OffsetDateTime::now_utc();
+        let due = self.record(listed, &named, now);
+        for orphan in due {
+            self.drop_orphan(&orphan).await;
+        }
+        self.metrics.orphan_users.set(self.lock().len() as i64);
+    }
+
+    /// Updates what was found from this pass's `listed` users (name → connection) and the
+    /// usernames leases `named`; returns the orphans whose grace period is over.
+    fn record(
+        &self,
+        listed: BTreeMap<String, String>,
+        named: &HashSet<String>,
+        now: OffsetDateTime,
+    ) -> Vec<Orphan> {
+        let mut found = self.lock();
+        found.retain(|user, _| listed.contains_key(user) && !named.contains(user));
+        for (username, connection) in listed {
+            if named.contains(&username) || found.contains_key(&username) {
+                continue;
+            }
+            let drop_at = self.config.drop.then(|| self.config.grace.after(now));
+            tracing::warn!(%username, %connection, grace_s = self.config.grace.as_secs(), drop = self.config.drop,
+                "found a user shaped like pgwarden's that no lease names");
+            found.insert(
+                username.clone(),
+                Orphan {
+                    username,
+                    connection,
+                    first_seen: now,
+                    drop_at,
+                },
+            );
+        }
+        found
+            .values()
+            .filter(|o| o.drop_at.is_some_and(|at| at <= now))
+            .cloned()
+            .collect()
+    }
+
+    async fn drop_orphan(&self, orphan: &Orphan) {
+        let Some((_, target)) = self
+            .catalog
+            .targets()
+            .into_iter()
+            .find(|(name, _)| *name == orphan.connection)
+        else {
+            return; // The connection was deleted; the next sweep finds the user through another.
+        };
+        match target.drop_orphan(&orphan.username).await {
+            Ok(()) => {
+                self.lock().remove(&orphan.username);
+                self.metrics.orphan_users_dropped.inc();
+                tracing::warn!(username = %orphan.username, connection = %orphan.connection, "dropped an untracked user");
+            }
+            Err(error) => {
+                tracing::error!(username = %orphan.username, connection = %orphan.connection, error = %chain(&error), "dropping an untracked user failed; retrying next sweep");
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The orphan sweep: a user no lease names (here: the state restored from an older backup) is
+//! reported, then dropped after its grace period; tracked users and others are left alone.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+
+const SWEEP: &str = "orphans: { interval: 1s, grace: 3s }";
+
+/// Copies the state files of `from` into `to`, replacing what is there.
+fn copy_state(from: &Path, to: &Path) {
+    for name in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(to.join(name));
+        if from.join(name).exists() {
+            std::fs::copy(from.join(name), to.join(name)).unwrap();
+        }
+    }
+}
+
+async fn orphans(env: &Env) -> serde_json::Value {
+    let (status, body) = env.call("GET", "sys/orphans", None).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["orphans"].clone()
+}
+
+#[tokio::test]
+async fn users_lost_from_the_state_are_reported_then_dropped() {
+    let mut env = Env::start_with(ROLES, SWEEP).await;
+    let kept = env.creds("appdb-readonly").await;
+    env.stop().await;
+    let backup = tempfile::tempdir().unwrap();
+    copy_state(env.data.path(), backup.path());
+    env.boot(ROLES).await;
+    let lost = env.creds("appdb-readonly").await;
+    env.stop().await;
+    copy_state(backup.path(), env.data.path());
+    let su = env.cluster.connect_superuser("appdb").await.unwrap();
+    su.batch_execute("CREATE ROLE app_owner LOGIN PASSWORD 'x'")
+        .await
+        .unwrap();
+    env.boot(ROLES).await;
+
+    // Reported at the first sweep, while its grace period runs: it still exists.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let found = orphans(&env).await;
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found[0]["username"], json!(lost.username));
+    assert_eq!(found[0]["connection"], "database/appdb");
+    assert!(found[0]["drop_at"].is_string());
+    assert_eq!(metric(&env.metrics().await, "pgwarden_orphan_users"), 1.0);
+    assert!(env.role_exists(&lost.username).await);
+
+    // Dropped once the grace period is over; the tracked user and others stay.
+    assert!(
+        env.wait_role_gone(&lost.username, Duration::from_secs(6))
+            .await
+            .is_some(),
+        "the orphan is dropped"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(orphans(&env).await, json!([]));
+    let metrics = env.metrics().await;
+    assert_eq!(metric(&metrics, "pgwarden_orphan_users_dropped_total"), 1.0);
+    assert_eq!(metric(&metrics, "pgwarden_orphan_users"), 0.0);
+    env.login(&kept)
+        .await
+        .expect("the tracked user is untouched");
+    assert!(env.role_exists("app_owner").await);
+
+    // Only root may look.
+    let (status, _) = env.call_as("nobody", "GET", "sys/orphans", None).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn with_drop_off_orphans_are_only_reported() {
+    let env = Env::start_with(ROLES, "orphans: { interval: 1s, grace: 1s, drop: false }").await;
+    let su = env.cluster.connect_superuser("appdb").await.unwrap();
+    let ghost = "v-ghost-gone-AAAAAAAAAAAAAAAAAAAA-1700000000";
+    su.batch_execute(&format!("CREATE ROLE \"{ghost}\" LOGIN"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let found = orphans(&env).await;
+    assert_eq!(found[0]["username"], ghost);
+    assert_eq!(found[0]["drop_at"], json!(null));
+    assert!(env.role_exists(ghost).await);
+}
