@@ -67,6 +67,9 @@ pub struct Config {
     /// Vault KV v1 mounts served read-only: mount → path → key/value data.
     #[serde(default)]
     pub settings: BTreeMap<String, BTreeMap<String, BTreeMap<String, serde_json::Value>>>,
+    /// Limits on HTTP connections.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// The sweep for users no lease names.
     #[serde(default)]
     pub orphans: OrphanConfig,
@@ -76,6 +79,36 @@ pub struct Config {
     /// The seal key, resolved by [`Config::resolve_secrets`].
     #[serde(skip)]
     pub seal_key: Option<SecretString>,
+}
+
+/// Limits on the API's HTTP connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Connections served at once; more wait to be accepted (default 512).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send its request headers, or to start its next request on an
+    /// idle kept-alive connection, before it is closed (default 10s).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Ttl,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_connections: default_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    512
+}
+
+fn default_header_read_timeout() -> Ttl {
+    Ttl::from_secs(10)
 }
 
 /// The orphan sweep: users in a target that look like pgwarden's (`v-…-<20 random>-<time>`)

@@ -22,6 +22,9 @@ pub enum ServerError {
     /// 405: the path exists but not with this method.
     #[error("unsupported operation")]
     MethodNotAllowed,
+    /// 408: the client did not send its request in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 409: the request conflicts with the state (in use, revoked meanwhile).
     #[error("{0}")]
     Conflict(String),
@@ -44,6 +47,7 @@ impl ServerError {
             ServerError::PermissionDenied | ServerError::Forbidden(_) => 403,
             ServerError::NotFound(_) => 404,
             ServerError::MethodNotAllowed => 405,
+            ServerError::RequestTimeout(_) => 408,
             ServerError::Conflict(_) => 409,
             ServerError::PayloadTooLarge(_) => 413,
             ServerError::Unavailable(_) => 503,

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod listener;
 pub mod logins;
 pub mod metrics;
 pub mod orphans;
@@ -144,14 +145,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         orphans,
         settings: config.settings.clone(),
     }));
-    let mut stop = signal;
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            })
-            .await
-    });
+    let limits = listener::HttpLimits {
+        max_connections: config.http.max_connections,
+        header_read_timeout: config.http.header_read_timeout.as_duration(),
+    };
+    let http = tokio::spawn(listener::serve(listener, app, limits, signal));
     tracing::info!(%addr, "pgwarden listening");
     Ok(Running {
         addr,

@@ -30,6 +30,8 @@ use time::format_description::well_known::Rfc3339;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Time a client has to send a request's body once its headers are in.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What every handler can reach.
 pub struct AppState {
@@ -108,9 +110,18 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ServerError
     if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
         return Err(ServerError::PayloadTooLarge(MAX_BODY_BYTES));
     }
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ServerError::PayloadTooLarge(MAX_BODY_BYTES))
+    tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, MAX_BODY_BYTES),
+    )
+    .await
+    .map_err(|_| {
+        ServerError::RequestTimeout(format!(
+            "request body not received within {}s",
+            BODY_READ_TIMEOUT.as_secs()
+        ))
+    })?
+    .map_err(|_| ServerError::PayloadTooLarge(MAX_BODY_BYTES))
 }
 
 /// Parses a JSON body (empty means `{}`), naming what is wrong.
