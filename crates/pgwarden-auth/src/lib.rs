@@ -2,6 +2,17 @@
 //! service-account tokens (checked locally against the cluster's JWKS, or by the API server's
 //! TokenReview) and OIDC/JWT tokens of people.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing
+    )
+)]
+
 mod error;
 mod jwks;
 mod jwt;

@@ -28,10 +28,10 @@ impl TokenReviewer {
             "{}/apis/authentication.k8s.io/v1/tokenreviews",
             self.host.trim_end_matches('/')
         );
-        let mut spec = json!({ "token": jwt });
-        if let Some(audience) = audience {
-            spec["audiences"] = json!([audience]);
-        }
+        let spec = match audience {
+            Some(audience) => json!({ "token": jwt, "audiences": [audience] }),
+            None => json!({ "token": jwt }),
+        };
         let body = json!({ "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec });
         let unavailable =
             |e: String| AuthError::Unavailable(format!("TokenReview at {url} failed: {e}"));
@@ -52,15 +52,15 @@ impl TokenReviewer {
             .json()
             .await
             .map_err(|e| unavailable(pgwarden_core::chain(&e)))?;
-        let status = &review["status"];
-        if status["authenticated"] != Value::Bool(true) {
-            let why = status["error"].as_str().unwrap_or("not authenticated");
+        let field = |pointer: &str| review.pointer(pointer).and_then(Value::as_str);
+        if review.pointer("/status/authenticated") != Some(&Value::Bool(true)) {
+            let why = field("/status/error").unwrap_or("not authenticated");
             return Err(AuthError::rejected(
                 Check::TokenReview,
                 format!("the API server rejected the token: {why}"),
             ));
         }
-        let username = status["user"]["username"].as_str().unwrap_or_default();
+        let username = field("/status/user/username").unwrap_or_default();
         let Some(rest) = username.strip_prefix("system:serviceaccount:") else {
             return Err(AuthError::rejected(
                 Check::Claims,
@@ -76,10 +76,7 @@ impl TokenReviewer {
         Ok(ServiceAccount {
             namespace: namespace.to_string(),
             name: name.to_string(),
-            uid: status["user"]["uid"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            uid: field("/status/user/uid").unwrap_or_default().to_string(),
         })
     }
 }

@@ -3,7 +3,7 @@
 use crate::{CoreError, RoleDef, Ttl, names::random_alphanumeric};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use time::{OffsetDateTime, macros::format_description};
+use time::OffsetDateTime;
 
 /// Extra life given to the database's `VALID UNTIL` beyond the lease's end, as Vault does.
 pub const VALID_UNTIL_SLACK: Duration = Duration::from_secs(5);
@@ -133,12 +133,12 @@ impl Lease {
 
     /// The TTL the lease was issued with: from issue to its current end.
     pub fn granted_ttl(&self) -> Ttl {
-        Ttl::from_secs((self.expires_at - self.issued_at).whole_seconds().max(0) as u64)
+        Ttl::between(self.issued_at, self.expires_at)
     }
 
     /// Seconds left until the lease ends (zero once ended).
     pub fn remaining(&self, now: OffsetDateTime) -> Ttl {
-        Ttl::from_secs((self.expires_at - now).whole_seconds().max(0) as u64)
+        Ttl::between(now, self.expires_at)
     }
 
     /// The lease's new end after renewing by `increment` at `now` (zero means the role's
@@ -191,7 +191,7 @@ pub fn extend(
     };
     Renewal {
         expires_at,
-        ttl: Ttl::from_secs((expires_at - now).whole_seconds().max(0) as u64),
+        ttl: Ttl::between(now, expires_at),
         capped_from,
     }
 }
@@ -202,10 +202,15 @@ pub fn valid_until(expires_at: OffsetDateTime) -> String {
     let at = Ttl::from_secs(VALID_UNTIL_SLACK.as_secs())
         .after(expires_at)
         .to_offset(time::UtcOffset::UTC);
-    at.format(format_description!(
-        "[year]-[month]-[day] [hour]:[minute]:[second]+00"
-    ))
-    .expect("a UTC timestamp always formats")
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}+00",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
 }
 
 #[cfg(test)]

@@ -1,6 +1,17 @@
 //! Domain types of pgwarden with no I/O: TTLs, role and connection definitions, leases,
 //! generated names and passwords, and the statement templates that carry them into SQL.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod connection;
 pub mod error;
 pub mod glob;

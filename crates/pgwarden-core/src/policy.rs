@@ -41,7 +41,7 @@ impl Policy {
     pub fn validate(&self) -> Result<(), CoreError> {
         for (index, grant) in self.grants.iter().enumerate() {
             let invalid = |reason: String| CoreError::InvalidPolicy {
-                grant: index + 1,
+                grant: index.saturating_add(1),
                 reason,
             };
             if grant.subjects.is_empty() || grant.roles.is_empty() {

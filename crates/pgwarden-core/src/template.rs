@@ -17,16 +17,16 @@ pub struct TemplateValues<'a> {
 
 /// Substitutes the placeholders of `statement`; unknown placeholders and unsafe values are errors.
 pub fn render(statement: &str, values: &TemplateValues<'_>) -> Result<String, CoreError> {
-    let mut out = String::with_capacity(statement.len() + 64);
+    let mut out = String::with_capacity(statement.len().saturating_add(64));
     let mut rest = statement;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            out.push_str(&rest[start..]);
+    while let Some((before, after)) = rest.split_once("{{") {
+        out.push_str(before);
+        let Some((placeholder, next)) = after.split_once("}}") else {
+            out.push_str("{{");
+            out.push_str(after);
             return Ok(out);
         };
-        let placeholder = after[..end].trim();
+        let placeholder = placeholder.trim();
         let (label, value) = match placeholder {
             "name" | "username" => ("name", Some(values.name)),
             "password" => ("password", values.password),
@@ -42,7 +42,7 @@ pub fn render(statement: &str, values: &TemplateValues<'_>) -> Result<String, Co
             return Err(CoreError::UnsafeValue { placeholder: label });
         }
         out.push_str(value);
-        rest = &after[end + 2..];
+        rest = next;
     }
     out.push_str(rest);
     Ok(out)

@@ -34,6 +34,15 @@ impl Ttl {
             .unwrap_or_else(|| PrimitiveDateTime::MAX.assume_utc())
     }
 
+    /// The whole seconds from `from` to `to`; zero when `to` is not later.
+    pub fn between(from: OffsetDateTime, to: OffsetDateTime) -> Ttl {
+        // Reviewed: the difference of two valid instants (years -9999..=9999) always fits
+        // time's Duration, so this subtraction cannot overflow.
+        #[allow(clippy::arithmetic_side_effects)]
+        let seconds = (to - from).whole_seconds();
+        Ttl(u64::try_from(seconds).unwrap_or(0))
+    }
+
     /// A TTL of `secs` seconds.
     pub const fn from_secs(secs: u64) -> Self {
         Ttl(secs)
@@ -90,13 +99,14 @@ impl FromStr for Ttl {
             let number_len = rest
                 .find(|c: char| !(c.is_ascii_digit() || c == '.'))
                 .ok_or_else(invalid)?;
-            let unit_len = rest[number_len..]
+            let (number, after_number) = rest.split_at(number_len);
+            let unit_len = after_number
                 .find(|c: char| c.is_ascii_digit() || c == '.')
-                .unwrap_or(rest.len() - number_len);
-            let number: f64 = rest[..number_len].parse().map_err(|_| invalid())?;
-            let unit = unit_nanos(&rest[number_len..number_len + unit_len]).ok_or_else(invalid)?;
-            total_nanos += number * unit;
-            rest = &rest[number_len + unit_len..];
+                .unwrap_or(after_number.len());
+            let (unit, next) = after_number.split_at(unit_len);
+            let number: f64 = number.parse().map_err(|_| invalid())?;
+            total_nanos += number * unit_nanos(unit).ok_or_else(invalid)?;
+            rest = next;
         }
         let secs = (total_nanos / 1e9).ceil();
         if !secs.is_finite() || secs > Ttl::MAX.0 as f64 {

@@ -96,7 +96,7 @@ impl Target {
                 Some(wait) => tokio::time::sleep(wait).await,
                 None => break outcome?,
             }
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
         }
         ready.insert(key);
         Ok(())

@@ -1,6 +1,17 @@
 //! Everything pgwarden does inside a target PostgreSQL: connect as the administrative user,
 //! set up preset group roles, and create, renew and revoke dynamic users.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing
+    )
+)]
+
 mod error;
 mod groups;
 mod preset;

@@ -108,7 +108,7 @@ impl Target {
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT * 2))
+            .wait_timeout(Some(CONNECT_TIMEOUT.saturating_mul(2)))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| EngineError::InvalidUrl {

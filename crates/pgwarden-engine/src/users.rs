@@ -58,7 +58,7 @@ impl Target {
                 Some(wait) => tokio::time::sleep(wait).await,
                 None => return outcome,
             }
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
         }
     }
 

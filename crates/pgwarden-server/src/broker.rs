@@ -77,6 +77,14 @@ fn not_found(id: &str) -> ServerError {
     ))
 }
 
+/// Time from now until `at` (zero if it has passed), to the nanosecond.
+fn time_until(at: OffsetDateTime) -> Duration {
+    let nanos = at
+        .unix_timestamp_nanos()
+        .saturating_sub(now().unix_timestamp_nanos());
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
+}
+
 /// `prefix` as a folder: itself if empty or ending in `/`, else with a `/` added.
 fn as_folder(prefix: &str) -> String {
     if prefix.is_empty() || prefix.ends_with('/') {
@@ -470,11 +478,12 @@ impl Broker {
                 Ok(())
             }
             Err(error) => {
-                lease.revoke_attempts += 1;
+                lease.revoke_attempts = lease.revoke_attempts.saturating_add(1);
                 lease.last_error = Some(error.to_string());
                 self.store.update_lease(&lease)?;
                 let retry = backoff(lease.revoke_attempts);
-                self.schedule.set(id, at + retry);
+                self.schedule
+                    .set(id, Ttl::from_secs(retry.as_secs()).after(at));
                 self.failing
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -499,7 +508,7 @@ impl Broker {
             let wait = self
                 .schedule
                 .next_due()
-                .map(|at| (at - now()).try_into().unwrap_or(Duration::ZERO))
+                .map(time_until)
                 .unwrap_or(Duration::from_secs(3600));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}

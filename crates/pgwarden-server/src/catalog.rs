@@ -484,7 +484,9 @@ impl Catalog {
             name: name.to_string(),
             connection_url: def.connection_url.clone(),
             username: def.username.clone(),
-            sealed_password: sealer.seal(&def.password, &seal_context(mount, name)),
+            sealed_password: sealer
+                .seal(&def.password, &seal_context(mount, name))
+                .map_err(|e| ServerError::Internal(e.to_string()))?,
             allowed_roles: def.allowed_roles.clone(),
             verify_connection: def.verify_connection,
         };

@@ -146,7 +146,7 @@ fn default_orphan_grace() -> Ttl {
 }
 
 fn default_listen() -> SocketAddr {
-    "127.0.0.1:8200".parse().expect("a valid address")
+    SocketAddr::from(([127, 0, 0, 1], 8200))
 }
 
 fn default_data_dir() -> PathBuf {

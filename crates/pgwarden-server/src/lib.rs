@@ -1,6 +1,17 @@
 //! The pgwarden server: configuration, state, the lease manager and reaper, and the
 //! Vault-compatible HTTP API. [`start`] wires them together.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod api;
 pub mod broker;
 pub mod catalog;

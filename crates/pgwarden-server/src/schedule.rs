@@ -55,11 +55,11 @@ impl Schedule {
     pub fn take_due(&self, now: OffsetDateTime) -> Vec<String> {
         let mut inner = self.lock();
         let mut due = Vec::new();
-        while let Some((at, _)) = inner.by_time.first() {
-            if *at > now {
+        while let Some((at, id)) = inner.by_time.pop_first() {
+            if at > now {
+                inner.by_time.insert((at, id));
                 break;
             }
-            let (_, id) = inner.by_time.pop_first().expect("just seen");
             inner.by_id.remove(&id);
             due.push(id);
         }

@@ -24,6 +24,9 @@ pub enum SealError {
         "a stored secret cannot be decrypted: the seal key differs from the one it was written with, or the data was altered"
     )]
     Open,
+    /// Encryption failed (not expected for secrets of any realistic size).
+    #[error("a secret could not be encrypted")]
+    Seal,
 }
 
 impl Sealer {
@@ -40,7 +43,7 @@ impl Sealer {
     }
 
     /// Encrypts `secret`, bound to `context` (e.g. the row's mount and name).
-    pub fn seal(&self, secret: &SecretString, context: &str) -> Vec<u8> {
+    pub fn seal(&self, secret: &SecretString, context: &str) -> Result<Vec<u8>, SealError> {
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
         let nonce = Nonce::from_slice(&nonce_bytes);
         let mut out = nonce_bytes.to_vec();
@@ -51,9 +54,9 @@ impl Sealer {
         out.extend(
             self.cipher
                 .encrypt(nonce, payload)
-                .expect("encryption of a small buffer cannot fail"),
+                .map_err(|_| SealError::Seal)?,
         );
-        out
+        Ok(out)
     }
 
     /// Decrypts what [`Sealer::seal`] produced for the same `context`.
@@ -89,7 +92,9 @@ mod tests {
     #[test]
     fn round_trips_and_binds_context() {
         let sealer = Sealer::new(&key(&"ab".repeat(32))).unwrap();
-        let sealed = sealer.seal(&SecretString::from("hunter2"), "database/appdb");
+        let sealed = sealer
+            .seal(&SecretString::from("hunter2"), "database/appdb")
+            .unwrap();
         assert!(!sealed.windows(7).any(|w| w == b"hunter2"));
         assert_eq!(
             sealer

@@ -4,6 +4,17 @@
 //! roles and connections written through the API. Secrets arrive already sealed; lease
 //! passwords are never stored.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::arithmetic_side_effects,
+        clippy::indexing_slicing
+    )
+)]
+
 mod migrations;
 mod sqlite;
 
@@ -26,6 +37,14 @@ pub enum StoreError {
     /// A query failed.
     #[error("state store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A value could not be encoded for storage.
+    #[error("state store cannot encode a {what}: {source}")]
+    Encode {
+        /// What kind of value.
+        what: &'static str,
+        /// Why.
+        source: serde_json::Error,
+    },
     /// A stored row could not be read back.
     #[error("state store holds a corrupt {what}: {reason}")]
     Corrupt {

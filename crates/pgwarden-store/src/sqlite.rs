@@ -18,20 +18,27 @@ const LEASE_COLUMNS: &str = "id, username, owner, mount, role_json, state, issue
 const TOKEN_COLUMNS: &str = "accessor, hash, identity_json, mount, role, issued_at_ms, expires_at_ms, max_expires_at_ms, ttl_secs";
 
 fn millis(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
+    t.unix_timestamp()
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.millisecond()))
 }
 
 fn from_millis(ms: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).map_err(|e| {
-        StoreError::Corrupt {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms).saturating_mul(1_000_000)).map_err(
+        |e| StoreError::Corrupt {
             what: "timestamp",
             reason: e.to_string(),
-        }
-    })
+        },
+    )
 }
 
-fn role_json(role: &RoleDef) -> String {
-    serde_json::to_string(role).expect("a RoleDef always serializes")
+/// `value` as JSON for a column.
+fn to_json(what: &'static str, value: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
+}
+
+fn role_json(role: &RoleDef) -> Result<String, StoreError> {
+    to_json("role", role)
 }
 
 fn parse_role(json: &str) -> Result<RoleDef, StoreError> {
@@ -185,6 +192,7 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn insert_lease(&self, l: &Lease) -> Result<(), StoreError> {
+        let role = role_json(&l.role)?;
         self.with(|c| {
             c.prepare_cached(&format!(
                 "INSERT INTO leases ({LEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
@@ -194,7 +202,7 @@ impl Store for SqliteStore {
                 l.username,
                 l.owner.display_name,
                 l.mount,
-                role_json(&l.role),
+                role,
                 l.state.as_str(),
                 millis(l.issued_at),
                 millis(l.expires_at),
@@ -280,11 +288,12 @@ impl Store for SqliteStore {
     }
 
     fn put_role(&self, mount: &str, role: &RoleDef) -> Result<(), StoreError> {
+        let json = role_json(role)?;
         self.with(|c| {
             c.execute(
                 "INSERT INTO roles (mount, name, role_json) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (mount, name) DO UPDATE SET role_json = excluded.role_json",
-                params![mount, role.name, role_json(role)],
+                params![mount, role.name, json],
             )?;
             Ok(())
         })
@@ -313,7 +322,7 @@ impl Store for SqliteStore {
     }
 
     fn put_connection(&self, mount: &str, conn: &StoredConnection) -> Result<(), StoreError> {
-        let allowed = serde_json::to_string(&conn.allowed_roles).expect("strings serialize");
+        let allowed = to_json("allowed_roles list", &conn.allowed_roles)?;
         self.with(|c| {
             c.execute(
                 "INSERT INTO connections (mount, name, connection_url, username, sealed_password, \
@@ -389,7 +398,7 @@ impl Store for SqliteStore {
     }
 
     fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
-        let identity = serde_json::to_string(&t.identity).expect("an identity serializes");
+        let identity = to_json("token identity", &t.identity)?;
         self.with(|c| {
             c.prepare_cached(&format!(
                 "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"

@@ -195,7 +195,9 @@ fn lease_id(from_path: Option<String>, from_body: Option<String>) -> Result<Stri
 
 /// A timestamp as Vault writes them.
 pub(super) fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&Rfc3339).expect("UTC timestamps format")
+    // Only instants past year 9999 fail to format; pgwarden caps dates before that.
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 async fn handle(
@@ -384,7 +386,7 @@ async fn handle(
         ) => {
             let spec = catalog.role_spec(mount, name)?;
             respond::envelope(
-                serde_json::to_value(spec).expect("a role serializes"),
+                serde_json::to_value(spec).map_err(|e| ServerError::Internal(e.to_string()))?,
                 None,
                 None,
             )

@@ -37,9 +37,7 @@ pub struct RevokeAccessorBody {
 }
 
 fn seconds_left(record: &TokenRecord) -> u64 {
-    (record.expires_at - OffsetDateTime::now_utc())
-        .whole_seconds()
-        .max(0) as u64
+    Ttl::between(OffsetDateTime::now_utc(), record.expires_at).as_secs()
 }
 
 /// Vault's `auth` block of a login or renewal response.
@@ -50,7 +48,7 @@ fn auth_response(
     warnings: Option<Vec<String>>,
 ) -> Response {
     let mut body = respond::envelope_value(Value::Null, None, warnings);
-    body["auth"] = json!({
+    let auth = json!({
         "client_token": token.map(|t| t.expose_secret().to_string()),
         "accessor": record.accessor,
         "policies": ["default"],
@@ -62,6 +60,9 @@ fn auth_response(
         "token_type": "service",
         "orphan": true,
     });
+    if let Some(fields) = body.as_object_mut() {
+        fields.insert("auth".into(), auth);
+    }
     axum::Json(body).into_response()
 }
 
