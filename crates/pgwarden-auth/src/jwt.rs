@@ -50,14 +50,20 @@ pub async fn verify(
     let mut validation = Validation::new(header.alg);
     validation.leeway = rules.leeway_secs;
     validation.validate_nbf = true;
+    // A claim that is checked must be present: a token without it fails, never skips the check.
     validation.required_spec_claims.clear();
+    if rules.require_exp {
+        validation.required_spec_claims.insert("exp".into());
+    }
     if !rules.issuers.is_empty() {
         validation.set_issuer(&rules.issuers);
+        validation.required_spec_claims.insert("iss".into());
     }
     if rules.audiences.is_empty() {
         validation.validate_aud = false;
     } else {
         validation.set_audience(&rules.audiences);
+        validation.required_spec_claims.insert("aud".into());
     }
     let claims = decode::<Map<String, Value>>(token, &key, &validation)
         .map_err(|e| {
@@ -80,17 +86,34 @@ pub async fn verify(
                         rules.issuers
                     ),
                 ),
-                ErrorKind::InvalidAudience | ErrorKind::MissingRequiredClaim(_)
-                    if !rules.audiences.is_empty() =>
-                {
-                    (
+                ErrorKind::InvalidAudience => (
+                    Check::Audience,
+                    format!(
+                        "the token's audience is not accepted (accepted: {:?})",
+                        rules.audiences
+                    ),
+                ),
+                ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+                    "iss" => (
+                        Check::Issuer,
+                        format!(
+                            "the token has no issuer (iss); accepted: {:?}",
+                            rules.issuers
+                        ),
+                    ),
+                    "aud" => (
                         Check::Audience,
                         format!(
-                            "the token's audience is not accepted (accepted: {:?})",
+                            "the token has no audience (aud); accepted: {:?}",
                             rules.audiences
                         ),
-                    )
-                }
+                    ),
+                    "exp" => (Check::Expired, "the token has no expiry (exp)".to_string()),
+                    other => (
+                        Check::Malformed,
+                        format!("the token has no {other:?} claim"),
+                    ),
+                },
                 other => (
                     Check::Malformed,
                     format!("the token cannot be read: {other:?}"),
@@ -99,11 +122,5 @@ pub async fn verify(
             AuthError::rejected(check, detail)
         })?
         .claims;
-    if rules.require_exp && !claims.contains_key("exp") {
-        return Err(AuthError::rejected(
-            Check::Expired,
-            "the token has no expiry (exp)",
-        ));
-    }
     Ok(claims)
 }

@@ -74,6 +74,17 @@ fn string_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(value, |v, key| v.get(key))?.as_str()
 }
 
+/// What a legacy secret-based token must satisfy: signed by the cluster's keys, issued by
+/// [`LEGACY_ISSUER`].
+fn legacy_rules() -> JwtRules {
+    JwtRules {
+        issuers: vec![LEGACY_ISSUER.to_string()],
+        audiences: Vec::new(),
+        leeway_secs: 60,
+        require_exp: false,
+    }
+}
+
 /// The service account of a verified token's claims (projected, or legacy when allowed).
 pub fn service_account_from_claims(
     claims: &Map<String, Value>,
@@ -169,25 +180,20 @@ impl KubernetesAuth {
                     issuers: issuer.iter().cloned().collect(),
                     audiences: audiences.clone(),
                     leeway_secs: 60,
-                    // Checked below, once it is known whether this is a legacy token.
-                    require_exp: false,
+                    require_exp: true,
                 };
                 if let Some(audience) = &role.audience {
                     rules.audiences = vec![audience.clone()];
                 }
-                if *allow_legacy && !rules.issuers.is_empty() {
-                    rules.issuers.push(LEGACY_ISSUER.to_string());
-                }
-                let claims = verify(jwks, jwt, &rules).await?;
-                let sa = service_account_from_claims(&claims, *allow_legacy)?;
-                let legacy = claims.get("iss").and_then(Value::as_str) == Some(LEGACY_ISSUER);
-                if !legacy && !claims.contains_key("exp") {
-                    return Err(AuthError::rejected(
-                        Check::Expired,
-                        "the token has no expiry (exp)",
-                    ));
-                }
-                sa
+                let claims = match verify(jwks, jwt, &rules).await {
+                    Ok(claims) => claims,
+                    // A legacy token has no aud and no exp: verify it against the legacy
+                    // issuer alone; whether legacy tokens are accepted is decided below.
+                    Err(error) => verify(jwks, jwt, &legacy_rules())
+                        .await
+                        .map_err(|_| error)?,
+                };
+                service_account_from_claims(&claims, *allow_legacy)?
             }
             Validation::TokenReview(reviewer) => {
                 reviewer.review(jwt, role.audience.as_deref()).await?

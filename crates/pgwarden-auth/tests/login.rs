@@ -152,12 +152,45 @@ async fn service_account_login_and_every_rejection() {
             "kubernetes.io/serviceaccount/service-account.name": "app",
             "kubernetes.io/serviceaccount/service-account.uid": "u"}),
             ),
-            (wrong_issuer.as_str(), "wrong_issuer"),
+            (
+                "permission denied: legacy secret-based service-account tokens are not accepted; use a projected token",
+                "legacy_token",
+            ),
         ),
     ];
     for (role, token, (message, label)) in cases {
         let got = rejection(auth.login(role, &token).await.unwrap_err());
         assert_eq!(got, (message.to_string(), label), "case {label}");
+    }
+
+    // A checked claim that is missing fails its check; it is never skipped.
+    let full = service_account_claims(&iss, AUD, "team-a", "app", 600);
+    let without = |claim: &str| {
+        let mut claims = full.clone();
+        claims.as_object_mut().unwrap().remove(claim);
+        sign(TestKey::Rsa1, &claims)
+    };
+    let missing = [
+        (
+            "aud",
+            "permission denied: the token has no audience (aud); accepted: [\"pgwarden\"]"
+                .to_string(),
+            "wrong_audience",
+        ),
+        (
+            "iss",
+            format!("permission denied: the token has no issuer (iss); accepted: [{iss:?}]"),
+            "wrong_issuer",
+        ),
+        (
+            "exp",
+            "permission denied: the token has no expiry (exp)".to_string(),
+            "expired",
+        ),
+    ];
+    for (claim, message, label) in missing {
+        let got = rejection(auth.login("team-a", &without(claim)).await.unwrap_err());
+        assert_eq!(got, (message, label), "token without {claim}");
     }
 }
 
@@ -299,4 +332,13 @@ async fn people_log_in_with_oidc_claims() {
             "bound_claims"
         )
     );
+    for (claim, label) in [("aud", "wrong_audience"), ("iss", "wrong_issuer")] {
+        let mut partial = claims("example.com");
+        partial.as_object_mut().unwrap().remove(claim);
+        let err = auth
+            .login("people", &sign(TestKey::Ec1, &partial))
+            .await
+            .unwrap_err();
+        assert_eq!(err.label(), label, "an OIDC token without {claim}: {err}");
+    }
 }
