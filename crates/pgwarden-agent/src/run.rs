@@ -87,24 +87,33 @@ impl Kept {
     }
 }
 
+/// A credential to deliver, and whether its lease was issued just now (rather than adopted).
+struct Obtained {
+    provider: CredentialProvider,
+    fresh: bool,
+}
+
 /// Adopts the lease recorded beside the files if it is still valid, else issues a new one.
 async fn obtain(
     client: &Arc<Client>,
     config: &CredentialConfig,
     options: ProviderOptions,
-) -> Result<CredentialProvider, AgentError> {
+) -> Result<Obtained, AgentError> {
     let state_file = state_path(&config.files[0].path, &config.path);
     if let Some(recorded) = load_state(&state_file, &config.path) {
         match client.lookup(&recorded.lease_id).await {
             Ok(info) if info.ttl >= MIN_ADOPTABLE => {
                 tracing::info!(path = %config.path, lease_id = %recorded.lease_id, valid_for_s = info.ttl.as_secs(), "adopting the existing lease");
-                return Ok(CredentialProvider::adopt(
-                    client.clone(),
-                    &config.path,
-                    recorded,
-                    info.ttl,
-                    options,
-                ));
+                return Ok(Obtained {
+                    provider: CredentialProvider::adopt(
+                        client.clone(),
+                        &config.path,
+                        recorded,
+                        info.ttl,
+                        options,
+                    ),
+                    fresh: false,
+                });
             }
             Ok(_) => {
                 tracing::info!(lease_id = %recorded.lease_id, "the recorded lease is about to end; fetching a new one")
@@ -114,7 +123,10 @@ async fn obtain(
             }
         }
     }
-    Ok(CredentialProvider::start(client.clone(), &config.path, options).await?)
+    Ok(Obtained {
+        provider: CredentialProvider::start(client.clone(), &config.path, options).await?,
+        fresh: true,
+    })
 }
 
 /// Rewrites the files and tells the application whenever the credential is replaced, and keeps
@@ -157,12 +169,21 @@ pub async fn run(
     let status = Arc::new(Status::default());
     let mut kept = Vec::new();
     for credential in &config.credentials {
-        let provider = Arc::new(obtain(&client, credential, options).await?);
+        let obtained = obtain(&client, credential, options).await?;
         let k = Arc::new(Kept {
             config: credential.clone(),
-            provider,
+            provider: Arc::new(obtained.provider),
         });
-        k.write()?;
+        if let Err(error) = k.write() {
+            if obtained.fresh {
+                // Nobody can use a credential that was not delivered: do not leave it alive.
+                let lease_id = k.provider.current().credential.lease_id.clone();
+                if let Err(revoke_error) = client.revoke(&lease_id).await {
+                    tracing::warn!(%lease_id, error = %revoke_error, "revoking the undelivered lease failed; it will expire on its own");
+                }
+            }
+            return Err(error);
+        }
         let current = k.provider.current();
         status.set(Slot::of(&credential.path, &current));
         kept.push(k);

@@ -12,22 +12,51 @@ use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How to log in, from the environment `var`: a token from `PGWARDEN_TOKEN`, or a Kubernetes
+/// login role from `PGWARDEN_ROLE` (inside a pod); a message naming both when neither is set.
+fn auth_from_env(var: impl Fn(&str) -> Option<String>) -> Result<Auth, String> {
+    if let Some(token) = var("PGWARDEN_TOKEN") {
+        return Ok(Auth::Token(SecretString::from(token)));
+    }
+    match var("PGWARDEN_ROLE") {
+        Some(role) => Ok(Auth::Kubernetes {
+            mount: "kubernetes".into(),
+            role,
+            token_file: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+        }),
+        None => Err(
+            "neither PGWARDEN_TOKEN nor PGWARDEN_ROLE is set: export PGWARDEN_TOKEN \
+             (and PGWARDEN_ADDR, default http://127.0.0.1:8200) as `pgwarden dev` prints them, \
+             or PGWARDEN_ROLE to log in with this pod's service-account token"
+                .into(),
+        ),
+    }
+}
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
         .unwrap_or_else(|| "database/creds/appdb-short".into());
-    let seconds: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(60);
-    let address = std::env::var("PGWARDEN_ADDR").unwrap_or_else(|_| "http://127.0.0.1:8200".into());
-    let auth = match std::env::var("PGWARDEN_TOKEN") {
-        Ok(token) => Auth::Token(SecretString::from(token)),
-        Err(_) => Auth::Kubernetes {
-            mount: "kubernetes".into(),
-            role: std::env::var("PGWARDEN_ROLE")?,
-            token_file: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
-        },
+    let seconds: u64 = match args.next() {
+        Some(text) => text
+            .parse()
+            .map_err(|_| format!("the second argument is a number of seconds, not {text:?}"))?,
+        None => 60,
     };
+    let address = std::env::var("PGWARDEN_ADDR").unwrap_or_else(|_| "http://127.0.0.1:8200".into());
+    let auth = auth_from_env(|name| std::env::var(name).ok())?;
     let client = Arc::new(Client::new(&address, auth));
     let options = ProviderOptions {
         grace: Duration::from_secs(5),
@@ -56,4 +85,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .stop(true)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auth_from_env;
+
+    #[test]
+    fn names_the_variables_to_set() {
+        let err = auth_from_env(|_| None).err().unwrap();
+        assert!(
+            err.starts_with("neither PGWARDEN_TOKEN nor PGWARDEN_ROLE is set"),
+            "{err}"
+        );
+        assert!(auth_from_env(|name| (name == "PGWARDEN_TOKEN").then(|| "t".into())).is_ok());
+        assert!(auth_from_env(|name| (name == "PGWARDEN_ROLE").then(|| "r".into())).is_ok());
+    }
 }

@@ -133,7 +133,7 @@ impl Client {
         }
         let response = request.send().await.map_err(|e| ClientError::Unreachable {
             address: self.address.clone(),
-            reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
+            reason: pgwarden_core::chain(&e),
         })?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();

@@ -69,6 +69,21 @@ fn backoff(attempt: u32, max: Duration) -> Duration {
     (base + jitter).min(max)
 }
 
+/// Longest wait between retries once the credential has expired or would expire before the
+/// next retry: then every second without a credential is an outage.
+const URGENT_RETRY: Duration = Duration::from_secs(1);
+
+/// Delay before retry number `attempt` when the current credential has `left` to live: the
+/// [`backoff`], but at most [`URGENT_RETRY`] once the credential would be gone by then.
+fn retry_delay(attempt: u32, max: Duration, left: Duration) -> Duration {
+    let wait = backoff(attempt, max);
+    if left <= wait {
+        wait.min(URGENT_RETRY)
+    } else {
+        wait
+    }
+}
+
 impl Shared {
     fn publish(&self, credential: Credential, generation: u64) -> Current {
         let current = Current {
@@ -175,13 +190,13 @@ impl Shared {
                     due = self.next_step_at();
                 }
                 Err(error) => {
-                    failures += 1;
+                    failures = failures.saturating_add(1);
                     let left = self
                         .current
                         .borrow()
                         .expires_at
                         .saturating_duration_since(Instant::now());
-                    let wait = backoff(failures, self.options.max_backoff);
+                    let wait = retry_delay(failures, self.options.max_backoff, left);
                     tracing::warn!(%error, attempt = failures, valid_for_s = left.as_secs(), retry_in_ms = wait.as_millis() as u64,
                         "cannot refresh the credential; keeping the current one");
                     due = Instant::now() + wait;
@@ -282,5 +297,26 @@ mod tests {
             );
         }
         assert_eq!(two_thirds(Duration::from_secs(3)), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn retries_are_quick_once_the_credential_is_gone() {
+        let max = Duration::from_secs(30);
+        // Broker down for a while: backoff has grown to the cap.
+        let attempt = 10;
+        let healthy = retry_delay(attempt, max, Duration::from_secs(3600));
+        assert!(healthy >= Duration::from_secs(15), "{healthy:?}");
+        for left in [
+            Duration::ZERO,
+            Duration::from_secs(5),
+            Duration::from_secs(29),
+        ] {
+            assert!(
+                retry_delay(attempt, max, left) <= URGENT_RETRY,
+                "{left:?} left"
+            );
+        }
+        // Early attempts are already quicker than the urgent cap.
+        assert!(retry_delay(1, max, Duration::ZERO) <= URGENT_RETRY);
     }
 }

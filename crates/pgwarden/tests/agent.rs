@@ -194,7 +194,9 @@ async fn files_stay_fresh_through_rotation_restart_and_signals() {
         pid_file.display()
     );
     let config = agent_config(dir.path(), &broker.address(), port, &files, &extra);
-    let mut agent = agent(&config, &[]).spawn().unwrap();
+    // The agent's expected warnings (the broker goes away below) go to a file, not the test output.
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let mut agent = agent(&config, &[]).stderr(log).spawn().unwrap();
     let ready = wait_ready(port).await;
     assert_eq!(
         ready["credentials"][0]["path"],
@@ -408,6 +410,16 @@ async fn bad_setups_end_with_one_clear_line() {
             not_a_dir.display()
         )
     );
+    // The lease issued for the undelivered credential was revoked, not left alive.
+    let (status, body) = call(
+        &broker.address(),
+        ROOT,
+        "LIST",
+        "sys/leases/lookup/database/creds/appdb-short/",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "no lease remains: {body}");
 
     let check = agent(&config, &["--check"]).output().await.unwrap();
     assert_eq!(
