@@ -170,9 +170,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-/// Creates `dir` (mode 0700) if it does not exist.
+/// Creates `dir` (mode 0700) if it does not exist, and warns when an existing one is open to
+/// other users: the state store inside stays 0600 either way.
 fn create_private_dir(dir: &std::path::Path) -> Result<(), StartError> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -180,5 +181,16 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), StartError> {
         .map_err(|source| StartError::Io {
             what: format!("creating data_dir {}", dir.display()),
             source,
-        })
+        })?;
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                data_dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "data_dir is readable by other users; chmod 700 it"
+            );
+        }
+    }
+    Ok(())
 }

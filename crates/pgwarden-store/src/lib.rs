@@ -34,6 +34,14 @@ pub enum StoreError {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// The database file could not be created or made private (mode 0600).
+    #[error("state store {path}: {source}")]
+    File {
+        /// The file's path.
+        path: String,
+        /// The filesystem error.
+        source: std::io::Error,
+    },
     /// A query failed.
     #[error("state store: {0}")]
     Sqlite(#[from] rusqlite::Error),

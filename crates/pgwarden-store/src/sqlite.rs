@@ -164,6 +164,10 @@ impl SqliteStore {
             path: path.display().to_string(),
             source,
         };
+        make_private_file(&path).map_err(|source| StoreError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
         let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
@@ -451,11 +455,44 @@ impl Store for SqliteStore {
     }
 }
 
+/// Creates `path` with mode 0600, or narrows an existing file to it. SQLite gives its WAL and
+/// shared-memory files the database file's mode, so they stay private too.
+fn make_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use pgwarden_core::RoleSpec;
     use time::macros::datetime;
+
+    #[test]
+    fn state_files_are_private_even_when_created_loose() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.all_leases().unwrap();
+        assert_eq!(mode(&db), 0o600);
+        for name in ["state.db-wal", "state.db-shm"] {
+            let file = dir.path().join(name);
+            if file.exists() {
+                assert_eq!(mode(&file), 0o600, "{name}");
+            }
+        }
+        drop(store);
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(mode(&db), 0o600, "an existing loose file is narrowed");
+    }
 
     fn role() -> RoleDef {
         serde_json::from_str::<RoleSpec>(

@@ -64,6 +64,7 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
         .map_err(|e| e.to_string())?;
     let data = tempfile::Builder::new()
         .prefix("pgwarden-dev-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(|e| format!("creating a temporary data directory: {e}"))?;
     let root_token = root_token.unwrap_or_else(|| random_token(32));
@@ -90,7 +91,7 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
     );
     let running = pgwarden_server::start(config)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(crate::start_error)?;
     let addr = format!("http://{}", running.addr);
     println!(
         "\npgwarden dev is running: PostgreSQL on 127.0.0.1:{port} (database appdb, table items), state in {data}.\n\
@@ -104,9 +105,12 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
          \x20 PGPASSWORD=<password> psql -h 127.0.0.1 -p {port} -U <username> appdb -c 'SELECT * FROM items'\n\n\
          Or fetch one and open psql with it in one go (python3 reads the JSON):\n\
          {PSQL_ONE_LINER}\n\n\
-         Log in as a pod would (service account demo/app; its token is valid for 24 h), then use the\n\
+         Log in as a pod would (service account demo/app; its token is valid for 24 h) and use the\n\
          returned auth.client_token instead of the root token (policy: appdb-readonly and appdb-user):\n\
-         \x20 curl -s -X POST $PGWARDEN_ADDR/v1/auth/kubernetes/login -d '{{\"role\":\"demo\",\"jwt\":\"{sa_token}\"}}'\n\n\
+         \x20 export PGWARDEN_TOKEN=$(curl -s -X POST $PGWARDEN_ADDR/v1/auth/kubernetes/login \\\n\
+         \x20     -d '{{\"role\":\"demo\",\"jwt\":\"{sa_token}\"}}' \\\n\
+         \x20     | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"auth\"][\"client_token\"])')\n\
+         \x20 curl -s -H \"X-Vault-Token: $PGWARDEN_TOKEN\" $PGWARDEN_ADDR/v1/database/creds/appdb-user\n\n\
          Roles: appdb-readonly, appdb-user (1h, max 24h), appdb-admin (15m, max 4h), and appdb-short\n\
          (readonly, 10s, max 30s) to watch renewal: cargo run -p pgwarden-client --example steady_queries\n",
         port = cluster.port(),

@@ -1,9 +1,12 @@
 //! The `pgwarden` binary: the broker server and the self-contained dev demo.
 
+#[cfg(feature = "dev")]
 mod dev;
 mod policy;
 
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,15 +29,26 @@ enum Command {
         /// The YAML configuration file.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Address for the API; overrides `listen:` and PGWARDEN_LISTEN.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
     },
-    /// Run a complete throwaway demo: a temporary PostgreSQL with database `appdb`, a mount
-    /// `database` with roles appdb-readonly, appdb-user and appdb-admin, and the broker.
+    /// Run a complete throwaway demo (builds with `--features dev` only).
+    ///
+    /// Starts a temporary PostgreSQL (from the installed server binaries) with database `appdb`
+    /// and table `items`; a mount `database` with the preset roles appdb-readonly, appdb-user
+    /// (1h, max 24h), appdb-admin (15m, max 4h) and appdb-short (readonly, 10s, max 30s, to
+    /// watch renewal); a Kubernetes auth mount `kubernetes` that trusts a stand-in
+    /// service-account issuer, with login role `demo` and a policy letting the service
+    /// accounts of namespace `demo` get appdb-readonly and appdb-user; and the broker. It
+    /// prints the root token, ready-to-paste curl and psql lines, a signed service-account
+    /// token with the login command, and a line extracting `auth.client_token` from the login.
     ///
     /// Everything lives in a temporary directory that is deleted on Ctrl-C.
     Dev {
         /// Address for the API.
-        #[arg(long, default_value = "127.0.0.1:8200")]
-        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8200", value_name = "ADDR")]
+        listen: SocketAddr,
         /// Root token to use instead of a random one.
         #[arg(long, env = "PGWARDEN_DEV_ROOT_TOKEN", hide_env_values = true)]
         root_token: Option<String>,
@@ -63,30 +77,51 @@ enum Command {
     },
 }
 
+/// Logs on stderr, filtered by PGWARDEN_LOG; colours only on a terminal and without NO_COLOR.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
 }
 
+/// A start-up failure as one line; a busy address names the way to pick another.
+pub(crate) fn start_error(error: pgwarden_server::StartError) -> String {
+    let busy = matches!(&error, pgwarden_server::StartError::Io { source, .. }
+        if source.kind() == std::io::ErrorKind::AddrInUse);
+    let mut message = pgwarden_core::chain(&error);
+    if busy {
+        message.push_str("; pick another address with --listen");
+    }
+    message
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub(crate) async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch for SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
-async fn server(config: PathBuf) -> Result<(), String> {
-    let config = pgwarden_server::Config::load(&config).map_err(|e| e.to_string())?;
-    let running = pgwarden_server::start(config)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn server(config: PathBuf, listen: Option<SocketAddr>) -> Result<(), String> {
+    let mut config = pgwarden_server::Config::load(&config).map_err(|e| e.to_string())?;
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    let running = pgwarden_server::start(config).await.map_err(start_error)?;
     stop_signal().await;
     tracing::info!("shutting down");
     running
@@ -120,8 +155,15 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Server { config } => server(config).await,
+        Command::Server { config, listen } => server(config, listen).await,
+        #[cfg(feature = "dev")]
         Command::Dev { listen, root_token } => dev::run(listen, root_token).await,
+        #[cfg(not(feature = "dev"))]
+        Command::Dev { .. } => Err(
+            "this pgwarden was built without the dev demo (it links test \
+             code); build it with `cargo build --release --features dev`"
+                .into(),
+        ),
         Command::Policy { command } => policy::run(command),
         Command::Agent {
             config,

@@ -103,3 +103,70 @@ fn policy_check_and_explain() {
     assert_eq!(code, 2);
     assert!(err.contains("--policy <POLICY>"), "{err}");
 }
+
+/// A server whose address is taken ends with one line naming `--listen`; on its way it has made
+/// the state store private and warned about a data_dir others can read; piped logs carry no
+/// terminal colour codes.
+#[test]
+fn server_start_failure_is_one_clear_line_and_state_stays_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let token = dir.path().join("root-token");
+    std::fs::write(&token, "a-root-token-of-enough-length\n").unwrap();
+    let config = dir.path().join("pgwarden.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir: \"{}\"\nroot_token_file: \"{}\"\n",
+            data.display(),
+            token.display()
+        ),
+    )
+    .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+
+    let (code, out, err) = pgwarden(&[
+        "server",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        &addr,
+    ]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(
+        err.lines().last().unwrap(),
+        format!(
+            "error: listening on {addr}: Address already in use (os error 98); \
+             pick another address with --listen"
+        )
+    );
+    assert!(
+        err.contains("data_dir is readable by other users; chmod 700 it"),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "colour codes in piped logs: {err:?}");
+    let mode = std::fs::metadata(data.join("state.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[cfg(not(feature = "dev"))]
+#[test]
+fn dev_without_the_feature_says_how_to_get_it() {
+    let (code, out, err) = pgwarden(&["dev"]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (
+            1,
+            "",
+            "error: this pgwarden was built without the dev demo (it links test code); \
+             build it with `cargo build --release --features dev`\n"
+        )
+    );
+}

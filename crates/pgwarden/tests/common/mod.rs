@@ -1,5 +1,5 @@
 //! Shared helpers: the real `pgwarden` binary as a child process, and a small API client.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
