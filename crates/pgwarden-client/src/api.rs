@@ -1,8 +1,15 @@
 //! The typed HTTP API of pgwarden (Vault-compatible paths).
 
 use crate::ClientError;
+use pgwarden_core::Ttl;
+use pgwarden_core::wire::{
+    AuthBlock, DbCredential, LeaseLookup, LoginBody, LookupBody, RenewBody, RevokeBody,
+    SecretResponse,
+};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::RwLock;
@@ -69,27 +76,17 @@ pub struct Client {
     token: RwLock<Option<SecretString>>,
 }
 
-fn protocol(what: &str, reason: &str) -> ClientError {
-    ClientError::Protocol {
+/// Reads a successful answer as the wire type `T`.
+fn parse<T: DeserializeOwned>(value: Value, what: &str) -> Result<T, ClientError> {
+    serde_json::from_value(value).map_err(|e| ClientError::Protocol {
         what: what.to_string(),
-        reason: reason.to_string(),
-    }
+        reason: e.to_string(),
+    })
 }
 
-fn str_field(value: &Value, pointer: &str, what: &str) -> Result<String, ClientError> {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .map(String::from)
-        .ok_or_else(|| protocol(what, &format!("no {pointer}")))
-}
-
-fn secs_field(value: &Value, pointer: &str, what: &str) -> Result<Duration, ClientError> {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_u64)
-        .map(Duration::from_secs)
-        .ok_or_else(|| protocol(what, &format!("no {pointer}")))
+fn body<T: Serialize>(value: &T) -> Value {
+    // Wire types are plain structs of strings and numbers: they always serialize.
+    serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
 impl Client {
@@ -181,18 +178,28 @@ impl Client {
                     reason: e.to_string(),
                 })?;
         let what = format!("login at auth/{mount}");
-        let body = json!({ "role": role, "jwt": jwt.trim() });
+        let login = LoginBody {
+            role: role.clone(),
+            jwt: SecretString::from(jwt.trim()),
+        };
         let answer = self
             .send(
                 reqwest::Method::POST,
                 &format!("auth/{mount}/login"),
                 None,
-                Some(&body),
+                Some(&body(&login)),
                 &what,
             )
             .await?;
-        let token = str_field(&answer, "/auth/client_token", &what)?;
-        *self.token.write().await = Some(SecretString::from(token));
+        let answer: SecretResponse<Option<Value>> = parse(answer, &what)?;
+        let token = answer
+            .auth
+            .and_then(|auth: AuthBlock| auth.client_token)
+            .ok_or_else(|| ClientError::Protocol {
+                what: what.clone(),
+                reason: "no auth.client_token".into(),
+            })?;
+        *self.token.write().await = Some(token);
         Ok(())
     }
 
@@ -227,36 +234,41 @@ impl Client {
     pub async fn credential(&self, path: &str) -> Result<Credential, ClientError> {
         let what = format!("GET {path}");
         let answer = self.call(reqwest::Method::GET, path, None, &what).await?;
+        let answer: SecretResponse<DbCredential> = parse(answer, &what)?;
+        if answer.lease_id.is_empty() {
+            return Err(ClientError::Protocol {
+                what,
+                reason: "no lease_id".into(),
+            });
+        }
         Ok(Credential {
-            lease_id: str_field(&answer, "/lease_id", &what)?,
-            lease_duration: secs_field(&answer, "/lease_duration", &what)?,
-            username: str_field(&answer, "/data/username", &what)?,
-            password: SecretString::from(str_field(&answer, "/data/password", &what)?),
-            host: answer
-                .pointer("/data/host")
-                .and_then(Value::as_str)
-                .unwrap_or("localhost")
-                .to_string(),
-            port: answer
-                .pointer("/data/port")
-                .and_then(Value::as_u64)
-                .unwrap_or(5432) as u16,
-            database: answer
-                .pointer("/data/database")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
+            lease_id: answer.lease_id,
+            lease_duration: Duration::from_secs(answer.lease_duration),
+            username: answer.data.username,
+            password: answer.data.password,
+            host: answer.data.host,
+            port: answer.data.port,
+            database: answer.data.database,
         })
     }
 
     /// Extends a lease by `increment`.
     pub async fn renew(&self, lease_id: &str, increment: Duration) -> Result<Renewal, ClientError> {
         let what = format!("renew {lease_id}");
-        let body = json!({ "lease_id": lease_id, "increment": increment.as_secs() });
+        let request = RenewBody {
+            lease_id: Some(lease_id.to_string()),
+            increment: Some(Ttl::from_secs(increment.as_secs())),
+        };
         let answer = self
-            .call(reqwest::Method::PUT, "sys/leases/renew", Some(body), &what)
+            .call(
+                reqwest::Method::PUT,
+                "sys/leases/renew",
+                Some(body(&request)),
+                &what,
+            )
             .await?;
-        let lease_duration = secs_field(&answer, "/lease_duration", &what)?;
+        let answer: SecretResponse<Option<Value>> = parse(answer, &what)?;
+        let lease_duration = Duration::from_secs(answer.lease_duration);
         Ok(Renewal {
             lease_duration,
             capped: lease_duration < increment,
@@ -265,11 +277,14 @@ impl Client {
 
     /// Drops a lease's user now.
     pub async fn revoke(&self, lease_id: &str) -> Result<(), ClientError> {
-        let body = json!({ "lease_id": lease_id });
+        let request = RevokeBody {
+            lease_id: Some(lease_id.to_string()),
+            sync: None,
+        };
         self.call(
             reqwest::Method::PUT,
             "sys/leases/revoke",
-            Some(body),
+            Some(body(&request)),
             &format!("revoke {lease_id}"),
         )
         .await
@@ -279,16 +294,21 @@ impl Client {
     /// What pgwarden knows of a lease.
     pub async fn lookup(&self, lease_id: &str) -> Result<LeaseInfo, ClientError> {
         let what = format!("lookup {lease_id}");
-        let body = json!({ "lease_id": lease_id });
+        let request = LookupBody {
+            lease_id: lease_id.to_string(),
+        };
         let answer = self
-            .call(reqwest::Method::PUT, "sys/leases/lookup", Some(body), &what)
+            .call(
+                reqwest::Method::PUT,
+                "sys/leases/lookup",
+                Some(body(&request)),
+                &what,
+            )
             .await?;
+        let answer: SecretResponse<LeaseLookup> = parse(answer, &what)?;
         Ok(LeaseInfo {
-            ttl: secs_field(&answer, "/data/ttl", &what)?,
-            renewable: answer
-                .pointer("/data/renewable")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            ttl: Duration::from_secs(answer.data.ttl),
+            renewable: answer.data.renewable,
         })
     }
 }

@@ -23,6 +23,7 @@ pub mod role;
 pub mod template;
 pub mod token;
 pub mod ttl;
+pub mod wire;
 
 pub use connection::ConnectionDef;
 pub use error::{CoreError, chain};

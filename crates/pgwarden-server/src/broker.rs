@@ -384,7 +384,7 @@ impl Broker {
                  (sys/leases/revoke-prefix/{mount}/creds/<role>) or let them expire"
             )));
         }
-        self.catalog.delete_connection(mount, name)
+        self.catalog.delete_connection(mount, name).await
     }
 
     /// One lease by id.

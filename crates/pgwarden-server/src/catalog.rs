@@ -4,86 +4,73 @@
 use crate::config::{Config, ConfigError};
 use crate::error::ServerError;
 use crate::seal::Sealer;
-use pgwarden_core::connection::take_url_password;
+use parking_lot::RwLock;
+use pgwarden_core::connection::{POSTGRES_PLUGIN, take_url_password};
 use pgwarden_core::role::validate_name;
+use pgwarden_core::wire::ConnectionWrite;
 use pgwarden_core::{ConnectionDef, Preset, RoleDef, RoleKind, RoleSpec};
 use pgwarden_engine::Target;
 use pgwarden_store::{Store, StoredConnection};
-use secrecy::SecretString;
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 /// Where a definition came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
+pub enum Source {
+    /// The configuration file: read-only through the API.
     File,
+    /// Written through the API and kept in the state store.
     Api,
 }
 
-struct ConnectionEntry {
-    def: ConnectionDef,
-    source: Source,
-    target: Arc<Target>,
-}
-
-struct RoleEntry {
-    def: RoleDef,
-    source: Source,
+/// A definition and where it came from.
+#[derive(Debug, Clone)]
+pub struct Entry<T> {
+    /// The validated definition.
+    pub def: T,
+    /// Where it was defined.
+    pub source: Source,
 }
 
 #[derive(Default)]
 struct Mount {
-    connections: BTreeMap<String, ConnectionEntry>,
-    roles: BTreeMap<String, RoleEntry>,
+    connections: BTreeMap<String, Entry<ConnectionDef>>,
+    /// The live target of each connection, by connection name.
+    targets: BTreeMap<String, Arc<Target>>,
+    roles: BTreeMap<String, Entry<RoleDef>>,
 }
 
-/// A connection write through the API, in Vault's shape.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct ConnectionWrite {
-    /// Must be `postgresql-database-plugin`.
-    #[serde(default)]
-    pub plugin_name: Option<String>,
-    /// The URL, with optional `{{username}}`/`{{password}}`.
-    #[serde(default)]
-    pub connection_url: Option<String>,
-    /// Administrative user.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Administrative password; kept from the previous version when omitted on update.
-    #[serde(default)]
-    pub password: Option<SecretString>,
-    /// Role globs (a list, or a comma-separated string as Vault accepts).
-    #[serde(default, deserialize_with = "comma_list")]
-    pub allowed_roles: Option<Vec<String>>,
-    /// Connect before saving (default true).
-    #[serde(default)]
-    pub verify_connection: Option<bool>,
-}
-
-fn comma_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Text(String),
-        List(Vec<String>),
+impl Mount {
+    fn target(&self, mount: &str, name: &str) -> Result<Arc<Target>, ServerError> {
+        self.targets.get(name).cloned().ok_or_else(|| {
+            ServerError::NotFound(format!("connection {name:?} not found in mount {mount:?}"))
+        })
     }
-    let raw: Option<Raw> = serde::Deserialize::deserialize(d)?;
-    Ok(raw.map(|raw| match raw {
-        Raw::Text(text) => text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
-        Raw::List(list) => list,
-    }))
+
+    fn add_connection(&mut self, def: ConnectionDef, source: Source, target: Target) {
+        self.targets.insert(def.name.clone(), Arc::new(target));
+        self.connections
+            .insert(def.name.clone(), Entry { def, source });
+    }
 }
 
 /// All mounts and their definitions.
 pub struct Catalog {
     mounts: RwLock<BTreeMap<String, Mount>>,
+    /// Serializes API writes, so the store and memory agree without holding `mounts` while the
+    /// store writes (readers, issuance among them, never wait for a disk flush).
+    writes: tokio::sync::Mutex<()>,
     store: Arc<dyn Store>,
     sealer: Option<Sealer>,
+}
+
+/// The target of a connection being loaded.
+fn connection_target(mount: &str, def: &ConnectionDef) -> Result<Target, ConfigError> {
+    Target::new(def).map_err(|source| ConfigError::Connection {
+        mount: mount.to_string(),
+        name: def.name.clone(),
+        source,
+    })
 }
 
 fn seal_context(mount: &str, name: &str) -> String {
@@ -96,31 +83,14 @@ fn no_mount(mount: &str) -> ServerError {
     ))
 }
 
-/// A catalog entry that knows where it was defined.
-trait Defined {
-    fn source(&self) -> Source;
-}
-
-impl Defined for RoleEntry {
-    fn source(&self) -> Source {
-        self.source
-    }
-}
-
-impl Defined for ConnectionEntry {
-    fn source(&self) -> Source {
-        self.source
-    }
-}
-
 /// Refuses to change `name` through the API when the configuration file defines it.
-fn ensure_writable<E: Defined>(
-    entries: &BTreeMap<String, E>,
+fn ensure_writable<T>(
+    entries: &BTreeMap<String, Entry<T>>,
     kind: &str,
     name: &str,
 ) -> Result<(), ServerError> {
     match entries.get(name) {
-        Some(entry) if entry.source() == Source::File => Err(read_only(kind, name)),
+        Some(entry) if entry.source == Source::File => Err(read_only(kind, name)),
         _ => Ok(()),
     }
 }
@@ -140,56 +110,33 @@ impl Catalog {
     ) -> Result<Catalog, ConfigError> {
         let mut mounts = BTreeMap::new();
         for (mount_name, mount_config) in &config.mounts {
-            validate_name(mount_name).map_err(|source| ConfigError::Definition {
+            let definition = |source| ConfigError::Definition {
                 mount: mount_name.clone(),
                 source,
-            })?;
+            };
+            validate_name(mount_name).map_err(definition)?;
             let mut mount = Mount::default();
             for (name, conn) in &mount_config.connections {
                 let def = conn.to_def(mount_name, name)?;
-                let target = Target::new(&def).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-                mount.connections.insert(
-                    name.clone(),
-                    ConnectionEntry {
-                        def,
-                        source: Source::File,
-                        target: Arc::new(target),
-                    },
-                );
+                let target = connection_target(mount_name, &def)?;
+                mount.add_connection(def, Source::File, target);
             }
             for (name, spec) in &mount_config.roles {
-                let def =
-                    spec.clone()
-                        .into_def(name)
-                        .map_err(|source| ConfigError::Definition {
-                            mount: mount_name.clone(),
-                            source,
-                        })?;
-                mount.roles.insert(
-                    name.clone(),
-                    RoleEntry {
-                        def,
-                        source: Source::File,
-                    },
-                );
+                let def = spec.clone().into_def(name).map_err(definition)?;
+                let source = Source::File;
+                mount.roles.insert(name.clone(), Entry { def, source });
             }
             mounts.insert(mount_name.clone(), mount);
         }
-        let stored = |e: pgwarden_store::StoreError| ConfigError::Invalid(e.to_string());
-        for (mount_name, def) in store.roles().map_err(stored)? {
+        for (mount_name, def) in store.roles().map_err(ConfigError::Store)? {
             if let Some(mount) = mounts.get_mut(&mount_name)
                 && !mount.roles.contains_key(&def.name)
             {
-                mount.roles.insert(
-                    def.name.clone(),
-                    RoleEntry {
-                        def,
-                        source: Source::Api,
-                    },
-                );
+                let source = Source::Api;
+                mount.roles.insert(def.name.clone(), Entry { def, source });
             }
         }
-        for (mount_name, conn) in store.connections().map_err(stored)? {
+        for (mount_name, conn) in store.connections().map_err(ConfigError::Store)? {
             let Some(mount) = mounts.get_mut(&mount_name) else {
                 continue;
             };
@@ -206,27 +153,25 @@ impl Catalog {
                     &conn.sealed_password,
                     &seal_context(&mount_name, &conn.name),
                 )
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                .map_err(|source| ConfigError::Sealed {
+                    mount: mount_name.clone(),
+                    name: conn.name.clone(),
+                    source,
+                })?;
             let def = ConnectionDef {
-                name: conn.name.clone(),
+                name: conn.name,
                 connection_url: conn.connection_url,
                 username: conn.username,
                 password,
                 allowed_roles: conn.allowed_roles,
                 verify_connection: conn.verify_connection,
             };
-            let target = Target::new(&def).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-            mount.connections.insert(
-                conn.name,
-                ConnectionEntry {
-                    def,
-                    source: Source::Api,
-                    target: Arc::new(target),
-                },
-            );
+            let target = connection_target(&mount_name, &def)?;
+            mount.add_connection(def, Source::Api, target);
         }
         Ok(Catalog {
             mounts: RwLock::new(mounts),
+            writes: tokio::sync::Mutex::new(()),
             store,
             sealer,
         })
@@ -237,7 +182,7 @@ impl Catalog {
         mount: &str,
         f: impl FnOnce(&Mount) -> Result<T, ServerError>,
     ) -> Result<T, ServerError> {
-        let mounts = self.mounts.read().unwrap_or_else(|p| p.into_inner());
+        let mounts = self.mounts.read();
         f(mounts.get(mount).ok_or_else(|| no_mount(mount))?)
     }
 
@@ -246,7 +191,7 @@ impl Catalog {
         mount: &str,
         f: impl FnOnce(&mut Mount) -> Result<T, ServerError>,
     ) -> Result<T, ServerError> {
-        let mut mounts = self.mounts.write().unwrap_or_else(|p| p.into_inner());
+        let mut mounts = self.mounts.write();
         f(mounts.get_mut(mount).ok_or_else(|| no_mount(mount))?)
     }
 
@@ -257,7 +202,7 @@ impl Catalog {
 
     /// The file-defined connections to check at start-up, as `mount/name` and target.
     pub fn targets_to_verify(&self) -> Vec<(String, Arc<Target>)> {
-        self.targets_where(|c| c.def.verify_connection)
+        self.targets_where(|def| def.verify_connection)
     }
 
     /// Every connection, as `mount/name` and target.
@@ -265,16 +210,16 @@ impl Catalog {
         self.targets_where(|_| true)
     }
 
-    fn targets_where(&self, keep: impl Fn(&ConnectionEntry) -> bool) -> Vec<(String, Arc<Target>)> {
-        let mounts = self.mounts.read().unwrap_or_else(|p| p.into_inner());
+    fn targets_where(&self, keep: impl Fn(&ConnectionDef) -> bool) -> Vec<(String, Arc<Target>)> {
+        let mounts = self.mounts.read();
         mounts
             .iter()
             .flat_map(|(m, mount)| {
                 mount
-                    .connections
-                    .values()
-                    .filter(|c| keep(c))
-                    .map(move |c| (format!("{m}/{}", c.def.name), c.target.clone()))
+                    .targets
+                    .iter()
+                    .filter(|(name, _)| mount.connections.get(*name).is_some_and(|c| keep(&c.def)))
+                    .map(move |(name, target)| (format!("{m}/{name}"), target.clone()))
             })
             .collect()
     }
@@ -303,7 +248,7 @@ impl Catalog {
                     role.name, role.db_name
                 )));
             }
-            Ok(conn.target.clone())
+            m.target(mount, &role.db_name)
         })
     }
 
@@ -331,21 +276,7 @@ impl Catalog {
 
     /// The target of connection `name` (for revocation: no allowed-roles check).
     pub fn target(&self, mount: &str, name: &str) -> Result<Arc<Target>, ServerError> {
-        self.read(mount, |m| {
-            m.connections
-                .get(name)
-                .map(|c| c.target.clone())
-                .ok_or_else(|| {
-                    ServerError::NotFound(format!(
-                        "connection {name:?} not found in mount {mount:?}"
-                    ))
-                })
-        })
-    }
-
-    /// The role as the API shows it.
-    pub fn role_spec(&self, mount: &str, name: &str) -> Result<RoleSpec, ServerError> {
-        self.role(mount, name).map(|r| r.to_spec())
+        self.read(mount, |m| m.target(mount, name))
     }
 
     /// Names of the roles in `mount`.
@@ -353,55 +284,63 @@ impl Catalog {
         self.read(mount, |m| Ok(m.roles.keys().cloned().collect()))
     }
 
+    /// Applies an API change: refuses file-defined names (`writable`), writes the store without
+    /// holding `mounts`, then updates memory. The caller holds `writes`.
+    fn commit(
+        &self,
+        mount: &str,
+        writable: impl FnOnce(&Mount) -> Result<(), ServerError>,
+        persist: impl FnOnce(&dyn Store) -> Result<(), pgwarden_store::StoreError>,
+        apply: impl FnOnce(&mut Mount),
+    ) -> Result<(), ServerError> {
+        self.read(mount, writable)?;
+        persist(self.store.as_ref())?;
+        self.write(mount, |m| {
+            apply(m);
+            Ok(())
+        })
+    }
+
     /// Creates or replaces an API role.
-    pub fn put_role(&self, mount: &str, name: &str, spec: RoleSpec) -> Result<(), ServerError> {
-        let def = spec.into_def(name)?;
-        self.write(mount, |m| {
-            ensure_writable(&m.roles, "role", name)?;
-            self.store.put_role(mount, &def)?;
-            m.roles.insert(
-                name.to_string(),
-                RoleEntry {
-                    def,
-                    source: Source::Api,
-                },
-            );
-            Ok(())
-        })
-    }
-
-    /// Deletes an API role (a missing role is not an error, as in Vault).
-    pub fn delete_role(&self, mount: &str, name: &str) -> Result<(), ServerError> {
-        self.write(mount, |m| {
-            ensure_writable(&m.roles, "role", name)?;
-            self.store.delete_role(mount, name)?;
-            m.roles.remove(name);
-            Ok(())
-        })
-    }
-
-    /// The connection as the API shows it (never the password).
-    pub fn connection_info(
+    pub async fn put_role(
         &self,
         mount: &str,
         name: &str,
-    ) -> Result<serde_json::Value, ServerError> {
+        spec: RoleSpec,
+    ) -> Result<(), ServerError> {
+        let def = spec.into_def(name)?;
+        let stored = def.clone();
+        let _serial = self.writes.lock().await;
+        self.commit(
+            mount,
+            |m| ensure_writable(&m.roles, "role", name),
+            |store| store.put_role(mount, &stored),
+            |m| {
+                let source = Source::Api;
+                m.roles.insert(name.to_string(), Entry { def, source });
+            },
+        )
+    }
+
+    /// Deletes an API role (a missing role is not an error, as in Vault).
+    pub async fn delete_role(&self, mount: &str, name: &str) -> Result<(), ServerError> {
+        let _serial = self.writes.lock().await;
+        self.commit(
+            mount,
+            |m| ensure_writable(&m.roles, "role", name),
+            |store| store.delete_role(mount, name).map(drop),
+            |m| {
+                m.roles.remove(name);
+            },
+        )
+    }
+
+    /// The connection `name` of `mount` and where it was defined.
+    pub fn connection(&self, mount: &str, name: &str) -> Result<Entry<ConnectionDef>, ServerError> {
         self.read(mount, |m| {
-            let c = m.connections.get(name).ok_or_else(|| {
+            m.connections.get(name).cloned().ok_or_else(|| {
                 ServerError::NotFound(format!("connection {name:?} not found in mount {mount:?}"))
-            })?;
-            Ok(serde_json::json!({
-                "plugin_name": pgwarden_core::connection::POSTGRES_PLUGIN,
-                "connection_details": {
-                    "connection_url": take_url_password(&c.def.connection_url).0,
-                    "username": c.def.username,
-                },
-                "allowed_roles": c.def.allowed_roles,
-                "verify_connection": c.def.verify_connection,
-                "password_policy": "",
-                "root_credentials_rotate_statements": [],
-                "source": match c.source { Source::File => "file", Source::Api => "api" },
-            }))
+            })
         })
     }
 
@@ -418,57 +357,12 @@ impl Catalog {
         write: ConnectionWrite,
     ) -> Result<(), ServerError> {
         validate_name(name)?;
-        if let Some(plugin) = &write.plugin_name
-            && plugin != pgwarden_core::connection::POSTGRES_PLUGIN
-        {
-            return Err(ServerError::BadRequest(format!(
-                "plugin_name {plugin:?} is not supported; use {:?}",
-                pgwarden_core::connection::POSTGRES_PLUGIN
-            )));
-        }
+        let _serial = self.writes.lock().await;
         let previous = self.read(mount, |m| {
             ensure_writable(&m.connections, "connection", name)?;
             Ok(m.connections.get(name).map(|entry| entry.def.clone()))
         })?;
-        let missing = |field: &str| {
-            ServerError::BadRequest(format!("connection {name:?}: {field} is required"))
-        };
-        // A password inside the URL is sealed like any other, never stored or shown in it.
-        let (connection_url, url_password) = match write.connection_url {
-            Some(url) => {
-                let (url, password) = take_url_password(&url);
-                (Some(url), password)
-            }
-            None => (None, None),
-        };
-        if url_password.is_some() && write.password.is_some() {
-            return Err(ServerError::BadRequest(format!(
-                "connection {name:?}: the password is in both connection_url and password; give it once"
-            )));
-        }
-        let def = ConnectionDef {
-            name: name.to_string(),
-            connection_url: connection_url
-                .or_else(|| previous.as_ref().map(|p| p.connection_url.clone()))
-                .ok_or_else(|| missing("connection_url"))?,
-            username: write
-                .username
-                .or_else(|| previous.as_ref().map(|p| p.username.clone()))
-                .ok_or_else(|| missing("username"))?,
-            password: match write.password.or(url_password) {
-                Some(p) => p,
-                None => previous
-                    .as_ref()
-                    .map(|p| p.password.clone())
-                    .ok_or_else(|| missing("password"))?,
-            },
-            allowed_roles: write
-                .allowed_roles
-                .or_else(|| previous.as_ref().map(|p| p.allowed_roles.clone()))
-                .unwrap_or_default(),
-            verify_connection: write.verify_connection.unwrap_or(true),
-        };
-        def.validate()?;
+        let def = connection_def(name, write, previous)?;
         let sealer = self.sealer.as_ref().ok_or_else(|| {
             ServerError::BadRequest(
                 "no seal key is configured (seal_key_file or PGWARDEN_SEAL_KEY), so connection passwords cannot be stored encrypted".into(),
@@ -477,7 +371,10 @@ impl Catalog {
         let target = Target::new(&def)?;
         if def.verify_connection {
             target.verify().await.map_err(|e| {
-                ServerError::BadRequest(format!("connection {name:?} failed verification: {e}"))
+                ServerError::BadRequest(format!(
+                    "connection {name:?} failed verification: {}",
+                    pgwarden_core::chain(&e)
+                ))
             })?;
         }
         let stored = StoredConnection {
@@ -490,27 +387,88 @@ impl Catalog {
             allowed_roles: def.allowed_roles.clone(),
             verify_connection: def.verify_connection,
         };
-        self.write(mount, |m| {
-            self.store.put_connection(mount, &stored)?;
-            m.connections.insert(
-                name.to_string(),
-                ConnectionEntry {
-                    def,
-                    source: Source::Api,
-                    target: Arc::new(target),
-                },
-            );
-            Ok(())
-        })
+        self.commit(
+            mount,
+            |m| ensure_writable(&m.connections, "connection", name),
+            |store| store.put_connection(mount, &stored),
+            |m| m.add_connection(def, Source::Api, target),
+        )
     }
 
     /// Deletes an API connection (missing is not an error).
-    pub fn delete_connection(&self, mount: &str, name: &str) -> Result<(), ServerError> {
-        self.write(mount, |m| {
-            ensure_writable(&m.connections, "connection", name)?;
-            self.store.delete_connection(mount, name)?;
-            m.connections.remove(name);
-            Ok(())
-        })
+    pub async fn delete_connection(&self, mount: &str, name: &str) -> Result<(), ServerError> {
+        let _serial = self.writes.lock().await;
+        self.commit(
+            mount,
+            |m| ensure_writable(&m.connections, "connection", name),
+            |store| store.delete_connection(mount, name).map(drop),
+            |m| {
+                m.connections.remove(name);
+                m.targets.remove(name);
+            },
+        )
     }
+}
+
+/// The definition an API write makes of connection `name`: omitted fields keep `previous`'s
+/// values; a password inside the URL is taken out (sealed like any other, never shown in it).
+fn connection_def(
+    name: &str,
+    write: ConnectionWrite,
+    previous: Option<ConnectionDef>,
+) -> Result<ConnectionDef, ServerError> {
+    if let Some(plugin) = &write.plugin_name
+        && plugin != POSTGRES_PLUGIN
+    {
+        return Err(ServerError::BadRequest(format!(
+            "plugin_name {plugin:?} is not supported; use {POSTGRES_PLUGIN:?}"
+        )));
+    }
+    let missing =
+        |field: &str| ServerError::BadRequest(format!("connection {name:?}: {field} is required"));
+    let (connection_url, url_password) = match write.connection_url {
+        Some(url) => {
+            let (url, password) = take_url_password(&url);
+            (Some(url), password)
+        }
+        None => (None, None),
+    };
+    if url_password.is_some() && write.password.is_some() {
+        return Err(ServerError::BadRequest(format!(
+            "connection {name:?}: the password is in both connection_url and password; give it once"
+        )));
+    }
+    // Vault trims the entries of a comma-separated list and drops empty ones.
+    let allowed_roles = write.allowed_roles.map(|roles| {
+        roles
+            .iter()
+            .map(|role| role.trim())
+            .filter(|role| !role.is_empty())
+            .map(String::from)
+            .collect()
+    });
+    let previous_field = |field: fn(&ConnectionDef) -> String| previous.as_ref().map(field);
+    let def = ConnectionDef {
+        name: name.to_string(),
+        connection_url: connection_url
+            .or_else(|| previous_field(|p| p.connection_url.clone()))
+            .ok_or_else(|| missing("connection_url"))?,
+        username: write
+            .username
+            .or_else(|| previous_field(|p| p.username.clone()))
+            .ok_or_else(|| missing("username"))?,
+        password: match write.password.or(url_password) {
+            Some(p) => p,
+            None => previous
+                .as_ref()
+                .map(|p| p.password.clone())
+                .ok_or_else(|| missing("password"))?,
+        },
+        allowed_roles: allowed_roles
+            .or_else(|| previous.as_ref().map(|p| p.allowed_roles.clone()))
+            .unwrap_or_default(),
+        verify_connection: write.verify_connection.unwrap_or(true),
+    };
+    def.validate()?;
+    Ok(def)
 }

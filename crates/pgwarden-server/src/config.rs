@@ -37,6 +37,29 @@ pub enum ConfigError {
         /// What is wrong.
         source: CoreError,
     },
+    /// A connection's URL or TLS settings cannot be used.
+    #[error("config: mount {mount:?}: connection {name:?}: {source}")]
+    Connection {
+        /// The mount it is in.
+        mount: String,
+        /// The connection.
+        name: String,
+        /// What is wrong.
+        source: pgwarden_engine::EngineError,
+    },
+    /// A connection password kept in the state store cannot be opened.
+    #[error("config: mount {mount:?}: stored connection {name:?}: {source}")]
+    Sealed {
+        /// The mount it is in.
+        mount: String,
+        /// The connection.
+        name: String,
+        /// Why.
+        source: crate::seal::SealError,
+    },
+    /// The roles and connections written through the API could not be read.
+    #[error("config: reading definitions from the state store: {0}")]
+    Store(#[source] pgwarden_store::StoreError),
 }
 
 /// The whole configuration file.

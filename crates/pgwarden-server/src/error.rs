@@ -1,6 +1,10 @@
 //! The server's one error type, mapped once to an HTTP status and Vault's error body.
 
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use pgwarden_core::CoreError;
+use pgwarden_core::wire::ErrorBody;
 use pgwarden_engine::EngineError;
 use pgwarden_store::StoreError;
 
@@ -53,6 +57,18 @@ impl ServerError {
             ServerError::Unavailable(_) => 503,
             ServerError::Internal(_) => 500,
         }
+    }
+}
+
+/// Vault's error body `{"errors": [message]}` with the error's status.
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            errors: vec![self.to_string()],
+        };
+        (status, Json(body)).into_response()
     }
 }
 

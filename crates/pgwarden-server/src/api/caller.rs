@@ -2,6 +2,7 @@
 //! may do: root may do anything; a login token gets what policy grants and its own leases only.
 
 use super::AppState;
+use super::routes::Access;
 use crate::error::ServerError;
 use crate::metrics::DenialLabels;
 use axum::http::{HeaderMap, header};
@@ -29,8 +30,35 @@ fn token_from(headers: &HeaderMap) -> Option<&str> {
         })
 }
 
+/// A caller let through a route's access check, with the TTL cap its grant sets.
+pub struct Admitted {
+    /// Who is calling.
+    pub caller: Caller,
+    /// The policy grant's cap on lease TTLs, for routes checked against policy.
+    pub cap: Option<Ttl>,
+}
+
+/// Authenticates the request and checks `access` for it (`what` names it in the audit log).
+pub fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    access: Access<'_>,
+    what: &str,
+) -> Result<Admitted, ServerError> {
+    let caller = authenticate(state, headers)?;
+    let cap = match access {
+        Access::Anyone | Access::AnyToken => None,
+        Access::Root => {
+            caller.require_root(state, what)?;
+            None
+        }
+        Access::Policy { mount, path } => caller.authorize(state, mount, path)?,
+    };
+    Ok(Admitted { caller, cap })
+}
+
 /// Checks the request's token: the root token (compared in constant time) or a live login token.
-pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ServerError> {
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ServerError> {
     let token = token_from(headers).ok_or(ServerError::PermissionDenied)?;
     if bool::from(
         token
@@ -76,7 +104,7 @@ impl Caller {
     }
 
     /// Only the root token may do this.
-    pub fn require_root(&self, state: &AppState, what: &str) -> Result<(), ServerError> {
+    fn require_root(&self, state: &AppState, what: &str) -> Result<(), ServerError> {
         match self {
             Caller::Root => Ok(()),
             Caller::Token(_) => Err(self.deny(state, "root_only", what)),
@@ -84,7 +112,7 @@ impl Caller {
     }
 
     /// Whether policy lets this caller read `<mount>/<path>`; returns the grant's TTL cap.
-    pub fn authorize(
+    fn authorize(
         &self,
         state: &AppState,
         mount: &str,

@@ -1,12 +1,22 @@
-//! The Vault-compatible HTTP API: one router, thin handlers over the broker and catalog.
+//! The Vault-compatible HTTP API. `routes` maps a path to a route and says who may call it;
+//! `handle` authenticates, checks that, and hands the request to the module of its path family
+//! (`creds`, `leases`, `config`, `roles`, `kv`, `tokens`, `sys`), each endpoint one short
+//! function from a typed body to a typed response. Errors become Vault's error body once, in
+//! `ServerError`'s `IntoResponse`.
 
 mod caller;
+mod config;
+mod creds;
+mod kv;
+mod leases;
+mod request;
 mod respond;
+mod roles;
 mod routes;
+mod sys;
 mod tokens;
 
 use crate::broker::Broker;
-use crate::catalog::ConnectionWrite;
 use crate::error::ServerError;
 use crate::logins::Logins;
 use crate::metrics::{Metrics, ResponseLabels};
@@ -15,23 +25,17 @@ use crate::tokens::Tokens;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use pgwarden_core::{RoleSpec, Ttl};
-use routes::{Op, Route};
-use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::json;
+use caller::Admitted;
+use request::json;
+use routes::{Access, Op, Route};
+use secrecy::SecretString;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use time::format_description::well_known::Rfc3339;
 
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Time a client has to send a request's body once its headers are in.
-const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub use request::MAX_BODY_BYTES;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -56,83 +60,15 @@ pub struct AppState {
 /// The whole HTTP surface.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/sys/health", get(health))
-        .route("/metrics", get(metrics))
+        .route("/v1/sys/health", get(sys::health))
+        .route("/metrics", get(sys::metrics))
         .route("/v1/{*path}", any(v1))
-        .fallback(|| async {
-            respond::error(&ServerError::NotFound("no handler for this path".into()))
-        })
+        .fallback(|| async { ServerError::NotFound("no handler for this path".into()) })
         .with_state(state)
-}
-
-async fn health() -> Response {
-    axum::Json(json!({
-        "initialized": true,
-        "sealed": false,
-        "standby": false,
-        "performance_standby": false,
-        "replication_performance_mode": "disabled",
-        "replication_dr_mode": "disabled",
-        "server_time_utc": time::OffsetDateTime::now_utc().unix_timestamp(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "cluster_name": "pgwarden",
-    }))
-    .into_response()
-}
-
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
-}
-
-fn operation(method: &Method, query: &HashMap<String, String>) -> Result<Op, ServerError> {
-    Ok(match method.as_str() {
-        "GET" if query.get("list").is_some_and(|v| v == "true") => Op::List,
-        "GET" => Op::Read,
-        "PUT" | "POST" => Op::Write,
-        "DELETE" => Op::Delete,
-        "LIST" => Op::List,
-        _ => return Err(ServerError::MethodNotAllowed),
-    })
-}
-
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ServerError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
-        return Err(ServerError::PayloadTooLarge(MAX_BODY_BYTES));
-    }
-    tokio::time::timeout(
-        BODY_READ_TIMEOUT,
-        axum::body::to_bytes(body, MAX_BODY_BYTES),
-    )
-    .await
-    .map_err(|_| {
-        ServerError::RequestTimeout(format!(
-            "request body not received within {}s",
-            BODY_READ_TIMEOUT.as_secs()
+        .layer(request::body_limit())
+        .layer(axum::middleware::map_response(
+            request::vault_payload_too_large,
         ))
-    })?
-    .map_err(|_| ServerError::PayloadTooLarge(MAX_BODY_BYTES))
-}
-
-/// Parses a JSON body (empty means `{}`), naming what is wrong.
-fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ServerError> {
-    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
-    serde_json::from_slice(text)
-        .map_err(|e| ServerError::BadRequest(format!("invalid request body: {e}")))
 }
 
 async fn v1(
@@ -143,15 +79,14 @@ async fn v1(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let response = match handle(&state, &method, &path, &query, &headers, body).await {
-        Ok(response) => response,
-        Err(e) => {
-            if e.status() >= 500 {
-                tracing::error!(%method, path, error = %e, "request failed");
+    let response = handle(&state, &method, &path, &query, &headers, body)
+        .await
+        .unwrap_or_else(|error| {
+            if error.status() >= 500 {
+                tracing::error!(%method, path, %error, "request failed");
             }
-            respond::error(&e)
-        }
-    };
+            error.into_response()
+        });
     state
         .metrics
         .http_responses
@@ -162,44 +97,7 @@ async fn v1(
     response
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RenewBody {
-    #[serde(default)]
-    lease_id: Option<String>,
-    #[serde(default)]
-    increment: Option<Ttl>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevokeBody {
-    #[serde(default)]
-    lease_id: Option<String>,
-    #[serde(default)]
-    sync: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LookupBody {
-    lease_id: String,
-}
-
-fn lease_id(from_path: Option<String>, from_body: Option<String>) -> Result<String, ServerError> {
-    from_path
-        .or(from_body)
-        .filter(|id| !id.is_empty())
-        .ok_or_else(|| ServerError::BadRequest("lease_id is required".into()))
-}
-
-/// A timestamp as Vault writes them.
-pub(super) fn rfc3339(t: time::OffsetDateTime) -> String {
-    // Only instants past year 9999 fail to format; pgwarden caps dates before that.
-    t.format(&Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
-}
-
+/// Authenticates, checks the route's access rule, reads the body and dispatches.
 async fn handle(
     state: &AppState,
     method: &Method,
@@ -214,203 +112,118 @@ async fn handle(
             "no handler for path {path:?}"
         )));
     }
-    let op = operation(method, query)?;
-    let body = if op == Op::Write {
-        read_body(headers, body).await?
-    } else {
-        Bytes::new()
-    };
-    if let Route::Login { mount } = route {
-        return match op {
-            Op::Write => tokens::login(state, mount, parse_json(&body)?).await,
-            _ => Err(ServerError::MethodNotAllowed),
-        };
+    let op = request::operation(method, query)?;
+    let body = request::read_body(op, body).await?;
+    match route.access() {
+        Access::Anyone => public(state, route, op, &body).await,
+        access => {
+            let admitted = caller::admit(state, headers, access, path)?;
+            dispatch(state, &admitted, route, op, &body).await
+        }
     }
-    let caller = caller::authenticate(state, headers)?;
-    if matches!(route, Route::Config { .. } | Route::Role { .. }) {
-        caller.require_root(state, path)?;
+}
+
+/// Routes anyone may call: login.
+async fn public(
+    state: &AppState,
+    route: Route<'_>,
+    op: Op,
+    body: &Bytes,
+) -> Result<Response, ServerError> {
+    match (route, op) {
+        (Route::Login { mount }, Op::Write) => Ok(tokens::login(state, mount, json(body)?)
+            .await?
+            .into_response()),
+        _ => Err(ServerError::MethodNotAllowed),
     }
-    let broker = &state.broker;
-    let catalog = broker.catalog();
+}
+
+/// Routes for an admitted caller: path family and operation to endpoint.
+async fn dispatch(
+    state: &AppState,
+    admitted: &Admitted,
+    route: Route<'_>,
+    op: Op,
+    body: &Bytes,
+) -> Result<Response, ServerError> {
+    let caller = &admitted.caller;
     Ok(match (route, op) {
-        (Route::TokenLookupSelf, Op::Read) => tokens::lookup_self(&caller),
+        (Route::TokenLookupSelf, Op::Read) => tokens::lookup_self(caller).into_response(),
         (Route::TokenRenewSelf, Op::Write) => {
-            tokens::renew_self(state, caller, parse_json(&body)?)?
+            tokens::renew_self(state, caller, json(body)?)?.into_response()
         }
-        (Route::TokenRevokeSelf, Op::Write) => tokens::revoke_self(state, &caller).await?,
-        (Route::TokenRevokeAccessor, Op::Write) => {
-            caller.require_root(state, "auth/token/revoke-accessor")?;
-            tokens::revoke_accessor(state, parse_json(&body)?).await?
+        (Route::TokenRevokeSelf, Op::Write) => {
+            tokens::revoke_self(state, caller).await?.into_response()
         }
-        (Route::Kv { mount, path }, Op::Read) => {
-            // Authorize first, so a caller without a grant cannot probe which paths exist.
-            caller.authorize(state, mount, &path)?;
-            let full = format!("{mount}/{path}");
-            let data = state
-                .settings
-                .get(mount)
-                .ok_or_else(|| ServerError::NotFound(format!("no handler for path {full:?}")))?
-                .get(&path)
-                .ok_or_else(|| ServerError::NotFound(format!("no settings at {full:?}")))?;
-            respond::envelope(json!(data), None, None)
-        }
+        (Route::TokenRevokeAccessor, Op::Write) => tokens::revoke_accessor(state, json(body)?)
+            .await?
+            .into_response(),
+        (Route::Kv { mount, path }, Op::Read) => kv::read(state, mount, &path)?.into_response(),
         (Route::Creds { mount, role }, Op::Read | Op::Write) => {
-            let cap = caller.authorize(state, mount, role)?;
-            let issued = broker.issue(mount, role, caller.owner(), cap).await?;
-            let ttl = issued.lease.granted_ttl().as_secs();
-            respond::envelope(
-                json!({
-                    "username": issued.lease.username,
-                    "password": issued.password.expose_secret(),
-                    "host": issued.endpoint.host,
-                    "port": issued.endpoint.port,
-                    "database": issued.endpoint.database,
-                }),
-                Some((&issued.lease.id, ttl)),
-                None,
-            )
+            creds::issue(state, admitted, mount, role)
+                .await?
+                .into_response()
         }
-        (Route::Renew(id), Op::Write) => {
-            let request: RenewBody = parse_json(&body)?;
-            let id = lease_id(id, request.lease_id)?;
-            caller.require_owner(state, &broker.lookup(&id)?)?;
-            let renewed = broker
-                .renew(&id, request.increment.unwrap_or_default())
-                .await?;
-            let mut response = respond::envelope(
-                serde_json::Value::Null,
-                Some((&renewed.lease.id, renewed.ttl.as_secs())),
-                renewed.warning.map(|w| vec![w]),
-            );
-            *response.status_mut() = StatusCode::OK;
-            response
-        }
-        (Route::Revoke(id), Op::Write) => {
-            let request: RevokeBody = parse_json(&body)?;
-            let id = lease_id(id, request.lease_id)?;
-            caller.require_owner(state, &broker.lookup(&id)?)?;
-            if request.sync == Some(false) {
-                broker.revoke_later(&id)?;
-                respond::empty(StatusCode::ACCEPTED)
-            } else {
-                broker.revoke(&id).await?;
-                respond::empty(StatusCode::NO_CONTENT)
-            }
-        }
+        (Route::Renew(id), Op::Write) => leases::renew(state, caller, id, json(body)?)
+            .await?
+            .into_response(),
+        (Route::Revoke(id), Op::Write) => leases::revoke(state, caller, id, json(body)?)
+            .await?
+            .into_response(),
         (Route::RevokePrefix(prefix), Op::Write) => {
-            caller.require_root(state, "sys/leases/revoke-prefix")?;
-            broker.revoke_prefix(&prefix).await?;
-            respond::empty(StatusCode::NO_CONTENT)
+            leases::revoke_prefix(state, &prefix).await?.into_response()
         }
-        (Route::Lookup, Op::Write) => {
-            let request: LookupBody = parse_json(&body)?;
-            let lease = broker.lookup(&request.lease_id)?;
-            caller.require_owner(state, &lease)?;
-            let now = time::OffsetDateTime::now_utc();
-            respond::envelope(
-                json!({
-                    "id": lease.id,
-                    "issue_time": rfc3339(lease.issued_at),
-                    "expire_time": rfc3339(lease.expires_at),
-                    "last_renewal": lease.last_renewal.map(rfc3339),
-                    "renewable": lease.state == pgwarden_core::LeaseState::Active && now < lease.max_expires_at,
-                    "ttl": lease.remaining(now).as_secs(),
-                    "state": lease.state.as_str(),
-                    "revocation_attempts": lease.revoke_attempts,
-                    "last_error": lease.last_error,
-                }),
-                None,
-                None,
-            )
-        }
-        (Route::Orphans, Op::Read | Op::List) => {
-            caller.require_root(state, "sys/orphans")?;
-            let orphans: Vec<serde_json::Value> = state
-                .orphans
-                .list()
-                .into_iter()
-                .map(|o| {
-                    json!({
-                        "username": o.username,
-                        "connection": o.connection,
-                        "first_seen": rfc3339(o.first_seen),
-                        "drop_at": o.drop_at.map(rfc3339),
-                    })
-                })
-                .collect();
-            respond::envelope(json!({ "orphans": orphans }), None, None)
-        }
-        (Route::ListLeases(prefix), Op::List) => {
-            caller.require_root(state, "sys/leases/lookup")?;
-            respond::keys(broker.list(&prefix)?)
-        }
-        (Route::Config { mount, name: None }, Op::List) => {
-            respond::keys(catalog.connection_names(mount)?)
-        }
+        (Route::Lookup, Op::Write) => leases::lookup(state, caller, json(body)?)?.into_response(),
+        (Route::ListLeases(prefix), Op::List) => leases::list(state, &prefix)?,
+        (Route::Orphans, Op::Read | Op::List) => sys::orphans(state).into_response(),
+        (Route::Config { mount, name: None }, Op::List) => config::list(state, mount)?,
         (
             Route::Config {
                 mount,
                 name: Some(name),
             },
             Op::Read,
-        ) => respond::envelope(catalog.connection_info(mount, name)?, None, None),
+        ) => config::read(state, mount, name)?.into_response(),
         (
             Route::Config {
                 mount,
                 name: Some(name),
             },
             Op::Write,
-        ) => {
-            catalog
-                .put_connection(mount, name, parse_json::<ConnectionWrite>(&body)?)
-                .await?;
-            respond::empty(StatusCode::NO_CONTENT)
-        }
+        ) => config::write(state, mount, name, json(body)?)
+            .await?
+            .into_response(),
         (
             Route::Config {
                 mount,
                 name: Some(name),
             },
             Op::Delete,
-        ) => {
-            broker.delete_connection(mount, name).await?;
-            respond::empty(StatusCode::NO_CONTENT)
-        }
-        (Route::Role { mount, name: None }, Op::List) => respond::keys(catalog.role_names(mount)?),
+        ) => config::delete(state, mount, name).await?.into_response(),
+        (Route::Role { mount, name: None }, Op::List) => roles::list(state, mount)?,
         (
             Route::Role {
                 mount,
                 name: Some(name),
             },
             Op::Read,
-        ) => {
-            let spec = catalog.role_spec(mount, name)?;
-            respond::envelope(
-                serde_json::to_value(spec).map_err(|e| ServerError::Internal(e.to_string()))?,
-                None,
-                None,
-            )
-        }
+        ) => roles::read(state, mount, name)?.into_response(),
         (
             Route::Role {
                 mount,
                 name: Some(name),
             },
             Op::Write,
-        ) => {
-            catalog.put_role(mount, name, parse_json::<RoleSpec>(&body)?)?;
-            respond::empty(StatusCode::NO_CONTENT)
-        }
+        ) => roles::write(state, mount, name, json(body)?)
+            .await?
+            .into_response(),
         (
             Route::Role {
                 mount,
                 name: Some(name),
             },
             Op::Delete,
-        ) => {
-            catalog.delete_role(mount, name)?;
-            respond::empty(StatusCode::NO_CONTENT)
-        }
+        ) => roles::delete(state, mount, name).await?.into_response(),
         _ => return Err(ServerError::MethodNotAllowed),
     })
 }

@@ -73,6 +73,49 @@ pub enum Route<'a> {
     Unknown,
 }
 
+/// Who may call a route, decided from the path alone, before anything is looked up (so a
+/// caller without the right cannot learn whether a lease, role or setting exists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access<'a> {
+    /// No token needed: login.
+    Anyone,
+    /// Any live token; ownership of a lease is checked by the handler.
+    AnyToken,
+    /// The root token only.
+    Root,
+    /// A token whose policy grants `<mount>/<path>`.
+    Policy {
+        /// The mount.
+        mount: &'a str,
+        /// The path below it.
+        path: &'a str,
+    },
+}
+
+impl<'a> Route<'a> {
+    /// Who may call this route; nobody may call `Unknown`.
+    pub fn access(&self) -> Access<'_> {
+        match self {
+            Route::Login { .. } => Access::Anyone,
+            Route::TokenLookupSelf
+            | Route::TokenRenewSelf
+            | Route::TokenRevokeSelf
+            | Route::Renew(_)
+            | Route::Revoke(_)
+            | Route::Lookup => Access::AnyToken,
+            Route::Creds { mount, role } => Access::Policy { mount, path: role },
+            Route::Kv { mount, path } => Access::Policy { mount, path },
+            Route::TokenRevokeAccessor
+            | Route::RevokePrefix(_)
+            | Route::ListLeases(_)
+            | Route::Orphans
+            | Route::Config { .. }
+            | Route::Role { .. }
+            | Route::Unknown => Access::Root,
+        }
+    }
+}
+
 fn tail(parts: &[&str]) -> Option<String> {
     let joined = parts.join("/");
     (!joined.is_empty()).then_some(joined)
