@@ -1,7 +1,9 @@
 //! The agent's YAML configuration.
 
-use crate::files::Template;
-use serde::Deserialize;
+use crate::files::{Format, Output, OutputFile, Template};
+use crate::on_change::{Action, OnChange};
+use pgwarden_core::Ttl;
+use serde::{Deserialize, Deserializer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,7 +22,7 @@ pub struct AgentConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// How long a replaced lease lives on before it is revoked (in-flight connections finish).
-    #[serde(default = "default_grace", with = "seconds")]
+    #[serde(default = "default_grace", deserialize_with = "duration")]
     pub grace_period: Duration,
     /// Revoke the leases when the agent stops (for jobs), after the grace period.
     #[serde(default)]
@@ -35,41 +37,9 @@ fn default_grace() -> Duration {
     Duration::from_secs(30)
 }
 
-/// Durations as integer seconds or `30s`, `5m`, `1h`.
-mod seconds {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        let text = match Raw::deserialize(d)? {
-            Raw::Secs(secs) => return Ok(Duration::from_secs(secs)),
-            Raw::Text(text) => text,
-        };
-        let (number, unit) = text.split_at(
-            text.find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(text.len()),
-        );
-        let n: u64 = number
-            .parse()
-            .map_err(|_| serde::de::Error::custom(format!("invalid duration {text:?}")))?;
-        let scale = match unit {
-            "" | "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            _ => {
-                return Err(serde::de::Error::custom(format!(
-                    "invalid duration {text:?}: use 30s, 5m or 1h"
-                )));
-            }
-        };
-        Ok(Duration::from_secs(n * scale))
-    }
+/// A duration in the broker's grammar ([`Ttl`]: seconds, `30s`, `5m`, `1h30m`, …).
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    Ttl::deserialize(d).map(Ttl::as_duration)
 }
 
 /// How the agent logs in.
@@ -130,88 +100,100 @@ pub struct FileConfig {
     pub template: Option<PathBuf>,
 }
 
-/// Built-in file formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// `PGUSER=… PGPASSWORD=… PGHOST=… PGPORT=… PGDATABASE=…`, one per line.
-    Env,
-    /// A JSON object.
-    Json,
-    /// libpq's `.pgpass` line.
-    Pgpass,
-    /// `postgresql://user:pass@host:port/db`.
-    Url,
+/// A credential ready to deliver: its files with their contents' form, and its action.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The credential path, e.g. `database/creds/appdb-user`.
+    pub path: String,
+    /// Where to write it (at least one).
+    pub files: Vec<OutputFile>,
+    /// What to do when it changes.
+    pub on_change: Option<Action>,
 }
 
-/// What to do when a credential changes.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum OnChange {
-    /// Send a signal to the process whose pid is in a file.
-    Signal {
-        /// The pid file.
-        pid_file: PathBuf,
-        /// The signal's name, e.g. `SIGHUP`.
-        signal: String,
-    },
-    /// Run a command (argv).
-    Command(Vec<String>),
+/// The configuration checked and resolved once: templates read, signals parsed.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    /// The configuration as written.
+    pub config: AgentConfig,
+    /// One per configured credential, in order.
+    pub deliveries: Vec<Delivery>,
 }
 
 impl AgentConfig {
-    /// Reads and checks the configuration file.
-    pub fn load(path: &Path) -> Result<AgentConfig, String> {
+    /// Reads, checks and resolves the configuration file.
+    pub fn load(path: &Path) -> Result<Agent, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read agent config {}: {e}", path.display()))?;
         let config: AgentConfig = serde_saphyr::from_str(&text)
             .map_err(|e| format!("agent config {}: {e}", path.display()))?;
         config
-            .check()
-            .map_err(|e| format!("agent config {}: {e}", path.display()))?;
-        Ok(config)
+            .resolve()
+            .map_err(|e| format!("agent config {}: {e}", path.display()))
     }
 
     /// Checks what parsing cannot: formats, templates, signals, commands.
     pub fn check(&self) -> Result<(), String> {
+        self.resolve().map(drop)
+    }
+
+    /// Checks the configuration and reads what it refers to, once.
+    pub fn resolve(&self) -> Result<Agent, String> {
         if self.credentials.is_empty() {
             return Err("credentials: list at least one".into());
         }
-        for credential in &self.credentials {
-            if credential.files.is_empty() {
+        let deliveries = self
+            .credentials
+            .iter()
+            .map(CredentialConfig::resolve)
+            .collect::<Result<_, _>>()?;
+        Ok(Agent {
+            config: self.clone(),
+            deliveries,
+        })
+    }
+}
+
+impl CredentialConfig {
+    fn resolve(&self) -> Result<Delivery, String> {
+        if self.files.is_empty() {
+            return Err(format!(
+                "credential {:?}: list at least one file",
+                self.path
+            ));
+        }
+        Ok(Delivery {
+            path: self.path.clone(),
+            files: self
+                .files
+                .iter()
+                .map(FileConfig::resolve)
+                .collect::<Result<_, _>>()?,
+            on_change: self
+                .on_change
+                .as_ref()
+                .map(|action| action.resolve(&self.path))
+                .transpose()?,
+        })
+    }
+}
+
+impl FileConfig {
+    fn resolve(&self) -> Result<OutputFile, String> {
+        let output = match (self.format, &self.template) {
+            (Some(format), None) => Output::Format(format),
+            (None, Some(template)) => Output::Template(Template::load(template)?),
+            _ => {
                 return Err(format!(
-                    "credential {:?}: list at least one file",
-                    credential.path
+                    "file {}: set exactly one of format or template",
+                    self.path.display()
                 ));
             }
-            for file in &credential.files {
-                match (&file.format, &file.template) {
-                    (Some(_), None) => {}
-                    (None, Some(template)) => {
-                        Template::load(template)?;
-                    }
-                    _ => {
-                        return Err(format!(
-                            "file {}: set exactly one of format or template",
-                            file.path.display()
-                        ));
-                    }
-                }
-            }
-            match &credential.on_change {
-                Some(OnChange::Signal { signal, .. }) => {
-                    crate::on_change::parse_signal(signal)?;
-                }
-                Some(OnChange::Command(argv)) if argv.is_empty() => {
-                    return Err(format!(
-                        "credential {:?}: on_change.command is empty",
-                        credential.path
-                    ));
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        };
+        Ok(OutputFile {
+            path: self.path.clone(),
+            output,
+        })
     }
 }
 
@@ -283,6 +265,6 @@ credentials:
             );
         }
         let err = parse(&format!("{base}grace_period: soon\ncredentials: []\n")).unwrap_err();
-        assert!(err.contains("invalid duration \"soon\""), "{err}");
+        assert!(err.contains("invalid TTL \"soon\""), "{err}");
     }
 }

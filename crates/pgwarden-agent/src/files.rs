@@ -1,7 +1,6 @@
 //! Rendering credentials into the files applications read, writing them atomically, and the
 //! state file that lets a sidecar adopt the lease an init container fetched.
 
-use crate::config::{FileConfig, Format};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use pgwarden_client::Credential;
 use secrecy::{ExposeSecret, SecretString};
@@ -15,48 +14,79 @@ const PLACEHOLDERS: [&str; 6] = [
     "username", "password", "host", "port", "database", "lease_id",
 ];
 
-/// A loaded template file.
+/// Built-in file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `PGUSER=… PGPASSWORD=… PGHOST=… PGPORT=… PGDATABASE=…`, one per line.
+    Env,
+    /// A JSON object.
+    Json,
+    /// libpq's `.pgpass` line.
+    Pgpass,
+    /// `postgresql://user:pass@host:port/db`.
+    Url,
+}
+
+/// A template file, read and checked once.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     text: String,
 }
 
 impl Template {
-    /// Reads `path` and checks every placeholder is known.
+    /// Reads `path` and checks every placeholder is known and closed.
     pub fn load(path: &Path) -> Result<Template, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("template {}: {e}", path.display()))?;
-        let template = Template { text };
-        template
-            .render_with(|_| Some(String::new()))
-            .map_err(|e| format!("template {}: {e}", path.display()))?;
-        Ok(template)
-    }
-
-    fn render_with(&self, value: impl Fn(&str) -> Option<String>) -> Result<String, String> {
-        let mut out = String::with_capacity(self.text.len());
-        let mut rest = self.text.as_str();
-        while let Some(start) = rest.find("{{") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after.find("}}").ok_or("unclosed {{")?;
-            let name = after[..end].trim();
-            if !PLACEHOLDERS.contains(&name) {
-                return Err(format!(
-                    "unknown placeholder {{{{{name}}}}}; known: {}",
-                    PLACEHOLDERS.join(", ")
-                ));
-            }
-            out.push_str(&value(name).unwrap_or_default());
-            rest = &after[end + 2..];
-        }
-        out.push_str(rest);
-        Ok(out)
+        let checked = if pgwarden_core::template::has_unclosed(&text) {
+            Err("unclosed {{".to_string())
+        } else {
+            substitute(&text, |_| Ok(String::new()))
+        };
+        checked.map_err(|e| format!("template {}: {e}", path.display()))?;
+        Ok(Template { text })
     }
 
     /// The template filled with `c`.
     pub fn render(&self, c: &Credential) -> Result<String, String> {
-        self.render_with(|name| Some(field(c, name)))
+        substitute(&self.text, |name| Ok(field(c, name)))
     }
+}
+
+/// Fills the template's placeholders with `value`, refusing unknown ones.
+fn substitute(
+    text: &str,
+    value: impl Fn(&str) -> Result<String, String>,
+) -> Result<String, String> {
+    pgwarden_core::template::substitute(text, |name| {
+        if PLACEHOLDERS.contains(&name) {
+            value(name)
+        } else {
+            Err(format!(
+                "unknown placeholder {{{{{name}}}}}; known: {}",
+                PLACEHOLDERS.join(", ")
+            ))
+        }
+    })
+}
+
+/// What goes into a file: a built-in format or a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A built-in format.
+    Format(Format),
+    /// A template read at load.
+    Template(Template),
+}
+
+/// A file to write and what goes in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputFile {
+    /// The file (mode 0600, replaced atomically).
+    pub path: PathBuf,
+    /// Its contents' form.
+    pub output: Output,
 }
 
 fn field(c: &Credential, name: &str) -> String {
@@ -77,19 +107,19 @@ fn pgpass_escape(s: &str) -> String {
 }
 
 /// The file's contents for credential `c`.
-pub fn render(file: &FileConfig, c: &Credential) -> Result<String, String> {
+pub fn render(file: &OutputFile, c: &Credential) -> Result<String, String> {
     let pw = c.password.expose_secret();
-    Ok(match (file.format, &file.template) {
-        (Some(Format::Env), _) => format!(
+    Ok(match &file.output {
+        Output::Format(Format::Env) => format!(
             "PGUSER={}\nPGPASSWORD={pw}\nPGHOST={}\nPGPORT={}\nPGDATABASE={}\n",
             c.username, c.host, c.port, c.database
         ),
-        (Some(Format::Json), _) => serde_json::json!({
+        Output::Format(Format::Json) => serde_json::json!({
             "username": c.username, "password": pw, "host": c.host, "port": c.port,
             "database": c.database, "lease_id": c.lease_id,
         })
         .to_string(),
-        (Some(Format::Pgpass), _) => format!(
+        Output::Format(Format::Pgpass) => format!(
             "{}:{}:{}:{}:{}\n",
             pgpass_escape(&c.host),
             c.port,
@@ -97,7 +127,7 @@ pub fn render(file: &FileConfig, c: &Credential) -> Result<String, String> {
             pgpass_escape(&c.username),
             pgpass_escape(pw)
         ),
-        (Some(Format::Url), _) => format!(
+        Output::Format(Format::Url) => format!(
             "postgresql://{}:{}@{}:{}/{}\n",
             utf8_percent_encode(&c.username, NON_ALPHANUMERIC),
             utf8_percent_encode(pw, NON_ALPHANUMERIC),
@@ -105,13 +135,7 @@ pub fn render(file: &FileConfig, c: &Credential) -> Result<String, String> {
             c.port,
             utf8_percent_encode(&c.database, NON_ALPHANUMERIC)
         ),
-        (None, Some(template)) => Template::load(template)?.render(c)?,
-        (None, None) => {
-            return Err(format!(
-                "file {}: no format or template",
-                file.path.display()
-            ));
-        }
+        Output::Template(template) => template.render(c)?,
     })
 }
 
@@ -211,11 +235,10 @@ mod tests {
         }
     }
 
-    fn file(format: Format) -> FileConfig {
-        FileConfig {
+    fn file(format: Format) -> OutputFile {
+        OutputFile {
             path: "x".into(),
-            format: Some(format),
-            template: None,
+            output: Output::Format(format),
         }
     }
 

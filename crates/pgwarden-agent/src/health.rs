@@ -4,8 +4,9 @@
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
+use parking_lot::Mutex;
 use serde_json::json;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::time::Instant;
 
 /// What the health endpoint reports of one credential.
@@ -38,7 +39,7 @@ pub struct Status {
 impl Status {
     /// Records (or updates) the credential `slot.path`.
     pub fn set(&self, slot: Slot) {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = self.slots.lock();
         match slots.iter_mut().find(|s| s.path == slot.path) {
             Some(existing) => *existing = slot,
             None => slots.push(slot),
@@ -47,7 +48,7 @@ impl Status {
 
     fn report(&self) -> (bool, serde_json::Value) {
         let now = Instant::now();
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = self.slots.lock();
         let ready = !slots.is_empty() && slots.iter().all(|s| s.expires_at > now);
         let credentials: Vec<_> = slots
             .iter()

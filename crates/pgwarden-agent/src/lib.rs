@@ -9,5 +9,7 @@ mod health;
 mod on_change;
 mod run;
 
-pub use config::{AgentConfig, AuthConfig, CredentialConfig, FileConfig, Format, OnChange};
+pub use config::{Agent, AgentConfig, AuthConfig, CredentialConfig, Delivery, FileConfig};
+pub use files::{Format, Output, OutputFile, Template};
+pub use on_change::{Action, OnChange};
 pub use run::{AgentError, Mode, run};

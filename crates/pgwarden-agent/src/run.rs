@@ -1,7 +1,7 @@
 //! The agent's life: log in, fetch or adopt each credential, write its files, then (as a
 //! sidecar) keep them fresh until told to stop.
 
-use crate::config::{AgentConfig, AuthConfig, CredentialConfig};
+use crate::config::{Agent, AgentConfig, AuthConfig, Delivery};
 use crate::files::{load_state, render, save_state, state_path, write_atomically};
 use crate::health::{Slot, Status};
 use crate::on_change::fire;
@@ -66,23 +66,29 @@ fn client(config: &AgentConfig) -> Result<Client, AgentError> {
 
 /// One credential being kept fresh.
 struct Kept {
-    config: CredentialConfig,
+    delivery: Delivery,
     provider: Arc<CredentialProvider>,
 }
 
-impl Kept {
-    fn state_file(&self) -> std::path::PathBuf {
-        state_path(&self.config.files[0].path, &self.config.path)
-    }
+/// Where the state of `delivery` lives: beside its first file.
+fn state_file(delivery: &Delivery) -> std::path::PathBuf {
+    let first = delivery
+        .files
+        .first()
+        .map_or(std::path::Path::new("."), |f| f.path.as_path());
+    state_path(first, &delivery.path)
+}
 
+impl Kept {
     /// Writes every file and the state beside them.
     fn write(&self) -> Result<(), AgentError> {
         let current = self.provider.current();
-        for file in &self.config.files {
+        let delivery = &self.delivery;
+        for file in &delivery.files {
             write_atomically(&file.path, &render(file, &current.credential)?)?;
         }
-        save_state(&self.state_file(), &self.config.path, &current.credential)?;
-        tracing::info!(path = %self.config.path, lease_id = %current.credential.lease_id, files = self.config.files.len(), "credential files written");
+        save_state(&state_file(delivery), &delivery.path, &current.credential)?;
+        tracing::info!(path = %delivery.path, lease_id = %current.credential.lease_id, files = delivery.files.len(), "credential files written");
         Ok(())
     }
 }
@@ -96,11 +102,10 @@ struct Obtained {
 /// Adopts the lease recorded beside the files if it is still valid, else issues a new one.
 async fn obtain(
     client: &Arc<Client>,
-    config: &CredentialConfig,
+    config: &Delivery,
     options: ProviderOptions,
 ) -> Result<Obtained, AgentError> {
-    let state_file = state_path(&config.files[0].path, &config.path);
-    if let Some(recorded) = load_state(&state_file, &config.path) {
+    if let Some(recorded) = load_state(&state_file(config), &config.path) {
         match client.lookup(&recorded.lease_id).await {
             Ok(info) if info.ttl >= MIN_ADOPTABLE => {
                 tracing::info!(path = %config.path, lease_id = %recorded.lease_id, valid_for_s = info.ttl.as_secs(), "adopting the existing lease");
@@ -136,19 +141,19 @@ async fn watch(kept: Arc<Kept>, status: Arc<Status>) {
     let mut written = changes.borrow().generation;
     while changes.changed().await.is_ok() {
         let current = changes.borrow_and_update().clone();
-        status.set(Slot::of(&kept.config.path, &current));
+        status.set(Slot::of(&kept.delivery.path, &current));
         if current.generation == written {
             continue;
         }
         match kept.write() {
             Ok(()) => {
                 written = current.generation;
-                if let Some(action) = &kept.config.on_change {
+                if let Some(action) = &kept.delivery.on_change {
                     fire(action).await;
                 }
             }
             Err(error) => {
-                tracing::error!(path = %kept.config.path, %error, "cannot write the new credential; the previous files stay")
+                tracing::error!(path = %kept.delivery.path, %error, "cannot write the new credential; the previous files stay")
             }
         }
     }
@@ -156,10 +161,11 @@ async fn watch(kept: Arc<Kept>, status: Arc<Status>) {
 
 /// Runs the agent until `shutdown` resolves (sidecar) or the files are written (once).
 pub async fn run(
-    config: AgentConfig,
+    agent: Agent,
     mode: Mode,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let Agent { config, deliveries } = agent;
     let client = Arc::new(client(&config)?);
     client.login().await?;
     let options = ProviderOptions {
@@ -168,10 +174,10 @@ pub async fn run(
     };
     let status = Arc::new(Status::default());
     let mut kept = Vec::new();
-    for credential in &config.credentials {
-        let obtained = obtain(&client, credential, options).await?;
+    for delivery in deliveries {
+        let obtained = obtain(&client, &delivery, options).await?;
         let k = Arc::new(Kept {
-            config: credential.clone(),
+            delivery,
             provider: Arc::new(obtained.provider),
         });
         if let Err(error) = k.write() {
@@ -185,7 +191,7 @@ pub async fn run(
             return Err(error);
         }
         let current = k.provider.current();
-        status.set(Slot::of(&credential.path, &current));
+        status.set(Slot::of(&k.delivery.path, &current));
         kept.push(k);
     }
     if mode == Mode::Once {

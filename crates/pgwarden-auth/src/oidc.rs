@@ -6,9 +6,11 @@ use crate::{AuthError, Check, Jwks};
 use pgwarden_core::{Identity, Ttl};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use serde_with::{OneOrMany, serde_as};
 use std::collections::{BTreeMap, HashMap};
 
 /// A login role (Vault's `auth/jwt/role/<name>`).
+#[serde_as]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtRole {
@@ -19,8 +21,9 @@ pub struct JwtRole {
     #[serde(default)]
     pub groups_claim: Option<String>,
     /// Claims that must have one of the given values.
+    #[serde_as(as = "BTreeMap<_, OneOrMany<_>>")]
     #[serde(default)]
-    pub bound_claims: BTreeMap<String, OneOrMany>,
+    pub bound_claims: BTreeMap<String, Vec<String>>,
     /// Audiences accepted for this role (overrides the mount's).
     #[serde(default)]
     pub bound_audiences: Vec<String>,
@@ -34,25 +37,6 @@ pub struct JwtRole {
 
 fn default_user_claim() -> String {
     "sub".to_string()
-}
-
-/// A single accepted value or a list of them.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    /// One value.
-    One(String),
-    /// Any of these.
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn accepts(&self, value: &str) -> bool {
-        match self {
-            OneOrMany::One(v) => v == value,
-            OneOrMany::Many(vs) => vs.iter().any(|v| v == value),
-        }
-    }
 }
 
 /// One JWT auth mount.
@@ -105,7 +89,7 @@ impl JwtAuth {
         let claims = verify(&self.jwks, jwt, &rules).await?;
         for (name, accepted) in &role.bound_claims {
             let values = claim_strings(&claims, name);
-            if !values.iter().any(|v| accepted.accepts(v)) {
+            if !values.iter().any(|v| accepted.contains(v)) {
                 return Err(AuthError::rejected(
                     Check::BoundClaims,
                     format!("claim {name:?} does not have a value this login role accepts"),

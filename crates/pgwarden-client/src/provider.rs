@@ -62,21 +62,17 @@ fn two_thirds(d: Duration) -> Duration {
     d * 2 / 3
 }
 
-/// Capped exponential backoff with up to 50 % jitter for retry number `attempt` (from 1).
-fn backoff(attempt: u32, max: Duration) -> Duration {
-    let base = Duration::from_millis(500u64.saturating_mul(1 << attempt.min(16))).min(max);
-    let jitter = base.mul_f64(rand::random::<f64>() * 0.5);
-    (base + jitter).min(max)
-}
+/// First retry wait while pgwarden is unreachable; it doubles per retry up to `max_backoff`.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
 
 /// Longest wait between retries once the credential has expired or would expire before the
 /// next retry: then every second without a credential is an outage.
 const URGENT_RETRY: Duration = Duration::from_secs(1);
 
 /// Delay before retry number `attempt` when the current credential has `left` to live: the
-/// [`backoff`], but at most [`URGENT_RETRY`] once the credential would be gone by then.
+/// shared backoff, but at most [`URGENT_RETRY`] once the credential would be gone by then.
 fn retry_delay(attempt: u32, max: Duration, left: Duration) -> Duration {
-    let wait = backoff(attempt, max);
+    let wait = pgwarden_core::backoff(attempt, FIRST_RETRY, max);
     if left <= wait {
         wait.min(URGENT_RETRY)
     } else {
@@ -285,17 +281,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_and_is_capped() {
-        let max = Duration::from_secs(30);
-        for attempt in 1..20 {
-            let b = backoff(attempt, max);
-            assert!(b <= max);
-            assert!(
-                b >= Duration::from_millis(500u64 << attempt.min(16))
-                    .min(max)
-                    .min(max)
-            );
-        }
+    fn renewal_comes_at_two_thirds() {
         assert_eq!(two_thirds(Duration::from_secs(3)), Duration::from_secs(2));
     }
 

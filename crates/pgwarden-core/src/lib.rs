@@ -12,6 +12,7 @@
     )
 )]
 
+pub mod backoff;
 pub mod connection;
 pub mod error;
 pub mod glob;
@@ -25,6 +26,7 @@ pub mod token;
 pub mod ttl;
 pub mod wire;
 
+pub use backoff::backoff;
 pub use connection::ConnectionDef;
 pub use error::{CoreError, chain};
 pub use identity::Identity;

@@ -3,7 +3,9 @@
 //! (YAML or the Vault API); [`RoleDef`] is the validated form everything else uses.
 
 use crate::{CoreError, Ttl, names::MAX_IDENTIFIER_BYTES, template};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
+use serde_with::formats::PreferMany;
+use serde_with::{DefaultOnNull, OneOrMany, serde_as};
 
 /// TTL of a lease when the role sets none.
 pub const DEFAULT_TTL: Ttl = Ttl::from_secs(3600);
@@ -70,7 +72,9 @@ pub struct RoleDef {
     pub max_ttl: Ttl,
 }
 
-/// A role as users write it, in YAML or through `/v1/<mount>/roles/<name>`.
+/// A role as users write it, in YAML or through `/v1/<mount>/roles/<name>`. Statement lists
+/// accept one string or a list (Vault clients send both), and null as empty.
+#[serde_as]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleSpec {
@@ -91,16 +95,20 @@ pub struct RoleSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopt_group_role: bool,
     /// Vault's `creation_statements`.
-    #[serde(default, deserialize_with = "one_or_many")]
+    #[serde_as(as = "DefaultOnNull<OneOrMany<_, PreferMany>>")]
+    #[serde(default)]
     pub creation_statements: Vec<String>,
     /// Vault's `revocation_statements`.
-    #[serde(default, deserialize_with = "one_or_many")]
+    #[serde_as(as = "DefaultOnNull<OneOrMany<_, PreferMany>>")]
+    #[serde(default)]
     pub revocation_statements: Vec<String>,
     /// Vault's `renew_statements`.
-    #[serde(default, deserialize_with = "one_or_many")]
+    #[serde_as(as = "DefaultOnNull<OneOrMany<_, PreferMany>>")]
+    #[serde(default)]
     pub renew_statements: Vec<String>,
     /// Vault's `rollback_statements`.
-    #[serde(default, deserialize_with = "one_or_many")]
+    #[serde_as(as = "DefaultOnNull<OneOrMany<_, PreferMany>>")]
+    #[serde(default)]
     pub rollback_statements: Vec<String>,
     /// Lease TTL when the caller asks for none.
     #[serde(default)]
@@ -111,23 +119,6 @@ pub struct RoleSpec {
     /// Accepted for Vault compatibility (`credential_type`, only `password`).
     #[serde(default, skip_serializing)]
     pub credential_type: Option<String>,
-}
-
-/// Accepts a single string (one statement) or a list of strings; Vault clients send both.
-fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        One(String),
-        Many(Vec<String>),
-        Nothing(()),
-    }
-    Ok(match Raw::deserialize(deserializer)? {
-        Raw::One(s) if s.trim().is_empty() => Vec::new(),
-        Raw::One(s) => vec![s],
-        Raw::Many(v) => v.into_iter().filter(|s| !s.trim().is_empty()).collect(),
-        Raw::Nothing(()) => Vec::new(),
-    })
 }
 
 /// Checks a mount, role or connection name: non-empty, at most 256 bytes, no `/`, no control characters.
@@ -151,8 +142,16 @@ pub fn validate_name(name: &str) -> Result<(), CoreError> {
 
 impl RoleSpec {
     /// Validates the spec into a [`RoleDef`] named `name`, filling in defaults.
-    pub fn into_def(self, name: &str) -> Result<RoleDef, CoreError> {
+    pub fn into_def(mut self, name: &str) -> Result<RoleDef, CoreError> {
         validate_name(name)?;
+        for list in [
+            &mut self.creation_statements,
+            &mut self.revocation_statements,
+            &mut self.renew_statements,
+            &mut self.rollback_statements,
+        ] {
+            list.retain(|statement| !statement.trim().is_empty());
+        }
         let invalid = |reason: String| CoreError::InvalidRole {
             role: name.to_string(),
             reason,

@@ -15,10 +15,15 @@ pub struct TemplateValues<'a> {
     pub expiration: Option<&'a str>,
 }
 
-/// Substitutes the placeholders of `statement`; unknown placeholders and unsafe values are errors.
-pub fn render(statement: &str, values: &TemplateValues<'_>) -> Result<String, CoreError> {
-    let mut out = String::with_capacity(statement.len().saturating_add(64));
-    let mut rest = statement;
+/// Replaces each `{{ name }}` of `template` with `value(name)` (the name trimmed); a `{{`
+/// that is never closed is kept as text (see [`has_unclosed`]). The one `{{…}}` scanner of
+/// pgwarden: statement templates here, the agent's file templates too.
+pub fn substitute<E>(
+    template: &str,
+    mut value: impl FnMut(&str) -> Result<String, E>,
+) -> Result<String, E> {
+    let mut out = String::with_capacity(template.len().saturating_add(64));
+    let mut rest = template;
     while let Some((before, after)) = rest.split_once("{{") {
         out.push_str(before);
         let Some((placeholder, next)) = after.split_once("}}") else {
@@ -26,7 +31,23 @@ pub fn render(statement: &str, values: &TemplateValues<'_>) -> Result<String, Co
             out.push_str(after);
             return Ok(out);
         };
-        let placeholder = placeholder.trim();
+        out.push_str(&value(placeholder.trim())?);
+        rest = next;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Whether `template` has a `{{` without its `}}`.
+pub fn has_unclosed(template: &str) -> bool {
+    template
+        .rsplit_once("{{")
+        .is_some_and(|(_, after)| !after.contains("}}"))
+}
+
+/// Substitutes the placeholders of `statement`; unknown placeholders and unsafe values are errors.
+pub fn render(statement: &str, values: &TemplateValues<'_>) -> Result<String, CoreError> {
+    substitute(statement, |placeholder| {
         let (label, value) = match placeholder {
             "name" | "username" => ("name", Some(values.name)),
             "password" => ("password", values.password),
@@ -41,11 +62,8 @@ pub fn render(statement: &str, values: &TemplateValues<'_>) -> Result<String, Co
         if !is_safe_value(value) {
             return Err(CoreError::UnsafeValue { placeholder: label });
         }
-        out.push_str(value);
-        rest = next;
-    }
-    out.push_str(rest);
-    Ok(out)
+        Ok(value.to_string())
+    })
 }
 
 /// Checks a template's placeholders without values, so bad templates fail when written, not when used.
@@ -64,6 +82,16 @@ pub fn validate(statement: &str) -> Result<(), CoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unclosed_braces_are_text_and_detected() {
+        let kept = substitute("a {{x}} b {{ y", |name| Ok::<_, ()>(name.to_uppercase()));
+        assert_eq!(kept.unwrap(), "a X b {{ y");
+        assert!(has_unclosed("a {{x}} b {{ y"));
+        assert!(has_unclosed("{{"));
+        assert!(!has_unclosed("a {{x}} b"));
+        assert!(!has_unclosed("}} {{x}}"));
+    }
 
     const VALUES: TemplateValues<'static> = TemplateValues {
         name: "v-root-app-abc-1",

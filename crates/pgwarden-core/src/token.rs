@@ -36,10 +36,7 @@ pub struct TokenRecord {
 
 /// Hex SHA-256 of `token`.
 pub fn hash_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// A fresh token and its hash.

@@ -22,16 +22,15 @@ pub enum EngineError {
         /// The cause as the driver reports it.
         reason: String,
     },
-    /// A statement failed.
-    #[error("{what}: {reason}")]
+    /// A statement failed. The message already carries the database's message, detail and
+    /// SQLSTATE, so the driver error is kept as a field (see [`EngineError::sqlstate`]) rather
+    /// than as a `source` that would repeat them in an error chain.
+    #[error("{what}: {}", describe(driver))]
     Sql {
         /// What pgwarden was doing.
         what: String,
-        /// The database's message.
-        reason: String,
-        /// Whether running the same work again may succeed (serialization failure, deadlock,
-        /// `tuple concurrently updated` from concurrent GRANTs).
-        retryable: bool,
+        /// The driver's error.
+        driver: tokio_postgres::Error,
     },
     /// A preset's group role that pgwarden refuses to use.
     #[error("group role {group:?} {reason}")]
@@ -50,6 +49,26 @@ pub enum EngineError {
         /// The user's name.
         username: String,
     },
+}
+
+impl EngineError {
+    /// The SQLSTATE of a statement the database refused.
+    pub fn sqlstate(&self) -> Option<&SqlState> {
+        match self {
+            EngineError::Sql { driver, .. } => driver.code(),
+            _ => None,
+        }
+    }
+
+    /// Whether running the same work again may succeed: it failed only because of concurrent
+    /// work (serialization failure, deadlock, `tuple concurrently updated` from concurrent
+    /// GRANTs).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            EngineError::Sql { driver, .. } => is_retryable(driver),
+            _ => false,
+        }
+    }
 }
 
 /// The most useful text of a driver error: the server's message and SQLSTATE when there is one.
@@ -76,11 +95,7 @@ fn is_retryable(error: &tokio_postgres::Error) -> bool {
 /// Wraps a failed statement with what pgwarden was doing.
 pub(crate) fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> EngineError {
     let what = what.into();
-    move |error| EngineError::Sql {
-        what,
-        reason: describe(&error),
-        retryable: is_retryable(&error),
-    }
+    move |driver| EngineError::Sql { what, driver }
 }
 
 /// Attempts at work that fails only because of concurrent work.
@@ -88,21 +103,19 @@ const ATTEMPTS: u32 = 10;
 
 /// How long to wait before trying again work whose attempt number `attempt` (from 1) ended
 /// with `outcome`; `None` when it succeeded, failed for a reason other than concurrency, or
-/// has been tried [`ATTEMPTS`] times. Waits are random up to a bound that doubles with each
-/// attempt (25 ms, 50 ms, … at most 1 s), so competing writers spread out.
+/// has been tried [`ATTEMPTS`] times. Waits start at 25–37 ms and double up to 1 s, jittered,
+/// so competing writers spread out.
 pub(crate) fn retry_delay<T>(
     outcome: &Result<T, EngineError>,
     attempt: u32,
 ) -> Option<std::time::Duration> {
+    use std::time::Duration;
     match outcome {
-        Err(EngineError::Sql {
-            retryable: true, ..
-        }) if attempt < ATTEMPTS => {
-            let bound = 25u64.saturating_mul(1 << attempt.min(6)).min(1000);
-            Some(std::time::Duration::from_millis(rand::random_range(
-                0..=bound,
-            )))
-        }
+        Err(error) if error.is_retryable() && attempt < ATTEMPTS => Some(pgwarden_core::backoff(
+            attempt,
+            Duration::from_millis(25),
+            Duration::from_secs(1),
+        )),
         _ => None,
     }
 }

@@ -5,13 +5,14 @@ use crate::catalog::Catalog;
 use crate::error::ServerError;
 use crate::metrics::{Metrics, RevokeLabels};
 use crate::schedule::Schedule;
+use parking_lot::Mutex;
 use pgwarden_core::names::{generate_password, generate_username};
 use pgwarden_core::{Lease, LeaseState, Owner, Ttl, chain};
 use pgwarden_engine::EngineError;
 use pgwarden_store::Store;
 use secrecy::SecretString;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, watch};
@@ -133,7 +134,7 @@ impl Broker {
 
     async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            let mut locks = self.locks.lock();
             locks.retain(|_, l| Arc::strong_count(l) > 1);
             locks.entry(id.to_string()).or_default().clone()
         };
@@ -142,7 +143,7 @@ impl Broker {
 
     fn update_gauges(&self) {
         self.metrics.leases.set(self.schedule.len() as i64);
-        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let failing = self.failing.lock().len();
         self.metrics.leases_failing_revocation.set(failing as i64);
     }
 
@@ -150,7 +151,7 @@ impl Broker {
     /// once, failing revocations are retried at once, the rest are revoked at expiry.
     pub fn recover(&self) -> Result<usize, ServerError> {
         let leases = self.store.all_leases()?;
-        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failing = self.failing.lock();
         for lease in &leases {
             let at = match lease.state {
                 LeaseState::Pending | LeaseState::Revoking => now(),
@@ -323,10 +324,7 @@ impl Broker {
         if self.store.get_lease(id)?.is_none() {
             return Err(not_found(id));
         }
-        self.forced
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string());
+        self.forced.lock().insert(id.to_string());
         self.schedule.set(id, now());
         Ok(())
     }
@@ -426,11 +424,7 @@ impl Broker {
             return Ok(());
         };
         let at = now();
-        let forced = self
-            .forced
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        let forced = self.forced.lock().remove(id);
         if why == Why::Expired
             && !forced
             && lease.state == LeaseState::Active
@@ -460,10 +454,7 @@ impl Broker {
             Ok(()) => {
                 self.store.delete_lease(id)?;
                 self.schedule.remove(id);
-                self.failing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(id);
+                self.failing.lock().remove(id);
                 let reason = match (rolling_back, why) {
                     (true, _) => "rollback",
                     (false, Why::Expired) => "expired",
@@ -484,10 +475,7 @@ impl Broker {
                 let retry = backoff(lease.revoke_attempts);
                 self.schedule
                     .set(id, Ttl::from_secs(retry.as_secs()).after(at));
-                self.failing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.to_string());
+                self.failing.lock().insert(id.to_string());
                 self.metrics.revocation_failures.inc();
                 self.update_gauges();
                 tracing::warn!(lease_id = %id, attempts = lease.revoke_attempts, retry_in_s = retry.as_secs(), %error, "revocation failed; will retry");

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use pgwarden_auth::AuthError;
 use pgwarden_core::CoreError;
 use pgwarden_core::wire::ErrorBody;
 use pgwarden_engine::EngineError;
@@ -38,9 +39,22 @@ pub enum ServerError {
     /// 503: a target database cannot be reached.
     #[error("{0}")]
     Unavailable(String),
-    /// 500: something failed on pgwarden's side or in the target database.
+    /// 500: something failed on pgwarden's side.
     #[error("{0}")]
     Internal(String),
+    /// A target database's error, kept whole (its SQLSTATE stays readable); the status
+    /// depends on the kind.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// 500: the state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A login's error; the status depends on the kind.
+    #[error(transparent)]
+    Auth(#[from] pgwarden_auth::AuthError),
+    /// 400: a definition or value is invalid.
+    #[error(transparent)]
+    Core(#[from] CoreError),
 }
 
 impl ServerError {
@@ -55,7 +69,21 @@ impl ServerError {
             ServerError::Conflict(_) => 409,
             ServerError::PayloadTooLarge(_) => 413,
             ServerError::Unavailable(_) => 503,
-            ServerError::Internal(_) => 500,
+            ServerError::Internal(_) | ServerError::Store(_) => 500,
+            ServerError::Core(_) => 400,
+            ServerError::Engine(e) => match e {
+                EngineError::Unreachable { .. } => 503,
+                EngineError::Sql { .. } => 500,
+                EngineError::InvalidUrl { .. }
+                | EngineError::Template(_)
+                | EngineError::UserGone { .. }
+                | EngineError::UnsafeGroup { .. } => 400,
+            },
+            ServerError::Auth(e) => match e {
+                AuthError::UnknownRole { .. } => 400,
+                AuthError::Rejected { .. } => 403,
+                AuthError::Unavailable(_) => 503,
+            },
         }
     }
 }
@@ -69,40 +97,5 @@ impl IntoResponse for ServerError {
             errors: vec![self.to_string()],
         };
         (status, Json(body)).into_response()
-    }
-}
-
-impl From<CoreError> for ServerError {
-    fn from(e: CoreError) -> Self {
-        ServerError::BadRequest(e.to_string())
-    }
-}
-
-impl From<pgwarden_auth::AuthError> for ServerError {
-    fn from(e: pgwarden_auth::AuthError) -> Self {
-        match e {
-            pgwarden_auth::AuthError::UnknownRole { .. } => ServerError::BadRequest(e.to_string()),
-            pgwarden_auth::AuthError::Rejected { .. } => ServerError::Forbidden(e.to_string()),
-            pgwarden_auth::AuthError::Unavailable(_) => ServerError::Unavailable(e.to_string()),
-        }
-    }
-}
-
-impl From<StoreError> for ServerError {
-    fn from(e: StoreError) -> Self {
-        ServerError::Internal(e.to_string())
-    }
-}
-
-impl From<EngineError> for ServerError {
-    fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::Unreachable { .. } => ServerError::Unavailable(e.to_string()),
-            EngineError::InvalidUrl { .. }
-            | EngineError::Template(_)
-            | EngineError::UserGone { .. }
-            | EngineError::UnsafeGroup { .. } => ServerError::BadRequest(e.to_string()),
-            EngineError::Sql { .. } => ServerError::Internal(e.to_string()),
-        }
     }
 }

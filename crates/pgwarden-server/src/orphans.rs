@@ -9,10 +9,11 @@
 use crate::catalog::Catalog;
 use crate::config::OrphanConfig;
 use crate::metrics::Metrics;
+use parking_lot::Mutex;
 use pgwarden_core::chain;
 use pgwarden_store::Store;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -60,8 +61,8 @@ impl Orphans {
         self.lock().values().cloned().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Orphan>> {
-        self.found.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, BTreeMap<String, Orphan>> {
+        self.found.lock()
     }
 
     /// Sweeps every `interval` until `shutdown` turns true.

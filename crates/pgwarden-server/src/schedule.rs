@@ -1,8 +1,8 @@
 //! The reaper's ordered schedule: lease ids by the time something must happen to them
 //! (expiry, or the next revocation retry). Finding what is due costs O(log n), not a scan.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
@@ -20,8 +20,8 @@ struct Inner {
 }
 
 impl Schedule {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 
     /// Sets (or moves) `id` to be due at `at`.

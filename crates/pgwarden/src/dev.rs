@@ -151,5 +151,5 @@ const PSQL_ONE_LINER: &str = r#"  eval "$(curl -s -H "X-Vault-Token: $PGWARDEN_T
 
 fn hex_key() -> String {
     let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }

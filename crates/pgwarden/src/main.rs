@@ -136,7 +136,7 @@ async fn agent(config: PathBuf, once: bool, check: bool) -> Result<(), String> {
         println!(
             "{}: valid, {} credential(s)",
             config.display(),
-            loaded.credentials.len()
+            loaded.deliveries.len()
         );
         return Ok(());
     }
