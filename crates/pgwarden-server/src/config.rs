@@ -1,7 +1,7 @@
 //! The server's YAML configuration and its `PGWARDEN_*` environment overrides.
 
 use pgwarden_core::{ConnectionDef, CoreError, RoleSpec, Ttl};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,13 +19,19 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The YAML is malformed or has unknown fields.
-    #[error("config file {path}: {reason}")]
+    #[error("config file {path}: {source}")]
     Parse {
         /// The file.
         path: String,
-        /// The parser's message, with line and column.
-        reason: String,
+        /// The parser's error, with line and column.
+        source: Box<serde_saphyr::Error>,
     },
+    /// The seal key is unusable.
+    #[error("config: {0}")]
+    Seal(#[from] crate::seal::SealError),
+    /// The policy file cannot be used.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     /// A field's value is not usable.
     #[error("config: {0}")]
     Invalid(String),
@@ -323,16 +329,32 @@ fn env_secret(name: &str) -> Option<SecretString> {
         .map(SecretString::from)
 }
 
+/// Shortest root token accepted.
+const MIN_ROOT_TOKEN_BYTES: usize = 16;
+
 impl Config {
+    /// The root token, checked to be present and long enough.
+    pub fn checked_root_token(&self) -> Result<SecretString, ConfigError> {
+        let token = self.root_token.clone().ok_or_else(|| {
+            ConfigError::Invalid("no root token: set PGWARDEN_ROOT_TOKEN or root_token_file".into())
+        })?;
+        if token.expose_secret().len() < MIN_ROOT_TOKEN_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "the root token must be at least {MIN_ROOT_TOKEN_BYTES} characters"
+            )));
+        }
+        Ok(token)
+    }
+
     /// Reads `path`, applies environment overrides and resolves secrets.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        let mut config = Config::parse(&text).map_err(|reason| ConfigError::Parse {
+        let mut config = Config::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.display().to_string(),
-            reason,
+            source,
         })?;
         config.apply_env()?;
         config.resolve_secrets()?;
@@ -340,11 +362,8 @@ impl Config {
     }
 
     /// Parses YAML text (no environment, no secrets).
-    pub fn parse(text: &str) -> Result<Config, String> {
-        if text.trim().is_empty() {
-            return serde_saphyr::from_str("{}").map_err(|e| e.to_string());
-        }
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    pub fn parse(text: &str) -> Result<Config, Box<serde_saphyr::Error>> {
+        serde_saphyr::from_str(if text.trim().is_empty() { "{}" } else { text }).map_err(Box::new)
     }
 
     /// Applies `PGWARDEN_LISTEN` and `PGWARDEN_DATA_DIR`.
@@ -512,7 +531,9 @@ settings:
             config.settings["kv"]["team-a/appdb"]["port"],
             serde_json::json!(5432)
         );
-        let err = Config::parse("auth:\n  k:\n    type: ldap\n").unwrap_err();
+        let err = Config::parse("auth:\n  k:\n    type: ldap\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ldap"), "{err}");
     }
 
@@ -526,7 +547,9 @@ settings:
 
     #[test]
     fn unknown_fields_are_rejected_with_their_name() {
-        let err = Config::parse("listen: \"127.0.0.1:1\"\nlisten_adress: x\n").unwrap_err();
+        let err = Config::parse("listen: \"127.0.0.1:1\"\nlisten_adress: x\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listen_adress"), "{err}");
     }
 

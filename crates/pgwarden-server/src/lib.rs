@@ -33,14 +33,10 @@ use broker::Broker;
 use catalog::Catalog;
 use metrics::Metrics;
 use pgwarden_store::{SqliteStore, Store};
-use secrecy::ExposeSecret;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-/// Shortest root token accepted.
-const MIN_ROOT_TOKEN_BYTES: usize = 16;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -86,21 +82,13 @@ impl Running {
 
 /// Opens the state, recovers leases, checks connections and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let root_token = config.root_token.clone().ok_or_else(|| {
-        ConfigError::Invalid("no root token: set PGWARDEN_ROOT_TOKEN or root_token_file".into())
-    })?;
-    if root_token.expose_secret().len() < MIN_ROOT_TOKEN_BYTES {
-        return Err(ConfigError::Invalid(format!(
-            "the root token must be at least {MIN_ROOT_TOKEN_BYTES} characters"
-        ))
-        .into());
-    }
+    let root_token = config.checked_root_token()?;
     let sealer = config
         .seal_key
         .as_ref()
         .map(seal::Sealer::new)
         .transpose()
-        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        .map_err(ConfigError::from)?;
     create_private_dir(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
     let catalog = Arc::new(Catalog::load(&config, store.clone(), sealer)?);
@@ -108,7 +96,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let broker = Arc::new(Broker::new(store.clone(), catalog.clone(), metrics.clone()));
     let logins = logins::Logins::from_config(&config.auth)?;
     let policy = Arc::new(
-        policy::PolicyHolder::load(config.policy_file.as_deref()).map_err(ConfigError::Invalid)?,
+        policy::PolicyHolder::load(config.policy_file.as_deref()).map_err(ConfigError::from)?,
     );
     let orphans = Arc::new(orphans::Orphans::new(
         catalog.clone(),

@@ -11,21 +11,75 @@ use tokio::sync::watch;
 /// How often the policy file is checked for changes.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Why a policy cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file cannot be read.
+    #[error("policy file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or has unknown fields (the message names the line).
+    #[error("{}{source}", in_file(path))]
+    Yaml {
+        /// The file, when read from one.
+        path: Option<String>,
+        /// The parser's error.
+        source: Box<serde_saphyr::Error>,
+    },
+    /// A grant is invalid.
+    #[error("{}{source}", in_file(path))]
+    Grant {
+        /// The file, when read from one.
+        path: Option<String>,
+        /// What is wrong.
+        source: pgwarden_core::CoreError,
+    },
+}
+
+fn in_file(path: &Option<String>) -> String {
+    path.as_ref()
+        .map(|path| format!("policy file {path}: "))
+        .unwrap_or_default()
+}
+
+impl PolicyError {
+    /// The same error, naming the file it came from.
+    fn in_file(self, file: &Path) -> PolicyError {
+        let path = Some(file.display().to_string());
+        match self {
+            PolicyError::Yaml { source, .. } => PolicyError::Yaml { path, source },
+            PolicyError::Grant { source, .. } => PolicyError::Grant { path, source },
+            read @ PolicyError::Read { .. } => read,
+        }
+    }
+}
+
 /// Reads, parses and validates a policy file; the error names the file, line and reason.
-pub fn load(path: &Path) -> Result<Policy, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("policy file {}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("policy file {}: {e}", path.display()))
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text).map_err(|e| e.in_file(path))
 }
 
 /// Parses and validates policy YAML.
-pub fn parse(text: &str) -> Result<Policy, String> {
+pub fn parse(text: &str) -> Result<Policy, PolicyError> {
     let policy: Policy = if text.trim().is_empty() {
         Policy::default()
     } else {
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())?
+        serde_saphyr::from_str(text).map_err(|source| PolicyError::Yaml {
+            path: None,
+            source: Box::new(source),
+        })?
     };
-    policy.validate().map_err(|e| e.to_string())?;
+    policy
+        .validate()
+        .map_err(|source| PolicyError::Grant { path: None, source })?;
     Ok(policy)
 }
 
@@ -37,7 +91,7 @@ pub struct PolicyHolder {
 
 impl PolicyHolder {
     /// Loads the policy at `path` (none: an empty policy that grants nothing).
-    pub fn load(path: Option<&Path>) -> Result<PolicyHolder, String> {
+    pub fn load(path: Option<&Path>) -> Result<PolicyHolder, PolicyError> {
         let policy = path.map(load).transpose()?.unwrap_or_default();
         Ok(PolicyHolder {
             current: ArcSwap::from_pointee(policy),
@@ -98,10 +152,13 @@ mod tests {
 
     #[test]
     fn parse_errors_carry_the_line() {
-        let err = parse("grants:\n  - subjects: [\"group:dba\"]\n    roles: [\"database/*\"]\n    max_tll: 8h\n").unwrap_err();
+        let err = parse("grants:\n  - subjects: [\"group:dba\"]\n    roles: [\"database/*\"]\n    max_tll: 8h\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_tll") && err.contains("line 4"), "{err}");
-        let err =
-            parse("grants:\n  - subjects: [\"dba\"]\n    roles: [\"database/*\"]\n").unwrap_err();
+        let err = parse("grants:\n  - subjects: [\"dba\"]\n    roles: [\"database/*\"]\n")
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "policy grant 1: subject \"dba\" must start with system:serviceaccount:, group: or user:"

@@ -41,7 +41,7 @@ fn policy_file_of(config: &std::path::Path) -> Result<PathBuf, String> {
 pub fn run(command: PolicyCommand) -> Result<(), String> {
     match command {
         PolicyCommand::Check { file } => {
-            let policy = pgwarden_server::policy::load(&file)?;
+            let policy = pgwarden_server::policy::load(&file).map_err(|e| e.to_string())?;
             println!(
                 "{}: valid, {} grant(s)",
                 file.display(),
@@ -58,7 +58,10 @@ pub fn run(command: PolicyCommand) -> Result<(), String> {
                 (Some(file), _) => file,
                 (None, config) => policy_file_of(&config.ok_or("give --policy or --config")?)?,
             };
-            explain(&pgwarden_server::policy::load(&file)?, &subject);
+            explain(
+                &pgwarden_server::policy::load(&file).map_err(|e| e.to_string())?,
+                &subject,
+            );
             Ok(())
         }
     }
