@@ -178,13 +178,33 @@ pub(crate) async fn join(client: &impl GenericClient, role: &str) -> Result<(), 
         .await
         .map_err(sql(format!("checking membership in {role:?}")))?
         .get(0);
-    if !member {
-        client
-            .batch_execute(&format!("GRANT {} TO CURRENT_USER;", quote_ident(role)))
-            .await
-            .map_err(sql(format!("joining role {role:?}")))?;
+    if member {
+        return Ok(());
     }
-    Ok(())
+    match client
+        .batch_execute(&format!("GRANT {} TO CURRENT_USER;", quote_ident(role)))
+        .await
+    {
+        // PostgreSQL 16+: granting a role takes ADMIN OPTION on it, which only the role's
+        // creator gets by itself.
+        Err(error) if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            let admin: String = client
+                .query_one("SELECT current_user::text", &[])
+                .await
+                .map_err(sql("reading the administrator's name"))?
+                .get(0);
+            Err(EngineError::UnsafeGroup {
+                group: role.to_string(),
+                reason: format!(
+                    "cannot be granted by the administrator {admin:?}: as a superuser, run \
+                     GRANT {} TO {} WITH ADMIN OPTION",
+                    quote_ident(role),
+                    quote_ident(&admin)
+                ),
+            })
+        }
+        other => other.map_err(sql(format!("joining role {role:?}"))),
+    }
 }
 
 /// The database `client` is connected to.

@@ -499,11 +499,15 @@ async fn what_admin_users_create_stays_usable_by_every_preset() {
 async fn group_roles_must_be_safe_and_made_by_pgwarden_unless_adopted() {
     let s = setup().await;
     let su = s.cluster.connect_superuser("appdb").await.unwrap();
-    su.batch_execute(
+    // A DBA handing an existing group to pgwarden gives its administrator ADMIN OPTION on it
+    // (PostgreSQL 16+ requires that to grant a role; older majors accept it).
+    su.batch_execute(&format!(
         "CREATE ROLE legacy_group NOLOGIN;
+         GRANT legacy_group TO {ADMIN} WITH ADMIN OPTION;
+         CREATE ROLE foreign_group NOLOGIN;
          CREATE ROLE powerful_group NOLOGIN CREATEROLE;
-         CREATE ROLE rls_group NOLOGIN BYPASSRLS;",
-    )
+         CREATE ROLE rls_group NOLOGIN BYPASSRLS;"
+    ))
     .await
     .unwrap();
     let refused = |group: &str, reason: &str| format!("group role {group:?} {reason}");
@@ -549,6 +553,28 @@ async fn group_roles_must_be_safe_and_made_by_pgwarden_unless_adopted() {
     );
     let user = issue_on(&s.target, &adopted, &[]).await.unwrap();
     login(&s, &user).await.unwrap();
+    // Without ADMIN OPTION, PostgreSQL 16+ refuses the grant: the error says how to fix it.
+    let version: i32 = su
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let foreign = role(
+        "f",
+        r#"{"db_name":"appdb","preset":"readonly","group_role":"foreign_group","adopt_group_role":true}"#,
+    );
+    let outcome = issue_on(&s.target, &foreign, &[]).await;
+    if version >= 160000 {
+        assert_eq!(
+            outcome.err().unwrap().to_string(),
+            format!(
+                "group role \"foreign_group\" cannot be granted by the administrator \"{ADMIN}\": \
+                 as a superuser, run GRANT \"foreign_group\" TO \"{ADMIN}\" WITH ADMIN OPTION"
+            )
+        );
+    } else {
+        outcome.unwrap();
+    }
     // A group pgwarden creates carries its mark, so it is used without adoption next time.
     let made = role("made", r#"{"db_name":"appdb","preset":"readonly"}"#);
     issue_on(&s.target, &made, &[]).await.unwrap();

@@ -76,7 +76,7 @@ pub struct PgCluster {
     run_as: Option<User>,
 }
 
-/// The directory holding `initdb`, `postgres` and `pg_isready`.
+/// The directory holding `initdb` and `postgres`.
 fn find_bin_dir() -> Result<PathBuf, TestkitError> {
     if let Some(dir) = std::env::var_os("PGWARDEN_PG_BIN") {
         return Ok(PathBuf::from(dir));
@@ -289,15 +289,15 @@ impl PgCluster {
         self.wait_ready()
     }
 
+    /// Waits until the server accepts connections, as `pg_ctl` does: the status line of
+    /// `postmaster.pid` reads `ready` (the npm builds carry no `pg_isready`).
     fn wait_ready(&mut self) -> Result<(), TestkitError> {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let pid_file = self.data_dir().join("postmaster.pid");
         while Instant::now() < deadline {
-            let status = self
-                .command("pg_isready")
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .status()
-                .map_err(io("running pg_isready"))?;
-            if status.success() {
+            let ready = fs::read_to_string(&pid_file)
+                .is_ok_and(|text| text.lines().nth(7).is_some_and(|s| s.trim() == "ready"));
+            if ready {
                 return Ok(());
             }
             if let Some(Ok(Some(_))) = self.server.as_mut().map(Child::try_wait) {
@@ -381,7 +381,8 @@ impl PgCluster {
 
     /// Creates a non-superuser administrator `admin` (LOGIN CREATEROLE, may end others'
     /// sessions) owning a new database `db` that holds a sample table `public.items`;
-    /// the shape pgwarden expects of a target database.
+    /// the shape pgwarden expects of a target database. Schema `public` is hardened as
+    /// PostgreSQL 15 made the default (no CREATE for PUBLIC), so every major behaves alike.
     pub async fn create_app_database(
         &self,
         db: &str,
@@ -404,7 +405,10 @@ impl PgCluster {
             .map_err(sql("creating the database"))?;
         let su_db = self.connect_superuser(db).await?;
         su_db
-            .batch_execute(&format!("ALTER SCHEMA public OWNER TO \"{admin}\";"))
+            .batch_execute(&format!(
+                "ALTER SCHEMA public OWNER TO \"{admin}\";
+                 REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
+            ))
             .await
             .map_err(sql("handing schema public to the admin"))?;
         let owner = self
