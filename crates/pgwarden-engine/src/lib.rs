@@ -12,6 +12,7 @@
     )
 )]
 
+mod check;
 mod error;
 mod groups;
 mod preset;
@@ -20,6 +21,7 @@ mod target;
 mod tls;
 mod users;
 
+pub use check::{Finding, Severity, check_administrator};
 pub use error::EngineError;
 pub use groups::GROUP_MARK;
 pub use quote::{quote_ident, quote_literal};

@@ -65,7 +65,7 @@ pub struct Catalog {
 }
 
 /// The target of a connection being loaded.
-fn connection_target(mount: &str, def: &ConnectionDef) -> Result<Target, ConfigError> {
+pub(crate) fn connection_target(mount: &str, def: &ConnectionDef) -> Result<Target, ConfigError> {
     Target::new(def).map_err(|source| ConfigError::Connection {
         mount: mount.to_string(),
         name: def.name.clone(),
@@ -200,17 +200,33 @@ impl Catalog {
         self.read(mount, |_| Ok(())).is_ok()
     }
 
-    /// The file-defined connections to check at start-up, as `mount/name` and target.
-    pub fn targets_to_verify(&self) -> Vec<(String, Arc<Target>)> {
-        self.targets_where(|def| def.verify_connection)
+    /// The connections to check at start-up (`verify_connection`), as mount, name and target.
+    pub fn targets_to_verify(&self) -> Vec<(String, String, Arc<Target>)> {
+        let mounts = self.mounts.read();
+        mounts
+            .iter()
+            .flat_map(|(m, mount)| {
+                mount
+                    .connections
+                    .values()
+                    .filter(|c| c.def.verify_connection)
+                    .filter_map(move |c| {
+                        let target = mount.targets.get(&c.def.name)?.clone();
+                        Some((m.clone(), c.def.name.clone(), target))
+                    })
+            })
+            .collect()
+    }
+
+    /// Every role of `mount`.
+    pub fn roles(&self, mount: &str) -> Result<Vec<RoleDef>, ServerError> {
+        self.read(mount, |m| {
+            Ok(m.roles.values().map(|r| r.def.clone()).collect())
+        })
     }
 
     /// Every connection, as `mount/name` and target.
     pub fn targets(&self) -> Vec<(String, Arc<Target>)> {
-        self.targets_where(|_| true)
-    }
-
-    fn targets_where(&self, keep: impl Fn(&ConnectionDef) -> bool) -> Vec<(String, Arc<Target>)> {
         let mounts = self.mounts.read();
         mounts
             .iter()
@@ -218,7 +234,6 @@ impl Catalog {
                 mount
                     .targets
                     .iter()
-                    .filter(|(name, _)| mount.connections.get(*name).is_some_and(|c| keep(&c.def)))
                     .map(move |(name, target)| (format!("{m}/{name}"), target.clone()))
             })
             .collect()

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod broker;
 pub mod catalog;
+pub mod checks;
 pub mod config;
 pub mod error;
 pub mod listener;
@@ -108,11 +109,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let purged = tokens.purge_expired().map_err(StartError::Recover)?;
     let recovered = broker.recover().map_err(StartError::Recover)?;
     tracing::info!(leases = recovered, expired_tokens_purged = purged, data_dir = %config.data_dir.display(), "state loaded");
-    for (name, target) in catalog.targets_to_verify() {
-        if let Err(error) = target.verify().await {
-            tracing::warn!(connection = %name, %error, "connection check failed; credentials from it will fail until it is reachable");
-        }
-    }
+    checks::log(&checks::check_catalog(&catalog).await);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Io {

@@ -1,0 +1,87 @@
+//! What each connection's administrator lacks, at start-up (logged) and in `pgwarden check`.
+
+use crate::catalog::{Catalog, connection_target};
+use crate::config::{Config, ConfigError};
+use pgwarden_core::{RoleDef, RoleKind};
+use pgwarden_engine::{EngineError, Finding, Target, check_administrator};
+
+/// The outcome for one connection.
+pub struct Report {
+    /// `mount/connection`.
+    pub connection: String,
+    /// What its administrator lacks, or why it could not be checked.
+    pub outcome: Result<Vec<Finding>, EngineError>,
+}
+
+/// The schemas the preset roles among `roles` cover through `connection`.
+fn preset_schemas<'a>(roles: impl Iterator<Item = &'a RoleDef>, connection: &str) -> Vec<String> {
+    let mut schemas: Vec<String> = roles
+        .filter(|role| role.db_name == connection)
+        .flat_map(|role| match &role.kind {
+            RoleKind::Preset { schemas, .. } => schemas.clone(),
+            RoleKind::Statements(_) => Vec::new(),
+        })
+        .collect();
+    schemas.sort();
+    schemas.dedup();
+    schemas
+}
+
+async fn report(connection: String, target: &Target, schemas: &[String]) -> Report {
+    Report {
+        outcome: check_administrator(target, schemas).await,
+        connection,
+    }
+}
+
+/// Checks every connection of the catalog that asks to be verified.
+pub async fn check_catalog(catalog: &Catalog) -> Vec<Report> {
+    let mut reports = Vec::new();
+    for (mount, name, target) in catalog.targets_to_verify() {
+        let roles = catalog.roles(&mount).unwrap_or_default();
+        let schemas = preset_schemas(roles.iter(), &name);
+        reports.push(report(format!("{mount}/{name}"), &target, &schemas).await);
+    }
+    reports
+}
+
+/// Checks every connection of the configuration file (without opening the state store).
+pub async fn check_config(config: &Config) -> Result<Vec<Report>, ConfigError> {
+    let mut reports = Vec::new();
+    for (mount, mount_config) in &config.mounts {
+        let roles = mount_config
+            .roles
+            .iter()
+            .map(|(name, spec)| {
+                spec.clone()
+                    .into_def(name)
+                    .map_err(|source| ConfigError::Definition {
+                        mount: mount.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (name, connection) in &mount_config.connections {
+            let target = connection_target(mount, &connection.to_def(mount, name)?)?;
+            let schemas = preset_schemas(roles.iter(), name);
+            reports.push(report(format!("{mount}/{name}"), &target, &schemas).await);
+        }
+    }
+    Ok(reports)
+}
+
+/// Logs each report: a warning per finding, an error when a connection cannot be checked.
+pub fn log(reports: &[Report]) {
+    for report in reports {
+        match &report.outcome {
+            Ok(findings) => {
+                for finding in findings {
+                    tracing::warn!(connection = %report.connection, %finding, "administrator check");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(connection = %report.connection, %error, "connection check failed; credentials from it will fail until it is reachable");
+            }
+        }
+    }
+}
