@@ -531,18 +531,23 @@ mod tests {
         .unwrap()
     }
 
+    /// A pending lease of the root token, for role [`role`], issued at `t0`.
+    fn root_lease(username: &str, t0: OffsetDateTime) -> Lease {
+        Lease::new_pending(
+            "database",
+            &role(),
+            username.into(),
+            Owner::root(),
+            Ttl::default(),
+            t0,
+        )
+    }
+
     #[test]
     fn leases_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = datetime!(2026-11-22 10:00:00.123 UTC);
-        let mut lease = Lease::new_pending(
-            "database",
-            &role(),
-            "v-x".into(),
-            Owner::root(),
-            Ttl::default(),
-            t0,
-        );
+        let mut lease = root_lease("v-x", t0);
         {
             let store = SqliteStore::open(dir.path()).unwrap();
             store.insert_lease(&lease).unwrap();
@@ -627,23 +632,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         let t0 = datetime!(2026-11-22 10:00:00 UTC);
-        let mut a = Lease::new_pending(
-            "database",
-            &role(),
-            "a".into(),
-            Owner::root(),
-            Ttl::default(),
-            t0,
-        );
+        let mut a = root_lease("a", t0);
         a.id = "database/creds/a%/1".into();
-        let mut b = Lease::new_pending(
-            "database",
-            &role(),
-            "b".into(),
-            Owner::root(),
-            Ttl::default(),
-            t0,
-        );
+        let mut b = root_lease("b", t0);
         b.id = "database/creds/ab/1".into();
         store.insert_lease(&a).unwrap();
         store.insert_lease(&b).unwrap();
@@ -651,6 +642,49 @@ mod tests {
             store.lease_ids_with_prefix("database/creds/a%").unwrap(),
             vec![a.id]
         );
+    }
+
+    #[test]
+    fn values_that_do_not_decode_are_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let t0 = datetime!(2026-11-22 10:00:00 UTC);
+        let lease = root_lease("u", t0);
+        store.insert_lease(&lease).unwrap();
+        let sql = |sql: &str| store.with(|c| Ok(c.execute_batch(sql)?)).unwrap();
+        fn corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>) -> (&'static str, String) {
+            match result {
+                Err(StoreError::Corrupt { what, reason }) => (what, reason),
+                other => panic!("not corrupt: {other:?}"),
+            }
+        }
+
+        sql("UPDATE leases SET state = 'bogus'");
+        assert_eq!(
+            corrupt(store.get_lease(&lease.id)),
+            ("lease state", "bogus".to_string())
+        );
+        assert_eq!(corrupt(store.all_leases()).0, "lease state");
+        sql("UPDATE leases SET state = 'active', role_json = '{'");
+        assert_eq!(corrupt(store.get_lease(&lease.id)).0, "role");
+        sql(&format!(
+            "UPDATE leases SET role_json = '{}', last_renewal_ms = {}",
+            to_json("role", &role()).unwrap(),
+            i64::MAX
+        ));
+        assert_eq!(corrupt(store.get_lease(&lease.id)).0, "timestamp");
+        sql("UPDATE leases SET last_renewal_ms = NULL, revoke_attempts = -1");
+        assert!(matches!(
+            store.get_lease(&lease.id),
+            Err(StoreError::Sqlite(_))
+        ));
+
+        sql("INSERT INTO roles VALUES ('database', 'x', 'null')");
+        assert_eq!(corrupt(store.roles()).0, "role");
+        sql("INSERT INTO connections VALUES ('database', 'c', 'u', 'a', x'00', '{}', 1)");
+        assert_eq!(corrupt(store.connections()).0, "connection");
+        sql("INSERT INTO tokens VALUES ('acc', 'h', '[]', 'kubernetes', 'r', 0, 0, 0, 60)");
+        assert_eq!(corrupt(store.token_by_accessor("acc")).0, "token identity");
     }
 
     #[test]
