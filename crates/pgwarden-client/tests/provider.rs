@@ -3,45 +3,23 @@
 //! every replaced user is dropped after the grace period.
 
 use pgwarden_client::{Auth, Client, CredentialProvider, ProviderOptions, pool};
-use pgwarden_server::Config;
-use pgwarden_testkit::{APP_ADMIN, APP_ADMIN_PASSWORD, PgCluster};
+use pgwarden_testkit::PgCluster;
+use pgwarden_testkit::broker::{ROOT_TOKEN as ROOT, TestBroker};
 use secrecy::SecretString;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const ROOT: &str = "provider-test-root-token";
-
-async fn broker(cluster: &PgCluster, data: &std::path::Path) -> pgwarden_server::Running {
-    let yaml = format!(
-        r#"
-listen: "127.0.0.1:0"
-mounts:
-  database:
-    connections:
-      appdb:
-        connection_url: "{url}"
-        username: {APP_ADMIN}
-        password: {APP_ADMIN_PASSWORD}
-        allowed_roles: ["*"]
-    roles:
-      short: {{ db_name: appdb, preset: readonly, default_ttl: 3s, max_ttl: 8s }}
-"#,
-        url = cluster.templated_url("appdb")
-    );
-    let mut config = Config::parse(&yaml).unwrap();
-    config.data_dir = data.to_path_buf();
-    config.root_token = Some(SecretString::from(ROOT));
-    pgwarden_server::start(config).await.unwrap()
-}
+/// Leases of 3 s, renewable to 8 s.
+const ROLES: &str =
+    "      short: { db_name: appdb, preset: readonly, default_ttl: 3s, max_ttl: 8s }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_seconds_of_queries_across_credential_changes() {
     let cluster = PgCluster::start_with_appdb().await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let server = broker(&cluster, data.path()).await;
+    let mut broker = TestBroker::start(&cluster, ROLES, "").await;
     let client = Arc::new(Client::new(
-        &format!("http://{}", server.addr),
+        &broker.base,
         Auth::Token(SecretString::from(ROOT)),
     ));
     let options = ProviderOptions {
@@ -88,16 +66,15 @@ async fn thirty_seconds_of_queries_across_credential_changes() {
             "{user} still exists"
         );
     }
-    server.shutdown().await.unwrap();
+    broker.stop().await;
 }
 
 #[tokio::test]
 async fn a_rejected_password_fetches_a_new_credential_and_retries_once() {
     let cluster = PgCluster::start_with_appdb().await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let server = broker(&cluster, data.path()).await;
+    let mut broker = TestBroker::start(&cluster, ROLES, "").await;
     let client = Arc::new(Client::new(
-        &format!("http://{}", server.addr),
+        &broker.base,
         Auth::Token(SecretString::from(ROOT)),
     ));
     let provider = Arc::new(
@@ -121,5 +98,5 @@ async fn a_rejected_password_fetches_a_new_credential_and_retries_once() {
         .get(0);
     assert_ne!(user, first.credential.username);
     assert_eq!(provider.current().generation, first.generation + 1);
-    server.shutdown().await.unwrap();
+    broker.stop().await;
 }

@@ -5,43 +5,23 @@
 //! Run with `cargo bench -p pgwarden-server --bench broker`. Prints tables; asserts nothing.
 
 use pgwarden_core::{Lease, LeaseState, Owner, RoleSpec, Ttl, names};
-use pgwarden_server::{Config, Running};
 use pgwarden_store::{SqliteStore, Store};
+use pgwarden_testkit::broker::{ROOT_TOKEN as ROOT, TestBroker};
 use pgwarden_testkit::{APP_ADMIN as ADMIN, APP_ADMIN_PASSWORD as ADMIN_PW, PgCluster};
-use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const ROOT: &str = "bench-root-token-0123456789";
-const SEAL: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const REAP_COUNT: usize = 10_000;
 const CREATE: &str =
     "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';";
 
-fn config(cluster: &PgCluster, data: &std::path::Path) -> Config {
-    let yaml = format!(
-        r#"
-listen: "127.0.0.1:0"
-mounts:
-  database:
-    connections:
-      appdb:
-        connection_url: "{url}"
-        username: {ADMIN}
-        password: {ADMIN_PW}
-        allowed_roles: ["*"]
-    roles:
-      template: {{ db_name: appdb, creation_statements: ['{create}'], default_ttl: 1h, max_ttl: 2h }}
-      preset:   {{ db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }}
-"#,
-        url = cluster.templated_url("appdb"),
+/// One role per kind of creation: SQL templates, and a preset.
+fn roles() -> String {
+    format!(
+        "      template: {{ db_name: appdb, creation_statements: ['{create}'], default_ttl: 1h, max_ttl: 2h }}
+      preset:   {{ db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }}",
         create = CREATE.replace('\'', "''"),
-    );
-    let mut config = Config::parse(&yaml).expect("bench config parses");
-    config.data_dir = data.to_path_buf();
-    config.root_token = Some(SecretString::from(ROOT));
-    config.seal_key = Some(SecretString::from(SEAL));
-    config
+    )
 }
 
 /// Latencies of one run and its wall time.
@@ -151,8 +131,7 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-async fn throughput(cluster: &PgCluster, server: &Running) {
-    let base = format!("http://{}", server.addr);
+async fn throughput(cluster: &PgCluster, base: &str) {
     println!(
         "\nissue + revoke through pgwarden's API vs the same CREATE ROLE/DROP ROLE sent directly\n"
     );
@@ -162,7 +141,7 @@ async fn throughput(cluster: &PgCluster, server: &Running) {
         let mut rows = Vec::new();
         for role in ["template", "preset"] {
             let http = reqwest::Client::new();
-            let base = base.clone();
+            let base = base.to_string();
             let run = measure(
                 workers,
                 total,
@@ -236,8 +215,8 @@ async fn seed_expired(cluster: &PgCluster, data: &std::path::Path, count: usize)
 }
 
 async fn reap(cluster: &PgCluster) {
-    let data = tempfile::tempdir().unwrap();
-    seed_expired(cluster, data.path(), REAP_COUNT).await;
+    let mut broker = TestBroker::new(cluster, &roles(), "");
+    seed_expired(cluster, broker.data.path(), REAP_COUNT).await;
     let su = cluster.connect_superuser("appdb").await.unwrap();
     let count = || async {
         su.query_one(
@@ -253,15 +232,13 @@ async fn reap(cluster: &PgCluster) {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let before = peak_rss_kib();
     let start = Instant::now();
-    let server = pgwarden_server::start(config(cluster, data.path()))
-        .await
-        .unwrap();
+    broker.boot().await;
     while count().await > 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = start.elapsed();
     let peak = peak_rss_kib();
-    server.shutdown().await.unwrap();
+    broker.stop().await;
     println!(
         "\nreaping expired leases (start-up recovery, ordered schedule, 16 concurrent revocations)\n"
     );
@@ -284,11 +261,8 @@ async fn main() {
         return; // `cargo bench -- --list` probes harness-less benches.
     }
     let cluster = PgCluster::start_with_appdb().await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let server = pgwarden_server::start(config(&cluster, data.path()))
-        .await
-        .unwrap();
-    throughput(&cluster, &server).await;
-    server.shutdown().await.unwrap();
+    let mut broker = TestBroker::start(&cluster, &roles(), "").await;
+    throughput(&cluster, &broker.base).await;
+    broker.stop().await;
     reap(&cluster).await;
 }

@@ -302,7 +302,7 @@ async fn roles_and_connections_at_run_time() {
     // Runtime definitions survive a restart (the password sealed in the store).
     let mut env = env;
     env.stop().await;
-    env.boot(ROLES).await;
+    env.boot().await;
     let again = env.creds("rt-reader").await;
     env.login(&again).await.unwrap();
 
@@ -371,8 +371,8 @@ async fn roles_and_connections_at_run_time() {
     )
     .await;
     env.login(&env.creds("via-embedded").await).await.unwrap();
-    let state = std::fs::read(env.data.path().join("state.db")).unwrap();
-    let wal = std::fs::read(env.data.path().join("state.db-wal")).unwrap_or_default();
+    let state = std::fs::read(env.broker.data.path().join("state.db")).unwrap();
+    let wal = std::fs::read(env.broker.data.path().join("state.db-wal")).unwrap_or_default();
     for bytes in [&state, &wal] {
         assert!(
             !bytes

@@ -15,7 +15,7 @@ async fn slow_clients_are_closed_and_cannot_exhaust_the_server() {
         "http: { max_connections: 4, header_read_timeout: 1s }",
     )
     .await;
-    let addr = env.base.trim_start_matches("http://").to_string();
+    let addr = env.broker.base.trim_start_matches("http://").to_string();
     let mut slow = Vec::new();
     for _ in 0..6 {
         let mut stream = TcpStream::connect(&addr).await.unwrap();
@@ -29,7 +29,7 @@ async fn slow_clients_are_closed_and_cannot_exhaust_the_server() {
     // once the header timeout frees them.
     let start = Instant::now();
     let response = reqwest::Client::new()
-        .get(format!("{}/v1/sys/health", env.base))
+        .get(format!("{}/v1/sys/health", env.broker.base))
         .timeout(Duration::from_secs(10))
         .send()
         .await
@@ -51,7 +51,7 @@ async fn slow_clients_are_closed_and_cannot_exhaust_the_server() {
 #[tokio::test]
 async fn idle_kept_alive_connections_are_closed() {
     let env = Env::start_with(ROLES, "http: { header_read_timeout: 1s }").await;
-    let addr = env.base.trim_start_matches("http://").to_string();
+    let addr = env.broker.base.trim_start_matches("http://").to_string();
     let mut stream = TcpStream::connect(&addr).await.unwrap();
     stream
         .write_all(b"GET /v1/sys/health HTTP/1.1\r\nHost: x\r\n\r\n")

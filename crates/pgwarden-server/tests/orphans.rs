@@ -32,16 +32,16 @@ async fn users_lost_from_the_state_are_reported_then_dropped() {
     let kept = env.creds("appdb-readonly").await;
     env.stop().await;
     let backup = tempfile::tempdir().unwrap();
-    copy_state(env.data.path(), backup.path());
-    env.boot(ROLES).await;
+    copy_state(env.broker.data.path(), backup.path());
+    env.boot().await;
     let lost = env.creds("appdb-readonly").await;
     env.stop().await;
-    copy_state(backup.path(), env.data.path());
+    copy_state(backup.path(), env.broker.data.path());
     let su = env.cluster.connect_superuser("appdb").await.unwrap();
     su.batch_execute("CREATE ROLE app_owner LOGIN PASSWORD 'x'")
         .await
         .unwrap();
-    env.boot(ROLES).await;
+    env.boot().await;
 
     // Reported at the first sweep, while its grace period runs: it still exists.
     tokio::time::sleep(Duration::from_millis(1500)).await;

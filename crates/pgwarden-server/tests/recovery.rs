@@ -19,7 +19,7 @@ async fn half_created_leases_are_rolled_back_on_start() {
 
     // Rewind two leases to "pending": one whose user exists (crash after CREATE ROLE, before
     // the lease was marked active), one whose user was never created.
-    let store = SqliteStore::open(env.data.path()).unwrap();
+    let store = SqliteStore::open(env.broker.data.path()).unwrap();
     for id in [&half.lease_id, &never.lease_id] {
         let mut lease = store.get_lease(id).unwrap().unwrap();
         lease.state = LeaseState::Pending;
@@ -34,7 +34,7 @@ async fn half_created_leases_are_rolled_back_on_start() {
     .await
     .unwrap();
 
-    env.boot(ROLES).await;
+    env.boot().await;
     env.wait_role_gone(&half.username, Duration::from_secs(5))
         .await
         .expect("half-created user rolled back");

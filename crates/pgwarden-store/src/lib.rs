@@ -42,9 +42,10 @@ pub enum StoreError {
         /// The filesystem error.
         source: std::io::Error,
     },
-    /// A query failed.
+    /// A query failed. (`From<rusqlite::Error>` is in `sqlite.rs`: it turns a stored value
+    /// that does not decode into [`StoreError::Corrupt`].)
     #[error("state store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(#[source] rusqlite::Error),
     /// A value could not be encoded for storage.
     #[error("state store cannot encode a {what}: {source}")]
     Encode {

@@ -2,7 +2,9 @@
 
 use crate::{Store, StoreError, StoredConnection, migrations};
 use pgwarden_core::{Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, named_params, params};
+use serde::de::DeserializeOwned;
 use std::path::Path;
 use std::sync::Mutex;
 use time::OffsetDateTime;
@@ -17,19 +19,123 @@ const LEASE_COLUMNS: &str = "id, username, owner, mount, role_json, state, issue
      max_expires_at_ms, last_renewal_ms, revoke_attempts, last_error, subject, token_accessor";
 const TOKEN_COLUMNS: &str = "accessor, hash, identity_json, mount, role, issued_at_ms, expires_at_ms, max_expires_at_ms, ttl_secs";
 
-fn millis(t: OffsetDateTime) -> i64 {
-    t.unix_timestamp()
-        .saturating_mul(1000)
-        .saturating_add(i64::from(t.millisecond()))
+/// A stored value that does not decode. It travels inside rusqlite's conversion error and
+/// comes out as [`StoreError::Corrupt`].
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt {what}: {reason}")]
+struct Corrupt {
+    what: &'static str,
+    reason: String,
 }
 
-fn from_millis(ms: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms).saturating_mul(1_000_000)).map_err(
-        |e| StoreError::Corrupt {
-            what: "timestamp",
-            reason: e.to_string(),
-        },
-    )
+fn corrupt(what: &'static str, reason: String) -> FromSqlError {
+    FromSqlError::other(Corrupt { what, reason })
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> StoreError {
+        match error {
+            rusqlite::Error::FromSqlConversionFailure(index, kind, source) => {
+                match source.downcast::<Corrupt>() {
+                    Ok(corrupt) => StoreError::Corrupt {
+                        what: corrupt.what,
+                        reason: corrupt.reason,
+                    },
+                    Err(source) => StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(
+                        index, kind, source,
+                    )),
+                }
+            }
+            error => StoreError::Sqlite(error),
+        }
+    }
+}
+
+/// A point in time, stored as whole milliseconds since the Unix epoch (`*_ms` columns).
+struct Millis(OffsetDateTime);
+
+impl ToSql for Millis {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        let t = self.0;
+        Ok(ToSqlOutput::from(
+            t.unix_timestamp()
+                .saturating_mul(1000)
+                .saturating_add(i64::from(t.millisecond())),
+        ))
+    }
+}
+
+impl FromSql for Millis {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Millis> {
+        let ms = i64::column_result(value)?;
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms).saturating_mul(1_000_000))
+            .map(Millis)
+            .map_err(|e| corrupt("timestamp", e.to_string()))
+    }
+}
+
+/// A lease's state, stored by name (`state`).
+struct State(LeaseState);
+
+impl ToSql for State {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.0.as_str()))
+    }
+}
+
+impl FromSql for State {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<State> {
+        let name = value.as_str()?;
+        LeaseState::parse(name)
+            .map(State)
+            .ok_or_else(|| corrupt("lease state", name.to_string()))
+    }
+}
+
+/// A token's TTL, stored in whole seconds (`ttl_secs`).
+struct Secs(Ttl);
+
+impl ToSql for Secs {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.0.as_secs() as i64))
+    }
+}
+
+impl FromSql for Secs {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Secs> {
+        let secs = i64::column_result(value)?;
+        Ok(Secs(Ttl::from_secs(secs.max(0) as u64)))
+    }
+}
+
+/// A value stored as JSON text (`*_json` columns), and what a corrupt one is called.
+trait JsonColumn: DeserializeOwned {
+    const WHAT: &'static str;
+}
+
+impl JsonColumn for RoleDef {
+    const WHAT: &'static str = "role";
+}
+
+impl JsonColumn for Identity {
+    const WHAT: &'static str = "token identity";
+}
+
+/// The one list stored: a connection's allowed roles.
+impl JsonColumn for Vec<String> {
+    const WHAT: &'static str = "connection";
+}
+
+/// A JSON column read back. Values are written with [`to_json`], before the query, so an
+/// encoding error stays a [`StoreError::Encode`].
+struct Json<T>(T);
+
+impl<T: JsonColumn> FromSql for Json<T> {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Json<T>> {
+        serde_json::from_str(value.as_str()?)
+            .map(Json)
+            .map_err(|e| corrupt(T::WHAT, e.to_string()))
+    }
 }
 
 /// `value` as JSON for a column.
@@ -37,95 +143,58 @@ fn to_json(what: &'static str, value: &impl serde::Serialize) -> Result<String, 
     serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
 }
 
-fn role_json(role: &RoleDef) -> Result<String, StoreError> {
-    to_json("role", role)
-}
-
-fn parse_role(json: &str) -> Result<RoleDef, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
-        what: "role",
-        reason: e.to_string(),
-    })
-}
-
-/// The raw columns of a lease row, converted after the SQLite borrow ends.
-type LeaseRow = (
-    (String, String, String, String, String, String),
-    (i64, i64, i64, Option<i64>, u32, Option<String>),
-    (String, Option<String>),
-);
-
-fn lease_row(row: &Row<'_>) -> rusqlite::Result<LeaseRow> {
-    Ok((
-        (
-            row.get(0)?,
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-            row.get(5)?,
-        ),
-        (
-            row.get(6)?,
-            row.get(7)?,
-            row.get(8)?,
-            row.get(9)?,
-            row.get(10)?,
-            row.get(11)?,
-        ),
-        (row.get(12)?, row.get(13)?),
-    ))
-}
-
-fn lease_from_row(r: LeaseRow) -> Result<Lease, StoreError> {
-    let (
-        (id, username, display_name, mount, role, state),
-        (issued, expires, max_expires, renewed, attempts, last_error),
-        (subject, token_accessor),
-    ) = r;
+/// A row of `leases` (all of [`LEASE_COLUMNS`]).
+fn lease(row: &Row<'_>) -> rusqlite::Result<Lease> {
     Ok(Lease {
-        state: LeaseState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-            what: "lease state",
-            reason: state.clone(),
-        })?,
-        role: parse_role(&role)?,
-        issued_at: from_millis(issued)?,
-        expires_at: from_millis(expires)?,
-        max_expires_at: from_millis(max_expires)?,
-        last_renewal: renewed.map(from_millis).transpose()?,
-        id,
-        username,
+        state: row.get::<_, State>("state")?.0,
+        role: row.get::<_, Json<RoleDef>>("role_json")?.0,
+        issued_at: row.get::<_, Millis>("issued_at_ms")?.0,
+        expires_at: row.get::<_, Millis>("expires_at_ms")?.0,
+        max_expires_at: row.get::<_, Millis>("max_expires_at_ms")?.0,
+        last_renewal: row
+            .get::<_, Option<Millis>>("last_renewal_ms")?
+            .map(|t| t.0),
+        id: row.get("id")?,
+        username: row.get("username")?,
         owner: Owner {
-            display_name,
-            subject,
-            token_accessor,
+            display_name: row.get("owner")?,
+            subject: row.get("subject")?,
+            token_accessor: row.get("token_accessor")?,
         },
-        mount,
-        revoke_attempts: attempts,
-        last_error,
+        mount: row.get("mount")?,
+        revoke_attempts: row.get("revoke_attempts")?,
+        last_error: row.get("last_error")?,
     })
 }
 
-/// The raw columns of a token row.
-type TokenRow = (String, String, String, String, String, i64, i64, i64, i64);
-
-fn token_from_row(r: TokenRow) -> Result<TokenRecord, StoreError> {
-    let (accessor, hash, identity, mount, role, issued, expires, max_expires, ttl) = r;
-    let identity: Identity = serde_json::from_str(&identity).map_err(|e| StoreError::Corrupt {
-        what: "token identity",
-        reason: e.to_string(),
-    })?;
+/// A row of `tokens` (all of [`TOKEN_COLUMNS`]).
+fn token(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
     Ok(TokenRecord {
-        accessor,
-        hash,
-        identity,
-        mount,
-        role,
-        issued_at: from_millis(issued)?,
-        expires_at: from_millis(expires)?,
-        max_expires_at: from_millis(max_expires)?,
-        ttl: Ttl::from_secs(ttl.max(0) as u64),
+        identity: row.get::<_, Json<Identity>>("identity_json")?.0,
+        issued_at: row.get::<_, Millis>("issued_at_ms")?.0,
+        expires_at: row.get::<_, Millis>("expires_at_ms")?.0,
+        max_expires_at: row.get::<_, Millis>("max_expires_at_ms")?.0,
+        ttl: row.get::<_, Secs>("ttl_secs")?.0,
+        accessor: row.get("accessor")?,
+        hash: row.get("hash")?,
+        mount: row.get("mount")?,
+        role: row.get("role")?,
     })
+}
+
+/// A row of `connections`, with its mount.
+fn connection(row: &Row<'_>) -> rusqlite::Result<(String, StoredConnection)> {
+    Ok((
+        row.get("mount")?,
+        StoredConnection {
+            allowed_roles: row.get::<_, Json<Vec<String>>>("allowed_roles_json")?.0,
+            name: row.get("name")?,
+            connection_url: row.get("connection_url")?,
+            username: row.get("username")?,
+            sealed_password: row.get("sealed_password")?,
+            verify_connection: row.get("verify_connection")?,
+        },
+    ))
 }
 
 impl SqliteStore {
@@ -135,26 +204,13 @@ impl SqliteStore {
         column: &'static str,
         value: &str,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        let row: Option<TokenRow> = self.with(|c| {
+        self.with(|c| {
             Ok(c.prepare_cached(&format!(
                 "SELECT {TOKEN_COLUMNS} FROM tokens WHERE {column} = ?1"
             ))?
-            .query_row([value], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                ))
-            })
+            .query_row([value], token)
             .optional()?)
-        })?;
-        row.map(token_from_row).transpose()
+        })
     }
 
     /// Opens (creating if needed) `state.db` in `data_dir` and migrates it.
@@ -196,27 +252,29 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn insert_lease(&self, l: &Lease) -> Result<(), StoreError> {
-        let role = role_json(&l.role)?;
+        let role = to_json("role", &l.role)?;
         self.with(|c| {
             c.prepare_cached(&format!(
-                "INSERT INTO leases ({LEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                "INSERT INTO leases ({LEASE_COLUMNS}) VALUES (:id, :username, :owner, :mount, \
+                 :role_json, :state, :issued_at_ms, :expires_at_ms, :max_expires_at_ms, \
+                 :last_renewal_ms, :revoke_attempts, :last_error, :subject, :token_accessor)"
             ))?
-            .execute(params![
-                l.id,
-                l.username,
-                l.owner.display_name,
-                l.mount,
-                role,
-                l.state.as_str(),
-                millis(l.issued_at),
-                millis(l.expires_at),
-                millis(l.max_expires_at),
-                l.last_renewal.map(millis),
-                l.revoke_attempts,
-                l.last_error,
-                l.owner.subject,
-                l.owner.token_accessor,
-            ])?;
+            .execute(named_params! {
+                ":id": l.id,
+                ":username": l.username,
+                ":owner": l.owner.display_name,
+                ":mount": l.mount,
+                ":role_json": role,
+                ":state": State(l.state),
+                ":issued_at_ms": Millis(l.issued_at),
+                ":expires_at_ms": Millis(l.expires_at),
+                ":max_expires_at_ms": Millis(l.max_expires_at),
+                ":last_renewal_ms": l.last_renewal.map(Millis),
+                ":revoke_attempts": l.revoke_attempts,
+                ":last_error": l.last_error,
+                ":subject": l.owner.subject,
+                ":token_accessor": l.owner.token_accessor,
+            })?;
             Ok(())
         })
     }
@@ -225,17 +283,18 @@ impl Store for SqliteStore {
         self.with(|c| {
             let changed = c
                 .prepare_cached(
-                    "UPDATE leases SET state = ?2, expires_at_ms = ?3, last_renewal_ms = ?4, \
-                 revoke_attempts = ?5, last_error = ?6 WHERE id = ?1",
+                    "UPDATE leases SET state = :state, expires_at_ms = :expires_at_ms, \
+                     last_renewal_ms = :last_renewal_ms, revoke_attempts = :revoke_attempts, \
+                     last_error = :last_error WHERE id = :id",
                 )?
-                .execute(params![
-                    l.id,
-                    l.state.as_str(),
-                    millis(l.expires_at),
-                    l.last_renewal.map(millis),
-                    l.revoke_attempts,
-                    l.last_error,
-                ])?;
+                .execute(named_params! {
+                    ":id": l.id,
+                    ":state": State(l.state),
+                    ":expires_at_ms": Millis(l.expires_at),
+                    ":last_renewal_ms": l.last_renewal.map(Millis),
+                    ":revoke_attempts": l.revoke_attempts,
+                    ":last_error": l.last_error,
+                })?;
             Ok(changed > 0)
         })
     }
@@ -249,14 +308,13 @@ impl Store for SqliteStore {
     }
 
     fn get_lease(&self, id: &str) -> Result<Option<Lease>, StoreError> {
-        let row = self.with(|c| {
+        self.with(|c| {
             Ok(
                 c.prepare_cached(&format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?1"))?
-                    .query_row([id], lease_row)
+                    .query_row([id], lease)
                     .optional()?,
             )
-        })?;
-        row.map(lease_from_row).transpose()
+        })
     }
 
     fn lease_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -264,7 +322,7 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare_cached(
                 "SELECT id FROM leases WHERE id >= ?1 AND substr(id, 1, length(?1)) = ?1 ORDER BY id",
             )?;
-            let ids = stmt.query_map([prefix], |row| row.get(0))?.collect::<Result<_, _>>()?;
+            let ids = stmt.query_map([prefix], |row| row.get("id"))?.collect::<Result<_, _>>()?;
             Ok(ids)
         })
     }
@@ -274,25 +332,24 @@ impl Store for SqliteStore {
             let mut stmt =
                 c.prepare_cached("SELECT id FROM leases WHERE token_accessor = ?1 ORDER BY id")?;
             let ids = stmt
-                .query_map([accessor], |row| row.get(0))?
+                .query_map([accessor], |row| row.get("id"))?
                 .collect::<Result<_, _>>()?;
             Ok(ids)
         })
     }
 
     fn all_leases(&self) -> Result<Vec<Lease>, StoreError> {
-        let rows: Vec<LeaseRow> = self.with(|c| {
+        self.with(|c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {LEASE_COLUMNS} FROM leases ORDER BY expires_at_ms"
             ))?;
-            let rows = stmt.query_map([], lease_row)?.collect::<Result<_, _>>()?;
-            Ok(rows)
-        })?;
-        rows.into_iter().map(lease_from_row).collect()
+            let leases = stmt.query_map([], lease)?.collect::<Result<_, _>>()?;
+            Ok(leases)
+        })
     }
 
     fn put_role(&self, mount: &str, role: &RoleDef) -> Result<(), StoreError> {
-        let json = role_json(role)?;
+        let json = to_json("role", role)?;
         self.with(|c| {
             c.execute(
                 "INSERT INTO roles (mount, name, role_json) VALUES (?1, ?2, ?3) \
@@ -313,16 +370,18 @@ impl Store for SqliteStore {
     }
 
     fn roles(&self) -> Result<Vec<(String, RoleDef)>, StoreError> {
-        let rows: Vec<(String, String)> = self.with(|c| {
+        self.with(|c| {
             let mut stmt = c.prepare("SELECT mount, role_json FROM roles ORDER BY mount, name")?;
-            let rows = stmt
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            let roles = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get("mount")?,
+                        row.get::<_, Json<RoleDef>>("role_json")?.0,
+                    ))
+                })?
                 .collect::<Result<_, _>>()?;
-            Ok(rows)
-        })?;
-        rows.into_iter()
-            .map(|(mount, json)| Ok((mount, parse_role(&json)?)))
-            .collect()
+            Ok(roles)
+        })
     }
 
     fn put_connection(&self, mount: &str, conn: &StoredConnection) -> Result<(), StoreError> {
@@ -330,19 +389,20 @@ impl Store for SqliteStore {
         self.with(|c| {
             c.execute(
                 "INSERT INTO connections (mount, name, connection_url, username, sealed_password, \
-                 allowed_roles_json, verify_connection) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 allowed_roles_json, verify_connection) VALUES (:mount, :name, :connection_url, \
+                 :username, :sealed_password, :allowed_roles_json, :verify_connection) \
                  ON CONFLICT (mount, name) DO UPDATE SET connection_url = excluded.connection_url, \
                  username = excluded.username, sealed_password = excluded.sealed_password, \
                  allowed_roles_json = excluded.allowed_roles_json, verify_connection = excluded.verify_connection",
-                params![
-                    mount,
-                    conn.name,
-                    conn.connection_url,
-                    conn.username,
-                    conn.sealed_password,
-                    allowed,
-                    conn.verify_connection
-                ],
+                named_params! {
+                    ":mount": mount,
+                    ":name": conn.name,
+                    ":connection_url": conn.connection_url,
+                    ":username": conn.username,
+                    ":sealed_password": conn.sealed_password,
+                    ":allowed_roles_json": allowed,
+                    ":verify_connection": conn.verify_connection,
+                },
             )?;
             Ok(())
         })
@@ -358,66 +418,34 @@ impl Store for SqliteStore {
     }
 
     fn connections(&self) -> Result<Vec<(String, StoredConnection)>, StoreError> {
-        type Raw = (String, String, String, String, Vec<u8>, String, bool);
-        let rows: Vec<Raw> = self.with(|c| {
+        self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT mount, name, connection_url, username, sealed_password, allowed_roles_json, \
                  verify_connection FROM connections ORDER BY mount, name",
             )?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
-                .collect::<Result<_, _>>()?;
-            Ok(rows)
-        })?;
-        rows.into_iter()
-            .map(
-                |(
-                    mount,
-                    name,
-                    connection_url,
-                    username,
-                    sealed_password,
-                    allowed,
-                    verify_connection,
-                )| {
-                    let allowed_roles =
-                        serde_json::from_str(&allowed).map_err(|e| StoreError::Corrupt {
-                            what: "connection",
-                            reason: e.to_string(),
-                        })?;
-                    Ok((
-                        mount,
-                        StoredConnection {
-                            name,
-                            connection_url,
-                            username,
-                            sealed_password,
-                            allowed_roles,
-                            verify_connection,
-                        },
-                    ))
-                },
-            )
-            .collect()
+            let connections = stmt.query_map([], connection)?.collect::<Result<_, _>>()?;
+            Ok(connections)
+        })
     }
 
     fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
         let identity = to_json("token identity", &t.identity)?;
         self.with(|c| {
             c.prepare_cached(&format!(
-                "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (:accessor, :hash, :identity_json, \
+                 :mount, :role, :issued_at_ms, :expires_at_ms, :max_expires_at_ms, :ttl_secs)"
             ))?
-            .execute(params![
-                t.accessor,
-                t.hash,
-                identity,
-                t.mount,
-                t.role,
-                millis(t.issued_at),
-                millis(t.expires_at),
-                millis(t.max_expires_at),
-                t.ttl.as_secs() as i64,
-            ])?;
+            .execute(named_params! {
+                ":accessor": t.accessor,
+                ":hash": t.hash,
+                ":identity_json": identity,
+                ":mount": t.mount,
+                ":role": t.role,
+                ":issued_at_ms": Millis(t.issued_at),
+                ":expires_at_ms": Millis(t.expires_at),
+                ":max_expires_at_ms": Millis(t.max_expires_at),
+                ":ttl_secs": Secs(t.ttl),
+            })?;
             Ok(())
         })
     }
@@ -437,7 +465,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.with(|c| {
             c.prepare_cached("UPDATE tokens SET expires_at_ms = ?2 WHERE accessor = ?1")?
-                .execute(params![accessor, millis(expires_at)])?;
+                .execute(params![accessor, Millis(expires_at)])?;
             Ok(())
         })
     }
@@ -451,7 +479,7 @@ impl Store for SqliteStore {
     }
 
     fn delete_expired_tokens(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
-        self.with(|c| Ok(c.execute("DELETE FROM tokens WHERE expires_at_ms < ?1", [millis(now)])?))
+        self.with(|c| Ok(c.execute("DELETE FROM tokens WHERE expires_at_ms < ?1", [Millis(now)])?))
     }
 }
 
@@ -503,18 +531,23 @@ mod tests {
         .unwrap()
     }
 
+    /// A pending lease of the root token, for role [`role`], issued at `t0`.
+    fn root_lease(username: &str, t0: OffsetDateTime) -> Lease {
+        Lease::new_pending(
+            "database",
+            &role(),
+            username.into(),
+            Owner::root(),
+            Ttl::default(),
+            t0,
+        )
+    }
+
     #[test]
     fn leases_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = datetime!(2026-11-22 10:00:00.123 UTC);
-        let mut lease = Lease::new_pending(
-            "database",
-            &role(),
-            "v-x".into(),
-            Owner::root(),
-            Ttl::default(),
-            t0,
-        );
+        let mut lease = root_lease("v-x", t0);
         {
             let store = SqliteStore::open(dir.path()).unwrap();
             store.insert_lease(&lease).unwrap();
@@ -599,23 +632,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         let t0 = datetime!(2026-11-22 10:00:00 UTC);
-        let mut a = Lease::new_pending(
-            "database",
-            &role(),
-            "a".into(),
-            Owner::root(),
-            Ttl::default(),
-            t0,
-        );
+        let mut a = root_lease("a", t0);
         a.id = "database/creds/a%/1".into();
-        let mut b = Lease::new_pending(
-            "database",
-            &role(),
-            "b".into(),
-            Owner::root(),
-            Ttl::default(),
-            t0,
-        );
+        let mut b = root_lease("b", t0);
         b.id = "database/creds/ab/1".into();
         store.insert_lease(&a).unwrap();
         store.insert_lease(&b).unwrap();
@@ -623,6 +642,49 @@ mod tests {
             store.lease_ids_with_prefix("database/creds/a%").unwrap(),
             vec![a.id]
         );
+    }
+
+    #[test]
+    fn values_that_do_not_decode_are_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let t0 = datetime!(2026-11-22 10:00:00 UTC);
+        let lease = root_lease("u", t0);
+        store.insert_lease(&lease).unwrap();
+        let sql = |sql: &str| store.with(|c| Ok(c.execute_batch(sql)?)).unwrap();
+        fn corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>) -> (&'static str, String) {
+            match result {
+                Err(StoreError::Corrupt { what, reason }) => (what, reason),
+                other => panic!("not corrupt: {other:?}"),
+            }
+        }
+
+        sql("UPDATE leases SET state = 'bogus'");
+        assert_eq!(
+            corrupt(store.get_lease(&lease.id)),
+            ("lease state", "bogus".to_string())
+        );
+        assert_eq!(corrupt(store.all_leases()).0, "lease state");
+        sql("UPDATE leases SET state = 'active', role_json = '{'");
+        assert_eq!(corrupt(store.get_lease(&lease.id)).0, "role");
+        sql(&format!(
+            "UPDATE leases SET role_json = '{}', last_renewal_ms = {}",
+            to_json("role", &role()).unwrap(),
+            i64::MAX
+        ));
+        assert_eq!(corrupt(store.get_lease(&lease.id)).0, "timestamp");
+        sql("UPDATE leases SET last_renewal_ms = NULL, revoke_attempts = -1");
+        assert!(matches!(
+            store.get_lease(&lease.id),
+            Err(StoreError::Sqlite(_))
+        ));
+
+        sql("INSERT INTO roles VALUES ('database', 'x', 'null')");
+        assert_eq!(corrupt(store.roles()).0, "role");
+        sql("INSERT INTO connections VALUES ('database', 'c', 'u', 'a', x'00', '{}', 1)");
+        assert_eq!(corrupt(store.connections()).0, "connection");
+        sql("INSERT INTO tokens VALUES ('acc', 'h', '[]', 'kubernetes', 'r', 0, 0, 0, 60)");
+        assert_eq!(corrupt(store.token_by_accessor("acc")).0, "token identity");
     }
 
     #[test]

@@ -5,47 +5,41 @@
 mod common;
 
 use common::*;
-use pgwarden_server::{Config, Running};
 use pgwarden_testkit::PgCluster;
+use pgwarden_testkit::broker::{ROOT_TOKEN, TestBroker};
 use pgwarden_testkit::issuer::{TestIssuer, TestKey, service_account_claims, sign};
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Short leases, so the agent renews and replaces them within the test.
+const ROLES: &str =
+    "      appdb-short: { db_name: appdb, preset: readonly, default_ttl: 3s, max_ttl: 6s }";
 
 struct Broker {
     cluster: PgCluster,
     issuer: TestIssuer,
-    data: tempfile::TempDir,
-    dir: tempfile::TempDir,
-    port: u16,
-    server: Option<Running>,
+    /// Holds the policy file, which the server reads while it runs.
+    _policy_dir: tempfile::TempDir,
+    /// Listens on the same port across restarts, where the agents look for it.
+    server: TestBroker,
 }
 
 impl Broker {
     async fn start() -> Broker {
-        let mut broker = Broker {
-            cluster: PgCluster::start_with_appdb().await.unwrap(),
-            issuer: TestIssuer::start(&[TestKey::Rsa1]).await,
-            data: tempfile::tempdir().unwrap(),
-            dir: tempfile::tempdir().unwrap(),
-            port: free_port(),
-            server: None,
-        };
+        let cluster = PgCluster::start_with_appdb().await.unwrap();
+        let issuer = TestIssuer::start(&[TestKey::Rsa1]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.yaml");
         std::fs::write(
-            broker.dir.path().join("policy.yaml"),
+            &policy,
             "grants:\n  - subjects: [\"system:serviceaccount:team-a:app\"]\n    roles: [\"database/appdb-short\"]\n",
         )
         .unwrap();
-        broker.boot().await;
-        broker
-    }
-
-    async fn boot(&mut self) {
-        let yaml = format!(
+        let extra = format!(
             r#"
-listen: "127.0.0.1:{port}"
 policy_file: "{policy}"
 auth:
   kubernetes:
@@ -55,31 +49,24 @@ auth:
     audiences: [pgwarden]
     roles:
       team-a: {{ bound_service_account_names: [app], bound_service_account_namespaces: [team-a], token_ttl: 2s }}
-mounts:
-  database:
-    connections:
-      appdb: {{ connection_url: "{url}", username: {ADMIN}, password: {ADMIN_PW}, allowed_roles: ["*"] }}
-    roles:
-      appdb-short: {{ db_name: appdb, preset: readonly, default_ttl: 3s, max_ttl: 6s }}
 "#,
-            port = self.port,
-            policy = self.dir.path().join("policy.yaml").display(),
-            iss = self.issuer.issuer(),
-            jwks = self.issuer.jwks_url(),
-            url = self.cluster.templated_url("appdb"),
+            policy = policy.display(),
+            iss = issuer.issuer(),
+            jwks = issuer.jwks_url(),
         );
-        let mut config = Config::parse(&yaml).unwrap();
-        config.data_dir = self.data.path().to_path_buf();
-        config.root_token = Some(SecretString::from(ROOT));
-        self.server = Some(pgwarden_server::start(config).await.unwrap());
-    }
-
-    async fn stop(&mut self) {
-        self.server.take().unwrap().shutdown().await.unwrap();
+        let mut server = TestBroker::new(&cluster, ROLES, &extra);
+        server.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        server.boot().await;
+        Broker {
+            cluster,
+            issuer,
+            _policy_dir: dir,
+            server,
+        }
     }
 
     fn address(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.server.base.clone()
     }
 
     fn sa_token(&self, ttl: i64) -> String {
@@ -266,7 +253,7 @@ async fn files_stay_fresh_through_rotation_restart_and_signals() {
 
     // The broker goes away for a moment and comes back. Meanwhile the agent keeps the files
     // it has and its health endpoint says how long they remain valid.
-    broker.stop().await;
+    broker.server.stop().await;
     tokio::time::sleep(Duration::from_millis(200)).await; // a reply sent just before the stop is written
     let kept = std::fs::read_to_string(files.join("appdb.json")).unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -288,7 +275,7 @@ async fn files_stay_fresh_through_rotation_restart_and_signals() {
         "{health}"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    broker.boot().await;
+    broker.server.boot().await;
 
     let users = reader.await.unwrap();
     assert!(
@@ -349,7 +336,7 @@ async fn a_sidecar_adopts_the_lease_of_its_init_container() {
     );
     let (status, body) = call(
         &broker.address(),
-        ROOT,
+        ROOT_TOKEN,
         "LIST",
         "sys/leases/lookup/database/creds/appdb-short/",
         None,
@@ -413,7 +400,7 @@ async fn bad_setups_end_with_one_clear_line() {
     // The lease issued for the undelivered credential was revoked, not left alive.
     let (status, body) = call(
         &broker.address(),
-        ROOT,
+        ROOT_TOKEN,
         "LIST",
         "sys/leases/lookup/database/creds/appdb-short/",
         None,

@@ -1,26 +1,19 @@
 //! Shared harness: a real PostgreSQL from the testkit, an in-process pgwarden, an HTTP client.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use pgwarden_server::{Config, Running};
 use pgwarden_testkit::PgCluster;
+pub use pgwarden_testkit::broker::{ROOT_TOKEN as ROOT, TestBroker};
 pub use pgwarden_testkit::{APP_ADMIN as ADMIN, APP_ADMIN_PASSWORD as ADMIN_PW};
-use secrecy::SecretString;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-
-pub const ROOT: &str = "test-root-token-0123456789";
-pub const SEAL_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 /// A cluster with database `appdb`, and a server whose mount `database` has a connection
 /// `appdb` and the roles in `roles_yaml` (indented under `roles:`).
 pub struct Env {
     pub cluster: PgCluster,
-    pub data: tempfile::TempDir,
-    pub server: Option<Running>,
+    /// The in-process server and its data directory.
+    pub broker: TestBroker,
     pub http: reqwest::Client,
-    pub base: String,
-    /// Top-level YAML appended to the generated config (auth mounts, policy_file, settings).
-    pub extra: String,
 }
 
 pub const ROLES: &str = r#"
@@ -36,25 +29,6 @@ pub const ROLES: &str = r#"
         max_ttl: 1h
 "#;
 
-pub fn config_yaml(url: &str, roles: &str, extra: &str) -> String {
-    format!(
-        r#"
-listen: "127.0.0.1:0"
-mounts:
-  database:
-    connections:
-      appdb:
-        connection_url: "{url}"
-        username: {ADMIN}
-        password: {ADMIN_PW}
-        allowed_roles: ["*"]
-    roles:
-{roles}
-{extra}
-"#
-    )
-}
-
 impl Env {
     pub async fn start(roles: &str) -> Env {
         Env::start_with(roles, "").await
@@ -63,43 +37,25 @@ impl Env {
     /// Like [`Env::start`], with `extra` top-level YAML in the config.
     pub async fn start_with(roles: &str, extra: &str) -> Env {
         let cluster = PgCluster::start_with_appdb().await.unwrap();
-        let data = tempfile::tempdir().unwrap();
-        let mut env = Env {
+        let broker = TestBroker::start(&cluster, roles, extra).await;
+        Env {
             cluster,
-            data,
-            server: None,
+            broker,
             http: reqwest::Client::new(),
-            base: String::new(),
-            extra: extra.to_string(),
-        };
-        env.boot(roles).await;
-        env
-    }
-
-    /// Starts (or restarts) the in-process server on the same data directory.
-    pub async fn boot(&mut self, roles: &str) {
-        let mut config = Config::parse(&config_yaml(
-            &self.cluster.templated_url("appdb"),
-            roles,
-            &self.extra,
-        ))
-        .unwrap();
-        config.data_dir = self.data.path().to_path_buf();
-        config.root_token = Some(SecretString::from(ROOT));
-        config.seal_key = Some(SecretString::from(SEAL_KEY));
-        let running = pgwarden_server::start(config).await.unwrap();
-        self.base = format!("http://{}", running.addr);
-        self.server = Some(running);
-    }
-
-    pub async fn stop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.shutdown().await.unwrap();
         }
     }
 
+    /// Restarts the in-process server on the same data directory and config.
+    pub async fn boot(&mut self) {
+        self.broker.boot().await;
+    }
+
+    pub async fn stop(&mut self) {
+        self.broker.stop().await;
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("{}/v1/{}", self.base, path.trim_start_matches('/'))
+        format!("{}/v1/{}", self.broker.base, path.trim_start_matches('/'))
     }
 
     /// Sends `method` to `/v1/<path>` with the root token and an optional JSON body.
@@ -176,7 +132,7 @@ impl Env {
 
     pub async fn metrics(&self) -> String {
         self.http
-            .get(format!("{}/metrics", self.base))
+            .get(format!("{}/metrics", self.broker.base))
             .send()
             .await
             .unwrap()
