@@ -3,7 +3,8 @@
 use crate::catalog::{Catalog, connection_target};
 use crate::config::{Config, ConfigError};
 use pgwarden_core::{RoleDef, RoleKind};
-use pgwarden_engine::{EngineError, Finding, Target, check_administrator};
+use pgwarden_engine::{EngineError, Target, check_administrator};
+pub use pgwarden_engine::{Finding, Severity};
 
 /// The outcome for one connection.
 pub struct Report {

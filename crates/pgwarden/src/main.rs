@@ -70,6 +70,18 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Check what each configured connection's administrator lacks.
+    ///
+    /// Connects to every connection of the configuration file as its administrator and prints
+    /// one line per connection: `ok`, or each missing privilege (CREATEROLE, pg_signal_backend,
+    /// ownership of the database and of the schemas the preset roles cover) with the SQL that
+    /// fixes it, or why it cannot connect. A superuser works but is reported as more than
+    /// needed. Exits 1 when anything is missing or unreachable. The state store is not opened.
+    Check {
+        /// The server's YAML configuration file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Check a policy file or explain what it grants, offline.
     Policy {
         #[command(subcommand)]
@@ -130,6 +142,35 @@ async fn server(config: PathBuf, listen: Option<SocketAddr>) -> Result<(), Strin
         .map_err(|e| format!("shutting down: {e}"))
 }
 
+async fn check(config: PathBuf) -> Result<(), String> {
+    let config = pgwarden_server::Config::load(&config).map_err(|e| e.to_string())?;
+    let reports = pgwarden_server::checks::check_config(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut failed = 0usize;
+    for report in &reports {
+        match &report.outcome {
+            Ok(findings) if findings.is_empty() => println!("{}: ok", report.connection),
+            Ok(findings) => {
+                for finding in findings {
+                    println!("{}: {finding}", report.connection);
+                    if finding.severity == pgwarden_server::checks::Severity::Missing {
+                        failed = failed.saturating_add(1);
+                    }
+                }
+            }
+            Err(error) => {
+                println!("{}: cannot check: {error}", report.connection);
+                failed = failed.saturating_add(1);
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} problem(s) found"));
+    }
+    Ok(())
+}
+
 async fn agent(config: PathBuf, once: bool, check: bool) -> Result<(), String> {
     let loaded = pgwarden_agent::AgentConfig::load(&config)?;
     if check {
@@ -164,6 +205,7 @@ async fn main() -> ExitCode {
              code); build it with `cargo build --release --features dev`"
                 .into(),
         ),
+        Command::Check { config } => check(config).await,
         Command::Policy { command } => policy::run(command),
         Command::Agent {
             config,

@@ -170,3 +170,53 @@ fn dev_without_the_feature_says_how_to_get_it() {
         )
     );
 }
+
+/// `pgwarden check` prints one line per connection or missing privilege, with the fix.
+#[tokio::test]
+async fn check_names_what_each_administrator_lacks() {
+    use pgwarden_testkit::{APP_ADMIN, APP_ADMIN_PASSWORD, PgCluster};
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let su = cluster.connect_superuser("appdb").await.unwrap();
+    su.batch_execute("CREATE ROLE weak LOGIN CREATEROLE PASSWORD 'weak-password';")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgwarden.yaml");
+    let url = cluster.templated_url("appdb");
+    std::fs::write(
+        &config,
+        format!(
+            r#"mounts:
+  database:
+    connections:
+      good: {{ connection_url: "{url}", username: {APP_ADMIN}, password_env: GOOD_PW, allowed_roles: ["*"] }}
+      weak: {{ connection_url: "{url}", username: weak, password_env: WEAK_PW, allowed_roles: ["*"] }}
+    roles:
+      ro: {{ db_name: weak, preset: readonly }}
+"#
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env("GOOD_PW", APP_ADMIN_PASSWORD)
+        .env("WEAK_PW", "weak-password")
+        .env("PGWARDEN_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "database/good: ok\n\
+         database/weak: administrator \"weak\" is not a member of pg_signal_backend: sessions of \
+         revoked users cannot be ended; fix: GRANT pg_signal_backend TO \"weak\";\n\
+         database/weak: administrator \"weak\" does not own database \"appdb\": presets cannot \
+         grant CONNECT or TEMPORARY on it; fix: ALTER DATABASE \"appdb\" OWNER TO \"weak\";\n\
+         database/weak: administrator \"weak\" does not own schema \"public\": presets cannot \
+         grant on its tables or set its default privileges; fix: ALTER SCHEMA \"public\" OWNER \
+         TO \"weak\";\n"
+    );
+    assert_eq!(
+        (out.status.code(), String::from_utf8(out.stderr).unwrap()),
+        (Some(1), "error: 3 problem(s) found\n".to_string())
+    );
+}
