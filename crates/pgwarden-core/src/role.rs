@@ -55,6 +55,9 @@ pub enum RoleKind {
     },
     /// User-written statements.
     Statements(Statements),
+    /// Membership in the existing role named exactly like the caller's identity (e.g.
+    /// `system:serviceaccount:team-a:app`), with whatever the database owner granted it.
+    Identity,
 }
 
 /// A validated dynamic role.
@@ -94,6 +97,10 @@ pub struct RoleSpec {
     /// without SUPERUSER, CREATEROLE or BYPASSRLS).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopt_group_role: bool,
+    /// Users join the existing role named like the caller's identity (PostgREST-style
+    /// per-identity grants) instead of a preset's group or templates.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub identity_role: bool,
     /// Vault's `creation_statements`.
     #[serde_as(as = "DefaultOnNull<OneOrMany<_, PreferMany>>")]
     #[serde(default)]
@@ -184,6 +191,21 @@ impl RoleSpec {
             && self.renew_statements.is_empty()
             && self.rollback_statements.is_empty());
         let kind = match self.preset {
+            _ if self.identity_role => {
+                if self.preset.is_some()
+                    || has_statements
+                    || self.group_role.is_some()
+                    || !self.schemas.is_empty()
+                    || self.adopt_group_role
+                {
+                    return Err(invalid(
+                        "identity_role takes no preset, statements, group_role or schemas: its \
+                         users join the role named like the caller's identity"
+                            .into(),
+                    ));
+                }
+                RoleKind::Identity
+            }
             Some(_) if has_statements => {
                 return Err(invalid(
                     "give either preset or statements, not both: a preset generates its own statements".into(),
@@ -292,6 +314,7 @@ impl RoleDef {
                 spec.renew_statements = s.renew.clone();
                 spec.rollback_statements = s.rollback.clone();
             }
+            RoleKind::Identity => spec.identity_role = true,
         }
         spec
     }
@@ -300,6 +323,23 @@ impl RoleDef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_roles_take_nothing_else() {
+        let def = spec(r#"{"db_name":"appdb","identity_role":true}"#)
+            .into_def("mine")
+            .unwrap();
+        assert_eq!(def.kind, RoleKind::Identity);
+        assert_eq!(def.to_spec().into_def("mine").unwrap(), def);
+        let err = spec(r#"{"db_name":"appdb","identity_role":true,"preset":"readonly"}"#)
+            .into_def("mine")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "role \"mine\": identity_role takes no preset, statements, group_role or schemas: \
+             its users join the role named like the caller's identity"
+        );
+    }
 
     fn spec(json: &str) -> RoleSpec {
         serde_json::from_str(json).unwrap()

@@ -40,6 +40,17 @@ pub enum EngineError {
         /// What is wrong and how to fix it.
         reason: String,
     },
+    /// An identity role's caller has no database role named after its identity.
+    #[error(
+        "no database role is named after identity {identity:?}: a database owner must create it \
+         (CREATE ROLE {quoted} NOLOGIN) and grant it what this identity may do"
+    )]
+    NoIdentityRole {
+        /// The caller's identity (policy subject).
+        identity: String,
+        /// The same, quoted as an identifier.
+        quoted: String,
+    },
     /// A template could not be rendered.
     #[error(transparent)]
     Template(#[from] CoreError),

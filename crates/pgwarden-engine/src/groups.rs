@@ -42,7 +42,7 @@ impl<'a> Group<'a> {
                 group_role,
                 adopt_group_role,
             } => Some(Group::new(*preset, group_role, schemas, *adopt_group_role)),
-            RoleKind::Statements(_) => None,
+            RoleKind::Statements(_) | RoleKind::Identity => None,
         }
     }
 }
@@ -103,17 +103,14 @@ impl Target {
     }
 }
 
-/// Creates `group` (NOLOGIN, marked) if missing, else checks that it is safe to hand to
-/// dynamic users; then makes sure the administrator is a member of it.
-async fn prepare(
-    client: &impl GenericClient,
-    group: &str,
-    adopted: bool,
-) -> Result<(), EngineError> {
-    let unsafe_group = |reason: &str| EngineError::UnsafeGroup {
-        group: group.to_string(),
-        reason: reason.to_string(),
-    };
+/// A group role's attributes that matter before handing it to dynamic users.
+struct Found {
+    unsafe_attribute: Option<&'static str>,
+    marked: bool,
+}
+
+/// Looks up `group`: `None` when it does not exist.
+async fn look_up(client: &impl GenericClient, group: &str) -> Result<Option<Found>, EngineError> {
     let row = client
         .query_opt(
             "SELECT rolcanlogin, rolsuper, rolcreaterole, rolbypassrls, \
@@ -123,34 +120,74 @@ async fn prepare(
         )
         .await
         .map_err(sql(format!("looking up group role {group:?}")))?;
-    match row {
+    Ok(row.map(|row| {
+        let unsafe_attribute = [
+            (row.get(0), "LOGIN"),
+            (row.get(1), "SUPERUSER"),
+            (row.get(2), "CREATEROLE"),
+            (row.get(3), "BYPASSRLS"),
+        ]
+        .into_iter()
+        .find_map(|(has, name): (bool, _)| has.then_some(name));
+        Found {
+            unsafe_attribute,
+            marked: row.get(4),
+        }
+    }))
+}
+
+/// Refuses a group role every dynamic user would act as, if it has a dangerous attribute.
+fn refuse_unsafe(group: &str, found: &Found) -> Result<(), EngineError> {
+    match found.unsafe_attribute {
+        Some(attribute) => Err(EngineError::UnsafeGroup {
+            group: group.to_string(),
+            reason: format!(
+                "has {attribute}; a preset's group role must be a NOLOGIN role without \
+                 SUPERUSER, CREATEROLE or BYPASSRLS, since every dynamic user acts as it"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Creates `group` (NOLOGIN, marked) if missing, else checks that it is safe to hand to
+/// dynamic users; then makes sure the administrator is a member of it.
+async fn prepare(
+    client: &impl GenericClient,
+    group: &str,
+    adopted: bool,
+) -> Result<(), EngineError> {
+    match look_up(client, group).await? {
         None => create(client, group).await?,
-        Some(row) => {
-            let (login, superuser, createrole, bypassrls, marked): (bool, bool, bool, bool, bool) =
-                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-            let attribute = [
-                (login, "LOGIN"),
-                (superuser, "SUPERUSER"),
-                (createrole, "CREATEROLE"),
-                (bypassrls, "BYPASSRLS"),
-            ]
-            .into_iter()
-            .find_map(|(has, name)| has.then_some(name));
-            if let Some(attribute) = attribute {
-                return Err(unsafe_group(&format!(
-                    "has {attribute}; a preset's group role must be a NOLOGIN role without \
-                     SUPERUSER, CREATEROLE or BYPASSRLS, since every dynamic user acts as it"
-                )));
-            }
-            if !marked && !adopted {
-                return Err(unsafe_group(
-                    "exists but was not created by pgwarden; set adopt_group_role: true on \
-                     the role to use it",
-                ));
+        Some(found) => {
+            refuse_unsafe(group, &found)?;
+            if !found.marked && !adopted {
+                return Err(EngineError::UnsafeGroup {
+                    group: group.to_string(),
+                    reason: "exists but was not created by pgwarden; set adopt_group_role: true \
+                             on the role to use it"
+                        .into(),
+                });
             }
         }
     }
     join(client, group).await
+}
+
+/// Checks the role named after `identity` (made by a database owner, never by pgwarden):
+/// it exists and is safe; then makes sure the administrator is a member of it.
+pub(crate) async fn prepare_identity(
+    client: &impl GenericClient,
+    identity: &str,
+) -> Result<(), EngineError> {
+    let found = look_up(client, identity)
+        .await?
+        .ok_or_else(|| EngineError::NoIdentityRole {
+            identity: identity.to_string(),
+            quoted: quote_ident(identity),
+        })?;
+    refuse_unsafe(identity, &found)?;
+    join(client, identity).await
 }
 
 /// Creates `group` NOLOGIN with pgwarden's mark; a concurrent creation is fine.

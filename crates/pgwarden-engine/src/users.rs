@@ -1,7 +1,7 @@
 //! Creating, renewing and revoking dynamic users in a target database.
 
 use crate::error::{EngineError, retry_delay, sql};
-use crate::groups::{Group, current_database, join};
+use crate::groups::{Group, current_database, join, prepare_identity};
 use crate::quote::{quote_ident, quote_literal};
 use crate::target::Target;
 use pgwarden_core::lease::valid_until;
@@ -16,6 +16,8 @@ impl Target {
     /// all in one transaction, retried when it fails only because of concurrent work. Only a
     /// SCRAM verifier of the password is sent. `admin_roles` are the admin preset roles of this
     /// connection: a preset role's group also gets its privileges on what their users create.
+    /// `identity` is the caller's (its policy subject): an identity role's user joins the role
+    /// named after it.
     pub async fn create_user(
         &self,
         role: &RoleDef,
@@ -23,6 +25,7 @@ impl Target {
         password: &SecretString,
         expires_at: OffsetDateTime,
         admin_roles: &[RoleDef],
+        identity: &str,
     ) -> Result<(), EngineError> {
         let verifier =
             postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
@@ -37,18 +40,14 @@ impl Target {
             } => {
                 let group = Group::new(*preset, group_role, schemas, *adopt_group_role);
                 self.ensure_group(&client, &group, admin_roles).await?;
-                let u = quote_ident(username);
-                vec![format!(
-                    "CREATE ROLE {u} WITH LOGIN PASSWORD {} VALID UNTIL {} IN ROLE {};\n\
-                     ALTER ROLE {u} SET role = {};",
-                    quote_literal(&verifier),
-                    quote_literal(&until),
-                    quote_ident(group.name),
-                    quote_literal(group.name),
-                )]
+                vec![member_of(group.name, username, &verifier, &until)]
             }
             RoleKind::Statements(s) => {
                 render_all(&s.creation, username, Some(&verifier), Some(&until))?
+            }
+            RoleKind::Identity => {
+                prepare_identity(&**client, identity).await?;
+                vec![member_of(identity, username, &verifier, &until)]
             }
         };
         let mut attempt = 1;
@@ -233,8 +232,21 @@ impl Target {
 fn heir_group(role: &RoleDef) -> Option<&str> {
     match &role.kind {
         RoleKind::Preset { group_role, .. } => Some(group_role),
-        RoleKind::Statements(_) => None,
+        RoleKind::Statements(_) | RoleKind::Identity => None,
     }
+}
+
+/// The statement creating `username`, a member of `group` acting as it by default.
+fn member_of(group: &str, username: &str, verifier: &str, until: &str) -> String {
+    let u = quote_ident(username);
+    format!(
+        "CREATE ROLE {u} WITH LOGIN PASSWORD {} VALID UNTIL {} IN ROLE {};\n\
+         ALTER ROLE {u} SET role = {};",
+        quote_literal(verifier),
+        quote_literal(until),
+        quote_ident(group),
+        quote_literal(group),
+    )
 }
 
 /// Runs a user's creation `statements` in one transaction.

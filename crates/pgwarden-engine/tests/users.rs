@@ -60,7 +60,7 @@ async fn issue_on(
     let password = names::generate_password();
     let expires = OffsetDateTime::now_utc() + Duration::from_secs(600);
     target
-        .create_user(role, &username, &password, expires, admin_roles)
+        .create_user(role, &username, &password, expires, admin_roles, "root")
         .await?;
     Ok(Issued { username, password })
 }
@@ -263,6 +263,7 @@ async fn templates_run_in_one_transaction_and_are_disowned_on_revoke() {
             &names::generate_password(),
             OffsetDateTime::now_utc(),
             &[],
+            "root",
         )
         .await
         .unwrap_err();
@@ -422,7 +423,14 @@ async fn tls_targets_are_verified_against_sslrootcert() {
     let username = names::generate_username("test", "ro", 1);
     let expires = OffsetDateTime::now_utc() + Duration::from_secs(60);
     verified
-        .create_user(&role, &username, &names::generate_password(), expires, &[])
+        .create_user(
+            &role,
+            &username,
+            &names::generate_password(),
+            expires,
+            &[],
+            "root",
+        )
         .await
         .unwrap();
     verified.revoke_user(&role, &username).await.unwrap();

@@ -7,7 +7,7 @@ use crate::metrics::{Metrics, RevokeLabels};
 use crate::schedule::Schedule;
 use parking_lot::Mutex;
 use pgwarden_core::names::{generate_password, generate_username};
-use pgwarden_core::{Lease, LeaseState, Owner, Ttl, chain};
+use pgwarden_core::{Lease, LeaseState, Owner, RoleKind, Ttl, chain};
 use pgwarden_engine::EngineError;
 use pgwarden_store::Store;
 use secrecy::SecretString;
@@ -191,6 +191,12 @@ impl Broker {
         cap: Option<Ttl>,
     ) -> Result<Issued, ServerError> {
         let mut role = self.catalog.role(mount, role_name)?;
+        if role.kind == RoleKind::Identity && owner.token_accessor.is_none() {
+            return Err(ServerError::BadRequest(format!(
+                "role {role_name:?} gives each caller the database role named after its \
+                 identity, and the root token has none: log in (auth/<mount>/login) to use it"
+            )));
+        }
         if let Some(cap) = cap.filter(|cap| *cap < role.max_ttl) {
             role.max_ttl = cap;
             role.default_ttl = role.default_ttl.min(cap);
@@ -216,6 +222,7 @@ impl Broker {
                 &password,
                 lease.expires_at,
                 &admin_roles,
+                &lease.owner.subject,
             )
             .await;
         if let Err(error) = created {

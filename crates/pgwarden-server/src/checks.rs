@@ -20,7 +20,7 @@ fn preset_schemas<'a>(roles: impl Iterator<Item = &'a RoleDef>, connection: &str
         .filter(|role| role.db_name == connection)
         .flat_map(|role| match &role.kind {
             RoleKind::Preset { schemas, .. } => schemas.clone(),
-            RoleKind::Statements(_) => Vec::new(),
+            RoleKind::Statements(_) | RoleKind::Identity => Vec::new(),
         })
         .collect();
     schemas.sort();

@@ -653,4 +653,113 @@ auth:
             .starts_with("TokenReview at https://127.0.0.1:"),
         "{body}"
     );
+    // The whole cause chain reaches the message: why the request failed, not only that it did.
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("invalid peer certificate: UnknownIssuer"),
+        "{body}"
+    );
+}
+
+/// PostgREST-style per-identity roles: a user joins the role named exactly like the caller's
+/// identity and gets what the database owner granted it; no such role is a clear 403.
+#[tokio::test]
+async fn identity_roles_join_the_role_named_after_the_caller() {
+    let policy = r#"
+grants:
+  - subjects: ["system:serviceaccount:team-a:*"]
+    roles: ["database/mine"]
+"#;
+    let id = start(policy, "1h").await;
+    let env = &id.env;
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/roles/mine",
+            Some(json!({ "db_name": "appdb", "identity_role": true })),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    // The database owner's per-identity grants, as PostgREST setups have them.
+    let su = env.cluster.connect_superuser("appdb").await.unwrap();
+    su.batch_execute(&format!(
+        "CREATE ROLE \"system:serviceaccount:team-a:app\" NOLOGIN;
+         GRANT SELECT ON items TO \"system:serviceaccount:team-a:app\";
+         GRANT \"system:serviceaccount:team-a:app\" TO {ADMIN} WITH ADMIN OPTION;"
+    ))
+    .await
+    .unwrap();
+
+    let app = id.token("team-a", "team-a", "app").await;
+    let (status, body) = env.call_as(&app, "GET", "database/creds/mine", None).await;
+    assert_eq!(status, 200, "{body}");
+    let creds = Creds {
+        lease_id: body["lease_id"].as_str().unwrap().to_string(),
+        username: body["data"]["username"].as_str().unwrap().to_string(),
+        password: body["data"]["password"].as_str().unwrap().to_string(),
+        lease_duration: body["lease_duration"].as_u64().unwrap(),
+    };
+    let client = env.login(&creds).await.unwrap();
+    let acting: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(acting, "system:serviceaccount:team-a:app");
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 3);
+    let denied = client
+        .execute("INSERT INTO items (name) VALUES ('x')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    let (status, _) = env
+        .call_as(
+            &app,
+            "PUT",
+            &format!("sys/leases/revoke/{}", creds.lease_id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert!(!env.role_exists(&creds.username).await);
+    assert!(env.role_exists("system:serviceaccount:team-a:app").await);
+
+    // An identity without its role gets a 4xx that says what to do, and no user.
+    let other = id.token("team-a", "team-a", "other").await;
+    let (status, body) = env
+        .call_as(&other, "GET", "database/creds/mine", None)
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            403,
+            json!({ "errors": ["no database role is named after identity \
+                \"system:serviceaccount:team-a:other\": a database owner must create it \
+                (CREATE ROLE \"system:serviceaccount:team-a:other\" NOLOGIN) and grant it \
+                what this identity may do"] })
+        )
+    );
+    let (status, body) = env.call("GET", "database/creds/mine", None).await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({ "errors": ["role \"mine\" gives each caller the database role named after \
+                its identity, and the root token has none: log in (auth/<mount>/login) to use it"] })
+        )
+    );
+    let (status, _) = env
+        .call("LIST", "sys/leases/lookup/database/creds/mine/", None)
+        .await;
+    assert_eq!(status, 404, "no lease is left behind");
 }
