@@ -105,6 +105,10 @@ pub struct DbCredential {
     /// Database name.
     #[serde(default)]
     pub database: String,
+    /// Every `host:port` when the connection names several (primary and replicas), so clients
+    /// can read from replicas with the same user; absent for one host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 /// `data` of `PUT sys/leases/lookup`.
@@ -386,6 +390,7 @@ mod tests {
             host: "db".into(),
             port: 5433,
             database: "appdb".into(),
+            hosts: Vec::new(),
         }
     }
 

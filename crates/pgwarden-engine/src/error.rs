@@ -51,6 +51,19 @@ pub enum EngineError {
         /// The same, quoted as an identifier.
         quoted: String,
     },
+    /// A standby did not replay a user's drop in time; its sessions may still run there.
+    #[error(
+        "user {username:?} is dropped on the primary but still exists on standby {host} after \
+         {waited}s; its sessions there are ended as long as it exists, and the revocation is retried"
+    )]
+    ReplicaLag {
+        /// The user.
+        username: String,
+        /// The standby's `host:port`.
+        host: String,
+        /// Seconds waited.
+        waited: u64,
+    },
     /// A template could not be rendered.
     #[error(transparent)]
     Template(#[from] CoreError),

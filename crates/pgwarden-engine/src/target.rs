@@ -25,6 +25,9 @@ pub struct Endpoint {
     pub port: u16,
     /// Database name.
     pub database: String,
+    /// Every `host:port` of a URL naming several (primary and replicas), in its order; empty
+    /// for one host.
+    pub hosts: Vec<String>,
 }
 
 /// A target database and the administrative connections pgwarden uses on it.
@@ -67,6 +70,11 @@ fn parse_config(def: &ConnectionDef) -> Result<(Config, Transport), EngineError>
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     config.application_name("pgwarden");
+    if config.get_hosts().len() > 1 {
+        // Primary and replicas: statements go to whichever host takes writes now, found
+        // again on every new connection after a failover.
+        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+    }
     config.ssl_mode(match transport {
         Transport::Plain => tokio_postgres::config::SslMode::Disable,
         Transport::Tls(_) => tokio_postgres::config::SslMode::Require,
@@ -124,19 +132,73 @@ impl Target {
         })
     }
 
-    /// Where clients reach this database: host, port and database name from the connection URL.
+    /// Where clients reach this database: host, port and database name from the connection
+    /// URL, and every host when it names several.
     pub fn endpoint(&self) -> Endpoint {
-        let host = match self.config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            #[cfg(unix)]
-            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-            None => "localhost".to_string(),
-        };
+        let hosts = self.hosts();
+        let (host, port) = hosts
+            .first()
+            .cloned()
+            .unwrap_or_else(|| ("localhost".to_string(), 5432));
         Endpoint {
             host,
-            port: self.config.get_ports().first().copied().unwrap_or(5432),
+            port,
             database: self.config.get_dbname().unwrap_or_default().to_string(),
+            hosts: if hosts.len() > 1 {
+                hosts.iter().map(|(h, p)| format!("{h}:{p}")).collect()
+            } else {
+                Vec::new()
+            },
         }
+    }
+
+    /// Every host of the URL with its port (one port may serve them all), in order.
+    pub(crate) fn hosts(&self) -> Vec<(String, u16)> {
+        let ports = self.config.get_ports();
+        self.config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let name = match host {
+                    tokio_postgres::config::Host::Tcp(host) => host.clone(),
+                    #[cfg(unix)]
+                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                };
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                (name, port)
+            })
+            .collect()
+    }
+
+    /// A separate administrative connection to one host of a multi-host URL, whatever its role.
+    pub(crate) async fn connect_to_host(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<tokio_postgres::Client, EngineError> {
+        let mut config = Config::new();
+        if let Some(user) = self.config.get_user() {
+            config.user(user);
+        }
+        if let Some(password) = self.config.get_password() {
+            config.password(password);
+        }
+        config
+            .dbname(self.config.get_dbname().unwrap_or_default())
+            .host(host)
+            .port(port)
+            .application_name("pgwarden")
+            .ssl_mode(self.config.get_ssl_mode())
+            .connect_timeout(CONNECT_TIMEOUT);
+        let connected = match &self.transport {
+            Transport::Plain => connect_with(&config, NoTls).await,
+            Transport::Tls(tls) => connect_with(&config, tls.clone()).await,
+        };
+        connected.map_err(|e| EngineError::Unreachable {
+            connection: format!("{} (host {host}:{port})", self.name),
+            reason: describe(&e),
+        })
     }
 
     /// An administrative connection from the pool.
@@ -216,8 +278,23 @@ mod tests {
             Endpoint {
                 host: "db.example".into(),
                 port: 6432,
-                database: "app".into()
+                database: "app".into(),
+                hosts: Vec::new(),
             }
+        );
+        // Several hosts: each with its port (one port may serve them all), writes go to the
+        // host that takes them.
+        let target = Target::new(&def(
+            "postgresql://{{username}}:{{password}}@a.example,b.example:6433/app",
+        ))
+        .unwrap();
+        assert_eq!(
+            target.endpoint().hosts,
+            vec!["a.example:5432".to_string(), "b.example:6433".to_string()]
+        );
+        assert_eq!(
+            target.config.get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite
         );
     }
 

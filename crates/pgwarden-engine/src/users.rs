@@ -144,9 +144,9 @@ impl Target {
         custom: Option<&Vec<String>>,
     ) -> Result<(), EngineError> {
         let mut client = self.client().await?;
-        if !user_exists(&**client, username).await? {
+        let Some(oid) = user_oid(&**client, username).await? else {
             return Ok(());
-        }
+        };
         let u = quote_ident(username);
         client
             .batch_execute(&format!("ALTER ROLE {u} NOLOGIN;"))
@@ -204,7 +204,38 @@ impl Target {
             .map_err(sql(format!("dropping user {username:?}")))?;
         tx.commit()
             .await
-            .map_err(sql(format!("committing revocation of {username:?}")))
+            .map_err(sql(format!("committing revocation of {username:?}")))?;
+        self.end_sessions_on_replicas(username, oid).await
+    }
+
+    /// Ends `username`'s sessions on the replicas of a multi-host URL: a standby keeps the
+    /// sessions of a role dropped on the primary. Waits (up to [`REPLAY_WAIT`]) until the drop
+    /// has replayed there, so no new session can start after the last sweep. A replica that
+    /// cannot be reached is skipped with a warning (its sessions went with it, or will come
+    /// back without a role).
+    async fn end_sessions_on_replicas(&self, username: &str, oid: u32) -> Result<(), EngineError> {
+        let hosts = self.hosts();
+        if hosts.len() < 2 {
+            return Ok(());
+        }
+        for (host, port) in hosts {
+            let client = match self.connect_to_host(&host, port).await {
+                Ok(client) => client,
+                Err(error) => {
+                    tracing::warn!(%host, port, %error, username, "cannot reach a host to end the revoked user's sessions there");
+                    continue;
+                }
+            };
+            let standby: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map_err(sql(format!("asking {host}:{port} whether it is a standby")))?
+                .get(0);
+            if standby {
+                end_sessions_until_gone(&client, username, oid, &host, port).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Databases holding objects owned by, or privileges granted to, `username`.
@@ -224,6 +255,46 @@ impl Target {
             .await
             .map_err(sql(format!("finding what {username:?} owns")))?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+}
+
+/// How long a standby may take to replay a user's drop before revocation counts as failed
+/// (and is retried).
+const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// On a standby: ends the sessions of role `oid` (`username`) until the role is gone there
+/// too. Sessions are found by OID: once the drop replays, their user name reads as null.
+async fn end_sessions_until_gone(
+    client: &tokio_postgres::Client,
+    username: &str,
+    oid: u32,
+    host: &str,
+    port: u16,
+) -> Result<(), EngineError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE usesysid = $1), EXISTS (SELECT 1 FROM pg_roles WHERE oid = $1)",
+                &[&oid],
+            )
+            .await
+            .map_err(sql(format!(
+                "ending the sessions of {username:?} on {host}:{port}"
+            )))?;
+        let still_there: bool = row.get(1);
+        if !still_there {
+            return Ok(());
+        }
+        if started.elapsed() >= REPLAY_WAIT {
+            return Err(EngineError::ReplicaLag {
+                username: username.to_string(),
+                host: format!("{host}:{port}"),
+                waited: REPLAY_WAIT.as_secs(),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -287,6 +358,15 @@ fn render_all(
         .iter()
         .map(|s| render(s, &values).map_err(EngineError::from))
         .collect()
+}
+
+/// The OID of role `username`, if it exists.
+async fn user_oid(client: &impl GenericClient, username: &str) -> Result<Option<u32>, EngineError> {
+    let row = client
+        .query_opt("SELECT oid FROM pg_roles WHERE rolname = $1", &[&username])
+        .await
+        .map_err(sql(format!("looking up role {username:?}")))?;
+    Ok(row.map(|row| row.get(0)))
 }
 
 async fn user_exists(client: &impl GenericClient, username: &str) -> Result<bool, EngineError> {

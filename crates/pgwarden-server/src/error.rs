@@ -74,7 +74,7 @@ impl ServerError {
             ServerError::Engine(e) => match e {
                 EngineError::Unreachable { .. } => 503,
                 EngineError::NoIdentityRole { .. } => 403,
-                EngineError::Sql { .. } => 500,
+                EngineError::Sql { .. } | EngineError::ReplicaLag { .. } => 500,
                 EngineError::InvalidUrl { .. }
                 | EngineError::Template(_)
                 | EngineError::UserGone { .. }

@@ -171,6 +171,64 @@ impl PgCluster {
         Ok(cluster)
     }
 
+    /// Whether [`PgCluster::start_replica`] can work with these binaries.
+    pub fn can_replicate(&self) -> bool {
+        self.bin.join("pg_basebackup").exists()
+    }
+
+    /// Starts a hot standby of this cluster, streaming from it (`pg_basebackup -R`). Needs
+    /// `pg_basebackup` beside `postgres` (Debian's packages have it; the npm builds do not).
+    pub fn start_replica(&self) -> Result<PgCluster, TestkitError> {
+        if !self.can_replicate() {
+            return Err(TestkitError::Io {
+                what: format!("no pg_basebackup in {}", self.bin.display()),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("pgwarden-pg-replica-")
+            .tempdir()
+            .map_err(io("creating a temporary directory"))?;
+        let mut replica = PgCluster {
+            dir,
+            bin: self.bin.clone(),
+            port: 0,
+            password: self.password.clone(),
+            server: None,
+            run_as: self.run_as.clone(),
+        };
+        let root = replica.dir.path();
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+            .map_err(io("chmod temp dir"))?;
+        replica.give_to_server_user(root)?;
+        let output = replica
+            .command("pg_basebackup")
+            .arg("-D")
+            .arg(replica.data_dir())
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+            ])
+            .args(["-R", "-X", "stream", "--no-sync", "--checkpoint=fast"])
+            .env("PGPASSWORD", &self.password)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io("running pg_basebackup"))?;
+        if !output.status.success() {
+            return Err(TestkitError::Tool {
+                tool: "pg_basebackup",
+                status: output.status.to_string(),
+                output: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
+        replica.launch(&["hot_standby=on".to_string()])?;
+        Ok(replica)
+    }
+
     /// Starts a cluster (off the async runtime's threads) with database `appdb` owned by
     /// [`APP_ADMIN`], holding the sample table `items`.
     pub async fn start_with_appdb() -> Result<PgCluster, TestkitError> {
@@ -295,8 +353,12 @@ impl PgCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         let pid_file = self.data_dir().join("postmaster.pid");
         while Instant::now() < deadline {
-            let ready = fs::read_to_string(&pid_file)
-                .is_ok_and(|text| text.lines().nth(7).is_some_and(|s| s.trim() == "ready"));
+            // `standby`: a hot standby that accepts read-only connections.
+            let ready = fs::read_to_string(&pid_file).is_ok_and(|text| {
+                text.lines()
+                    .nth(7)
+                    .is_some_and(|s| matches!(s.trim(), "ready" | "standby"))
+            });
             if ready {
                 return Ok(());
             }

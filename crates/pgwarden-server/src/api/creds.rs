@@ -24,6 +24,7 @@ pub async fn issue(
         host: issued.endpoint.host,
         port: issued.endpoint.port,
         database: issued.endpoint.database,
+        hosts: issued.endpoint.hosts,
     };
     let response =
         respond::envelope(credential).with_lease(&issued.lease.id, issued.lease.granted_ttl());

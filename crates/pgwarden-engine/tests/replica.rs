@@ -1,0 +1,98 @@
+//! A connection URL naming a primary and a streaming replica: statements run on the primary,
+//! and revoking a user ends its sessions on the replica too.
+
+use pgwarden_core::{ConnectionDef, RoleSpec};
+use pgwarden_engine::Target;
+use pgwarden_testkit::{APP_ADMIN as ADMIN, APP_ADMIN_PASSWORD as ADMIN_PW, PgCluster};
+use secrecy::SecretString;
+use std::time::{Duration, Instant};
+
+/// Logs in to `cluster` as `user`, retrying while the standby has not replayed its creation.
+async fn login_when_replayed(
+    cluster: &PgCluster,
+    user: &str,
+    password: &str,
+) -> tokio_postgres::Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match cluster.connect_as(user, password, "appdb").await {
+            Ok(client) => return client,
+            Err(error) if Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("{user} never logged in on the standby: {error}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_go_to_the_primary_and_revocation_ends_standby_sessions() {
+    let primary = PgCluster::start_with_appdb().await.unwrap();
+    if !primary.can_replicate() {
+        eprintln!("SKIPPED: no pg_basebackup beside these PostgreSQL binaries (npm builds)");
+        return;
+    }
+    let replica = tokio::task::block_in_place(|| primary.start_replica()).unwrap();
+    // The replica first: pgwarden must find the host that takes writes.
+    let target = Target::new(&ConnectionDef {
+        name: "appdb".into(),
+        connection_url: format!(
+            "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{},127.0.0.1:{}/appdb?sslmode=disable",
+            replica.port(),
+            primary.port()
+        ),
+        username: ADMIN.into(),
+        password: SecretString::from(ADMIN_PW),
+        allowed_roles: vec!["*".into()],
+        verify_connection: true,
+    })
+    .unwrap();
+    assert_eq!(
+        target.endpoint().hosts,
+        vec![
+            format!("127.0.0.1:{}", replica.port()),
+            format!("127.0.0.1:{}", primary.port())
+        ]
+    );
+    let role = serde_json::from_str::<RoleSpec>(r#"{"db_name":"appdb","preset":"readonly"}"#)
+        .unwrap()
+        .into_def("ro")
+        .unwrap();
+    let username = pgwarden_core::names::generate_username("test", "ro", 1);
+    let password = pgwarden_core::names::generate_password();
+    target
+        .create_user(
+            &role,
+            &username,
+            &password,
+            time::OffsetDateTime::now_utc() + Duration::from_secs(600),
+            &[],
+            "root",
+        )
+        .await
+        .unwrap();
+
+    use secrecy::ExposeSecret;
+    let on_standby = login_when_replayed(&replica, &username, password.expose_secret()).await;
+    let count: i64 = on_standby
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 3, "the user reads from the replica");
+
+    target.revoke_user(&role, &username).await.unwrap();
+    assert!(
+        on_standby.query_one("SELECT 1", &[]).await.is_err(),
+        "the revoked user's session on the standby was ended"
+    );
+    let again = replica
+        .connect_as(&username, password.expose_secret(), "appdb")
+        .await;
+    assert!(
+        again.is_err(),
+        "the revoked user cannot log in on the standby"
+    );
+    assert!(!primary.role_exists(&username).await.unwrap());
+}
