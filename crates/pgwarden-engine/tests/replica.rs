@@ -28,7 +28,7 @@ async fn login_when_replayed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_go_to_the_primary_and_revocation_ends_standby_sessions() {
-    let primary = PgCluster::start_with_appdb().await.unwrap();
+    let mut primary = PgCluster::start_with_appdb().await.unwrap();
     if !primary.can_replicate() {
         eprintln!("SKIPPED: no pg_basebackup beside these PostgreSQL binaries (npm builds)");
         return;
@@ -95,4 +95,29 @@ async fn statements_go_to_the_primary_and_revocation_ends_standby_sessions() {
         "the revoked user cannot log in on the standby"
     );
     assert!(!primary.role_exists(&username).await.unwrap());
+
+    // Failover: the primary stops, the replica is promoted; the same target finds it.
+    tokio::task::block_in_place(|| primary.stop());
+    let su = replica.connect_superuser("appdb").await.unwrap();
+    su.execute("SELECT pg_promote(true, 30)", &[])
+        .await
+        .unwrap();
+    let after = pgwarden_core::names::generate_username("test", "ro", 2);
+    target
+        .create_user(
+            &role,
+            &after,
+            &password,
+            time::OffsetDateTime::now_utc() + Duration::from_secs(600),
+            &[],
+            "root",
+        )
+        .await
+        .unwrap();
+    replica
+        .connect_as(&after, password.expose_secret(), "appdb")
+        .await
+        .expect("the user made after the failover logs in on the new primary");
+    target.revoke_user(&role, &after).await.unwrap();
+    assert!(!replica.role_exists(&after).await.unwrap());
 }
