@@ -1,6 +1,8 @@
 //! Benchmark: issue+revoke throughput and latency through pgwarden's HTTP API at
-//! concurrency 1, 8 and 32, beside the same CREATE ROLE/DROP ROLE sent directly (one
-//! connection per worker); then the time and peak memory to reap 10,000 expired leases.
+//! concurrency 1, 8 and 32, beside the limit: pgbench sending the same `CREATE ROLE … PASSWORD
+//! '<scram verifier>' VALID UNTIL …; DROP ROLE …` on a PostgreSQL with default durability
+//! (fsync and synchronous_commit on); then the time and peak memory to reap 10,000 expired
+//! leases.
 //!
 //! Run with `cargo bench -p pgwarden-server --bench broker`. Prints tables; asserts nothing.
 
@@ -106,16 +108,79 @@ async fn via_pgwarden(http: reqwest::Client, base: String, role: &'static str) {
     assert_eq!(status, 204);
 }
 
-async fn direct(client: &tokio_postgres::Client) {
-    let name = names::generate_username("bench", "direct", 0);
+/// How long pgbench runs at each concurrency.
+const PGBENCH_SECONDS: u64 = 10;
+
+/// pgbench sending what pgwarden sends per credential (a fresh name, a SCRAM verifier, an
+/// expiry), each statement its own transaction, for [`PGBENCH_SECONDS`].
+fn pgbench(cluster: &PgCluster, clients: usize) -> Run {
+    let dir = tempfile::tempdir().unwrap();
     let verifier =
         postgres_protocol::password::scram_sha_256(names::random_alphanumeric(32).as_bytes());
-    client
-        .batch_execute(&format!(
-            "CREATE ROLE \"{name}\" WITH LOGIN PASSWORD '{verifier}' VALID UNTIL 'infinity'; DROP ROLE \"{name}\";"
-        ))
-        .await
+    let script = dir.path().join("issue-revoke.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "\\set r random(1, 2000000000)\n\
+             CREATE ROLE \"v-pgbench-:client_id-:r\" WITH LOGIN PASSWORD '{verifier}' VALID UNTIL '2099-01-01 00:00:00+00';\n\
+             DROP ROLE \"v-pgbench-:client_id-:r\";\n"
+        ),
+    )
+    .unwrap();
+    let pgbench = [cluster.bin_dir().join("pgbench"), "pgbench".into()]
+        .into_iter()
+        .find(|p| p.is_file() || p.as_os_str() == "pgbench")
         .unwrap();
+    let started = Instant::now();
+    let out = std::process::Command::new(pgbench)
+        .current_dir(dir.path())
+        .env("PGPASSWORD", ADMIN_PW)
+        .args(["-n", "-M", "simple", "-l", "-h", "127.0.0.1", "-U", ADMIN])
+        .args(["-p", &cluster.port().to_string()])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .args(["-T", &PGBENCH_SECONDS.to_string(), "-f"])
+        .arg(&script)
+        .arg("appdb")
+        .output()
+        .expect("pgbench runs (apt-get install postgresql-contrib or postgresql)");
+    let wall = started.elapsed();
+    assert!(
+        out.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Per-transaction log lines: client, transaction, latency (µs), …
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("pgbench_log")
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            let micros: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+            latencies.push(Duration::from_micros(micros));
+        }
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let tps: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no tps in pgbench's output: {stdout}"));
+    // Report pgbench's own rate (without connection set-up) through `wall`.
+    let wall = Duration::from_secs_f64(latencies.len() as f64 / tps).min(wall);
+    Run { latencies, wall }
 }
 
 fn ms(d: Duration) -> String {
@@ -133,11 +198,13 @@ fn peak_rss_kib() -> u64 {
 
 async fn throughput(cluster: &PgCluster, base: &str) {
     println!(
-        "\nissue + revoke through pgwarden's API vs the same CREATE ROLE/DROP ROLE sent directly\n"
+        "\nissue + revoke through pgwarden's API vs pgbench sending the same CREATE ROLE/DROP ROLE \
+         (PostgreSQL with default durability)\n"
     );
-    println!("| concurrency | path | ops | ops/s | p50 ms | p99 ms | pgwarden/direct ops/s |");
+    println!("| concurrency | path | ops | ops/s | p50 ms | p99 ms | ops/s ÷ pgbench |");
     println!("|---|---|---|---|---|---|---|");
-    for (workers, total) in [(1usize, 200usize), (8, 800), (32, 1600)] {
+    for (workers, total) in [(1usize, 400usize), (8, 1600), (32, 3200)] {
+        let limit = tokio::task::block_in_place(|| pgbench(cluster, workers));
         let mut rows = Vec::new();
         for role in ["template", "preset"] {
             let http = reqwest::Client::new();
@@ -151,18 +218,9 @@ async fn throughput(cluster: &PgCluster, base: &str) {
             .await;
             rows.push((format!("pgwarden ({role} role)"), run));
         }
-        let direct_run = measure(
-            workers,
-            total,
-            || async { cluster.connect_as(ADMIN, ADMIN_PW, "appdb").await.unwrap() },
-            |client: Arc<tokio_postgres::Client>| async move { direct(&client).await },
-        )
-        .await;
-        let baseline = direct_run.ops_per_sec();
-        for (label, run) in rows
-            .iter()
-            .chain(std::iter::once(&("direct SQL".to_string(), direct_run)))
-        {
+        let baseline = limit.ops_per_sec();
+        rows.push(("pgbench".to_string(), limit));
+        for (label, run) in &rows {
             println!(
                 "| {workers} | {label} | {} | {:.0} | {} | {} | {:.2} |",
                 run.latencies.len(),
@@ -255,12 +313,12 @@ async fn reap(cluster: &PgCluster) {
     );
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "multi_thread")]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` probes harness-less benches.
     }
-    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let cluster = PgCluster::start_durable_with_appdb().await.unwrap();
     let mut broker = TestBroker::start(&cluster, &roles(), "").await;
     throughput(&cluster, &broker.base).await;
     broker.stop().await;

@@ -115,15 +115,25 @@ fn free_port() -> Result<u16, TestkitError> {
 impl PgCluster {
     /// Initialises and starts a new cluster; blocks until it accepts connections.
     pub fn start() -> Result<PgCluster, TestkitError> {
-        PgCluster::start_with(None)
+        PgCluster::start_with(None, false)
     }
 
     /// Like [`PgCluster::start`], with TLS on, presenting `ca`'s loopback certificate.
     pub fn start_with_tls(ca: &crate::tls::TestCa) -> Result<PgCluster, TestkitError> {
-        PgCluster::start_with(Some(ca))
+        PgCluster::start_with(Some(ca), false)
     }
 
-    fn start_with(tls: Option<&crate::tls::TestCa>) -> Result<PgCluster, TestkitError> {
+    /// Like [`PgCluster::start`], with PostgreSQL's default durability (`fsync`,
+    /// `synchronous_commit` and `full_page_writes` on), as benchmarks need; test clusters
+    /// turn them off for speed.
+    pub fn start_durable() -> Result<PgCluster, TestkitError> {
+        PgCluster::start_with(None, true)
+    }
+
+    fn start_with(
+        tls: Option<&crate::tls::TestCa>,
+        durable: bool,
+    ) -> Result<PgCluster, TestkitError> {
         let bin = find_bin_dir()?;
         let run_as = if nix::unistd::geteuid().is_root() {
             User::from_name("postgres")
@@ -151,7 +161,17 @@ impl PgCluster {
             run_as,
         };
         cluster.init()?;
-        let mut settings = Vec::new();
+        let mut settings = if durable {
+            Vec::new()
+        } else {
+            [
+                "fsync=off",
+                "synchronous_commit=off",
+                "full_page_writes=off",
+            ]
+            .map(String::from)
+            .to_vec()
+        };
         if let Some(ca) = tls {
             let (cert, key) = (
                 cluster.dir.path().join("server.crt"),
@@ -225,19 +245,31 @@ impl PgCluster {
                 output: String::from_utf8_lossy(&output.stderr).into_owned(),
             });
         }
-        replica.launch(&["hot_standby=on".to_string()])?;
+        replica.launch(&["hot_standby=on".to_string(), "fsync=off".to_string()])?;
         Ok(replica)
     }
 
     /// Starts a cluster (off the async runtime's threads) with database `appdb` owned by
     /// [`APP_ADMIN`], holding the sample table `items`.
     pub async fn start_with_appdb() -> Result<PgCluster, TestkitError> {
-        let cluster = tokio::task::spawn_blocking(PgCluster::start)
-            .await
-            .map_err(|e| TestkitError::Io {
-                what: "starting the cluster".into(),
-                source: std::io::Error::other(e),
-            })??;
+        PgCluster::with_appdb(PgCluster::start).await
+    }
+
+    /// [`PgCluster::start_with_appdb`] with default durability (see [`PgCluster::start_durable`]).
+    pub async fn start_durable_with_appdb() -> Result<PgCluster, TestkitError> {
+        PgCluster::with_appdb(PgCluster::start_durable).await
+    }
+
+    async fn with_appdb(
+        start: fn() -> Result<PgCluster, TestkitError>,
+    ) -> Result<PgCluster, TestkitError> {
+        let cluster =
+            tokio::task::spawn_blocking(start)
+                .await
+                .map_err(|e| TestkitError::Io {
+                    what: "starting the cluster".into(),
+                    source: std::io::Error::other(e),
+                })??;
         cluster
             .create_app_database("appdb", APP_ADMIN, APP_ADMIN_PASSWORD)
             .await?;
@@ -325,14 +357,6 @@ impl PgCluster {
             ))
             .args([
                 "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ])
-            .args([
-                "-c",
                 "max_connections=300",
                 "-c",
                 "password_encryption=scram-sha-256",
@@ -373,6 +397,12 @@ impl PgCluster {
     /// The server's log so far (for diagnosing failures).
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The directory of the server binaries this cluster runs from (client tools such as
+    /// `pgbench` sit beside them in Debian's packages).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
     }
 
     /// The TCP port on 127.0.0.1.
