@@ -76,6 +76,20 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// True when the failure came before any user could exist (nothing to roll back): the
+    /// database was unreachable, or a check refused before the creation statements ran. A
+    /// statement error is never such a case: a lost connection may hide a commit.
+    pub fn created_nothing(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Unreachable { .. }
+                | EngineError::InvalidUrl { .. }
+                | EngineError::Template(_)
+                | EngineError::UnsafeGroup { .. }
+                | EngineError::NoIdentityRole { .. }
+        )
+    }
+
     /// The SQLSTATE of a statement the database refused.
     pub fn sqlstate(&self) -> Option<&SqlState> {
         match self {

@@ -10,6 +10,7 @@ use pgwarden_core::{RoleDef, RoleKind, Statements};
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
+use tokio_postgres::error::SqlState;
 
 impl Target {
     /// Creates `username` with `password` for `role`, valid until `expires_at` (plus slack),
@@ -148,15 +149,15 @@ impl Target {
             return Ok(());
         };
         let u = quote_ident(username);
+        if custom.is_none() && drop_if_nothing_depends(&client, username, oid).await? {
+            return self.end_sessions_on_replicas(username, oid).await;
+        }
         client
             .batch_execute(&format!("ALTER ROLE {u} NOLOGIN;"))
             .await
             .map_err(sql(format!("blocking logins of {username:?}")))?;
         client
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
-                &[&username],
-            )
+            .batch_execute(&end_sessions(oid))
             .await
             .map_err(sql(format!("ending the sessions of {username:?}")))?;
         if let Some(statements) = custom {
@@ -258,6 +259,44 @@ impl Target {
     }
 }
 
+/// The statement ending every session of role `oid`, in any database of the cluster.
+fn end_sessions(oid: u32) -> String {
+    format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usesysid = {oid} \
+         AND pid <> pg_backend_pid();"
+    )
+}
+
+/// The fast revocation, for a user nothing depends on (the usual case): ends its sessions
+/// and drops it in one transaction, then ends any session that started in between (none can
+/// start once the drop commits). False, with nothing changed, when objects or privileges
+/// still depend on the user: the full revocation is needed.
+async fn drop_if_nothing_depends(
+    client: &deadpool_postgres::Object,
+    username: &str,
+    oid: u32,
+) -> Result<bool, EngineError> {
+    let dropped = client
+        .batch_execute(&format!(
+            "{}\nDROP ROLE IF EXISTS {};",
+            end_sessions(oid),
+            quote_ident(username)
+        ))
+        .await;
+    match dropped {
+        Ok(()) => {}
+        Err(error) if error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
+            return Ok(false);
+        }
+        Err(error) => return Err(sql(format!("dropping user {username:?}"))(error)),
+    }
+    client
+        .batch_execute(&end_sessions(oid))
+        .await
+        .map_err(sql(format!("ending the sessions of {username:?}")))?;
+    Ok(true)
+}
+
 /// How long a standby may take to replay a user's drop before revocation counts as failed
 /// (and is retried).
 const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -320,26 +359,23 @@ fn member_of(group: &str, username: &str, verifier: &str, until: &str) -> String
     )
 }
 
-/// Runs a user's creation `statements` in one transaction.
+/// Runs a user's creation `statements` as one transaction in one round trip (statements sent
+/// together in one simple query run in one implicit transaction: all or nothing).
 async fn run_in_transaction(
     client: &mut deadpool_postgres::Object,
     statements: &[String],
     username: &str,
     role: &RoleDef,
 ) -> Result<(), EngineError> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(sql("starting a transaction"))?;
-    for statement in statements {
-        tx.batch_execute(statement).await.map_err(sql(format!(
-            "creating user {username:?} for role {:?}",
-            role.name
-        )))?;
-    }
-    tx.commit()
-        .await
-        .map_err(sql(format!("committing user {username:?}")))
+    let batch: String = statements
+        .iter()
+        // A newline ends a trailing `--` comment before the separator.
+        .map(|statement| format!("{statement}\n;\n"))
+        .collect();
+    client.batch_execute(&batch).await.map_err(sql(format!(
+        "creating user {username:?} for role {:?}",
+        role.name
+    )))
 }
 
 /// Renders each statement with the user's name and, where given, password and expiration.

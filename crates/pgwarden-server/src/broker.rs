@@ -8,7 +8,6 @@ use crate::schedule::Schedule;
 use parking_lot::Mutex;
 use pgwarden_core::names::{generate_password, generate_username};
 use pgwarden_core::{Lease, LeaseState, Owner, RoleKind, Ttl, chain};
-use pgwarden_engine::EngineError;
 use pgwarden_store::Store;
 use secrecy::SecretString;
 use std::collections::{HashMap, HashSet};
@@ -228,8 +227,8 @@ impl Broker {
         if let Err(error) = created {
             self.metrics.issue_failures.inc();
             tracing::warn!(lease_id = %lease.id, error = %chain(&error), "creating user failed");
-            if matches!(error, EngineError::Unreachable { .. }) {
-                // Nothing was sent to the database: there is nothing to undo.
+            if error.created_nothing() {
+                // No user can exist: there is nothing to undo.
                 self.store.delete_lease(&lease.id)?;
             } else {
                 // Roll back whatever may exist; if that fails too, the reaper keeps trying.

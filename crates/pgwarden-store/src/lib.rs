@@ -81,7 +81,10 @@ pub struct StoredConnection {
     pub verify_connection: bool,
 }
 
-/// Durable state. Implementations are synchronous and fast; every write is durable when it returns.
+/// Durable state. Implementations are synchronous and fast. Every write survives a crash of
+/// pgwarden once it returns; inserts, tokens and definitions survive power loss too, while
+/// a lease's updates and deletion may be lost in a power cut only in the safe direction (an
+/// activation or renewal lost ends a credential early; a deletion lost repeats a revocation).
 pub trait Store: Send + Sync + 'static {
     /// Records a new lease (normally pending, before its user is created).
     fn insert_lease(&self, lease: &Lease) -> Result<(), StoreError>;

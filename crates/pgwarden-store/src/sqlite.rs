@@ -1,12 +1,12 @@
 //! The embedded backend: one SQLite file in WAL mode in the data directory.
 
 use crate::{Store, StoreError, StoredConnection, migrations};
+use parking_lot::Mutex;
 use pgwarden_core::{Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, named_params, params};
 use serde::de::DeserializeOwned;
 use std::path::Path;
-use std::sync::Mutex;
 use time::OffsetDateTime;
 
 /// A [`Store`] in one SQLite file. Safe against a killed process and against power loss: every
@@ -227,7 +227,8 @@ impl SqliteStore {
         let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
-        // FULL: a lease row must survive power loss, or a committed user could go untracked.
+        // FULL by default: a new lease row must survive power loss, or a committed user could
+        // go untracked. The hot follow-up writes of a lease relax it (see `with_relaxed`).
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -242,11 +243,23 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&conn)
+        f(&self.conn.lock())
+    }
+
+    /// Like [`SqliteStore::with`], committing without waiting for the disk (`synchronous =
+    /// NORMAL`: the write survives a crash of pgwarden, and reaches the disk with the next
+    /// durable write or checkpoint). For writes whose loss in a power cut errs on the safe
+    /// side: an activation or renewal lost ends a credential early; a deletion lost makes
+    /// the revocation run again, finding the user gone.
+    fn with_relaxed<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.lock();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let outcome = f(&conn);
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        outcome
     }
 }
 
@@ -280,7 +293,7 @@ impl Store for SqliteStore {
     }
 
     fn update_lease(&self, l: &Lease) -> Result<bool, StoreError> {
-        self.with(|c| {
+        self.with_relaxed(|c| {
             let changed = c
                 .prepare_cached(
                     "UPDATE leases SET state = :state, expires_at_ms = :expires_at_ms, \
@@ -300,7 +313,7 @@ impl Store for SqliteStore {
     }
 
     fn delete_lease(&self, id: &str) -> Result<(), StoreError> {
-        self.with(|c| {
+        self.with_relaxed(|c| {
             c.prepare_cached("DELETE FROM leases WHERE id = ?1")?
                 .execute([id])?;
             Ok(())
