@@ -146,11 +146,17 @@ impl Target {
     ) -> Result<(), EngineError> {
         let mut client = self.client().await?;
         let Some(oid) = user_oid(&**client, username).await? else {
-            return Ok(());
+            // Dropped already (by an earlier attempt whose session sweep failed, or by hand):
+            // its sessions may live on, here and on the standbys.
+            client
+                .batch_execute(END_DANGLING_SESSIONS)
+                .await
+                .map_err(sql("ending the sessions of dropped users"))?;
+            return self.end_sessions_on_replicas(username).await;
         };
         let u = quote_ident(username);
         if custom.is_none() && drop_if_nothing_depends(&client, username, oid).await? {
-            return self.end_sessions_on_replicas(username, oid).await;
+            return self.end_sessions_on_replicas(username).await;
         }
         client
             .batch_execute(&format!("ALTER ROLE {u} NOLOGIN;"))
@@ -170,10 +176,10 @@ impl Target {
                     .await
                     .map_err(sql(format!("revoking user {username:?}")))?;
             }
-            return tx
-                .commit()
+            tx.commit()
                 .await
-                .map_err(sql(format!("committing revocation of {username:?}")));
+                .map_err(sql(format!("committing revocation of {username:?}")))?;
+            return self.end_sessions_on_replicas(username).await;
         }
         let heir = heir_group.map_or_else(|| "CURRENT_USER".to_string(), quote_ident);
         let databases = self.databases_with_dependents(&**client, username).await?;
@@ -206,34 +212,28 @@ impl Target {
         tx.commit()
             .await
             .map_err(sql(format!("committing revocation of {username:?}")))?;
-        self.end_sessions_on_replicas(username, oid).await
+        self.end_sessions_on_replicas(username).await
     }
 
-    /// Ends `username`'s sessions on the replicas of a multi-host URL: a standby keeps the
-    /// sessions of a role dropped on the primary. Waits (up to [`REPLAY_WAIT`]) until the drop
-    /// has replayed there, so no new session can start after the last sweep. A replica that
-    /// cannot be reached is skipped with a warning (its sessions went with it, or will come
-    /// back without a role).
-    async fn end_sessions_on_replicas(&self, username: &str, oid: u32) -> Result<(), EngineError> {
+    /// Ends `username`'s sessions on the standbys of a multi-host URL: a standby keeps the
+    /// sessions of a role dropped on the primary. Waits (up to [`REPLAY_WAIT`]) until the user
+    /// is gone there, so no new session can start after the last sweep. A host that cannot be
+    /// reached fails the revocation (it is retried, and stays visible meanwhile): a standby
+    /// cut off from pgwarden may still serve the user.
+    async fn end_sessions_on_replicas(&self, username: &str) -> Result<(), EngineError> {
         let hosts = self.hosts();
         if hosts.len() < 2 {
             return Ok(());
         }
         for (host, port) in hosts {
-            let client = match self.connect_to_host(&host, port).await {
-                Ok(client) => client,
-                Err(error) => {
-                    tracing::warn!(%host, port, %error, username, "cannot reach a host to end the revoked user's sessions there");
-                    continue;
-                }
-            };
+            let client = self.connect_to_host(&host, port).await?;
             let standby: bool = client
                 .query_one("SELECT pg_is_in_recovery()", &[])
                 .await
                 .map_err(sql(format!("asking {host}:{port} whether it is a standby")))?
                 .get(0);
             if standby {
-                end_sessions_until_gone(&client, username, oid, &host, port).await?;
+                end_sessions_until_gone(&client, username, &host, port).await?;
             }
         }
         Ok(())
@@ -267,21 +267,24 @@ fn end_sessions(oid: u32) -> String {
     )
 }
 
-/// The fast revocation, for a user nothing depends on (the usual case): ends its sessions
-/// and drops it in one transaction, then ends any session that started in between (none can
-/// start once the drop commits). False, with nothing changed, when objects or privileges
-/// still depend on the user: the full revocation is needed.
+/// Ends the sessions whose role no longer exists: once a role is dropped, nothing else names
+/// its sessions, and PostgreSQL never ends them by itself. (`backend_type` would tell client
+/// sessions apart, but an administrator without `pg_read_all_stats` sees it as null for
+/// other roles' sessions; background processes have no role or an existing one.)
+const END_DANGLING_SESSIONS: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+     WHERE usesysid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE oid = usesysid);";
+
+/// The fast revocation, for a user nothing depends on (the usual case): drops it in one
+/// statement, then ends its sessions (none can start once the drop commits). False, with
+/// nothing changed, when objects or privileges still depend on the user: the full
+/// revocation is needed.
 async fn drop_if_nothing_depends(
     client: &deadpool_postgres::Object,
     username: &str,
     oid: u32,
 ) -> Result<bool, EngineError> {
     let dropped = client
-        .batch_execute(&format!(
-            "{}\nDROP ROLE IF EXISTS {};",
-            end_sessions(oid),
-            quote_ident(username)
-        ))
+        .batch_execute(&format!("DROP ROLE IF EXISTS {};", quote_ident(username)))
         .await;
     match dropped {
         Ok(()) => {}
@@ -301,31 +304,32 @@ async fn drop_if_nothing_depends(
 /// (and is retried).
 const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// On a standby: ends the sessions of role `oid` (`username`) until the role is gone there
-/// too. Sessions are found by OID: once the drop replays, their user name reads as null.
+/// On a standby: ends `username`'s sessions until the user is gone there too, then ends the
+/// sessions left without a role (the user's, found by nothing else once its drop replays).
 async fn end_sessions_until_gone(
     client: &tokio_postgres::Client,
     username: &str,
-    oid: u32,
     host: &str,
     port: u16,
 ) -> Result<(), EngineError> {
     let started = tokio::time::Instant::now();
+    let failed = || {
+        sql(format!(
+            "ending the sessions of {username:?} on {host}:{port}"
+        ))
+    };
     loop {
-        let row = client
-            .query_one(
-                "SELECT (SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE usesysid = $1), EXISTS (SELECT 1 FROM pg_roles WHERE oid = $1)",
-                &[&oid],
-            )
-            .await
-            .map_err(sql(format!(
-                "ending the sessions of {username:?} on {host}:{port}"
-            )))?;
-        let still_there: bool = row.get(1);
-        if !still_there {
+        let Some(oid) = user_oid(client, username).await? else {
+            client
+                .batch_execute(END_DANGLING_SESSIONS)
+                .await
+                .map_err(failed())?;
             return Ok(());
-        }
+        };
+        client
+            .batch_execute(&end_sessions(oid))
+            .await
+            .map_err(failed())?;
         if started.elapsed() >= REPLAY_WAIT {
             return Err(EngineError::ReplicaLag {
                 username: username.to_string(),
@@ -359,23 +363,32 @@ fn member_of(group: &str, username: &str, verifier: &str, until: &str) -> String
     )
 }
 
-/// Runs a user's creation `statements` as one transaction in one round trip (statements sent
-/// together in one simple query run in one implicit transaction: all or nothing).
+/// Runs a user's creation `statements` as one transaction in one round trip: `BEGIN`, the
+/// statements, `COMMIT`, sent together. On failure the transaction is rolled back, so the
+/// connection goes back to the pool clean (a connection that cannot even roll back is closed,
+/// and the pool drops it).
 async fn run_in_transaction(
     client: &mut deadpool_postgres::Object,
     statements: &[String],
     username: &str,
     role: &RoleDef,
 ) -> Result<(), EngineError> {
-    let batch: String = statements
+    // A newline ends a trailing `--` comment before each separator.
+    let body: String = statements
         .iter()
-        // A newline ends a trailing `--` comment before the separator.
         .map(|statement| format!("{statement}\n;\n"))
         .collect();
-    client.batch_execute(&batch).await.map_err(sql(format!(
-        "creating user {username:?} for role {:?}",
-        role.name
-    )))
+    let outcome = client
+        .batch_execute(&format!("BEGIN;\n{body}COMMIT;"))
+        .await
+        .map_err(sql(format!(
+            "creating user {username:?} for role {:?}",
+            role.name
+        )));
+    if outcome.is_err() {
+        let _ = client.batch_execute("ROLLBACK;").await;
+    }
+    outcome
 }
 
 /// Renders each statement with the user's name and, where given, password and expiration.

@@ -97,6 +97,7 @@ async fn statements_go_to_the_primary_and_revocation_ends_standby_sessions() {
     assert!(!primary.role_exists(&username).await.unwrap());
 
     // Failover: the primary stops, the replica is promoted; the same target finds it.
+    let primary_port = primary.port();
     tokio::task::block_in_place(|| primary.stop());
     let su = replica.connect_superuser("appdb").await.unwrap();
     su.execute("SELECT pg_promote(true, 30)", &[])
@@ -118,6 +119,28 @@ async fn statements_go_to_the_primary_and_revocation_ends_standby_sessions() {
         .connect_as(&after, password.expose_secret(), "appdb")
         .await
         .expect("the user made after the failover logs in on the new primary");
-    target.revoke_user(&role, &after).await.unwrap();
+    // The old primary is unreachable: pgwarden cannot tell that no session of the user lives
+    // there, so the revocation fails (and would be retried) although the user is dropped.
+    let err = target.revoke_user(&role, &after).await.unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "database of connection \"appdb (host 127.0.0.1:{primary_port})\" is unreachable"
+        )),
+        "{err}"
+    );
     assert!(!replica.role_exists(&after).await.unwrap());
+    // Once the dead host leaves the URL, the retry completes.
+    let repaired = Target::new(&ConnectionDef {
+        name: "appdb".into(),
+        connection_url: format!(
+            "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/appdb?sslmode=disable",
+            replica.port()
+        ),
+        username: ADMIN.into(),
+        password: SecretString::from(ADMIN_PW),
+        allowed_roles: vec!["*".into()],
+        verify_connection: true,
+    })
+    .unwrap();
+    repaired.revoke_user(&role, &after).await.unwrap();
 }

@@ -617,3 +617,26 @@ async fn concurrent_template_grants_are_retried_not_failed() {
     }
     assert_eq!(failures, Vec::<String>::new());
 }
+
+/// A revocation retried after its user was dropped (an earlier attempt dropped it, then failed
+/// to end its sessions) still ends the sessions that outlived the drop.
+#[tokio::test]
+async fn a_retried_revocation_ends_sessions_that_outlived_the_drop() {
+    let s = setup().await;
+    let ro = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
+    let user = issue(&s, &ro).await;
+    let session = login(&s, &user).await.unwrap();
+    let su = s.cluster.connect_superuser("appdb").await.unwrap();
+    su.batch_execute(&format!("DROP ROLE \"{}\";", user.username))
+        .await
+        .unwrap();
+    session
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("PostgreSQL leaves the sessions of a dropped role running");
+    s.target.revoke_user(&ro, &user.username).await.unwrap();
+    assert!(
+        session.query_one("SELECT 1", &[]).await.is_err(),
+        "the session of the dropped user was ended"
+    );
+}

@@ -82,9 +82,10 @@ pub struct StoredConnection {
 }
 
 /// Durable state. Implementations are synchronous and fast. Every write survives a crash of
-/// pgwarden once it returns; inserts, tokens and definitions survive power loss too, while
-/// a lease's updates and deletion may be lost in a power cut only in the safe direction (an
-/// activation or renewal lost ends a credential early; a deletion lost repeats a revocation).
+/// pgwarden once it returns; inserts, tokens, definitions and failed revocations survive
+/// power loss too, while a lease's other updates and its deletion may be lost in a power cut
+/// only in the safe direction (an activation or renewal lost ends a credential early; a
+/// deletion lost repeats a revocation).
 pub trait Store: Send + Sync + 'static {
     /// Records a new lease (normally pending, before its user is created).
     fn insert_lease(&self, lease: &Lease) -> Result<(), StoreError>;

@@ -239,11 +239,12 @@ impl SqliteStore {
         })
     }
 
+    /// Runs `f` on the connection; its writes wait for the disk (`synchronous = FULL`).
     fn with<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        f(&self.conn.lock())
+        self.with_sync("FULL", f)
     }
 
     /// Like [`SqliteStore::with`], committing without waiting for the disk (`synchronous =
@@ -255,11 +256,19 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.with_sync("NORMAL", f)
+    }
+
+    /// Sets the connection's `synchronous` level for this call (each call sets its own, so a
+    /// failure or panic in one cannot leave a later write less durable), then runs `f`.
+    fn with_sync<T>(
+        &self,
+        level: &str,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let conn = self.conn.lock();
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let outcome = f(&conn);
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        outcome
+        conn.pragma_update(None, "synchronous", level)?;
+        f(&conn)
     }
 }
 
@@ -293,7 +302,14 @@ impl Store for SqliteStore {
     }
 
     fn update_lease(&self, l: &Lease) -> Result<bool, StoreError> {
-        self.with_relaxed(|c| {
+        // A revocation that failed must survive a power cut, or its lease would come back
+        // active and wait for its expiry; other updates may be lost safely (see with_relaxed).
+        let sync = if l.state == LeaseState::Revoking && l.revoke_attempts > 0 {
+            "FULL"
+        } else {
+            "NORMAL"
+        };
+        self.with_sync(sync, |c| {
             let changed = c
                 .prepare_cached(
                     "UPDATE leases SET state = :state, expires_at_ms = :expires_at_ms, \
