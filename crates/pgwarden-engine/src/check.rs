@@ -82,7 +82,7 @@ pub async fn check_administrator(
                  with pg_signal_backend and ownership of the database and schemas"
             ),
             fix: format!(
-                "CREATE ROLE pgwarden_admin LOGIN CREATEROLE PASSWORD '…'; \
+                "CREATE ROLE pgwarden_admin LOGIN CREATEROLE PASSWORD '<a new password>'; \
                  GRANT pg_signal_backend TO pgwarden_admin; \
                  ALTER DATABASE {} OWNER TO pgwarden_admin; and use it instead of {a}",
                 quote_ident(&database)

@@ -51,6 +51,15 @@ pub enum EngineError {
         /// The same, quoted as an identifier.
         quoted: String,
     },
+    /// An identity role's caller has an identity too long to be a role name.
+    #[error(
+        "identity {identity:?} is longer than PostgreSQL's 63-byte role names, so no database \
+         role can be named after it; give it a preset or template role instead"
+    )]
+    IdentityTooLong {
+        /// The caller's identity.
+        identity: String,
+    },
     /// A standby did not replay a user's drop in time; its sessions may still run there.
     #[error(
         "user {username:?} is dropped on the primary but still exists on standby {host} after \
@@ -87,6 +96,7 @@ impl EngineError {
                 | EngineError::Template(_)
                 | EngineError::UnsafeGroup { .. }
                 | EngineError::NoIdentityRole { .. }
+                | EngineError::IdentityTooLong { .. }
         )
     }
 

@@ -107,6 +107,8 @@ impl Target {
 struct Found {
     unsafe_attribute: Option<&'static str>,
     marked: bool,
+    /// A powerful role it is a member of (its users could `SET ROLE` to it).
+    powerful_membership: Option<String>,
 }
 
 /// Looks up `group`: `None` when it does not exist.
@@ -114,8 +116,12 @@ async fn look_up(client: &impl GenericClient, group: &str) -> Result<Option<Foun
     let row = client
         .query_opt(
             "SELECT rolcanlogin, rolsuper, rolcreaterole, rolbypassrls, \
-             COALESCE(shobj_description(oid, 'pg_authid'), '') = $2 \
-             FROM pg_roles WHERE rolname = $1",
+             COALESCE(shobj_description(oid, 'pg_authid'), '') = $2, \
+             (SELECT min(p.rolname)::text FROM pg_roles p WHERE p.rolname <> $1 \
+              AND pg_has_role(r.oid, p.oid, 'MEMBER') AND (p.rolsuper OR p.rolcreaterole \
+              OR p.rolbypassrls OR p.rolname IN ('pg_execute_server_program', \
+              'pg_read_server_files', 'pg_write_server_files'))) \
+             FROM pg_roles r WHERE rolname = $1",
             &[&group, &GROUP_MARK],
         )
         .await
@@ -132,22 +138,33 @@ async fn look_up(client: &impl GenericClient, group: &str) -> Result<Option<Foun
         Found {
             unsafe_attribute,
             marked: row.get(4),
+            powerful_membership: row.get(5),
         }
     }))
 }
 
-/// Refuses a group role every dynamic user would act as, if it has a dangerous attribute.
+/// Refuses a group role every dynamic user would act as, if it has a dangerous attribute or
+/// is a member of a role that has one (or of a role that reads, writes or runs server files).
 fn refuse_unsafe(group: &str, found: &Found) -> Result<(), EngineError> {
-    match found.unsafe_attribute {
-        Some(attribute) => Err(EngineError::UnsafeGroup {
+    let unsafe_group = |reason: String| {
+        Err(EngineError::UnsafeGroup {
             group: group.to_string(),
-            reason: format!(
-                "has {attribute}; a preset's group role must be a NOLOGIN role without \
-                 SUPERUSER, CREATEROLE or BYPASSRLS, since every dynamic user acts as it"
-            ),
-        }),
-        None => Ok(()),
+            reason,
+        })
+    };
+    if let Some(attribute) = found.unsafe_attribute {
+        return unsafe_group(format!(
+            "has {attribute}; a preset's group role must be a NOLOGIN role without \
+             SUPERUSER, CREATEROLE or BYPASSRLS, since every dynamic user acts as it"
+        ));
     }
+    if let Some(role) = &found.powerful_membership {
+        return unsafe_group(format!(
+            "is a member of {role:?}, which dynamic users could switch to with SET ROLE; \
+             revoke that membership first"
+        ));
+    }
+    Ok(())
 }
 
 /// Creates `group` (NOLOGIN, marked) if missing, else checks that it is safe to hand to
@@ -180,6 +197,11 @@ pub(crate) async fn prepare_identity(
     client: &impl GenericClient,
     identity: &str,
 ) -> Result<(), EngineError> {
+    if identity.len() > pgwarden_core::names::MAX_IDENTIFIER_BYTES {
+        return Err(EngineError::IdentityTooLong {
+            identity: identity.to_string(),
+        });
+    }
     let found = look_up(client, identity)
         .await?
         .ok_or_else(|| EngineError::NoIdentityRole {

@@ -514,7 +514,8 @@ async fn group_roles_must_be_safe_and_made_by_pgwarden_unless_adopted() {
          GRANT legacy_group TO {ADMIN} WITH ADMIN OPTION;
          CREATE ROLE foreign_group NOLOGIN;
          CREATE ROLE powerful_group NOLOGIN CREATEROLE;
-         CREATE ROLE rls_group NOLOGIN BYPASSRLS;"
+         CREATE ROLE rls_group NOLOGIN BYPASSRLS;
+         CREATE ROLE file_group NOLOGIN IN ROLE pg_write_server_files;"
     ))
     .await
     .unwrap();
@@ -536,6 +537,15 @@ async fn group_roles_must_be_safe_and_made_by_pgwarden_unless_adopted() {
             "rls_group",
             true,
             refused("rls_group", &attribute("BYPASSRLS")),
+        ),
+        (
+            "file_group",
+            true,
+            refused(
+                "file_group",
+                "is a member of \"pg_write_server_files\", which dynamic users could switch to \
+                 with SET ROLE; revoke that membership first",
+            ),
         ),
         (
             "legacy_group",

@@ -73,7 +73,7 @@ impl ServerError {
             ServerError::Core(_) => 400,
             ServerError::Engine(e) => match e {
                 EngineError::Unreachable { .. } => 503,
-                EngineError::NoIdentityRole { .. } => 403,
+                EngineError::NoIdentityRole { .. } | EngineError::IdentityTooLong { .. } => 403,
                 EngineError::Sql { .. } | EngineError::ReplicaLag { .. } => 500,
                 EngineError::InvalidUrl { .. }
                 | EngineError::Template(_)

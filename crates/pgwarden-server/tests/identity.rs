@@ -749,6 +749,20 @@ grants:
                 what this identity may do"] })
         )
     );
+    let long = "a-service-account-with-a-rather-long-name";
+    let long_token = id.token("team-a", "team-a", long).await;
+    let (status, body) = env
+        .call_as(&long_token, "GET", "database/creds/mine", None)
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            403,
+            json!({ "errors": [format!("identity \"system:serviceaccount:team-a:{long}\" is \
+                longer than PostgreSQL's 63-byte role names, so no database role can be named \
+                after it; give it a preset or template role instead")] })
+        )
+    );
     let (status, body) = env.call("GET", "database/creds/mine", None).await;
     assert_eq!(
         (status, body),
