@@ -191,12 +191,23 @@ impl Target {
             .application_name("pgwarden")
             .ssl_mode(self.config.get_ssl_mode())
             .connect_timeout(CONNECT_TIMEOUT);
+        self.connect_separately(&config, format!("host {host}:{port}"))
+            .await
+    }
+
+    /// A connection with `config` over this target's transport, outside the pool; `what`
+    /// names it in errors.
+    async fn connect_separately(
+        &self,
+        config: &Config,
+        what: String,
+    ) -> Result<tokio_postgres::Client, EngineError> {
         let connected = match &self.transport {
-            Transport::Plain => connect_with(&config, NoTls).await,
-            Transport::Tls(tls) => connect_with(&config, tls.clone()).await,
+            Transport::Plain => connect_with(config, NoTls).await,
+            Transport::Tls(tls) => connect_with(config, tls.clone()).await,
         };
         connected.map_err(|e| EngineError::Unreachable {
-            connection: format!("{} (host {host}:{port})", self.name),
+            connection: format!("{} ({what})", self.name),
             reason: describe(&e),
         })
     }
@@ -219,14 +230,8 @@ impl Target {
     ) -> Result<tokio_postgres::Client, EngineError> {
         let mut config = self.config.clone();
         config.dbname(database);
-        let connected = match &self.transport {
-            Transport::Plain => connect_with(&config, NoTls).await,
-            Transport::Tls(tls) => connect_with(&config, tls.clone()).await,
-        };
-        connected.map_err(|e| EngineError::Unreachable {
-            connection: format!("{} (database {database:?})", self.name),
-            reason: describe(&e),
-        })
+        self.connect_separately(&config, format!("database {database:?}"))
+            .await
     }
 
     /// Connects once and runs `SELECT 1`, to check a definition when it is written.

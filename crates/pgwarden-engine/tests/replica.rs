@@ -1,7 +1,7 @@
 //! A connection URL naming a primary and a streaming replica: statements run on the primary,
 //! and revoking a user ends its sessions on the replica too.
 
-use pgwarden_core::{ConnectionDef, RoleSpec};
+use pgwarden_core::{ConnectionDef, RoleDef, RoleSpec};
 use pgwarden_engine::Target;
 use pgwarden_testkit::{APP_ADMIN as ADMIN, APP_ADMIN_PASSWORD as ADMIN_PW, PgCluster};
 use secrecy::SecretString;
@@ -24,6 +24,21 @@ async fn login_when_replayed(
             Err(error) => panic!("{user} never logged in on the standby: {error}"),
         }
     }
+}
+
+/// Creates `username` for `role` through `target`, valid for ten minutes.
+async fn create(target: &Target, role: &RoleDef, username: &str, password: &SecretString) {
+    target
+        .create_user(
+            role,
+            username,
+            password,
+            time::OffsetDateTime::now_utc() + Duration::from_secs(600),
+            &[],
+            "root",
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,17 +76,7 @@ async fn statements_go_to_the_primary_and_revocation_ends_standby_sessions() {
         .unwrap();
     let username = pgwarden_core::names::generate_username("test", "ro", 1);
     let password = pgwarden_core::names::generate_password();
-    target
-        .create_user(
-            &role,
-            &username,
-            &password,
-            time::OffsetDateTime::now_utc() + Duration::from_secs(600),
-            &[],
-            "root",
-        )
-        .await
-        .unwrap();
+    create(&target, &role, &username, &password).await;
 
     use secrecy::ExposeSecret;
     let on_standby = login_when_replayed(&replica, &username, password.expose_secret()).await;
@@ -104,17 +109,7 @@ async fn statements_go_to_the_primary_and_revocation_ends_standby_sessions() {
         .await
         .unwrap();
     let after = pgwarden_core::names::generate_username("test", "ro", 2);
-    target
-        .create_user(
-            &role,
-            &after,
-            &password,
-            time::OffsetDateTime::now_utc() + Duration::from_secs(600),
-            &[],
-            "root",
-        )
-        .await
-        .unwrap();
+    create(&target, &role, &after, &password).await;
     replica
         .connect_as(&after, password.expose_secret(), "appdb")
         .await
