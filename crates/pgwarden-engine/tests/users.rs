@@ -273,6 +273,9 @@ async fn templates_run_in_one_transaction_and_are_disowned_on_revoke() {
             "creating user {username:?} for role \"broken\": relation \"no_such_table\" does not exist (SQLSTATE 42P01)"
         )
     );
+    // The driver's error travels with it: callers can read the SQLSTATE.
+    assert_eq!(err.sqlstate(), Some(&SqlState::UNDEFINED_TABLE));
+    assert!(!err.is_retryable());
     assert!(!role_exists(&s, &username).await);
 }
 

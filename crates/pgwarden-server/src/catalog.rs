@@ -195,11 +195,6 @@ impl Catalog {
         f(mounts.get_mut(mount).ok_or_else(|| no_mount(mount))?)
     }
 
-    /// True when `mount` exists.
-    pub fn has_mount(&self, mount: &str) -> bool {
-        self.read(mount, |_| Ok(())).is_ok()
-    }
-
     /// The connections to check at start-up (`verify_connection`), as mount, name and target.
     pub fn targets_to_verify(&self) -> Vec<(String, String, Arc<Target>)> {
         let mounts = self.mounts.read();
