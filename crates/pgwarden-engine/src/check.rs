@@ -32,10 +32,12 @@ impl std::fmt::Display for Finding {
     }
 }
 
-/// What the administrator of `target` lacks for preset roles covering `schemas`.
+/// What the administrator of `target` lacks for preset roles covering `schemas`, and for the
+/// existing group roles those presets adopt (`adopted_groups`).
 pub async fn check_administrator(
     target: &Target,
     schemas: &[String],
+    adopted_groups: &[String],
 ) -> Result<Vec<Finding>, EngineError> {
     let client = target.client().await?;
     let row = client
@@ -137,6 +139,33 @@ pub async fn check_administrator(
                 format!("ALTER SCHEMA {s} OWNER TO {a};"),
             ),
             Some(true) => {}
+        }
+    }
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(sql("reading the server version"))?
+        .get(0);
+    // PostgreSQL 16+: granting a role takes ADMIN OPTION on it, which the administrator has
+    // only on the roles it created.
+    for group in adopted_groups.iter().filter(|_| version >= 160000) {
+        let grantable: Option<bool> = client
+            .query_opt(
+                "SELECT pg_has_role(current_user, oid, 'USAGE WITH ADMIN OPTION') FROM pg_roles \
+                 WHERE rolname = $1",
+                &[group],
+            )
+            .await
+            .map_err(sql(format!("looking up group role {group:?}")))?
+            .map(|row| row.get(0));
+        if grantable == Some(false) {
+            missing(
+                format!(
+                    "administrator {admin:?} cannot grant the adopted group role {group:?} \
+                     (PostgreSQL 16+ needs ADMIN OPTION on it): no user of its roles can be created"
+                ),
+                format!("GRANT {} TO {a} WITH ADMIN OPTION;", quote_ident(group)),
+            );
         }
     }
     Ok(findings)

@@ -29,7 +29,7 @@ async fn each_missing_privilege_is_one_line_with_its_fix() {
     // The administrator the README asks for lacks nothing.
     let ordinary = target_as(&cluster, ADMIN, ADMIN_PW);
     assert_eq!(
-        check_administrator(&ordinary, &public).await.unwrap(),
+        check_administrator(&ordinary, &public, &[]).await.unwrap(),
         vec![]
     );
 
@@ -44,7 +44,7 @@ async fn each_missing_privilege_is_one_line_with_its_fix() {
     let weak = target_as(&cluster, "weak", "weak-password");
     let schemas = vec!["public".to_string(), "sales".into(), "nope".into()];
     assert_eq!(
-        lines(&check_administrator(&weak, &schemas).await.unwrap()),
+        lines(&check_administrator(&weak, &schemas, &[]).await.unwrap()),
         vec![
             "administrator \"weak\" lacks CREATEROLE: no user can be created; \
              fix: ALTER ROLE \"weak\" CREATEROLE;",
@@ -61,9 +61,37 @@ async fn each_missing_privilege_is_one_line_with_its_fix() {
         ]
     );
 
+    // An adopted group the administrator may not grant: PostgreSQL 16+ refuses the grant.
+    su.batch_execute("CREATE ROLE adopted_group NOLOGIN;")
+        .await
+        .unwrap();
+    let version: i32 = su
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let adopted = vec!["adopted_group".to_string()];
+    let expected: Vec<String> = if version >= 160000 {
+        vec![format!(
+            "administrator \"{ADMIN}\" cannot grant the adopted group role \"adopted_group\" \
+             (PostgreSQL 16+ needs ADMIN OPTION on it): no user of its roles can be created; \
+             fix: GRANT \"adopted_group\" TO \"{ADMIN}\" WITH ADMIN OPTION;"
+        )]
+    } else {
+        vec![]
+    };
+    assert_eq!(
+        lines(
+            &check_administrator(&ordinary, &public, &adopted)
+                .await
+                .unwrap()
+        ),
+        expected
+    );
+
     // A superuser works but is more than needed.
     let superuser = target_as(&cluster, "postgres", cluster.superuser_password());
-    let findings = check_administrator(&superuser, &public).await.unwrap();
+    let findings = check_administrator(&superuser, &public, &[]).await.unwrap();
     assert_eq!(findings.len(), 1);
     assert_eq!(findings[0].severity, Severity::Excess);
     assert!(

@@ -14,23 +14,43 @@ pub struct Report {
     pub outcome: Result<Vec<Finding>, EngineError>,
 }
 
-/// The schemas the preset roles among `roles` cover through `connection`.
-fn preset_schemas<'a>(roles: impl Iterator<Item = &'a RoleDef>, connection: &str) -> Vec<String> {
-    let mut schemas: Vec<String> = roles
-        .filter(|role| role.db_name == connection)
-        .flat_map(|role| match &role.kind {
-            RoleKind::Preset { schemas, .. } => schemas.clone(),
-            RoleKind::Statements(_) | RoleKind::Identity => Vec::new(),
-        })
-        .collect();
-    schemas.sort();
-    schemas.dedup();
-    schemas
+/// What the preset roles among `roles` need through `connection`: the schemas they cover and
+/// the existing group roles they adopt, each sorted and once.
+fn preset_needs<'a>(
+    roles: impl Iterator<Item = &'a RoleDef>,
+    connection: &str,
+) -> (Vec<String>, Vec<String>) {
+    let (mut schemas, mut adopted) = (Vec::new(), Vec::new());
+    for role in roles.filter(|role| role.db_name == connection) {
+        if let RoleKind::Preset {
+            schemas: covered,
+            group_role,
+            adopt_group_role,
+            ..
+        } = &role.kind
+        {
+            schemas.extend(covered.iter().cloned());
+            if *adopt_group_role {
+                adopted.push(group_role.clone());
+            }
+        }
+    }
+    for list in [&mut schemas, &mut adopted] {
+        list.sort();
+        list.dedup();
+    }
+    (schemas, adopted)
 }
 
-async fn report(connection: String, target: &Target, schemas: &[String]) -> Report {
+async fn report<'a>(
+    connection: String,
+    target: &Target,
+    roles: impl Iterator<Item = &'a RoleDef>,
+    name: &str,
+) -> Report {
+    let (schemas, adopted) = preset_needs(roles, name);
     Report {
-        outcome: check_administrator(target, schemas).await,
+        outcome: check_administrator(target, &schemas, &adopted).await,
         connection,
     }
 }
@@ -40,8 +60,7 @@ pub async fn check_catalog(catalog: &Catalog) -> Vec<Report> {
     let mut reports = Vec::new();
     for (mount, name, target) in catalog.targets_to_verify() {
         let roles = catalog.roles(&mount).unwrap_or_default();
-        let schemas = preset_schemas(roles.iter(), &name);
-        reports.push(report(format!("{mount}/{name}"), &target, &schemas).await);
+        reports.push(report(format!("{mount}/{name}"), &target, roles.iter(), &name).await);
     }
     reports
 }
@@ -64,8 +83,7 @@ pub async fn check_config(config: &Config) -> Result<Vec<Report>, ConfigError> {
             .collect::<Result<Vec<_>, _>>()?;
         for (name, connection) in &mount_config.connections {
             let target = connection_target(mount, &connection.to_def(mount, name)?)?;
-            let schemas = preset_schemas(roles.iter(), name);
-            reports.push(report(format!("{mount}/{name}"), &target, &schemas).await);
+            reports.push(report(format!("{mount}/{name}"), &target, roles.iter(), name).await);
         }
     }
     Ok(reports)
