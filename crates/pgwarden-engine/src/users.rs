@@ -411,17 +411,20 @@ fn render_all(
 
 /// The OID of role `username`, if it exists.
 async fn user_oid(client: &impl GenericClient, username: &str) -> Result<Option<u32>, EngineError> {
-    let row = client
-        .query_opt("SELECT oid FROM pg_roles WHERE rolname = $1", &[&username])
+    // A simple query: one round trip, where a parameterised one takes two (parse, then run).
+    let messages = client
+        .simple_query(&format!(
+            "SELECT oid FROM pg_roles WHERE rolname = {}",
+            quote_literal(username)
+        ))
         .await
         .map_err(sql(format!("looking up role {username:?}")))?;
-    Ok(row.map(|row| row.get(0)))
+    Ok(messages.iter().find_map(|message| match message {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).and_then(|oid| oid.parse().ok()),
+        _ => None,
+    }))
 }
 
 async fn user_exists(client: &impl GenericClient, username: &str) -> Result<bool, EngineError> {
-    let row = client
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&username])
-        .await
-        .map_err(sql(format!("looking up role {username:?}")))?;
-    Ok(row.is_some())
+    Ok(user_oid(client, username).await?.is_some())
 }
