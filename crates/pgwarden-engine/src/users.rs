@@ -274,17 +274,25 @@ fn end_sessions(oid: u32) -> String {
 const END_DANGLING_SESSIONS: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
      WHERE usesysid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE oid = usesysid);";
 
-/// The fast revocation, for a user nothing depends on (the usual case): drops it in one
-/// statement, then ends its sessions (none can start once the drop commits). False, with
-/// nothing changed, when objects or privileges still depend on the user: the full
-/// revocation is needed.
+/// The fast revocation, for a user nothing depends on (the usual case): drops it and, in the
+/// same transaction, ends its sessions where the administrator may (`pg_signal_backend`;
+/// asking first keeps a refusal from undoing the drop), so they are gone when the drop
+/// commits; then ends any session that logged in meanwhile (none can after the commit).
+/// False, with nothing changed, when objects or privileges still depend on the user: the
+/// full revocation is needed.
 async fn drop_if_nothing_depends(
     client: &deadpool_postgres::Object,
     username: &str,
     oid: u32,
 ) -> Result<bool, EngineError> {
     let dropped = client
-        .batch_execute(&format!("DROP ROLE IF EXISTS {};", quote_ident(username)))
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {};\n\
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usesysid = {oid} \
+             AND pid <> pg_backend_pid() \
+             AND pg_has_role(current_user, 'pg_signal_backend', 'USAGE');",
+            quote_ident(username)
+        ))
         .await;
     match dropped {
         Ok(()) => {}
