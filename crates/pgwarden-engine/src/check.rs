@@ -45,19 +45,21 @@ pub async fn check_administrator(
             "SELECT current_user::text, rolsuper, rolcreaterole, \
              rolsuper OR pg_has_role(current_user, 'pg_signal_backend', 'USAGE'), \
              (SELECT pg_has_role(current_user, datdba, 'USAGE') FROM pg_database \
-              WHERE datname = current_database()), current_database()::text \
+              WHERE datname = current_database()), current_database()::text, \
+             current_setting('server_version_num')::int \
              FROM pg_roles WHERE rolname = current_user",
             &[],
         )
         .await
         .map_err(sql("reading the administrator's attributes"))?;
-    let (admin, superuser, createrole, signal, owns_db, database): (
+    let (admin, superuser, createrole, signal, owns_db, database, version): (
         String,
         bool,
         bool,
         bool,
         bool,
         String,
+        i32,
     ) = (
         row.get(0),
         row.get(1),
@@ -65,6 +67,7 @@ pub async fn check_administrator(
         row.get(3),
         row.get(4),
         row.get(5),
+        row.get(6),
     );
     let a = quote_ident(&admin);
     let mut findings = Vec::new();
@@ -116,15 +119,14 @@ pub async fn check_administrator(
         );
     }
     for schema in schemas {
-        let owns: Option<bool> = client
-            .query_opt(
-                "SELECT pg_has_role(current_user, nspowner, 'USAGE') FROM pg_namespace \
-                 WHERE nspname = $1",
-                &[schema],
-            )
-            .await
-            .map_err(sql(format!("looking up schema {schema:?}")))?
-            .map(|row| row.get(0));
+        let owns = flag(
+            &client,
+            "SELECT pg_has_role(current_user, nspowner, 'USAGE') FROM pg_namespace \
+             WHERE nspname = $1",
+            schema,
+            "schema",
+        )
+        .await?;
         let s = quote_ident(schema);
         match owns {
             None => missing(
@@ -141,23 +143,17 @@ pub async fn check_administrator(
             Some(true) => {}
         }
     }
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(sql("reading the server version"))?
-        .get(0);
     // PostgreSQL 16+: granting a role takes ADMIN OPTION on it, which the administrator has
     // only on the roles it created.
     for group in adopted_groups.iter().filter(|_| version >= 160000) {
-        let grantable: Option<bool> = client
-            .query_opt(
-                "SELECT pg_has_role(current_user, oid, 'USAGE WITH ADMIN OPTION') FROM pg_roles \
-                 WHERE rolname = $1",
-                &[group],
-            )
-            .await
-            .map_err(sql(format!("looking up group role {group:?}")))?
-            .map(|row| row.get(0));
+        let grantable = flag(
+            &client,
+            "SELECT pg_has_role(current_user, oid, 'USAGE WITH ADMIN OPTION') FROM pg_roles \
+             WHERE rolname = $1",
+            group,
+            "group role",
+        )
+        .await?;
         if grantable == Some(false) {
             missing(
                 format!(
@@ -169,4 +165,19 @@ pub async fn check_administrator(
         }
     }
     Ok(findings)
+}
+
+/// What `query` answers for the object named `name` (`what` names its kind in errors); `None`
+/// when no such object exists.
+async fn flag(
+    client: &tokio_postgres::Client,
+    query: &str,
+    name: &str,
+    what: &str,
+) -> Result<Option<bool>, EngineError> {
+    Ok(client
+        .query_opt(query, &[&name])
+        .await
+        .map_err(sql(format!("looking up {what} {name:?}")))?
+        .map(|row| row.get(0)))
 }

@@ -261,9 +261,14 @@ impl Target {
 
 /// The statement ending every session of role `oid`, in any database of the cluster.
 fn end_sessions(oid: u32) -> String {
+    end_sessions_where(oid, "true")
+}
+
+/// [`end_sessions`], only where `condition` holds.
+fn end_sessions_where(oid: u32, condition: &str) -> String {
     format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usesysid = {oid} \
-         AND pid <> pg_backend_pid();"
+         AND pid <> pg_backend_pid() AND {condition};"
     )
 }
 
@@ -287,11 +292,12 @@ async fn drop_if_nothing_depends(
 ) -> Result<bool, EngineError> {
     let dropped = client
         .batch_execute(&format!(
-            "DROP ROLE IF EXISTS {};\n\
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usesysid = {oid} \
-             AND pid <> pg_backend_pid() \
-             AND pg_has_role(current_user, 'pg_signal_backend', 'USAGE');",
-            quote_ident(username)
+            "DROP ROLE IF EXISTS {};\n{}",
+            quote_ident(username),
+            end_sessions_where(
+                oid,
+                "pg_has_role(current_user, 'pg_signal_backend', 'USAGE')"
+            )
         ))
         .await;
     match dropped {
