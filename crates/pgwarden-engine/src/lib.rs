@@ -17,6 +17,7 @@ mod error;
 mod groups;
 mod preset;
 mod quote;
+mod scram;
 mod target;
 mod tls;
 mod users;

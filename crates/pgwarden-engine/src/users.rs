@@ -28,8 +28,7 @@ impl Target {
         admin_roles: &[RoleDef],
         identity: &str,
     ) -> Result<(), EngineError> {
-        let verifier =
-            postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
+        let verifier = crate::scram::verifier(password.expose_secret());
         let until = valid_until(expires_at);
         let mut client = self.client().await?;
         let statements = match &role.kind {
@@ -145,19 +144,32 @@ impl Target {
         custom: Option<&Vec<String>>,
     ) -> Result<(), EngineError> {
         let mut client = self.client().await?;
-        let Some(oid) = user_oid(&**client, username).await? else {
-            // Dropped already (by an earlier attempt whose session sweep failed, or by hand):
-            // its sessions may live on, here and on the standbys.
-            client
-                .batch_execute(END_DANGLING_SESSIONS)
-                .await
-                .map_err(sql("ending the sessions of dropped users"))?;
-            return self.end_sessions_on_replicas(username).await;
+        let found = if custom.is_none() {
+            drop_if_nothing_depends(&client, username).await?
+        } else {
+            user_oid(&**client, username).await?.map(Drop::Kept)
+        };
+        let oid = match found {
+            Some(Drop::Kept(oid)) => oid,
+            Some(Drop::Dropped(oid)) => {
+                // Sessions that logged in after the in-transaction sweep (none can now).
+                client
+                    .batch_execute(&end_sessions(oid))
+                    .await
+                    .map_err(sql(format!("ending the sessions of {username:?}")))?;
+                return self.end_sessions_on_replicas(username).await;
+            }
+            None => {
+                // Dropped already (by an earlier attempt whose session sweep failed, or by
+                // hand): its sessions may live on, here and on the standbys.
+                client
+                    .batch_execute(END_DANGLING_SESSIONS)
+                    .await
+                    .map_err(sql("ending the sessions of dropped users"))?;
+                return self.end_sessions_on_replicas(username).await;
+            }
         };
         let u = quote_ident(username);
-        if custom.is_none() && drop_if_nothing_depends(&client, username, oid).await? {
-            return self.end_sessions_on_replicas(username).await;
-        }
         client
             .batch_execute(&format!("ALTER ROLE {u} NOLOGIN;"))
             .await
@@ -259,6 +271,11 @@ impl Target {
     }
 }
 
+/// The sessions of the cluster: the function behind the `pg_stat_activity` view, without the
+/// view's joins to `pg_authid` and `pg_database` (which a churn of created and dropped users
+/// makes several times slower than the rest of a revocation).
+const SESSIONS: &str = "pg_stat_get_activity(NULL)";
+
 /// The statement ending every session of role `oid`, in any database of the cluster.
 fn end_sessions(oid: u32) -> String {
     end_sessions_where(oid, "true")
@@ -267,7 +284,7 @@ fn end_sessions(oid: u32) -> String {
 /// [`end_sessions`], only where `condition` holds.
 fn end_sessions_where(oid: u32, condition: &str) -> String {
     format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usesysid = {oid} \
+        "SELECT pg_terminate_backend(pid) FROM {SESSIONS} WHERE usesysid = {oid} \
          AND pid <> pg_backend_pid() AND {condition};"
     )
 }
@@ -276,42 +293,45 @@ fn end_sessions_where(oid: u32, condition: &str) -> String {
 /// its sessions, and PostgreSQL never ends them by itself. (`backend_type` would tell client
 /// sessions apart, but an administrator without `pg_read_all_stats` sees it as null for
 /// other roles' sessions; background processes have no role or an existing one.)
-const END_DANGLING_SESSIONS: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-     WHERE usesysid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE oid = usesysid);";
+const END_DANGLING_SESSIONS: &str = "SELECT pg_terminate_backend(pid) FROM \
+     pg_stat_get_activity(NULL) WHERE usesysid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE oid = usesysid);";
 
-/// The fast revocation, for a user nothing depends on (the usual case): drops it and, in the
-/// same transaction, ends its sessions where the administrator may (`pg_signal_backend`;
-/// asking first keeps a refusal from undoing the drop), so they are gone when the drop
-/// commits; then ends any session that logged in meanwhile (none can after the commit).
-/// False, with nothing changed, when objects or privileges still depend on the user: the
-/// full revocation is needed.
+/// What [`drop_if_nothing_depends`] did to an existing user (by its OID).
+enum Drop {
+    /// Dropped, with its sessions ended where the administrator may.
+    Dropped(u32),
+    /// Left as is: objects or privileges depend on it.
+    Kept(u32),
+}
+
+/// The fast revocation, for a user nothing depends on (the usual case), in one round trip:
+/// finds the user's OID, ends its sessions where the administrator may (`pg_signal_backend`;
+/// asking first keeps a refusal from undoing the drop) and drops it, in one transaction, so
+/// the sessions are gone when the drop commits. The caller then ends any session that logged
+/// in meanwhile (none can after the commit). None when the user does not exist.
 async fn drop_if_nothing_depends(
-    client: &deadpool_postgres::Object,
+    client: &tokio_postgres::Client,
     username: &str,
-    oid: u32,
-) -> Result<bool, EngineError> {
+) -> Result<Option<Drop>, EngineError> {
+    let name = quote_literal(username);
     let dropped = client
-        .batch_execute(&format!(
-            "DROP ROLE IF EXISTS {};\n{}",
+        .simple_query(&format!(
+            "SELECT oid FROM pg_roles WHERE rolname = {name};\n\
+             SELECT pg_terminate_backend(pid) FROM {SESSIONS} \
+             WHERE usesysid = (SELECT oid FROM pg_roles WHERE rolname = {name}) \
+             AND pid <> pg_backend_pid() \
+             AND pg_has_role(current_user, 'pg_signal_backend', 'USAGE');\n\
+             DROP ROLE IF EXISTS {};",
             quote_ident(username),
-            end_sessions_where(
-                oid,
-                "pg_has_role(current_user, 'pg_signal_backend', 'USAGE')"
-            )
         ))
         .await;
     match dropped {
-        Ok(()) => {}
+        Ok(messages) => Ok(first_oid(&messages).map(Drop::Dropped)),
         Err(error) if error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
-            return Ok(false);
+            Ok(user_oid(client, username).await?.map(Drop::Kept))
         }
-        Err(error) => return Err(sql(format!("dropping user {username:?}"))(error)),
+        Err(error) => Err(sql(format!("dropping user {username:?}"))(error)),
     }
-    client
-        .batch_execute(&end_sessions(oid))
-        .await
-        .map_err(sql(format!("ending the sessions of {username:?}")))?;
-    Ok(true)
 }
 
 /// How long a standby may take to replay a user's drop before revocation counts as failed
@@ -433,10 +453,15 @@ async fn user_oid(client: &impl GenericClient, username: &str) -> Result<Option<
         ))
         .await
         .map_err(sql(format!("looking up role {username:?}")))?;
-    Ok(messages.iter().find_map(|message| match message {
+    Ok(first_oid(&messages))
+}
+
+/// The first column of the first row among `messages`, as an OID.
+fn first_oid(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<u32> {
+    messages.iter().find_map(|message| match message {
         tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).and_then(|oid| oid.parse().ok()),
         _ => None,
-    }))
+    })
 }
 
 async fn user_exists(client: &impl GenericClient, username: &str) -> Result<bool, EngineError> {

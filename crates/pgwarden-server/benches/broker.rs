@@ -5,6 +5,7 @@
 //! leases.
 //!
 //! Run with `cargo bench -p pgwarden-server --bench broker`. Prints tables; asserts nothing.
+//! `PGWARDEN_BENCH_CLIENTS=8` (a comma-separated list) runs only the listed concurrencies.
 
 use pgwarden_core::{Lease, LeaseState, Owner, RoleSpec, Ttl, names};
 use pgwarden_store::{SqliteStore, Store};
@@ -203,7 +204,14 @@ async fn throughput(cluster: &PgCluster, base: &str) {
     );
     println!("| concurrency | path | ops | ops/s | p50 ms | p99 ms | ops/s ÷ pgbench |");
     println!("|---|---|---|---|---|---|---|");
+    let only = std::env::var("PGWARDEN_BENCH_CLIENTS").ok();
     for (workers, total) in [(1usize, 400usize), (8, 1600), (32, 3200)] {
+        if only
+            .as_deref()
+            .is_some_and(|list| !list.split(',').any(|c| c.trim() == workers.to_string()))
+        {
+            continue;
+        }
         let limit = tokio::task::block_in_place(|| pgbench(cluster, workers));
         let mut rows = Vec::new();
         for role in ["template", "preset"] {
