@@ -26,4 +26,5 @@ pub use check::{Finding, Severity, check_administrator};
 pub use error::EngineError;
 pub use groups::GROUP_MARK;
 pub use quote::{quote_ident, quote_literal};
+pub use scram::NewPassword;
 pub use target::{Endpoint, Target};

@@ -3,19 +3,19 @@
 use crate::error::{EngineError, retry_delay, sql};
 use crate::groups::{Group, current_database, join, prepare_identity};
 use crate::quote::{quote_ident, quote_literal};
+use crate::scram::NewPassword;
 use crate::target::Target;
 use pgwarden_core::lease::valid_until;
 use pgwarden_core::template::{TemplateValues, render};
 use pgwarden_core::{RoleDef, RoleKind, Statements};
-use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 
 impl Target {
     /// Creates `username` with `password` for `role`, valid until `expires_at` (plus slack),
-    /// all in one transaction, retried when it fails only because of concurrent work. Only a
-    /// SCRAM verifier of the password is sent. `admin_roles` are the admin preset roles of this
+    /// all in one transaction, retried when it fails only because of concurrent work. Only the
+    /// password's SCRAM verifier is sent. `admin_roles` are the admin preset roles of this
     /// connection: a preset role's group also gets its privileges on what their users create.
     /// `identity` is the caller's (its policy subject): an identity role's user joins the role
     /// named after it.
@@ -23,12 +23,12 @@ impl Target {
         &self,
         role: &RoleDef,
         username: &str,
-        password: &SecretString,
+        password: &NewPassword,
         expires_at: OffsetDateTime,
         admin_roles: &[RoleDef],
         identity: &str,
     ) -> Result<(), EngineError> {
-        let verifier = crate::scram::verifier(password.expose_secret());
+        let verifier = password.verifier();
         let until = valid_until(expires_at);
         let mut client = self.client().await?;
         let statements = match &role.kind {
@@ -40,14 +40,14 @@ impl Target {
             } => {
                 let group = Group::new(*preset, group_role, schemas, *adopt_group_role);
                 self.ensure_group(&client, &group, admin_roles).await?;
-                vec![member_of(group.name, username, &verifier, &until)]
+                vec![member_of(group.name, username, verifier, &until)]
             }
             RoleKind::Statements(s) => {
-                render_all(&s.creation, username, Some(&verifier), Some(&until))?
+                render_all(&s.creation, username, Some(verifier), Some(&until))?
             }
             RoleKind::Identity => {
                 prepare_identity(&**client, identity).await?;
-                vec![member_of(identity, username, &verifier, &until)]
+                vec![member_of(identity, username, verifier, &until)]
             }
         };
         let mut attempt = 1;
@@ -152,7 +152,7 @@ impl Target {
         let oid = match found {
             Some(Drop::Kept(oid)) => oid,
             Some(Drop::Dropped(oid)) => {
-                // Sessions that logged in after the in-transaction sweep (none can now).
+                // No session can start now: end those that exist.
                 client
                     .batch_execute(&end_sessions(oid))
                     .await
@@ -278,14 +278,18 @@ const SESSIONS: &str = "pg_stat_get_activity(NULL)";
 
 /// The statement ending every session of role `oid`, in any database of the cluster.
 fn end_sessions(oid: u32) -> String {
-    end_sessions_where(oid, "true")
-}
-
-/// [`end_sessions`], only where `condition` holds.
-fn end_sessions_where(oid: u32, condition: &str) -> String {
     format!(
         "SELECT pg_terminate_backend(pid) FROM {SESSIONS} WHERE usesysid = {oid} \
-         AND pid <> pg_backend_pid() AND {condition};"
+         AND pid <> pg_backend_pid();"
+    )
+}
+
+/// The query for the OID of role `username` (null if there is none): `to_regrole` reads the
+/// role cache, where the `pg_roles` view is planned and joined for every call.
+fn oid_of(username: &str) -> String {
+    format!(
+        "SELECT to_regrole({})::oid",
+        quote_literal(&quote_ident(username))
     )
 }
 
@@ -298,30 +302,23 @@ const END_DANGLING_SESSIONS: &str = "SELECT pg_terminate_backend(pid) FROM \
 
 /// What [`drop_if_nothing_depends`] did to an existing user (by its OID).
 enum Drop {
-    /// Dropped, with its sessions ended where the administrator may.
+    /// Dropped; its sessions live on until the caller ends them.
     Dropped(u32),
     /// Left as is: objects or privileges depend on it.
     Kept(u32),
 }
 
-/// The fast revocation, for a user nothing depends on (the usual case), in one round trip:
-/// finds the user's OID, ends its sessions where the administrator may (`pg_signal_backend`;
-/// asking first keeps a refusal from undoing the drop) and drops it, in one transaction, so
-/// the sessions are gone when the drop commits. The caller then ends any session that logged
-/// in meanwhile (none can after the commit). None when the user does not exist.
+/// The fast revocation, for a user nothing depends on (the usual case): finds its OID and
+/// drops it in one round trip. The caller then ends its sessions (after the commit, when no
+/// new one can start). None when the user does not exist.
 async fn drop_if_nothing_depends(
     client: &tokio_postgres::Client,
     username: &str,
 ) -> Result<Option<Drop>, EngineError> {
-    let name = quote_literal(username);
     let dropped = client
         .simple_query(&format!(
-            "SELECT oid FROM pg_roles WHERE rolname = {name};\n\
-             SELECT pg_terminate_backend(pid) FROM {SESSIONS} \
-             WHERE usesysid = (SELECT oid FROM pg_roles WHERE rolname = {name}) \
-             AND pid <> pg_backend_pid() \
-             AND pg_has_role(current_user, 'pg_signal_backend', 'USAGE');\n\
-             DROP ROLE IF EXISTS {};",
+            "{};\nDROP ROLE IF EXISTS {};",
+            oid_of(username),
             quote_ident(username),
         ))
         .await;
@@ -447,10 +444,7 @@ fn render_all(
 async fn user_oid(client: &impl GenericClient, username: &str) -> Result<Option<u32>, EngineError> {
     // A simple query: one round trip, where a parameterised one takes two (parse, then run).
     let messages = client
-        .simple_query(&format!(
-            "SELECT oid FROM pg_roles WHERE rolname = {}",
-            quote_literal(username)
-        ))
+        .simple_query(&oid_of(username))
         .await
         .map_err(sql(format!("looking up role {username:?}")))?;
     Ok(first_oid(&messages))

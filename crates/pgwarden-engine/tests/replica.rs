@@ -2,7 +2,7 @@
 //! and revoking a user ends its sessions on the replica too.
 
 use pgwarden_core::{ConnectionDef, RoleDef, RoleSpec};
-use pgwarden_engine::Target;
+use pgwarden_engine::{NewPassword, Target};
 use pgwarden_testkit::{APP_ADMIN as ADMIN, APP_ADMIN_PASSWORD as ADMIN_PW, PgCluster};
 use secrecy::SecretString;
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ async fn login_when_replayed(
 }
 
 /// Creates `username` for `role` through `target`, valid for ten minutes.
-async fn create(target: &Target, role: &RoleDef, username: &str, password: &SecretString) {
+async fn create(target: &Target, role: &RoleDef, username: &str, password: &NewPassword) {
     target
         .create_user(
             role,
@@ -75,11 +75,12 @@ async fn statements_go_to_the_primary_and_revocation_ends_standby_sessions() {
         .into_def("ro")
         .unwrap();
     let username = pgwarden_core::names::generate_username("test", "ro", 1);
-    let password = pgwarden_core::names::generate_password();
+    let password = NewPassword::generate();
     create(&target, &role, &username, &password).await;
 
     use secrecy::ExposeSecret;
-    let on_standby = login_when_replayed(&replica, &username, password.expose_secret()).await;
+    let on_standby =
+        login_when_replayed(&replica, &username, password.password().expose_secret()).await;
     let count: i64 = on_standby
         .query_one("SELECT count(*) FROM items", &[])
         .await
@@ -93,7 +94,7 @@ async fn statements_go_to_the_primary_and_revocation_ends_standby_sessions() {
         "the revoked user's session on the standby was ended"
     );
     let again = replica
-        .connect_as(&username, password.expose_secret(), "appdb")
+        .connect_as(&username, password.password().expose_secret(), "appdb")
         .await;
     assert!(
         again.is_err(),
@@ -111,7 +112,7 @@ async fn statements_go_to_the_primary_and_revocation_ends_standby_sessions() {
     let after = pgwarden_core::names::generate_username("test", "ro", 2);
     create(&target, &role, &after, &password).await;
     replica
-        .connect_as(&after, password.expose_secret(), "appdb")
+        .connect_as(&after, password.password().expose_secret(), "appdb")
         .await
         .expect("the user made after the failover logs in on the new primary");
     // The old primary is unreachable: pgwarden cannot tell that no session of the user lives

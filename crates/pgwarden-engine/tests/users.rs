@@ -2,7 +2,7 @@
 //! revocation ends sessions and drops the role, renewal moves VALID UNTIL.
 
 use pgwarden_core::{ConnectionDef, RoleDef, RoleSpec, names};
-use pgwarden_engine::Target;
+use pgwarden_engine::{NewPassword, Target};
 use pgwarden_testkit::{APP_ADMIN as ADMIN, APP_ADMIN_PASSWORD as ADMIN_PW, PgCluster};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
@@ -57,12 +57,15 @@ async fn issue_on(
     admin_roles: &[RoleDef],
 ) -> Result<Issued, pgwarden_engine::EngineError> {
     let username = names::generate_username("test", &role.name, 1);
-    let password = names::generate_password();
+    let password = NewPassword::generate();
     let expires = OffsetDateTime::now_utc() + Duration::from_secs(600);
     target
         .create_user(role, &username, &password, expires, admin_roles, "root")
         .await?;
-    Ok(Issued { username, password })
+    Ok(Issued {
+        username,
+        password: password.password().clone(),
+    })
 }
 
 async fn login(s: &Setup, user: &Issued) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -260,7 +263,7 @@ async fn templates_run_in_one_transaction_and_are_disowned_on_revoke() {
         .create_user(
             &broken,
             &username,
-            &names::generate_password(),
+            &NewPassword::generate(),
             OffsetDateTime::now_utc(),
             &[],
             "root",
@@ -429,7 +432,7 @@ async fn tls_targets_are_verified_against_sslrootcert() {
         .create_user(
             &role,
             &username,
-            &names::generate_password(),
+            &NewPassword::generate(),
             expires,
             &[],
             "root",

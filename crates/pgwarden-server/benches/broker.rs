@@ -251,9 +251,10 @@ async fn seed_expired(cluster: &PgCluster, data: &std::path::Path, count: usize)
     .unwrap()
     .into_def("template")
     .unwrap();
-    let store = SqliteStore::open(data).unwrap();
+    let store = Arc::new(SqliteStore::open(data).unwrap());
     let issued = time::OffsetDateTime::now_utc() - Duration::from_secs(120);
     let mut sql = String::from("BEGIN;");
+    let mut inserts = tokio::task::JoinSet::new();
     for _ in 0..count {
         let username = names::generate_username("bench", "reap", 0);
         sql.push_str(&format!(
@@ -268,8 +269,10 @@ async fn seed_expired(cluster: &PgCluster, data: &std::path::Path, count: usize)
             issued,
         );
         lease.state = LeaseState::Active;
-        store.insert_lease(&lease).unwrap();
+        let store = store.clone();
+        inserts.spawn(async move { store.insert_lease(&lease).await.unwrap() });
     }
+    inserts.join_all().await;
     sql.push_str("COMMIT;");
     cluster
         .connect_as(ADMIN, ADMIN_PW, "appdb")

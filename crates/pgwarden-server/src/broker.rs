@@ -6,8 +6,9 @@ use crate::error::ServerError;
 use crate::metrics::{Metrics, RevokeLabels};
 use crate::schedule::Schedule;
 use parking_lot::Mutex;
-use pgwarden_core::names::{generate_password, generate_username};
+use pgwarden_core::names::generate_username;
 use pgwarden_core::{Lease, LeaseState, Owner, RoleKind, Ttl, chain};
+use pgwarden_engine::NewPassword;
 use pgwarden_store::Store;
 use secrecy::SecretString;
 use std::collections::{HashMap, HashSet};
@@ -148,8 +149,8 @@ impl Broker {
 
     /// Puts every stored lease back on the schedule: unfinished creations are rolled back at
     /// once, failing revocations are retried at once, the rest are revoked at expiry.
-    pub fn recover(&self) -> Result<usize, ServerError> {
-        let leases = self.store.all_leases()?;
+    pub async fn recover(&self) -> Result<usize, ServerError> {
+        let leases = self.store.all_leases().await?;
         let mut failing = self.failing.lock();
         for lease in &leases {
             let at = match lease.state {
@@ -203,7 +204,9 @@ impl Broker {
         let issued_at = now();
         let username =
             generate_username(&owner.display_name, &role.name, issued_at.unix_timestamp());
-        let password = generate_password();
+        // Hashing the password takes the CPU for a while: off the async workers, meanwhile
+        // the lease is recorded.
+        let password = tokio::task::spawn_blocking(NewPassword::generate);
         let mut lease =
             Lease::new_pending(mount, &role, username, owner, Ttl::default(), issued_at);
         let _guard = self.lock(&lease.id).await;
@@ -211,8 +214,17 @@ impl Broker {
             let _in_use = self.connections_in_use.read().await;
             let target = self.catalog.target_for_role(mount, &role)?;
             let admin_roles = self.catalog.admin_roles(mount, &role.db_name)?;
-            self.store.insert_lease(&lease)?;
+            self.store.insert_lease(&lease).await?;
             (target, admin_roles)
+        };
+        let password = match password.await {
+            Ok(password) => password,
+            Err(error) => {
+                self.store.delete_lease(&lease.id).await?;
+                return Err(ServerError::Internal(format!(
+                    "generating a password failed: {error}"
+                )));
+            }
         };
         let created = target
             .create_user(
@@ -229,7 +241,7 @@ impl Broker {
             tracing::warn!(lease_id = %lease.id, error = %chain(&error), "creating user failed");
             if error.created_nothing() {
                 // No user can exist: there is nothing to undo.
-                self.store.delete_lease(&lease.id)?;
+                self.store.delete_lease(&lease.id).await?;
             } else {
                 // Roll back whatever may exist; if that fails too, the reaper keeps trying.
                 self.schedule.set(&lease.id, now());
@@ -238,7 +250,7 @@ impl Broker {
             return Err(error.into());
         }
         if let Some(accessor) = &lease.owner.token_accessor
-            && self.store.token_by_accessor(accessor)?.is_none()
+            && self.store.token_by_accessor(accessor).await?.is_none()
         {
             // The token was revoked after this lease was recorded but before its revocation
             // listed the token's leases: this issuance must not outlive it.
@@ -250,7 +262,7 @@ impl Broker {
             ));
         }
         lease.state = LeaseState::Active;
-        match self.store.update_lease(&lease) {
+        match self.store.update_lease(&lease).await {
             Ok(true) => {}
             Ok(false) => {
                 // Revoked by something that did not take the lease's lock: undo the user, or
@@ -275,7 +287,7 @@ impl Broker {
         tracing::info!(lease_id = %lease.id, username = %lease.username, ttl = lease.granted_ttl().as_secs(), "issued");
         Ok(Issued {
             lease,
-            password,
+            password: password.password().clone(),
             endpoint: target.endpoint(),
         })
     }
@@ -291,7 +303,11 @@ impl Broker {
     /// The body of [`Broker::renew`], under the lease's lock.
     async fn extend_lease(&self, id: &str, increment: Ttl) -> Result<Renewed, ServerError> {
         let _guard = self.lock(id).await;
-        let mut lease = self.store.get_lease(id)?.ok_or_else(|| not_found(id))?;
+        let mut lease = self
+            .store
+            .get_lease(id)
+            .await?
+            .ok_or_else(|| not_found(id))?;
         let at = now();
         if lease.state != LeaseState::Active || at >= lease.expires_at {
             return Err(ServerError::BadRequest(format!(
@@ -305,7 +321,7 @@ impl Broker {
             .await?;
         lease.expires_at = renewal.expires_at;
         lease.last_renewal = Some(at);
-        self.store.update_lease(&lease)?;
+        self.store.update_lease(&lease).await?;
         self.schedule.set(id, lease.expires_at);
         let warning = renewal.warning();
         tracing::info!(lease_id = %id, ttl = renewal.ttl.as_secs(), capped = warning.is_some(), "renewed");
@@ -319,15 +335,15 @@ impl Broker {
     /// Revokes a lease now; an unknown lease is an error. Runs to completion even if the
     /// caller goes away.
     pub async fn revoke(self: &Arc<Self>, id: &str) -> Result<(), ServerError> {
-        if self.store.get_lease(id)?.is_none() {
+        if self.store.get_lease(id).await?.is_none() {
             return Err(not_found(id));
         }
         self.revoke_all(vec![id.to_string()]).await.map(|_| ())
     }
 
     /// Queues a lease for revocation by the reaper (Vault's `"sync": false`).
-    pub fn revoke_later(&self, id: &str) -> Result<(), ServerError> {
-        if self.store.get_lease(id)?.is_none() {
+    pub async fn revoke_later(&self, id: &str) -> Result<(), ServerError> {
+        if self.store.get_lease(id).await?.is_none() {
             return Err(not_found(id));
         }
         self.forced.lock().insert(id.to_string());
@@ -338,10 +354,10 @@ impl Broker {
     /// Revokes the lease with id `prefix`, or else every lease under the path `prefix`, whole
     /// segments only (`creds/x` covers `creds/x/…`, not `creds/x-admin/…`), as Vault does.
     pub async fn revoke_prefix(self: &Arc<Self>, prefix: &str) -> Result<usize, ServerError> {
-        let ids = if !prefix.is_empty() && self.store.get_lease(prefix)?.is_some() {
+        let ids = if !prefix.is_empty() && self.store.get_lease(prefix).await?.is_some() {
             vec![prefix.to_string()]
         } else {
-            self.store.lease_ids_with_prefix(&as_folder(prefix))?
+            self.store.lease_ids_with_prefix(&as_folder(prefix)).await?
         };
         self.revoke_all(ids).await
     }
@@ -352,7 +368,7 @@ impl Broker {
         self: &Arc<Self>,
         accessor: &str,
     ) -> Result<usize, ServerError> {
-        self.revoke_all(self.store.lease_ids_for_token(accessor)?)
+        self.revoke_all(self.store.lease_ids_for_token(accessor).await?)
             .await
     }
 
@@ -378,7 +394,8 @@ impl Broker {
         let _exclusive = self.connections_in_use.write().await;
         let using = self
             .store
-            .all_leases()?
+            .all_leases()
+            .await?
             .iter()
             .filter(|lease| lease.mount == mount && lease.role.db_name == name)
             .count();
@@ -392,17 +409,18 @@ impl Broker {
     }
 
     /// One lease by id.
-    pub fn lookup(&self, id: &str) -> Result<Lease, ServerError> {
-        self.store.get_lease(id)?.ok_or_else(|| not_found(id))
+    pub async fn lookup(&self, id: &str) -> Result<Lease, ServerError> {
+        self.store.get_lease(id).await?.ok_or_else(|| not_found(id))
     }
 
     /// Vault's LIST of `sys/leases/lookup/<prefix>`: the next path segment of every lease
     /// under `prefix` (`role/` for folders, the id's last part for leases).
-    pub fn list(&self, prefix: &str) -> Result<Vec<String>, ServerError> {
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, ServerError> {
         let prefix = as_folder(prefix);
         let mut keys: Vec<String> = self
             .store
-            .lease_ids_with_prefix(&prefix)?
+            .lease_ids_with_prefix(&prefix)
+            .await?
             .iter()
             .map(|id| {
                 let rest = &id[prefix.len()..];
@@ -425,7 +443,7 @@ impl Broker {
 
     /// [`Broker::attempt_revocation`] for a caller that holds the lease's lock.
     async fn revoke_locked(&self, id: &str, why: Why) -> Result<(), ServerError> {
-        let Some(mut lease) = self.store.get_lease(id)? else {
+        let Some(mut lease) = self.store.get_lease(id).await? else {
             self.schedule.remove(id);
             return Ok(());
         };
@@ -443,7 +461,7 @@ impl Broker {
         let rolling_back = lease.state == LeaseState::Pending;
         if lease.state == LeaseState::Active {
             lease.state = LeaseState::Revoking;
-            self.store.update_lease(&lease)?;
+            self.store.update_lease(&lease).await?;
         }
         let result = match self.catalog.target(&lease.mount, &lease.role.db_name) {
             Ok(target) if rolling_back => target
@@ -458,7 +476,7 @@ impl Broker {
         };
         match result {
             Ok(()) => {
-                self.store.delete_lease(id)?;
+                self.store.delete_lease(id).await?;
                 self.schedule.remove(id);
                 self.failing.lock().remove(id);
                 let reason = match (rolling_back, why) {
@@ -477,7 +495,7 @@ impl Broker {
             Err(error) => {
                 lease.revoke_attempts = lease.revoke_attempts.saturating_add(1);
                 lease.last_error = Some(error.to_string());
-                self.store.update_lease(&lease)?;
+                self.store.update_lease(&lease).await?;
                 let retry = backoff(lease.revoke_attempts);
                 self.schedule
                     .set(id, Ttl::from_secs(retry.as_secs()).after(at));

@@ -103,7 +103,7 @@ fn read_only(kind: &str, name: &str) -> ServerError {
 
 impl Catalog {
     /// Builds the catalog from the file's mounts plus what the store holds.
-    pub fn load(
+    pub async fn load(
         config: &Config,
         store: Arc<dyn Store>,
         sealer: Option<Sealer>,
@@ -128,7 +128,7 @@ impl Catalog {
             }
             mounts.insert(mount_name.clone(), mount);
         }
-        for (mount_name, def) in store.roles().map_err(ConfigError::Store)? {
+        for (mount_name, def) in store.roles().await.map_err(ConfigError::Store)? {
             if let Some(mount) = mounts.get_mut(&mount_name)
                 && !mount.roles.contains_key(&def.name)
             {
@@ -136,7 +136,7 @@ impl Catalog {
                 mount.roles.insert(def.name.clone(), Entry { def, source });
             }
         }
-        for (mount_name, conn) in store.connections().map_err(ConfigError::Store)? {
+        for (mount_name, conn) in store.connections().await.map_err(ConfigError::Store)? {
             let Some(mount) = mounts.get_mut(&mount_name) else {
                 continue;
             };
@@ -296,15 +296,15 @@ impl Catalog {
 
     /// Applies an API change: refuses file-defined names (`writable`), writes the store without
     /// holding `mounts`, then updates memory. The caller holds `writes`.
-    fn commit(
+    async fn commit(
         &self,
         mount: &str,
         writable: impl FnOnce(&Mount) -> Result<(), ServerError>,
-        persist: impl FnOnce(&dyn Store) -> Result<(), pgwarden_store::StoreError>,
+        persist: impl Future<Output = Result<(), pgwarden_store::StoreError>>,
         apply: impl FnOnce(&mut Mount),
     ) -> Result<(), ServerError> {
         self.read(mount, writable)?;
-        persist(self.store.as_ref())?;
+        persist.await?;
         self.write(mount, |m| {
             apply(m);
             Ok(())
@@ -324,12 +324,13 @@ impl Catalog {
         self.commit(
             mount,
             |m| ensure_writable(&m.roles, "role", name),
-            |store| store.put_role(mount, &stored),
+            self.store.put_role(mount, &stored),
             |m| {
                 let source = Source::Api;
                 m.roles.insert(name.to_string(), Entry { def, source });
             },
         )
+        .await
     }
 
     /// Deletes an API role (a missing role is not an error, as in Vault).
@@ -338,11 +339,12 @@ impl Catalog {
         self.commit(
             mount,
             |m| ensure_writable(&m.roles, "role", name),
-            |store| store.delete_role(mount, name).map(drop),
+            async { self.store.delete_role(mount, name).await.map(drop) },
             |m| {
                 m.roles.remove(name);
             },
         )
+        .await
     }
 
     /// The connection `name` of `mount` and where it was defined.
@@ -400,9 +402,10 @@ impl Catalog {
         self.commit(
             mount,
             |m| ensure_writable(&m.connections, "connection", name),
-            |store| store.put_connection(mount, &stored),
+            self.store.put_connection(mount, &stored),
             |m| m.add_connection(def, Source::Api, target),
         )
+        .await
     }
 
     /// Deletes an API connection (missing is not an error).
@@ -411,12 +414,13 @@ impl Catalog {
         self.commit(
             mount,
             |m| ensure_writable(&m.connections, "connection", name),
-            |store| store.delete_connection(mount, name).map(drop),
+            async { self.store.delete_connection(mount, name).await.map(drop) },
             |m| {
                 m.connections.remove(name);
                 m.targets.remove(name);
             },
         )
+        .await
     }
 }
 

@@ -92,7 +92,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map_err(ConfigError::from)?;
     create_private_dir(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
-    let catalog = Arc::new(Catalog::load(&config, store.clone(), sealer)?);
+    let catalog = Arc::new(Catalog::load(&config, store.clone(), sealer).await?);
     let metrics = Arc::new(Metrics::new());
     let broker = Arc::new(Broker::new(store.clone(), catalog.clone(), metrics.clone()));
     let logins = logins::Logins::from_config(&config.auth)?;
@@ -106,8 +106,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.orphans.clone(),
     ));
     let tokens = tokens::Tokens::new(store);
-    let purged = tokens.purge_expired().map_err(StartError::Recover)?;
-    let recovered = broker.recover().map_err(StartError::Recover)?;
+    let purged = tokens.purge_expired().await.map_err(StartError::Recover)?;
+    let recovered = broker.recover().await.map_err(StartError::Recover)?;
     tracing::info!(leases = recovered, expired_tokens_purged = purged, data_dir = %config.data_dir.display(), "state loaded");
     checks::log(&checks::check_catalog(&catalog).await);
     let listener = tokio::net::TcpListener::bind(config.listen)

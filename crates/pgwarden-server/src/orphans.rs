@@ -92,7 +92,7 @@ impl Orphans {
                 }
             }
         }
-        let named: HashSet<String> = match self.store.all_leases() {
+        let named: HashSet<String> = match self.store.all_leases().await {
             Ok(leases) => leases.into_iter().map(|lease| lease.username).collect(),
             Err(error) => {
                 tracing::error!(error = %chain(&error), "orphan sweep cannot read leases; skipping");

@@ -23,7 +23,7 @@ impl Tokens {
     }
 
     /// A new token for `identity`, logged in through `mount`/`role`.
-    pub fn issue(
+    pub async fn issue(
         &self,
         identity: Identity,
         mount: &str,
@@ -44,52 +44,60 @@ impl Tokens {
             max_expires_at: max_ttl.after(now),
             ttl,
         };
-        self.store.insert_token(&record)?;
+        self.store.insert_token(&record).await?;
         Ok((token, record))
     }
 
     /// The live token `token`, or `permission denied`. An expired token is forgotten (its
     /// leases live on to their own TTL).
-    pub fn authenticate(&self, token: &str) -> Result<TokenRecord, ServerError> {
+    pub async fn authenticate(&self, token: &str) -> Result<TokenRecord, ServerError> {
         let hash = hash_token(token);
         let record = self
             .store
-            .token_by_hash(&hash)?
+            .token_by_hash(&hash)
+            .await?
             .ok_or(ServerError::PermissionDenied)?;
         if OffsetDateTime::now_utc() >= record.expires_at {
-            self.store.delete_token(&record.accessor)?;
+            self.store.delete_token(&record.accessor).await?;
             return Err(ServerError::PermissionDenied);
         }
         Ok(record)
     }
 
     /// The token with `accessor`.
-    pub fn by_accessor(&self, accessor: &str) -> Result<TokenRecord, ServerError> {
+    pub async fn by_accessor(&self, accessor: &str) -> Result<TokenRecord, ServerError> {
         self.store
-            .token_by_accessor(accessor)?
+            .token_by_accessor(accessor)
+            .await?
             .ok_or_else(|| ServerError::BadRequest(format!("no token with accessor {accessor:?}")))
     }
 
     /// Extends `record` by `increment` (zero: its TTL), never past its max TTL.
-    pub fn renew(&self, record: &mut TokenRecord, increment: Ttl) -> Result<Renewal, ServerError> {
+    pub async fn renew(
+        &self,
+        record: &mut TokenRecord,
+        increment: Ttl,
+    ) -> Result<Renewal, ServerError> {
         let now = OffsetDateTime::now_utc();
         let renewal = extend(now, increment, record.ttl, record.max_expires_at);
         self.store
-            .set_token_expiry(&record.accessor, renewal.expires_at)?;
+            .set_token_expiry(&record.accessor, renewal.expires_at)
+            .await?;
         record.expires_at = renewal.expires_at;
         Ok(renewal)
     }
 
     /// Forgets the token with `accessor`.
-    pub fn revoke(&self, accessor: &str) -> Result<(), ServerError> {
-        self.store.delete_token(accessor)?;
+    pub async fn revoke(&self, accessor: &str) -> Result<(), ServerError> {
+        self.store.delete_token(accessor).await?;
         Ok(())
     }
 
     /// Forgets tokens that have expired.
-    pub fn purge_expired(&self) -> Result<usize, ServerError> {
+    pub async fn purge_expired(&self) -> Result<usize, ServerError> {
         Ok(self
             .store
-            .delete_expired_tokens(OffsetDateTime::now_utc())?)
+            .delete_expired_tokens(OffsetDateTime::now_utc())
+            .await?)
     }
 }

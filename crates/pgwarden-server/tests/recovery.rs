@@ -21,9 +21,9 @@ async fn half_created_leases_are_rolled_back_on_start() {
     // the lease was marked active), one whose user was never created.
     let store = SqliteStore::open(env.broker.data.path()).unwrap();
     for id in [&half.lease_id, &never.lease_id] {
-        let mut lease = store.get_lease(id).unwrap().unwrap();
+        let mut lease = store.get_lease(id).await.unwrap().unwrap();
         lease.state = LeaseState::Pending;
-        store.update_lease(&lease).unwrap();
+        store.update_lease(&lease).await.unwrap();
     }
     drop(store);
     let su = env.cluster.connect_superuser("appdb").await.unwrap();

@@ -17,6 +17,7 @@
 
 mod migrations;
 mod sqlite;
+mod writer;
 
 pub use sqlite::SqliteStore;
 
@@ -54,6 +55,13 @@ pub enum StoreError {
         /// Why.
         source: serde_json::Error,
     },
+    /// A batch of writes could not be committed (a full or failing disk); none of it was
+    /// stored.
+    #[error("state store could not commit: {0}")]
+    Commit(String),
+    /// The store's writer has stopped.
+    #[error("state store is closed")]
+    Closed,
     /// A stored row could not be read back.
     #[error("state store holds a corrupt {what}: {reason}")]
     Corrupt {
@@ -81,53 +89,58 @@ pub struct StoredConnection {
     pub verify_connection: bool,
 }
 
-/// Durable state. Implementations are synchronous and fast. Every write survives a crash of
+/// Durable state, shared by the API and the reaper. Every write survives a crash of
 /// pgwarden once it returns; inserts, tokens, definitions and failed revocations survive
 /// power loss too, while a lease's other updates and its deletion may be lost in a power cut
 /// only in the safe direction (an activation or renewal lost ends a credential early; a
 /// deletion lost repeats a revocation).
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Records a new lease (normally pending, before its user is created).
-    fn insert_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+    async fn insert_lease(&self, lease: &Lease) -> Result<(), StoreError>;
     /// Replaces a lease's mutable fields (state, expiries, revocation attempts); false when no
     /// lease has this id (it was revoked meanwhile).
-    fn update_lease(&self, lease: &Lease) -> Result<bool, StoreError>;
+    async fn update_lease(&self, lease: &Lease) -> Result<bool, StoreError>;
     /// Forgets a lease whose user is gone.
-    fn delete_lease(&self, id: &str) -> Result<(), StoreError>;
+    async fn delete_lease(&self, id: &str) -> Result<(), StoreError>;
     /// One lease by id.
-    fn get_lease(&self, id: &str) -> Result<Option<Lease>, StoreError>;
+    async fn get_lease(&self, id: &str) -> Result<Option<Lease>, StoreError>;
     /// Ids of leases starting with `prefix`, sorted.
-    fn lease_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    async fn lease_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// Ids of the leases issued to the token with `accessor`.
-    fn lease_ids_for_token(&self, accessor: &str) -> Result<Vec<String>, StoreError>;
+    async fn lease_ids_for_token(&self, accessor: &str) -> Result<Vec<String>, StoreError>;
     /// Every lease, for start-up recovery.
-    fn all_leases(&self) -> Result<Vec<Lease>, StoreError>;
+    async fn all_leases(&self) -> Result<Vec<Lease>, StoreError>;
     /// Creates or replaces a role of `mount`.
-    fn put_role(&self, mount: &str, role: &RoleDef) -> Result<(), StoreError>;
+    async fn put_role(&self, mount: &str, role: &RoleDef) -> Result<(), StoreError>;
     /// Deletes a role; false when there was none.
-    fn delete_role(&self, mount: &str, name: &str) -> Result<bool, StoreError>;
+    async fn delete_role(&self, mount: &str, name: &str) -> Result<bool, StoreError>;
     /// Every stored role with its mount.
-    fn roles(&self) -> Result<Vec<(String, RoleDef)>, StoreError>;
+    async fn roles(&self) -> Result<Vec<(String, RoleDef)>, StoreError>;
     /// Creates or replaces a connection of `mount`.
-    fn put_connection(&self, mount: &str, connection: &StoredConnection) -> Result<(), StoreError>;
+    async fn put_connection(
+        &self,
+        mount: &str,
+        connection: &StoredConnection,
+    ) -> Result<(), StoreError>;
     /// Deletes a connection; false when there was none.
-    fn delete_connection(&self, mount: &str, name: &str) -> Result<bool, StoreError>;
+    async fn delete_connection(&self, mount: &str, name: &str) -> Result<bool, StoreError>;
     /// Every stored connection with its mount.
-    fn connections(&self) -> Result<Vec<(String, StoredConnection)>, StoreError>;
+    async fn connections(&self) -> Result<Vec<(String, StoredConnection)>, StoreError>;
     /// Records a token issued at login.
-    fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     /// The token whose hash is `hash`.
-    fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// The token with `accessor`.
-    fn token_by_accessor(&self, accessor: &str) -> Result<Option<TokenRecord>, StoreError>;
+    async fn token_by_accessor(&self, accessor: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Moves a token's end.
-    fn set_token_expiry(
+    async fn set_token_expiry(
         &self,
         accessor: &str,
         expires_at: OffsetDateTime,
     ) -> Result<(), StoreError>;
     /// Forgets a token; false when there was none.
-    fn delete_token(&self, accessor: &str) -> Result<bool, StoreError>;
+    async fn delete_token(&self, accessor: &str) -> Result<bool, StoreError>;
     /// Forgets tokens that ended before `now`; returns how many.
-    fn delete_expired_tokens(&self, now: OffsetDateTime) -> Result<usize, StoreError>;
+    async fn delete_expired_tokens(&self, now: OffsetDateTime) -> Result<usize, StoreError>;
 }

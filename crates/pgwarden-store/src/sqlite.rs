@@ -1,5 +1,6 @@
 //! The embedded backend: one SQLite file in WAL mode in the data directory.
 
+use crate::writer::Writer;
 use crate::{Store, StoreError, StoredConnection, migrations};
 use parking_lot::Mutex;
 use pgwarden_core::{Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl};
@@ -9,10 +10,13 @@ use serde::de::DeserializeOwned;
 use std::path::Path;
 use time::OffsetDateTime;
 
-/// A [`Store`] in one SQLite file. Safe against a killed process and against power loss: every
-/// write is committed to the write-ahead log and synced to disk before the call returns.
+/// A [`Store`] in one SQLite file in WAL mode: one connection for reads, and a writer thread
+/// that commits concurrent writes together (see [`Writer`]). Safe against a killed process;
+/// against power loss as the [`Store`] trait says.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    // Dropped in this order: the writer's connection closes last, checkpointing the log.
+    reader: Mutex<Connection>,
+    writer: Writer,
 }
 
 const LEASE_COLUMNS: &str = "id, username, owner, mount, role_json, state, issued_at_ms, expires_at_ms, \
@@ -198,13 +202,53 @@ fn connection(row: &Row<'_>) -> rusqlite::Result<(String, StoredConnection)> {
 }
 
 impl SqliteStore {
+    /// Opens (creating if needed) `state.db` in `data_dir` and migrates it.
+    pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        let path = data_dir.join("state.db");
+        let shown = path.display().to_string();
+        let open_err = |source| StoreError::Open {
+            path: shown.clone(),
+            source,
+        };
+        let file_err = |source| StoreError::File {
+            path: shown.clone(),
+            source,
+        };
+        make_private_file(&path).map_err(file_err)?;
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        migrations::migrate(&mut conn).map_err(open_err)?;
+        // Readers never wait for the writer in WAL mode, nor for its disk syncs.
+        let reader = Connection::open(&path).map_err(open_err)?;
+        reader
+            .pragma_update(None, "query_only", true)
+            .and_then(|()| reader.busy_timeout(std::time::Duration::from_secs(5)))
+            .map_err(open_err)?;
+        Ok(SqliteStore {
+            reader: Mutex::new(reader),
+            writer: Writer::start(conn).map_err(file_err)?,
+        })
+    }
+
+    /// Runs the query `f` on the read connection. Reads are short and never wait for the
+    /// disk, so they run on the caller's thread.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        f(&self.reader.lock())
+    }
+
     /// The token whose `column` (accessor or hash) equals `value`.
     fn token_where(
         &self,
         column: &'static str,
         value: &str,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        self.with(|c| {
+        self.read(|c| {
             Ok(c.prepare_cached(&format!(
                 "SELECT {TOKEN_COLUMNS} FROM tokens WHERE {column} = ?1"
             ))?
@@ -212,132 +256,87 @@ impl SqliteStore {
             .optional()?)
         })
     }
-
-    /// Opens (creating if needed) `state.db` in `data_dir` and migrates it.
-    pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
-        let path = data_dir.join("state.db");
-        let open_err = |source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        };
-        make_private_file(&path).map_err(|source| StoreError::File {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let mut conn = Connection::open(&path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        // FULL by default: a new lease row must survive power loss, or a committed user could
-        // go untracked. The hot follow-up writes of a lease relax it (see `with_relaxed`).
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        migrations::migrate(&mut conn).map_err(open_err)?;
-        Ok(SqliteStore {
-            conn: Mutex::new(conn),
-        })
-    }
-
-    /// Runs `f` on the connection; its writes wait for the disk (`synchronous = FULL`).
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.with_sync("FULL", f)
-    }
-
-    /// Like [`SqliteStore::with`], committing without waiting for the disk (`synchronous =
-    /// NORMAL`: the write survives a crash of pgwarden, and reaches the disk with the next
-    /// durable write or checkpoint). For writes whose loss in a power cut errs on the safe
-    /// side: an activation or renewal lost ends a credential early; a deletion lost makes
-    /// the revocation run again, finding the user gone.
-    fn with_relaxed<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.with_sync("NORMAL", f)
-    }
-
-    /// Sets the connection's `synchronous` level for this call (each call sets its own, so a
-    /// failure or panic in one cannot leave a later write less durable), then runs `f`.
-    fn with_sync<T>(
-        &self,
-        level: &str,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let conn = self.conn.lock();
-        conn.pragma_update(None, "synchronous", level)?;
-        f(&conn)
-    }
 }
 
-impl Store for SqliteStore {
-    fn insert_lease(&self, l: &Lease) -> Result<(), StoreError> {
-        let role = to_json("role", &l.role)?;
-        self.with(|c| {
-            c.prepare_cached(&format!(
-                "INSERT INTO leases ({LEASE_COLUMNS}) VALUES (:id, :username, :owner, :mount, \
-                 :role_json, :state, :issued_at_ms, :expires_at_ms, :max_expires_at_ms, \
-                 :last_renewal_ms, :revoke_attempts, :last_error, :subject, :token_accessor)"
-            ))?
-            .execute(named_params! {
-                ":id": l.id,
-                ":username": l.username,
-                ":owner": l.owner.display_name,
-                ":mount": l.mount,
-                ":role_json": role,
-                ":state": State(l.state),
-                ":issued_at_ms": Millis(l.issued_at),
-                ":expires_at_ms": Millis(l.expires_at),
-                ":max_expires_at_ms": Millis(l.max_expires_at),
-                ":last_renewal_ms": l.last_renewal.map(Millis),
-                ":revoke_attempts": l.revoke_attempts,
-                ":last_error": l.last_error,
-                ":subject": l.owner.subject,
-                ":token_accessor": l.owner.token_accessor,
-            })?;
-            Ok(())
-        })
-    }
+/// Durable writes: a new lease must survive power loss, or a committed user could go
+/// untracked; so must tokens, definitions and failed revocations.
+const DURABLE: bool = true;
+/// Writes whose loss in a power cut errs on the safe side: an activation or renewal lost ends
+/// a credential early; a deletion lost makes the revocation run again, finding the user gone.
+const RELAXED: bool = false;
 
-    fn update_lease(&self, l: &Lease) -> Result<bool, StoreError> {
-        // A revocation that failed must survive a power cut, or its lease would come back
-        // active and wait for its expiry; other updates may be lost safely (see with_relaxed).
-        let sync = if l.state == LeaseState::Revoking && l.revoke_attempts > 0 {
-            "FULL"
-        } else {
-            "NORMAL"
-        };
-        self.with_sync(sync, |c| {
-            let changed = c
-                .prepare_cached(
-                    "UPDATE leases SET state = :state, expires_at_ms = :expires_at_ms, \
-                     last_renewal_ms = :last_renewal_ms, revoke_attempts = :revoke_attempts, \
-                     last_error = :last_error WHERE id = :id",
-                )?
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn insert_lease(&self, l: &Lease) -> Result<(), StoreError> {
+        let role = to_json("role", &l.role)?;
+        let l = l.clone();
+        self.writer
+            .write(DURABLE, move |c| {
+                c.prepare_cached(&format!(
+                    "INSERT INTO leases ({LEASE_COLUMNS}) VALUES (:id, :username, :owner, :mount, \
+                     :role_json, :state, :issued_at_ms, :expires_at_ms, :max_expires_at_ms, \
+                     :last_renewal_ms, :revoke_attempts, :last_error, :subject, :token_accessor)"
+                ))?
                 .execute(named_params! {
                     ":id": l.id,
+                    ":username": l.username,
+                    ":owner": l.owner.display_name,
+                    ":mount": l.mount,
+                    ":role_json": role,
                     ":state": State(l.state),
+                    ":issued_at_ms": Millis(l.issued_at),
                     ":expires_at_ms": Millis(l.expires_at),
+                    ":max_expires_at_ms": Millis(l.max_expires_at),
                     ":last_renewal_ms": l.last_renewal.map(Millis),
                     ":revoke_attempts": l.revoke_attempts,
                     ":last_error": l.last_error,
+                    ":subject": l.owner.subject,
+                    ":token_accessor": l.owner.token_accessor,
                 })?;
-            Ok(changed > 0)
-        })
+                Ok(())
+            })
+            .await
     }
 
-    fn delete_lease(&self, id: &str) -> Result<(), StoreError> {
-        self.with_relaxed(|c| {
-            c.prepare_cached("DELETE FROM leases WHERE id = ?1")?
-                .execute([id])?;
-            Ok(())
-        })
+    async fn update_lease(&self, l: &Lease) -> Result<bool, StoreError> {
+        // A revocation that failed must survive a power cut, or its lease would come back
+        // active and wait for its expiry.
+        let durable = l.state == LeaseState::Revoking && l.revoke_attempts > 0;
+        let l = l.clone();
+        self.writer
+            .write(durable, move |c| {
+                let changed = c
+                    .prepare_cached(
+                        "UPDATE leases SET state = :state, expires_at_ms = :expires_at_ms, \
+                         last_renewal_ms = :last_renewal_ms, revoke_attempts = :revoke_attempts, \
+                         last_error = :last_error WHERE id = :id",
+                    )?
+                    .execute(named_params! {
+                        ":id": l.id,
+                        ":state": State(l.state),
+                        ":expires_at_ms": Millis(l.expires_at),
+                        ":last_renewal_ms": l.last_renewal.map(Millis),
+                        ":revoke_attempts": l.revoke_attempts,
+                        ":last_error": l.last_error,
+                    })?;
+                Ok(changed > 0)
+            })
+            .await
     }
 
-    fn get_lease(&self, id: &str) -> Result<Option<Lease>, StoreError> {
-        self.with(|c| {
+    async fn delete_lease(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.writer
+            .write(RELAXED, move |c| {
+                c.prepare_cached("DELETE FROM leases WHERE id = ?1")?
+                    .execute([id])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get_lease(&self, id: &str) -> Result<Option<Lease>, StoreError> {
+        self.read(|c| {
             Ok(
                 c.prepare_cached(&format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?1"))?
                     .query_row([id], lease)
@@ -346,8 +345,8 @@ impl Store for SqliteStore {
         })
     }
 
-    fn lease_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
+    async fn lease_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id FROM leases WHERE id >= ?1 AND substr(id, 1, length(?1)) = ?1 ORDER BY id",
             )?;
@@ -356,8 +355,8 @@ impl Store for SqliteStore {
         })
     }
 
-    fn lease_ids_for_token(&self, accessor: &str) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
+    async fn lease_ids_for_token(&self, accessor: &str) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
             let mut stmt =
                 c.prepare_cached("SELECT id FROM leases WHERE token_accessor = ?1 ORDER BY id")?;
             let ids = stmt
@@ -367,8 +366,8 @@ impl Store for SqliteStore {
         })
     }
 
-    fn all_leases(&self) -> Result<Vec<Lease>, StoreError> {
-        self.with(|c| {
+    async fn all_leases(&self) -> Result<Vec<Lease>, StoreError> {
+        self.read(|c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {LEASE_COLUMNS} FROM leases ORDER BY expires_at_ms"
             ))?;
@@ -377,29 +376,35 @@ impl Store for SqliteStore {
         })
     }
 
-    fn put_role(&self, mount: &str, role: &RoleDef) -> Result<(), StoreError> {
+    async fn put_role(&self, mount: &str, role: &RoleDef) -> Result<(), StoreError> {
         let json = to_json("role", role)?;
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO roles (mount, name, role_json) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (mount, name) DO UPDATE SET role_json = excluded.role_json",
-                params![mount, role.name, json],
-            )?;
-            Ok(())
-        })
+        let (mount, name) = (mount.to_string(), role.name.clone());
+        self.writer
+            .write(DURABLE, move |c| {
+                c.execute(
+                    "INSERT INTO roles (mount, name, role_json) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (mount, name) DO UPDATE SET role_json = excluded.role_json",
+                    params![mount, name, json],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
-    fn delete_role(&self, mount: &str, name: &str) -> Result<bool, StoreError> {
-        self.with(|c| {
-            Ok(c.execute(
-                "DELETE FROM roles WHERE mount = ?1 AND name = ?2",
-                [mount, name],
-            )? > 0)
-        })
+    async fn delete_role(&self, mount: &str, name: &str) -> Result<bool, StoreError> {
+        let (mount, name) = (mount.to_string(), name.to_string());
+        self.writer
+            .write(DURABLE, move |c| {
+                Ok(c.execute(
+                    "DELETE FROM roles WHERE mount = ?1 AND name = ?2",
+                    [mount, name],
+                )? > 0)
+            })
+            .await
     }
 
-    fn roles(&self) -> Result<Vec<(String, RoleDef)>, StoreError> {
-        self.with(|c| {
+    async fn roles(&self) -> Result<Vec<(String, RoleDef)>, StoreError> {
+        self.read(|c| {
             let mut stmt = c.prepare("SELECT mount, role_json FROM roles ORDER BY mount, name")?;
             let roles = stmt
                 .query_map([], |row| {
@@ -413,41 +418,47 @@ impl Store for SqliteStore {
         })
     }
 
-    fn put_connection(&self, mount: &str, conn: &StoredConnection) -> Result<(), StoreError> {
+    async fn put_connection(&self, mount: &str, conn: &StoredConnection) -> Result<(), StoreError> {
         let allowed = to_json("allowed_roles list", &conn.allowed_roles)?;
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO connections (mount, name, connection_url, username, sealed_password, \
-                 allowed_roles_json, verify_connection) VALUES (:mount, :name, :connection_url, \
-                 :username, :sealed_password, :allowed_roles_json, :verify_connection) \
-                 ON CONFLICT (mount, name) DO UPDATE SET connection_url = excluded.connection_url, \
-                 username = excluded.username, sealed_password = excluded.sealed_password, \
-                 allowed_roles_json = excluded.allowed_roles_json, verify_connection = excluded.verify_connection",
-                named_params! {
-                    ":mount": mount,
-                    ":name": conn.name,
-                    ":connection_url": conn.connection_url,
-                    ":username": conn.username,
-                    ":sealed_password": conn.sealed_password,
-                    ":allowed_roles_json": allowed,
-                    ":verify_connection": conn.verify_connection,
-                },
-            )?;
-            Ok(())
-        })
+        let (mount, conn) = (mount.to_string(), conn.clone());
+        self.writer
+            .write(DURABLE, move |c| {
+                c.execute(
+                    "INSERT INTO connections (mount, name, connection_url, username, sealed_password, \
+                     allowed_roles_json, verify_connection) VALUES (:mount, :name, :connection_url, \
+                     :username, :sealed_password, :allowed_roles_json, :verify_connection) \
+                     ON CONFLICT (mount, name) DO UPDATE SET connection_url = excluded.connection_url, \
+                     username = excluded.username, sealed_password = excluded.sealed_password, \
+                     allowed_roles_json = excluded.allowed_roles_json, verify_connection = excluded.verify_connection",
+                    named_params! {
+                        ":mount": mount,
+                        ":name": conn.name,
+                        ":connection_url": conn.connection_url,
+                        ":username": conn.username,
+                        ":sealed_password": conn.sealed_password,
+                        ":allowed_roles_json": allowed,
+                        ":verify_connection": conn.verify_connection,
+                    },
+                )?;
+                Ok(())
+            })
+            .await
     }
 
-    fn delete_connection(&self, mount: &str, name: &str) -> Result<bool, StoreError> {
-        self.with(|c| {
-            Ok(c.execute(
-                "DELETE FROM connections WHERE mount = ?1 AND name = ?2",
-                [mount, name],
-            )? > 0)
-        })
+    async fn delete_connection(&self, mount: &str, name: &str) -> Result<bool, StoreError> {
+        let (mount, name) = (mount.to_string(), name.to_string());
+        self.writer
+            .write(DURABLE, move |c| {
+                Ok(c.execute(
+                    "DELETE FROM connections WHERE mount = ?1 AND name = ?2",
+                    [mount, name],
+                )? > 0)
+            })
+            .await
     }
 
-    fn connections(&self) -> Result<Vec<(String, StoredConnection)>, StoreError> {
-        self.with(|c| {
+    async fn connections(&self) -> Result<Vec<(String, StoredConnection)>, StoreError> {
+        self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT mount, name, connection_url, username, sealed_password, allowed_roles_json, \
                  verify_connection FROM connections ORDER BY mount, name",
@@ -457,58 +468,71 @@ impl Store for SqliteStore {
         })
     }
 
-    fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+    async fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
         let identity = to_json("token identity", &t.identity)?;
-        self.with(|c| {
-            c.prepare_cached(&format!(
-                "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (:accessor, :hash, :identity_json, \
-                 :mount, :role, :issued_at_ms, :expires_at_ms, :max_expires_at_ms, :ttl_secs)"
-            ))?
-            .execute(named_params! {
-                ":accessor": t.accessor,
-                ":hash": t.hash,
-                ":identity_json": identity,
-                ":mount": t.mount,
-                ":role": t.role,
-                ":issued_at_ms": Millis(t.issued_at),
-                ":expires_at_ms": Millis(t.expires_at),
-                ":max_expires_at_ms": Millis(t.max_expires_at),
-                ":ttl_secs": Secs(t.ttl),
-            })?;
-            Ok(())
-        })
+        let t = t.clone();
+        self.writer
+            .write(DURABLE, move |c| {
+                c.prepare_cached(&format!(
+                    "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (:accessor, :hash, :identity_json, \
+                     :mount, :role, :issued_at_ms, :expires_at_ms, :max_expires_at_ms, :ttl_secs)"
+                ))?
+                .execute(named_params! {
+                    ":accessor": t.accessor,
+                    ":hash": t.hash,
+                    ":identity_json": identity,
+                    ":mount": t.mount,
+                    ":role": t.role,
+                    ":issued_at_ms": Millis(t.issued_at),
+                    ":expires_at_ms": Millis(t.expires_at),
+                    ":max_expires_at_ms": Millis(t.max_expires_at),
+                    ":ttl_secs": Secs(t.ttl),
+                })?;
+                Ok(())
+            })
+            .await
     }
 
-    fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         self.token_where("hash", hash)
     }
 
-    fn token_by_accessor(&self, accessor: &str) -> Result<Option<TokenRecord>, StoreError> {
+    async fn token_by_accessor(&self, accessor: &str) -> Result<Option<TokenRecord>, StoreError> {
         self.token_where("accessor", accessor)
     }
 
-    fn set_token_expiry(
+    async fn set_token_expiry(
         &self,
         accessor: &str,
         expires_at: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.prepare_cached("UPDATE tokens SET expires_at_ms = ?2 WHERE accessor = ?1")?
-                .execute(params![accessor, Millis(expires_at)])?;
-            Ok(())
-        })
+        let accessor = accessor.to_string();
+        self.writer
+            .write(DURABLE, move |c| {
+                c.prepare_cached("UPDATE tokens SET expires_at_ms = ?2 WHERE accessor = ?1")?
+                    .execute(params![accessor, Millis(expires_at)])?;
+                Ok(())
+            })
+            .await
     }
 
-    fn delete_token(&self, accessor: &str) -> Result<bool, StoreError> {
-        self.with(|c| {
-            Ok(c.prepare_cached("DELETE FROM tokens WHERE accessor = ?1")?
-                .execute([accessor])?
-                > 0)
-        })
+    async fn delete_token(&self, accessor: &str) -> Result<bool, StoreError> {
+        let accessor = accessor.to_string();
+        self.writer
+            .write(DURABLE, move |c| {
+                Ok(c.prepare_cached("DELETE FROM tokens WHERE accessor = ?1")?
+                    .execute([accessor])?
+                    > 0)
+            })
+            .await
     }
 
-    fn delete_expired_tokens(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
-        self.with(|c| Ok(c.execute("DELETE FROM tokens WHERE expires_at_ms < ?1", [Millis(now)])?))
+    async fn delete_expired_tokens(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
+        self.writer
+            .write(DURABLE, move |c| {
+                Ok(c.execute("DELETE FROM tokens WHERE expires_at_ms < ?1", [Millis(now)])?)
+            })
+            .await
     }
 }
 
@@ -530,14 +554,14 @@ mod tests {
     use pgwarden_core::RoleSpec;
     use time::macros::datetime;
 
-    #[test]
-    fn state_files_are_private_even_when_created_loose() {
+    #[tokio::test]
+    async fn state_files_are_private_even_when_created_loose() {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("state.db");
         let store = SqliteStore::open(dir.path()).unwrap();
-        store.all_leases().unwrap();
+        store.all_leases().await.unwrap();
         assert_eq!(mode(&db), 0o600);
         for name in ["state.db-wal", "state.db-shm"] {
             let file = dir.path().join(name);
@@ -572,38 +596,45 @@ mod tests {
         )
     }
 
-    #[test]
-    fn leases_survive_reopening() {
+    #[tokio::test]
+    async fn leases_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = datetime!(2026-11-22 10:00:00.123 UTC);
         let mut lease = root_lease("v-x", t0);
         {
             let store = SqliteStore::open(dir.path()).unwrap();
-            store.insert_lease(&lease).unwrap();
+            store.insert_lease(&lease).await.unwrap();
             lease.state = LeaseState::Revoking;
             lease.revoke_attempts = 2;
             lease.last_error = Some("boom".into());
-            store.update_lease(&lease).unwrap();
+            store.update_lease(&lease).await.unwrap();
         }
         let store = SqliteStore::open(dir.path()).unwrap();
-        assert_eq!(store.get_lease(&lease.id).unwrap(), Some(lease.clone()));
-        assert_eq!(store.all_leases().unwrap(), vec![lease.clone()]);
         assert_eq!(
-            store.lease_ids_with_prefix("database/creds/").unwrap(),
+            store.get_lease(&lease.id).await.unwrap(),
+            Some(lease.clone())
+        );
+        assert_eq!(store.all_leases().await.unwrap(), vec![lease.clone()]);
+        assert_eq!(
+            store
+                .lease_ids_with_prefix("database/creds/")
+                .await
+                .unwrap(),
             vec![lease.id.clone()]
         );
         assert!(
             store
                 .lease_ids_with_prefix("database/creds/r_")
+                .await
                 .unwrap()
                 .is_empty()
         );
-        store.delete_lease(&lease.id).unwrap();
-        assert_eq!(store.get_lease(&lease.id).unwrap(), None);
+        store.delete_lease(&lease.id).await.unwrap();
+        assert_eq!(store.get_lease(&lease.id).await.unwrap(), None);
     }
 
-    #[test]
-    fn tokens_round_trip_and_find_their_leases() {
+    #[tokio::test]
+    async fn tokens_round_trip_and_find_their_leases() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         let t0 = datetime!(2026-11-22 10:00:00 UTC);
@@ -623,41 +654,87 @@ mod tests {
             max_expires_at: t0 + std::time::Duration::from_secs(600),
             ttl: Ttl::from_secs(60),
         };
-        store.insert_token(&token).unwrap();
-        assert_eq!(store.token_by_hash("h1").unwrap(), Some(token.clone()));
+        store.insert_token(&token).await.unwrap();
+        assert_eq!(
+            store.token_by_hash("h1").await.unwrap(),
+            Some(token.clone())
+        );
         let owner = Owner {
             display_name: "kubernetes-a-b".into(),
             subject: token.identity.subject.clone(),
             token_accessor: Some("acc1".into()),
         };
         let lease = Lease::new_pending("database", &role(), "u".into(), owner, Ttl::default(), t0);
-        store.insert_lease(&lease).unwrap();
+        store.insert_lease(&lease).await.unwrap();
         assert_eq!(
-            store.get_lease(&lease.id).unwrap().unwrap().owner,
+            store.get_lease(&lease.id).await.unwrap().unwrap().owner,
             lease.owner
         );
         assert_eq!(
-            store.lease_ids_for_token("acc1").unwrap(),
+            store.lease_ids_for_token("acc1").await.unwrap(),
             vec![lease.id.clone()]
         );
         store
             .set_token_expiry("acc1", t0 + std::time::Duration::from_secs(120))
+            .await
             .unwrap();
         assert_eq!(
-            store.token_by_accessor("acc1").unwrap().unwrap().expires_at,
+            store
+                .token_by_accessor("acc1")
+                .await
+                .unwrap()
+                .unwrap()
+                .expires_at,
             t0 + std::time::Duration::from_secs(120)
         );
         assert_eq!(
             store
                 .delete_expired_tokens(t0 + std::time::Duration::from_secs(121))
+                .await
                 .unwrap(),
             1
         );
-        assert!(!store.delete_token("acc1").unwrap());
+        assert!(!store.delete_token("acc1").await.unwrap());
     }
 
-    #[test]
-    fn prefix_matching_is_literal() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_commit_together_and_a_failing_one_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let t0 = datetime!(2026-11-22 10:00:00 UTC);
+        let taken = root_lease("taken", t0);
+        store.insert_lease(&taken).await.unwrap();
+        let mut writes = tokio::task::JoinSet::new();
+        for n in 0..200 {
+            let store = store.clone();
+            // Every tenth write reuses the taken id, and fails on the primary key.
+            let mut lease = root_lease(&format!("u{n}"), t0);
+            if n % 10 == 0 {
+                lease.id = taken.id.clone();
+            }
+            writes.spawn(async move { (n, store.insert_lease(&lease).await) });
+        }
+        let mut failed = Vec::new();
+        for (n, outcome) in writes.join_all().await {
+            match outcome {
+                Ok(()) => assert_ne!(n % 10, 0, "write {n} reused an id but succeeded"),
+                Err(StoreError::Sqlite(e)) => {
+                    assert!(e.to_string().contains("UNIQUE constraint failed"), "{e}");
+                    failed.push(n);
+                }
+                Err(other) => panic!("write {n}: {other}"),
+            }
+        }
+        assert_eq!(failed.len(), 20);
+        drop(store);
+        // Everything that succeeded was committed, and survives reopening.
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.all_leases().await.unwrap().len(), 181);
+        assert_eq!(store.get_lease(&taken.id).await.unwrap(), Some(taken));
+    }
+
+    #[tokio::test]
+    async fn prefix_matching_is_literal() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         let t0 = datetime!(2026-11-22 10:00:00 UTC);
@@ -665,22 +742,26 @@ mod tests {
         a.id = "database/creds/a%/1".into();
         let mut b = root_lease("b", t0);
         b.id = "database/creds/ab/1".into();
-        store.insert_lease(&a).unwrap();
-        store.insert_lease(&b).unwrap();
+        store.insert_lease(&a).await.unwrap();
+        store.insert_lease(&b).await.unwrap();
         assert_eq!(
-            store.lease_ids_with_prefix("database/creds/a%").unwrap(),
+            store
+                .lease_ids_with_prefix("database/creds/a%")
+                .await
+                .unwrap(),
             vec![a.id]
         );
     }
 
-    #[test]
-    fn values_that_do_not_decode_are_reported_as_corrupt() {
+    #[tokio::test]
+    async fn values_that_do_not_decode_are_reported_as_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         let t0 = datetime!(2026-11-22 10:00:00 UTC);
         let lease = root_lease("u", t0);
-        store.insert_lease(&lease).unwrap();
-        let sql = |sql: &str| store.with(|c| Ok(c.execute_batch(sql)?)).unwrap();
+        store.insert_lease(&lease).await.unwrap();
+        let raw = Connection::open(dir.path().join("state.db")).unwrap();
+        let sql = |sql: &str| raw.execute_batch(sql).unwrap();
         fn corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>) -> (&'static str, String) {
             match result {
                 Err(StoreError::Corrupt { what, reason }) => (what, reason),
@@ -690,44 +771,47 @@ mod tests {
 
         sql("UPDATE leases SET state = 'bogus'");
         assert_eq!(
-            corrupt(store.get_lease(&lease.id)),
+            corrupt(store.get_lease(&lease.id).await),
             ("lease state", "bogus".to_string())
         );
-        assert_eq!(corrupt(store.all_leases()).0, "lease state");
+        assert_eq!(corrupt(store.all_leases().await).0, "lease state");
         sql("UPDATE leases SET state = 'active', role_json = '{'");
-        assert_eq!(corrupt(store.get_lease(&lease.id)).0, "role");
+        assert_eq!(corrupt(store.get_lease(&lease.id).await).0, "role");
         sql(&format!(
             "UPDATE leases SET role_json = '{}', last_renewal_ms = {}",
             to_json("role", &role()).unwrap(),
             i64::MAX
         ));
-        assert_eq!(corrupt(store.get_lease(&lease.id)).0, "timestamp");
+        assert_eq!(corrupt(store.get_lease(&lease.id).await).0, "timestamp");
         sql("UPDATE leases SET last_renewal_ms = NULL, revoke_attempts = -1");
         assert!(matches!(
-            store.get_lease(&lease.id),
+            store.get_lease(&lease.id).await,
             Err(StoreError::Sqlite(_))
         ));
 
         sql("INSERT INTO roles VALUES ('database', 'x', 'null')");
-        assert_eq!(corrupt(store.roles()).0, "role");
+        assert_eq!(corrupt(store.roles().await).0, "role");
         sql("INSERT INTO connections VALUES ('database', 'c', 'u', 'a', x'00', '{}', 1)");
-        assert_eq!(corrupt(store.connections()).0, "connection");
+        assert_eq!(corrupt(store.connections().await).0, "connection");
         sql("INSERT INTO tokens VALUES ('acc', 'h', '[]', 'kubernetes', 'r', 0, 0, 0, 60)");
-        assert_eq!(corrupt(store.token_by_accessor("acc")).0, "token identity");
+        assert_eq!(
+            corrupt(store.token_by_accessor("acc").await).0,
+            "token identity"
+        );
     }
 
-    #[test]
-    fn roles_and_connections_round_trip() {
+    #[tokio::test]
+    async fn roles_and_connections_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        store.put_role("database", &role()).unwrap();
-        store.put_role("database", &role()).unwrap();
+        store.put_role("database", &role()).await.unwrap();
+        store.put_role("database", &role()).await.unwrap();
         assert_eq!(
-            store.roles().unwrap(),
+            store.roles().await.unwrap(),
             vec![("database".to_string(), role())]
         );
-        assert!(store.delete_role("database", "ro").unwrap());
-        assert!(!store.delete_role("database", "ro").unwrap());
+        assert!(store.delete_role("database", "ro").await.unwrap());
+        assert!(!store.delete_role("database", "ro").await.unwrap());
         let conn = StoredConnection {
             name: "appdb".into(),
             connection_url: "postgresql://h/db".into(),
@@ -736,12 +820,12 @@ mod tests {
             allowed_roles: vec!["appdb-*".into()],
             verify_connection: true,
         };
-        store.put_connection("database", &conn).unwrap();
+        store.put_connection("database", &conn).await.unwrap();
         assert_eq!(
-            store.connections().unwrap(),
+            store.connections().await.unwrap(),
             vec![("database".to_string(), conn)]
         );
-        assert!(store.delete_connection("database", "appdb").unwrap());
-        assert!(store.connections().unwrap().is_empty());
+        assert!(store.delete_connection("database", "appdb").await.unwrap());
+        assert!(store.connections().await.unwrap().is_empty());
     }
 }

@@ -39,13 +39,13 @@ pub struct Admitted {
 }
 
 /// Authenticates the request and checks `access` for it (`what` names it in the audit log).
-pub fn admit(
+pub async fn admit(
     state: &AppState,
     headers: &HeaderMap,
     access: Access<'_>,
     what: &str,
 ) -> Result<Admitted, ServerError> {
-    let caller = authenticate(state, headers)?;
+    let caller = authenticate(state, headers).await?;
     let cap = match access {
         Access::Anyone | Access::AnyToken => None,
         Access::Root => {
@@ -58,7 +58,7 @@ pub fn admit(
 }
 
 /// Checks the request's token: the root token (compared in constant time) or a live login token.
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ServerError> {
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ServerError> {
     let token = token_from(headers).ok_or(ServerError::PermissionDenied)?;
     if bool::from(
         token
@@ -70,6 +70,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ServerE
     state
         .tokens
         .authenticate(token)
+        .await
         .map(|record| Caller::Token(Box::new(record)))
 }
 

@@ -19,8 +19,8 @@ fn lease_id(from_path: Option<String>, from_body: Option<String>) -> Result<Stri
 }
 
 /// The lease `id`, if the caller owns it (or is root).
-fn owned_lease(state: &AppState, caller: &Caller, id: &str) -> Result<Lease, ServerError> {
-    let lease = state.broker.lookup(id)?;
+async fn owned_lease(state: &AppState, caller: &Caller, id: &str) -> Result<Lease, ServerError> {
+    let lease = state.broker.lookup(id).await?;
     caller.require_owner(state, &lease)?;
     Ok(lease)
 }
@@ -33,7 +33,7 @@ pub async fn renew(
     body: RenewBody,
 ) -> Result<Json<SecretResponse<()>>, ServerError> {
     let id = lease_id(id, body.lease_id)?;
-    owned_lease(state, caller, &id)?;
+    owned_lease(state, caller, &id).await?;
     let renewed = state
         .broker
         .renew(&id, body.increment.unwrap_or_default())
@@ -52,9 +52,9 @@ pub async fn revoke(
     body: RevokeBody,
 ) -> Result<StatusCode, ServerError> {
     let id = lease_id(id, body.lease_id)?;
-    owned_lease(state, caller, &id)?;
+    owned_lease(state, caller, &id).await?;
     if body.sync == Some(false) {
-        state.broker.revoke_later(&id)?;
+        state.broker.revoke_later(&id).await?;
         Ok(StatusCode::ACCEPTED)
     } else {
         state.broker.revoke(&id).await?;
@@ -69,12 +69,12 @@ pub async fn revoke_prefix(state: &AppState, prefix: &str) -> Result<StatusCode,
 }
 
 /// What pgwarden knows of a lease.
-pub fn lookup(
+pub async fn lookup(
     state: &AppState,
     caller: &Caller,
     body: LookupBody,
 ) -> Result<Json<SecretResponse<LeaseLookup>>, ServerError> {
-    let lease = owned_lease(state, caller, &body.lease_id)?;
+    let lease = owned_lease(state, caller, &body.lease_id).await?;
     let now = time::OffsetDateTime::now_utc();
     Ok(respond::ok(LeaseLookup {
         renewable: lease.state == LeaseState::Active && now < lease.max_expires_at,
@@ -90,6 +90,6 @@ pub fn lookup(
 }
 
 /// The lease ids and folders directly under `prefix`.
-pub fn list(state: &AppState, prefix: &str) -> Result<Response, ServerError> {
-    Ok(respond::keys(state.broker.list(prefix)?))
+pub async fn list(state: &AppState, prefix: &str) -> Result<Response, ServerError> {
+    Ok(respond::keys(state.broker.list(prefix).await?))
 }

@@ -117,7 +117,7 @@ async fn handle(
     match route.access() {
         Access::Anyone => public(state, route, op, &body).await,
         access => {
-            let admitted = caller::admit(state, headers, access, path)?;
+            let admitted = caller::admit(state, headers, access, path).await?;
             dispatch(state, &admitted, route, op, &body).await
         }
     }
@@ -149,9 +149,9 @@ async fn dispatch(
     let caller = &admitted.caller;
     Ok(match (route, op) {
         (Route::TokenLookupSelf, Op::Read) => tokens::lookup_self(caller).into_response(),
-        (Route::TokenRenewSelf, Op::Write) => {
-            tokens::renew_self(state, caller, json(body)?)?.into_response()
-        }
+        (Route::TokenRenewSelf, Op::Write) => tokens::renew_self(state, caller, json(body)?)
+            .await?
+            .into_response(),
         (Route::TokenRevokeSelf, Op::Write) => {
             tokens::revoke_self(state, caller).await?.into_response()
         }
@@ -173,8 +173,10 @@ async fn dispatch(
         (Route::RevokePrefix(prefix), Op::Write) => {
             leases::revoke_prefix(state, &prefix).await?.into_response()
         }
-        (Route::Lookup, Op::Write) => leases::lookup(state, caller, json(body)?)?.into_response(),
-        (Route::ListLeases(prefix), Op::List) => leases::list(state, &prefix)?,
+        (Route::Lookup, Op::Write) => leases::lookup(state, caller, json(body)?)
+            .await?
+            .into_response(),
+        (Route::ListLeases(prefix), Op::List) => leases::list(state, &prefix).await?,
         (Route::Orphans, Op::Read | Op::List) => sys::orphans(state).into_response(),
         (Route::Config { mount, name: None }, Op::List) => config::list(state, mount)?,
         (

@@ -70,13 +70,16 @@ pub async fn login(
     let logged_in = result.inspect_err(|error| {
         tracing::warn!(target: "pgwarden::audit", mount, role = %body.role, reason = error.label(), %error, "login refused");
     })?;
-    let (token, record) = state.tokens.issue(
-        logged_in.identity,
-        mount,
-        &body.role,
-        logged_in.ttl,
-        logged_in.max_ttl,
-    )?;
+    let (token, record) = state
+        .tokens
+        .issue(
+            logged_in.identity,
+            mount,
+            &body.role,
+            logged_in.ttl,
+            logged_in.max_ttl,
+        )
+        .await?;
     tracing::info!(target: "pgwarden::audit", mount, role = %body.role, subject = %record.identity.subject, accessor = %record.accessor, "login");
     Ok(auth_response(Some(token), &record, record.ttl, None))
 }
@@ -115,7 +118,7 @@ pub fn lookup_self(caller: &Caller) -> Json<SecretResponse<TokenLookup>> {
 }
 
 /// Extends the caller's token, never past its max TTL.
-pub fn renew_self(
+pub async fn renew_self(
     state: &AppState,
     caller: &Caller,
     body: RenewSelfBody,
@@ -128,13 +131,14 @@ pub fn renew_self(
     let mut record = TokenRecord::clone(record);
     let renewal = state
         .tokens
-        .renew(&mut record, body.increment.unwrap_or_default())?;
+        .renew(&mut record, body.increment.unwrap_or_default())
+        .await?;
     Ok(auth_response(None, &record, renewal.ttl, renewal.warning()))
 }
 
 /// Revokes a token and every lease it created (a logout).
 async fn revoke_token(state: &AppState, accessor: &str) -> Result<StatusCode, ServerError> {
-    state.tokens.revoke(accessor)?;
+    state.tokens.revoke(accessor).await?;
     let leases = state.broker.revoke_token_leases(accessor).await?;
     tracing::info!(target: "pgwarden::audit", accessor, leases, "token revoked");
     Ok(StatusCode::NO_CONTENT)
@@ -155,6 +159,6 @@ pub async fn revoke_accessor(
     state: &AppState,
     body: RevokeAccessorBody,
 ) -> Result<StatusCode, ServerError> {
-    state.tokens.by_accessor(&body.accessor)?;
+    state.tokens.by_accessor(&body.accessor).await?;
     revoke_token(state, &body.accessor).await
 }
