@@ -26,5 +26,6 @@ pub use check::{Finding, Severity, check_administrator};
 pub use error::EngineError;
 pub use groups::GROUP_MARK;
 pub use quote::{quote_ident, quote_literal};
-pub use scram::NewPassword;
+pub use scram::{NewPassword, PasswordPool};
 pub use target::{Endpoint, Target};
+pub use users::UncommittedUser;

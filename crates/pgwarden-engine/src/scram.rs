@@ -42,6 +42,41 @@ impl NewPassword {
     }
 }
 
+/// Passwords made ahead of need by a background thread, so an issuance does not wait for
+/// PBKDF2 while the CPU has time to spare. When issuances outrun the thread, each makes its
+/// own on the blocking pool. Ready passwords live only in memory and are wiped when dropped.
+pub struct PasswordPool {
+    ready: parking_lot::Mutex<tokio::sync::mpsc::Receiver<NewPassword>>,
+}
+
+impl PasswordPool {
+    /// Starts the thread that keeps up to `ahead` passwords ready; it stops with the pool.
+    /// (Should the thread fail to start, every password is made on demand.)
+    pub fn start(ahead: usize) -> PasswordPool {
+        let (tx, rx) = tokio::sync::mpsc::channel(ahead.max(1));
+        let started = std::thread::Builder::new()
+            .name("pgwarden-passwords".into())
+            .spawn(move || while tx.blocking_send(NewPassword::generate()).is_ok() {});
+        if let Err(error) = started {
+            tracing::warn!(%error, "cannot start the password thread; making passwords on demand");
+        }
+        PasswordPool {
+            ready: parking_lot::Mutex::new(rx),
+        }
+    }
+
+    /// A new password: a ready one, or else one made now off the async workers.
+    pub async fn take(&self) -> NewPassword {
+        let ready = self.ready.lock().try_recv();
+        match ready {
+            Ok(password) => password,
+            Err(_) => tokio::task::spawn_blocking(NewPassword::generate)
+                .await
+                .unwrap_or_else(|_| NewPassword::generate()),
+        }
+    }
+}
+
 /// The verifier of `password`, with a random salt.
 fn verifier(password: &str) -> String {
     if !password.is_ascii() {
@@ -107,6 +142,24 @@ mod tests {
                 .decode(theirs.split(['$', ':']).nth(2).unwrap())
                 .unwrap();
             assert_eq!(verifier_with_salt(password.as_bytes(), &salt), theirs);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_pool_hands_out_distinct_ready_passwords_and_makes_more_when_empty() {
+        let pool = PasswordPool::start(2);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10 {
+            let new = pool.take().await;
+            let (password, verifier) = (new.password().expose_secret(), new.verifier());
+            let salt = BASE64
+                .decode(verifier.split(['$', ':']).nth(2).unwrap())
+                .unwrap();
+            assert_eq!(verifier_with_salt(password.as_bytes(), &salt), verifier);
+            assert!(
+                seen.insert(password.to_string()),
+                "a password was handed out twice"
+            );
         }
     }
 

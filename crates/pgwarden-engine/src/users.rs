@@ -13,12 +13,8 @@ use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 
 impl Target {
-    /// Creates `username` with `password` for `role`, valid until `expires_at` (plus slack),
-    /// all in one transaction, retried when it fails only because of concurrent work. Only the
-    /// password's SCRAM verifier is sent. `admin_roles` are the admin preset roles of this
-    /// connection: a preset role's group also gets its privileges on what their users create.
-    /// `identity` is the caller's (its policy subject): an identity role's user joins the role
-    /// named after it.
+    /// Creates `username` with `password` for `role`, valid until `expires_at` (plus slack):
+    /// [`Target::begin_user`], then [`UncommittedUser::commit`].
     pub async fn create_user(
         &self,
         role: &RoleDef,
@@ -28,6 +24,28 @@ impl Target {
         admin_roles: &[RoleDef],
         identity: &str,
     ) -> Result<(), EngineError> {
+        self.begin_user(role, username, password, expires_at, admin_roles, identity)
+            .await?
+            .commit()
+            .await
+    }
+
+    /// Runs the statements creating `username` with `password` for `role`, valid until
+    /// `expires_at` (plus slack), in one transaction left open: the user exists only once
+    /// the caller commits it (after recording it durably, which may run meanwhile). Retried
+    /// when it fails only because of concurrent work. Only the password's SCRAM verifier is
+    /// sent. `admin_roles` are the admin preset roles of this connection: a preset role's
+    /// group also gets its privileges on what their users create. `identity` is the caller's
+    /// (its policy subject): an identity role's user joins the role named after it.
+    pub async fn begin_user(
+        &self,
+        role: &RoleDef,
+        username: &str,
+        password: &NewPassword,
+        expires_at: OffsetDateTime,
+        admin_roles: &[RoleDef],
+        identity: &str,
+    ) -> Result<UncommittedUser, EngineError> {
         let verifier = password.verifier();
         let until = valid_until(expires_at);
         let mut client = self.client().await?;
@@ -50,12 +68,18 @@ impl Target {
                 vec![member_of(identity, username, verifier, &until)]
             }
         };
+        let what = format!("creating user {username:?} for role {:?}", role.name);
         let mut attempt = 1;
         loop {
-            let outcome = run_in_transaction(&mut client, &statements, username, role).await;
+            let outcome = begin_with(&mut client, &statements, &what).await;
             match retry_delay(&outcome, attempt) {
                 Some(wait) => tokio::time::sleep(wait).await,
-                None => return outcome,
+                None => {
+                    return outcome.map(|()| UncommittedUser {
+                        client: Some(client),
+                        what,
+                    });
+                }
             }
             attempt = attempt.saturating_add(1);
         }
@@ -147,11 +171,11 @@ impl Target {
         let found = if custom.is_none() {
             drop_if_nothing_depends(&client, username).await?
         } else {
-            user_oid(&**client, username).await?.map(Drop::Kept)
+            user_oid(&**client, username).await?.map(FastDrop::Kept)
         };
         let oid = match found {
-            Some(Drop::Kept(oid)) => oid,
-            Some(Drop::Dropped(oid)) => {
+            Some(FastDrop::Kept(oid)) => oid,
+            Some(FastDrop::Dropped(oid)) => {
                 // No session can start now: end those that exist.
                 client
                     .batch_execute(&end_sessions(oid))
@@ -301,7 +325,7 @@ const END_DANGLING_SESSIONS: &str = "SELECT pg_terminate_backend(pid) FROM \
      pg_stat_get_activity(NULL) WHERE usesysid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE oid = usesysid);";
 
 /// What [`drop_if_nothing_depends`] did to an existing user (by its OID).
-enum Drop {
+enum FastDrop {
     /// Dropped; its sessions live on until the caller ends them.
     Dropped(u32),
     /// Left as is: objects or privileges depend on it.
@@ -314,7 +338,7 @@ enum Drop {
 async fn drop_if_nothing_depends(
     client: &tokio_postgres::Client,
     username: &str,
-) -> Result<Option<Drop>, EngineError> {
+) -> Result<Option<FastDrop>, EngineError> {
     let dropped = client
         .simple_query(&format!(
             "{};\nDROP ROLE IF EXISTS {};",
@@ -323,9 +347,9 @@ async fn drop_if_nothing_depends(
         ))
         .await;
     match dropped {
-        Ok(messages) => Ok(first_oid(&messages).map(Drop::Dropped)),
+        Ok(messages) => Ok(first_oid(&messages).map(FastDrop::Dropped)),
         Err(error) if error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
-            Ok(user_oid(client, username).await?.map(Drop::Kept))
+            Ok(user_oid(client, username).await?.map(FastDrop::Kept))
         }
         Err(error) => Err(sql(format!("dropping user {username:?}"))(error)),
     }
@@ -394,15 +418,13 @@ fn member_of(group: &str, username: &str, verifier: &str, until: &str) -> String
     )
 }
 
-/// Runs a user's creation `statements` as one transaction in one round trip: `BEGIN`, the
-/// statements, `COMMIT`, sent together. On failure the transaction is rolled back, so the
-/// connection goes back to the pool clean (a connection that cannot even roll back is closed,
-/// and the pool drops it).
-async fn run_in_transaction(
+/// Sends `BEGIN` and a user's creation `statements` in one round trip. On failure the
+/// transaction is rolled back, so the connection can be used again (a connection that cannot
+/// even roll back is closed, and the pool drops it).
+async fn begin_with(
     client: &mut deadpool_postgres::Object,
     statements: &[String],
-    username: &str,
-    role: &RoleDef,
+    what: &str,
 ) -> Result<(), EngineError> {
     // A newline ends a trailing `--` comment before each separator.
     let body: String = statements
@@ -410,16 +432,56 @@ async fn run_in_transaction(
         .map(|statement| format!("{statement}\n;\n"))
         .collect();
     let outcome = client
-        .batch_execute(&format!("BEGIN;\n{body}COMMIT;"))
+        .batch_execute(&format!("BEGIN;\n{body}"))
         .await
-        .map_err(sql(format!(
-            "creating user {username:?} for role {:?}",
-            role.name
-        )));
+        .map_err(sql(what.to_string()));
     if outcome.is_err() {
         let _ = client.batch_execute("ROLLBACK;").await;
     }
     outcome
+}
+
+/// A user created in a transaction not yet committed: no one can see or use it. Dropped
+/// without [`UncommittedUser::commit`], its connection is closed, which rolls it back.
+pub struct UncommittedUser {
+    client: Option<deadpool_postgres::Object>,
+    what: String,
+}
+
+impl UncommittedUser {
+    /// Commits the user: from now on it exists.
+    pub async fn commit(mut self) -> Result<(), EngineError> {
+        let client = self.client.take();
+        let Some(client) = client.as_ref() else {
+            return Ok(());
+        };
+        let committed = client
+            .batch_execute("COMMIT;")
+            .await
+            .map_err(sql(format!("committing: {}", self.what)));
+        if committed.is_err() {
+            let _ = client.batch_execute("ROLLBACK;").await;
+        }
+        committed
+    }
+
+    /// Rolls the user back: it never existed.
+    pub async fn rollback(mut self) {
+        if let Some(client) = self.client.take()
+            && client.batch_execute("ROLLBACK;").await.is_err()
+        {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+impl Drop for UncommittedUser {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Out of the pool and closed: the server rolls the transaction back.
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
 }
 
 /// Renders each statement with the user's name and, where given, password and expiration.

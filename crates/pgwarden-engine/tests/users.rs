@@ -656,3 +656,52 @@ async fn a_retried_revocation_ends_sessions_that_outlived_the_drop() {
         "the session of the dropped user was ended"
     );
 }
+
+#[tokio::test]
+async fn an_uncommitted_user_cannot_log_in_and_is_gone_unless_committed() {
+    let s = setup().await;
+    let ro = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
+    let expires = OffsetDateTime::now_utc() + Duration::from_secs(600);
+    let begin = |username: String, password: NewPassword| {
+        let (target, ro) = (&s.target, &ro);
+        async move {
+            let user = target
+                .begin_user(ro, &username, &password, expires, &[], "root")
+                .await
+                .unwrap();
+            (user, username, password)
+        }
+    };
+
+    // Rolled back, and dropped (as when the process gives up between the two steps).
+    for give_up in ["rollback", "drop"] {
+        let name = names::generate_username("test", give_up, 1);
+        let (user, username, password) = begin(name, NewPassword::generate()).await;
+        let refused = s
+            .cluster
+            .connect_as(&username, password.password().expose_secret(), "appdb")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Some(&SqlState::INVALID_PASSWORD),
+            "{refused}"
+        );
+        match give_up {
+            "rollback" => user.rollback().await,
+            _ => drop(user),
+        }
+        assert!(!role_exists(&s, &username).await, "{give_up}");
+    }
+
+    // Committed: it logs in, and the pool's connections are all still usable.
+    let name = names::generate_username("test", "commit", 1);
+    let (user, username, password) = begin(name, NewPassword::generate()).await;
+    user.commit().await.unwrap();
+    s.cluster
+        .connect_as(&username, password.password().expose_secret(), "appdb")
+        .await
+        .unwrap();
+    let more = issue(&s, &ro).await;
+    login(&s, &more).await.unwrap();
+}

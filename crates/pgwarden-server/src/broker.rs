@@ -8,7 +8,7 @@ use crate::schedule::Schedule;
 use parking_lot::Mutex;
 use pgwarden_core::names::generate_username;
 use pgwarden_core::{Lease, LeaseState, Owner, RoleKind, Ttl, chain};
-use pgwarden_engine::NewPassword;
+use pgwarden_engine::PasswordPool;
 use pgwarden_store::Store;
 use secrecy::SecretString;
 use std::collections::{HashMap, HashSet};
@@ -19,6 +19,8 @@ use tokio::sync::{Semaphore, watch};
 
 /// Revocations the reaper runs at once.
 const REAPER_CONCURRENCY: usize = 16;
+/// Passwords kept hashed ahead of need.
+const PASSWORDS_AHEAD: usize = 8;
 /// Longest wait between revocation retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -63,6 +65,8 @@ pub struct Broker {
     failing: Mutex<HashSet<String>>,
     /// Leases revoked with `sync: false` (revoked on the reaper's next pass even if not expired).
     forced: Mutex<HashSet<String>>,
+    /// New users' passwords, hashed ahead of need.
+    passwords: PasswordPool,
     /// Held shared while an issuance picks its connection and records its lease, exclusively
     /// while a connection is deleted, so no lease is recorded against a deleted connection.
     connections_in_use: tokio::sync::RwLock<()>,
@@ -124,6 +128,7 @@ impl Broker {
             failing: Mutex::default(),
             forced: Mutex::default(),
             connections_in_use: tokio::sync::RwLock::default(),
+            passwords: PasswordPool::start(PASSWORDS_AHEAD),
         }
     }
 
@@ -204,38 +209,40 @@ impl Broker {
         let issued_at = now();
         let username =
             generate_username(&owner.display_name, &role.name, issued_at.unix_timestamp());
-        // Hashing the password takes the CPU for a while: off the async workers, meanwhile
-        // the lease is recorded.
-        let password = tokio::task::spawn_blocking(NewPassword::generate);
         let mut lease =
             Lease::new_pending(mount, &role, username, owner, Ttl::default(), issued_at);
         let _guard = self.lock(&lease.id).await;
-        let (target, admin_roles) = {
+        let password = self.passwords.take().await;
+        let (target, created) = {
             let _in_use = self.connections_in_use.read().await;
             let target = self.catalog.target_for_role(mount, &role)?;
             let admin_roles = self.catalog.admin_roles(mount, &role.db_name)?;
-            self.store.insert_lease(&lease).await?;
-            (target, admin_roles)
+            // The creation runs while the lease is recorded, and commits only once the
+            // record is durable: no user ever exists that the state does not name.
+            let (begun, recorded) = tokio::join!(
+                target.begin_user(
+                    &role,
+                    &lease.username,
+                    &password,
+                    lease.expires_at,
+                    &admin_roles,
+                    &lease.owner.subject,
+                ),
+                self.store.insert_lease(&lease),
+            );
+            let created = match (begun, recorded) {
+                (Ok(user), Ok(())) => user.commit().await,
+                (begun, Err(error)) => {
+                    if let Ok(user) = begun {
+                        user.rollback().await;
+                    }
+                    self.metrics.issue_failures.inc();
+                    return Err(error.into());
+                }
+                (Err(error), Ok(())) => Err(error),
+            };
+            (target, created)
         };
-        let password = match password.await {
-            Ok(password) => password,
-            Err(error) => {
-                self.store.delete_lease(&lease.id).await?;
-                return Err(ServerError::Internal(format!(
-                    "generating a password failed: {error}"
-                )));
-            }
-        };
-        let created = target
-            .create_user(
-                &role,
-                &lease.username,
-                &password,
-                lease.expires_at,
-                &admin_roles,
-                &lease.owner.subject,
-            )
-            .await;
         if let Err(error) = created {
             self.metrics.issue_failures.inc();
             tracing::warn!(lease_id = %lease.id, error = %chain(&error), "creating user failed");
