@@ -4,6 +4,12 @@
 //! (fsync and synchronous_commit on); then the time and peak memory to reap 10,000 expired
 //! leases.
 //!
+//! Each concurrency runs twice: with everything sharing every CPU (PostgreSQL, pgwarden and
+//! this process's HTTP clients compete for the same cores, so pgwarden's own work is charged
+//! to the database's capacity), and with the database on CPU 0 and the rest on the others, as
+//! when pgwarden runs on another machine than its database (the usual deployment). The limit
+//! is measured the same way each time.
+//!
 //! Run with `cargo bench -p pgwarden-server --bench broker`. Prints tables; asserts nothing.
 //! `PGWARDEN_BENCH_CLIENTS=8` (a comma-separated list) runs only the listed concurrencies.
 
@@ -197,13 +203,95 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// How the CPUs are shared in a run.
+#[derive(Clone, Copy)]
+enum Cpus {
+    /// Every process may run on every CPU.
+    Shared,
+    /// The database on CPU 0; pgwarden, pgbench and the HTTP clients on the others.
+    DatabaseApart,
+}
+
+impl Cpus {
+    fn label(self) -> &'static str {
+        match self {
+            Cpus::Shared => "shared",
+            Cpus::DatabaseApart => "database apart",
+        }
+    }
+
+    /// Applies this split to `cluster`'s processes (and the children they start later) and to
+    /// this process (whose children, pgbench, inherit it).
+    fn apply(self, cluster: &PgCluster) {
+        let all: Vec<usize> = (0..num_cpus()).collect();
+        let (database, rest) = match self {
+            Cpus::Shared => (all.clone(), all),
+            Cpus::DatabaseApart => (vec![0], all[1..].to_vec()),
+        };
+        let server = cluster.server_pid().expect("the server's pid");
+        for pid in std::iter::once(server).chain(children_of(server)) {
+            pin(pid, &database);
+        }
+        pin(std::process::id() as i32, &rest);
+    }
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Pids whose parent is `parent`.
+fn children_of(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // After the command in parentheses: state, then the parent's pid.
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// Restricts every thread of process `pid` to `cpus`.
+fn pin(pid: i32, cpus: &[usize]) {
+    let mut set = nix::sched::CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu).unwrap();
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return; // gone meanwhile
+    };
+    for task in tasks.flatten() {
+        if let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set);
+        }
+    }
+}
+
 async fn throughput(cluster: &PgCluster, base: &str) {
     println!(
         "\nissue + revoke through pgwarden's API vs pgbench sending the same CREATE ROLE/DROP ROLE \
          (PostgreSQL with default durability)\n"
     );
-    println!("| concurrency | path | ops | ops/s | p50 ms | p99 ms | ops/s ÷ pgbench |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| CPUs | concurrency | path | ops | ops/s | p50 ms | p99 ms | ops/s ÷ pgbench |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let split = num_cpus() > 1;
+    for cpus in [Cpus::Shared, Cpus::DatabaseApart] {
+        if matches!(cpus, Cpus::DatabaseApart) && !split {
+            continue;
+        }
+        throughput_with(cluster, base, cpus).await;
+    }
+    Cpus::Shared.apply(cluster);
+}
+
+async fn throughput_with(cluster: &PgCluster, base: &str, cpus: Cpus) {
     let only = std::env::var("PGWARDEN_BENCH_CLIENTS").ok();
     for (workers, total) in [(1usize, 400usize), (8, 1600), (32, 3200)] {
         if only
@@ -212,11 +300,13 @@ async fn throughput(cluster: &PgCluster, base: &str) {
         {
             continue;
         }
+        cpus.apply(cluster);
         let limit = tokio::task::block_in_place(|| pgbench(cluster, workers));
         let mut rows = Vec::new();
         for role in ["template", "preset"] {
             let http = reqwest::Client::new();
             let base = base.to_string();
+            cpus.apply(cluster); // pins the pool's connections opened meanwhile too
             let run = measure(
                 workers,
                 total,
@@ -230,7 +320,8 @@ async fn throughput(cluster: &PgCluster, base: &str) {
         rows.push(("pgbench".to_string(), limit));
         for (label, run) in &rows {
             println!(
-                "| {workers} | {label} | {} | {:.0} | {} | {} | {:.2} |",
+                "| {} | {workers} | {label} | {} | {:.0} | {} | {} | {:.2} |",
+                cpus.label(),
                 run.latencies.len(),
                 run.ops_per_sec(),
                 ms(run.percentile(0.5)),

@@ -298,6 +298,17 @@ impl PgCluster {
         cmd
     }
 
+    /// The process id of the server (the postmaster), from `postmaster.pid`.
+    pub fn server_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
