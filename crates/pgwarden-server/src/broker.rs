@@ -269,7 +269,7 @@ impl Broker {
             ));
         }
         lease.state = LeaseState::Active;
-        match self.store.update_lease(&lease).await {
+        match self.store.update_lease(&lease, LeaseState::Pending).await {
             Ok(true) => {}
             Ok(false) => {
                 // Revoked by something that did not take the lease's lock: undo the user, or
@@ -328,7 +328,12 @@ impl Broker {
             .await?;
         lease.expires_at = renewal.expires_at;
         lease.last_renewal = Some(at);
-        self.store.update_lease(&lease).await?;
+        if !self.store.update_lease(&lease, LeaseState::Active).await? {
+            // Revoked meanwhile (on another replica): its user is being dropped.
+            return Err(ServerError::BadRequest(format!(
+                "lease {id:?} has expired or is being revoked"
+            )));
+        }
         self.schedule.set(id, lease.expires_at);
         let warning = renewal.warning();
         tracing::info!(lease_id = %id, ttl = renewal.ttl.as_secs(), capped = warning.is_some(), "renewed");
@@ -468,7 +473,9 @@ impl Broker {
         let rolling_back = lease.state == LeaseState::Pending;
         if lease.state == LeaseState::Active {
             lease.state = LeaseState::Revoking;
-            self.store.update_lease(&lease).await?;
+            // Not active any more means another replica is revoking it too: dropping a user
+            // twice is harmless, so go on either way.
+            self.store.update_lease(&lease, LeaseState::Active).await?;
         }
         let result = match self.catalog.target(&lease.mount, &lease.role.db_name) {
             Ok(target) if rolling_back => target
@@ -502,7 +509,8 @@ impl Broker {
             Err(error) => {
                 lease.revoke_attempts = lease.revoke_attempts.saturating_add(1);
                 lease.last_error = Some(error.to_string());
-                self.store.update_lease(&lease).await?;
+                let from = lease.state; // revoking, or pending for a rollback
+                self.store.update_lease(&lease, from).await?;
                 let retry = backoff(lease.revoke_attempts);
                 self.schedule
                     .set(id, Ttl::from_secs(retry.as_secs()).after(at));

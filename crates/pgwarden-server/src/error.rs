@@ -46,7 +46,7 @@ pub enum ServerError {
     /// depends on the kind.
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// 500: the state store failed.
+    /// 500: the state store failed (503 when its database is unreachable).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A login's error; the status depends on the kind.
@@ -69,6 +69,7 @@ impl ServerError {
             ServerError::Conflict(_) => 409,
             ServerError::PayloadTooLarge(_) => 413,
             ServerError::Unavailable(_) => 503,
+            ServerError::Store(StoreError::Unavailable(_)) => 503,
             ServerError::Internal(_) | ServerError::Store(_) => 500,
             ServerError::Core(_) => 400,
             ServerError::Engine(e) => match e {

@@ -1,4 +1,5 @@
-//! pgwarden's state: the [`Store`] trait and its embedded SQLite backend.
+//! pgwarden's state: the [`Store`] trait, its embedded SQLite backend and its shared
+//! PostgreSQL backend.
 //!
 //! The store holds leases (so no issued user is ever forgotten, even across crashes) and the
 //! roles and connections written through the API. Secrets arrive already sealed; lease
@@ -16,12 +17,14 @@
 )]
 
 mod migrations;
+mod postgres;
 mod sqlite;
 mod writer;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-use pgwarden_core::{Lease, RoleDef, TokenRecord};
+use pgwarden_core::{Lease, LeaseState, RoleDef, TokenRecord};
 use time::OffsetDateTime;
 
 /// Why the store failed.
@@ -59,6 +62,13 @@ pub enum StoreError {
     /// stored.
     #[error("state store could not commit: {0}")]
     Commit(String),
+    /// The state database cannot be reached (or is restarting); the request may be retried
+    /// once it is back.
+    #[error("state database unavailable: {0}")]
+    Unavailable(String),
+    /// The state database refused a statement.
+    #[error("state database: {0}")]
+    Refused(String),
     /// The store's writer has stopped.
     #[error("state store is closed")]
     Closed,
@@ -98,9 +108,10 @@ pub struct StoredConnection {
 pub trait Store: Send + Sync + 'static {
     /// Records a new lease (normally pending, before its user is created).
     async fn insert_lease(&self, lease: &Lease) -> Result<(), StoreError>;
-    /// Replaces a lease's mutable fields (state, expiries, revocation attempts); false when no
-    /// lease has this id (it was revoked meanwhile).
-    async fn update_lease(&self, lease: &Lease) -> Result<bool, StoreError>;
+    /// Replaces a lease's mutable fields (state, expiries, revocation attempts) if its stored
+    /// state is still `from`; false when it is not, or no lease has this id (another request,
+    /// perhaps on another replica, moved it on: revoked it meanwhile).
+    async fn update_lease(&self, lease: &Lease, from: LeaseState) -> Result<bool, StoreError>;
     /// Forgets a lease whose user is gone.
     async fn delete_lease(&self, id: &str) -> Result<(), StoreError>;
     /// One lease by id.
@@ -111,6 +122,17 @@ pub trait Store: Send + Sync + 'static {
     async fn lease_ids_for_token(&self, accessor: &str) -> Result<Vec<String>, StoreError>;
     /// Every lease, for start-up recovery.
     async fn all_leases(&self) -> Result<Vec<Lease>, StoreError>;
+    /// Ids of the leases the reaper must act on at `now`: active ones that have expired,
+    /// revocations under way or failed, and pending ones issued before `stale` (whose issuer
+    /// died: a live one finishes long before).
+    async fn due_lease_ids(
+        &self,
+        now: OffsetDateTime,
+        stale: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Takes or keeps the reaper's leadership for `holder` for `ttl` (judged by the state
+    /// database's clock); false while another holder has it.
+    async fn lead(&self, holder: &str, ttl: std::time::Duration) -> Result<bool, StoreError>;
     /// Creates or replaces a role of `mount`.
     async fn put_role(&self, mount: &str, role: &RoleDef) -> Result<(), StoreError>;
     /// Deletes a role; false when there was none.

@@ -434,6 +434,14 @@ impl PgCluster {
         )
     }
 
+    /// A URL for database `db` as the superuser, password included.
+    pub fn superuser_url(&self, db: &str) -> String {
+        format!(
+            "postgresql://{SUPERUSER}:{}@127.0.0.1:{}/{db}?sslmode=disable",
+            self.password, self.port
+        )
+    }
+
     /// Whether a role named `name` exists (asked as the superuser).
     pub async fn role_exists(&self, name: &str) -> Result<bool, TestkitError> {
         let su = self.connect_superuser("postgres").await?;

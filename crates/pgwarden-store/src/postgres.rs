@@ -1,0 +1,534 @@
+//! The shared backend: tables in a PostgreSQL database that several pgwarden replicas use at
+//! once. Every write is one statement (or one transaction) committed before the call returns,
+//! with the database's own durability; leadership of the reaper is a row whose lease is judged
+//! by the database's clock.
+
+use crate::{Store, StoreError, StoredConnection};
+use deadpool_postgres::Pool;
+use pgwarden_core::{Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl};
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+/// Each entry upgrades the schema by one version; never edit one that has shipped, append.
+const MIGRATIONS: &[&str] = &[
+    // 1: everything the SQLite backend holds, and the reaper's leadership.
+    "CREATE TABLE pgwarden_leases (
+        id text PRIMARY KEY,
+        username text NOT NULL,
+        owner text NOT NULL,
+        mount text NOT NULL,
+        role_json text NOT NULL,
+        state text NOT NULL,
+        issued_at_ms bigint NOT NULL,
+        expires_at_ms bigint NOT NULL,
+        max_expires_at_ms bigint NOT NULL,
+        last_renewal_ms bigint,
+        revoke_attempts bigint NOT NULL DEFAULT 0,
+        last_error text,
+        subject text NOT NULL,
+        token_accessor text
+    );
+    CREATE INDEX pgwarden_leases_by_token ON pgwarden_leases (token_accessor)
+        WHERE token_accessor IS NOT NULL;
+    CREATE INDEX pgwarden_leases_by_expiry ON pgwarden_leases (expires_at_ms);
+    CREATE TABLE pgwarden_roles (
+        mount text NOT NULL,
+        name text NOT NULL,
+        role_json text NOT NULL,
+        PRIMARY KEY (mount, name)
+    );
+    CREATE TABLE pgwarden_connections (
+        mount text NOT NULL,
+        name text NOT NULL,
+        connection_url text NOT NULL,
+        username text NOT NULL,
+        sealed_password bytea NOT NULL,
+        allowed_roles_json text NOT NULL,
+        verify_connection boolean NOT NULL,
+        PRIMARY KEY (mount, name)
+    );
+    CREATE TABLE pgwarden_tokens (
+        accessor text PRIMARY KEY,
+        hash text NOT NULL UNIQUE,
+        identity_json text NOT NULL,
+        mount text NOT NULL,
+        role text NOT NULL,
+        issued_at_ms bigint NOT NULL,
+        expires_at_ms bigint NOT NULL,
+        max_expires_at_ms bigint NOT NULL,
+        ttl_secs bigint NOT NULL
+    );
+    CREATE TABLE pgwarden_leader (
+        name text PRIMARY KEY,
+        holder text NOT NULL,
+        valid_until timestamptz NOT NULL
+    );",
+];
+
+/// The advisory lock that serialises replicas migrating at the same time.
+const MIGRATION_LOCK: i64 = 0x7067_7761_7264_656e; // "pgwarden"
+
+const LEASE_COLUMNS: &str = "id, username, owner, mount, role_json, state, issued_at_ms, expires_at_ms, \
+     max_expires_at_ms, last_renewal_ms, revoke_attempts, last_error, subject, token_accessor";
+const TOKEN_COLUMNS: &str = "accessor, hash, identity_json, mount, role, issued_at_ms, expires_at_ms, \
+     max_expires_at_ms, ttl_secs";
+
+/// A [`Store`] in a PostgreSQL database, shared by every replica that connects to it.
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl PostgresStore {
+    /// A store over `pool`'s database, its schema created or upgraded first.
+    pub async fn open(pool: Pool) -> Result<PostgresStore, StoreError> {
+        let store = PostgresStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the migrations this database lacks, in one transaction, one replica at a time.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS pgwarden_schema (version integer NOT NULL)")
+            .await
+            .map_err(db)?;
+        let current: i32 = tx
+            .query_opt("SELECT version FROM pgwarden_schema", &[])
+            .await
+            .map_err(db)?
+            .map_or(0, |row| row.get(0));
+        if current as usize > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt {
+                what: "schema version",
+                reason: format!(
+                    "the state database is at version {current}, newer than this pgwarden \
+                     knows ({}): upgrade pgwarden",
+                    MIGRATIONS.len()
+                ),
+            });
+        }
+        for sql in MIGRATIONS.iter().skip(current.max(0) as usize) {
+            tx.batch_execute(sql).await.map_err(db)?;
+        }
+        let version = MIGRATIONS.len() as i32;
+        tx.execute("DELETE FROM pgwarden_schema", &[])
+            .await
+            .map_err(db)?;
+        tx.execute("INSERT INTO pgwarden_schema VALUES ($1)", &[&version])
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Runs `sql` with `params`; the number of rows changed.
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(db)?;
+        client.execute(&statement, params).await.map_err(db)
+    }
+
+    /// Runs the query `sql` with `params`.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(db)?;
+        client.query(&statement, params).await.map_err(db)
+    }
+
+    /// The token whose `column` (accessor or hash) equals `value`.
+    async fn token_where(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM pgwarden_tokens WHERE {column} = $1");
+        self.query(&sql, &[&value])
+            .await?
+            .first()
+            .map(token)
+            .transpose()
+    }
+}
+
+/// A database error: unavailable (the caller answers 503, and it may pass) when the
+/// connection failed or the server is shutting down, starting or out of resources; else the
+/// statement itself was refused.
+fn db(error: tokio_postgres::Error) -> StoreError {
+    let message = pgwarden_core::chain(&error);
+    let transient = error.code().is_none_or(|code| {
+        let code = code.code();
+        ["08", "53", "57P"].iter().any(|class| code.starts_with(class))
+    });
+    if transient {
+        StoreError::Unavailable(message)
+    } else {
+        StoreError::Refused(message)
+    }
+}
+
+fn millis(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.millisecond()))
+}
+
+fn from_millis(ms: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms).saturating_mul(1_000_000)).map_err(
+        |e| StoreError::Corrupt {
+            what: "timestamp",
+            reason: e.to_string(),
+        },
+    )
+}
+
+fn to_json(what: &'static str, value: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
+}
+
+fn from_json<T: DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+fn state(name: &str) -> Result<LeaseState, StoreError> {
+    LeaseState::parse(name).ok_or_else(|| StoreError::Corrupt {
+        what: "lease state",
+        reason: name.to_string(),
+    })
+}
+
+/// A row of `pgwarden_leases` (all of [`LEASE_COLUMNS`]).
+fn lease(row: &Row) -> Result<Lease, StoreError> {
+    let attempts: i64 = row.get("revoke_attempts");
+    Ok(Lease {
+        id: row.get("id"),
+        username: row.get("username"),
+        owner: Owner {
+            display_name: row.get("owner"),
+            subject: row.get("subject"),
+            token_accessor: row.get("token_accessor"),
+        },
+        mount: row.get("mount"),
+        role: from_json("role", row.get("role_json"))?,
+        state: state(row.get("state"))?,
+        issued_at: from_millis(row.get("issued_at_ms"))?,
+        expires_at: from_millis(row.get("expires_at_ms"))?,
+        max_expires_at: from_millis(row.get("max_expires_at_ms"))?,
+        last_renewal: row
+            .get::<_, Option<i64>>("last_renewal_ms")
+            .map(from_millis)
+            .transpose()?,
+        revoke_attempts: u32::try_from(attempts).map_err(|_| StoreError::Corrupt {
+            what: "lease",
+            reason: format!("revoke_attempts {attempts}"),
+        })?,
+        last_error: row.get("last_error"),
+    })
+}
+
+/// A row of `pgwarden_tokens` (all of [`TOKEN_COLUMNS`]).
+fn token(row: &Row) -> Result<TokenRecord, StoreError> {
+    let ttl: i64 = row.get("ttl_secs");
+    Ok(TokenRecord {
+        accessor: row.get("accessor"),
+        hash: row.get("hash"),
+        identity: from_json::<Identity>("token identity", row.get("identity_json"))?,
+        mount: row.get("mount"),
+        role: row.get("role"),
+        issued_at: from_millis(row.get("issued_at_ms"))?,
+        expires_at: from_millis(row.get("expires_at_ms"))?,
+        max_expires_at: from_millis(row.get("max_expires_at_ms"))?,
+        ttl: Ttl::from_secs(u64::try_from(ttl).unwrap_or(0)),
+    })
+}
+
+fn ids(rows: &[Row]) -> Vec<String> {
+    rows.iter().map(|row| row.get("id")).collect()
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn insert_lease(&self, l: &Lease) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO pgwarden_leases ({LEASE_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        );
+        self.execute(
+            &sql,
+            &[
+                &l.id,
+                &l.username,
+                &l.owner.display_name,
+                &l.mount,
+                &to_json("role", &l.role)?,
+                &l.state.as_str(),
+                &millis(l.issued_at),
+                &millis(l.expires_at),
+                &millis(l.max_expires_at),
+                &l.last_renewal.map(millis),
+                &i64::from(l.revoke_attempts),
+                &l.last_error,
+                &l.owner.subject,
+                &l.owner.token_accessor,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn update_lease(&self, l: &Lease, from: LeaseState) -> Result<bool, StoreError> {
+        self.execute(
+            "UPDATE pgwarden_leases SET state = $2, expires_at_ms = $3, last_renewal_ms = $4, \
+             revoke_attempts = $5, last_error = $6 WHERE id = $1 AND state = $7",
+            &[
+                &l.id,
+                &l.state.as_str(),
+                &millis(l.expires_at),
+                &l.last_renewal.map(millis),
+                &i64::from(l.revoke_attempts),
+                &l.last_error,
+                &from.as_str(),
+            ],
+        )
+        .await
+        .map(|changed| changed > 0)
+    }
+
+    async fn delete_lease(&self, id: &str) -> Result<(), StoreError> {
+        self.execute("DELETE FROM pgwarden_leases WHERE id = $1", &[&id])
+            .await
+            .map(drop)
+    }
+
+    async fn get_lease(&self, id: &str) -> Result<Option<Lease>, StoreError> {
+        let sql = format!("SELECT {LEASE_COLUMNS} FROM pgwarden_leases WHERE id = $1");
+        self.query(&sql, &[&id])
+            .await?
+            .first()
+            .map(lease)
+            .transpose()
+    }
+
+    async fn lease_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT id FROM pgwarden_leases WHERE starts_with(id, $1) ORDER BY id COLLATE \"C\"",
+                &[&prefix],
+            )
+            .await?;
+        Ok(ids(&rows))
+    }
+
+    async fn lease_ids_for_token(&self, accessor: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT id FROM pgwarden_leases WHERE token_accessor = $1 ORDER BY id COLLATE \"C\"",
+                &[&accessor],
+            )
+            .await?;
+        Ok(ids(&rows))
+    }
+
+    async fn all_leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let sql = format!("SELECT {LEASE_COLUMNS} FROM pgwarden_leases ORDER BY expires_at_ms");
+        self.query(&sql, &[]).await?.iter().map(lease).collect()
+    }
+
+    async fn due_lease_ids(
+        &self,
+        now: OffsetDateTime,
+        stale: OffsetDateTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT id FROM pgwarden_leases WHERE (state = 'active' AND expires_at_ms <= $1) \
+                 OR state = 'revoking' OR (state = 'pending' AND issued_at_ms <= $2) \
+                 ORDER BY expires_at_ms",
+                &[&millis(now), &millis(stale)],
+            )
+            .await?;
+        Ok(ids(&rows))
+    }
+
+    async fn lead(&self, holder: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let rows = self
+            .query(
+                "INSERT INTO pgwarden_leader AS l (name, holder, valid_until) \
+                 VALUES ('reaper', $1, clock_timestamp() + $2 * interval '1 millisecond') \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 valid_until = excluded.valid_until \
+                 WHERE l.holder = excluded.holder OR l.valid_until < clock_timestamp() \
+                 RETURNING holder",
+                &[&holder, &(millis as f64)],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn put_role(&self, mount: &str, role: &RoleDef) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO pgwarden_roles (mount, name, role_json) VALUES ($1, $2, $3) \
+             ON CONFLICT (mount, name) DO UPDATE SET role_json = excluded.role_json",
+            &[&mount, &role.name, &to_json("role", role)?],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn delete_role(&self, mount: &str, name: &str) -> Result<bool, StoreError> {
+        self.execute(
+            "DELETE FROM pgwarden_roles WHERE mount = $1 AND name = $2",
+            &[&mount, &name],
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn roles(&self) -> Result<Vec<(String, RoleDef)>, StoreError> {
+        self.query(
+            "SELECT mount, role_json FROM pgwarden_roles ORDER BY mount COLLATE \"C\", name COLLATE \"C\"",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((row.get("mount"), from_json("role", row.get("role_json"))?)))
+        .collect()
+    }
+
+    async fn put_connection(&self, mount: &str, c: &StoredConnection) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO pgwarden_connections (mount, name, connection_url, username, \
+             sealed_password, allowed_roles_json, verify_connection) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (mount, name) DO UPDATE SET connection_url = excluded.connection_url, \
+             username = excluded.username, sealed_password = excluded.sealed_password, \
+             allowed_roles_json = excluded.allowed_roles_json, \
+             verify_connection = excluded.verify_connection",
+            &[
+                &mount,
+                &c.name,
+                &c.connection_url,
+                &c.username,
+                &c.sealed_password,
+                &to_json("allowed_roles list", &c.allowed_roles)?,
+                &c.verify_connection,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn delete_connection(&self, mount: &str, name: &str) -> Result<bool, StoreError> {
+        self.execute(
+            "DELETE FROM pgwarden_connections WHERE mount = $1 AND name = $2",
+            &[&mount, &name],
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn connections(&self) -> Result<Vec<(String, StoredConnection)>, StoreError> {
+        self.query(
+            "SELECT mount, name, connection_url, username, sealed_password, allowed_roles_json, \
+             verify_connection FROM pgwarden_connections \
+             ORDER BY mount COLLATE \"C\", name COLLATE \"C\"",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.get("mount"),
+                StoredConnection {
+                    name: row.get("name"),
+                    connection_url: row.get("connection_url"),
+                    username: row.get("username"),
+                    sealed_password: row.get("sealed_password"),
+                    allowed_roles: from_json("connection", row.get("allowed_roles_json"))?,
+                    verify_connection: row.get("verify_connection"),
+                },
+            ))
+        })
+        .collect()
+    }
+
+    async fn insert_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO pgwarden_tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        );
+        self.execute(
+            &sql,
+            &[
+                &t.accessor,
+                &t.hash,
+                &to_json("token identity", &t.identity)?,
+                &t.mount,
+                &t.role,
+                &millis(t.issued_at),
+                &millis(t.expires_at),
+                &millis(t.max_expires_at),
+                &i64::try_from(t.ttl.as_secs()).unwrap_or(i64::MAX),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.token_where("hash", hash).await
+    }
+
+    async fn token_by_accessor(&self, accessor: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.token_where("accessor", accessor).await
+    }
+
+    async fn set_token_expiry(
+        &self,
+        accessor: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE pgwarden_tokens SET expires_at_ms = $2 WHERE accessor = $1",
+            &[&accessor, &millis(expires_at)],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn delete_token(&self, accessor: &str) -> Result<bool, StoreError> {
+        self.execute(
+            "DELETE FROM pgwarden_tokens WHERE accessor = $1",
+            &[&accessor],
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn delete_expired_tokens(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
+        self.execute(
+            "DELETE FROM pgwarden_tokens WHERE expires_at_ms < $1",
+            &[&millis(now)],
+        )
+        .await
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}

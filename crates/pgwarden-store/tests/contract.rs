@@ -1,0 +1,357 @@
+//! The contract every [`Store`] backend keeps, run against SQLite and against PostgreSQL (a
+//! throwaway cluster from the testkit, with a fresh database per check).
+
+use pgwarden_core::{Identity, Lease, LeaseState, Owner, RoleDef, RoleSpec, TokenRecord, Ttl};
+use pgwarden_store::{PostgresStore, SqliteStore, Store, StoredConnection};
+use pgwarden_testkit::PgCluster;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use time::macros::datetime;
+
+/// A store opened on one check's state; every call opens the same state again (as after a
+/// restart, or on another replica).
+type Open = Box<dyn Fn() -> Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send>> + Send + Sync>;
+/// How a check receives its opener.
+type Opener<'a> = &'a Open;
+
+fn role() -> RoleDef {
+    serde_json::from_str::<RoleSpec>(
+        r#"{"db_name":"appdb","preset":"readonly","default_ttl":60,"max_ttl":600}"#,
+    )
+    .unwrap()
+    .into_def("ro")
+    .unwrap()
+}
+
+/// A pending lease of the root token, for role [`role`], issued at `t0`.
+fn root_lease(username: &str, t0: OffsetDateTime) -> Lease {
+    Lease::new_pending(
+        "database",
+        &role(),
+        username.into(),
+        Owner::root(),
+        Ttl::default(),
+        t0,
+    )
+}
+
+async fn a_lease_moves_on_only_from_the_state_its_writer_saw(open: Opener<'_>) {
+    let store = open().await;
+    let t0 = datetime!(2026-11-22 10:00:00 UTC);
+    let mut lease = root_lease("u", t0);
+    store.insert_lease(&lease).await.unwrap();
+    lease.state = LeaseState::Active;
+    assert!(store.update_lease(&lease, LeaseState::Pending).await.unwrap());
+    // A second activation (another replica's, say) finds it moved on.
+    assert!(!store.update_lease(&lease, LeaseState::Pending).await.unwrap());
+    lease.state = LeaseState::Revoking;
+    assert!(store.update_lease(&lease, LeaseState::Active).await.unwrap());
+    // A renewal racing the revocation cannot make it active again.
+    let mut renewed = lease.clone();
+    renewed.state = LeaseState::Active;
+    assert!(!store.update_lease(&renewed, LeaseState::Active).await.unwrap());
+    let stored = store.get_lease(&lease.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, LeaseState::Revoking);
+    store.delete_lease(&lease.id).await.unwrap();
+    assert!(!store.update_lease(&lease, LeaseState::Revoking).await.unwrap());
+}
+
+async fn due_leases_are_expired_revoking_or_stale_pending(open: Opener<'_>) {
+    let store = open().await;
+    let t0 = datetime!(2026-11-22 10:00:00 UTC);
+    let mut expired = root_lease("expired", t0);
+    expired.state = LeaseState::Active;
+    let mut live = root_lease("live", t0);
+    live.state = LeaseState::Active;
+    live.expires_at = t0 + Duration::from_secs(3600);
+    let mut revoking = root_lease("revoking", t0);
+    revoking.state = LeaseState::Revoking;
+    revoking.expires_at = t0 + Duration::from_secs(3600);
+    let mut stale = root_lease("stale", t0 - Duration::from_secs(600));
+    stale.expires_at = t0 + Duration::from_secs(3600);
+    let mut in_flight = root_lease("in-flight", t0);
+    in_flight.expires_at = t0 + Duration::from_secs(3600);
+    for lease in [&expired, &live, &revoking, &stale, &in_flight] {
+        store.insert_lease(lease).await.unwrap();
+    }
+    let mut due = store
+        .due_lease_ids(t0 + Duration::from_secs(120), t0 - Duration::from_secs(60))
+        .await
+        .unwrap();
+    due.sort();
+    let mut expected = vec![expired.id, revoking.id, stale.id];
+    expected.sort();
+    assert_eq!(due, expected);
+}
+
+async fn one_holder_leads_until_its_lead_lapses(open: Opener<'_>, shared: bool) {
+    let store = open().await;
+    let ttl = Duration::from_millis(1500);
+    assert!(store.lead("replica-a", ttl).await.unwrap());
+    assert!(store.lead("replica-a", ttl).await.unwrap(), "the leader keeps it");
+    if !shared {
+        return; // one process owns an embedded store: it always leads
+    }
+    let other = open().await;
+    assert!(!other.lead("replica-b", ttl).await.unwrap(), "one leader at a time");
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert!(other.lead("replica-b", ttl).await.unwrap(), "a lapsed lead passes on");
+    assert!(!store.lead("replica-a", ttl).await.unwrap());
+}
+
+async fn leases_survive_reopening(open: Opener<'_>) {
+    let t0 = datetime!(2026-11-22 10:00:00.123 UTC);
+    let mut lease = root_lease("v-x", t0);
+    {
+        let store = open().await;
+        store.insert_lease(&lease).await.unwrap();
+        lease.state = LeaseState::Revoking;
+        lease.revoke_attempts = 2;
+        lease.last_error = Some("boom".into());
+        store
+            .update_lease(&lease, LeaseState::Pending)
+            .await
+            .unwrap();
+    }
+    let store = open().await;
+    assert_eq!(
+        store.get_lease(&lease.id).await.unwrap(),
+        Some(lease.clone())
+    );
+    assert_eq!(store.all_leases().await.unwrap(), vec![lease.clone()]);
+    assert_eq!(
+        store
+            .lease_ids_with_prefix("database/creds/")
+            .await
+            .unwrap(),
+        vec![lease.id.clone()]
+    );
+    assert!(
+        store
+            .lease_ids_with_prefix("database/creds/r_")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.delete_lease(&lease.id).await.unwrap();
+    assert_eq!(store.get_lease(&lease.id).await.unwrap(), None);
+}
+
+async fn tokens_round_trip_and_find_their_leases(open: Opener<'_>) {
+    let store = open().await;
+    let t0 = datetime!(2026-11-22 10:00:00 UTC);
+    let token = TokenRecord {
+        accessor: "acc1".into(),
+        hash: "h1".into(),
+        identity: Identity {
+            subject: "system:serviceaccount:a:b".into(),
+            groups: vec![],
+            display_name: "kubernetes-a-b".into(),
+            metadata: Default::default(),
+        },
+        mount: "kubernetes".into(),
+        role: "r".into(),
+        issued_at: t0,
+        expires_at: t0 + std::time::Duration::from_secs(60),
+        max_expires_at: t0 + std::time::Duration::from_secs(600),
+        ttl: Ttl::from_secs(60),
+    };
+    store.insert_token(&token).await.unwrap();
+    assert_eq!(
+        store.token_by_hash("h1").await.unwrap(),
+        Some(token.clone())
+    );
+    let owner = Owner {
+        display_name: "kubernetes-a-b".into(),
+        subject: token.identity.subject.clone(),
+        token_accessor: Some("acc1".into()),
+    };
+    let lease = Lease::new_pending("database", &role(), "u".into(), owner, Ttl::default(), t0);
+    store.insert_lease(&lease).await.unwrap();
+    assert_eq!(
+        store.get_lease(&lease.id).await.unwrap().unwrap().owner,
+        lease.owner
+    );
+    assert_eq!(
+        store.lease_ids_for_token("acc1").await.unwrap(),
+        vec![lease.id.clone()]
+    );
+    store
+        .set_token_expiry("acc1", t0 + std::time::Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .token_by_accessor("acc1")
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at,
+        t0 + std::time::Duration::from_secs(120)
+    );
+    assert_eq!(
+        store
+            .delete_expired_tokens(t0 + std::time::Duration::from_secs(121))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!store.delete_token("acc1").await.unwrap());
+}
+
+async fn concurrent_writes_commit_together_and_a_failing_one_fails_alone(open: Opener<'_>) {
+    let store = open().await;
+    let t0 = datetime!(2026-11-22 10:00:00 UTC);
+    let taken = root_lease("taken", t0);
+    store.insert_lease(&taken).await.unwrap();
+    let mut writes = tokio::task::JoinSet::new();
+    for n in 0..200 {
+        let store = store.clone();
+        // Every tenth write reuses the taken id, and fails on the primary key.
+        let mut lease = root_lease(&format!("u{n}"), t0);
+        if n % 10 == 0 {
+            lease.id = taken.id.clone();
+        }
+        writes.spawn(async move { (n, store.insert_lease(&lease).await) });
+    }
+    let mut failed = Vec::new();
+    for (n, outcome) in writes.join_all().await {
+        match outcome {
+            Ok(()) => assert_ne!(n % 10, 0, "write {n} reused an id but succeeded"),
+            Err(e) => {
+                let message = e.to_string();
+                // SQLite's and PostgreSQL's words for the same violation.
+                assert!(
+                    message.contains("UNIQUE constraint failed")
+                        || message.contains("duplicate key value"),
+                    "write {n}: {message}"
+                );
+                failed.push(n);
+            }
+        }
+    }
+    assert_eq!(failed.len(), 20);
+    drop(store);
+    // Everything that succeeded was committed, and survives reopening.
+    let store = open().await;
+    assert_eq!(store.all_leases().await.unwrap().len(), 181);
+    assert_eq!(store.get_lease(&taken.id).await.unwrap(), Some(taken));
+}
+
+async fn prefix_matching_is_literal(open: Opener<'_>) {
+    let store = open().await;
+    let t0 = datetime!(2026-11-22 10:00:00 UTC);
+    let mut a = root_lease("a", t0);
+    a.id = "database/creds/a%/1".into();
+    let mut b = root_lease("b", t0);
+    b.id = "database/creds/ab/1".into();
+    store.insert_lease(&a).await.unwrap();
+    store.insert_lease(&b).await.unwrap();
+    assert_eq!(
+        store
+            .lease_ids_with_prefix("database/creds/a%")
+            .await
+            .unwrap(),
+        vec![a.id]
+    );
+}
+
+async fn roles_and_connections_round_trip(open: Opener<'_>) {
+    let store = open().await;
+    store.put_role("database", &role()).await.unwrap();
+    store.put_role("database", &role()).await.unwrap();
+    assert_eq!(
+        store.roles().await.unwrap(),
+        vec![("database".to_string(), role())]
+    );
+    assert!(store.delete_role("database", "ro").await.unwrap());
+    assert!(!store.delete_role("database", "ro").await.unwrap());
+    let conn = StoredConnection {
+        name: "appdb".into(),
+        connection_url: "postgresql://h/db".into(),
+        username: "admin".into(),
+        sealed_password: vec![1, 2, 3],
+        allowed_roles: vec!["appdb-*".into()],
+        verify_connection: true,
+    };
+    store.put_connection("database", &conn).await.unwrap();
+    assert_eq!(
+        store.connections().await.unwrap(),
+        vec![("database".to_string(), conn)]
+    );
+    assert!(store.delete_connection("database", "appdb").await.unwrap());
+    assert!(store.connections().await.unwrap().is_empty());
+}
+/// Every check, each on fresh state from `fresh`.
+async fn run_all<F, Fut>(fresh: F, shared: bool)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Open>,
+{
+    leases_survive_reopening(&fresh().await).await;
+    tokens_round_trip_and_find_their_leases(&fresh().await).await;
+    concurrent_writes_commit_together_and_a_failing_one_fails_alone(&fresh().await).await;
+    prefix_matching_is_literal(&fresh().await).await;
+    roles_and_connections_round_trip(&fresh().await).await;
+    a_lease_moves_on_only_from_the_state_its_writer_saw(&fresh().await).await;
+    due_leases_are_expired_revoking_or_stale_pending(&fresh().await).await;
+    one_holder_leads_until_its_lead_lapses(&fresh().await, shared).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_keeps_the_contract() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    run_all(
+        || {
+            let dir = Arc::new(tempfile::tempdir().unwrap());
+            dirs.lock().unwrap().push(dir.clone());
+            let open: Open = Box::new(move || {
+                let dir = dir.clone();
+                Box::pin(
+                    async move { Arc::new(SqliteStore::open(dir.path()).unwrap()) as Arc<dyn Store> },
+                )
+            });
+            async move { open }
+        },
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_keeps_the_contract() {
+    let cluster = PgCluster::start().unwrap();
+    let su = cluster.connect_superuser("postgres").await.unwrap();
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    run_all(
+        || {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let database = format!("state{n}");
+            let url = cluster.superuser_url(&database);
+            let su = &su;
+            async move {
+                su.batch_execute(&format!("CREATE DATABASE {database}"))
+                    .await
+                    .unwrap();
+                let open: Open = Box::new(move || {
+                    let url = url.clone();
+                    Box::pin(async move {
+                        let config: tokio_postgres::Config = url.parse().unwrap();
+                        let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+                        let pool = deadpool_postgres::Pool::builder(manager)
+                            .max_size(8)
+                            .build()
+                            .unwrap();
+                        Arc::new(PostgresStore::open(pool).await.unwrap()) as Arc<dyn Store>
+                    })
+                });
+                open
+            }
+        },
+        true,
+    )
+    .await;
+}
