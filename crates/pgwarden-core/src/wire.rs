@@ -243,6 +243,9 @@ pub struct Health {
     pub version: String,
     /// Always `pgwarden`.
     pub cluster_name: String,
+    /// Whether this replica leads (reaps expired leases); every replica serves every request.
+    #[serde(default)]
+    pub leader: bool,
 }
 
 /// Body of `PUT <mount>/config/<name>`, in Vault's shape; omitted fields keep their previous

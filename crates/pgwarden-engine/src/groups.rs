@@ -14,7 +14,7 @@ use tokio_postgres::error::SqlState;
 /// only when its role says `adopt_group_role: true`.
 pub const GROUP_MARK: &str = "pgwarden preset group role";
 
-/// A preset role's group, as `create_user` needs it.
+/// A preset role's group, as `begin_user` needs it.
 pub(crate) struct Group<'a> {
     pub preset: Preset,
     pub name: &'a str,

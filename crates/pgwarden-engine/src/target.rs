@@ -132,6 +132,12 @@ impl Target {
         })
     }
 
+    /// The pool of connections to this database (for the state store, which uses a target's
+    /// URL and TLS handling for its own database).
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
     /// Where clients reach this database: host, port and database name from the connection
     /// URL, and every host when it names several.
     pub fn endpoint(&self) -> Endpoint {

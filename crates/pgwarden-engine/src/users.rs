@@ -48,7 +48,7 @@ impl Target {
     ) -> Result<UncommittedUser, EngineError> {
         let verifier = password.verifier();
         let until = valid_until(expires_at);
-        let mut client = self.client().await?;
+        let client = self.client().await?;
         let statements = match &role.kind {
             RoleKind::Preset {
                 preset,
@@ -69,16 +69,26 @@ impl Target {
             }
         };
         let what = format!("creating user {username:?} for role {:?}", role.name);
+        // Held by the guard from here: should this future be dropped mid-transaction, the
+        // connection is closed rather than returned to the pool with the transaction open.
+        let mut user = UncommittedUser {
+            client: Some(client),
+            what,
+        };
         let mut attempt = 1;
         loop {
-            let outcome = begin_with(&mut client, &statements, &what).await;
+            let Some(client) = user.client.as_mut() else {
+                unreachable!("the guard holds the connection until it is handed on");
+            };
+            let outcome = begin_with(client, &statements, &user.what).await;
             match retry_delay(&outcome, attempt) {
                 Some(wait) => tokio::time::sleep(wait).await,
                 None => {
-                    return outcome.map(|()| UncommittedUser {
-                        client: Some(client),
-                        what,
-                    });
+                    if outcome.is_err() {
+                        // Rolled back by `begin_with`: the connection can go back to the pool.
+                        drop(user.client.take());
+                    }
+                    return outcome.map(|()| user);
                 }
             }
             attempt = attempt.saturating_add(1);
@@ -118,9 +128,10 @@ impl Target {
         Ok(())
     }
 
-    /// Drops `username`: blocks new logins, ends its sessions, hands what it owns to the group
-    /// role (or the administrator) in every database, then drops the role. A user that does not
-    /// exist counts as revoked.
+    /// Drops `username` and ends its sessions, here and on the standbys; when objects or
+    /// privileges depend on it, first blocks its logins and hands what it owns to the group
+    /// role (or the administrator) in every database. A user that does not exist counts as
+    /// revoked.
     pub async fn revoke_user(&self, role: &RoleDef, username: &str) -> Result<(), EngineError> {
         let custom = match &role.kind {
             RoleKind::Statements(s) if !s.revocation.is_empty() => Some(&s.revocation),
@@ -159,8 +170,10 @@ impl Target {
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
-    /// Blocks logins, ends sessions, hands owned objects to `heir_group` (or the
-    /// administrator), then drops the user; or runs `custom` statements instead of the last two.
+    /// Drops the user at once when nothing depends on it (see [`drop_if_nothing_depends`]);
+    /// else blocks logins, ends sessions, hands owned objects to `heir_group` (or the
+    /// administrator), then drops the user, or runs `custom` statements instead of the last
+    /// two.
     async fn drop_user(
         &self,
         username: &str,
@@ -326,24 +339,31 @@ const END_DANGLING_SESSIONS: &str = "SELECT pg_terminate_backend(pid) FROM \
 
 /// What [`drop_if_nothing_depends`] did to an existing user (by its OID).
 enum FastDrop {
-    /// Dropped; its sessions live on until the caller ends them.
+    /// Dropped, with the sessions it had ended where the administrator may.
     Dropped(u32),
     /// Left as is: objects or privileges depend on it.
     Kept(u32),
 }
 
-/// The fast revocation, for a user nothing depends on (the usual case): finds its OID and
-/// drops it in one round trip. The caller then ends its sessions (after the commit, when no
-/// new one can start). None when the user does not exist.
+/// The fast revocation, for a user nothing depends on (the usual case), in one round trip:
+/// finds its OID, ends its sessions where the administrator may (`pg_signal_backend`; asking
+/// first keeps a refusal from undoing the drop) and drops it, in one transaction. The caller
+/// then ends any session that logged in meanwhile (none can after the commit); should that
+/// never happen (pgwarden dies first), no session that existed before the drop survives it.
+/// None when the user does not exist.
 async fn drop_if_nothing_depends(
     client: &tokio_postgres::Client,
     username: &str,
 ) -> Result<Option<FastDrop>, EngineError> {
     let dropped = client
         .simple_query(&format!(
-            "{};\nDROP ROLE IF EXISTS {};",
-            oid_of(username),
+            "{oid};\n\
+             SELECT pg_terminate_backend(pid) FROM {SESSIONS} WHERE usesysid = ({oid}) \
+             AND pid <> pg_backend_pid() \
+             AND pg_has_role(current_user, 'pg_signal_backend', 'USAGE');\n\
+             DROP ROLE IF EXISTS {};",
             quote_ident(username),
+            oid = oid_of(username),
         ))
         .await;
     match dropped {
@@ -431,8 +451,15 @@ async fn begin_with(
         .iter()
         .map(|statement| format!("{statement}\n;\n"))
         .collect();
+    // The timeout ends the transaction should pgwarden vanish before committing (the server
+    // would otherwise hold its locks until TCP gives up); the savepoint fails outside a
+    // transaction, so a template that commits by itself is caught before its user could
+    // exist unrecorded.
     let outcome = client
-        .batch_execute(&format!("BEGIN;\n{body}"))
+        .batch_execute(&format!(
+            "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n{body}\
+             SAVEPOINT pgwarden_uncommitted;"
+        ))
         .await
         .map_err(sql(what.to_string()));
     if outcome.is_err() {
@@ -451,9 +478,8 @@ pub struct UncommittedUser {
 impl UncommittedUser {
     /// Commits the user: from now on it exists.
     pub async fn commit(mut self) -> Result<(), EngineError> {
-        let client = self.client.take();
-        let Some(client) = client.as_ref() else {
-            return Ok(());
+        let Some(client) = self.client.take() else {
+            unreachable!("an uncommitted user holds its connection");
         };
         let committed = client
             .batch_execute("COMMIT;")

@@ -3,6 +3,7 @@
 
 use crate::catalog::Catalog;
 use crate::error::ServerError;
+use crate::leadership::Leadership;
 use crate::metrics::{Metrics, RevokeLabels};
 use crate::schedule::Schedule;
 use parking_lot::Mutex;
@@ -21,6 +22,11 @@ use tokio::sync::{Semaphore, watch};
 const REAPER_CONCURRENCY: usize = 16;
 /// Passwords kept hashed ahead of need.
 const PASSWORDS_AHEAD: usize = 8;
+/// How often a replica on shared state looks in the store for leases due (issued anywhere).
+const SHARED_POLL: Duration = Duration::from_secs(1);
+/// How long a pending lease on shared state is left to the replica issuing it before the
+/// leader rolls it back (its issuer died): an issuance finishes long before.
+const SHARED_PENDING_GRACE: Duration = Duration::from_secs(60);
 /// Longest wait between revocation retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -65,6 +71,8 @@ pub struct Broker {
     failing: Mutex<HashSet<String>>,
     /// Leases revoked with `sync: false` (revoked on the reaper's next pass even if not expired).
     forced: Mutex<HashSet<String>>,
+    /// Whether this replica reaps now.
+    leadership: Arc<Leadership>,
     /// New users' passwords, hashed ahead of need.
     passwords: PasswordPool,
     /// Held shared while an issuance picks its connection and records its lease, exclusively
@@ -118,8 +126,15 @@ fn backoff(attempts: u32) -> Duration {
 
 impl Broker {
     /// A broker over `store` and `catalog`; call [`Broker::recover`] before serving.
-    pub fn new(store: Arc<dyn Store>, catalog: Arc<Catalog>, metrics: Arc<Metrics>) -> Broker {
+    /// `leadership` says when it may reap.
+    pub fn new(
+        store: Arc<dyn Store>,
+        catalog: Arc<Catalog>,
+        metrics: Arc<Metrics>,
+        leadership: Arc<Leadership>,
+    ) -> Broker {
         Broker {
+            leadership,
             store,
             catalog,
             schedule: Schedule::default(),
@@ -130,6 +145,11 @@ impl Broker {
             connections_in_use: tokio::sync::RwLock::default(),
             passwords: PasswordPool::start(PASSWORDS_AHEAD),
         }
+    }
+
+    /// Whether this replica reaps now.
+    pub fn is_leader(&self) -> bool {
+        self.leadership.is_leader()
     }
 
     /// The catalog of mounts, connections and roles.
@@ -153,13 +173,18 @@ impl Broker {
     }
 
     /// Puts every stored lease back on the schedule: unfinished creations are rolled back at
-    /// once, failing revocations are retried at once, the rest are revoked at expiry.
+    /// once (on shared state: once their issuer has had time to finish), failing revocations
+    /// are retried at once, the rest are revoked at expiry.
     pub async fn recover(&self) -> Result<usize, ServerError> {
         let leases = self.store.all_leases().await?;
         let mut failing = self.failing.lock();
         for lease in &leases {
             let at = match lease.state {
-                LeaseState::Pending | LeaseState::Revoking => now(),
+                LeaseState::Pending => lease
+                    .issued_at
+                    .checked_add(self.pending_grace().try_into().unwrap_or_default())
+                    .unwrap_or(lease.issued_at),
+                LeaseState::Revoking => now(),
                 LeaseState::Active => lease.expires_at,
             };
             if lease.revoke_attempts > 0 {
@@ -213,35 +238,44 @@ impl Broker {
             Lease::new_pending(mount, &role, username, owner, Ttl::default(), issued_at);
         let _guard = self.lock(&lease.id).await;
         let password = self.passwords.take().await;
-        let (target, created) = {
+        let target = self.catalog.target_for_role(mount, &role)?;
+        let admin_roles = self.catalog.admin_roles(mount, &role.db_name)?;
+        // The lease is recorded while its user is created, and the user is committed only
+        // once the record is durable: no user ever exists that the state does not name.
+        let record = async {
+            // No lease may be recorded against a connection being deleted.
             let _in_use = self.connections_in_use.read().await;
-            let target = self.catalog.target_for_role(mount, &role)?;
-            let admin_roles = self.catalog.admin_roles(mount, &role.db_name)?;
-            // The creation runs while the lease is recorded, and commits only once the
-            // record is durable: no user ever exists that the state does not name.
-            let (begun, recorded) = tokio::join!(
-                target.begin_user(
-                    &role,
-                    &lease.username,
-                    &password,
-                    lease.expires_at,
-                    &admin_roles,
-                    &lease.owner.subject,
-                ),
-                self.store.insert_lease(&lease),
-            );
-            let created = match (begun, recorded) {
-                (Ok(user), Ok(())) => user.commit().await,
-                (begun, Err(error)) => {
-                    if let Ok(user) = begun {
-                        user.rollback().await;
-                    }
-                    self.metrics.issue_failures.inc();
-                    return Err(error.into());
+            self.catalog.target_for_role(mount, &role)?;
+            self.store.insert_lease(&lease).await?;
+            Ok::<_, ServerError>(())
+        };
+        let (begun, recorded) = tokio::join!(
+            target.begin_user(
+                &role,
+                &lease.username,
+                &password,
+                lease.expires_at,
+                &admin_roles,
+                &lease.owner.subject,
+            ),
+            record,
+        );
+        let created = match (begun, recorded) {
+            (Ok(user), Ok(())) => user.commit().await,
+            (Ok(user), Err(error)) => {
+                user.rollback().await;
+                self.metrics.issue_failures.inc();
+                return Err(error);
+            }
+            (Err(failure), Err(error)) => {
+                self.metrics.issue_failures.inc();
+                if !failure.created_nothing() {
+                    // A template that committed by itself: its user may exist unrecorded.
+                    let _ = target.rollback_user(&role, &lease.username).await;
                 }
-                (Err(error), Ok(())) => Err(error),
-            };
-            (target, created)
+                return Err(error);
+            }
+            (Err(failure), Ok(())) => Err(failure),
         };
         if let Err(error) = created {
             self.metrics.issue_failures.inc();
@@ -527,20 +561,67 @@ impl Broker {
         }
     }
 
+    /// How long a pending lease is left to its issuer before it counts as abandoned.
+    fn pending_grace(&self) -> Duration {
+        if self.leadership.is_shared() {
+            SHARED_PENDING_GRACE
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// On shared state: schedules the leases due in the store that this replica does not know
+    /// of yet (issued, or left failing, on other replicas).
+    async fn schedule_due_in_store(&self) {
+        let at = now();
+        match self
+            .store
+            .due_lease_ids(
+                at,
+                at.checked_sub(self.pending_grace().try_into().unwrap_or_default())
+                    .unwrap_or(at),
+            )
+            .await
+        {
+            Ok(ids) => {
+                for id in ids {
+                    self.schedule.set_if_absent(&id, at);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %chain(&error), "cannot read the leases due from the store");
+            }
+        }
+    }
+
     /// The reaper: sleeps until the earliest scheduled lease is due, revokes everything due
-    /// (up to 16 at once), and repeats until `shutdown` turns true.
+    /// (up to 16 at once), and repeats until `shutdown` turns true. Only while this replica
+    /// leads; on shared state it also looks in the store every second for leases due.
     pub async fn run_reaper(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(REAPER_CONCURRENCY));
+        let shared = self.leadership.is_shared();
         loop {
-            let wait = self
+            let mut wait = self
                 .schedule
                 .next_due()
                 .map(time_until)
                 .unwrap_or(Duration::from_secs(3600));
+            if shared {
+                wait = wait.min(SHARED_POLL);
+            }
+            if !self.leadership.is_leader() {
+                wait = SHARED_POLL; // what is due waits for the lead (or another leader)
+            }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.schedule.changed() => continue,
                 _ = shutdown.changed() => return,
+            }
+            if !self.leadership.is_leader() {
+                continue;
+            }
+            if shared {
+                self.schedule_due_in_store().await;
             }
             for id in self.schedule.take_due(now()) {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -548,7 +629,10 @@ impl Broker {
                 };
                 let broker = self.clone();
                 tokio::spawn(async move {
-                    let _ = broker.attempt_revocation(&id, Why::Expired).await;
+                    // A replica that lost the lead while this waited leaves it to the leader.
+                    if broker.leadership.is_leader() {
+                        let _ = broker.attempt_revocation(&id, Why::Expired).await;
+                    }
                     drop(permit);
                 });
             }

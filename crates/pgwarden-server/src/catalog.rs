@@ -101,7 +101,116 @@ fn read_only(kind: &str, name: &str) -> ServerError {
     ))
 }
 
+/// Makes the API-written definitions of `mounts` those of the store (`roles`, `connections`),
+/// keeping the file's, and the targets (with their open connections) of unchanged connections.
+fn apply_stored(
+    mounts: &mut BTreeMap<String, Mount>,
+    sealer: Option<&Sealer>,
+    roles: Vec<(String, RoleDef)>,
+    connections: Vec<(String, StoredConnection)>,
+) -> Result<(), ConfigError> {
+    let mut stored_defs = Vec::new();
+    for (mount_name, conn) in connections {
+        if mounts.contains_key(&mount_name) {
+            let def = unseal(sealer, &mount_name, conn)?;
+            stored_defs.push((mount_name, def));
+        }
+    }
+    for mount in mounts.values_mut() {
+        mount.roles.retain(|_, entry| entry.source == Source::File);
+    }
+    for (mount_name, def) in roles {
+        if let Some(mount) = mounts.get_mut(&mount_name)
+            && !mount.roles.contains_key(&def.name)
+        {
+            let source = Source::Api;
+            mount.roles.insert(def.name.clone(), Entry { def, source });
+        }
+    }
+    for (mount_name, mount) in mounts.iter_mut() {
+        // The file's connections stay; the API's are rebuilt from the store below.
+        let mut targets = std::mem::take(&mut mount.targets);
+        let mut previous = BTreeMap::new();
+        for (name, entry) in std::mem::take(&mut mount.connections) {
+            if entry.source == Source::File {
+                let target = targets.remove(&name);
+                mount.targets.extend(target.map(|t| (name.clone(), t)));
+                mount.connections.insert(name, entry);
+            } else {
+                previous.insert(name, entry);
+            }
+        }
+        for (_, def) in stored_defs.iter().filter(|(m, _)| m == mount_name) {
+            if mount.connections.contains_key(&def.name) {
+                continue;
+            }
+            let unchanged = previous
+                .get(&def.name)
+                .is_some_and(|entry| same_connection(&entry.def, def));
+            let target = match targets.remove(&def.name) {
+                Some(target) if unchanged => target,
+                _ => Arc::new(connection_target(mount_name, def)?),
+            };
+            mount.targets.insert(def.name.clone(), target);
+            let (def, source) = (def.clone(), Source::Api);
+            mount
+                .connections
+                .insert(def.name.clone(), Entry { def, source });
+        }
+    }
+    Ok(())
+}
+
+/// Whether two definitions of a connection reach the same database the same way.
+fn same_connection(a: &ConnectionDef, b: &ConnectionDef) -> bool {
+    use secrecy::ExposeSecret;
+    a.connection_url == b.connection_url
+        && a.username == b.username
+        && a.password.expose_secret() == b.password.expose_secret()
+        && a.allowed_roles == b.allowed_roles
+        && a.verify_connection == b.verify_connection
+}
+
+/// A stored connection of `mount` with its password unsealed.
+fn unseal(
+    sealer: Option<&Sealer>,
+    mount: &str,
+    conn: StoredConnection,
+) -> Result<ConnectionDef, ConfigError> {
+    let sealer = sealer.ok_or_else(|| {
+        ConfigError::Invalid(
+            "the state store holds sealed connection passwords but no seal key is configured: set seal_key_file or PGWARDEN_SEAL_KEY".into(),
+        )
+    })?;
+    let password = sealer
+        .open(&conn.sealed_password, &seal_context(mount, &conn.name))
+        .map_err(|source| ConfigError::Sealed {
+            mount: mount.to_string(),
+            name: conn.name.clone(),
+            source,
+        })?;
+    Ok(ConnectionDef {
+        name: conn.name,
+        connection_url: conn.connection_url,
+        username: conn.username,
+        password,
+        allowed_roles: conn.allowed_roles,
+        verify_connection: conn.verify_connection,
+    })
+}
+
 impl Catalog {
+    /// Re-reads the API-written definitions from the store, so that what another replica wrote
+    /// is served here too.
+    pub async fn refresh(&self) -> Result<(), ServerError> {
+        let _serial = self.writes.lock().await;
+        let roles = self.store.roles().await?;
+        let connections = self.store.connections().await?;
+        let mut mounts = self.mounts.write();
+        apply_stored(&mut mounts, self.sealer.as_ref(), roles, connections)
+            .map_err(|e| ServerError::Internal(e.to_string()))
+    }
+
     /// Builds the catalog from the file's mounts plus what the store holds.
     pub async fn load(
         config: &Config,
@@ -128,47 +237,9 @@ impl Catalog {
             }
             mounts.insert(mount_name.clone(), mount);
         }
-        for (mount_name, def) in store.roles().await.map_err(ConfigError::Store)? {
-            if let Some(mount) = mounts.get_mut(&mount_name)
-                && !mount.roles.contains_key(&def.name)
-            {
-                let source = Source::Api;
-                mount.roles.insert(def.name.clone(), Entry { def, source });
-            }
-        }
-        for (mount_name, conn) in store.connections().await.map_err(ConfigError::Store)? {
-            let Some(mount) = mounts.get_mut(&mount_name) else {
-                continue;
-            };
-            if mount.connections.contains_key(&conn.name) {
-                continue;
-            }
-            let sealer = sealer.as_ref().ok_or_else(|| {
-                ConfigError::Invalid(
-                    "the state store holds sealed connection passwords but no seal key is configured: set seal_key_file or PGWARDEN_SEAL_KEY".into(),
-                )
-            })?;
-            let password = sealer
-                .open(
-                    &conn.sealed_password,
-                    &seal_context(&mount_name, &conn.name),
-                )
-                .map_err(|source| ConfigError::Sealed {
-                    mount: mount_name.clone(),
-                    name: conn.name.clone(),
-                    source,
-                })?;
-            let def = ConnectionDef {
-                name: conn.name,
-                connection_url: conn.connection_url,
-                username: conn.username,
-                password,
-                allowed_roles: conn.allowed_roles,
-                verify_connection: conn.verify_connection,
-            };
-            let target = connection_target(&mount_name, &def)?;
-            mount.add_connection(def, Source::Api, target);
-        }
+        let roles = store.roles().await.map_err(ConfigError::Store)?;
+        let connections = store.connections().await.map_err(ConfigError::Store)?;
+        apply_stored(&mut mounts, sealer.as_ref(), roles, connections)?;
         Ok(Catalog {
             mounts: RwLock::new(mounts),
             writes: tokio::sync::Mutex::new(()),

@@ -78,6 +78,10 @@ pub struct Config {
     /// Directory of the SQLite state file.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Where the state lives: SQLite in `data_dir` (the default: one process), or a
+    /// PostgreSQL database that several replicas share.
+    #[serde(default)]
+    pub state: StateConfig,
     /// File holding the root token (`PGWARDEN_ROOT_TOKEN` wins).
     #[serde(default)]
     pub root_token_file: Option<PathBuf>,
@@ -108,6 +112,28 @@ pub struct Config {
     /// The seal key, resolved by [`Config::resolve_secrets`].
     #[serde(skip)]
     pub seal_key: Option<SecretString>,
+}
+
+/// The state store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// A PostgreSQL database shared by every replica; without it, SQLite in `data_dir`.
+    #[serde(default)]
+    pub postgresql: Option<PostgresStateConfig>,
+}
+
+/// The shared PostgreSQL state database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresStateConfig {
+    /// libpq URL (`postgresql://user@host:5432/db?sslmode=verify-full&sslrootcert=…`); TLS
+    /// options as for connections. Its password may be `{{password}}`, filled from
+    /// `password_env`.
+    pub url: String,
+    /// Environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
 }
 
 /// Limits on the API's HTTP connections.

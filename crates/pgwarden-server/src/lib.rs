@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod checks;
 pub mod config;
 pub mod error;
+pub mod leadership;
 pub mod listener;
 pub mod logins;
 pub mod metrics;
@@ -32,8 +33,10 @@ pub use error::ServerError;
 
 use broker::Broker;
 use catalog::Catalog;
+use leadership::Leadership;
 use metrics::Metrics;
-use pgwarden_store::{SqliteStore, Store};
+use pgwarden_store::{PostgresStore, SqliteStore, Store};
+use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -90,11 +93,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map(seal::Sealer::new)
         .transpose()
         .map_err(ConfigError::from)?;
-    create_private_dir(&config.data_dir)?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
+    let (store, leadership) = open_state(&config).await?;
     let catalog = Arc::new(Catalog::load(&config, store.clone(), sealer).await?);
     let metrics = Arc::new(Metrics::new());
-    let broker = Arc::new(Broker::new(store.clone(), catalog.clone(), metrics.clone()));
+    let broker = Arc::new(Broker::new(
+        store.clone(),
+        catalog.clone(),
+        metrics.clone(),
+        leadership.clone(),
+    ));
     let logins = logins::Logins::from_config(&config.auth)?;
     let policy = Arc::new(
         policy::PolicyHolder::load(config.policy_file.as_deref()).map_err(ConfigError::from)?,
@@ -105,7 +112,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics.clone(),
         config.orphans.clone(),
     ));
-    let tokens = tokens::Tokens::new(store);
+    let tokens = tokens::Tokens::new(store.clone());
     let purged = tokens.purge_expired().await.map_err(StartError::Recover)?;
     let recovered = broker.recover().await.map_err(StartError::Recover)?;
     tracing::info!(leases = recovered, expired_tokens_purged = purged, data_dir = %config.data_dir.display(), "state loaded");
@@ -121,6 +128,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source,
     })?;
     let (shutdown, signal) = watch::channel(false);
+    if leadership.is_shared() {
+        leadership.try_lead(store.as_ref()).await;
+        tokio::spawn(leadership.clone().run(store.clone(), signal.clone()));
+        tokio::spawn(refresh_catalog(catalog.clone(), signal.clone()));
+    }
     let reaper = tokio::spawn(broker.clone().run_reaper(signal.clone()));
     tokio::spawn(orphans.clone().run(signal.clone()));
     let reload_metrics = metrics.clone();
@@ -157,6 +169,53 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
 /// Creates `dir` (mode 0700) if it does not exist, and warns when an existing one is open to
 /// other users: the state store inside stays 0600 either way.
+/// Opens the configured state: SQLite in `data_dir` (this process always leads), or the
+/// shared PostgreSQL database (leadership taken in it).
+async fn open_state(config: &Config) -> Result<(Arc<dyn Store>, Arc<Leadership>), StartError> {
+    let Some(shared) = &config.state.postgresql else {
+        create_private_dir(&config.data_dir)?;
+        let store = SqliteStore::open(&config.data_dir)?;
+        return Ok((Arc::new(store), Arc::new(Leadership::sole())));
+    };
+    let password = match &shared.password_env {
+        Some(var) => std::env::var(var).map(SecretString::from).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "state.postgresql.password_env names {var:?}, which is not set"
+            ))
+        })?,
+        None => SecretString::from(String::new()),
+    };
+    let target = pgwarden_engine::Target::new(&pgwarden_core::ConnectionDef {
+        name: "state".into(),
+        connection_url: shared.url.clone(),
+        username: String::new(),
+        password,
+        allowed_roles: Vec::new(),
+        verify_connection: true,
+    })
+    .map_err(|e| ConfigError::Invalid(format!("state.postgresql.url: {e}")))?;
+    let store = PostgresStore::open(target.pool()).await?;
+    // The pod's name where there is one, and a random part so that a restarted process is a
+    // new holder.
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pgwarden".into());
+    let holder = format!("{host}-{}", pgwarden_core::names::random_alphanumeric(8));
+    Ok((Arc::new(store), Arc::new(Leadership::new(holder))))
+}
+
+/// Re-reads the definitions written through the API every second, so that what another
+/// replica wrote is served here within a second.
+async fn refresh_catalog(catalog: Arc<Catalog>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(error) = catalog.refresh().await {
+            tracing::warn!(error = %pgwarden_core::chain(&error), "cannot refresh definitions from the state store");
+        }
+    }
+}
+
 fn create_private_dir(dir: &std::path::Path) -> Result<(), StartError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub orphan_users: Gauge,
     /// Such users dropped after their grace period.
     pub orphan_users_dropped: Counter,
+    /// 1 while this replica leads (reaps), else 0.
+    pub leader: Gauge,
 }
 
 impl Metrics {
@@ -89,6 +91,7 @@ impl Metrics {
             policy_reloads: Family::default(),
             orphan_users: Gauge::default(),
             orphan_users_dropped: Counter::default(),
+            leader: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("leases_issued", "Leases issued", m.leases_issued.clone());
@@ -142,6 +145,11 @@ impl Metrics {
             "orphan_users_dropped",
             "Untracked users dropped after the grace period",
             m.orphan_users_dropped.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica leads (reaps expired leases), else 0",
+            m.leader.clone(),
         );
         Metrics { registry, ..m }
     }

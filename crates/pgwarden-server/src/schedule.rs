@@ -38,6 +38,13 @@ impl Schedule {
         }
     }
 
+    /// Sets `id` to be due at `at` unless it is scheduled already.
+    pub fn set_if_absent(&self, id: &str, at: OffsetDateTime) {
+        if !self.lock().by_id.contains_key(id) {
+            self.set(id, at);
+        }
+    }
+
     /// Takes `id` off the schedule.
     pub fn remove(&self, id: &str) {
         let mut inner = self.lock();

@@ -23,7 +23,10 @@ async fn half_created_leases_are_rolled_back_on_start() {
     for id in [&half.lease_id, &never.lease_id] {
         let mut lease = store.get_lease(id).await.unwrap().unwrap();
         lease.state = LeaseState::Pending;
-        store.update_lease(&lease, LeaseState::Active).await.unwrap();
+        store
+            .update_lease(&lease, LeaseState::Active)
+            .await
+            .unwrap();
     }
     drop(store);
     let su = env.cluster.connect_superuser("appdb").await.unwrap();

@@ -173,7 +173,9 @@ fn db(error: tokio_postgres::Error) -> StoreError {
     let message = pgwarden_core::chain(&error);
     let transient = error.code().is_none_or(|code| {
         let code = code.code();
-        ["08", "53", "57P"].iter().any(|class| code.starts_with(class))
+        ["08", "53", "57P"]
+            .iter()
+            .any(|class| code.starts_with(class))
     });
     if transient {
         StoreError::Unavailable(message)

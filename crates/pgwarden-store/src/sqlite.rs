@@ -233,8 +233,9 @@ impl SqliteStore {
         })
     }
 
-    /// Runs the query `f` on the read connection. Reads are short and never wait for the
-    /// disk, so they run on the caller's thread.
+    /// Runs the query `f` on the read connection, on the caller's thread: reads are short
+    /// lookups by key (a full scan only at start-up and for the rare sweeps), and in WAL mode
+    /// they never wait for the writer or its disk syncs.
     fn read<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
@@ -669,6 +670,4 @@ mod tests {
             "token identity"
         );
     }
-
-
 }

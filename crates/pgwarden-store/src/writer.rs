@@ -104,6 +104,10 @@ fn serve(conn: Connection, queue: &mpsc::Receiver<Job>) {
 /// each with the commit's outcome.
 fn commit(conn: &Connection, batch: Vec<Job>) {
     let durable = batch.iter().any(|job| job.durable);
+    if !conn.is_autocommit() {
+        // A previous batch's ROLLBACK failed (an I/O error): start clean.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
     let mut outcome = conn
         .pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })
         .and_then(|()| conn.execute_batch("BEGIN IMMEDIATE"));

@@ -44,19 +44,44 @@ async fn a_lease_moves_on_only_from_the_state_its_writer_saw(open: Opener<'_>) {
     let mut lease = root_lease("u", t0);
     store.insert_lease(&lease).await.unwrap();
     lease.state = LeaseState::Active;
-    assert!(store.update_lease(&lease, LeaseState::Pending).await.unwrap());
+    assert!(
+        store
+            .update_lease(&lease, LeaseState::Pending)
+            .await
+            .unwrap()
+    );
     // A second activation (another replica's, say) finds it moved on.
-    assert!(!store.update_lease(&lease, LeaseState::Pending).await.unwrap());
+    assert!(
+        !store
+            .update_lease(&lease, LeaseState::Pending)
+            .await
+            .unwrap()
+    );
     lease.state = LeaseState::Revoking;
-    assert!(store.update_lease(&lease, LeaseState::Active).await.unwrap());
+    assert!(
+        store
+            .update_lease(&lease, LeaseState::Active)
+            .await
+            .unwrap()
+    );
     // A renewal racing the revocation cannot make it active again.
     let mut renewed = lease.clone();
     renewed.state = LeaseState::Active;
-    assert!(!store.update_lease(&renewed, LeaseState::Active).await.unwrap());
+    assert!(
+        !store
+            .update_lease(&renewed, LeaseState::Active)
+            .await
+            .unwrap()
+    );
     let stored = store.get_lease(&lease.id).await.unwrap().unwrap();
     assert_eq!(stored.state, LeaseState::Revoking);
     store.delete_lease(&lease.id).await.unwrap();
-    assert!(!store.update_lease(&lease, LeaseState::Revoking).await.unwrap());
+    assert!(
+        !store
+            .update_lease(&lease, LeaseState::Revoking)
+            .await
+            .unwrap()
+    );
 }
 
 async fn due_leases_are_expired_revoking_or_stale_pending(open: Opener<'_>) {
@@ -91,14 +116,23 @@ async fn one_holder_leads_until_its_lead_lapses(open: Opener<'_>, shared: bool) 
     let store = open().await;
     let ttl = Duration::from_millis(1500);
     assert!(store.lead("replica-a", ttl).await.unwrap());
-    assert!(store.lead("replica-a", ttl).await.unwrap(), "the leader keeps it");
+    assert!(
+        store.lead("replica-a", ttl).await.unwrap(),
+        "the leader keeps it"
+    );
     if !shared {
         return; // one process owns an embedded store: it always leads
     }
     let other = open().await;
-    assert!(!other.lead("replica-b", ttl).await.unwrap(), "one leader at a time");
+    assert!(
+        !other.lead("replica-b", ttl).await.unwrap(),
+        "one leader at a time"
+    );
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    assert!(other.lead("replica-b", ttl).await.unwrap(), "a lapsed lead passes on");
+    assert!(
+        other.lead("replica-b", ttl).await.unwrap(),
+        "a lapsed lead passes on"
+    );
     assert!(!store.lead("replica-a", ttl).await.unwrap());
 }
 
@@ -310,9 +344,9 @@ async fn sqlite_keeps_the_contract() {
             dirs.lock().unwrap().push(dir.clone());
             let open: Open = Box::new(move || {
                 let dir = dir.clone();
-                Box::pin(
-                    async move { Arc::new(SqliteStore::open(dir.path()).unwrap()) as Arc<dyn Store> },
-                )
+                Box::pin(async move {
+                    Arc::new(SqliteStore::open(dir.path()).unwrap()) as Arc<dyn Store>
+                })
             });
             async move { open }
         },
@@ -340,7 +374,8 @@ async fn postgres_keeps_the_contract() {
                     let url = url.clone();
                     Box::pin(async move {
                         let config: tokio_postgres::Config = url.parse().unwrap();
-                        let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+                        let manager =
+                            deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
                         let pool = deadpool_postgres::Pool::builder(manager)
                             .max_size(8)
                             .build()

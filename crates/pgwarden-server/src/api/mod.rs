@@ -79,8 +79,19 @@ async fn v1(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let response = handle(&state, &method, &path, &query, &headers, body)
+    // On a task of its own: a client that hangs up (axum then drops this future) cannot stop
+    // a request half-way, between a write to the state and the database statement it covers.
+    let task = {
+        let (state, method, path) = (state.clone(), method.clone(), path.clone());
+        tokio::spawn(async move { handle(&state, &method, &path, &query, &headers, body).await })
+    };
+    let response = task
         .await
+        .unwrap_or_else(|e| {
+            Err(ServerError::Internal(format!(
+                "request handler failed: {e}"
+            )))
+        })
         .unwrap_or_else(|error| {
             if error.status() >= 500 {
                 tracing::error!(%method, path, %error, "request failed");

@@ -10,7 +10,7 @@ use pgwarden_core::wire::{Health, OrphanList, OrphanUser, SecretResponse};
 use std::sync::Arc;
 
 /// `GET /v1/sys/health`, unauthenticated, in Vault's shape.
-pub async fn health() -> Response {
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     Json(Health {
         initialized: true,
         sealed: false,
@@ -21,12 +21,17 @@ pub async fn health() -> Response {
         server_time_utc: time::OffsetDateTime::now_utc().unix_timestamp(),
         version: env!("CARGO_PKG_VERSION").into(),
         cluster_name: "pgwarden".into(),
+        leader: state.broker.is_leader(),
     })
     .into_response()
 }
 
 /// `GET /metrics` in OpenMetrics text.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state
+        .metrics
+        .leader
+        .set(i64::from(state.broker.is_leader()));
     (
         [(
             header::CONTENT_TYPE,
