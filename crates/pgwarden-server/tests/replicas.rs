@@ -1,0 +1,234 @@
+//! Several replicas on one PostgreSQL state database: every replica serves every lease and
+//! every definition written through any of them, and exactly one reaps.
+
+mod common;
+
+use common::*;
+use pgwarden_testkit::PgCluster;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const ROLES: &str = r#"
+      appdb-long:  { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }
+      appdb-short: { db_name: appdb, preset: readonly, default_ttl: 3s, max_ttl: 1m }
+"#;
+
+/// A cluster with `appdb` and the state database `state`, and `n` replicas sharing it.
+struct Replicas {
+    cluster: PgCluster,
+    replicas: Vec<TestBroker>,
+    http: reqwest::Client,
+}
+
+impl Replicas {
+    async fn start(n: usize) -> Replicas {
+        let cluster = PgCluster::start_with_appdb().await.unwrap();
+        let su = cluster.connect_superuser("postgres").await.unwrap();
+        su.batch_execute("CREATE DATABASE state").await.unwrap();
+        let extra = format!(
+            "state: {{ postgresql: {{ url: \"{}\" }} }}",
+            cluster.superuser_url("state")
+        );
+        let mut replicas = Vec::new();
+        for _ in 0..n {
+            replicas.push(TestBroker::start(&cluster, ROLES, &extra).await);
+        }
+        Replicas {
+            cluster,
+            replicas,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends `method` to `/v1/<path>` on replica `i` with the root token.
+    async fn call(&self, i: usize, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}/v1/{path}", self.replicas[i].base);
+        let mut request = self
+            .http
+            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
+            .header("X-Vault-Token", ROOT);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn creds(&self, i: usize, role: &str) -> Value {
+        let (status, body) = self
+            .call(i, "GET", &format!("database/creds/{role}"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Which replicas say they lead, by index.
+    async fn leaders(&self) -> Vec<usize> {
+        let mut leaders = Vec::new();
+        for (i, replica) in self.replicas.iter().enumerate() {
+            if replica.server.is_none() {
+                continue;
+            }
+            let health: Value = self
+                .http
+                .get(format!("{}/v1/sys/health", replica.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if health["leader"] == json!(true) {
+                leaders.push(i);
+            }
+        }
+        leaders
+    }
+
+    /// Waits until exactly one replica leads, and returns it.
+    async fn one_leader(&self, limit: Duration) -> usize {
+        let start = Instant::now();
+        loop {
+            let leaders = self.leaders().await;
+            if leaders.len() == 1 {
+                return leaders[0];
+            }
+            assert!(
+                start.elapsed() < limit,
+                "leaders after {limit:?}: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn user_exists(&self, username: &Value) -> bool {
+        self.cluster
+            .role_exists(username.as_str().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_replica_renews_looks_up_and_revokes_what_another_issued() {
+    let r = Replicas::start(3).await;
+    let creds = r.creds(0, "appdb-long").await;
+    let lease = json!({ "lease_id": creds["lease_id"] });
+
+    let (status, found) = r
+        .call(1, "PUT", "sys/leases/lookup", Some(lease.clone()))
+        .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["data"]["id"], creds["lease_id"]);
+
+    let renew = json!({ "lease_id": creds["lease_id"], "increment": 1800 });
+    let (status, renewed) = r.call(2, "PUT", "sys/leases/renew", Some(renew)).await;
+    assert_eq!(status, 200, "{renewed}");
+    assert_eq!(renewed["lease_duration"], 1800);
+
+    let (status, _) = r
+        .call(1, "PUT", "sys/leases/revoke", Some(lease.clone()))
+        .await;
+    assert_eq!(status, 204);
+    assert!(!r.user_exists(&creds["data"]["username"]).await);
+    let (status, gone) = r.call(0, "PUT", "sys/leases/lookup", Some(lease)).await;
+    assert_eq!(status, 400, "{gone}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_role_written_on_one_replica_is_served_by_the_others_within_a_second() {
+    let r = Replicas::start(2).await;
+    let role = json!({ "db_name": "appdb", "preset": "readonly", "default_ttl": "10m" });
+    let (status, body) = r
+        .call(0, "POST", "database/roles/appdb-new", Some(role))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let start = Instant::now();
+    loop {
+        let (status, body) = r.call(1, "GET", "database/creds/appdb-new", None).await;
+        if status == 200 {
+            assert_eq!(body["lease_duration"], 600);
+            break;
+        }
+        assert_eq!(status, 404, "{body}");
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "replica 1 still does not know the role: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = r.call(1, "DELETE", "database/roles/appdb-new", None).await;
+    assert_eq!(status, 204);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = r.call(0, "GET", "database/creds/appdb-new", None).await;
+    assert_eq!(status, 404, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_one_replica_reaps_and_another_takes_over_when_it_stops() {
+    let mut r = Replicas::start(3).await;
+    let leader = r.one_leader(Duration::from_secs(5)).await;
+
+    // Short leases issued on every replica are all reaped on time, by the leader.
+    let mut users = Vec::new();
+    for i in 0..3 {
+        users.push(r.creds(i, "appdb-short").await["data"]["username"].clone());
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    for user in &users {
+        while r.user_exists(user).await {
+            assert!(Instant::now() < deadline, "{user} outlived its lease");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let metrics = |i: usize| {
+        let base = r.replicas[i].base.clone();
+        let http = r.http.clone();
+        async move {
+            http.get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    for i in 0..3 {
+        let text = metrics(i).await;
+        assert_eq!(
+            metric(&text, "pgwarden_leader"),
+            f64::from(u8::from(i == leader))
+        );
+        let revoked = text
+            .lines()
+            .find(|l| l.starts_with("pgwarden_leases_revoked_total{reason=\"expired\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .unwrap_or(0.0);
+        assert_eq!(revoked, if i == leader { 3.0 } else { 0.0 }, "replica {i}");
+    }
+
+    // The leader goes away with leases due soon: another replica takes over and reaps them.
+    let mut users = Vec::new();
+    for i in 0..3 {
+        users.push(r.creds(i, "appdb-short").await["data"]["username"].clone());
+    }
+    r.replicas[leader].stop().await;
+    let stopped = Instant::now();
+    let next = r.one_leader(Duration::from_secs(10)).await;
+    assert_ne!(next, leader);
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(6);
+    for user in &users {
+        while r.user_exists(user).await {
+            assert!(
+                Instant::now() < deadline,
+                "{user} was not reaped after the failover"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
