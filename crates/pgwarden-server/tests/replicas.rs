@@ -232,3 +232,129 @@ async fn exactly_one_replica_reaps_and_another_takes_over_when_it_stops() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_database_restart_under_load_costs_503s_and_nothing_else() {
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let mut state = PgCluster::start().unwrap();
+    let extra = format!(
+        "state: {{ postgresql: {{ url: \"{}\" }} }}",
+        state.superuser_url("postgres")
+    );
+    let broker = TestBroker::start(&cluster, ROLES, &extra).await;
+    let http = reqwest::Client::new();
+    let base = broker.base.clone();
+
+    // Four clients issue and revoke in a loop; each remembers every status it saw and the
+    // leases it holds (issued, not yet revoked).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (http, base, stop) = (http.clone(), base.clone(), stop.clone());
+        clients.spawn(async move {
+            let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+            let mut held = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let response = http
+                    .get(format!("{base}/v1/database/creds/appdb-long"))
+                    .header("X-Vault-Token", ROOT)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                *statuses.entry(status).or_default() += 1;
+                if status == 200 {
+                    let body: Value = response.json().await.unwrap();
+                    held.push(body);
+                }
+                if let Some(lease) = held.first().cloned() {
+                    let status = http
+                        .put(format!("{base}/v1/sys/leases/revoke"))
+                        .header("X-Vault-Token", ROOT)
+                        .json(&json!({ "lease_id": lease["lease_id"] }))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16();
+                    *statuses.entry(status).or_default() += 1;
+                    if status == 204 {
+                        held.remove(0);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (statuses, held)
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::block_in_place(|| state.restart()).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let mut held = Vec::new();
+    for (seen, kept) in clients.join_all().await {
+        for (status, n) in seen {
+            *statuses.entry(status).or_default() += n;
+        }
+        held.extend(kept);
+    }
+    // Only successes and 503s; and successes again after the restart.
+    assert!(
+        statuses.keys().all(|s| matches!(s, 200 | 204 | 503)),
+        "{statuses:?}"
+    );
+    assert!(statuses.get(&503).is_some_and(|n| *n > 0), "{statuses:?}");
+    let (status, body) = {
+        let response = http
+            .get(format!("{base}/v1/database/creds/appdb-long"))
+            .header("X-Vault-Token", ROOT)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(status, 200, "pgwarden recovered without a restart: {body}");
+    held.push(body);
+
+    // Every lease a client holds still works; every user in the target is named by a lease
+    // in the state (a 503 on revocation leaves the lease to be revoked again, not lost).
+    for lease in &held {
+        cluster
+            .connect_as(
+                lease["data"]["username"].as_str().unwrap(),
+                lease["data"]["password"].as_str().unwrap(),
+                "appdb",
+            )
+            .await
+            .expect("a held lease's password works");
+    }
+    let su = cluster.connect_superuser("appdb").await.unwrap();
+    let users: Vec<String> = su
+        .query(
+            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'v-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let state_db = state.connect_superuser("postgres").await.unwrap();
+    let named: std::collections::HashSet<String> = state_db
+        .query("SELECT username FROM pgwarden_leases", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for user in &users {
+        assert!(
+            named.contains(user),
+            "user {user} exists that no lease names"
+        );
+    }
+}

@@ -74,6 +74,8 @@ pub struct PgCluster {
     password: String,
     server: Option<Child>,
     run_as: Option<User>,
+    /// The `-c` settings the server runs with, for [`PgCluster::restart`].
+    settings: Vec<String>,
 }
 
 /// The directory holding `initdb` and `postgres`.
@@ -159,6 +161,7 @@ impl PgCluster {
             password,
             server: None,
             run_as,
+            settings: Vec::new(),
         };
         cluster.init()?;
         let mut settings = if durable {
@@ -216,6 +219,7 @@ impl PgCluster {
             password: self.password.clone(),
             server: None,
             run_as: self.run_as.clone(),
+            settings: Vec::new(),
         };
         let root = replica.dir.path();
         fs::set_permissions(root, fs::Permissions::from_mode(0o700))
@@ -352,7 +356,10 @@ impl PgCluster {
     }
 
     fn launch(&mut self, settings: &[String]) -> Result<(), TestkitError> {
-        self.port = free_port()?;
+        if self.port == 0 {
+            self.port = free_port()?;
+        }
+        self.settings = settings.to_vec();
         let log = fs::File::create(self.log_path()).map_err(io("creating the server log"))?;
         self.give_to_server_user(&self.log_path())?;
         let server = self
@@ -534,6 +541,14 @@ impl PgCluster {
             .await
             .map_err(sql("creating the sample table"))?;
         Ok(())
+    }
+
+    /// Stops the server (as [`PgCluster::stop`]) and starts it again on the same port and
+    /// data; blocks until it accepts connections.
+    pub fn restart(&mut self) -> Result<(), TestkitError> {
+        self.stop();
+        let settings = self.settings.clone();
+        self.launch(&settings)
     }
 
     /// Stops the server (fast shutdown, then SIGKILL after 10 s).
