@@ -177,6 +177,19 @@ async fn open_state(config: &Config) -> Result<(Arc<dyn Store>, Arc<Leadership>)
         let store = SqliteStore::open(&config.data_dir)?;
         return Ok((Arc::new(store), Arc::new(Leadership::sole())));
     };
+    let store = open_shared_state(shared).await?;
+    // The pod's name where there is one, and a random part so that a restarted process is a
+    // new holder.
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pgwarden".into());
+    let holder = format!("{host}-{}", pgwarden_core::names::random_alphanumeric(8));
+    Ok((Arc::new(store), Arc::new(Leadership::new(holder))))
+}
+
+/// Connects to the shared PostgreSQL state database of `shared` (TLS options as for
+/// connections) and creates or upgrades its schema.
+pub async fn open_shared_state(
+    shared: &config::PostgresStateConfig,
+) -> Result<PostgresStore, StartError> {
     let password = match &shared.password_env {
         Some(var) => std::env::var(var).map(SecretString::from).map_err(|_| {
             ConfigError::Invalid(format!(
@@ -194,12 +207,7 @@ async fn open_state(config: &Config) -> Result<(Arc<dyn Store>, Arc<Leadership>)
         verify_connection: true,
     })
     .map_err(|e| ConfigError::Invalid(format!("state.postgresql.url: {e}")))?;
-    let store = PostgresStore::open(target.pool()).await?;
-    // The pod's name where there is one, and a random part so that a restarted process is a
-    // new holder.
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pgwarden".into());
-    let holder = format!("{host}-{}", pgwarden_core::names::random_alphanumeric(8));
-    Ok((Arc::new(store), Arc::new(Leadership::new(holder))))
+    Ok(PostgresStore::open(target.pool()).await?)
 }
 
 /// Re-reads the definitions written through the API every second, so that what another

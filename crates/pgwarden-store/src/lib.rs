@@ -69,6 +69,12 @@ pub enum StoreError {
     /// The state database refused a statement.
     #[error("state database: {0}")]
     Refused(String),
+    /// A copy's destination already holds state.
+    #[error(
+        "the destination already holds state (leases, tokens, roles or connections); \
+         copy only into an empty one"
+    )]
+    NotEmpty,
     /// The store's writer has stopped.
     #[error("state store is closed")]
     Closed,
@@ -80,6 +86,49 @@ pub enum StoreError {
         /// Why it cannot be read.
         reason: String,
     },
+}
+
+/// What [`copy_state`] copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// Leases, in whatever state.
+    pub leases: usize,
+    /// Login tokens (hashes only).
+    pub tokens: usize,
+    /// Roles written through the API.
+    pub roles: usize,
+    /// Connections written through the API (passwords still sealed with the same key).
+    pub connections: usize,
+}
+
+/// Copies everything in `from` into `to`, which must hold nothing yet (so nothing is merged or
+/// overwritten by mistake): leases, tokens and the definitions written through the API.
+pub async fn copy_state(from: &dyn Store, to: &dyn Store) -> Result<Copied, StoreError> {
+    let empty = to.all_leases().await?.is_empty()
+        && to.all_tokens().await?.is_empty()
+        && to.roles().await?.is_empty()
+        && to.connections().await?.is_empty();
+    if !empty {
+        return Err(StoreError::NotEmpty);
+    }
+    let mut copied = Copied::default();
+    for (mount, role) in from.roles().await? {
+        to.put_role(&mount, &role).await?;
+        copied.roles = copied.roles.saturating_add(1);
+    }
+    for (mount, connection) in from.connections().await? {
+        to.put_connection(&mount, &connection).await?;
+        copied.connections = copied.connections.saturating_add(1);
+    }
+    for token in from.all_tokens().await? {
+        to.insert_token(&token).await?;
+        copied.tokens = copied.tokens.saturating_add(1);
+    }
+    for lease in from.all_leases().await? {
+        to.insert_lease(&lease).await?;
+        copied.leases = copied.leases.saturating_add(1);
+    }
+    Ok(copied)
 }
 
 /// A connection definition as stored: the password sealed by the server.
@@ -163,6 +212,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Forgets a token; false when there was none.
     async fn delete_token(&self, accessor: &str) -> Result<bool, StoreError>;
+    /// Every token, for copying the state elsewhere.
+    async fn all_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Forgets tokens that ended before `now`; returns how many.
     async fn delete_expired_tokens(&self, now: OffsetDateTime) -> Result<usize, StoreError>;
 }

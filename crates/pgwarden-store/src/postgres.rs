@@ -525,6 +525,12 @@ impl Store for PostgresStore {
         .map(|n| n > 0)
     }
 
+    async fn all_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let sql =
+            format!("SELECT {TOKEN_COLUMNS} FROM pgwarden_tokens ORDER BY accessor COLLATE \"C\"");
+        self.query(&sql, &[]).await?.iter().map(token).collect()
+    }
+
     async fn delete_expired_tokens(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
         self.execute(
             "DELETE FROM pgwarden_tokens WHERE expires_at_ms < $1",

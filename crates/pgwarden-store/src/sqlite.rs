@@ -555,6 +555,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn all_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY accessor"
+            ))?;
+            let tokens = stmt.query_map([], token)?.collect::<Result<_, _>>()?;
+            Ok(tokens)
+        })
+    }
+
     async fn delete_expired_tokens(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
         self.writer
             .write(DURABLE, move |c| {

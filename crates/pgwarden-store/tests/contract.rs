@@ -390,3 +390,84 @@ async fn postgres_keeps_the_contract() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_keeps_everything_and_refuses_a_destination_with_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(dir.path()).unwrap();
+    let t0 = datetime!(2026-11-22 10:00:00.5 UTC);
+    let mut lease = root_lease("v-copied", t0);
+    lease.state = LeaseState::Revoking;
+    lease.revoke_attempts = 3;
+    lease.last_error = Some("unreachable".into());
+    sqlite.insert_lease(&lease).await.unwrap();
+    let token = TokenRecord {
+        accessor: "acc".into(),
+        hash: "hash".into(),
+        identity: Identity {
+            subject: "system:serviceaccount:ns:sa".into(),
+            groups: vec!["g".into()],
+            display_name: "kubernetes-ns-sa".into(),
+            metadata: Default::default(),
+        },
+        mount: "kubernetes".into(),
+        role: "r".into(),
+        issued_at: t0,
+        expires_at: t0 + Duration::from_secs(60),
+        max_expires_at: t0 + Duration::from_secs(600),
+        ttl: Ttl::from_secs(60),
+    };
+    sqlite.insert_token(&token).await.unwrap();
+    sqlite.put_role("database", &role()).await.unwrap();
+    let connection = StoredConnection {
+        name: "appdb".into(),
+        connection_url: "postgresql://h/db".into(),
+        username: "admin".into(),
+        sealed_password: vec![9, 8, 7],
+        allowed_roles: vec!["*".into()],
+        verify_connection: false,
+    };
+    sqlite
+        .put_connection("database", &connection)
+        .await
+        .unwrap();
+
+    let cluster = PgCluster::start().unwrap();
+    let config: tokio_postgres::Config = cluster.superuser_url("postgres").parse().unwrap();
+    let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+        config,
+        tokio_postgres::NoTls,
+    ))
+    .build()
+    .unwrap();
+    let postgres = PostgresStore::open(pool).await.unwrap();
+    let copied = pgwarden_store::copy_state(&sqlite, &postgres)
+        .await
+        .unwrap();
+    assert_eq!(
+        copied,
+        pgwarden_store::Copied {
+            leases: 1,
+            tokens: 1,
+            roles: 1,
+            connections: 1
+        }
+    );
+    assert_eq!(postgres.all_leases().await.unwrap(), vec![lease]);
+    assert_eq!(postgres.all_tokens().await.unwrap(), vec![token]);
+    assert_eq!(
+        postgres.roles().await.unwrap(),
+        vec![("database".to_string(), role())]
+    );
+    assert_eq!(
+        postgres.connections().await.unwrap(),
+        vec![("database".to_string(), connection)]
+    );
+    let again = pgwarden_store::copy_state(&sqlite, &postgres)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, pgwarden_store::StoreError::NotEmpty),
+        "{again}"
+    );
+}

@@ -3,6 +3,7 @@
 #[cfg(feature = "dev")]
 mod dev;
 mod policy;
+mod state;
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -86,6 +87,11 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: policy::PolicyCommand,
+    },
+    /// Move pgwarden's state between stores (`state migrate`).
+    State {
+        #[command(subcommand)]
+        command: state::StateCommand,
     },
 }
 
@@ -207,6 +213,7 @@ async fn main() -> ExitCode {
         ),
         Command::Check { config } => check(config).await,
         Command::Policy { command } => policy::run(command),
+        Command::State { command } => state::run(command).await,
         Command::Agent {
             config,
             once,

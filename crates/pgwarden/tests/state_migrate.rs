@@ -1,0 +1,126 @@
+//! `pgwarden state migrate`: a SQLite state copied into PostgreSQL serves on, from there.
+
+mod common;
+
+use common::*;
+use pgwarden_testkit::PgCluster;
+use serde_json::json;
+use std::process::Command;
+
+fn pgwarden(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_state_moves_to_postgresql_and_serves_from_there() {
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let su = cluster.connect_superuser("postgres").await.unwrap();
+    su.batch_execute("CREATE DATABASE state").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("root-token");
+    std::fs::write(&token_file, format!("{ROOT}\n")).unwrap();
+    let data = dir.path().join("data");
+    let state_url = cluster.superuser_url("state");
+    let config = |state: &str| {
+        format!(
+            r#"
+data_dir: "{data}"
+root_token_file: "{token}"
+{state}
+mounts:
+  database:
+    connections:
+      appdb:
+        connection_url: "{url}"
+        username: {ADMIN}
+        password_env: TEST_APPDB_PASSWORD
+        allowed_roles: ["appdb-*"]
+    roles:
+      appdb-long: {{ db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }}
+"#,
+            data = data.display(),
+            token = token_file.display(),
+            url = cluster.templated_url("appdb"),
+        )
+    };
+    let sqlite_config = dir.path().join("sqlite.yaml");
+    std::fs::write(&sqlite_config, config("")).unwrap();
+    let env = [("TEST_APPDB_PASSWORD", ADMIN_PW)];
+
+    let server = spawn_server(&sqlite_config, free_port(), &env).await;
+    let (_, lease) = call(&server.base, ROOT, "GET", "database/creds/appdb-long", None).await;
+    let role = json!({ "db_name": "appdb", "preset": "readonly", "default_ttl": "10m" });
+    let (status, _) = call(
+        &server.base,
+        ROOT,
+        "POST",
+        "database/roles/appdb-api",
+        Some(role),
+    )
+    .await;
+    assert_eq!(status, 204);
+    drop(server);
+
+    let (ok, _, stderr) = pgwarden(&[
+        "state",
+        "migrate",
+        "--from",
+        "/nonexistent/state.db",
+        "--to",
+        &state_url,
+    ]);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        "error: --from /nonexistent/state.db: no SQLite state there (expected a state.db file or a directory holding one)"
+    );
+    let from = data.join("state.db");
+    let from = from.to_str().unwrap();
+    let (ok, stdout, stderr) = pgwarden(&["state", "migrate", "--from", from, "--to", &state_url]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "copied 1 leases, 0 tokens, 1 roles and 0 connections"
+    );
+    let (ok, _, stderr) = pgwarden(&["state", "migrate", "--from", from, "--to", &state_url]);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        "error: the destination already holds state (leases, tokens, roles or connections); copy only into an empty one"
+    );
+
+    let shared_config = dir.path().join("shared.yaml");
+    std::fs::write(
+        &shared_config,
+        config(&format!(
+            "state: {{ postgresql: {{ url: \"{state_url}\" }} }}"
+        )),
+    )
+    .unwrap();
+    let server = spawn_server(&shared_config, free_port(), &env).await;
+    let (status, body) = call(&server.base, ROOT, "GET", "database/creds/appdb-api", None).await;
+    assert_eq!(status, 200, "the API role moved: {body}");
+    let (status, _) = call(
+        &server.base,
+        ROOT,
+        "PUT",
+        "sys/leases/revoke",
+        Some(json!({ "lease_id": lease["lease_id"] })),
+    )
+    .await;
+    assert_eq!(status, 204, "the lease moved");
+    assert!(
+        !cluster
+            .role_exists(lease["data"]["username"].as_str().unwrap())
+            .await
+            .unwrap()
+    );
+}
