@@ -1,0 +1,173 @@
+//! The Kubernetes manifests under deploy/ render offline (`kubectl kustomize`), pass
+//! kubernetes-validate's strict schema check, and carry what they promise; the configuration
+//! files they ship parse as pgwarden's own.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `kubectl kustomize deploy/<dir>`, as parsed documents (and the rendered text).
+fn render(dir: &str) -> (Vec<Value>, String) {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(repo().join("deploy").join(dir))
+        .output()
+        .expect("kubectl on PATH (Debian: apt-get install kubernetes-client)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize deploy/{dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    (serde_saphyr::from_multiple(&text).unwrap(), text)
+}
+
+/// Runs kubernetes-validate (from the test venv that scripts/test makes) on `text`.
+fn validate(name: &str, text: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&file, text).unwrap();
+    let validator = repo().join(".venv/bin/kubernetes-validate");
+    let out = Command::new(&validator)
+        .args(["--strict", "--quiet"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} ({e}): run scripts/test, which installs it",
+                validator.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "kubernetes-validate {name}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {docs:#?}"))
+}
+
+#[test]
+fn the_base_runs_three_hardened_replicas_on_shared_state() {
+    let (docs, text) = render("base");
+    validate("base", &text);
+    let deployment = kind(&docs, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "pgwarden");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            container[probe]["httpGet"]["path"], "/v1/sys/health",
+            "{probe}"
+        );
+    }
+    assert!(container["resources"]["requests"]["memory"].is_string());
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    let secrets: Vec<(&str, &str)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            let key = &e["valueFrom"]["secretKeyRef"];
+            Some((e["name"].as_str()?, key["key"].as_str()?))
+        })
+        .collect();
+    assert!(
+        secrets.contains(&("PGWARDEN_ROOT_TOKEN", "root-token")),
+        "{secrets:?}"
+    );
+    assert!(
+        secrets.contains(&("PGWARDEN_SEAL_KEY", "seal-key")),
+        "{secrets:?}"
+    );
+
+    assert_eq!(
+        kind(&docs, "PodDisruptionBudget")["spec"]["minAvailable"],
+        2
+    );
+    assert_eq!(kind(&docs, "Service")["spec"]["ports"][0]["port"], 8200);
+    assert_eq!(
+        kind(&docs, "ServiceAccount")["metadata"]["name"],
+        "pgwarden"
+    );
+    assert_eq!(
+        kind(&docs, "ClusterRoleBinding")["roleRef"]["name"],
+        "system:auth-delegator"
+    );
+
+    // The ConfigMap the pods mount is a valid pgwarden configuration, on shared state.
+    let config_map = kind(&docs, "ConfigMap");
+    let name = config_map["metadata"]["name"].as_str().unwrap();
+    assert!(
+        name.starts_with("pgwarden-config-"),
+        "{name}: a content hash rolls the pods"
+    );
+    let mounted = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["configMap"]["name"] == name);
+    assert!(mounted, "the deployment mounts {name}");
+    let config =
+        pgwarden_server::Config::parse(config_map["data"]["pgwarden.yaml"].as_str().unwrap())
+            .unwrap();
+    let state = config.state.postgresql.expect("state on PostgreSQL");
+    assert_eq!(
+        state.password_env.as_deref(),
+        Some("PGWARDEN_STATE_PASSWORD")
+    );
+    assert!(secrets.contains(&("PGWARDEN_STATE_PASSWORD", "state-password")));
+}
+
+#[test]
+fn the_sidecar_example_writes_credentials_before_the_app_starts_and_keeps_them_fresh() {
+    let (docs, text) = render("examples/sidecar");
+    validate("sidecar", &text);
+    let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+    let init = &pod["initContainers"][0];
+    assert_eq!(
+        init["args"],
+        serde_json::json!(["agent", "--config", "/etc/pgwarden/agent.yaml", "--once"])
+    );
+    let sidecar = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "pgwarden-agent")
+        .unwrap();
+    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+
+    // The agent configuration it mounts passes `pgwarden agent --check`.
+    let agent_yaml = kind(&docs, "ConfigMap")["data"]["agent.yaml"]
+        .as_str()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.yaml");
+    std::fs::write(&file, agent_yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["agent", "--check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pgwarden agent --check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
