@@ -82,6 +82,27 @@ fn parse_config(def: &ConnectionDef) -> Result<(Config, Transport), EngineError>
     Ok((config, transport))
 }
 
+/// A pool of connections with `config` over `transport`, for connection `name`.
+fn build_pool(name: &str, config: Config, transport: &Transport) -> Result<Pool, EngineError> {
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match transport {
+        Transport::Plain => Manager::from_config(config, NoTls, manager_config),
+        Transport::Tls(tls) => Manager::from_config(config, tls.clone(), manager_config),
+    };
+    Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(CONNECT_TIMEOUT.saturating_mul(2)))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| EngineError::InvalidUrl {
+            connection: name.to_string(),
+            reason: e.to_string(),
+        })
+}
+
 /// Connects with `tls` and drives the connection in the background.
 async fn connect_with<T>(
     config: &Config,
@@ -104,25 +125,7 @@ impl Target {
     /// Prepares a target from its definition; connects lazily.
     pub fn new(def: &ConnectionDef) -> Result<Target, EngineError> {
         let (config, transport) = parse_config(def)?;
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
-        let manager = match &transport {
-            Transport::Plain => Manager::from_config(config.clone(), NoTls, manager_config),
-            Transport::Tls(tls) => {
-                Manager::from_config(config.clone(), tls.clone(), manager_config)
-            }
-        };
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT.saturating_mul(2)))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| EngineError::InvalidUrl {
-                connection: def.name.clone(),
-                reason: e.to_string(),
-            })?;
+        let pool = build_pool(&def.name, config.clone(), &transport)?;
         Ok(Target {
             name: def.name.clone(),
             config,
@@ -136,6 +139,18 @@ impl Target {
     /// URL and TLS handling for its own database).
     pub fn pool(&self) -> Pool {
         self.pool.clone()
+    }
+
+    /// A second pool to this database whose sessions run with `setting` (`name=value`, as
+    /// libpq's `options=-c name=value`).
+    pub fn pool_with(&self, setting: &str) -> Result<Pool, EngineError> {
+        let mut config = self.config.clone();
+        let options = match config.get_options() {
+            Some(existing) => format!("{existing} -c {setting}"),
+            None => format!("-c {setting}"),
+        };
+        config.options(&options);
+        build_pool(&self.name, config, &self.transport)
     }
 
     /// Where clients reach this database: host, port and database name from the connection

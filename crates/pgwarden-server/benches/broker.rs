@@ -332,6 +332,68 @@ async fn throughput_with(cluster: &PgCluster, base: &str, cpus: Cpus) {
     }
 }
 
+/// Clients for the replicated comparison, and operations they run.
+const REPLICATED_CLIENTS: usize = 8;
+const REPLICATED_OPS: usize = 1600;
+
+/// Runs the replicated comparison's load (template role, clients spread over `bases`) and
+/// prints its row; `baseline` is the SQLite rate to compare with.
+async fn replicated_row(bases: &[String], label: &str, baseline: Option<f64>) -> f64 {
+    let http = reqwest::Client::new();
+    let bases = Arc::new(bases.to_vec());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let run = measure(
+        REPLICATED_CLIENTS,
+        REPLICATED_OPS,
+        || {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let base = bases[n % bases.len()].clone();
+            async move { base }
+        },
+        move |base: Arc<String>| via_pgwarden(http.clone(), base.to_string(), "template"),
+    )
+    .await;
+    let rate = run.ops_per_sec();
+    if let Some(sqlite) = baseline {
+        println!(
+            "| {label} | {REPLICATED_CLIENTS} | {rate:.0} | {} | {} | {:.2} |",
+            ms(run.percentile(0.5)),
+            ms(run.percentile(0.99)),
+            rate / sqlite
+        );
+    }
+    rate
+}
+
+/// Issue+revoke at 8 clients with the state on PostgreSQL (a database `state` in the same
+/// cluster), with 1 and 3 replicas, beside the SQLite figure measured just before.
+async fn replicated(cluster: &PgCluster, sqlite: f64) {
+    let su = cluster.connect_superuser("postgres").await.unwrap();
+    su.batch_execute("CREATE DATABASE state").await.unwrap();
+    let extra = format!(
+        "state: {{ postgresql: {{ url: \"{}\" }} }}",
+        cluster.superuser_url("state")
+    );
+    println!(
+        "\nissue + revoke (template role) with the state on PostgreSQL, vs SQLite (CPUs shared)\n"
+    );
+    println!("| state | clients | ops/s | p50 ms | p99 ms | ÷ SQLite |");
+    println!("|---|---|---|---|---|---|");
+    println!("| SQLite, 1 process | {REPLICATED_CLIENTS} | {sqlite:.0} | | | 1.00 |");
+    for replicas in [1usize, 3] {
+        let mut brokers = Vec::new();
+        for _ in 0..replicas {
+            brokers.push(TestBroker::start(cluster, &roles(), &extra).await);
+        }
+        let bases: Vec<String> = brokers.iter().map(|b| b.base.clone()).collect();
+        let label = format!("PostgreSQL, {replicas} replica(s)");
+        replicated_row(&bases, &label, Some(sqlite)).await;
+        for mut broker in brokers {
+            broker.stop().await;
+        }
+    }
+}
+
 /// Writes `count` already-expired active leases straight into the store, with their users
 /// created in one transaction, as if pgwarden had been down while they expired.
 async fn seed_expired(cluster: &PgCluster, data: &std::path::Path, count: usize) {
@@ -423,6 +485,8 @@ async fn main() {
     let cluster = PgCluster::start_durable_with_appdb().await.unwrap();
     let mut broker = TestBroker::start(&cluster, &roles(), "").await;
     throughput(&cluster, &broker.base).await;
+    let sqlite = replicated_row(&[broker.base.clone()], "SQLite, 1 process", None).await;
     broker.stop().await;
+    replicated(&cluster, sqlite).await;
     reap(&cluster).await;
 }

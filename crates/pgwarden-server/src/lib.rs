@@ -207,7 +207,10 @@ pub async fn open_shared_state(
         verify_connection: true,
     })
     .map_err(|e| ConfigError::Invalid(format!("state.postgresql.url: {e}")))?;
-    Ok(PostgresStore::open(target.pool()).await?)
+    let relaxed = target
+        .pool_with("synchronous_commit=off")
+        .map_err(|e| ConfigError::Invalid(format!("state.postgresql.url: {e}")))?;
+    Ok(PostgresStore::open(target.pool(), relaxed).await?)
 }
 
 /// Re-reads the definitions written through the API every second, so that what another

@@ -78,12 +78,16 @@ const TOKEN_COLUMNS: &str = "accessor, hash, identity_json, mount, role, issued_
 /// A [`Store`] in a PostgreSQL database, shared by every replica that connects to it.
 pub struct PostgresStore {
     pool: Pool,
+    relaxed: Pool,
 }
 
 impl PostgresStore {
-    /// A store over `pool`'s database, its schema created or upgraded first.
-    pub async fn open(pool: Pool) -> Result<PostgresStore, StoreError> {
-        let store = PostgresStore { pool };
+    /// A store over `pool`'s database, its schema created or upgraded first. `relaxed` is a
+    /// pool to the same database whose sessions run with `synchronous_commit = off`, for the
+    /// writes whose loss in a crash of the state database errs on the safe side (as the
+    /// [`Store`] trait allows): a lease's activation, renewal and deletion.
+    pub async fn open(pool: Pool, relaxed: Pool) -> Result<PostgresStore, StoreError> {
+        let store = PostgresStore { pool, relaxed };
         store.migrate().await?;
         Ok(store)
     }
@@ -133,9 +137,22 @@ impl PostgresStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
-    /// Runs `sql` with `params`; the number of rows changed.
+    /// Runs `sql` with `params`, committed durably; the number of rows changed.
     async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
-        let client = self.client().await?;
+        self.execute_on(&self.pool, sql, params).await
+    }
+
+    /// Runs `sql` with `params` on a connection of `pool`; the number of rows changed.
+    async fn execute_on(
+        &self,
+        pool: &Pool,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let statement = client.prepare_cached(sql).await.map_err(db)?;
         client.execute(&statement, params).await.map_err(db)
     }
@@ -297,7 +314,11 @@ impl Store for PostgresStore {
     }
 
     async fn update_lease(&self, l: &Lease, from: LeaseState) -> Result<bool, StoreError> {
-        self.execute(
+        // A revocation that failed must survive a crash, or its lease would come back active.
+        let durable = l.state == LeaseState::Revoking && l.revoke_attempts > 0;
+        let pool = if durable { &self.pool } else { &self.relaxed };
+        self.execute_on(
+            pool,
             "UPDATE pgwarden_leases SET state = $2, expires_at_ms = $3, last_renewal_ms = $4, \
              revoke_attempts = $5, last_error = $6 WHERE id = $1 AND state = $7",
             &[
@@ -315,9 +336,13 @@ impl Store for PostgresStore {
     }
 
     async fn delete_lease(&self, id: &str) -> Result<(), StoreError> {
-        self.execute("DELETE FROM pgwarden_leases WHERE id = $1", &[&id])
-            .await
-            .map(drop)
+        self.execute_on(
+            &self.relaxed,
+            "DELETE FROM pgwarden_leases WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .map(drop)
     }
 
     async fn get_lease(&self, id: &str) -> Result<Option<Lease>, StoreError> {

@@ -319,6 +319,25 @@ async fn roles_and_connections_round_trip(open: Opener<'_>) {
     assert!(store.delete_connection("database", "appdb").await.unwrap());
     assert!(store.connections().await.unwrap().is_empty());
 }
+/// A PostgreSQL store on the database at `url`, its relaxed writes on sessions without
+/// synchronous commit, as pgwarden opens it.
+async fn postgres_store(url: &str) -> PostgresStore {
+    let pool = |options: Option<&str>| {
+        let mut config: tokio_postgres::Config = url.parse().unwrap();
+        if let Some(options) = options {
+            config.options(options);
+        }
+        let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+        deadpool_postgres::Pool::builder(manager)
+            .max_size(8)
+            .build()
+            .unwrap()
+    };
+    PostgresStore::open(pool(None), pool(Some("-c synchronous_commit=off")))
+        .await
+        .unwrap()
+}
+
 /// Every check, each on fresh state from `fresh`.
 async fn run_all<F, Fut>(fresh: F, shared: bool)
 where
@@ -372,16 +391,7 @@ async fn postgres_keeps_the_contract() {
                     .unwrap();
                 let open: Open = Box::new(move || {
                     let url = url.clone();
-                    Box::pin(async move {
-                        let config: tokio_postgres::Config = url.parse().unwrap();
-                        let manager =
-                            deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
-                        let pool = deadpool_postgres::Pool::builder(manager)
-                            .max_size(8)
-                            .build()
-                            .unwrap();
-                        Arc::new(PostgresStore::open(pool).await.unwrap()) as Arc<dyn Store>
-                    })
+                    Box::pin(async move { Arc::new(postgres_store(&url).await) as Arc<dyn Store> })
                 });
                 open
             }
@@ -433,14 +443,7 @@ async fn a_copy_keeps_everything_and_refuses_a_destination_with_state() {
         .unwrap();
 
     let cluster = PgCluster::start().unwrap();
-    let config: tokio_postgres::Config = cluster.superuser_url("postgres").parse().unwrap();
-    let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
-        config,
-        tokio_postgres::NoTls,
-    ))
-    .build()
-    .unwrap();
-    let postgres = PostgresStore::open(pool).await.unwrap();
+    let postgres = postgres_store(&cluster.superuser_url("postgres")).await;
     let copied = pgwarden_store::copy_state(&sqlite, &postgres)
         .await
         .unwrap();
