@@ -358,3 +358,70 @@ async fn a_state_database_restart_under_load_costs_503s_and_nothing_else() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_cut_off_from_the_state_stops_reaping_and_answers_503() {
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let su = cluster.connect_superuser("postgres").await.unwrap();
+    su.batch_execute("CREATE DATABASE state").await.unwrap();
+    let direct = cluster.superuser_url("state");
+    let link = pgwarden_testkit::partition::Partition::start(cluster.port())
+        .await
+        .unwrap();
+    let through_link = direct.replace(
+        &format!(":{}/", cluster.port()),
+        &format!(":{}/", link.port),
+    );
+    let state = |url: &str| format!("state: {{ postgresql: {{ url: \"{url}\" }} }}");
+    // A starts first and leads; B reaches the state directly.
+    let a = TestBroker::start(&cluster, ROLES, &state(&through_link)).await;
+    let r = Replicas {
+        cluster,
+        replicas: vec![a],
+        http: reqwest::Client::new(),
+    };
+    assert_eq!(r.one_leader(Duration::from_secs(5)).await, 0);
+    let mut r = r;
+    let b = TestBroker::start(&r.cluster, ROLES, &state(&direct)).await;
+    r.replicas.push(b);
+    let short = r.creds(1, "appdb-short").await;
+    let long = r.creds(0, "appdb-long").await;
+
+    link.cut();
+    let cut_at = Instant::now();
+    // A stops counting itself leader before B can take the lead (never two at once), and B
+    // takes it.
+    loop {
+        let leaders = r.leaders().await;
+        assert!(leaders.len() <= 1, "two leaders: {leaders:?}");
+        if leaders == [1] {
+            break;
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(12),
+            "leaders: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A answers 503 (after its statement timeout), never stale data nor a hang.
+    let lookup = json!({ "lease_id": long["lease_id"] });
+    let asked = Instant::now();
+    let (status, body) = r.call(0, "PUT", "sys/leases/lookup", Some(lookup)).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        asked.elapsed()
+    );
+    let (status, body) = r.call(0, "GET", "database/creds/appdb-long", None).await;
+    assert_eq!(status, 503, "{body}");
+    // B reaps what is due, A's lease included.
+    while r.user_exists(&short["data"]["username"]).await {
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(20),
+            "the short lease was not reaped by the new leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(r.user_exists(&long["data"]["username"]).await);
+}

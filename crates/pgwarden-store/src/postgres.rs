@@ -149,12 +149,11 @@ impl PostgresStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, StoreError> {
-        let client = pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let statement = client.prepare_cached(sql).await.map_err(db)?;
-        client.execute(&statement, params).await.map_err(db)
+        within_timeout(pool, async |client| {
+            let statement = client.prepare_cached(sql).await.map_err(db)?;
+            client.execute(&statement, params).await.map_err(db)
+        })
+        .await
     }
 
     /// Runs the query `sql` with `params`.
@@ -163,9 +162,11 @@ impl PostgresStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await.map_err(db)?;
-        client.query(&statement, params).await.map_err(db)
+        within_timeout(&self.pool, async |client| {
+            let statement = client.prepare_cached(sql).await.map_err(db)?;
+            client.query(&statement, params).await.map_err(db)
+        })
+        .await
     }
 
     /// The token whose `column` (accessor or hash) equals `value`.
@@ -180,6 +181,31 @@ impl PostgresStore {
             .first()
             .map(token)
             .transpose()
+    }
+}
+
+/// How long one statement on the state database may take before the database counts as
+/// unavailable (a network partition can leave a connection hanging, not failing).
+const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `work` on a connection of `pool`, giving up after [`STATEMENT_TIMEOUT`]: then the
+/// connection, whose answer may still come, is closed rather than returned to the pool.
+async fn within_timeout<T>(
+    pool: &Pool,
+    work: impl AsyncFnOnce(&deadpool_postgres::Object) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let timed_out = || StoreError::Unavailable(format!("no answer within {STATEMENT_TIMEOUT:?}"));
+    let client = tokio::time::timeout(STATEMENT_TIMEOUT, pool.get())
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let outcome = tokio::time::timeout(STATEMENT_TIMEOUT, work(&client)).await;
+    match outcome {
+        Ok(result) => result,
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(timed_out())
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod broker;
 mod cluster;
 pub mod issuer;
+pub mod partition;
 pub mod tls;
 
 pub use cluster::{APP_ADMIN, APP_ADMIN_PASSWORD, PgCluster, SUPERUSER, TestkitError};
