@@ -94,13 +94,20 @@ impl Leadership {
         }
     }
 
-    /// Renews the lead every [`LEAD_RENEWAL`] until `shutdown` turns true.
+    /// Renews the lead every [`LEAD_RENEWAL`] until `shutdown` turns true; then gives it up
+    /// (after the reaper has stopped), so another replica takes over at once.
     pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, mut shutdown: watch::Receiver<bool>) {
         loop {
             self.try_lead(store.as_ref()).await;
             tokio::select! {
                 _ = tokio::time::sleep(LEAD_RENEWAL) => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
+            }
+        }
+        if self.is_leader() {
+            *self.until.lock() = None;
+            if let Err(error) = store.resign(&self.holder).await {
+                tracing::warn!(holder = %self.holder, %error, "cannot give up the lead; another replica takes it when it lapses");
             }
         }
     }

@@ -71,6 +71,8 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
     reaper: JoinHandle<()>,
+    /// On shared state: the task that holds the lead, and gives it up at shutdown.
+    leading: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -78,6 +80,9 @@ impl Running {
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
         let _ = self.reaper.await;
+        if let Some(leading) = self.leading {
+            let _ = leading.await;
+        }
         self.http
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -128,11 +133,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source,
     })?;
     let (shutdown, signal) = watch::channel(false);
-    if leadership.is_shared() {
+    let leading = if leadership.is_shared() {
         leadership.try_lead(store.as_ref()).await;
-        tokio::spawn(leadership.clone().run(store.clone(), signal.clone()));
         tokio::spawn(refresh_catalog(catalog.clone(), signal.clone()));
-    }
+        Some(tokio::spawn(
+            leadership.clone().run(store.clone(), signal.clone()),
+        ))
+    } else {
+        None
+    };
     let reaper = tokio::spawn(broker.clone().run_reaper(signal.clone()));
     tokio::spawn(orphans.clone().run(signal.clone()));
     let reload_metrics = metrics.clone();
@@ -164,6 +173,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         http,
         reaper,
+        leading,
     })
 }
 

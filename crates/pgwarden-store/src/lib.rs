@@ -182,6 +182,8 @@ pub trait Store: Send + Sync + 'static {
     /// Takes or keeps the reaper's leadership for `holder` for `ttl` (judged by the state
     /// database's clock); false while another holder has it.
     async fn lead(&self, holder: &str, ttl: std::time::Duration) -> Result<bool, StoreError>;
+    /// Gives up the reaper's leadership if `holder` has it.
+    async fn resign(&self, holder: &str) -> Result<(), StoreError>;
     /// Creates or replaces a role of `mount`.
     async fn put_role(&self, mount: &str, role: &RoleDef) -> Result<(), StoreError>;
     /// Deletes a role; false when there was none.

@@ -437,6 +437,15 @@ impl Store for PostgresStore {
         Ok(!rows.is_empty())
     }
 
+    async fn resign(&self, holder: &str) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM pgwarden_leader WHERE name = 'reaper' AND holder = $1",
+            &[&holder],
+        )
+        .await
+        .map(drop)
+    }
+
     async fn put_role(&self, mount: &str, role: &RoleDef) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO pgwarden_roles (mount, name, role_json) VALUES ($1, $2, $3) \

@@ -404,6 +404,10 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
+    async fn resign(&self, _holder: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     async fn put_role(&self, mount: &str, role: &RoleDef) -> Result<(), StoreError> {
         let json = to_json("role", role)?;
         let (mount, name) = (mount.to_string(), role.name.clone());
