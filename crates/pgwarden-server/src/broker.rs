@@ -69,6 +69,8 @@ pub struct Broker {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Leases whose last revocation attempt failed.
     failing: Mutex<HashSet<String>>,
+    /// Leases the reaper is revoking right now.
+    reaping: Mutex<HashSet<String>>,
     /// Leases revoked with `sync: false` (revoked on the reaper's next pass even if not expired).
     forced: Mutex<HashSet<String>>,
     /// Whether this replica reaps now.
@@ -142,6 +144,7 @@ impl Broker {
             locks: Mutex::default(),
             failing: Mutex::default(),
             forced: Mutex::default(),
+            reaping: Mutex::default(),
             connections_in_use: tokio::sync::RwLock::default(),
             passwords: PasswordPool::start(PASSWORDS_AHEAD),
         }
@@ -388,10 +391,14 @@ impl Broker {
     }
 
     /// Queues a lease for revocation by the reaper (Vault's `"sync": false`).
+    /// The lease is marked `revoking` in the store at once, so whichever replica leads
+    /// revokes it on its next pass (and no renewal extends it meanwhile).
     pub async fn revoke_later(&self, id: &str) -> Result<(), ServerError> {
         if self.store.get_lease(id).await?.is_none() {
             return Err(not_found(id));
         }
+        let _guard = self.lock(id).await;
+        self.mark_revoking(id, Why::Requested, true).await?;
         self.forced.lock().insert(id.to_string());
         self.schedule.set(id, now());
         Ok(())
@@ -489,28 +496,10 @@ impl Broker {
 
     /// [`Broker::attempt_revocation`] for a caller that holds the lease's lock.
     async fn revoke_locked(&self, id: &str, why: Why) -> Result<(), ServerError> {
-        let Some(mut lease) = self.store.get_lease(id).await? else {
-            self.schedule.remove(id);
+        let forced = self.forced.lock().remove(id);
+        let Some((mut lease, rolling_back)) = self.mark_revoking(id, why, forced).await? else {
             return Ok(());
         };
-        let at = now();
-        let forced = self.forced.lock().remove(id);
-        if why == Why::Expired
-            && !forced
-            && lease.state == LeaseState::Active
-            && lease.expires_at > at
-        {
-            // Renewed after the reaper picked it up.
-            self.schedule.set(id, lease.expires_at);
-            return Ok(());
-        }
-        let rolling_back = lease.state == LeaseState::Pending;
-        if lease.state == LeaseState::Active {
-            lease.state = LeaseState::Revoking;
-            // Not active any more means another replica is revoking it too: dropping a user
-            // twice is harmless, so go on either way.
-            self.store.update_lease(&lease, LeaseState::Active).await?;
-        }
         let result = match self.catalog.target(&lease.mount, &lease.role.db_name) {
             Ok(target) if rolling_back => target
                 .rollback_user(&lease.role, &lease.username)
@@ -543,11 +532,12 @@ impl Broker {
             Err(error) => {
                 lease.revoke_attempts = lease.revoke_attempts.saturating_add(1);
                 lease.last_error = Some(error.to_string());
-                let from = lease.state; // revoking, or pending for a rollback
-                self.store.update_lease(&lease, from).await?;
+                self.store
+                    .update_lease(&lease, LeaseState::Revoking)
+                    .await?;
                 let retry = backoff(lease.revoke_attempts);
                 self.schedule
-                    .set(id, Ttl::from_secs(retry.as_secs()).after(at));
+                    .set(id, Ttl::from_secs(retry.as_secs()).after(now()));
                 self.failing.lock().insert(id.to_string());
                 self.metrics.revocation_failures.inc();
                 self.update_gauges();
@@ -584,14 +574,53 @@ impl Broker {
             .await
         {
             Ok(ids) => {
-                for id in ids {
-                    self.schedule.set_if_absent(&id, at);
+                let reaping = self.reaping.lock();
+                for id in ids.iter().filter(|id| !reaping.contains(*id)) {
+                    self.schedule.set_if_absent(id, at);
                 }
             }
             Err(error) => {
                 tracing::warn!(error = %chain(&error), "cannot read the leases due from the store");
             }
         }
+    }
+
+    /// Moves lease `id` to `revoking` in the store (compare-and-set, so an issuance or renewal
+    /// finishing meanwhile, here or on another replica, sees it and undoes itself), unless
+    /// there is nothing to do: the lease is gone, or (for an expiry not `forced`) it was
+    /// renewed. Returns the lease and whether it was still being issued (a rollback).
+    async fn mark_revoking(
+        &self,
+        id: &str,
+        why: Why,
+        forced: bool,
+    ) -> Result<Option<(Lease, bool)>, ServerError> {
+        for _ in 0..3 {
+            let Some(mut lease) = self.store.get_lease(id).await? else {
+                self.schedule.remove(id);
+                return Ok(None);
+            };
+            let from = lease.state;
+            if why == Why::Expired && !forced && from == LeaseState::Active {
+                let at = now();
+                if lease.expires_at > at {
+                    // Renewed after the reaper picked it up.
+                    self.schedule.set(id, lease.expires_at);
+                    return Ok(None);
+                }
+            }
+            if from == LeaseState::Revoking {
+                return Ok(Some((lease, false)));
+            }
+            lease.state = LeaseState::Revoking;
+            if self.store.update_lease(&lease, from).await? {
+                return Ok(Some((lease, from == LeaseState::Pending)));
+            }
+            // Moved on meanwhile: look again.
+        }
+        Err(ServerError::Conflict(format!(
+            "lease {id:?} keeps changing while being revoked; try again"
+        )))
     }
 
     /// The reaper: sleeps until the earliest scheduled lease is due, revokes everything due
@@ -615,15 +644,21 @@ impl Broker {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.schedule.changed() => continue,
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => break,
             }
             if !self.leadership.is_leader() {
+                // What is due here is the leader's to reap, found in the store: forget it, or
+                // the schedule of a replica that never leads would only grow.
+                drop(self.schedule.take_due(now()));
                 continue;
             }
             if shared {
                 self.schedule_due_in_store().await;
             }
             for id in self.schedule.take_due(now()) {
+                if !self.reaping.lock().insert(id.clone()) {
+                    continue; // under way: its outcome reschedules it if need be
+                }
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
@@ -633,10 +668,14 @@ impl Broker {
                     if broker.leadership.is_leader() {
                         let _ = broker.attempt_revocation(&id, Why::Expired).await;
                     }
+                    broker.reaping.lock().remove(&id);
                     drop(permit);
                 });
             }
         }
+        // Let the revocations under way finish (a while at most) before the lead is given up.
+        let all = u32::try_from(REAPER_CONCURRENCY).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(MAX_BACKOFF, permits.acquire_many(all)).await;
     }
 }
 

@@ -62,7 +62,13 @@ pub struct Catalog {
     writes: tokio::sync::Mutex<()>,
     store: Arc<dyn Store>,
     sealer: Option<Sealer>,
+    /// On shared state: when the definitions were last read from the store (see
+    /// [`Catalog::ensure_fresh`]); `None` when this process alone writes them.
+    refreshed: parking_lot::Mutex<Option<std::time::Instant>>,
 }
+
+/// How old the definitions read from shared state may be before reads of them answer 503.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The target of a connection being loaded.
 pub(crate) fn connection_target(mount: &str, def: &ConnectionDef) -> Result<Target, ConfigError> {
@@ -109,15 +115,37 @@ fn apply_stored(
     roles: Vec<(String, RoleDef)>,
     connections: Vec<(String, StoredConnection)>,
 ) -> Result<(), ConfigError> {
-    let mut stored_defs = Vec::new();
+    // What can fail first (unsealing, and a target for each new or changed connection), so
+    // that an error leaves the catalog as it was. `None`: keep the current target.
+    let mut prepared = Vec::new();
     for (mount_name, conn) in connections {
-        if mounts.contains_key(&mount_name) {
-            let def = unseal(sealer, &mount_name, conn)?;
-            stored_defs.push((mount_name, def));
-        }
+        let Some(mount) = mounts.get(&mount_name) else {
+            continue;
+        };
+        let def = unseal(sealer, &mount_name, conn)?;
+        let target = match mount.connections.get(&def.name) {
+            Some(entry) if entry.source == Source::File => continue, // the file's wins
+            Some(entry) if same_connection(&entry.def, &def) => None,
+            _ => Some(Arc::new(connection_target(&mount_name, &def)?)),
+        };
+        prepared.push((mount_name, def, target));
     }
-    for mount in mounts.values_mut() {
+    // Then the swap, which cannot fail.
+    let mut kept_targets = BTreeMap::new();
+    for (mount_name, mount) in mounts.iter_mut() {
         mount.roles.retain(|_, entry| entry.source == Source::File);
+        let api: Vec<String> = mount
+            .connections
+            .iter()
+            .filter(|(_, entry)| entry.source == Source::Api)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in api {
+            mount.connections.remove(&name);
+            if let Some(target) = mount.targets.remove(&name) {
+                kept_targets.insert((mount_name.clone(), name), target);
+            }
+        }
     }
     for (mount_name, def) in roles {
         if let Some(mount) = mounts.get_mut(&mount_name)
@@ -127,35 +155,15 @@ fn apply_stored(
             mount.roles.insert(def.name.clone(), Entry { def, source });
         }
     }
-    for (mount_name, mount) in mounts.iter_mut() {
-        // The file's connections stay; the API's are rebuilt from the store below.
-        let mut targets = std::mem::take(&mut mount.targets);
-        let mut previous = BTreeMap::new();
-        for (name, entry) in std::mem::take(&mut mount.connections) {
-            if entry.source == Source::File {
-                let target = targets.remove(&name);
-                mount.targets.extend(target.map(|t| (name.clone(), t)));
-                mount.connections.insert(name, entry);
-            } else {
-                previous.insert(name, entry);
-            }
-        }
-        for (_, def) in stored_defs.iter().filter(|(m, _)| m == mount_name) {
-            if mount.connections.contains_key(&def.name) {
-                continue;
-            }
-            let unchanged = previous
-                .get(&def.name)
-                .is_some_and(|entry| same_connection(&entry.def, def));
-            let target = match targets.remove(&def.name) {
-                Some(target) if unchanged => target,
-                _ => Arc::new(connection_target(mount_name, def)?),
-            };
+    for (mount_name, def, target) in prepared {
+        let key = (mount_name, def.name.clone());
+        let Some(target) = target.or_else(|| kept_targets.remove(&key)) else {
+            continue; // unreachable: an unchanged connection had a target
+        };
+        if let Some(mount) = mounts.get_mut(&key.0) {
             mount.targets.insert(def.name.clone(), target);
-            let (def, source) = (def.clone(), Source::Api);
-            mount
-                .connections
-                .insert(def.name.clone(), Entry { def, source });
+            let (name, source) = (def.name.clone(), Source::Api);
+            mount.connections.insert(name, Entry { def, source });
         }
     }
     Ok(())
@@ -208,7 +216,28 @@ impl Catalog {
         let connections = self.store.connections().await?;
         let mut mounts = self.mounts.write();
         apply_stored(&mut mounts, self.sealer.as_ref(), roles, connections)
-            .map_err(|e| ServerError::Internal(e.to_string()))
+            .map_err(|e| ServerError::Internal(e.to_string()))?;
+        *self.refreshed.lock() = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// From now on, the definitions are kept in step with a shared store by
+    /// [`Catalog::refresh`], and reads through the API check that they are.
+    pub fn expect_refreshes(&self) {
+        *self.refreshed.lock() = Some(std::time::Instant::now());
+    }
+
+    /// On shared state, refuses (503) to answer from definitions not read from the store for
+    /// a few seconds (this replica is cut off from it): they may be stale.
+    pub fn ensure_fresh(&self) -> Result<(), ServerError> {
+        match *self.refreshed.lock() {
+            Some(at) if at.elapsed() > STALE_AFTER => Err(ServerError::Unavailable(format!(
+                "this replica has not reached the state database for {} s; its definitions \
+                 may be stale",
+                at.elapsed().as_secs()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Builds the catalog from the file's mounts plus what the store holds.
@@ -245,6 +274,7 @@ impl Catalog {
             writes: tokio::sync::Mutex::new(()),
             store,
             sealer,
+            refreshed: parking_lot::Mutex::new(None),
         })
     }
 

@@ -135,6 +135,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (shutdown, signal) = watch::channel(false);
     let leading = if leadership.is_shared() {
         leadership.try_lead(store.as_ref()).await;
+        catalog.expect_refreshes();
         tokio::spawn(refresh_catalog(catalog.clone(), signal.clone()));
         Some(tokio::spawn(
             leadership.clone().run(store.clone(), signal.clone()),
@@ -177,8 +178,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-/// Creates `dir` (mode 0700) if it does not exist, and warns when an existing one is open to
-/// other users: the state store inside stays 0600 either way.
 /// Opens the configured state: SQLite in `data_dir` (this process always leads), or the
 /// shared PostgreSQL database (leadership taken in it).
 async fn open_state(config: &Config) -> Result<(Arc<dyn Store>, Arc<Leadership>), StartError> {
@@ -237,6 +236,8 @@ async fn refresh_catalog(catalog: Arc<Catalog>, mut shutdown: watch::Receiver<bo
     }
 }
 
+/// Creates `dir` (mode 0700) if it does not exist, and warns when an existing one is open to
+/// other users: the state store inside stays 0600 either way.
 fn create_private_dir(dir: &std::path::Path) -> Result<(), StartError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()

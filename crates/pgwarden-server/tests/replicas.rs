@@ -171,6 +171,24 @@ async fn exactly_one_replica_reaps_and_another_takes_over_when_it_stops() {
     let mut r = Replicas::start(3).await;
     let leader = r.one_leader(Duration::from_secs(5)).await;
 
+    // A revocation queued (`sync: false`) on a replica that does not lead is done by the
+    // leader, at once.
+    let follower = (leader + 1) % 3;
+    let queued = r.creds(follower, "appdb-long").await;
+    let revoke = json!({ "lease_id": queued["lease_id"], "sync": false });
+    let (status, body) = r
+        .call(follower, "PUT", "sys/leases/revoke", Some(revoke))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while r.user_exists(&queued["data"]["username"]).await {
+        assert!(
+            Instant::now() < deadline,
+            "the queued revocation was not done"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Short leases issued on every replica are all reaped on time, by the leader.
     let mut users = Vec::new();
     for i in 0..3 {
@@ -208,7 +226,8 @@ async fn exactly_one_replica_reaps_and_another_takes_over_when_it_stops() {
             .find(|l| l.starts_with("pgwarden_leases_revoked_total{reason=\"expired\"}"))
             .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
             .unwrap_or(0.0);
-        assert_eq!(revoked, if i == leader { 3.0 } else { 0.0 }, "replica {i}");
+        // The reaper's: three expiries and the queued revocation.
+        assert_eq!(revoked, if i == leader { 4.0 } else { 0.0 }, "replica {i}");
     }
 
     // The leader shuts down with leases due soon: it hands the lead over at once (a rolling
@@ -420,6 +439,17 @@ async fn a_replica_cut_off_from_the_state_stops_reaping_and_answers_503() {
     );
     let (status, body) = r.call(0, "GET", "database/creds/appdb-long", None).await;
     assert_eq!(status, 503, "{body}");
+    let (status, body) = r.call(0, "GET", "database/roles/appdb-long", None).await;
+    assert_eq!(status, 503, "definitions may be stale: {body}");
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("this replica has not reached the state database for "),
+        "{body}"
+    );
+    let (status, _) = r.call(1, "GET", "database/roles/appdb-long", None).await;
+    assert_eq!(status, 200, "the connected replica answers");
     // B reaps what is due, A's lease included.
     while r.user_exists(&short["data"]["username"]).await {
         assert!(

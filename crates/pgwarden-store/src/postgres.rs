@@ -1,6 +1,7 @@
 //! The shared backend: tables in a PostgreSQL database that several pgwarden replicas use at
-//! once. Every write is one statement (or one transaction) committed before the call returns,
-//! with the database's own durability; leadership of the reaper is a row whose lease is judged
+//! once. Every write is one statement committed before the call returns: with the database's
+//! durability, except a lease's activation, renewal and deletion, which do not wait for its
+//! disk (see [`PostgresStore::open`]). Leadership of the reaper is a row whose lease is judged
 //! by the database's clock.
 
 use crate::{Store, StoreError, StoredConnection};
@@ -33,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX pgwarden_leases_by_token ON pgwarden_leases (token_accessor)
         WHERE token_accessor IS NOT NULL;
     CREATE INDEX pgwarden_leases_by_expiry ON pgwarden_leases (expires_at_ms);
+    CREATE INDEX pgwarden_leases_unsettled ON pgwarden_leases (state) WHERE state <> 'active';
     CREATE TABLE pgwarden_roles (
         mount text NOT NULL,
         name text NOT NULL,
@@ -184,8 +186,9 @@ impl PostgresStore {
     }
 }
 
-/// How long one statement on the state database may take before the database counts as
-/// unavailable (a network partition can leave a connection hanging, not failing).
+/// How long getting a connection, and then one statement, may each take before the state
+/// database counts as unavailable (a network partition can leave a connection hanging, not
+/// failing).
 const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs `work` on a connection of `pool`, giving up after [`STATEMENT_TIMEOUT`]: then the

@@ -12,6 +12,7 @@ use pgwarden_core::wire::{ConnectionDetails, ConnectionInfo, ConnectionWrite, Se
 
 /// The connection names of `mount`.
 pub fn list(state: &AppState, mount: &str) -> Result<Response, ServerError> {
+    state.broker.catalog().ensure_fresh()?;
     Ok(respond::keys(
         state.broker.catalog().connection_names(mount)?,
     ))
@@ -23,6 +24,7 @@ pub fn read(
     mount: &str,
     name: &str,
 ) -> Result<Json<SecretResponse<ConnectionInfo>>, ServerError> {
+    state.broker.catalog().ensure_fresh()?;
     let entry = state.broker.catalog().connection(mount, name)?;
     let def = entry.def;
     Ok(respond::ok(ConnectionInfo {

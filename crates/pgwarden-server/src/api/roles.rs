@@ -11,6 +11,7 @@ use pgwarden_core::wire::SecretResponse;
 
 /// The role names of `mount`.
 pub fn list(state: &AppState, mount: &str) -> Result<Response, ServerError> {
+    state.broker.catalog().ensure_fresh()?;
     Ok(respond::keys(state.broker.catalog().role_names(mount)?))
 }
 
@@ -20,6 +21,7 @@ pub fn read(
     mount: &str,
     name: &str,
 ) -> Result<Json<SecretResponse<RoleSpec>>, ServerError> {
+    state.broker.catalog().ensure_fresh()?;
     let role = state.broker.catalog().role(mount, name)?;
     Ok(respond::ok(role.to_spec()))
 }
