@@ -60,6 +60,16 @@ pub enum EngineError {
         /// The caller's identity.
         identity: String,
     },
+    /// A role's creation statements ended the transaction (`COMMIT` or `END`): the user may
+    /// already exist, before pgwarden could make sure its lease is recorded.
+    #[error(
+        "{what}: the creation statements end the transaction (COMMIT or END); remove that \
+         statement: pgwarden commits the user itself once its lease is recorded"
+    )]
+    TransactionEnded {
+        /// What pgwarden was doing.
+        what: String,
+    },
     /// A standby did not replay a user's drop in time; its sessions may still run there.
     #[error(
         "user {username:?} is dropped on the primary but still exists on standby {host} after \

@@ -452,16 +452,32 @@ async fn begin_with(
         .map(|statement| format!("{statement}\n;\n"))
         .collect();
     // The timeout ends the transaction should pgwarden vanish before committing (the server
-    // would otherwise hold its locks until TCP gives up); the savepoint fails outside a
-    // transaction, so a template that commits by itself is caught before its user could
-    // exist unrecorded.
+    // would otherwise hold its locks until TCP gives up). The transaction's id, read before
+    // and after the statements, differs when a statement (a template's `COMMIT` or `END`)
+    // ended the transaction, whose user would then exist unrecorded. (Creating a role takes
+    // an id anyway.)
     let outcome = client
-        .batch_execute(&format!(
-            "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n{body}\
-             SAVEPOINT pgwarden_uncommitted;"
+        .simple_query(&format!(
+            "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n\
+             SELECT txid_current()::text;\n{body}SELECT txid_current()::text;"
         ))
         .await
-        .map_err(sql(what.to_string()));
+        .map_err(sql(what.to_string()))
+        .and_then(|messages| {
+            let ids: Vec<&str> = messages
+                .iter()
+                .filter_map(|message| match message {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+                    _ => None,
+                })
+                .collect();
+            match (ids.first(), ids.last()) {
+                (Some(first), Some(last)) if first == last => Ok(()),
+                _ => Err(EngineError::TransactionEnded {
+                    what: what.to_string(),
+                }),
+            }
+        });
     if outcome.is_err() {
         let _ = client.batch_execute("ROLLBACK;").await;
     }

@@ -705,3 +705,48 @@ async fn an_uncommitted_user_cannot_log_in_and_is_gone_unless_committed() {
     let more = issue(&s, &ro).await;
     login(&s, &more).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_template_that_commits_by_itself_is_caught_before_its_user_counts_as_pending() {
+    let s = setup().await;
+    let sneaky = role(
+        "sneaky",
+        r#"{"db_name":"appdb","creation_statements":[
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+            "COMMIT;"]}"#,
+    );
+    let username = names::generate_username("test", "sneaky", 1);
+    let expires = OffsetDateTime::now_utc() + Duration::from_secs(600);
+    let Err(error) = s
+        .target
+        .begin_user(
+            &sneaky,
+            &username,
+            &NewPassword::generate(),
+            expires,
+            &[],
+            "root",
+        )
+        .await
+    else {
+        panic!("a self-committing template was taken as uncommitted");
+    };
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "creating user {username:?} for role \"sneaky\": the creation statements end the \
+             transaction (COMMIT or END); remove that statement: pgwarden commits the user \
+             itself once its lease is recorded"
+        )
+    );
+    assert!(
+        !error.created_nothing(),
+        "its user may exist: the caller must roll back"
+    );
+    assert!(
+        role_exists(&s, &username).await,
+        "the template committed it"
+    );
+    s.target.rollback_user(&sneaky, &username).await.unwrap();
+    assert!(!role_exists(&s, &username).await);
+}
