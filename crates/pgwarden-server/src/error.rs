@@ -79,7 +79,8 @@ impl ServerError {
                 EngineError::InvalidUrl { .. }
                 | EngineError::Template(_)
                 | EngineError::UserGone { .. }
-                | EngineError::UnsafeGroup { .. } => 400,
+                | EngineError::UnsafeGroup { .. }
+                | EngineError::TransactionEnded { .. } => 400,
             },
             ServerError::Auth(e) => match e {
                 AuthError::UnknownRole { .. } => 400,
