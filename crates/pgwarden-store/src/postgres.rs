@@ -69,6 +69,9 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
+/// How long checking (and upgrading) the schema at start-up may take.
+const MIGRATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The advisory lock that serialises replicas migrating at the same time.
 const MIGRATION_LOCK: i64 = 0x7067_7761_7264_656e; // "pgwarden"
 
@@ -90,7 +93,14 @@ impl PostgresStore {
     /// [`Store`] trait allows): a lease's activation, renewal and deletion.
     pub async fn open(pool: Pool, relaxed: Pool) -> Result<PostgresStore, StoreError> {
         let store = PostgresStore { pool, relaxed };
-        store.migrate().await?;
+        tokio::time::timeout(MIGRATION_TIMEOUT, store.migrate())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "the state database did not answer within {MIGRATION_TIMEOUT:?} while \
+                     checking its schema"
+                ))
+            })??;
         Ok(store)
     }
 
@@ -101,9 +111,17 @@ impl PostgresStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(db)?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS pgwarden_schema (version integer NOT NULL)")
+        // Up to date needs no DDL, so the state user may lose its CREATE privilege once set up.
+        let tracked: bool = tx
+            .query_one("SELECT to_regclass('pgwarden_schema') IS NOT NULL", &[])
             .await
-            .map_err(db)?;
+            .map_err(db)?
+            .get(0);
+        if !tracked {
+            tx.batch_execute("CREATE TABLE pgwarden_schema (version integer NOT NULL)")
+                .await
+                .map_err(db)?;
+        }
         let current: i32 = tx
             .query_opt("SELECT version FROM pgwarden_schema", &[])
             .await
@@ -118,6 +136,9 @@ impl PostgresStore {
                     MIGRATIONS.len()
                 ),
             });
+        }
+        if current as usize == MIGRATIONS.len() {
+            return tx.commit().await.map_err(db);
         }
         for sql in MIGRATIONS.iter().skip(current.max(0) as usize) {
             tx.batch_execute(sql).await.map_err(db)?;
