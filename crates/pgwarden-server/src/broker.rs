@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use pgwarden_core::names::generate_username;
 use pgwarden_core::{Lease, LeaseState, Owner, RoleKind, Ttl, chain};
 use pgwarden_engine::PasswordPool;
-use pgwarden_store::Store;
+use pgwarden_store::{Durability, Store};
 use secrecy::SecretString;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -71,8 +71,6 @@ pub struct Broker {
     failing: Mutex<HashSet<String>>,
     /// Leases the reaper is revoking right now.
     reaping: Mutex<HashSet<String>>,
-    /// Leases revoked with `sync: false` (revoked on the reaper's next pass even if not expired).
-    forced: Mutex<HashSet<String>>,
     /// Whether this replica reaps now.
     leadership: Arc<Leadership>,
     /// New users' passwords, hashed ahead of need.
@@ -143,7 +141,6 @@ impl Broker {
             metrics,
             locks: Mutex::default(),
             failing: Mutex::default(),
-            forced: Mutex::default(),
             reaping: Mutex::default(),
             connections_in_use: tokio::sync::RwLock::default(),
             passwords: PasswordPool::start(PASSWORDS_AHEAD),
@@ -306,7 +303,11 @@ impl Broker {
             ));
         }
         lease.state = LeaseState::Active;
-        match self.store.update_lease(&lease, LeaseState::Pending).await {
+        match self
+            .store
+            .update_lease(&lease, LeaseState::Pending, Durability::Relaxed)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 // Revoked by something that did not take the lease's lock: undo the user, or
@@ -365,7 +366,11 @@ impl Broker {
             .await?;
         lease.expires_at = renewal.expires_at;
         lease.last_renewal = Some(at);
-        if !self.store.update_lease(&lease, LeaseState::Active).await? {
+        if !self
+            .store
+            .update_lease(&lease, LeaseState::Active, Durability::Relaxed)
+            .await?
+        {
             // Revoked meanwhile (on another replica): its user is being dropped.
             return Err(ServerError::BadRequest(format!(
                 "lease {id:?} has expired or is being revoked"
@@ -398,8 +403,9 @@ impl Broker {
             return Err(not_found(id));
         }
         let _guard = self.lock(id).await;
-        self.mark_revoking(id, Why::Requested, true).await?;
-        self.forced.lock().insert(id.to_string());
+        // Synced: the caller is told it will happen, so a power cut must not undo the mark.
+        self.mark_revoking(id, Why::Requested, Durability::Synced)
+            .await?;
         self.schedule.set(id, now());
         Ok(())
     }
@@ -491,13 +497,20 @@ impl Broker {
     /// kept (visible in lookup and metrics) and retried after a backoff.
     async fn attempt_revocation(&self, id: &str, why: Why) -> Result<(), ServerError> {
         let _guard = self.lock(id).await;
-        self.revoke_locked(id, why).await
+        let outcome = self.revoke_locked(id, why).await;
+        if outcome.is_err() {
+            // Failed before its retry was scheduled (the state could not be read or written):
+            // try again later rather than forget it until a restart.
+            self.schedule
+                .set_if_absent(id, Ttl::from_secs(backoff(1).as_secs()).after(now()));
+        }
+        outcome
     }
 
     /// [`Broker::attempt_revocation`] for a caller that holds the lease's lock.
     async fn revoke_locked(&self, id: &str, why: Why) -> Result<(), ServerError> {
-        let forced = self.forced.lock().remove(id);
-        let Some((mut lease, rolling_back)) = self.mark_revoking(id, why, forced).await? else {
+        let marked = self.mark_revoking(id, why, Durability::Relaxed).await;
+        let Some((mut lease, rolling_back)) = marked? else {
             return Ok(());
         };
         let result = match self.catalog.target(&lease.mount, &lease.role.db_name) {
@@ -533,7 +546,7 @@ impl Broker {
                 lease.revoke_attempts = lease.revoke_attempts.saturating_add(1);
                 lease.last_error = Some(error.to_string());
                 self.store
-                    .update_lease(&lease, LeaseState::Revoking)
+                    .update_lease(&lease, LeaseState::Revoking, Durability::Synced)
                     .await?;
                 let retry = backoff(lease.revoke_attempts);
                 self.schedule
@@ -587,21 +600,23 @@ impl Broker {
 
     /// Moves lease `id` to `revoking` in the store (compare-and-set, so an issuance or renewal
     /// finishing meanwhile, here or on another replica, sees it and undoes itself), unless
-    /// there is nothing to do: the lease is gone, or (for an expiry not `forced`) it was
-    /// renewed. Returns the lease and whether it was still being issued (a rollback).
+    /// there is nothing to do: the lease is gone, or (for an expiry) it was renewed. A lease
+    /// already `revoking` (a queued or failed revocation) is revoked whatever its expiry.
+    /// Returns the lease and whether it was still being issued (a rollback).
     async fn mark_revoking(
         &self,
         id: &str,
         why: Why,
-        forced: bool,
+        durability: Durability,
     ) -> Result<Option<(Lease, bool)>, ServerError> {
         for _ in 0..3 {
             let Some(mut lease) = self.store.get_lease(id).await? else {
                 self.schedule.remove(id);
+                self.failing.lock().remove(id);
                 return Ok(None);
             };
             let from = lease.state;
-            if why == Why::Expired && !forced && from == LeaseState::Active {
+            if why == Why::Expired && from == LeaseState::Active {
                 let at = now();
                 if lease.expires_at > at {
                     // Renewed after the reaper picked it up.
@@ -613,7 +628,7 @@ impl Broker {
                 return Ok(Some((lease, false)));
             }
             lease.state = LeaseState::Revoking;
-            if self.store.update_lease(&lease, from).await? {
+            if self.store.update_lease(&lease, from, durability).await? {
                 return Ok(Some((lease, from == LeaseState::Pending)));
             }
             // Moved on meanwhile: look again.

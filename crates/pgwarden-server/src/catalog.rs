@@ -232,8 +232,8 @@ impl Catalog {
     pub fn ensure_fresh(&self) -> Result<(), ServerError> {
         match *self.refreshed.lock() {
             Some(at) if at.elapsed() > STALE_AFTER => Err(ServerError::Unavailable(format!(
-                "this replica has not reached the state database for {} s; its definitions \
-                 may be stale",
+                "this replica has not read its definitions from the state database for {} s \
+                 (see its log for why); they may be stale",
                 at.elapsed().as_secs()
             ))),
             _ => Ok(()),

@@ -94,14 +94,14 @@ impl Leadership {
         }
     }
 
-    /// Renews the lead every [`LEAD_RENEWAL`] until `shutdown` turns true; then gives it up
-    /// (after the reaper has stopped), so another replica takes over at once.
-    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, mut shutdown: watch::Receiver<bool>) {
+    /// Renews the lead every [`LEAD_RENEWAL`] until `resign` turns true (the server sends it
+    /// once its reaper has stopped); then gives it up, so another replica takes over at once.
+    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, mut resign: watch::Receiver<bool>) {
         loop {
             self.try_lead(store.as_ref()).await;
             tokio::select! {
                 _ = tokio::time::sleep(LEAD_RENEWAL) => {}
-                _ = shutdown.changed() => break,
+                _ = resign.changed() => break,
             }
         }
         if self.is_leader() {

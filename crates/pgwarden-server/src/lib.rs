@@ -71,8 +71,10 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
     reaper: JoinHandle<()>,
-    /// On shared state: the task that holds the lead, and gives it up at shutdown.
+    /// On shared state: the task that holds the lead, and gives it up when told to.
     leading: Option<JoinHandle<()>>,
+    /// Tells `leading` to give the lead up (after the reaper has stopped).
+    resign: watch::Sender<bool>,
 }
 
 impl Running {
@@ -80,6 +82,8 @@ impl Running {
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
         let _ = self.reaper.await;
+        // Only now, with no revocation of this replica under way, may another replica lead.
+        let _ = self.resign.send(true);
         if let Some(leading) = self.leading {
             let _ = leading.await;
         }
@@ -133,12 +137,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source,
     })?;
     let (shutdown, signal) = watch::channel(false);
+    let (resign, resigned) = watch::channel(false);
     let leading = if leadership.is_shared() {
         leadership.try_lead(store.as_ref()).await;
         catalog.expect_refreshes();
         tokio::spawn(refresh_catalog(catalog.clone(), signal.clone()));
         Some(tokio::spawn(
-            leadership.clone().run(store.clone(), signal.clone()),
+            leadership.clone().run(store.clone(), resigned),
         ))
     } else {
         None
@@ -175,6 +180,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         http,
         reaper,
         leading,
+        resign,
     })
 }
 

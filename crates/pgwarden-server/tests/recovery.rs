@@ -24,7 +24,11 @@ async fn half_created_leases_are_rolled_back_on_start() {
         let mut lease = store.get_lease(id).await.unwrap().unwrap();
         lease.state = LeaseState::Pending;
         store
-            .update_lease(&lease, LeaseState::Active)
+            .update_lease(
+                &lease,
+                LeaseState::Active,
+                pgwarden_store::Durability::Synced,
+            )
             .await
             .unwrap();
     }

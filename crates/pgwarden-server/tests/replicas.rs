@@ -445,7 +445,7 @@ async fn a_replica_cut_off_from_the_state_stops_reaping_and_answers_503() {
         body["errors"][0]
             .as_str()
             .unwrap()
-            .starts_with("this replica has not reached the state database for "),
+            .starts_with("this replica has not read its definitions from the state database for "),
         "{body}"
     );
     let (status, _) = r.call(1, "GET", "database/roles/appdb-long", None).await;

@@ -88,6 +88,19 @@ pub enum StoreError {
     },
 }
 
+/// How durable a lease update must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced to disk before the call returns: a revocation that failed, or one promised but
+    /// not done yet (`sync: false`), whose loss would bring the lease back active.
+    Synced,
+    /// Survives a crash of pgwarden, but not necessarily a power cut (or a crash of a shared
+    /// state database): for changes whose loss errs on the safe side (an activation or
+    /// renewal lost ends a credential early; a mark lost during a revocation that goes on to
+    /// finish changes nothing).
+    Relaxed,
+}
+
 /// What [`copy_state`] copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Copied {
@@ -159,8 +172,14 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_lease(&self, lease: &Lease) -> Result<(), StoreError>;
     /// Replaces a lease's mutable fields (state, expiries, revocation attempts) if its stored
     /// state is still `from`; false when it is not, or no lease has this id (another request,
-    /// perhaps on another replica, moved it on: revoked it meanwhile).
-    async fn update_lease(&self, lease: &Lease, from: LeaseState) -> Result<bool, StoreError>;
+    /// perhaps on another replica, moved it on: revoked it meanwhile). `durability` says
+    /// whether the change must survive a power cut (or a crash of a shared state database).
+    async fn update_lease(
+        &self,
+        lease: &Lease,
+        from: LeaseState,
+        durability: Durability,
+    ) -> Result<bool, StoreError>;
     /// Forgets a lease whose user is gone.
     async fn delete_lease(&self, id: &str) -> Result<(), StoreError>;
     /// One lease by id.

@@ -4,7 +4,7 @@
 //! disk (see [`PostgresStore::open`]). Leadership of the reaper is a row whose lease is judged
 //! by the database's clock.
 
-use crate::{Store, StoreError, StoredConnection};
+use crate::{Durability, Store, StoreError, StoredConnection};
 use deadpool_postgres::Pool;
 use pgwarden_core::{Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl};
 use serde::de::DeserializeOwned;
@@ -363,10 +363,16 @@ impl Store for PostgresStore {
         .map(drop)
     }
 
-    async fn update_lease(&self, l: &Lease, from: LeaseState) -> Result<bool, StoreError> {
-        // A revocation that failed must survive a crash, or its lease would come back active.
-        let durable = l.state == LeaseState::Revoking && l.revoke_attempts > 0;
-        let pool = if durable { &self.pool } else { &self.relaxed };
+    async fn update_lease(
+        &self,
+        l: &Lease,
+        from: LeaseState,
+        durability: Durability,
+    ) -> Result<bool, StoreError> {
+        let pool = match durability {
+            Durability::Synced => &self.pool,
+            Durability::Relaxed => &self.relaxed,
+        };
         self.execute_on(
             pool,
             "UPDATE pgwarden_leases SET state = $2, expires_at_ms = $3, last_renewal_ms = $4, \

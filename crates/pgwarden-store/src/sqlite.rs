@@ -1,7 +1,7 @@
 //! The embedded backend: one SQLite file in WAL mode in the data directory.
 
 use crate::writer::Writer;
-use crate::{Store, StoreError, StoredConnection, migrations};
+use crate::{Durability, Store, StoreError, StoredConnection, migrations};
 use parking_lot::Mutex;
 use pgwarden_core::{Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
@@ -303,10 +303,13 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn update_lease(&self, l: &Lease, from: LeaseState) -> Result<bool, StoreError> {
-        // A revocation that failed must survive a power cut, or its lease would come back
-        // active and wait for its expiry.
-        let durable = l.state == LeaseState::Revoking && l.revoke_attempts > 0;
+    async fn update_lease(
+        &self,
+        l: &Lease,
+        from: LeaseState,
+        durability: Durability,
+    ) -> Result<bool, StoreError> {
+        let durable = durability == Durability::Synced;
         let l = l.clone();
         self.writer
             .write(durable, move |c| {

@@ -2,7 +2,7 @@
 //! throwaway cluster from the testkit, with a fresh database per check).
 
 use pgwarden_core::{Identity, Lease, LeaseState, Owner, RoleDef, RoleSpec, TokenRecord, Ttl};
-use pgwarden_store::{PostgresStore, SqliteStore, Store, StoredConnection};
+use pgwarden_store::{Durability, PostgresStore, SqliteStore, Store, StoredConnection};
 use pgwarden_testkit::PgCluster;
 use std::future::Future;
 use std::pin::Pin;
@@ -46,21 +46,21 @@ async fn a_lease_moves_on_only_from_the_state_its_writer_saw(open: Opener<'_>) {
     lease.state = LeaseState::Active;
     assert!(
         store
-            .update_lease(&lease, LeaseState::Pending)
+            .update_lease(&lease, LeaseState::Pending, Durability::Relaxed)
             .await
             .unwrap()
     );
     // A second activation (another replica's, say) finds it moved on.
     assert!(
         !store
-            .update_lease(&lease, LeaseState::Pending)
+            .update_lease(&lease, LeaseState::Pending, Durability::Relaxed)
             .await
             .unwrap()
     );
     lease.state = LeaseState::Revoking;
     assert!(
         store
-            .update_lease(&lease, LeaseState::Active)
+            .update_lease(&lease, LeaseState::Active, Durability::Relaxed)
             .await
             .unwrap()
     );
@@ -69,7 +69,7 @@ async fn a_lease_moves_on_only_from_the_state_its_writer_saw(open: Opener<'_>) {
     renewed.state = LeaseState::Active;
     assert!(
         !store
-            .update_lease(&renewed, LeaseState::Active)
+            .update_lease(&renewed, LeaseState::Active, Durability::Relaxed)
             .await
             .unwrap()
     );
@@ -78,7 +78,7 @@ async fn a_lease_moves_on_only_from_the_state_its_writer_saw(open: Opener<'_>) {
     store.delete_lease(&lease.id).await.unwrap();
     assert!(
         !store
-            .update_lease(&lease, LeaseState::Revoking)
+            .update_lease(&lease, LeaseState::Revoking, Durability::Relaxed)
             .await
             .unwrap()
     );
@@ -146,7 +146,7 @@ async fn leases_survive_reopening(open: Opener<'_>) {
         lease.revoke_attempts = 2;
         lease.last_error = Some("boom".into());
         store
-            .update_lease(&lease, LeaseState::Pending)
+            .update_lease(&lease, LeaseState::Pending, Durability::Relaxed)
             .await
             .unwrap();
     }
