@@ -16,6 +16,7 @@
     )
 )]
 
+mod encoding;
 mod migrations;
 mod postgres;
 mod sqlite;

@@ -4,6 +4,7 @@
 //! disk (see [`PostgresStore::open`]). Leadership of the reaper is a row whose lease is judged
 //! by the database's clock.
 
+use crate::encoding::{LEASE_COLUMNS, TOKEN_COLUMNS, from_millis, millis, to_json};
 use crate::{Durability, Store, StoreError, StoredConnection};
 use deadpool_postgres::Pool;
 use pgwarden_core::{Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl};
@@ -74,11 +75,6 @@ const MIGRATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 
 /// The advisory lock that serialises replicas migrating at the same time.
 const MIGRATION_LOCK: i64 = 0x7067_7761_7264_656e; // "pgwarden"
-
-const LEASE_COLUMNS: &str = "id, username, owner, mount, role_json, state, issued_at_ms, expires_at_ms, \
-     max_expires_at_ms, last_renewal_ms, revoke_attempts, last_error, subject, token_accessor";
-const TOKEN_COLUMNS: &str = "accessor, hash, identity_json, mount, role, issued_at_ms, expires_at_ms, \
-     max_expires_at_ms, ttl_secs";
 
 /// A [`Store`] in a PostgreSQL database, shared by every replica that connects to it.
 pub struct PostgresStore {
@@ -249,25 +245,6 @@ fn db(error: tokio_postgres::Error) -> StoreError {
     } else {
         StoreError::Refused(message)
     }
-}
-
-fn millis(t: OffsetDateTime) -> i64 {
-    t.unix_timestamp()
-        .saturating_mul(1000)
-        .saturating_add(i64::from(t.millisecond()))
-}
-
-fn from_millis(ms: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms).saturating_mul(1_000_000)).map_err(
-        |e| StoreError::Corrupt {
-            what: "timestamp",
-            reason: e.to_string(),
-        },
-    )
-}
-
-fn to_json(what: &'static str, value: &impl serde::Serialize) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
 }
 
 fn from_json<T: DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {

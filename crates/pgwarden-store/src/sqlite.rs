@@ -1,5 +1,6 @@
 //! The embedded backend: one SQLite file in WAL mode in the data directory.
 
+use crate::encoding::{LEASE_COLUMNS, TOKEN_COLUMNS, from_millis, millis, to_json};
 use crate::writer::Writer;
 use crate::{Durability, Store, StoreError, StoredConnection, migrations};
 use parking_lot::Mutex;
@@ -18,10 +19,6 @@ pub struct SqliteStore {
     reader: Mutex<Connection>,
     writer: Writer,
 }
-
-const LEASE_COLUMNS: &str = "id, username, owner, mount, role_json, state, issued_at_ms, expires_at_ms, \
-     max_expires_at_ms, last_renewal_ms, revoke_attempts, last_error, subject, token_accessor";
-const TOKEN_COLUMNS: &str = "accessor, hash, identity_json, mount, role, issued_at_ms, expires_at_ms, max_expires_at_ms, ttl_secs";
 
 /// A stored value that does not decode. It travels inside rusqlite's conversion error and
 /// comes out as [`StoreError::Corrupt`].
@@ -60,21 +57,17 @@ struct Millis(OffsetDateTime);
 
 impl ToSql for Millis {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        let t = self.0;
-        Ok(ToSqlOutput::from(
-            t.unix_timestamp()
-                .saturating_mul(1000)
-                .saturating_add(i64::from(t.millisecond())),
-        ))
+        Ok(ToSqlOutput::from(millis(self.0)))
     }
 }
 
 impl FromSql for Millis {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Millis> {
-        let ms = i64::column_result(value)?;
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms).saturating_mul(1_000_000))
-            .map(Millis)
-            .map_err(|e| corrupt("timestamp", e.to_string()))
+        match from_millis(i64::column_result(value)?) {
+            Ok(t) => Ok(Millis(t)),
+            Err(StoreError::Corrupt { what, reason }) => Err(corrupt(what, reason)),
+            Err(other) => Err(corrupt("timestamp", other.to_string())),
+        }
     }
 }
 
@@ -140,11 +133,6 @@ impl<T: JsonColumn> FromSql for Json<T> {
             .map(Json)
             .map_err(|e| corrupt(T::WHAT, e.to_string()))
     }
-}
-
-/// `value` as JSON for a column.
-fn to_json(what: &'static str, value: &impl serde::Serialize) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
 }
 
 /// A row of `leases` (all of [`LEASE_COLUMNS`]).
