@@ -31,34 +31,18 @@ async fn sigkill_of_the_leader_mid_burst_loses_nothing_and_another_takes_over() 
     let su = cluster.connect_superuser("postgres").await.unwrap();
     su.batch_execute("CREATE DATABASE state").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("root-token");
-    std::fs::write(&token_file, format!("{ROOT}\n")).unwrap();
-    let config = dir.path().join("pgwarden.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-root_token_file: "{token}"
-state: {{ postgresql: {{ url: "{state}" }} }}
-mounts:
-  database:
-    connections:
-      appdb:
-        connection_url: "{url}"
-        username: {ADMIN}
-        password_env: TEST_APPDB_PASSWORD
-        allowed_roles: ["appdb-*"]
-    roles:
-      appdb-long:  {{ db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }}
-      appdb-short: {{ db_name: appdb, preset: readonly, default_ttl: 4s, max_ttl: 1m }}
-"#,
-            token = token_file.display(),
-            state = cluster.superuser_url("state"),
-            url = cluster.templated_url("appdb"),
+    let config = write_config(
+        dir.path(),
+        "pgwarden.yaml",
+        &cluster,
+        &format!(
+            "state: {{ postgresql: {{ url: \"{}\" }} }}",
+            cluster.superuser_url("state")
         ),
-    )
-    .unwrap();
-    let env = [("TEST_APPDB_PASSWORD", ADMIN_PW)];
+        "      appdb-long:  { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }
+      appdb-short: { db_name: appdb, preset: readonly, default_ttl: 4s, max_ttl: 1m }",
+    );
+    let env = APPDB_ENV;
     let mut servers = Vec::new();
     for _ in 0..3 {
         servers.push(Some(spawn_server(&config, free_port(), &env).await));

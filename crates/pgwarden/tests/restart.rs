@@ -12,34 +12,15 @@ use std::time::Duration;
 async fn sigkill_loses_no_lease_and_the_reaper_keeps_time() {
     let cluster = PgCluster::start_with_appdb().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("root-token");
-    std::fs::write(&token_file, format!("{ROOT}\n")).unwrap();
-    let config = dir.path().join("pgwarden.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-data_dir: "{data}"
-root_token_file: "{token}"
-mounts:
-  database:
-    connections:
-      appdb:
-        connection_url: "{url}"
-        username: {ADMIN}
-        password_env: TEST_APPDB_PASSWORD
-        allowed_roles: ["appdb-*"]
-    roles:
-      appdb-long:  {{ db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }}
-      appdb-short: {{ db_name: appdb, preset: readonly, default_ttl: 6s, max_ttl: 1m }}
-"#,
-            data = dir.path().join("data").display(),
-            token = token_file.display(),
-            url = cluster.templated_url("appdb"),
-        ),
-    )
-    .unwrap();
-    let env = [("TEST_APPDB_PASSWORD", ADMIN_PW)];
+    let config = write_config(
+        dir.path(),
+        "pgwarden.yaml",
+        &cluster,
+        &format!("data_dir: \"{}\"", dir.path().join("data").display()),
+        "      appdb-long:  { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }
+      appdb-short: { db_name: appdb, preset: readonly, default_ttl: 6s, max_ttl: 1m }",
+    );
+    let env = APPDB_ENV;
     let port = free_port();
 
     let mut server = spawn_server(&config, port, &env).await;

@@ -25,35 +25,13 @@ async fn a_sqlite_state_moves_to_postgresql_and_serves_from_there() {
     let su = cluster.connect_superuser("postgres").await.unwrap();
     su.batch_execute("CREATE DATABASE state").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("root-token");
-    std::fs::write(&token_file, format!("{ROOT}\n")).unwrap();
     let data = dir.path().join("data");
     let state_url = cluster.superuser_url("state");
-    let config = |state: &str| {
-        format!(
-            r#"
-data_dir: "{data}"
-root_token_file: "{token}"
-{state}
-mounts:
-  database:
-    connections:
-      appdb:
-        connection_url: "{url}"
-        username: {ADMIN}
-        password_env: TEST_APPDB_PASSWORD
-        allowed_roles: ["appdb-*"]
-    roles:
-      appdb-long: {{ db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }}
-"#,
-            data = data.display(),
-            token = token_file.display(),
-            url = cluster.templated_url("appdb"),
-        )
-    };
-    let sqlite_config = dir.path().join("sqlite.yaml");
-    std::fs::write(&sqlite_config, config("")).unwrap();
-    let env = [("TEST_APPDB_PASSWORD", ADMIN_PW)];
+    let data_dir = format!("data_dir: \"{}\"", data.display());
+    let roles =
+        "      appdb-long: { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }";
+    let sqlite_config = write_config(dir.path(), "sqlite.yaml", &cluster, &data_dir, roles);
+    let env = APPDB_ENV;
 
     let server = spawn_server(&sqlite_config, free_port(), &env).await;
     let (_, lease) = call(&server.base, ROOT, "GET", "database/creds/appdb-long", None).await;
@@ -97,14 +75,13 @@ mounts:
         "error: the destination already holds state (leases, tokens, roles or connections); copy only into an empty one"
     );
 
-    let shared_config = dir.path().join("shared.yaml");
-    std::fs::write(
-        &shared_config,
-        config(&format!(
-            "state: {{ postgresql: {{ url: \"{state_url}\" }} }}"
-        )),
-    )
-    .unwrap();
+    let shared_config = write_config(
+        dir.path(),
+        "shared.yaml",
+        &cluster,
+        &format!("{data_dir}\nstate: {{ postgresql: {{ url: \"{state_url}\" }} }}"),
+        roles,
+    );
     let server = spawn_server(&shared_config, free_port(), &env).await;
     let (status, body) = call(&server.base, ROOT, "GET", "database/creds/appdb-api", None).await;
     assert_eq!(status, 200, "the API role moved: {body}");

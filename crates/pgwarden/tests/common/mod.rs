@@ -79,3 +79,45 @@ pub async fn call(
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
+
+/// The environment giving the servers of [`write_config`] their administrator's password.
+pub const APPDB_ENV: [(&str, &str); 1] = [("TEST_APPDB_PASSWORD", ADMIN_PW)];
+
+/// Writes into `dir` the root-token file and the server configuration `name`: top-level
+/// YAML `top` (where the state lives), and mount `database` with connection `appdb` on
+/// `cluster` (password from [`APPDB_ENV`]) and the roles in `roles` (map entries indented by
+/// six spaces, as under `roles:`). Returns the configuration's path.
+pub fn write_config(
+    dir: &std::path::Path,
+    name: &str,
+    cluster: &pgwarden_testkit::PgCluster,
+    top: &str,
+    roles: &str,
+) -> std::path::PathBuf {
+    let token_file = dir.join("root-token");
+    std::fs::write(&token_file, format!("{ROOT}\n")).unwrap();
+    let config = dir.join(name);
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+root_token_file: "{token}"
+{top}
+mounts:
+  database:
+    connections:
+      appdb:
+        connection_url: "{url}"
+        username: {ADMIN}
+        password_env: TEST_APPDB_PASSWORD
+        allowed_roles: ["appdb-*"]
+    roles:
+{roles}
+"#,
+            token = token_file.display(),
+            url = cluster.templated_url("appdb"),
+        ),
+    )
+    .unwrap();
+    config
+}
