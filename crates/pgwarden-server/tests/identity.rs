@@ -445,17 +445,7 @@ async fn revoke_self_racing_issuance_leaves_no_user_behind() {
             }
         }
     }
-    let admin = id.env.cluster.connect_superuser("appdb").await.unwrap();
-    let survivors: Vec<String> = admin
-        .query(
-            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'v-kubernet-%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let survivors = id.env.cluster.roles_like("v-kubernet-%").await.unwrap();
     assert!(
         !issued.is_empty() && refused > 0,
         "{} issued, {refused} refused",

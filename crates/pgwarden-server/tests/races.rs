@@ -25,17 +25,7 @@ const SLOW_ROLES: &str = r#"
 
 /// Names of users pgwarden made that still exist in the cluster.
 async fn surviving_users(env: &Env) -> Vec<String> {
-    let admin = env.cluster.connect_superuser("appdb").await.unwrap();
-    admin
-        .query(
-            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'v-%' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
+    env.cluster.roles_like("v-%").await.unwrap()
 }
 
 /// Lease ids under `prefix`.

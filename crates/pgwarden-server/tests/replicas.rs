@@ -356,17 +356,7 @@ async fn a_state_database_restart_under_load_costs_503s_and_nothing_else() {
             .await
             .expect("a held lease's password works");
     }
-    let su = cluster.connect_superuser("appdb").await.unwrap();
-    let users: Vec<String> = su
-        .query(
-            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'v-%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let users = cluster.roles_like("v-%").await.unwrap();
     let state_db = state.connect_superuser("postgres").await.unwrap();
     let named: std::collections::HashSet<String> = state_db
         .query("SELECT username FROM pgwarden_leases", &[])

@@ -462,6 +462,23 @@ impl PgCluster {
         Ok(row.is_some())
     }
 
+    /// Names of the roles matching the `LIKE` pattern `pattern` (e.g. `v-%` for the users
+    /// pgwarden makes), sorted (asked as the superuser).
+    pub async fn roles_like(&self, pattern: &str) -> Result<Vec<String>, TestkitError> {
+        let su = self.connect_superuser("postgres").await?;
+        let rows = su
+            .query(
+                "SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1 ORDER BY 1",
+                &[&pattern],
+            )
+            .await
+            .map_err(|source| TestkitError::Sql {
+                what: format!("listing roles like {pattern:?}"),
+                source,
+            })?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
     /// Connects as `user` with `password` to `db`; the connection task runs in the background.
     pub async fn connect_as(
         &self,

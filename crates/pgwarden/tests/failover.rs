@@ -164,7 +164,6 @@ async fn sigkill_of_the_leader_mid_burst_loses_nothing_and_another_takes_over() 
             .expect("its password still works");
     }
     // No user in the target that no lease names.
-    let app = cluster.connect_superuser("appdb").await.unwrap();
     let state = cluster.connect_superuser("state").await.unwrap();
     let named: Vec<String> = state
         .query("SELECT username FROM pgwarden_leases ORDER BY 1", &[])
@@ -173,16 +172,7 @@ async fn sigkill_of_the_leader_mid_burst_loses_nothing_and_another_takes_over() 
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let users: Vec<String> = app
-        .query(
-            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'v-%' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let users = cluster.roles_like("v-%").await.unwrap();
     assert_eq!(users, named);
     assert_eq!(users.len(), long.len());
 }
