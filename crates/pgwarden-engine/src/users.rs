@@ -315,9 +315,15 @@ const SESSIONS: &str = "pg_stat_get_activity(NULL)";
 
 /// The statement ending every session of role `oid`, in any database of the cluster.
 fn end_sessions(oid: u32) -> String {
+    end_sessions_where(&oid.to_string(), "")
+}
+
+/// The statement ending the sessions of the role whose OID `role` gives (a number, or a
+/// query in parentheses) but this one, where the SQL condition `and` (if any) holds too.
+fn end_sessions_where(role: &str, and: &str) -> String {
     format!(
-        "SELECT pg_terminate_backend(pid) FROM {SESSIONS} WHERE usesysid = {oid} \
-         AND pid <> pg_backend_pid();"
+        "SELECT pg_terminate_backend(pid) FROM {SESSIONS} WHERE usesysid = {role} \
+         AND pid <> pg_backend_pid(){and};"
     )
 }
 
@@ -355,15 +361,15 @@ async fn drop_if_nothing_depends(
     client: &tokio_postgres::Client,
     username: &str,
 ) -> Result<Option<FastDrop>, EngineError> {
+    let oid = oid_of(username);
     let dropped = client
         .simple_query(&format!(
-            "{oid};\n\
-             SELECT pg_terminate_backend(pid) FROM {SESSIONS} WHERE usesysid = ({oid}) \
-             AND pid <> pg_backend_pid() \
-             AND pg_has_role(current_user, 'pg_signal_backend', 'USAGE');\n\
-             DROP ROLE IF EXISTS {};",
+            "{oid};\n{}\nDROP ROLE IF EXISTS {};",
+            end_sessions_where(
+                &format!("({oid})"),
+                " AND pg_has_role(current_user, 'pg_signal_backend', 'USAGE')"
+            ),
             quote_ident(username),
-            oid = oid_of(username),
         ))
         .await;
     match dropped {
