@@ -12,6 +12,7 @@
     )
 )]
 
+pub mod audit;
 pub mod backoff;
 pub mod connection;
 pub mod error;
@@ -20,18 +21,21 @@ pub mod identity;
 pub mod lease;
 pub mod names;
 pub mod policy;
+pub mod request;
 pub mod role;
 pub mod template;
 pub mod token;
 pub mod ttl;
 pub mod wire;
 
+pub use audit::{AuditEvent, AuditRecord, ChainBreak, ChainVerifier, Outcome};
 pub use backoff::backoff;
 pub use connection::ConnectionDef;
 pub use error::{CoreError, chain};
 pub use identity::Identity;
 pub use lease::{Lease, LeaseState, Owner, Renewal};
 pub use policy::{Allowed, Grant, Policy};
+pub use request::{AccessRequest, Approval, ApprovalRule, Decision, DecisionError, RequestState};
 pub use role::{Preset, RoleDef, RoleKind, RoleSpec, Statements};
 pub use token::TokenRecord;
 pub use ttl::Ttl;

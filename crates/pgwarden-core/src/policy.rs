@@ -1,5 +1,6 @@
 //! Declarative grants: which subjects may get which `<mount>/<role>`, for at most how long.
 
+use crate::request::ApprovalRule;
 use crate::{CoreError, Ttl, glob::any_match};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,33 @@ pub struct Grant {
     /// Caps leases below the role's own max TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ttl: Option<Ttl>,
+    /// Credentials for these roles are issued only through an approved access request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requires_approval: bool,
+    /// Subject globs that may approve or deny requests under this grant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// Distinct approvals a request needs (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_approvals: Option<usize>,
+}
+
+impl Grant {
+    /// The approval rule of a grant that requires approval.
+    pub fn approval_rule(&self) -> Option<ApprovalRule> {
+        self.requires_approval.then(|| ApprovalRule {
+            approvers: self.approvers.clone(),
+            min_approvals: self.min_approvals.unwrap_or(1),
+        })
+    }
+}
+
+fn bad_subject(subjects: &[String]) -> Option<&String> {
+    subjects.iter().find(|s| {
+        !SUBJECT_KINDS
+            .iter()
+            .any(|kind| s.starts_with(kind) && s.len() > kind.len())
+    })
 }
 
 /// Why a request is allowed.
@@ -47,14 +75,30 @@ impl Policy {
             if grant.subjects.is_empty() || grant.roles.is_empty() {
                 return Err(invalid("needs at least one subject and one role".into()));
             }
-            if let Some(bad) = grant.subjects.iter().find(|s| {
-                !SUBJECT_KINDS
-                    .iter()
-                    .any(|kind| s.starts_with(kind) && s.len() > kind.len())
-            }) {
+            if let Some(bad) = bad_subject(&grant.subjects) {
                 return Err(invalid(format!(
                     "subject {bad:?} must start with system:serviceaccount:, group: or user:"
                 )));
+            }
+            if let Some(bad) = bad_subject(&grant.approvers) {
+                return Err(invalid(format!(
+                    "approver {bad:?} must start with system:serviceaccount:, group: or user:"
+                )));
+            }
+            if grant.requires_approval && grant.approvers.is_empty() {
+                return Err(invalid(
+                    "requires_approval needs approvers: the subjects that may approve".into(),
+                ));
+            }
+            if !grant.requires_approval
+                && (!grant.approvers.is_empty() || grant.min_approvals.is_some())
+            {
+                return Err(invalid(
+                    "approvers and min_approvals apply only with requires_approval: true".into(),
+                ));
+            }
+            if grant.min_approvals == Some(0) {
+                return Err(invalid("min_approvals must be at least 1".into()));
             }
             if let Some(bad) = grant.roles.iter().find(|r| {
                 let (mount, role) = r.split_once('/').unwrap_or(("", ""));
@@ -71,20 +115,58 @@ impl Policy {
         Ok(())
     }
 
-    /// Whether any of `subjects` may get `role` of `mount`; the most generous grant wins.
-    pub fn allows(&self, subjects: &[String], mount: &str, role: &str) -> Option<Allowed> {
+    /// Grants naming any of `subjects` and `role` of `mount`, with their indexes.
+    fn matching<'a>(
+        &'a self,
+        subjects: &'a [String],
+        mount: &str,
+        role: &str,
+    ) -> impl Iterator<Item = (usize, &'a Grant)> + 'a {
         let wanted = format!("{mount}/{role}");
-        self.grants
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| {
-                subjects.iter().any(|s| any_match(&g.subjects, s)) && any_match(&g.roles, &wanted)
-            })
+        self.grants.iter().enumerate().filter(move |(_, g)| {
+            subjects.iter().any(|s| any_match(&g.subjects, s)) && any_match(&g.roles, &wanted)
+        })
+    }
+
+    /// Whether any of `subjects` may get `role` of `mount` directly (without an approved
+    /// request); the most generous grant wins.
+    pub fn allows(&self, subjects: &[String], mount: &str, role: &str) -> Option<Allowed> {
+        self.matching(subjects, mount, role)
+            .filter(|(_, g)| !g.requires_approval)
             .map(|(grant, g)| Allowed {
                 grant,
                 max_ttl: g.max_ttl,
             })
             .max_by_key(|a| a.max_ttl.map_or(u64::MAX, Ttl::as_secs))
+    }
+
+    /// Whether any of `subjects` may get `role` of `mount` through an approved request, and
+    /// under which rule; the most generous grant wins.
+    pub fn allows_with_approval(
+        &self,
+        subjects: &[String],
+        mount: &str,
+        role: &str,
+    ) -> Option<(Allowed, ApprovalRule)> {
+        self.matching(subjects, mount, role)
+            .filter_map(|(grant, g)| {
+                let rule = g.approval_rule()?;
+                Some((
+                    Allowed {
+                        grant,
+                        max_ttl: g.max_ttl,
+                    },
+                    rule,
+                ))
+            })
+            .max_by_key(|(a, _)| a.max_ttl.map_or(u64::MAX, Ttl::as_secs))
+    }
+
+    /// Whether any of `subjects` may approve some request (names an approver of any grant).
+    pub fn is_approver(&self, subjects: &[String]) -> bool {
+        self.grants
+            .iter()
+            .any(|g| subjects.iter().any(|s| any_match(&g.approvers, s)))
     }
 
     /// The grants that name `subject`, with their indexes.
@@ -116,14 +198,78 @@ mod tests {
                         "database/appdb-readonly".into(),
                     ],
                     max_ttl: Some(Ttl::from_secs(8 * 3600)),
+                    ..grant()
                 },
                 Grant {
                     subjects: vec!["group:dba".into()],
                     roles: vec!["database/*".into()],
                     max_ttl: None,
+                    ..grant()
+                },
+                Grant {
+                    subjects: vec!["group:team-a".into()],
+                    roles: vec!["database/appdb-admin".into()],
+                    max_ttl: Some(Ttl::from_secs(3600)),
+                    requires_approval: true,
+                    approvers: vec!["group:dba".into()],
+                    min_approvals: Some(2),
                 },
             ],
         }
+    }
+
+    fn grant() -> Grant {
+        Grant {
+            subjects: vec![],
+            roles: vec![],
+            max_ttl: None,
+            requires_approval: false,
+            approvers: vec![],
+            min_approvals: None,
+        }
+    }
+
+    #[test]
+    fn approval_grants_never_allow_directly() {
+        let p = policy();
+        let dev = subjects(&["user:ola", "group:team-a"]);
+        assert_eq!(p.allows(&dev, "database", "appdb-admin"), None);
+        let (allowed, rule) = p
+            .allows_with_approval(&dev, "database", "appdb-admin")
+            .unwrap();
+        assert_eq!(allowed.grant, 2);
+        assert_eq!(rule.min_approvals, 2);
+        assert_eq!(rule.approvers, vec!["group:dba".to_string()]);
+        assert!(p.is_approver(&subjects(&["user:kari", "group:dba"])));
+        assert!(!p.is_approver(&dev));
+    }
+
+    #[test]
+    fn approval_settings_are_validated() {
+        let mut p = policy();
+        p.grants[2].approvers.clear();
+        assert_eq!(
+            p.validate().unwrap_err().to_string(),
+            "policy grant 3: requires_approval needs approvers: the subjects that may approve"
+        );
+        let mut p = policy();
+        p.grants[2].requires_approval = false;
+        assert_eq!(
+            p.validate().unwrap_err().to_string(),
+            "policy grant 3: approvers and min_approvals apply only with requires_approval: true"
+        );
+        let mut p = policy();
+        p.grants[2].min_approvals = Some(0);
+        assert_eq!(
+            p.validate().unwrap_err().to_string(),
+            "policy grant 3: min_approvals must be at least 1"
+        );
+        let mut p = policy();
+        p.grants[2].approvers.push("dba".into());
+        assert_eq!(
+            p.validate().unwrap_err().to_string(),
+            "policy grant 3: approver \"dba\" must start with system:serviceaccount:, group: or user:"
+        );
     }
 
     fn subjects(s: &[&str]) -> Vec<String> {

@@ -372,6 +372,84 @@ pub struct RevokeAccessorBody {
     pub accessor: String,
 }
 
+/// Body of `POST pgwarden/requests`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestCreate {
+    /// `<mount>/<role>`, e.g. `database/appdb-admin`.
+    pub role: String,
+    /// Why the credential is needed (shown to approvers).
+    #[serde(default)]
+    pub reason: String,
+    /// How long the credential should live; the role's default TTL when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Ttl>,
+    /// Who may read the credential once approved; the requester when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
+}
+
+/// Body of `POST pgwarden/requests/<id>/approve` and `…/deny`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    /// Why, recorded on the request.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `data` of the request endpoints: an access request as callers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestView {
+    /// `req-…`.
+    pub id: String,
+    /// `pending`, `approved`, `denied`, `withdrawn` or `expired`.
+    pub state: crate::RequestState,
+    /// The requester's subject.
+    pub requester: String,
+    /// `<mount>/<role>`.
+    pub role: String,
+    /// The requester's reason.
+    pub reason: String,
+    /// Seconds the credential lives once approved.
+    pub ttl: Ttl,
+    /// Who may read the credential.
+    pub subjects: Vec<String>,
+    /// When it was made (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: time::OffsetDateTime,
+    /// When it expires if still pending (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: time::OffsetDateTime,
+    /// Approvals the policy requires now.
+    pub approvals_required: usize,
+    /// Approvals so far.
+    pub approvals: Vec<crate::Decision>,
+    /// The denial, if denied.
+    #[serde(default)]
+    pub denial: Option<crate::Decision>,
+    /// The withdrawal, if withdrawn.
+    #[serde(default)]
+    pub withdrawal: Option<crate::Decision>,
+    /// The lease issued on approval.
+    #[serde(default)]
+    pub lease_id: Option<String>,
+}
+
+/// `data` of `GET pgwarden/requests`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestList {
+    /// Newest first.
+    pub requests: Vec<RequestView>,
+}
+
+/// `data` of `GET pgwarden/audit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditList {
+    /// Oldest first.
+    pub records: Vec<crate::AuditRecord>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
