@@ -66,7 +66,7 @@ impl AuditEvent {
     pub fn now(actor: &str, action: &str, object: &str, outcome: Outcome) -> AuditEvent {
         let now = OffsetDateTime::now_utc();
         let time = now
-            .replace_nanosecond(now.nanosecond() / 1_000_000 * 1_000_000)
+            .replace_millisecond(now.millisecond())
             .unwrap_or(now);
         AuditEvent {
             time,
@@ -145,7 +145,7 @@ pub enum ChainBreak {
         seq: u64,
     },
     /// Records are missing between two that remain.
-    #[error("audit record(s) {first} to {last} were removed: record {next} follows record {prev}", first = prev + 1, last = next - 1)]
+    #[error("audit record(s) {first} to {last} were removed: record {next} follows record {prev}", first = prev.saturating_add(1), last = next.saturating_sub(1))]
     Removed {
         /// The last record before the gap (0: the start of the chain).
         prev: u64,
@@ -154,7 +154,7 @@ pub enum ChainBreak {
     },
     /// A record does not name the hash of the one before: that one was altered and re-hashed,
     /// or replaced.
-    #[error("audit record {seq} does not follow record {prev}: record {prev} was altered or replaced", prev = seq - 1)]
+    #[error("audit record {seq} does not follow record {prev}: record {prev} was altered or replaced", prev = seq.saturating_sub(1))]
     Unlinked {
         /// The record whose link is wrong.
         seq: u64,
