@@ -65,9 +65,7 @@ impl AuditEvent {
     /// An event happening now, its time cut to the millisecond the store keeps.
     pub fn now(actor: &str, action: &str, object: &str, outcome: Outcome) -> AuditEvent {
         let now = OffsetDateTime::now_utc();
-        let time = now
-            .replace_millisecond(now.millisecond())
-            .unwrap_or(now);
+        let time = now.replace_millisecond(now.millisecond()).unwrap_or(now);
         AuditEvent {
             time,
             actor: actor.into(),

@@ -12,6 +12,13 @@ pub(crate) const LEASE_COLUMNS: &str = "id, username, owner, mount, role_json, s
 pub(crate) const TOKEN_COLUMNS: &str = "accessor, hash, identity_json, mount, role, \
      issued_at_ms, expires_at_ms, max_expires_at_ms, ttl_secs";
 
+/// Every column of a request row.
+pub(crate) const REQUEST_COLUMNS: &str =
+    "id, version, state, created_at_ms, request_json, sealed_credential";
+/// Every column of an audit row.
+pub(crate) const AUDIT_COLUMNS: &str =
+    "seq, time_ms, actor, action, object, outcome, request_id, detail, prev_hash, hash";
+
 /// `t` as whole milliseconds since the Unix epoch (saturating).
 pub(crate) fn millis(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
@@ -35,6 +42,63 @@ pub(crate) fn to_json(
     value: &impl serde::Serialize,
 ) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
+}
+
+/// Reads a row's columns by name, whatever the backend.
+pub(crate) trait Columns {
+    /// An integer column.
+    fn int(&self, name: &str) -> Result<i64, StoreError>;
+    /// A text column.
+    fn text(&self, name: &str) -> Result<String, StoreError>;
+    /// A nullable binary column.
+    fn bytes(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+/// A request row (all of [`REQUEST_COLUMNS`]): its JSON, with the version its column holds
+/// (the one compare-and-set works on).
+pub(crate) fn request_from(row: &impl Columns) -> Result<crate::StoredRequest, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: "access request",
+        reason,
+    };
+    let mut request: pgwarden_core::AccessRequest =
+        serde_json::from_str(&row.text("request_json")?).map_err(|e| corrupt(e.to_string()))?;
+    let version = row.int("version")?;
+    request.version = u64::try_from(version).map_err(|_| corrupt(format!("version {version}")))?;
+    Ok(crate::StoredRequest {
+        request,
+        sealed_credential: row.bytes("sealed_credential")?,
+    })
+}
+
+/// A version as a column value (saturating).
+pub(crate) fn version_column(version: u64) -> i64 {
+    i64::try_from(version).unwrap_or(i64::MAX)
+}
+
+/// An audit row (all of [`AUDIT_COLUMNS`]).
+pub(crate) fn audit_from(row: &impl Columns) -> Result<pgwarden_core::AuditRecord, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: "audit record",
+        reason,
+    };
+    let seq = row.int("seq")?;
+    let outcome = row.text("outcome")?;
+    Ok(pgwarden_core::AuditRecord {
+        seq: u64::try_from(seq).map_err(|_| corrupt(format!("seq {seq}")))?,
+        event: pgwarden_core::AuditEvent {
+            time: from_millis(row.int("time_ms")?)?,
+            actor: row.text("actor")?,
+            action: row.text("action")?,
+            object: row.text("object")?,
+            outcome: pgwarden_core::Outcome::parse(&outcome)
+                .ok_or_else(|| corrupt(format!("outcome {outcome:?}")))?,
+            request_id: row.text("request_id")?,
+            detail: row.text("detail")?,
+        },
+        prev_hash: row.text("prev_hash")?,
+        hash: row.text("hash")?,
+    })
 }
 
 #[cfg(test)]

@@ -25,7 +25,9 @@ mod writer;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-use pgwarden_core::{Lease, LeaseState, RoleDef, TokenRecord};
+use pgwarden_core::{
+    AccessRequest, AuditEvent, AuditRecord, Lease, LeaseState, RoleDef, TokenRecord,
+};
 use time::OffsetDateTime;
 
 /// Why the store failed.
@@ -113,15 +115,22 @@ pub struct Copied {
     pub roles: usize,
     /// Connections written through the API (passwords still sealed with the same key).
     pub connections: usize,
+    /// Access requests.
+    pub requests: usize,
+    /// Audit records, hashes unchanged.
+    pub audit_records: usize,
 }
 
 /// Copies everything in `from` into `to`, which must hold nothing yet (so nothing is merged or
-/// overwritten by mistake): leases, tokens and the definitions written through the API.
+/// overwritten by mistake): leases, tokens, the definitions written through the API, access
+/// requests and the audit chain (records copied as they are, so it still verifies).
 pub async fn copy_state(from: &dyn Store, to: &dyn Store) -> Result<Copied, StoreError> {
     let empty = to.all_leases().await?.is_empty()
         && to.all_tokens().await?.is_empty()
         && to.roles().await?.is_empty()
-        && to.connections().await?.is_empty();
+        && to.connections().await?.is_empty()
+        && to.all_requests().await?.is_empty()
+        && to.audit_records(&AuditQuery::all(1)).await?.is_empty();
     if !empty {
         return Err(StoreError::NotEmpty);
     }
@@ -142,7 +151,60 @@ pub async fn copy_state(from: &dyn Store, to: &dyn Store) -> Result<Copied, Stor
         to.insert_lease(&lease).await?;
         copied.leases = copied.leases.saturating_add(1);
     }
+    for request in from.all_requests().await? {
+        to.insert_request(&request).await?;
+        copied.requests = copied.requests.saturating_add(1);
+    }
+    let mut page = AuditQuery::all(AUDIT_COPY_PAGE);
+    loop {
+        let records = from.audit_records(&page).await?;
+        let Some(last) = records.last() else { break };
+        page.after = last.seq;
+        to.import_audit(&records).await?;
+        copied.audit_records = copied.audit_records.saturating_add(records.len());
+    }
     Ok(copied)
+}
+
+/// Audit records copied per round trip.
+const AUDIT_COPY_PAGE: usize = 1000;
+
+/// An access request as stored: the credential issued on approval sealed by the server, so
+/// every replica can hand it to the request's subjects until the lease ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRequest {
+    /// The request.
+    pub request: AccessRequest,
+    /// The credential (JSON of the response's `data`), encrypted by the server.
+    pub sealed_credential: Option<Vec<u8>>,
+}
+
+/// Which audit records to read, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only records after this sequence number (0: from the start).
+    pub after: u64,
+    /// Only records at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Only this actor's.
+    pub actor: Option<String>,
+    /// Only this action's.
+    pub action: Option<String>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl AuditQuery {
+    /// The first `limit` records, unfiltered.
+    pub fn all(limit: usize) -> AuditQuery {
+        AuditQuery {
+            after: 0,
+            since: None,
+            actor: None,
+            action: None,
+            limit,
+        }
+    }
 }
 
 /// A connection definition as stored: the password sealed by the server.
@@ -238,4 +300,24 @@ pub trait Store: Send + Sync + 'static {
     async fn all_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Forgets tokens that ended before `now`; returns how many.
     async fn delete_expired_tokens(&self, now: OffsetDateTime) -> Result<usize, StoreError>;
+    /// Records a new access request, durably.
+    async fn insert_request(&self, request: &StoredRequest) -> Result<(), StoreError>;
+    /// Replaces a request, durably, if its stored version is still `from_version`; false when
+    /// it is not (another request, perhaps on another replica, changed it first).
+    async fn update_request(
+        &self,
+        request: &StoredRequest,
+        from_version: u64,
+    ) -> Result<bool, StoreError>;
+    /// One request by id.
+    async fn get_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError>;
+    /// Every request, newest first.
+    async fn all_requests(&self) -> Result<Vec<StoredRequest>, StoreError>;
+    /// Appends `events` to the audit chain in order, durably, each hashed with the one before
+    /// (appends from several replicas are serialised); returns the records as chained.
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Audit records matching `query`, oldest first.
+    async fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Stores records exactly as given (sequence numbers and hashes), when copying state.
+    async fn import_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;
 }

@@ -50,6 +50,28 @@ const MIGRATIONS: &[&str] = &[
         max_expires_at_ms INTEGER NOT NULL,
         ttl_secs INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 3: access requests and the audit chain.
+    "CREATE TABLE requests (
+        id TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        request_json TEXT NOT NULL,
+        sealed_credential BLOB
+    ) WITHOUT ROWID;
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        object TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_time ON audit (time_ms);",
 ];
 
 /// Brings the schema up to date inside one transaction.

@@ -4,10 +4,16 @@
 //! disk (see [`PostgresStore::open`]). Leadership of the reaper is a row whose lease is judged
 //! by the database's clock.
 
-use crate::encoding::{LEASE_COLUMNS, TOKEN_COLUMNS, from_millis, millis, to_json};
-use crate::{Durability, Store, StoreError, StoredConnection};
+use crate::encoding::{
+    AUDIT_COLUMNS, Columns, LEASE_COLUMNS, REQUEST_COLUMNS, TOKEN_COLUMNS, audit_from, from_millis,
+    millis, request_from, to_json, version_column,
+};
+use crate::{AuditQuery, Durability, Store, StoreError, StoredConnection, StoredRequest};
 use deadpool_postgres::Pool;
-use pgwarden_core::{Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl};
+use pgwarden_core::audit::GENESIS_HASH;
+use pgwarden_core::{
+    AuditEvent, AuditRecord, Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl,
+};
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 use tokio_postgres::Row;
@@ -68,6 +74,28 @@ const MIGRATIONS: &[&str] = &[
         holder text NOT NULL,
         valid_until timestamptz NOT NULL
     );",
+    // 2: access requests and the audit chain.
+    "CREATE TABLE pgwarden_requests (
+        id text PRIMARY KEY,
+        version bigint NOT NULL,
+        state text NOT NULL,
+        created_at_ms bigint NOT NULL,
+        request_json text NOT NULL,
+        sealed_credential bytea
+    );
+    CREATE TABLE pgwarden_audit (
+        seq bigint PRIMARY KEY,
+        time_ms bigint NOT NULL,
+        actor text NOT NULL,
+        action text NOT NULL,
+        object text NOT NULL,
+        outcome text NOT NULL,
+        request_id text NOT NULL,
+        detail text NOT NULL,
+        prev_hash text NOT NULL,
+        hash text NOT NULL
+    );
+    CREATE INDEX pgwarden_audit_by_time ON pgwarden_audit (time_ms);",
 ];
 
 /// How long checking (and upgrading) the schema at start-up may take.
@@ -75,6 +103,9 @@ const MIGRATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 
 /// The advisory lock that serialises replicas migrating at the same time.
 const MIGRATION_LOCK: i64 = 0x7067_7761_7264_656e; // "pgwarden"
+
+/// The advisory lock that serialises appends to the audit chain across replicas.
+const AUDIT_LOCK: i64 = 0x7067_7761_7564_6974; // "pgwaudit"
 
 /// A [`Store`] in a PostgreSQL database, shared by every replica that connects to it.
 pub struct PostgresStore {
@@ -304,6 +335,72 @@ fn token(row: &Row) -> Result<TokenRecord, StoreError> {
         max_expires_at: from_millis(row.get("max_expires_at_ms"))?,
         ttl: Ttl::from_secs(u64::try_from(ttl).unwrap_or(0)),
     })
+}
+
+impl Columns for Row {
+    fn int(&self, name: &str) -> Result<i64, StoreError> {
+        self.try_get(name).map_err(db)
+    }
+    fn text(&self, name: &str) -> Result<String, StoreError> {
+        self.try_get(name).map_err(db)
+    }
+    fn bytes(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.try_get(name).map_err(db)
+    }
+}
+
+/// Inserts `records` into `pgwarden_audit` as they are, inside the caller's transaction.
+async fn insert_audit(
+    client: &deadpool_postgres::Object,
+    records: &[AuditRecord],
+) -> Result<(), StoreError> {
+    let insert = client
+        .prepare_cached(&format!(
+            "INSERT INTO pgwarden_audit ({AUDIT_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .await
+        .map_err(db)?;
+    for r in records {
+        client
+            .execute(
+                &insert,
+                &[
+                    &version_column(r.seq),
+                    &millis(r.event.time),
+                    &r.event.actor,
+                    &r.event.action,
+                    &r.event.object,
+                    &r.event.outcome.as_str(),
+                    &r.event.request_id,
+                    &r.event.detail,
+                    &r.prev_hash,
+                    &r.hash,
+                ],
+            )
+            .await
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Runs `work` between `BEGIN` and `COMMIT` on `client`, rolling back when it fails (a
+/// connection dropped mid-way rolls back by itself).
+async fn in_transaction<T>(
+    client: &deadpool_postgres::Object,
+    work: impl AsyncFnOnce(&deadpool_postgres::Object) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    client.batch_execute("BEGIN").await.map_err(db)?;
+    match work(client).await {
+        Ok(value) => {
+            client.batch_execute("COMMIT").await.map_err(db)?;
+            Ok(value)
+        }
+        Err(error) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(error)
+        }
+    }
 }
 
 fn ids(rows: &[Row]) -> Vec<String> {
@@ -605,5 +702,131 @@ impl Store for PostgresStore {
         )
         .await
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+    async fn insert_request(&self, r: &StoredRequest) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO pgwarden_requests ({REQUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        );
+        self.execute(
+            &sql,
+            &[
+                &r.request.id,
+                &version_column(r.request.version),
+                &r.request.state.as_str(),
+                &millis(r.request.created_at),
+                &to_json("access request", &r.request)?,
+                &r.sealed_credential,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn update_request(
+        &self,
+        r: &StoredRequest,
+        from_version: u64,
+    ) -> Result<bool, StoreError> {
+        self.execute(
+            "UPDATE pgwarden_requests SET version = $2, state = $3, request_json = $4, \
+             sealed_credential = $5 WHERE id = $1 AND version = $6",
+            &[
+                &r.request.id,
+                &version_column(r.request.version),
+                &r.request.state.as_str(),
+                &to_json("access request", &r.request)?,
+                &r.sealed_credential,
+                &version_column(from_version),
+            ],
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn get_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError> {
+        let sql = format!("SELECT {REQUEST_COLUMNS} FROM pgwarden_requests WHERE id = $1");
+        self.query(&sql, &[&id])
+            .await?
+            .first()
+            .map(request_from)
+            .transpose()
+    }
+
+    async fn all_requests(&self) -> Result<Vec<StoredRequest>, StoreError> {
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM pgwarden_requests \
+             ORDER BY created_at_ms DESC, id COLLATE \"C\""
+        );
+        self.query(&sql, &[])
+            .await?
+            .iter()
+            .map(request_from)
+            .collect()
+    }
+
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<Vec<AuditRecord>, StoreError> {
+        within_timeout(&self.pool, async |client| {
+            in_transaction(client, async |client| {
+                // Held to the commit: replicas append one at a time, each after the last.
+                client
+                    .execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+                    .await
+                    .map_err(db)?;
+                let last = client
+                    .query_opt(
+                        "SELECT seq, hash FROM pgwarden_audit ORDER BY seq DESC LIMIT 1",
+                        &[],
+                    )
+                    .await
+                    .map_err(db)?;
+                let (mut seq, mut prev) = match last {
+                    Some(row) => (
+                        u64::try_from(row.int("seq")?).unwrap_or(0),
+                        row.text("hash")?,
+                    ),
+                    None => (0, GENESIS_HASH.to_string()),
+                };
+                let mut records = Vec::with_capacity(events.len());
+                for event in events {
+                    seq = seq.saturating_add(1);
+                    let record = AuditRecord::chain(seq, event.clone(), &prev);
+                    prev.clone_from(&record.hash);
+                    records.push(record);
+                }
+                insert_audit(client, &records).await?;
+                Ok(records)
+            })
+            .await
+        })
+        .await
+    }
+
+    async fn audit_records(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM pgwarden_audit WHERE seq > $1 \
+             AND ($2::bigint IS NULL OR time_ms >= $2) AND ($3::text IS NULL OR actor = $3) \
+             AND ($4::text IS NULL OR action = $4) ORDER BY seq LIMIT $5"
+        );
+        self.query(
+            &sql,
+            &[
+                &version_column(q.after),
+                &q.since.map(millis),
+                &q.actor,
+                &q.action,
+                &i64::try_from(q.limit).unwrap_or(i64::MAX),
+            ],
+        )
+        .await?
+        .iter()
+        .map(audit_from)
+        .collect()
+    }
+
+    async fn import_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        within_timeout(&self.pool, async |client| {
+            in_transaction(client, async |client| insert_audit(client, records).await).await
+        })
+        .await
     }
 }

@@ -1,10 +1,18 @@
 //! The embedded backend: one SQLite file in WAL mode in the data directory.
 
-use crate::encoding::{LEASE_COLUMNS, TOKEN_COLUMNS, from_millis, millis, to_json};
+use crate::encoding::{
+    AUDIT_COLUMNS, Columns, LEASE_COLUMNS, REQUEST_COLUMNS, TOKEN_COLUMNS, audit_from, from_millis,
+    millis, request_from, to_json, version_column,
+};
 use crate::writer::Writer;
-use crate::{Durability, Store, StoreError, StoredConnection, migrations};
+use crate::{
+    AuditQuery, Durability, Store, StoreError, StoredConnection, StoredRequest, migrations,
+};
 use parking_lot::Mutex;
-use pgwarden_core::{Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl};
+use pgwarden_core::audit::GENESIS_HASH;
+use pgwarden_core::{
+    AuditEvent, AuditRecord, Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl,
+};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, named_params, params};
 use serde::de::DeserializeOwned;
@@ -187,6 +195,52 @@ fn connection(row: &Row<'_>) -> rusqlite::Result<(String, StoredConnection)> {
             verify_connection: row.get("verify_connection")?,
         },
     ))
+}
+
+impl Columns for Row<'_> {
+    fn int(&self, name: &str) -> Result<i64, StoreError> {
+        Ok(self.get(name)?)
+    }
+    fn text(&self, name: &str) -> Result<String, StoreError> {
+        Ok(self.get(name)?)
+    }
+    fn bytes(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get(name)?)
+    }
+}
+
+/// Rows of `stmt` run with `params`, each read by `read`.
+fn collect<T>(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+    read: impl Fn(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(read(row)?);
+    }
+    Ok(out)
+}
+
+/// Inserts `record` into `audit` as it is.
+fn insert_audit(c: &Connection, r: &AuditRecord) -> Result<(), StoreError> {
+    c.prepare_cached(&format!(
+        "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    ))?
+    .execute(params![
+        version_column(r.seq),
+        Millis(r.event.time),
+        r.event.actor,
+        r.event.action,
+        r.event.object,
+        r.event.outcome.as_str(),
+        r.event.request_id,
+        r.event.detail,
+        r.prev_hash,
+        r.hash,
+    ])?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -564,6 +618,127 @@ impl Store for SqliteStore {
         self.writer
             .write(DURABLE, move |c| {
                 Ok(c.execute("DELETE FROM tokens WHERE expires_at_ms < ?1", [Millis(now)])?)
+            })
+            .await
+    }
+
+    async fn insert_request(&self, r: &StoredRequest) -> Result<(), StoreError> {
+        let json = to_json("access request", &r.request)?;
+        let r = r.clone();
+        self.writer
+            .write(DURABLE, move |c| {
+                c.prepare_cached(&format!(
+                    "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                ))?
+                .execute(params![
+                    r.request.id,
+                    version_column(r.request.version),
+                    r.request.state.as_str(),
+                    Millis(r.request.created_at),
+                    json,
+                    r.sealed_credential,
+                ])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn update_request(
+        &self,
+        r: &StoredRequest,
+        from_version: u64,
+    ) -> Result<bool, StoreError> {
+        let json = to_json("access request", &r.request)?;
+        let r = r.clone();
+        self.writer
+            .write(DURABLE, move |c| {
+                let changed = c
+                    .prepare_cached(
+                        "UPDATE requests SET version = ?2, state = ?3, request_json = ?4, \
+                         sealed_credential = ?5 WHERE id = ?1 AND version = ?6",
+                    )?
+                    .execute(params![
+                        r.request.id,
+                        version_column(r.request.version),
+                        r.request.state.as_str(),
+                        json,
+                        r.sealed_credential,
+                        version_column(from_version),
+                    ])?;
+                Ok(changed > 0)
+            })
+            .await
+    }
+
+    async fn get_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"
+            ))?;
+            Ok(collect(&mut stmt, [id], |row| request_from(row))?.pop())
+        })
+    }
+
+    async fn all_requests(&self) -> Result<Vec<StoredRequest>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {REQUEST_COLUMNS} FROM requests ORDER BY created_at_ms DESC, id"
+            ))?;
+            collect(&mut stmt, [], |row| request_from(row))
+        })
+    }
+
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<Vec<AuditRecord>, StoreError> {
+        let events = events.to_vec();
+        self.writer
+            .write(DURABLE, move |c| {
+                // The writer thread runs one write at a time: nothing appends in between.
+                let last: Option<(i64, String)> = c
+                    .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+                    .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?;
+                let (mut seq, mut prev) = last
+                    .map(|(seq, hash)| (u64::try_from(seq).unwrap_or(0), hash))
+                    .unwrap_or((0, GENESIS_HASH.to_string()));
+                let mut records = Vec::with_capacity(events.len());
+                for event in events {
+                    seq = seq.saturating_add(1);
+                    let record = AuditRecord::chain(seq, event, &prev);
+                    insert_audit(c, &record)?;
+                    prev.clone_from(&record.hash);
+                    records.push(record);
+                }
+                Ok(records)
+            })
+            .await
+    }
+
+    async fn audit_records(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ?1 \
+                 AND (?2 IS NULL OR time_ms >= ?2) AND (?3 IS NULL OR actor = ?3) \
+                 AND (?4 IS NULL OR action = ?4) ORDER BY seq LIMIT ?5"
+            ))?;
+            collect(
+                &mut stmt,
+                params![
+                    version_column(q.after),
+                    q.since.map(Millis),
+                    q.actor,
+                    q.action,
+                    i64::try_from(q.limit).unwrap_or(i64::MAX),
+                ],
+                |row| audit_from(row),
+            )
+        })
+    }
+
+    async fn import_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        let records = records.to_vec();
+        self.writer
+            .write(DURABLE, move |c| {
+                records.iter().try_for_each(|r| insert_audit(c, r))
             })
             .await
     }

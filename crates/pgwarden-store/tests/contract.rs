@@ -1,8 +1,13 @@
 //! The contract every [`Store`] backend keeps, run against SQLite and against PostgreSQL (a
 //! throwaway cluster from the testkit, with a fresh database per check).
 
-use pgwarden_core::{Identity, Lease, LeaseState, Owner, RoleDef, RoleSpec, TokenRecord, Ttl};
-use pgwarden_store::{Durability, PostgresStore, SqliteStore, Store, StoredConnection};
+use pgwarden_core::{
+    AccessRequest, AuditEvent, ChainVerifier, Identity, Lease, LeaseState, Outcome, Owner,
+    RequestState, RoleDef, RoleSpec, TokenRecord, Ttl,
+};
+use pgwarden_store::{
+    AuditQuery, Durability, PostgresStore, SqliteStore, Store, StoredConnection, StoredRequest,
+};
 use pgwarden_testkit::PgCluster;
 use std::future::Future;
 use std::pin::Pin;
@@ -319,6 +324,121 @@ async fn roles_and_connections_round_trip(open: Opener<'_>) {
     assert!(store.delete_connection("database", "appdb").await.unwrap());
     assert!(store.connections().await.unwrap().is_empty());
 }
+/// A pending request for `database/appdb-admin` made at `t0`.
+fn request(id: &str, t0: OffsetDateTime) -> StoredRequest {
+    StoredRequest {
+        request: AccessRequest {
+            id: id.into(),
+            version: 0,
+            state: RequestState::Pending,
+            requester: "user:ola".into(),
+            requester_subjects: vec!["user:ola".into(), "group:dev".into()],
+            requester_display: "oidc-ola".into(),
+            mount: "database".into(),
+            role: "appdb-admin".into(),
+            reason: "incident 42 — «quoted»".into(),
+            ttl: Ttl::from_secs(3600),
+            subjects: vec!["user:ola".into()],
+            created_at: t0,
+            expires_at: t0 + Duration::from_secs(86_400),
+            approvals: vec![],
+            denial: None,
+            withdrawal: None,
+            lease_id: None,
+        },
+        sealed_credential: None,
+    }
+}
+
+async fn a_request_changes_only_from_the_version_its_writer_saw(open: Opener<'_>) {
+    let store = open().await;
+    let t0 = datetime!(2026-11-25 10:00:00 UTC);
+    let older = request("req-older", t0);
+    store.insert_request(&older).await.unwrap();
+    let mut r = request("req-1", t0 + Duration::from_secs(1));
+    store.insert_request(&r).await.unwrap();
+    assert_eq!(store.get_request("req-1").await.unwrap(), Some(r.clone()));
+    // Two approvers decide at once: the second to write finds the version moved on.
+    let mut first = r.clone();
+    first.request.state = RequestState::Approved;
+    first.request.version = 1;
+    first.request.lease_id = Some("database/creds/appdb-admin/x".into());
+    first.sealed_credential = Some(vec![1, 2, 3]);
+    assert!(store.update_request(&first, 0).await.unwrap());
+    r.request.state = RequestState::Denied;
+    r.request.version = 1;
+    assert!(!store.update_request(&r, 0).await.unwrap());
+    drop(store);
+    let store = open().await;
+    assert_eq!(
+        store.get_request("req-1").await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(store.get_request("req-none").await.unwrap(), None);
+    assert_eq!(
+        store.all_requests().await.unwrap(),
+        vec![first, older],
+        "newest first"
+    );
+}
+
+fn event(actor: &str, action: &str, n: usize) -> AuditEvent {
+    AuditEvent::now(actor, action, &format!("object-{n}"), Outcome::Success)
+        .with_detail(format!("detail {n}"))
+}
+
+async fn audit_appends_from_replicas_form_one_chain(open: Opener<'_>) {
+    // Two handles on the same state: two replicas (or, for SQLite, a reopened file).
+    let (a, b) = (open().await, open().await);
+    let mut appends = tokio::task::JoinSet::new();
+    for n in 0..40 {
+        let store = if n % 2 == 0 { a.clone() } else { b.clone() };
+        appends.spawn(async move {
+            let events = [
+                event("user:ola", "creds.issue", n),
+                event("root", "lease.revoke", n),
+            ];
+            store.append_audit(&events).await.unwrap()
+        });
+    }
+    for records in appends.join_all().await {
+        // Each batch stays together and in order.
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1].seq, records[0].seq + 1);
+        assert_eq!(records[1].prev_hash, records[0].hash);
+    }
+    let all = a.audit_records(&AuditQuery::all(1000)).await.unwrap();
+    assert_eq!(all.len(), 80);
+    let mut verifier = ChainVerifier::default();
+    for record in &all {
+        verifier.check(record).unwrap();
+    }
+    let revokes = a
+        .audit_records(&AuditQuery {
+            after: 10,
+            since: None,
+            actor: Some("root".into()),
+            action: Some("lease.revoke".into()),
+            limit: 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!(revokes.len(), 5);
+    assert!(
+        revokes
+            .iter()
+            .all(|r| r.seq > 10 && r.event.actor == "root")
+    );
+    let future = a
+        .audit_records(&AuditQuery {
+            since: Some(OffsetDateTime::now_utc() + Duration::from_secs(60)),
+            ..AuditQuery::all(10)
+        })
+        .await
+        .unwrap();
+    assert!(future.is_empty());
+}
+
 /// A PostgreSQL store on the database at `url`, its relaxed writes on sessions without
 /// synchronous commit, as pgwarden opens it.
 async fn postgres_store(url: &str) -> PostgresStore {
@@ -352,6 +472,8 @@ where
     a_lease_moves_on_only_from_the_state_its_writer_saw(&fresh().await).await;
     due_leases_are_expired_revoking_or_stale_pending(&fresh().await).await;
     one_holder_leads_until_its_lead_lapses(&fresh().await, shared).await;
+    a_request_changes_only_from_the_version_its_writer_saw(&fresh().await).await;
+    audit_appends_from_replicas_form_one_chain(&fresh().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -442,6 +564,13 @@ async fn a_copy_keeps_everything_and_refuses_a_destination_with_state() {
         .await
         .unwrap();
 
+    let mut decided = request("req-1", t0);
+    decided.request.state = RequestState::Approved;
+    decided.sealed_credential = Some(vec![4, 5, 6]);
+    sqlite.insert_request(&decided).await.unwrap();
+    let events: Vec<AuditEvent> = (0..1500).map(|n| event("root", "creds.issue", n)).collect();
+    let chained = sqlite.append_audit(&events).await.unwrap();
+
     let cluster = PgCluster::start().unwrap();
     let postgres = postgres_store(&cluster.superuser_url("postgres")).await;
     let copied = pgwarden_store::copy_state(&sqlite, &postgres)
@@ -453,9 +582,27 @@ async fn a_copy_keeps_everything_and_refuses_a_destination_with_state() {
             leases: 1,
             tokens: 1,
             roles: 1,
-            connections: 1
+            connections: 1,
+            requests: 1,
+            audit_records: 1500,
         }
     );
+    assert_eq!(postgres.all_requests().await.unwrap(), vec![decided]);
+    assert_eq!(
+        postgres
+            .audit_records(&AuditQuery::all(2000))
+            .await
+            .unwrap(),
+        chained,
+        "records, hashes included, are copied unchanged"
+    );
+    // The copy's chain goes on from where the original stopped.
+    let next = postgres
+        .append_audit(&[event("root", "x", 0)])
+        .await
+        .unwrap();
+    assert_eq!(next[0].seq, 1501);
+    assert_eq!(next[0].prev_hash, chained[1499].hash);
     assert_eq!(postgres.all_leases().await.unwrap(), vec![lease]);
     assert_eq!(postgres.all_tokens().await.unwrap(), vec![token]);
     assert_eq!(
