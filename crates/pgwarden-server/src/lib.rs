@@ -27,6 +27,7 @@ pub mod policy;
 pub mod schedule;
 pub mod seal;
 pub mod tokens;
+pub mod ui;
 
 pub use config::{Config, ConfigError};
 pub use error::ServerError;
