@@ -1,10 +1,11 @@
 //! The typed HTTP API of pgwarden (Vault-compatible paths).
 
 use crate::ClientError;
+use crate::paths;
 use pgwarden_core::Ttl;
 use pgwarden_core::wire::{
-    AuthBlock, DbCredential, LeaseLookup, LoginBody, LookupBody, RenewBody, RevokeBody,
-    SecretResponse,
+    AuthBlock, DbCredential, ErrorBody, KeyList, LeaseLookup, LoginBody, LookupBody, RenewBody,
+    RevokeBody, SecretResponse, TokenLookup,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -77,14 +78,15 @@ pub struct Client {
 }
 
 /// Reads a successful answer as the wire type `T`.
-fn parse<T: DeserializeOwned>(value: Value, what: &str) -> Result<T, ClientError> {
+pub(crate) fn parse<T: DeserializeOwned>(value: Value, what: &str) -> Result<T, ClientError> {
     serde_json::from_value(value).map_err(|e| ClientError::Protocol {
         what: what.to_string(),
         reason: e.to_string(),
     })
 }
 
-fn body<T: Serialize>(value: &T) -> Value {
+/// The JSON of a wire body.
+pub(crate) fn body<T: Serialize>(value: &T) -> Value {
     // Wire types are plain structs of strings and numbers: they always serialize.
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
@@ -140,17 +142,12 @@ impl Client {
             serde_json::from_str(&text).unwrap_or(Value::Null)
         };
         if status >= 400 {
-            let message = value["errors"]
-                .as_array()
-                .map(|errors| {
-                    errors
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
-                .filter(|m| !m.is_empty())
-                .unwrap_or(text);
+            // Vault's `{"errors": [...]}`; an empty list (a LIST finding nothing) gives an
+            // empty message; anything else is passed on as the text it was.
+            let message = match serde_json::from_value::<ErrorBody>(value) {
+                Ok(errors) => errors.errors.join("; "),
+                Err(_) => text,
+            };
             return Err(ClientError::Api {
                 what: what.to_string(),
                 status,
@@ -177,35 +174,48 @@ impl Client {
                     path: token_file.display().to_string(),
                     reason: e.to_string(),
                 })?;
+        let auth = self
+            .login_as(mount, role, SecretString::from(jwt.trim()))
+            .await?;
+        *self.token.write().await = auth.client_token;
+        Ok(())
+    }
+
+    /// Logs in at `auth/<mount>/login` with `jwt` for login role `role`, without keeping the
+    /// token: the answer's `auth` block, whose `client_token` is always set.
+    pub async fn login_as(
+        &self,
+        mount: &str,
+        role: &str,
+        jwt: SecretString,
+    ) -> Result<AuthBlock, ClientError> {
         let what = format!("login at auth/{mount}");
         let login = LoginBody {
-            role: role.clone(),
-            jwt: SecretString::from(jwt.trim()),
+            role: role.to_string(),
+            jwt,
         };
         let answer = self
             .send(
                 reqwest::Method::POST,
-                &format!("auth/{mount}/login"),
+                &paths::login(mount),
                 None,
                 Some(&body(&login)),
                 &what,
             )
             .await?;
-        let answer: SecretResponse<Option<Value>> = parse(answer, &what)?;
-        let token = answer
-            .auth
-            .and_then(|auth: AuthBlock| auth.client_token)
-            .ok_or_else(|| ClientError::Protocol {
-                what: what.clone(),
+        let answer: SecretResponse<Option<serde::de::IgnoredAny>> = parse(answer, &what)?;
+        match answer.auth {
+            Some(auth) if auth.client_token.is_some() => Ok(auth),
+            _ => Err(ClientError::Protocol {
+                what,
                 reason: "no auth.client_token".into(),
-            })?;
-        *self.token.write().await = Some(token);
-        Ok(())
+            }),
+        }
     }
 
     /// Sends an authenticated request; with Kubernetes auth, logs in first if needed and once
     /// more if the token was refused (it may have expired).
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -262,7 +272,7 @@ impl Client {
         let answer = self
             .call(
                 reqwest::Method::PUT,
-                "sys/leases/renew",
+                paths::RENEW,
                 Some(body(&request)),
                 &what,
             )
@@ -283,7 +293,7 @@ impl Client {
         };
         self.call(
             reqwest::Method::PUT,
-            "sys/leases/revoke",
+            paths::REVOKE,
             Some(body(&request)),
             &format!("revoke {lease_id}"),
         )
@@ -293,6 +303,15 @@ impl Client {
 
     /// What pgwarden knows of a lease.
     pub async fn lookup(&self, lease_id: &str) -> Result<LeaseInfo, ClientError> {
+        let lookup = self.lease_lookup(lease_id).await?;
+        Ok(LeaseInfo {
+            ttl: Duration::from_secs(lookup.ttl),
+            renewable: lookup.renewable,
+        })
+    }
+
+    /// Everything pgwarden tells of a lease (`PUT sys/leases/lookup`).
+    pub async fn lease_lookup(&self, lease_id: &str) -> Result<LeaseLookup, ClientError> {
         let what = format!("lookup {lease_id}");
         let request = LookupBody {
             lease_id: lease_id.to_string(),
@@ -300,15 +319,105 @@ impl Client {
         let answer = self
             .call(
                 reqwest::Method::PUT,
-                "sys/leases/lookup",
+                paths::LOOKUP,
                 Some(body(&request)),
                 &what,
             )
             .await?;
         let answer: SecretResponse<LeaseLookup> = parse(answer, &what)?;
-        Ok(LeaseInfo {
-            ttl: Duration::from_secs(answer.data.ttl),
-            renewable: answer.data.renewable,
-        })
+        Ok(answer.data)
+    }
+
+    /// Issues a credential for `<mount>/<role>` and returns the whole answer: the lease, its
+    /// duration and the login.
+    pub async fn issue(
+        &self,
+        mount_role: &str,
+    ) -> Result<SecretResponse<DbCredential>, ClientError> {
+        let path = paths::creds(mount_role).ok_or_else(|| ClientError::Usage {
+            reason: format!("\"{mount_role}\" is not <mount>/<role>, e.g. database/appdb-readonly"),
+        })?;
+        let what = format!("GET {path}");
+        let answer = self.call(reqwest::Method::GET, &path, None, &what).await?;
+        parse(answer, &what)
+    }
+
+    /// Extends a lease by `increment` (the role's default TTL when `None`); the answer holds
+    /// the time now left and a warning when the max TTL cut the renewal short.
+    pub async fn renew_lease(
+        &self,
+        lease_id: &str,
+        increment: Option<Ttl>,
+    ) -> Result<SecretResponse<()>, ClientError> {
+        let what = format!("renew {lease_id}");
+        let request = RenewBody {
+            lease_id: Some(lease_id.to_string()),
+            increment,
+        };
+        let answer = self
+            .call(
+                reqwest::Method::PUT,
+                paths::RENEW,
+                Some(body(&request)),
+                &what,
+            )
+            .await?;
+        parse(answer, &what)
+    }
+
+    /// The lease ids and folders (ending in `/`) directly under `prefix` (root only); empty
+    /// when there is none.
+    pub async fn list_leases(&self, prefix: &str) -> Result<Vec<String>, ClientError> {
+        let what = format!("list leases under \"{prefix}\"");
+        let answer = self
+            .call(
+                reqwest::Method::GET,
+                &paths::list_leases(prefix),
+                None,
+                &what,
+            )
+            .await;
+        match answer {
+            Ok(answer) => Ok(parse::<SecretResponse<KeyList>>(answer, &what)?.data.keys),
+            // Vault's answer to a LIST that finds nothing: 404 with no error message.
+            Err(ClientError::Api {
+                status: 404,
+                message,
+                ..
+            }) if message.is_empty() => Ok(Vec::new()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Every lease id under `prefix`, walking its folders (root only).
+    pub async fn list_leases_recursive(&self, prefix: &str) -> Result<Vec<String>, ClientError> {
+        let mut found = Vec::new();
+        let mut folders = vec![prefix.to_string()];
+        while let Some(folder) = folders.pop() {
+            let folder = if folder.is_empty() || folder.ends_with('/') {
+                folder
+            } else {
+                format!("{folder}/")
+            };
+            for key in self.list_leases(&folder).await? {
+                let full = format!("{folder}{key}");
+                if key.ends_with('/') {
+                    folders.push(full);
+                } else {
+                    found.push(full);
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// What pgwarden knows of the token in use (`auth/token/lookup-self`).
+    pub async fn lookup_self(&self) -> Result<TokenLookup, ClientError> {
+        let what = "lookup-self".to_string();
+        let answer = self
+            .call(reqwest::Method::GET, paths::LOOKUP_SELF, None, &what)
+            .await?;
+        Ok(parse::<SecretResponse<TokenLookup>>(answer, &what)?.data)
     }
 }

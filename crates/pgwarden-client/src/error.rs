@@ -29,6 +29,12 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// The caller asked for something that cannot be sent.
+    #[error("{reason}")]
+    Usage {
+        /// What is wrong with the request.
+        reason: String,
+    },
     /// The answer was not what the API promises.
     #[error("unexpected answer to {what}: {reason}")]
     Protocol {

@@ -1,6 +1,7 @@
 //! Rust client for pgwarden.
 //!
-//! - [`Client`]: the typed HTTP API (login, credentials, renew, revoke, lookup).
+//! - [`Client`]: the typed HTTP API (login, credentials, renew, revoke, lookup, list; access
+//!   requests and the audit log).
 //! - [`CredentialProvider`]: keeps one credential fresh in the background — renews it at two
 //!   thirds of its duration while renewal can extend it, fetches a new one before the old one
 //!   reaches its max TTL, revokes the old one after a grace period — and notifies on change.
@@ -9,10 +10,13 @@
 
 mod api;
 mod error;
+mod paths;
 mod pool;
 mod provider;
+mod requests;
 
 pub use api::{Auth, Client, Credential, LeaseInfo, Renewal};
 pub use error::ClientError;
 pub use pool::pool;
 pub use provider::{CredentialProvider, Current, ProviderOptions};
+pub use requests::AuditQuery;

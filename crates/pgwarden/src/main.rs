@@ -1,5 +1,7 @@
-//! The `pgwarden` binary: the broker server and the self-contained dev demo.
+//! The `pgwarden` binary: the broker server, the sidecar agent, the self-contained dev demo,
+//! and the commands for people (`login`, `creds`, `lease`, `request`, `audit`).
 
+mod cli;
 #[cfg(feature = "dev")]
 mod dev;
 mod policy;
@@ -93,12 +95,33 @@ enum Command {
         #[command(subcommand)]
         command: state::StateCommand,
     },
+    /// Log in to pgwarden and keep its token for the other commands.
+    ///
+    /// Sends a service-account token (mount `kubernetes`) or a person's OIDC token (e.g. mount
+    /// `jwt`) to `auth/<mount>/login`, saves pgwarden's token in ~/.pgwarden-token (or
+    /// PGWARDEN_TOKEN_FILE), created with mode 0600, and prints who logged in and when the
+    /// token expires. The token itself is printed only with --print.
+    Login(cli::login::LoginArgs),
+    /// Get a fresh PostgreSQL user for a role: print it, export it, or open psql with it.
+    ///
+    /// `pgwarden creds database/appdb-readonly` prints the lease and the login; --env prints
+    /// shell `export PG…=` lines; --psql runs psql with it. Its lease is revoked by `pgwarden
+    /// lease revoke <lease_id>` or expires on its own.
+    Creds(cli::creds::CredsArgs),
+    /// List, renew, revoke or look up leases.
+    Lease(cli::lease::LeaseArgs),
+    /// Access requests: ask for a role that needs approval, approve or deny, fetch the
+    /// credential once approved, withdraw.
+    Request(cli::request::RequestArgs),
+    /// Read the audit log (root token).
+    Audit(cli::audit::AuditArgs),
 }
 
-/// Logs on stderr, filtered by PGWARDEN_LOG; colours only on a terminal and without NO_COLOR.
-fn init_logging() {
+/// Logs on stderr, filtered by PGWARDEN_LOG (else `default`); colours only on a terminal and
+/// without NO_COLOR.
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -200,7 +223,20 @@ async fn agent(config: PathBuf, once: bool, check: bool) -> Result<(), String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The client commands speak for themselves: only warnings are logged unless asked for.
+    let client_command = matches!(
+        cli.command,
+        Command::Login(_)
+            | Command::Creds(_)
+            | Command::Lease(_)
+            | Command::Request(_)
+            | Command::Audit(_)
+    );
+    init_logging(if client_command {
+        "warn"
+    } else {
+        "info,tokio_postgres=warn"
+    });
     let result = match cli.command {
         Command::Server { config, listen } => server(config, listen).await,
         #[cfg(feature = "dev")]
@@ -219,6 +255,11 @@ async fn main() -> ExitCode {
             once,
             check,
         } => agent(config, once, check).await,
+        Command::Login(args) => cli::login::run(args).await,
+        Command::Creds(args) => cli::creds::run(args).await,
+        Command::Lease(args) => cli::lease::run(args).await,
+        Command::Request(args) => cli::request::run(args).await,
+        Command::Audit(args) => cli::audit::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

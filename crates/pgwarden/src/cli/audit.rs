@@ -1,0 +1,119 @@
+//! `pgwarden audit …`: read the audit log through the API (root token).
+//!
+//! Each subcommand is a variant of [`AuditCommand`] with its own arguments and an arm in
+//! [`run`]; `audit verify` belongs here beside `tail`.
+
+use crate::cli::output::{self, Format};
+use crate::cli::settings::ClientArgs;
+use clap::{Args, Subcommand};
+use pgwarden_client::{AuditQuery, Client};
+use pgwarden_core::AuditRecord;
+use std::time::Duration;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// `pgwarden audit` flags and subcommand.
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AuditCommand,
+    /// Where pgwarden is and which token to use.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// The audit subcommands.
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Print audit records, oldest first, one line each (time, actor, action, object,
+    /// outcome, and the detail when there is one); needs the root token.
+    Tail(TailArgs),
+}
+
+/// `pgwarden audit tail` flags.
+#[derive(Args, Debug)]
+pub struct TailArgs {
+    /// Only records at or after this time (RFC 3339, e.g. 2026-05-01T08:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = rfc3339)]
+    pub since: Option<OffsetDateTime>,
+    /// Only records of this actor, e.g. `user:kari@example.com` or `root`.
+    #[arg(long, value_name = "SUBJECT")]
+    pub actor: Option<String>,
+    /// Only records of this action, e.g. `creds.issue` or `request.approve`.
+    #[arg(long, value_name = "ACTION")]
+    pub action: Option<String>,
+    /// Keep printing new records as they are written (checks every second; Ctrl-C stops).
+    #[arg(long)]
+    pub follow: bool,
+}
+
+/// Records fetched per call.
+const PAGE: u32 = 500;
+
+/// Parses an RFC 3339 time (a usage error otherwise).
+fn rfc3339(text: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time ({e}); e.g. 2026-05-01T08:00:00Z"))
+}
+
+/// One record as a line of text.
+fn line(record: &AuditRecord) -> String {
+    let event = &record.event;
+    let mut line = format!(
+        "{}  {}  {}  {}  {}",
+        output::instant(event.time),
+        event.actor,
+        event.action,
+        event.object,
+        event.outcome.as_str()
+    );
+    if !event.detail.is_empty() {
+        line.push_str("  ");
+        line.push_str(&event.detail);
+    }
+    line
+}
+
+/// Prints records and returns the last one's sequence number, if any.
+fn print(records: &[AuditRecord], format: Format) -> Result<Option<u64>, String> {
+    for record in records {
+        match format {
+            Format::Json => println!("{}", output::json(record)?),
+            Format::Table => println!("{}", line(record)),
+        }
+    }
+    Ok(records.last().map(|r| r.seq))
+}
+
+/// Prints every matching record, then (with --follow) new ones as they come.
+async fn tail(client: &Client, args: TailArgs, format: Format) -> Result<(), String> {
+    let mut query = AuditQuery {
+        since: args.since,
+        actor: args.actor,
+        action: args.action,
+        after: None,
+        limit: Some(PAGE),
+    };
+    loop {
+        let records = client.audit(&query).await.map_err(crate::cli::message)?;
+        let last = print(&records, format)?;
+        if let Some(seq) = last {
+            query.after = Some(seq);
+            // More may be waiting: ask again at once, and wait only after an empty answer.
+            continue;
+        }
+        if !args.follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Runs an audit subcommand.
+pub async fn run(args: AuditArgs) -> Result<(), String> {
+    let format = args.client.format;
+    match args.command {
+        AuditCommand::Tail(tail_args) => tail(&args.client.client()?, tail_args, format).await,
+    }
+}
