@@ -1,6 +1,7 @@
 //! The lease manager: issues users as leases, renews and revokes them, and runs the reaper that
 //! drops every user when its lease ends, retrying failed revocations with backoff.
 
+use crate::audit::AuditLog;
 use crate::catalog::Catalog;
 use crate::error::ServerError;
 use crate::leadership::Leadership;
@@ -8,7 +9,7 @@ use crate::metrics::{Metrics, RevokeLabels};
 use crate::schedule::Schedule;
 use parking_lot::Mutex;
 use pgwarden_core::names::generate_username;
-use pgwarden_core::{Lease, LeaseState, Owner, RoleKind, Ttl, chain};
+use pgwarden_core::{AuditEvent, Lease, LeaseState, Outcome, Owner, RoleKind, Ttl, chain};
 use pgwarden_engine::PasswordPool;
 use pgwarden_store::{Durability, Store};
 use secrecy::SecretString;
@@ -78,6 +79,8 @@ pub struct Broker {
     /// Held shared while an issuance picks its connection and records its lease, exclusively
     /// while a connection is deleted, so no lease is recorded against a deleted connection.
     connections_in_use: tokio::sync::RwLock<()>,
+    /// Where every dropped user (and failed drop) is recorded.
+    audit: AuditLog,
 }
 
 fn now() -> OffsetDateTime {
@@ -132,8 +135,10 @@ impl Broker {
         catalog: Arc<Catalog>,
         metrics: Arc<Metrics>,
         leadership: Arc<Leadership>,
+        audit: AuditLog,
     ) -> Broker {
         Broker {
+            audit,
             leadership,
             store,
             catalog,
@@ -208,17 +213,43 @@ impl Broker {
     ) -> Result<Issued, ServerError> {
         let broker = self.clone();
         let (mount, role_name) = (mount.to_string(), role_name.to_string());
-        detached(async move { broker.create_lease(&mount, &role_name, owner, cap).await }).await
+        detached(async move {
+            broker
+                .create_lease(&mount, &role_name, owner, cap, Ttl::default())
+                .await
+        })
+        .await
     }
 
-    /// The body of [`Broker::issue`]. The lease is locked from before its pending record is
-    /// written until it is active, so a revocation that finds it waits and then drops the user.
+    /// Issues the credential of an approved access request: it lives `ttl` (already capped by
+    /// the grant), within the role's max TTL, and cannot be renewed past that.
+    pub async fn issue_approved(
+        self: &Arc<Self>,
+        mount: &str,
+        role_name: &str,
+        owner: Owner,
+        ttl: Ttl,
+    ) -> Result<Issued, ServerError> {
+        let broker = self.clone();
+        let (mount, role_name) = (mount.to_string(), role_name.to_string());
+        detached(async move {
+            broker
+                .create_lease(&mount, &role_name, owner, Some(ttl), ttl)
+                .await
+        })
+        .await
+    }
+
+    /// The body of [`Broker::issue`]: `ttl` zero means the role's default. The lease is locked
+    /// from before its pending record is written until it is active, so a revocation that
+    /// finds it waits and then drops the user.
     async fn create_lease(
         &self,
         mount: &str,
         role_name: &str,
         owner: Owner,
         cap: Option<Ttl>,
+        ttl: Ttl,
     ) -> Result<Issued, ServerError> {
         let mut role = self.catalog.role(mount, role_name)?;
         if role.kind == RoleKind::Identity && owner.token_accessor.is_none() {
@@ -234,8 +265,7 @@ impl Broker {
         let issued_at = now();
         let username =
             generate_username(&owner.display_name, &role.name, issued_at.unix_timestamp());
-        let mut lease =
-            Lease::new_pending(mount, &role, username, owner, Ttl::default(), issued_at);
+        let mut lease = Lease::new_pending(mount, &role, username, owner, ttl, issued_at);
         let _guard = self.lock(&lease.id).await;
         let password = self.passwords.take().await;
         let target = self.catalog.target_for_role(mount, &role)?;
@@ -540,6 +570,15 @@ impl Broker {
                     .inc();
                 self.update_gauges();
                 tracing::info!(lease_id = %id, username = %lease.username, reason, "revoked");
+                let event = AuditEvent::now("pgwarden", "user.drop", id, Outcome::Success)
+                    .with_detail(format!("{reason}: user {} dropped", lease.username));
+                if why == Why::Requested && !rolling_back {
+                    // The request that asked waits for its own record; this one need not
+                    // lengthen it.
+                    self.audit.submit(event);
+                } else {
+                    self.audit.record(event).await;
+                }
                 Ok(())
             }
             Err(error) => {
@@ -555,6 +594,17 @@ impl Broker {
                 self.metrics.revocation_failures.inc();
                 self.update_gauges();
                 tracing::warn!(lease_id = %id, attempts = lease.revoke_attempts, retry_in_s = retry.as_secs(), %error, "revocation failed; will retry");
+                self.audit
+                    .record(
+                        AuditEvent::now("pgwarden", "user.drop", id, Outcome::Failure).with_detail(
+                            format!(
+                                "attempt {} failed, retrying in {}s: {error}",
+                                lease.revoke_attempts,
+                                retry.as_secs()
+                            ),
+                        ),
+                    )
+                    .await;
                 Err(ServerError::Internal(format!(
                     "revoking lease {id:?} failed (attempt {}, retrying in {}s): {error}",
                     lease.revoke_attempts,

@@ -106,6 +106,12 @@ pub struct Config {
     /// The sweep for users no lease names.
     #[serde(default)]
     pub orphans: OrphanConfig,
+    /// Access requests.
+    #[serde(default)]
+    pub requests: RequestsConfig,
+    /// The audit log (always in the state store) and its optional file copy.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// The root token, resolved from the environment or `root_token_file` by [`Config::resolve_secrets`].
     #[serde(skip)]
     pub root_token: Option<SecretString>,
@@ -190,6 +196,37 @@ impl Default for OrphanConfig {
             drop: true,
         }
     }
+}
+
+/// Access requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestsConfig {
+    /// How long a request waits for its approvals before it expires (default 24h).
+    #[serde(default = "default_pending_ttl")]
+    pub pending_ttl: Ttl,
+}
+
+impl Default for RequestsConfig {
+    fn default() -> Self {
+        RequestsConfig {
+            pending_ttl: default_pending_ttl(),
+        }
+    }
+}
+
+fn default_pending_ttl() -> Ttl {
+    Ttl::from_secs(24 * 3600)
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A file every record is also appended to, one JSON object per line (created 0600), for
+    /// shipping to a log system; the chain in the state store stays the record of truth.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
 }
 
 fn default_orphan_interval() -> Ttl {

@@ -13,6 +13,7 @@
 )]
 
 pub mod api;
+pub mod audit;
 pub mod broker;
 pub mod catalog;
 pub mod checks;
@@ -24,6 +25,7 @@ pub mod logins;
 pub mod metrics;
 pub mod orphans;
 pub mod policy;
+pub mod requests;
 pub mod schedule;
 pub mod seal;
 pub mod tokens;
@@ -103,14 +105,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map(seal::Sealer::new)
         .transpose()
         .map_err(ConfigError::from)?;
+    let request_sealer = Arc::new(request_sealer(&config)?);
     let (store, leadership) = open_state(&config).await?;
     let catalog = Arc::new(Catalog::load(&config, store.clone(), sealer).await?);
     let metrics = Arc::new(Metrics::new());
+    let audit = audit::AuditLog::start(store.clone(), config.audit.file.clone(), metrics.clone());
     let broker = Arc::new(Broker::new(
         store.clone(),
         catalog.clone(),
         metrics.clone(),
         leadership.clone(),
+        audit.clone(),
     ));
     let logins = logins::Logins::from_config(&config.auth)?;
     let policy = Arc::new(
@@ -121,6 +126,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         store.clone(),
         metrics.clone(),
         config.orphans.clone(),
+    ));
+    let requests = Arc::new(requests::Requests::new(
+        store.clone(),
+        broker.clone(),
+        policy.clone(),
+        request_sealer,
+        audit.clone(),
+        config.requests.pending_ttl,
     ));
     let tokens = tokens::Tokens::new(store.clone());
     let purged = tokens.purge_expired().await.map_err(StartError::Recover)?;
@@ -151,13 +164,40 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let reaper = tokio::spawn(broker.clone().run_reaper(signal.clone()));
     tokio::spawn(orphans.clone().run(signal.clone()));
+    tokio::spawn(requests.clone().run_sweeper(signal.clone()));
     let reload_metrics = metrics.clone();
-    tokio::spawn(policy.clone().watch(signal.clone(), move |ok| {
-        let result = if ok { "ok" } else { "rejected" };
+    let reload_audit = audit.clone();
+    let policy_file = config
+        .policy_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    tokio::spawn(policy.clone().watch(signal.clone(), move |outcome| {
+        let result = if outcome.is_ok() { "ok" } else { "rejected" };
         reload_metrics
             .policy_reloads
             .get_or_create(&metrics::ReloadLabels { result })
             .inc();
+        let event = match outcome {
+            Ok(grants) => pgwarden_core::AuditEvent::now(
+                "pgwarden",
+                "policy.reload",
+                &policy_file,
+                pgwarden_core::Outcome::Success,
+            )
+            .with_detail(format!("{grants} grant(s) in force")),
+            Err(reason) => pgwarden_core::AuditEvent::now(
+                "pgwarden",
+                "policy.reload",
+                &policy_file,
+                pgwarden_core::Outcome::Failure,
+            )
+            .with_detail(format!(
+                "rejected, the previous policy stays in force: {reason}"
+            )),
+        };
+        let audit = reload_audit.clone();
+        tokio::spawn(async move { audit.record(event).await });
     }));
     let app = api::router(Arc::new(api::AppState {
         broker,
@@ -168,6 +208,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         policy,
         orphans,
         settings: config.settings.clone(),
+        store: store.clone(),
+        requests,
+        audit,
     }));
     let limits = listener::HttpLimits {
         max_connections: config.http.max_connections,
@@ -183,6 +226,25 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         leading,
         resign,
     })
+}
+
+/// The key that seals credentials issued on approval: the configured seal key, or else a
+/// random one for this process (then a credential can be read only from this process, until
+/// it restarts — which the log says).
+fn request_sealer(config: &Config) -> Result<seal::Sealer, StartError> {
+    let key = match &config.seal_key {
+        Some(key) => key.clone(),
+        None => {
+            if config.state.postgresql.is_some() {
+                tracing::warn!(
+                    "no seal key: credentials of approved access requests can be read only from the replica that issued them; set seal_key_file on every replica"
+                );
+            }
+            let random: [u8; 32] = rand::random();
+            SecretString::from(hex::encode(random))
+        }
+    };
+    Ok(seal::Sealer::new(&key).map_err(ConfigError::from)?)
 }
 
 /// Opens the configured state: SQLite in `data_dir` (this process always leads), or the

@@ -72,6 +72,8 @@ pub struct Metrics {
     pub orphan_users_dropped: Counter,
     /// 1 while this replica leads (reaps), else 0.
     pub leader: Gauge,
+    /// Audit records that could not be stored (or copied to the audit file).
+    pub audit_failures: Counter,
 }
 
 impl Metrics {
@@ -92,6 +94,7 @@ impl Metrics {
             orphan_users: Gauge::default(),
             orphan_users_dropped: Counter::default(),
             leader: Gauge::default(),
+            audit_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("leases_issued", "Leases issued", m.leases_issued.clone());
@@ -99,6 +102,11 @@ impl Metrics {
             "issue_failures",
             "Credential requests that failed",
             m.issue_failures.clone(),
+        );
+        registry.register(
+            "audit_failures",
+            "Audit records that could not be stored or copied to the audit file",
+            m.audit_failures.clone(),
         );
         registry.register(
             "leases_revoked",

@@ -105,11 +105,12 @@ impl PolicyHolder {
     }
 
     /// Re-reads the file when its contents change, until `shutdown` turns true; `on_reload`
-    /// is told whether each reload succeeded.
+    /// is told how each reload went: the number of grants now in force, or why the file was
+    /// rejected.
     pub async fn watch(
         self: Arc<Self>,
         mut shutdown: watch::Receiver<bool>,
-        on_reload: impl Fn(bool) + Send,
+        on_reload: impl Fn(Result<usize, &PolicyError>) + Send,
     ) {
         let Some(path) = self.path.clone() else {
             return;
@@ -132,13 +133,14 @@ impl PolicyHolder {
             }
             match parse(&text) {
                 Ok(policy) => {
-                    tracing::info!(path = %path.display(), grants = policy.grants.len(), "policy reloaded");
+                    let grants = policy.grants.len();
+                    tracing::info!(path = %path.display(), grants, "policy reloaded");
                     self.current.store(Arc::new(policy));
-                    on_reload(true);
+                    on_reload(Ok(grants));
                 }
                 Err(reason) => {
                     tracing::error!(path = %path.display(), %reason, "policy rejected; the previous policy stays in force");
-                    on_reload(false);
+                    on_reload(Err(&reason));
                 }
             }
             last_text = Some(text);

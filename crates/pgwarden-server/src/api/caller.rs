@@ -38,14 +38,13 @@ pub struct Admitted {
     pub cap: Option<Ttl>,
 }
 
-/// Authenticates the request and checks `access` for it (`what` names it in the audit log).
-pub async fn admit(
+/// Checks `access` for an authenticated caller (`what` names the request in logs).
+pub fn admit(
     state: &AppState,
-    headers: &HeaderMap,
+    caller: Caller,
     access: Access<'_>,
     what: &str,
 ) -> Result<Admitted, ServerError> {
-    let caller = authenticate(state, headers).await?;
     let cap = match access {
         Access::Anyone | Access::AnyToken => None,
         Access::Root => {
@@ -58,7 +57,7 @@ pub async fn admit(
 }
 
 /// Checks the request's token: the root token (compared in constant time) or a live login token.
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ServerError> {
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ServerError> {
     let token = token_from(headers).ok_or(ServerError::PermissionDenied)?;
     if bool::from(
         token
@@ -87,7 +86,8 @@ impl Caller {
         }
     }
 
-    fn subject(&self) -> &str {
+    /// The caller's subject (`root` for the root token), as the audit log names it.
+    pub fn subject(&self) -> &str {
         match self {
             Caller::Root => "root",
             Caller::Token(t) => &t.identity.subject,
@@ -123,8 +123,20 @@ impl Caller {
             return Ok(None);
         };
         let policy = state.policy.get();
-        match policy.allows(&token.identity.policy_subjects(), mount, path) {
+        let subjects = token.identity.policy_subjects();
+        match policy.allows(&subjects, mount, path) {
             Some(allowed) => Ok(allowed.max_ttl),
+            None if policy
+                .allows_with_approval(&subjects, mount, path)
+                .is_some() =>
+            {
+                self.deny(state, "approval_required", &format!("{mount}/{path}"));
+                Err(ServerError::Forbidden(format!(
+                    "{mount}/{path} is granted only through an approved access request: \
+                     pgwarden request create {mount}/{path} --reason \"…\" \
+                     (POST /v1/pgwarden/requests)"
+                )))
+            }
             None => Err(self.deny(state, "policy", &format!("{mount}/{path}"))),
         }
     }

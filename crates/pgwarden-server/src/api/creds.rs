@@ -1,19 +1,21 @@
 //! `<mount>/creds/<role>`: issue a credential.
 
-use super::AppState;
 use super::caller::Admitted;
 use super::respond;
+use super::{AppState, AuditNote};
 use crate::error::ServerError;
 use axum::Json;
-use pgwarden_core::wire::{DbCredential, SecretResponse};
+use axum::response::{IntoResponse, Response};
+use pgwarden_core::wire::DbCredential;
 
-/// Issues a new database user for `role` as a lease, within the caller's grant.
+/// Issues a new database user for `role` as a lease, within the caller's grant; the audit
+/// record names the lease and the user.
 pub async fn issue(
     state: &AppState,
     admitted: &Admitted,
     mount: &str,
     role: &str,
-) -> Result<Json<SecretResponse<DbCredential>>, ServerError> {
+) -> Result<Response, ServerError> {
     let issued = state
         .broker
         .issue(mount, role, admitted.caller.owner(), admitted.cap)
@@ -26,7 +28,12 @@ pub async fn issue(
         database: issued.endpoint.database,
         hosts: issued.endpoint.hosts,
     };
+    let note = AuditNote {
+        actor: None,
+        object: Some(issued.lease.id.clone()),
+        detail: Some(format!("user {}", issued.lease.username)),
+    };
     let response =
         respond::envelope(credential).with_lease(&issued.lease.id, issued.lease.granted_ttl());
-    Ok(Json(response))
+    Ok(note.on(Json(response).into_response()))
 }

@@ -1,21 +1,25 @@
 //! The Vault-compatible HTTP API. `routes` maps a path to a route and says who may call it;
 //! `handle` authenticates, checks that, and hands the request to the module of its path family
-//! (`creds`, `leases`, `config`, `roles`, `kv`, `tokens`, `sys`), each endpoint one short
-//! function from a typed body to a typed response. Errors become Vault's error body once, in
-//! `ServerError`'s `IntoResponse`.
+//! (`creds`, `leases`, `config`, `roles`, `kv`, `tokens`, `requests`, `audit`, `sys`), each
+//! endpoint one short function from a typed body to a typed response. Errors become Vault's
+//! error body once, in `ServerError`'s `IntoResponse`. Every request but reads of the audit
+//! log itself leaves one audit record: who, what, on what, and how it ended.
 
+mod audit;
 mod caller;
 mod config;
 mod creds;
 mod kv;
 mod leases;
 mod request;
+mod requests;
 mod respond;
 mod roles;
 mod routes;
 mod sys;
 mod tokens;
 
+use crate::audit::{AuditLog, REQUEST_ID};
 use crate::broker::Broker;
 use crate::error::ServerError;
 use crate::logins::Logins;
@@ -28,7 +32,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use caller::Admitted;
+use caller::{Admitted, Caller};
+use pgwarden_core::{AuditEvent, Outcome};
 use request::json;
 use routes::{Access, Op, Route};
 use secrecy::SecretString;
@@ -55,6 +60,32 @@ pub struct AppState {
     pub orphans: Arc<crate::orphans::Orphans>,
     /// KV v1 data: mount → path → key/value.
     pub settings: BTreeMap<String, BTreeMap<String, BTreeMap<String, serde_json::Value>>>,
+    /// The state store.
+    pub store: Arc<dyn pgwarden_store::Store>,
+    /// Access requests.
+    pub requests: Arc<crate::requests::Requests>,
+    /// The audit log.
+    pub audit: AuditLog,
+}
+
+/// What a handler adds to its request's audit record, as a response extension: the object
+/// the path does not name (the lease issued), the actor a login established, a detail.
+#[derive(Debug, Clone, Default)]
+pub struct AuditNote {
+    /// Who, when the request's token does not say (a login).
+    pub actor: Option<String>,
+    /// On what, instead of the path.
+    pub object: Option<String>,
+    /// Anything else worth keeping.
+    pub detail: Option<String>,
+}
+
+impl AuditNote {
+    /// Attaches this note to `response`.
+    pub fn on(self, mut response: Response) -> Response {
+        response.extensions_mut().insert(self);
+        response
+    }
 }
 
 /// The whole HTTP surface.
@@ -62,6 +93,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/sys/health", get(sys::health))
         .route("/metrics", get(sys::metrics))
+        .route("/ui/requests", get(crate::ui::requests))
         .route("/v1/{*path}", any(v1))
         .fallback(|| async { ServerError::NotFound("no handler for this path".into()) })
         .with_state(state)
@@ -83,7 +115,10 @@ async fn v1(
     // a request half-way, between a write to the state and the database statement it covers.
     let task = {
         let (state, method, path) = (state.clone(), method.clone(), path.clone());
-        tokio::spawn(async move { handle(&state, &method, &path, &query, &headers, body).await })
+        let request_id = uuid::Uuid::new_v4().to_string();
+        tokio::spawn(REQUEST_ID.scope(request_id, async move {
+            handle(&state, &method, &path, &query, &headers, body).await
+        }))
     };
     let response = task
         .await
@@ -108,7 +143,7 @@ async fn v1(
     response
 }
 
-/// Authenticates, checks the route's access rule, reads the body and dispatches.
+/// Reads the body, serves the request and records it in the audit log.
 async fn handle(
     state: &AppState,
     method: &Method,
@@ -125,11 +160,79 @@ async fn handle(
     }
     let op = request::operation(method, query)?;
     let body = request::read_body(op, body).await?;
+    let mut actor = String::from("anonymous");
+    let incoming = Incoming {
+        route: route.clone(),
+        op,
+        path,
+        query,
+        headers,
+        body: &body,
+    };
+    let result = serve(state, &incoming, &mut actor).await;
+    if route != Route::Audit {
+        state
+            .audit
+            .record(audit_event(actor, route.action(op), path, &result))
+            .await;
+    }
+    result
+}
+
+/// The audit record of a request that ended with `result`.
+fn audit_event(
+    actor: String,
+    action: &str,
+    path: &str,
+    result: &Result<Response, ServerError>,
+) -> AuditEvent {
+    match result {
+        Ok(response) => {
+            let note = response
+                .extensions()
+                .get::<AuditNote>()
+                .cloned()
+                .unwrap_or_default();
+            let actor = note.actor.unwrap_or(actor);
+            let object = note.object.unwrap_or_else(|| path.to_string());
+            AuditEvent::now(&actor, action, &object, Outcome::Success)
+                .with_detail(note.detail.unwrap_or_default())
+        }
+        Err(error) => {
+            let outcome = match error.status() {
+                401 | 403 => Outcome::Denied,
+                _ => Outcome::Failure,
+            };
+            AuditEvent::now(&actor, action, path, outcome).with_detail(error.to_string())
+        }
+    }
+}
+
+/// A request as read off the wire.
+struct Incoming<'a> {
+    route: Route<'a>,
+    op: Op,
+    path: &'a str,
+    query: &'a HashMap<String, String>,
+    headers: &'a HeaderMap,
+    body: &'a Bytes,
+}
+
+/// Authenticates (setting `actor`), checks the route's access rule and dispatches.
+async fn serve(
+    state: &AppState,
+    incoming: &Incoming<'_>,
+    actor: &mut String,
+) -> Result<Response, ServerError> {
+    let Incoming { route, op, .. } = incoming;
     match route.access() {
-        Access::Anyone => public(state, route, op, &body).await,
+        Access::Anyone => public(state, route.clone(), *op, incoming.body).await,
         access => {
-            let admitted = caller::admit(state, headers, access, path).await?;
-            dispatch(state, &admitted, route, op, &body).await
+            let caller: Caller = caller::authenticate(state, incoming.headers).await?;
+            actor.clear();
+            actor.push_str(caller.subject());
+            let admitted = caller::admit(state, caller, access, incoming.path)?;
+            dispatch(state, &admitted, incoming).await
         }
     }
 }
@@ -153,12 +256,11 @@ async fn public(
 async fn dispatch(
     state: &AppState,
     admitted: &Admitted,
-    route: Route<'_>,
-    op: Op,
-    body: &Bytes,
+    incoming: &Incoming<'_>,
 ) -> Result<Response, ServerError> {
     let caller = &admitted.caller;
-    Ok(match (route, op) {
+    let (body, query) = (incoming.body, incoming.query);
+    Ok(match (incoming.route.clone(), incoming.op) {
         (Route::TokenLookupSelf, Op::Read) => tokens::lookup_self(caller).into_response(),
         (Route::TokenRenewSelf, Op::Write) => tokens::renew_self(state, caller, json(body)?)
             .await?
@@ -189,6 +291,25 @@ async fn dispatch(
             .into_response(),
         (Route::ListLeases(prefix), Op::List) => leases::list(state, &prefix).await?,
         (Route::Orphans, Op::Read | Op::List) => sys::orphans(state).into_response(),
+        (Route::Requests, Op::Write) => requests::create(state, caller, json(body)?)
+            .await?
+            .into_response(),
+        (Route::Requests, Op::Read | Op::List) => {
+            requests::list(state, caller, query).await?.into_response()
+        }
+        (Route::Request(id), Op::Read) => requests::read(state, caller, id).await?.into_response(),
+        (Route::Request(id), Op::Delete) => {
+            requests::withdraw(state, caller, id).await?.into_response()
+        }
+        (Route::Decide { id, approve }, Op::Write) => {
+            requests::decide(state, caller, id, approve, json(body)?)
+                .await?
+                .into_response()
+        }
+        (Route::RequestCreds(id), Op::Read) => {
+            requests::creds(state, caller, id).await?.into_response()
+        }
+        (Route::Audit, Op::Read) => audit::read(state, query).await?.into_response(),
         (Route::Config { mount, name: None }, Op::List) => config::list(state, mount)?,
         (
             Route::Config {

@@ -12,9 +12,10 @@ pub fn ok<T: Serialize>(data: T) -> Json<SecretResponse<T>> {
     Json(envelope(data))
 }
 
-/// The envelope itself, for responses that add a lease, warnings or an auth block.
+/// The envelope itself, for responses that add a lease, warnings or an auth block; its
+/// `request_id` is the one the request's audit records carry.
 pub fn envelope<T>(data: T) -> SecretResponse<T> {
-    SecretResponse::new(uuid::Uuid::new_v4().to_string(), data)
+    SecretResponse::new(crate::audit::request_id(), data)
 }
 
 /// Vault's LIST answer; nothing under the prefix is 404 with an empty error list.

@@ -41,6 +41,21 @@ pub enum Route<'a> {
     ListLeases(String),
     /// `sys/orphans`: users no lease names (pgwarden's own path).
     Orphans,
+    /// `pgwarden/requests`: make (write) or list (read) access requests.
+    Requests,
+    /// `pgwarden/requests/<id>`: read or withdraw (delete) one.
+    Request(&'a str),
+    /// `pgwarden/requests/<id>/approve` or `…/deny`.
+    Decide {
+        /// The request.
+        id: &'a str,
+        /// Approve, else deny.
+        approve: bool,
+    },
+    /// `pgwarden/requests/<id>/creds`: the approved credential.
+    RequestCreds(&'a str),
+    /// `pgwarden/audit`: the audit log.
+    Audit,
     /// `<mount>/creds/<role>`
     Creds {
         /// The mount.
@@ -102,16 +117,70 @@ impl<'a> Route<'a> {
             | Route::TokenRevokeSelf
             | Route::Renew(_)
             | Route::Revoke(_)
-            | Route::Lookup => Access::AnyToken,
+            | Route::Lookup
+            | Route::Requests
+            | Route::Request(_)
+            | Route::Decide { .. }
+            | Route::RequestCreds(_) => Access::AnyToken,
             Route::Creds { mount, role } => Access::Policy { mount, path: role },
             Route::Kv { mount, path } => Access::Policy { mount, path },
             Route::TokenRevokeAccessor
             | Route::RevokePrefix(_)
             | Route::ListLeases(_)
             | Route::Orphans
+            | Route::Audit
             | Route::Config { .. }
             | Route::Role { .. }
             | Route::Unknown => Access::Root,
+        }
+    }
+
+    /// The audit log's name for `op` on this route, e.g. `creds.issue`, `request.approve`.
+    pub fn action(&self, op: Op) -> &'static str {
+        let by_op = |read, write, delete, list| match op {
+            Op::Read => read,
+            Op::Write => write,
+            Op::Delete => delete,
+            Op::List => list,
+        };
+        match self {
+            Route::TokenLookupSelf => "token.lookup",
+            Route::TokenRenewSelf => "token.renew",
+            Route::TokenRevokeSelf => "token.revoke",
+            Route::TokenRevokeAccessor => "token.revoke-accessor",
+            Route::Login { .. } => "auth.login",
+            Route::Renew(_) => "lease.renew",
+            Route::Revoke(_) => "lease.revoke",
+            Route::RevokePrefix(_) => "lease.revoke-prefix",
+            Route::Lookup => "lease.lookup",
+            Route::ListLeases(_) => "lease.list",
+            Route::Orphans => "orphans.list",
+            Route::Requests => by_op(
+                "request.list",
+                "request.create",
+                "request.other",
+                "request.list",
+            ),
+            Route::Request(_) => by_op(
+                "request.read",
+                "request.other",
+                "request.withdraw",
+                "request.other",
+            ),
+            Route::Decide { approve: true, .. } => "request.approve",
+            Route::Decide { approve: false, .. } => "request.deny",
+            Route::RequestCreds(_) => "request.creds",
+            Route::Audit => "audit.read",
+            Route::Creds { .. } => "creds.issue",
+            Route::Config { .. } => by_op(
+                "config.read",
+                "config.write",
+                "config.delete",
+                "config.list",
+            ),
+            Route::Role { .. } => by_op("role.read", "role.write", "role.delete", "role.list"),
+            Route::Kv { .. } => "kv.read",
+            Route::Unknown => "unknown",
         }
     }
 }
@@ -147,6 +216,17 @@ pub fn parse(path: &str) -> Route<'_> {
         ["sys", "orphans"] => Route::Orphans,
         ["sys", "leases", "lookup", rest @ ..] => Route::ListLeases(rest.join("/")),
         ["sys", ..] | ["auth", ..] => Route::Unknown,
+        ["pgwarden", "requests"] | ["pgwarden", "requests", ""] => Route::Requests,
+        ["pgwarden", "requests", id] => Route::Request(id),
+        ["pgwarden", "requests", id, "approve"] if nonempty(id) => {
+            Route::Decide { id, approve: true }
+        }
+        ["pgwarden", "requests", id, "deny"] if nonempty(id) => {
+            Route::Decide { id, approve: false }
+        }
+        ["pgwarden", "requests", id, "creds"] if nonempty(id) => Route::RequestCreds(id),
+        ["pgwarden", "audit"] => Route::Audit,
+        ["pgwarden", ..] => Route::Unknown,
         [mount, "creds", role] if nonempty(mount) && nonempty(role) => Route::Creds { mount, role },
         [mount, "config"] | [mount, "config", ""] if nonempty(mount) => {
             Route::Config { mount, name: None }
@@ -241,5 +321,22 @@ mod tests {
             }
         );
         assert_eq!(parse("kv"), Route::Unknown);
+        assert_eq!(parse("pgwarden/requests"), Route::Requests);
+        assert_eq!(parse("pgwarden/requests/req-1"), Route::Request("req-1"));
+        assert_eq!(
+            parse("pgwarden/requests/req-1/deny"),
+            Route::Decide {
+                id: "req-1",
+                approve: false
+            }
+        );
+        assert_eq!(
+            parse("pgwarden/requests/req-1/creds"),
+            Route::RequestCreds("req-1")
+        );
+        assert_eq!(parse("pgwarden/requests/req-1/other"), Route::Unknown);
+        assert_eq!(parse("pgwarden/audit"), Route::Audit);
+        assert_eq!(Route::Audit.access(), Access::Root);
+        assert_eq!(Route::Requests.action(Op::Write), "request.create");
     }
 }

@@ -1,13 +1,14 @@
 //! Login and the token's own endpoints: `auth/<mount>/login`, `auth/token/lookup-self`,
 //! `renew-self`, `revoke-self` and root's `revoke-accessor`.
 
-use super::AppState;
 use super::caller::Caller;
 use super::respond;
+use super::{AppState, AuditNote};
 use crate::error::ServerError;
 use crate::metrics::LoginLabels;
 use axum::Json;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use pgwarden_core::wire::{
     AuthBlock, LoginBody, RenewSelfBody, RevokeAccessorBody, SecretResponse, TokenLookup,
 };
@@ -45,12 +46,13 @@ fn auth_response(
     Json(response)
 }
 
-/// Verifies the login token and issues a pgwarden token.
+/// Verifies the login token and issues a pgwarden token; the audit record names who logged
+/// in and the new token's accessor.
 pub async fn login(
     state: &AppState,
     mount: &str,
     body: LoginBody,
-) -> Result<AuthResponse, ServerError> {
+) -> Result<Response, ServerError> {
     if !state.logins.has_mount(mount) {
         return Err(ServerError::NotFound(format!("no auth mount {mount:?}")));
     }
@@ -81,7 +83,15 @@ pub async fn login(
         )
         .await?;
     tracing::info!(target: "pgwarden::audit", mount, role = %body.role, subject = %record.identity.subject, accessor = %record.accessor, "login");
-    Ok(auth_response(Some(token), &record, record.ttl, None))
+    let note = AuditNote {
+        actor: Some(record.identity.subject.clone()),
+        object: Some(format!("auth/{mount}/login")),
+        detail: Some(format!(
+            "role {}, token accessor {}",
+            body.role, record.accessor
+        )),
+    };
+    Ok(note.on(auth_response(Some(token), &record, record.ttl, None).into_response()))
 }
 
 /// What the caller's own token is.

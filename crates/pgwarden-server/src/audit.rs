@@ -1,0 +1,121 @@
+//! The audit log: events go through one appender task that chains them into the state store
+//! in batches (one transaction, one disk sync for everything queued meanwhile), then copies
+//! them to an optional JSON-lines file. A caller waits until its event is durable.
+
+use crate::metrics::Metrics;
+use pgwarden_core::{AuditEvent, AuditRecord, chain};
+use pgwarden_store::Store;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most events appended in one transaction.
+const MAX_BATCH: usize = 512;
+
+tokio::task_local! {
+    /// The id of the HTTP request being handled, for its response and its audit records.
+    pub static REQUEST_ID: String;
+}
+
+/// The current HTTP request's id, or a fresh one outside a request.
+pub fn request_id() -> String {
+    REQUEST_ID
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| uuid::Uuid::new_v4().to_string())
+}
+
+type Queued = (AuditEvent, oneshot::Sender<bool>);
+
+/// Appends audit events; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    queue: mpsc::UnboundedSender<Queued>,
+}
+
+impl AuditLog {
+    /// Starts the appender over `store`, copying records to `file` when set.
+    pub fn start(store: Arc<dyn Store>, file: Option<PathBuf>, metrics: Arc<Metrics>) -> AuditLog {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(append_batches(store, file, metrics, receiver));
+        AuditLog { queue }
+    }
+
+    /// Records `event` (its request id filled in from the current request) and waits until it
+    /// is stored; false (logged and counted) when it could not be.
+    pub async fn record(&self, event: AuditEvent) -> bool {
+        match self.enqueue(event) {
+            Some(stored) => stored.await.unwrap_or(false),
+            None => false,
+        }
+    }
+
+    /// Records `event` without waiting for it to be stored.
+    pub fn submit(&self, event: AuditEvent) {
+        self.enqueue(event);
+    }
+
+    fn enqueue(&self, mut event: AuditEvent) -> Option<oneshot::Receiver<bool>> {
+        if event.request_id.is_empty() {
+            event.request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+        }
+        let (done, stored) = oneshot::channel();
+        if self.queue.send((event, done)).is_err() {
+            tracing::error!("audit log is closed; an event was not recorded");
+            return None;
+        }
+        Some(stored)
+    }
+}
+
+/// The appender: takes whatever is queued (up to [`MAX_BATCH`]), appends it in one go and
+/// tells each waiter how it went.
+async fn append_batches(
+    store: Arc<dyn Store>,
+    file: Option<PathBuf>,
+    metrics: Arc<Metrics>,
+    mut receiver: mpsc::UnboundedReceiver<Queued>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (events, waiters): (Vec<AuditEvent>, Vec<oneshot::Sender<bool>>) =
+            batch.drain(..).unzip();
+        let stored = match store.append_audit(&events).await {
+            Ok(records) => {
+                if let Some(path) = &file {
+                    copy_to_file(path, &records, &metrics);
+                }
+                true
+            }
+            Err(error) => {
+                metrics.audit_failures.inc_by(events.len() as u64);
+                tracing::error!(error = %chain(&error), events = events.len(), "audit records could not be stored");
+                false
+            }
+        };
+        for waiter in waiters {
+            let _ = waiter.send(stored);
+        }
+    }
+}
+
+/// Appends `records` to the JSON-lines file at `path` (created 0600 if missing).
+fn copy_to_file(path: &std::path::Path, records: &[AuditRecord], metrics: &Metrics) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut lines = Vec::new();
+    for record in records {
+        if serde_json::to_writer(&mut lines, record).is_ok() {
+            lines.push(b'\n');
+        }
+    }
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(&lines));
+    if let Err(error) = written {
+        metrics.audit_failures.inc_by(records.len() as u64);
+        tracing::error!(path = %path.display(), %error, "audit file sink failed; the records are in the state store");
+    }
+}
