@@ -1,7 +1,8 @@
 //! The approvers' page (`/ui/requests`) in a real headless Chromium driven over WebDriver: an
 //! approver signs in with the token it typed, sees a pending request, approves it with a
 //! reason, and the requester then reads a working PostgreSQL password; a requester trying to
-//! approve its own request sees the server's refusal inline.
+//! approve its own request, or deciding one decided meanwhile, sees the server's refusal inline;
+//! a denial with a reason sticks.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (or `PGWARDEN_CHROMIUM` and
 //! `PGWARDEN_CHROMEDRIVER` naming the binaries). Without them the test prints why and passes,
@@ -310,7 +311,7 @@ fn in_row(id: &str, inner: &str) -> String {
 }
 
 #[tokio::test]
-async fn an_approver_approves_in_the_browser_and_a_requester_cannot_approve_its_own() {
+async fn approvers_decide_in_the_browser_and_a_requester_cannot_approve_its_own() {
     let (driver, chromium) = match browser_binaries() {
         Ok(found) => found,
         Err(why) if std::env::var_os("PGWARDEN_REQUIRE_BROWSER").is_none() => {
@@ -509,6 +510,56 @@ async fn an_approver_approves_in_the_browser_and_a_requester_cannot_approve_its_
     browser
         .text_until(&in_row(&later, "[data-field=state]"), |t| t == "pending")
         .await;
+
+    // Kari denies the request with markup in it, with a reason.
+    browser.find("#signout").await.click().await.unwrap();
+    browser.sign_in(&kari).await;
+    browser
+        .find(&in_row(&markup, "[data-field=decision-reason]"))
+        .await
+        .send_keys("not without a ticket")
+        .await
+        .unwrap();
+    browser
+        .find(&in_row(&markup, "button[data-action=deny]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser
+        .text_until("#status", |t| {
+            t.starts_with(&format!("Denied {markup}: now denied"))
+        })
+        .await;
+    browser
+        .text_until(&in_row(&markup, "[data-field=state]"), |t| t == "denied")
+        .await;
+
+    // A decision made elsewhere meanwhile: the stale row's Deny gets the 409, inline.
+    let (status, body) = env
+        .call_as(
+            &kari,
+            "POST",
+            &format!("pgwarden/requests/{later}/approve"),
+            Some(json!({ "reason": "from the CLI" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    browser
+        .find(&in_row(&later, "button[data-action=deny]"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    let error = browser
+        .text_until(&in_row(&later, "[data-field=error]"), |t| !t.is_empty())
+        .await;
+    assert!(
+        error.starts_with(&format!(
+            "request {later} is already approved (by user:kari@example.com at "
+        )),
+        "{error}"
+    );
     browser.close().await;
 
     // Through the API: approved by Kari, and Ola's credential logs in to PostgreSQL.
@@ -529,7 +580,14 @@ async fn an_approver_approves_in_the_browser_and_a_requester_cannot_approve_its_
         .call_as(&ola, "GET", &format!("pgwarden/requests/{later}"), None)
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"]["state"], "pending", "{body}");
+    assert_eq!(body["data"]["state"], "approved", "{body}");
+    assert_eq!(body["data"]["denial"], Value::Null, "{body}");
+    let (status, body) = env
+        .call("GET", &format!("pgwarden/requests/{markup}"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["state"], "denied", "{body}");
+    assert_eq!(body["data"]["denial"]["reason"], "not without a ticket");
     let (status, creds) = env
         .call_as(
             &ola,
