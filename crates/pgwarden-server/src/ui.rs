@@ -44,7 +44,7 @@ fn content_security_policy(page: &str) -> String {
     let style = source_hash(page, "style");
     format!(
         "default-src 'none'; script-src {script}; style-src {style}; connect-src 'self'; \
-         img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
 }
 

@@ -326,6 +326,8 @@ async fn approvers_decide_in_the_browser_and_a_requester_cannot_approve_its_own(
     let ola = approvals.token("ola@example.com", "dev").await;
     let kari = approvals.token("kari@example.com", "dba").await;
     let urgent = approvals.request(&ola, "fix invoice 42 by hand").await;
+    // Creation times are milliseconds: "newest first" below needs them apart.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let later = approvals
         .request(&ola, "migrate the orders table (DB-77)")
         .await;
