@@ -247,6 +247,12 @@ fn request_sealer(config: &Config) -> Result<seal::Sealer, StartError> {
     Ok(seal::Sealer::new(&key).map_err(ConfigError::from)?)
 }
 
+/// Opens the state store `config` names (SQLite in its data directory, or the shared
+/// PostgreSQL database), for tools that read it beside a running server.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    Ok(open_state(config).await?.0)
+}
+
 /// Opens the configured state: SQLite in `data_dir` (this process always leads), or the
 /// shared PostgreSQL database (leadership taken in it).
 async fn open_state(config: &Config) -> Result<(Arc<dyn Store>, Arc<Leadership>), StartError> {

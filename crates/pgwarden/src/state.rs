@@ -10,9 +10,10 @@ pub enum StateCommand {
     /// Copy a SQLite state into an empty PostgreSQL state database, to grow from one process
     /// to several replicas.
     ///
-    /// Copies every lease (in whatever state), login token (hashes only) and the roles and
+    /// Copies every lease (in whatever state), login token (hashes only), the roles and
     /// connections written through the API (connection passwords stay sealed with the same
-    /// seal key, which the replicas need). Stop the single server first, so that nothing
+    /// seal key, which the replicas need), every access request and the whole audit chain
+    /// (records unchanged, so it still verifies). Stop the single server first, so that nothing
     /// changes during the copy; then point the replicas' `state.postgresql.url` at the
     /// destination. Refuses a destination that already holds state.
     Migrate {
@@ -70,8 +71,13 @@ async fn migrate(from: &Path, to: String, to_password_env: Option<String>) -> Re
         .await
         .map_err(|e| pgwarden_core::chain(&e))?;
     println!(
-        "copied {} leases, {} tokens, {} roles and {} connections",
-        copied.leases, copied.tokens, copied.roles, copied.connections
+        "copied {} leases, {} tokens, {} roles, {} connections, {} access requests and {} audit records",
+        copied.leases,
+        copied.tokens,
+        copied.roles,
+        copied.connections,
+        copied.requests,
+        copied.audit_records
     );
     Ok(())
 }

@@ -1,0 +1,116 @@
+//! `pgwarden audit verify`: the audit chain a running server wrote verifies, on SQLite and on
+//! shared PostgreSQL state; after a record is edited or deleted in the store, it fails and
+//! names exactly that record.
+
+mod common;
+
+use common::*;
+use pgwarden_testkit::PgCluster;
+use std::path::Path;
+use std::process::Command;
+
+fn verify(config: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["audit", "verify", "--config"])
+        .arg(config)
+        .envs(APPDB_ENV)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a server on `config`, leaves a few audit records (issue, revoke, a refused call).
+async fn make_records(config: &Path) {
+    let server = spawn_server(config, free_port(), &APPDB_ENV).await;
+    for _ in 0..3 {
+        let (status, lease) =
+            call(&server.base, ROOT, "GET", "database/creds/appdb-ro", None).await;
+        assert_eq!(status, 200, "{lease}");
+        let id = lease["lease_id"].as_str().unwrap();
+        let path = format!("sys/leases/revoke/{id}");
+        assert_eq!(call(&server.base, ROOT, "PUT", &path, None).await.0, 204);
+    }
+    let (status, _) = call(
+        &server.base,
+        "wrong",
+        "GET",
+        "database/creds/appdb-ro",
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    // Verifying beside the running server works too.
+    let (ok, stdout, stderr) = verify(config);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("audit log intact: "), "{stdout}");
+}
+
+/// Edits record 3, then (restored) deletes record 5, through `sql`, checking each report.
+async fn tamper_and_check(config: &Path, sql: impl AsyncFn(&str)) {
+    let (ok, stdout, _) = verify(config);
+    assert!(ok);
+    assert!(stdout.contains(" records, last hash "), "{stdout}");
+
+    sql("UPDATE {audit} SET actor = 'user:mallory' WHERE seq = 3").await;
+    let (ok, _, stderr) = verify(config);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        "error: audit record 3 was altered: its contents do not match its hash (records 1 to 2 verify)"
+    );
+    sql("UPDATE {audit} SET actor = 'root' WHERE seq = 3").await;
+    assert!(verify(config).0, "restored");
+
+    sql("DELETE FROM {audit} WHERE seq = 5").await;
+    let (ok, _, stderr) = verify(config);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        "error: audit record(s) 5 to 5 were removed: record 6 follows record 4 (records 1 to 4 verify)"
+    );
+}
+
+const ROLES: &str =
+    "      appdb-ro: { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_chain_verifies_and_tampering_is_named() {
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let top = format!("data_dir: \"{}\"", data.display());
+    let config = write_config(dir.path(), "sqlite.yaml", &cluster, &top, ROLES);
+    make_records(&config).await;
+    let file = data.join("state.db");
+    tamper_and_check(&config, async |sql: &str| {
+        let db = rusqlite::Connection::open(&file).unwrap();
+        db.execute(&sql.replace("{audit}", "audit"), []).unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_chain_verifies_and_tampering_is_named() {
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let su = cluster.connect_superuser("postgres").await.unwrap();
+    su.batch_execute("CREATE DATABASE state").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let top = format!(
+        "state: {{ postgresql: {{ url: \"{}\" }} }}",
+        cluster.superuser_url("state")
+    );
+    let config = write_config(dir.path(), "shared.yaml", &cluster, &top, ROLES);
+    make_records(&config).await;
+    let state = cluster.connect_superuser("state").await.unwrap();
+    tamper_and_check(&config, async |sql: &str| {
+        state
+            .batch_execute(&sql.replace("{audit}", "pgwarden_audit"))
+            .await
+            .unwrap();
+    })
+    .await;
+}
