@@ -61,7 +61,8 @@ pub struct TailArgs {
     /// Only records of this action, e.g. `creds.issue` or `request.approve`.
     #[arg(long, value_name = "ACTION")]
     pub action: Option<String>,
-    /// Keep printing new records as they are written (checks every second; Ctrl-C stops).
+    /// Keep printing new records as they are written (checks every second, waits out
+    /// pgwarden being unreachable; Ctrl-C stops).
     #[arg(long)]
     pub follow: bool,
 }
@@ -113,8 +114,27 @@ async fn tail(client: &Client, args: TailArgs, format: Format) -> Result<(), Str
         after: None,
         limit: Some(PAGE),
     };
+    let mut unreachable = false;
     loop {
-        let records = client.audit(&query).await.map_err(crate::cli::message)?;
+        let records = match client.audit(&query).await {
+            Ok(records) => {
+                unreachable = false;
+                records
+            }
+            // While following, pgwarden restarting is waited out (said once on stderr).
+            Err(error) if args.follow && error.is_transient() => {
+                if !unreachable {
+                    eprintln!(
+                        "warning: {}; retrying every second",
+                        crate::cli::message(error)
+                    );
+                    unreachable = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(error) => return Err(crate::cli::message(error)),
+        };
         let last = print(&records, format)?;
         if let Some(seq) = last {
             query.after = Some(seq);
