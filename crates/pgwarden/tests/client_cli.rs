@@ -553,9 +553,29 @@ async fn an_access_request_from_creation_to_withdrawal() {
     kari.login_person(&setup, "kari@example.com").await;
     per.login_person(&setup, "per@example.com").await;
 
-    // Without a request, the role is refused.
+    // Without a request, the role is refused, and the message names the command to use.
     let run = ola.run(&["creds", "database/appdb-admin"]).await;
-    assert_eq!((run.code, run.err.lines().count()), (1, 1), "{}", run.err);
+    assert_eq!(
+        (run.code, run.err.as_str()),
+        (
+            1,
+            "error: database/appdb-admin is granted only through an approved access request: \
+             pgwarden request create database/appdb-admin --reason \"…\" \
+             (POST /v1/pgwarden/requests)\n"
+        )
+    );
+    // A role no approval grant names cannot be requested.
+    let run = per
+        .run(&["request", "create", "database/appdb-admin", "--reason", "x"])
+        .await;
+    assert_eq!(
+        (run.code, run.err.as_str()),
+        (
+            1,
+            "error: no policy grant lets user:per@example.com request database/appdb-admin: ask \
+             for a role a grant with requires_approval: true names for you\n"
+        )
+    );
 
     let created = ola
         .run(&[
@@ -581,8 +601,14 @@ async fn an_access_request_from_creation_to_withdrawal() {
 
     // Nobody gets the credential while it is pending.
     let run = per.run(&["request", "creds", &id]).await;
-    assert_eq!((run.code, run.out.as_str()), (1, ""));
-    assert_eq!(run.err.lines().count(), 1, "{}", run.err);
+    assert_eq!(
+        (run.code, run.out.as_str(), run.err),
+        (
+            1,
+            "",
+            format!("error: request {id} is pending: it needs 1 more approval(s)\n")
+        )
+    );
 
     // The requester and a non-approver may not decide; the server's words, one line.
     let run = ola
@@ -675,7 +701,16 @@ async fn an_access_request_from_creation_to_withdrawal() {
     let left = creds["lease_duration"].as_u64().unwrap();
     assert!((1790..=1800).contains(&left), "{left}");
     let run = ola.run(&["request", "creds", &id]).await;
-    assert_eq!((run.code, run.err.lines().count()), (1, 1), "{}", run.err);
+    assert_eq!(
+        (run.code, run.err),
+        (
+            1,
+            format!(
+                "error: user:ola@example.com is not a subject of request {id}: only \
+                 user:per@example.com may read its credential\n"
+            )
+        )
+    );
     let env = per.run(&["request", "creds", &id, "--env"]).await.ok();
     assert!(
         env.contains(&format!("\nexport PGUSER={username}\n")),
@@ -690,7 +725,18 @@ async fn an_access_request_from_creation_to_withdrawal() {
     );
     assert!(shown.contains(": ok, ticket 42\n"), "{shown}");
 
-    // Withdrawing revokes the credential at once.
+    // Only the requester (or root) withdraws; withdrawing revokes the credential at once.
+    let run = kari.run(&["request", "withdraw", &id]).await;
+    assert_eq!(
+        (run.code, run.err),
+        (
+            1,
+            format!(
+                "error: only the requester (user:ola@example.com) or root may withdraw request \
+                 {id}\n"
+            )
+        )
+    );
     let withdrawn = ola
         .run(&["request", "withdraw", &id, "--format", "json"])
         .await
@@ -701,6 +747,19 @@ async fn an_access_request_from_creation_to_withdrawal() {
         refused.as_db_error().map(|e| e.code().code()),
         Some("28P01"),
         "{refused}"
+    );
+    let run = per.run(&["request", "creds", &id]).await;
+    assert_eq!(
+        (run.code, run.err),
+        (
+            1,
+            format!("error: request {id} is withdrawn: it has no credential\n")
+        )
+    );
+    let missing = per.run(&["request", "show", "req-nosuchrequest"]).await;
+    assert_eq!(
+        (missing.code, missing.err.as_str()),
+        (1, "error: no access request \"req-nosuchrequest\"\n")
     );
 
     // The audit log, as root: JSON lines, oldest first, with the request's story.
