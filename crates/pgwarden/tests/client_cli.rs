@@ -762,6 +762,58 @@ async fn an_access_request_from_creation_to_withdrawal() {
         (1, "error: no access request \"req-nosuchrequest\"\n")
     );
 
+    // A second request, denied.
+    let second = ola
+        .run(&[
+            "request",
+            "create",
+            "database/appdb-admin",
+            "--reason",
+            "again",
+            "--format",
+            "json",
+        ])
+        .await
+        .json();
+    let second_id = second["id"].as_str().unwrap();
+    assert_eq!(second["subjects"], json!(["user:ola@example.com"]));
+    let denied = kari
+        .run(&[
+            "request",
+            "deny",
+            second_id,
+            "--reason",
+            "not today",
+            "--format",
+            "json",
+        ])
+        .await
+        .json();
+    assert_eq!(denied["state"], "denied");
+    assert_eq!(denied["denial"]["approver"], "user:kari@example.com");
+    assert_eq!(denied["denial"]["reason"], "not today");
+    let all = ola
+        .run(&["request", "list", "--format", "json"])
+        .await
+        .json();
+    let ids: Vec<&str> = all["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [second_id, id.as_str()], "newest first");
+    let only = ola
+        .run(&["request", "list", "--state", "denied", "--format", "json"])
+        .await
+        .json();
+    assert_eq!(only["requests"].as_array().unwrap().len(), 1, "{only}");
+    let none = per.run(&["request", "list", "--state", "pending"]).await;
+    assert_eq!(
+        (none.code, none.out.as_str(), none.err.as_str()),
+        (0, "", "no requests\n")
+    );
+
     // The audit log, as root: JSON lines, oldest first, with the request's story.
     let run = ola.run(&["audit", "tail", "--format", "json"]).await;
     assert_eq!(
