@@ -384,6 +384,7 @@ async fn login_creds_leases_and_errors() {
     let list = user.root(&["lease", "list", "database/creds"]).await.ok();
     assert!(list.lines().any(|l| l == lease), "{list}");
     assert_eq!(list.lines().count(), 4, "{list}");
+    assert_eq!(user.root(&["lease", "list"]).await.ok(), list, "all leases");
     let list = user
         .root(&[
             "lease",
