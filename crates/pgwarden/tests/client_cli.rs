@@ -485,6 +485,17 @@ async fn login_creds_leases_and_errors() {
     let run = user.run(&["audit", "tail", "--since", "yesterday"]).await;
     assert_eq!(run.code, 2, "{}", run.err);
 
+    // A token file others can read still works, with a warning.
+    std::fs::set_permissions(user.token_file(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = user.run(&["lease", "lookup", "x"]).await;
+    assert_eq!(
+        run.err.lines().next().unwrap(),
+        format!(
+            "warning: the token file {} is readable by other users; chmod 600 it",
+            user.token_file().display()
+        )
+    );
+
     // PGWARDEN_TOKEN_FILE moves the token file.
     let elsewhere = user.home.path().join("elsewhere").join("tok");
     std::fs::create_dir(elsewhere.parent().unwrap()).unwrap();

@@ -59,6 +59,15 @@ impl ClientArgs {
             return Ok(SecretString::from(token));
         }
         let path = token_file()?;
+        if let Ok(meta) = std::fs::metadata(&path) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                eprintln!(
+                    "warning: the token file {} is readable by other users; chmod 600 it",
+                    path.display()
+                );
+            }
+        }
         match std::fs::read_to_string(&path) {
             Ok(text) if !text.trim().is_empty() => Ok(SecretString::from(text.trim())),
             Ok(_) => Err(format!(
