@@ -332,14 +332,23 @@ async fn two_dbas_approve_and_only_the_subjects_get_a_working_credential() {
             .map(|r| (r.event.object.clone(), r.event.outcome.as_str()))
             .collect::<Vec<_>>()
     };
-    let path = format!("pgwarden/requests/{id}/approve");
     assert_eq!(
         find("request.approve", "user:eva@example.com"),
-        vec![(path.clone(), "success")]
+        vec![(id.clone(), "success")]
     );
+    let approval = audit
+        .records
+        .iter()
+        .find(|r| r.event.action == "request.approve" && r.event.actor == "user:eva@example.com")
+        .unwrap();
+    assert_eq!(
+        approval.event.detail,
+        format!("approved; lease {lease_id} issued")
+    );
+    // A refusal happens before the request is read: its record names the path.
     assert_eq!(
         find("request.approve", "user:ola@example.com"),
-        vec![(path, "denied")]
+        vec![(format!("pgwarden/requests/{id}/approve"), "denied")]
     );
     assert_eq!(
         find("creds.issue", "user:ola@example.com"),
@@ -347,7 +356,7 @@ async fn two_dbas_approve_and_only_the_subjects_get_a_working_credential() {
     );
     assert_eq!(
         find("request.withdraw", "user:ola@example.com"),
-        vec![(format!("pgwarden/requests/{id}"), "success")]
+        vec![(id.clone(), "success")]
     );
     assert_eq!(find("user.drop", "pgwarden"), vec![(lease_id, "success")]);
     assert_eq!(find("auth.login", "user:kari@example.com").len(), 1);

@@ -1,12 +1,13 @@
 //! `pgwarden/requests…`: make, list, read, decide and withdraw access requests, and read the
 //! credential of an approved one.
 
-use super::AppState;
 use super::caller::Caller;
 use super::respond;
+use super::{AppState, AuditNote};
 use crate::error::ServerError;
 use crate::requests::Asker;
 use axum::Json;
+use axum::response::{IntoResponse, Response};
 use pgwarden_core::wire::{
     DbCredential, DecisionBody, RequestCreate, RequestList, RequestView, SecretResponse,
 };
@@ -53,14 +54,34 @@ fn view(state: &AppState, request: AccessRequest) -> RequestView {
     }
 }
 
+/// The response `data` answers with, its audit record naming request `id` and `detail`.
+fn noted<T: serde::Serialize>(data: SecretResponse<T>, id: &str, detail: String) -> Response {
+    AuditNote {
+        actor: None,
+        object: Some(id.to_string()),
+        detail: Some(detail),
+    }
+    .on(Json(data).into_response())
+}
+
+/// What a request's audit record says about its state after a change.
+fn outcome(request: &AccessRequest) -> String {
+    match (&request.state, &request.lease_id) {
+        (RequestState::Approved, Some(lease)) => format!("approved; lease {lease} issued"),
+        (RequestState::Withdrawn, Some(lease)) => format!("withdrawn; lease {lease} revoked"),
+        (state, _) => state.as_str().to_string(),
+    }
+}
+
 /// `POST pgwarden/requests`: asks for a role that needs approval.
 pub async fn create(
     state: &AppState,
     caller: &Caller,
     body: RequestCreate,
-) -> Result<Json<SecretResponse<RequestView>>, ServerError> {
+) -> Result<Response, ServerError> {
     let request = state.requests.create(&caller.asker(), body).await?;
-    Ok(respond::ok(view(state, request)))
+    let (id, detail) = (request.id.clone(), request.role_path());
+    Ok(noted(respond::envelope(view(state, request)), &id, detail))
 }
 
 /// `GET pgwarden/requests[?state=…]`: the requests the caller may see, newest first.
@@ -100,14 +121,15 @@ pub async fn decide(
     id: &str,
     approve: bool,
     body: DecisionBody,
-) -> Result<Json<SecretResponse<RequestView>>, ServerError> {
+) -> Result<Response, ServerError> {
     let asker = caller.asker();
     let request = if approve {
         state.requests.approve(&asker, id, &body.reason).await?
     } else {
         state.requests.deny(&asker, id, &body.reason).await?
     };
-    Ok(respond::ok(view(state, request)))
+    let detail = outcome(&request);
+    Ok(noted(respond::envelope(view(state, request)), id, detail))
 }
 
 /// `DELETE pgwarden/requests/<id>`: withdraws it, revoking its credential.
@@ -115,21 +137,20 @@ pub async fn withdraw(
     state: &AppState,
     caller: &Caller,
     id: &str,
-) -> Result<Json<SecretResponse<RequestView>>, ServerError> {
+) -> Result<Response, ServerError> {
     let (request, failure) = state.requests.withdraw(&caller.asker(), id).await?;
-    Ok(Json(
-        respond::envelope(view(state, request)).with_warning(failure),
-    ))
+    let detail = match &failure {
+        Some(failure) => failure.clone(),
+        None => outcome(&request),
+    };
+    let response = respond::envelope(view(state, request)).with_warning(failure);
+    Ok(noted(response, id, detail))
 }
 
 /// `GET pgwarden/requests/<id>/creds`: the approved credential, for the request's subjects.
-pub async fn creds(
-    state: &AppState,
-    caller: &Caller,
-    id: &str,
-) -> Result<Json<SecretResponse<DbCredential>>, ServerError> {
+pub async fn creds(state: &AppState, caller: &Caller, id: &str) -> Result<Response, ServerError> {
     let issued = state.requests.credential(&caller.asker(), id).await?;
-    Ok(Json(
-        respond::envelope(issued.credential).with_lease(&issued.lease_id, issued.ttl),
-    ))
+    let detail = format!("lease {}", issued.lease_id);
+    let response = respond::envelope(issued.credential).with_lease(&issued.lease_id, issued.ttl);
+    Ok(noted(response, id, detail))
 }
