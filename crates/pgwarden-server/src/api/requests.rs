@@ -8,9 +8,7 @@ use crate::error::ServerError;
 use crate::requests::Asker;
 use axum::Json;
 use axum::response::{IntoResponse, Response};
-use pgwarden_core::wire::{
-    DbCredential, DecisionBody, RequestCreate, RequestList, RequestView, SecretResponse,
-};
+use pgwarden_core::wire::{DecisionBody, RequestCreate, RequestList, RequestView, SecretResponse};
 use pgwarden_core::{AccessRequest, RequestState};
 use std::collections::HashMap;
 
