@@ -61,25 +61,75 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
+/// Longest text kept in one field of a record, in characters.
+pub const MAX_FIELD_CHARS: usize = 1024;
+
+/// `text` made safe to keep: what looks like a pgwarden token or a JWT is replaced, control
+/// characters (a NUL, which PostgreSQL refuses, or terminal escapes) are written as `\u{…}`, and
+/// the whole is cut to [`MAX_FIELD_CHARS`].
+pub fn clean(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_FIELD_CHARS));
+    let mut rest = text;
+    let mut kept = 0usize;
+    while let Some(c) = rest.chars().next() {
+        if kept >= MAX_FIELD_CHARS {
+            out.push('…');
+            break;
+        }
+        if let Some(len) = secret_at(rest) {
+            out.push_str("[redacted]");
+            rest = rest.get(len..).unwrap_or_default();
+            kept = kept.saturating_add(1);
+            continue;
+        }
+        if c.is_control() {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+        rest = rest.get(c.len_utf8()..).unwrap_or_default();
+        kept = kept.saturating_add(1);
+    }
+    out
+}
+
+/// The length of a pgwarden token (`pgw_` and 40 alphanumerics) or a JWT (three base64url
+/// parts, the first starting `eyJ`) at the start of `text`, if one is there.
+fn secret_at(text: &str) -> Option<usize> {
+    let word =
+        |s: &str, allowed: fn(char) -> bool| s.find(|c: char| !allowed(c)).unwrap_or(s.len());
+    if let Some(after) = text.strip_prefix(crate::token::TOKEN_PREFIX) {
+        let len = word(after, |c| c.is_ascii_alphanumeric());
+        return (len >= 40).then(|| crate::token::TOKEN_PREFIX.len().saturating_add(len));
+    }
+    if text.starts_with("eyJ") {
+        let len = word(text, |c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        let token = text.get(..len).unwrap_or_default();
+        return (token.matches('.').count() >= 2).then_some(len);
+    }
+    None
+}
+
 impl AuditEvent {
-    /// An event happening now, its time cut to the millisecond the store keeps.
+    /// An event happening now, its time cut to the millisecond the store keeps; the texts
+    /// are [`clean`]ed.
     pub fn now(actor: &str, action: &str, object: &str, outcome: Outcome) -> AuditEvent {
         let now = OffsetDateTime::now_utc();
         let time = now.replace_millisecond(now.millisecond()).unwrap_or(now);
         AuditEvent {
             time,
-            actor: actor.into(),
-            action: action.into(),
-            object: object.into(),
+            actor: clean(actor),
+            action: clean(action),
+            object: clean(object),
             outcome,
             request_id: String::new(),
             detail: String::new(),
         }
     }
 
-    /// The same event with `detail`.
-    pub fn with_detail(mut self, detail: impl Into<String>) -> AuditEvent {
-        self.detail = detail.into();
+    /// The same event with `detail` ([`clean`]ed).
+    pub fn with_detail(mut self, detail: impl AsRef<str>) -> AuditEvent {
+        self.detail = clean(detail.as_ref());
         self
     }
 }
@@ -272,6 +322,20 @@ mod tests {
             verify(&first_gone).unwrap_err().to_string(),
             "audit record(s) 1 to 1 were removed: record 2 follows record 0"
         );
+    }
+
+    #[test]
+    fn texts_lose_secrets_control_characters_and_excess() {
+        let token = format!("pgw_{}", "a1".repeat(20));
+        let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+        assert_eq!(
+            clean(&format!("invalid TTL \"{token}\" or {jwt}; pgw_short")),
+            "invalid TTL \"[redacted]\" or [redacted]; pgw_short"
+        );
+        assert_eq!(clean("a\0b\u{1b}[31m"), "a\\u{0}b\\u{1b}[31m");
+        let long = clean(&"x".repeat(5000));
+        assert_eq!(long.chars().count(), MAX_FIELD_CHARS + 1);
+        assert!(long.ends_with('…'));
     }
 
     #[test]

@@ -117,6 +117,16 @@ pub enum DecisionError {
         /// The caller.
         who: String,
     },
+    /// The caller may read the credential it would approve (a subject of the request).
+    #[error(
+        "{who} is a subject of request {id} (may read its credential) and may not decide it; another approver must"
+    )]
+    Subject {
+        /// The request.
+        id: String,
+        /// The caller.
+        who: String,
+    },
     /// The caller is not among the approvers policy names.
     #[error("{who} is not an approver of request {id}")]
     NotApprover {
@@ -193,9 +203,10 @@ impl AccessRequest {
         }
     }
 
-    /// Whether any of `subjects` (a caller's policy subjects) may read the credential.
+    /// Whether any of `subjects` (a caller's policy subjects) may read the credential: a
+    /// request's subjects are exact identities or groups, never globs.
     pub fn readable_by(&self, subjects: &[String]) -> bool {
-        subjects.iter().any(|s| any_match(&self.subjects, s))
+        subjects.iter().any(|s| self.subjects.contains(s))
     }
 
     /// What has been decided, for the message that refuses a further decision.
@@ -221,8 +232,9 @@ impl AccessRequest {
         }
     }
 
-    /// Refuses a decision by `who` (with policy subjects `who_subjects`) unless the request is
-    /// pending, `who` is not the requester, and `rule` names `who` as an approver.
+    /// Refuses a decision by `who` (with policy subjects `who_subjects`) unless `who` is not
+    /// the requester nor a subject, `rule` names `who` as an approver, and the request is
+    /// pending (checked last, so only an approver learns how it was decided).
     fn check_decider(
         &self,
         who: &str,
@@ -230,25 +242,29 @@ impl AccessRequest {
         rule: &ApprovalRule,
         now: OffsetDateTime,
     ) -> Result<(), DecisionError> {
-        if self.state_at(now) != RequestState::Pending {
-            return Err(DecisionError::Final {
-                id: self.id.clone(),
-                what: self.outcome(now),
-            });
-        }
+        let (id, who) = (self.id.clone(), who.to_string());
         if who == self.requester {
-            return Err(DecisionError::OwnRequest {
-                id: self.id.clone(),
-                who: who.into(),
-            });
+            return Err(DecisionError::OwnRequest { id, who });
         }
         if !who_subjects.iter().any(|s| any_match(&rule.approvers, s)) {
-            return Err(DecisionError::NotApprover {
-                id: self.id.clone(),
-                who: who.into(),
-            });
+            return Err(DecisionError::NotApprover { id, who });
         }
-        Ok(())
+        if who_subjects.iter().any(|s| self.subjects.contains(s)) {
+            return Err(DecisionError::Subject { id, who });
+        }
+        self.ensure_pending(now)
+    }
+
+    /// Refuses any change but a withdrawal once the request is decided, withdrawn or expired,
+    /// naming how it ended.
+    pub fn ensure_pending(&self, now: OffsetDateTime) -> Result<(), DecisionError> {
+        if self.state_at(now) == RequestState::Pending {
+            return Ok(());
+        }
+        Err(DecisionError::Final {
+            id: self.id.clone(),
+            what: self.outcome(now),
+        })
     }
 
     /// Records `who`'s approval; the request becomes approved when `rule.min_approvals`
@@ -264,6 +280,12 @@ impl AccessRequest {
         self.check_decider(who, who_subjects, rule, now)?;
         let needed = rule.min_approvals.max(1);
         if self.approvals.iter().any(|d| d.approver == who) {
+            if self.approvals.len() >= needed {
+                // Policy now needs fewer approvals than were given: this completes it.
+                self.state = RequestState::Approved;
+                self.version = self.version.saturating_add(1);
+                return Ok(Approval::Complete);
+            }
             return Err(DecisionError::AlreadyApproved {
                 id: self.id.clone(),
                 who: who.into(),
@@ -453,9 +475,36 @@ mod tests {
     }
 
     #[test]
-    fn subjects_read_by_glob() {
-        let r = request();
+    fn subjects_read_exactly_and_may_not_approve() {
+        let mut r = request();
         assert!(r.readable_by(&["user:x".into(), "group:oncall".into()]));
         assert!(!r.readable_by(&["user:x".into(), "group:dev".into()]));
+        r.subjects.push("user:*".into());
+        assert!(!r.readable_by(&["user:x".into()]), "no globs");
+        // An approver who would receive the credential cannot approve it.
+        let oncall_dba = vec![
+            "user:eva".to_string(),
+            "group:dba".into(),
+            "group:oncall".into(),
+        ];
+        assert_eq!(
+            r.approve("user:eva", &oncall_dba, &rule(1), "", NOW)
+                .unwrap_err()
+                .to_string(),
+            "user:eva is a subject of request req-1 (may read its credential) and may not decide it; another approver must"
+        );
+    }
+
+    #[test]
+    fn a_lowered_requirement_completes_on_a_repeated_approval() {
+        let mut r = request();
+        r.approve("user:kari", &who("user:kari"), &rule(2), "ok", NOW)
+            .unwrap();
+        assert_eq!(
+            r.approve("user:kari", &who("user:kari"), &rule(1), "again", NOW),
+            Ok(Approval::Complete)
+        );
+        assert_eq!(r.state, RequestState::Approved);
+        assert_eq!(r.approvals.len(), 1);
     }
 }

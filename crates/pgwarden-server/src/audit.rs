@@ -3,7 +3,7 @@
 //! them to an optional JSON-lines file. A caller waits until its event is durable.
 
 use crate::metrics::Metrics;
-use pgwarden_core::{AuditEvent, AuditRecord, chain};
+use pgwarden_core::{AuditEvent, AuditRecord, Outcome, chain};
 use pgwarden_store::Store;
 use std::io::Write;
 use std::path::PathBuf;
@@ -80,22 +80,47 @@ async fn append_batches(
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (events, waiters): (Vec<AuditEvent>, Vec<oneshot::Sender<bool>>) =
             batch.drain(..).unzip();
-        let stored = match store.append_audit(&events).await {
-            Ok(records) => {
-                if let Some(path) = &file {
-                    copy_to_file(path, &records, &metrics);
+        if let Ok(records) = store.append_audit(&events).await {
+            if let Some(path) = &file {
+                copy_to_file(path, &records, &metrics);
+            }
+            for waiter in waiters {
+                let _ = waiter.send(true);
+            }
+            continue;
+        }
+        // One bad event must not take the others down with it: append them one by one.
+        for (event, waiter) in events.into_iter().zip(waiters) {
+            let stored = match store.append_audit(std::slice::from_ref(&event)).await {
+                Ok(records) => {
+                    if let Some(path) = &file {
+                        copy_to_file(path, &records, &metrics);
+                    }
+                    true
                 }
-                true
-            }
-            Err(error) => {
-                metrics.audit_failures.inc_by(events.len() as u64);
-                tracing::error!(error = %chain(&error), events = events.len(), "audit records could not be stored");
-                false
-            }
-        };
-        for waiter in waiters {
+                Err(error) => {
+                    metrics.audit_failures.inc();
+                    tracing::error!(error = %chain(&error), action = %event.action, "an audit record could not be stored");
+                    false
+                }
+            };
             let _ = waiter.send(stored);
         }
+    }
+}
+
+/// The record of a policy reload: how many grants are in force, or why the file was rejected.
+pub fn policy_reload_event(
+    file: &str,
+    outcome: Result<usize, &crate::policy::PolicyError>,
+) -> AuditEvent {
+    match outcome {
+        Ok(grants) => AuditEvent::now("pgwarden", "policy.reload", file, Outcome::Success)
+            .with_detail(format!("{grants} grant(s) in force")),
+        Err(reason) => AuditEvent::now("pgwarden", "policy.reload", file, Outcome::Failure)
+            .with_detail(format!(
+                "rejected, the previous policy stays in force: {reason}"
+            )),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The lease manager: issues users as leases, renews and revokes them, and runs the reaper that
 //! drops every user when its lease ends, retrying failed revocations with backoff.
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, REQUEST_ID};
 use crate::catalog::Catalog;
 use crate::error::ServerError;
 use crate::leadership::Leadership;
@@ -111,11 +111,16 @@ fn as_folder(prefix: &str) -> String {
 }
 
 /// Runs `work` on a task of its own, so it finishes even when the caller is dropped (an HTTP
-/// client that hangs up), and waits for its outcome.
+/// client that hangs up), and waits for its outcome. The task keeps the caller's request id,
+/// so the audit records it leaves link to the request that caused them.
 async fn detached<T: Send + 'static>(
     work: impl Future<Output = Result<T, ServerError>> + Send + 'static,
 ) -> Result<T, ServerError> {
-    tokio::spawn(work).await.unwrap_or_else(|e| {
+    let task = match REQUEST_ID.try_with(Clone::clone) {
+        Ok(request_id) => tokio::spawn(REQUEST_ID.scope(request_id, work)),
+        Err(_) => tokio::spawn(work),
+    };
+    task.await.unwrap_or_else(|e| {
         Err(ServerError::Internal(format!(
             "lease operation failed: {e}"
         )))

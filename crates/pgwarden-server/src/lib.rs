@@ -126,6 +126,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         store.clone(),
         metrics.clone(),
         config.orphans.clone(),
+        audit.clone(),
     ));
     let requests = Arc::new(requests::Requests::new(
         store.clone(),
@@ -178,24 +179,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .policy_reloads
             .get_or_create(&metrics::ReloadLabels { result })
             .inc();
-        let event = match outcome {
-            Ok(grants) => pgwarden_core::AuditEvent::now(
-                "pgwarden",
-                "policy.reload",
-                &policy_file,
-                pgwarden_core::Outcome::Success,
-            )
-            .with_detail(format!("{grants} grant(s) in force")),
-            Err(reason) => pgwarden_core::AuditEvent::now(
-                "pgwarden",
-                "policy.reload",
-                &policy_file,
-                pgwarden_core::Outcome::Failure,
-            )
-            .with_detail(format!(
-                "rejected, the previous policy stays in force: {reason}"
-            )),
-        };
+        let event = audit::policy_reload_event(&policy_file, outcome);
         let audit = reload_audit.clone();
         tokio::spawn(async move { audit.record(event).await });
     }));

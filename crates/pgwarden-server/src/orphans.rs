@@ -6,11 +6,12 @@
 //! row is written before its user is created and deleted only after the user is dropped, so a
 //! user listed while its lease exists is still named by a lease read afterwards.
 
+use crate::audit::AuditLog;
 use crate::catalog::Catalog;
 use crate::config::OrphanConfig;
 use crate::metrics::Metrics;
 use parking_lot::Mutex;
-use pgwarden_core::chain;
+use pgwarden_core::{AuditEvent, Outcome, chain};
 use pgwarden_store::Store;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -37,15 +38,18 @@ pub struct Orphans {
     metrics: Arc<Metrics>,
     config: OrphanConfig,
     found: Mutex<BTreeMap<String, Orphan>>,
+    audit: AuditLog,
 }
 
 impl Orphans {
-    /// A sweep over `catalog`'s targets against `store`'s leases.
+    /// A sweep over `catalog`'s targets against `store`'s leases; every drop is recorded in
+    /// `audit`.
     pub fn new(
         catalog: Arc<Catalog>,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         config: OrphanConfig,
+        audit: AuditLog,
     ) -> Orphans {
         Orphans {
             catalog,
@@ -53,6 +57,7 @@ impl Orphans {
             metrics,
             config,
             found: Mutex::default(),
+            audit,
         }
     }
 
@@ -155,6 +160,14 @@ impl Orphans {
                 self.lock().remove(&orphan.username);
                 self.metrics.orphan_users_dropped.inc();
                 tracing::warn!(username = %orphan.username, connection = %orphan.connection, "dropped an untracked user");
+                let event = AuditEvent::now(
+                    "pgwarden",
+                    "user.drop",
+                    &format!("{}/{}", orphan.connection, orphan.username),
+                    Outcome::Success,
+                )
+                .with_detail("orphan: no lease named it");
+                self.audit.record(event).await;
             }
             Err(error) => {
                 tracing::error!(username = %orphan.username, connection = %orphan.connection, error = %chain(&error), "dropping an untracked user failed; retrying next sweep");

@@ -12,7 +12,7 @@ use pgwarden_core::request::ApprovalRule;
 use pgwarden_core::wire::{DbCredential, RequestCreate};
 use pgwarden_core::{
     AccessRequest, Approval, AuditEvent, DecisionError, LeaseState, Outcome, Owner, RequestState,
-    Ttl, chain,
+    RoleKind, Ttl, chain,
 };
 use pgwarden_store::{Store, StoredRequest};
 use secrecy::{ExposeSecret, SecretString};
@@ -72,19 +72,20 @@ fn not_found(id: &str) -> ServerError {
 
 fn refused(error: DecisionError) -> ServerError {
     match error {
-        DecisionError::OwnRequest { .. } | DecisionError::NotApprover { .. } => {
-            ServerError::Forbidden(error.to_string())
-        }
+        DecisionError::OwnRequest { .. }
+        | DecisionError::Subject { .. }
+        | DecisionError::NotApprover { .. } => ServerError::Forbidden(error.to_string()),
         DecisionError::AlreadyApproved { .. } | DecisionError::Final { .. } => {
             ServerError::Conflict(error.to_string())
         }
     }
 }
 
+/// A subject a request may name: one identity or group, no glob, no control character.
 fn valid_subject(subject: &str) -> bool {
-    ["system:serviceaccount:", "group:", "user:"]
-        .iter()
-        .any(|kind| subject.starts_with(kind) && subject.len() > kind.len())
+    pgwarden_core::policy::is_subject(subject)
+        && !subject.contains('*')
+        && !subject.chars().any(char::is_control)
 }
 
 impl Requests {
@@ -115,6 +116,21 @@ impl Requests {
             .map(|(allowed, rule)| (allowed.max_ttl, rule))
     }
 
+    /// The rule to decide `request` by; a request policy no longer covers can only have been
+    /// decided (409 naming how) or be refused (403).
+    fn decision_rule(
+        &self,
+        stored: &StoredRequest,
+    ) -> Result<(Option<Ttl>, ApprovalRule), ServerError> {
+        match self.rule(&stored.request) {
+            Some(rule) => Ok(rule),
+            None => {
+                stored.request.ensure_pending(now()).map_err(refused)?;
+                Err(no_longer(stored))
+            }
+        }
+    }
+
     /// Approvals policy requires now for `request` (0 when it no longer allows it at all).
     pub fn approvals_required(&self, request: &AccessRequest) -> usize {
         self.rule(request)
@@ -137,11 +153,7 @@ impl Requests {
                     body.role
                 ))
             })?;
-        if body.reason.chars().count() > MAX_REASON_CHARS {
-            return Err(ServerError::BadRequest(format!(
-                "reason is longer than {MAX_REASON_CHARS} characters"
-            )));
-        }
+        check_reason(&body.reason)?;
         if body.subjects.len() > MAX_SUBJECTS {
             return Err(ServerError::BadRequest(format!(
                 "a request may name at most {MAX_SUBJECTS} subjects"
@@ -149,7 +161,8 @@ impl Requests {
         }
         if let Some(bad) = body.subjects.iter().find(|s| !valid_subject(s)) {
             return Err(ServerError::BadRequest(format!(
-                "subject {bad:?} must start with system:serviceaccount:, group: or user:"
+                "subject {bad:?} must name one identity or group: system:serviceaccount:<ns>:<name>, \
+                 group:<name> or user:<name>, without *"
             )));
         }
         let Some((allowed, _)) =
@@ -164,6 +177,13 @@ impl Requests {
             )));
         };
         let definition = self.broker.catalog().role(mount, role)?;
+        if definition.kind == RoleKind::Identity {
+            return Err(ServerError::BadRequest(format!(
+                "role {:?} gives each caller the database role named after its own identity, \
+                 so an access request cannot issue it; ask for a preset or templated role",
+                body.role
+            )));
+        }
         let cap = allowed
             .max_ttl
             .map_or(definition.max_ttl, |cap| cap.min(definition.max_ttl));
@@ -265,9 +285,7 @@ impl Requests {
         for _ in 0..MAX_RETRIES {
             let mut stored = self.load(id).await?;
             let from = stored.request.version;
-            let (cap, rule) = self
-                .rule(&stored.request)
-                .ok_or_else(|| no_longer(&stored))?;
+            let (cap, rule) = self.decision_rule(&stored)?;
             let at = now();
             let approval = stored
                 .request
@@ -276,13 +294,16 @@ impl Requests {
             if approval == Approval::Complete {
                 self.attach_credential(&mut stored, cap).await?;
             }
-            if self.store.update_request(&stored, from).await? {
+            let saved = self.store.update_request(&stored, from).await;
+            if matches!(saved, Ok(true)) {
                 return Ok(stored.request);
             }
-            // Changed meanwhile (another decision, a withdrawal): undo and decide again.
+            // Changed meanwhile (another decision, a withdrawal), or not saved: undo the
+            // credential no request names, then decide again or fail.
             if let Some(lease_id) = &stored.request.lease_id {
                 self.revoke_quietly(lease_id).await;
             }
+            saved?;
         }
         Err(busy(id))
     }
@@ -344,9 +365,7 @@ impl Requests {
         for _ in 0..MAX_RETRIES {
             let mut stored = self.load(id).await?;
             let from = stored.request.version;
-            let (_, rule) = self
-                .rule(&stored.request)
-                .ok_or_else(|| no_longer(&stored))?;
+            let (_, rule) = self.decision_rule(&stored)?;
             stored
                 .request
                 .deny(&asker.subject, &asker.subjects, &rule, reason, now())
@@ -358,8 +377,9 @@ impl Requests {
         Err(busy(id))
     }
 
-    /// Withdraws a request (its requester, or root) and revokes its credential at once.
-    /// Returns the request and, when the revocation failed (it is retried), why.
+    /// Withdraws a request (its requester, or root) and revokes its credential first, so no
+    /// crash or lost answer can leave a withdrawn request's user alive. Returns the request
+    /// and, when the revocation failed (the reaper retries it), why.
     pub async fn withdraw(
         &self,
         asker: &Asker,
@@ -368,6 +388,9 @@ impl Requests {
         for _ in 0..MAX_RETRIES {
             let mut stored = self.load(id).await?;
             if !asker.root && asker.subject != stored.request.requester {
+                if !self.visible(asker, &stored.request) {
+                    return Err(ServerError::PermissionDenied);
+                }
                 return Err(ServerError::Forbidden(format!(
                     "only the requester ({}) or root may withdraw request {id}",
                     stored.request.requester
@@ -378,15 +401,14 @@ impl Requests {
                 .request
                 .withdraw(&asker.subject, now())
                 .map_err(refused)?;
-            stored.sealed_credential = None;
-            if !self.store.update_request(&stored, from).await? {
-                continue;
-            }
             let failure = match &stored.request.lease_id {
                 Some(lease_id) => self.revoke(lease_id).await.err(),
                 None => None,
             };
-            return Ok((stored.request, failure));
+            stored.sealed_credential = None;
+            if self.store.update_request(&stored, from).await? {
+                return Ok((stored.request, failure));
+            }
         }
         Err(busy(id))
     }
@@ -399,6 +421,9 @@ impl Requests {
     ) -> Result<RequestCredential, ServerError> {
         let stored = self.load(id).await?;
         let request = shown_at(stored.request, now());
+        if !self.visible(asker, &request) {
+            return Err(ServerError::PermissionDenied);
+        }
         if !asker.root && !request.readable_by(&asker.subjects) {
             return Err(ServerError::Forbidden(format!(
                 "{} is not a subject of request {id}: only {} may read its credential",
@@ -443,16 +468,18 @@ impl Requests {
         })
     }
 
+    /// Revokes a request's lease now; when that fails, makes sure it is queued (durably
+    /// marked revoking) so the reaper retries it, and says so.
     async fn revoke(&self, lease_id: &str) -> Result<(), String> {
         match self.broker.revoke(lease_id).await {
             Ok(()) => Ok(()),
             // Already gone (expired and reaped): nothing left to revoke.
             Err(ServerError::BadRequest(_)) => Ok(()),
             Err(error) => {
-                tracing::error!(lease_id, error = %chain(&error), "revoking a withdrawn request's lease failed; it is retried");
+                let queued = self.broker.revoke_later(lease_id).await;
+                tracing::error!(lease_id, error = %chain(&error), queued = queued.is_ok(), "revoking a request's lease failed; it is retried");
                 Err(format!(
-                    "the request is withdrawn, but revoking its lease failed and is being \
-                     retried: {error}"
+                    "revoking the request's lease failed and is being retried: {error}"
                 ))
             }
         }
@@ -463,7 +490,8 @@ impl Requests {
     }
 
     /// While this replica leads, every [`SWEEP_INTERVAL`]: marks pending requests past their
-    /// expiry as expired, and forgets the sealed credentials of leases that have ended.
+    /// expiry as expired, forgets the sealed credentials of leases that have ended, and
+    /// revokes any lease still active for a request that was withdrawn.
     pub async fn run_sweeper(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
@@ -482,6 +510,16 @@ impl Requests {
     /// One pass of [`Requests::run_sweeper`].
     pub async fn sweep(&self) -> Result<(), ServerError> {
         for mut stored in self.store.all_requests().await? {
+            if stored.request.state == RequestState::Withdrawn
+                && let Some(lease_id) = &stored.request.lease_id
+                && self
+                    .store
+                    .get_lease(lease_id)
+                    .await?
+                    .is_some_and(|l| l.state == LeaseState::Active)
+            {
+                self.revoke_quietly(lease_id).await;
+            }
             let from = stored.request.version;
             let at = now();
             let expired = stored.request.expire(at);

@@ -239,14 +239,24 @@ async fn two_dbas_approve_and_only_the_subjects_get_a_working_credential() {
         .await;
     assert_eq!(
         (status, error(&body)),
+        (403, "permission denied"),
+        "per may not even see the request"
+    );
+    let (status, body) = s
+        .env
+        .call_as(&kari, "GET", &format!("pgwarden/requests/{id}/creds"), None)
+        .await;
+    assert_eq!(
+        (status, error(&body)),
         (
             403,
             format!(
-                "user:per@example.com is not a subject of request {id}: only \
+                "user:kari@example.com is not a subject of request {id}: only \
                  user:ola@example.com may read its credential"
             )
             .as_str()
-        )
+        ),
+        "an approver sees the request but not its credential"
     );
 
     // Lists: the approver sees it among decided ones; another developer does not.
@@ -363,6 +373,99 @@ async fn two_dbas_approve_and_only_the_subjects_get_a_working_credential() {
 }
 
 #[tokio::test]
+async fn subjects_are_exact_and_cannot_approve_and_bad_input_is_named() {
+    let s = start("1h").await;
+    let ola = s.person("ola@example.com", &["dev"]).await;
+    let kari = s.person("kari@example.com", &["dba"]).await;
+    for (body, message) in [
+        (
+            json!({"role": "database/custom-reader", "subjects": ["user:*"]}),
+            "subject \"user:*\" must name one identity or group: \
+             system:serviceaccount:<ns>:<name>, group:<name> or user:<name>, without *",
+        ),
+        (
+            json!({"role": "database/custom-reader", "subjects": ["user:a\nb"]}),
+            "subject \"user:a\\nb\" must name one identity or group: \
+             system:serviceaccount:<ns>:<name>, group:<name> or user:<name>, without *",
+        ),
+        (
+            json!({"role": "appdb-admin"}),
+            "role \"appdb-admin\" must look like <mount>/<role>, e.g. database/appdb-admin",
+        ),
+        (
+            json!({"role": "database/custom-reader", "ttl": "0s"}),
+            "ttl must be positive",
+        ),
+        (
+            json!({"role": "database/custom-reader", "reason": "x".repeat(2001)}),
+            "reason is longer than 2000 characters",
+        ),
+    ] {
+        let (status, body) = s
+            .env
+            .call_as(&ola, "POST", "pgwarden/requests", Some(body))
+            .await;
+        assert_eq!((status, error(&body)), (400, message));
+    }
+    // An approver the requester names as a subject would approve its own access.
+    let id = s
+        .ask(
+            &ola,
+            json!({"role": "database/custom-reader", "subjects": ["user:ola@example.com", "group:dba"]}),
+        )
+        .await;
+    let (status, body) = s.decide(&kari, &id, "approve", "mine too").await;
+    assert_eq!(
+        (status, error(&body)),
+        (
+            403,
+            format!(
+                "user:kari@example.com is a subject of request {id} (may read its credential) \
+                 and may not decide it; another approver must"
+            )
+            .as_str()
+        )
+    );
+    // A control character in a path is refused before anything is stored or looked up, and
+    // a failed login leaves no part of its token in the audit log.
+    let (status, body) = s
+        .env
+        .call_as(&kari, "GET", "pgwarden/requests/a%00b", None)
+        .await;
+    assert_eq!(
+        (status, error(&body)),
+        (400, "the path contains a control character")
+    );
+    let bogus = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+    let (status, _) = s
+        .env
+        .call_as(
+            "",
+            "POST",
+            "auth/jwt/login",
+            Some(json!({"role": "people", "jwt": bogus})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = s
+        .env
+        .call_as(
+            &ola,
+            "POST",
+            "pgwarden/requests",
+            Some(json!({"role": "database/custom-reader", "ttl": ola})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let audit = s.audit().await;
+    let text = serde_json::to_string(&audit).unwrap();
+    assert!(!text.contains(bogus) && !text.contains(&ola), "{text}");
+    assert!(audit.records.iter().any(|r| r.event.action == "auth.login"
+        && r.event.actor == "anonymous"
+        && r.event.outcome.as_str() == "denied"));
+}
+
+#[tokio::test]
 async fn a_denial_ends_the_request_and_pending_requests_expire() {
     let s = start("2s").await;
     let ola = s.person("ola@example.com", &["dev"]).await;
@@ -443,6 +546,10 @@ async fn approvals_racing_withdrawals_never_leave_a_user_behind() {
         assert_eq!(shown["data"]["state"], "withdrawn", "{shown}");
         outcomes.push((approved, withdrawn));
     }
+    assert!(
+        outcomes.iter().any(|(approved, _)| *approved == 200),
+        "some approvals won before their withdrawal: {outcomes:?}"
+    );
     // Whatever the order, no user survives and no lease is left.
     assert!(s.env.cluster.roles_like("v-%").await.unwrap().is_empty());
     let (status, _) = s

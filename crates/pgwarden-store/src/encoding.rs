@@ -78,14 +78,14 @@ pub(crate) fn version_column(version: u64) -> i64 {
 
 /// An audit row (all of [`AUDIT_COLUMNS`]).
 pub(crate) fn audit_from(row: &impl Columns) -> Result<pgwarden_core::AuditRecord, StoreError> {
+    let seq = row.int("seq")?;
     let corrupt = |reason: String| StoreError::Corrupt {
         what: "audit record",
-        reason,
+        reason: format!("record {seq}: {reason}"),
     };
-    let seq = row.int("seq")?;
     let outcome = row.text("outcome")?;
     Ok(pgwarden_core::AuditRecord {
-        seq: u64::try_from(seq).map_err(|_| corrupt(format!("seq {seq}")))?,
+        seq: u64::try_from(seq).map_err(|_| corrupt("a negative sequence number".into()))?,
         event: pgwarden_core::AuditEvent {
             time: from_millis(row.int("time_ms")?)?,
             actor: row.text("actor")?,

@@ -384,13 +384,18 @@ async fn insert_audit(
     Ok(())
 }
 
-/// Runs `work` between `BEGIN` and `COMMIT` on `client`, rolling back when it fails (a
-/// connection dropped mid-way rolls back by itself).
+/// Runs `work` between `BEGIN` and `COMMIT` on `client`, at READ COMMITTED whatever the
+/// database's default (each statement sees what committed before it, as the audit append
+/// needs once it holds its lock), rolling back when it fails (a connection dropped mid-way
+/// rolls back by itself).
 async fn in_transaction<T>(
     client: &deadpool_postgres::Object,
     work: impl AsyncFnOnce(&deadpool_postgres::Object) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    client.batch_execute("BEGIN").await.map_err(db)?;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        .await
+        .map_err(db)?;
     match work(client).await {
         Ok(value) => {
             client.batch_execute("COMMIT").await.map_err(db)?;

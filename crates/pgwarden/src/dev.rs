@@ -89,6 +89,11 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
         TestKey::Rsa1,
         &service_account_claims(&issuer.issuer(), "pgwarden", "demo", "app", 24 * 3600),
     );
+    let approver_token = sign(
+        TestKey::Rsa1,
+        &service_account_claims(&issuer.issuer(), "pgwarden", "demo", "approver", 24 * 3600),
+    );
+    let request_flow = request_flow(&sa_token, &approver_token, data.path())?;
     let running = pgwarden_server::start(config)
         .await
         .map_err(crate::start_error)?;
@@ -111,6 +116,9 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
          \x20     -d '{{\"role\":\"demo\",\"jwt\":\"{sa_token}\"}}' \\\n\
          \x20     | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"auth\"][\"client_token\"])')\n\
          \x20 curl -s -H \"X-Vault-Token: $PGWARDEN_TOKEN\" $PGWARDEN_ADDR/v1/database/creds/appdb-user\n\n\
+         appdb-admin needs an approved access request (service account demo/approver approves; the\n\
+         page {addr}/ui/requests does it in a browser). With the pgwarden command line:\n\
+         {request_flow}\n\n\
          Roles: appdb-readonly, appdb-user (1h, max 24h), appdb-admin (15m, max 4h), and appdb-short\n\
          (readonly, 10s, max 30s) to watch renewal: cargo run -p pgwarden-client --example steady_queries\n",
         port = cluster.port(),
@@ -129,8 +137,38 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
     Ok(())
 }
 
-/// The demo policy: the service account `demo/app` may get the readonly and user roles.
-const DEMO_POLICY: &str = "grants:\n  - subjects: [\"system:serviceaccount:demo:*\"]\n    roles: [\"database/appdb-readonly\", \"database/appdb-user\"]\n    max_ttl: 8h\n";
+/// The demo policy: the service accounts of namespace `demo` may get the readonly and user
+/// roles, and ask for the admin role, which `demo/approver` must approve.
+const DEMO_POLICY: &str = r#"grants:
+  - subjects: ["system:serviceaccount:demo:*"]
+    roles: ["database/appdb-readonly", "database/appdb-user"]
+    max_ttl: 8h
+  - subjects: ["system:serviceaccount:demo:*"]
+    roles: ["database/appdb-admin"]
+    requires_approval: true
+    approvers: ["system:serviceaccount:demo:approver"]
+"#;
+
+/// Shell lines that walk an access request through: the app asks, the approver approves, the
+/// app opens psql with the credential, root reads the audit log.
+fn request_flow(
+    app_jwt: &str,
+    approver_jwt: &str,
+    data_dir: &std::path::Path,
+) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+    let (exe, token_file) = (exe.display(), data_dir.join("cli-token"));
+    Ok(format!(
+        r#"  PW={exe}; export PGWARDEN_TOKEN_FILE={token_file}
+  APP=$($PW login --role demo --print --jwt-stdin <<< '{app_jwt}')
+  APPROVER=$($PW login --role demo --print --jwt-stdin <<< '{approver_jwt}')
+  ID=$(PGWARDEN_TOKEN=$APP $PW request create database/appdb-admin --reason "try it" --format json     | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  PGWARDEN_TOKEN=$APPROVER $PW request approve $ID --reason "ok"
+  PGWARDEN_TOKEN=$APP $PW request creds $ID --psql -- -tAc 'SELECT session_user'
+  $PW audit tail   # with the root token: every step on record"#,
+        token_file = token_file.display(),
+    ))
+}
 
 /// A Kubernetes auth mount trusting the demo issuer, with login role `demo` for namespace `demo`.
 fn demo_kubernetes_auth(issuer: &TestIssuer) -> Result<AuthConfig, String> {

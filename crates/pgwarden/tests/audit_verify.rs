@@ -49,20 +49,21 @@ async fn make_records(config: &Path) {
     assert!(stdout.starts_with("audit log intact: "), "{stdout}");
 }
 
-/// Edits record 3, then (restored) deletes record 5, through `sql`, checking each report.
+/// Alters record 3, then (restored) deletes record 5, through `sql`, checking each report.
 async fn tamper_and_check(config: &Path, sql: impl AsyncFn(&str)) {
     let (ok, stdout, _) = verify(config);
     assert!(ok);
     assert!(stdout.contains(" records, last hash "), "{stdout}");
 
-    sql("UPDATE {audit} SET actor = 'user:mallory' WHERE seq = 3").await;
+    // Record 3 moved a millisecond: altered, and moving it back restores it.
+    sql("UPDATE {audit} SET time_ms = time_ms + 1 WHERE seq = 3").await;
     let (ok, _, stderr) = verify(config);
     assert!(!ok);
     assert_eq!(
         stderr.trim(),
         "error: audit record 3 was altered: its contents do not match its hash (records 1 to 2 verify)"
     );
-    sql("UPDATE {audit} SET actor = 'root' WHERE seq = 3").await;
+    sql("UPDATE {audit} SET time_ms = time_ms - 1 WHERE seq = 3").await;
     assert!(verify(config).0, "restored");
 
     sql("DELETE FROM {audit} WHERE seq = 5").await;

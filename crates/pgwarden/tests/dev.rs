@@ -18,10 +18,20 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
     &rest[..rest.find(end).unwrap()]
 }
 
+/// The demo process, killed if the test fails before stopping it (or its pipe would keep
+/// the test run waiting).
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
 #[tokio::test]
 async fn the_demo_prints_working_commands_and_cleans_up() {
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+    let child = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
         .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
         .env("PGWARDEN_DEV_ROOT_TOKEN", ROOT)
         .env("PGWARDEN_LOG", "error")
@@ -29,7 +39,8 @@ async fn the_demo_prints_working_commands_and_cleans_up() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut demo = Demo(child);
+    let mut stdout = BufReader::new(demo.0.stdout.take().unwrap());
     let mut printed = String::new();
     while !printed.contains("to watch renewal") {
         assert_ne!(
@@ -83,12 +94,34 @@ async fn the_demo_prints_working_commands_and_cleans_up() {
     let (status, _) = call(&base, app_token, "GET", "database/creds/appdb-admin", None).await;
     assert_eq!(status, 403);
 
+    // The printed access-request walk-through works as printed, in bash.
+    let flow = between(&printed, "With the pgwarden command line:\n", "\n\n");
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", flow])
+        .env("PGWARDEN_ADDR", &base)
+        .env("PGWARDEN_TOKEN", ROOT)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{flow}\n{stdout}\n{stderr}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("v-kuberne")),
+        "psql ran as the approved user: {stdout}"
+    );
+    assert!(
+        stdout.contains("system:serviceaccount:demo:approver  request.approve"),
+        "{stdout}"
+    );
+
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(demo.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    let status = tokio::task::spawn_blocking(move || demo.0.wait().unwrap())
         .await
         .unwrap();
     assert!(status.success(), "{status}");

@@ -37,9 +37,18 @@ fn parse_query(query: &HashMap<String, String>) -> Result<AuditQuery, ServerErro
             })
         })
         .transpose()?;
-    let limit = number("limit")?.map_or(DEFAULT_LIMIT, |n| {
-        usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT)
-    });
+    let limit = match query.get("limit") {
+        None => DEFAULT_LIMIT,
+        // Any whole number, however long, asks for at most MAX_LIMIT.
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            v.parse::<usize>().unwrap_or(MAX_LIMIT).min(MAX_LIMIT)
+        }
+        Some(v) => {
+            return Err(ServerError::BadRequest(format!(
+                "limit must be a whole number, not {v:?}"
+            )));
+        }
+    };
     Ok(AuditQuery {
         after: number("after")?.unwrap_or(0),
         since,
@@ -83,7 +92,11 @@ mod tests {
                 .to_string(),
             "after must be a whole number, not \"-1\""
         );
-        let q = parse_query(&query(&[("limit", "99999"), ("actor", "root")])).unwrap();
+        let q = parse_query(&query(&[
+            ("limit", "99999999999999999999999"),
+            ("actor", "root"),
+        ]))
+        .unwrap();
         assert_eq!(q.limit, MAX_LIMIT);
         assert_eq!(q.actor.as_deref(), Some("root"));
     }

@@ -5,6 +5,7 @@ use super::AppState;
 use super::routes::Access;
 use crate::error::ServerError;
 use crate::metrics::DenialLabels;
+use crate::requests::Asker;
 use axum::http::{HeaderMap, header};
 use pgwarden_core::{Lease, Owner, TokenRecord, Ttl};
 use secrecy::ExposeSecret;
@@ -147,6 +148,24 @@ impl Caller {
             Caller::Root => Ok(()),
             Caller::Token(t) if t.identity.subject == lease.owner.subject => Ok(()),
             Caller::Token(_) => Err(self.deny(state, "not_owner", &lease.id)),
+        }
+    }
+
+    /// The caller as access requests see it.
+    pub fn asker(&self) -> Asker {
+        match self {
+            Caller::Root => Asker {
+                subject: "root".into(),
+                subjects: vec!["root".into()],
+                display_name: "root".into(),
+                root: true,
+            },
+            Caller::Token(token) => Asker {
+                subject: token.identity.subject.clone(),
+                subjects: token.identity.policy_subjects(),
+                display_name: token.identity.display_name.clone(),
+                root: false,
+            },
         }
     }
 }

@@ -1,21 +1,37 @@
 //! `sys/leases/*`: renew, revoke, revoke by prefix, look up and list leases.
 
-use super::AppState;
 use super::caller::Caller;
 use super::respond;
+use super::{AppState, AuditNote};
 use crate::error::ServerError;
 use axum::Json;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use pgwarden_core::wire::{LeaseLookup, LookupBody, RenewBody, RevokeBody, SecretResponse};
 use pgwarden_core::{Lease, LeaseState};
 
 /// The lease id from the path or, failing that, the body.
 fn lease_id(from_path: Option<String>, from_body: Option<String>) -> Result<String, ServerError> {
-    from_path
+    let id = from_path
         .or(from_body)
         .filter(|id| !id.is_empty())
-        .ok_or_else(|| ServerError::BadRequest("lease_id is required".into()))
+        .ok_or_else(|| ServerError::BadRequest("lease_id is required".into()))?;
+    if id.chars().any(char::is_control) {
+        return Err(ServerError::BadRequest(
+            "lease_id contains a control character".into(),
+        ));
+    }
+    Ok(id)
+}
+
+/// `response`, its audit record naming lease `id` and `detail`.
+fn on_lease(id: &str, detail: String, response: impl IntoResponse) -> Response {
+    AuditNote {
+        actor: None,
+        object: Some(id.to_string()),
+        detail: Some(detail),
+    }
+    .on(response.into_response())
 }
 
 /// The lease `id`, if the caller owns it (or is root).
@@ -31,17 +47,18 @@ pub async fn renew(
     caller: &Caller,
     id: Option<String>,
     body: RenewBody,
-) -> Result<Json<SecretResponse<()>>, ServerError> {
+) -> Result<Response, ServerError> {
     let id = lease_id(id, body.lease_id)?;
     owned_lease(state, caller, &id).await?;
     let renewed = state
         .broker
         .renew(&id, body.increment.unwrap_or_default())
         .await?;
+    let detail = format!("{}s left", renewed.ttl.as_secs());
     let response = respond::envelope(())
         .with_lease(&renewed.lease.id, renewed.ttl)
         .with_warning(renewed.warning);
-    Ok(Json(response))
+    Ok(on_lease(&id, detail, Json(response)))
 }
 
 /// Drops a lease's user now (204), or queues that (`sync: false`, 202).
@@ -50,15 +67,15 @@ pub async fn revoke(
     caller: &Caller,
     id: Option<String>,
     body: RevokeBody,
-) -> Result<StatusCode, ServerError> {
+) -> Result<Response, ServerError> {
     let id = lease_id(id, body.lease_id)?;
     owned_lease(state, caller, &id).await?;
     if body.sync == Some(false) {
         state.broker.revoke_later(&id).await?;
-        Ok(StatusCode::ACCEPTED)
+        Ok(on_lease(&id, "queued".into(), StatusCode::ACCEPTED))
     } else {
         state.broker.revoke(&id).await?;
-        Ok(StatusCode::NO_CONTENT)
+        Ok(on_lease(&id, "revoked".into(), StatusCode::NO_CONTENT))
     }
 }
 

@@ -2,8 +2,8 @@
 //! `handle` authenticates, checks that, and hands the request to the module of its path family
 //! (`creds`, `leases`, `config`, `roles`, `kv`, `tokens`, `requests`, `audit`, `sys`), each
 //! endpoint one short function from a typed body to a typed response. Errors become Vault's
-//! error body once, in `ServerError`'s `IntoResponse`. Every request but reads of the audit
-//! log itself leaves one audit record: who, what, on what, and how it ended.
+//! error body once, in `ServerError`'s `IntoResponse`. Every request but successful reads of
+//! the audit log itself leaves one audit record: who, what, on what, and how it ended.
 
 mod audit;
 mod caller;
@@ -152,6 +152,11 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ServerError> {
+    if path.chars().any(char::is_control) {
+        return Err(ServerError::BadRequest(
+            "the path contains a control character".into(),
+        ));
+    }
     let route = routes::parse(path);
     if route == Route::Unknown {
         return Err(ServerError::NotFound(format!(

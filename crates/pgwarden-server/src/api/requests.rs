@@ -5,32 +5,11 @@ use super::caller::Caller;
 use super::respond;
 use super::{AppState, AuditNote};
 use crate::error::ServerError;
-use crate::requests::Asker;
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use pgwarden_core::wire::{DecisionBody, RequestCreate, RequestList, RequestView, SecretResponse};
 use pgwarden_core::{AccessRequest, RequestState};
 use std::collections::HashMap;
-
-impl Caller {
-    /// The caller as access requests see it.
-    pub fn asker(&self) -> Asker {
-        match self {
-            Caller::Root => Asker {
-                subject: "root".into(),
-                subjects: vec!["root".into()],
-                display_name: "root".into(),
-                root: true,
-            },
-            Caller::Token(token) => Asker {
-                subject: token.identity.subject.clone(),
-                subjects: token.identity.policy_subjects(),
-                display_name: token.identity.display_name.clone(),
-                root: false,
-            },
-        }
-    }
-}
 
 /// A request as callers see it.
 fn view(state: &AppState, request: AccessRequest) -> RequestView {

@@ -91,7 +91,7 @@ fn line(record: &AuditRecord) -> String {
         line.push_str("  ");
         line.push_str(&event.detail);
     }
-    line
+    output::printable(&line)
 }
 
 /// Prints records and returns the last one's sequence number, if any.

@@ -100,8 +100,15 @@ pub fn deliver(
     let credential = &answer.data;
     if delivery.psql {
         use std::os::unix::process::CommandExt;
+        // psql gets the credential and nothing that could redirect it (PGHOSTADDR overrides
+        // the host, a service file could name another) or leak pgwarden's token to its `\!`.
         let error = std::process::Command::new("psql")
             .args(&delivery.psql_args)
+            .env_remove("PGHOSTADDR")
+            .env_remove("PGSERVICE")
+            .env_remove("PGSERVICEFILE")
+            .env_remove("PGWARDEN_TOKEN")
+            .env_remove("VAULT_TOKEN")
             .envs(pg_env(credential))
             .exec();
         return Err(format!(

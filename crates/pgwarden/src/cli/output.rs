@@ -14,14 +14,31 @@ pub enum Format {
     Json,
 }
 
+/// `text` safe for a terminal: control characters (escape sequences that could redraw what
+/// an approver sees, newlines that could fake rows) are written as `\u{…}`.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Rows as aligned columns, two spaces apart; the last column is not padded. With
-/// `headers`, they come first.
+/// `headers`, they come first. Cells are made [`printable`].
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut all: Vec<Vec<String>> = Vec::with_capacity(rows.len().saturating_add(1));
     if !headers.is_empty() {
         all.push(headers.iter().map(|h| h.to_string()).collect());
     }
-    all.extend(rows.iter().cloned());
+    all.extend(
+        rows.iter()
+            .map(|row| row.iter().map(|cell| printable(cell)).collect()),
+    );
     let columns = all.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
