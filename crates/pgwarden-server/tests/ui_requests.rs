@@ -385,6 +385,7 @@ async fn approvers_decide_in_the_browser_and_a_requester_cannot_approve_its_own(
     for (field, expected) in [
         ("requester", "user:ola@example.com"),
         ("role", "database/appdb-admin"),
+        ("subjects", "user:ola@example.com"),
         ("ttl", "30m"),
         ("approval-count", "0 / 1"),
         ("state", "pending"),

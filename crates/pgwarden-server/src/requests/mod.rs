@@ -3,6 +3,8 @@
 //! and a withdrawal, on any replica) never both win; the credential issued on approval is
 //! sealed into the request so each of its subjects can read it from any replica.
 
+mod sweep;
+
 use crate::audit::AuditLog;
 use crate::broker::Broker;
 use crate::error::ServerError;
@@ -11,15 +13,12 @@ use crate::seal::Sealer;
 use pgwarden_core::request::ApprovalRule;
 use pgwarden_core::wire::{DbCredential, RequestCreate};
 use pgwarden_core::{
-    AccessRequest, Approval, AuditEvent, DecisionError, LeaseState, Outcome, Owner, RequestState,
-    RoleKind, Ttl, chain,
+    AccessRequest, Approval, DecisionError, LeaseState, Owner, RequestState, RoleKind, Ttl, chain,
 };
 use pgwarden_store::{Store, StoredRequest};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
-use std::time::Duration;
 use time::OffsetDateTime;
-use tokio::sync::watch;
 
 /// How many times a decision is re-applied when another one changed the request first.
 const MAX_RETRIES: usize = 8;
@@ -27,8 +26,6 @@ const MAX_RETRIES: usize = 8;
 const MAX_REASON_CHARS: usize = 2000;
 /// Most subjects a request may name.
 const MAX_SUBJECTS: usize = 64;
-/// How often the leader expires pending requests and forgets ended credentials.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Who is asking, as requests see it.
 pub struct Asker {
@@ -487,68 +484,6 @@ impl Requests {
 
     async fn revoke_quietly(&self, lease_id: &str) {
         let _ = self.revoke(lease_id).await;
-    }
-
-    /// While this replica leads, every [`SWEEP_INTERVAL`]: marks pending requests past their
-    /// expiry as expired, forgets the sealed credentials of leases that have ended, and
-    /// revokes any lease still active for a request that was withdrawn.
-    pub async fn run_sweeper(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
-                _ = shutdown.changed() => return,
-            }
-            if !self.broker.is_leader() {
-                continue;
-            }
-            if let Err(error) = self.sweep().await {
-                tracing::warn!(error = %chain(&error), "sweeping access requests failed");
-            }
-        }
-    }
-
-    /// One pass of [`Requests::run_sweeper`].
-    pub async fn sweep(&self) -> Result<(), ServerError> {
-        for mut stored in self.store.all_requests().await? {
-            if stored.request.state == RequestState::Withdrawn
-                && let Some(lease_id) = &stored.request.lease_id
-                && self
-                    .store
-                    .get_lease(lease_id)
-                    .await?
-                    .is_some_and(|l| l.state == LeaseState::Active)
-            {
-                self.revoke_quietly(lease_id).await;
-            }
-            let from = stored.request.version;
-            let at = now();
-            let expired = stored.request.expire(at);
-            let ended = !expired && stored.sealed_credential.is_some() && {
-                let lease = match &stored.request.lease_id {
-                    Some(id) => self.store.get_lease(id).await?,
-                    None => None,
-                };
-                lease.is_none_or(|l| l.state != LeaseState::Active)
-            };
-            if !expired && !ended {
-                continue;
-            }
-            stored.sealed_credential = None;
-            if ended {
-                stored.request.version = stored.request.version.saturating_add(1);
-            }
-            if self.store.update_request(&stored, from).await? && expired {
-                let event = AuditEvent::now(
-                    "pgwarden",
-                    "request.expire",
-                    &stored.request.id,
-                    Outcome::Success,
-                )
-                .with_detail("not decided in time");
-                self.audit.record(event).await;
-            }
-        }
-        Ok(())
     }
 }
 
