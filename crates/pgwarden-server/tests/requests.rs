@@ -32,6 +32,8 @@ grants:
 struct Setup {
     env: Env,
     issuer: TestIssuer,
+    /// The audit log's JSON-lines copy.
+    audit_file: std::path::PathBuf,
     _policy_dir: tempfile::TempDir,
 }
 
@@ -40,10 +42,12 @@ async fn start(pending_ttl: &str) -> Setup {
     let policy_dir = tempfile::tempdir().unwrap();
     let policy_file = policy_dir.path().join("policy.yaml");
     std::fs::write(&policy_file, POLICY).unwrap();
+    let audit_file = policy_dir.path().join("audit.jsonl");
     let extra = format!(
         r#"
 policy_file: "{policy}"
 requests: {{ pending_ttl: {pending_ttl} }}
+audit: {{ file: "{audit}" }}
 auth:
   jwt:
     type: jwt
@@ -54,12 +58,14 @@ auth:
       people: {{ user_claim: email, groups_claim: groups }}
 "#,
         policy = policy_file.display(),
+        audit = audit_file.display(),
         iss = issuer.issuer(),
         jwks = issuer.jwks_url(),
     );
     Setup {
         env: Env::start_with(ROLES, &extra).await,
         issuer,
+        audit_file,
         _policy_dir: policy_dir,
     }
 }
@@ -327,7 +333,17 @@ async fn two_dbas_approve_and_only_the_subjects_get_a_working_credential() {
     for record in &audit.records {
         verifier.check(record).unwrap();
     }
-    let text = serde_json::to_string(&audit).unwrap();
+    // The file copy holds the same records, one JSON object per line, private to pgwarden.
+    let lines = std::fs::read_to_string(&s.audit_file).unwrap();
+    let copied: Vec<pgwarden_core::AuditRecord> = lines
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(copied, audit.records);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&s.audit_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let text = serde_json::to_string(&audit).unwrap() + &lines;
     for secret in [&password, &ola, &kari, &eva, &per] {
         assert!(
             !text.contains(secret.as_str()),
