@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use pgwarden_core::ChainVerifier;
 use pgwarden_core::wire::AuditList;
-use pgwarden_testkit::issuer::{TestIssuer, TestKey, sign, unix_now};
+use pgwarden_testkit::issuer::{TestIssuer, TestKey};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -73,19 +73,7 @@ auth:
 impl Setup {
     /// Logs a person in with `groups`; returns the token.
     async fn person(&self, email: &str, groups: &[&str]) -> String {
-        let claims = json!({"iss": self.issuer.issuer(), "aud": AUD, "exp": unix_now() + 600,
-            "sub": email, "email": email, "groups": groups});
-        let (status, body) = self
-            .env
-            .call_as(
-                "",
-                "POST",
-                "auth/jwt/login",
-                Some(json!({ "role": "people", "jwt": sign(TestKey::Ec1, &claims) })),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["auth"]["client_token"].as_str().unwrap().to_string()
+        self.env.login_person(&self.issuer, email, groups).await
     }
 
     async fn ask(&self, token: &str, body: Value) -> String {
@@ -341,7 +329,10 @@ async fn two_dbas_approve_and_only_the_subjects_get_a_working_credential() {
         .collect();
     assert_eq!(copied, audit.records);
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&s.audit_file).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&s.audit_file)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let text = serde_json::to_string(&audit).unwrap() + &lines;
     for secret in [&password, &ola, &kari, &eva, &per] {

@@ -13,7 +13,7 @@ mod common;
 
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
-use pgwarden_testkit::issuer::{TestIssuer, TestKey, sign, unix_now};
+use pgwarden_testkit::issuer::{TestIssuer, TestKey};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -273,19 +273,7 @@ auth:
 
     /// A login token of `email` in `group`.
     async fn token(&self, email: &str, group: &str) -> String {
-        let claims = json!({"iss": self.issuer.issuer(), "aud": AUD, "exp": unix_now() + 600,
-            "sub": email, "email": email, "groups": [group]});
-        let (status, body) = self
-            .env
-            .call_as(
-                "",
-                "POST",
-                "auth/jwt/login",
-                Some(json!({ "role": "people", "jwt": sign(TestKey::Ec1, &claims) })),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["auth"]["client_token"].as_str().unwrap().to_string()
+        self.env.login_person(&self.issuer, email, &[group]).await
     }
 
     /// Requests `appdb-admin` as `token` with `reason`; returns the request's id.

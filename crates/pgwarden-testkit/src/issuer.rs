@@ -170,6 +170,20 @@ impl TestIssuer {
         self.keys.lock().expect("keys").push(key);
     }
 
+    /// A person's OIDC ID token signed with `key`: `email` as subject and email claim, and
+    /// `groups`, valid for ten minutes.
+    pub fn person_token(
+        &self,
+        key: TestKey,
+        audience: &str,
+        email: &str,
+        groups: &[&str],
+    ) -> String {
+        let claims = serde_json::json!({"iss": self.issuer(), "aud": audience,
+            "exp": unix_now() + 600, "sub": email, "email": email, "groups": groups});
+        sign(key, &claims)
+    }
+
     /// A projected service-account token signed with `key`.
     pub fn service_account_token(
         &self,

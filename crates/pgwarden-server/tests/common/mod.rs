@@ -92,6 +92,32 @@ impl Env {
         (status, json)
     }
 
+    /// Logs a person in on the `jwt` mount (login role `people`) with an ID token `issuer`
+    /// signs with `TestKey::Ec1` for audience `pgwarden`; returns the pgwarden token.
+    pub async fn login_person(
+        &self,
+        issuer: &pgwarden_testkit::issuer::TestIssuer,
+        email: &str,
+        groups: &[&str],
+    ) -> String {
+        let jwt = issuer.person_token(
+            pgwarden_testkit::issuer::TestKey::Ec1,
+            "pgwarden",
+            email,
+            groups,
+        );
+        let (status, body) = self
+            .call_as(
+                "",
+                "POST",
+                "auth/jwt/login",
+                Some(serde_json::json!({ "role": "people", "jwt": jwt })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["auth"]["client_token"].as_str().unwrap().to_string()
+    }
+
     pub async fn creds(&self, role: &str) -> Creds {
         let (status, body) = self
             .call("GET", &format!("database/creds/{role}"), None)
