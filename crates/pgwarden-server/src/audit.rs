@@ -12,6 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most events appended in one transaction.
 const MAX_BATCH: usize = 512;
+/// Longest a caller waits for its record to be stored (the state database may be cut off:
+/// the request must still get its answer); the record is appended when it can be.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 tokio::task_local! {
     /// The id of the HTTP request being handled, for its response and its audit records.
@@ -42,11 +45,19 @@ impl AuditLog {
     }
 
     /// Records `event` (its request id filled in from the current request) and waits until it
-    /// is stored; false (logged and counted) when it could not be.
+    /// is stored, for at most [`MAX_WAIT`]; false when it was not stored (yet).
     pub async fn record(&self, event: AuditEvent) -> bool {
-        match self.enqueue(event) {
-            Some(stored) => stored.await.unwrap_or(false),
-            None => false,
+        let Some(stored) = self.enqueue(event) else {
+            return false;
+        };
+        match tokio::time::timeout(MAX_WAIT, stored).await {
+            Ok(stored) => stored.unwrap_or(false),
+            Err(_) => {
+                tracing::warn!(
+                    "an audit record is not stored after {MAX_WAIT:?}; answering without waiting for it"
+                );
+                false
+            }
         }
     }
 

@@ -98,6 +98,10 @@ impl Setup {
     }
 
     async fn audit(&self) -> AuditList {
+        // A request that succeeds is answered only once its record is stored, after every
+        // record queued before it (refusals are answered without waiting for theirs).
+        let (status, _) = self.env.call("GET", "pgwarden/requests", None).await;
+        assert_eq!(status, 200);
         let (status, body) = self
             .env
             .call("GET", "pgwarden/audit?limit=1000", None)

@@ -175,11 +175,16 @@ async fn handle(
         body: &body,
     };
     let result = serve(state, &incoming, &mut actor).await;
-    if route != Route::Audit {
-        state
-            .audit
-            .record(audit_event(actor, route.action(op), path, &result))
-            .await;
+    // Reading the audit log is not recorded (a tail would fill it), unless it was refused. A
+    // success is answered once its record is stored; a failure (perhaps the state database
+    // is unreachable, so the record cannot be stored yet either) is answered at once.
+    if route != Route::Audit || result.is_err() {
+        let event = audit_event(actor, route.action(op), path, &result);
+        if result.is_ok() {
+            state.audit.record(event).await;
+        } else {
+            state.audit.submit(event);
+        }
     }
     result
 }
