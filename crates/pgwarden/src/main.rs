@@ -1,10 +1,11 @@
 //! The `pgwarden` binary: the broker server, the sidecar agent, the self-contained dev demo,
-//! and the commands for people (`login`, `creds`, `lease`, `request`, `audit`).
+//! the commands for people (`login`, `creds`, `lease`, `request`, `audit`) and `rds token`.
 
 mod cli;
 #[cfg(feature = "dev")]
 mod dev;
 mod policy;
+mod rds;
 mod state;
 
 use clap::{Parser, Subcommand};
@@ -115,6 +116,11 @@ enum Command {
     Request(cli::request::RequestArgs),
     /// Read the audit log (root token).
     Audit(cli::audit::AuditArgs),
+    /// AWS RDS IAM authentication (`rds token`).
+    Rds {
+        #[command(subcommand)]
+        command: rds::RdsCommand,
+    },
 }
 
 /// Logs on stderr, filtered by PGWARDEN_LOG (else `default`); colours only on a terminal and
@@ -231,6 +237,7 @@ async fn main() -> ExitCode {
             | Command::Lease(_)
             | Command::Request(_)
             | Command::Audit(_)
+            | Command::Rds { .. }
     );
     init_logging(if client_command {
         "warn"
@@ -260,6 +267,7 @@ async fn main() -> ExitCode {
         Command::Lease(args) => cli::lease::run(args).await,
         Command::Request(args) => cli::request::run(args).await,
         Command::Audit(args) => cli::audit::run(args).await,
+        Command::Rds { command } => rds::run(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
