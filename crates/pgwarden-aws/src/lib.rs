@@ -14,6 +14,8 @@
 //!
 //! Secrets live in [`secrecy`] types and appear in no `Debug` output or log line.
 
+#![warn(missing_docs)]
+
 mod credentials;
 mod error;
 mod token;

@@ -38,6 +38,15 @@ pub fn rds_auth_token(
         port,
         reason,
     };
+    if hostname.is_empty()
+        || hostname
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "/?#@%".contains(c))
+    {
+        return Err(failed(
+            "the host name must be a DNS name or IP address, without scheme, port or path".into(),
+        ));
+    }
     let operation = format!("Action=connect&DBUser={}", encode(username));
     let url = format!("https://{hostname}:{port}/?{operation}");
     // botocore signs `host` as the lower-cased host name, with the port unless it is https's
@@ -115,5 +124,26 @@ mod tests {
             "user%40name%2Fwith%2Bchars%20%C3%BC"
         );
         assert_eq!(encode("a-b_c.d~e*f"), "a-b_c.d~e%2Af");
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_host_name() {
+        let credentials = Credentials::new("AKID", secrecy::SecretString::from("s"), None);
+        for host in ["", "bad host", "https://db", "db/path", "user@db"] {
+            let error = rds_auth_token(
+                host,
+                5432,
+                "u",
+                "us-east-1",
+                &credentials,
+                SystemTime::now(),
+            )
+            .expect_err(host)
+            .to_string();
+            assert!(
+                error.contains("must be a DNS name or IP address"),
+                "{error}"
+            );
+        }
     }
 }

@@ -2,8 +2,8 @@
 //! `moto[server]`, which speaks the real protocol) when it is installed, and against a one-shot
 //! fake STS for the error answer.
 //!
-//! moto_server is found through PGWARDEN_MOTO_SERVER, /tmp/aws-venv/bin/moto_server or PATH;
-//! without it the moto tests print SKIPPED and pass, unless PGWARDEN_REQUIRE_MOTO is set.
+//! moto_server is found through PGWARDEN_MOTO_SERVER, the workspace's `.venv/bin` (which
+//! scripts/test creates), /tmp/aws-venv/bin or PATH; without it the moto tests print SKIPPED and pass, unless PGWARDEN_REQUIRE_MOTO is set.
 
 use pgwarden_aws::{CredentialChain, Env, rds_auth_token};
 use secrecy::ExposeSecret;
@@ -32,9 +32,13 @@ fn moto_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PGWARDEN_MOTO_SERVER") {
         return Some(PathBuf::from(path));
     }
-    let venv = Path::new("/tmp/aws-venv/bin/moto_server");
-    if venv.is_file() {
-        return Some(venv.to_path_buf());
+    let workspace_venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/moto_server");
+    let scratch_venv = PathBuf::from("/tmp/aws-venv/bin/moto_server");
+    if let Some(found) = [workspace_venv, scratch_venv]
+        .into_iter()
+        .find(|p| p.is_file())
+    {
+        return Some(found);
     }
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join("moto_server"))
