@@ -66,7 +66,7 @@ async fn start_moto(test: &str) -> Option<Moto> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
-    let moto = Moto {
+    let mut moto = Moto {
         child,
         url: format!("http://127.0.0.1:{port}"),
     };
@@ -80,6 +80,13 @@ async fn start_moto(test: &str) -> Option<Moto> {
             .is_ok_and(|response| response.status().is_success());
         if ready {
             return Some(moto);
+        }
+        if let Ok(Some(status)) = moto.child.try_wait() {
+            panic!(
+                "{} exited with {status} (a shim without moto installed?); set \
+                 PGWARDEN_MOTO_SERVER to a working moto_server",
+                binary.display()
+            );
         }
         assert!(
             Instant::now() < deadline,
