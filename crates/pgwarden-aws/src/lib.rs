@@ -12,14 +12,22 @@
 //!   config and credentials files with profiles. Credentials are cached and refreshed five
 //!   minutes before they expire.
 //!
+//! - [`plan`] writes the IRSA + RDS IAM setup for one service account and database user: the
+//!   IAM trust and permissions policies, the annotated ServiceAccount and the SQL.
+//!
 //! Secrets live in [`secrecy`] types and appear in no `Debug` output or log line.
 
 #![warn(missing_docs)]
 
 mod credentials;
 mod error;
+mod plan;
 mod token;
 
 pub use credentials::{CredentialChain, Credentials, Env, REFRESH_BEFORE_EXPIRY};
 pub use error::Error;
+pub use plan::{
+    MAX_ROLE_NAME, Plan, PlanError, PlanInput, PolicyDocument, PolicyStatement, STS_AUDIENCE,
+    partition, plan,
+};
 pub use token::{TOKEN_LIFETIME_SECONDS, rds_auth_token};
