@@ -529,7 +529,8 @@ mod tests {
 
     #[test]
     fn each_check_names_its_flag() {
-        let cases: [(fn(&mut PlanInput), &str); 9] = [
+        type Change = fn(&mut PlanInput);
+        let cases: [(Change, &str); 9] = [
             (|i| i.service_account = "shop".into(), "service-account"),
             (|i| i.service_account = "Shop/x".into(), "service-account"),
             (|i| i.db_user = "x".repeat(64), "db-user"),

@@ -271,9 +271,7 @@ fn text_output_is_four_sections_holding_the_same_documents() {
         json["service_account_yaml"].as_str().unwrap().trim_end()
     );
     assert_eq!(body(3), json["sql"].as_str().unwrap());
-    assert!(text.contains(&format!(
-        "aws iam create-role --role-name pgwarden-shop-orders-api"
-    )));
+    assert!(text.contains("aws iam create-role --role-name pgwarden-shop-orders-api"));
 }
 
 /// The privileges `user` has on `object` (`has_table_privilege` and friends), asked as the
