@@ -11,7 +11,6 @@
 //!   as EKS IRSA injects them, exchanged with STS `AssumeRoleWithWebIdentity`), and the shared
 //!   config and credentials files with profiles. Credentials are cached and refreshed five
 //!   minutes before they expire.
-//!
 //! - [`plan`] writes the IRSA + RDS IAM setup for one service account and database user: the
 //!   IAM trust and permissions policies, the annotated ServiceAccount and the SQL.
 //!
