@@ -1,5 +1,5 @@
 //! The `pgwarden` binary: the broker server, the sidecar agent, the self-contained dev demo,
-//! the commands for people (`login`, `creds`, `lease`, `request`, `audit`) and `rds token`.
+//! the commands for people (`login`, `creds`, `lease`, `request`, `audit`) and `rds token|plan`.
 
 mod cli;
 #[cfg(feature = "dev")]
@@ -116,7 +116,7 @@ enum Command {
     Request(cli::request::RequestArgs),
     /// Read the audit log (root token).
     Audit(cli::audit::AuditArgs),
-    /// AWS RDS IAM authentication (`rds token`).
+    /// AWS RDS IAM authentication (`rds token`, `rds plan`).
     Rds {
         #[command(subcommand)]
         command: rds::RdsCommand,
