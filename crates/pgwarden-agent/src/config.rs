@@ -12,10 +12,12 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// pgwarden's address.
-    pub address: String,
-    /// How to log in.
-    pub auth: AuthConfig,
+    /// pgwarden's address; required when a credential has a `path`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// How to log in; required when a credential has a `path`.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
     /// What to fetch and where to write it.
     pub credentials: Vec<CredentialConfig>,
     /// Address of `/healthz` and `/readyz` (all interfaces by default, so kubelet probes reach it).
@@ -72,17 +74,72 @@ fn default_mount() -> String {
     "kubernetes".into()
 }
 
-/// One credential and its files.
+/// One credential and its files: issued by pgwarden (`path`) or an RDS IAM token (`rds`),
+/// exactly one of the two.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialConfig {
     /// The credential path, e.g. `database/creds/appdb-user`.
-    pub path: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    /// An RDS IAM auth token made here from the AWS credential chain.
+    #[serde(default)]
+    pub rds: Option<RdsConfig>,
     /// Where to write it.
     pub files: Vec<FileConfig>,
     /// What to do when it changes.
     #[serde(default)]
     pub on_change: Option<OnChange>,
+}
+
+/// An RDS IAM auth token for one database user: the agent signs it with the AWS credentials of
+/// the usual chain (environment, web identity, shared-file profiles) and writes it as the
+/// password, with the user, host, port and database, in every file format.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RdsConfig {
+    /// The database endpoint's host name (instance, cluster or proxy endpoint).
+    pub hostname: String,
+    /// The database port (5432 by default).
+    #[serde(default = "default_rds_port")]
+    pub port: u16,
+    /// The database user, granted `rds_iam`.
+    pub username: String,
+    /// The database's AWS region.
+    pub region: String,
+    /// The database name written to the files (for the `url` and `env` formats); empty if unset.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// The profile of the shared AWS files, as `aws --profile` (it wins over the environment).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// How often a new token is made (10 minutes by default; tokens live 15).
+    #[serde(default = "default_rds_refresh", deserialize_with = "duration")]
+    pub refresh: Duration,
+}
+
+fn default_rds_port() -> u16 {
+    5432
+}
+
+fn default_rds_refresh() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl RdsConfig {
+    /// The name of this credential in logs, `/readyz` and errors: `rds:<user>@<host>:<port>`.
+    pub fn name(&self) -> String {
+        format!("rds:{}@{}:{}", self.username, self.hostname, self.port)
+    }
+}
+
+/// Where a credential comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Issued by pgwarden at the delivery's path.
+    Broker,
+    /// An RDS IAM auth token made by the agent.
+    Rds(RdsConfig),
 }
 
 /// One output file.
@@ -103,8 +160,11 @@ pub struct FileConfig {
 /// A credential ready to deliver: its files with their contents' form, and its action.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    /// The credential path, e.g. `database/creds/appdb-user`.
+    /// The credential path, e.g. `database/creds/appdb-user`, or for an RDS token its name
+    /// `rds:<user>@<host>:<port>`.
     pub path: String,
+    /// Where the credential comes from.
+    pub source: Source,
     /// Where to write it (at least one).
     pub files: Vec<OutputFile>,
     /// What to do when it changes.
@@ -142,11 +202,17 @@ impl AgentConfig {
         if self.credentials.is_empty() {
             return Err("credentials: list at least one".into());
         }
-        let deliveries = self
+        let deliveries: Vec<Delivery> = self
             .credentials
             .iter()
-            .map(CredentialConfig::resolve)
+            .enumerate()
+            .map(|(index, credential)| credential.resolve(index))
             .collect::<Result<_, _>>()?;
+        if deliveries.iter().any(|d| d.source == Source::Broker)
+            && (self.address.is_none() || self.auth.is_none())
+        {
+            return Err("address and auth: required when a credential has a path".into());
+        }
         Ok(Agent {
             config: self.clone(),
             deliveries,
@@ -155,15 +221,32 @@ impl AgentConfig {
 }
 
 impl CredentialConfig {
-    fn resolve(&self) -> Result<Delivery, String> {
+    fn resolve(&self, index: usize) -> Result<Delivery, String> {
+        let (path, source) = match (&self.path, &self.rds) {
+            (Some(path), None) => (path.clone(), Source::Broker),
+            (None, Some(rds)) => {
+                if rds.refresh.is_zero()
+                    || rds.refresh.as_secs() >= pgwarden_aws::TOKEN_LIFETIME_SECONDS
+                {
+                    return Err(format!(
+                        "credential {:?}: rds.refresh must be more than 0 and less than the token's {} seconds",
+                        rds.name(),
+                        pgwarden_aws::TOKEN_LIFETIME_SECONDS
+                    ));
+                }
+                (rds.name(), Source::Rds(rds.clone()))
+            }
+            _ => {
+                return Err(format!(
+                    "credentials[{index}]: set exactly one of path or rds"
+                ));
+            }
+        };
         if self.files.is_empty() {
-            return Err(format!(
-                "credential {:?}: list at least one file",
-                self.path
-            ));
+            return Err(format!("credential {path:?}: list at least one file"));
         }
         Ok(Delivery {
-            path: self.path.clone(),
+            source,
             files: self
                 .files
                 .iter()
@@ -172,8 +255,9 @@ impl CredentialConfig {
             on_change: self
                 .on_change
                 .as_ref()
-                .map(|action| action.resolve(&self.path))
+                .map(|action| action.resolve(&path))
                 .transpose()?,
+            path,
         })
     }
 }
@@ -225,7 +309,7 @@ credentials:
         assert_eq!(config.grace_period, Duration::from_secs(30));
         assert!(!config.revoke_on_shutdown);
         assert!(
-            matches!(config.auth, AuthConfig::Kubernetes { ref mount, ref token_file, .. }
+            matches!(config.auth, Some(AuthConfig::Kubernetes { ref mount, ref token_file, .. })
             if mount == "kubernetes" && token_file == &default_token_file())
         );
         let with_token = parse(
@@ -266,5 +350,99 @@ credentials:
         }
         let err = parse(&format!("{base}grace_period: soon\ncredentials: []\n")).unwrap_err();
         assert!(err.contains("invalid TTL \"soon\""), "{err}");
+    }
+
+    #[test]
+    fn reads_rds_credentials_beside_broker_ones() {
+        let yaml = r#"
+address: "http://127.0.0.1:8200"
+auth: { token: { token_file: /t } }
+credentials:
+  - path: database/creds/appdb-user
+    files: [{ path: /pgwarden/appdb.env, format: env }]
+  - rds: { hostname: db.abc.eu-west-1.rds.amazonaws.com, username: app_iam, region: eu-west-1, database: appdb }
+    files: [{ path: /pgwarden/rds.url, format: url }]
+    on_change: { command: [/bin/reload] }
+  - rds: { hostname: h, port: 6432, username: u, region: us-east-1, profile: prod, refresh: 2s }
+    files: [{ path: /pgwarden/rds.env, format: env }]
+"#;
+        let config = parse(yaml).unwrap();
+        let agent = config.resolve().unwrap();
+        assert_eq!(agent.deliveries[0].source, Source::Broker);
+        assert_eq!(agent.deliveries[0].path, "database/creds/appdb-user");
+        let Source::Rds(first) = &agent.deliveries[1].source else {
+            panic!("an rds credential")
+        };
+        assert_eq!(
+            first,
+            &RdsConfig {
+                hostname: "db.abc.eu-west-1.rds.amazonaws.com".into(),
+                port: 5432,
+                username: "app_iam".into(),
+                region: "eu-west-1".into(),
+                database: Some("appdb".into()),
+                profile: None,
+                refresh: Duration::from_secs(600),
+            }
+        );
+        assert_eq!(
+            agent.deliveries[1].path,
+            "rds:app_iam@db.abc.eu-west-1.rds.amazonaws.com:5432"
+        );
+        assert!(agent.deliveries[1].on_change.is_some());
+        let Source::Rds(second) = &agent.deliveries[2].source else {
+            panic!("an rds credential")
+        };
+        assert_eq!(
+            (second.port, second.profile.as_deref(), second.refresh),
+            (6432, Some("prod"), Duration::from_secs(2))
+        );
+        assert_eq!(second.database, None);
+
+        // Only RDS tokens: no broker, so no address or auth.
+        let only_rds = parse(
+            "credentials:\n  - { rds: { hostname: h, username: u, region: r }, files: [{ path: /f, format: env }] }\n",
+        )
+        .unwrap();
+        assert!(only_rds.address.is_none() && only_rds.auth.is_none());
+    }
+
+    #[test]
+    fn a_credential_has_exactly_one_source() {
+        let base = "address: x\nauth: { token: { token_file: /t } }\ncredentials:\n  - { path: p, files: [{ path: /f, format: env }] }\n";
+        let rds = "rds: { hostname: h, username: u, region: r }";
+        let cases = [
+            (
+                format!("{base}  - {{ files: [{{ path: /g, format: env }}] }}\n"),
+                "credentials[1]: set exactly one of path or rds",
+            ),
+            (
+                format!("{base}  - {{ path: q, {rds}, files: [{{ path: /g, format: env }}] }}\n"),
+                "credentials[1]: set exactly one of path or rds",
+            ),
+            (
+                format!("credentials:\n  - {{ {rds}, files: [] }}\n"),
+                "credential \"rds:u@h:5432\": list at least one file",
+            ),
+            (
+                "credentials:\n  - { path: p, files: [{ path: /f, format: env }] }\n".to_string(),
+                "address and auth: required when a credential has a path",
+            ),
+            (
+                "address: x\ncredentials:\n  - { path: p, files: [{ path: /f, format: env }] }\n"
+                    .to_string(),
+                "address and auth: required when a credential has a path",
+            ),
+            (
+                "credentials:\n  - { rds: { hostname: h, username: u, region: r, refresh: 15m }, files: [{ path: /f, format: env }] }\n"
+                    .to_string(),
+                "credential \"rds:u@h:5432\": rds.refresh must be more than 0 and less than the token's 900 seconds",
+            ),
+        ];
+        for (yaml, message) in cases {
+            assert_eq!(parse(&yaml).unwrap_err(), message, "{yaml}");
+        }
+        let err = parse("credentials:\n  - { rds: { hostname: h, region: r }, files: [{ path: /f, format: env }] }\n").unwrap_err();
+        assert!(err.contains("username"), "{err}");
     }
 }

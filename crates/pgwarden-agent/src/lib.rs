@@ -1,6 +1,6 @@
 //! The pgwarden sidecar agent: logs in, fetches credentials, writes them to files atomically
 //! (mode 0600) in the formats applications read, keeps them fresh with the client crate's
-//! renewal rules, tells the application when they change, and reports on a health endpoint how
+//! renewal rules (or, for RDS IAM, signs a fresh auth token every 10 minutes), tells the application when they change, and reports on a health endpoint how
 //! long they remain valid.
 
 mod config;
@@ -9,7 +9,9 @@ mod health;
 mod on_change;
 mod run;
 
-pub use config::{Agent, AgentConfig, AuthConfig, CredentialConfig, Delivery, FileConfig};
+pub use config::{
+    Agent, AgentConfig, AuthConfig, CredentialConfig, Delivery, FileConfig, RdsConfig, Source,
+};
 pub use files::{Format, Output, OutputFile, Template};
 pub use on_change::{Action, OnChange};
 pub use run::{AgentError, Mode, run};
