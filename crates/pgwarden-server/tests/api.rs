@@ -99,18 +99,7 @@ async fn renewal_is_capped_and_moves_valid_until() {
     );
 
     // VALID UNTIL follows: lookup's expire_time + 5 s.
-    let (_, lookup) = env
-        .call(
-            "PUT",
-            "sys/leases/lookup",
-            Some(json!({ "lease_id": creds.lease_id })),
-        )
-        .await;
-    let expire = time::OffsetDateTime::parse(
-        lookup["data"]["expire_time"].as_str().unwrap(),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap();
+    let (lookup, expire) = env.lookup_lease(&creds.lease_id).await;
     let su = env.cluster.connect_superuser("appdb").await.unwrap();
     let until: i64 = su
         .query_one(
@@ -134,18 +123,7 @@ async fn reaper_drops_expired_users_within_two_seconds() {
     let creds = env.creds("blink").await;
     let session = env.login(&creds).await.unwrap();
     // Judged against the lease's own end, so a slow machine cannot make this test lie.
-    let (_, lookup) = env
-        .call(
-            "PUT",
-            "sys/leases/lookup",
-            Some(json!({ "lease_id": creds.lease_id })),
-        )
-        .await;
-    let expire = time::OffsetDateTime::parse(
-        lookup["data"]["expire_time"].as_str().unwrap(),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap();
+    let (_, expire) = env.lookup_lease(&creds.lease_id).await;
     env.wait_role_gone(&creds.username, Duration::from_secs(10))
         .await
         .expect("dropped");

@@ -92,6 +92,24 @@ impl Env {
         (status, json)
     }
 
+    /// `sys/leases/lookup` of `lease_id` as root: the answer's `data` and its `expire_time`.
+    pub async fn lookup_lease(&self, lease_id: &str) -> (Value, time::OffsetDateTime) {
+        let (status, lookup) = self
+            .call(
+                "PUT",
+                "sys/leases/lookup",
+                Some(serde_json::json!({ "lease_id": lease_id })),
+            )
+            .await;
+        assert_eq!(status, 200, "{lookup}");
+        let expire = time::OffsetDateTime::parse(
+            lookup["data"]["expire_time"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        (lookup, expire)
+    }
+
     /// Logs a person in on the `jwt` mount (login role `people`) with an ID token `issuer`
     /// signs with `TestKey::Ec1` for audience `pgwarden`; returns the pgwarden token.
     pub async fn login_person(
