@@ -9,6 +9,7 @@ use crate::metrics::{Metrics, RevokeLabels};
 use crate::schedule::Schedule;
 use parking_lot::Mutex;
 use pgwarden_core::names::generate_username;
+use pgwarden_core::wire::DbCredential;
 use pgwarden_core::{AuditEvent, Lease, LeaseState, Outcome, Owner, RoleKind, Ttl, chain};
 use pgwarden_engine::PasswordPool;
 use pgwarden_store::{Durability, Store};
@@ -39,6 +40,21 @@ pub struct Issued {
     pub password: SecretString,
     /// Where the database is.
     pub endpoint: pgwarden_engine::Endpoint,
+}
+
+impl Issued {
+    /// The login the API hands out, and the lease it belongs to.
+    pub fn into_credential(self) -> (Lease, DbCredential) {
+        let credential = DbCredential {
+            username: self.lease.username.clone(),
+            password: self.password,
+            host: self.endpoint.host,
+            port: self.endpoint.port,
+            database: self.endpoint.database,
+            hosts: self.endpoint.hosts,
+        };
+        (self.lease, credential)
+    }
 }
 
 /// The result of a renewal.

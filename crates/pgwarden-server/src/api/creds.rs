@@ -5,8 +5,7 @@ use super::respond;
 use super::{AppState, AuditNote};
 use crate::error::ServerError;
 use axum::Json;
-use axum::response::{IntoResponse, Response};
-use pgwarden_core::wire::DbCredential;
+use axum::response::Response;
 
 /// Issues a new database user for `role` as a lease, within the caller's grant; the audit
 /// record names the lease and the user.
@@ -20,20 +19,8 @@ pub async fn issue(
         .broker
         .issue(mount, role, admitted.caller.owner(), admitted.cap)
         .await?;
-    let credential = DbCredential {
-        username: issued.lease.username.clone(),
-        password: issued.password,
-        host: issued.endpoint.host,
-        port: issued.endpoint.port,
-        database: issued.endpoint.database,
-        hosts: issued.endpoint.hosts,
-    };
-    let note = AuditNote {
-        actor: None,
-        object: Some(issued.lease.id.clone()),
-        detail: Some(format!("user {}", issued.lease.username)),
-    };
-    let response =
-        respond::envelope(credential).with_lease(&issued.lease.id, issued.lease.granted_ttl());
-    Ok(note.on(Json(response).into_response()))
+    let (lease, credential) = issued.into_credential();
+    let note = AuditNote::about(&lease.id, format!("user {}", lease.username));
+    let response = respond::envelope(credential).with_lease(&lease.id, lease.granted_ttl());
+    Ok(note.on(Json(response)))
 }

@@ -6,7 +6,7 @@ use super::{AppState, AuditNote};
 use crate::error::ServerError;
 use axum::Json;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use pgwarden_core::wire::{LeaseLookup, LookupBody, RenewBody, RevokeBody, SecretResponse};
 use pgwarden_core::{Lease, LeaseState};
 
@@ -22,16 +22,6 @@ fn lease_id(from_path: Option<String>, from_body: Option<String>) -> Result<Stri
         ));
     }
     Ok(id)
-}
-
-/// `response`, its audit record naming lease `id` and `detail`.
-fn on_lease(id: &str, detail: String, response: impl IntoResponse) -> Response {
-    AuditNote {
-        actor: None,
-        object: Some(id.to_string()),
-        detail: Some(detail),
-    }
-    .on(response.into_response())
 }
 
 /// The lease `id`, if the caller owns it (or is root).
@@ -58,7 +48,7 @@ pub async fn renew(
     let response = respond::envelope(())
         .with_lease(&renewed.lease.id, renewed.ttl)
         .with_warning(renewed.warning);
-    Ok(on_lease(&id, detail, Json(response)))
+    Ok(AuditNote::about(id, detail).on(Json(response)))
 }
 
 /// Drops a lease's user now (204), or queues that (`sync: false`, 202).
@@ -72,10 +62,10 @@ pub async fn revoke(
     owned_lease(state, caller, &id).await?;
     if body.sync == Some(false) {
         state.broker.revoke_later(&id).await?;
-        Ok(on_lease(&id, "queued".into(), StatusCode::ACCEPTED))
+        Ok(AuditNote::about(id, "queued").on(StatusCode::ACCEPTED))
     } else {
         state.broker.revoke(&id).await?;
-        Ok(on_lease(&id, "revoked".into(), StatusCode::NO_CONTENT))
+        Ok(AuditNote::about(id, "revoked").on(StatusCode::NO_CONTENT))
     }
 }
 

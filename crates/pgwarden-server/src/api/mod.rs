@@ -81,8 +81,18 @@ pub struct AuditNote {
 }
 
 impl AuditNote {
+    /// A note naming the `object` acted on, with `detail`.
+    pub fn about(object: impl Into<String>, detail: impl Into<String>) -> AuditNote {
+        AuditNote {
+            actor: None,
+            object: Some(object.into()),
+            detail: Some(detail.into()),
+        }
+    }
+
     /// Attaches this note to `response`.
-    pub fn on(self, mut response: Response) -> Response {
+    pub fn on(self, response: impl IntoResponse) -> Response {
+        let mut response = response.into_response();
         response.extensions_mut().insert(self);
         response
     }

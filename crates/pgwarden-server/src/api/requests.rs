@@ -6,7 +6,7 @@ use super::respond;
 use super::{AppState, AuditNote};
 use crate::error::ServerError;
 use axum::Json;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use pgwarden_core::wire::{DecisionBody, RequestCreate, RequestList, RequestView, SecretResponse};
 use pgwarden_core::{AccessRequest, RequestState};
 use std::collections::HashMap;
@@ -31,16 +31,6 @@ fn view(state: &AppState, request: AccessRequest) -> RequestView {
     }
 }
 
-/// The response `data` answers with, its audit record naming request `id` and `detail`.
-fn noted<T: serde::Serialize>(data: SecretResponse<T>, id: &str, detail: String) -> Response {
-    AuditNote {
-        actor: None,
-        object: Some(id.to_string()),
-        detail: Some(detail),
-    }
-    .on(Json(data).into_response())
-}
-
 /// What a request's audit record says about its state after a change.
 fn outcome(request: &AccessRequest) -> String {
     match (&request.state, &request.lease_id) {
@@ -58,7 +48,7 @@ pub async fn create(
 ) -> Result<Response, ServerError> {
     let request = state.requests.create(&caller.asker(), body).await?;
     let (id, detail) = (request.id.clone(), request.role_path());
-    Ok(noted(respond::envelope(view(state, request)), &id, detail))
+    Ok(AuditNote::about(id, detail).on(respond::ok(view(state, request))))
 }
 
 /// `GET pgwarden/requests[?state=…]`: the requests the caller may see, newest first.
@@ -106,7 +96,7 @@ pub async fn decide(
         state.requests.deny(&asker, id, &body.reason).await?
     };
     let detail = outcome(&request);
-    Ok(noted(respond::envelope(view(state, request)), id, detail))
+    Ok(AuditNote::about(id, detail).on(respond::ok(view(state, request))))
 }
 
 /// `DELETE pgwarden/requests/<id>`: withdraws it, revoking its credential.
@@ -121,7 +111,7 @@ pub async fn withdraw(
         None => outcome(&request),
     };
     let response = respond::envelope(view(state, request)).with_warning(failure);
-    Ok(noted(response, id, detail))
+    Ok(AuditNote::about(id, detail).on(Json(response)))
 }
 
 /// `GET pgwarden/requests/<id>/creds`: the approved credential, for the request's subjects.
@@ -129,5 +119,5 @@ pub async fn creds(state: &AppState, caller: &Caller, id: &str) -> Result<Respon
     let issued = state.requests.credential(&caller.asker(), id).await?;
     let detail = format!("lease {}", issued.lease_id);
     let response = respond::envelope(issued.credential).with_lease(&issued.lease_id, issued.ttl);
-    Ok(noted(response, id, detail))
+    Ok(AuditNote::about(id, detail).on(Json(response)))
 }

@@ -8,7 +8,7 @@ use crate::error::ServerError;
 use crate::metrics::LoginLabels;
 use axum::Json;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use pgwarden_core::wire::{
     AuthBlock, LoginBody, RenewSelfBody, RevokeAccessorBody, SecretResponse, TokenLookup,
 };
@@ -85,13 +85,12 @@ pub async fn login(
     tracing::info!(target: "pgwarden::audit", mount, role = %body.role, subject = %record.identity.subject, accessor = %record.accessor, "login");
     let note = AuditNote {
         actor: Some(record.identity.subject.clone()),
-        object: Some(format!("auth/{mount}/login")),
-        detail: Some(format!(
-            "role {}, token accessor {}",
-            body.role, record.accessor
-        )),
+        ..AuditNote::about(
+            format!("auth/{mount}/login"),
+            format!("role {}, token accessor {}", body.role, record.accessor),
+        )
     };
-    Ok(note.on(auth_response(Some(token), &record, record.ttl, None).into_response()))
+    Ok(note.on(auth_response(Some(token), &record, record.ttl, None)))
 }
 
 /// What the caller's own token is.

@@ -322,14 +322,7 @@ impl Requests {
             .broker
             .issue_approved(&request.mount, &request.role, owner, ttl)
             .await?;
-        let credential = DbCredential {
-            username: issued.lease.username.clone(),
-            password: issued.password,
-            host: issued.endpoint.host,
-            port: issued.endpoint.port,
-            database: issued.endpoint.database,
-            hosts: issued.endpoint.hosts,
-        };
+        let (lease, credential) = issued.into_credential();
         let sealed = serde_json::to_string(&credential)
             .map_err(|e| ServerError::Internal(format!("encoding a credential: {e}")))
             .map(SecretString::from)
@@ -341,11 +334,11 @@ impl Requests {
         match sealed {
             Ok(sealed) => {
                 stored.sealed_credential = Some(sealed);
-                stored.request.lease_id = Some(issued.lease.id);
+                stored.request.lease_id = Some(lease.id);
                 Ok(())
             }
             Err(error) => {
-                self.revoke_quietly(&issued.lease.id).await;
+                self.revoke_quietly(&lease.id).await;
                 Err(error)
             }
         }
