@@ -91,10 +91,10 @@ async fn append_batches(
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (events, waiters): (Vec<AuditEvent>, Vec<oneshot::Sender<bool>>) =
             batch.drain(..).unzip();
-        if let Ok(records) = store.append_audit(&events).await {
-            if let Some(path) = &file {
-                copy_to_file(path, &records, &metrics);
-            }
+        if append(store.as_ref(), file.as_deref(), &metrics, &events)
+            .await
+            .is_ok()
+        {
             for waiter in waiters {
                 let _ = waiter.send(true);
             }
@@ -102,13 +102,9 @@ async fn append_batches(
         }
         // One bad event must not take the others down with it: append them one by one.
         for (event, waiter) in events.into_iter().zip(waiters) {
-            let stored = match store.append_audit(std::slice::from_ref(&event)).await {
-                Ok(records) => {
-                    if let Some(path) = &file {
-                        copy_to_file(path, &records, &metrics);
-                    }
-                    true
-                }
+            let single = std::slice::from_ref(&event);
+            let stored = match append(store.as_ref(), file.as_deref(), &metrics, single).await {
+                Ok(()) => true,
                 Err(error) => {
                     metrics.audit_failures.inc();
                     tracing::error!(error = %chain(&error), action = %event.action, "an audit record could not be stored");
@@ -118,6 +114,20 @@ async fn append_batches(
             let _ = waiter.send(stored);
         }
     }
+}
+
+/// Chains `events` into the store, then copies the records to `file` when set.
+async fn append(
+    store: &dyn Store,
+    file: Option<&std::path::Path>,
+    metrics: &Metrics,
+    events: &[AuditEvent],
+) -> Result<(), pgwarden_store::StoreError> {
+    let records = store.append_audit(events).await?;
+    if let Some(path) = file {
+        copy_to_file(path, &records, metrics);
+    }
+    Ok(())
 }
 
 /// The record of a policy reload: how many grants are in force, or why the file was rejected.
