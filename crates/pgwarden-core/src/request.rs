@@ -203,6 +203,17 @@ impl AccessRequest {
         }
     }
 
+    /// Whether the credential issued on approval may still be live at `now`: it is issued
+    /// right after the last approval and cannot outlive the approved TTL (a minute's slack
+    /// covers the issuance itself).
+    pub fn credential_may_be_live(&self, now: OffsetDateTime) -> bool {
+        let Some(approved) = self.approvals.last().map(|d| d.at) else {
+            return false;
+        };
+        self.lease_id.is_some()
+            && now < Ttl::from_secs(self.ttl.as_secs().saturating_add(60)).after(approved)
+    }
+
     /// Whether any of `subjects` (a caller's policy subjects) may read the credential: a
     /// request's subjects are exact identities or groups, never globs.
     pub fn readable_by(&self, subjects: &[String]) -> bool {
@@ -493,6 +504,17 @@ mod tests {
                 .to_string(),
             "user:eva is a subject of request req-1 (may read its credential) and may not decide it; another approver must"
         );
+    }
+
+    #[test]
+    fn a_credential_can_live_only_for_its_approved_time() {
+        let mut r = request();
+        r.approve("user:kari", &who("user:kari"), &rule(1), "ok", NOW)
+            .unwrap();
+        assert!(!r.credential_may_be_live(NOW), "no lease yet");
+        r.lease_id = Some("database/creds/appdb-admin/x".into());
+        assert!(r.credential_may_be_live(datetime!(2026-11-25 13:00 UTC)));
+        assert!(!r.credential_may_be_live(datetime!(2026-11-25 13:01 UTC)));
     }
 
     #[test]

@@ -35,7 +35,9 @@ impl Requests {
     /// One pass of [`Requests::run_sweeper`].
     pub async fn sweep(&self) -> Result<(), ServerError> {
         for mut stored in self.store.all_requests().await? {
+            let at = OffsetDateTime::now_utc();
             if stored.request.state == RequestState::Withdrawn
+                && stored.request.credential_may_be_live(at)
                 && let Some(lease_id) = &stored.request.lease_id
                 && self
                     .store
@@ -46,7 +48,6 @@ impl Requests {
                 self.revoke_quietly(lease_id).await;
             }
             let from = stored.request.version;
-            let at = OffsetDateTime::now_utc();
             let expired = stored.request.expire(at);
             let ended = !expired && stored.sealed_credential.is_some() && {
                 let lease = match &stored.request.lease_id {
