@@ -21,6 +21,22 @@ pub struct ConnectionDef {
     pub allowed_roles: Vec<String>,
     /// Whether to connect once when the definition is written.
     pub verify_connection: bool,
+    /// How the administrative user proves who it is.
+    pub auth: AdminAuth,
+}
+
+/// How pgwarden's administrative user authenticates to the target database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AdminAuth {
+    /// With [`ConnectionDef::password`].
+    #[default]
+    Password,
+    /// With an RDS IAM auth token, signed anew for each connection from the process's AWS
+    /// credentials (`auth: rds_iam`); no password is stored.
+    RdsIam {
+        /// The region to sign for; `None` takes the AWS environment's (`AWS_REGION`, …).
+        region: Option<String>,
+    },
 }
 
 /// Splits a password written into `url` (`postgresql://user:secret@host/db` or

@@ -30,7 +30,7 @@ pub mod wire;
 
 pub use audit::{AuditEvent, AuditRecord, ChainBreak, ChainVerifier, Outcome};
 pub use backoff::backoff;
-pub use connection::ConnectionDef;
+pub use connection::{AdminAuth, ConnectionDef};
 pub use error::{CoreError, chain};
 pub use identity::Identity;
 pub use lease::{Lease, LeaseState, Owner, Renewal};

@@ -15,6 +15,7 @@
 mod check;
 mod error;
 mod groups;
+mod iam;
 mod preset;
 mod quote;
 mod scram;

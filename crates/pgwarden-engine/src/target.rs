@@ -2,13 +2,18 @@
 //! settings and a small pool of administrative connections.
 
 use crate::error::{EngineError, describe};
+use crate::iam::IamPassword;
 use crate::tls::{Transport, take_tls_params};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-use pgwarden_core::ConnectionDef;
+use pgwarden_core::{AdminAuth, ConnectionDef};
 use secrecy::ExposeSecret;
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio_postgres::{Config, NoTls};
 
 /// Most administrative connections pgwarden keeps open to one target.
@@ -35,6 +40,8 @@ pub struct Target {
     pub(crate) name: String,
     pub(crate) config: Config,
     transport: Transport,
+    /// The token source when the administrator signs in with RDS IAM (`auth: rds_iam`).
+    iam: Option<Arc<IamPassword>>,
     pub(crate) pool: Pool,
     /// Preset group setups already applied since start-up (group, preset, schemas).
     pub(crate) groups_ready: tokio::sync::Mutex<HashSet<String>>,
@@ -63,7 +70,7 @@ fn parse_config(def: &ConnectionDef) -> Result<(Config, Transport), EngineError>
     if config.get_user().is_none() {
         config.user(&def.username);
     }
-    if config.get_password().is_none() {
+    if config.get_password().is_none() && def.auth == AdminAuth::Password {
         config.password(def.password.expose_secret());
     }
     if config.get_connect_timeout().is_none() {
@@ -82,15 +89,48 @@ fn parse_config(def: &ConnectionDef) -> Result<(Config, Transport), EngineError>
     Ok((config, transport))
 }
 
-/// A pool of connections with `config` over `transport`, for connection `name`.
-fn build_pool(name: &str, config: Config, transport: &Transport) -> Result<Pool, EngineError> {
+/// Opens the pool's connections: over the target's transport, with a fresh RDS IAM token as
+/// the password when the target uses one.
+#[derive(Clone)]
+struct AdminConnect {
+    transport: Transport,
+    iam: Option<Arc<IamPassword>>,
+}
+
+impl deadpool_postgres::Connect for AdminConnect {
+    fn connect(
+        &self,
+        config: &Config,
+    ) -> Pin<
+        Box<
+            dyn Future<
+                    Output = Result<
+                        (tokio_postgres::Client, JoinHandle<()>),
+                        tokio_postgres::Error,
+                    >,
+                > + Send
+                + '_,
+        >,
+    > {
+        let mut config = config.clone();
+        if let Some(iam) = &self.iam {
+            iam.apply(&mut config);
+        }
+        Box::pin(async move {
+            match &self.transport {
+                Transport::Plain => connect_with(&config, NoTls).await,
+                Transport::Tls(tls) => connect_with(&config, tls.clone()).await,
+            }
+        })
+    }
+}
+
+/// A pool of connections with `config` through `connect`, for connection `name`.
+fn build_pool(name: &str, config: Config, connect: &AdminConnect) -> Result<Pool, EngineError> {
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
-    let manager = match transport {
-        Transport::Plain => Manager::from_config(config, NoTls, manager_config),
-        Transport::Tls(tls) => Manager::from_config(config, tls.clone(), manager_config),
-    };
+    let manager = Manager::from_connect(config, connect.clone(), manager_config);
     Pool::builder(manager)
         .max_size(POOL_SIZE)
         .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -107,29 +147,43 @@ fn build_pool(name: &str, config: Config, transport: &Transport) -> Result<Pool,
 async fn connect_with<T>(
     config: &Config,
     tls: T,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error>
+) -> Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error>
 where
     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
     T::Stream: Send + 'static,
 {
     let (client, connection) = config.connect(tls).await?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(error) = connection.await {
-            tracing::debug!(%error, "secondary connection ended");
+            tracing::debug!(%error, "administrative connection ended");
         }
     });
-    Ok(client)
+    Ok((client, task))
 }
 
 impl Target {
     /// Prepares a target from its definition; connects lazily.
     pub fn new(def: &ConnectionDef) -> Result<Target, EngineError> {
         let (config, transport) = parse_config(def)?;
-        let pool = build_pool(&def.name, config.clone(), &transport)?;
+        let iam = match &def.auth {
+            AdminAuth::Password => None,
+            AdminAuth::RdsIam { region } => Some(Arc::new(IamPassword::new(
+                def,
+                region.as_deref(),
+                &config,
+                matches!(transport, Transport::Tls(_)),
+            )?)),
+        };
+        let connect = AdminConnect {
+            transport,
+            iam: iam.clone(),
+        };
+        let pool = build_pool(&def.name, config.clone(), &connect)?;
         Ok(Target {
             name: def.name.clone(),
             config,
-            transport,
+            transport: connect.transport,
+            iam,
             pool,
             groups_ready: Default::default(),
         })
@@ -150,7 +204,14 @@ impl Target {
             None => format!("-c {setting}"),
         };
         config.options(&options);
-        build_pool(&self.name, config, &self.transport)
+        build_pool(
+            &self.name,
+            config,
+            &AdminConnect {
+                transport: self.transport.clone(),
+                iam: self.iam.clone(),
+            },
+        )
     }
 
     /// Where clients reach this database: host, port and database name from the connection
@@ -223,22 +284,55 @@ impl Target {
         config: &Config,
         what: String,
     ) -> Result<tokio_postgres::Client, EngineError> {
+        self.refresh_token().await?;
+        let mut config = config.clone();
+        if let Some(iam) = &self.iam {
+            iam.apply(&mut config);
+        }
         let connected = match &self.transport {
-            Transport::Plain => connect_with(config, NoTls).await,
-            Transport::Tls(tls) => connect_with(config, tls.clone()).await,
+            Transport::Plain => connect_with(&config, NoTls).await,
+            Transport::Tls(tls) => connect_with(&config, tls.clone()).await,
         };
-        connected.map_err(|e| EngineError::Unreachable {
-            connection: format!("{} ({what})", self.name),
-            reason: describe(&e),
-        })
+        connected
+            .map(|(client, _)| client)
+            .map_err(|e| EngineError::Unreachable {
+                connection: format!("{} ({what})", self.name),
+                reason: self.connect_failure(&e),
+            })
+    }
+
+    /// Why connecting failed, with what to check when an RDS IAM token was refused.
+    fn connect_failure(&self, error: &tokio_postgres::Error) -> String {
+        let reason = describe(error);
+        match error.code() {
+            Some(code)
+                if self.iam.is_some()
+                    && (*code
+                        == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                        || *code == tokio_postgres::error::SqlState::INVALID_PASSWORD) =>
+            {
+                format!("{reason}; {}", crate::iam::REFUSED_HINT)
+            }
+            _ => reason,
+        }
+    }
+
+    /// Signs a new RDS IAM token when the target uses one and the last is due for renewal, so
+    /// connections opened next carry a valid one.
+    async fn refresh_token(&self) -> Result<(), EngineError> {
+        if let Some(iam) = &self.iam {
+            iam.token().await?;
+        }
+        Ok(())
     }
 
     /// An administrative connection from the pool.
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, EngineError> {
+        self.refresh_token().await?;
         self.pool.get().await.map_err(|e| EngineError::Unreachable {
             connection: self.name.clone(),
             reason: match &e {
-                deadpool_postgres::PoolError::Backend(inner) => describe(inner),
+                deadpool_postgres::PoolError::Backend(inner) => self.connect_failure(inner),
                 other => pgwarden_core::chain(other),
             },
         })
@@ -282,6 +376,7 @@ mod tests {
             password: SecretString::from("p@ss:/word"),
             allowed_roles: vec![],
             verify_connection: false,
+            auth: Default::default(),
         }
     }
 
@@ -341,5 +436,40 @@ mod tests {
                 .starts_with("connection \"appdb\": invalid connection_url: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rds_iam_needs_one_host_and_tls_unless_plaintext_is_asked_for() {
+        let iam = |url: &str| {
+            let mut def = def(url);
+            def.auth = AdminAuth::RdsIam {
+                region: Some("eu-west-1".into()),
+            };
+            Target::new(&def).err().map(|e| e.to_string())
+        };
+        assert_eq!(
+            iam("postgresql://a.example,b.example/app?sslmode=require"),
+            Some(
+                "connection \"appdb\": invalid connection_url: auth rds_iam signs a token for \
+                 one host name, and the URL names 2; use the cluster's endpoint"
+                    .into()
+            )
+        );
+        assert_eq!(
+            iam("postgresql://db.example/app"),
+            Some(
+                "connection \"appdb\": invalid connection_url: auth rds_iam sends its token as \
+                 a password: add sslmode=verify-full (or sslmode=disable to send it in plaintext \
+                 on purpose)"
+                    .into()
+            )
+        );
+        assert_eq!(iam("postgresql://db.example/app?sslmode=disable"), None);
+        assert_eq!(iam("postgresql://db.example/app?sslmode=verify-full"), None);
+        // No password of the definition is used: the token fills it when connecting.
+        let mut def = def("postgresql://db.example/app?sslmode=disable");
+        def.auth = AdminAuth::RdsIam { region: None };
+        let (config, _) = parse_config(&def).unwrap();
+        assert_eq!(config.get_password(), None);
     }
 }

@@ -13,6 +13,7 @@ fn target_as(cluster: &PgCluster, user: &str, password: &str) -> Target {
         password: SecretString::from(password.to_string()),
         allowed_roles: vec!["*".into()],
         verify_connection: true,
+        auth: Default::default(),
     })
     .unwrap()
 }

@@ -61,6 +61,7 @@ async fn statements_go_to_the_primary_and_revocation_ends_standby_sessions() {
         password: SecretString::from(ADMIN_PW),
         allowed_roles: vec!["*".into()],
         verify_connection: true,
+        auth: Default::default(),
     })
     .unwrap();
     assert_eq!(
@@ -136,6 +137,7 @@ async fn statements_go_to_the_primary_and_revocation_ends_standby_sessions() {
         password: SecretString::from(ADMIN_PW),
         allowed_roles: vec!["*".into()],
         verify_connection: true,
+        auth: Default::default(),
     })
     .unwrap();
     repaired.revoke_user(&role, &after).await.unwrap();

@@ -30,6 +30,7 @@ fn new_target(cluster: &PgCluster) -> Target {
         password: SecretString::from(ADMIN_PW),
         allowed_roles: vec!["*".into()],
         verify_connection: true,
+        auth: Default::default(),
     })
     .unwrap()
 }
@@ -350,6 +351,7 @@ async fn unreachable_database_is_reported_as_such() {
         password: SecretString::from("x"),
         allowed_roles: vec![],
         verify_connection: true,
+        auth: Default::default(),
     };
     let err = Target::new(&def).unwrap().verify().await.unwrap_err();
     assert!(
@@ -372,6 +374,7 @@ async fn sslmode_require_is_never_downgraded_to_plaintext() {
         password: SecretString::from(ADMIN_PW),
         allowed_roles: vec![],
         verify_connection: true,
+        auth: Default::default(),
     };
     let err = Target::new(&def).unwrap().verify().await.unwrap_err();
     assert_eq!(
@@ -409,6 +412,7 @@ async fn tls_targets_are_verified_against_sslrootcert() {
             password: SecretString::from(ADMIN_PW),
             allowed_roles: vec![],
             verify_connection: true,
+            auth: Default::default(),
         })
         .unwrap()
     };

@@ -8,7 +8,7 @@ use parking_lot::RwLock;
 use pgwarden_core::connection::{POSTGRES_PLUGIN, take_url_password};
 use pgwarden_core::role::validate_name;
 use pgwarden_core::wire::ConnectionWrite;
-use pgwarden_core::{ConnectionDef, Preset, RoleDef, RoleKind, RoleSpec};
+use pgwarden_core::{AdminAuth, ConnectionDef, Preset, RoleDef, RoleKind, RoleSpec};
 use pgwarden_engine::Target;
 use pgwarden_store::{Store, StoredConnection};
 use std::collections::BTreeMap;
@@ -177,6 +177,7 @@ fn same_connection(a: &ConnectionDef, b: &ConnectionDef) -> bool {
         && a.password.expose_secret() == b.password.expose_secret()
         && a.allowed_roles == b.allowed_roles
         && a.verify_connection == b.verify_connection
+        && a.auth == b.auth
 }
 
 /// A stored connection of `mount` with its password unsealed.
@@ -204,6 +205,7 @@ fn unseal(
         password,
         allowed_roles: conn.allowed_roles,
         verify_connection: conn.verify_connection,
+        auth: AdminAuth::Password,
     })
 }
 
@@ -583,6 +585,7 @@ fn connection_def(
             .or_else(|| previous.as_ref().map(|p| p.allowed_roles.clone()))
             .unwrap_or_default(),
         verify_connection: write.verify_connection.unwrap_or(true),
+        auth: AdminAuth::Password,
     };
     def.validate()?;
     Ok(def)

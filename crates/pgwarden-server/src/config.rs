@@ -1,6 +1,6 @@
 //! The server's YAML configuration and its `PGWARDEN_*` environment overrides.
 
-use pgwarden_core::{ConnectionDef, CoreError, RoleSpec, Ttl};
+use pgwarden_core::{AdminAuth, ConnectionDef, CoreError, RoleSpec, Ttl};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -363,6 +363,24 @@ pub struct ConnectionConfig {
     /// Connect once at start-up to check the settings.
     #[serde(default = "yes")]
     pub verify_connection: bool,
+    /// How the administrative user signs in: `password` (the default) or `rds_iam`.
+    #[serde(default)]
+    pub auth: AdminAuthKind,
+    /// The region `auth: rds_iam` signs tokens for; default: the AWS environment's.
+    #[serde(default)]
+    pub aws_region: Option<String>,
+}
+
+/// The `auth` of a connection in the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminAuthKind {
+    /// One of `password`, `password_env` or `password_file`.
+    #[default]
+    Password,
+    /// An RDS IAM auth token signed with the AWS credentials of pgwarden's environment
+    /// (environment keys, web identity, profiles); no password is configured.
+    RdsIam,
 }
 
 fn yes() -> bool {
@@ -481,24 +499,46 @@ impl ConnectionConfig {
                 pgwarden_core::connection::POSTGRES_PLUGIN
             )));
         }
-        let password = match (&self.password, &self.password_env, &self.password_file) {
-            (Some(p), None, None) => p.clone(),
-            (None, Some(var), None) => env_secret(var).ok_or_else(|| {
+        let configured = match (&self.password, &self.password_env, &self.password_file) {
+            (None, None, None) => None,
+            (Some(p), None, None) => Some(p.clone()),
+            (None, Some(var), None) => Some(env_secret(var).ok_or_else(|| {
                 invalid(format!(
                     "password_env {var:?} is not set in the environment"
                 ))
-            })?,
+            })?),
             (None, None, Some(file)) => {
-                read_secret_file(file, "password_file").map_err(|e| invalid(e.to_string()))?
-            }
-            (None, None, None) => {
-                return Err(invalid(
-                    "set one of password, password_env or password_file".into(),
-                ));
+                Some(read_secret_file(file, "password_file").map_err(|e| invalid(e.to_string()))?)
             }
             _ => {
                 return Err(invalid(
                     "set only one of password, password_env or password_file".into(),
+                ));
+            }
+        };
+        let (password, auth) = match (self.auth, configured) {
+            (AdminAuthKind::Password, Some(password)) => {
+                if self.aws_region.is_some() {
+                    return Err(invalid("aws_region applies only to auth: rds_iam".into()));
+                }
+                (password, AdminAuth::Password)
+            }
+            (AdminAuthKind::Password, None) => {
+                return Err(invalid(
+                    "set one of password, password_env or password_file (or auth: rds_iam)".into(),
+                ));
+            }
+            (AdminAuthKind::RdsIam, None) => (
+                SecretString::from(""),
+                AdminAuth::RdsIam {
+                    region: self.aws_region.clone(),
+                },
+            ),
+            (AdminAuthKind::RdsIam, Some(_)) => {
+                return Err(invalid(
+                    "auth rds_iam signs in with a token, not a password: remove password, \
+                     password_env and password_file"
+                        .into(),
                 ));
             }
         };
@@ -509,6 +549,7 @@ impl ConnectionConfig {
             password,
             allowed_roles: self.allowed_roles.clone(),
             verify_connection: self.verify_connection,
+            auth,
         };
         def.validate().map_err(|source| ConfigError::Definition {
             mount: mount.to_string(),
@@ -630,6 +671,38 @@ settings:
         assert_eq!(
             conn.to_def("database", "appdb").unwrap_err().to_string(),
             "config: mount \"database\": connection \"appdb\": password_env \"PGWARDEN_TEST_SURELY_UNSET\" is not set in the environment"
+        );
+    }
+
+    #[test]
+    fn rds_iam_takes_a_region_and_no_password() {
+        let mut conn =
+            Config::parse(SAMPLE).unwrap().mounts["database"].connections["appdb"].clone();
+        let error =
+            |conn: &ConnectionConfig| conn.to_def("database", "appdb").unwrap_err().to_string();
+        conn.aws_region = Some("eu-west-1".into());
+        assert_eq!(
+            error(&conn),
+            "config: mount \"database\": connection \"appdb\": aws_region applies only to auth: rds_iam"
+        );
+        conn.auth = AdminAuthKind::RdsIam;
+        assert_eq!(
+            error(&conn),
+            "config: mount \"database\": connection \"appdb\": auth rds_iam signs in with a token, not a password: remove password, password_env and password_file"
+        );
+        conn.password = None;
+        let def = conn.to_def("database", "appdb").unwrap();
+        assert_eq!(
+            def.auth,
+            AdminAuth::RdsIam {
+                region: Some("eu-west-1".into())
+            }
+        );
+        conn.auth = AdminAuthKind::Password;
+        conn.aws_region = None;
+        assert_eq!(
+            error(&conn),
+            "config: mount \"database\": connection \"appdb\": set one of password, password_env or password_file (or auth: rds_iam)"
         );
     }
 }

@@ -273,6 +273,7 @@ pub async fn open_shared_state(
         password,
         allowed_roles: Vec::new(),
         verify_connection: true,
+        auth: pgwarden_core::AdminAuth::Password,
     })
     .map_err(|e| ConfigError::Invalid(format!("state.postgresql.url: {e}")))?;
     let relaxed = target

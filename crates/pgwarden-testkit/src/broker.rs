@@ -65,11 +65,28 @@ impl TestBroker {
     /// (auth mounts, `policy_file`, settings, `http`, `orphans`...), or empty.
     pub fn new(cluster: &PgCluster, roles: &str, extra: &str) -> TestBroker {
         TestBroker {
+            yaml: config_yaml(cluster, roles, extra),
+            ..TestBroker::new_empty()
+        }
+    }
+
+    /// A broker with no configuration text yet.
+    fn new_empty() -> TestBroker {
+        TestBroker {
             server: None,
             data: tempfile::tempdir().expect("a temporary data directory for the test broker"),
             base: String::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            yaml: config_yaml(cluster, roles, extra),
+            yaml: String::new(),
+        }
+    }
+
+    /// A broker on `yaml`, a whole configuration of the test's own (the data directory,
+    /// listen address and secrets are still the broker's), not started yet.
+    pub fn from_yaml(yaml: String) -> TestBroker {
+        TestBroker {
+            yaml,
+            ..TestBroker::new_empty()
         }
     }
 

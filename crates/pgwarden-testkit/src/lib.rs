@@ -7,6 +7,7 @@ pub mod broker;
 mod cluster;
 pub mod issuer;
 pub mod partition;
+pub mod rds;
 pub mod tls;
 
 pub use cluster::{APP_ADMIN, APP_ADMIN_PASSWORD, PgCluster, SUPERUSER, TestkitError};

@@ -33,6 +33,8 @@ fn demo_mount(cluster: &PgCluster, admin_password: String) -> Result<MountConfig
             password_file: None,
             allowed_roles: vec!["appdb-*".into()],
             verify_connection: true,
+            auth: Default::default(),
+            aws_region: None,
         },
     );
     for (name, preset, ttl, max) in [
