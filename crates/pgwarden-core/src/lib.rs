@@ -23,6 +23,7 @@ pub mod names;
 pub mod policy;
 pub mod request;
 pub mod role;
+pub mod static_role;
 pub mod template;
 pub mod token;
 pub mod ttl;
