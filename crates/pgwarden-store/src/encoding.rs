@@ -15,6 +15,9 @@ pub(crate) const TOKEN_COLUMNS: &str = "accessor, hash, identity_json, mount, ro
 /// Every column of a request row.
 pub(crate) const REQUEST_COLUMNS: &str =
     "id, version, state, created_at_ms, request_json, sealed_credential";
+/// Every column of a static role row.
+pub(crate) const STATIC_ROLE_COLUMNS: &str = "mount, name, version, role_json, sealed_password, \
+     sealed_pending, last_rotation_ms, next_rotation_ms";
 /// Every column of an audit row.
 pub(crate) const AUDIT_COLUMNS: &str =
     "seq, time_ms, actor, action, object, outcome, request_id, detail, prev_hash, hash";
@@ -52,6 +55,29 @@ pub(crate) trait Columns {
     fn text(&self, name: &str) -> Result<String, StoreError>;
     /// A nullable binary column.
     fn bytes(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// A nullable integer column.
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError>;
+}
+
+/// A static role row (all of [`STATIC_ROLE_COLUMNS`]).
+pub(crate) fn static_role_from(row: &impl Columns) -> Result<crate::StoredStaticRole, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: "static role",
+        reason,
+    };
+    let version = row.int("version")?;
+    Ok(crate::StoredStaticRole {
+        mount: row.text("mount")?,
+        def: serde_json::from_str(&row.text("role_json")?).map_err(|e| corrupt(e.to_string()))?,
+        version: u64::try_from(version).map_err(|_| corrupt(format!("version {version}")))?,
+        sealed_password: row.bytes("sealed_password")?,
+        sealed_pending: row.bytes("sealed_pending")?,
+        last_rotation: row
+            .opt_int("last_rotation_ms")?
+            .map(from_millis)
+            .transpose()?,
+        next_rotation: from_millis(row.int("next_rotation_ms")?)?,
+    })
 }
 
 /// A request row (all of [`REQUEST_COLUMNS`]): its JSON, with the version its column holds

@@ -117,6 +117,8 @@ pub struct Copied {
     pub connections: usize,
     /// Access requests.
     pub requests: usize,
+    /// Static roles (passwords still sealed with the same key).
+    pub static_roles: usize,
     /// Audit records, hashes unchanged.
     pub audit_records: usize,
 }
@@ -130,6 +132,7 @@ pub async fn copy_state(from: &dyn Store, to: &dyn Store) -> Result<Copied, Stor
         && to.roles().await?.is_empty()
         && to.connections().await?.is_empty()
         && to.all_requests().await?.is_empty()
+        && to.static_roles().await?.is_empty()
         && to.audit_records(&AuditQuery::all(1)).await?.is_empty();
     if !empty {
         return Err(StoreError::NotEmpty);
@@ -150,6 +153,10 @@ pub async fn copy_state(from: &dyn Store, to: &dyn Store) -> Result<Copied, Stor
     for lease in from.all_leases().await? {
         to.insert_lease(&lease).await?;
         copied.leases = copied.leases.saturating_add(1);
+    }
+    for role in from.static_roles().await? {
+        to.insert_static_role(&role).await?;
+        copied.static_roles = copied.static_roles.saturating_add(1);
     }
     for request in from.all_requests().await? {
         to.insert_request(&request).await?;
@@ -205,6 +212,27 @@ impl AuditQuery {
             limit,
         }
     }
+}
+
+/// A static role as stored: its definition, the password in force and a new one being set,
+/// both sealed by the server, and when it was and will be rotated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredStaticRole {
+    /// The mount it belongs to.
+    pub mount: String,
+    /// The definition.
+    pub def: pgwarden_core::static_role::StaticRoleDef,
+    /// Bumped by every write; updates compare and set on it.
+    pub version: u64,
+    /// The password the database user has, encrypted; `None` before the first rotation.
+    pub sealed_password: Option<Vec<u8>>,
+    /// A new password stored before the database is told, kept until the change is
+    /// confirmed, so a crash in between never leaves a password nobody knows.
+    pub sealed_pending: Option<Vec<u8>>,
+    /// When the password last changed.
+    pub last_rotation: Option<OffsetDateTime>,
+    /// When it changes next.
+    pub next_rotation: OffsetDateTime,
 }
 
 /// A connection definition as stored: the password sealed by the server.
@@ -313,6 +341,29 @@ pub trait Store: Send + Sync + 'static {
     async fn get_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError>;
     /// Every request, newest first.
     async fn all_requests(&self) -> Result<Vec<StoredRequest>, StoreError>;
+    /// Records a new static role, durably; false when `(mount, name)` exists already.
+    async fn insert_static_role(&self, role: &StoredStaticRole) -> Result<bool, StoreError>;
+    /// Replaces a static role, durably, if its stored version is still `from_version`.
+    async fn update_static_role(
+        &self,
+        role: &StoredStaticRole,
+        from_version: u64,
+    ) -> Result<bool, StoreError>;
+    /// Deletes a static role if its stored version is still `from_version`.
+    async fn delete_static_role(
+        &self,
+        mount: &str,
+        name: &str,
+        from_version: u64,
+    ) -> Result<bool, StoreError>;
+    /// One static role.
+    async fn get_static_role(
+        &self,
+        mount: &str,
+        name: &str,
+    ) -> Result<Option<StoredStaticRole>, StoreError>;
+    /// Every static role, by mount and name.
+    async fn static_roles(&self) -> Result<Vec<StoredStaticRole>, StoreError>;
     /// Appends `events` to the audit chain in order, durably, each hashed with the one before
     /// (appends from several replicas are serialised); returns the records as chained.
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<Vec<AuditRecord>, StoreError>;

@@ -72,6 +72,18 @@ const MIGRATIONS: &[&str] = &[
         hash TEXT NOT NULL
     );
     CREATE INDEX audit_by_time ON audit (time_ms);",
+    // 4: static roles.
+    "CREATE TABLE static_roles (
+        mount TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        role_json TEXT NOT NULL,
+        sealed_password BLOB,
+        sealed_pending BLOB,
+        last_rotation_ms INTEGER,
+        next_rotation_ms INTEGER NOT NULL,
+        PRIMARY KEY (mount, name)
+    ) WITHOUT ROWID;",
 ];
 
 /// Brings the schema up to date inside one transaction.

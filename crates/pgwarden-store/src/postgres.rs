@@ -5,10 +5,12 @@
 //! by the database's clock.
 
 use crate::encoding::{
-    AUDIT_COLUMNS, Columns, LEASE_COLUMNS, REQUEST_COLUMNS, TOKEN_COLUMNS, audit_from, from_millis,
-    millis, request_from, to_json, version_column,
+    AUDIT_COLUMNS, Columns, LEASE_COLUMNS, REQUEST_COLUMNS, STATIC_ROLE_COLUMNS, TOKEN_COLUMNS,
+    audit_from, from_millis, millis, request_from, static_role_from, to_json, version_column,
 };
-use crate::{AuditQuery, Durability, Store, StoreError, StoredConnection, StoredRequest};
+use crate::{
+    AuditQuery, Durability, Store, StoreError, StoredConnection, StoredRequest, StoredStaticRole,
+};
 use deadpool_postgres::Pool;
 use pgwarden_core::audit::GENESIS_HASH;
 use pgwarden_core::{
@@ -96,6 +98,18 @@ const MIGRATIONS: &[&str] = &[
         hash text NOT NULL
     );
     CREATE INDEX pgwarden_audit_by_time ON pgwarden_audit (time_ms);",
+    // 3: static roles.
+    "CREATE TABLE pgwarden_static_roles (
+        mount text NOT NULL,
+        name text NOT NULL,
+        version bigint NOT NULL,
+        role_json text NOT NULL,
+        sealed_password bytea,
+        sealed_pending bytea,
+        last_rotation_ms bigint,
+        next_rotation_ms bigint NOT NULL,
+        PRIMARY KEY (mount, name)
+    );",
 ];
 
 /// How long checking (and upgrading) the schema at start-up may take.
@@ -345,6 +359,9 @@ impl Columns for Row {
         self.try_get(name).map_err(db)
     }
     fn bytes(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.try_get(name).map_err(db)
+    }
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError> {
         self.try_get(name).map_err(db)
     }
 }
@@ -708,6 +725,95 @@ impl Store for PostgresStore {
         .await
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
     }
+    async fn insert_static_role(&self, r: &StoredStaticRole) -> Result<bool, StoreError> {
+        let sql = format!(
+            "INSERT INTO pgwarden_static_roles ({STATIC_ROLE_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (mount, name) DO NOTHING"
+        );
+        self.execute(
+            &sql,
+            &[
+                &r.mount,
+                &r.def.name,
+                &version_column(r.version),
+                &to_json("static role", &r.def)?,
+                &r.sealed_password,
+                &r.sealed_pending,
+                &r.last_rotation.map(millis),
+                &millis(r.next_rotation),
+            ],
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn update_static_role(
+        &self,
+        r: &StoredStaticRole,
+        from_version: u64,
+    ) -> Result<bool, StoreError> {
+        self.execute(
+            "UPDATE pgwarden_static_roles SET version = $3, role_json = $4, \
+             sealed_password = $5, sealed_pending = $6, last_rotation_ms = $7, \
+             next_rotation_ms = $8 WHERE mount = $1 AND name = $2 AND version = $9",
+            &[
+                &r.mount,
+                &r.def.name,
+                &version_column(r.version),
+                &to_json("static role", &r.def)?,
+                &r.sealed_password,
+                &r.sealed_pending,
+                &r.last_rotation.map(millis),
+                &millis(r.next_rotation),
+                &version_column(from_version),
+            ],
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn delete_static_role(
+        &self,
+        mount: &str,
+        name: &str,
+        from_version: u64,
+    ) -> Result<bool, StoreError> {
+        self.execute(
+            "DELETE FROM pgwarden_static_roles WHERE mount = $1 AND name = $2 AND version = $3",
+            &[&mount, &name, &version_column(from_version)],
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn get_static_role(
+        &self,
+        mount: &str,
+        name: &str,
+    ) -> Result<Option<StoredStaticRole>, StoreError> {
+        let sql = format!(
+            "SELECT {STATIC_ROLE_COLUMNS} FROM pgwarden_static_roles \
+             WHERE mount = $1 AND name = $2"
+        );
+        self.query(&sql, &[&mount, &name])
+            .await?
+            .first()
+            .map(static_role_from)
+            .transpose()
+    }
+
+    async fn static_roles(&self) -> Result<Vec<StoredStaticRole>, StoreError> {
+        let sql = format!(
+            "SELECT {STATIC_ROLE_COLUMNS} FROM pgwarden_static_roles \
+             ORDER BY mount COLLATE \"C\", name COLLATE \"C\""
+        );
+        self.query(&sql, &[])
+            .await?
+            .iter()
+            .map(static_role_from)
+            .collect()
+    }
+
     async fn insert_request(&self, r: &StoredRequest) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO pgwarden_requests ({REQUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"

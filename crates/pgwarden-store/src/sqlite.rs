@@ -1,12 +1,13 @@
 //! The embedded backend: one SQLite file in WAL mode in the data directory.
 
 use crate::encoding::{
-    AUDIT_COLUMNS, Columns, LEASE_COLUMNS, REQUEST_COLUMNS, TOKEN_COLUMNS, audit_from, from_millis,
-    millis, request_from, to_json, version_column,
+    AUDIT_COLUMNS, Columns, LEASE_COLUMNS, REQUEST_COLUMNS, STATIC_ROLE_COLUMNS, TOKEN_COLUMNS,
+    audit_from, from_millis, millis, request_from, static_role_from, to_json, version_column,
 };
 use crate::writer::Writer;
 use crate::{
-    AuditQuery, Durability, Store, StoreError, StoredConnection, StoredRequest, migrations,
+    AuditQuery, Durability, Store, StoreError, StoredConnection, StoredRequest, StoredStaticRole,
+    migrations,
 };
 use parking_lot::Mutex;
 use pgwarden_core::audit::GENESIS_HASH;
@@ -205,6 +206,9 @@ impl Columns for Row<'_> {
         Ok(self.get(name)?)
     }
     fn bytes(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get(name)?)
+    }
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError> {
         Ok(self.get(name)?)
     }
 }
@@ -620,6 +624,103 @@ impl Store for SqliteStore {
                 Ok(c.execute("DELETE FROM tokens WHERE expires_at_ms < ?1", [Millis(now)])?)
             })
             .await
+    }
+
+    async fn insert_static_role(&self, r: &StoredStaticRole) -> Result<bool, StoreError> {
+        let json = to_json("static role", &r.def)?;
+        let r = r.clone();
+        self.writer
+            .write(DURABLE, move |c| {
+                let inserted = c
+                    .prepare_cached(&format!(
+                        "INSERT INTO static_roles ({STATIC_ROLE_COLUMNS}) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING"
+                    ))?
+                    .execute(params![
+                        r.mount,
+                        r.def.name,
+                        version_column(r.version),
+                        json,
+                        r.sealed_password,
+                        r.sealed_pending,
+                        r.last_rotation.map(Millis),
+                        Millis(r.next_rotation),
+                    ])?;
+                Ok(inserted > 0)
+            })
+            .await
+    }
+
+    async fn update_static_role(
+        &self,
+        r: &StoredStaticRole,
+        from_version: u64,
+    ) -> Result<bool, StoreError> {
+        let json = to_json("static role", &r.def)?;
+        let r = r.clone();
+        self.writer
+            .write(DURABLE, move |c| {
+                let changed = c
+                    .prepare_cached(
+                        "UPDATE static_roles SET version = ?3, role_json = ?4, \
+                         sealed_password = ?5, sealed_pending = ?6, last_rotation_ms = ?7, \
+                         next_rotation_ms = ?8 WHERE mount = ?1 AND name = ?2 AND version = ?9",
+                    )?
+                    .execute(params![
+                        r.mount,
+                        r.def.name,
+                        version_column(r.version),
+                        json,
+                        r.sealed_password,
+                        r.sealed_pending,
+                        r.last_rotation.map(Millis),
+                        Millis(r.next_rotation),
+                        version_column(from_version),
+                    ])?;
+                Ok(changed > 0)
+            })
+            .await
+    }
+
+    async fn delete_static_role(
+        &self,
+        mount: &str,
+        name: &str,
+        from_version: u64,
+    ) -> Result<bool, StoreError> {
+        let (mount, name) = (mount.to_string(), name.to_string());
+        self.writer
+            .write(DURABLE, move |c| {
+                let deleted = c
+                    .prepare_cached(
+                        "DELETE FROM static_roles WHERE mount = ?1 AND name = ?2 AND version = ?3",
+                    )?
+                    .execute(params![mount, name, version_column(from_version)])?;
+                Ok(deleted > 0)
+            })
+            .await
+    }
+
+    async fn get_static_role(
+        &self,
+        mount: &str,
+        name: &str,
+    ) -> Result<Option<StoredStaticRole>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {STATIC_ROLE_COLUMNS} FROM static_roles WHERE mount = ?1 AND name = ?2"
+            ))?;
+            Ok(collect(&mut stmt, [mount, name], |row| static_role_from(row))?.pop())
+        })
+    }
+
+    async fn static_roles(&self) -> Result<Vec<StoredStaticRole>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {STATIC_ROLE_COLUMNS} FROM static_roles ORDER BY mount, name"
+            ))?;
+            collect(&mut stmt, [], |row| static_role_from(row))
+        })
     }
 
     async fn insert_request(&self, r: &StoredRequest) -> Result<(), StoreError> {

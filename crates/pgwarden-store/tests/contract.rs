@@ -1,12 +1,14 @@
 //! The contract every [`Store`] backend keeps, run against SQLite and against PostgreSQL (a
 //! throwaway cluster from the testkit, with a fresh database per check).
 
+use pgwarden_core::static_role::{Rotation, StaticRoleDef};
 use pgwarden_core::{
     AccessRequest, AuditEvent, ChainVerifier, Identity, Lease, LeaseState, Outcome, Owner,
     RequestState, RoleDef, RoleSpec, TokenRecord, Ttl,
 };
 use pgwarden_store::{
     AuditQuery, Durability, PostgresStore, SqliteStore, Store, StoredConnection, StoredRequest,
+    StoredStaticRole,
 };
 use pgwarden_testkit::PgCluster;
 use std::future::Future;
@@ -382,6 +384,79 @@ async fn a_request_changes_only_from_the_version_its_writer_saw(open: Opener<'_>
     );
 }
 
+/// Static role `name` of mount `database`, never rotated, due at `t0`.
+fn static_role(name: &str, t0: OffsetDateTime) -> StoredStaticRole {
+    StoredStaticRole {
+        mount: "database".into(),
+        def: StaticRoleDef {
+            name: name.into(),
+            db_name: "appdb".into(),
+            username: "legacy app".into(),
+            rotation: Rotation::Schedule("0 3 * * *".into()),
+            rotation_statements: vec![],
+        },
+        version: 0,
+        sealed_password: None,
+        sealed_pending: None,
+        last_rotation: None,
+        next_rotation: t0,
+    }
+}
+
+async fn a_static_role_changes_only_from_the_version_its_writer_saw(open: Opener<'_>) {
+    let store = open().await;
+    let t0 = datetime!(2026-12-06 10:00:00.25 UTC);
+    let mut role = static_role("legacy", t0);
+    assert!(store.insert_static_role(&role).await.unwrap());
+    assert!(
+        !store.insert_static_role(&role).await.unwrap(),
+        "a second insert of the same name is refused"
+    );
+    // A rotation stores its new password before the database is told...
+    let mut pending = role.clone();
+    pending.version = 1;
+    pending.sealed_pending = Some(vec![1, 2]);
+    assert!(store.update_static_role(&pending, 0).await.unwrap());
+    // ...and a concurrent writer that saw version 0 loses.
+    role.version = 1;
+    role.def.rotation = Rotation::Period(Ttl::from_secs(60));
+    assert!(!store.update_static_role(&role, 0).await.unwrap());
+    let mut done = pending.clone();
+    done.version = 2;
+    done.sealed_password = done.sealed_pending.take();
+    done.last_rotation = Some(t0 + Duration::from_secs(1));
+    done.next_rotation = t0 + Duration::from_secs(86_400);
+    assert!(store.update_static_role(&done, 1).await.unwrap());
+    drop(store);
+    let store = open().await;
+    assert_eq!(
+        store.get_static_role("database", "legacy").await.unwrap(),
+        Some(done.clone())
+    );
+    let other = static_role("another", t0);
+    assert!(store.insert_static_role(&other).await.unwrap());
+    assert_eq!(
+        store.static_roles().await.unwrap(),
+        vec![other, done.clone()]
+    );
+    assert!(
+        !store
+            .delete_static_role("database", "legacy", 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .delete_static_role("database", "legacy", 2)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_static_role("database", "legacy").await.unwrap(),
+        None
+    );
+}
+
 fn event(actor: &str, action: &str, n: usize) -> AuditEvent {
     AuditEvent::now(actor, action, &format!("object-{n}"), Outcome::Success)
         .with_detail(format!("detail {n}"))
@@ -473,6 +548,7 @@ where
     due_leases_are_expired_revoking_or_stale_pending(&fresh().await).await;
     one_holder_leads_until_its_lead_lapses(&fresh().await, shared).await;
     a_request_changes_only_from_the_version_its_writer_saw(&fresh().await).await;
+    a_static_role_changes_only_from_the_version_its_writer_saw(&fresh().await).await;
     audit_appends_from_replicas_form_one_chain(&fresh().await).await;
 }
 
@@ -568,6 +644,9 @@ async fn a_copy_keeps_everything_and_refuses_a_destination_with_state() {
     decided.request.state = RequestState::Approved;
     decided.sealed_credential = Some(vec![4, 5, 6]);
     sqlite.insert_request(&decided).await.unwrap();
+    let mut rotated = static_role("legacy", t0);
+    rotated.sealed_password = Some(vec![3, 2, 1]);
+    sqlite.insert_static_role(&rotated).await.unwrap();
     let events: Vec<AuditEvent> = (0..1500).map(|n| event("root", "creds.issue", n)).collect();
     let chained = sqlite.append_audit(&events).await.unwrap();
 
@@ -584,10 +663,12 @@ async fn a_copy_keeps_everything_and_refuses_a_destination_with_state() {
             roles: 1,
             connections: 1,
             requests: 1,
+            static_roles: 1,
             audit_records: 1500,
         }
     );
     assert_eq!(postgres.all_requests().await.unwrap(), vec![decided]);
+    assert_eq!(postgres.static_roles().await.unwrap(), vec![rotated]);
     assert_eq!(
         postgres
             .audit_records(&AuditQuery::all(2000))

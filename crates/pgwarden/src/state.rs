@@ -71,11 +71,12 @@ async fn migrate(from: &Path, to: String, to_password_env: Option<String>) -> Re
         .await
         .map_err(|e| pgwarden_core::chain(&e))?;
     println!(
-        "copied {} leases, {} tokens, {} roles, {} connections, {} access requests and {} audit records",
+        "copied {} leases, {} tokens, {} roles, {} connections, {} static roles, {} access requests and {} audit records",
         copied.leases,
         copied.tokens,
         copied.roles,
         copied.connections,
+        copied.static_roles,
         copied.requests,
         copied.audit_records
     );
