@@ -111,6 +111,48 @@ pub struct DbCredential {
     pub hosts: Vec<String>,
 }
 
+/// `data` of `GET <mount>/static-roles/<name>`: Vault's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticRoleInfo {
+    /// The connection the user lives in.
+    pub db_name: String,
+    /// The database user.
+    pub username: String,
+    /// Statements that set the password; empty: pgwarden's own.
+    pub rotation_statements: Vec<String>,
+    /// Seconds between rotations, when rotated by period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period: Option<u64>,
+    /// The cron schedule, when rotated by schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_schedule: Option<String>,
+    /// When the password last changed (RFC 3339), absent before the first rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_vault_rotation: Option<String>,
+    /// Always `password`.
+    pub credential_type: String,
+}
+
+/// `data` of `GET <mount>/static-creds/<name>`: the current password of a static role.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StaticCredential {
+    /// The database user.
+    pub username: String,
+    /// Its current password.
+    #[serde(serialize_with = "expose")]
+    pub password: SecretString,
+    /// When it was set (RFC 3339).
+    pub last_vault_rotation: String,
+    /// Seconds between rotations, when rotated by period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period: Option<u64>,
+    /// The cron schedule, when rotated by schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_schedule: Option<String>,
+    /// Seconds until the next rotation.
+    pub ttl: u64,
+}
+
 /// `data` of `PUT sys/leases/lookup`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseLookup {

@@ -16,6 +16,7 @@ mod check;
 mod error;
 mod groups;
 mod iam;
+mod passwords;
 mod preset;
 mod quote;
 mod scram;

@@ -31,6 +31,13 @@ impl NewPassword {
         NewPassword { password, verifier }
     }
 
+    /// `password` (one pgwarden made and kept, e.g. a static role's pending one) and a fresh
+    /// verifier of it. Costs like [`NewPassword::generate`].
+    pub fn from_password(password: SecretString) -> NewPassword {
+        let verifier = SecretString::from(verifier(password.expose_secret()));
+        NewPassword { password, verifier }
+    }
+
     /// The password, for the one response that returns it.
     pub fn password(&self) -> &SecretString {
         &self.password

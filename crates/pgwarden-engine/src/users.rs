@@ -533,7 +533,7 @@ impl Drop for UncommittedUser {
 }
 
 /// Renders each statement with the user's name and, where given, password and expiration.
-fn render_all(
+pub(crate) fn render_all(
     statements: &[String],
     username: &str,
     password: Option<&str>,
@@ -568,6 +568,9 @@ fn first_oid(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<u32> {
     })
 }
 
-async fn user_exists(client: &impl GenericClient, username: &str) -> Result<bool, EngineError> {
+pub(crate) async fn user_exists(
+    client: &impl GenericClient,
+    username: &str,
+) -> Result<bool, EngineError> {
     Ok(user_oid(client, username).await?.is_some())
 }

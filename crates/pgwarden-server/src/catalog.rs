@@ -348,20 +348,29 @@ impl Catalog {
 
     /// The target a role's users are created in, if its connection allows the role.
     pub fn target_for_role(&self, mount: &str, role: &RoleDef) -> Result<Arc<Target>, ServerError> {
+        self.target_allowing(mount, &role.db_name, &role.name)
+    }
+
+    /// The target of connection `connection`, if its `allowed_roles` take (dynamic or static)
+    /// role `role`.
+    pub fn target_allowing(
+        &self,
+        mount: &str,
+        connection: &str,
+        role: &str,
+    ) -> Result<Arc<Target>, ServerError> {
         self.read(mount, |m| {
-            let conn = m.connections.get(&role.db_name).ok_or_else(|| {
+            let conn = m.connections.get(connection).ok_or_else(|| {
                 ServerError::BadRequest(format!(
-                    "role {:?} names connection {:?}, which does not exist in mount {mount:?}",
-                    role.name, role.db_name
+                    "role {role:?} names connection {connection:?}, which does not exist in mount {mount:?}"
                 ))
             })?;
-            if !conn.def.allows_role(&role.name) {
+            if !conn.def.allows_role(role) {
                 return Err(ServerError::BadRequest(format!(
-                    "role {:?} is not in the allowed_roles of connection {:?}",
-                    role.name, role.db_name
+                    "role {role:?} is not in the allowed_roles of connection {connection:?}"
                 )));
             }
-            m.target(mount, &role.db_name)
+            m.target(mount, connection)
         })
     }
 

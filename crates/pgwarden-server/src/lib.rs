@@ -28,6 +28,7 @@ pub mod policy;
 pub mod requests;
 pub mod schedule;
 pub mod seal;
+pub mod static_roles;
 pub mod tokens;
 pub mod ui;
 
@@ -106,6 +107,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .transpose()
         .map_err(ConfigError::from)?;
     let request_sealer = Arc::new(request_sealer(&config)?);
+    let static_sealer = config
+        .seal_key
+        .as_ref()
+        .map(seal::Sealer::new)
+        .transpose()
+        .map_err(ConfigError::from)?
+        .map(Arc::new);
     let (store, leadership) = open_state(&config).await?;
     let catalog = Arc::new(Catalog::load(&config, store.clone(), sealer).await?);
     let metrics = Arc::new(Metrics::new());
@@ -135,6 +143,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         request_sealer,
         audit.clone(),
         config.requests.pending_ttl,
+    ));
+    let static_roles = Arc::new(static_roles::StaticRoles::new(
+        store.clone(),
+        catalog.clone(),
+        static_sealer,
+        audit.clone(),
     ));
     let tokens = tokens::Tokens::new(store.clone());
     let purged = tokens.purge_expired().await.map_err(StartError::Recover)?;
@@ -166,6 +180,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let reaper = tokio::spawn(broker.clone().run_reaper(signal.clone()));
     tokio::spawn(orphans.clone().run(signal.clone()));
     tokio::spawn(requests.clone().run_sweeper(signal.clone()));
+    let rotating_broker = broker.clone();
+    tokio::spawn(
+        static_roles
+            .clone()
+            .run(move || rotating_broker.is_leader(), signal.clone()),
+    );
     let reload_metrics = metrics.clone();
     let reload_audit = audit.clone();
     let policy_file = config
@@ -195,6 +215,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         store: store.clone(),
         requests,
         audit,
+        static_roles,
     }));
     let limits = listener::HttpLimits {
         max_connections: config.http.max_connections,

@@ -13,9 +13,10 @@ mod kv;
 mod leases;
 mod request;
 mod requests;
-mod respond;
+pub(crate) mod respond;
 mod roles;
 mod routes;
+mod static_roles;
 mod sys;
 mod tokens;
 
@@ -66,6 +67,8 @@ pub struct AppState {
     pub requests: Arc<crate::requests::Requests>,
     /// The audit log.
     pub audit: AuditLog,
+    /// Static roles.
+    pub static_roles: Arc<crate::static_roles::StaticRoles>,
 }
 
 /// What a handler adds to its request's audit record, as a response extension: the object
@@ -378,6 +381,44 @@ async fn dispatch(
             },
             Op::Delete,
         ) => roles::delete(state, mount, name).await?.into_response(),
+        (Route::StaticRole { mount, name: None }, Op::List) => {
+            static_roles::list(state, mount).await?
+        }
+        (
+            Route::StaticRole {
+                mount,
+                name: Some(name),
+            },
+            Op::Read,
+        ) => static_roles::read(state, mount, name)
+            .await?
+            .into_response(),
+        (
+            Route::StaticRole {
+                mount,
+                name: Some(name),
+            },
+            Op::Write,
+        ) => static_roles::write(state, mount, name, json(body)?)
+            .await?
+            .into_response(),
+        (
+            Route::StaticRole {
+                mount,
+                name: Some(name),
+            },
+            Op::Delete,
+        ) => static_roles::delete(state, mount, name)
+            .await?
+            .into_response(),
+        (Route::StaticCreds { mount, name, .. }, Op::Read) => {
+            static_roles::creds(state, mount, name)
+                .await?
+                .into_response()
+        }
+        (Route::RotateRole { mount, name }, Op::Write) => static_roles::rotate(state, mount, name)
+            .await?
+            .into_response(),
         _ => return Err(ServerError::MethodNotAllowed),
     })
 }

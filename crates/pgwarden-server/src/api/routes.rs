@@ -77,6 +77,29 @@ pub enum Route<'a> {
         /// The role, absent for LIST.
         name: Option<&'a str>,
     },
+    /// `<mount>/static-roles[/<name>]`
+    StaticRole {
+        /// The mount.
+        mount: &'a str,
+        /// The static role, absent for LIST.
+        name: Option<&'a str>,
+    },
+    /// `<mount>/static-creds/<name>`: a static role's current password.
+    StaticCreds {
+        /// The mount.
+        mount: &'a str,
+        /// The static role.
+        name: &'a str,
+        /// `static-creds/<name>`: what a policy grants to let a caller read it.
+        grant: &'a str,
+    },
+    /// `<mount>/rotate-role/<name>`: rotate a static role's password now.
+    RotateRole {
+        /// The mount.
+        mount: &'a str,
+        /// The static role.
+        name: &'a str,
+    },
     /// `<kv-mount>/<path>`: a Vault KV v1 read of the `settings:` section.
     Kv {
         /// The KV mount.
@@ -123,6 +146,7 @@ impl<'a> Route<'a> {
             | Route::Decide { .. }
             | Route::RequestCreds(_) => Access::AnyToken,
             Route::Creds { mount, role } => Access::Policy { mount, path: role },
+            Route::StaticCreds { mount, grant, .. } => Access::Policy { mount, path: grant },
             Route::Kv { mount, path } => Access::Policy { mount, path },
             Route::TokenRevokeAccessor
             | Route::RevokePrefix(_)
@@ -131,6 +155,8 @@ impl<'a> Route<'a> {
             | Route::Audit
             | Route::Config { .. }
             | Route::Role { .. }
+            | Route::StaticRole { .. }
+            | Route::RotateRole { .. }
             | Route::Unknown => Access::Root,
         }
     }
@@ -179,6 +205,14 @@ impl<'a> Route<'a> {
                 "config.list",
             ),
             Route::Role { .. } => by_op("role.read", "role.write", "role.delete", "role.list"),
+            Route::StaticRole { .. } => by_op(
+                "static-role.read",
+                "static-role.write",
+                "static-role.delete",
+                "static-role.list",
+            ),
+            Route::StaticCreds { .. } => "static-creds.read",
+            Route::RotateRole { .. } => "static-role.rotate",
             Route::Kv { .. } => "kv.read",
             Route::Unknown => "unknown",
         }
@@ -192,7 +226,8 @@ fn tail(parts: &[&str]) -> Option<String> {
 
 /// The route for `path` (the part after `/v1/`, already percent-decoded).
 pub fn parse(path: &str) -> Route<'_> {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let path = path.trim_start_matches('/');
+    let parts: Vec<&str> = path.split('/').collect();
     let nonempty = |s: &&str| !s.is_empty();
     match parts.as_slice() {
         ["auth", "token", "lookup-self"] => Route::TokenLookupSelf,
@@ -242,6 +277,21 @@ pub fn parse(path: &str) -> Route<'_> {
             mount,
             name: Some(name),
         },
+        [mount, "static-roles"] | [mount, "static-roles", ""] if nonempty(mount) => {
+            Route::StaticRole { mount, name: None }
+        }
+        [mount, "static-roles", name] if nonempty(mount) => Route::StaticRole {
+            mount,
+            name: Some(name),
+        },
+        [mount, "static-creds", name] if nonempty(mount) && nonempty(name) => Route::StaticCreds {
+            mount,
+            name,
+            grant: &path[mount.len().saturating_add(1)..],
+        },
+        [mount, "rotate-role", name] if nonempty(mount) && nonempty(name) => {
+            Route::RotateRole { mount, name }
+        }
         [mount, rest @ ..] if nonempty(mount) && !rest.is_empty() && rest.iter().all(nonempty) => {
             Route::Kv {
                 mount,
@@ -305,6 +355,28 @@ mod tests {
             }
         );
         assert_eq!(parse("database/creds/"), Route::Unknown);
+        assert_eq!(
+            parse("/database/static-creds/legacy"),
+            Route::StaticCreds {
+                mount: "database",
+                name: "legacy",
+                grant: "static-creds/legacy"
+            }
+        );
+        assert_eq!(
+            parse("database/static-roles/"),
+            Route::StaticRole {
+                mount: "database",
+                name: None
+            }
+        );
+        assert_eq!(
+            parse("database/rotate-role/legacy"),
+            Route::RotateRole {
+                mount: "database",
+                name: "legacy"
+            }
+        );
         assert_eq!(parse("sys/mounts"), Route::Unknown);
         assert_eq!(
             parse("auth/kubernetes/login"),
