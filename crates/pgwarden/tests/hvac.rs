@@ -129,6 +129,16 @@ async fn hvac_configures_issues_renews_and_revokes() {
     )
     .unwrap();
     let server = spawn_server(&config, free_port(), &[]).await;
+    cluster
+        .connect_superuser("appdb")
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "CREATE ROLE {STATIC_USER} LOGIN PASSWORD 'before-pgwarden';
+             GRANT {STATIC_USER} TO {ADMIN} WITH ADMIN OPTION;"
+        ))
+        .await
+        .unwrap();
 
     let mut script = Script::start(
         "hvac_compat.py",
@@ -138,6 +148,7 @@ async fn hvac_configures_issues_renews_and_revokes() {
             ("APPDB_URL", cluster.templated_url("appdb")),
             ("APPDB_ADMIN", ADMIN.to_string()),
             ("APPDB_ADMIN_PASSWORD", ADMIN_PW.to_string()),
+            ("STATIC_USER", STATIC_USER.to_string()),
         ],
     );
     let issued = script.next();
@@ -150,7 +161,36 @@ async fn hvac_configures_issues_renews_and_revokes() {
             .starts_with("database/creds/hvac-reader/")
     );
     check_lease_cycle(&cluster, &mut script, &issued, 120).await;
+
+    let first = script.next();
+    assert_eq!(first["username"], STATIC_USER);
+    assert_eq!(first["rotation_period"], 3600);
+    assert_eq!(first["keys"], serde_json::json!(["hvac-static"]));
+    assert!(first["last_vault_rotation"].as_str().unwrap().ends_with('Z'));
+    let ttl = first["ttl"].as_u64().unwrap();
+    assert!((3590..=3600).contains(&ttl), "{first}");
+    let first_password = first["password"].as_str().unwrap();
+    assert!(static_user_signs_in(&cluster, first_password).await);
+    assert!(!static_user_signs_in(&cluster, "before-pgwarden").await);
+    script.proceed();
+    let second = script.next();
+    let second_password = second["password"].as_str().unwrap();
+    assert_ne!(second_password, first_password);
+    assert!(static_user_signs_in(&cluster, second_password).await);
+    assert!(!static_user_signs_in(&cluster, first_password).await);
+    script.proceed();
+    assert_eq!(script.next()["delete_status"], 204);
     script.finish();
+}
+
+/// The existing user the hvac script makes a static role of.
+const STATIC_USER: &str = "hvac_legacy";
+
+async fn static_user_signs_in(cluster: &PgCluster, password: &str) -> bool {
+    cluster
+        .connect_as(STATIC_USER, password, "appdb")
+        .await
+        .is_ok()
 }
 
 // Multi-threaded: the script's output is read with blocking calls while the test issuer, a
