@@ -1,6 +1,8 @@
 //! Mounts with their connections and roles: those from the configuration file (read-only
 //! through the API) and those written through the API (persisted in the store, passwords sealed).
 
+mod root;
+
 use crate::config::{Config, ConfigError};
 use crate::error::ServerError;
 use crate::seal::Sealer;
@@ -510,6 +512,7 @@ impl Catalog {
                 .map_err(|e| ServerError::Internal(e.to_string()))?,
             allowed_roles: def.allowed_roles.clone(),
             verify_connection: def.verify_connection,
+            sealed_pending_password: None,
         };
         self.commit(
             mount,

@@ -116,6 +116,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map(Arc::new);
     let (store, leadership) = open_state(&config).await?;
     let catalog = Arc::new(Catalog::load(&config, store.clone(), sealer).await?);
+    catalog.finish_root_rotations().await;
     let metrics = Arc::new(Metrics::new());
     let audit = audit::AuditLog::start(store.clone(), config.audit.file.clone(), metrics.clone());
     let broker = Arc::new(Broker::new(

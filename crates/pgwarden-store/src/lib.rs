@@ -246,6 +246,9 @@ pub struct StoredConnection {
     pub username: String,
     /// The administrative password, encrypted by the server.
     pub sealed_password: Vec<u8>,
+    /// A new administrative password being set (`rotate-root`), stored before the database
+    /// is told and kept until the change is confirmed.
+    pub sealed_pending_password: Option<Vec<u8>>,
     /// Role globs allowed to use the connection.
     pub allowed_roles: Vec<String>,
     /// Whether to check the connection when written.

@@ -84,6 +84,8 @@ const MIGRATIONS: &[&str] = &[
         next_rotation_ms INTEGER NOT NULL,
         PRIMARY KEY (mount, name)
     ) WITHOUT ROWID;",
+    // 5: a connection's administrative password being rotated.
+    "ALTER TABLE connections ADD COLUMN sealed_pending_password BLOB;",
 ];
 
 /// Brings the schema up to date inside one transaction.

@@ -110,6 +110,8 @@ const MIGRATIONS: &[&str] = &[
         next_rotation_ms bigint NOT NULL,
         PRIMARY KEY (mount, name)
     );",
+    // 4: a connection's administrative password being rotated.
+    "ALTER TABLE pgwarden_connections ADD COLUMN sealed_pending_password bytea;",
 ];
 
 /// How long checking (and upgrading) the schema at start-up may take.
@@ -605,12 +607,13 @@ impl Store for PostgresStore {
     async fn put_connection(&self, mount: &str, c: &StoredConnection) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO pgwarden_connections (mount, name, connection_url, username, \
-             sealed_password, allowed_roles_json, verify_connection) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             sealed_password, allowed_roles_json, verify_connection, sealed_pending_password) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (mount, name) DO UPDATE SET connection_url = excluded.connection_url, \
              username = excluded.username, sealed_password = excluded.sealed_password, \
              allowed_roles_json = excluded.allowed_roles_json, \
-             verify_connection = excluded.verify_connection",
+             verify_connection = excluded.verify_connection, \
+             sealed_pending_password = excluded.sealed_pending_password",
             &[
                 &mount,
                 &c.name,
@@ -619,6 +622,7 @@ impl Store for PostgresStore {
                 &c.sealed_password,
                 &to_json("allowed_roles list", &c.allowed_roles)?,
                 &c.verify_connection,
+                &c.sealed_pending_password,
             ],
         )
         .await
@@ -637,7 +641,7 @@ impl Store for PostgresStore {
     async fn connections(&self) -> Result<Vec<(String, StoredConnection)>, StoreError> {
         self.query(
             "SELECT mount, name, connection_url, username, sealed_password, allowed_roles_json, \
-             verify_connection FROM pgwarden_connections \
+             verify_connection, sealed_pending_password FROM pgwarden_connections \
              ORDER BY mount COLLATE \"C\", name COLLATE \"C\"",
             &[],
         )
@@ -653,6 +657,7 @@ impl Store for PostgresStore {
                     sealed_password: row.get("sealed_password"),
                     allowed_roles: from_json("connection", row.get("allowed_roles_json"))?,
                     verify_connection: row.get("verify_connection"),
+                    sealed_pending_password: row.get("sealed_pending_password"),
                 },
             ))
         })

@@ -194,6 +194,7 @@ fn connection(row: &Row<'_>) -> rusqlite::Result<(String, StoredConnection)> {
             username: row.get("username")?,
             sealed_password: row.get("sealed_password")?,
             verify_connection: row.get("verify_connection")?,
+            sealed_pending_password: row.get("sealed_pending_password")?,
         },
     ))
 }
@@ -506,11 +507,13 @@ impl Store for SqliteStore {
             .write(DURABLE, move |c| {
                 c.execute(
                     "INSERT INTO connections (mount, name, connection_url, username, sealed_password, \
-                     allowed_roles_json, verify_connection) VALUES (:mount, :name, :connection_url, \
-                     :username, :sealed_password, :allowed_roles_json, :verify_connection) \
+                     allowed_roles_json, verify_connection, sealed_pending_password) VALUES (:mount, \
+                     :name, :connection_url, :username, :sealed_password, :allowed_roles_json, \
+                     :verify_connection, :sealed_pending_password) \
                      ON CONFLICT (mount, name) DO UPDATE SET connection_url = excluded.connection_url, \
                      username = excluded.username, sealed_password = excluded.sealed_password, \
-                     allowed_roles_json = excluded.allowed_roles_json, verify_connection = excluded.verify_connection",
+                     allowed_roles_json = excluded.allowed_roles_json, verify_connection = excluded.verify_connection, \
+                     sealed_pending_password = excluded.sealed_pending_password",
                     named_params! {
                         ":mount": mount,
                         ":name": conn.name,
@@ -519,6 +522,7 @@ impl Store for SqliteStore {
                         ":sealed_password": conn.sealed_password,
                         ":allowed_roles_json": allowed,
                         ":verify_connection": conn.verify_connection,
+                        ":sealed_pending_password": conn.sealed_pending_password,
                     },
                 )?;
                 Ok(())
@@ -542,7 +546,7 @@ impl Store for SqliteStore {
         self.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT mount, name, connection_url, username, sealed_password, allowed_roles_json, \
-                 verify_connection FROM connections ORDER BY mount, name",
+                 verify_connection, sealed_pending_password FROM connections ORDER BY mount, name",
             )?;
             let connections = stmt.query_map([], connection)?.collect::<Result<_, _>>()?;
             Ok(connections)
@@ -943,7 +947,7 @@ mod tests {
 
         sql("INSERT INTO roles VALUES ('database', 'x', 'null')");
         assert_eq!(corrupt(store.roles().await).0, "role");
-        sql("INSERT INTO connections VALUES ('database', 'c', 'u', 'a', x'00', '{}', 1)");
+        sql("INSERT INTO connections VALUES ('database', 'c', 'u', 'a', x'00', '{}', 1, NULL)");
         assert_eq!(corrupt(store.connections().await).0, "connection");
         sql("INSERT INTO tokens VALUES ('acc', 'h', '[]', 'kubernetes', 'r', 0, 0, 0, 60)");
         assert_eq!(

@@ -317,11 +317,22 @@ async fn roles_and_connections_round_trip(open: Opener<'_>) {
         sealed_password: vec![1, 2, 3],
         allowed_roles: vec!["appdb-*".into()],
         verify_connection: true,
+        sealed_pending_password: None,
     };
     store.put_connection("database", &conn).await.unwrap();
     assert_eq!(
         store.connections().await.unwrap(),
-        vec![("database".to_string(), conn)]
+        vec![("database".to_string(), conn.clone())]
+    );
+    // A root rotation in flight keeps both passwords.
+    let rotating = StoredConnection {
+        sealed_pending_password: Some(vec![4, 5]),
+        ..conn
+    };
+    store.put_connection("database", &rotating).await.unwrap();
+    assert_eq!(
+        store.connections().await.unwrap(),
+        vec![("database".to_string(), rotating)]
     );
     assert!(store.delete_connection("database", "appdb").await.unwrap());
     assert!(store.connections().await.unwrap().is_empty());
@@ -634,6 +645,7 @@ async fn a_copy_keeps_everything_and_refuses_a_destination_with_state() {
         sealed_password: vec![9, 8, 7],
         allowed_roles: vec!["*".into()],
         verify_connection: false,
+        sealed_pending_password: Some(vec![6]),
     };
     sqlite
         .put_connection("database", &connection)

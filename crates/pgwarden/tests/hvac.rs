@@ -1,6 +1,6 @@
 //! Compatibility with hvac, the Python Vault client: configure a connection and a role,
 //! log in with a Kubernetes service-account token, generate credentials, renew and revoke the
-//! lease, all through hvac's own methods.
+//! lease, manage a static role and rotate the root password, all through hvac's own methods.
 //!
 //! The Python interpreter is `$PGWARDEN_TEST_PYTHON`, else `<workspace>/.venv/bin/python`
 //! (`scripts/test` creates it with hvac installed).
@@ -166,7 +166,12 @@ async fn hvac_configures_issues_renews_and_revokes() {
     assert_eq!(first["username"], STATIC_USER);
     assert_eq!(first["rotation_period"], 3600);
     assert_eq!(first["keys"], serde_json::json!(["hvac-static"]));
-    assert!(first["last_vault_rotation"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        first["last_vault_rotation"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
     let ttl = first["ttl"].as_u64().unwrap();
     assert!((3590..=3600).contains(&ttl), "{first}");
     let first_password = first["password"].as_str().unwrap();
@@ -180,6 +185,20 @@ async fn hvac_configures_issues_renews_and_revokes() {
     assert!(!static_user_signs_in(&cluster, first_password).await);
     script.proceed();
     assert_eq!(script.next()["delete_status"], 204);
+
+    let after_root_rotation = script.next();
+    cluster
+        .connect_as(
+            after_root_rotation["username"].as_str().unwrap(),
+            after_root_rotation["password"].as_str().unwrap(),
+            "appdb",
+        )
+        .await
+        .expect("credentials issued after rotate-root work");
+    assert!(
+        cluster.connect_as(ADMIN, ADMIN_PW, "appdb").await.is_err(),
+        "the administrator's old password is dead"
+    );
     script.finish();
 }
 

@@ -60,3 +60,8 @@ say({"password": second["password"]})
 sys.stdin.readline()
 response = client.secrets.database.delete_static_role(name="hvac-static")
 say({"delete_status": response.status_code})
+
+# Root rotation: the administrator's new password is pgwarden's alone; issuing still works.
+client.secrets.database.rotate_root_credentials(name="appdb")
+creds = client.secrets.database.generate_credentials(name="hvac-reader")
+say({"username": creds["data"]["username"], "password": creds["data"]["password"]})

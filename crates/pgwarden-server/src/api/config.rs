@@ -60,6 +60,16 @@ pub async fn write(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Gives an API connection's administrator a new password that only pgwarden knows.
+pub async fn rotate_root(
+    state: &AppState,
+    mount: &str,
+    name: &str,
+) -> Result<StatusCode, ServerError> {
+    state.broker.catalog().rotate_root(mount, name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Deletes an API connection no lease uses.
 pub async fn delete(state: &AppState, mount: &str, name: &str) -> Result<StatusCode, ServerError> {
     state.broker.delete_connection(mount, name).await?;

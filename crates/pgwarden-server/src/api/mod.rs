@@ -416,6 +416,9 @@ async fn dispatch(
                 .await?
                 .into_response()
         }
+        (Route::RotateRoot { mount, name }, Op::Write) => config::rotate_root(state, mount, name)
+            .await?
+            .into_response(),
         (Route::RotateRole { mount, name }, Op::Write) => static_roles::rotate(state, mount, name)
             .await?
             .into_response(),

@@ -100,6 +100,13 @@ pub enum Route<'a> {
         /// The static role.
         name: &'a str,
     },
+    /// `<mount>/rotate-root/<connection>`: a new administrative password only pgwarden knows.
+    RotateRoot {
+        /// The mount.
+        mount: &'a str,
+        /// The connection.
+        name: &'a str,
+    },
     /// `<kv-mount>/<path>`: a Vault KV v1 read of the `settings:` section.
     Kv {
         /// The KV mount.
@@ -157,6 +164,7 @@ impl<'a> Route<'a> {
             | Route::Role { .. }
             | Route::StaticRole { .. }
             | Route::RotateRole { .. }
+            | Route::RotateRoot { .. }
             | Route::Unknown => Access::Root,
         }
     }
@@ -213,6 +221,7 @@ impl<'a> Route<'a> {
             ),
             Route::StaticCreds { .. } => "static-creds.read",
             Route::RotateRole { .. } => "static-role.rotate",
+            Route::RotateRoot { .. } => "config.rotate-root",
             Route::Kv { .. } => "kv.read",
             Route::Unknown => "unknown",
         }
@@ -291,6 +300,9 @@ pub fn parse(path: &str) -> Route<'_> {
         },
         [mount, "rotate-role", name] if nonempty(mount) && nonempty(name) => {
             Route::RotateRole { mount, name }
+        }
+        [mount, "rotate-root", name] if nonempty(mount) && nonempty(name) => {
+            Route::RotateRoot { mount, name }
         }
         [mount, rest @ ..] if nonempty(mount) && !rest.is_empty() && rest.iter().all(nonempty) => {
             Route::Kv {
