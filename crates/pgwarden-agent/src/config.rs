@@ -79,7 +79,8 @@ fn default_mount() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialConfig {
-    /// The credential path, e.g. `database/creds/appdb-user`.
+    /// The credential path: a dynamic role's, e.g. `database/creds/appdb-user`, or a static
+    /// role's, e.g. `database/static-creds/appdb-legacy`.
     #[serde(default)]
     pub path: Option<String>,
     /// An RDS IAM auth token made here from the AWS credential chain.
@@ -138,8 +139,24 @@ impl RdsConfig {
 pub enum Source {
     /// Issued by pgwarden at the delivery's path.
     Broker,
+    /// A static role's password, read from pgwarden at the delivery's path
+    /// (`<mount>/static-creds/<name>`) and read again after each rotation.
+    Static,
     /// An RDS IAM auth token made by the agent.
     Rds(RdsConfig),
+}
+
+impl Source {
+    /// Whether the credential is read from pgwarden (so the agent needs its address and a
+    /// login).
+    pub fn from_pgwarden(&self) -> bool {
+        matches!(self, Source::Broker | Source::Static)
+    }
+}
+
+/// Whether `path` names a static role's credential (`<mount>/static-creds/<name>`).
+fn is_static_path(path: &str) -> bool {
+    matches!(path.split('/').collect::<Vec<_>>().as_slice(), [_, "static-creds", name] if !name.is_empty())
 }
 
 /// One output file.
@@ -208,7 +225,7 @@ impl AgentConfig {
             .enumerate()
             .map(|(index, credential)| credential.resolve(index))
             .collect::<Result<_, _>>()?;
-        if deliveries.iter().any(|d| d.source == Source::Broker)
+        if deliveries.iter().any(|d| d.source.from_pgwarden())
             && (self.address.is_none() || self.auth.is_none())
         {
             return Err("address and auth: required when a credential has a path".into());
@@ -223,6 +240,7 @@ impl AgentConfig {
 impl CredentialConfig {
     fn resolve(&self, index: usize) -> Result<Delivery, String> {
         let (path, source) = match (&self.path, &self.rds) {
+            (Some(path), None) if is_static_path(path) => (path.clone(), Source::Static),
             (Some(path), None) => (path.clone(), Source::Broker),
             (None, Some(rds)) => {
                 if rds.refresh.is_zero()

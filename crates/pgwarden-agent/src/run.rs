@@ -1,16 +1,19 @@
-//! The agent's life: log in, fetch or adopt each credential (or sign each RDS token), write its
-//! files, then (as a sidecar) keep them fresh until told to stop.
+//! The agent's life: log in, fetch or adopt each credential (or sign each RDS token, or read
+//! each static role's password), write its files, then (as a sidecar) keep them fresh until
+//! told to stop.
 
-use crate::config::{Agent, AuthConfig, Delivery, RdsConfig, Source};
+use crate::config::{Agent, AuthConfig, Delivery, Source};
 use crate::files::{load_state, render, save_state, state_path, write_atomically};
 use crate::health::{Slot, Status};
 use crate::on_change::fire;
-use pgwarden_client::{Auth, Client, ClientError, Credential, CredentialProvider, ProviderOptions};
+use crate::rds::RdsKept;
+use crate::refresh::{Refresher, keep, refresh_and_write, slot};
+use crate::static_creds::StaticKept;
+use pgwarden_client::{Auth, Client, ClientError, CredentialProvider, ProviderOptions};
 use secrecy::SecretString;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-use tokio::time::Instant;
+use std::time::Duration;
 
 /// A lease found beside the files is adopted only if it has at least this long left.
 const MIN_ADOPTABLE: Duration = Duration::from_secs(2);
@@ -160,105 +163,20 @@ async fn watch(kept: Arc<Kept>, status: Arc<Status>) {
     }
 }
 
-/// First wait before retrying a failed RDS token refresh; it doubles up to [`RDS_MAX_BACKOFF`].
-const RDS_FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Starts keeping one self-refreshed credential fresh, once the agent runs as a sidecar.
+type StartKeeping = Box<dyn FnOnce(Arc<Status>) -> tokio::task::JoinHandle<()> + Send>;
 
-/// Longest wait between RDS token retries.
-const RDS_MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// An RDS IAM token being kept fresh: signed anew every `refresh`, from the AWS credential chain.
-struct RdsKept {
-    delivery: Delivery,
-    config: RdsConfig,
-    chain: pgwarden_aws::CredentialChain,
-}
-
-impl RdsKept {
-    fn new(delivery: Delivery, config: RdsConfig) -> RdsKept {
-        let mut chain = pgwarden_aws::CredentialChain::new(pgwarden_aws::Env::process());
-        if let Some(profile) = &config.profile {
-            chain = chain.with_profile(profile.clone());
-        }
-        RdsKept {
-            delivery,
-            config,
-            chain,
-        }
-    }
-
-    /// Signs a new token, writes every file with it, and returns when it expires.
-    async fn refresh(&self) -> Result<Instant, AgentError> {
-        let failed = |e: &(dyn std::error::Error + 'static)| {
-            AgentError(format!(
-                "{}: cannot make the RDS token: {}",
-                self.delivery.path,
-                pgwarden_core::chain(e)
-            ))
-        };
-        let credentials = self.chain.credentials().await.map_err(|e| failed(&e))?;
-        let signed_at = Instant::now();
-        let c = &self.config;
-        let token = pgwarden_aws::rds_auth_token(
-            &c.hostname,
-            c.port,
-            &c.username,
-            &c.region,
-            &credentials,
-            SystemTime::now(),
-        )
-        .map_err(|e| failed(&e))?;
-        let lifetime = Duration::from_secs(pgwarden_aws::TOKEN_LIFETIME_SECONDS);
-        let credential = Credential {
-            lease_id: String::new(),
-            lease_duration: lifetime,
-            username: c.username.clone(),
-            password: SecretString::from(token),
-            host: c.hostname.clone(),
-            port: c.port,
-            database: c.database.clone().unwrap_or_default(),
-        };
-        for file in &self.delivery.files {
-            write_atomically(&file.path, &render(file, &credential)?)?;
-        }
-        tracing::info!(path = %self.delivery.path, access_key_id = credentials.access_key_id(), files = self.delivery.files.len(), "RDS token files written");
-        Ok(signed_at + lifetime)
-    }
-
-    /// The health slot of a token valid until `expires_at`.
-    fn slot(&self, expires_at: Instant) -> Slot {
-        Slot {
-            path: self.delivery.path.clone(),
-            lease_id: String::new(),
-            expires_at,
-        }
-    }
-}
-
-/// Signs a new RDS token every `refresh` and rewrites the files, firing `on_change` after each
-/// rewrite; a failure is retried with capped exponential backoff while the last files stay.
-async fn keep_rds(rds: Arc<RdsKept>, status: Arc<Status>, mut expires_at: Instant) {
-    loop {
-        tokio::time::sleep(rds.config.refresh).await;
-        let mut attempt = 0;
-        loop {
-            match rds.refresh().await {
-                Ok(new_expiry) => {
-                    expires_at = new_expiry;
-                    status.set(rds.slot(expires_at));
-                    if let Some(action) = &rds.delivery.on_change {
-                        fire(action).await;
-                    }
-                    break;
-                }
-                Err(error) => {
-                    attempt += 1;
-                    let wait = pgwarden_core::backoff(attempt, RDS_FIRST_BACKOFF, RDS_MAX_BACKOFF);
-                    tracing::warn!(path = %rds.delivery.path, %error, valid_for_s = expires_at.saturating_duration_since(Instant::now()).as_secs(), retry_in_ms = wait.as_millis() as u64, "refreshing the RDS token failed; the previous files stay");
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
-    }
+/// Refreshes `refresher` once, writing its files, and returns how to keep it fresh.
+async fn first_refresh<R: Refresher>(
+    refresher: R,
+    status: &Status,
+) -> Result<StartKeeping, AgentError> {
+    let first = refresh_and_write(&refresher, true).await?;
+    status.set(slot(refresher.delivery(), first.expires_at));
+    let refresher = Arc::new(refresher);
+    Ok(Box::new(move |status| {
+        tokio::spawn(keep(refresher, status, first))
+    }))
 }
 
 /// Runs the agent until `shutdown` resolves (sidecar) or the files are written (once).
@@ -268,7 +186,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let Agent { config, deliveries } = agent;
-    let client = if deliveries.iter().any(|d| d.source == Source::Broker) {
+    let client = if deliveries.iter().any(|d| d.source.from_pgwarden()) {
         let (Some(address), Some(auth)) = (&config.address, &config.auth) else {
             return Err(AgentError(
                 "address and auth: required when a credential has a path".into(),
@@ -286,18 +204,23 @@ pub async fn run(
     };
     let status = Arc::new(Status::default());
     let mut kept = Vec::new();
-    let mut tokens = Vec::new();
+    let mut refreshed = Vec::new();
     for delivery in deliveries {
         let client = match (&delivery.source, &client) {
             (Source::Rds(rds), _) => {
-                let r = RdsKept::new(delivery.clone(), rds.clone());
-                let expires_at = r.refresh().await?;
-                status.set(r.slot(expires_at));
-                tokens.push((Arc::new(r), expires_at));
+                let rds = RdsKept::new(delivery.clone(), rds.clone());
+                refreshed.push(first_refresh(rds, &status).await?);
+                continue;
+            }
+            (Source::Static, Some(client)) => {
+                let role = StaticKept::new(delivery.clone(), client.clone());
+                refreshed.push(first_refresh(role, &status).await?);
                 continue;
             }
             (Source::Broker, Some(client)) => client,
-            (Source::Broker, None) => unreachable!("a client exists when a credential has a path"),
+            (Source::Broker | Source::Static, None) => {
+                unreachable!("a client exists when a credential has a path")
+            }
         };
         let obtained = obtain(client, &delivery, options).await?;
         let k = Arc::new(Kept {
@@ -328,14 +251,13 @@ pub async fn run(
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
-    let watchers: Vec<_> =
-        kept.iter()
-            .map(|k| tokio::spawn(watch(k.clone(), status.clone())))
-            .chain(tokens.iter().map(|(r, expires_at)| {
-                tokio::spawn(keep_rds(r.clone(), status.clone(), *expires_at))
-            }))
-            .collect();
-    tracing::info!(credentials = kept.len() + tokens.len(), listen = %config.listen, "agent ready");
+    let credentials = kept.len() + refreshed.len();
+    let watchers: Vec<_> = kept
+        .iter()
+        .map(|k| tokio::spawn(watch(k.clone(), status.clone())))
+        .chain(refreshed.into_iter().map(|start| start(status.clone())))
+        .collect();
+    tracing::info!(credentials, listen = %config.listen, "agent ready");
     shutdown.await;
     for w in &watchers {
         w.abort();

@@ -5,7 +5,7 @@ use crate::paths;
 use pgwarden_core::Ttl;
 use pgwarden_core::wire::{
     AuthBlock, DbCredential, ErrorBody, KeyList, LeaseLookup, LoginBody, LookupBody, RenewBody,
-    RevokeBody, SecretResponse, TokenLookup,
+    RevokeBody, SecretResponse, StaticCredential, TokenLookup,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -260,6 +260,16 @@ impl Client {
             port: answer.data.port,
             database: answer.data.database,
         })
+    }
+
+    /// The current password of a static role at `path` (e.g.
+    /// `database/static-creds/appdb-legacy`), with when it changed and how long until it
+    /// changes next.
+    pub async fn static_credential(&self, path: &str) -> Result<StaticCredential, ClientError> {
+        let what = format!("GET {path}");
+        let answer = self.call(reqwest::Method::GET, path, None, &what).await?;
+        let answer: SecretResponse<StaticCredential> = parse(answer, &what)?;
+        Ok(answer.data)
     }
 
     /// Extends a lease by `increment`.

@@ -151,6 +151,18 @@ pub struct StaticCredential {
     pub rotation_schedule: Option<String>,
     /// Seconds until the next rotation.
     pub ttl: u64,
+    /// Database host, as in [`DbCredential`] (pgwarden's addition).
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Database port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Database name.
+    #[serde(default)]
+    pub database: String,
+    /// Every `host:port` when the connection names several; absent for one host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 /// `data` of `PUT sys/leases/lookup`.

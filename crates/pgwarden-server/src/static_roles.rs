@@ -233,7 +233,15 @@ impl StaticRoles {
         };
         let password = self.open(mount, name, sealed)?;
         let (rotation_period, rotation_schedule) = rotation_fields(&role);
+        let endpoint = self
+            .catalog
+            .target_allowing(mount, &role.def.db_name, name)?
+            .endpoint();
         Ok(StaticCredential {
+            host: endpoint.host,
+            port: endpoint.port,
+            database: endpoint.database,
+            hosts: endpoint.hosts,
             username: role.def.username,
             password,
             last_vault_rotation: crate::api::respond::rfc3339(last_rotation),
