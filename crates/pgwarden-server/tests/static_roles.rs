@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ADMIN, Env, ROLES};
+use common::{Env, ROLES};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -16,13 +16,10 @@ const FIRST_PASSWORD: &str = "set-by-a-person-long-ago";
 /// alter (PostgreSQL 16+ asks for ADMIN OPTION on it; earlier versions take CREATEROLE).
 async fn env_with_legacy_user() -> Env {
     let env = Env::start(ROLES).await;
-    let su = env.cluster.connect_superuser("appdb").await.unwrap();
-    su.batch_execute(&format!(
-        "CREATE ROLE \"{USER}\" LOGIN PASSWORD '{FIRST_PASSWORD}';
-         GRANT \"{USER}\" TO {ADMIN} WITH ADMIN OPTION;"
-    ))
-    .await
-    .unwrap();
+    env.cluster
+        .create_static_user(USER, FIRST_PASSWORD)
+        .await
+        .unwrap();
     env
 }
 

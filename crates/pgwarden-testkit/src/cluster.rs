@@ -560,6 +560,23 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Creates the existing login `user` with `password` that a static role takes over, and
+    /// lets [`APP_ADMIN`] change its password (PostgreSQL 16+ asks for ADMIN OPTION on it;
+    /// earlier versions settle for CREATEROLE).
+    pub async fn create_static_user(&self, user: &str, password: &str) -> Result<(), TestkitError> {
+        self.connect_superuser("postgres")
+            .await?
+            .batch_execute(&format!(
+                "CREATE ROLE \"{user}\" LOGIN PASSWORD '{password}';
+                 GRANT \"{user}\" TO \"{APP_ADMIN}\" WITH ADMIN OPTION;"
+            ))
+            .await
+            .map_err(|source| TestkitError::Sql {
+                what: format!("creating the static user {user:?}"),
+                source,
+            })
+    }
+
     /// Stops the server (as [`PgCluster::stop`]) and starts it again on the same port and
     /// data; blocks until it accepts connections.
     pub fn restart(&mut self) -> Result<(), TestkitError> {

@@ -42,13 +42,7 @@ async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 async fn the_agent_rewrites_a_static_password_after_each_rotation() {
     let cluster = PgCluster::start_with_appdb().await.unwrap();
     cluster
-        .connect_superuser("appdb")
-        .await
-        .unwrap()
-        .batch_execute(&format!(
-            "CREATE ROLE {USER} LOGIN PASSWORD 'before-pgwarden';
-             GRANT {USER} TO {ADMIN} WITH ADMIN OPTION;"
-        ))
+        .create_static_user(USER, "before-pgwarden")
         .await
         .unwrap();
     let mut broker = TestBroker::new(

@@ -130,13 +130,7 @@ async fn hvac_configures_issues_renews_and_revokes() {
     .unwrap();
     let server = spawn_server(&config, free_port(), &[]).await;
     cluster
-        .connect_superuser("appdb")
-        .await
-        .unwrap()
-        .batch_execute(&format!(
-            "CREATE ROLE {STATIC_USER} LOGIN PASSWORD 'before-pgwarden';
-             GRANT {STATIC_USER} TO {ADMIN} WITH ADMIN OPTION;"
-        ))
+        .create_static_user(STATIC_USER, "before-pgwarden")
         .await
         .unwrap();
 

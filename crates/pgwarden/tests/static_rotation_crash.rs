@@ -86,12 +86,10 @@ async fn sigkill_at_each_step_of_a_rotation_loses_no_password() {
     let cluster = PgCluster::start_with_appdb().await.unwrap();
     let su = cluster.connect_superuser("appdb").await.unwrap();
     let watch = cluster.connect_superuser("appdb").await.unwrap();
-    su.batch_execute(&format!(
-        "CREATE ROLE {USER} LOGIN PASSWORD 'initial-password';
-         GRANT {USER} TO {ADMIN} WITH ADMIN OPTION;"
-    ))
-    .await
-    .unwrap();
+    cluster
+        .create_static_user(USER, "initial-password")
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = write_config(
