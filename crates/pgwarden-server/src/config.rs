@@ -335,6 +335,9 @@ pub struct MountConfig {
     /// Dynamic roles by name.
     #[serde(default)]
     pub roles: BTreeMap<String, RoleSpec>,
+    /// Static roles by name: existing users whose password pgwarden owns and rotates.
+    #[serde(default)]
+    pub static_roles: BTreeMap<String, pgwarden_core::static_role::StaticRoleSpec>,
 }
 
 /// A connection as written in the file; the password comes from exactly one of three places.

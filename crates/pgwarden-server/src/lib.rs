@@ -151,6 +151,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         static_sealer,
         audit.clone(),
     ));
+    static_roles.define_from_file(&config.mounts).await?;
     let tokens = tokens::Tokens::new(store.clone());
     let purged = tokens.purge_expired().await.map_err(StartError::Recover)?;
     let recovered = broker.recover().await.map_err(StartError::Recover)?;

@@ -15,15 +15,16 @@
 
 use crate::audit::AuditLog;
 use crate::catalog::Catalog;
+use crate::config::{ConfigError, MountConfig};
 use crate::error::ServerError;
 use crate::seal::Sealer;
-use pgwarden_core::static_role::StaticRoleSpec;
+use pgwarden_core::static_role::{StaticRoleDef, StaticRoleSpec};
 use pgwarden_core::wire::{StaticCredential, StaticRoleInfo};
 use pgwarden_core::{AuditEvent, Outcome, Ttl, chain};
 use pgwarden_engine::{EngineError, NewPassword};
 use pgwarden_store::{Store, StoredStaticRole};
 use secrecy::SecretString;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
@@ -44,6 +45,8 @@ pub struct StaticRoles {
     locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Roles whose last scheduled rotation failed, and when to try again.
     retry_at: parking_lot::Mutex<HashMap<String, Instant>>,
+    /// The roles the configuration file defines (the API cannot change them).
+    file_defined: parking_lot::Mutex<HashSet<String>>,
 }
 
 /// `<mount>/static-roles/<name>`, as roles are named in errors, locks and the audit log.
@@ -79,6 +82,7 @@ impl StaticRoles {
             audit,
             locks: Default::default(),
             retry_at: Default::default(),
+            file_defined: Default::default(),
         }
     }
 
@@ -90,20 +94,79 @@ impl StaticRoles {
         name: &str,
         spec: StaticRoleSpec,
     ) -> Result<(), ServerError> {
+        self.refuse_file_defined(mount, name)?;
         let def = spec.into_def(name)?;
+        let lock = self.lock(mount, name);
+        let _held = lock.lock().await;
+        let Some(created) = self.define(mount, def).await? else {
+            return Ok(());
+        };
+        // As Vault does, the password changes at once, so only pgwarden knows it.
+        match self.start_rotation(created).await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                self.forget_if_untouched(mount, name, &error).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Stores the static roles of the configuration file: each one missing is created (the
+    /// leader gives it its first password within a second, or as soon as its database can
+    /// be reached), each one present gets the file's rotation. Fails on a definition that
+    /// cannot be used (bad fields, unknown connection, another user than the stored role's).
+    pub async fn define_from_file(
+        &self,
+        mounts: &BTreeMap<String, MountConfig>,
+    ) -> Result<(), ConfigError> {
+        for (mount, config) in mounts {
+            for (name, spec) in &config.static_roles {
+                let invalid = |source| ConfigError::Definition {
+                    mount: mount.clone(),
+                    source,
+                };
+                let def = spec.clone().into_def(name).map_err(invalid)?;
+                if self.sealer.is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "mount {mount:?}: static role {name:?} needs a seal key to store its \
+                         password encrypted: set seal_key_file or PGWARDEN_SEAL_KEY"
+                    )));
+                }
+                self.file_defined.lock().insert(key(mount, name));
+                let lock = self.lock(mount, name);
+                let _held = lock.lock().await;
+                if let Err(error) = self.define(mount, def).await {
+                    return Err(ConfigError::Invalid(format!(
+                        "mount {mount:?}: static role {name:?}: {error}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores `def`: a new role due for rotation now (returned, for its first rotation), or
+    /// an existing one with its rotation updated (`None`). The caller holds the role's lock.
+    async fn define(
+        &self,
+        mount: &str,
+        def: StaticRoleDef,
+    ) -> Result<Option<StoredStaticRole>, ServerError> {
+        let name = def.name.clone();
         self.sealer()?;
         self.catalog
             .target_allowing(mount, &def.db_name, &def.name)?;
-        let lock = self.lock(mount, name);
-        let _held = lock.lock().await;
         let now = OffsetDateTime::now_utc();
-        if let Some(existing) = self.store.get_static_role(mount, name).await? {
+        if let Some(existing) = self.store.get_static_role(mount, &name).await? {
             if existing.def.username != def.username || existing.def.db_name != def.db_name {
                 return Err(ServerError::BadRequest(format!(
                     "static role {name:?} manages user {:?} of connection {:?}; its username \
                      and db_name cannot change: delete the static role and create it again",
                     existing.def.username, existing.def.db_name
                 )));
+            }
+            if existing.def == def {
+                return Ok(None);
             }
             let mut updated = existing.clone();
             updated.version = existing.version.saturating_add(1);
@@ -116,9 +179,9 @@ impl StaticRoles {
                 .update_static_role(&updated, existing.version)
                 .await?
             {
-                return Err(changed_meanwhile(mount, name));
+                return Err(changed_meanwhile(mount, &name));
             }
-            return Ok(());
+            return Ok(None);
         }
         let role = StoredStaticRole {
             mount: mount.to_string(),
@@ -130,16 +193,20 @@ impl StaticRoles {
             next_rotation: now,
         };
         if !self.store.insert_static_role(&role).await? {
-            return Err(changed_meanwhile(mount, name));
+            return Err(changed_meanwhile(mount, &name));
         }
-        // As Vault does, the password changes at once, so only pgwarden knows it.
-        match self.start_rotation(role).await {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                self.forget_if_untouched(mount, name, &error).await;
-                Err(error)
-            }
+        Ok(Some(role))
+    }
+
+    /// Refuses an API change to a static role the configuration file defines.
+    fn refuse_file_defined(&self, mount: &str, name: &str) -> Result<(), ServerError> {
+        if self.file_defined.lock().contains(&key(mount, name)) {
+            return Err(ServerError::BadRequest(format!(
+                "static role {name:?} of mount {mount:?} is defined in the configuration file; \
+                 change it there"
+            )));
         }
+        Ok(())
     }
 
     /// After a first rotation failed with `error`: deletes the new role if the database was
@@ -197,6 +264,7 @@ impl StaticRoles {
     /// Forgets a static role; the user keeps whatever password it has (as in Vault), and
     /// whoever manages it next sets their own. Missing is not an error.
     pub async fn delete(&self, mount: &str, name: &str) -> Result<(), ServerError> {
+        self.refuse_file_defined(mount, name)?;
         let lock = self.lock(mount, name);
         let _held = lock.lock().await;
         let Some(role) = self.store.get_static_role(mount, name).await? else {

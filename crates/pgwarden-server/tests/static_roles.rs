@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{Env, ROLES};
+use common::{Env, ROLES, TestBroker};
+use pgwarden_testkit::PgCluster;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -228,5 +229,61 @@ async fn bad_static_roles_get_exact_errors() {
         body["errors"][0],
         "static role \"legacy\" manages user \"legacy app\" of connection \"appdb\"; its \
          username and db_name cannot change: delete the static role and create it again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_role_of_the_file_gets_its_first_password_from_the_leader() {
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    cluster
+        .create_static_user(USER, FIRST_PASSWORD)
+        .await
+        .unwrap();
+    let roles = format!(
+        "{ROLES}    static_roles:\n      \
+         from-file: {{ db_name: appdb, username: \"{USER}\", rotation_schedule: \"0 3 * * *\" }}\n"
+    );
+    let broker = TestBroker::start(&cluster, &roles, "").await;
+    let env = Env {
+        cluster,
+        broker,
+        http: reqwest::Client::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let (status, body) = env
+            .call("GET", "database/static-creds/from-file", None)
+            .await;
+        if status == 200 {
+            break body["data"].clone();
+        }
+        assert_eq!(status, 503, "no password before the first rotation: {body}");
+        assert!(Instant::now() < deadline, "no first rotation: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(signs_in(&env, &password(&first)).await);
+    assert!(!signs_in(&env, FIRST_PASSWORD).await);
+    let refused = "static role \"from-file\" of mount \"database\" is defined in the \
+                   configuration file; change it there";
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/static-roles/from-file",
+            Some(json!({"db_name": "appdb", "username": USER, "rotation_period": 60})),
+        )
+        .await;
+    assert_eq!((status, body["errors"][0].as_str()), (400, Some(refused)));
+    let (status, body) = env
+        .call("DELETE", "database/static-roles/from-file", None)
+        .await;
+    assert_eq!((status, body["errors"][0].as_str()), (400, Some(refused)));
+    // Rotating on demand is not a change of definition.
+    let (status, body) = env
+        .call("POST", "database/rotate-role/from-file", None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_ne!(
+        password(&static_creds(&env, "from-file").await),
+        password(&first)
     );
 }
