@@ -7,6 +7,7 @@ mod common;
 
 use common::{Env, ROLES, TestBroker};
 use pgwarden_testkit::PgCluster;
+use pgwarden_testkit::issuer::{TestIssuer, TestKey};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -243,7 +244,32 @@ async fn a_static_role_of_the_file_gets_its_first_password_from_the_leader() {
         "{ROLES}    static_roles:\n      \
          from-file: {{ db_name: appdb, username: \"{USER}\", rotation_schedule: \"0 3 * * *\" }}\n"
     );
-    let broker = TestBroker::start(&cluster, &roles, "").await;
+    // People of group ops may read this static role's password, nothing else.
+    let issuer = TestIssuer::start(&[TestKey::Ec1]).await;
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "grants:\n  - subjects: [\"group:ops\"]\n    roles: [\"database/static-creds/from-file\"]\n",
+    )
+    .unwrap();
+    let extra = format!(
+        r#"
+policy_file: "{policy}"
+auth:
+  jwt:
+    type: jwt
+    issuer: "{iss}"
+    keys: {{ jwks_url: "{jwks}" }}
+    audiences: [pgwarden]
+    roles:
+      people: {{ user_claim: email, groups_claim: groups }}
+"#,
+        policy = policy.display(),
+        iss = issuer.issuer(),
+        jwks = issuer.jwks_url(),
+    );
+    let broker = TestBroker::start(&cluster, &roles, &extra).await;
     let env = Env {
         cluster,
         broker,
@@ -263,6 +289,28 @@ async fn a_static_role_of_the_file_gets_its_first_password_from_the_leader() {
     };
     assert!(signs_in(&env, &password(&first)).await);
     assert!(!signs_in(&env, FIRST_PASSWORD).await);
+
+    let ops = env.login_person(&issuer, "ola@example.com", &["ops"]).await;
+    let dev = env
+        .login_person(&issuer, "kari@example.com", &["dev"])
+        .await;
+    let (status, body) = env
+        .call_as(&ops, "GET", "database/static-creds/from-file", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["password"], first["password"]);
+    for (token, path) in [
+        (&dev, "database/static-creds/from-file"),
+        (&ops, "database/static-roles/from-file"),
+        (&ops, "database/rotate-role/from-file"),
+    ] {
+        let (status, body) = env.call_as(token, "GET", path, None).await;
+        assert_eq!(
+            (status, body["errors"][0].as_str()),
+            (403, Some("permission denied")),
+            "{path}"
+        );
+    }
     let refused = "static role \"from-file\" of mount \"database\" is defined in the \
                    configuration file; change it there";
     let (status, body) = env
