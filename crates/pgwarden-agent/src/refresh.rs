@@ -103,3 +103,96 @@ pub(crate) async fn keep<R: Refresher>(refresher: Arc<R>, status: Arc<Status>, f
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Source;
+    use crate::files::{Format, Output, OutputFile};
+    use secrecy::SecretString;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Fails its second and third refreshes, then succeeds; every success is a new password
+    /// `p<n>` (n counting successes).
+    struct Flaky {
+        delivery: Delivery,
+        calls: AtomicUsize,
+        successes: AtomicUsize,
+    }
+
+    impl Refresher for Flaky {
+        fn delivery(&self) -> &Delivery {
+            &self.delivery
+        }
+
+        async fn refresh(&self) -> Result<Refreshed, AgentError> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            if call == 1 || call == 2 {
+                return Err(AgentError::from(format!("refresh {call} failed")));
+            }
+            let n = self.successes.fetch_add(1, Ordering::SeqCst);
+            let now = Instant::now();
+            Ok(Refreshed {
+                credential: Credential {
+                    lease_id: String::new(),
+                    lease_duration: Duration::from_secs(60),
+                    username: "app".into(),
+                    password: SecretString::from(format!("p{n}")),
+                    host: "db".into(),
+                    port: 5432,
+                    database: "appdb".into(),
+                },
+                expires_at: now + Duration::from_secs(60),
+                next_at: now + Duration::from_secs(10),
+                changed: true,
+                version: Some(n.to_string()),
+            })
+        }
+    }
+
+    fn password_in(file: &std::path::Path) -> String {
+        std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("PGPASSWORD=").map(str::to_string))
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_refreshes_after_the_first_write_keep_the_files_then_replace_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("app.env");
+        let flaky = Flaky {
+            delivery: Delivery {
+                path: "database/static-creds/app".into(),
+                source: Source::Static,
+                files: vec![OutputFile {
+                    path: file.clone(),
+                    output: Output::Format(Format::Env),
+                }],
+                on_change: None,
+            },
+            calls: AtomicUsize::new(0),
+            successes: AtomicUsize::new(0),
+        };
+        let first = refresh_and_write(&flaky, true).await.unwrap();
+        assert_eq!(password_in(&file), "p0");
+        let flaky = Arc::new(flaky);
+        let status = Arc::new(Status::default());
+        let task = tokio::spawn(keep(flaky.clone(), status, first));
+        // The refresh due at 10 s fails, and its retries 1 s later; meanwhile the files stay.
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            password_in(&file),
+            "p0",
+            "a failed refresh keeps the last files"
+        );
+        // The retries back off (1 to 1.5 s, then 2 to 3 s, with jitter) and the third attempt
+        // replaces the files.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 4);
+        assert_eq!(password_in(&file), "p1");
+        task.abort();
+    }
+}
