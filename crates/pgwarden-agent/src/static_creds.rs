@@ -17,6 +17,10 @@ const POLL: Duration = Duration::from_secs(60);
 /// broker's one-second clock).
 const AFTER_ROTATION: Duration = Duration::from_secs(2);
 
+/// How often the password is read while its rotation is overdue (the broker cannot rotate
+/// it now; the password in force still works).
+const OVERDUE_POLL: Duration = Duration::from_secs(10);
+
 /// A static role's password being kept fresh.
 pub(crate) struct StaticKept {
     delivery: Delivery,
@@ -57,8 +61,15 @@ impl Refresher for StaticKept {
                 port: current.port,
                 database: current.database,
             },
-            expires_at: read_at + ttl,
-            next_at: read_at + (ttl + AFTER_ROTATION).min(POLL),
+            // The password works until it is rotated, and the agent reads the new one within
+            // seconds: count it valid while reads keep succeeding.
+            expires_at: read_at + ttl + POLL,
+            next_at: read_at
+                + if ttl.is_zero() {
+                    OVERDUE_POLL
+                } else {
+                    (ttl + AFTER_ROTATION).min(POLL)
+                },
             changed,
             version: Some(current.last_vault_rotation),
         })

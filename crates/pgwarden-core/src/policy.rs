@@ -143,6 +143,26 @@ impl Policy {
             .max_by_key(|a| a.max_ttl.map_or(u64::MAX, Ttl::as_secs))
     }
 
+    /// Whether any of `subjects` may read static role `name`'s password on `mount`. Only a
+    /// grant naming the path under `<mount>/static-creds/` in so many words counts: a pattern
+    /// like `database/*` grants dynamic roles, never static passwords. Approval grants never
+    /// do (a static password lives until its next rotation; it cannot be lent for a while).
+    pub fn allows_static(&self, subjects: &[String], mount: &str, name: &str) -> bool {
+        let wanted = format!("{mount}/static-creds/{name}");
+        let names_static = |pattern: &str| {
+            pattern
+                .split_once('/')
+                .is_some_and(|(_, path)| path.starts_with("static-creds/"))
+        };
+        self.grants.iter().any(|g| {
+            !g.requires_approval
+                && subjects.iter().any(|s| any_match(&g.subjects, s))
+                && g.roles
+                    .iter()
+                    .any(|p| names_static(p) && crate::glob::glob_match(p, &wanted))
+        })
+    }
+
     /// Whether any of `subjects` may get `role` of `mount` through an approved request, and
     /// under which rule; the most generous grant wins.
     pub fn allows_with_approval(
@@ -223,6 +243,35 @@ mod tests {
             approvers: vec![],
             min_approvals: None,
         }
+    }
+
+    #[test]
+    fn static_passwords_need_a_grant_that_names_them() {
+        let ops = subjects(&["group:ops"]);
+        let p = Policy {
+            grants: vec![
+                Grant {
+                    subjects: vec!["group:ops".into()],
+                    roles: vec!["database/*".into(), "database/static-creds/legacy-*".into()],
+                    ..grant()
+                },
+                Grant {
+                    subjects: vec!["group:ops".into()],
+                    roles: vec!["database/static-creds/approved".into()],
+                    requires_approval: true,
+                    approvers: vec!["group:dba".into()],
+                    ..grant()
+                },
+            ],
+        };
+        assert!(p.allows_static(&ops, "database", "legacy-billing"));
+        assert!(
+            !p.allows_static(&ops, "database", "other"),
+            "database/* grants dynamic roles only"
+        );
+        assert!(!p.allows_static(&ops, "database", "approved"), "no approval path");
+        assert!(!p.allows_static(&subjects(&["group:dev"]), "database", "legacy-billing"));
+        assert!(!p.allows_static(&ops, "other", "legacy-billing"));
     }
 
     #[test]

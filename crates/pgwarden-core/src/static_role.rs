@@ -151,8 +151,29 @@ impl StaticRoleSpec {
                 Rotation::Schedule(expression)
             }
         };
+        let mut placeholders = Vec::new();
         for statement in &self.rotation_statements {
             template::validate(statement).map_err(|e| invalid(e.to_string()))?;
+            let _ = template::substitute(statement, |name| {
+                placeholders.push(name.to_string());
+                Ok::<_, ()>(String::new())
+            });
+        }
+        if !self.rotation_statements.is_empty() {
+            if !placeholders.iter().any(|p| p == "password") {
+                return Err(invalid(
+                    "rotation_statements must set the password with {{password}}, e.g. \
+                     ALTER ROLE \"{{name}}\" WITH PASSWORD '{{password}}'"
+                        .into(),
+                ));
+            }
+            if placeholders.iter().any(|p| p == "expiration") {
+                return Err(invalid(
+                    "rotation_statements cannot use {{expiration}}: a static role's password \
+                     does not expire"
+                        .into(),
+                ));
+            }
         }
         if !self.rotation_statements.is_empty() && !crate::names::is_safe_value(&username) {
             return Err(invalid(format!(
@@ -255,6 +276,19 @@ mod tests {
                 "role \"app\": username \"o'brien\" cannot be substituted into \
                  rotation_statements (only letters, digits and -_.:+/=$ and space can); leave \
                  rotation_statements empty and pgwarden quotes the name itself",
+            ),
+            (
+                serde_json::json!({"db_name": "appdb", "username": "app", "rotation_period": 60,
+                    "rotation_statements": "ALTER ROLE \"{{name}}\" CONNECTION LIMIT 10"}),
+                "role \"app\": rotation_statements must set the password with {{password}}, \
+                 e.g. ALTER ROLE \"{{name}}\" WITH PASSWORD '{{password}}'",
+            ),
+            (
+                serde_json::json!({"db_name": "appdb", "username": "app", "rotation_period": 60,
+                    "rotation_statements": "ALTER ROLE \"{{name}}\" PASSWORD '{{password}}' \
+                     VALID UNTIL '{{expiration}}'"}),
+                "role \"app\": rotation_statements cannot use {{expiration}}: a static role's \
+                 password does not expire",
             ),
         ] {
             assert_eq!(spec(json).unwrap_err(), error);

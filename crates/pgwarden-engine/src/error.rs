@@ -83,6 +83,14 @@ pub enum EngineError {
         /// Seconds waited.
         waited: u64,
     },
+    /// `COMMIT` failed: the database may or may not have applied the transaction.
+    #[error("{what}: the database may or may not have applied it: {}", describe(driver))]
+    CommitUnknown {
+        /// What pgwarden was committing.
+        what: String,
+        /// The driver's error.
+        driver: tokio_postgres::Error,
+    },
     /// A template could not be rendered.
     #[error(transparent)]
     Template(#[from] CoreError),

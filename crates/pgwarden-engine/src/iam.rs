@@ -14,6 +14,9 @@ use tokio_postgres::config::Host;
 
 /// How long a signed token is used for new connections (tokens live 15 minutes).
 pub(crate) const TOKEN_REFRESH: Duration = Duration::from_secs(10 * 60);
+/// A token is not used for new connections closer than this to the end of the (temporary)
+/// AWS credentials that signed it.
+const CREDENTIALS_MARGIN: Duration = Duration::from_secs(60);
 
 /// What to check when the database refuses a token.
 pub(crate) const REFUSED_HINT: &str = "the RDS IAM token was refused: check that the AWS \
@@ -34,6 +37,7 @@ pub(crate) struct IamPassword {
     port: u16,
     user: String,
     region: String,
+    /// The last token and until when it is used.
     last: parking_lot::Mutex<Option<(SecretString, Instant)>>,
 }
 
@@ -98,10 +102,11 @@ impl IamPassword {
     }
 
     /// A token for a connection opened now: the last one while younger than
-    /// [`TOKEN_REFRESH`], else a new one (credentials from the chain's cache, or fetched).
+    /// [`TOKEN_REFRESH`] and its credentials have a minute left, else a new one (credentials
+    /// from the chain's cache, or fetched).
     pub(crate) async fn token(&self) -> Result<SecretString, EngineError> {
-        if let Some((token, signed)) = self.last.lock().as_ref()
-            && signed.elapsed() < TOKEN_REFRESH
+        if let Some((token, until)) = self.last.lock().as_ref()
+            && Instant::now() < *until
         {
             return Ok(token.clone());
         }
@@ -120,9 +125,19 @@ impl IamPassword {
         )
         .map_err(unreachable)?;
         let token = SecretString::from(token);
-        *self.last.lock() = Some((token.clone(), Instant::now()));
+        let credentials_left = credentials
+            .expires_at()
+            .and_then(|end| end.duration_since(SystemTime::now()).ok())
+            .map_or(TOKEN_REFRESH, |left| left.saturating_sub(CREDENTIALS_MARGIN));
+        let until = Instant::now() + TOKEN_REFRESH.min(credentials_left);
+        *self.last.lock() = Some((token.clone(), until));
         tracing::debug!(connection = %self.connection, "signed an RDS IAM token");
         Ok(token)
+    }
+
+    /// Drops the last token (the database refused it): the next connection signs a new one.
+    pub(crate) fn forget(&self) {
+        *self.last.lock() = None;
     }
 
     /// The token last signed, if any (for connections opened right after [`Self::token`]).

@@ -16,7 +16,9 @@ impl Target {
     /// whether this password is still the one to set (the caller checks its store), and
     /// commits only if so: two pgwarden replicas setting one user's password are ordered,
     /// and one that was overtaken never lands a stale password after a newer one. Returns
-    /// whether the password was set.
+    /// whether the password was set. Waiting for a lock ends after 10 s and a statement after
+    /// 30 s. Every error but [`EngineError::CommitUnknown`] means the password was certainly
+    /// not set.
     pub async fn set_password<F, Fut>(
         &self,
         username: &str,
@@ -49,6 +51,7 @@ impl Target {
         client
             .batch_execute(&format!(
                 "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n\
+                 SET LOCAL lock_timeout = '10s';\nSET LOCAL statement_timeout = '30s';\n\
                  SELECT pg_advisory_xact_lock(hashtext({}));",
                 quote_literal(&format!("pgwarden static role {username}"))
             ))
@@ -67,7 +70,10 @@ impl Target {
             client
                 .batch_execute("COMMIT;")
                 .await
-                .map_err(sql(format!("committing: {what}")))?;
+                .map_err(|driver| EngineError::CommitUnknown {
+                    what: what.clone(),
+                    driver,
+                })?;
             Ok(true)
         }
         .await;

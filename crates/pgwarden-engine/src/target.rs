@@ -311,6 +311,9 @@ impl Target {
                         == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
                         || *code == tokio_postgres::error::SqlState::INVALID_PASSWORD) =>
             {
+                if let Some(iam) = &self.iam {
+                    iam.forget();
+                }
                 format!("{reason}; {}", crate::iam::REFUSED_HINT)
             }
             _ => reason,

@@ -515,6 +515,20 @@ impl Broker {
                  (sys/leases/revoke-prefix/{mount}/creds/<role>) or let them expire"
             )));
         }
+        let static_roles: Vec<String> = self
+            .store
+            .static_roles()
+            .await?
+            .into_iter()
+            .filter(|role| role.mount == mount && role.def.db_name == name)
+            .map(|role| role.def.name)
+            .collect();
+        if !static_roles.is_empty() {
+            return Err(ServerError::Conflict(format!(
+                "connection {name:?} is used by static role(s) {}; delete them first",
+                static_roles.join(", ")
+            )));
+        }
         self.catalog.delete_connection(mount, name).await
     }
 

@@ -75,7 +75,9 @@ impl ServerError {
             ServerError::Engine(e) => match e {
                 EngineError::Unreachable { .. } => 503,
                 EngineError::NoIdentityRole { .. } | EngineError::IdentityTooLong { .. } => 403,
-                EngineError::Sql { .. } | EngineError::ReplicaLag { .. } => 500,
+                EngineError::Sql { .. }
+                | EngineError::ReplicaLag { .. }
+                | EngineError::CommitUnknown { .. } => 500,
                 EngineError::InvalidUrl { .. }
                 | EngineError::Template(_)
                 | EngineError::UserGone { .. }

@@ -114,6 +114,41 @@ async fn every_operation_works_after_rotate_root() {
     );
     issue_working(&env).await;
 
+    // Static roles on the connection work with the new administrator password, and keep the
+    // connection from being deleted.
+    env.cluster
+        .create_static_user("api_legacy", "before")
+        .await
+        .unwrap();
+    env.cluster
+        .connect_superuser("appdb")
+        .await
+        .unwrap()
+        .batch_execute(&format!("GRANT api_legacy TO {API_ADMIN} WITH ADMIN OPTION"))
+        .await
+        .unwrap();
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/static-roles/api-legacy",
+            Some(json!({"db_name": "apidb", "username": "api_legacy", "rotation_period": "1h"})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = env.call("GET", "database/static-creds/api-legacy", None).await;
+    assert_eq!(status, 200, "{body}");
+    let static_password = body["data"]["password"].as_str().unwrap();
+    env.cluster
+        .connect_as("api_legacy", static_password, "appdb")
+        .await
+        .expect("the static password works");
+    let (status, body) = env.call("DELETE", "database/config/apidb", None).await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        body["errors"][0],
+        "connection \"apidb\" is used by static role(s) api-legacy; delete them first"
+    );
+
     let (status, body) = env.call("POST", "database/rotate-root/appdb", None).await;
     assert_eq!(status, 400);
     assert_eq!(

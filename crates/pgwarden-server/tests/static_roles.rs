@@ -115,6 +115,25 @@ async fn a_static_role_owns_and_rotates_an_existing_users_password() {
     assert!(!signs_in(&env, &password(&second)).await);
     assert!(signs_in(&env, &password(&static_creds(&env, "legacy").await)).await);
 
+    // A rotation that fails before COMMIT leaves the password in force, and reads go on.
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/static-roles/legacy",
+            Some(json!({"db_name": "appdb", "username": USER, "rotation_period": "1h",
+                "rotation_statements": ["ALTER ROLE \"{{name}}\" WITH PASSWORD '{{password}}' NOSUCHOPTION"]})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let before = static_creds(&env, "legacy").await;
+    let (status, body) = env
+        .call("POST", "database/rotate-role/legacy", None)
+        .await;
+    assert_eq!(status, 500, "{body}");
+    let after = static_creds(&env, "legacy").await;
+    assert_eq!(password(&after), password(&before));
+    assert!(signs_in(&env, &password(&after)).await);
+
     // Deleting forgets the role and leaves the user alone.
     let (status, _) = env
         .call("DELETE", "database/static-roles/legacy", None)
@@ -193,6 +212,12 @@ async fn bad_static_roles_get_exact_errors() {
             "role \"legacy\": one of rotation_period or rotation_schedule is required",
         ),
         (
+            json!({"db_name": "appdb", "username": common::ADMIN, "rotation_period": 60}),
+            "user \"pgwarden_admin\" is the administrator of connection \"appdb\"; a static \
+             role cannot manage it (rotate-root changes an API connection's administrator \
+             password)",
+        ),
+        (
             json!({"db_name": "appdb", "username": USER, "rotation_schedule": "every day"}),
             "role \"legacy\": rotation_schedule \"every day\" is not a five-field cron \
              expression: Invalid pattern: Pattern must have 5 fields when seconds are \
@@ -230,6 +255,18 @@ async fn bad_static_roles_get_exact_errors() {
         body["errors"][0],
         "static role \"legacy\" manages user \"legacy app\" of connection \"appdb\"; its \
          username and db_name cannot change: delete the static role and create it again"
+    );
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/static-roles/twin",
+            Some(json!({"db_name": "appdb", "username": USER, "rotation_period": 60})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["errors"][0],
+        "user \"legacy app\" of connection \"appdb\" is already managed by static role \"legacy\""
     );
 }
 

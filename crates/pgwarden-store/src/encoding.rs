@@ -17,7 +17,7 @@ pub(crate) const REQUEST_COLUMNS: &str =
     "id, version, state, created_at_ms, request_json, sealed_credential";
 /// Every column of a static role row.
 pub(crate) const STATIC_ROLE_COLUMNS: &str = "mount, name, version, role_json, sealed_password, \
-     sealed_pending, last_rotation_ms, next_rotation_ms";
+     sealed_pending, last_rotation_ms, next_rotation_ms, from_file";
 /// Every column of an audit row.
 pub(crate) const AUDIT_COLUMNS: &str =
     "seq, time_ms, actor, action, object, outcome, request_id, detail, prev_hash, hash";
@@ -57,6 +57,8 @@ pub(crate) trait Columns {
     fn bytes(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// A nullable integer column.
     fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError>;
+    /// A boolean column.
+    fn flag(&self, name: &str) -> Result<bool, StoreError>;
 }
 
 /// A static role row (all of [`STATIC_ROLE_COLUMNS`]).
@@ -77,6 +79,7 @@ pub(crate) fn static_role_from(row: &impl Columns) -> Result<crate::StoredStatic
             .map(from_millis)
             .transpose()?,
         next_rotation: from_millis(row.int("next_rotation_ms")?)?,
+        from_file: row.flag("from_file")?,
     })
 }
 

@@ -233,6 +233,8 @@ pub struct StoredStaticRole {
     pub last_rotation: Option<OffsetDateTime>,
     /// When it changes next.
     pub next_rotation: OffsetDateTime,
+    /// Defined in the configuration file (forgotten when it leaves the file), not the API.
+    pub from_file: bool,
 }
 
 /// A connection definition as stored: the password sealed by the server.

@@ -82,6 +82,7 @@ const MIGRATIONS: &[&str] = &[
         sealed_pending BLOB,
         last_rotation_ms INTEGER,
         next_rotation_ms INTEGER NOT NULL,
+        from_file INTEGER NOT NULL,
         PRIMARY KEY (mount, name)
     ) WITHOUT ROWID;",
     // 5: a connection's administrative password being rotated.

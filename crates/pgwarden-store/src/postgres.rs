@@ -108,6 +108,7 @@ const MIGRATIONS: &[&str] = &[
         sealed_pending bytea,
         last_rotation_ms bigint,
         next_rotation_ms bigint NOT NULL,
+        from_file boolean NOT NULL,
         PRIMARY KEY (mount, name)
     );",
     // 4: a connection's administrative password being rotated.
@@ -364,6 +365,9 @@ impl Columns for Row {
         self.try_get(name).map_err(db)
     }
     fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        self.try_get(name).map_err(db)
+    }
+    fn flag(&self, name: &str) -> Result<bool, StoreError> {
         self.try_get(name).map_err(db)
     }
 }
@@ -733,7 +737,7 @@ impl Store for PostgresStore {
     async fn insert_static_role(&self, r: &StoredStaticRole) -> Result<bool, StoreError> {
         let sql = format!(
             "INSERT INTO pgwarden_static_roles ({STATIC_ROLE_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (mount, name) DO NOTHING"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (mount, name) DO NOTHING"
         );
         self.execute(
             &sql,
@@ -746,6 +750,7 @@ impl Store for PostgresStore {
                 &r.sealed_pending,
                 &r.last_rotation.map(millis),
                 &millis(r.next_rotation),
+                &r.from_file,
             ],
         )
         .await
@@ -760,7 +765,8 @@ impl Store for PostgresStore {
         self.execute(
             "UPDATE pgwarden_static_roles SET version = $3, role_json = $4, \
              sealed_password = $5, sealed_pending = $6, last_rotation_ms = $7, \
-             next_rotation_ms = $8 WHERE mount = $1 AND name = $2 AND version = $9",
+             next_rotation_ms = $8, from_file = $10 \
+             WHERE mount = $1 AND name = $2 AND version = $9",
             &[
                 &r.mount,
                 &r.def.name,
@@ -771,6 +777,7 @@ impl Store for PostgresStore {
                 &r.last_rotation.map(millis),
                 &millis(r.next_rotation),
                 &version_column(from_version),
+                &r.from_file,
             ],
         )
         .await

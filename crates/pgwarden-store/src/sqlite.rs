@@ -212,6 +212,9 @@ impl Columns for Row<'_> {
     fn opt_int(&self, name: &str) -> Result<Option<i64>, StoreError> {
         Ok(self.get(name)?)
     }
+    fn flag(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.get(name)?)
+    }
 }
 
 /// Rows of `stmt` run with `params`, each read by `read`.
@@ -638,7 +641,7 @@ impl Store for SqliteStore {
                 let inserted = c
                     .prepare_cached(&format!(
                         "INSERT INTO static_roles ({STATIC_ROLE_COLUMNS}) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING"
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING"
                     ))?
                     .execute(params![
                         r.mount,
@@ -649,6 +652,7 @@ impl Store for SqliteStore {
                         r.sealed_pending,
                         r.last_rotation.map(Millis),
                         Millis(r.next_rotation),
+                        r.from_file,
                     ])?;
                 Ok(inserted > 0)
             })
@@ -668,7 +672,8 @@ impl Store for SqliteStore {
                     .prepare_cached(
                         "UPDATE static_roles SET version = ?3, role_json = ?4, \
                          sealed_password = ?5, sealed_pending = ?6, last_rotation_ms = ?7, \
-                         next_rotation_ms = ?8 WHERE mount = ?1 AND name = ?2 AND version = ?9",
+                         next_rotation_ms = ?8, from_file = ?10 \
+                         WHERE mount = ?1 AND name = ?2 AND version = ?9",
                     )?
                     .execute(params![
                         r.mount,
@@ -680,6 +685,7 @@ impl Store for SqliteStore {
                         r.last_rotation.map(Millis),
                         Millis(r.next_rotation),
                         version_column(from_version),
+                        r.from_file,
                     ])?;
                 Ok(changed > 0)
             })

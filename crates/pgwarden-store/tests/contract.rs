@@ -411,6 +411,7 @@ fn static_role(name: &str, t0: OffsetDateTime) -> StoredStaticRole {
         sealed_pending: None,
         last_rotation: None,
         next_rotation: t0,
+        from_file: false,
     }
 }
 
@@ -437,6 +438,7 @@ async fn a_static_role_changes_only_from_the_version_its_writer_saw(open: Opener
     done.sealed_password = done.sealed_pending.take();
     done.last_rotation = Some(t0 + Duration::from_secs(1));
     done.next_rotation = t0 + Duration::from_secs(86_400);
+    done.from_file = true;
     assert!(store.update_static_role(&done, 1).await.unwrap());
     drop(store);
     let store = open().await;

@@ -53,6 +53,10 @@ pub fn admit(
             None
         }
         Access::Policy { mount, path } => caller.authorize(state, mount, path)?,
+        Access::StaticCreds { mount, name } => {
+            caller.authorize_static(state, mount, name)?;
+            None
+        }
     };
     Ok(Admitted { caller, cap })
 }
@@ -110,6 +114,19 @@ impl Caller {
         match self {
             Caller::Root => Ok(()),
             Caller::Token(_) => Err(self.deny(state, "root_only", what)),
+        }
+    }
+
+    /// Whether policy lets this caller read static role `name`'s password on `mount`.
+    fn authorize_static(&self, state: &AppState, mount: &str, name: &str) -> Result<(), ServerError> {
+        let Caller::Token(token) = self else {
+            return Ok(());
+        };
+        let subjects = token.identity.policy_subjects();
+        if state.policy.get().allows_static(&subjects, mount, name) {
+            Ok(())
+        } else {
+            Err(self.deny(state, "policy", &format!("{mount}/static-creds/{name}")))
         }
     }
 

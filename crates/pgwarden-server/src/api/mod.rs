@@ -411,7 +411,7 @@ async fn dispatch(
         ) => static_roles::delete(state, mount, name)
             .await?
             .into_response(),
-        (Route::StaticCreds { mount, name, .. }, Op::Read) => {
+        (Route::StaticCreds { mount, name }, Op::Read) => {
             static_roles::creds(state, mount, name)
                 .await?
                 .into_response()

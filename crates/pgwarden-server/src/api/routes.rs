@@ -90,8 +90,6 @@ pub enum Route<'a> {
         mount: &'a str,
         /// The static role.
         name: &'a str,
-        /// `static-creds/<name>`: what a policy grants to let a caller read it.
-        grant: &'a str,
     },
     /// `<mount>/rotate-role/<name>`: rotate a static role's password now.
     RotateRole {
@@ -128,6 +126,13 @@ pub enum Access<'a> {
     AnyToken,
     /// The root token only.
     Root,
+    /// A token whose policy grants `<mount>/static-creds/<name>` by that path.
+    StaticCreds {
+        /// The mount.
+        mount: &'a str,
+        /// The static role.
+        name: &'a str,
+    },
     /// A token whose policy grants `<mount>/<path>`.
     Policy {
         /// The mount.
@@ -153,7 +158,7 @@ impl<'a> Route<'a> {
             | Route::Decide { .. }
             | Route::RequestCreds(_) => Access::AnyToken,
             Route::Creds { mount, role } => Access::Policy { mount, path: role },
-            Route::StaticCreds { mount, grant, .. } => Access::Policy { mount, path: grant },
+            Route::StaticCreds { mount, name } => Access::StaticCreds { mount, name },
             Route::Kv { mount, path } => Access::Policy { mount, path },
             Route::TokenRevokeAccessor
             | Route::RevokePrefix(_)
@@ -235,8 +240,7 @@ fn tail(parts: &[&str]) -> Option<String> {
 
 /// The route for `path` (the part after `/v1/`, already percent-decoded).
 pub fn parse(path: &str) -> Route<'_> {
-    let path = path.trim_start_matches('/');
-    let parts: Vec<&str> = path.split('/').collect();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let nonempty = |s: &&str| !s.is_empty();
     match parts.as_slice() {
         ["auth", "token", "lookup-self"] => Route::TokenLookupSelf,
@@ -293,11 +297,9 @@ pub fn parse(path: &str) -> Route<'_> {
             mount,
             name: Some(name),
         },
-        [mount, "static-creds", name] if nonempty(mount) && nonempty(name) => Route::StaticCreds {
-            mount,
-            name,
-            grant: &path[mount.len().saturating_add(1)..],
-        },
+        [mount, "static-creds", name] if nonempty(mount) && nonempty(name) => {
+            Route::StaticCreds { mount, name }
+        }
         [mount, "rotate-role", name] if nonempty(mount) && nonempty(name) => {
             Route::RotateRole { mount, name }
         }
@@ -371,8 +373,7 @@ mod tests {
             parse("/database/static-creds/legacy"),
             Route::StaticCreds {
                 mount: "database",
-                name: "legacy",
-                grant: "static-creds/legacy"
+                name: "legacy"
             }
         );
         assert_eq!(

@@ -1,17 +1,10 @@
 //! Static roles: existing database users whose password pgwarden owns and rotates, by
-//! period or cron schedule, on demand (`rotate-role`) and when first defined.
-//!
-//! A rotation never leaves a password nobody knows, whatever crashes when:
-//! 1. a new password is stored, sealed, as the role's *pending* one (compare-and-set on the
-//!    row's version; the password in force stays stored too);
-//! 2. the database is told, in a transaction that first takes an advisory lock for the user
-//!    and checks that the row is still at that version (so a replica that was overtaken
-//!    never lands a stale password after a newer one);
-//! 3. the row is updated: the pending password becomes the one in force.
-//!
-//! A crash after 1 or 2 leaves the pending password stored. Whoever touches the role next
-//! (the leader's pass, a read of its credentials, a rotation) sets it again, which changes
-//! nothing if step 2 had happened, and completes step 3.
+//! period or cron schedule (`schedule`), on demand (`rotate-role`) and when first defined.
+//! This module keeps the definitions (API and file) and hands out passwords; `rotation`
+//! changes a password without ever leaving one nobody knows.
+
+mod rotation;
+mod schedule;
 
 use crate::audit::AuditLog;
 use crate::catalog::Catalog;
@@ -20,20 +13,17 @@ use crate::error::ServerError;
 use crate::seal::Sealer;
 use pgwarden_core::static_role::{StaticRoleDef, StaticRoleSpec};
 use pgwarden_core::wire::{StaticCredential, StaticRoleInfo};
-use pgwarden_core::{AuditEvent, Outcome, Ttl, chain};
-use pgwarden_engine::{EngineError, NewPassword};
+use pgwarden_core::{Ttl, chain};
 use pgwarden_store::{Store, StoredStaticRole};
 use secrecy::SecretString;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
-use tokio::sync::watch;
 
-/// How often the leader looks for rotations that are due or unfinished.
-const CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// How long the leader waits before trying a failed rotation again.
-const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How long after its creation through the API a role becomes due for the leader: its
+/// creator gives it its first password at once, and the leader should not race it.
+const CREATOR_FIRST: Duration = Duration::from_secs(60);
 
 /// The static roles of every mount, in the state store.
 pub struct StaticRoles {
@@ -47,6 +37,8 @@ pub struct StaticRoles {
     retry_at: parking_lot::Mutex<HashMap<String, Instant>>,
     /// The roles the configuration file defines (the API cannot change them).
     file_defined: parking_lot::Mutex<HashSet<String>>,
+    /// Pending passwords the leader has seen, with the role's version and since when.
+    pending_since: parking_lot::Mutex<HashMap<String, (u64, Instant)>>,
 }
 
 /// `<mount>/static-roles/<name>`, as roles are named in errors, locks and the audit log.
@@ -83,6 +75,7 @@ impl StaticRoles {
             locks: Default::default(),
             retry_at: Default::default(),
             file_defined: Default::default(),
+            pending_since: Default::default(),
         }
     }
 
@@ -98,14 +91,14 @@ impl StaticRoles {
         let def = spec.into_def(name)?;
         let lock = self.lock(mount, name);
         let _held = lock.lock().await;
-        let Some(created) = self.define(mount, def).await? else {
+        let Some(created) = self.define(mount, def, false).await? else {
             return Ok(());
         };
         // As Vault does, the password changes at once, so only pgwarden knows it.
         match self.start_rotation(created).await {
             Ok(_) => Ok(()),
             Err(error) => {
-                self.forget_if_untouched(mount, name, &error).await;
+                self.forget_if_untouched(mount, name).await;
                 Err(error)
             }
         }
@@ -135,29 +128,73 @@ impl StaticRoles {
                 self.file_defined.lock().insert(key(mount, name));
                 let lock = self.lock(mount, name);
                 let _held = lock.lock().await;
-                if let Err(error) = self.define(mount, def).await {
+                if let Err(error) = self.define(mount, def, true).await {
                     return Err(ConfigError::Invalid(format!(
                         "mount {mount:?}: static role {name:?}: {error}"
                     )));
                 }
             }
         }
+        self.forget_left_file().await
+    }
+
+    /// Forgets the static roles an earlier configuration file defined and this one does not
+    /// (their users keep their passwords), so pgwarden stops rotating them.
+    async fn forget_left_file(&self) -> Result<(), ConfigError> {
+        let stored = self.store.static_roles().await.map_err(ConfigError::Store)?;
+        for role in stored.into_iter().filter(|r| r.from_file) {
+            let object = key(&role.mount, &role.def.name);
+            if self.file_defined.lock().contains(&object) {
+                continue;
+            }
+            self.store
+                .delete_static_role(&role.mount, &role.def.name, role.version)
+                .await
+                .map_err(ConfigError::Store)?;
+            tracing::info!(role = %object, username = %role.def.username, "static role no longer in the configuration file: forgotten, its user keeps its password");
+        }
         Ok(())
     }
 
-    /// Stores `def`: a new role due for rotation now (returned, for its first rotation), or
-    /// an existing one with its rotation updated (`None`). The caller holds the role's lock.
+    /// Stores `def` (from the file when `from_file`): a new role (returned, for its first
+    /// rotation), or an existing one with its rotation updated (`None`). One user is managed
+    /// by one static role, and never the connection's own administrator. The caller holds the
+    /// role's lock.
     async fn define(
         &self,
         mount: &str,
         def: StaticRoleDef,
+        from_file: bool,
     ) -> Result<Option<StoredStaticRole>, ServerError> {
         let name = def.name.clone();
         self.sealer()?;
         self.catalog
             .target_allowing(mount, &def.db_name, &def.name)?;
+        let admin = self.catalog.connection(mount, &def.db_name)?.def.username;
+        if admin == def.username {
+            return Err(ServerError::BadRequest(format!(
+                "user {admin:?} is the administrator of connection {:?}; a static role cannot \
+                 manage it (rotate-root changes an API connection's administrator password)",
+                def.db_name
+            )));
+        }
+        let stored = self.store.static_roles().await?;
+        if let Some(other) = stored.iter().find(|r| {
+            r.mount == mount
+                && r.def.name != name
+                && r.def.db_name == def.db_name
+                && r.def.username == def.username
+        }) {
+            return Err(ServerError::BadRequest(format!(
+                "user {:?} of connection {:?} is already managed by static role {:?}",
+                def.username, def.db_name, other.def.name
+            )));
+        }
         let now = OffsetDateTime::now_utc();
-        if let Some(existing) = self.store.get_static_role(mount, &name).await? {
+        if let Some(existing) = stored
+            .into_iter()
+            .find(|r| r.mount == mount && r.def.name == name)
+        {
             if existing.def.username != def.username || existing.def.db_name != def.db_name {
                 return Err(ServerError::BadRequest(format!(
                     "static role {name:?} manages user {:?} of connection {:?}; its username \
@@ -165,15 +202,16 @@ impl StaticRoles {
                     existing.def.username, existing.def.db_name
                 )));
             }
-            if existing.def == def {
+            if existing.def == def && existing.from_file == from_file {
                 return Ok(None);
             }
             let mut updated = existing.clone();
             updated.version = existing.version.saturating_add(1);
-            updated.next_rotation = def
-                .rotation
-                .next_after(existing.last_rotation.unwrap_or(now));
+            if let Some(last) = existing.last_rotation {
+                updated.next_rotation = def.rotation.next_after(last);
+            }
             updated.def = def;
+            updated.from_file = from_file;
             if !self
                 .store
                 .update_static_role(&updated, existing.version)
@@ -190,7 +228,14 @@ impl StaticRoles {
             sealed_password: None,
             sealed_pending: None,
             last_rotation: None,
-            next_rotation: now,
+            // A file role gets its first password from the leader; an API role from its
+            // creator, at once.
+            next_rotation: if from_file {
+                now
+            } else {
+                now.saturating_add(time::Duration::try_from(CREATOR_FIRST).unwrap_or_default())
+            },
+            from_file,
         };
         if !self.store.insert_static_role(&role).await? {
             return Err(changed_meanwhile(mount, &name));
@@ -209,27 +254,22 @@ impl StaticRoles {
         Ok(())
     }
 
-    /// After a first rotation failed with `error`: deletes the new role if the database was
-    /// certainly not changed (no such user, database unreachable), so a mistyped definition
-    /// does not linger; otherwise keeps it, and its pending password, for the leader to finish.
-    async fn forget_if_untouched(&self, mount: &str, name: &str, error: &ServerError) {
-        // A missing user (reported as a bad request) or an unreachable database changed
-        // nothing; any other failure might have set the pending password.
-        let database_untouched = match error {
-            ServerError::Engine(e) => e.created_nothing(),
-            ServerError::BadRequest(_) => true,
-            _ => false,
-        };
+    /// After a first rotation failed: deletes the new role if pgwarden never set a password
+    /// for it and none is in flight (the failure was certainly before the database changed),
+    /// so a mistyped definition does not linger; otherwise keeps it, with its pending
+    /// password, for the leader to finish.
+    async fn forget_if_untouched(&self, mount: &str, name: &str) {
         let Ok(Some(role)) = self.store.get_static_role(mount, name).await else {
             return;
         };
-        if (database_untouched || role.sealed_pending.is_none())
-            && let Err(delete_error) = self
+        if role.sealed_password.is_none()
+            && role.sealed_pending.is_none()
+            && let Err(error) = self
                 .store
                 .delete_static_role(mount, name, role.version)
                 .await
         {
-            tracing::warn!(role = %key(mount, name), error = %chain(&delete_error), "could not delete a static role whose first rotation failed");
+            tracing::warn!(role = %key(mount, name), error = %chain(&error), "could not delete a static role whose first rotation failed");
         }
     }
 
@@ -288,9 +328,20 @@ impl StaticRoles {
     ) -> Result<StaticCredential, ServerError> {
         let mut role = self.stored(mount, name).await?;
         if role.sealed_pending.is_some() {
+            // A rotation is in flight or was cut short: finish it, or (when it certainly
+            // failed, and was dropped) hand out the password still in force.
             let lock = self.lock(mount, name);
             let _held = lock.lock().await;
-            role = self.settle(self.stored(mount, name).await?).await?;
+            role = match self.settle(self.stored(mount, name).await?).await {
+                Ok(role) => role,
+                Err(error) => {
+                    let now = self.stored(mount, name).await?;
+                    if now.sealed_pending.is_some() {
+                        return Err(error);
+                    }
+                    now
+                }
+            };
         }
         let (Some(sealed), Some(last_rotation)) = (&role.sealed_password, role.last_rotation)
         else {
@@ -325,177 +376,6 @@ impl StaticRoles {
         let _held = lock.lock().await;
         let role = self.settle(self.stored(mount, name).await?).await?;
         self.start_rotation(role).await.map(drop)
-    }
-
-    /// While this replica leads, every [`CHECK_INTERVAL`]: rotates the static roles that are
-    /// due and finishes rotations left half-done (after a crash).
-    pub async fn run(
-        self: Arc<Self>,
-        is_leader: impl Fn() -> bool,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(CHECK_INTERVAL) => {}
-                _ = shutdown.changed() => return,
-            }
-            if !is_leader() {
-                continue;
-            }
-            if let Err(error) = self.rotate_due().await {
-                tracing::warn!(error = %chain(&error), "looking for static roles to rotate failed");
-            }
-        }
-    }
-
-    /// One pass of [`StaticRoles::run`].
-    pub async fn rotate_due(&self) -> Result<(), ServerError> {
-        let now = OffsetDateTime::now_utc();
-        for role in self.store.static_roles().await? {
-            let due = role.sealed_pending.is_some() || role.next_rotation <= now;
-            let (mount, name) = (role.mount.clone(), role.def.name.clone());
-            let waiting = self
-                .retry_at
-                .lock()
-                .get(&key(&mount, &name))
-                .is_some_and(|at| Instant::now() < *at);
-            if !due || waiting {
-                continue;
-            }
-            let lock = self.lock(&mount, &name);
-            let _held = lock.lock().await;
-            let rotated = async {
-                let Some(role) = self.store.get_static_role(&mount, &name).await? else {
-                    return Ok(());
-                };
-                let role = self.settle(role).await?;
-                if role.next_rotation <= OffsetDateTime::now_utc() {
-                    self.start_rotation(role).await?;
-                }
-                Ok::<_, ServerError>(())
-            }
-            .await;
-            let object = key(&mount, &name);
-            match rotated {
-                Ok(()) => {
-                    self.retry_at.lock().remove(&object);
-                }
-                Err(error) => {
-                    tracing::warn!(role = %object, error = %chain(&error), "rotating a static role failed; trying again in 30 s");
-                    self.retry_at.lock().insert(
-                        object.clone(),
-                        Instant::now()
-                            .checked_add(RETRY_AFTER)
-                            .unwrap_or_else(Instant::now),
-                    );
-                    self.audit.submit(
-                        AuditEvent::now(
-                            "pgwarden",
-                            "static-role.rotate",
-                            &object,
-                            Outcome::Failure,
-                        )
-                        .with_detail(error.to_string()),
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Steps 1 to 3 for `role` (which has no pending password): a new password, stored, set,
-    /// confirmed. Returns the role as stored after.
-    async fn start_rotation(
-        &self,
-        role: StoredStaticRole,
-    ) -> Result<StoredStaticRole, ServerError> {
-        let (mount, name) = (role.mount.clone(), role.def.name.clone());
-        let password = tokio::task::spawn_blocking(NewPassword::generate)
-            .await
-            .map_err(|e| ServerError::Internal(format!("making a password: {e}")))?;
-        let mut pending = role.clone();
-        pending.version = role.version.saturating_add(1);
-        pending.sealed_pending = Some(
-            self.sealer()?
-                .seal(password.password(), &seal_context(&mount, &name))
-                .map_err(|e| ServerError::Internal(e.to_string()))?,
-        );
-        if !self
-            .store
-            .update_static_role(&pending, role.version)
-            .await?
-        {
-            return Err(changed_meanwhile(&mount, &name));
-        }
-        self.finish(pending, &password).await
-    }
-
-    /// Finishes a rotation `role` holds pending, if any; returns the role as stored after.
-    async fn settle(&self, role: StoredStaticRole) -> Result<StoredStaticRole, ServerError> {
-        let Some(sealed) = &role.sealed_pending else {
-            return Ok(role);
-        };
-        let pending = self.open(&role.mount, &role.def.name, sealed)?;
-        let password = tokio::task::spawn_blocking(move || NewPassword::from_password(pending))
-            .await
-            .map_err(|e| ServerError::Internal(format!("hashing a password: {e}")))?;
-        tracing::info!(role = %key(&role.mount, &role.def.name), "finishing an unfinished static role rotation");
-        self.finish(role, &password).await
-    }
-
-    /// Steps 2 and 3: sets `password` (the one `role` holds pending) in the database if the
-    /// role is still at its version, then makes it the one in force.
-    async fn finish(
-        &self,
-        role: StoredStaticRole,
-        password: &NewPassword,
-    ) -> Result<StoredStaticRole, ServerError> {
-        let (mount, name) = (role.mount.as_str(), role.def.name.as_str());
-        let target = self
-            .catalog
-            .target_allowing(mount, &role.def.db_name, name)?;
-        let still_pending = || async {
-            matches!(
-                self.store.get_static_role(mount, name).await,
-                Ok(Some(now)) if now.version == role.version
-            )
-        };
-        let set = target
-            .set_password(
-                &role.def.username,
-                &role.def.rotation_statements,
-                password,
-                still_pending,
-            )
-            .await
-            .map_err(|error| match error {
-                EngineError::UserGone { username } => ServerError::BadRequest(format!(
-                    "user {username:?} does not exist in connection {:?}: a static role manages \
-                     an existing user; create it first",
-                    role.def.db_name
-                )),
-                other => other.into(),
-            })?;
-        if !set {
-            return Err(changed_meanwhile(mount, name));
-        }
-        let now = OffsetDateTime::now_utc();
-        let mut done = role.clone();
-        done.version = role.version.saturating_add(1);
-        done.sealed_password = done.sealed_pending.take();
-        done.last_rotation = Some(now);
-        done.next_rotation = done.def.rotation.next_after(now);
-        if !self.store.update_static_role(&done, role.version).await? {
-            return Err(changed_meanwhile(mount, name));
-        }
-        tracing::info!(role = %key(mount, name), username = %done.def.username, "static role password rotated");
-        self.audit.submit(AuditEvent::now(
-            "pgwarden",
-            "static-role.rotated",
-            &key(mount, name),
-            Outcome::Success,
-        ));
-        Ok(done)
     }
 
     /// The stored role, or 404.
