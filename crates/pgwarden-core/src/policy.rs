@@ -269,7 +269,10 @@ mod tests {
             !p.allows_static(&ops, "database", "other"),
             "database/* grants dynamic roles only"
         );
-        assert!(!p.allows_static(&ops, "database", "approved"), "no approval path");
+        assert!(
+            !p.allows_static(&ops, "database", "approved"),
+            "no approval path"
+        );
         assert!(!p.allows_static(&subjects(&["group:dev"]), "database", "legacy-billing"));
         assert!(!p.allows_static(&ops, "other", "legacy-billing"));
     }

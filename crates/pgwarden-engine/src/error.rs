@@ -84,7 +84,10 @@ pub enum EngineError {
         waited: u64,
     },
     /// `COMMIT` failed: the database may or may not have applied the transaction.
-    #[error("{what}: the database may or may not have applied it: {}", describe(driver))]
+    #[error(
+        "{what}: the database may or may not have applied it: {}",
+        describe(driver)
+    )]
     CommitUnknown {
         /// What pgwarden was committing.
         what: String,

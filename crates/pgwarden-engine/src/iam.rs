@@ -128,8 +128,13 @@ impl IamPassword {
         let credentials_left = credentials
             .expires_at()
             .and_then(|end| end.duration_since(SystemTime::now()).ok())
-            .map_or(TOKEN_REFRESH, |left| left.saturating_sub(CREDENTIALS_MARGIN));
-        let until = Instant::now() + TOKEN_REFRESH.min(credentials_left);
+            .map_or(TOKEN_REFRESH, |left| {
+                left.saturating_sub(CREDENTIALS_MARGIN)
+            });
+        let now = Instant::now();
+        let until = now
+            .checked_add(TOKEN_REFRESH.min(credentials_left))
+            .unwrap_or(now);
         *self.last.lock() = Some((token.clone(), until));
         tracing::debug!(connection = %self.connection, "signed an RDS IAM token");
         Ok(token)

@@ -124,7 +124,9 @@ async fn every_operation_works_after_rotate_root() {
         .connect_superuser("appdb")
         .await
         .unwrap()
-        .batch_execute(&format!("GRANT api_legacy TO {API_ADMIN} WITH ADMIN OPTION"))
+        .batch_execute(&format!(
+            "GRANT api_legacy TO {API_ADMIN} WITH ADMIN OPTION"
+        ))
         .await
         .unwrap();
     let (status, body) = env
@@ -135,13 +137,23 @@ async fn every_operation_works_after_rotate_root() {
         )
         .await;
     assert_eq!(status, 204, "{body}");
-    let (status, body) = env.call("GET", "database/static-creds/api-legacy", None).await;
+    let (status, body) = env
+        .call("GET", "database/static-creds/api-legacy", None)
+        .await;
     assert_eq!(status, 200, "{body}");
     let static_password = body["data"]["password"].as_str().unwrap();
     env.cluster
         .connect_as("api_legacy", static_password, "appdb")
         .await
         .expect("the static password works");
+    let (status, body) = env
+        .call(
+            "PUT",
+            "sys/leases/revoke-prefix/database/creds/api-login",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
     let (status, body) = env.call("DELETE", "database/config/apidb", None).await;
     assert_eq!(status, 409);
     assert_eq!(

@@ -126,9 +126,7 @@ async fn a_static_role_owns_and_rotates_an_existing_users_password() {
         .await;
     assert_eq!(status, 204, "{body}");
     let before = static_creds(&env, "legacy").await;
-    let (status, body) = env
-        .call("POST", "database/rotate-role/legacy", None)
-        .await;
+    let (status, body) = env.call("POST", "database/rotate-role/legacy", None).await;
     assert_eq!(status, 500, "{body}");
     let after = static_creds(&env, "legacy").await;
     assert_eq!(password(&after), password(&before));

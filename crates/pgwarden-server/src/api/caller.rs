@@ -118,7 +118,12 @@ impl Caller {
     }
 
     /// Whether policy lets this caller read static role `name`'s password on `mount`.
-    fn authorize_static(&self, state: &AppState, mount: &str, name: &str) -> Result<(), ServerError> {
+    fn authorize_static(
+        &self,
+        state: &AppState,
+        mount: &str,
+        name: &str,
+    ) -> Result<(), ServerError> {
         let Caller::Token(token) = self else {
             return Ok(());
         };

@@ -411,11 +411,9 @@ async fn dispatch(
         ) => static_roles::delete(state, mount, name)
             .await?
             .into_response(),
-        (Route::StaticCreds { mount, name }, Op::Read) => {
-            static_roles::creds(state, mount, name)
-                .await?
-                .into_response()
-        }
+        (Route::StaticCreds { mount, name }, Op::Read) => static_roles::creds(state, mount, name)
+            .await?
+            .into_response(),
         (Route::RotateRoot { mount, name }, Op::Write) => config::rotate_root(state, mount, name)
             .await?
             .into_response(),

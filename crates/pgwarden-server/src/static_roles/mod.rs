@@ -141,7 +141,11 @@ impl StaticRoles {
     /// Forgets the static roles an earlier configuration file defined and this one does not
     /// (their users keep their passwords), so pgwarden stops rotating them.
     async fn forget_left_file(&self) -> Result<(), ConfigError> {
-        let stored = self.store.static_roles().await.map_err(ConfigError::Store)?;
+        let stored = self
+            .store
+            .static_roles()
+            .await
+            .map_err(ConfigError::Store)?;
         for role in stored.into_iter().filter(|r| r.from_file) {
             let object = key(&role.mount, &role.def.name);
             if self.file_defined.lock().contains(&object) {

@@ -37,7 +37,11 @@ impl StaticRoles {
                 .seal(password.password(), &seal_context(&mount, &name))
                 .map_err(|e| ServerError::Internal(e.to_string()))?,
         );
-        if !self.store.update_static_role(&pending, role.version).await? {
+        if !self
+            .store
+            .update_static_role(&pending, role.version)
+            .await?
+        {
             return Err(changed_meanwhile(&mount, &name));
         }
         self.finish(pending, &password).await
@@ -136,7 +140,9 @@ impl StaticRoles {
     ) -> Result<StoredStaticRole, ServerError> {
         let (mount, name) = (role.mount.as_str(), role.def.name.as_str());
         match self.store.get_static_role(mount, name).await? {
-            Some(now) if now.sealed_pending.is_none() && now.sealed_password == role.sealed_pending => {
+            Some(now)
+                if now.sealed_pending.is_none() && now.sealed_password == role.sealed_pending =>
+            {
                 Ok(now)
             }
             _ => Err(changed_meanwhile(mount, name)),

@@ -95,8 +95,13 @@ impl StaticRoles {
                             .unwrap_or_else(Instant::now),
                     );
                     self.audit.submit(
-                        AuditEvent::now("pgwarden", "static-role.rotate", &object, Outcome::Failure)
-                            .with_detail(error.to_string()),
+                        AuditEvent::now(
+                            "pgwarden",
+                            "static-role.rotate",
+                            &object,
+                            Outcome::Failure,
+                        )
+                        .with_detail(error.to_string()),
                     );
                 }
             }
@@ -109,9 +114,7 @@ impl StaticRoles {
     fn pending_long_enough(&self, object: &str, version: u64) -> bool {
         let mut seen = self.pending_since.lock();
         match seen.get(object) {
-            Some((at_version, since)) if *at_version == version => {
-                since.elapsed() >= PENDING_GRACE
-            }
+            Some((at_version, since)) if *at_version == version => since.elapsed() >= PENDING_GRACE,
             _ => {
                 seen.insert(object.to_string(), (version, Instant::now()));
                 false
