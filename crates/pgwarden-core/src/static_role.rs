@@ -148,7 +148,15 @@ impl StaticRoleSpec {
                         "rotation_schedule {expression:?} is not a five-field cron expression: {e}"
                     ))
                 })?;
-                Rotation::Schedule(expression)
+                // Checked within eight years: 29 February comes at least that often.
+                let now = OffsetDateTime::now_utc();
+                let rotation = Rotation::Schedule(expression.clone());
+                if rotation.next_after(now) > now.saturating_add(time::Duration::days(366 * 8)) {
+                    return Err(invalid(format!(
+                        "rotation_schedule {expression:?} never comes (no such date)"
+                    )));
+                }
+                rotation
             }
         };
         let mut placeholders = Vec::new();
@@ -237,6 +245,12 @@ mod tests {
             "rotation_period": "24h"}))
         .unwrap();
         assert_eq!(def.rotation, Rotation::Period(Ttl::from_secs(86_400)));
+        assert!(
+            spec(serde_json::json!({"db_name": "appdb", "username": "app",
+                "rotation_schedule": "0 0 29 2 *"}))
+            .is_ok(),
+            "leap days come"
+        );
         assert_eq!(
             spec(serde_json::json!({"db_name": "appdb", "username": "app",
                 "rotation_schedule": "0 * * * *"}))
@@ -268,6 +282,11 @@ mod tests {
                 "role \"app\": rotation_schedule \"0 0 3 * * *\" is not a five-field cron \
                  expression: Invalid pattern: Pattern must have 5 fields when seconds are \
                  disallowed.",
+            ),
+            (
+                serde_json::json!({"db_name": "appdb", "username": "app",
+                    "rotation_schedule": "0 0 30 2 *"}),
+                "role \"app\": rotation_schedule \"0 0 30 2 *\" never comes (no such date)",
             ),
             (
                 serde_json::json!({"db_name": "appdb", "username": "o'brien",

@@ -144,9 +144,34 @@ impl EngineError {
 pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     if let Some(db) = error.as_db_error() {
         let detail = db.detail().map(|d| format!("; {d}")).unwrap_or_default();
-        return format!("{}{detail} (SQLSTATE {})", db.message(), db.code().code());
+        return redact_verifiers(&format!(
+            "{}{detail} (SQLSTATE {})",
+            db.message(),
+            db.code().code()
+        ));
     }
     pgwarden_core::chain(error)
+}
+
+/// `text` with every SCRAM verifier (which a database error may quote from the statement
+/// that failed) cut to its prefix, so none reaches a log line, a response or the audit log.
+fn redact_verifiers(text: &str) -> String {
+    const PREFIX: &str = "SCRAM-SHA-256$";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(PREFIX) {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        out.push_str(PREFIX);
+        out.push('…');
+        let after = &from[PREFIX.len()..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "+/=:$".contains(c)))
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// True for failures caused only by concurrent work, which the same statements may not meet
@@ -186,5 +211,21 @@ pub(crate) fn retry_delay<T>(
             Duration::from_secs(1),
         )),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_verifiers;
+
+    #[test]
+    fn verifiers_quoted_by_an_error_are_cut() {
+        assert_eq!(
+            redact_verifiers(
+                "syntax error at or near \"'SCRAM-SHA-256$4096:c2FsdA==$a2V5:c2Vy' NOSUCH\" and SCRAM-SHA-256$1:x"
+            ),
+            "syntax error at or near \"'SCRAM-SHA-256$…' NOSUCH\" and SCRAM-SHA-256$…"
+        );
+        assert_eq!(redact_verifiers("no verifier here"), "no verifier here");
     }
 }

@@ -17,8 +17,9 @@ impl Target {
     /// commits only if so: two pgwarden replicas setting one user's password are ordered,
     /// and one that was overtaken never lands a stale password after a newer one. Returns
     /// whether the password was set. Waiting for a lock ends after 10 s and a statement after
-    /// 30 s. Every error but [`EngineError::CommitUnknown`] means the password was certainly
-    /// not set.
+    /// 30 s. Every error but [`EngineError::CommitUnknown`] and
+    /// [`EngineError::TransactionEnded`] (statements that `COMMIT` or `ROLLBACK` themselves)
+    /// means the password was certainly not set.
     pub async fn set_password<F, Fut>(
         &self,
         username: &str,
@@ -61,11 +62,17 @@ impl Target {
             if !still_wanted().await {
                 return Ok(false);
             }
+            let started = transaction_id(&client, &what).await?;
             for statement in &statements {
                 client
                     .batch_execute(statement)
                     .await
                     .map_err(sql(what.clone()))?;
+            }
+            // A statement that ended the transaction (`COMMIT`, `ROLLBACK`, `END`) took the
+            // advisory lock's ordering with it, and perhaps the password.
+            if transaction_id(&client, &what).await? != started {
+                return Err(EngineError::TransactionEnded { what: what.clone() });
             }
             client
                 .batch_execute("COMMIT;")
@@ -80,4 +87,22 @@ impl Target {
         // Not committed: the connection closes with it, which rolls the transaction back.
         outcome
     }
+}
+
+/// The id of the transaction `client` is in.
+async fn transaction_id(
+    client: &tokio_postgres::Client,
+    what: &str,
+) -> Result<String, EngineError> {
+    let messages = client
+        .simple_query("SELECT txid_current()::text")
+        .await
+        .map_err(sql(what.to_string()))?;
+    Ok(messages
+        .iter()
+        .find_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default())
 }

@@ -7,7 +7,7 @@ use crate::tls::{Transport, take_tls_params};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use pgwarden_core::{AdminAuth, ConnectionDef};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -39,9 +39,8 @@ pub struct Endpoint {
 pub struct Target {
     pub(crate) name: String,
     pub(crate) config: Config,
-    transport: Transport,
-    /// The token source when the administrator signs in with RDS IAM (`auth: rds_iam`).
-    iam: Option<Arc<IamPassword>>,
+    /// How administrative connections are opened.
+    connector: AdminConnect,
     pub(crate) pool: Pool,
     /// Preset group setups already applied since start-up (group, preset, schemas).
     pub(crate) groups_ready: tokio::sync::Mutex<HashSet<String>>,
@@ -89,12 +88,51 @@ fn parse_config(def: &ConnectionDef) -> Result<(Config, Transport), EngineError>
     Ok((config, transport))
 }
 
-/// Opens the pool's connections: over the target's transport, with a fresh RDS IAM token as
-/// the password when the target uses one.
+/// Opens administrative connections: over the target's transport, with a fresh RDS IAM token
+/// as the password when the target uses one, and with the next password too while the
+/// administrator's password is being rotated.
 #[derive(Clone)]
 struct AdminConnect {
     transport: Transport,
+    /// The token source when the administrator signs in with RDS IAM (`auth: rds_iam`).
     iam: Option<Arc<IamPassword>>,
+    /// A password to try when the configured one is refused (set during `rotate-root`).
+    next_password: Arc<parking_lot::Mutex<Option<SecretString>>>,
+}
+
+impl AdminConnect {
+    /// Connects with `config` (its password, or the IAM token), then with the next password
+    /// if the first is refused and one is set.
+    async fn open(
+        &self,
+        config: &Config,
+    ) -> Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error> {
+        let mut config = config.clone();
+        if let Some(iam) = &self.iam {
+            iam.apply(&mut config);
+        }
+        let first = self.open_once(&config).await;
+        let next = self.next_password.lock().clone();
+        match (first, next) {
+            (Err(error), Some(next))
+                if error.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) =>
+            {
+                config.password(next.expose_secret());
+                self.open_once(&config).await
+            }
+            (first, _) => first,
+        }
+    }
+
+    async fn open_once(
+        &self,
+        config: &Config,
+    ) -> Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error> {
+        match &self.transport {
+            Transport::Plain => connect_with(config, NoTls).await,
+            Transport::Tls(tls) => connect_with(config, tls.clone()).await,
+        }
+    }
 }
 
 impl deadpool_postgres::Connect for AdminConnect {
@@ -112,16 +150,8 @@ impl deadpool_postgres::Connect for AdminConnect {
                 + '_,
         >,
     > {
-        let mut config = config.clone();
-        if let Some(iam) = &self.iam {
-            iam.apply(&mut config);
-        }
-        Box::pin(async move {
-            match &self.transport {
-                Transport::Plain => connect_with(&config, NoTls).await,
-                Transport::Tls(tls) => connect_with(&config, tls.clone()).await,
-            }
-        })
+        let config = config.clone();
+        Box::pin(async move { self.open(&config).await })
     }
 }
 
@@ -174,16 +204,16 @@ impl Target {
                 matches!(transport, Transport::Tls(_)),
             )?)),
         };
-        let connect = AdminConnect {
+        let connector = AdminConnect {
             transport,
-            iam: iam.clone(),
+            iam,
+            next_password: Default::default(),
         };
-        let pool = build_pool(&def.name, config.clone(), &connect)?;
+        let pool = build_pool(&def.name, config.clone(), &connector)?;
         Ok(Target {
             name: def.name.clone(),
             config,
-            transport: connect.transport,
-            iam,
+            connector,
             pool,
             groups_ready: Default::default(),
         })
@@ -204,14 +234,7 @@ impl Target {
             None => format!("-c {setting}"),
         };
         config.options(&options);
-        build_pool(
-            &self.name,
-            config,
-            &AdminConnect {
-                transport: self.transport.clone(),
-                iam: self.iam.clone(),
-            },
-        )
+        build_pool(&self.name, config, &self.connector)
     }
 
     /// Where clients reach this database: host, port and database name from the connection
@@ -285,15 +308,9 @@ impl Target {
         what: String,
     ) -> Result<tokio_postgres::Client, EngineError> {
         self.refresh_token().await?;
-        let mut config = config.clone();
-        if let Some(iam) = &self.iam {
-            iam.apply(&mut config);
-        }
-        let connected = match &self.transport {
-            Transport::Plain => connect_with(&config, NoTls).await,
-            Transport::Tls(tls) => connect_with(&config, tls.clone()).await,
-        };
-        connected
+        self.connector
+            .open(config)
+            .await
             .map(|(client, _)| client)
             .map_err(|e| EngineError::Unreachable {
                 connection: format!("{} ({what})", self.name),
@@ -306,24 +323,33 @@ impl Target {
         let reason = describe(error);
         match error.code() {
             Some(code)
-                if self.iam.is_some()
-                    && (*code
-                        == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-                        || *code == tokio_postgres::error::SqlState::INVALID_PASSWORD) =>
+                if *code
+                    == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                    || *code == tokio_postgres::error::SqlState::INVALID_PASSWORD =>
             {
-                if let Some(iam) = &self.iam {
-                    iam.forget();
+                match &self.connector.iam {
+                    Some(iam) => {
+                        iam.forget();
+                        format!("{reason}; {}", crate::iam::REFUSED_HINT)
+                    }
+                    None => reason,
                 }
-                format!("{reason}; {}", crate::iam::REFUSED_HINT)
             }
             _ => reason,
         }
     }
 
+    /// While `password` is set, a connection refused with the configured password tries it
+    /// too: the administrator's next password, from just before `ALTER ROLE` sets it until a
+    /// target with it replaces this one, so no connection fails in between.
+    pub fn try_next_password(&self, password: Option<SecretString>) {
+        *self.connector.next_password.lock() = password;
+    }
+
     /// Signs a new RDS IAM token when the target uses one and the last is due for renewal, so
     /// connections opened next carry a valid one.
     async fn refresh_token(&self) -> Result<(), EngineError> {
-        if let Some(iam) = &self.iam {
+        if let Some(iam) = &self.connector.iam {
             iam.token().await?;
         }
         Ok(())

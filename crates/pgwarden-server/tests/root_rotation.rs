@@ -217,3 +217,47 @@ async fn a_rotation_cut_short_is_settled_at_start_up() {
     env.boot().await;
     issue_working(&env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issuing_while_the_root_password_rotates_never_fails() {
+    let env = std::sync::Arc::new(env_with_api_connection().await);
+    let rotating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let issuers: Vec<_> = (0..6)
+        .map(|_| {
+            let (env, rotating) = (env.clone(), rotating.clone());
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                let mut issued = 0;
+                while rotating.load(std::sync::atomic::Ordering::SeqCst) {
+                    let (status, body) = env.call("GET", "database/creds/api-login", None).await;
+                    if status == 200 {
+                        issued += 1;
+                        let lease = body["lease_id"].clone();
+                        let (status, body) = env
+                            .call("PUT", "sys/leases/revoke", Some(json!({"lease_id": lease})))
+                            .await;
+                        if status != 204 {
+                            failures.push(format!("revoke: {status} {body}"));
+                        }
+                    } else {
+                        failures.push(format!("{status} {body}"));
+                    }
+                }
+                (issued, failures)
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        let (status, body) = env.call("POST", "database/rotate-root/apidb", None).await;
+        assert_eq!(status, 204, "{body}");
+    }
+    rotating.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    for issuer in issuers {
+        let (issued, failures) = issuer.await.unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+        total += issued;
+    }
+    assert!(total > 0);
+    issue_working(&env).await;
+}

@@ -232,6 +232,37 @@ async fn bad_static_roles_get_exact_errors() {
     assert_eq!(status, 404, "a failed definition is not kept: {body}");
     assert!(signs_in(&env, FIRST_PASSWORD).await, "nothing was changed");
 
+    // Statements that end the transaction: refused, the new password kept (it may be the
+    // user's now) and set again once the statements are fixed.
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/static-roles/committing",
+            Some(json!({"db_name": "appdb", "username": USER, "rotation_period": 60,
+                "rotation_statements": ["ALTER ROLE \"{{name}}\" WITH PASSWORD '{{password}}'", "COMMIT"]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["errors"][0],
+        "the rotation_statements of static role \"committing\" end the transaction (COMMIT, \
+         ROLLBACK or END): remove that statement and write the role again; until then the \
+         user's password may already be the new one, which pgwarden keeps and sets again"
+    );
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/static-roles/committing",
+            Some(json!({"db_name": "appdb", "username": USER, "rotation_period": 60})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert!(signs_in(&env, &password(&static_creds(&env, "committing").await)).await);
+    let (status, _) = env
+        .call("DELETE", "database/static-roles/committing", None)
+        .await;
+    assert_eq!(status, 204);
+
     // Changing the user of an existing role is refused.
     let (status, _) = env
         .call(

@@ -124,10 +124,17 @@ enum Command {
 }
 
 /// Logs on stderr, filtered by PGWARDEN_LOG (else `default`); colours only on a terminal and
-/// without NO_COLOR.
+/// without NO_COLOR. The database driver's debug lines (every statement, password verifiers
+/// included) stay off unless PGWARDEN_LOG names `tokio_postgres` itself.
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
+    let wanted = std::env::var("PGWARDEN_LOG").ok();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    if !wanted.is_some_and(|w| w.contains("tokio_postgres"))
+        && let Ok(quiet) = "tokio_postgres=info".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)

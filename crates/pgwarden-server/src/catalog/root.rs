@@ -43,11 +43,31 @@ impl Catalog {
                 Ok(now) if now.sealed_pending_password.as_ref() == Some(&sealed)
             )
         };
-        let set = self
-            .target(mount, name)?
+        // Until the new target replaces it, connections refused with the old password (once
+        // ALTER ROLE commits) try the new one.
+        let target = self.target(mount, name)?;
+        target.try_next_password(Some(password.password().clone()));
+        let set = target
             .set_password(&entry.def.username, &[], &password, still_pending)
-            .await?;
+            .await;
+        let set = match set {
+            Err(error @ pgwarden_engine::EngineError::CommitUnknown { .. }) => {
+                return Err(error.into());
+            }
+            Err(error) => {
+                // Certainly not set: forget the new password.
+                target.try_next_password(None);
+                let kept = StoredConnection {
+                    sealed_pending_password: None,
+                    ..pending
+                };
+                self.store.put_connection(mount, &kept).await?;
+                return Err(error.into());
+            }
+            Ok(set) => set,
+        };
         if !set {
+            target.try_next_password(None);
             return Err(ServerError::Conflict(format!(
                 "connection {name:?} in mount {mount:?} was changed by another request meanwhile; try again"
             )));

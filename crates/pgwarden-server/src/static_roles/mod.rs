@@ -376,6 +376,7 @@ impl StaticRoles {
 
     /// Rotates a static role's password now (`rotate-role`).
     pub async fn rotate(&self, mount: &str, name: &str) -> Result<(), ServerError> {
+        self.stored(mount, name).await?;
         let lock = self.lock(mount, name);
         let _held = lock.lock().await;
         let role = self.settle(self.stored(mount, name).await?).await?;

@@ -101,6 +101,14 @@ impl StaticRoles {
                 return self.finished_by_another(&role).await;
             }
             Err(error @ EngineError::CommitUnknown { .. }) => return Err(error.into()),
+            Err(EngineError::TransactionEnded { .. }) => {
+                return Err(ServerError::BadRequest(format!(
+                    "the rotation_statements of static role {name:?} end the transaction \
+                     (COMMIT, ROLLBACK or END): remove that statement and write the role again; \
+                     until then the user's password may already be the new one, which pgwarden \
+                     keeps and sets again"
+                )));
+            }
             Err(error) => {
                 self.drop_pending(&role).await;
                 return Err(match error {
