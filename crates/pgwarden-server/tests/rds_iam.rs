@@ -2,13 +2,15 @@
 //! the AWS keys in its environment, with no administrator password configured. The database
 //! is the testkit's RDS stand-in (a PostgreSQL wire-protocol front that checks tokens as RDS
 //! does, then hands the connection to a real cluster): users are issued, work, and are revoked
-//! through it, and a connection signing for the wrong region gets RDS's refusal.
+//! through it, over TLS (`sslmode=verify-full`) too, and a connection signing for the wrong
+//! region gets RDS's refusal.
 
 mod common;
 
 use common::{Env, TestBroker};
 use pgwarden_aws::Credentials;
 use pgwarden_testkit::rds::{IamPolicy, RdsIamFront};
+use pgwarden_testkit::tls::TestCa;
 use pgwarden_testkit::{APP_ADMIN, APP_ADMIN_PASSWORD, PgCluster};
 use secrecy::SecretString;
 use serde_json::json;
@@ -17,8 +19,8 @@ const ACCESS_KEY_ID: &str = "AKIDBROKERRDSIAM";
 const SECRET_ACCESS_KEY: &str = "broker-rds-iam-secret-key";
 
 /// The configuration: connection `appdb` signing for the front's region, `elsewhere` for
-/// another one, and a role on each.
-fn config(port: u16) -> String {
+/// another one, `secure` through the TLS front (trusting `ca_file`), and a role on each.
+fn config(port: u16, tls_port: u16, ca_file: &std::path::Path) -> String {
     format!(
         r#"
 mounts:
@@ -37,10 +39,20 @@ mounts:
         aws_region: us-east-1
         allowed_roles: ["*"]
         verify_connection: false
+      secure:
+        connection_url: "postgresql://127.0.0.1:{tls_port}/appdb?sslmode=verify-full&sslrootcert={ca}"
+        username: {APP_ADMIN}
+        auth: rds_iam
+        aws_region: eu-west-1
+        allowed_roles: ["*"]
     roles:
       appdb-readonly: {{ db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 24h }}
       elsewhere-readonly: {{ db_name: elsewhere, preset: readonly, default_ttl: 1h, max_ttl: 24h }}
-"#
+      secure-login:
+        db_name: secure
+        creation_statements: ["CREATE ROLE \"{{{{name}}}}\" WITH LOGIN PASSWORD '{{{{password}}}}' VALID UNTIL '{{{{expiration}}}}';"]
+"#,
+        ca = ca_file.display()
     )
 }
 
@@ -66,21 +78,21 @@ fn the_broker_signs_in_to_rds_with_iam_tokens() {
 
 async fn signs_in_issues_and_revokes() {
     let cluster = PgCluster::start_with_appdb().await.unwrap();
-    let front = RdsIamFront::start(
-        &cluster,
-        IamPolicy {
-            credentials: Credentials::new(
-                ACCESS_KEY_ID,
-                SecretString::from(SECRET_ACCESS_KEY),
-                None,
-            ),
-            region: "eu-west-1".into(),
-            passwords: [(APP_ADMIN.to_string(), APP_ADMIN_PASSWORD.to_string())].into(),
-        },
-    )
-    .await
-    .unwrap();
-    let mut broker = TestBroker::from_yaml(config(front.port));
+    let policy = |tls| IamPolicy {
+        credentials: Credentials::new(ACCESS_KEY_ID, SecretString::from(SECRET_ACCESS_KEY), None),
+        region: "eu-west-1".into(),
+        passwords: [(APP_ADMIN.to_string(), APP_ADMIN_PASSWORD.to_string())].into(),
+        tls,
+    };
+    let front = RdsIamFront::start(&cluster, policy(None)).await.unwrap();
+    let ca = TestCa::localhost();
+    let secure_front = RdsIamFront::start(&cluster, policy(Some(ca.server_config.clone())))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let mut broker = TestBroker::from_yaml(config(front.port, secure_front.port, &ca_file));
     broker.boot().await;
     // `verify_connection` signed in once at start-up.
     assert!(
@@ -110,6 +122,22 @@ async fn signs_in_issues_and_revokes() {
     };
     common::assert_invalid_password(error);
     assert!(!env.role_exists(&creds.username).await);
+
+    // Through TLS, with the server's certificate verified.
+    let secure = env.creds("secure-login").await;
+    assert!(secure_front.accepted() >= 1);
+    assert_eq!(secure_front.refused(), 0);
+    env.login(&secure)
+        .await
+        .expect("a user issued over the TLS front signs in");
+    let (status, body) = env
+        .call(
+            "PUT",
+            "sys/leases/revoke",
+            Some(json!({"lease_id": secure.lease_id})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
 
     // Background work (the orphan scan, the administrator check) may already have tried
     // `elsewhere`; a request on it is refused once more.

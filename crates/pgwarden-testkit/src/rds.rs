@@ -1,5 +1,6 @@
 //! A stand-in for RDS's IAM log-in, which cannot run here: a TCP front of a [`PgCluster`] that
-//! speaks PostgreSQL's wire protocol as RDS does to a user granted `rds_iam`. It asks for a
+//! speaks PostgreSQL's wire protocol as RDS does to a user granted `rds_iam` (over TLS when
+//! the policy holds a server configuration, answering `SSLRequest` as PostgreSQL does). It asks for a
 //! cleartext password, accepts only a valid RDS auth token for its own host name and port, the
 //! user and the region, signed with the one AWS key it knows and not expired, and answers
 //! anything else with RDS's `PAM authentication failed` error. A client it accepts is then
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The protocol version 3.0 startup code.
@@ -32,6 +33,8 @@ pub struct IamPolicy {
     pub region: String,
     /// The password of each database user in the real cluster, by name.
     pub passwords: HashMap<String, String>,
+    /// TLS for clients that ask for it (`SSLRequest`); without it they are told `N`.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// A running front; it stops when dropped.
@@ -85,7 +88,7 @@ impl RdsIamFront {
     }
 }
 
-/// One client: startup, token check, then the real cluster.
+/// One client: TLS if asked for and offered, then the rest of [`sign_in`].
 async fn serve(
     mut client: TcpStream,
     port: u16,
@@ -93,14 +96,43 @@ async fn serve(
     policy: &IamPolicy,
     counts: &Counts,
 ) -> std::io::Result<()> {
-    let startup = loop {
+    loop {
         let packet = read_startup(&mut client).await?;
-        match i32::from_be_bytes(packet[..4].try_into().expect("4 bytes")) {
-            SSL_REQUEST | GSS_REQUEST => client.write_all(b"N").await?,
-            PROTOCOL_3 => break packet,
+        match (startup_code(&packet), &policy.tls) {
+            (SSL_REQUEST, Some(config)) => {
+                client.write_all(b"S").await?;
+                let mut secure = tokio_rustls::TlsAcceptor::from(config.clone())
+                    .accept(client)
+                    .await?;
+                let startup = read_startup(&mut secure).await?;
+                return sign_in(secure, startup, port, upstream, policy, counts).await;
+            }
+            (SSL_REQUEST | GSS_REQUEST, _) => client.write_all(b"N").await?,
+            (PROTOCOL_3, _) => {
+                return sign_in(client, packet, port, upstream, policy, counts).await;
+            }
             _ => return Ok(()),
         }
-    };
+    }
+}
+
+/// The code at the start of a startup-phase packet.
+fn startup_code(packet: &[u8]) -> i32 {
+    i32::from_be_bytes(packet[..4].try_into().expect("4 bytes"))
+}
+
+/// Startup, token check, then the real cluster.
+async fn sign_in<S: AsyncRead + AsyncWrite + Unpin>(
+    mut client: S,
+    startup: Vec<u8>,
+    port: u16,
+    upstream: u16,
+    policy: &IamPolicy,
+    counts: &Counts,
+) -> std::io::Result<()> {
+    if startup_code(&startup) != PROTOCOL_3 {
+        return Ok(());
+    }
     let params = startup_params(&startup[4..]);
     let user = params.get("user").cloned().unwrap_or_default();
     // AuthenticationCleartextPassword, as RDS asks an `rds_iam` user.
@@ -195,7 +227,7 @@ async fn scram_login(server: &mut TcpStream, password: &str) -> std::io::Result<
 }
 
 /// Reads a startup-phase packet (no type byte) and returns it without its length.
-async fn read_startup(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+async fn read_startup<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
     let length = stream.read_i32().await?;
     let mut body = vec![0; usize::try_from(length - 4).unwrap_or(0).min(10_000)];
     stream.read_exact(&mut body).await?;
@@ -206,7 +238,7 @@ async fn read_startup(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 }
 
 /// Reads one typed message: its type byte and body.
-async fn read_message(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(u8, Vec<u8>)> {
     let kind = stream.read_u8().await?;
     let length = stream.read_i32().await?;
     let mut body = vec![0; usize::try_from(length - 4).unwrap_or(0).min(100_000)];
