@@ -450,3 +450,87 @@ async fn a_replica_cut_off_from_the_state_stops_reaping_and_answers_503() {
     }
     assert!(r.user_exists(&long["data"]["username"]).await);
 }
+
+/// Two replicas rotating and reading one static role at once (and the leader rotating it every
+/// 5 seconds): every read is a password, and both replicas hand out the one the user has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_rotating_one_static_role_never_lose_its_password() {
+    let r = std::sync::Arc::new(Replicas::start(2).await);
+    r.cluster
+        .create_static_user("legacy_app", "before")
+        .await
+        .unwrap();
+    let (status, body) = r
+        .call(
+            0,
+            "POST",
+            "database/static-roles/legacy",
+            Some(json!({"db_name": "appdb", "username": "legacy_app", "rotation_period": 5})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    // One rotation at a time on each replica (every 100 ms) while six readers read without
+    // pause from both.
+    let rotators: Vec<_> = (0..2)
+        .map(|i| {
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut unexpected = Vec::new();
+                for _ in 0..10 {
+                    let (status, body) =
+                        r.call(i, "POST", "database/rotate-role/legacy", None).await;
+                    // Two replicas starting a rotation at the same instant: one is told to retry.
+                    if status != 204 && status != 409 {
+                        unexpected.push(format!("rotate-role on {i}: {status} {body}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                unexpected
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..6)
+        .map(|n| {
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut unexpected = Vec::new();
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_secs(2) {
+                    let (status, body) = r
+                        .call(n % 2, "GET", "database/static-creds/legacy", None)
+                        .await;
+                    if status != 200 {
+                        unexpected.push(format!("static-creds on {}: {status} {body}", n % 2));
+                    }
+                }
+                unexpected
+            })
+        })
+        .collect();
+    for task in rotators.into_iter().chain(readers) {
+        let unexpected = task.await.unwrap();
+        assert!(unexpected.is_empty(), "{unexpected:?}");
+    }
+    // Each replica hands out the password the user has (read again should a scheduled
+    // rotation land between the read and the sign-in).
+    for i in 0..2 {
+        let mut signed_in = false;
+        for _ in 0..3 {
+            let (status, body) = r.call(i, "GET", "database/static-creds/legacy", None).await;
+            assert_eq!(status, 200, "{body}");
+            let password = body["data"]["password"].as_str().unwrap();
+            if r.cluster
+                .connect_as("legacy_app", password, "appdb")
+                .await
+                .is_ok()
+            {
+                signed_in = true;
+                break;
+            }
+        }
+        assert!(
+            signed_in,
+            "replica {i} hands out a password that does not sign in"
+        );
+    }
+}

@@ -330,23 +330,7 @@ impl StaticRoles {
         mount: &str,
         name: &str,
     ) -> Result<StaticCredential, ServerError> {
-        let mut role = self.stored(mount, name).await?;
-        if role.sealed_pending.is_some() {
-            // A rotation is in flight or was cut short: finish it, or (when it certainly
-            // failed, and was dropped) hand out the password still in force.
-            let lock = self.lock(mount, name);
-            let _held = lock.lock().await;
-            role = match self.settle(self.stored(mount, name).await?).await {
-                Ok(role) => role,
-                Err(error) => {
-                    let now = self.stored(mount, name).await?;
-                    if now.sealed_pending.is_some() {
-                        return Err(error);
-                    }
-                    now
-                }
-            };
-        }
+        let role = self.settled(mount, name).await?;
         let (Some(sealed), Some(last_rotation)) = (&role.sealed_password, role.last_rotation)
         else {
             return Err(ServerError::Unavailable(format!(
@@ -372,6 +356,37 @@ impl StaticRoles {
             rotation_schedule,
             ttl: Ttl::between(OffsetDateTime::now_utc(), role.next_rotation).as_secs(),
         })
+    }
+
+    /// The role with no rotation in flight: a pending password (a rotation running, perhaps
+    /// on another replica, or cut short) is finished first, waiting for the database's lock
+    /// on the user, as often as other rotations keep overtaking this read. A rotation that
+    /// certainly failed was dropped: then the password in force is the one to hand out.
+    async fn settled(&self, mount: &str, name: &str) -> Result<StoredStaticRole, ServerError> {
+        const ATTEMPTS: usize = 10;
+        let mut last_error = None;
+        for _ in 0..ATTEMPTS {
+            let role = self.stored(mount, name).await?;
+            if role.sealed_pending.is_none() {
+                return Ok(role);
+            }
+            let lock = self.lock(mount, name);
+            let _held = lock.lock().await;
+            match self.settle(self.stored(mount, name).await?).await {
+                Ok(role) if role.sealed_pending.is_none() => return Ok(role),
+                Ok(_) => {}
+                Err(error @ ServerError::Conflict(_)) => last_error = Some(error),
+                Err(error) => {
+                    let now = self.stored(mount, name).await?;
+                    return if now.sealed_pending.is_none() {
+                        Ok(now)
+                    } else {
+                        Err(error)
+                    };
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| changed_meanwhile(mount, name)))
     }
 
     /// Rotates a static role's password now (`rotate-role`).

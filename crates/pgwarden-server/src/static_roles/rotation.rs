@@ -141,18 +141,15 @@ impl StaticRoles {
     }
 
     /// After losing a race while finishing `role`'s pending password: success if another
-    /// request (perhaps on another replica) finished that same password, else a conflict.
+    /// request (perhaps on another replica) finished that same password (the role may hold a
+    /// newer pending one by now), else a conflict.
     async fn finished_by_another(
         &self,
         role: &StoredStaticRole,
     ) -> Result<StoredStaticRole, ServerError> {
         let (mount, name) = (role.mount.as_str(), role.def.name.as_str());
         match self.store.get_static_role(mount, name).await? {
-            Some(now)
-                if now.sealed_pending.is_none() && now.sealed_password == role.sealed_pending =>
-            {
-                Ok(now)
-            }
+            Some(now) if now.sealed_password == role.sealed_pending => Ok(now),
             _ => Err(changed_meanwhile(mount, name)),
         }
     }
