@@ -171,3 +171,81 @@ fn the_sidecar_example_writes_credentials_before_the_app_starts_and_keeps_them_f
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `validate_crs.py` (custom resources against their CRDs' schemas) on `files`; returns
+/// whether they passed and what it printed.
+fn validate_crs(files: &[&Path]) -> (bool, String) {
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("crates/pgwarden/tests/validate_crs.py"))
+        .arg(repo().join("deploy/operator/crds.yaml"))
+        .args(files)
+        .output()
+        .expect("the test venv's python: run scripts/test, which makes it");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_operator_crds_come_from_the_types_and_the_examples_fit_them() {
+    let generated = pgwarden_operator::crds_yaml().unwrap();
+    let checked_in = std::fs::read_to_string(repo().join("deploy/operator/crds.yaml")).unwrap();
+    assert!(
+        checked_in == generated,
+        "deploy/operator/crds.yaml is stale: run `pgwarden operator crds > deploy/operator/crds.yaml`"
+    );
+    let (docs, text) = render("operator");
+    validate("operator", &text);
+    let crd = |kind: &str| {
+        docs.iter()
+            .find(|d| d["spec"]["names"]["kind"] == kind)
+            .unwrap_or_else(|| panic!("no CRD for {kind}"))
+    };
+    for kind in ["PostgresConnection", "PostgresRole"] {
+        assert_eq!(crd(kind)["spec"]["group"], "pgwarden.io");
+    }
+    let request = &crd("DatabaseAccessRequest")["spec"]["versions"][0];
+    assert_eq!(request["subresources"]["status"], serde_json::json!({}));
+    let rule = &request["schema"]["openAPIV3Schema"]["x-kubernetes-validations"][0];
+    assert!(
+        rule["rule"]
+            .as_str()
+            .unwrap()
+            .contains("self.spec == oldSelf.spec"),
+        "{rule}"
+    );
+    let columns: Vec<&str> = request["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Role", "Approved", "Denied", "Secret", "Age"]);
+
+    let examples = repo().join("deploy/operator/examples/team-a.yaml");
+    let (ok, report) = validate_crs(&[&examples]);
+    assert!(ok, "{report}");
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        "apiVersion: pgwarden.io/v1alpha1\nkind: DatabaseAccessRequest\nmetadata: {name: r}\n\
+         spec:\n  roleRef: {name: reader}\n  subjects: [{kind: Robot, name: x}]\n  tll: 1h\n",
+    )
+    .unwrap();
+    let (ok, report) = validate_crs(&[&broken]);
+    assert!(!ok);
+    let name = broken.display();
+    assert_eq!(
+        report,
+        format!(
+            "{name}: DatabaseAccessRequest r: spec: Additional properties are not allowed ('tll' was unexpected)\n\
+             {name}: DatabaseAccessRequest r: spec.subjects.0.kind: 'Robot' is not one of ['ServiceAccount', 'User', 'Group']\n"
+        )
+    );
+}
