@@ -145,14 +145,10 @@ impl IamPassword {
         *self.last.lock() = None;
     }
 
-    /// The token last signed, if any (for connections opened right after [`Self::token`]).
-    pub(crate) fn last(&self) -> Option<SecretString> {
-        self.last.lock().as_ref().map(|(token, _)| token.clone())
-    }
-
-    /// Sets the last token as `config`'s password.
+    /// Sets the token last signed as `config`'s password (for connections opened right after
+    /// [`Self::token`]).
     pub(crate) fn apply(&self, config: &mut Config) {
-        if let Some(token) = self.last() {
+        if let Some((token, _)) = self.last.lock().as_ref() {
             config.password(token.expose_secret());
         }
     }

@@ -5,7 +5,7 @@ use crate::error::{EngineError, sql};
 use crate::quote::{quote_ident, quote_literal};
 use crate::scram::NewPassword;
 use crate::target::Target;
-use crate::users::{render_all, user_exists};
+use crate::users::{in_one_transaction, render_all, user_exists};
 use std::future::Future;
 
 impl Target {
@@ -58,51 +58,18 @@ impl Target {
             ))
             .await
             .map_err(sql(what.clone()))?;
-        let outcome = async {
-            if !still_wanted().await {
-                return Ok(false);
-            }
-            let started = transaction_id(&client, &what).await?;
-            for statement in &statements {
-                client
-                    .batch_execute(statement)
-                    .await
-                    .map_err(sql(what.clone()))?;
-            }
-            // A statement that ended the transaction (`COMMIT`, `ROLLBACK`, `END`) took the
-            // advisory lock's ordering with it, and perhaps the password.
-            if transaction_id(&client, &what).await? != started {
-                return Err(EngineError::TransactionEnded { what: what.clone() });
-            }
-            client
-                .batch_execute("COMMIT;")
-                .await
-                .map_err(|driver| EngineError::CommitUnknown {
-                    what: what.clone(),
-                    driver,
-                })?;
-            Ok(true)
+        if !still_wanted().await {
+            return Ok(false);
         }
-        .await;
-        // Not committed: the connection closes with it, which rolls the transaction back.
-        outcome
+        // Statements that end the transaction would take the advisory lock's ordering with
+        // them, and perhaps the password.
+        in_one_transaction(&client, "", &statements, &what).await?;
+        client
+            .batch_execute("COMMIT;")
+            .await
+            .map_err(|driver| EngineError::CommitUnknown { what, driver })?;
+        // Any error above leaves the transaction open: the connection closes with it, which
+        // rolls it back.
+        Ok(true)
     }
-}
-
-/// The id of the transaction `client` is in.
-async fn transaction_id(
-    client: &tokio_postgres::Client,
-    what: &str,
-) -> Result<String, EngineError> {
-    let messages = client
-        .simple_query("SELECT txid_current()::text")
-        .await
-        .map_err(sql(what.to_string()))?;
-    Ok(messages
-        .iter()
-        .find_map(|message| match message {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap_or_default())
 }

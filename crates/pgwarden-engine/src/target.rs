@@ -96,13 +96,28 @@ struct AdminConnect {
     transport: Transport,
     /// The token source when the administrator signs in with RDS IAM (`auth: rds_iam`).
     iam: Option<Arc<IamPassword>>,
-    /// A password to try when the configured one is refused (set during `rotate-root`).
-    next_password: Arc<parking_lot::Mutex<Option<SecretString>>>,
+    /// The administrator's password since `rotate-root` changed it (the configured one until
+    /// then), and the next one to try while a rotation runs.
+    passwords: Arc<parking_lot::Mutex<RotatedPasswords>>,
+}
+
+/// How many other passwords a connection refused during `rotate-root` tries before failing.
+const MAX_PASSWORD_RETRIES: usize = 4;
+
+/// The passwords a `rotate-root` gives a target while it runs and after.
+#[derive(Default)]
+struct RotatedPasswords {
+    /// Replaces the configured password.
+    current: Option<SecretString>,
+    /// Tried when the current one is refused.
+    next: Option<SecretString>,
+    /// Counts the changes to the two, so that a refused connection knows to look again.
+    changes: u64,
 }
 
 impl AdminConnect {
-    /// Connects with `config` (its password, or the IAM token), then with the next password
-    /// if the first is refused and one is set.
+    /// Connects with `config` (its password, the one `rotate-root` set, or the IAM token),
+    /// then with the other known passwords if it is refused while a rotation runs.
     async fn open(
         &self,
         config: &Config,
@@ -111,17 +126,41 @@ impl AdminConnect {
         if let Some(iam) = &self.iam {
             iam.apply(&mut config);
         }
-        let first = self.open_once(&config).await;
-        let next = self.next_password.lock().clone();
-        match (first, next) {
-            (Err(error), Some(next))
-                if error.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) =>
-            {
-                config.password(next.expose_secret());
-                self.open_once(&config).await
+        let mut seen = {
+            let passwords = self.passwords.lock();
+            if let Some(current) = &passwords.current {
+                config.password(current.expose_secret());
             }
-            (first, _) => first,
+            passwords.changes
+        };
+        let mut outcome = self.open_once(&config).await;
+        // Refused: a rotation may have changed the password while this connection was being
+        // opened (perhaps more than once, and the server may have checked it just before the
+        // change). Try the one being set, then the one in force: one that was not just
+        // refused, or either if they changed meanwhile; a few rounds at most.
+        for _ in 0..MAX_PASSWORD_RETRIES {
+            let refused = matches!(&outcome, Err(error)
+                if error.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD));
+            if !refused {
+                break;
+            }
+            let just_refused = config.get_password().map(<[u8]>::to_vec);
+            let another = {
+                let passwords = self.passwords.lock();
+                let changed = std::mem::replace(&mut seen, passwords.changes) != passwords.changes;
+                [&passwords.next, &passwords.current]
+                    .into_iter()
+                    .flatten()
+                    .find(|p| {
+                        changed || just_refused.as_deref() != Some(p.expose_secret().as_bytes())
+                    })
+                    .cloned()
+            };
+            let Some(password) = another else { break };
+            config.password(password.expose_secret());
+            outcome = self.open_once(&config).await;
         }
+        outcome
     }
 
     async fn open_once(
@@ -207,7 +246,7 @@ impl Target {
         let connector = AdminConnect {
             transport,
             iam,
-            next_password: Default::default(),
+            passwords: Default::default(),
         };
         let pool = build_pool(&def.name, config.clone(), &connector)?;
         Ok(Target {
@@ -320,30 +359,37 @@ impl Target {
 
     /// Why connecting failed, with what to check when an RDS IAM token was refused.
     fn connect_failure(&self, error: &tokio_postgres::Error) -> String {
+        use tokio_postgres::error::SqlState;
         let reason = describe(error);
-        match error.code() {
-            Some(code)
-                if *code
-                    == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-                    || *code == tokio_postgres::error::SqlState::INVALID_PASSWORD =>
-            {
-                match &self.connector.iam {
-                    Some(iam) => {
-                        iam.forget();
-                        format!("{reason}; {}", crate::iam::REFUSED_HINT)
-                    }
-                    None => reason,
-                }
+        let refused = error.code().is_some_and(|code| {
+            *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                || *code == SqlState::INVALID_PASSWORD
+        });
+        match &self.connector.iam {
+            Some(iam) if refused => {
+                iam.forget();
+                format!("{reason}; {}", crate::iam::REFUSED_HINT)
             }
             _ => reason,
         }
     }
 
-    /// While `password` is set, a connection refused with the configured password tries it
-    /// too: the administrator's next password, from just before `ALTER ROLE` sets it until a
-    /// target with it replaces this one, so no connection fails in between.
+    /// While `password` is set, a connection refused with the current password tries it too:
+    /// the administrator's next password, from just before `ALTER ROLE` sets it until
+    /// [`Target::use_password`] makes it the current one, so no connection fails in between.
     pub fn try_next_password(&self, password: Option<SecretString>) {
-        *self.connector.next_password.lock() = password;
+        let mut passwords = self.connector.passwords.lock();
+        passwords.next = password;
+        passwords.changes = passwords.changes.wrapping_add(1);
+    }
+
+    /// Signs in with `password` from now on (the administrator's password was changed):
+    /// every holder of this target, however long it has held it, uses the new one.
+    pub fn use_password(&self, password: SecretString) {
+        let mut passwords = self.connector.passwords.lock();
+        passwords.current = Some(password);
+        passwords.next = None;
+        passwords.changes = passwords.changes.wrapping_add(1);
     }
 
     /// Signs a new RDS IAM token when the target uses one and the last is due for renewal, so

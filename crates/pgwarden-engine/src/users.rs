@@ -452,42 +452,56 @@ async fn begin_with(
     statements: &[String],
     what: &str,
 ) -> Result<(), EngineError> {
+    // The timeout ends the transaction should pgwarden vanish before committing (the server
+    // would otherwise hold its locks until TCP gives up). A template's `COMMIT` or `END` would
+    // leave a user existing unrecorded: `in_one_transaction` catches it.
+    let outcome = in_one_transaction(
+        client,
+        "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n",
+        statements,
+        what,
+    )
+    .await;
+    if outcome.is_err() {
+        let _ = client.batch_execute("ROLLBACK;").await;
+    }
+    outcome
+}
+
+/// Sends `prefix` and `statements` in one round trip, reading the transaction's id before and
+/// after the statements: when a statement ended the transaction (`COMMIT`, `END`,
+/// `ROLLBACK`), the ids differ and the answer is [`EngineError::TransactionEnded`]. (Creating
+/// or altering a role takes an id anyway.)
+pub(crate) async fn in_one_transaction(
+    client: &tokio_postgres::Client,
+    prefix: &str,
+    statements: &[String],
+    what: &str,
+) -> Result<(), EngineError> {
     // A newline ends a trailing `--` comment before each separator.
     let body: String = statements
         .iter()
         .map(|statement| format!("{statement}\n;\n"))
         .collect();
-    // The timeout ends the transaction should pgwarden vanish before committing (the server
-    // would otherwise hold its locks until TCP gives up). The transaction's id, read before
-    // and after the statements, differs when a statement (a template's `COMMIT` or `END`)
-    // ended the transaction, whose user would then exist unrecorded. (Creating a role takes
-    // an id anyway.)
-    let outcome = client
+    let messages = client
         .simple_query(&format!(
-            "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n\
-             SELECT txid_current()::text;\n{body}SELECT txid_current()::text;"
+            "{prefix}SELECT txid_current()::text;\n{body}SELECT txid_current()::text;"
         ))
         .await
-        .map_err(sql(what.to_string()))
-        .and_then(|messages| {
-            let ids: Vec<&str> = messages
-                .iter()
-                .filter_map(|message| match message {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
-                    _ => None,
-                })
-                .collect();
-            match (ids.first(), ids.last()) {
-                (Some(first), Some(last)) if first == last => Ok(()),
-                _ => Err(EngineError::TransactionEnded {
-                    what: what.to_string(),
-                }),
-            }
-        });
-    if outcome.is_err() {
-        let _ = client.batch_execute("ROLLBACK;").await;
+        .map_err(sql(what.to_string()))?;
+    let ids: Vec<&str> = messages
+        .iter()
+        .filter_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+            _ => None,
+        })
+        .collect();
+    match (ids.first(), ids.last()) {
+        (Some(first), Some(last)) if first == last => Ok(()),
+        _ => Err(EngineError::TransactionEnded {
+            what: what.to_string(),
+        }),
     }
-    outcome
 }
 
 /// A user created in a transaction not yet committed: no one can see or use it. Dropped

@@ -291,6 +291,16 @@ impl Catalog {
         f(mounts.get(mount).ok_or_else(|| no_mount(mount))?)
     }
 
+    /// The seal key, or the error saying how to configure one: connection passwords written
+    /// through the API are stored only encrypted.
+    fn sealer(&self) -> Result<&Sealer, ServerError> {
+        self.sealer.as_ref().ok_or_else(|| {
+            ServerError::BadRequest(
+                "no seal key is configured (seal_key_file or PGWARDEN_SEAL_KEY), so connection passwords cannot be stored encrypted".into(),
+            )
+        })
+    }
+
     fn write<T>(
         &self,
         mount: &str,
@@ -470,6 +480,11 @@ impl Catalog {
         })
     }
 
+    /// Ok when mount `mount` exists, else its 404.
+    pub fn ensure_mount(&self, mount: &str) -> Result<(), ServerError> {
+        self.read(mount, |_| Ok(()))
+    }
+
     /// Names of the connections in `mount`.
     pub fn connection_names(&self, mount: &str) -> Result<Vec<String>, ServerError> {
         self.read(mount, |m| Ok(m.connections.keys().cloned().collect()))
@@ -489,11 +504,7 @@ impl Catalog {
             Ok(m.connections.get(name).map(|entry| entry.def.clone()))
         })?;
         let def = connection_def(name, write, previous)?;
-        let sealer = self.sealer.as_ref().ok_or_else(|| {
-            ServerError::BadRequest(
-                "no seal key is configured (seal_key_file or PGWARDEN_SEAL_KEY), so connection passwords cannot be stored encrypted".into(),
-            )
-        })?;
+        let sealer = self.sealer()?;
         let target = Target::new(&def)?;
         if def.verify_connection {
             target.verify().await.map_err(|e| {

@@ -131,6 +131,34 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
+    /// Writes static role `r` with `sql`: its parameters $1 to $9 are the row's columns in
+    /// [`STATIC_ROLE_COLUMNS`] order, $10 `from_version` when given. Whether a row changed.
+    async fn write_static_role(
+        &self,
+        sql: &str,
+        r: &StoredStaticRole,
+        from_version: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let version = version_column(r.version);
+        let json = to_json("static role", &r.def)?;
+        let (last, next) = (r.last_rotation.map(millis), millis(r.next_rotation));
+        let from = from_version.map(version_column);
+        let mut values: Vec<&(dyn ToSql + Sync)> = vec![
+            &r.mount,
+            &r.def.name,
+            &version,
+            &json,
+            &r.sealed_password,
+            &r.sealed_pending,
+            &last,
+            &next,
+            &r.from_file,
+        ];
+        if let Some(from) = &from {
+            values.push(from);
+        }
+        self.execute(sql, &values).await.map(|n| n > 0)
+    }
     /// A store over `pool`'s database, its schema created or upgraded first. `relaxed` is a
     /// pool to the same database whose sessions run with `synchronous_commit = off`, for the
     /// writes whose loss in a crash of the state database errs on the safe side (as the
@@ -739,22 +767,7 @@ impl Store for PostgresStore {
             "INSERT INTO pgwarden_static_roles ({STATIC_ROLE_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (mount, name) DO NOTHING"
         );
-        self.execute(
-            &sql,
-            &[
-                &r.mount,
-                &r.def.name,
-                &version_column(r.version),
-                &to_json("static role", &r.def)?,
-                &r.sealed_password,
-                &r.sealed_pending,
-                &r.last_rotation.map(millis),
-                &millis(r.next_rotation),
-                &r.from_file,
-            ],
-        )
-        .await
-        .map(|n| n > 0)
+        self.write_static_role(&sql, r, None).await
     }
 
     async fn update_static_role(
@@ -762,26 +775,15 @@ impl Store for PostgresStore {
         r: &StoredStaticRole,
         from_version: u64,
     ) -> Result<bool, StoreError> {
-        self.execute(
+        self.write_static_role(
             "UPDATE pgwarden_static_roles SET version = $3, role_json = $4, \
              sealed_password = $5, sealed_pending = $6, last_rotation_ms = $7, \
-             next_rotation_ms = $8, from_file = $10 \
-             WHERE mount = $1 AND name = $2 AND version = $9",
-            &[
-                &r.mount,
-                &r.def.name,
-                &version_column(r.version),
-                &to_json("static role", &r.def)?,
-                &r.sealed_password,
-                &r.sealed_pending,
-                &r.last_rotation.map(millis),
-                &millis(r.next_rotation),
-                &version_column(from_version),
-                &r.from_file,
-            ],
+             next_rotation_ms = $8, from_file = $9 \
+             WHERE mount = $1 AND name = $2 AND version = $10",
+            r,
+            Some(from_version),
         )
         .await
-        .map(|n| n > 0)
     }
 
     async fn delete_static_role(

@@ -252,6 +252,40 @@ fn insert_audit(c: &Connection, r: &AuditRecord) -> Result<(), StoreError> {
 }
 
 impl SqliteStore {
+    /// Writes static role `r` with `sql`, durably: its parameters ?1 to ?9 are the row's
+    /// columns in [`STATIC_ROLE_COLUMNS`] order, ?10 `from_version` when given. Whether a row
+    /// changed.
+    async fn write_static_role(
+        &self,
+        sql: String,
+        r: &StoredStaticRole,
+        from_version: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let json = to_json("static role", &r.def)?;
+        let r = r.clone();
+        self.writer
+            .write(DURABLE, move |c| {
+                let version = version_column(r.version);
+                let (last, next) = (r.last_rotation.map(Millis), Millis(r.next_rotation));
+                let from = from_version.map(version_column);
+                let mut values: Vec<&dyn ToSql> = vec![
+                    &r.mount,
+                    &r.def.name,
+                    &version,
+                    &json,
+                    &r.sealed_password,
+                    &r.sealed_pending,
+                    &last,
+                    &next,
+                    &r.from_file,
+                ];
+                if let Some(from) = &from {
+                    values.push(from);
+                }
+                Ok(c.prepare_cached(&sql)?.execute(values.as_slice())? > 0)
+            })
+            .await
+    }
     /// Opens (creating if needed) `state.db` in `data_dir` and migrates it.
     pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         let path = data_dir.join("state.db");
@@ -634,29 +668,11 @@ impl Store for SqliteStore {
     }
 
     async fn insert_static_role(&self, r: &StoredStaticRole) -> Result<bool, StoreError> {
-        let json = to_json("static role", &r.def)?;
-        let r = r.clone();
-        self.writer
-            .write(DURABLE, move |c| {
-                let inserted = c
-                    .prepare_cached(&format!(
-                        "INSERT INTO static_roles ({STATIC_ROLE_COLUMNS}) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING"
-                    ))?
-                    .execute(params![
-                        r.mount,
-                        r.def.name,
-                        version_column(r.version),
-                        json,
-                        r.sealed_password,
-                        r.sealed_pending,
-                        r.last_rotation.map(Millis),
-                        Millis(r.next_rotation),
-                        r.from_file,
-                    ])?;
-                Ok(inserted > 0)
-            })
-            .await
+        let sql = format!(
+            "INSERT INTO static_roles ({STATIC_ROLE_COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING"
+        );
+        self.write_static_role(sql, r, None).await
     }
 
     async fn update_static_role(
@@ -664,31 +680,10 @@ impl Store for SqliteStore {
         r: &StoredStaticRole,
         from_version: u64,
     ) -> Result<bool, StoreError> {
-        let json = to_json("static role", &r.def)?;
-        let r = r.clone();
-        self.writer
-            .write(DURABLE, move |c| {
-                let changed = c
-                    .prepare_cached(
-                        "UPDATE static_roles SET version = ?3, role_json = ?4, \
-                         sealed_password = ?5, sealed_pending = ?6, last_rotation_ms = ?7, \
-                         next_rotation_ms = ?8, from_file = ?10 \
-                         WHERE mount = ?1 AND name = ?2 AND version = ?9",
-                    )?
-                    .execute(params![
-                        r.mount,
-                        r.def.name,
-                        version_column(r.version),
-                        json,
-                        r.sealed_password,
-                        r.sealed_pending,
-                        r.last_rotation.map(Millis),
-                        Millis(r.next_rotation),
-                        version_column(from_version),
-                        r.from_file,
-                    ])?;
-                Ok(changed > 0)
-            })
+        let sql = "UPDATE static_roles SET version = ?3, role_json = ?4, sealed_password = ?5, \
+                   sealed_pending = ?6, last_rotation_ms = ?7, next_rotation_ms = ?8, \
+                   from_file = ?9 WHERE mount = ?1 AND name = ?2 AND version = ?10";
+        self.write_static_role(sql.to_string(), r, Some(from_version))
             .await
     }
 

@@ -71,7 +71,7 @@ async fn rotation_blocked_at_alter(server: &Server, watch: &tokio_postgres::Clie
         let rows = watch
             .query(
                 "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                 AND query LIKE 'ALTER ROLE%'",
+                 AND query LIKE '%ALTER ROLE%'",
                 &[],
             )
             .await

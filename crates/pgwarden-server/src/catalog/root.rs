@@ -43,8 +43,8 @@ impl Catalog {
                 Ok(now) if now.sealed_pending_password.as_ref() == Some(&sealed)
             )
         };
-        // Until the new target replaces it, connections refused with the old password (once
-        // ALTER ROLE commits) try the new one.
+        // Until the new password is adopted, connections refused with the old one (once ALTER
+        // ROLE commits) try the new one.
         let target = self.target(mount, name)?;
         target.try_next_password(Some(password.password().clone()));
         let set = target
@@ -139,7 +139,7 @@ impl Catalog {
     }
 
     /// Makes `stored`'s pending password, `password`, the one in force: in the store, then in
-    /// memory with a new target (open connections of the old one keep working).
+    /// memory, where the connection's target (whoever holds it) signs in with it from now on.
     async fn adopt(
         &self,
         mount: &str,
@@ -156,10 +156,12 @@ impl Catalog {
             ..stored
         };
         self.store.put_connection(mount, &adopted).await?;
-        let def = ConnectionDef { password, ..def };
-        let target = Target::new(&def)?;
+        self.target(mount, &def.name)?
+            .use_password(password.clone());
         self.write(mount, |m| {
-            m.add_connection(def, Source::Api, target);
+            if let Some(entry) = m.connections.get_mut(&def.name) {
+                entry.def = ConnectionDef { password, ..def };
+            }
             Ok(())
         })?;
         Ok(adopted)
@@ -176,14 +178,5 @@ impl Catalog {
             .ok_or_else(|| {
                 ServerError::NotFound(format!("connection {name:?} not found in mount {mount:?}"))
             })
-    }
-
-    /// The seal key, or the error saying how to configure one.
-    fn sealer(&self) -> Result<&crate::seal::Sealer, ServerError> {
-        self.sealer.as_ref().ok_or_else(|| {
-            ServerError::BadRequest(
-                "no seal key is configured (seal_key_file or PGWARDEN_SEAL_KEY)".into(),
-            )
-        })
     }
 }

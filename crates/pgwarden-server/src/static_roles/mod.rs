@@ -294,7 +294,7 @@ impl StaticRoles {
 
     /// The names of `mount`'s static roles.
     pub async fn names(&self, mount: &str) -> Result<Vec<String>, ServerError> {
-        self.catalog.connection_names(mount)?;
+        self.catalog.ensure_mount(mount)?;
         Ok(self
             .store
             .static_roles()
@@ -400,7 +400,7 @@ impl StaticRoles {
 
     /// The stored role, or 404.
     async fn stored(&self, mount: &str, name: &str) -> Result<StoredStaticRole, ServerError> {
-        self.catalog.connection_names(mount)?;
+        self.catalog.ensure_mount(mount)?;
         self.store
             .get_static_role(mount, name)
             .await?
