@@ -51,6 +51,20 @@ pub struct Credential {
     pub database: String,
 }
 
+impl From<SecretResponse<DbCredential>> for Credential {
+    fn from(answer: SecretResponse<DbCredential>) -> Credential {
+        Credential {
+            lease_id: answer.lease_id,
+            lease_duration: Duration::from_secs(answer.lease_duration),
+            username: answer.data.username,
+            password: answer.data.password,
+            host: answer.data.host,
+            port: answer.data.port,
+            database: answer.data.database,
+        }
+    }
+}
+
 /// The outcome of a renewal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Renewal {
@@ -251,15 +265,7 @@ impl Client {
                 reason: "no lease_id".into(),
             });
         }
-        Ok(Credential {
-            lease_id: answer.lease_id,
-            lease_duration: Duration::from_secs(answer.lease_duration),
-            username: answer.data.username,
-            password: answer.data.password,
-            host: answer.data.host,
-            port: answer.data.port,
-            database: answer.data.database,
-        })
+        Ok(Credential::from(answer))
     }
 
     /// The current password of a static role at `path` (e.g.
@@ -350,6 +356,30 @@ impl Client {
         let what = format!("GET {path}");
         let answer = self.call(reqwest::Method::GET, &path, None, &what).await?;
         parse(answer, &what)
+    }
+
+    /// Writes the definition at `path` (e.g. `database/roles/appdb-user` or
+    /// `database/config/appdb`) from its JSON body; needs the root token.
+    pub async fn write(&self, path: &str, definition: Value) -> Result<(), ClientError> {
+        let what = format!("write {path}");
+        self.call(reqwest::Method::PUT, path, Some(definition), &what)
+            .await
+            .map(|_| ())
+    }
+
+    /// Reads the definition at `path` (its `data`); needs the root token.
+    pub async fn read(&self, path: &str) -> Result<Value, ClientError> {
+        let what = format!("read {path}");
+        let mut answer = self.call(reqwest::Method::GET, path, None, &what).await?;
+        Ok(answer["data"].take())
+    }
+
+    /// Deletes the definition at `path`; needs the root token.
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        let what = format!("delete {path}");
+        self.call(reqwest::Method::DELETE, path, None, &what)
+            .await
+            .map(|_| ())
     }
 
     /// Extends a lease by `increment` (the role's default TTL when `None`); the answer holds

@@ -52,6 +52,9 @@ pub fn is_subject(subject: &str) -> bool {
         .any(|kind| subject.starts_with(kind) && subject.len() > kind.len())
 }
 
+/// The root token's subject.
+const ROOT: &str = "root";
+
 fn bad_subject(subjects: &[String]) -> Option<&String> {
     subjects.iter().find(|s| !is_subject(s))
 }
@@ -78,9 +81,11 @@ impl Policy {
             if grant.subjects.is_empty() || grant.roles.is_empty() {
                 return Err(invalid("needs at least one subject and one role".into()));
             }
-            if let Some(bad) = bad_subject(&grant.subjects) {
+            // `root`: the root token, which issues anything without policy; a grant names it
+            // only for the access requests it makes (pgwarden operator's, on namespaces' behalf).
+            if let Some(bad) = grant.subjects.iter().find(|s| *s != ROOT && !is_subject(s)) {
                 return Err(invalid(format!(
-                    "subject {bad:?} must start with system:serviceaccount:, group: or user:"
+                    "subject {bad:?} must be root or start with system:serviceaccount:, group: or user:"
                 )));
             }
             if let Some(bad) = bad_subject(&grant.approvers) {
@@ -364,7 +369,7 @@ mod tests {
         p.grants[1].subjects.push("dba".into());
         assert_eq!(
             p.validate().unwrap_err().to_string(),
-            "policy grant 2: subject \"dba\" must start with system:serviceaccount:, group: or user:"
+            "policy grant 2: subject \"dba\" must be root or start with system:serviceaccount:, group: or user:"
         );
         let mut p = policy();
         p.grants[0].roles.push("appdb-admin".into());

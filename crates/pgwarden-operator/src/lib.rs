@@ -8,12 +8,13 @@
 //! - [`DatabaseAccessRequest`]: a request for a role, for some subjects, decided by approvers;
 //!   once approved, the credential lands in a Secret only those subjects may read.
 //!
-//! [`crds`] generates the CustomResourceDefinitions from these types (`pgwarden operator
+//! [`controller::run`] runs the controllers (`pgwarden operator run`). [`crds`] generates the CustomResourceDefinitions from these types (`pgwarden operator
 //! crds`); the manifests under `deploy/operator/crds/` are its output.
 
 #![warn(missing_docs)]
 
 mod connection;
+pub mod controller;
 mod crd;
 mod request;
 mod role;

@@ -163,7 +163,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "policy grant 1: subject \"dba\" must start with system:serviceaccount:, group: or user:"
+            "policy grant 1: subject \"dba\" must be root or start with system:serviceaccount:, group: or user:"
         );
         assert_eq!(parse("").unwrap(), Policy::default());
     }

@@ -6,6 +6,7 @@
 pub mod broker;
 mod cluster;
 pub mod issuer;
+pub mod kube_api;
 pub mod partition;
 pub mod rds;
 pub mod tls;

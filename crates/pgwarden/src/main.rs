@@ -4,6 +4,7 @@
 mod cli;
 #[cfg(feature = "dev")]
 mod dev;
+mod operator;
 mod policy;
 mod rds;
 mod state;
@@ -121,20 +122,11 @@ enum Command {
         #[command(subcommand)]
         command: rds::RdsCommand,
     },
-    /// The Kubernetes operator's resources (`operator crds`; the controller itself is not
-    /// built yet).
+    /// The Kubernetes operator (`operator run`) and its CRDs (`operator crds`).
     Operator {
         #[command(subcommand)]
-        command: OperatorCommand,
+        command: operator::OperatorCommand,
     },
-}
-
-/// `pgwarden operator …`
-#[derive(clap::Subcommand, Debug)]
-enum OperatorCommand {
-    /// Print the CustomResourceDefinitions of PostgresConnection, PostgresRole and
-    /// DatabaseAccessRequest (group pgwarden.io), e.g. for `kubectl apply -f -`.
-    Crds,
 }
 
 /// Logs on stderr, filtered by PGWARDEN_LOG (else `default`); colours only on a terminal and
@@ -259,7 +251,9 @@ async fn main() -> ExitCode {
             | Command::Request(_)
             | Command::Audit(_)
             | Command::Rds { .. }
-            | Command::Operator { .. }
+            | Command::Operator {
+                command: operator::OperatorCommand::Crds
+            }
     );
     init_logging(if client_command {
         "warn"
@@ -290,11 +284,7 @@ async fn main() -> ExitCode {
         Command::Request(args) => cli::request::run(args).await,
         Command::Audit(args) => cli::audit::run(args).await,
         Command::Rds { command } => rds::run(command).await,
-        Command::Operator {
-            command: OperatorCommand::Crds,
-        } => pgwarden_operator::crds_yaml()
-            .map(|yaml| print!("{yaml}"))
-            .map_err(|e| format!("cannot write the CRDs as YAML: {e}")),
+        Command::Operator { command } => operator::run(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

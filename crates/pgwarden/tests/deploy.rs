@@ -201,6 +201,54 @@ fn the_operator_crds_come_from_the_types_and_the_examples_fit_them() {
     );
     let (docs, text) = render("operator");
     validate("operator", &text);
+    // One operator (no leader election yet), never two during a rollout.
+    let deployment = kind(&docs, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["args"][0], "operator");
+    assert_eq!(pod["containers"][0]["args"][1], "run");
+    let account = kind(&docs, "ServiceAccount");
+    assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
+    let binding = kind(&docs, "ClusterRoleBinding");
+    assert_eq!(binding["subjects"][0]["name"], account["metadata"]["name"]);
+    assert_eq!(
+        binding["subjects"][0]["namespace"],
+        account["metadata"]["namespace"]
+    );
+    // Least privilege: no wildcard, no delete; Secrets never deleted (they go with their
+    // request), Roles and RoleBindings only created.
+    let rules = kind(&docs, "ClusterRole")["rules"].as_array().unwrap();
+    let verbs = |resource: &str| -> Vec<&str> {
+        let rule = rules
+            .iter()
+            .find(|r| {
+                r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == resource)
+            })
+            .unwrap_or_else(|| panic!("no rule for {resource}"));
+        rule["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect()
+    };
+    for rule in rules {
+        for field in ["apiGroups", "resources", "verbs"] {
+            let values = rule[field].as_array().unwrap();
+            assert!(!values.iter().any(|v| v == "*" || v == "delete"), "{rule}");
+        }
+    }
+    assert_eq!(
+        verbs("secrets"),
+        ["get", "list", "watch", "create", "patch"]
+    );
+    assert_eq!(verbs("rolebindings"), ["create"]);
+    assert_eq!(verbs("databaseaccessrequests/status"), ["patch"]);
     let crd = |kind: &str| {
         docs.iter()
             .find(|d| d["spec"]["names"]["kind"] == kind)

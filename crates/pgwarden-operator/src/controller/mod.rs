@@ -1,0 +1,144 @@
+//! `pgwarden operator`: three controllers (kube-rs runtime: watches, finalizers, requeues)
+//! that keep the broker and the cluster in step with the custom resources.
+//!
+//! - [`connections`]: a `PostgresConnection` becomes broker connection `k8s.<ns>.<name>`.
+//! - [`roles`]: a `PostgresRole` becomes broker role `k8s.<ns>.<name>`.
+//! - [`requests`]: a `DatabaseAccessRequest` becomes a broker access request; once approved,
+//!   a Secret with a working credential that only the request's subjects may read, renewed
+//!   while the request lives and revoked when it goes.
+
+mod conditions;
+mod connections;
+mod error;
+mod metrics;
+mod requests;
+mod roles;
+mod secret;
+
+pub use error::OperatorError;
+pub use metrics::{Metrics, serve as serve_metrics};
+
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Resource};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The finalizer the operator puts on every resource it manages.
+pub const FINALIZER: &str = "pgwarden.io/cleanup";
+
+/// Label on what the operator creates (Secrets, Roles, RoleBindings).
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "pgwarden-operator");
+
+/// How the operator reaches the broker.
+pub struct Settings {
+    /// The broker's API client, signed in with the root token (definitions are root's).
+    pub broker: pgwarden_client::Client,
+    /// The broker's secrets mount the resources live in (default `database`).
+    pub mount: String,
+    /// How often a pending request is looked at again.
+    pub poll: Duration,
+    /// The name events are reported under (the Deployment's).
+    pub reporter: String,
+}
+
+/// What every reconciliation shares.
+pub struct Context {
+    /// The Kubernetes API.
+    pub kube: kube::Client,
+    /// The broker and how to reach it.
+    pub settings: Settings,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Counters served on `/metrics`.
+    pub metrics: Metrics,
+}
+
+/// The broker's name for resource `name` of namespace `namespace`.
+pub fn broker_name(namespace: &str, name: &str) -> String {
+    format!("k8s.{namespace}.{name}")
+}
+
+/// The namespace of a namespaced resource (every pgwarden resource is).
+fn namespace_of<K: Resource>(object: &K) -> Result<String, OperatorError> {
+    object
+        .meta()
+        .namespace
+        .clone()
+        .ok_or_else(|| OperatorError::Invalid("the resource has no namespace".into()))
+}
+
+/// What to do after a failed reconciliation: try again, later each time (5 s doubling to
+/// 5 min), per object; a deletion waiting on something else looks again every 5 s.
+fn retry_later<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &OperatorError,
+    context: Arc<Context>,
+) -> Action {
+    let key = format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        object.meta().namespace.as_deref().unwrap_or(""),
+        object.meta().name.as_deref().unwrap_or("")
+    );
+    if let OperatorError::Waiting(why) = error {
+        tracing::info!(object = key, why, "waiting");
+        return Action::requeue(Duration::from_secs(5));
+    }
+    let failures = context.metrics.failed(&key);
+    tracing::warn!(object = key, failures, error = %error, "reconciling failed; retrying");
+    let backoff = 5u64.saturating_mul(1 << failures.min(6)).min(300);
+    Action::requeue(Duration::from_secs(backoff))
+}
+
+/// Runs the three controllers until `shutdown` completes.
+pub async fn run(
+    kube: kube::Client,
+    settings: Settings,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let recorder = Recorder::new(
+        kube.clone(),
+        Reporter {
+            controller: settings.reporter.clone(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let context = Arc::new(Context {
+        kube: kube.clone(),
+        settings,
+        recorder,
+        metrics,
+    });
+    let owned_secrets =
+        watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    let requests = Controller::new(
+        Api::<crate::DatabaseAccessRequest>::all(kube.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<k8s_openapi::api::core::v1::Secret>::all(kube.clone()),
+        owned_secrets,
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(requests::reconcile, retry_later, context.clone())
+    .for_each(|_| async {});
+    let roles = Controller::new(
+        Api::<crate::PostgresRole>::all(kube.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(roles::reconcile, retry_later, context.clone())
+    .for_each(|_| async {});
+    let connections = Controller::new(
+        Api::<crate::PostgresConnection>::all(kube),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(connections::reconcile, retry_later, context)
+    .for_each(|_| async {});
+    futures::join!(requests, roles, connections);
+}

@@ -1,0 +1,515 @@
+//! `DatabaseAccessRequest` → a broker access request, decided there (`pgwarden request
+//! approve|deny`, the approval page) by the policy's approvers, never by its requester. Once
+//! approved: the credential in a Secret owned by the request, readable only by its subjects;
+//! the lease renewed while the request lives, a new user when the max TTL ends the old one;
+//! deleting the request revokes the lease before the Secret goes.
+//!
+//! Every step is safe to repeat after a crash or a restart: the broker request is found again
+//! by a marker in its reason, and the Secret's lease annotation is the durable record of which
+//! credential is in use (status is brought in line with it, never the other way round), so a
+//! restart re-adopts the leases it finds and rotates nothing.
+
+use super::conditions::{self, Observed};
+use super::secret::{self, LEASE_ANNOTATION};
+use super::{Context, FINALIZER, OperatorError, namespace_of};
+use crate::{DatabaseAccessRequest, DatabaseAccessRequestStatus, LeaseStatus, SubjectKind};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::{Api, Resource, ResourceExt};
+use pgwarden_client::{ClientError, Credential};
+use pgwarden_core::wire::RequestCreate;
+use pgwarden_core::{RequestState, Ttl};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Reconciles one `DatabaseAccessRequest`.
+pub async fn reconcile(
+    request: Arc<DatabaseAccessRequest>,
+    context: Arc<Context>,
+) -> Result<Action, OperatorError> {
+    let namespace = namespace_of(request.as_ref())?;
+    let api: Api<DatabaseAccessRequest> = Api::namespaced(context.kube.clone(), &namespace);
+    let key = format!("DatabaseAccessRequest/{namespace}/{}", request.name_any());
+    let action = finalizer(&api, FINALIZER, request, |event| async {
+        let handler = Handler {
+            context: &context,
+            namespace: &namespace,
+            api: &api,
+        };
+        match event {
+            Event::Apply(request) => handler.apply(&request).await,
+            Event::Cleanup(request) => handler.cleanup(&request).await,
+        }
+    })
+    .await
+    .map_err(OperatorError::from_finalizer)?;
+    context.metrics.succeeded(&key);
+    Ok(action)
+}
+
+/// The marker in a broker request's reason that ties it to `request` (found again after a
+/// crash between creating it and recording its id).
+fn marker(request: &DatabaseAccessRequest, namespace: &str) -> String {
+    format!(
+        "[DatabaseAccessRequest {namespace}/{} {}]",
+        request.name_any(),
+        request.uid().unwrap_or_default()
+    )
+}
+
+/// The broker's name of a request subject.
+fn broker_subject(subject: &crate::Subject, namespace: &str) -> String {
+    match subject.kind {
+        SubjectKind::ServiceAccount => format!(
+            "system:serviceaccount:{}:{}",
+            subject.namespace.as_deref().unwrap_or(namespace),
+            subject.name
+        ),
+        SubjectKind::User => format!("user:{}", subject.name),
+        SubjectKind::Group => format!("group:{}", subject.name),
+    }
+}
+
+/// Whether the broker's answer means the thing is already gone (revoked, withdrawn, decided).
+fn already_gone(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::Api {
+            status: 400 | 404 | 409,
+            ..
+        }
+    )
+}
+
+struct Handler<'a> {
+    context: &'a Context,
+    namespace: &'a str,
+    api: &'a Api<DatabaseAccessRequest>,
+}
+
+impl Handler<'_> {
+    fn broker(&self) -> &pgwarden_client::Client {
+        &self.context.settings.broker
+    }
+
+    async fn apply(&self, request: &DatabaseAccessRequest) -> Result<Action, OperatorError> {
+        let status = request.status.clone().unwrap_or_default();
+        let id = match &status.request_id {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.ask(request).await?;
+                self.patch_status(request, json!({ "requestId": id }))
+                    .await?;
+                id
+            }
+        };
+        let view = self.broker().get_request(&id).await?;
+        let decided = |type_, reason, message| Observed {
+            type_,
+            status: true,
+            reason,
+            message,
+        };
+        let condition = match view.state {
+            RequestState::Pending => return Ok(Action::requeue(self.context.settings.poll)),
+            RequestState::Approved => {
+                let by: Vec<&str> = view.approvals.iter().map(|a| a.approver.as_str()).collect();
+                decided(
+                    "Approved",
+                    "Approved",
+                    format!("approved by {}", by.join(", ")),
+                )
+            }
+            RequestState::Denied => {
+                let denial = view.denial.as_ref();
+                decided(
+                    "Denied",
+                    "Denied",
+                    format!(
+                        "denied by {}: {}",
+                        denial.map_or("?", |d| d.approver.as_str()),
+                        denial.map_or("", |d| d.reason.as_str())
+                    ),
+                )
+            }
+            RequestState::Withdrawn => decided(
+                "Denied",
+                "Withdrawn",
+                format!("broker request {id} was withdrawn"),
+            ),
+            RequestState::Expired => decided(
+                "Denied",
+                "Expired",
+                format!("broker request {id} expired before anyone decided it"),
+            ),
+        };
+        let approved = view.state == RequestState::Approved;
+        if !conditions::holds(&status.conditions, condition.type_) {
+            let all = conditions::with(&status.conditions, condition, request.metadata.generation);
+            self.patch_status(request, json!({ "conditions": all }))
+                .await?;
+        }
+        if !approved {
+            return Ok(Action::await_change());
+        }
+        self.keep_credential(request, &status, &id).await
+    }
+
+    /// Makes the broker request (or finds the one made before a crash); returns its id.
+    async fn ask(&self, request: &DatabaseAccessRequest) -> Result<String, OperatorError> {
+        let marker = marker(request, self.namespace);
+        let existing = self.broker().list_requests(None).await?;
+        if let Some(found) = existing
+            .iter()
+            .find(|r| r.reason.ends_with(&marker) && r.state != RequestState::Withdrawn)
+        {
+            return Ok(found.id.clone());
+        }
+        let ttl = match &request.spec.ttl {
+            None => None,
+            Some(text) => Some(
+                text.parse::<Ttl>()
+                    .map_err(|e| OperatorError::Invalid(format!("spec.ttl {text:?}: {e}")))?,
+            ),
+        };
+        let role = format!(
+            "{}/{}",
+            self.context.settings.mount,
+            super::broker_name(self.namespace, &request.spec.role_ref.name)
+        );
+        let reason = match &request.spec.reason {
+            Some(reason) if !reason.is_empty() => format!("{reason} {marker}"),
+            _ => marker,
+        };
+        let body = RequestCreate {
+            role,
+            reason,
+            ttl,
+            subjects: request
+                .spec
+                .subjects
+                .iter()
+                .map(|s| broker_subject(s, self.namespace))
+                .collect(),
+        };
+        Ok(self.broker().create_request(&body).await?.id)
+    }
+
+    /// Brings the Secret, its lease and the status in line, and the lease fresh.
+    async fn keep_credential(
+        &self,
+        request: &DatabaseAccessRequest,
+        status: &DatabaseAccessRequestStatus,
+        id: &str,
+    ) -> Result<Action, OperatorError> {
+        let secrets: Api<Secret> = Api::namespaced(self.context.kube.clone(), self.namespace);
+        let secret = secrets.get_opt(&secret::secret_name(request)).await?;
+        let in_secret = secret.as_ref().and_then(secret::lease_of);
+        let recorded = status.lease.as_ref().map(|l| l.id.clone());
+        secret::grant_read(&self.context.kube, request, self.namespace).await?;
+        match (recorded, in_secret) {
+            // First time: the credential the approval issued.
+            (None, None) => {
+                let credential = match self.broker().request_credential(id).await {
+                    Ok(answer) => Credential::from(answer),
+                    Err(error) if already_gone(&error) => self.issue(request).await?,
+                    Err(error) => return Err(error.into()),
+                };
+                self.install(request, &credential, None).await
+            }
+            // The Secret holds a credential the status does not record yet (a crash came
+            // between writing the one and the other): adopt it, retire the recorded one.
+            (Some(recorded), Some(in_secret)) if recorded == in_secret => {
+                self.keep_fresh(request, status, &recorded).await
+            }
+            (recorded, Some(in_secret)) => {
+                let lookup = self.broker().lookup(&in_secret).await?;
+                self.record(request, &in_secret, lookup.ttl.as_secs(), lookup.renewable)
+                    .await?;
+                if let Some(old) = recorded {
+                    self.revoke(request, &old).await?;
+                }
+                Ok(Action::requeue(Duration::from_secs(1)))
+            }
+            // The Secret was deleted (or stripped of its annotation): a fresh credential in a
+            // new Secret, then the old lease revoked, so none is left orphaned.
+            (Some(recorded), None) => {
+                let credential = self.issue(request).await?;
+                self.event(request, EventType::Normal, "SecretRecreated", format!(
+                    "the credential Secret was missing; wrote a new credential (lease {}) and revoked lease {recorded}",
+                    credential.lease_id
+                ))
+                .await;
+                self.install(request, &credential, Some(&recorded)).await
+            }
+        }
+    }
+
+    /// Issues a new credential for the request's role (the approval stands while the request
+    /// lives).
+    async fn issue(&self, request: &DatabaseAccessRequest) -> Result<Credential, OperatorError> {
+        let role = format!(
+            "{}/{}",
+            self.context.settings.mount,
+            super::broker_name(self.namespace, &request.spec.role_ref.name)
+        );
+        Ok(Credential::from(self.broker().issue(&role).await?))
+    }
+
+    /// Writes `credential` to the Secret, then records its lease, then revokes `retired`.
+    async fn install(
+        &self,
+        request: &DatabaseAccessRequest,
+        credential: &Credential,
+        retired: Option<&str>,
+    ) -> Result<Action, OperatorError> {
+        secret::write_secret(&self.context.kube, request, self.namespace, credential).await?;
+        self.context.metrics.issued();
+        let seconds = credential.lease_duration.as_secs();
+        self.record(request, &credential.lease_id, seconds, true)
+            .await?;
+        if let Some(old) = retired {
+            self.revoke(request, old).await?;
+        }
+        Ok(Action::requeue(renew_in(seconds, seconds)))
+    }
+
+    /// Renews the lease when a third of its time is left; when the max TTL leaves too little,
+    /// writes a new user's credential instead (the old lease ends on its own at its max TTL,
+    /// which gives the workloads that time to pick up the new Secret).
+    async fn keep_fresh(
+        &self,
+        request: &DatabaseAccessRequest,
+        status: &DatabaseAccessRequestStatus,
+        lease: &str,
+    ) -> Result<Action, OperatorError> {
+        let duration = status.lease.as_ref().map_or(0, |l| l.duration).max(1);
+        let left = match self.broker().lookup(lease).await {
+            Ok(info) => info.ttl.as_secs(),
+            Err(error) if already_gone(&error) => 0,
+            Err(error) => return Err(error.into()),
+        };
+        if left == 0 {
+            let credential = self.issue(request).await?;
+            self.event(
+                request,
+                EventType::Warning,
+                "LeaseLapsed",
+                format!(
+                    "lease {lease} had ended; wrote a new credential (lease {})",
+                    credential.lease_id
+                ),
+            )
+            .await;
+            return self.install(request, &credential, None).await;
+        }
+        if left > duration / 3 {
+            return Ok(Action::requeue(renew_in(left, duration)));
+        }
+        let renewed = self
+            .broker()
+            .renew_lease(lease, Some(Ttl::from_secs(duration)))
+            .await;
+        let renewed = match renewed {
+            Ok(answer) => answer.lease_duration,
+            Err(error) => {
+                self.context.metrics.renewal_failed();
+                let message = format!("renewing lease {lease} failed: {error}");
+                self.event(request, EventType::Warning, "RenewFailed", message.clone())
+                    .await;
+                let failed = Observed {
+                    type_: "LeaseRenewed",
+                    status: false,
+                    reason: "RenewFailed",
+                    message,
+                };
+                let all = conditions::with(&status.conditions, failed, request.metadata.generation);
+                self.patch_status(request, json!({ "conditions": all }))
+                    .await?;
+                return Err(error.into());
+            }
+        };
+        self.context.metrics.renewed();
+        let ok = Observed {
+            type_: "LeaseRenewed",
+            status: true,
+            reason: "Renewed",
+            message: format!("lease {lease} has {renewed} s left"),
+        };
+        let all = conditions::with(&status.conditions, ok, request.metadata.generation);
+        self.patch_status(request, json!({ "conditions": all }))
+            .await?;
+        if renewed > duration / 3 {
+            return Ok(Action::requeue(renew_in(renewed, duration)));
+        }
+        // The max TTL cut the renewal short: a new user now, the old one lives out its time.
+        let credential = self.issue(request).await?;
+        self.event(request, EventType::Normal, "Rotated", format!(
+            "lease {lease} reaches its max TTL in {renewed} s; wrote a new user's credential (lease {})",
+            credential.lease_id
+        ))
+        .await;
+        self.install(request, &credential, None).await
+    }
+
+    /// Records `lease` (and the Secret) in the status.
+    async fn record(
+        &self,
+        request: &DatabaseAccessRequest,
+        lease: &str,
+        duration: u64,
+        renewable: bool,
+    ) -> Result<(), OperatorError> {
+        let lease = LeaseStatus {
+            id: lease.to_string(),
+            duration,
+            renewable,
+        };
+        self.patch_status(
+            request,
+            json!({ "lease": lease, "secretRef": { "name": secret::secret_name(request) } }),
+        )
+        .await
+    }
+
+    /// Revokes `lease`; one already gone is fine.
+    async fn revoke(
+        &self,
+        request: &DatabaseAccessRequest,
+        lease: &str,
+    ) -> Result<(), OperatorError> {
+        match self.broker().revoke(lease).await {
+            Ok(()) => Ok(()),
+            Err(error) if already_gone(&error) => Ok(()),
+            Err(error) => {
+                self.event(
+                    request,
+                    EventType::Warning,
+                    "RevokeFailed",
+                    format!("revoking lease {lease} failed (retried): {error}"),
+                )
+                .await;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// The request is being deleted: revoke every lease it has (the recorded one and the
+    /// one in its Secret), then withdraw the broker request; only then may the finalizer go
+    /// (and the Secret with the request).
+    async fn cleanup(&self, request: &DatabaseAccessRequest) -> Result<Action, OperatorError> {
+        let status = request.status.clone().unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(self.context.kube.clone(), self.namespace);
+        let in_secret = secrets
+            .get_opt(&secret::secret_name(request))
+            .await?
+            .and_then(|s| s.annotations().get(LEASE_ANNOTATION).cloned());
+        let leases = status.lease.iter().map(|l| l.id.clone()).chain(in_secret);
+        for lease in leases {
+            self.revoke(request, &lease).await?;
+        }
+        if let Some(id) = &status.request_id {
+            match self.broker().withdraw_request(id).await {
+                Ok(_) => {}
+                Err(error) if already_gone(&error) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(Action::await_change())
+    }
+
+    /// Merges `fields` into the request's status.
+    async fn patch_status(
+        &self,
+        request: &DatabaseAccessRequest,
+        fields: serde_json::Value,
+    ) -> Result<(), OperatorError> {
+        self.api
+            .patch_status(
+                &request.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": fields })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes a Kubernetes Event about the request (a failure to publish is only logged).
+    async fn event(
+        &self,
+        request: &DatabaseAccessRequest,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        tracing::info!(
+            request = request.name_any(),
+            namespace = self.namespace,
+            reason,
+            note,
+            "event"
+        );
+        let event = KubeEvent {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = self
+            .context
+            .recorder
+            .publish(&event, &request.object_ref(&()))
+            .await
+        {
+            tracing::warn!(error = %error, "cannot publish an event");
+        }
+    }
+}
+
+/// How long until a lease with `left` of `duration` seconds should be renewed (when a third
+/// of its time is left), at least a second.
+fn renew_in(left: u64, duration: u64) -> Duration {
+    Duration::from_secs(left.saturating_sub(duration / 3).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_are_renewed_when_a_third_of_their_time_is_left() {
+        assert_eq!(renew_in(3600, 3600), Duration::from_secs(2400));
+        assert_eq!(renew_in(1000, 3600), Duration::from_secs(1));
+        assert_eq!(renew_in(0, 0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn subjects_get_the_brokers_names() {
+        let subject = |kind, namespace: Option<&str>| crate::Subject {
+            kind,
+            name: "x".into(),
+            namespace: namespace.map(str::to_string),
+        };
+        assert_eq!(
+            broker_subject(&subject(SubjectKind::ServiceAccount, None), "team-a"),
+            "system:serviceaccount:team-a:x"
+        );
+        assert_eq!(
+            broker_subject(&subject(SubjectKind::ServiceAccount, Some("b")), "team-a"),
+            "system:serviceaccount:b:x"
+        );
+        assert_eq!(
+            broker_subject(&subject(SubjectKind::User, None), "a"),
+            "user:x"
+        );
+        assert_eq!(
+            broker_subject(&subject(SubjectKind::Group, None), "a"),
+            "group:x"
+        );
+    }
+}

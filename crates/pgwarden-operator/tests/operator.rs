@@ -1,0 +1,488 @@
+//! The operator end to end: its controllers against the testkit's fake Kubernetes API server
+//! (real JSON, watches, finalizers, status subresource, owner garbage collection), a real
+//! pgwarden broker and a real PostgreSQL. Requests are decided in the broker by a person of
+//! the policy's approvers, as `pgwarden request approve|deny` does.
+
+use k8s_openapi::api::core::v1::Secret;
+use pgwarden_client::{Auth, Client};
+use pgwarden_operator::controller::{self, Metrics, Settings};
+use pgwarden_testkit::PgCluster;
+use pgwarden_testkit::broker::{ROOT_TOKEN, TestBroker};
+use pgwarden_testkit::issuer::{TestIssuer, TestKey};
+use pgwarden_testkit::kube_api::FakeApiServer;
+use pgwarden_testkit::{APP_ADMIN, APP_ADMIN_PASSWORD};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const NS: &str = "team-a";
+const SECRETS: &str = "api/v1/secrets";
+const REQUESTS: &str = "apis/pgwarden.io/v1alpha1/databaseaccessrequests";
+const ROLES: &str = "apis/pgwarden.io/v1alpha1/postgresroles";
+const CONNECTIONS: &str = "apis/pgwarden.io/v1alpha1/postgresconnections";
+const BROKER_ROLE: &str = "k8s.team-a.reader";
+
+/// The operator (the root token) may request the namespaces' roles; a DBA approves.
+const POLICY: &str = r#"
+grants:
+  - subjects: [root]
+    roles: ["database/k8s.*"]
+    requires_approval: true
+    approvers: ["group:dba"]
+"#;
+
+struct World {
+    cluster: PgCluster,
+    broker: TestBroker,
+    issuer: TestIssuer,
+    api: FakeApiServer,
+    operator: Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    )>,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn start() -> World {
+        // The operator's log, shown when a test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("pgwarden_operator=debug,kube_runtime=info,warn")
+            .with_test_writer()
+            .try_init();
+        let cluster = PgCluster::start_with_appdb().await.unwrap();
+        let issuer = TestIssuer::start(&[TestKey::Ec1]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, POLICY).unwrap();
+        let extra = format!(
+            r#"
+policy_file: "{policy}"
+auth:
+  jwt:
+    type: jwt
+    issuer: "{iss}"
+    keys: {{ jwks_url: "{jwks}" }}
+    audiences: [pgwarden]
+    roles:
+      people: {{ user_claim: email, groups_claim: groups }}
+"#,
+            policy = policy.display(),
+            iss = issuer.issuer(),
+            jwks = issuer.jwks_url(),
+        );
+        // (The file's own role, beside which the operator's are written through the API.)
+        let file_role = "      file-reader:\n        db_name: appdb\n        preset: readonly\n";
+        let broker = TestBroker::start(&cluster, file_role, &extra).await;
+        let api = FakeApiServer::start().await;
+        let mut world = World {
+            cluster,
+            broker,
+            issuer,
+            api,
+            operator: None,
+            _dir: dir,
+        };
+        world.start_operator();
+        world
+    }
+
+    fn root(&self) -> Client {
+        Client::new(
+            &self.broker.base,
+            Auth::Token(SecretString::from(ROOT_TOKEN)),
+        )
+    }
+
+    fn start_operator(&mut self) {
+        let config = kube::Config::new(self.api.url.parse().unwrap());
+        let kube = kube::Client::try_from(config).unwrap();
+        let settings = Settings {
+            broker: self.root(),
+            mount: "database".into(),
+            poll: Duration::from_millis(200),
+            reporter: "pgwarden-operator".into(),
+        };
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let shutdown = futures::FutureExt::shared(Box::pin(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        let task = tokio::spawn(controller::run(
+            kube,
+            settings,
+            Metrics::default(),
+            shutdown,
+        ));
+        self.operator = Some((stop, task));
+    }
+
+    async fn stop_operator(&mut self) {
+        let (stop, task) = self.operator.take().unwrap();
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the operator stops")
+            .unwrap();
+    }
+
+    /// A person of group `dba` signed in to the broker.
+    async fn approver(&self) -> Client {
+        let jwt = self
+            .issuer
+            .person_token(TestKey::Ec1, "pgwarden", "dana@example.com", &["dba"]);
+        let auth = self
+            .root()
+            .login_as("jwt", "people", SecretString::from(jwt))
+            .await
+            .unwrap();
+        let token = auth.client_token.unwrap();
+        Client::new(&self.broker.base, Auth::Token(token))
+    }
+
+    /// The namespace's connection (its admin password in a Secret), a readonly role with
+    /// `max_ttl`, and a request for it by ServiceAccount `reporter`.
+    fn declare(&self, ttl: &str, max_ttl: &str) {
+        let admin = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("appdb-admin".into()),
+                namespace: Some(NS.into()),
+                ..Default::default()
+            },
+            data: Some(
+                [(
+                    "password".to_string(),
+                    k8s_openapi::ByteString(APP_ADMIN_PASSWORD.as_bytes().to_vec()),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        self.api
+            .create(SECRETS, serde_json::to_value(admin).unwrap());
+        self.api.create(
+            CONNECTIONS,
+            json!({
+                "apiVersion": "pgwarden.io/v1alpha1", "kind": "PostgresConnection",
+                "metadata": {"name": "appdb", "namespace": NS},
+                "spec": {
+                    "url": self.cluster.templated_url("appdb"),
+                    "username": APP_ADMIN,
+                    "credentialsSecretRef": {"name": "appdb-admin", "key": "password"},
+                },
+            }),
+        );
+        self.api.create(
+            ROLES,
+            json!({
+                "apiVersion": "pgwarden.io/v1alpha1", "kind": "PostgresRole",
+                "metadata": {"name": "reader", "namespace": NS},
+                "spec": {"databaseRef": {"name": "appdb"}, "preset": "readonly",
+                         "defaultTTL": ttl, "maxTTL": max_ttl},
+            }),
+        );
+        self.api.create(
+            REQUESTS,
+            json!({
+                "apiVersion": "pgwarden.io/v1alpha1", "kind": "DatabaseAccessRequest",
+                "metadata": {"name": "report", "namespace": NS},
+                "spec": {"roleRef": {"name": "reader"}, "ttl": ttl, "reason": "monthly report",
+                         "subjects": [{"kind": "ServiceAccount", "name": "reporter"}]},
+            }),
+        );
+    }
+
+    fn request(&self) -> Option<Value> {
+        self.api.get(REQUESTS, NS, "report")
+    }
+
+    /// The broker request id, once the operator made it.
+    async fn broker_request(&self) -> String {
+        eventually("the broker request", || {
+            self.request()
+                .and_then(|r| r["status"]["requestId"].as_str().map(str::to_string))
+        })
+        .await
+    }
+
+    /// The credential Secret's username, password and lease annotation, once it holds one
+    /// other than `other_than`.
+    async fn credential(&self, other_than: Option<&str>) -> (String, String, String) {
+        eventually("a credential in the Secret", || {
+            let secret: Secret =
+                serde_json::from_value(self.api.get(SECRETS, NS, "report-credentials")?).ok()?;
+            let lease = secret
+                .metadata
+                .annotations
+                .as_ref()?
+                .get("pgwarden.io/lease-id")?
+                .clone();
+            if Some(lease.as_str()) == other_than {
+                return None;
+            }
+            let data = secret.data?;
+            let text = |key: &str| String::from_utf8(data.get(key).unwrap().0.clone()).unwrap();
+            Some((text("username"), text("password"), lease))
+        })
+        .await
+    }
+
+    async fn logs_in(&self, user: &str, password: &str) -> bool {
+        match self.cluster.connect_as(user, password, "appdb").await {
+            Ok(client) => {
+                client
+                    .query_one("SELECT count(*) FROM items", &[])
+                    .await
+                    .unwrap();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn live_leases(&self) -> Vec<String> {
+        self.root()
+            .list_leases_recursive(&format!("database/creds/{BROKER_ROLE}/"))
+            .await
+            .unwrap()
+    }
+}
+
+/// Polls `check` every 100 ms until it gives a value (panics after 30 s naming `what`).
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Like [`eventually`] for an async condition.
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+#[tokio::test]
+async fn an_approved_request_gets_a_working_secret_that_survives_restarts_and_goes_with_it() {
+    let mut world = World::start().await;
+    world.declare("1h", "2h");
+    let role = eventually("the role Ready", || {
+        let role = world.api.get(ROLES, NS, "reader")?;
+        (condition(&role, "Ready")?["status"] == "True").then_some(role)
+    })
+    .await;
+    assert_eq!(role["status"]["brokerName"], BROKER_ROLE);
+    let id = world.broker_request().await;
+    let pending = world.root().get_request(&id).await.unwrap();
+    assert_eq!(pending.role, format!("database/{BROKER_ROLE}"));
+    assert_eq!(pending.subjects, ["system:serviceaccount:team-a:reporter"]);
+    assert!(
+        pending
+            .reason
+            .starts_with("monthly report [DatabaseAccessRequest team-a/report ")
+    );
+    // Nothing before a decision.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(world.api.get(SECRETS, NS, "report-credentials").is_none());
+    assert!(world.live_leases().await.is_empty());
+
+    world
+        .approver()
+        .await
+        .approve_request(&id, "ok for the report")
+        .await
+        .unwrap();
+    let (user, password, lease) = world.credential(None).await;
+    assert!(
+        world.logs_in(&user, &password).await,
+        "the Secret's credential works"
+    );
+    let request = world.request().unwrap();
+    let approved = condition(&request, "Approved").unwrap();
+    assert_eq!(approved["status"], "True");
+    assert_eq!(approved["message"], "approved by user:dana@example.com");
+    assert_eq!(request["status"]["lease"]["id"], lease.as_str());
+    assert_eq!(request["status"]["secretRef"]["name"], "report-credentials");
+    // Only the subjects may read the Secret: a Role for that one Secret, bound to them.
+    let reader = world
+        .api
+        .get(
+            "apis/rbac.authorization.k8s.io/v1/roles",
+            NS,
+            "report-credentials",
+        )
+        .unwrap();
+    assert_eq!(
+        reader["rules"][0]["resourceNames"],
+        json!(["report-credentials"])
+    );
+    assert_eq!(reader["rules"][0]["verbs"], json!(["get"]));
+    let binding = world
+        .api
+        .get(
+            "apis/rbac.authorization.k8s.io/v1/rolebindings",
+            NS,
+            "report-credentials",
+        )
+        .unwrap();
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "reporter", "namespace": NS}])
+    );
+
+    // A restart re-adopts the lease: nothing is rewritten, no new user.
+    let secret_version =
+        world.api.get(SECRETS, NS, "report-credentials").unwrap()["metadata"]["resourceVersion"]
+            .clone();
+    world.stop_operator().await;
+    world.start_operator();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let secret = world.api.get(SECRETS, NS, "report-credentials").unwrap();
+    assert_eq!(secret["metadata"]["resourceVersion"], secret_version);
+    assert_eq!(world.live_leases().await.len(), 1);
+    assert_eq!(
+        world.request().unwrap()["status"]["lease"]["id"],
+        lease.as_str()
+    );
+
+    // Deleting the Secret by hand: a new credential in a new Secret, the old lease revoked.
+    world.api.delete(SECRETS, NS, "report-credentials");
+    let (user2, password2, lease2) = world.credential(Some(&lease)).await;
+    assert_ne!(user2, user);
+    assert!(world.logs_in(&user2, &password2).await);
+    until("the old user dropped", async || {
+        !world.cluster.role_exists(&user).await.unwrap()
+    })
+    .await;
+    assert_eq!(world.live_leases().await, [lease2]);
+
+    // A role with live leases is not deleted; the status says why.
+    world.api.delete(ROLES, NS, "reader");
+    eventually("the role's deletion to wait", || {
+        let role = world.api.get(ROLES, NS, "reader")?;
+        (condition(&role, "Ready")?["reason"] == "LeasesExist").then_some(())
+    })
+    .await;
+    assert!(world.root().get_request(&id).await.is_ok());
+
+    // Deleting the request revokes the lease first, then the Secret goes with it.
+    world.api.delete(REQUESTS, NS, "report");
+    eventually("the request gone", || {
+        world.request().is_none().then_some(())
+    })
+    .await;
+    assert!(
+        !world.cluster.role_exists(&user2).await.unwrap(),
+        "revoked before the finalizer went"
+    );
+    assert!(world.api.get(SECRETS, NS, "report-credentials").is_none());
+    assert!(
+        world
+            .api
+            .get(
+                "apis/rbac.authorization.k8s.io/v1/rolebindings",
+                NS,
+                "report-credentials"
+            )
+            .is_none()
+    );
+    assert_eq!(
+        world.root().get_request(&id).await.unwrap().state,
+        pgwarden_core::RequestState::Withdrawn
+    );
+    // Then the role's deletion goes through.
+    eventually("the role gone", || {
+        world.api.get(ROLES, NS, "reader").is_none().then_some(())
+    })
+    .await;
+    let gone = world
+        .root()
+        .read(&format!("database/roles/{BROKER_ROLE}"))
+        .await;
+    assert!(
+        matches!(
+            gone,
+            Err(pgwarden_client::ClientError::Api { status: 404, .. })
+        ),
+        "{gone:?}"
+    );
+    world.stop_operator().await;
+}
+
+#[tokio::test]
+async fn a_denied_request_gets_no_credential() {
+    let world = World::start().await;
+    world.declare("1h", "2h");
+    let id = world.broker_request().await;
+    world
+        .approver()
+        .await
+        .deny_request(&id, "use the replica")
+        .await
+        .unwrap();
+    let denied = eventually("the Denied condition", || {
+        let request = world.request()?;
+        condition(&request, "Denied").cloned()
+    })
+    .await;
+    assert_eq!(denied["status"], "True");
+    assert_eq!(denied["reason"], "Denied");
+    assert_eq!(
+        denied["message"],
+        "denied by user:dana@example.com: use the replica"
+    );
+    assert!(!denied["lastTransitionTime"].is_null());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(world.api.get(SECRETS, NS, "report-credentials").is_none());
+    assert!(world.live_leases().await.is_empty());
+    assert!(world.cluster.roles_like("v-%").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn at_the_max_ttl_a_new_user_replaces_the_old_which_ends_on_time() {
+    let world = World::start().await;
+    world.declare("9s", "9s");
+    let id = world.broker_request().await;
+    world
+        .approver()
+        .await
+        .approve_request(&id, "short")
+        .await
+        .unwrap();
+    let (user, password, lease) = world.credential(None).await;
+    assert!(world.logs_in(&user, &password).await);
+    let (user2, password2, _) = world.credential(Some(&lease)).await;
+    assert_ne!(user2, user);
+    assert!(world.logs_in(&user2, &password2).await);
+    // The old user lives out its max TTL (the grace period), then is dropped.
+    until("the old user dropped at its max TTL", async || {
+        !world.cluster.role_exists(&user).await.unwrap()
+    })
+    .await;
+    assert!(
+        world.logs_in(&user2, &password2).await || {
+            // It may itself have been replaced meanwhile: the Secret then holds a newer one.
+            let (user3, password3, _) = world.credential(None).await;
+            world.logs_in(&user3, &password3).await
+        }
+    );
+}

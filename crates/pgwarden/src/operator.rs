@@ -1,0 +1,101 @@
+//! `pgwarden operator crds|run`: the Kubernetes operator's CRDs, and the operator itself.
+
+use crate::cli::settings::ClientArgs;
+use clap::{Args, Subcommand};
+use pgwarden_client::{Auth, Client};
+use pgwarden_operator::controller::{self, Metrics, Settings};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How long reconciliations in flight may run on after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// `pgwarden operator …`
+#[derive(Subcommand, Debug)]
+pub enum OperatorCommand {
+    /// Print the CustomResourceDefinitions of PostgresConnection, PostgresRole and
+    /// DatabaseAccessRequest (group pgwarden.io), e.g. for `kubectl apply -f -`.
+    Crds,
+    /// Run the operator: turn PostgresConnections and PostgresRoles into broker definitions,
+    /// DatabaseAccessRequests into broker access requests and, once approved, Secrets with a
+    /// credential only the request's subjects may read (renewed, rotated at the max TTL,
+    /// revoked when the request is deleted).
+    ///
+    /// Reaches Kubernetes in-cluster (its ServiceAccount) or through KUBECONFIG, and the
+    /// broker at --addr with the root token (PGWARDEN_TOKEN or PGWARDEN_TOKEN_FILE): writing
+    /// connections and roles is root's. Policy must let `root` request the roles
+    /// (`requires_approval: true`, with approvers) — see deploy/operator/README.md.
+    Run(RunArgs),
+}
+
+/// Flags of `pgwarden operator run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The broker's database secrets mount the resources use.
+    #[arg(long, default_value = "database")]
+    mount: String,
+    /// Seconds between looks at a request waiting for approval.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    poll: u64,
+    /// Where to serve /metrics and /healthz.
+    #[arg(long, default_value = "0.0.0.0:9464")]
+    metrics_listen: SocketAddr,
+}
+
+/// Runs `pgwarden operator …`.
+pub async fn run(command: OperatorCommand) -> Result<(), String> {
+    match command {
+        OperatorCommand::Crds => pgwarden_operator::crds_yaml()
+            .map(|yaml| print!("{yaml}"))
+            .map_err(|e| format!("cannot write the CRDs as YAML: {e}")),
+        OperatorCommand::Run(args) => operate(args).await,
+    }
+}
+
+async fn operate(args: RunArgs) -> Result<(), String> {
+    let token = args.client.token()?;
+    let broker = Client::new(&args.client.address(), Auth::Token(token));
+    let kube = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach Kubernetes (in-cluster or KUBECONFIG): {e}"))?;
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.metrics_listen))?;
+    let metrics = Metrics::default();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let server = tokio::spawn(controller::serve_metrics(
+        listener,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let settings = Settings {
+        broker,
+        mount: args.mount,
+        poll: Duration::from_secs(args.poll),
+        reporter: "pgwarden-operator".into(),
+    };
+    tokio::spawn(async move {
+        crate::stop_signal().await;
+        let _ = stop.send(true);
+    });
+    tracing::info!(metrics = %args.metrics_listen, "operator running");
+    // Reconciliations in flight get a grace period to finish; every step is safe to cut
+    // short (a restart picks up where it stopped), so the process ends either way.
+    let grace = shutdown.clone();
+    tokio::select! {
+        () = controller::run(kube, settings, metrics, shutdown) => {}
+        () = async { grace.await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("the controllers did not stop within {} s; exiting", SHUTDOWN_GRACE.as_secs());
+        }
+    }
+    server.abort();
+    tracing::info!("operator stopped");
+    Ok(())
+}
