@@ -40,6 +40,7 @@ struct World {
         tokio::sync::watch::Sender<bool>,
         tokio::task::JoinHandle<()>,
     )>,
+    metrics: Metrics,
     _dir: tempfile::TempDir,
 }
 
@@ -81,6 +82,7 @@ auth:
             issuer,
             api,
             operator: None,
+            metrics: Metrics::default(),
             _dir: dir,
         };
         world.start_operator();
@@ -110,7 +112,7 @@ auth:
         let task = tokio::spawn(controller::run(
             kube,
             settings,
-            Metrics::default(),
+            self.metrics.clone(),
             shutdown,
         ));
         self.operator = Some((stop, task));
@@ -433,6 +435,24 @@ async fn a_denied_request_gets_no_credential() {
     let world = World::start().await;
     world.declare("1h", "2h");
     let id = world.broker_request().await;
+    // Whoever can write the status cannot approve: the decision is the broker's.
+    let forged = json!({"status": {"conditions": [{"type": "Approved", "status": "True",
+        "reason": "Approved", "message": "trust me", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    world.api.merge_patch(REQUESTS, NS, "report", forged, true);
+    let pending = eventually("the forged approval overwritten", || {
+        let request = world.request()?;
+        let approved = condition(&request, "Approved")?.clone();
+        (approved["status"] == "False").then_some(approved)
+    })
+    .await;
+    assert_eq!(pending["reason"], "Pending");
+    assert_eq!(
+        pending["message"],
+        format!(
+            "waiting for 1 approval(s) of broker request {id} (`pgwarden request approve {id}` or the approval page)"
+        )
+    );
+    assert!(world.api.get(SECRETS, NS, "report-credentials").is_none());
     world
         .approver()
         .await
@@ -441,7 +461,8 @@ async fn a_denied_request_gets_no_credential() {
         .unwrap();
     let denied = eventually("the Denied condition", || {
         let request = world.request()?;
-        condition(&request, "Denied").cloned()
+        let denied = condition(&request, "Denied")?.clone();
+        (denied["status"] == "True").then_some(denied)
     })
     .await;
     assert_eq!(denied["status"], "True");
@@ -485,4 +506,76 @@ async fn at_the_max_ttl_a_new_user_replaces_the_old_which_ends_on_time() {
             world.logs_in(&user3, &password3).await
         }
     );
+}
+
+#[tokio::test]
+async fn a_failed_renewal_is_an_event_a_condition_and_a_metric_and_is_retried_in_time() {
+    let mut world = World::start().await;
+    world.declare("9s", "1h");
+    let id = world.broker_request().await;
+    world
+        .approver()
+        .await
+        .approve_request(&id, "ok")
+        .await
+        .unwrap();
+    let (_, _, lease) = world.credential(None).await;
+    // The broker goes away just before the renewal is due (a third of 9 s left)...
+    let address = world
+        .broker
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    world.broker.listen = address;
+    world.broker.stop().await;
+    let failed = eventually("the LeaseRenewed condition false", || {
+        let request = world.request()?;
+        let renewed = condition(&request, "LeaseRenewed")?.clone();
+        (renewed["status"] == "False").then_some(renewed)
+    })
+    .await;
+    assert_eq!(failed["reason"], "RenewFailed");
+    let message = failed["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "renewing lease {lease} failed: cannot reach pgwarden at "
+        )),
+        "{message}"
+    );
+    let events = world.api.list("apis/events.k8s.io/v1/events", NS);
+    let event = events
+        .iter()
+        .find(|e| e["reason"] == "RenewFailed")
+        .unwrap_or_else(|| panic!("no RenewFailed event in {events:#?}"));
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["regarding"]["name"], "report");
+    let metrics = world.metrics.render();
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("pgwarden_operator_renewal_failures_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(failures >= 1, "{metrics}");
+    // ...and comes back: the retry (within half the time left) renews the lease before it
+    // lapses (or, as an approved lease cannot outlive the approved TTL, writes a new user's).
+    world.broker.boot().await;
+    eventually("the lease renewed", || {
+        let request = world.request()?;
+        (condition(&request, "LeaseRenewed")?["status"] == "True").then_some(())
+    })
+    .await;
+    let lapsed = world
+        .api
+        .list("apis/events.k8s.io/v1/events", NS)
+        .into_iter()
+        .any(|e| e["reason"] == "LeaseLapsed");
+    assert!(!lapsed, "the lease lapsed while the broker was away");
+    let (user, password, lease) = world.credential(None).await;
+    assert!(world.logs_in(&user, &password).await);
+    assert_eq!(
+        world.request().unwrap()["status"]["lease"]["id"],
+        lease.as_str()
+    );
+    world.stop_operator().await;
 }

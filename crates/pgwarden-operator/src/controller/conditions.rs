@@ -45,13 +45,6 @@ pub fn with(
     all
 }
 
-/// Whether `conditions` holds a true condition of `type_`.
-pub fn holds(conditions: &[Condition], type_: &str) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == type_ && c.status == "True")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,7 +72,6 @@ mod tests {
             flipped[0].last_transition_time,
             first[0].last_transition_time
         );
-        assert!(holds(&flipped, "Ready"));
-        assert!(!holds(&flipped, "Approved"));
+        assert_eq!(flipped[0].status, "True");
     }
 }

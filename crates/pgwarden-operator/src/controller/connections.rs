@@ -23,7 +23,7 @@ pub async fn reconcile(
 ) -> Result<Action, OperatorError> {
     let namespace = namespace_of(connection.as_ref())?;
     let api: Api<PostgresConnection> = Api::namespaced(context.kube.clone(), &namespace);
-    let key = format!("PostgresConnection/{namespace}/{}", connection.name_any());
+    let key = super::key_of(connection.as_ref());
     let action = finalizer(&api, FINALIZER, connection, |event| async {
         match event {
             Event::Apply(connection) => apply(&connection, &namespace, &context).await,

@@ -15,6 +15,15 @@ pub enum OperatorError {
     /// A deletion waits for something else to go first (looked at again in a few seconds).
     #[error("{0}")]
     Waiting(String),
+    /// A lease could not be renewed: tried again after `retry_in` (backoff that never lets
+    /// the lease lapse first).
+    #[error("{message}")]
+    RenewalFailed {
+        /// What failed.
+        message: String,
+        /// When to try again.
+        retry_in: std::time::Duration,
+    },
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(String),

@@ -70,6 +70,16 @@ fn namespace_of<K: Resource>(object: &K) -> Result<String, OperatorError> {
         .ok_or_else(|| OperatorError::Invalid("the resource has no namespace".into()))
 }
 
+/// `Kind/namespace/name`, as logs and failure counts name an object.
+fn key_of<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        object.meta().namespace.as_deref().unwrap_or(""),
+        object.meta().name.as_deref().unwrap_or("")
+    )
+}
+
 /// What to do after a failed reconciliation: try again, later each time (5 s doubling to
 /// 5 min), per object; a deletion waiting on something else looks again every 5 s.
 fn retry_later<K: Resource<DynamicType = ()>>(
@@ -77,15 +87,15 @@ fn retry_later<K: Resource<DynamicType = ()>>(
     error: &OperatorError,
     context: Arc<Context>,
 ) -> Action {
-    let key = format!(
-        "{}/{}/{}",
-        K::kind(&()),
-        object.meta().namespace.as_deref().unwrap_or(""),
-        object.meta().name.as_deref().unwrap_or("")
-    );
-    if let OperatorError::Waiting(why) = error {
-        tracing::info!(object = key, why, "waiting");
-        return Action::requeue(Duration::from_secs(5));
+    let key = key_of(object.as_ref());
+    match error {
+        OperatorError::Waiting(why) => {
+            tracing::info!(object = key, why, "waiting");
+            return Action::requeue(Duration::from_secs(5));
+        }
+        // Counted, logged and published where it happened.
+        OperatorError::RenewalFailed { retry_in, .. } => return Action::requeue(*retry_in),
+        _ => {}
     }
     let failures = context.metrics.failed(&key);
     tracing::warn!(object = key, failures, error = %error, "reconciling failed; retrying");

@@ -20,7 +20,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use pgwarden_client::{ClientError, Credential};
-use pgwarden_core::wire::RequestCreate;
+use pgwarden_core::wire::{RequestCreate, RequestView};
 use pgwarden_core::{RequestState, Ttl};
 use serde_json::json;
 use std::sync::Arc;
@@ -33,7 +33,7 @@ pub async fn reconcile(
 ) -> Result<Action, OperatorError> {
     let namespace = namespace_of(request.as_ref())?;
     let api: Api<DatabaseAccessRequest> = Api::namespaced(context.kube.clone(), &namespace);
-    let key = format!("DatabaseAccessRequest/{namespace}/{}", request.name_any());
+    let key = super::key_of(request.as_ref());
     let action = finalizer(&api, FINALIZER, request, |event| async {
         let handler = Handler {
             context: &context,
@@ -74,6 +74,60 @@ fn broker_subject(subject: &crate::Subject, namespace: &str) -> String {
     }
 }
 
+/// The `Approved` and `Denied` conditions that say what the broker decided.
+fn decision(view: &RequestView) -> [Observed<'static>; 2] {
+    let id = &view.id;
+    let condition = |type_, status, reason, message| Observed {
+        type_,
+        status,
+        reason,
+        message,
+    };
+    match view.state {
+        RequestState::Pending => {
+            let missing = view.approvals_required.saturating_sub(view.approvals.len());
+            let waiting = format!(
+                "waiting for {missing} approval(s) of broker request {id} \
+                 (`pgwarden request approve {id}` or the approval page)"
+            );
+            [
+                condition("Approved", false, "Pending", waiting.clone()),
+                condition("Denied", false, "Pending", waiting),
+            ]
+        }
+        RequestState::Approved => {
+            let by: Vec<&str> = view.approvals.iter().map(|a| a.approver.as_str()).collect();
+            let message = format!("approved by {}", by.join(", "));
+            [
+                condition("Approved", true, "Approved", message.clone()),
+                condition("Denied", false, "Approved", message),
+            ]
+        }
+        RequestState::Denied | RequestState::Withdrawn | RequestState::Expired => {
+            let (reason, message) = match view.state {
+                RequestState::Denied => (
+                    "Denied",
+                    view.denial.as_ref().map_or_else(
+                        || format!("broker request {id} was denied"),
+                        |denial| format!("denied by {}: {}", denial.approver, denial.reason),
+                    ),
+                ),
+                RequestState::Withdrawn => {
+                    ("Withdrawn", format!("broker request {id} was withdrawn"))
+                }
+                _ => (
+                    "Expired",
+                    format!("broker request {id} expired before anyone decided it"),
+                ),
+            };
+            [
+                condition("Approved", false, reason, message.clone()),
+                condition("Denied", true, reason, message),
+            ]
+        }
+    }
+}
+
 /// Whether the broker's answer means the thing is already gone (revoked, withdrawn, decided).
 fn already_gone(error: &ClientError) -> bool {
     matches!(
@@ -107,54 +161,31 @@ impl Handler<'_> {
                 id
             }
         };
-        let view = self.broker().get_request(&id).await?;
-        let decided = |type_, reason, message| Observed {
-            type_,
-            status: true,
-            reason,
-            message,
-        };
-        let condition = match view.state {
-            RequestState::Pending => return Ok(Action::requeue(self.context.settings.poll)),
-            RequestState::Approved => {
-                let by: Vec<&str> = view.approvals.iter().map(|a| a.approver.as_str()).collect();
-                decided(
-                    "Approved",
-                    "Approved",
-                    format!("approved by {}", by.join(", ")),
-                )
+        let view = match self.broker().get_request(&id).await {
+            Ok(view) => view,
+            // The broker is unreachable: what matters now is the live credential; keeping it
+            // reports the failure (event, condition, metric) and retries before it lapses.
+            Err(error) if error.is_transient() && status.lease.is_some() => {
+                return self.keep_credential(request, &status, &id).await;
             }
-            RequestState::Denied => {
-                let denial = view.denial.as_ref();
-                decided(
-                    "Denied",
-                    "Denied",
-                    format!(
-                        "denied by {}: {}",
-                        denial.map_or("?", |d| d.approver.as_str()),
-                        denial.map_or("", |d| d.reason.as_str())
-                    ),
-                )
-            }
-            RequestState::Withdrawn => decided(
-                "Denied",
-                "Withdrawn",
-                format!("broker request {id} was withdrawn"),
-            ),
-            RequestState::Expired => decided(
-                "Denied",
-                "Expired",
-                format!("broker request {id} expired before anyone decided it"),
-            ),
+            Err(error) => return Err(error.into()),
         };
-        let approved = view.state == RequestState::Approved;
-        if !conditions::holds(&status.conditions, condition.type_) {
-            let all = conditions::with(&status.conditions, condition, request.metadata.generation);
-            self.patch_status(request, json!({ "conditions": all }))
+        // The decision is the broker's, always: conditions written by anyone else (a forged
+        // `Approved`) are overwritten, and only a broker approval issues a credential.
+        let [approved, denied] = decision(&view);
+        let conditions = conditions::with(
+            &conditions::with(&status.conditions, approved, request.metadata.generation),
+            denied,
+            request.metadata.generation,
+        );
+        if conditions != status.conditions {
+            self.patch_status(request, json!({ "conditions": conditions }))
                 .await?;
         }
-        if !approved {
-            return Ok(Action::await_change());
+        match view.state {
+            RequestState::Pending => return Ok(Action::requeue(self.context.settings.poll)),
+            RequestState::Approved => {}
+            _ => return Ok(Action::await_change()),
         }
         self.keep_credential(request, &status, &id).await
     }
@@ -291,7 +322,11 @@ impl Handler<'_> {
         let left = match self.broker().lookup(lease).await {
             Ok(info) => info.ttl.as_secs(),
             Err(error) if already_gone(&error) => 0,
-            Err(error) => return Err(error.into()),
+            Err(error) => {
+                return Err(self
+                    .renewal_failed(request, status, lease, None, error)
+                    .await);
+            }
         };
         if left == 0 {
             let credential = self.issue(request).await?;
@@ -317,20 +352,9 @@ impl Handler<'_> {
         let renewed = match renewed {
             Ok(answer) => answer.lease_duration,
             Err(error) => {
-                self.context.metrics.renewal_failed();
-                let message = format!("renewing lease {lease} failed: {error}");
-                self.event(request, EventType::Warning, "RenewFailed", message.clone())
-                    .await;
-                let failed = Observed {
-                    type_: "LeaseRenewed",
-                    status: false,
-                    reason: "RenewFailed",
-                    message,
-                };
-                let all = conditions::with(&status.conditions, failed, request.metadata.generation);
-                self.patch_status(request, json!({ "conditions": all }))
-                    .await?;
-                return Err(error.into());
+                return Err(self
+                    .renewal_failed(request, status, lease, Some(left), error)
+                    .await);
             }
         };
         self.context.metrics.renewed();
@@ -354,6 +378,46 @@ impl Handler<'_> {
         ))
         .await;
         self.install(request, &credential, None).await
+    }
+
+    /// Reports that `lease` could not be looked up or renewed (`left` seconds before it
+    /// lapses, if known): a Warning event, the `LeaseRenewed` condition false, the metric;
+    /// returns the error that retries it with backoff, always before the lease would lapse.
+    async fn renewal_failed(
+        &self,
+        request: &DatabaseAccessRequest,
+        status: &DatabaseAccessRequestStatus,
+        lease: &str,
+        left: Option<u64>,
+        error: ClientError,
+    ) -> OperatorError {
+        self.context.metrics.renewal_failed();
+        let failures = self.context.metrics.failed(&super::key_of(request));
+        // The same words each time it fails the same way: the status changes once, not at
+        // every retry (each status change wakes the controller again).
+        let message = format!("renewing lease {lease} failed: {error}");
+        tracing::warn!(lease, failures, left, "{message}");
+        self.event(request, EventType::Warning, "RenewFailed", message.clone())
+            .await;
+        let failed = Observed {
+            type_: "LeaseRenewed",
+            status: false,
+            reason: "RenewFailed",
+            message: message.clone(),
+        };
+        let all = conditions::with(&status.conditions, failed, request.metadata.generation);
+        if let Err(error) = self
+            .patch_status(request, json!({ "conditions": all }))
+            .await
+        {
+            tracing::warn!(error = %error, "cannot record the failed renewal in the status");
+        }
+        // Unknown: assume the renewal point, a third of the lease's duration.
+        let duration = status.lease.as_ref().map_or(0, |l| l.duration);
+        OperatorError::RenewalFailed {
+            message,
+            retry_in: retry_renewal_in(failures, left.unwrap_or(duration / 3)),
+        }
     }
 
     /// Records `lease` (and the Secret) in the status.
@@ -471,6 +535,13 @@ impl Handler<'_> {
     }
 }
 
+/// When to try a failed renewal again: 5 s doubling per failure in a row, but within half
+/// the time the lease has left (at least a second).
+fn retry_renewal_in(failures: u32, left: u64) -> Duration {
+    let backoff = 5u64.saturating_mul(1 << failures.saturating_sub(1).min(6));
+    Duration::from_secs(backoff.min(left / 2).max(1))
+}
+
 /// How long until a lease with `left` of `duration` seconds should be renewed (when a third
 /// of its time is left), at least a second.
 fn renew_in(left: u64, duration: u64) -> Duration {
@@ -486,6 +557,15 @@ mod tests {
         assert_eq!(renew_in(3600, 3600), Duration::from_secs(2400));
         assert_eq!(renew_in(1000, 3600), Duration::from_secs(1));
         assert_eq!(renew_in(0, 0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn failed_renewals_are_retried_with_backoff_before_the_lease_lapses() {
+        assert_eq!(retry_renewal_in(1, 3600), Duration::from_secs(5));
+        assert_eq!(retry_renewal_in(3, 3600), Duration::from_secs(20));
+        assert_eq!(retry_renewal_in(30, 3600), Duration::from_secs(320));
+        assert_eq!(retry_renewal_in(3, 9), Duration::from_secs(4));
+        assert_eq!(retry_renewal_in(1, 1), Duration::from_secs(1));
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub async fn reconcile(
 ) -> Result<Action, OperatorError> {
     let namespace = namespace_of(role.as_ref())?;
     let api: Api<PostgresRole> = Api::namespaced(context.kube.clone(), &namespace);
-    let key = format!("PostgresRole/{namespace}/{}", role.name_any());
+    let key = super::key_of(role.as_ref());
     let action = finalizer(&api, FINALIZER, role, |event| async {
         match event {
             Event::Apply(role) => apply(&role, &namespace, &context).await,
