@@ -20,6 +20,7 @@ const SECRETS: &str = "api/v1/secrets";
 const REQUESTS: &str = "apis/pgwarden.io/v1alpha1/databaseaccessrequests";
 const ROLES: &str = "apis/pgwarden.io/v1alpha1/postgresroles";
 const CONNECTIONS: &str = "apis/pgwarden.io/v1alpha1/postgresconnections";
+const DEPLOYMENTS: &str = "apis/apps/v1/deployments";
 const BROKER_ROLE: &str = "k8s.team-a.reader";
 
 /// The operator (the root token) may request the namespaces' roles; a DBA approves.
@@ -193,6 +194,32 @@ auth:
         );
     }
 
+    /// Deployment `name` of the namespace, restarted on a new user in `secret` when given.
+    fn deployment(&self, name: &str, secret: Option<&str>) {
+        let annotations = match secret {
+            Some(secret) => json!({ controller::RESTART_ANNOTATION: secret }),
+            None => json!({}),
+        };
+        self.api.create(
+            DEPLOYMENTS,
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": NS, "annotations": annotations},
+                "spec": {"selector": {"matchLabels": {"app": name}},
+                         "template": {"metadata": {"labels": {"app": name}},
+                                      "spec": {"containers": [{"name": "app", "image": "app"}]}}},
+            }),
+        );
+    }
+
+    /// When Deployment `name` was last restarted by the operator.
+    fn restarted_at(&self, name: &str) -> Option<String> {
+        let deployment = self.api.get(DEPLOYMENTS, NS, name)?;
+        deployment["spec"]["template"]["metadata"]["annotations"][controller::RESTARTED_AT]
+            .as_str()
+            .map(str::to_string)
+    }
+
     fn request(&self) -> Option<Value> {
         self.api.get(REQUESTS, NS, "report")
     }
@@ -287,6 +314,7 @@ fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
 async fn an_approved_request_gets_a_working_secret_that_survives_restarts_and_goes_with_it() {
     let mut world = World::start().await;
     world.declare("1h", "2h");
+    world.deployment("reporter", Some("report-credentials"));
     let role = eventually("the role Ready", || {
         let role = world.api.get(ROLES, NS, "reader")?;
         (condition(&role, "Ready")?["status"] == "True").then_some(role)
@@ -365,11 +393,20 @@ async fn an_approved_request_gets_a_working_secret_that_survives_restarts_and_go
         world.request().unwrap()["status"]["lease"]["id"],
         lease.as_str()
     );
+    assert_eq!(
+        world.restarted_at("reporter"),
+        None,
+        "neither issuing nor a restart restarts"
+    );
 
     // Deleting the Secret by hand: a new credential in a new Secret, the old lease revoked.
     world.api.delete(SECRETS, NS, "report-credentials");
     let (user2, password2, lease2) = world.credential(Some(&lease)).await;
     assert_ne!(user2, user);
+    eventually("the opted-in Deployment restarted", || {
+        world.restarted_at("reporter")
+    })
+    .await;
     assert!(world.logs_in(&user2, &password2).await);
     until("the old user dropped", async || {
         !world.cluster.role_exists(&user).await.unwrap()
@@ -482,6 +519,8 @@ async fn a_denied_request_gets_no_credential() {
 async fn at_the_max_ttl_a_new_user_replaces_the_old_which_ends_on_time() {
     let world = World::start().await;
     world.declare("9s", "9s");
+    world.deployment("reporter", Some("other-secret, report-credentials"));
+    world.deployment("bystander", None);
     let id = world.broker_request().await;
     world
         .approver()
@@ -493,6 +532,11 @@ async fn at_the_max_ttl_a_new_user_replaces_the_old_which_ends_on_time() {
     assert!(world.logs_in(&user, &password).await);
     let (user2, password2, _) = world.credential(Some(&lease)).await;
     assert_ne!(user2, user);
+    eventually("the opted-in Deployment restarted", || {
+        world.restarted_at("reporter")
+    })
+    .await;
+    assert_eq!(world.restarted_at("bystander"), None);
     assert!(world.logs_in(&user2, &password2).await);
     // The old user lives out its max TTL (the grace period), then is dropped.
     until("the old user dropped at its max TTL", async || {

@@ -248,6 +248,7 @@ fn the_operator_crds_come_from_the_types_and_the_examples_fit_them() {
         ["get", "list", "watch", "create", "patch"]
     );
     assert_eq!(verbs("rolebindings"), ["create"]);
+    assert_eq!(verbs("deployments"), ["list", "patch"]);
     assert_eq!(verbs("databaseaccessrequests/status"), ["patch"]);
     let crd = |kind: &str| {
         docs.iter()

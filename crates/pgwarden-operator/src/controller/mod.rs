@@ -12,11 +12,13 @@ mod connections;
 mod error;
 mod metrics;
 mod requests;
+mod restart;
 mod roles;
 mod secret;
 
 pub use error::OperatorError;
 pub use metrics::{Metrics, serve as serve_metrics};
+pub use restart::{RESTART_ANNOTATION, RESTARTED_AT};
 
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};

@@ -139,6 +139,17 @@ fn already_gone(error: &ClientError) -> bool {
     )
 }
 
+/// What a credential written to the Secret does to the one before it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change<'a> {
+    /// There was none.
+    First,
+    /// It replaces lease `.0`, revoked once the new one is recorded.
+    Replaces(&'a str),
+    /// It succeeds one that ends on its own (max TTL reached, or lapsed).
+    Succeeds,
+}
+
 struct Handler<'a> {
     context: &'a Context,
     namespace: &'a str,
@@ -250,7 +261,7 @@ impl Handler<'_> {
                     Err(error) if already_gone(&error) => self.issue(request).await?,
                     Err(error) => return Err(error.into()),
                 };
-                self.install(request, &credential, None).await
+                self.install(request, &credential, Change::First).await
             }
             // The Secret holds a credential the status does not record yet (a crash came
             // between writing the one and the other): adopt it, retire the recorded one.
@@ -275,7 +286,8 @@ impl Handler<'_> {
                     credential.lease_id
                 ))
                 .await;
-                self.install(request, &credential, Some(&recorded)).await
+                self.install(request, &credential, Change::Replaces(&recorded))
+                    .await
             }
         }
     }
@@ -292,14 +304,32 @@ impl Handler<'_> {
     }
 
     /// Writes `credential` to the Secret, then records its lease, then revokes `retired`.
+    /// When it replaces another user's (`change`), restarts the workloads that opted in.
     async fn install(
         &self,
         request: &DatabaseAccessRequest,
         credential: &Credential,
-        retired: Option<&str>,
+        change: Change<'_>,
     ) -> Result<Action, OperatorError> {
         secret::write_secret(&self.context.kube, request, self.namespace, credential).await?;
         self.context.metrics.issued();
+        if change != Change::First {
+            let name = secret::secret_name(request);
+            let restarted =
+                super::restart::restart_opted_in(&self.context.kube, self.namespace, &name).await?;
+            if !restarted.is_empty() {
+                let note = format!(
+                    "new user in Secret {name}: restarted {}",
+                    restarted.join(", ")
+                );
+                self.event(request, EventType::Normal, "Restarted", note)
+                    .await;
+            }
+        }
+        let retired = match change {
+            Change::Replaces(old) => Some(old),
+            Change::First | Change::Succeeds => None,
+        };
         let seconds = credential.lease_duration.as_secs();
         self.record(request, &credential.lease_id, seconds, true)
             .await?;
@@ -340,7 +370,7 @@ impl Handler<'_> {
                 ),
             )
             .await;
-            return self.install(request, &credential, None).await;
+            return self.install(request, &credential, Change::Succeeds).await;
         }
         if left > duration / 3 {
             return Ok(Action::requeue(renew_in(left, duration)));
@@ -377,7 +407,7 @@ impl Handler<'_> {
             credential.lease_id
         ))
         .await;
-        self.install(request, &credential, None).await
+        self.install(request, &credential, Change::Succeeds).await
     }
 
     /// Reports that `lease` could not be looked up or renewed (`left` seconds before it
