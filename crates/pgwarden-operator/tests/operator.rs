@@ -168,7 +168,8 @@ auth:
                 "apiVersion": "pgwarden.io/v1alpha1", "kind": "PostgresConnection",
                 "metadata": {"name": "appdb", "namespace": NS},
                 "spec": {
-                    "url": self.cluster.templated_url("appdb"),
+                    // As a user writes it: no credentials in the URL.
+                    "url": format!("postgresql://127.0.0.1:{}/appdb?sslmode=disable", self.cluster.port()),
                     "username": APP_ADMIN,
                     "credentialsSecretRef": {"name": "appdb-admin", "key": "password"},
                 },
