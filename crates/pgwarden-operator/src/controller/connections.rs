@@ -1,13 +1,11 @@
 //! `PostgresConnection` → broker connection `k8s.<ns>.<name>`, its administrator's password
 //! read from the Secret it names; deleted from the broker when the resource goes.
 
-use super::conditions::{self, Observed};
-use super::{Context, FINALIZER, OperatorError, broker_name, namespace_of};
-use crate::{DefinitionStatus, PostgresConnection};
+use super::{Context, OperatorError, broker_name};
+use crate::PostgresConnection;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::finalizer::Event;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
@@ -21,12 +19,10 @@ pub async fn reconcile(
     connection: Arc<PostgresConnection>,
     context: Arc<Context>,
 ) -> Result<Action, OperatorError> {
-    let namespace = namespace_of(connection.as_ref())?;
-    let api: Api<PostgresConnection> = Api::namespaced(context.kube.clone(), &namespace);
-    let key = super::key_of(connection.as_ref());
-    let action = finalizer(&api, FINALIZER, connection, |event| async {
+    let context = context.as_ref();
+    super::finalized(connection, context, |event, namespace, api| async move {
         match event {
-            Event::Apply(connection) => apply(&connection, &namespace, &context).await,
+            Event::Apply(connection) => apply(&api, &connection, &namespace, context).await,
             Event::Cleanup(connection) => {
                 let name = broker_name(&namespace, &connection.name_any());
                 let path = format!("{}/config/{name}", context.settings.mount);
@@ -36,47 +32,18 @@ pub async fn reconcile(
         }
     })
     .await
-    .map_err(OperatorError::from_finalizer)?;
-    context.metrics.succeeded(&key);
-    Ok(action)
 }
 
 async fn apply(
+    api: &Api<PostgresConnection>,
     connection: &PostgresConnection,
     namespace: &str,
     context: &Context,
 ) -> Result<Action, OperatorError> {
     let name = broker_name(namespace, &connection.name_any());
     let outcome = write(connection, namespace, &name, context).await;
-    let ready = match &outcome {
-        Ok(()) => Observed {
-            type_: "Ready",
-            status: true,
-            reason: "Written",
-            message: format!("broker connection {name} is up to date"),
-        },
-        Err(error) => Observed {
-            type_: "Ready",
-            status: false,
-            reason: match error {
-                OperatorError::Invalid(_) => "InvalidSpec",
-                _ => "BrokerRefused",
-            },
-            message: error.to_string(),
-        },
-    };
-    let previous = connection.status.clone().unwrap_or_default();
-    let status = DefinitionStatus {
-        conditions: conditions::with(&previous.conditions, ready, connection.metadata.generation),
-        broker_name: Some(name),
-    };
-    let api: Api<PostgresConnection> = Api::namespaced(context.kube.clone(), namespace);
-    api.patch_status(
-        &connection.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await?;
+    let ready = super::ready("connection", &name, &outcome);
+    super::record_ready(api, connection, connection.status.as_ref(), &name, ready).await?;
     match outcome {
         Ok(()) => Ok(Action::requeue(RESYNC)),
         Err(OperatorError::Invalid(_)) => Ok(Action::await_change()),

@@ -72,6 +72,87 @@ fn namespace_of<K: Resource>(object: &K) -> Result<String, OperatorError> {
         .ok_or_else(|| OperatorError::Invalid("the resource has no namespace".into()))
 }
 
+/// Reconciles `object` under the operator's finalizer: `reconcile` gets the finalizer's
+/// event (apply, or clean up before deletion), the namespace and the resource's API; a
+/// success clears the object's failure count.
+async fn finalized<K, F, Fut>(
+    object: Arc<K>,
+    context: &Context,
+    reconcile: F,
+) -> Result<Action, OperatorError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    F: FnOnce(kube::runtime::finalizer::Event<K>, String, Api<K>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, OperatorError>>,
+{
+    let namespace = namespace_of(object.as_ref())?;
+    let api: Api<K> = Api::namespaced(context.kube.clone(), &namespace);
+    let key = key_of(object.as_ref());
+    let action = kube::runtime::finalizer::finalizer(&api, FINALIZER, object, |event| {
+        reconcile(event, namespace, api.clone())
+    })
+    .await
+    .map_err(OperatorError::from_finalizer)?;
+    context.metrics.succeeded(&key);
+    Ok(action)
+}
+
+/// The `Ready` condition of a connection or role after writing broker `what` `name`.
+fn ready(
+    what: &str,
+    name: &str,
+    outcome: &Result<(), OperatorError>,
+) -> conditions::Observed<'static> {
+    match outcome {
+        Ok(()) => conditions::Observed {
+            type_: "Ready",
+            status: true,
+            reason: "Written",
+            message: format!("broker {what} {name} is up to date"),
+        },
+        Err(error) => conditions::Observed {
+            type_: "Ready",
+            status: false,
+            reason: match error {
+                OperatorError::Invalid(_) => "InvalidSpec",
+                _ => "BrokerRefused",
+            },
+            message: error.to_string(),
+        },
+    }
+}
+
+/// Records `ready` and the broker's `name` in the status of a connection or role, whose
+/// status was `previous`.
+async fn record_ready<K>(
+    api: &Api<K>,
+    object: &K,
+    previous: Option<&crate::DefinitionStatus>,
+    name: &str,
+    ready: conditions::Observed<'_>,
+) -> Result<(), OperatorError>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let previous = previous.map_or(&[][..], |p| p.conditions.as_slice());
+    let status = crate::DefinitionStatus {
+        conditions: conditions::with(previous, ready, object.meta().generation),
+        broker_name: Some(name.to_string()),
+    };
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(
+        object.meta().name.as_deref().unwrap_or_default(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(patch),
+    )
+    .await?;
+    Ok(())
+}
+
 /// `Kind/namespace/name`, as logs and failure counts name an object.
 fn key_of<K: Resource<DynamicType = ()>>(object: &K) -> String {
     format!(

@@ -11,13 +11,13 @@
 
 use super::conditions::{self, Observed};
 use super::secret::{self, LEASE_ANNOTATION};
-use super::{Context, FINALIZER, OperatorError, namespace_of};
+use super::{Context, OperatorError};
 use crate::{DatabaseAccessRequest, DatabaseAccessRequestStatus, LeaseStatus, SubjectKind};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
-use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::finalizer::Event;
 use kube::{Api, Resource, ResourceExt};
 use pgwarden_client::{ClientError, Credential};
 use pgwarden_core::wire::{RequestCreate, RequestView};
@@ -31,12 +31,10 @@ pub async fn reconcile(
     request: Arc<DatabaseAccessRequest>,
     context: Arc<Context>,
 ) -> Result<Action, OperatorError> {
-    let namespace = namespace_of(request.as_ref())?;
-    let api: Api<DatabaseAccessRequest> = Api::namespaced(context.kube.clone(), &namespace);
-    let key = super::key_of(request.as_ref());
-    let action = finalizer(&api, FINALIZER, request, |event| async {
+    let context = context.as_ref();
+    super::finalized(request, context, |event, namespace, api| async move {
         let handler = Handler {
-            context: &context,
+            context,
             namespace: &namespace,
             api: &api,
         };
@@ -46,9 +44,6 @@ pub async fn reconcile(
         }
     })
     .await
-    .map_err(OperatorError::from_finalizer)?;
-    context.metrics.succeeded(&key);
-    Ok(action)
 }
 
 /// The marker in a broker request's reason that ties it to `request` (found again after a

@@ -2,12 +2,11 @@
 //! Deleting the resource deletes the role once no lease of it is live; until then the
 //! deletion waits and the status says why.
 
-use super::conditions::{self, Observed};
-use super::{Context, FINALIZER, OperatorError, broker_name, namespace_of};
-use crate::{DefinitionStatus, PostgresRole};
-use kube::api::{Patch, PatchParams};
+use super::conditions::Observed;
+use super::{Context, OperatorError, broker_name};
+use crate::PostgresRole;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::finalizer::Event;
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -21,19 +20,14 @@ pub async fn reconcile(
     role: Arc<PostgresRole>,
     context: Arc<Context>,
 ) -> Result<Action, OperatorError> {
-    let namespace = namespace_of(role.as_ref())?;
-    let api: Api<PostgresRole> = Api::namespaced(context.kube.clone(), &namespace);
-    let key = super::key_of(role.as_ref());
-    let action = finalizer(&api, FINALIZER, role, |event| async {
+    let context = context.as_ref();
+    super::finalized(role, context, |event, namespace, api| async move {
         match event {
-            Event::Apply(role) => apply(&role, &namespace, &context).await,
-            Event::Cleanup(role) => cleanup(&role, &namespace, &context).await,
+            Event::Apply(role) => apply(&api, &role, &namespace, context).await,
+            Event::Cleanup(role) => cleanup(&api, &role, &namespace, context).await,
         }
     })
     .await
-    .map_err(OperatorError::from_finalizer)?;
-    context.metrics.succeeded(&key);
-    Ok(action)
 }
 
 /// The broker role definition of `role`.
@@ -63,6 +57,7 @@ fn definition(role: &PostgresRole, namespace: &str) -> Value {
 }
 
 async fn apply(
+    api: &Api<PostgresRole>,
     role: &PostgresRole,
     namespace: &str,
     context: &Context,
@@ -73,56 +68,23 @@ async fn apply(
         .settings
         .broker
         .write(&path, definition(role, namespace))
-        .await;
-    let ready = match &outcome {
-        Ok(()) => Observed {
-            type_: "Ready",
-            status: true,
-            reason: "Written",
-            message: format!("broker role {name} is up to date"),
-        },
-        Err(error) => Observed {
-            type_: "Ready",
-            status: false,
-            reason: "BrokerRefused",
-            message: error.to_string(),
-        },
-    };
-    set_status(role, namespace, &name, ready, context).await?;
+        .await
+        .map_err(OperatorError::from);
+    let ready = super::ready("role", &name, &outcome);
+    super::record_ready(api, role, role.status.as_ref(), &name, ready).await?;
     match outcome {
         Ok(()) => Ok(Action::requeue(RESYNC)),
         // A refusal (bad statements, unknown connection) waits for a change of the spec,
         // or the resync; an unreachable broker is retried with backoff.
-        Err(error) if !error.is_transient() => Ok(Action::requeue(RESYNC)),
-        Err(error) => Err(error.into()),
+        Err(OperatorError::Broker(error)) if error.is_transient() => Err(error.into()),
+        Err(_) => Ok(Action::requeue(RESYNC)),
     }
-}
-
-async fn set_status(
-    role: &PostgresRole,
-    namespace: &str,
-    name: &str,
-    ready: Observed<'_>,
-    context: &Context,
-) -> Result<(), OperatorError> {
-    let previous = role.status.clone().unwrap_or_default();
-    let status = DefinitionStatus {
-        conditions: conditions::with(&previous.conditions, ready, role.metadata.generation),
-        broker_name: Some(name.to_string()),
-    };
-    let api: Api<PostgresRole> = Api::namespaced(context.kube.clone(), namespace);
-    api.patch_status(
-        &role.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await?;
-    Ok(())
 }
 
 /// Deletes the broker role when none of its leases is live; else says so in the status and
 /// looks again later.
 async fn cleanup(
+    api: &Api<PostgresRole>,
     role: &PostgresRole,
     namespace: &str,
     context: &Context,
@@ -145,7 +107,7 @@ async fn cleanup(
                 leases.len()
             ),
         };
-        set_status(role, namespace, &name, waiting, context).await?;
+        super::record_ready(api, role, role.status.as_ref(), &name, waiting).await?;
         return Err(OperatorError::Waiting(format!(
             "role {name} still has {} live lease(s)",
             leases.len()
