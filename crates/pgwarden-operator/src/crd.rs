@@ -1,5 +1,5 @@
 //! The CustomResourceDefinitions of the three resources, generated from their types, with the
-//! rule that freezes a decided request's `spec` (a CEL transition rule, which the derive
+//! rule that freezes a request's `spec` once asked (a CEL transition rule, which the derive
 //! cannot express).
 
 use crate::{DatabaseAccessRequest, PostgresConnection, PostgresRole};
@@ -8,10 +8,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
-/// A decided request (`Approved` or `Denied` true) keeps the `spec` it was decided on.
-const FROZEN_WHEN_DECIDED: &str = "!has(oldSelf.status) || !has(oldSelf.status.conditions) || \
-     !oldSelf.status.conditions.exists(c, (c.type == 'Approved' || c.type == 'Denied') && \
-     c.status == 'True') || self.spec == oldSelf.spec";
+/// A request keeps the `spec` its broker request was made from (`status.requestId` set):
+/// approvers decide on what they see, never on what it became.
+const FROZEN_ONCE_ASKED: &str = "!has(oldSelf.status) || !has(oldSelf.status.requestId) || \
+     self.spec == oldSelf.spec";
 
 /// The CRDs, in the order to apply them.
 pub fn crds() -> Vec<CustomResourceDefinition> {
@@ -23,8 +23,11 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
             .and_then(|s| s.open_api_v3_schema.as_mut())
         {
             schema.x_kubernetes_validations = Some(vec![ValidationRule {
-                rule: FROZEN_WHEN_DECIDED.into(),
-                message: Some("spec cannot change once the request is approved or denied".into()),
+                rule: FROZEN_ONCE_ASKED.into(),
+                message: Some(
+                    "spec cannot change once the request is made (status.requestId is set): make a new request"
+                        .into(),
+                ),
                 ..ValidationRule::default()
             }]);
         }

@@ -23,7 +23,7 @@ pub use connection::{PostgresConnection, PostgresConnectionSpec, RdsIam, SecretK
 pub use crd::{crds, crds_yaml};
 pub use request::{
     DatabaseAccessRequest, DatabaseAccessRequestSpec, DatabaseAccessRequestStatus, LeaseStatus,
-    Subject, SubjectKind,
+    PendingLease, Subject, SubjectKind,
 };
 pub use role::{PostgresRole, PostgresRoleSpec, Preset};
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// A request for a [`crate::PostgresRole`] of the same namespace, for some subjects. Approval
 /// and denial (conditions `Approved` / `Denied`) come from the broker's access requests; on
 /// approval the credential is written to a Secret owned by this request; deleting the request
-/// revokes the lease first. Its `spec` cannot change once decided.
+/// revokes the lease first. Its `spec` cannot change once the broker request is made.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "pgwarden.io",
@@ -78,6 +78,34 @@ pub struct DatabaseAccessRequestStatus {
     /// The Secret holding the credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalRef>,
+    /// A lease issued and being written to the Secret (recorded first, so that no crash or
+    /// failure can leave it unknown: it is either finished or revoked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_lease: Option<PendingLease>,
+    /// The previous user's lease, living out its max TTL after a rotation (revoked with the
+    /// request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring_lease: Option<String>,
+}
+
+/// A lease on its way into the Secret, and what happens to the one it follows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingLease {
+    /// The lease id.
+    pub id: String,
+    /// Its duration in seconds.
+    pub duration: u64,
+    /// The lease it replaces: revoked once this one is in force (`replaces`), or left to end
+    /// on its own (`succeeds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// Whether the previous lease is revoked (else it lives out its time).
+    #[serde(default)]
+    pub revoke_previous: bool,
+    /// Whether opted-in workloads are restarted once it is in force.
+    #[serde(default)]
+    pub restart: bool,
 }
 
 /// A lease as the request's status records it (re-adopted after an operator restart).
@@ -85,7 +113,7 @@ pub struct DatabaseAccessRequestStatus {
 pub struct LeaseStatus {
     /// The lease id.
     pub id: String,
-    /// Its duration in seconds when last issued or renewed.
+    /// The TTL it is renewed by, in seconds.
     pub duration: u64,
     /// Whether it can be renewed.
     pub renewable: bool,

@@ -104,6 +104,7 @@ auth:
             broker: self.root(),
             mount: "database".into(),
             poll: Duration::from_millis(200),
+            recheck: Duration::from_secs(1),
             reporter: "pgwarden-operator".into(),
         };
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -623,4 +624,72 @@ async fn a_failed_renewal_is_an_event_a_condition_and_a_metric_and_is_retried_in
         lease.as_str()
     );
     world.stop_operator().await;
+}
+
+#[tokio::test]
+async fn tampering_in_the_namespace_neither_takes_over_nor_revokes_what_is_not_the_requests() {
+    let world = World::start().await;
+    // A Secret of the credential's name that is not the request's: never written into.
+    let foreign = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "report-credentials", "namespace": NS},
+        "data": {"note": "aGVsbG8="},
+    });
+    world.api.create(SECRETS, foreign);
+    world.declare("1h", "2h");
+    let id = world.broker_request().await;
+    world
+        .approver()
+        .await
+        .approve_request(&id, "ok")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let untouched = world.api.get(SECRETS, NS, "report-credentials").unwrap();
+    assert_eq!(untouched["data"], json!({"note": "aGVsbG8="}));
+    assert!(untouched["metadata"]["ownerReferences"].is_null());
+    assert!(world.request().unwrap()["status"]["lease"].is_null());
+    world.api.delete(SECRETS, NS, "report-credentials");
+    let (user, _, lease) = world.credential(None).await;
+
+    // Pointing the Secret's annotation at someone else's lease neither adopts nor revokes
+    // it: the operator writes a credential of its own and revokes only its previous one.
+    let victim = world.root().issue("database/file-reader").await.unwrap();
+    world.api.merge_patch(
+        SECRETS,
+        NS,
+        "report-credentials",
+        json!({"metadata": {"annotations": {"pgwarden.io/lease-id": victim.lease_id}}}),
+        false,
+    );
+    let (user2, password2, lease2) = world.credential(Some(&victim.lease_id)).await;
+    assert_ne!(lease2, lease);
+    assert!(world.logs_in(&user2, &password2).await);
+    assert!(
+        world.root().lookup(&victim.lease_id).await.is_ok(),
+        "the victim lease lives"
+    );
+    until("the request's old user dropped", async || {
+        !world.cluster.role_exists(&user).await.unwrap()
+    })
+    .await;
+
+    // Withdrawn in pgwarden after its approval: every lease revoked, the Secret emptied.
+    world.root().withdraw_request(&id).await.unwrap();
+    eventually("the Secret emptied", || {
+        let secret = world.api.get(SECRETS, NS, "report-credentials")?;
+        secret["data"].is_null().then_some(())
+    })
+    .await;
+    until("the user dropped", async || {
+        !world.cluster.role_exists(&user2).await.unwrap()
+    })
+    .await;
+    assert!(world.live_leases().await.is_empty());
+    let request = world.request().unwrap();
+    assert_eq!(
+        condition(&request, "Denied").unwrap()["reason"],
+        "Withdrawn"
+    );
+    assert!(request["status"]["lease"].is_null());
 }

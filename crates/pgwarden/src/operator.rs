@@ -39,6 +39,10 @@ pub struct RunArgs {
     /// Seconds between looks at a request waiting for approval.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     poll: u64,
+    /// Seconds between looks at an approved request (a withdrawal in pgwarden revokes its
+    /// credentials within this).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    recheck: u64,
     /// Where to serve /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:9464")]
     metrics_listen: SocketAddr,
@@ -79,6 +83,7 @@ async fn operate(args: RunArgs) -> Result<(), String> {
         broker,
         mount: args.mount,
         poll: Duration::from_secs(args.poll),
+        recheck: Duration::from_secs(args.recheck),
         reporter: "pgwarden-operator".into(),
     };
     tokio::spawn(async move {

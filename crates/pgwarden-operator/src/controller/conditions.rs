@@ -36,12 +36,12 @@ pub fn with(
         last_transition_time,
         observed_generation: generation,
     };
-    let mut all: Vec<Condition> = conditions
-        .iter()
-        .filter(|c| c.type_ != observed.type_)
-        .cloned()
-        .collect();
-    all.push(condition);
+    // In place, so the order (and the object) changes only when a condition does.
+    let mut all = conditions.to_vec();
+    match all.iter_mut().find(|c| c.type_ == condition.type_) {
+        Some(existing) => *existing = condition,
+        None => all.push(condition),
+    }
     all
 }
 

@@ -42,6 +42,9 @@ pub struct Settings {
     pub mount: String,
     /// How often a pending request is looked at again.
     pub poll: Duration,
+    /// How often an approved request is looked at again (a withdrawal in pgwarden is seen
+    /// within this).
+    pub recheck: Duration,
     /// The name events are reported under (the Deployment's).
     pub reporter: String,
 }

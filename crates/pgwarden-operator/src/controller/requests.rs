@@ -10,9 +10,11 @@
 //! restart re-adopts the leases it finds and rotates nothing.
 
 use super::conditions::{self, Observed};
-use super::secret::{self, LEASE_ANNOTATION};
+use super::secret;
 use super::{Context, OperatorError};
-use crate::{DatabaseAccessRequest, DatabaseAccessRequestStatus, LeaseStatus, SubjectKind};
+use crate::{
+    DatabaseAccessRequest, DatabaseAccessRequestStatus, LeaseStatus, PendingLease, SubjectKind,
+};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -141,8 +143,8 @@ enum Change<'a> {
     First,
     /// It replaces lease `.0`, revoked once the new one is recorded.
     Replaces(&'a str),
-    /// It succeeds one that ends on its own (max TTL reached, or lapsed).
-    Succeeds,
+    /// It succeeds lease `.0`, which ends on its own (max TTL reached, or lapsed).
+    Succeeds(&'a str),
 }
 
 struct Handler<'a> {
@@ -152,6 +154,12 @@ struct Handler<'a> {
 }
 
 impl Handler<'_> {
+    /// Looks again after `due` (the renewal point), or sooner: at the approved request's
+    /// recheck interval, so that a withdrawal in pgwarden is seen.
+    fn recheck(&self, due: Duration) -> Action {
+        Action::requeue(due.min(self.context.settings.recheck))
+    }
+
     fn broker(&self) -> &pgwarden_client::Client {
         &self.context.settings.broker
     }
@@ -169,11 +177,17 @@ impl Handler<'_> {
         };
         let view = match self.broker().get_request(&id).await {
             Ok(view) => view,
-            // The broker is unreachable: what matters now is the live credential; keeping it
-            // reports the failure (event, condition, metric) and retries before it lapses.
-            Err(error) if error.is_transient() && status.lease.is_some() => {
-                return self.keep_credential(request, &status, &id).await;
-            }
+            // The broker is unreachable while a credential is live: a lease that cannot be
+            // kept fresh is reported (event, condition, metric) and retried before it lapses.
+            Err(error) if error.is_transient() => match &status.lease {
+                Some(lease) => {
+                    let lease = lease.id.clone();
+                    return Err(self
+                        .renewal_failed(request, &status, &lease, None, error)
+                        .await);
+                }
+                None => return Err(error.into()),
+            },
             Err(error) => return Err(error.into()),
         };
         // The decision is the broker's, always: conditions written by anyone else (a forged
@@ -189,23 +203,62 @@ impl Handler<'_> {
                 .await?;
         }
         match view.state {
-            RequestState::Pending => return Ok(Action::requeue(self.context.settings.poll)),
-            RequestState::Approved => {}
-            _ => return Ok(Action::await_change()),
+            RequestState::Pending => Ok(Action::requeue(self.context.settings.poll)),
+            RequestState::Approved => self.keep_credential(request, &status, &view).await,
+            // Withdrawn (or expired) in pgwarden after it was approved: no credential of it
+            // may outlive that.
+            _ => {
+                self.retract(request, &status).await?;
+                Ok(Action::await_change())
+            }
         }
-        self.keep_credential(request, &status, &id).await
+    }
+
+    /// Revokes every lease of the request and empties its Secret.
+    async fn retract(
+        &self,
+        request: &DatabaseAccessRequest,
+        status: &DatabaseAccessRequestStatus,
+    ) -> Result<(), OperatorError> {
+        if status.lease.is_none()
+            && status.pending_lease.is_none()
+            && status.retiring_lease.is_none()
+        {
+            return Ok(());
+        }
+        self.revoke_all(request, status).await?;
+        secret::empty_secret(&self.context.kube, request, self.namespace).await?;
+        self.patch_status(
+            request,
+            json!({ "lease": null, "pendingLease": null, "retiringLease": null }),
+        )
+        .await?;
+        self.event(
+            request,
+            EventType::Warning,
+            "Retracted",
+            "the broker request is no longer approved: its leases are revoked and the Secret emptied".into(),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// The broker request made for `request` before a crash kept its id from the status.
+    async fn find(&self, request: &DatabaseAccessRequest) -> Result<Option<String>, OperatorError> {
+        let marker = marker(request, self.namespace);
+        let existing = self.broker().list_requests(None).await?;
+        Ok(existing
+            .into_iter()
+            .find(|r| r.reason.ends_with(&marker) && r.state != RequestState::Withdrawn)
+            .map(|r| r.id))
     }
 
     /// Makes the broker request (or finds the one made before a crash); returns its id.
     async fn ask(&self, request: &DatabaseAccessRequest) -> Result<String, OperatorError> {
-        let marker = marker(request, self.namespace);
-        let existing = self.broker().list_requests(None).await?;
-        if let Some(found) = existing
-            .iter()
-            .find(|r| r.reason.ends_with(&marker) && r.state != RequestState::Withdrawn)
-        {
-            return Ok(found.id.clone());
+        if let Some(found) = self.find(request).await? {
+            return Ok(found);
         }
+        let marker = marker(request, self.namespace);
         let ttl = match &request.spec.ttl {
             None => None,
             Some(text) => Some(
@@ -236,80 +289,133 @@ impl Handler<'_> {
         Ok(self.broker().create_request(&body).await?.id)
     }
 
-    /// Brings the Secret, its lease and the status in line, and the lease fresh.
+    /// Brings the Secret, its lease and the status in line, and the lease fresh. Only what
+    /// the status records (which only the operator can write) is trusted: the Secret's lease
+    /// annotation is compared with it, never adopted on its own word.
     async fn keep_credential(
         &self,
         request: &DatabaseAccessRequest,
         status: &DatabaseAccessRequestStatus,
-        id: &str,
+        view: &RequestView,
     ) -> Result<Action, OperatorError> {
+        let subjects: Vec<String> = request
+            .spec
+            .subjects
+            .iter()
+            .map(|s| broker_subject(s, self.namespace))
+            .collect();
+        if subjects != view.subjects {
+            return Err(OperatorError::Invalid(format!(
+                "spec.subjects no longer match the subjects of broker request {} ({}): \
+                 make a new request",
+                view.id,
+                view.subjects.join(", ")
+            )));
+        }
         let secrets: Api<Secret> = Api::namespaced(self.context.kube.clone(), self.namespace);
         let secret = secrets.get_opt(&secret::secret_name(request)).await?;
+        if let Some(existing) = &secret {
+            // Someone else's Secret of that name: never written into, nothing issued for it.
+            secret::ensure_owned(request, existing)?;
+        }
         let in_secret = secret.as_ref().and_then(secret::lease_of);
-        let recorded = status.lease.as_ref().map(|l| l.id.clone());
-        secret::grant_read(&self.context.kube, request, self.namespace).await?;
-        match (recorded, in_secret) {
+        if let Some(pending) = &status.pending_lease {
+            if in_secret.as_deref() == Some(pending.id.as_str()) {
+                // A crash came after the Secret was written: finish the change.
+                return self.finish(request, status, pending).await;
+            }
+            // The Secret was never written with it: nobody has that credential.
+            self.revoke(request, &pending.id).await?;
+            self.patch_status(request, json!({ "pendingLease": null }))
+                .await?;
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        match &status.lease {
             // First time: the credential the approval issued.
-            (None, None) => {
-                let credential = match self.broker().request_credential(id).await {
+            None => {
+                let credential = match self.broker().request_credential(&view.id).await {
                     Ok(answer) => Credential::from(answer),
-                    Err(error) if already_gone(&error) => self.issue(request).await?,
+                    Err(error) if already_gone(&error) => self.issue(view).await?,
                     Err(error) => return Err(error.into()),
                 };
-                self.install(request, &credential, Change::First).await
+                let duration = view.ttl.as_secs();
+                self.install(request, status, &credential, duration, Change::First)
+                    .await
             }
-            // The Secret holds a credential the status does not record yet (a crash came
-            // between writing the one and the other): adopt it, retire the recorded one.
-            (Some(recorded), Some(in_secret)) if recorded == in_secret => {
-                self.keep_fresh(request, status, &recorded).await
+            Some(lease) if in_secret.as_deref() == Some(lease.id.as_str()) => {
+                self.keep_fresh(request, status, view, lease).await
             }
-            (recorded, Some(in_secret)) => {
-                let lookup = self.broker().lookup(&in_secret).await?;
-                self.record(request, &in_secret, lookup.ttl.as_secs(), lookup.renewable)
-                    .await?;
-                if let Some(old) = recorded {
-                    self.revoke(request, &old).await?;
-                }
-                Ok(Action::requeue(Duration::from_secs(1)))
-            }
-            // The Secret was deleted (or stripped of its annotation): a fresh credential in a
-            // new Secret, then the old lease revoked, so none is left orphaned.
-            (Some(recorded), None) => {
-                let credential = self.issue(request).await?;
+            // The Secret was deleted, or its annotation changed: a fresh credential in it,
+            // then the old lease revoked, so none is left orphaned.
+            Some(lease) => {
+                let credential = self.issue(view).await?;
                 self.event(request, EventType::Normal, "SecretRecreated", format!(
-                    "the credential Secret was missing; wrote a new credential (lease {}) and revoked lease {recorded}",
-                    credential.lease_id
+                    "the credential Secret was missing or altered; wrote a new credential (lease {}) and revoked lease {}",
+                    credential.lease_id, lease.id
                 ))
                 .await;
-                self.install(request, &credential, Change::Replaces(&recorded))
-                    .await
+                let duration = credential.lease_duration.as_secs();
+                self.install(
+                    request,
+                    status,
+                    &credential,
+                    duration,
+                    Change::Replaces(&lease.id),
+                )
+                .await
             }
         }
     }
 
-    /// Issues a new credential for the request's role (the approval stands while the request
-    /// lives).
-    async fn issue(&self, request: &DatabaseAccessRequest) -> Result<Credential, OperatorError> {
-        let role = format!(
-            "{}/{}",
-            self.context.settings.mount,
-            super::broker_name(self.namespace, &request.spec.role_ref.name)
-        );
-        Ok(Credential::from(self.broker().issue(&role).await?))
+    /// Issues a new credential for the role the broker request was approved for (the
+    /// approval stands while the request lives).
+    async fn issue(&self, view: &RequestView) -> Result<Credential, OperatorError> {
+        Ok(Credential::from(self.broker().issue(&view.role).await?))
     }
 
-    /// Writes `credential` to the Secret, then records its lease, then revokes `retired`.
-    /// When it replaces another user's (`change`), restarts the workloads that opted in.
+    /// Puts `credential` in force: records it as pending (revoking it if even that fails),
+    /// writes the Secret, then [`Handler::finish`]es.
     async fn install(
         &self,
         request: &DatabaseAccessRequest,
+        status: &DatabaseAccessRequestStatus,
         credential: &Credential,
+        duration: u64,
         change: Change<'_>,
     ) -> Result<Action, OperatorError> {
+        let pending = PendingLease {
+            id: credential.lease_id.clone(),
+            duration,
+            previous: match change {
+                Change::First => None,
+                Change::Replaces(old) | Change::Succeeds(old) => Some(old.to_string()),
+            },
+            revoke_previous: matches!(change, Change::Replaces(_)),
+            restart: change != Change::First,
+        };
+        if let Err(error) = self
+            .patch_status(request, json!({ "pendingLease": pending }))
+            .await
+        {
+            self.revoke(request, &pending.id).await?;
+            return Err(error);
+        }
         secret::write_secret(&self.context.kube, request, self.namespace, credential).await?;
         self.context.metrics.issued();
-        if change != Change::First {
-            let name = secret::secret_name(request);
+        self.finish(request, status, &pending).await
+    }
+
+    /// Makes the pending lease (now in the Secret) the one in force: restarts the workloads
+    /// that opted in, records it, then revokes the previous lease or records it as retiring.
+    async fn finish(
+        &self,
+        request: &DatabaseAccessRequest,
+        status: &DatabaseAccessRequestStatus,
+        pending: &PendingLease,
+    ) -> Result<Action, OperatorError> {
+        secret::grant_read(&self.context.kube, request, self.namespace).await?;
+        let name = secret::secret_name(request);
+        if pending.restart {
             let restarted =
                 super::restart::restart_opted_in(&self.context.kube, self.namespace, &name).await?;
             if !restarted.is_empty() {
@@ -321,17 +427,25 @@ impl Handler<'_> {
                     .await;
             }
         }
-        let retired = match change {
-            Change::Replaces(old) => Some(old),
-            Change::First | Change::Succeeds => None,
+        let lease = LeaseStatus {
+            id: pending.id.clone(),
+            duration: pending.duration,
+            renewable: true,
         };
-        let seconds = credential.lease_duration.as_secs();
-        self.record(request, &credential.lease_id, seconds, true)
-            .await?;
-        if let Some(old) = retired {
-            self.revoke(request, old).await?;
+        let retiring = match (&pending.previous, pending.revoke_previous) {
+            (Some(previous), false) => Some(previous.clone()),
+            _ => status.retiring_lease.clone(),
+        };
+        self.patch_status(
+            request,
+            json!({ "lease": lease, "pendingLease": null, "retiringLease": retiring,
+                    "secretRef": { "name": name } }),
+        )
+        .await?;
+        if let (Some(previous), true) = (&pending.previous, pending.revoke_previous) {
+            self.revoke(request, previous).await?;
         }
-        Ok(Action::requeue(renew_in(seconds, seconds)))
+        Ok(self.recheck(renew_in(pending.duration, pending.duration)))
     }
 
     /// Renews the lease when a third of its time is left; when the max TTL leaves too little,
@@ -341,9 +455,11 @@ impl Handler<'_> {
         &self,
         request: &DatabaseAccessRequest,
         status: &DatabaseAccessRequestStatus,
-        lease: &str,
+        view: &RequestView,
+        recorded: &LeaseStatus,
     ) -> Result<Action, OperatorError> {
-        let duration = status.lease.as_ref().map_or(0, |l| l.duration).max(1);
+        let lease = recorded.id.as_str();
+        let duration = recorded.duration.max(1);
         let left = match self.broker().lookup(lease).await {
             Ok(info) => info.ttl.as_secs(),
             Err(error) if already_gone(&error) => 0,
@@ -354,7 +470,7 @@ impl Handler<'_> {
             }
         };
         if left == 0 {
-            let credential = self.issue(request).await?;
+            let credential = self.issue(view).await?;
             self.event(
                 request,
                 EventType::Warning,
@@ -365,10 +481,19 @@ impl Handler<'_> {
                 ),
             )
             .await;
-            return self.install(request, &credential, Change::Succeeds).await;
+            let duration = credential.lease_duration.as_secs();
+            return self
+                .install(
+                    request,
+                    status,
+                    &credential,
+                    duration,
+                    Change::Succeeds(lease),
+                )
+                .await;
         }
         if left > duration / 3 {
-            return Ok(Action::requeue(renew_in(left, duration)));
+            return Ok(self.recheck(renew_in(left, duration)));
         }
         let renewed = self
             .broker()
@@ -393,16 +518,24 @@ impl Handler<'_> {
         self.patch_status(request, json!({ "conditions": all }))
             .await?;
         if renewed > duration / 3 {
-            return Ok(Action::requeue(renew_in(renewed, duration)));
+            return Ok(self.recheck(renew_in(renewed, duration)));
         }
         // The max TTL cut the renewal short: a new user now, the old one lives out its time.
-        let credential = self.issue(request).await?;
+        let credential = self.issue(view).await?;
         self.event(request, EventType::Normal, "Rotated", format!(
             "lease {lease} reaches its max TTL in {renewed} s; wrote a new user's credential (lease {})",
             credential.lease_id
         ))
         .await;
-        self.install(request, &credential, Change::Succeeds).await
+        let duration = credential.lease_duration.as_secs();
+        self.install(
+            request,
+            status,
+            &credential,
+            duration,
+            Change::Succeeds(lease),
+        )
+        .await
     }
 
     /// Reports that `lease` could not be looked up or renewed (`left` seconds before it
@@ -445,26 +578,6 @@ impl Handler<'_> {
         }
     }
 
-    /// Records `lease` (and the Secret) in the status.
-    async fn record(
-        &self,
-        request: &DatabaseAccessRequest,
-        lease: &str,
-        duration: u64,
-        renewable: bool,
-    ) -> Result<(), OperatorError> {
-        let lease = LeaseStatus {
-            id: lease.to_string(),
-            duration,
-            renewable,
-        };
-        self.patch_status(
-            request,
-            json!({ "lease": lease, "secretRef": { "name": secret::secret_name(request) } }),
-        )
-        .await
-    }
-
     /// Revokes `lease`; one already gone is fine.
     async fn revoke(
         &self,
@@ -487,28 +600,42 @@ impl Handler<'_> {
         }
     }
 
-    /// The request is being deleted: revoke every lease it has (the recorded one and the
-    /// one in its Secret), then withdraw the broker request; only then may the finalizer go
-    /// (and the Secret with the request).
+    /// The request is being deleted: revoke every lease it has (in force, pending, retiring),
+    /// then withdraw the broker request (found by its marker if a crash kept its id from the
+    /// status); only then may the finalizer go (and the Secret with the request).
     async fn cleanup(&self, request: &DatabaseAccessRequest) -> Result<Action, OperatorError> {
         let status = request.status.clone().unwrap_or_default();
-        let secrets: Api<Secret> = Api::namespaced(self.context.kube.clone(), self.namespace);
-        let in_secret = secrets
-            .get_opt(&secret::secret_name(request))
-            .await?
-            .and_then(|s| s.annotations().get(LEASE_ANNOTATION).cloned());
-        let leases = status.lease.iter().map(|l| l.id.clone()).chain(in_secret);
-        for lease in leases {
-            self.revoke(request, &lease).await?;
-        }
-        if let Some(id) = &status.request_id {
-            match self.broker().withdraw_request(id).await {
+        self.revoke_all(request, &status).await?;
+        let id = match &status.request_id {
+            Some(id) => Some(id.clone()),
+            None => self.find(request).await?,
+        };
+        if let Some(id) = id {
+            match self.broker().withdraw_request(&id).await {
                 Ok(_) => {}
                 Err(error) if already_gone(&error) => {}
                 Err(error) => return Err(error.into()),
             }
         }
         Ok(Action::await_change())
+    }
+
+    /// Revokes every lease the status records.
+    async fn revoke_all(
+        &self,
+        request: &DatabaseAccessRequest,
+        status: &DatabaseAccessRequestStatus,
+    ) -> Result<(), OperatorError> {
+        let leases = status
+            .lease
+            .iter()
+            .map(|l| l.id.clone())
+            .chain(status.pending_lease.iter().map(|p| p.id.clone()))
+            .chain(status.retiring_lease.clone());
+        for lease in leases {
+            self.revoke(request, &lease).await?;
+        }
+        Ok(())
     }
 
     /// Merges `fields` into the request's status.

@@ -108,16 +108,62 @@ pub async fn write_secret(
         None => {
             api.create(&PostParams::default(), &secret).await?;
         }
-        Some(_) => {
-            api.patch(
-                &secret_name(request),
-                &PatchParams::default(),
-                &Patch::Merge(&secret),
-            )
-            .await?;
+        Some(existing) => {
+            ensure_owned(request, &existing)?;
+            // A whole replacement, so no key of another writer survives.
+            let mut secret = secret;
+            secret.metadata.resource_version = existing.metadata.resource_version;
+            api.replace(&secret_name(request), &PostParams::default(), &secret)
+                .await?;
         }
     }
     Ok(())
+}
+
+/// Removes the credential from the request's Secret (keeping the Secret, which goes with
+/// the request).
+pub async fn empty_secret(
+    kube: &kube::Client,
+    request: &DatabaseAccessRequest,
+    namespace: &str,
+) -> Result<(), OperatorError> {
+    let api: Api<Secret> = Api::namespaced(kube.clone(), namespace);
+    if let Some(existing) = api.get_opt(&secret_name(request)).await? {
+        ensure_owned(request, &existing)?;
+        let patch = serde_json::json!({
+            "data": null,
+            "metadata": {"annotations": {LEASE_ANNOTATION: null}},
+        });
+        api.patch(
+            &secret_name(request),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Refuses to touch `object` unless `request` controls it: a Secret, Role or RoleBinding of
+/// the same name made by someone else is never taken over.
+pub fn ensure_owned<K: Resource<DynamicType = ()>>(
+    request: &DatabaseAccessRequest,
+    object: &K,
+) -> Result<(), OperatorError> {
+    let uid = request.uid().unwrap_or_default();
+    let owned = object
+        .owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && r.uid == uid);
+    if owned {
+        Ok(())
+    } else {
+        Err(OperatorError::Invalid(format!(
+            "{} {:?} exists and does not belong to this request: rename or delete it",
+            K::kind(&()),
+            object.name_any()
+        )))
+    }
 }
 
 /// Creates the Role allowing `get` on the request's Secret only, and the RoleBinding giving
@@ -171,22 +217,39 @@ pub async fn grant_read(
         },
         subjects: Some(subjects),
     };
-    create_missing(Api::<Role>::namespaced(kube.clone(), namespace), &role).await?;
+    create_missing(
+        Api::<Role>::namespaced(kube.clone(), namespace),
+        request,
+        &role,
+    )
+    .await?;
     create_missing(
         Api::<RoleBinding>::namespaced(kube.clone(), namespace),
+        request,
         &binding,
     )
     .await
 }
 
-/// Creates `object` unless one of its name exists.
-async fn create_missing<K>(api: Api<K>, object: &K) -> Result<(), OperatorError>
+/// Creates `object` unless one of its name exists, which must belong to `request`.
+async fn create_missing<K>(
+    api: Api<K>,
+    request: &DatabaseAccessRequest,
+    object: &K,
+) -> Result<(), OperatorError>
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
 {
     match api.create(&PostParams::default(), object).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let existing = api.get(&object.name_any()).await?;
+            ensure_owned(request, &existing)
+        }
         Err(error) => Err(error.into()),
     }
 }
