@@ -235,6 +235,14 @@ auth:
         .await
     }
 
+    /// Approves the broker request as a DBA, once the operator made it; returns its id.
+    async fn approve(&self, reason: &str) -> String {
+        let id = self.broker_request().await;
+        let approver = self.approver().await;
+        approver.approve_request(&id, reason).await.unwrap();
+        id
+    }
+
     /// The credential Secret's username, password and lease annotation, once it holds one
     /// other than `other_than`.
     async fn credential(&self, other_than: Option<&str>) -> (String, String, String) {
@@ -337,12 +345,7 @@ async fn an_approved_request_gets_a_working_secret_that_survives_restarts_and_go
     assert!(world.api.get(SECRETS, NS, "report-credentials").is_none());
     assert!(world.live_leases().await.is_empty());
 
-    world
-        .approver()
-        .await
-        .approve_request(&id, "ok for the report")
-        .await
-        .unwrap();
+    world.approve("ok for the report").await;
     let (user, password, lease) = world.credential(None).await;
     assert!(
         world.logs_in(&user, &password).await,
@@ -523,13 +526,7 @@ async fn at_the_max_ttl_a_new_user_replaces_the_old_which_ends_on_time() {
     world.declare("9s", "9s");
     world.deployment("reporter", Some("other-secret, report-credentials"));
     world.deployment("bystander", None);
-    let id = world.broker_request().await;
-    world
-        .approver()
-        .await
-        .approve_request(&id, "short")
-        .await
-        .unwrap();
+    world.approve("short").await;
     let (user, password, lease) = world.credential(None).await;
     assert!(world.logs_in(&user, &password).await);
     let (user2, password2, _) = world.credential(Some(&lease)).await;
@@ -557,16 +554,10 @@ async fn at_the_max_ttl_a_new_user_replaces_the_old_which_ends_on_time() {
 #[tokio::test]
 async fn a_failed_renewal_is_an_event_a_condition_and_a_metric_and_is_retried_in_time() {
     let mut world = World::start().await;
-    world.declare("9s", "1h");
-    let id = world.broker_request().await;
-    world
-        .approver()
-        .await
-        .approve_request(&id, "ok")
-        .await
-        .unwrap();
+    world.declare("24s", "1h");
+    world.approve("ok").await;
     let (_, _, lease) = world.credential(None).await;
-    // The broker goes away just before the renewal is due (a third of 9 s left)...
+    // The broker goes away before the renewal is due (when 8 s of 24 are left)...
     let address = world
         .broker
         .base
@@ -637,13 +628,7 @@ async fn tampering_in_the_namespace_neither_takes_over_nor_revokes_what_is_not_t
     });
     world.api.create(SECRETS, foreign);
     world.declare("1h", "2h");
-    let id = world.broker_request().await;
-    world
-        .approver()
-        .await
-        .approve_request(&id, "ok")
-        .await
-        .unwrap();
+    let id = world.approve("ok").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let untouched = world.api.get(SECRETS, NS, "report-credentials").unwrap();
     assert_eq!(untouched["data"], json!({"note": "aGVsbG8="}));
