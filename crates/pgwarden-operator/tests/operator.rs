@@ -32,15 +32,27 @@ grants:
     approvers: ["group:dba"]
 "#;
 
+/// A running operator replica: its stop switch and its task.
+type Operator = (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<controller::Stopped>,
+);
+
+/// Stops an operator replica; why it stopped.
+async fn stop((switch, task): Operator) -> controller::Stopped {
+    switch.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the operator stops")
+        .unwrap()
+}
+
 struct World {
     cluster: PgCluster,
     broker: TestBroker,
     issuer: TestIssuer,
     api: FakeApiServer,
-    operator: Option<(
-        tokio::sync::watch::Sender<bool>,
-        tokio::task::JoinHandle<()>,
-    )>,
+    operator: Option<Operator>,
     metrics: Metrics,
     _dir: tempfile::TempDir,
 }
@@ -98,6 +110,11 @@ auth:
     }
 
     fn start_operator(&mut self) {
+        self.operator = Some(self.spawn_operator("operator-1"));
+    }
+
+    /// An operator replica named `identity`: it reconciles once it holds the leader Lease.
+    fn spawn_operator(&self, identity: &str) -> Operator {
         let config = kube::Config::new(self.api.url.parse().unwrap());
         let kube = kube::Client::try_from(config).unwrap();
         let settings = Settings {
@@ -106,6 +123,8 @@ auth:
             poll: Duration::from_millis(200),
             recheck: Duration::from_secs(1),
             reporter: "pgwarden-operator".into(),
+            lease_namespace: "pgwarden".into(),
+            identity: identity.into(),
         };
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let shutdown = futures::FutureExt::shared(Box::pin(async move {
@@ -117,16 +136,12 @@ auth:
             self.metrics.clone(),
             shutdown,
         ));
-        self.operator = Some((stop, task));
+        (stop, task)
     }
 
     async fn stop_operator(&mut self) {
-        let (stop, task) = self.operator.take().unwrap();
-        stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(20), task)
-            .await
-            .expect("the operator stops")
-            .unwrap();
+        let stopped = stop(self.operator.take().unwrap()).await;
+        assert_eq!(stopped, controller::Stopped::Shutdown);
     }
 
     /// A person of group `dba` signed in to the broker.
@@ -404,6 +419,14 @@ async fn an_approved_request_gets_a_working_secret_that_survives_restarts_and_go
         "neither issuing nor a restart restarts"
     );
 
+    // A RoleBinding deleted by hand comes back.
+    let bindings = "apis/rbac.authorization.k8s.io/v1/rolebindings";
+    world.api.delete(bindings, NS, "report-credentials");
+    eventually("the RoleBinding re-created", || {
+        world.api.get(bindings, NS, "report-credentials")
+    })
+    .await;
+
     // Deleting the Secret by hand: a new credential in a new Secret, the old lease revoked.
     world.api.delete(SECRETS, NS, "report-credentials");
     let (user2, password2, lease2) = world.credential(Some(&lease)).await;
@@ -677,4 +700,40 @@ async fn tampering_in_the_namespace_neither_takes_over_nor_revokes_what_is_not_t
         "Withdrawn"
     );
     assert!(request["status"]["lease"].is_null());
+}
+
+#[tokio::test]
+async fn of_two_replicas_only_the_lease_holder_acts_and_the_other_takes_over_when_it_goes() {
+    let mut world = World::start().await;
+    let lease = |world: &World| {
+        world.api.get(
+            "apis/coordination.k8s.io/v1/leases",
+            "pgwarden",
+            "pgwarden-operator",
+        )
+    };
+    eventually("operator-1 holding the Lease", || {
+        (lease(&world)?["spec"]["holderIdentity"] == "operator-1").then_some(())
+    })
+    .await;
+    let second = world.spawn_operator("operator-2");
+    world.declare("1h", "2h");
+    world.broker_request().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        lease(&world).unwrap()["spec"]["holderIdentity"],
+        "operator-1"
+    );
+    // A graceful stop hands the Lease over at once; the other replica carries on.
+    world.stop_operator().await;
+    eventually("operator-2 holding the Lease", || {
+        (lease(&world)?["spec"]["holderIdentity"] == "operator-2").then_some(())
+    })
+    .await;
+    world.approve("ok").await;
+    let (user, password, _) = world.credential(None).await;
+    assert!(world.logs_in(&user, &password).await);
+    assert_eq!(lease(&world).unwrap()["spec"]["leaseTransitions"], 1);
+    world.operator = Some(second);
+    world.stop_operator().await;
 }

@@ -3,7 +3,7 @@
 use crate::cli::settings::ClientArgs;
 use clap::{Args, Subcommand};
 use pgwarden_client::{Auth, Client};
-use pgwarden_operator::controller::{self, Metrics, Settings};
+use pgwarden_operator::controller::{self, Metrics, Settings, Stopped};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// credentials within this).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     recheck: u64,
+    /// The namespace of the leader Lease (coordination.k8s.io) the replicas elect one active
+    /// operator with. Default: POD_NAMESPACE, else `pgwarden`.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "pgwarden")]
+    lease_namespace: String,
     /// Where to serve /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:9464")]
     metrics_listen: SocketAddr,
@@ -56,6 +60,14 @@ pub async fn run(command: OperatorCommand) -> Result<(), String> {
             .map_err(|e| format!("cannot write the CRDs as YAML: {e}")),
         OperatorCommand::Run(args) => operate(args).await,
     }
+}
+
+/// This replica's name in the leader election: POD_NAME, else the host name and process id.
+fn identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
 }
 
 async fn operate(args: RunArgs) -> Result<(), String> {
@@ -85,6 +97,8 @@ async fn operate(args: RunArgs) -> Result<(), String> {
         poll: Duration::from_secs(args.poll),
         recheck: Duration::from_secs(args.recheck),
         reporter: "pgwarden-operator".into(),
+        lease_namespace: args.lease_namespace,
+        identity: identity(),
     };
     tokio::spawn(async move {
         crate::stop_signal().await;
@@ -94,13 +108,23 @@ async fn operate(args: RunArgs) -> Result<(), String> {
     // Reconciliations in flight get a grace period to finish; every step is safe to cut
     // short (a restart picks up where it stopped), so the process ends either way.
     let grace = shutdown.clone();
-    tokio::select! {
-        () = controller::run(kube, settings, metrics, shutdown) => {}
+    let stopped = tokio::select! {
+        stopped = controller::run(kube, settings, metrics, shutdown) => stopped,
         () = async { grace.await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
             tracing::warn!("the controllers did not stop within {} s; exiting", SHUTDOWN_GRACE.as_secs());
+            Stopped::Shutdown
         }
-    }
+    };
     server.abort();
-    tracing::info!("operator stopped");
-    Ok(())
+    match stopped {
+        Stopped::Shutdown => {
+            tracing::info!("operator stopped");
+            Ok(())
+        }
+        Stopped::LostLeadership => Err(
+            "lost the leader Lease (another replica holds it, or it could not be renewed): \
+             exiting so that only one operator acts; it is restarted and competes again"
+                .into(),
+        ),
+    }
 }

@@ -201,10 +201,22 @@ fn the_operator_crds_come_from_the_types_and_the_examples_fit_them() {
     );
     let (docs, text) = render("operator");
     validate("operator", &text);
-    // One operator (no leader election yet), never two during a rollout.
+    // Two replicas; the holder of the leader Lease acts, with a Role for that Lease only.
     let deployment = kind(&docs, "Deployment");
-    assert_eq!(deployment["spec"]["replicas"], 1);
-    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let leader = kind(&docs, "Role");
+    assert_eq!(
+        leader["rules"][0]["resources"],
+        serde_json::json!(["leases"])
+    );
+    assert_eq!(
+        leader["rules"][0]["verbs"],
+        serde_json::json!(["get", "create", "update"])
+    );
+    assert_eq!(
+        leader["metadata"]["namespace"],
+        deployment["metadata"]["namespace"]
+    );
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["containers"][0]["args"][0], "operator");
     assert_eq!(pod["containers"][0]["args"][1], "run");

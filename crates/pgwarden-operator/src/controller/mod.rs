@@ -10,6 +10,7 @@
 mod conditions;
 mod connections;
 mod error;
+mod leader;
 mod metrics;
 mod requests;
 mod restart;
@@ -47,6 +48,19 @@ pub struct Settings {
     pub recheck: Duration,
     /// The name events are reported under (the Deployment's).
     pub reporter: String,
+    /// The namespace of the leader Lease (the operator's own).
+    pub lease_namespace: String,
+    /// This replica's name in the leader election (its pod's).
+    pub identity: String,
+}
+
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The shutdown future completed.
+    Shutdown,
+    /// Another replica holds the leader Lease now (or it could not be renewed in time).
+    LostLeadership,
 }
 
 /// What every reconciliation shares.
@@ -189,8 +203,39 @@ fn retry_later<K: Resource<DynamicType = ()>>(
     Action::requeue(Duration::from_secs(backoff))
 }
 
-/// Runs the three controllers until `shutdown` completes.
+/// Runs the three controllers while this replica holds the leader Lease, until `shutdown`
+/// completes (handing the Lease back) or the Lease is lost.
 pub async fn run(
+    kube: kube::Client,
+    settings: Settings,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
+) -> Stopped {
+    let leadership = leader::Leadership::new(
+        kube.clone(),
+        &settings.lease_namespace,
+        settings.identity.clone(),
+    );
+    tokio::select! {
+        () = leadership.acquire() => {}
+        () = shutdown.clone() => return Stopped::Shutdown,
+    }
+    tracing::info!(
+        identity = settings.identity,
+        "holding the leader Lease: reconciling"
+    );
+    let stopped = tokio::select! {
+        () = controllers(kube, settings, metrics, shutdown) => Stopped::Shutdown,
+        () = leadership.hold() => Stopped::LostLeadership,
+    };
+    if stopped == Stopped::Shutdown {
+        leadership.release().await;
+    }
+    stopped
+}
+
+/// The three controllers, until `shutdown` completes.
+async fn controllers(
     kube: kube::Client,
     settings: Settings,
     metrics: Metrics,
@@ -200,7 +245,7 @@ pub async fn run(
         kube.clone(),
         Reporter {
             controller: settings.reporter.clone(),
-            instance: std::env::var("POD_NAME").ok(),
+            instance: Some(settings.identity.clone()),
         },
     );
     let context = Arc::new(Context {

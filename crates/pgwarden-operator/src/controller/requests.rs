@@ -343,6 +343,8 @@ impl Handler<'_> {
                     .await
             }
             Some(lease) if in_secret.as_deref() == Some(lease.id.as_str()) => {
+                // (Re-)creates the subjects' Role and RoleBinding if they went missing.
+                secret::grant_read(&self.context.kube, request, self.namespace).await?;
                 self.keep_fresh(request, status, view, lease).await
             }
             // The Secret was deleted, or its annotation changed: a fresh credential in it,
