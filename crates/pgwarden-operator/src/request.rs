@@ -110,6 +110,7 @@ pub struct PendingLease {
 
 /// A lease as the request's status records it (re-adopted after an operator restart).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct LeaseStatus {
     /// The lease id.
     pub id: String,
@@ -117,4 +118,8 @@ pub struct LeaseStatus {
     pub duration: u64,
     /// Whether it can be renewed.
     pub renewable: bool,
+    /// When it ends unless renewed (RFC 3339), as of its issue or last renewal: a lease gone
+    /// well before was revoked in pgwarden, and is not replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_time: Option<String>,
 }

@@ -737,3 +737,36 @@ async fn of_two_replicas_only_the_lease_holder_acts_and_the_other_takes_over_whe
     world.operator = Some(second);
     world.stop_operator().await;
 }
+
+#[tokio::test]
+async fn a_lease_revoked_by_hand_in_pgwarden_is_not_replaced() {
+    let world = World::start().await;
+    world.declare("1h", "2h");
+    world.approve("ok").await;
+    let (user, _, lease) = world.credential(None).await;
+    world.root().revoke(&lease).await.unwrap();
+    let revoked = eventually("the LeaseRenewed condition saying so", || {
+        let request = world.request()?;
+        let renewed = condition(&request, "LeaseRenewed")?.clone();
+        (renewed["reason"] == "RevokedInPgwarden").then_some(renewed)
+    })
+    .await;
+    assert_eq!(revoked["status"], "False");
+    assert_eq!(
+        revoked["message"],
+        format!(
+            "lease {lease} was revoked in pgwarden before its end: it is not replaced; delete and re-create the request for a new credential"
+        )
+    );
+    eventually("the Secret emptied", || {
+        let secret = world.api.get(SECRETS, NS, "report-credentials")?;
+        secret["data"].is_null().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        world.live_leases().await.is_empty(),
+        "nothing issued in its place"
+    );
+    assert!(!world.cluster.role_exists(&user).await.unwrap());
+}

@@ -16,6 +16,7 @@ use crate::{
     DatabaseAccessRequest, DatabaseAccessRequestStatus, LeaseStatus, PendingLease, SubjectKind,
 };
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
@@ -312,6 +313,14 @@ impl Handler<'_> {
                 view.subjects.join(", ")
             )));
         }
+        if status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "LeaseRenewed" && c.reason == REVOKED)
+        {
+            // Revoked by hand in pgwarden: that decision stands until the request is made anew.
+            return Ok(Action::await_change());
+        }
         let secrets: Api<Secret> = Api::namespaced(self.context.kube.clone(), self.namespace);
         let secret = secrets.get_opt(&secret::secret_name(request)).await?;
         if let Some(existing) = &secret {
@@ -433,6 +442,7 @@ impl Handler<'_> {
             id: pending.id.clone(),
             duration: pending.duration,
             renewable: true,
+            expire_time: Some(expiry_in(pending.duration)),
         };
         let retiring = match (&pending.previous, pending.revoke_previous) {
             (Some(previous), false) => Some(previous.clone()),
@@ -464,7 +474,12 @@ impl Handler<'_> {
         let duration = recorded.duration.max(1);
         let left = match self.broker().lookup(lease).await {
             Ok(info) => info.ttl.as_secs(),
-            Err(error) if already_gone(&error) => 0,
+            Err(error) if already_gone(&error) => {
+                if revoked_early(recorded) {
+                    return self.honour_revocation(request, status, lease).await;
+                }
+                0
+            }
             Err(error) => {
                 return Err(self
                     .renewal_failed(request, status, lease, None, error)
@@ -517,7 +532,9 @@ impl Handler<'_> {
             message: format!("lease {lease} has {renewed} s left"),
         };
         let all = conditions::with(&status.conditions, ok, request.metadata.generation);
-        self.patch_status(request, json!({ "conditions": all }))
+        let mut lease_now = recorded.clone();
+        lease_now.expire_time = Some(expiry_in(renewed));
+        self.patch_status(request, json!({ "conditions": all, "lease": lease_now }))
             .await?;
         if renewed > duration / 3 {
             return Ok(self.recheck(renew_in(renewed, duration)));
@@ -538,6 +555,35 @@ impl Handler<'_> {
             Change::Succeeds(lease),
         )
         .await
+    }
+
+    /// `lease` was revoked in pgwarden before its end (by an administrator): no new
+    /// credential replaces it; the request's other leases go too, the Secret is emptied, and
+    /// the `LeaseRenewed` condition says so (reason `RevokedInPgwarden`).
+    async fn honour_revocation(
+        &self,
+        request: &DatabaseAccessRequest,
+        status: &DatabaseAccessRequestStatus,
+        lease: &str,
+    ) -> Result<Action, OperatorError> {
+        let message = format!(
+            "lease {lease} was revoked in pgwarden before its end: it is not replaced; \
+             delete and re-create the request for a new credential"
+        );
+        let revoked = Observed {
+            type_: "LeaseRenewed",
+            status: false,
+            reason: REVOKED,
+            message: message.clone(),
+        };
+        let all = conditions::with(&status.conditions, revoked, request.metadata.generation);
+        // The condition first: it is what stops any later reconciliation from issuing.
+        self.patch_status(request, json!({ "conditions": all }))
+            .await?;
+        self.retract(request, status).await?;
+        self.event(request, EventType::Warning, REVOKED, message)
+            .await;
+        Ok(Action::await_change())
     }
 
     /// Reports that `lease` could not be looked up or renewed (`left` seconds before it
@@ -687,6 +733,31 @@ impl Handler<'_> {
             tracing::warn!(error = %error, "cannot publish an event");
         }
     }
+}
+
+/// The `LeaseRenewed` reason of a lease revoked by hand in pgwarden.
+const REVOKED: &str = "RevokedInPgwarden";
+
+/// How much earlier than its recorded end a lease must be gone to count as revoked (the
+/// reaper drops an expired lease within about a second).
+const EARLY: SignedDuration = SignedDuration::from_secs(3);
+
+/// RFC 3339 time `seconds` from now.
+fn expiry_in(seconds: u64) -> String {
+    let seconds = i64::try_from(seconds).unwrap_or(i64::MAX);
+    Timestamp::now()
+        .checked_add(SignedDuration::from_secs(seconds))
+        .unwrap_or(Timestamp::MAX)
+        .to_string()
+}
+
+/// Whether `lease`, found gone, should still have been alive: revoked, not lapsed.
+fn revoked_early(lease: &LeaseStatus) -> bool {
+    lease
+        .expire_time
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .is_some_and(|end| Timestamp::now() < end - EARLY)
 }
 
 /// When to try a failed renewal again: 5 s doubling per failure in a row, but within half
