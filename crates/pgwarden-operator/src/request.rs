@@ -82,10 +82,10 @@ pub struct DatabaseAccessRequestStatus {
     /// failure can leave it unknown: it is either finished or revoked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_lease: Option<PendingLease>,
-    /// The previous user's lease, living out its max TTL after a rotation (revoked with the
-    /// request).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retiring_lease: Option<String>,
+    /// Earlier leases that may still be alive: a previous user living out its max TTL after
+    /// a rotation, or one being revoked. Revoked with the request; dropped once gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub former_leases: Vec<String>,
 }
 
 /// A lease on its way into the Secret, and what happens to the one it follows.
@@ -94,8 +94,10 @@ pub struct DatabaseAccessRequestStatus {
 pub struct PendingLease {
     /// The lease id.
     pub id: String,
-    /// Its duration in seconds.
+    /// Its duration in seconds (the TTL it is renewed by).
     pub duration: u64,
+    /// When it ends unless renewed (RFC 3339).
+    pub expire_time: String,
     /// The lease it replaces: revoked once this one is in force (`replaces`), or left to end
     /// on its own (`succeeds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -229,7 +229,7 @@ fn the_operator_crds_come_from_the_types_and_the_examples_fit_them() {
         account["metadata"]["namespace"]
     );
     // Least privilege: no wildcard, no delete; Secrets never deleted (they go with their
-    // request), Roles and RoleBindings only created.
+    // request), Roles and RoleBindings only created (and read back).
     let rules = kind(&docs, "ClusterRole")["rules"].as_array().unwrap();
     let verbs = |resource: &str| -> Vec<&str> {
         let rule = rules
@@ -257,9 +257,9 @@ fn the_operator_crds_come_from_the_types_and_the_examples_fit_them() {
     }
     assert_eq!(
         verbs("secrets"),
-        ["get", "list", "watch", "create", "patch"]
+        ["get", "list", "watch", "create", "update", "patch"]
     );
-    assert_eq!(verbs("rolebindings"), ["create"]);
+    assert_eq!(verbs("rolebindings"), ["get", "create"]);
     assert_eq!(verbs("deployments"), ["list", "patch"]);
     assert_eq!(verbs("databaseaccessrequests/status"), ["patch"]);
     let crd = |kind: &str| {

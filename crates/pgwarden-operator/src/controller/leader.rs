@@ -1,11 +1,15 @@
 //! One active operator among its replicas: the holder of a `coordination.k8s.io` Lease, as
 //! Kubernetes' own controllers elect theirs. The holder renews it every third of its
-//! duration; another replica takes it over only once it has not been renewed for a whole
-//! duration, and a holder that cannot renew it for two thirds of that stops first.
+//! duration; another replica takes it over only once it has seen the record unchanged for a
+//! whole duration by its own monotonic clock (no comparison of clocks across machines, as
+//! client-go does), and a holder that cannot renew it for two thirds of that, counted from
+//! before its last successful attempt was sent, stops first. Every call has a deadline.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+#[cfg(test)]
+use k8s_openapi::jiff::SignedDuration;
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
 use std::time::{Duration, Instant};
@@ -20,6 +24,8 @@ const LEASE_DURATION: Duration = Duration::from_secs(15);
 pub struct Leadership {
     api: Api<Lease>,
     identity: String,
+    /// The other holder's record as last seen (holder and renew time), and since when.
+    observed: parking_lot::Mutex<Option<(String, Instant)>>,
 }
 
 impl Leadership {
@@ -28,14 +34,16 @@ impl Leadership {
         Leadership {
             api: Api::namespaced(kube, namespace),
             identity,
+            observed: parking_lot::Mutex::new(None),
         }
     }
 
-    /// Waits until this replica holds the Lease.
-    pub async fn acquire(&self) {
+    /// Waits until this replica holds the Lease; returns when the winning attempt was sent.
+    pub async fn acquire(&self) -> Instant {
         loop {
+            let sent = Instant::now();
             match self.try_hold().await {
-                Ok(true) => return,
+                Ok(true) => return sent,
                 Ok(false) => {}
                 Err(error) => tracing::warn!(error = %error, "cannot read the leader Lease"),
             }
@@ -44,20 +52,20 @@ impl Leadership {
     }
 
     /// Keeps the Lease; returns once it is lost (held by another, or not renewed for two
-    /// thirds of its duration, after which another replica may soon take over).
-    pub async fn hold(&self) {
-        let mut renewed = Instant::now();
+    /// thirds of its duration, after which another replica may soon take over). `since`: when
+    /// the attempt that acquired it was sent.
+    pub async fn hold(&self, since: Instant) {
+        let mut renewed = since;
         loop {
             tokio::time::sleep(LEASE_DURATION / 3).await;
+            let sent = Instant::now();
             match self.try_hold().await {
-                Ok(true) => renewed = Instant::now(),
+                Ok(true) => renewed = sent,
                 Ok(false) => return,
-                Err(error) => {
-                    tracing::warn!(error = %error, "cannot renew the leader Lease");
-                    if renewed.elapsed() > LEASE_DURATION * 2 / 3 {
-                        return;
-                    }
-                }
+                Err(error) => tracing::warn!(error = %error, "cannot renew the leader Lease"),
+            }
+            if renewed.elapsed() > LEASE_DURATION * 2 / 3 {
+                return;
             }
         }
     }
@@ -84,7 +92,16 @@ impl Leadership {
 
     /// Takes or renews the Lease if it is free, expired or ours; whether this replica holds
     /// it now. A concurrent change by another replica (a conflict) means it does not.
-    async fn try_hold(&self) -> Result<bool, kube::Error> {
+    async fn try_hold(&self) -> Result<bool, String> {
+        // Within a third of the duration, or it counts as failed: a hung call must not let
+        // this replica believe it leads after another took over.
+        match tokio::time::timeout(LEASE_DURATION / 3, self.try_hold_once()).await {
+            Ok(outcome) => outcome.map_err(|e| e.to_string()),
+            Err(_) => Err("the API server did not answer in time".into()),
+        }
+    }
+
+    async fn try_hold_once(&self) -> Result<bool, kube::Error> {
         let now = Timestamp::now();
         let seconds = i32::try_from(LEASE_DURATION.as_secs()).unwrap_or(i32::MAX);
         let outcome = match self.api.get_opt(LEASE_NAME).await? {
@@ -108,7 +125,7 @@ impl Leadership {
             Some(mut lease) => {
                 let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
                 let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-                if !ours && !expired(spec, now) {
+                if !ours && !self.abandoned(spec) {
                     return Ok(false);
                 }
                 if !ours {
@@ -133,30 +150,59 @@ impl Leadership {
     }
 }
 
-/// Whether a Lease is free to take: no holder, or not renewed for its whole duration.
-fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let (Some(_), Some(renewed)) = (&spec.holder_identity, &spec.renew_time) else {
-        return true;
-    };
-    let duration = spec.lease_duration_seconds.unwrap_or(0).max(1);
-    now.duration_since(renewed.0) > SignedDuration::from_secs(i64::from(duration))
+impl Leadership {
+    /// Whether another replica's Lease is free to take: it has no holder, or this replica has
+    /// seen the same record (holder and renew time) for a whole duration.
+    fn abandoned(&self, spec: &LeaseSpec) -> bool {
+        let Some(holder) = &spec.holder_identity else {
+            return true;
+        };
+        let record = format!(
+            "{holder} {}",
+            spec.renew_time
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default()
+        );
+        let seconds = spec.lease_duration_seconds.unwrap_or(0).max(1);
+        let duration = Duration::from_secs(u64::try_from(seconds).unwrap_or(1));
+        let mut observed = self.observed.lock();
+        match &*observed {
+            Some((seen, since)) if *seen == record => since.elapsed() > duration,
+            _ => {
+                *observed = Some((record, Instant::now()));
+                false
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_lease_is_free_without_a_holder_or_once_its_duration_has_passed() {
-        let now = Timestamp::now();
-        let held = |seconds_ago: i64| LeaseSpec {
-            holder_identity: Some("a".into()),
-            renew_time: Some(MicroTime(now - SignedDuration::from_secs(seconds_ago))),
-            lease_duration_seconds: Some(15),
+    fn held_by(holder: Option<&str>, renewed: Timestamp) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: holder.map(str::to_string),
+            renew_time: Some(MicroTime(renewed)),
+            lease_duration_seconds: Some(1),
             ..LeaseSpec::default()
-        };
-        assert!(!expired(&held(5), now));
-        assert!(expired(&held(16), now));
-        assert!(expired(&LeaseSpec::default(), now));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_free_without_a_holder_or_once_seen_unchanged_for_its_duration() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let kube = kube::Client::try_from(config).unwrap();
+        let me = Leadership::new(kube, "ns", "me".into());
+        assert!(me.abandoned(&held_by(None, Timestamp::now())));
+        // A record seen for the first time is fresh, whatever its clock says.
+        let old = Timestamp::now() - SignedDuration::from_secs(3600);
+        assert!(!me.abandoned(&held_by(Some("a"), old)));
+        assert!(!me.abandoned(&held_by(Some("a"), old)));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(me.abandoned(&held_by(Some("a"), old)));
+        // Renewed meanwhile: fresh again.
+        assert!(!me.abandoned(&held_by(Some("a"), Timestamp::now())));
     }
 }

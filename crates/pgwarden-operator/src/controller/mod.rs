@@ -216,17 +216,17 @@ pub async fn run(
         &settings.lease_namespace,
         settings.identity.clone(),
     );
-    tokio::select! {
-        () = leadership.acquire() => {}
+    let since = tokio::select! {
+        since = leadership.acquire() => since,
         () = shutdown.clone() => return Stopped::Shutdown,
-    }
+    };
     tracing::info!(
         identity = settings.identity,
         "holding the leader Lease: reconciling"
     );
     let stopped = tokio::select! {
         () = controllers(kube, settings, metrics, shutdown) => Stopped::Shutdown,
-        () = leadership.hold() => Stopped::LostLeadership,
+        () = leadership.hold(since) => Stopped::LostLeadership,
     };
     if stopped == Stopped::Shutdown {
         leadership.release().await;

@@ -161,11 +161,23 @@ impl Handler<'_> {
         Action::requeue(due.min(self.context.settings.recheck))
     }
 
+    /// `<mount>/k8s.<ns>.<roleRef>`: the broker role `request` asks for.
+    fn role_path(&self, request: &DatabaseAccessRequest) -> String {
+        format!(
+            "{}/{}",
+            self.context.settings.mount,
+            super::broker_name(self.namespace, &request.spec.role_ref.name)
+        )
+    }
+
     fn broker(&self) -> &pgwarden_client::Client {
         &self.context.settings.broker
     }
 
-    async fn apply(&self, request: &DatabaseAccessRequest) -> Result<Action, OperatorError> {
+    async fn apply(&self, cached: &DatabaseAccessRequest) -> Result<Action, OperatorError> {
+        // The informer's copy may not show the status this operator wrote a moment ago (a
+        // Secret write wakes it at once): decide on the API server's.
+        let request = &self.api.get(&cached.name_any()).await?;
         let status = request.status.clone().unwrap_or_default();
         let id = match &status.request_id {
             Some(id) => id.clone(),
@@ -223,7 +235,7 @@ impl Handler<'_> {
     ) -> Result<(), OperatorError> {
         if status.lease.is_none()
             && status.pending_lease.is_none()
-            && status.retiring_lease.is_none()
+            && status.former_leases.is_empty()
         {
             return Ok(());
         }
@@ -231,7 +243,7 @@ impl Handler<'_> {
         secret::empty_secret(&self.context.kube, request, self.namespace).await?;
         self.patch_status(
             request,
-            json!({ "lease": null, "pendingLease": null, "retiringLease": null }),
+            json!({ "lease": null, "pendingLease": null, "formerLeases": null }),
         )
         .await?;
         self.event(
@@ -248,9 +260,16 @@ impl Handler<'_> {
     async fn find(&self, request: &DatabaseAccessRequest) -> Result<Option<String>, OperatorError> {
         let marker = marker(request, self.namespace);
         let existing = self.broker().list_requests(None).await?;
+        let role = self.role_path(request);
+        // Only the operator's own request for this role (anyone can write a reason).
         Ok(existing
             .into_iter()
-            .find(|r| r.reason.ends_with(&marker) && r.state != RequestState::Withdrawn)
+            .find(|r| {
+                r.reason.ends_with(&marker)
+                    && r.requester == "root"
+                    && r.role == role
+                    && r.state != RequestState::Withdrawn
+            })
             .map(|r| r.id))
     }
 
@@ -267,11 +286,7 @@ impl Handler<'_> {
                     .map_err(|e| OperatorError::Invalid(format!("spec.ttl {text:?}: {e}")))?,
             ),
         };
-        let role = format!(
-            "{}/{}",
-            self.context.settings.mount,
-            super::broker_name(self.namespace, &request.spec.role_ref.name)
-        );
+        let role = self.role_path(request);
         let reason = match &request.spec.reason {
             Some(reason) if !reason.is_empty() => format!("{reason} {marker}"),
             _ => marker,
@@ -305,6 +320,13 @@ impl Handler<'_> {
             .iter()
             .map(|s| broker_subject(s, self.namespace))
             .collect();
+        let role = self.role_path(request);
+        if view.requester != "root" || view.role != role {
+            return Err(OperatorError::Invalid(format!(
+                "broker request {} is {}'s request for {}, not the operator's for {role}",
+                view.id, view.requester, view.role
+            )));
+        }
         if subjects != view.subjects {
             return Err(OperatorError::Invalid(format!(
                 "spec.subjects no longer match the subjects of broker request {} ({}): \
@@ -318,7 +340,9 @@ impl Handler<'_> {
             .iter()
             .any(|c| c.type_ == "LeaseRenewed" && c.reason == REVOKED)
         {
-            // Revoked by hand in pgwarden: that decision stands until the request is made anew.
+            // Revoked by hand in pgwarden: that decision stands until the request is made anew
+            // (and retracting again finishes what a failure may have cut short).
+            self.retract(request, status).await?;
             return Ok(Action::await_change());
         }
         let secrets: Api<Secret> = Api::namespaced(self.context.kube.clone(), self.namespace);
@@ -333,11 +357,17 @@ impl Handler<'_> {
                 // A crash came after the Secret was written: finish the change.
                 return self.finish(request, status, pending).await;
             }
-            // The Secret was never written with it: nobody has that credential.
+            // The Secret was never written with it: nobody has that credential. Counted as a
+            // failure, so that a Secret that cannot be written backs off rather than issuing
+            // and revoking users in a loop.
             self.revoke(request, &pending.id).await?;
             self.patch_status(request, json!({ "pendingLease": null }))
                 .await?;
-            return Ok(Action::requeue(Duration::from_secs(1)));
+            return Err(OperatorError::Invalid(format!(
+                "lease {} was issued but never reached Secret {}; revoked it, trying again",
+                pending.id,
+                secret::secret_name(request)
+            )));
         }
         match &status.lease {
             // First time: the credential the approval issued.
@@ -359,19 +389,25 @@ impl Handler<'_> {
             // The Secret was deleted, or its annotation changed: a fresh credential in it,
             // then the old lease revoked, so none is left orphaned.
             Some(lease) => {
-                let credential = self.issue(view).await?;
-                self.event(request, EventType::Normal, "SecretRecreated", format!(
-                    "the credential Secret was missing or altered; wrote a new credential (lease {}) and revoked lease {}",
-                    credential.lease_id, lease.id
-                ))
-                .await;
-                let duration = credential.lease_duration.as_secs();
-                self.install(
+                let gone =
+                    matches!(self.broker().lookup(&lease.id).await, Err(e) if already_gone(&e));
+                if gone && revoked_early(lease) {
+                    return self.honour_revocation(request, status, &lease.id).await;
+                }
+                let event = (EventType::Normal, "SecretRecreated");
+                self.reissue(
                     request,
                     status,
-                    &credential,
-                    duration,
+                    view,
                     Change::Replaces(&lease.id),
+                    event,
+                    |new| {
+                        format!(
+                            "the credential Secret was missing or altered; wrote a new credential \
+                         (lease {new}) and revoked lease {}",
+                            lease.id
+                        )
+                    },
                 )
                 .await
             }
@@ -382,6 +418,27 @@ impl Handler<'_> {
     /// approval stands while the request lives).
     async fn issue(&self, view: &RequestView) -> Result<Credential, OperatorError> {
         Ok(Credential::from(self.broker().issue(&view.role).await?))
+    }
+
+    /// Issues a new credential, puts it in force in place of the one `change` names, then
+    /// publishes `event` with the note `describe` makes of the new lease's id.
+    async fn reissue(
+        &self,
+        request: &DatabaseAccessRequest,
+        status: &DatabaseAccessRequestStatus,
+        view: &RequestView,
+        change: Change<'_>,
+        (type_, reason): (EventType, &str),
+        describe: impl FnOnce(&str) -> String,
+    ) -> Result<Action, OperatorError> {
+        let credential = self.issue(view).await?;
+        let duration = credential.lease_duration.as_secs();
+        let action = self
+            .install(request, status, &credential, duration, change)
+            .await?;
+        self.event(request, type_, reason, describe(&credential.lease_id))
+            .await;
+        Ok(action)
     }
 
     /// Puts `credential` in force: records it as pending (revoking it if even that fails),
@@ -397,6 +454,7 @@ impl Handler<'_> {
         let pending = PendingLease {
             id: credential.lease_id.clone(),
             duration,
+            expire_time: expiry_in(credential.lease_duration.as_secs()),
             previous: match change {
                 Change::First => None,
                 Change::Replaces(old) | Change::Succeeds(old) => Some(old.to_string()),
@@ -417,7 +475,8 @@ impl Handler<'_> {
     }
 
     /// Makes the pending lease (now in the Secret) the one in force: restarts the workloads
-    /// that opted in, records it, then revokes the previous lease or records it as retiring.
+    /// that opted in, records it with the previous one among the former leases, then revokes
+    /// the previous one if it is replaced (else it ends on its own).
     async fn finish(
         &self,
         request: &DatabaseAccessRequest,
@@ -442,20 +501,27 @@ impl Handler<'_> {
             id: pending.id.clone(),
             duration: pending.duration,
             renewable: true,
-            expire_time: Some(expiry_in(pending.duration)),
+            expire_time: Some(pending.expire_time.clone()),
         };
-        let retiring = match (&pending.previous, pending.revoke_previous) {
-            (Some(previous), false) => Some(previous.clone()),
-            _ => status.retiring_lease.clone(),
-        };
+        // The previous lease stays on record (revoked with the request) until it is gone:
+        // revoked now, or ending on its own after its grace period.
+        let mut former = self.still_alive(&status.former_leases).await?;
+        if let Some(previous) = &pending.previous
+            && !former.contains(previous)
+        {
+            former.push(previous.clone());
+        }
         self.patch_status(
             request,
-            json!({ "lease": lease, "pendingLease": null, "retiringLease": retiring,
+            json!({ "lease": lease, "pendingLease": null, "formerLeases": former,
                     "secretRef": { "name": name } }),
         )
         .await?;
         if let (Some(previous), true) = (&pending.previous, pending.revoke_previous) {
             self.revoke(request, previous).await?;
+            former.retain(|l| l != previous);
+            self.patch_status(request, json!({ "formerLeases": former }))
+                .await?;
         }
         Ok(self.recheck(renew_in(pending.duration, pending.duration)))
     }
@@ -487,25 +553,15 @@ impl Handler<'_> {
             }
         };
         if left == 0 {
-            let credential = self.issue(view).await?;
-            self.event(
-                request,
-                EventType::Warning,
-                "LeaseLapsed",
-                format!(
-                    "lease {lease} had ended; wrote a new credential (lease {})",
-                    credential.lease_id
-                ),
-            )
-            .await;
-            let duration = credential.lease_duration.as_secs();
+            let event = (EventType::Warning, "LeaseLapsed");
             return self
-                .install(
+                .reissue(
                     request,
                     status,
-                    &credential,
-                    duration,
+                    view,
                     Change::Succeeds(lease),
+                    event,
+                    |new| format!("lease {lease} had ended; wrote a new credential (lease {new})"),
                 )
                 .await;
         }
@@ -540,20 +596,10 @@ impl Handler<'_> {
             return Ok(self.recheck(renew_in(renewed, duration)));
         }
         // The max TTL cut the renewal short: a new user now, the old one lives out its time.
-        let credential = self.issue(view).await?;
-        self.event(request, EventType::Normal, "Rotated", format!(
-            "lease {lease} reaches its max TTL in {renewed} s; wrote a new user's credential (lease {})",
-            credential.lease_id
-        ))
-        .await;
-        let duration = credential.lease_duration.as_secs();
-        self.install(
-            request,
-            status,
-            &credential,
-            duration,
-            Change::Succeeds(lease),
-        )
+        let event = (EventType::Normal, "Rotated");
+        self.reissue(request, status, view, Change::Succeeds(lease), event, |new| {
+            format!("lease {lease} reaches its max TTL in {renewed} s; wrote a new user's credential (lease {new})")
+        })
         .await
     }
 
@@ -648,10 +694,11 @@ impl Handler<'_> {
         }
     }
 
-    /// The request is being deleted: revoke every lease it has (in force, pending, retiring),
+    /// The request is being deleted: revoke every lease it has (in force, pending, former),
     /// then withdraw the broker request (found by its marker if a crash kept its id from the
     /// status); only then may the finalizer go (and the Secret with the request).
-    async fn cleanup(&self, request: &DatabaseAccessRequest) -> Result<Action, OperatorError> {
+    async fn cleanup(&self, cached: &DatabaseAccessRequest) -> Result<Action, OperatorError> {
+        let request = &self.api.get(&cached.name_any()).await?;
         let status = request.status.clone().unwrap_or_default();
         self.revoke_all(request, &status).await?;
         let id = match &status.request_id {
@@ -668,6 +715,19 @@ impl Handler<'_> {
         Ok(Action::await_change())
     }
 
+    /// Those of `leases` pgwarden still knows.
+    async fn still_alive(&self, leases: &[String]) -> Result<Vec<String>, OperatorError> {
+        let mut alive = Vec::new();
+        for lease in leases {
+            match self.broker().lookup(lease).await {
+                Ok(_) => alive.push(lease.clone()),
+                Err(error) if already_gone(&error) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(alive)
+    }
+
     /// Revokes every lease the status records.
     async fn revoke_all(
         &self,
@@ -679,7 +739,7 @@ impl Handler<'_> {
             .iter()
             .map(|l| l.id.clone())
             .chain(status.pending_lease.iter().map(|p| p.id.clone()))
-            .chain(status.retiring_lease.clone());
+            .chain(status.former_leases.iter().cloned());
         for lease in leases {
             self.revoke(request, &lease).await?;
         }
