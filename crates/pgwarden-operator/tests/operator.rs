@@ -301,6 +301,40 @@ auth:
     }
 }
 
+impl World {
+    /// Every kind of call the operator made is granted by its manifests' RBAC
+    /// (deploy/operator/operator.yaml): the ClusterRole anywhere, the Role in its namespace.
+    fn assert_rbac_allows_every_call(&self) {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/operator/operator.yaml"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+        let grants = |rule: &Value, field: &str, value: &str| {
+            rule[field].as_array().unwrap().iter().any(|v| v == value)
+        };
+        let calls = self.api.calls();
+        assert!(!calls.is_empty());
+        for call in calls {
+            let allowed = docs.iter().any(|doc| {
+                let applies = match doc["kind"].as_str() {
+                    Some("ClusterRole") => true,
+                    Some("Role") => doc["metadata"]["namespace"] == call.namespace.as_str(),
+                    _ => false,
+                };
+                applies
+                    && doc["rules"].as_array().unwrap().iter().any(|rule| {
+                        grants(rule, "apiGroups", &call.group)
+                            && grants(rule, "resources", &call.resource)
+                            && grants(rule, "verbs", call.verb)
+                    })
+            });
+            assert!(allowed, "the operator's RBAC does not allow {call:?}");
+        }
+    }
+}
+
 /// Polls `check` every 100 ms until it gives a value (panics after 30 s naming `what`).
 async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -493,6 +527,7 @@ async fn an_approved_request_gets_a_working_secret_that_survives_restarts_and_go
         "{gone:?}"
     );
     world.stop_operator().await;
+    world.assert_rbac_allows_every_call();
 }
 
 #[tokio::test]
@@ -541,6 +576,7 @@ async fn a_denied_request_gets_no_credential() {
     assert!(world.api.get(SECRETS, NS, "report-credentials").is_none());
     assert!(world.live_leases().await.is_empty());
     assert!(world.cluster.roles_like("v-%").await.unwrap().is_empty());
+    world.assert_rbac_allows_every_call();
 }
 
 #[tokio::test]
@@ -572,6 +608,7 @@ async fn at_the_max_ttl_a_new_user_replaces_the_old_which_ends_on_time() {
             world.logs_in(&user3, &password3).await
         }
     );
+    world.assert_rbac_allows_every_call();
 }
 
 #[tokio::test]
@@ -638,6 +675,7 @@ async fn a_failed_renewal_is_an_event_a_condition_and_a_metric_and_is_retried_in
         lease.as_str()
     );
     world.stop_operator().await;
+    world.assert_rbac_allows_every_call();
 }
 
 #[tokio::test]
@@ -700,6 +738,7 @@ async fn tampering_in_the_namespace_neither_takes_over_nor_revokes_what_is_not_t
         "Withdrawn"
     );
     assert!(request["status"]["lease"].is_null());
+    world.assert_rbac_allows_every_call();
 }
 
 #[tokio::test]
@@ -736,6 +775,7 @@ async fn of_two_replicas_only_the_lease_holder_acts_and_the_other_takes_over_whe
     assert_eq!(lease(&world).unwrap()["spec"]["leaseTransitions"], 1);
     world.operator = Some(second);
     world.stop_operator().await;
+    world.assert_rbac_allows_every_call();
 }
 
 #[tokio::test]
@@ -769,4 +809,5 @@ async fn a_lease_revoked_by_hand_in_pgwarden_is_not_replaced() {
         "nothing issued in its place"
     );
     assert!(!world.cluster.role_exists(&user).await.unwrap());
+    world.assert_rbac_allows_every_call();
 }

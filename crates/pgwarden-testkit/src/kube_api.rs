@@ -41,6 +41,20 @@ struct Objects {
 struct Shared {
     objects: Mutex<Objects>,
     changes: broadcast::Sender<Change>,
+    calls: Mutex<std::collections::BTreeSet<Call>>,
+}
+
+/// A kind of call a client made, as RBAC names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Call {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch` or `delete`.
+    pub verb: &'static str,
+    /// The API group (`""` for the core group).
+    pub group: String,
+    /// The resource, with its subresource (`databaseaccessrequests/status`).
+    pub resource: String,
+    /// The namespace (empty for every namespace).
+    pub namespace: String,
 }
 
 /// A running fake API server; stops when dropped.
@@ -240,6 +254,7 @@ impl FakeApiServer {
         let shared = Arc::new(Shared {
             objects: Mutex::new(Objects::default()),
             changes,
+            calls: Mutex::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -290,6 +305,12 @@ impl FakeApiServer {
         let key = (collection.into(), namespace.into(), name.into());
         let mut objects = self.shared.objects.lock().unwrap();
         objects.delete(&key, &self.shared);
+    }
+
+    /// Every kind of call clients made over HTTP (the test's own calls through these methods
+    /// are not counted): what their RBAC must allow.
+    pub fn calls(&self) -> Vec<Call> {
+        self.shared.calls.lock().unwrap().iter().cloned().collect()
     }
 
     /// Every object of `collection` in `namespace`.
@@ -429,6 +450,11 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         return not_found(parts.uri.path()).into_response();
     };
     let query = query(&parts.uri);
+    shared
+        .calls
+        .lock()
+        .unwrap()
+        .insert(call(&parts.method, &target, &query));
     let body = match axum::body::to_bytes(body, 16 << 20).await {
         Ok(body) => body,
         Err(error) => {
@@ -471,6 +497,37 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             format!("{} is not supported here", parts.method),
         )
         .into_response(),
+    }
+}
+
+/// The RBAC verb, group and resource of a request.
+fn call(method: &Method, target: &Target, query: &BTreeMap<String, String>) -> Call {
+    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb = match (method.as_str(), &target.name) {
+        ("GET", None) if watching => "watch",
+        ("GET", None) => "list",
+        ("GET", Some(_)) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", _) => "delete",
+        _ => "unknown",
+    };
+    let parts: Vec<&str> = target.collection.split('/').collect();
+    let (group, plural) = match parts.as_slice() {
+        ["api", _, plural] => (String::new(), plural.to_string()),
+        ["apis", group, _, plural] => (group.to_string(), plural.to_string()),
+        _ => (String::new(), target.collection.clone()),
+    };
+    Call {
+        verb,
+        group,
+        resource: if target.status {
+            format!("{plural}/status")
+        } else {
+            plural
+        },
+        namespace: target.namespace.clone().unwrap_or_default(),
     }
 }
 
