@@ -1,8 +1,7 @@
 //! `pgwarden operator crds|run`: the Kubernetes operator's CRDs, and the operator itself.
 
-use crate::cli::settings::ClientArgs;
+use crate::cli::settings::BrokerArgs;
 use clap::{Args, Subcommand};
-use pgwarden_client::{Auth, Client};
 use pgwarden_operator::controller::{self, Metrics, Settings, Stopped};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,7 +31,7 @@ pub enum OperatorCommand {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
-    client: ClientArgs,
+    broker: BrokerArgs,
     /// The broker's database secrets mount the resources use.
     #[arg(long, default_value = "database")]
     mount: String,
@@ -71,8 +70,7 @@ fn identity() -> String {
 }
 
 async fn operate(args: RunArgs) -> Result<(), String> {
-    let token = args.client.token()?;
-    let broker = Client::new(&args.client.address(), Auth::Token(token));
+    let broker = args.broker.client()?;
     let kube = kube::Client::try_default()
         .await
         .map_err(|e| format!("cannot reach Kubernetes (in-cluster or KUBECONFIG): {e}"))?;

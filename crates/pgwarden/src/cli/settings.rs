@@ -16,9 +16,9 @@ pub const DEFAULT_ADDR: &str = "http://127.0.0.1:8200";
 /// The token file's name in the home directory.
 const TOKEN_FILE_NAME: &str = ".pgwarden-token";
 
-/// Flags every client command takes (also after its subcommand).
+/// Where pgwarden is and the token to use: flags of every command that calls the broker.
 #[derive(Args, Debug, Clone)]
-pub struct ClientArgs {
+pub struct BrokerArgs {
     /// pgwarden's address. Default: PGWARDEN_ADDR, else VAULT_ADDR, else http://127.0.0.1:8200.
     #[arg(long, global = true, value_name = "URL")]
     pub addr: Option<String>,
@@ -27,9 +27,29 @@ pub struct ClientArgs {
     /// visible to other local users in the process list: prefer the variable or the file.
     #[arg(long, global = true, value_name = "TOKEN")]
     pub token: Option<String>,
+}
+
+/// Flags every client command takes (also after its subcommand).
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Where pgwarden is and the token.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     /// Output: aligned text for people, or JSON (the answer's `data`) for scripts.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+}
+
+impl ClientArgs {
+    /// A client of the configured pgwarden with the configured token.
+    pub fn client(&self) -> Result<Client, String> {
+        self.broker.client()
+    }
+
+    /// A client of the configured pgwarden for logging in (no token needed).
+    pub fn anonymous_client(&self) -> Client {
+        self.broker.anonymous_client()
+    }
 }
 
 /// The first of several environment variables that is set and not empty.
@@ -40,7 +60,7 @@ fn first_env(names: &[&str]) -> Option<String> {
         .find(|value| !value.is_empty())
 }
 
-impl ClientArgs {
+impl BrokerArgs {
     /// The address: `--addr`, PGWARDEN_ADDR, VAULT_ADDR or [`DEFAULT_ADDR`].
     pub fn address(&self) -> String {
         self.addr
