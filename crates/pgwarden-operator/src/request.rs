@@ -102,12 +102,10 @@ pub struct PendingLease {
     /// on its own (`succeeds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
-    /// Whether the previous lease is revoked (else it lives out its time).
+    /// Whether the previous lease is revoked (else it lives out its time). Either way, a
+    /// credential that follows another restarts the workloads that opted in.
     #[serde(default)]
     pub revoke_previous: bool,
-    /// Whether opted-in workloads are restarted once it is in force.
-    #[serde(default)]
-    pub restart: bool,
 }
 
 /// A lease as the request's status records it (re-adopted after an operator restart).

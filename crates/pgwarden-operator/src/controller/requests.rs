@@ -138,7 +138,7 @@ fn already_gone(error: &ClientError) -> bool {
 }
 
 /// What a credential written to the Secret does to the one before it.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Change<'a> {
     /// There was none.
     First,
@@ -460,7 +460,6 @@ impl Handler<'_> {
                 Change::Replaces(old) | Change::Succeeds(old) => Some(old.to_string()),
             },
             revoke_previous: matches!(change, Change::Replaces(_)),
-            restart: change != Change::First,
         };
         if let Err(error) = self
             .patch_status(request, json!({ "pendingLease": pending }))
@@ -485,7 +484,7 @@ impl Handler<'_> {
     ) -> Result<Action, OperatorError> {
         secret::grant_read(&self.context.kube, request, self.namespace).await?;
         let name = secret::secret_name(request);
-        if pending.restart {
+        if pending.previous.is_some() {
             let restarted =
                 super::restart::restart_opted_in(&self.context.kube, self.namespace, &name).await?;
             if !restarted.is_empty() {

@@ -244,6 +244,11 @@ where
         + serde::Serialize
         + std::fmt::Debug,
 {
+    // Looked up first: on every recheck of a healthy request it exists, and a read is all
+    // that needs (a create would be refused with 409 each time).
+    if let Some(existing) = api.get_opt(&object.name_any()).await? {
+        return ensure_owned(request, &existing);
+    }
     match api.create(&PostParams::default(), object).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => {
