@@ -18,6 +18,9 @@ pub enum Outcome {
     Denied,
     /// It was allowed but failed.
     Failure,
+    /// It was allowed and is under way: recorded before it takes effect, and followed by a
+    /// record of how it ended (unless pgwarden stopped first).
+    Started,
 }
 
 impl Outcome {
@@ -27,6 +30,7 @@ impl Outcome {
             Outcome::Success => "success",
             Outcome::Denied => "denied",
             Outcome::Failure => "failure",
+            Outcome::Started => "started",
         }
     }
 
@@ -36,6 +40,7 @@ impl Outcome {
             "success" => Outcome::Success,
             "denied" => Outcome::Denied,
             "failure" => Outcome::Failure,
+            "started" => Outcome::Started,
             _ => return None,
         })
     }

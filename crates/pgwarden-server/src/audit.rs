@@ -1,10 +1,11 @@
 //! The audit log: events go through one appender task that chains them into the state store
 //! in batches (one transaction, one disk sync for everything queued meanwhile), then copies
-//! them to an optional JSON-lines file. A caller waits until its event is durable.
+//! them to an optional JSON-lines file. A caller waits until its event is durable, or only
+//! until it is written when a durable write of its own follows, or not at all.
 
 use crate::metrics::Metrics;
 use pgwarden_core::{AuditEvent, AuditRecord, Outcome, chain};
-use pgwarden_store::Store;
+use pgwarden_store::{Durability, Store};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,7 +29,12 @@ pub fn request_id() -> String {
         .unwrap_or_else(|_| uuid::Uuid::new_v4().to_string())
 }
 
-type Queued = (AuditEvent, oneshot::Sender<bool>);
+/// An event waiting to be appended, how durably, and who hears when it was.
+struct Queued {
+    event: AuditEvent,
+    durability: Durability,
+    stored: oneshot::Sender<bool>,
+}
 
 /// Appends audit events; cheap to clone.
 #[derive(Clone)]
@@ -45,9 +51,19 @@ impl AuditLog {
     }
 
     /// Records `event` (its request id filled in from the current request) and waits until it
-    /// is stored, for at most [`MAX_WAIT`]; false when it was not stored (yet).
+    /// is durable, for at most [`MAX_WAIT`]; false when it was not stored (yet).
     pub async fn record(&self, event: AuditEvent) -> bool {
-        let Some(stored) = self.enqueue(event) else {
+        self.wait(event, Durability::Synced).await
+    }
+
+    /// Records `event` and waits until it is written, not synced: for a caller whose own
+    /// durable write to the state store follows, which makes this record durable too.
+    pub async fn record_before(&self, event: AuditEvent) -> bool {
+        self.wait(event, Durability::Relaxed).await
+    }
+
+    async fn wait(&self, event: AuditEvent, durability: Durability) -> bool {
+        let Some(stored) = self.enqueue(event, durability) else {
             return false;
         };
         match tokio::time::timeout(MAX_WAIT, stored).await {
@@ -61,17 +77,28 @@ impl AuditLog {
         }
     }
 
-    /// Records `event` without waiting for it to be stored.
+    /// Records `event` without waiting for it to be stored. It is written without a disk sync
+    /// of its own: it survives a crash of pgwarden at once, a power cut from the next durable
+    /// write on.
     pub fn submit(&self, event: AuditEvent) {
-        self.enqueue(event);
+        self.enqueue(event, Durability::Relaxed);
     }
 
-    fn enqueue(&self, mut event: AuditEvent) -> Option<oneshot::Receiver<bool>> {
+    fn enqueue(
+        &self,
+        mut event: AuditEvent,
+        durability: Durability,
+    ) -> Option<oneshot::Receiver<bool>> {
         if event.request_id.is_empty() {
             event.request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
         }
         let (done, stored) = oneshot::channel();
-        if self.queue.send((event, done)).is_err() {
+        let queued = Queued {
+            event,
+            durability,
+            stored: done,
+        };
+        if self.queue.send(queued).is_err() {
             tracing::error!("audit log is closed; an event was not recorded");
             return None;
         }
@@ -79,8 +106,8 @@ impl AuditLog {
     }
 }
 
-/// The appender: takes whatever is queued (up to [`MAX_BATCH`]), appends it in one go and
-/// tells each waiter how it went.
+/// The appender: takes whatever is queued (up to [`MAX_BATCH`]), appends it in one go (synced
+/// if any of it must be) and tells each waiter how it went.
 async fn append_batches(
     store: Arc<dyn Store>,
     file: Option<PathBuf>,
@@ -89,11 +116,22 @@ async fn append_batches(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let durability = if batch.iter().any(|q| q.durability == Durability::Synced) {
+            Durability::Synced
+        } else {
+            Durability::Relaxed
+        };
         let (events, waiters): (Vec<AuditEvent>, Vec<oneshot::Sender<bool>>) =
-            batch.drain(..).unzip();
-        if append(store.as_ref(), file.as_deref(), &metrics, &events)
-            .await
-            .is_ok()
+            batch.drain(..).map(|q| (q.event, q.stored)).unzip();
+        if append(
+            store.as_ref(),
+            file.as_deref(),
+            &metrics,
+            &events,
+            durability,
+        )
+        .await
+        .is_ok()
         {
             for waiter in waiters {
                 let _ = waiter.send(true);
@@ -103,7 +141,14 @@ async fn append_batches(
         // One bad event must not take the others down with it: append them one by one.
         for (event, waiter) in events.into_iter().zip(waiters) {
             let single = std::slice::from_ref(&event);
-            let stored = match append(store.as_ref(), file.as_deref(), &metrics, single).await {
+            let appended = append(
+                store.as_ref(),
+                file.as_deref(),
+                &metrics,
+                single,
+                durability,
+            );
+            let stored = match appended.await {
                 Ok(()) => true,
                 Err(error) => {
                     metrics.audit_failures.inc();
@@ -122,8 +167,9 @@ async fn append(
     file: Option<&std::path::Path>,
     metrics: &Metrics,
     events: &[AuditEvent],
+    durability: Durability,
 ) -> Result<(), pgwarden_store::StoreError> {
-    let records = store.append_audit(events).await?;
+    let records = store.append_audit(events, durability).await?;
     if let Some(path) = file {
         copy_to_file(path, &records, metrics);
     }

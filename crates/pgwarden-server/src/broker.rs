@@ -224,19 +224,29 @@ impl Broker {
     }
 
     /// Creates a user for `role_name` in `mount` on behalf of `owner`; `cap` (from policy)
-    /// lowers the role's max TTL. Runs to completion even if the caller goes away.
+    /// lowers the role's max TTL. `started`, the request's audit record, is stored (naming the
+    /// lease and its user) with the lease's record, before the user exists. Runs to completion
+    /// even if the caller goes away.
     pub async fn issue(
         self: &Arc<Self>,
         mount: &str,
         role_name: &str,
         owner: Owner,
         cap: Option<Ttl>,
+        started: AuditEvent,
     ) -> Result<Issued, ServerError> {
         let broker = self.clone();
         let (mount, role_name) = (mount.to_string(), role_name.to_string());
         detached(async move {
             broker
-                .create_lease(&mount, &role_name, owner, cap, Ttl::default())
+                .create_lease(
+                    &mount,
+                    &role_name,
+                    owner,
+                    cap,
+                    Ttl::default(),
+                    Some(started),
+                )
                 .await
         })
         .await
@@ -255,7 +265,7 @@ impl Broker {
         let (mount, role_name) = (mount.to_string(), role_name.to_string());
         detached(async move {
             broker
-                .create_lease(&mount, &role_name, owner, Some(ttl), ttl)
+                .create_lease(&mount, &role_name, owner, Some(ttl), ttl, None)
                 .await
         })
         .await
@@ -271,6 +281,7 @@ impl Broker {
         owner: Owner,
         cap: Option<Ttl>,
         ttl: Ttl,
+        started: Option<AuditEvent>,
     ) -> Result<Issued, ServerError> {
         let mut role = self.catalog.role(mount, role_name)?;
         if role.kind == RoleKind::Identity && owner.token_accessor.is_none() {
@@ -297,6 +308,13 @@ impl Broker {
             // No lease may be recorded against a connection being deleted.
             let _in_use = self.connections_in_use.read().await;
             self.catalog.target_for_role(mount, &role)?;
+            if let Some(event) = started {
+                // Written first: the lease's durable record makes it durable too.
+                let object = lease.id.clone();
+                let detail = format!("user {}", lease.username);
+                let event = AuditEvent { object, ..event }.with_detail(detail);
+                self.audit.record_before(event).await;
+            }
             self.store.insert_lease(&lease).await?;
             Ok::<_, ServerError>(())
         };
@@ -347,7 +365,7 @@ impl Broker {
             // The token was revoked after this lease was recorded but before its revocation
             // listed the token's leases: this issuance must not outlive it.
             self.metrics.issue_failures.inc();
-            let _ = self.revoke_locked(&lease.id, Why::Requested).await;
+            let _ = self.revoke_locked(&lease.id, Why::Requested, None).await;
             return Err(ServerError::Forbidden(
                 "the token was revoked while the credential was being issued; nothing was issued"
                     .into(),
@@ -437,13 +455,25 @@ impl Broker {
         })
     }
 
-    /// Revokes a lease now; an unknown lease is an error. Runs to completion even if the
+    /// Revokes a lease now; an unknown lease is an error. `started`, the request's audit
+    /// record, is made durable while the user is dropped. Runs to completion even if the
     /// caller goes away.
-    pub async fn revoke(self: &Arc<Self>, id: &str) -> Result<(), ServerError> {
+    pub async fn revoke(
+        self: &Arc<Self>,
+        id: &str,
+        started: Option<AuditEvent>,
+    ) -> Result<(), ServerError> {
         if self.store.get_lease(id).await?.is_none() {
             return Err(not_found(id));
         }
-        self.revoke_all(vec![id.to_string()]).await.map(|_| ())
+        let broker = self.clone();
+        let id = id.to_string();
+        detached(async move {
+            broker
+                .attempt_revocation(&id, Why::Requested, started)
+                .await
+        })
+        .await
     }
 
     /// Queues a lease for revocation by the reaper (Vault's `"sync": false`).
@@ -489,7 +519,7 @@ impl Broker {
         detached(async move {
             let mut first_error = None;
             for id in &ids {
-                if let Err(e) = broker.attempt_revocation(id, Why::Requested).await {
+                if let Err(e) = broker.attempt_revocation(id, Why::Requested, None).await {
                     first_error.get_or_insert(e);
                 }
             }
@@ -558,11 +588,17 @@ impl Broker {
         Ok(keys)
     }
 
-    /// Tries to drop a lease's user once. On success the lease is forgotten; on failure it is
-    /// kept (visible in lookup and metrics) and retried after a backoff.
-    async fn attempt_revocation(&self, id: &str, why: Why) -> Result<(), ServerError> {
+    /// Tries to drop a lease's user once (`started`: the asking request's audit record). On
+    /// success the lease is forgotten; on failure it is kept (visible in lookup and metrics)
+    /// and retried after a backoff.
+    async fn attempt_revocation(
+        &self,
+        id: &str,
+        why: Why,
+        started: Option<AuditEvent>,
+    ) -> Result<(), ServerError> {
         let _guard = self.lock(id).await;
-        let outcome = self.revoke_locked(id, why).await;
+        let outcome = self.revoke_locked(id, why, started).await;
         if outcome.is_err() {
             // Failed before its retry was scheduled (the state could not be read or written):
             // try again later rather than forget it until a restart.
@@ -572,23 +608,39 @@ impl Broker {
         outcome
     }
 
-    /// [`Broker::attempt_revocation`] for a caller that holds the lease's lock.
-    async fn revoke_locked(&self, id: &str, why: Why) -> Result<(), ServerError> {
+    /// [`Broker::attempt_revocation`] for a caller that holds the lease's lock; `started` is
+    /// the audit record of the request that asked, made durable while the user is dropped.
+    async fn revoke_locked(
+        &self,
+        id: &str,
+        why: Why,
+        started: Option<AuditEvent>,
+    ) -> Result<(), ServerError> {
+        let record_started = async {
+            if let Some(event) = started {
+                self.audit.record(event).await;
+            }
+        };
         let marked = self.mark_revoking(id, why, Durability::Relaxed).await;
         let Some((mut lease, rolling_back)) = marked? else {
+            // Gone already: nothing to drop, and the request's record is durable all the same.
+            record_started.await;
             return Ok(());
         };
-        let result = match self.catalog.target(&lease.mount, &lease.role.db_name) {
-            Ok(target) if rolling_back => target
-                .rollback_user(&lease.role, &lease.username)
-                .await
-                .map_err(Into::into),
-            Ok(target) => target
-                .revoke_user(&lease.role, &lease.username)
-                .await
-                .map_err(Into::into),
-            Err(e) => Err(e),
+        let drop_user = async {
+            match self.catalog.target(&lease.mount, &lease.role.db_name) {
+                Ok(target) if rolling_back => target
+                    .rollback_user(&lease.role, &lease.username)
+                    .await
+                    .map_err(Into::into),
+                Ok(target) => target
+                    .revoke_user(&lease.role, &lease.username)
+                    .await
+                    .map_err(Into::into),
+                Err(e) => Err(e),
+            }
         };
+        let (result, ()) = tokio::join!(drop_user, record_started);
         match result {
             Ok(()) => {
                 self.store.delete_lease(id).await?;
@@ -766,7 +818,7 @@ impl Broker {
                 tokio::spawn(async move {
                     // A replica that lost the lead while this waited leaves it to the leader.
                     if broker.leadership.is_leader() {
-                        let _ = broker.attempt_revocation(&id, Why::Expired).await;
+                        let _ = broker.attempt_revocation(&id, Why::Expired, None).await;
                     }
                     broker.reaping.lock().remove(&id);
                     drop(permit);

@@ -46,13 +46,7 @@ async fn issue_login_revoke() {
             .unwrap()
             .get(0);
         assert_eq!(n, 3);
-        let (status, _) = env
-            .call(
-                "PUT",
-                "sys/leases/revoke",
-                Some(json!({ "lease_id": creds.lease_id })),
-            )
-            .await;
+        let (status, _) = env.revoke(&creds.lease_id).await;
         assert_eq!(status, 204);
         assert_invalid_password(env.login(&creds).await.unwrap_err());
         assert!(!env.role_exists(&creds.username).await);
@@ -612,30 +606,26 @@ async fn hostile_role_names_are_handled_safely() {
         .unwrap()
         .get(0);
     assert_eq!(n, 3);
-    let (status, _) = env
-        .call(
-            "PUT",
-            "sys/leases/revoke",
-            Some(json!({ "lease_id": lease_id })),
-        )
-        .await;
+    let (status, _) = env.revoke(&lease_id).await;
     assert_eq!(status, 204);
     assert!(!env.role_exists(&user).await);
+}
+
+/// Adds connection `down` (nothing listens at its port) and its role `down-ro`.
+async fn add_unreachable_role(env: &Env) {
+    let (status, body) = env
+        .call("POST", "database/config/down", Some(json!({ "connection_url": "postgresql://{{username}}:{{password}}@127.0.0.1:1/x", "username": "u", "password": "p", "allowed_roles": ["*"], "verify_connection": false })))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let body = json!({ "db_name": "down", "preset": "readonly" });
+    let (status, body) = env.call("POST", "database/roles/down-ro", Some(body)).await;
+    assert_eq!(status, 204, "{body}");
 }
 
 #[tokio::test]
 async fn unreachable_database_is_503_and_leaves_no_lease() {
     let env = Env::start(ROLES).await;
-    let (status, body) = env
-        .call("POST", "database/config/down", Some(json!({ "connection_url": "postgresql://{{username}}:{{password}}@127.0.0.1:1/x", "username": "u", "password": "p", "allowed_roles": ["*"], "verify_connection": false })))
-        .await;
-    assert_eq!(status, 204, "{body}");
-    env.call(
-        "POST",
-        "database/roles/down-ro",
-        Some(json!({ "db_name": "down", "preset": "readonly" })),
-    )
-    .await;
+    add_unreachable_role(&env).await;
     let (status, body) = env.call("GET", "database/creds/down-ro", None).await;
     assert_eq!(status, 503);
     assert!(
@@ -672,13 +662,7 @@ async fn failed_revocation_is_retried_and_stays_visible() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let (status, body) = env
-        .call(
-            "PUT",
-            "sys/leases/revoke",
-            Some(json!({ "lease_id": creds.lease_id })),
-        )
-        .await;
+    let (status, body) = env.revoke(&creds.lease_id).await;
     assert_eq!(status, 500, "{body}");
     let message = body["errors"][0].as_str().unwrap();
     assert!(
@@ -728,4 +712,77 @@ async fn failed_revocation_is_retried_and_stays_visible() {
         )
         .await;
     assert_eq!(status, 400);
+}
+
+/// The audit records of one issue and one revoke, in chain order: each request's start is
+/// stored before it takes effect, then how it ended; a failed issue says so after its start.
+#[tokio::test]
+async fn issue_and_revoke_are_audited_before_they_take_effect() {
+    let env = Env::start(ROLES).await;
+    let creds = env.creds("custom-reader").await;
+    let (status, _) = env.revoke(&creds.lease_id).await;
+    assert_eq!(status, 204);
+    add_unreachable_role(&env).await;
+    let (status, _) = env.call("GET", "database/creds/down-ro", None).await;
+    assert_eq!(status, 503);
+
+    // This request's record is durable only after every record queued before it.
+    let (status, _) = env.call("LIST", "database/roles", None).await;
+    assert_eq!(status, 200);
+    let (status, body) = env.call("GET", "pgwarden/audit?limit=1000", None).await;
+    assert_eq!(status, 200, "{body}");
+    let audit: pgwarden_core::wire::AuditList =
+        serde_json::from_value(body["data"].clone()).unwrap();
+    let of_lease: Vec<_> = audit
+        .records
+        .iter()
+        .filter(|r| r.event.object == creds.lease_id)
+        .map(|r| {
+            let e = &r.event;
+            (
+                e.actor.as_str(),
+                e.action.as_str(),
+                e.outcome.as_str(),
+                e.detail.clone(),
+            )
+        })
+        .collect();
+    let user = format!("user {}", creds.username);
+    assert_eq!(
+        of_lease,
+        vec![
+            ("root", "creds.issue", "started", user.clone()),
+            ("root", "creds.issue", "success", user.clone()),
+            ("root", "lease.revoke", "started", String::new()),
+            (
+                "pgwarden",
+                "user.drop",
+                "success",
+                format!("requested: {user} dropped")
+            ),
+            ("root", "lease.revoke", "success", "revoked".into()),
+        ]
+    );
+    let issues: Vec<_> = audit
+        .records
+        .iter()
+        .filter(|r| r.event.action == "creds.issue")
+        .collect();
+    assert_eq!(
+        issues[0].event.request_id, issues[1].event.request_id,
+        "a start and its end share the request id"
+    );
+    // The failed issue: started for a lease that was never made, then the failure.
+    let failed: Vec<_> = issues[2..]
+        .iter()
+        .map(|r| (r.event.outcome.as_str(), r.event.object.as_str()))
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert_eq!(failed[0].0, "started");
+    assert!(
+        failed[0].1.starts_with("database/creds/down-ro/"),
+        "{failed:?}"
+    );
+    assert_eq!(failed[1], ("failure", "database/creds/down-ro"));
+    assert_eq!(issues[2].event.request_id, issues[3].event.request_id);
 }

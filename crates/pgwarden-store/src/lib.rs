@@ -369,9 +369,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<StoredStaticRole>, StoreError>;
     /// Every static role, by mount and name.
     async fn static_roles(&self) -> Result<Vec<StoredStaticRole>, StoreError>;
-    /// Appends `events` to the audit chain in order, durably, each hashed with the one before
-    /// (appends from several replicas are serialised); returns the records as chained.
-    async fn append_audit(&self, events: &[AuditEvent]) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Appends `events` to the audit chain in order, as durably as `durability` says, each
+    /// hashed with the one before (appends from several replicas are serialised); returns the
+    /// records as chained. A relaxed append becomes durable with the next synced write.
+    async fn append_audit(
+        &self,
+        events: &[AuditEvent],
+        durability: Durability,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
     /// Audit records matching `query`, oldest first.
     async fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
     /// Stores records exactly as given (sequence numbers and hashes), when copying state.

@@ -159,6 +159,15 @@ impl PostgresStore {
         }
         self.execute(sql, &values).await.map(|n| n > 0)
     }
+
+    /// The pool whose connections commit as durably as `durability` says.
+    fn pool_for(&self, durability: Durability) -> &Pool {
+        match durability {
+            Durability::Synced => &self.pool,
+            Durability::Relaxed => &self.relaxed,
+        }
+    }
+
     /// A store over `pool`'s database, its schema created or upgraded first. `relaxed` is a
     /// pool to the same database whose sessions run with `synchronous_commit = off`, for the
     /// writes whose loss in a crash of the state database errs on the safe side (as the
@@ -499,12 +508,8 @@ impl Store for PostgresStore {
         from: LeaseState,
         durability: Durability,
     ) -> Result<bool, StoreError> {
-        let pool = match durability {
-            Durability::Synced => &self.pool,
-            Durability::Relaxed => &self.relaxed,
-        };
         self.execute_on(
-            pool,
+            self.pool_for(durability),
             "UPDATE pgwarden_leases SET state = $2, expires_at_ms = $3, last_renewal_ms = $4, \
              revoke_attempts = $5, last_error = $6 WHERE id = $1 AND state = $7",
             &[
@@ -889,8 +894,12 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn append_audit(&self, events: &[AuditEvent]) -> Result<Vec<AuditRecord>, StoreError> {
-        within_timeout(&self.pool, async |client| {
+    async fn append_audit(
+        &self,
+        events: &[AuditEvent],
+        durability: Durability,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        within_timeout(self.pool_for(durability), async |client| {
             in_transaction(client, async |client| {
                 // Held to the commit: replicas append one at a time, each after the last.
                 client

@@ -794,10 +794,14 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn append_audit(&self, events: &[AuditEvent]) -> Result<Vec<AuditRecord>, StoreError> {
+    async fn append_audit(
+        &self,
+        events: &[AuditEvent],
+        durability: Durability,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         let events = events.to_vec();
         self.writer
-            .write(DURABLE, move |c| {
+            .write(durability == Durability::Synced, move |c| {
                 // The writer thread runs one write at a time: nothing appends in between.
                 let last: Option<(i64, String)> = c
                     .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?

@@ -486,7 +486,10 @@ async fn audit_appends_from_replicas_form_one_chain(open: Opener<'_>) {
                 event("user:ola", "creds.issue", n),
                 event("root", "lease.revoke", n),
             ];
-            store.append_audit(&events).await.unwrap()
+            store
+                .append_audit(&events, Durability::Synced)
+                .await
+                .unwrap()
         });
     }
     for records in appends.join_all().await {
@@ -662,7 +665,10 @@ async fn a_copy_keeps_everything_and_refuses_a_destination_with_state() {
     rotated.sealed_password = Some(vec![3, 2, 1]);
     sqlite.insert_static_role(&rotated).await.unwrap();
     let events: Vec<AuditEvent> = (0..1500).map(|n| event("root", "creds.issue", n)).collect();
-    let chained = sqlite.append_audit(&events).await.unwrap();
+    let chained = sqlite
+        .append_audit(&events, Durability::Relaxed)
+        .await
+        .unwrap();
 
     let cluster = PgCluster::start().unwrap();
     let postgres = postgres_store(&cluster.superuser_url("postgres")).await;
@@ -693,7 +699,7 @@ async fn a_copy_keeps_everything_and_refuses_a_destination_with_state() {
     );
     // The copy's chain goes on from where the original stopped.
     let next = postgres
-        .append_audit(&[event("root", "x", 0)])
+        .append_audit(&[event("root", "x", 0)], Durability::Synced)
         .await
         .unwrap();
     assert_eq!(next[0].seq, 1501);

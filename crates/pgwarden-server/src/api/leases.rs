@@ -8,7 +8,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::Response;
 use pgwarden_core::wire::{LeaseLookup, LookupBody, RenewBody, RevokeBody, SecretResponse};
-use pgwarden_core::{Lease, LeaseState};
+use pgwarden_core::{AuditEvent, Lease, LeaseState};
 
 /// The lease id from the path or, failing that, the body.
 fn lease_id(from_path: Option<String>, from_body: Option<String>) -> Result<String, ServerError> {
@@ -51,12 +51,14 @@ pub async fn renew(
     Ok(AuditNote::about(id, detail).on(Json(response)))
 }
 
-/// Drops a lease's user now (204), or queues that (`sync: false`, 202).
+/// Drops a lease's user now (204), its audit record `started` made durable meanwhile, or
+/// queues that (`sync: false`, 202).
 pub async fn revoke(
     state: &AppState,
     caller: &Caller,
     id: Option<String>,
     body: RevokeBody,
+    started: AuditEvent,
 ) -> Result<Response, ServerError> {
     let id = lease_id(id, body.lease_id)?;
     owned_lease(state, caller, &id).await?;
@@ -64,8 +66,14 @@ pub async fn revoke(
         state.broker.revoke_later(&id).await?;
         Ok(AuditNote::about(id, "queued").on(StatusCode::ACCEPTED))
     } else {
-        state.broker.revoke(&id).await?;
-        Ok(AuditNote::about(id, "revoked").on(StatusCode::NO_CONTENT))
+        let started = AuditEvent {
+            object: id.clone(),
+            ..started
+        };
+        state.broker.revoke(&id, Some(started)).await?;
+        Ok(AuditNote::about(id, "revoked")
+            .after_start()
+            .on(StatusCode::NO_CONTENT))
     }
 }
 

@@ -81,6 +81,9 @@ pub struct AuditNote {
     pub object: Option<String>,
     /// Anything else worth keeping.
     pub detail: Option<String>,
+    /// A durable record that the action started was stored before it took effect: the
+    /// record of how it ended need not hold up the response.
+    pub started: bool,
 }
 
 impl AuditNote {
@@ -90,6 +93,15 @@ impl AuditNote {
             actor: None,
             object: Some(object.into()),
             detail: Some(detail.into()),
+            started: false,
+        }
+    }
+
+    /// This note, for an action whose start was recorded durably before it took effect.
+    pub fn after_start(self) -> AuditNote {
+        AuditNote {
+            started: true,
+            ..self
         }
     }
 
@@ -189,11 +201,18 @@ async fn handle(
     };
     let result = serve(state, &incoming, &mut actor).await;
     // Reading the audit log is not recorded (a tail would fill it), unless it was refused. A
-    // success is answered once its record is stored; a failure (perhaps the state database
-    // is unreachable, so the record cannot be stored yet either) is answered at once.
+    // success is answered once its record is durable, unless a durable record of its start
+    // came before; a failure (perhaps the state database is unreachable, so the record
+    // cannot be stored yet either) is answered at once.
     if route != Route::Audit || result.is_err() {
         let event = audit_event(actor, route.action(op), path, &result);
-        if result.is_ok() {
+        let started = result.as_ref().is_ok_and(|response| {
+            response
+                .extensions()
+                .get::<AuditNote>()
+                .is_some_and(|note| note.started)
+        });
+        if result.is_ok() && !started {
             state.audit.record(event).await;
         } else {
             state.audit.submit(event);
@@ -229,6 +248,12 @@ fn audit_event(
             AuditEvent::now(&actor, action, path, outcome).with_detail(error.to_string())
         }
     }
+}
+
+/// The audit record saying that `incoming`'s action, by `caller`, started.
+fn started(caller: &Caller, incoming: &Incoming<'_>) -> AuditEvent {
+    let action = incoming.route.action(incoming.op);
+    AuditEvent::now(caller.subject(), action, incoming.path, Outcome::Started)
 }
 
 /// A request as read off the wire.
@@ -296,16 +321,19 @@ async fn dispatch(
             .into_response(),
         (Route::Kv { mount, path }, Op::Read) => kv::read(state, mount, &path)?.into_response(),
         (Route::Creds { mount, role }, Op::Read | Op::Write) => {
-            creds::issue(state, admitted, mount, role)
+            creds::issue(state, admitted, mount, role, started(caller, incoming))
                 .await?
                 .into_response()
         }
         (Route::Renew(id), Op::Write) => leases::renew(state, caller, id, json(body)?)
             .await?
             .into_response(),
-        (Route::Revoke(id), Op::Write) => leases::revoke(state, caller, id, json(body)?)
-            .await?
-            .into_response(),
+        (Route::Revoke(id), Op::Write) => {
+            let started = started(caller, incoming);
+            leases::revoke(state, caller, id, json(body)?, started)
+                .await?
+                .into_response()
+        }
         (Route::RevokePrefix(prefix), Op::Write) => {
             leases::revoke_prefix(state, &prefix).await?.into_response()
         }

@@ -461,7 +461,7 @@ impl Requests {
     /// Revokes a request's lease now; when that fails, makes sure it is queued (durably
     /// marked revoking) so the reaper retries it, and says so.
     async fn revoke(&self, lease_id: &str) -> Result<(), String> {
-        match self.broker.revoke(lease_id).await {
+        match self.broker.revoke(lease_id, None).await {
             Ok(()) => Ok(()),
             // Already gone (expired and reaped): nothing left to revoke.
             Err(ServerError::BadRequest(_)) => Ok(()),

@@ -149,6 +149,12 @@ impl Env {
         }
     }
 
+    /// Revokes `lease_id` now (`sys/leases/revoke`): the status and body.
+    pub async fn revoke(&self, lease_id: &str) -> (u16, Value) {
+        let body = serde_json::json!({ "lease_id": lease_id });
+        self.call("PUT", "sys/leases/revoke", Some(body)).await
+    }
+
     pub async fn login(
         &self,
         creds: &Creds,
