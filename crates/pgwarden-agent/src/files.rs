@@ -216,6 +216,7 @@ pub fn load_state(file: &Path, path: &str) -> Option<Credential> {
         host: state.host,
         port: state.port,
         database: state.database,
+        hosts: Vec::new(),
     })
 }
 
@@ -232,6 +233,7 @@ mod tests {
             host: "db.internal".into(),
             port: 5433,
             database: "app db".into(),
+            hosts: Vec::new(),
         }
     }
 

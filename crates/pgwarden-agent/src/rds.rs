@@ -67,6 +67,7 @@ impl Refresher for RdsKept {
                 host: c.hostname.clone(),
                 port: c.port,
                 database: c.database.clone().unwrap_or_default(),
+                hosts: Vec::new(),
             },
             expires_at: signed_at + lifetime,
             next_at: signed_at + c.refresh,

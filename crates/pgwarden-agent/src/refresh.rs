@@ -141,6 +141,7 @@ mod tests {
                     host: "db".into(),
                     port: 5432,
                     database: "appdb".into(),
+                    hosts: Vec::new(),
                 },
                 expires_at: now + Duration::from_secs(60),
                 next_at: now + Duration::from_secs(10),

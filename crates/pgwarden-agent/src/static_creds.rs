@@ -60,6 +60,7 @@ impl Refresher for StaticKept {
                 host: current.host,
                 port: current.port,
                 database: current.database,
+                hosts: Vec::new(),
             },
             // The password works until it is rotated, and the agent reads the new one within
             // seconds: count it valid while reads keep succeeding.

@@ -49,6 +49,9 @@ pub struct Credential {
     pub port: u16,
     /// Database name.
     pub database: String,
+    /// Every `host:port` when the connection names several (primary and replicas); empty
+    /// for one host.
+    pub hosts: Vec<String>,
 }
 
 impl From<SecretResponse<DbCredential>> for Credential {
@@ -61,6 +64,7 @@ impl From<SecretResponse<DbCredential>> for Credential {
             host: answer.data.host,
             port: answer.data.port,
             database: answer.data.database,
+            hosts: answer.data.hosts,
         }
     }
 }
@@ -126,6 +130,11 @@ impl Client {
     /// The address of pgwarden.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// Uses `token` from now on (a fresher login of the same identity).
+    pub async fn set_token(&self, token: SecretString) {
+        *self.token.write().await = Some(token);
     }
 
     async fn send(

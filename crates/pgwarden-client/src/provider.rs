@@ -16,6 +16,9 @@ use tokio::time::Instant;
 pub struct ProviderOptions {
     /// How long a replaced lease lives on before it is revoked.
     pub grace: Duration,
+    /// Whether the provider revokes a replaced lease after `grace`; off for a user that
+    /// revokes it itself once its last connection has closed.
+    pub revoke_replaced: bool,
     /// Longest wait between retries while pgwarden is unreachable.
     pub max_backoff: Duration,
 }
@@ -24,6 +27,7 @@ impl Default for ProviderOptions {
     fn default() -> Self {
         ProviderOptions {
             grace: Duration::from_secs(30),
+            revoke_replaced: true,
             max_backoff: Duration::from_secs(30),
         }
     }
@@ -104,6 +108,9 @@ impl Shared {
         let fresh = self.client.credential(&self.path).await?;
         tracing::info!(path = %self.path, lease_id = %fresh.lease_id, replaced = %old.credential.lease_id, "new credential");
         let current = self.publish(fresh, old.generation + 1);
+        if !self.options.revoke_replaced {
+            return Ok(current);
+        }
         let (client, grace, lease_id) = (
             self.client.clone(),
             self.options.grace,

@@ -75,6 +75,24 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Run the PostgreSQL wire-protocol proxy: identity in, fresh credentials out.
+    ///
+    /// Clients connect with any PostgreSQL driver. In `identity` mode the startup packet's user
+    /// names the pgwarden role (`appdb-readonly` or `<mount>/<role>`) and the password is a
+    /// service-account token, an OIDC token or a pgwarden token (only over TLS, or on loopback
+    /// or the Unix socket); in `sidecar` mode local clients need no password and the proxy acts
+    /// as the pod. The proxy connects with a credential pgwarden issues for that identity,
+    /// pools connections by session or by transaction, and replaces the credential before it
+    /// expires without dropping sessions. SIGTERM drains: open transactions finish (up to
+    /// drain_timeout), then every lease is revoked.
+    Proxy {
+        /// The proxy's YAML configuration.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Validate the configuration and exit.
+        #[arg(long)]
+        check: bool,
+    },
     /// Check what each configured connection's administrator lacks.
     ///
     /// Connects to every connection of the configuration file as its administrator and prints
@@ -239,6 +257,22 @@ async fn agent(config: PathBuf, once: bool, check: bool) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+async fn proxy(config: PathBuf, check: bool) -> Result<(), String> {
+    let loaded = pgwarden_proxy::ProxyConfig::load(&config).map_err(|e| e.to_string())?;
+    if check {
+        println!("{}: valid", config.display());
+        return Ok(());
+    }
+    let running = pgwarden_proxy::start(loaded).await?;
+    if let Some(addr) = running.addr {
+        tracing::info!(%addr, metrics = %running.metrics_addr, "proxy listening");
+    }
+    stop_signal().await;
+    tracing::info!("draining");
+    running.shutdown().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -278,6 +312,7 @@ async fn main() -> ExitCode {
             once,
             check,
         } => agent(config, once, check).await,
+        Command::Proxy { config, check } => proxy(config, check).await,
         Command::Login(args) => cli::login::run(args).await,
         Command::Creds(args) => cli::creds::run(args).await,
         Command::Lease(args) => cli::lease::run(args).await,

@@ -274,6 +274,7 @@ mod tests {
             host: "db.example".into(),
             port: 5432,
             database: "app db".into(),
+            hosts: Vec::new(),
         };
         assert_eq!(
             uri(&credential),

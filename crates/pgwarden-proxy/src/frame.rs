@@ -1,0 +1,128 @@
+//! Message boundaries in a byte stream, without decoding the messages: after the startup
+//! phase every PostgreSQL message is a type byte, a big-endian length (counting itself) and a
+//! body. Relaying needs only the types (and a `ReadyForQuery`'s status), so traffic is passed
+//! on in the chunks it arrived in while a [`Walker`] follows the boundaries.
+
+/// What a [`Walker`] saw in a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A message of this type began.
+    Message(u8),
+    /// A `ReadyForQuery` ended with this transaction status (`I`, `T` or `E`).
+    Ready(u8),
+}
+
+/// Why a stream is not PostgreSQL messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid message length {0}")]
+pub struct BadLength(pub i32);
+
+/// Follows message boundaries across chunks.
+#[derive(Debug, Default)]
+pub struct Walker {
+    /// Bytes of the current header read so far (type and length: 5 bytes).
+    header: [u8; 5],
+    have: usize,
+    /// Body bytes of the current message still to come.
+    left: usize,
+    /// The current message is a `ReadyForQuery` whose status byte is still to come.
+    want_status: bool,
+}
+
+impl Walker {
+    /// True between messages (no header or body partly read).
+    pub fn at_boundary(&self) -> bool {
+        self.have == 0 && self.left == 0
+    }
+
+    /// Walks `chunk`, calling `seen` for each message start and `ReadyForQuery` status.
+    pub fn walk(&mut self, mut chunk: &[u8], mut seen: impl FnMut(Seen)) -> Result<(), BadLength> {
+        while !chunk.is_empty() {
+            if self.left > 0 {
+                if self.want_status {
+                    seen(Seen::Ready(chunk[0]));
+                    self.want_status = false;
+                }
+                let step = self.left.min(chunk.len());
+                self.left -= step;
+                chunk = &chunk[step..];
+                continue;
+            }
+            let step = (5 - self.have).min(chunk.len());
+            self.header[self.have..self.have + step].copy_from_slice(&chunk[..step]);
+            self.have += step;
+            chunk = &chunk[step..];
+            if self.have < 5 {
+                break;
+            }
+            self.have = 0;
+            let tag = self.header[0];
+            let length = i32::from_be_bytes([
+                self.header[1],
+                self.header[2],
+                self.header[3],
+                self.header[4],
+            ]);
+            if length < 4 {
+                return Err(BadLength(length));
+            }
+            seen(Seen::Message(tag));
+            // Lossless: `length` is at least 4 and below 2^31.
+            self.left = length as usize - 4;
+            self.want_status = tag == b'Z' && self.left > 0;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn boundaries_survive_any_split() {
+        let mut stream = message(b'D', &[1; 300]);
+        stream.extend(message(b'C', b"SELECT 1\0"));
+        stream.extend(message(b'Z', b"I"));
+        stream.extend(message(b'Z', b"T"));
+        for split in 0..stream.len() {
+            let mut walker = Walker::default();
+            let mut seen = Vec::new();
+            walker.walk(&stream[..split], |s| seen.push(s)).unwrap();
+            walker.walk(&stream[split..], |s| seen.push(s)).unwrap();
+            assert_eq!(
+                seen,
+                vec![
+                    Seen::Message(b'D'),
+                    Seen::Message(b'C'),
+                    Seen::Message(b'Z'),
+                    Seen::Ready(b'I'),
+                    Seen::Message(b'Z'),
+                    Seen::Ready(b'T'),
+                ],
+                "split at {split}"
+            );
+            assert!(walker.at_boundary());
+        }
+        let mut walker = Walker::default();
+        walker.walk(&stream[..7], |_| {}).unwrap();
+        assert!(!walker.at_boundary());
+    }
+
+    #[test]
+    fn a_length_below_four_is_refused() {
+        let mut walker = Walker::default();
+        assert_eq!(walker.walk(&[b'Q', 0, 0, 0, 3], |_| {}), Err(BadLength(3)));
+        assert_eq!(
+            walker.walk(&[b'Q', 0xff, 0xff, 0xff, 0xff], |_| {}),
+            Err(BadLength(-1))
+        );
+    }
+}

@@ -1,0 +1,385 @@
+//! Server connections: TCP (TLS as `sslmode` says), the startup packet and SCRAM
+//! authentication with a pgwarden credential, written with postgres-protocol's messages, and
+//! the choice among several hosts by `target_session_attrs`.
+
+use crate::client::Stream;
+use crate::config::{SslMode, TargetSessionAttrs, Upstream};
+use bytes::BytesMut;
+use pgwarden_client::Credential;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::backend::{ErrorFields, Message};
+use postgres_protocol::message::frontend;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use secrecy::ExposeSecret;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Longest a server connection may take to be made and authenticated.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An authenticated server connection, ready for queries.
+pub struct Server {
+    /// The connection.
+    pub stream: Stream,
+    /// The parameters the server reported (`server_version`, `TimeZone`, …).
+    pub parameters: Vec<(String, String)>,
+    /// Where it is, for cancel requests.
+    pub address: String,
+    /// The server's cancel key.
+    pub key: (i32, i32),
+}
+
+/// Why no server connection could be made.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    /// The server refused the credential's password (`28P01`).
+    #[error("the database refused the credential: {0}")]
+    PasswordRefused(String),
+    /// Anything else.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Makes server connections as [`Upstream`] says.
+pub struct Connector {
+    tls: Option<TlsConnector>,
+    attrs: TargetSessionAttrs,
+}
+
+impl Connector {
+    /// A connector for `upstream`; a bad `root_cert` is an error.
+    pub fn new(upstream: &Upstream) -> Result<Connector, String> {
+        let tls = match upstream.sslmode {
+            SslMode::Disable | SslMode::Prefer => None,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                Some(tls_connector(upstream.root_cert.as_deref())?)
+            }
+        };
+        Ok(Connector {
+            tls,
+            attrs: upstream.target_session_attrs,
+        })
+    }
+
+    /// Connects as `credential` to `database` on the credential's hosts, the first that fits
+    /// `target_session_attrs` (with `prefer-standby`, any host if no standby answers).
+    pub async fn connect(
+        &self,
+        credential: &Credential,
+        database: &str,
+    ) -> Result<Server, ConnectError> {
+        let hosts = hosts(credential);
+        let database = if database.is_empty() {
+            credential.database.as_str()
+        } else {
+            database
+        };
+        let mut failures = Vec::new();
+        let mut fallback = None;
+        for address in &hosts {
+            let attempt =
+                tokio::time::timeout(CONNECT_TIMEOUT, self.open(address, credential, database));
+            let mut server = match attempt.await {
+                Ok(Ok(server)) => server,
+                Ok(Err(ConnectError::PasswordRefused(m))) => {
+                    return Err(ConnectError::PasswordRefused(m));
+                }
+                Ok(Err(ConnectError::Failed(m))) => {
+                    failures.push(format!("{address}: {m}"));
+                    continue;
+                }
+                Err(_) => {
+                    failures.push(format!("{address}: no answer within {CONNECT_TIMEOUT:?}"));
+                    continue;
+                }
+            };
+            if self.attrs == TargetSessionAttrs::Any {
+                return Ok(server);
+            }
+            let standby = match in_recovery(&mut server).await {
+                Ok(standby) => standby,
+                Err(m) => {
+                    failures.push(format!("{address}: {m}"));
+                    continue;
+                }
+            };
+            match (self.attrs, standby) {
+                (TargetSessionAttrs::ReadWrite, false)
+                | (TargetSessionAttrs::ReadOnly | TargetSessionAttrs::PreferStandby, true) => {
+                    return Ok(server);
+                }
+                (TargetSessionAttrs::PreferStandby, false) => {
+                    fallback.get_or_insert(server);
+                }
+                _ => failures.push(format!(
+                    "{address}: {}",
+                    if standby {
+                        "is a standby"
+                    } else {
+                        "is not a standby"
+                    }
+                )),
+            }
+        }
+        if let Some(server) = fallback {
+            return Ok(server);
+        }
+        Err(ConnectError::Failed(format!(
+            "no server fits (target_session_attrs {:?}): {}",
+            self.attrs,
+            failures.join("; ")
+        )))
+    }
+
+    /// One connection to `address`, authenticated.
+    async fn open(
+        &self,
+        address: &str,
+        credential: &Credential,
+        database: &str,
+    ) -> Result<Server, ConnectError> {
+        let failed = |e: std::io::Error| ConnectError::Failed(e.to_string());
+        let tcp = TcpStream::connect(address).await.map_err(failed)?;
+        tcp.set_nodelay(true).map_err(failed)?;
+        let mut stream: Stream = match &self.tls {
+            None => Box::new(tcp),
+            Some(connector) => Box::new(start_tls(connector, tcp, &credential.host).await?),
+        };
+        let mut out = BytesMut::new();
+        let parameters = [
+            ("user", credential.username.as_str()),
+            ("database", database),
+            ("application_name", "pgwarden-proxy"),
+        ];
+        frontend::startup_message(parameters, &mut out).map_err(failed)?;
+        stream.write_all(&out).await.map_err(failed)?;
+        let mut reader = Reader::default();
+        let password = credential.password.expose_secret().as_bytes();
+        let mut scram = None;
+        let mut server = Server {
+            stream: Box::new(tokio::io::empty()),
+            parameters: Vec::new(),
+            address: address.to_string(),
+            key: (0, 0),
+        };
+        loop {
+            out.clear();
+            match reader.next(&mut stream).await? {
+                Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut offered = false;
+                    while let Ok(Some(mechanism)) =
+                        fallible_iterator::FallibleIterator::next(&mut mechanisms)
+                    {
+                        offered |= mechanism == SCRAM_SHA_256;
+                    }
+                    if !offered {
+                        return Err(ConnectError::Failed(
+                            "the server offers no SCRAM-SHA-256".into(),
+                        ));
+                    }
+                    let client = ScramSha256::new(password, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut out)
+                        .map_err(failed)?;
+                    scram = Some(client);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let client = scram.as_mut().ok_or_else(|| unexpected("SASL continue"))?;
+                    client.update(body.data()).map_err(failed)?;
+                    frontend::sasl_response(client.message(), &mut out).map_err(failed)?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let client = scram.as_mut().ok_or_else(|| unexpected("SASL final"))?;
+                    client.finish(body.data()).map_err(failed)?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        credential.username.as_bytes(),
+                        password,
+                        body.salt(),
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut out).map_err(failed)?;
+                }
+                Message::AuthenticationCleartextPassword => {
+                    if self.tls.is_none() {
+                        return Err(ConnectError::Failed(
+                            "the server asks for the password in clear text over an unencrypted connection; use sslmode require or better".into(),
+                        ));
+                    }
+                    frontend::password_message(password, &mut out).map_err(failed)?;
+                }
+                Message::AuthenticationOk => {}
+                Message::ParameterStatus(body) => {
+                    let name = body.name().map_err(failed)?.to_string();
+                    let value = body.value().map_err(failed)?.to_string();
+                    server.parameters.push((name, value));
+                }
+                Message::BackendKeyData(body) => {
+                    server.key = (body.process_id(), body.secret_key())
+                }
+                Message::NoticeResponse(_) => {}
+                Message::ReadyForQuery(_) => {
+                    server.stream = stream;
+                    return Ok(server);
+                }
+                Message::ErrorResponse(body) => {
+                    let (code, message) = error_fields(body.fields());
+                    return Err(if code == "28P01" {
+                        ConnectError::PasswordRefused(message)
+                    } else {
+                        ConnectError::Failed(format!("{code}: {message}"))
+                    });
+                }
+                _ => return Err(unexpected("message during authentication")),
+            }
+            if !out.is_empty() {
+                stream.write_all(&out).await.map_err(failed)?;
+            }
+        }
+    }
+}
+
+fn unexpected(what: &str) -> ConnectError {
+    ConnectError::Failed(format!("unexpected {what} from the server"))
+}
+
+/// Every `host:port` of the credential (several when it names primary and replicas).
+fn hosts(credential: &Credential) -> Vec<String> {
+    if credential.hosts.is_empty() {
+        vec![format!("{}:{}", credential.host, credential.port)]
+    } else {
+        credential.hosts.clone()
+    }
+}
+
+/// The SQLSTATE and message of an `ErrorResponse`.
+fn error_fields(mut fields: ErrorFields<'_>) -> (String, String) {
+    let (mut code, mut message) = (String::new(), String::new());
+    while let Ok(Some(field)) = fallible_iterator::FallibleIterator::next(&mut fields) {
+        let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
+        match field.type_() {
+            b'C' => code = value,
+            b'M' => message = value,
+            _ => {}
+        }
+    }
+    (code, message)
+}
+
+/// Whether the server is a standby (`pg_is_in_recovery()`), asked with a simple query.
+async fn in_recovery(server: &mut Server) -> Result<bool, String> {
+    let mut out = BytesMut::new();
+    frontend::query("SELECT pg_is_in_recovery()", &mut out).map_err(|e| e.to_string())?;
+    server
+        .stream
+        .write_all(&out)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut reader = Reader::default();
+    let mut standby = None;
+    loop {
+        match reader
+            .next(&mut server.stream)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Message::DataRow(row) => {
+                let buffer = row.buffer();
+                // One column: its length (4 bytes) then `t` or `f`.
+                standby = Some(buffer.get(6) == Some(&b't'));
+            }
+            Message::ErrorResponse(body) => {
+                let (code, message) = error_fields(body.fields());
+                return Err(format!("{code}: {message}"));
+            }
+            Message::ReadyForQuery(_) => {
+                return standby.ok_or_else(|| "no answer to pg_is_in_recovery()".into());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads whole backend messages.
+#[derive(Default)]
+struct Reader {
+    buf: BytesMut,
+}
+
+impl Reader {
+    async fn next(&mut self, stream: &mut Stream) -> Result<Message, ConnectError> {
+        loop {
+            match Message::parse(&mut self.buf) {
+                Ok(Some(message)) => return Ok(message),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(ConnectError::Failed(format!(
+                        "invalid message from the server: {e}"
+                    )));
+                }
+            }
+            let read = stream.read_buf(&mut self.buf).await;
+            match read {
+                Ok(0) => {
+                    return Err(ConnectError::Failed(
+                        "the server closed the connection".into(),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(ConnectError::Failed(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Asks for TLS (`SSLRequest`) and starts it, verifying the server as `host`.
+async fn start_tls(
+    connector: &TlsConnector,
+    mut tcp: TcpStream,
+    host: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    let failed = |e: std::io::Error| ConnectError::Failed(e.to_string());
+    let mut out = BytesMut::new();
+    frontend::ssl_request(&mut out);
+    tcp.write_all(&out).await.map_err(failed)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(failed)?;
+    if answer[0] != b'S' {
+        return Err(ConnectError::Failed(
+            "the server does not offer TLS (sslmode requires it)".into(),
+        ));
+    }
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| ConnectError::Failed(format!("host {host:?}: {e}")))?;
+    connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ConnectError::Failed(format!("TLS: {e}")))
+}
+
+/// A TLS connector trusting the PEM certificates in `root_cert`, or the system's roots; it
+/// always verifies the chain and the name (as pgwarden's own connections do).
+fn tls_connector(root_cert: Option<&std::path::Path>) -> Result<TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = match root_cert {
+        Some(path) => CertificateDer::pem_file_iter(path)
+            .and_then(|iter| iter.collect::<Result<_, _>>())
+            .map_err(|e| format!("upstream.root_cert {}: {e}", path.display()))?,
+        None => rustls_native_certs::load_native_certs().certs,
+    };
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err("no usable root certificate for upstream TLS; set upstream.root_cert".into());
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
