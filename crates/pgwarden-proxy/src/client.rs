@@ -3,7 +3,7 @@
 
 use crate::reply::{self, PgError};
 use bytes::{Buf, BytesMut};
-use pgwire::messages::startup::{PasswordMessageFamily, SecretKey};
+use pgwire::messages::startup::PasswordMessageFamily;
 use pgwire::messages::{
     DecodeContext, PgWireFrontendMessage as Frontend, SslNegotiationMetaMessage,
 };
@@ -142,9 +142,9 @@ pub async fn hello(
                 context.awaiting_frontend_ssl = false;
             }
             Frontend::CancelRequest(cancel) => {
-                let secret = match cancel.secret_key {
-                    SecretKey::I32(secret) => secret,
-                    SecretKey::Bytes(_) => 0,
+                // Keys the proxy hands out are 4 bytes; a longer one matches no session.
+                let Some(secret) = cancel.secret_key.as_i32() else {
+                    return Err((Some(stream), PgError::new("08P01", "unknown cancel key")));
                 };
                 return Ok(Hello::Cancel {
                     pid: cancel.pid,

@@ -15,7 +15,7 @@ pub struct ProxyConfig {
     /// TCP address clients connect to; `null` for the Unix socket only.
     #[serde(default = "default_listen")]
     pub listen: Option<SocketAddr>,
-    /// Directory of the Unix socket `.s.PGSQL.<port>` (the port of `listen`, else 5432).
+    /// Directory of the Unix socket `.s.PGSQL.<port>` (the port `listen` bound, else 5432).
     #[serde(default)]
     pub unix_socket_dir: Option<PathBuf>,
     /// How clients prove who they are.
@@ -268,11 +268,6 @@ impl ProxyConfig {
         }
         Ok(())
     }
-
-    /// The port in the Unix socket's name (`.s.PGSQL.<port>`).
-    pub fn socket_port(&self) -> u16 {
-        self.listen.map_or(5432, |addr| addr.port())
-    }
 }
 
 #[cfg(test)]
@@ -289,7 +284,6 @@ mod tests {
         assert_eq!(config.pool_size, 20);
         assert_eq!(config.listen, default_listen());
         assert_eq!(config.upstream.sslmode, SslMode::Prefer);
-        assert_eq!(config.socket_port(), 6432);
         for (text, error) in [
             (
                 "address: x\nauth: { identity: { logins: [] } }\n",

@@ -7,7 +7,6 @@ use pgwarden_client::{Auth, Client, ClientError};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A client whose token pgwarden accepted.
@@ -139,22 +138,12 @@ impl Identities {
             until: Instant::now() + lasts,
         })
     }
-
-    /// Forgets every remembered verdict (after pgwarden refused one of its tokens).
-    pub fn forget(&self, token: &SecretString) {
-        self.known
-            .lock()
-            .retain(|_, v| v.token.expose_secret() != token.expose_secret());
-    }
 }
 
 /// Three base64url parts separated by dots, the first one a JSON object (`eyJ`).
 fn looks_like_jwt(text: &str) -> bool {
     text.starts_with("eyJ") && text.split('.').count() == 3
 }
-
-/// Keeps `Arc`s of [`Identities`] cheap to name.
-pub type SharedIdentities = Arc<Identities>;
 
 #[cfg(test)]
 mod tests {

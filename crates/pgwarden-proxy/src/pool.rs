@@ -234,7 +234,7 @@ impl Pool {
 
     /// Revokes `lease_id` in the background.
     fn revoke_later(&self, lease_id: String) {
-        let client = self.client_handle();
+        let client = self.client.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             match client.revoke(&lease_id).await {
@@ -247,10 +247,6 @@ impl Pool {
                 }
             }
         });
-    }
-
-    fn client_handle(&self) -> Arc<Client> {
-        self.client.clone()
     }
 
     /// Closes idle connections unused for `idle_timeout`; true when the pool itself has been

@@ -84,9 +84,14 @@ pub async fn start(config: ProxyConfig) -> Result<Running, String> {
         ),
         None => None,
     };
+    // The socket is named after the TCP port bound (as PostgreSQL's are), 5432 without one.
+    let port = match &tcp {
+        Some(listener) => listener.local_addr().map_err(|e| e.to_string())?.port(),
+        None => 5432,
+    };
     let unix = match &config.unix_socket_dir {
         Some(dir) => {
-            let path = dir.join(format!(".s.PGSQL.{}", config.socket_port()));
+            let path = dir.join(format!(".s.PGSQL.{port}"));
             let _ = std::fs::remove_file(&path);
             Some(
                 UnixListener::bind(&path)
@@ -448,8 +453,8 @@ fn refused_credential(key: &PoolKey, error: ClientError) -> PgError {
 /// `database/creds/<role>` for a startup `user` of `<role>` or `<mount>/<role>`.
 fn role_path(user: &str, default_mount: &str) -> Result<String, PgError> {
     let valid = |part: &str| {
-        !part.is_empty()
-            && part.len() <= 128
+        part.len() <= 128
+            && part.starts_with(|c: char| c.is_ascii_alphanumeric())
             && part
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
@@ -465,7 +470,7 @@ fn role_path(user: &str, default_mount: &str) -> Result<String, PgError> {
         return Err(PgError::new(
             "28000",
             format!(
-                "user {user:?} must name a pgwarden role as <role> or <mount>/<role> (letters, digits, _ . -)"
+                "user {user:?} must name a pgwarden role as <role> or <mount>/<role> (a letter or digit, then letters, digits, _ . -)"
             ),
         ));
     }
@@ -526,7 +531,7 @@ mod tests {
             assert_eq!(
                 role_path(bad, "database").unwrap_err().message,
                 format!(
-                    "user {bad:?} must name a pgwarden role as <role> or <mount>/<role> (letters, digits, _ . -)"
+                    "user {bad:?} must name a pgwarden role as <role> or <mount>/<role> (a letter or digit, then letters, digits, _ . -)"
                 )
             );
         }

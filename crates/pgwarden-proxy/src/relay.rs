@@ -108,7 +108,7 @@ impl Session {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
-                    if let Err(error) = self.from_client(&from_client[..n], &mut progress, &mut held).await {
+                    if let Err(error) = self.pass_client_chunk(&from_client[..n], &mut progress, &mut held).await {
                         let mut out = BytesMut::new();
                         reply::fatal(&mut out, &error);
                         let _ = self.client.write_all(&out).await;
@@ -159,7 +159,7 @@ impl Session {
     }
 
     /// Passes a client chunk on, taking a server connection first if none is held.
-    async fn from_client(
+    async fn pass_client_chunk(
         &mut self,
         chunk: &[u8],
         progress: &mut Progress,

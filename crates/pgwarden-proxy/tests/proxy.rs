@@ -1,0 +1,541 @@
+//! `pgwarden proxy` end to end: a real broker, a real PostgreSQL (scram-sha-256, an ordinary
+//! CREATEROLE administrator), service-account tokens from the test issuer, and real clients
+//! (tokio-postgres, psql, psycopg) through the proxy in both pooling modes.
+
+use pgwarden_proxy::{ProxyConfig, Running};
+use pgwarden_testkit::PgCluster;
+use pgwarden_testkit::broker::TestBroker;
+use pgwarden_testkit::issuer::{TestIssuer, TestKey};
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::Type;
+
+const AUD: &str = "pgwarden";
+
+/// Readonly leases of 1 h, and `short` ones of 3 s renewable to 6 s (replaced about every
+/// 4 s).
+const ROLES: &str =
+    "      appdb-readonly: { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 24h }
+      short: { db_name: appdb, preset: readonly, default_ttl: 3s, max_ttl: 6s }";
+
+const POLICY: &str = r#"
+grants:
+  - subjects: ["system:serviceaccount:team-a:*"]
+    roles: ["database/appdb-readonly", "database/short"]
+"#;
+
+/// A broker with Kubernetes logins for namespaces team-a and team-b, and a proxy before it.
+struct World {
+    cluster: PgCluster,
+    issuer: TestIssuer,
+    _broker: TestBroker,
+    proxy: Option<Running>,
+    socket_dir: tempfile::TempDir,
+    _policy_dir: tempfile::TempDir,
+}
+
+async fn world(mode: &str, extra: &str) -> World {
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let issuer = TestIssuer::start(&[TestKey::Rsa1]).await;
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let auth = format!(
+        r#"
+policy_file: "{policy}"
+auth:
+  kubernetes:
+    type: kubernetes
+    issuer: "{iss}"
+    keys: {{ jwks_url: "{jwks}" }}
+    audiences: [{AUD}]
+    roles:
+      team-a: {{ bound_service_account_names: ["*"], bound_service_account_namespaces: [team-a] }}
+      team-b: {{ bound_service_account_names: ["*"], bound_service_account_namespaces: [team-b] }}
+"#,
+        policy = policy.display(),
+        iss = issuer.issuer(),
+        jwks = issuer.jwks_url(),
+    );
+    let broker = TestBroker::start(&cluster, ROLES, &auth).await;
+    let socket_dir = tempfile::tempdir().unwrap();
+    let config = ProxyConfig::parse(&format!(
+        r#"
+address: "{base}"
+listen: 127.0.0.1:0
+unix_socket_dir: "{dir}"
+metrics_listen: 127.0.0.1:0
+pool_mode: {mode}
+pool_size: 3
+client_login_timeout: 2s
+query_wait_timeout: 5s
+drain_timeout: 5s
+auth:
+  identity:
+    logins: [{{mount: kubernetes, role: team-a}}, {{mount: kubernetes, role: team-b}}]
+{extra}
+"#,
+        base = broker.base,
+        dir = socket_dir.path().display(),
+    ))
+    .unwrap();
+    let proxy = pgwarden_proxy::start(config).await.unwrap();
+    World {
+        cluster,
+        issuer,
+        _broker: broker,
+        proxy: Some(proxy),
+        socket_dir,
+        _policy_dir: policy_dir,
+    }
+}
+
+impl World {
+    fn port(&self) -> u16 {
+        self.proxy.as_ref().unwrap().addr.unwrap().port()
+    }
+
+    fn token(&self, namespace: &str) -> String {
+        self.issuer
+            .service_account_token(TestKey::Rsa1, AUD, namespace, "app")
+    }
+
+    fn config(&self, role: &str, password: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port())
+            .user(role)
+            .password(password)
+            .dbname("appdb")
+            .connect_timeout(Duration::from_secs(10));
+        config
+    }
+
+    async fn connect(
+        &self,
+        role: &str,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = self.config(role, password).connect(NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    async fn metrics(&self) -> String {
+        let addr = self.proxy.as_ref().unwrap().metrics_addr;
+        tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+            .await
+            .unwrap()
+    }
+}
+
+/// A plain HTTP/1.0 GET, enough for the proxy's own endpoints.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// Sends `bytes` to the proxy's port and reads what it answers until it closes.
+fn exchange(port: u16, bytes: &[u8]) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stream.write_all(bytes);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The value of metric line `name` (with labels), 0 when absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// The SQLSTATE and message of a refused connection.
+fn refusal(error: tokio_postgres::Error) -> (String, String) {
+    let db = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {error}"));
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+async fn session_user(client: &tokio_postgres::Client) -> String {
+    first_value(client, "SELECT session_user").await
+}
+
+/// The first column of the first row `sql` returns, by the simple protocol.
+async fn first_value(client: &tokio_postgres::Client, sql: &str) -> String {
+    let rows = client.simple_query(sql).await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap().to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no row from {sql}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_serves_tokio_postgres_with_a_service_account_token() {
+    let w = world("session", "").await;
+    let token = w.token("team-a");
+    let client = w.connect("appdb-readonly", &token).await.unwrap();
+    // Prepared statements and the extended protocol, in a session of its own.
+    let statement = client
+        .prepare("SELECT count(*) FROM items WHERE id > $1")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let n: i64 = client.query_one(&statement, &[&0i32]).await.unwrap().get(0);
+        assert_eq!(n, 3);
+    }
+    let user = session_user(&client).await;
+    assert!(user.starts_with("v-"), "a pgwarden user: {user}");
+    // Session state stays: a temporary table lives until the client leaves.
+    client
+        .batch_execute("SET application_name = 'mine'")
+        .await
+        .unwrap();
+    let name: String = client
+        .query_one("SHOW application_name", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "mine");
+    // The same identity shares the pool, so the same user.
+    let second = w.connect("appdb-readonly", &token).await.unwrap();
+    assert_eq!(session_user(&second).await, user);
+    drop((client, second));
+    // A connection given back was reset: the next client does not inherit the setting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = w.connect("appdb-readonly", &token).await.unwrap();
+    let name: String = third
+        .query_one("SHOW application_name", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "pgwarden-proxy");
+
+    // Cancel requests reach the query's server.
+    let cancel = third.cancel_token();
+    let started = Instant::now();
+    let sleeping = tokio::spawn(async move { third.simple_query("SELECT pg_sleep(20)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cancel.cancel_query(NoTls).await.unwrap();
+    let error = sleeping.await.unwrap().unwrap_err();
+    assert_eq!(error.as_db_error().unwrap().code().code(), "57014");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_shares_three_server_connections_among_twelve_clients() {
+    let w = world("transaction", "").await;
+    let token = w.token("team-a");
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..12 {
+        let client = w.connect("appdb-readonly", &token).await.unwrap();
+        tasks.spawn(async move {
+            let mut pids = BTreeSet::new();
+            for i in 0..30 {
+                // Transactions that span several statements keep their server connection.
+                let rows = client
+                    .simple_query(
+                        "BEGIN; SELECT pg_backend_pid(); SELECT count(*) FROM items; COMMIT",
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("client {n}, transaction {i}: {e}"));
+                let values: Vec<String> = rows
+                    .iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            Some(r.get(0).unwrap().to_string())
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(values[1], "3");
+                pids.insert(values[0].clone());
+                // The extended protocol with an unnamed statement.
+                let row = client
+                    .query_typed("SELECT $1::int + 1", &[(&41i32, Type::INT4)])
+                    .await
+                    .unwrap_or_else(|e| panic!("client {n}, typed query {i}: {e}"));
+                assert_eq!(row[0].get::<_, i32>(0), 42);
+            }
+            pids
+        });
+    }
+    let mut all = BTreeSet::new();
+    for pids in tasks.join_all().await {
+        all.extend(pids);
+    }
+    assert!(
+        all.len() <= 3,
+        "at most pool_size server connections: {all:?}"
+    );
+    let metrics = w.metrics().await;
+    assert!(
+        metric(&metrics, "pgwarden_proxy_server_connections_total") <= 3.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_clients_are_refused_cleanly_and_others_keep_being_served() {
+    let w = world("transaction", "").await;
+    let good = w
+        .connect("appdb-readonly", &w.token("team-a"))
+        .await
+        .unwrap();
+
+    // A token pgwarden refuses.
+    let forged = w
+        .issuer
+        .service_account_token(TestKey::Ec1, AUD, "team-a", "app");
+    let (code, message) = refusal(w.connect("appdb-readonly", &forged).await.unwrap_err());
+    assert_eq!(code, "28P01");
+    assert!(
+        message.starts_with("password authentication failed for user \"appdb-readonly\": pgwarden refused the token: auth/kubernetes: "),
+        "{message}"
+    );
+    // Not a token at all.
+    let (code, _) = refusal(w.connect("appdb-readonly", "hunter2").await.unwrap_err());
+    assert_eq!(code, "28P01");
+    // A token of another namespace: logs in, but policy gives it nothing.
+    let (code, message) = refusal(
+        w.connect("appdb-readonly", &w.token("team-b"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, "28000");
+    assert!(
+        message.starts_with(
+            "system:serviceaccount:team-b:app may not use database/creds/appdb-readonly: "
+        ),
+        "{message}"
+    );
+    // A user that is no role name.
+    let (code, message) = refusal(
+        w.connect("../../sys", &w.token("team-a"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        (
+            "28000",
+            "user \"../../sys\" must name a pgwarden role as <role> or <mount>/<role> (a letter or digit, then letters, digits, _ . -)"
+        )
+    );
+
+    let port = w.port();
+    // An oversized startup packet: PostgreSQL's own words.
+    let mut oversized = 20_000i32.to_be_bytes().to_vec();
+    oversized.extend(196_608i32.to_be_bytes());
+    oversized.extend(vec![b'a'; 100]);
+    let answer = tokio::task::spawn_blocking(move || exchange(port, &oversized))
+        .await
+        .unwrap();
+    assert!(
+        answer.contains("C08P01") && answer.contains("invalid length of startup packet"),
+        "{answer:?}"
+    );
+    // Garbage.
+    let answer =
+        tokio::task::spawn_blocking(move || exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+            .await
+            .unwrap();
+    assert!(answer.contains("C08P01"), "{answer:?}");
+    // A client that connects and says nothing is closed after client_login_timeout (2 s).
+    let silent = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        started.elapsed()
+    });
+    let waited = silent.await.unwrap();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+
+    // Through all of it the good client was served.
+    assert_eq!(first_value(&good, "SELECT 1").await, "1");
+    let metrics = w.metrics().await;
+    for (reason, at_least) in [
+        ("invalid_token", 2.0),
+        ("not_allowed", 1.0),
+        ("bad_startup", 3.0),
+        ("login_timeout", 1.0),
+    ] {
+        let count = metric(
+            &metrics,
+            &format!("pgwarden_proxy_refusals_total{{reason=\"{reason}\"}}"),
+        );
+        assert!(count >= at_least, "{reason}: {count}\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_replaced_under_load_without_a_failed_query() {
+    let w = world("transaction", "").await;
+    let token = w.token("team-a");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let client = w.connect("short", &token).await.unwrap();
+        tasks.spawn(async move {
+            let mut users = BTreeSet::new();
+            let mut queries = 0;
+            while Instant::now() < deadline {
+                users.insert(session_user(&client).await);
+                queries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (users, queries)
+        });
+    }
+    let mut users = BTreeSet::new();
+    for (seen, queries) in tasks.join_all().await {
+        assert!(queries > 100, "{queries}");
+        users.extend(seen);
+    }
+    assert!(users.len() >= 3, "several credentials in turn: {users:?}");
+    let metrics = w.metrics().await;
+    assert!(
+        metric(&metrics, "pgwarden_proxy_rotations_total") >= 2.0,
+        "{metrics}"
+    );
+    // Each replaced user was revoked once its last connection closed (not left to expire).
+    assert!(
+        metric(&metrics, "pgwarden_proxy_leases_revoked_total") >= 1.0,
+        "{metrics}"
+    );
+    let mut gone = 0;
+    for user in &users {
+        if !w.cluster.role_exists(user).await.unwrap() {
+            gone += 1;
+        }
+    }
+    assert!(
+        gone >= users.len() - 2,
+        "replaced users dropped: {gone} of {users:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_transactions_then_revokes_every_lease() {
+    let mut w = world("session", "").await;
+    let token = w.token("team-a");
+    let idle = w.connect("appdb-readonly", &token).await.unwrap();
+    let busy = w.connect("appdb-readonly", &token).await.unwrap();
+    let user = session_user(&busy).await;
+    busy.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let proxy = w.proxy.take().unwrap();
+    let metrics_addr = proxy.metrics_addr;
+    let port = proxy.addr.unwrap().port();
+    let shutdown = tokio::spawn(proxy.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not ready any more, and no new clients.
+    let ready = tokio::task::spawn_blocking(move || http_get(metrics_addr, "/readyz"))
+        .await
+        .unwrap();
+    assert!(
+        ready.starts_with("HTTP/1.0 503") || ready.starts_with("HTTP/1.1 503"),
+        "{ready}"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    // The idle session was closed with PostgreSQL's shutdown error.
+    let error = idle.simple_query("SELECT 1").await.unwrap_err();
+    assert!(
+        error.is_closed()
+            || error
+                .as_db_error()
+                .is_some_and(|e| e.code().code() == "57P01"),
+        "{error}"
+    );
+    // The open transaction finishes.
+    busy.batch_execute("SELECT count(*) FROM items; COMMIT")
+        .await
+        .unwrap();
+    shutdown.await.unwrap();
+    assert!(busy.simple_query("SELECT 1").await.is_err());
+    assert!(
+        !w.cluster.role_exists(&user).await.unwrap(),
+        "the lease was revoked at exit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_and_psycopg_work_over_tcp_and_the_unix_socket() {
+    let w = world("transaction", "").await;
+    let token = w.token("team-a");
+    let psql = w.cluster.bin_dir().join("psql");
+    for host in [
+        "127.0.0.1".to_string(),
+        w.socket_dir.path().display().to_string(),
+    ] {
+        let out = std::process::Command::new(&psql)
+            .args(["-X", "-A", "-t", "-c", "SELECT count(*) FROM items"])
+            .env("PGHOST", &host)
+            .env("PGPORT", w.port().to_string())
+            .env("PGUSER", "appdb-readonly")
+            .env("PGDATABASE", "appdb")
+            .env("PGPASSWORD", &token)
+            .env("PGSSLMODE", "disable")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql via {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+    }
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    if !python.exists() && std::env::var_os("PGWARDEN_REQUIRE_PSYCOPG").is_none() {
+        eprintln!("skipping psycopg: no .venv (scripts/test creates it)");
+        return;
+    }
+    let script = format!(
+        r#"
+import psycopg
+with psycopg.connect(host="127.0.0.1", port={port}, user="appdb-readonly", dbname="appdb", password={token:?}, sslmode="disable") as conn:
+    for i in range(10):
+        # Server-side binding through the extended protocol, unnamed statements.
+        n = conn.execute("SELECT count(*) FROM items WHERE id > %s", (0,), prepare=False).fetchone()[0]
+        assert n == 3, n
+    with conn.transaction():
+        conn.execute("SELECT 1")
+print("ok")
+"#,
+        port = w.port(),
+    );
+    let out = std::process::Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psycopg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
