@@ -1,15 +1,17 @@
 //! Message boundaries in a byte stream, without decoding the messages: after the startup
 //! phase every PostgreSQL message is a type byte, a big-endian length (counting itself) and a
-//! body. Relaying needs only the types (and a `ReadyForQuery`'s status), so traffic is passed
-//! on in the chunks it arrived in while a [`Walker`] follows the boundaries.
+//! body. Relaying needs only the types and first body bytes (a `ReadyForQuery`'s status, a
+//! `Parse`'s statement name being empty), so traffic is passed on in the chunks it arrived in
+//! while a [`Walker`] follows the boundaries.
 
 /// What a [`Walker`] saw in a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
     /// A message of this type began.
     Message(u8),
-    /// A `ReadyForQuery` ended with this transaction status (`I`, `T` or `E`).
-    Ready(u8),
+    /// The first body byte of a message of this type (for `ReadyForQuery`, the transaction
+    /// status `I`, `T` or `E`; for `Parse`, 0 when the statement is unnamed).
+    FirstByte(u8, u8),
 }
 
 /// Why a stream is not PostgreSQL messages.
@@ -25,8 +27,8 @@ pub struct Walker {
     have: usize,
     /// Body bytes of the current message still to come.
     left: usize,
-    /// The current message is a `ReadyForQuery` whose status byte is still to come.
-    want_status: bool,
+    /// The current message's type, while its first body byte is still to come.
+    want_first: Option<u8>,
 }
 
 impl Walker {
@@ -35,13 +37,12 @@ impl Walker {
         self.have == 0 && self.left == 0
     }
 
-    /// Walks `chunk`, calling `seen` for each message start and `ReadyForQuery` status.
+    /// Walks `chunk`, calling `seen` for each message start and first body byte.
     pub fn walk(&mut self, mut chunk: &[u8], mut seen: impl FnMut(Seen)) -> Result<(), BadLength> {
         while !chunk.is_empty() {
             if self.left > 0 {
-                if self.want_status {
-                    seen(Seen::Ready(chunk[0]));
-                    self.want_status = false;
+                if let Some(tag) = self.want_first.take() {
+                    seen(Seen::FirstByte(tag, chunk[0]));
                 }
                 let step = self.left.min(chunk.len());
                 self.left -= step;
@@ -69,7 +70,7 @@ impl Walker {
             seen(Seen::Message(tag));
             // Lossless: `length` is at least 4 and below 2^31.
             self.left = length as usize - 4;
-            self.want_status = tag == b'Z' && self.left > 0;
+            self.want_first = (self.left > 0).then_some(tag);
         }
         Ok(())
     }
@@ -101,11 +102,13 @@ mod tests {
                 seen,
                 vec![
                     Seen::Message(b'D'),
+                    Seen::FirstByte(b'D', 1),
                     Seen::Message(b'C'),
+                    Seen::FirstByte(b'C', b'S'),
                     Seen::Message(b'Z'),
-                    Seen::Ready(b'I'),
+                    Seen::FirstByte(b'Z', b'I'),
                     Seen::Message(b'Z'),
-                    Seen::Ready(b'T'),
+                    Seen::FirstByte(b'Z', b'T'),
                 ],
                 "split at {split}"
             );

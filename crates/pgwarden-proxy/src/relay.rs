@@ -131,7 +131,7 @@ impl Session {
                     };
                     let chunk = &from_server[..n];
                     let walked = progress.server.walk(chunk, |seen| {
-                        if let Seen::Ready(status) = seen {
+                        if let Seen::FirstByte(b'Z', status) = seen {
                             progress.pending = progress.pending.saturating_sub(1);
                             progress.status = status;
                         }
@@ -166,6 +166,7 @@ impl Session {
         held: &mut Option<Checkout>,
     ) -> Result<(), PgError> {
         let mut terminated = false;
+        let mut named_statement = false;
         progress
             .client
             .walk(chunk, |seen| match seen {
@@ -174,10 +175,21 @@ impl Session {
                     progress.unsynced = false;
                 }
                 Seen::Message(b'X') => terminated = true,
+                // COPY data belongs to the query that started it.
+                Seen::Message(b'd' | b'c' | b'f') => {}
                 Seen::Message(_) => progress.unsynced = true,
-                Seen::Ready(_) => {}
+                Seen::FirstByte(b'P', name) => named_statement |= name != 0,
+                Seen::FirstByte(..) => {}
             })
             .map_err(|e| PgError::new("08P01", format!("invalid message from the client: {e}")))?;
+        if named_statement && self.mode == PoolMode::Transaction {
+            // Its next transaction may run on a server where another client's statement has
+            // the same name: refused before anything of this chunk reaches a server.
+            return Err(PgError::new(
+                "0A000",
+                "named prepared statements are not supported with pool_mode transaction: use                  unnamed ones (e.g. psycopg prepare_threshold=None, JDBC prepareThreshold=0,                  tokio-postgres query_typed) or pool_mode session",
+            ));
+        }
         // `Terminate` is the client's last message: it is not passed on (the server
         // connection outlives the client). Should it not end this chunk whole, the server
         // may have seen part of it: its connection is not reused.
@@ -263,8 +275,8 @@ async fn reset(checkout: &mut Checkout) -> bool {
             walker
                 .walk(&buf[..n], |seen| match seen {
                     Seen::Message(b'E') => failed = true,
-                    Seen::Ready(s) => status = Some(s),
-                    Seen::Message(_) => {}
+                    Seen::FirstByte(b'Z', s) => status = Some(s),
+                    _ => {}
                 })
                 .ok()?;
         }

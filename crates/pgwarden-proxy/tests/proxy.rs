@@ -539,3 +539,82 @@ print("ok")
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_are_served_and_a_sixty_second_pgbench_survives_rotations() {
+    let ca = pgwarden_testkit::tls::TestCa::localhost();
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = (files.path().join("tls.crt"), files.path().join("tls.key"));
+    std::fs::write(&cert, &ca.cert_pem).unwrap();
+    std::fs::write(&key, &ca.key_pem).unwrap();
+    let tls = format!(
+        "tls: {{ cert: \"{}\", key: \"{}\" }}",
+        cert.display(),
+        key.display()
+    );
+    let w = world("transaction", &tls).await;
+    let token = w.token("team-a");
+
+    // TLS, the proxy's certificate verified.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_postgres_rustls::MakeRustlsConnect::new(config);
+    let mut pg = w.config("appdb-readonly", &token);
+    pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let (client, connection) = pg.connect(connector).await.unwrap();
+    tokio::spawn(connection);
+    assert_eq!(
+        first_value(&client, "SELECT count(*) FROM items").await,
+        "3"
+    );
+
+    // pgbench for 60 s on leases of 3 s (max 6 s): the credential is replaced about every
+    // 4 s under it, and not one transaction fails.
+    let script = files.path().join("items.sql");
+    std::fs::write(&script, "SELECT count(*) FROM items;\n").unwrap();
+    let out = std::process::Command::new(w.cluster.bin_dir().join("pgbench"))
+        .env("PGPASSWORD", &token)
+        .env("PGSSLMODE", "disable")
+        .args(["-n", "-c", "4", "-j", "2", "-T", "60", "-h", "127.0.0.1"])
+        .args(["-p", &w.port().to_string(), "-U", "short", "-f"])
+        .arg(&script)
+        .arg("appdb")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench: {}{report}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let number = |prefix: &str| -> u64 {
+        report
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.split('/').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in {report}"))
+    };
+    assert!(
+        number("number of transactions actually processed: ") > 1000,
+        "{report}"
+    );
+    if report.contains("number of failed transactions") {
+        assert_eq!(number("number of failed transactions: "), 0, "{report}");
+    }
+    let metrics = w.metrics().await;
+    assert!(
+        metric(&metrics, "pgwarden_proxy_rotations_total") >= 10.0,
+        "{metrics}"
+    );
+}

@@ -1,0 +1,308 @@
+//! `cargo bench -p pgwarden-proxy --bench proxy`: pgbench's select-only (`-S`) and TPC-B-like
+//! scripts at 1, 8, 32 and 64 clients, on a PostgreSQL with default durability, straight to
+//! the database, through PgBouncer (Debian's package, same pool mode and size) and through
+//! `pgwarden proxy`, in session and in transaction pooling. Prints one table with each
+//! path's TPS, p50 and p99 latency, and its ratio to PgBouncer and to the direct connection.
+//!
+//! `PGWARDEN_BENCH_SECONDS` (default 10) sets each run's length, `PGWARDEN_BENCH_CLIENTS`
+//! (default `1,8,32,64`) the concurrencies, `PGWARDEN_BENCH_MODES` (default
+//! `session,transaction`) the pool modes.
+
+use pgwarden_proxy::ProxyConfig;
+use pgwarden_testkit::broker::{ROOT_TOKEN, TestBroker};
+use pgwarden_testkit::{APP_ADMIN, APP_ADMIN_PASSWORD, PgCluster};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+const ROLES: &str = "      bench: { db_name: appdb, preset: user, default_ttl: 1h, max_ttl: 24h }";
+
+/// Server connections per pool in transaction mode (session mode needs one per client).
+const TRANSACTION_POOL: usize = 20;
+
+/// One pgbench run's outcome.
+struct Run {
+    tps: f64,
+    p50: Duration,
+    p99: Duration,
+    failed: u64,
+}
+
+/// Where pgbench connects.
+struct Target {
+    name: &'static str,
+    port: u16,
+    user: String,
+    password: String,
+}
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn pgbench_bin(cluster: &PgCluster) -> PathBuf {
+    let bundled = cluster.bin_dir().join("pgbench");
+    if bundled.is_file() {
+        return bundled;
+    }
+    std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|dirs| {
+            dirs.flatten()
+                .map(|d| d.path().join("bin/pgbench"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| "pgbench".into())
+}
+
+/// Runs pgbench (`select_only`: `-S`) against `target` for `seconds`.
+fn pgbench(bin: &Path, target: &Target, select_only: bool, clients: usize, seconds: u64) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(bin);
+    command
+        .current_dir(dir.path())
+        .env("PGPASSWORD", &target.password)
+        .env("PGSSLMODE", "disable")
+        .args(["-n", "-M", "simple", "-l", "-h", "127.0.0.1"])
+        .args(["-p", &target.port.to_string(), "-U", &target.user])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .args(["-T", &seconds.to_string()]);
+    if select_only {
+        command.arg("-S");
+    }
+    let out = command.arg("appdb").output().expect("pgbench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench via {}: {}{stdout}",
+        target.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("pgbench_log")
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            let micros: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+            latencies.push(Duration::from_micros(micros));
+        }
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let number = |prefix: &str| -> Option<f64> {
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    Run {
+        tps: number("tps = ").unwrap_or_else(|| panic!("no tps in: {stdout}")),
+        p50: at(0.50),
+        p99: at(0.99),
+        failed: number("number of failed transactions: ").unwrap_or(0.0) as u64,
+    }
+}
+
+/// Starts PgBouncer in `mode` with `pool_size` server connections before `cluster`.
+fn pgbouncer(cluster: &PgCluster, dir: &Path, mode: &str, pool_size: usize, port: u16) -> Child {
+    let ini = dir.join(format!("pgbouncer-{mode}.ini"));
+    let users = dir.join("userlist.txt");
+    std::fs::write(
+        &users,
+        format!("\"{APP_ADMIN}\" \"{APP_ADMIN_PASSWORD}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\nappdb = host=127.0.0.1 port={pg} dbname=appdb\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = scram-sha-256\nauth_file = {users}\npool_mode = {mode}\n\
+             default_pool_size = {pool_size}\nmax_client_conn = 500\n",
+            pg = cluster.port(),
+            users = users.display(),
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new("pgbouncer");
+    if nix_is_root() {
+        // PgBouncer refuses to run as root.
+        command.args(["-u", "postgres"]);
+    }
+    let child = command
+        .arg(&ini)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pgbouncer runs (apt-get install pgbouncer)");
+    wait_for_port(port);
+    child
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+fn wait_for_port(port: u16) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on port {port}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds: u64 = std::env::var("PGWARDEN_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let clients: Vec<usize> = env_list("PGWARDEN_BENCH_CLIENTS", "1,8,32,64")
+        .iter()
+        .map(|c| c.parse().expect("PGWARDEN_BENCH_CLIENTS: numbers"))
+        .collect();
+    let modes = env_list("PGWARDEN_BENCH_MODES", "session,transaction");
+    let cluster = PgCluster::start_durable_with_appdb().await.unwrap();
+    let bin = pgbench_bin(&cluster);
+    let init = Command::new(&bin)
+        .env("PGPASSWORD", APP_ADMIN_PASSWORD)
+        .args(["-i", "-q", "-s", "4", "-h", "127.0.0.1", "-U", APP_ADMIN])
+        .args(["-p", &cluster.port().to_string(), "appdb"])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let broker = TestBroker::start(&cluster, ROLES, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let max_clients = clients.iter().copied().max().unwrap_or(1);
+
+    println!(
+        "\npgbench through pgwarden proxy vs PgBouncer {} vs direct ({}s per run, durable PostgreSQL, 2 cores shared by all)\n",
+        pgbouncer_version(),
+        seconds
+    );
+    println!(
+        "| mode | script | clients | path | TPS | p50 ms | p99 ms | failed | ÷ PgBouncer | ÷ direct |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let direct = Target {
+        name: "direct",
+        port: cluster.port(),
+        user: APP_ADMIN.into(),
+        password: APP_ADMIN_PASSWORD.into(),
+    };
+    for mode in &modes {
+        let pool_size = if mode == "session" {
+            max_clients
+        } else {
+            TRANSACTION_POOL
+        };
+        let bouncer_port = free_port();
+        let mut bouncer = pgbouncer(&cluster, dir.path(), mode, pool_size, bouncer_port);
+        let config = ProxyConfig::parse(&format!(
+            "address: \"{}\"\nlisten: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\npool_mode: {mode}\n\
+             pool_size: {pool_size}\nmax_client_conn: 500\n\
+             auth: {{ identity: {{ logins: [{{mount: kubernetes, role: unused}}] }} }}\n",
+            broker.base
+        ))
+        .unwrap();
+        let proxy = pgwarden_proxy::start(config).await.unwrap();
+        let paths = [
+            Target {
+                name: "PgBouncer",
+                port: bouncer_port,
+                user: APP_ADMIN.into(),
+                password: APP_ADMIN_PASSWORD.into(),
+            },
+            Target {
+                name: "pgwarden proxy",
+                port: proxy.addr.unwrap().port(),
+                user: "bench".into(),
+                password: ROOT_TOKEN.into(),
+            },
+        ];
+        for select_only in [true, false] {
+            let script = if select_only {
+                "select-only"
+            } else {
+                "TPC-B-like"
+            };
+            for &n in &clients {
+                let bin = bin.clone();
+                let runs: Vec<Run> = [&direct, &paths[0], &paths[1]]
+                    .iter()
+                    .map(|target| pgbench(&bin, target, select_only, n, seconds))
+                    .collect();
+                let (base, bouncer_tps) = (runs[0].tps, runs[1].tps);
+                for (target, run) in [&direct, &paths[0], &paths[1]].iter().zip(&runs) {
+                    println!(
+                        "| {mode} | {script} | {n} | {} | {:.0} | {} | {} | {} | {:.2} | {:.2} |",
+                        target.name,
+                        run.tps,
+                        ms(run.p50),
+                        ms(run.p99),
+                        run.failed,
+                        run.tps / bouncer_tps,
+                        run.tps / base,
+                    );
+                }
+            }
+        }
+        proxy.shutdown().await;
+        let _ = bouncer.kill();
+        let _ = bouncer.wait();
+    }
+}
+
+fn pgbouncer_version() -> String {
+    Command::new("pgbouncer")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|v| v.lines().next().map(|l| l.trim().to_string()))
+        .unwrap_or_else(|| "(version unknown)".into())
+}
