@@ -247,6 +247,10 @@ pub struct TokenLookup {
     /// Always `service`.
     #[serde(rename = "type")]
     pub token_type: String,
+    /// The groups policy matches the caller by (`group:<name>`), sorted; absent when none
+    /// (and for root).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// `data` of a LIST.
@@ -600,6 +604,7 @@ mod tests {
             ttl: 0,
             renewable: false,
             token_type: "service".into(),
+            groups: Vec::new(),
         };
         assert_eq!(
             round_trip(&root),
@@ -612,10 +617,12 @@ mod tests {
             path: Some("auth/oidc/login".into()),
             issue_time: Some("2026-01-01T00:00:00Z".into()),
             expire_time: Some("2026-01-01T01:00:00Z".into()),
+            groups: vec!["dba".into()],
             ..root
         };
         let json = round_trip(&login);
         assert_eq!(json["meta"]["role"], "dev");
+        assert_eq!(json["groups"], json!(["dba"]));
         assert_eq!(json["path"], "auth/oidc/login");
     }
 

@@ -51,7 +51,7 @@ impl Startup {
         self.parameters.get("user").map_or("", String::as_str)
     }
 
-    /// The startup packet's `database`, which defaults to the user name as in PostgreSQL.
+    /// The startup packet's `database`, if it names one.
     pub fn database(&self) -> Option<&str> {
         self.parameters.get("database").map(String::as_str)
     }
@@ -110,7 +110,7 @@ pub async fn hello(
             Frontend::SslNegotiation(SslNegotiationMetaMessage::PostgresSsl(_)) if !encrypted => {
                 if !buf.is_empty() {
                     // Bytes sent after SSLRequest before our answer could be injected by a
-                    // man in the middle (CVE-2021-23222): refuse, as PostgreSQL does.
+                    // man in the middle (CVE-2021-23214): refuse, as PostgreSQL does.
                     let error =
                         PgError::new("08P01", "received unencrypted data after SSL request");
                     return Err((Some(stream), error));

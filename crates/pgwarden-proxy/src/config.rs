@@ -132,20 +132,21 @@ pub struct Upstream {
     pub target_session_attrs: TargetSessionAttrs,
 }
 
-/// libpq's `sslmode`, as far as a proxy needs it.
+/// libpq's `sslmode`, read as pgwarden reads it for its own connections: the modes that ask
+/// for TLS always verify the server (chain and name), and the others never use it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     /// Plain TCP.
     Disable,
-    /// TLS if the server offers it, unverified.
+    /// Plain TCP (the password never travels: SCRAM), as pgwarden's connections do.
     #[default]
     Prefer,
-    /// TLS, unverified.
+    /// TLS, the server's chain and name verified.
     Require,
-    /// TLS, the chain verified.
+    /// TLS, the server's chain and name verified.
     VerifyCa,
-    /// TLS, the chain and the host name verified.
+    /// TLS, the server's chain and name verified.
     VerifyFull,
 }
 
@@ -256,6 +257,15 @@ impl ProxyConfig {
         }
         if self.max_client_conn == 0 {
             return Err("max_client_conn must be at least 1".into());
+        }
+        if matches!(self.auth, ClientAuth::Sidecar { .. })
+            && let Some(addr) = self.listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(format!(
+                "a sidecar serves its own pod only: listen on loopback (e.g. 127.0.0.1:{}), not {addr}",
+                addr.port()
+            ));
         }
         if let ClientAuth::Identity { logins } = &self.auth
             && logins.is_empty()

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 pub struct Verified {
     /// The identity's policy subject (`system:serviceaccount:…`, `user:…`, `root`).
     pub subject: String,
+    /// Its groups, sorted: policy may grant by group, so two tokens of one subject with
+    /// different groups are different principals.
+    pub groups: Vec<String>,
     /// A pgwarden token acting as it.
     pub token: SecretString,
     /// When that token stops working.
@@ -44,6 +47,10 @@ impl Refusal {
 impl From<ClientError> for Refusal {
     fn from(error: ClientError) -> Refusal {
         match error {
+            // pgwarden itself failing (or shedding load) says nothing about the token.
+            ClientError::Api { status, .. } if status >= 500 || status == 429 => {
+                Refusal::Unreachable(error.to_string())
+            }
             ClientError::Api { message, .. } => Refusal::Invalid(message),
             other => Refusal::Unreachable(other.to_string()),
         }
@@ -77,11 +84,12 @@ impl Identities {
         if let Some(known) = self.known.lock().get(&key).filter(|v| v.until > now) {
             return Ok(known.clone());
         }
-        let verified = if looks_like_jwt(password.expose_secret()) {
+        let token = if looks_like_jwt(password.expose_secret()) {
             self.login(password).await?
         } else {
-            self.look_up(password).await?
+            password.clone()
         };
+        let verified = self.look_up(&token).await?;
         let mut known = self.known.lock();
         known.retain(|_, v| v.until > now);
         known.insert(
@@ -95,34 +103,28 @@ impl Identities {
     }
 
     /// Exchanges a JWT for a pgwarden token at the first login that accepts it.
-    async fn login(&self, jwt: &SecretString) -> Result<Verified, Refusal> {
+    async fn login(&self, jwt: &SecretString) -> Result<SecretString, Refusal> {
         let client = Client::new(&self.address, Auth::Token(SecretString::from("")));
         let mut refusals = Vec::new();
         for login in &self.logins {
-            match client
+            let answer = client
                 .login_as(&login.mount, &login.role, jwt.clone())
-                .await
-            {
-                Ok(auth) => {
-                    let Some(token) = auth.client_token else {
-                        continue;
-                    };
-                    return Ok(Verified {
-                        subject: auth.entity_id,
-                        token,
-                        until: Instant::now() + Duration::from_secs(auth.lease_duration),
-                    });
-                }
-                Err(ClientError::Api { message, .. }) => {
-                    refusals.push(format!("auth/{}: {message}", login.mount));
-                }
-                Err(other) => return Err(Refusal::Unreachable(other.to_string())),
+                .await;
+            match answer.map(|auth| auth.client_token) {
+                Ok(Some(token)) => return Ok(token),
+                Ok(None) => refusals.push(format!("auth/{}: no token in the answer", login.mount)),
+                Err(error) => match Refusal::from(error) {
+                    Refusal::Invalid(message) => {
+                        refusals.push(format!("auth/{}: {message}", login.mount))
+                    }
+                    unreachable => return Err(unreachable),
+                },
             }
         }
         Err(Refusal::Invalid(refusals.join("; ")))
     }
 
-    /// Looks a pgwarden token up.
+    /// Looks a pgwarden token up: who it is and how long it lasts.
     async fn look_up(&self, token: &SecretString) -> Result<Verified, Refusal> {
         let client = Client::new(&self.address, Auth::Token(token.clone()));
         let lookup = client.lookup_self().await?;
@@ -134,6 +136,7 @@ impl Identities {
         };
         Ok(Verified {
             subject: lookup.entity_id.unwrap_or_else(|| "root".to_string()),
+            groups: lookup.groups,
             token: token.clone(),
             until: Instant::now() + lasts,
         })

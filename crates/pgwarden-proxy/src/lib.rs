@@ -3,18 +3,21 @@
 //! with fresh pgwarden credentials issued for that identity, pools those connections by
 //! session or by transaction, and replaces the credentials before they expire.
 
-pub mod client;
+mod cancel;
+mod client;
 pub mod config;
-pub mod frame;
-pub mod health;
-pub mod identity;
+mod frame;
+mod health;
+mod identity;
+mod login;
 pub mod metrics;
-pub mod pool;
+mod pool;
 pub mod proxy;
-pub mod registry;
-pub mod relay;
-pub mod reply;
-pub mod upstream;
+mod registry;
+mod relay;
+mod reply;
+mod tls;
+mod upstream;
 
 pub use config::ProxyConfig;
 pub use proxy::{Running, start};

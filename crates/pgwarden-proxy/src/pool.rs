@@ -1,16 +1,22 @@
-//! Pools of server connections, one per identity, role and database, each with its own
-//! credential kept fresh by a [`CredentialProvider`]. A connection made with a replaced
-//! credential is not reused: it closes when its client lets go of it, and once the last one
-//! has closed the replaced lease is revoked.
+//! Pools of server connections, one per principal (subject and groups) and role, each with
+//! its own credential kept fresh by a [`CredentialProvider`]. A connection made with a
+//! replaced credential is not reused: it closes when its client lets go of it, and once the
+//! last one has closed the replaced lease is revoked.
+//!
+//! Every count lives in one [`State`] under one lock: a connection is counted from before it
+//! is made (so a rotation meanwhile cannot revoke the lease it is being made with) until it
+//! closes, and the generation in force is read under the same lock that retires old ones.
 
 use crate::metrics::Metrics;
 use crate::reply::PgError;
 use crate::upstream::{ConnectError, Connector, Server};
+use futures::FutureExt;
 use parking_lot::Mutex;
-use pgwarden_client::{Client, CredentialProvider};
+use pgwarden_client::{Client, Credential, CredentialProvider, Current};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What a pool is for.
@@ -18,10 +24,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct PoolKey {
     /// The identity's subject.
     pub subject: String,
+    /// Its groups, sorted.
+    pub groups: Vec<String>,
     /// The credential path, e.g. `database/creds/appdb-readonly`.
     pub path: String,
-    /// The database connected to.
-    pub database: String,
 }
 
 /// An idle server connection.
@@ -31,10 +37,80 @@ struct Idle {
     since: Instant,
 }
 
-/// The open connections of one credential generation and its lease.
+/// The lease of one credential generation and its connections (open or being opened).
 struct Generation {
     lease_id: String,
     open: usize,
+}
+
+/// Everything that changes, under one lock.
+struct State {
+    /// The credential generation new connections use.
+    current: u64,
+    generations: HashMap<u64, Generation>,
+    idle: Vec<Idle>,
+    /// The parameters the last server connection reported, for clients welcomed before they
+    /// hold one (transaction pooling).
+    parameters: Vec<(String, String)>,
+    /// Client sessions using the pool.
+    sessions: usize,
+    last_used: Instant,
+}
+
+impl State {
+    /// Takes note of `current` (the provider's credential): a newer generation becomes the
+    /// one in force, idle connections of older ones close, and the older leases no
+    /// connection uses any more are returned for revocation.
+    fn observe(&mut self, current: &Current, metrics: &Metrics) -> Vec<String> {
+        if current.generation <= self.current && self.generations.contains_key(&current.generation)
+        {
+            return Vec::new();
+        }
+        if current.generation > self.current {
+            metrics.rotations.inc();
+            self.current = current.generation;
+        }
+        self.generations
+            .entry(current.generation)
+            .or_insert_with(|| Generation {
+                lease_id: current.credential.lease_id.clone(),
+                open: 0,
+            });
+        let current = self.current;
+        let stale: Vec<u64> = self
+            .idle
+            .iter()
+            .filter(|i| i.generation != current)
+            .map(|i| i.generation)
+            .collect();
+        self.idle.retain(|i| i.generation == current);
+        let mut retired = Vec::new();
+        for generation in stale {
+            retired.extend(self.close_one(generation, metrics));
+        }
+        let unused: Vec<u64> = self
+            .generations
+            .iter()
+            .filter(|(g, e)| **g != current && e.open == 0)
+            .map(|(g, _)| *g)
+            .collect();
+        for generation in unused {
+            retired.extend(self.generations.remove(&generation).map(|g| g.lease_id));
+        }
+        retired
+    }
+
+    /// Counts a closed connection of `generation`; the lease to revoke if it was the last
+    /// connection of a replaced credential.
+    fn close_one(&mut self, generation: u64, metrics: &Metrics) -> Option<String> {
+        metrics.servers.dec();
+        let entry = self.generations.get_mut(&generation)?;
+        entry.open = entry.open.saturating_sub(1);
+        if entry.open == 0 && generation != self.current {
+            return self.generations.remove(&generation).map(|g| g.lease_id);
+        }
+        None
+    }
 }
 
 /// A pool of server connections for one [`PoolKey`].
@@ -45,21 +121,81 @@ pub struct Pool {
     connector: Arc<Connector>,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<Idle>>,
-    generations: Mutex<HashMap<u64, Generation>>,
-    /// The parameters the last server connection reported, for clients welcomed before they
-    /// hold one (transaction pooling).
-    parameters: Mutex<Vec<(String, String)>>,
-    last_used: Mutex<Instant>,
+    state: Mutex<State>,
 }
 
-/// A server connection taken from a pool; give it back with [`Pool::release`]. Dropped
-/// without that, the connection is closed.
+/// A server connection taken from a pool; give it back with [`Checkout::release`]. Dropped
+/// without that, the connection closes and is counted as closed.
 pub struct Checkout {
     /// The connection.
-    pub server: Server,
+    pub server: Option<Server>,
     generation: u64,
+    pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Checkout {
+    /// The connection (present until released or dropped).
+    pub fn server(&mut self) -> &mut Server {
+        self.server
+            .as_mut()
+            .expect("a checkout holds its connection until it is released")
+    }
+
+    /// Gives the connection back: kept for reuse if `reusable` and made with the credential
+    /// in force, else closed.
+    pub fn release(mut self, reusable: bool) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        let pool = self.pool.clone();
+        let retired = {
+            let mut state = pool.state.lock();
+            state.last_used = Instant::now();
+            if reusable && self.generation == state.current {
+                state.idle.push(Idle {
+                    server,
+                    generation: self.generation,
+                    since: Instant::now(),
+                });
+                None
+            } else {
+                state.close_one(self.generation, &pool.metrics)
+            }
+        };
+        pool.revoke_later(retired);
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if self.server.take().is_some() {
+            let retired = self
+                .pool
+                .state
+                .lock()
+                .close_one(self.generation, &self.pool.metrics);
+            self.pool.revoke_later(retired);
+        }
+    }
+}
+
+/// A client session's hold on a pool: the pool is not swept while any exists.
+pub struct Attached(Arc<Pool>);
+
+impl std::ops::Deref for Attached {
+    type Target = Arc<Pool>;
+    fn deref(&self) -> &Arc<Pool> {
+        &self.0
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock();
+        state.sessions = state.sessions.saturating_sub(1);
+        state.last_used = Instant::now();
+    }
 }
 
 impl Pool {
@@ -81,16 +217,20 @@ impl Pool {
             connector,
             metrics,
             permits: Arc::new(Semaphore::new(size)),
-            idle: Mutex::new(Vec::new()),
-            generations: Mutex::new(HashMap::from([(
-                first.generation,
-                Generation {
-                    lease_id: first.credential.lease_id.clone(),
-                    open: 0,
-                },
-            )])),
-            parameters: Mutex::new(Vec::new()),
-            last_used: Mutex::new(Instant::now()),
+            state: Mutex::new(State {
+                current: first.generation,
+                generations: HashMap::from([(
+                    first.generation,
+                    Generation {
+                        lease_id: first.credential.lease_id.clone(),
+                        open: 0,
+                    },
+                )]),
+                idle: Vec::new(),
+                parameters: Vec::new(),
+                sessions: 0,
+                last_used: Instant::now(),
+            }),
         });
         tokio::spawn(follow_rotations(Arc::downgrade(&pool)));
         pool
@@ -106,14 +246,27 @@ impl Pool {
         &self.client
     }
 
-    /// The parameters of the server, as last reported.
-    pub fn parameters(&self) -> Vec<(String, String)> {
-        self.parameters.lock().clone()
+    /// The credential in force.
+    pub fn credential(&self) -> Arc<Credential> {
+        self.provider.current().credential
     }
 
-    /// A server connection: an idle one made with the current credential, else a new one;
-    /// waits at most `wait` for a free slot.
-    pub async fn acquire(&self, wait: Duration) -> Result<Checkout, PgError> {
+    /// The parameters of the server, as last reported (empty before the first connection).
+    pub fn parameters(&self) -> Vec<(String, String)> {
+        self.state.lock().parameters.clone()
+    }
+
+    /// A session's hold on this pool (see [`Attached`]).
+    pub(crate) fn attach(self: &Arc<Self>) -> Attached {
+        let mut state = self.state.lock();
+        state.sessions += 1;
+        state.last_used = Instant::now();
+        Attached(self.clone())
+    }
+
+    /// A server connection: an idle one made with the credential in force (if it is still
+    /// healthy), else a new one; waits at most `wait` for a free slot.
+    pub async fn acquire(self: &Arc<Self>, wait: Duration) -> Result<Checkout, PgError> {
         let started = Instant::now();
         let permit = match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => permit,
@@ -122,10 +275,8 @@ impl Pool {
                 return Err(PgError::new(
                     "53300",
                     format!(
-                        "no server connection free within {}s (pool of {:?} for {})",
-                        wait.as_secs(),
-                        self.key.path,
-                        self.key.subject
+                        "no server connection free within {:?} (pool of {:?} for {})",
+                        wait, self.key.path, self.key.subject
                     ),
                 ));
             }
@@ -133,212 +284,184 @@ impl Pool {
         self.metrics
             .pool_wait
             .observe(started.elapsed().as_secs_f64());
-        *self.last_used.lock() = Instant::now();
-        let current = self.provider.current();
-        let reusable = {
-            let mut idle = self.idle.lock();
-            let mut found = None;
-            while let Some(candidate) = idle.pop() {
-                if candidate.generation == current.generation {
-                    found = Some(candidate);
-                    break;
+        let mut refreshed = false;
+        loop {
+            let current = self.provider.current();
+            let (idle, generation, retired) = {
+                let mut state = self.state.lock();
+                state.last_used = Instant::now();
+                let mut retired = state.observe(&current, &self.metrics);
+                let generation = state.current;
+                let mut found = None;
+                while let Some(mut idle) = state.idle.pop() {
+                    if healthy(&mut idle.server) {
+                        found = Some(idle);
+                        break;
+                    }
+                    // Closed by the server while idle (a timeout, a restart): another one.
+                    retired.extend(state.close_one(idle.generation, &self.metrics));
                 }
-                self.closed(candidate.generation);
+                if found.is_none() {
+                    // Counted before it is made: a rotation meanwhile keeps its lease.
+                    if let Some(entry) = state.generations.get_mut(&generation) {
+                        entry.open += 1;
+                    }
+                    self.metrics.servers.inc();
+                }
+                (found, generation, retired)
+            };
+            self.revoke_later_all(retired);
+            if let Some(idle) = idle {
+                return Ok(self.checkout(idle.server, idle.generation, permit));
             }
-            found
-        };
-        if let Some(idle) = reusable {
-            return Ok(Checkout {
-                server: idle.server,
-                generation: idle.generation,
-                _permit: permit,
-            });
-        }
-        let mut current = current;
-        let server = match self
-            .connector
-            .connect(&current.credential, &self.key.database)
-            .await
-        {
-            Err(ConnectError::PasswordRefused(_)) => {
-                // Revoked behind the proxy's back, or expired: a new credential, once.
-                current = self
-                    .provider
-                    .refresh(current.generation)
-                    .await
-                    .map_err(|e| {
-                        PgError::new("08006", format!("cannot get a new credential: {e}"))
-                    })?;
-                self.connector
-                    .connect(&current.credential, &self.key.database)
-                    .await
-            }
-            other => other,
-        }
-        .map_err(|e| PgError::new("08006", format!("cannot connect to the database: {e}")))?;
-        self.metrics.server_connects.inc();
-        self.metrics.servers.inc();
-        *self.parameters.lock() = server.parameters.clone();
-        self.generations
-            .lock()
-            .entry(current.generation)
-            .or_insert_with(|| Generation {
-                lease_id: current.credential.lease_id.clone(),
-                open: 0,
-            })
-            .open += 1;
-        Ok(Checkout {
-            server,
-            generation: current.generation,
-            _permit: permit,
-        })
-    }
-
-    /// Gives a connection back: kept for reuse if `reusable` and made with the current
-    /// credential, else closed.
-    pub fn release(&self, checkout: Checkout, reusable: bool) {
-        *self.last_used.lock() = Instant::now();
-        if reusable && checkout.generation == self.provider.current().generation {
-            self.idle.lock().push(Idle {
-                server: checkout.server,
-                generation: checkout.generation,
-                since: Instant::now(),
-            });
-        } else {
-            self.closed(checkout.generation);
-        }
-    }
-
-    /// Closes a connection taken out of a checkout without releasing it (it broke).
-    pub fn discard(&self, checkout: Checkout) {
-        self.closed(checkout.generation);
-    }
-
-    /// Counts a closed connection of `generation`; revokes a replaced lease whose last
-    /// connection it was.
-    fn closed(&self, generation: u64) {
-        self.metrics.servers.dec();
-        let current = self.provider.current().generation;
-        let mut generations = self.generations.lock();
-        let Some(entry) = generations.get_mut(&generation) else {
-            return;
-        };
-        entry.open = entry.open.saturating_sub(1);
-        if entry.open == 0
-            && generation != current
-            && let Some(done) = generations.remove(&generation)
-        {
-            self.revoke_later(done.lease_id);
-        }
-    }
-
-    /// Revokes `lease_id` in the background.
-    fn revoke_later(&self, lease_id: String) {
-        let client = self.client.clone();
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            match client.revoke(&lease_id).await {
-                Ok(()) => {
-                    metrics.leases_revoked.inc();
-                    tracing::info!(%lease_id, "replaced lease revoked after its last connection closed");
+            let credential = current.credential.clone();
+            match self
+                .connector
+                .connect(&credential, &credential.database)
+                .await
+            {
+                Ok(server) => {
+                    self.metrics.server_connects.inc();
+                    self.state.lock().parameters = server.parameters.clone();
+                    return Ok(self.checkout(server, generation, permit));
                 }
                 Err(error) => {
-                    tracing::warn!(%lease_id, %error, "revoking a replaced lease failed; it ends at its TTL")
+                    // Not made after all.
+                    let retired = self.state.lock().close_one(generation, &self.metrics);
+                    self.revoke_later(retired);
+                    if !matches!(error, ConnectError::PasswordRefused(_)) || refreshed {
+                        return Err(error.into());
+                    }
+                    // Revoked behind the proxy's back, or expired: a new credential, once.
+                    refreshed = true;
+                    self.provider
+                        .refresh(current.generation)
+                        .await
+                        .map_err(|e| {
+                            PgError::new("08006", format!("cannot get a new credential: {e}"))
+                        })?;
                 }
             }
-        });
+        }
+    }
+
+    fn checkout(
+        self: &Arc<Self>,
+        server: Server,
+        generation: u64,
+        permit: OwnedSemaphorePermit,
+    ) -> Checkout {
+        Checkout {
+            server: Some(server),
+            generation,
+            pool: self.clone(),
+            _permit: permit,
+        }
+    }
+
+    /// Revokes `lease_id`, if any, in the background.
+    fn revoke_later(&self, lease_id: Option<String>) {
+        self.revoke_later_all(lease_id.into_iter().collect());
+    }
+
+    /// Revokes `leases` in the background.
+    fn revoke_later_all(&self, leases: Vec<String>) {
+        for lease_id in leases {
+            let client = self.client.clone();
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                match client.revoke(&lease_id).await {
+                    Ok(()) => {
+                        metrics.leases_revoked.inc();
+                        tracing::info!(%lease_id, "replaced lease revoked after its last connection closed");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%lease_id, %error, "revoking a replaced lease failed; it ends at its TTL")
+                    }
+                }
+            });
+        }
     }
 
     /// Closes idle connections unused for `idle_timeout`; true when the pool itself has been
-    /// unused that long with nothing open (it can go).
+    /// unused that long, with no session and nothing open (it can go).
     pub fn sweep(&self, idle_timeout: Duration) -> bool {
         let now = Instant::now();
-        let stale: Vec<Idle> = {
-            let mut idle = self.idle.lock();
-            let (stale, kept) = idle
-                .drain(..)
-                .partition(|i| now.duration_since(i.since) >= idle_timeout);
-            *idle = kept;
-            stale
-        };
-        for idle in stale {
-            self.closed(idle.generation);
+        let mut state = self.state.lock();
+        let stale: Vec<u64> = state
+            .idle
+            .iter()
+            .filter(|i| now.duration_since(i.since) >= idle_timeout)
+            .map(|i| i.generation)
+            .collect();
+        state
+            .idle
+            .retain(|i| now.duration_since(i.since) < idle_timeout);
+        let mut retired = Vec::new();
+        for generation in stale {
+            retired.extend(state.close_one(generation, &self.metrics));
         }
-        let open: usize = self.generations.lock().values().map(|g| g.open).sum();
-        open == 0 && now.duration_since(*self.last_used.lock()) >= idle_timeout
+        let open: usize = state.generations.values().map(|g| g.open).sum();
+        let unused =
+            state.sessions == 0 && open == 0 && now.duration_since(state.last_used) >= idle_timeout;
+        drop(state);
+        self.revoke_later_all(retired);
+        unused
     }
 
-    /// Closes every idle connection and revokes every lease (at exit, or when the pool goes).
-    pub async fn close(self: Arc<Self>) {
-        let idle: Vec<Idle> = self.idle.lock().drain(..).collect();
-        for connection in idle {
-            self.closed(connection.generation);
-        }
-        let leases: Vec<String> = self
-            .generations
-            .lock()
-            .drain()
-            .map(|(_, g)| g.lease_id)
-            .collect();
-        for lease_id in leases {
-            match self.client.revoke(&lease_id).await {
-                Ok(()) => {
-                    self.metrics.leases_revoked.inc();
-                }
-                Err(error) => {
-                    tracing::warn!(%lease_id, %error, "revoking a lease at close failed; it ends at its TTL")
-                }
+    /// Closes every idle connection and revokes every lease, all at once (at exit, or when
+    /// the pool goes).
+    pub async fn close(&self) {
+        let leases: Vec<String> = {
+            let mut state = self.state.lock();
+            let idle: Vec<u64> = state.idle.drain(..).map(|i| i.generation).collect();
+            for _ in idle {
+                self.metrics.servers.dec();
             }
-        }
+            state.generations.drain().map(|(_, g)| g.lease_id).collect()
+        };
+        let revocations = leases.into_iter().map(|lease_id| async move {
+            match self.client.revoke(&lease_id).await {
+                Ok(()) => self.metrics.leases_revoked.inc(),
+                Err(error) => {
+                    tracing::warn!(%lease_id, %error, "revoking a lease at close failed; it ends at its TTL");
+                    0
+                }
+            };
+        });
+        futures::future::join_all(revocations).await;
     }
 }
 
-/// Follows the pool's credential: on each replacement, counts it, closes the idle
-/// connections of the replaced one and revokes its lease if none is left open.
+/// Whether an idle connection can be handed out: nothing arrived on it meanwhile (not its
+/// close, not a message that belongs to nobody).
+fn healthy(server: &mut Server) -> bool {
+    let mut byte = [0u8; 1];
+    server.stream.read(&mut byte).now_or_never().is_none()
+}
+
+/// Follows the pool's credential: on each replacement, the state takes note (closing idle
+/// connections of the replaced one, revoking its lease if none is left open).
 async fn follow_rotations(pool: std::sync::Weak<Pool>) {
     let Some(mut updates) = pool.upgrade().map(|p| p.provider.subscribe()) else {
         return;
     };
-    let mut seen = updates.borrow().generation;
     while updates.changed().await.is_ok() {
         let Some(pool) = pool.upgrade() else {
             return;
         };
         let current = updates.borrow().clone();
-        if current.generation == seen {
-            continue;
-        }
-        seen = current.generation;
-        pool.metrics.rotations.inc();
-        let replaced: Vec<(u64, String, usize)> = {
-            let mut generations = pool.generations.lock();
-            generations
-                .entry(current.generation)
-                .or_insert_with(|| Generation {
-                    lease_id: current.credential.lease_id.clone(),
-                    open: 0,
-                });
-            generations
-                .iter()
-                .filter(|(g, _)| **g != current.generation)
-                .map(|(g, e)| (*g, e.lease_id.clone(), e.open))
-                .collect()
-        };
-        let stale: Vec<Idle> = {
-            let mut idle = pool.idle.lock();
-            let (stale, kept) = idle
-                .drain(..)
-                .partition(|i| i.generation != current.generation);
-            *idle = kept;
-            stale
-        };
-        for idle in stale {
-            pool.closed(idle.generation);
-        }
-        for (generation, lease_id, open) in replaced {
-            if open == 0 && pool.generations.lock().remove(&generation).is_some() {
-                pool.revoke_later(lease_id);
-            }
+        let retired = pool.state.lock().observe(&current, &pool.metrics);
+        pool.revoke_later_all(retired);
+    }
+}
+
+impl From<ConnectError> for PgError {
+    fn from(error: ConnectError) -> PgError {
+        match error {
+            // The database's own refusal (e.g. 3D000, 53300) passes through as it was.
+            ConnectError::Server { code, message } => PgError::new(&code, message),
+            other => PgError::new("08006", format!("cannot connect to the database: {other}")),
         }
     }
 }

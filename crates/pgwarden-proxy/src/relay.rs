@@ -1,27 +1,27 @@
-//! Relaying a client's session: bytes pass through in the chunks they arrive in, while
-//! [`Walker`]s follow the message boundaries to know when a transaction ends (transaction
-//! pooling gives the server connection back then) and when the session is idle (a draining
-//! proxy closes it then).
+//! Relaying a client's session: bytes pass through in the chunks they arrive in, both
+//! directions at once (a client that pipelines while the server answers never deadlocks the
+//! two), while [`Walker`]s follow the message boundaries to know when a transaction ends
+//! (transaction pooling gives the server connection back then) and when the session is idle
+//! (a draining proxy closes it then).
 
 use crate::client::Stream;
 use crate::config::PoolMode;
 use crate::frame::{Seen, Walker};
 use crate::metrics::Metrics;
-use crate::pool::{Checkout, Pool};
+use crate::pool::{Attached, Checkout};
 use crate::reply::{self, PgError};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use parking_lot::Mutex;
 use postgres_protocol::message::frontend;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::watch;
 
-/// Size of each direction's read buffer.
+/// Most bytes read from one side before they are passed on.
 const CHUNK: usize = 32 * 1024;
 /// Longest `DISCARD ALL` may take before a session's connection is closed instead of reused.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// A client's `Terminate` message.
 const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
 
@@ -33,7 +33,7 @@ pub struct Session {
     /// The client.
     pub client: Stream,
     /// Its pool.
-    pub pool: Arc<Pool>,
+    pub pool: Attached,
     /// Session or transaction pooling.
     pub mode: PoolMode,
     /// Longest wait for a server connection.
@@ -51,7 +51,8 @@ pub struct Session {
 struct Progress {
     client: Walker,
     server: Walker,
-    /// Queries and syncs sent whose `ReadyForQuery` has not come back yet.
+    /// Messages sent that each get a `ReadyForQuery` (query, sync, function call) whose
+    /// `ReadyForQuery` has not come back yet.
     pending: usize,
     /// Extended-protocol messages sent since the last sync.
     unsynced: bool,
@@ -72,186 +73,256 @@ impl Progress {
     }
 }
 
+/// A server connection in use: the checkout and its stream's halves.
+struct Attachment {
+    checkout: Checkout,
+    read: ReadHalf<Stream>,
+    write: WriteHalf<Stream>,
+}
+
+impl Attachment {
+    fn new(mut checkout: Checkout) -> Attachment {
+        let stream = std::mem::replace(&mut checkout.server().stream, Box::new(tokio::io::empty()));
+        let (read, write) = tokio::io::split(stream);
+        Attachment {
+            checkout,
+            read,
+            write,
+        }
+    }
+
+    /// The checkout with its stream whole again.
+    fn into_checkout(self) -> Checkout {
+        let mut checkout = self.checkout;
+        checkout.server().stream = self.read.unsplit(self.write);
+        checkout
+    }
+}
+
 impl Session {
-    /// Relays until the client leaves (or the proxy drains); `server` is the connection the
-    /// client was welcomed with.
-    pub async fn run(mut self, server: Checkout) {
-        let mut held = match self.mode {
-            PoolMode::Session => Some(server),
-            PoolMode::Transaction => {
-                self.pool.release(server, true);
+    /// Relays until the client leaves (or the proxy drains); `first` is the connection the
+    /// client was welcomed with, if it took one.
+    pub async fn run(self, first: Option<Checkout>) {
+        let Session {
+            client,
+            pool,
+            mode,
+            wait,
+            mut draining,
+            cancel,
+            metrics,
+        } = self;
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let mut held = match (mode, first) {
+            (PoolMode::Session, Some(checkout)) => Some(Attachment::new(checkout)),
+            (_, other) => {
+                if let Some(checkout) = other {
+                    checkout.release(true);
+                }
                 None
             }
         };
-        self.point_cancel_at(held.as_ref());
+        point(&cancel, held.as_ref());
         let mut progress = Progress {
             status: b'I',
             ..Progress::default()
         };
-        let mut from_client = vec![0u8; CHUNK];
-        let mut from_server = vec![0u8; CHUNK];
-        let mut draining = *self.draining.borrow();
-        loop {
-            if draining && progress.idle() {
-                let error = PgError::new(
+        // Read into the inboxes, then handed whole (no copy) to the outboxes.
+        let (mut from_client, mut from_server) = (BytesMut::new(), BytesMut::new());
+        let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+        let mut closing = *draining.borrow();
+        let ending: Option<PgError> = loop {
+            if closing && progress.idle() && to_server.is_empty() {
+                break Some(PgError::new(
                     "57P01",
                     "terminating connection: the proxy is shutting down",
-                );
-                let mut out = BytesMut::new();
-                reply::fatal(&mut out, &error);
-                let _ = self.client.write_all(&out).await;
-                break;
+                ));
             }
+            if mode == PoolMode::Transaction
+                && progress.idle()
+                && to_server.is_empty()
+                && let Some(attached) = held.take()
+            {
+                attached.into_checkout().release(true);
+                point(&cancel, None);
+            }
+            let reading_client = to_server.is_empty() && !progress.terminated;
+            if reading_client {
+                from_client.reserve(CHUNK);
+            }
+            if to_client.is_empty() {
+                from_server.reserve(CHUNK);
+            }
+            let (server_read, server_write) =
+                held.as_mut().map(|a| (&mut a.read, &mut a.write)).unzip();
             tokio::select! {
-                read = self.client.read(&mut from_client) => {
-                    let n = match read {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if let Err(error) = self.pass_client_chunk(&from_client[..n], &mut progress, &mut held).await {
-                        let mut out = BytesMut::new();
-                        reply::fatal(&mut out, &error);
-                        let _ = self.client.write_all(&out).await;
-                        break;
+                read = client_read.read_buf(&mut from_client), if reading_client => {
+                    match read {
+                        Ok(0) | Err(_) => break None,
+                        Ok(_) => {}
                     }
-                    if progress.terminated {
-                        break;
+                    to_server = from_client.split();
+                    if let Err(error) = take_in(&mut to_server, &mut progress, mode) {
+                        break Some(error);
+                    }
+                    if progress.terminated && to_server.is_empty() {
+                        break None;
+                    }
+                    if held.is_none() && !to_server.is_empty() {
+                        match pool.acquire(wait).await {
+                            Ok(checkout) => {
+                                let attached = Attachment::new(checkout);
+                                point(&cancel, Some(&attached));
+                                held = Some(attached);
+                            }
+                            Err(error) => break Some(error),
+                        }
                     }
                 }
-                read = read_server(&mut held, &mut from_server) => {
-                    let n = match read {
+                written = write_some(server_write, &mut to_server), if !to_server.is_empty() => {
+                    match written {
+                        Ok(n) => metrics.relayed("client_to_server", n),
+                        Err(error) => {
+                            held.take();
+                            break Some(PgError::new("08006", format!("the server connection failed: {error}")));
+                        }
+                    }
+                    if progress.terminated && to_server.is_empty() {
+                        break None;
+                    }
+                }
+                read = read_some(server_read, &mut from_server), if to_client.is_empty() => {
+                    match read {
                         Ok(0) | Err(_) => {
                             // The server went away (terminated, crashed): so does the session.
-                            if let Some(checkout) = held.take() {
-                                self.pool.discard(checkout);
-                            }
-                            break;
+                            held.take();
+                            break None;
                         }
-                        Ok(n) => n,
-                    };
-                    let chunk = &from_server[..n];
-                    let walked = progress.server.walk(chunk, |seen| {
+                        Ok(_) => {}
+                    }
+                    to_client = from_server.split();
+                    let walked = progress.server.walk(&to_client, |seen| {
                         if let Seen::FirstByte(b'Z', status) = seen {
                             progress.pending = progress.pending.saturating_sub(1);
                             progress.status = status;
                         }
                     });
-                    self.metrics.relayed("server_to_client", n);
-                    if walked.is_err() || self.client.write_all(chunk).await.is_err() {
-                        break;
-                    }
-                    if self.mode == PoolMode::Transaction && progress.idle()
-                        && let Some(checkout) = held.take()
-                    {
-                        self.pool.release(checkout, true);
-                        self.point_cancel_at(None);
+                    if walked.is_err() {
+                        held.take();
+                        break None;
                     }
                 }
-                _ = self.draining.changed(), if !draining => {
-                    draining = true;
+                written = client_write.write_buf(&mut to_client), if !to_client.is_empty() => {
+                    match written {
+                        Ok(n) => metrics.relayed("server_to_client", n),
+                        Err(_) => break None,
+                    }
                 }
+                _ = draining.changed(), if !closing => closing = true,
             }
-        }
-        self.point_cancel_at(None);
-        if let Some(checkout) = held.take() {
-            self.give_back(checkout, &progress).await;
-        }
-    }
-
-    /// Passes a client chunk on, taking a server connection first if none is held.
-    async fn pass_client_chunk(
-        &mut self,
-        chunk: &[u8],
-        progress: &mut Progress,
-        held: &mut Option<Checkout>,
-    ) -> Result<(), PgError> {
-        let mut terminated = false;
-        let mut named_statement = false;
-        progress
-            .client
-            .walk(chunk, |seen| match seen {
-                Seen::Message(b'Q' | b'S') => {
-                    progress.pending += 1;
-                    progress.unsynced = false;
-                }
-                Seen::Message(b'X') => terminated = true,
-                // COPY data belongs to the query that started it.
-                Seen::Message(b'd' | b'c' | b'f') => {}
-                Seen::Message(_) => progress.unsynced = true,
-                Seen::FirstByte(b'P', name) => named_statement |= name != 0,
-                Seen::FirstByte(..) => {}
-            })
-            .map_err(|e| PgError::new("08P01", format!("invalid message from the client: {e}")))?;
-        if named_statement && self.mode == PoolMode::Transaction {
-            // Its next transaction may run on a server where another client's statement has
-            // the same name: refused before anything of this chunk reaches a server.
-            return Err(PgError::new(
-                "0A000",
-                "named prepared statements are not supported with pool_mode transaction: use                  unnamed ones (e.g. psycopg prepare_threshold=None, JDBC prepareThreshold=0,                  tokio-postgres query_typed) or pool_mode session",
-            ));
-        }
-        // `Terminate` is the client's last message: it is not passed on (the server
-        // connection outlives the client). Should it not end this chunk whole, the server
-        // may have seen part of it: its connection is not reused.
-        let chunk = if terminated {
-            progress.terminated = true;
-            match chunk.strip_suffix(&TERMINATE) {
-                Some(before) => before,
-                None => {
-                    progress.unsynced = true;
-                    return Ok(());
-                }
-            }
-        } else {
-            chunk
         };
-        if chunk.is_empty() {
-            return Ok(());
+        if let Some(error) = ending {
+            let mut out = BytesMut::new();
+            reply::fatal(&mut out, &error);
+            let _ = client_write.write_all(&to_client).await;
+            let _ = client_write.write_all(&out).await;
         }
-        if held.is_none() {
-            let checkout = self.pool.acquire(self.wait).await?;
-            self.point_cancel_at(Some(&checkout));
-            *held = Some(checkout);
-        }
-        let Some(checkout) = held.as_mut() else {
-            return Ok(());
-        };
-        self.metrics.relayed("client_to_server", chunk.len());
-        if let Err(error) = checkout.server.stream.write_all(chunk).await {
-            if let Some(checkout) = held.take() {
-                self.pool.discard(checkout);
-            }
-            return Err(PgError::new(
-                "08006",
-                format!("the server connection failed: {error}"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Records which server a cancel request should reach.
-    fn point_cancel_at(&self, checkout: Option<&Checkout>) {
-        *self.cancel.lock() = checkout.map(|c| (c.server.address.clone(), c.server.key));
-    }
-
-    /// Returns the connection after the client left: reset and kept if it was between
-    /// transactions, else closed.
-    async fn give_back(&self, mut checkout: Checkout, progress: &Progress) {
-        let clean = progress.idle() && reset(&mut checkout).await;
-        if clean {
-            self.pool.release(checkout, true);
-        } else {
-            self.pool.discard(checkout);
+        point(&cancel, None);
+        if let Some(attached) = held {
+            let clean = progress.idle() && to_server.is_empty() && to_client.is_empty();
+            give_back(attached.into_checkout(), clean).await;
         }
     }
 }
 
-/// Reads from the held server, or waits forever when none is held.
-async fn read_server(held: &mut Option<Checkout>, buf: &mut [u8]) -> std::io::Result<usize> {
-    match held {
-        Some(checkout) => checkout.server.stream.read(buf).await,
+/// Walks what the client sent (appended to `buf`): counts what will be answered with
+/// `ReadyForQuery`, drops a final `Terminate`, refuses a named prepared statement in
+/// transaction pooling.
+fn take_in(buf: &mut BytesMut, progress: &mut Progress, mode: PoolMode) -> Result<(), PgError> {
+    let mut terminated = false;
+    let mut named_statement = false;
+    progress
+        .client
+        .walk(buf, |seen| match seen {
+            Seen::Message(b'Q' | b'S' | b'F') => {
+                progress.pending += 1;
+                progress.unsynced = false;
+            }
+            Seen::Message(b'X') => terminated = true,
+            // COPY data belongs to the query that started it.
+            Seen::Message(b'd' | b'c' | b'f') => {}
+            Seen::Message(_) => progress.unsynced = true,
+            Seen::FirstByte(b'P', name) => named_statement |= name != 0,
+            Seen::FirstByte(..) => {}
+        })
+        .map_err(|e| PgError::new("08P01", format!("invalid message from the client: {e}")))?;
+    if named_statement && mode == PoolMode::Transaction {
+        // Its next transaction may run on a server where another client's statement has the
+        // same name: refused before anything of this chunk reaches a server.
+        return Err(PgError::new(
+            "0A000",
+            "named prepared statements are not supported with pool_mode transaction: use \
+             unnamed ones (e.g. psycopg prepare_threshold=None, JDBC prepareThreshold=0, \
+             tokio-postgres query_typed) or pool_mode session",
+        ));
+    }
+    if terminated {
+        // `Terminate` is the client's last message: it is not passed on (the server
+        // connection outlives the client). Should it not end the data whole, the server may
+        // see part of a message: its connection is not reused.
+        progress.terminated = true;
+        if buf.ends_with(&TERMINATE) {
+            buf.truncate(buf.len() - TERMINATE.len());
+        } else {
+            progress.unsynced = true;
+            buf.clear();
+        }
+    }
+    Ok(())
+}
+
+/// Writes some of `buf` to the held server (consuming what was written); waits forever
+/// when none is held.
+async fn write_some(
+    server: Option<&mut WriteHalf<Stream>>,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    match server {
+        Some(server) => {
+            let n = server.write(buf).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            buf.advance(n);
+            Ok(n)
+        }
         None => std::future::pending().await,
     }
+}
+
+/// Reads from the held server into `buf`; waits forever when none is held.
+async fn read_some(
+    server: Option<&mut ReadHalf<Stream>>,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    match server {
+        Some(server) => server.read_buf(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Records which server a cancel request should reach.
+fn point(cancel: &CancelTarget, attached: Option<&Attachment>) {
+    *cancel.lock() = attached
+        .and_then(|a| a.checkout.server.as_ref())
+        .map(|s| (s.address.clone(), s.key));
+}
+
+/// Returns the connection after the client left: reset and kept if it was between
+/// transactions (`clean`), else closed.
+async fn give_back(mut checkout: Checkout, clean: bool) {
+    let reusable = clean && reset(&mut checkout).await;
+    checkout.release(reusable);
 }
 
 /// `DISCARD ALL`, so the next client finds a fresh session; false if it did not complete.
@@ -260,7 +331,7 @@ async fn reset(checkout: &mut Checkout) -> bool {
     if frontend::query("DISCARD ALL", &mut out).is_err() {
         return false;
     }
-    let stream = &mut checkout.server.stream;
+    let stream = &mut checkout.server().stream;
     let exchange = async {
         stream.write_all(&out).await.ok()?;
         let mut walker = Walker::default();

@@ -10,16 +10,16 @@ use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus,
 #[error("{code}: {message}")]
 pub struct PgError {
     /// SQLSTATE, e.g. `28P01`.
-    pub code: &'static str,
+    pub code: String,
     /// What the client is told.
     pub message: String,
 }
 
 impl PgError {
     /// An error with `code` and `message`.
-    pub fn new(code: &'static str, message: impl Into<String>) -> PgError {
+    pub fn new(code: &str, message: impl Into<String>) -> PgError {
         PgError {
-            code,
+            code: code.to_string(),
             message: message.into(),
         }
     }
@@ -35,7 +35,7 @@ pub fn fatal(out: &mut BytesMut, error: &PgError) {
     let fields = vec![
         (b'S', "FATAL".to_string()),
         (b'V', "FATAL".to_string()),
-        (b'C', error.code.to_string()),
+        (b'C', error.code.clone()),
         (b'M', error.message.clone()),
     ];
     put(out, Backend::ErrorResponse(ErrorResponse::new(fields)));

@@ -9,10 +9,8 @@ use pgwarden_client::Credential;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::backend::{ErrorFields, Message};
 use postgres_protocol::message::frontend;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use secrecy::ExposeSecret;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -39,6 +37,14 @@ pub enum ConnectError {
     /// The server refused the credential's password (`28P01`).
     #[error("the database refused the credential: {0}")]
     PasswordRefused(String),
+    /// The server answered with another error.
+    #[error("{code}: {message}")]
+    Server {
+        /// Its SQLSTATE.
+        code: String,
+        /// Its message.
+        message: String,
+    },
     /// Anything else.
     #[error("{0}")]
     Failed(String),
@@ -56,7 +62,7 @@ impl Connector {
         let tls = match upstream.sslmode {
             SslMode::Disable | SslMode::Prefer => None,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-                Some(tls_connector(upstream.root_cert.as_deref())?)
+                Some(crate::tls::connector(upstream.root_cert.as_deref())?)
             }
         };
         Ok(Connector {
@@ -88,8 +94,10 @@ impl Connector {
                 Ok(Err(ConnectError::PasswordRefused(m))) => {
                     return Err(ConnectError::PasswordRefused(m));
                 }
-                Ok(Err(ConnectError::Failed(m))) => {
-                    failures.push(format!("{address}: {m}"));
+                // One host: its own error, as it said it.
+                Ok(Err(error)) if hosts.len() == 1 => return Err(error),
+                Ok(Err(error)) => {
+                    failures.push(format!("{address}: {error}"));
                     continue;
                 }
                 Err(_) => {
@@ -147,7 +155,7 @@ impl Connector {
         tcp.set_nodelay(true).map_err(failed)?;
         let mut stream: Stream = match &self.tls {
             None => Box::new(tcp),
-            Some(connector) => Box::new(start_tls(connector, tcp, &credential.host).await?),
+            Some(connector) => Box::new(start_tls(connector, tcp, host_name(address)).await?),
         };
         let mut out = BytesMut::new();
         let parameters = [
@@ -160,6 +168,7 @@ impl Connector {
         let mut reader = Reader::default();
         let password = credential.password.expose_secret().as_bytes();
         let mut scram = None;
+        let mut scram_done = false;
         let mut server = Server {
             stream: Box::new(tokio::io::empty()),
             parameters: Vec::new(),
@@ -195,6 +204,7 @@ impl Connector {
                 Message::AuthenticationSaslFinal(body) => {
                     let client = scram.as_mut().ok_or_else(|| unexpected("SASL final"))?;
                     client.finish(body.data()).map_err(failed)?;
+                    scram_done = true;
                 }
                 Message::AuthenticationMd5Password(body) => {
                     let hash = postgres_protocol::authentication::md5_hash(
@@ -211,6 +221,12 @@ impl Connector {
                         ));
                     }
                     frontend::password_message(password, &mut out).map_err(failed)?;
+                }
+                Message::AuthenticationOk if scram.is_some() && !scram_done => {
+                    // A server that skips SCRAM's last step never proved it knows the password.
+                    return Err(ConnectError::Failed(
+                        "the server ended SCRAM authentication without proving itself".into(),
+                    ));
                 }
                 Message::AuthenticationOk => {}
                 Message::ParameterStatus(body) => {
@@ -231,7 +247,7 @@ impl Connector {
                     return Err(if code == "28P01" {
                         ConnectError::PasswordRefused(message)
                     } else {
-                        ConnectError::Failed(format!("{code}: {message}"))
+                        ConnectError::Server { code, message }
                     });
                 }
                 _ => return Err(unexpected("message during authentication")),
@@ -245,6 +261,12 @@ impl Connector {
 
 fn unexpected(what: &str) -> ConnectError {
     ConnectError::Failed(format!("unexpected {what} from the server"))
+}
+
+/// The host of `host:port` (an IPv6 address in brackets loses them), for TLS verification.
+fn host_name(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Every `host:port` of the credential (several when it names primary and replicas).
@@ -288,9 +310,12 @@ async fn in_recovery(server: &mut Server) -> Result<bool, String> {
             .map_err(|e| e.to_string())?
         {
             Message::DataRow(row) => {
-                let buffer = row.buffer();
-                // One column: its length (4 bytes) then `t` or `f`.
-                standby = Some(buffer.get(6) == Some(&b't'));
+                let mut ranges = row.ranges();
+                if let Ok(Some(Some(range))) =
+                    fallible_iterator::FallibleIterator::next(&mut ranges)
+                {
+                    standby = Some(row.buffer().get(range.start) == Some(&b't'));
+                }
             }
             Message::ErrorResponse(body) => {
                 let (code, message) = error_fields(body.fields());
@@ -359,27 +384,4 @@ async fn start_tls(
         .connect(name, tcp)
         .await
         .map_err(|e| ConnectError::Failed(format!("TLS: {e}")))
-}
-
-/// A TLS connector trusting the PEM certificates in `root_cert`, or the system's roots; it
-/// always verifies the chain and the name (as pgwarden's own connections do).
-fn tls_connector(root_cert: Option<&std::path::Path>) -> Result<TlsConnector, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<CertificateDer<'static>> = match root_cert {
-        Some(path) => CertificateDer::pem_file_iter(path)
-            .and_then(|iter| iter.collect::<Result<_, _>>())
-            .map_err(|e| format!("upstream.root_cert {}: {e}", path.display()))?,
-        None => rustls_native_certs::load_native_certs().certs,
-    };
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err("no usable root certificate for upstream TLS; set upstream.root_cert".into());
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
 }

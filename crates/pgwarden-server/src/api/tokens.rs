@@ -93,6 +93,13 @@ pub async fn login(
     Ok(note.on(auth_response(Some(token), &record, record.ttl, None)))
 }
 
+/// `groups` sorted, for an answer that does not depend on the identity provider's order.
+fn sorted(groups: &[String]) -> Vec<String> {
+    let mut groups = groups.to_vec();
+    groups.sort();
+    groups
+}
+
 /// What the caller's own token is.
 pub fn lookup_self(caller: &Caller) -> Json<SecretResponse<TokenLookup>> {
     let lookup = match caller {
@@ -108,6 +115,7 @@ pub fn lookup_self(caller: &Caller) -> Json<SecretResponse<TokenLookup>> {
             ttl: 0,
             renewable: false,
             token_type: "service".into(),
+            groups: Vec::new(),
         },
         Caller::Token(t) => TokenLookup {
             accessor: t.accessor.clone(),
@@ -121,6 +129,7 @@ pub fn lookup_self(caller: &Caller) -> Json<SecretResponse<TokenLookup>> {
             ttl: seconds_left(t),
             renewable: OffsetDateTime::now_utc() < t.max_expires_at,
             token_type: "service".into(),
+            groups: sorted(&t.identity.groups),
         },
     };
     respond::ok(lookup)
