@@ -162,9 +162,24 @@ pub async fn hello(
                     );
                     return Err((Some(stream), error));
                 }
+                let mut parameters = startup.parameters;
+                let unsupported: Vec<String> = parameters
+                    .keys()
+                    .filter(|k| k.starts_with("_pq_."))
+                    .cloned()
+                    .collect();
+                if startup.protocol_number_minor > 0 || !unsupported.is_empty() {
+                    // Protocol 3.2 or extensions asked for: the proxy speaks 3.0, and says so.
+                    parameters.retain(|k, _| !k.starts_with("_pq_."));
+                    let mut out = BytesMut::new();
+                    reply::negotiate_protocol(&mut out, unsupported);
+                    if let Err(e) = stream.write_all(&out).await {
+                        return Err((Some(stream), gone(e)));
+                    }
+                }
                 return Ok(Hello::Session(Startup {
                     stream,
-                    parameters: startup.parameters,
+                    parameters,
                     tls: encrypted,
                 }));
             }

@@ -16,6 +16,7 @@ pub mod proxy;
 mod registry;
 mod relay;
 mod reply;
+mod settings;
 mod tls;
 mod upstream;
 

@@ -9,6 +9,8 @@ use crate::identity::Refusal;
 use crate::pool::{Attached, Checkout, Pool, PoolKey};
 use crate::proxy::Shared;
 use crate::reply::PgError;
+use crate::settings::Settings;
+use crate::upstream;
 use pgwarden_client::{Auth, Client, ClientError, CredentialProvider, ProviderOptions};
 use std::sync::Arc;
 
@@ -108,27 +110,42 @@ pub async fn admit(shared: &Arc<Shared>, identified: Identified) -> Entry {
         );
         return Entry::Refused(Some(startup.stream), "bad_startup", error);
     }
+    let settings = match Settings::from_startup(&startup.parameters) {
+        Ok(settings) => settings,
+        Err(error) => return Entry::Refused(Some(startup.stream), "bad_startup", error),
+    };
+    let transaction = shared.config.pool_mode == PoolMode::Transaction;
     let known = pool.parameters();
-    if shared.config.pool_mode == PoolMode::Transaction && !known.is_empty() {
-        return Entry::In(Admitted {
-            stream: startup.stream,
-            pool,
-            first: None,
-            parameters: known,
-        });
-    }
-    match pool.acquire(shared.config.query_wait_timeout).await {
-        Ok(mut checkout) => {
-            let parameters = checkout.server().parameters.clone();
-            Entry::In(Admitted {
-                stream: startup.stream,
-                pool,
-                first: Some(checkout),
-                parameters,
-            })
+    let mut first = None;
+    let parameters = if transaction && !known.is_empty() {
+        known
+    } else {
+        let mut checkout = match pool.acquire(shared.config.query_wait_timeout).await {
+            Ok(checkout) => checkout,
+            Err(error) => {
+                return Entry::Refused(Some(startup.stream), "server_unavailable", error);
+            }
+        };
+        if let (false, Some(sql)) = (transaction, settings.sql())
+            && let Err(error) = upstream::apply(checkout.server(), &sql).await
+        {
+            // The connection has the settings that worked: it is not reused.
+            drop(checkout);
+            return Entry::Refused(Some(startup.stream), "bad_startup", error);
         }
-        Err(error) => Entry::Refused(Some(startup.stream), "server_unavailable", error),
+        let parameters = checkout.server().parameters.clone();
+        first = Some(checkout);
+        parameters
+    };
+    if transaction && let Err(error) = settings.check_unchanged(&parameters) {
+        return Entry::Refused(Some(startup.stream), "bad_startup", error);
     }
+    Entry::In(Admitted {
+        stream: startup.stream,
+        pool,
+        first,
+        parameters,
+    })
 }
 
 /// What the client's identity gives: a pgwarden token (identity mode) or the pod's login.
@@ -296,11 +313,22 @@ fn role_path(user: &str, default_mount: &str) -> Result<String, PgError> {
         return Err(PgError::new(
             "28000",
             format!(
-                "user {user:?} must name a pgwarden role as <role> or <mount>/<role> (a letter or digit, then letters, digits, _ . -)"
+                "user {} must name a pgwarden role as <role> or <mount>/<role> (a letter or digit, then letters, digits, _ . -)",
+                shown(user)
             ),
         ));
     }
     Ok(format!("{mount}/creds/{role}"))
+}
+
+/// A user name as errors show it: quoted, or only its length if it is long enough to be a
+/// token pasted into the wrong field (errors are logged).
+fn shown(user: &str) -> String {
+    if user.chars().count() > 63 {
+        format!("name of {} characters", user.chars().count())
+    } else {
+        format!("{user:?}")
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// How long a new credential refused by a server is tried again before it counts as
+/// revoked: a standby replays the user's creation a little after the primary commits it.
+const REPLICATION_GRACE: Duration = Duration::from_secs(5);
+
 /// What a pool is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -329,7 +333,15 @@ impl Pool {
                     // Not made after all.
                     let retired = self.state.lock().close_one(generation, &self.metrics);
                     self.revoke_later(retired);
-                    if !matches!(error, ConnectError::PasswordRefused(_)) || refreshed {
+                    if !matches!(error, ConnectError::PasswordRefused(_)) {
+                        return Err(error.into());
+                    }
+                    if current.since.elapsed() < REPLICATION_GRACE {
+                        // A user just made on the primary may not have reached a standby yet.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    if refreshed {
                         return Err(error.into());
                     }
                     // Revoked behind the proxy's back, or expired: a new credential, once.

@@ -358,3 +358,53 @@ async fn reset(checkout: &mut Checkout) -> bool {
         Ok(Some(()))
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn taken(bytes: Vec<u8>, mode: PoolMode) -> (Result<(), PgError>, Progress, BytesMut) {
+        let mut progress = Progress {
+            status: b'I',
+            ..Progress::default()
+        };
+        let mut buf = BytesMut::from(&bytes[..]);
+        let outcome = take_in(&mut buf, &mut progress, mode);
+        (outcome, progress, buf)
+    }
+
+    #[test]
+    fn every_message_answered_by_ready_for_query_is_awaited() {
+        // A function call pipelined with a query: two ReadyForQuery to wait for.
+        let mut bytes = message(b'F', &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        bytes.extend(message(b'Q', b"SELECT 1\0"));
+        let (outcome, progress, buf) = taken(bytes.clone(), PoolMode::Transaction);
+        assert_eq!(outcome, Ok(()));
+        assert_eq!((progress.pending, progress.unsynced), (2, false));
+        assert_eq!(&buf[..], &bytes[..]);
+        // Extended protocol without a sync yet: the server stays held.
+        let (_, progress, _) = taken(message(b'P', b"\0SELECT 1\0\0\0"), PoolMode::Transaction);
+        assert_eq!((progress.pending, progress.unsynced), (0, true));
+        assert!(!progress.idle());
+    }
+
+    #[test]
+    fn named_statements_wait_for_session_pooling_and_terminate_stays_here() {
+        let named = message(b'P', b"s0\0SELECT 1\0\0\0");
+        let (outcome, _, _) = taken(named.clone(), PoolMode::Transaction);
+        assert_eq!(outcome.unwrap_err().code, "0A000");
+        assert_eq!(taken(named, PoolMode::Session).0, Ok(()));
+        let mut bytes = message(b'Q', b"SELECT 1\0");
+        bytes.extend(TERMINATE);
+        let (_, progress, buf) = taken(bytes, PoolMode::Session);
+        assert!(progress.terminated);
+        assert_eq!(&buf[..], &message(b'Q', b"SELECT 1\0")[..]);
+    }
+}

@@ -3,7 +3,9 @@
 use bytes::BytesMut;
 use pgwire::messages::PgWireBackendMessage as Backend;
 use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
-use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
+};
 
 /// A refusal the client sees as a PostgreSQL error: its SQLSTATE and message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +41,12 @@ pub fn fatal(out: &mut BytesMut, error: &PgError) {
         (b'M', error.message.clone()),
     ];
     put(out, Backend::ErrorResponse(ErrorResponse::new(fields)));
+}
+
+/// `NegotiateProtocolVersion`: protocol 3.0, without the `unsupported` options.
+pub fn negotiate_protocol(out: &mut BytesMut, unsupported: Vec<String>) {
+    let message = NegotiateProtocolVersion::new(0, unsupported);
+    put(out, Backend::NegotiateProtocolVersion(message));
 }
 
 /// `AuthenticationCleartextPassword`.

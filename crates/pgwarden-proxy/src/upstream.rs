@@ -292,6 +292,42 @@ fn error_fields(mut fields: ErrorFields<'_>) -> (String, String) {
     (code, message)
 }
 
+/// Runs `sql` (settings for the session) on `server`, taking note of the parameters it
+/// reports changed; the server's error, if any.
+pub async fn apply(server: &mut Server, sql: &str) -> Result<(), crate::reply::PgError> {
+    let failed = |e: std::io::Error| crate::reply::PgError::new("08006", e.to_string());
+    let mut out = BytesMut::new();
+    frontend::query(sql, &mut out).map_err(failed)?;
+    server.stream.write_all(&out).await.map_err(failed)?;
+    let mut reader = Reader::default();
+    let mut error = None;
+    loop {
+        let message = reader
+            .next(&mut server.stream)
+            .await
+            .map_err(|e| crate::reply::PgError::new("08006", e.to_string()))?;
+        match message {
+            Message::ParameterStatus(body) => {
+                let (Ok(name), Ok(value)) = (body.name(), body.value()) else {
+                    continue;
+                };
+                match server.parameters.iter_mut().find(|(n, _)| n == name) {
+                    Some(known) => known.1 = value.to_string(),
+                    None => server
+                        .parameters
+                        .push((name.to_string(), value.to_string())),
+                }
+            }
+            Message::ErrorResponse(body) => {
+                let (code, message) = error_fields(body.fields());
+                error = Some(crate::reply::PgError::new(&code, message));
+            }
+            Message::ReadyForQuery(_) => return error.map_or(Ok(()), Err),
+            _ => {}
+        }
+    }
+}
+
 /// Whether the server is a standby (`pg_is_in_recovery()`), asked with a simple query.
 async fn in_recovery(server: &mut Server) -> Result<bool, String> {
     let mut out = BytesMut::new();

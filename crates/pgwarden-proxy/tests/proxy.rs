@@ -3,9 +3,9 @@
 //! (tokio-postgres, psql, psycopg) through the proxy in both pooling modes.
 
 use pgwarden_proxy::{ProxyConfig, Running};
-use pgwarden_testkit::PgCluster;
 use pgwarden_testkit::broker::TestBroker;
 use pgwarden_testkit::issuer::{TestIssuer, TestKey};
+use pgwarden_testkit::{APP_ADMIN, APP_ADMIN_PASSWORD, PgCluster};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -24,13 +24,16 @@ const POLICY: &str = r#"
 grants:
   - subjects: ["system:serviceaccount:team-a:*"]
     roles: ["database/appdb-readonly", "database/short"]
+  - subjects: ["group:dba"]
+    roles: ["database/appdb-readonly"]
 "#;
 
-/// A broker with Kubernetes logins for namespaces team-a and team-b, and a proxy before it.
+/// A broker with Kubernetes logins for namespaces team-a and team-b and OIDC logins for
+/// people, and a proxy before it.
 struct World {
     cluster: PgCluster,
     issuer: TestIssuer,
-    _broker: TestBroker,
+    broker: TestBroker,
     proxy: Option<Running>,
     socket_dir: tempfile::TempDir,
     _policy_dir: tempfile::TempDir,
@@ -38,12 +41,28 @@ struct World {
 
 async fn world(mode: &str, extra: &str) -> World {
     let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let url = cluster.templated_url("appdb");
+    world_with(cluster, &url, mode, extra).await
+}
+
+/// [`world`] with the broker's connection at `url` (several hosts, say).
+async fn world_with(cluster: PgCluster, url: &str, mode: &str, extra: &str) -> World {
     let issuer = TestIssuer::start(&[TestKey::Rsa1]).await;
     let policy_dir = tempfile::tempdir().unwrap();
     let policy = policy_dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
-    let auth = format!(
+    let yaml = format!(
         r#"
+mounts:
+  database:
+    connections:
+      appdb:
+        connection_url: "{url}"
+        username: {APP_ADMIN}
+        password: {APP_ADMIN_PASSWORD}
+        allowed_roles: ["*"]
+    roles:
+{ROLES}
 policy_file: "{policy}"
 auth:
   kubernetes:
@@ -54,15 +73,38 @@ auth:
     roles:
       team-a: {{ bound_service_account_names: ["*"], bound_service_account_namespaces: [team-a] }}
       team-b: {{ bound_service_account_names: ["*"], bound_service_account_namespaces: [team-b] }}
+  jwt:
+    type: jwt
+    issuer: "{iss}"
+    keys: {{ jwks_url: "{jwks}" }}
+    audiences: [{AUD}]
+    roles:
+      people: {{ user_claim: email, groups_claim: groups }}
 "#,
         policy = policy.display(),
         iss = issuer.issuer(),
         jwks = issuer.jwks_url(),
     );
-    let broker = TestBroker::start(&cluster, ROLES, &auth).await;
+    let mut broker = TestBroker::from_yaml(yaml);
+    broker.boot().await;
     let socket_dir = tempfile::tempdir().unwrap();
-    let config = ProxyConfig::parse(&format!(
-        r#"
+    let mut world = World {
+        cluster,
+        issuer,
+        broker,
+        proxy: None,
+        socket_dir,
+        _policy_dir: policy_dir,
+    };
+    world.proxy = Some(world.start_proxy(mode, extra).await);
+    world
+}
+
+impl World {
+    /// A proxy in pool mode `mode` with `extra` YAML, before this world's broker.
+    async fn start_proxy(&self, mode: &str, extra: &str) -> Running {
+        let config = ProxyConfig::parse(&format!(
+            r#"
 address: "{base}"
 listen: 127.0.0.1:0
 unix_socket_dir: "{dir}"
@@ -74,25 +116,16 @@ query_wait_timeout: 5s
 drain_timeout: 5s
 auth:
   identity:
-    logins: [{{mount: kubernetes, role: team-a}}, {{mount: kubernetes, role: team-b}}]
+    logins: [{{mount: kubernetes, role: team-a}}, {{mount: kubernetes, role: team-b}}, {{mount: jwt, role: people}}]
 {extra}
 "#,
-        base = broker.base,
-        dir = socket_dir.path().display(),
-    ))
-    .unwrap();
-    let proxy = pgwarden_proxy::start(config).await.unwrap();
-    World {
-        cluster,
-        issuer,
-        _broker: broker,
-        proxy: Some(proxy),
-        socket_dir,
-        _policy_dir: policy_dir,
+            base = self.broker.base,
+            dir = self.socket_dir.path().display(),
+        ))
+        .unwrap();
+        pgwarden_proxy::start(config).await.unwrap()
     }
-}
 
-impl World {
     fn port(&self) -> u16 {
         self.proxy.as_ref().unwrap().addr.unwrap().port()
     }
@@ -229,6 +262,27 @@ async fn session_mode_serves_tokio_postgres_with_a_service_account_token() {
         .get(0);
     assert_eq!(name, "pgwarden-proxy");
 
+    // Startup settings apply to the session, and are gone for the next client.
+    let mut with_settings = w.config("appdb-readonly", &token);
+    with_settings
+        .options("-c statement_timeout=77 -c search_path=nowhere")
+        .application_name("mine");
+    let (configured, connection) = with_settings.connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    assert_eq!(
+        first_value(&configured, "SHOW statement_timeout").await,
+        "77ms"
+    );
+    assert_eq!(
+        first_value(&configured, "SHOW search_path").await,
+        "nowhere"
+    );
+    assert_eq!(
+        first_value(&configured, "SHOW application_name").await,
+        "mine"
+    );
+    drop(configured);
+
     // Cancel requests reach the query's server.
     let cancel = third.cancel_token();
     let started = Instant::now();
@@ -325,6 +379,18 @@ async fn bad_clients_are_refused_cleanly_and_others_keep_being_served() {
         message.starts_with(
             "system:serviceaccount:team-b:app may not use database/creds/appdb-readonly: "
         ),
+        "{message}"
+    );
+    // Settings that could not follow the client from one server connection to the next.
+    let mut with_options = w.config("appdb-readonly", &w.token("team-a"));
+    with_options.options("-c search_path=x");
+    let Err(error) = with_options.connect(NoTls).await else {
+        panic!("options accepted in transaction pooling");
+    };
+    let (code, message) = refusal(error);
+    assert_eq!(code, "08P01");
+    assert!(
+        message.starts_with("startup parameter(s) search_path=x cannot follow a client"),
         "{message}"
     );
     // A user that is no role name.
@@ -617,4 +683,92 @@ async fn tls_clients_are_served_and_a_sixty_second_pgbench_survives_rotations() 
         metric(&metrics, "pgwarden_proxy_rotations_total") >= 10.0,
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_serves_only_the_principal_policy_allowed() {
+    let w = world("session", "").await;
+    let as_dba = w
+        .issuer
+        .person_token(TestKey::Rsa1, AUD, "ola@example.com", &["dba"]);
+    let client = w.connect("appdb-readonly", &as_dba).await.unwrap();
+    assert_eq!(
+        first_value(&client, "SELECT count(*) FROM items").await,
+        "3"
+    );
+    // The same person without the group that granted it: the pool made for her with the
+    // group is not hers now.
+    let without = w
+        .issuer
+        .person_token(TestKey::Rsa1, AUD, "ola@example.com", &["dev"]);
+    let (code, message) = refusal(w.connect("appdb-readonly", &without).await.unwrap_err());
+    assert_eq!(code, "28000");
+    assert!(
+        message.starts_with("user:ola@example.com may not use database/creds/appdb-readonly: "),
+        "{message}"
+    );
+    // A database other than the role's.
+    let mut other = w.config("appdb-readonly", &as_dba);
+    other.dbname("postgres");
+    let Err(error) = other.connect(NoTls).await else {
+        panic!("another database was served");
+    };
+    assert_eq!(
+        refusal(error),
+        (
+            "3D000".to_string(),
+            "role \"appdb-readonly\" serves database \"appdb\", not \"postgres\"".to_string()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_session_attrs_picks_the_primary_or_the_standby() {
+    let primary = PgCluster::start_with_appdb().await.unwrap();
+    if !primary.can_replicate() {
+        eprintln!("SKIPPED: no pg_basebackup beside these PostgreSQL binaries (npm builds)");
+        return;
+    }
+    let replica = tokio::task::block_in_place(|| primary.start_replica()).unwrap();
+    // The standby first in the list.
+    let url = format!(
+        "postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{},127.0.0.1:{}/appdb?sslmode=disable",
+        replica.port(),
+        primary.port()
+    );
+    let w = world_with(
+        primary,
+        &url,
+        "transaction",
+        "upstream: { target_session_attrs: read-write }",
+    )
+    .await;
+    let token = w.token("team-a");
+    let writer = w.connect("appdb-readonly", &token).await.unwrap();
+    assert_eq!(
+        first_value(&writer, "SELECT pg_is_in_recovery()").await,
+        "f"
+    );
+    for (attrs, expected) in [("read-only", "t"), ("prefer-standby", "t"), ("any", "t")] {
+        let proxy = w
+            .start_proxy(
+                "transaction",
+                &format!("upstream: {{ target_session_attrs: {attrs} }}"),
+            )
+            .await;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(proxy.addr.unwrap().port())
+            .user("appdb-readonly")
+            .password(&token)
+            .dbname("appdb");
+        let (client, connection) = config.connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let standby = first_value(&client, "SELECT pg_is_in_recovery()").await;
+        assert_eq!(standby, expected, "{attrs}");
+        drop(client);
+        proxy.shutdown().await;
+    }
+    drop(replica);
 }
