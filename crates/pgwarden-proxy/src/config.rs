@@ -2,6 +2,7 @@
 
 use pgwarden_core::Ttl;
 use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -130,6 +131,22 @@ pub struct Upstream {
     /// libpq's `target_session_attrs` over the credential's hosts.
     #[serde(default)]
     pub target_session_attrs: TargetSessionAttrs,
+    /// Roles (`<role>` or `<mount>/<role>`, as clients name them) that choose otherwise, e.g.
+    /// a read-only role sent to the replicas.
+    #[serde(default)]
+    pub role_target_session_attrs: BTreeMap<String, TargetSessionAttrs>,
+}
+
+impl Upstream {
+    /// The `target_session_attrs` of role `role` in secrets mount `mount`.
+    pub fn attrs_for(&self, mount: &str, role: &str) -> TargetSessionAttrs {
+        let by_role = &self.role_target_session_attrs;
+        by_role
+            .get(&format!("{mount}/{role}"))
+            .or_else(|| by_role.get(role))
+            .copied()
+            .unwrap_or(self.target_session_attrs)
+    }
 }
 
 /// libpq's `sslmode`, read as pgwarden reads it for its own connections: the modes that ask

@@ -249,11 +249,13 @@ async fn make_pool(
         .await
         .map_err(|error| refused_credential(&key, error))?;
     tracing::info!(path = %key.path, subject = %key.subject, lease_id = %provider.current().credential.lease_id, "pool opened");
+    let (mount, role) = key.path.split_once("/creds/").unwrap_or(("", &key.path));
+    let attrs = shared.config.upstream.attrs_for(mount, role);
     Ok(Pool::new(
         key,
         client,
         provider,
-        shared.connector.clone(),
+        (shared.connector.clone(), attrs),
         shared.metrics.clone(),
         shared.config.pool_size,
     ))

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub pool_wait_timeouts: Counter,
     /// Bytes relayed.
     pub bytes: Family<DirectionLabels, Counter>,
+    /// Bytes from clients to servers (the `bytes` counter of that direction, looked up once).
+    pub bytes_to_server: Counter,
+    /// Bytes from servers to clients.
+    pub bytes_to_client: Counter,
     /// Credentials replaced by new ones.
     pub rotations: Counter,
     /// Leases the proxy revoked (replaced ones whose last connection closed, and at exit).
@@ -51,6 +55,17 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers all metrics.
     pub fn new() -> Metrics {
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        let bytes_to_server = bytes
+            .get_or_create(&DirectionLabels {
+                direction: "client_to_server",
+            })
+            .clone();
+        let bytes_to_client = bytes
+            .get_or_create(&DirectionLabels {
+                direction: "server_to_client",
+            })
+            .clone();
         let mut m = Metrics {
             registry: Registry::with_prefix("pgwarden_proxy"),
             clients: Gauge::default(),
@@ -60,7 +75,9 @@ impl Metrics {
             refusals: Family::default(),
             pool_wait: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             pool_wait_timeouts: Counter::default(),
-            bytes: Family::default(),
+            bytes,
+            bytes_to_server,
+            bytes_to_client,
             rotations: Counter::default(),
             leases_revoked: Counter::default(),
         };
@@ -105,13 +122,6 @@ impl Metrics {
     /// Counts a refusal.
     pub fn refused(&self, reason: &'static str) {
         self.refusals.get_or_create(&RefusalLabels { reason }).inc();
-    }
-
-    /// Counts `n` bytes relayed in `direction`.
-    pub fn relayed(&self, direction: &'static str, n: usize) {
-        self.bytes
-            .get_or_create(&DirectionLabels { direction })
-            .inc_by(n as u64);
     }
 
     /// The text exposition.

@@ -7,6 +7,7 @@
 //! is made (so a rotation meanwhile cannot revoke the lease it is being made with) until it
 //! closes, and the generation in force is read under the same lock that retires old ones.
 
+use crate::config::TargetSessionAttrs;
 use crate::metrics::Metrics;
 use crate::reply::PgError;
 use crate::upstream::{ConnectError, Connector, Server};
@@ -123,6 +124,7 @@ pub struct Pool {
     client: Arc<Client>,
     provider: CredentialProvider,
     connector: Arc<Connector>,
+    attrs: TargetSessionAttrs,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
     state: Mutex<State>,
@@ -204,12 +206,12 @@ impl Drop for Attached {
 
 impl Pool {
     /// A pool of at most `size` connections for `key`, whose credential `provider` keeps fresh
-    /// through `client`.
+    /// through `client`, made by `connector` on hosts that fit `attrs`.
     pub fn new(
         key: PoolKey,
         client: Arc<Client>,
         provider: CredentialProvider,
-        connector: Arc<Connector>,
+        (connector, attrs): (Arc<Connector>, TargetSessionAttrs),
         metrics: Arc<Metrics>,
         size: usize,
     ) -> Arc<Pool> {
@@ -219,6 +221,7 @@ impl Pool {
             client,
             provider,
             connector,
+            attrs,
             metrics,
             permits: Arc::new(Semaphore::new(size)),
             state: Mutex::new(State {
@@ -319,11 +322,7 @@ impl Pool {
                 return Ok(self.checkout(idle.server, idle.generation, permit));
             }
             let credential = current.credential.clone();
-            match self
-                .connector
-                .connect(&credential, &credential.database)
-                .await
-            {
+            match self.connector.connect(&credential, self.attrs).await {
                 Ok(server) => {
                     self.metrics.server_connects.inc();
                     self.state.lock().parameters = server.parameters.clone();

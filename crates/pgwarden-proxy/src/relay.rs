@@ -147,10 +147,13 @@ impl Session {
                 point(&cancel, None);
             }
             let reading_client = to_server.is_empty() && !progress.terminated;
+            // An outbox passed on whole is dropped first, so its inbox takes its memory back.
             if reading_client {
+                to_server = BytesMut::new();
                 from_client.reserve(CHUNK);
             }
             if to_client.is_empty() {
+                to_client = BytesMut::new();
                 from_server.reserve(CHUNK);
             }
             let (server_read, server_write) =
@@ -181,7 +184,9 @@ impl Session {
                 }
                 written = write_some(server_write, &mut to_server), if !to_server.is_empty() => {
                     match written {
-                        Ok(n) => metrics.relayed("client_to_server", n),
+                        Ok(n) => {
+                            metrics.bytes_to_server.inc_by(n as u64);
+                        }
                         Err(error) => {
                             held.take();
                             break Some(PgError::new("08006", format!("the server connection failed: {error}")));
@@ -214,7 +219,9 @@ impl Session {
                 }
                 written = client_write.write_buf(&mut to_client), if !to_client.is_empty() => {
                     match written {
-                        Ok(n) => metrics.relayed("server_to_client", n),
+                        Ok(n) => {
+                            metrics.bytes_to_client.inc_by(n as u64);
+                        }
                         Err(_) => break None,
                     }
                 }

@@ -53,7 +53,6 @@ pub enum ConnectError {
 /// Makes server connections as [`Upstream`] says.
 pub struct Connector {
     tls: Option<TlsConnector>,
-    attrs: TargetSessionAttrs,
 }
 
 impl Connector {
@@ -65,25 +64,18 @@ impl Connector {
                 Some(crate::tls::connector(upstream.root_cert.as_deref())?)
             }
         };
-        Ok(Connector {
-            tls,
-            attrs: upstream.target_session_attrs,
-        })
+        Ok(Connector { tls })
     }
 
-    /// Connects as `credential` to `database` on the credential's hosts, the first that fits
-    /// `target_session_attrs` (with `prefer-standby`, any host if no standby answers).
+    /// Connects as `credential` to its database on its hosts, the first that fits `attrs`
+    /// (with `prefer-standby`, any host if no standby answers).
     pub async fn connect(
         &self,
         credential: &Credential,
-        database: &str,
+        attrs: TargetSessionAttrs,
     ) -> Result<Server, ConnectError> {
         let hosts = hosts(credential);
-        let database = if database.is_empty() {
-            credential.database.as_str()
-        } else {
-            database
-        };
+        let database = credential.database.as_str();
         let mut failures = Vec::new();
         let mut fallback = None;
         for address in &hosts {
@@ -105,7 +97,7 @@ impl Connector {
                     continue;
                 }
             };
-            if self.attrs == TargetSessionAttrs::Any {
+            if attrs == TargetSessionAttrs::Any {
                 return Ok(server);
             }
             let standby = match in_recovery(&mut server).await {
@@ -115,7 +107,7 @@ impl Connector {
                     continue;
                 }
             };
-            match (self.attrs, standby) {
+            match (attrs, standby) {
                 (TargetSessionAttrs::ReadWrite, false)
                 | (TargetSessionAttrs::ReadOnly | TargetSessionAttrs::PreferStandby, true) => {
                     return Ok(server);
@@ -138,7 +130,7 @@ impl Connector {
         }
         Err(ConnectError::Failed(format!(
             "no server fits (target_session_attrs {:?}): {}",
-            self.attrs,
+            attrs,
             failures.join("; ")
         )))
     }

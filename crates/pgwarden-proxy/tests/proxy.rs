@@ -176,6 +176,20 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     text
 }
 
+/// A client of `proxy` as `role`.
+async fn connect_to(proxy: &Running, role: &str, password: &str) -> tokio_postgres::Client {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(proxy.addr.unwrap().port())
+        .user(role)
+        .password(password)
+        .dbname("appdb");
+    let (client, connection) = config.connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 /// Sends `bytes` to the proxy's port and reads what it answers until it closes.
 fn exchange(port: u16, bytes: &[u8]) -> String {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -365,6 +379,18 @@ async fn bad_clients_are_refused_cleanly_and_others_keep_being_served() {
         message.starts_with("password authentication failed for user \"appdb-readonly\": pgwarden refused the token: auth/kubernetes: "),
         "{message}"
     );
+    // An expired token.
+    let claims = pgwarden_testkit::issuer::service_account_claims(
+        &w.issuer.issuer(),
+        AUD,
+        "team-a",
+        "app",
+        -120,
+    );
+    let expired = pgwarden_testkit::issuer::sign(TestKey::Rsa1, &claims);
+    let (code, message) = refusal(w.connect("appdb-readonly", &expired).await.unwrap_err());
+    assert_eq!(code, "28P01");
+    assert!(message.to_lowercase().contains("expired"), "{message}");
     // Not a token at all.
     let (code, _) = refusal(w.connect("appdb-readonly", "hunter2").await.unwrap_err());
     assert_eq!(code, "28P01");
@@ -552,7 +578,18 @@ async fn sigterm_drains_open_transactions_then_revokes_every_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_and_psycopg_work_over_tcp_and_the_unix_socket() {
     let w = world("transaction", "").await;
+    let session = w.start_proxy("session", "").await;
     let token = w.token("team-a");
+    for (mode, port) in [
+        ("transaction", w.port()),
+        ("session", session.addr.unwrap().port()),
+    ] {
+        psql_and_psycopg(&w, port, &token, mode);
+    }
+}
+
+/// psql over TCP and the Unix socket, then psycopg, through the proxy at `port`.
+fn psql_and_psycopg(w: &World, port: u16, token: &str, mode: &str) {
     let psql = w.cluster.bin_dir().join("psql");
     for host in [
         "127.0.0.1".to_string(),
@@ -561,16 +598,16 @@ async fn psql_and_psycopg_work_over_tcp_and_the_unix_socket() {
         let out = std::process::Command::new(&psql)
             .args(["-X", "-A", "-t", "-c", "SELECT count(*) FROM items"])
             .env("PGHOST", &host)
-            .env("PGPORT", w.port().to_string())
+            .env("PGPORT", port.to_string())
             .env("PGUSER", "appdb-readonly")
             .env("PGDATABASE", "appdb")
-            .env("PGPASSWORD", &token)
+            .env("PGPASSWORD", token)
             .env("PGSSLMODE", "disable")
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "psql via {host}: {}",
+            "psql via {host} ({mode}): {}",
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
@@ -591,8 +628,7 @@ with psycopg.connect(host="127.0.0.1", port={port}, user="appdb-readonly", dbnam
     with conn.transaction():
         conn.execute("SELECT 1")
 print("ok")
-"#,
-        port = w.port(),
+"#
     );
     let out = std::process::Command::new(&python)
         .args(["-c", &script])
@@ -600,7 +636,7 @@ print("ok")
         .unwrap();
     assert!(
         out.status.success(),
-        "psycopg: {}",
+        "psycopg ({mode}): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
@@ -749,6 +785,22 @@ async fn target_session_attrs_picks_the_primary_or_the_standby() {
         first_value(&writer, "SELECT pg_is_in_recovery()").await,
         "f"
     );
+    // Per role: the short-lived readonly role reads from the standby.
+    let routed = w
+        .start_proxy(
+            "transaction",
+            "upstream: { target_session_attrs: read-write, role_target_session_attrs: { short: read-only } }",
+        )
+        .await;
+    for (role, expected) in [("short", "t"), ("appdb-readonly", "f")] {
+        let client = connect_to(&routed, role, &token).await;
+        assert_eq!(
+            first_value(&client, "SELECT pg_is_in_recovery()").await,
+            expected,
+            "{role}"
+        );
+    }
+    routed.shutdown().await;
     for (attrs, expected) in [("read-only", "t"), ("prefer-standby", "t"), ("any", "t")] {
         let proxy = w
             .start_proxy(
@@ -756,19 +808,68 @@ async fn target_session_attrs_picks_the_primary_or_the_standby() {
                 &format!("upstream: {{ target_session_attrs: {attrs} }}"),
             )
             .await;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(proxy.addr.unwrap().port())
-            .user("appdb-readonly")
-            .password(&token)
-            .dbname("appdb");
-        let (client, connection) = config.connect(NoTls).await.unwrap();
-        tokio::spawn(connection);
+        let client = connect_to(&proxy, "appdb-readonly", &token).await;
         let standby = first_value(&client, "SELECT pg_is_in_recovery()").await;
         assert_eq!(standby, expected, "{attrs}");
         drop(client);
         proxy.shutdown().await;
     }
     drop(replica);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_acts_as_its_pod_and_limits_answer_in_postgresql_terms() {
+    let w = world("session", "").await;
+    let token_file = w.socket_dir.path().join("token");
+    std::fs::write(&token_file, w.token("team-a")).unwrap();
+    let config = ProxyConfig::parse(&format!(
+        "address: \"{}\"\nlisten: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\npool_size: 1\n\
+         max_client_conn: 2\nquery_wait_timeout: 1s\n\
+         auth: {{ sidecar: {{ role: team-a, token_file: \"{}\" }} }}\n",
+        w.broker.base,
+        token_file.display()
+    ))
+    .unwrap();
+    let sidecar = pgwarden_proxy::start(config).await.unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(sidecar.addr.unwrap().port())
+        .user("appdb-readonly")
+        .dbname("appdb");
+    // No password: a local client is the pod, and the proxy logs in with the pod's token.
+    let (client, connection) = config.connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    assert!(session_user(&client).await.starts_with("v-"));
+    // pool_size 1 in session mode: the next client waits query_wait_timeout, then 53300.
+    let Err(error) = config.connect(NoTls).await else {
+        panic!("a second server connection in a pool of one");
+    };
+    let (code, message) = refusal(error);
+    assert_eq!(code, "53300");
+    assert!(
+        message.starts_with("no server connection free within 1s"),
+        "{message}"
+    );
+    // max_client_conn 2: with one client in and one that says nothing, a third is refused.
+    let port = sidecar.addr.unwrap().port();
+    let _silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let Err(error) = config.connect(NoTls).await else {
+        panic!("more clients than max_client_conn");
+    };
+    assert_eq!(
+        refusal(error),
+        (
+            "53300".to_string(),
+            "sorry, too many clients already".to_string()
+        )
+    );
+    // A sidecar listening beyond loopback is refused at start.
+    let wide =
+        ProxyConfig::parse("address: x\nlisten: 0.0.0.0:6432\nauth: { sidecar: { role: app } }\n");
+    assert_eq!(
+        wide.unwrap_err(),
+        "a sidecar serves its own pod only: listen on loopback (e.g. 127.0.0.1:6432), not 0.0.0.0:6432"
+    );
 }
