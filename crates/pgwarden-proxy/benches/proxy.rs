@@ -249,7 +249,7 @@ async fn main() {
             broker.base
         ))
         .unwrap();
-        let proxy = pgwarden_proxy::start(config).await.unwrap();
+        let proxy = Proxy::start(config);
         let paths = [
             Target {
                 name: "PgBouncer",
@@ -259,7 +259,7 @@ async fn main() {
             },
             Target {
                 name: "pgwarden proxy",
-                port: proxy.addr.unwrap().port(),
+                port: proxy.port,
                 user: "bench".into(),
                 password: ROOT_TOKEN.into(),
             },
@@ -291,9 +291,43 @@ async fn main() {
                 }
             }
         }
-        proxy.shutdown().await;
+        proxy.stop();
         let _ = bouncer.kill();
         let _ = bouncer.wait();
+    }
+}
+
+/// The proxy on a thread and runtime of its own (one thread, like PgBouncer's), apart from
+/// the bench's broker and its runtime.
+struct Proxy {
+    port: u16,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Proxy {
+    fn start(config: ProxyConfig) -> Proxy {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let proxy = pgwarden_proxy::start(config).await.unwrap();
+                port_tx.send(proxy.addr.unwrap().port()).unwrap();
+                let _ = stopped.await;
+                proxy.shutdown().await;
+            });
+        });
+        let port = port_rx.recv().unwrap();
+        Proxy { port, stop, thread }
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        self.thread.join().unwrap();
     }
 }
 

@@ -10,12 +10,15 @@ use crate::frame::{Seen, Walker};
 use crate::metrics::Metrics;
 use crate::pool::{Attached, Checkout};
 use crate::reply::{self, PgError};
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use postgres_protocol::message::frontend;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
 /// Most bytes read from one side before they are passed on.
@@ -73,30 +76,66 @@ impl Progress {
     }
 }
 
-/// A server connection in use: the checkout and its stream's halves.
-struct Attachment {
-    checkout: Checkout,
-    read: ReadHalf<Stream>,
-    write: WriteHalf<Stream>,
+/// Bytes read from one side and not yet all written to the other: `buf[start..end]`. The
+/// side is read again only once all of it is written, so nothing is ever copied.
+struct Pending {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
 }
 
-impl Attachment {
-    fn new(mut checkout: Checkout) -> Attachment {
-        let stream = std::mem::replace(&mut checkout.server().stream, Box::new(tokio::io::empty()));
-        let (read, write) = tokio::io::split(stream);
-        Attachment {
-            checkout,
-            read,
-            write,
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            buf: vec![0; CHUNK].into_boxed_slice(),
+            start: 0,
+            end: 0,
         }
     }
 
-    /// The checkout with its stream whole again.
-    fn into_checkout(self) -> Checkout {
-        let mut checkout = self.checkout;
-        checkout.server().stream = self.read.unsplit(self.write);
-        checkout
+    fn is_empty(&self) -> bool {
+        self.start == self.end
     }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Reads from `from` into the emptied buffer.
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut Stream,
+    ) -> Poll<std::io::Result<usize>> {
+        let mut read = ReadBuf::new(&mut self.buf);
+        ready!(Pin::new(from).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        (self.start, self.end) = (0, n);
+        Poll::Ready(Ok(n))
+    }
+
+    /// Writes some of the bytes to `to`.
+    fn poll_drain(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: &mut Stream,
+    ) -> Poll<std::io::Result<usize>> {
+        let n = ready!(Pin::new(to).poll_write(cx, &self.buf[self.start..self.end]))?;
+        if n == 0 {
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+        }
+        self.start += n;
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// What woke the relay.
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    ServerRead(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+    ServerWrote(std::io::Result<usize>),
+    Draining,
 }
 
 impl Session {
@@ -104,17 +143,16 @@ impl Session {
     /// client was welcomed with, if it took one.
     pub async fn run(self, first: Option<Checkout>) {
         let Session {
-            client,
+            mut client,
             pool,
             mode,
             wait,
-            mut draining,
+            draining,
             cancel,
             metrics,
         } = self;
-        let (mut client_read, mut client_write) = tokio::io::split(client);
         let mut held = match (mode, first) {
-            (PoolMode::Session, Some(checkout)) => Some(Attachment::new(checkout)),
+            (PoolMode::Session, Some(checkout)) => Some(checkout),
             (_, other) => {
                 if let Some(checkout) = other {
                     checkout.release(true);
@@ -122,15 +160,14 @@ impl Session {
                 None
             }
         };
-        point(&cancel, held.as_ref());
+        point(&cancel, held.as_mut());
         let mut progress = Progress {
             status: b'I',
             ..Progress::default()
         };
-        // Read into the inboxes, then handed whole (no copy) to the outboxes.
-        let (mut from_client, mut from_server) = (BytesMut::new(), BytesMut::new());
-        let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+        let (mut to_server, mut to_client) = (Pending::new(), Pending::new());
         let mut closing = *draining.borrow();
+        let mut drain_signal = std::pin::pin!(drained(draining));
         let ending: Option<PgError> = loop {
             if closing && progress.idle() && to_server.is_empty() {
                 break Some(PgError::new(
@@ -141,30 +178,43 @@ impl Session {
             if mode == PoolMode::Transaction
                 && progress.idle()
                 && to_server.is_empty()
-                && let Some(attached) = held.take()
+                && let Some(checkout) = held.take()
             {
-                attached.into_checkout().release(true);
+                checkout.release(true);
                 point(&cancel, None);
             }
             let reading_client = to_server.is_empty() && !progress.terminated;
-            // An outbox passed on whole is dropped first, so its inbox takes its memory back.
-            if reading_client {
-                to_server = BytesMut::new();
-                from_client.reserve(CHUNK);
-            }
-            if to_client.is_empty() {
-                to_client = BytesMut::new();
-                from_server.reserve(CHUNK);
-            }
-            let (server_read, server_write) =
-                held.as_mut().map(|a| (&mut a.read, &mut a.write)).unzip();
-            tokio::select! {
-                read = client_read.read_buf(&mut from_client), if reading_client => {
-                    match read {
-                        Ok(0) | Err(_) => break None,
-                        Ok(_) => {}
+            let event = std::future::poll_fn(|cx| {
+                if let Some(checkout) = held.as_mut() {
+                    let server = &mut checkout.server().stream;
+                    if !to_server.is_empty()
+                        && let Poll::Ready(r) = to_server.poll_drain(cx, server)
+                    {
+                        return Poll::Ready(Event::ServerWrote(r));
                     }
-                    to_server = from_client.split();
+                    if to_client.is_empty()
+                        && let Poll::Ready(r) = to_client.poll_fill(cx, server)
+                    {
+                        return Poll::Ready(Event::ServerRead(r));
+                    }
+                }
+                if !to_client.is_empty()
+                    && let Poll::Ready(r) = to_client.poll_drain(cx, &mut client)
+                {
+                    return Poll::Ready(Event::ClientWrote(r));
+                }
+                if reading_client && let Poll::Ready(r) = to_server.poll_fill(cx, &mut client) {
+                    return Poll::Ready(Event::ClientRead(r));
+                }
+                if !closing && drain_signal.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Draining);
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::ClientRead(Ok(0) | Err(_)) => break None,
+                Event::ClientRead(Ok(_)) => {
                     if let Err(error) = take_in(&mut to_server, &mut progress, mode) {
                         break Some(error);
                     }
@@ -173,40 +223,34 @@ impl Session {
                     }
                     if held.is_none() && !to_server.is_empty() {
                         match pool.acquire(wait).await {
-                            Ok(checkout) => {
-                                let attached = Attachment::new(checkout);
-                                point(&cancel, Some(&attached));
-                                held = Some(attached);
+                            Ok(mut checkout) => {
+                                point(&cancel, Some(&mut checkout));
+                                held = Some(checkout);
                             }
                             Err(error) => break Some(error),
                         }
                     }
                 }
-                written = write_some(server_write, &mut to_server), if !to_server.is_empty() => {
-                    match written {
-                        Ok(n) => {
-                            metrics.bytes_to_server.inc_by(n as u64);
-                        }
-                        Err(error) => {
-                            held.take();
-                            break Some(PgError::new("08006", format!("the server connection failed: {error}")));
-                        }
-                    }
+                Event::ServerWrote(Ok(n)) => {
+                    metrics.bytes_to_server.inc_by(n as u64);
                     if progress.terminated && to_server.is_empty() {
                         break None;
                     }
                 }
-                read = read_some(server_read, &mut from_server), if to_client.is_empty() => {
-                    match read {
-                        Ok(0) | Err(_) => {
-                            // The server went away (terminated, crashed): so does the session.
-                            held.take();
-                            break None;
-                        }
-                        Ok(_) => {}
-                    }
-                    to_client = from_server.split();
-                    let walked = progress.server.walk(&to_client, |seen| {
+                Event::ServerWrote(Err(error)) => {
+                    held.take();
+                    break Some(PgError::new(
+                        "08006",
+                        format!("the server connection failed: {error}"),
+                    ));
+                }
+                Event::ServerRead(Ok(0) | Err(_)) => {
+                    // The server went away (terminated, crashed): so does the session.
+                    held.take();
+                    break None;
+                }
+                Event::ServerRead(Ok(_)) => {
+                    let walked = progress.server.walk(to_client.bytes(), |seen| {
                         if let Seen::FirstByte(b'Z', status) = seen {
                             progress.pending = progress.pending.saturating_sub(1);
                             progress.status = status;
@@ -217,27 +261,32 @@ impl Session {
                         break None;
                     }
                 }
-                written = client_write.write_buf(&mut to_client), if !to_client.is_empty() => {
-                    match written {
-                        Ok(n) => {
-                            metrics.bytes_to_client.inc_by(n as u64);
-                        }
-                        Err(_) => break None,
-                    }
+                Event::ClientWrote(Ok(n)) => {
+                    metrics.bytes_to_client.inc_by(n as u64);
                 }
-                _ = draining.changed(), if !closing => closing = true,
+                Event::ClientWrote(Err(_)) => break None,
+                Event::Draining => closing = true,
             }
         };
         if let Some(error) = ending {
             let mut out = BytesMut::new();
             reply::fatal(&mut out, &error);
-            let _ = client_write.write_all(&to_client).await;
-            let _ = client_write.write_all(&out).await;
+            let _ = client.write_all(to_client.bytes()).await;
+            let _ = client.write_all(&out).await;
         }
         point(&cancel, None);
-        if let Some(attached) = held {
+        if let Some(checkout) = held {
             let clean = progress.idle() && to_server.is_empty() && to_client.is_empty();
-            give_back(attached.into_checkout(), clean).await;
+            give_back(checkout, clean).await;
+        }
+    }
+}
+
+/// Resolves once the proxy starts draining (never, if its sender is gone).
+async fn drained(mut draining: watch::Receiver<bool>) {
+    while !*draining.borrow_and_update() {
+        if draining.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -245,12 +294,12 @@ impl Session {
 /// Walks what the client sent (appended to `buf`): counts what will be answered with
 /// `ReadyForQuery`, drops a final `Terminate`, refuses a named prepared statement in
 /// transaction pooling.
-fn take_in(buf: &mut BytesMut, progress: &mut Progress, mode: PoolMode) -> Result<(), PgError> {
+fn take_in(buf: &mut Pending, progress: &mut Progress, mode: PoolMode) -> Result<(), PgError> {
     let mut terminated = false;
     let mut named_statement = false;
     progress
         .client
-        .walk(buf, |seen| match seen {
+        .walk(buf.bytes(), |seen| match seen {
             Seen::Message(b'Q' | b'S' | b'F') => {
                 progress.pending += 1;
                 progress.unsynced = false;
@@ -278,51 +327,19 @@ fn take_in(buf: &mut BytesMut, progress: &mut Progress, mode: PoolMode) -> Resul
         // connection outlives the client). Should it not end the data whole, the server may
         // see part of a message: its connection is not reused.
         progress.terminated = true;
-        if buf.ends_with(&TERMINATE) {
-            buf.truncate(buf.len() - TERMINATE.len());
+        if buf.bytes().ends_with(&TERMINATE) {
+            buf.end -= TERMINATE.len();
         } else {
             progress.unsynced = true;
-            buf.clear();
+            buf.start = buf.end;
         }
     }
     Ok(())
 }
 
-/// Writes some of `buf` to the held server (consuming what was written); waits forever
-/// when none is held.
-async fn write_some(
-    server: Option<&mut WriteHalf<Stream>>,
-    buf: &mut BytesMut,
-) -> std::io::Result<usize> {
-    match server {
-        Some(server) => {
-            let n = server.write(buf).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            buf.advance(n);
-            Ok(n)
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// Reads from the held server into `buf`; waits forever when none is held.
-async fn read_some(
-    server: Option<&mut ReadHalf<Stream>>,
-    buf: &mut BytesMut,
-) -> std::io::Result<usize> {
-    match server {
-        Some(server) => server.read_buf(buf).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Records which server a cancel request should reach.
-fn point(cancel: &CancelTarget, attached: Option<&Attachment>) {
-    *cancel.lock() = attached
-        .and_then(|a| a.checkout.server.as_ref())
-        .map(|s| (s.address.clone(), s.key));
+fn point(cancel: &CancelTarget, checkout: Option<&mut Checkout>) {
+    *cancel.lock() = checkout.map(|c| (c.server().address.clone(), c.server().key));
 }
 
 /// Returns the connection after the client left: reset and kept if it was between
@@ -377,14 +394,16 @@ mod tests {
         out
     }
 
-    fn taken(bytes: Vec<u8>, mode: PoolMode) -> (Result<(), PgError>, Progress, BytesMut) {
+    fn taken(bytes: Vec<u8>, mode: PoolMode) -> (Result<(), PgError>, Progress, Vec<u8>) {
         let mut progress = Progress {
             status: b'I',
             ..Progress::default()
         };
-        let mut buf = BytesMut::from(&bytes[..]);
+        let mut buf = Pending::new();
+        buf.buf[..bytes.len()].copy_from_slice(&bytes);
+        buf.end = bytes.len();
         let outcome = take_in(&mut buf, &mut progress, mode);
-        (outcome, progress, buf)
+        (outcome, progress, buf.bytes().to_vec())
     }
 
     #[test]
