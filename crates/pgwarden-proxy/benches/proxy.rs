@@ -88,22 +88,7 @@ fn pgbench(bin: &Path, target: &Target, select_only: bool, clients: usize, secon
         target.name,
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut latencies = Vec::new();
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if !path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("pgbench_log")
-        {
-            continue;
-        }
-        for line in std::fs::read_to_string(path).unwrap().lines() {
-            let micros: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
-            latencies.push(Duration::from_micros(micros));
-        }
-    }
+    let mut latencies = pgwarden_testkit::pgbench::logged_latencies(dir.path());
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     let number = |prefix: &str| -> Option<f64> {

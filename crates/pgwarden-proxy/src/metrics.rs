@@ -56,16 +56,9 @@ impl Metrics {
     /// Creates and registers all metrics.
     pub fn new() -> Metrics {
         let bytes = Family::<DirectionLabels, Counter>::default();
-        let bytes_to_server = bytes
-            .get_or_create(&DirectionLabels {
-                direction: "client_to_server",
-            })
-            .clone();
-        let bytes_to_client = bytes
-            .get_or_create(&DirectionLabels {
-                direction: "server_to_client",
-            })
-            .clone();
+        let direction = |direction| bytes.get_or_create(&DirectionLabels { direction }).clone();
+        let (bytes_to_server, bytes_to_client) =
+            (direction("client_to_server"), direction("server_to_client"));
         let mut m = Metrics {
             registry: Registry::with_prefix("pgwarden_proxy"),
             clients: Gauge::default(),

@@ -386,13 +386,7 @@ async fn reset(checkout: &mut Checkout) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
+    use crate::frame::message;
 
     fn taken(bytes: Vec<u8>, mode: PoolMode) -> (Result<(), PgError>, Progress, Vec<u8>) {
         let mut progress = Progress {

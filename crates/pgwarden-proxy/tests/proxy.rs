@@ -136,15 +136,7 @@ auth:
     }
 
     fn config(&self, role: &str, password: &str) -> tokio_postgres::Config {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(self.port())
-            .user(role)
-            .password(password)
-            .dbname("appdb")
-            .connect_timeout(Duration::from_secs(10));
-        config
+        pg_config(self.port(), role, Some(password))
     }
 
     async fn connect(
@@ -178,13 +170,7 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 
 /// A client of `proxy` as `role`.
 async fn connect_to(proxy: &Running, role: &str, password: &str) -> tokio_postgres::Client {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(proxy.addr.unwrap().port())
-        .user(role)
-        .password(password)
-        .dbname("appdb");
+    let config = pg_config(proxy.addr.unwrap().port(), role, Some(password));
     let (client, connection) = config.connect(NoTls).await.unwrap();
     tokio::spawn(connection);
     client
@@ -210,6 +196,29 @@ fn metric(text: &str, name: &str) -> f64 {
                 .and_then(|rest| rest.strip_prefix(' '))
         })
         .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// The SQLSTATE and message a connection with `config` is refused with.
+async fn refused_with(config: &tokio_postgres::Config) -> (String, String) {
+    match config.connect(NoTls).await {
+        Ok(_) => panic!("connected, but should have been refused"),
+        Err(error) => refusal(error),
+    }
+}
+
+/// A client configuration for the proxy at `port`: `role` on database appdb.
+fn pg_config(port: u16, role: &str, password: Option<&str>) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(role)
+        .dbname("appdb")
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(password) = password {
+        config.password(password);
+    }
+    config
 }
 
 /// The SQLSTATE and message of a refused connection.
@@ -410,10 +419,7 @@ async fn bad_clients_are_refused_cleanly_and_others_keep_being_served() {
     // Settings that could not follow the client from one server connection to the next.
     let mut with_options = w.config("appdb-readonly", &w.token("team-a"));
     with_options.options("-c search_path=x");
-    let Err(error) = with_options.connect(NoTls).await else {
-        panic!("options accepted in transaction pooling");
-    };
-    let (code, message) = refusal(error);
+    let (code, message) = refused_with(&with_options).await;
     assert_eq!(code, "08P01");
     assert!(
         message.starts_with("startup parameter(s) search_path=x cannot follow a client"),
@@ -746,11 +752,8 @@ async fn a_pool_serves_only_the_principal_policy_allowed() {
     // A database other than the role's.
     let mut other = w.config("appdb-readonly", &as_dba);
     other.dbname("postgres");
-    let Err(error) = other.connect(NoTls).await else {
-        panic!("another database was served");
-    };
     assert_eq!(
-        refusal(error),
+        refused_with(&other).await,
         (
             "3D000".to_string(),
             "role \"appdb-readonly\" serves database \"appdb\", not \"postgres\"".to_string()
@@ -831,21 +834,13 @@ async fn a_sidecar_acts_as_its_pod_and_limits_answer_in_postgresql_terms() {
     ))
     .unwrap();
     let sidecar = pgwarden_proxy::start(config).await.unwrap();
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(sidecar.addr.unwrap().port())
-        .user("appdb-readonly")
-        .dbname("appdb");
+    let config = pg_config(sidecar.addr.unwrap().port(), "appdb-readonly", None);
     // No password: a local client is the pod, and the proxy logs in with the pod's token.
     let (client, connection) = config.connect(NoTls).await.unwrap();
     tokio::spawn(connection);
     assert!(session_user(&client).await.starts_with("v-"));
     // pool_size 1 in session mode: the next client waits query_wait_timeout, then 53300.
-    let Err(error) = config.connect(NoTls).await else {
-        panic!("a second server connection in a pool of one");
-    };
-    let (code, message) = refusal(error);
+    let (code, message) = refused_with(&config).await;
     assert_eq!(code, "53300");
     assert!(
         message.starts_with("no server connection free within 1s"),
@@ -855,11 +850,8 @@ async fn a_sidecar_acts_as_its_pod_and_limits_answer_in_postgresql_terms() {
     let port = sidecar.addr.unwrap().port();
     let _silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let Err(error) = config.connect(NoTls).await else {
-        panic!("more clients than max_client_conn");
-    };
     assert_eq!(
-        refusal(error),
+        refused_with(&config).await,
         (
             "53300".to_string(),
             "sorry, too many clients already".to_string()

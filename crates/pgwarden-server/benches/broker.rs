@@ -162,22 +162,7 @@ fn pgbench(cluster: &PgCluster, clients: usize) -> Run {
         String::from_utf8_lossy(&out.stderr)
     );
     // Per-transaction log lines: client, transaction, latency (µs), …
-    let mut latencies = Vec::new();
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if !path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("pgbench_log")
-        {
-            continue;
-        }
-        for line in std::fs::read_to_string(path).unwrap().lines() {
-            let micros: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
-            latencies.push(Duration::from_micros(micros));
-        }
-    }
+    let latencies = pgwarden_testkit::pgbench::logged_latencies(dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let tps: f64 = stdout
         .lines()

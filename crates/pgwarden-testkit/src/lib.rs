@@ -8,6 +8,7 @@ mod cluster;
 pub mod issuer;
 pub mod kube_api;
 pub mod partition;
+pub mod pgbench;
 pub mod rds;
 pub mod tls;
 
