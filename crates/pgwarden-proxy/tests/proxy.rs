@@ -18,12 +18,13 @@ const AUD: &str = "pgwarden";
 /// 4 s).
 const ROLES: &str =
     "      appdb-readonly: { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 24h }
-      short: { db_name: appdb, preset: readonly, default_ttl: 3s, max_ttl: 6s }";
+      short: { db_name: appdb, preset: readonly, default_ttl: 3s, max_ttl: 6s }
+      mine: { db_name: appdb, identity_role: true }";
 
 const POLICY: &str = r#"
 grants:
   - subjects: ["system:serviceaccount:team-a:*"]
-    roles: ["database/appdb-readonly", "database/short"]
+    roles: ["database/appdb-readonly", "database/short", "database/mine"]
   - subjects: ["group:dba"]
     roles: ["database/appdb-readonly"]
 "#;
@@ -863,5 +864,43 @@ async fn a_sidecar_acts_as_its_pod_and_limits_answer_in_postgresql_terms() {
     assert_eq!(
         wide.unwrap_err(),
         "a sidecar serves its own pod only: listen on loopback (e.g. 127.0.0.1:6432), not 0.0.0.0:6432"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_identity_role_acts_as_the_role_named_after_the_client() {
+    let w = world("transaction", "").await;
+    // The database owner's per-identity grants, as PostgREST setups have them.
+    let su = w.cluster.connect_superuser("appdb").await.unwrap();
+    su.batch_execute(&format!(
+        "CREATE ROLE \"system:serviceaccount:team-a:app\" NOLOGIN;
+         GRANT SELECT ON items TO \"system:serviceaccount:team-a:app\";
+         GRANT \"system:serviceaccount:team-a:app\" TO {APP_ADMIN} WITH ADMIN OPTION;"
+    ))
+    .await
+    .unwrap();
+    let client = w.connect("mine", &w.token("team-a")).await.unwrap();
+    assert_eq!(
+        first_value(&client, "SELECT current_user").await,
+        "system:serviceaccount:team-a:app"
+    );
+    assert_eq!(
+        first_value(&client, "SELECT count(*) FROM items").await,
+        "3"
+    );
+    let error = client
+        .simple_query("INSERT INTO items (name) VALUES ('x')")
+        .await
+        .unwrap_err();
+    assert_eq!(error.as_db_error().unwrap().code().code(), "42501");
+    // Another service account has no such role: a clear refusal, not a user without rights.
+    let other = w
+        .issuer
+        .service_account_token(TestKey::Rsa1, AUD, "team-a", "other");
+    let (code, message) = refusal(w.connect("mine", &other).await.unwrap_err());
+    assert_eq!(code, "28000");
+    assert!(
+        message.starts_with("system:serviceaccount:team-a:other may not use database/creds/mine: "),
+        "{message}"
     );
 }

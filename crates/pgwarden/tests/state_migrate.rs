@@ -66,7 +66,7 @@ async fn a_sqlite_state_moves_to_postgresql_and_serves_from_there() {
     assert!(ok, "{stderr}");
     assert_eq!(
         stdout.trim(),
-        "copied 1 leases, 0 tokens, 1 roles, 0 connections, 0 static roles, 0 access requests and 2 audit records"
+        "copied 1 leases, 0 tokens, 1 roles, 0 connections, 0 static roles, 0 access requests and 3 audit records"
     );
     let (ok, _, stderr) = pgwarden(&["state", "migrate", "--from", from, "--to", &state_url]);
     assert!(!ok);
