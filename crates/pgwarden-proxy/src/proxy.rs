@@ -133,18 +133,18 @@ async fn serve(
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
         tokio::select! {
-            accepted = accept_tcp(tcp.as_ref()) => {
-                if let Ok((stream, peer)) = accepted {
+            accepted = accept_tcp(tcp.as_ref()) => match accepted {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let local = peer.ip().to_canonical().is_loopback();
                     admit(&shared, Box::new(stream), local);
                 }
-            }
-            accepted = accept_unix(unix.as_ref()) => {
-                if let Ok((stream, _)) = accepted {
-                    admit(&shared, Box::new(stream), true);
-                }
-            }
+                Err(error) => accept_failed(error).await,
+            },
+            accepted = accept_unix(unix.as_ref()) => match accepted {
+                Ok((stream, _)) => admit(&shared, Box::new(stream), true),
+                Err(error) => accept_failed(error).await,
+            },
             _ = sweep.tick() => {
                 shared.registry.sweep(shared.config.server_idle_timeout);
             }
@@ -165,6 +165,13 @@ async fn serve(
         );
     }
     shared.registry.close_all().await;
+}
+
+/// After a failed accept (out of file descriptors, say): logged, and a pause, so the loop
+/// does not spin while the cause lasts.
+async fn accept_failed(error: std::io::Error) {
+    tracing::warn!(%error, "accepting a client failed; pausing 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 async fn accept_tcp(
