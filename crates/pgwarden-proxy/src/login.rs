@@ -127,7 +127,7 @@ pub async fn admit(shared: &Arc<Shared>, identified: Identified) -> Entry {
             }
         };
         if let (false, Some(sql)) = (transaction, settings.sql())
-            && let Err(error) = upstream::apply(checkout.server(), &sql).await
+            && let Err(error) = upstream::simple_query(checkout.server(), &sql).await
         {
             // The connection has the settings that worked: it is not reused.
             drop(checkout);

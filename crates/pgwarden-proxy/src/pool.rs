@@ -378,19 +378,8 @@ impl Pool {
     /// Revokes `leases` in the background.
     fn revoke_later_all(&self, leases: Vec<String>) {
         for lease_id in leases {
-            let client = self.client.clone();
-            let metrics = self.metrics.clone();
-            tokio::spawn(async move {
-                match client.revoke(&lease_id).await {
-                    Ok(()) => {
-                        metrics.leases_revoked.inc();
-                        tracing::info!(%lease_id, "replaced lease revoked after its last connection closed");
-                    }
-                    Err(error) => {
-                        tracing::warn!(%lease_id, %error, "revoking a replaced lease failed; it ends at its TTL")
-                    }
-                }
-            });
+            let (client, metrics) = (self.client.clone(), self.metrics.clone());
+            tokio::spawn(async move { revoke(&client, &metrics, &lease_id).await });
         }
     }
 
@@ -425,22 +414,30 @@ impl Pool {
     pub async fn close(&self) {
         let leases: Vec<String> = {
             let mut state = self.state.lock();
-            let idle: Vec<u64> = state.idle.drain(..).map(|i| i.generation).collect();
-            for _ in idle {
-                self.metrics.servers.dec();
-            }
+            let idle = state.idle.drain(..).count();
+            self.metrics
+                .servers
+                .dec_by(i64::try_from(idle).unwrap_or(i64::MAX));
             state.generations.drain().map(|(_, g)| g.lease_id).collect()
         };
-        let revocations = leases.into_iter().map(|lease_id| async move {
-            match self.client.revoke(&lease_id).await {
-                Ok(()) => self.metrics.leases_revoked.inc(),
-                Err(error) => {
-                    tracing::warn!(%lease_id, %error, "revoking a lease at close failed; it ends at its TTL");
-                    0
-                }
-            };
-        });
+        let revocations = leases
+            .iter()
+            .map(|lease_id| revoke(&self.client, &self.metrics, lease_id));
         futures::future::join_all(revocations).await;
+    }
+}
+
+/// Revokes `lease_id` (replaced, or the pool's at close), counting it; a failure is logged,
+/// and the lease then ends at its TTL.
+async fn revoke(client: &Client, metrics: &Metrics, lease_id: &str) {
+    match client.revoke(lease_id).await {
+        Ok(()) => {
+            metrics.leases_revoked.inc();
+            tracing::info!(%lease_id, "lease revoked");
+        }
+        Err(error) => {
+            tracing::warn!(%lease_id, %error, "revoking a lease failed; it ends at its TTL")
+        }
     }
 }
 

@@ -10,15 +10,15 @@ use crate::frame::{Seen, Walker};
 use crate::metrics::Metrics;
 use crate::pool::{Attached, Checkout};
 use crate::reply::{self, PgError};
+use crate::upstream;
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use postgres_protocol::message::frontend;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
 /// Most bytes read from one side before they are passed on.
@@ -351,35 +351,10 @@ async fn give_back(mut checkout: Checkout, clean: bool) {
 
 /// `DISCARD ALL`, so the next client finds a fresh session; false if it did not complete.
 async fn reset(checkout: &mut Checkout) -> bool {
-    let mut out = BytesMut::new();
-    if frontend::query("DISCARD ALL", &mut out).is_err() {
-        return false;
-    }
-    let stream = &mut checkout.server().stream;
-    let exchange = async {
-        stream.write_all(&out).await.ok()?;
-        let mut walker = Walker::default();
-        let mut buf = vec![0u8; 4096];
-        let mut status = None;
-        let mut failed = false;
-        while status.is_none() {
-            let n = stream.read(&mut buf).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            walker
-                .walk(&buf[..n], |seen| match seen {
-                    Seen::Message(b'E') => failed = true,
-                    Seen::FirstByte(b'Z', s) => status = Some(s),
-                    _ => {}
-                })
-                .ok()?;
-        }
-        (!failed && status == Some(b'I') && walker.at_boundary()).then_some(())
-    };
+    let discard = upstream::simple_query(checkout.server(), "DISCARD ALL");
     matches!(
-        tokio::time::timeout(RESET_TIMEOUT, exchange).await,
-        Ok(Some(()))
+        tokio::time::timeout(RESET_TIMEOUT, discard).await,
+        Ok(Ok(answer)) if answer.idle
     )
 }
 

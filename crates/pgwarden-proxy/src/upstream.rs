@@ -4,6 +4,7 @@
 
 use crate::client::Stream;
 use crate::config::{SslMode, TargetSessionAttrs, Upstream};
+use crate::reply::PgError;
 use bytes::BytesMut;
 use pgwarden_client::Credential;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
@@ -284,76 +285,73 @@ fn error_fields(mut fields: ErrorFields<'_>) -> (String, String) {
     (code, message)
 }
 
-/// Runs `sql` (settings for the session) on `server`, taking note of the parameters it
-/// reports changed; the server's error, if any.
-pub async fn apply(server: &mut Server, sql: &str) -> Result<(), crate::reply::PgError> {
-    let failed = |e: std::io::Error| crate::reply::PgError::new("08006", e.to_string());
+/// What a simple query answered.
+pub struct Answer {
+    /// The first column of its first row, if it returned one (and it was not NULL).
+    pub value: Option<Vec<u8>>,
+    /// Whether the server was outside a transaction when it finished.
+    pub idle: bool,
+}
+
+/// Runs `sql` by the simple protocol on `server`, taking note of the parameters it reports
+/// changed; the server's error, if any.
+pub async fn simple_query(server: &mut Server, sql: &str) -> Result<Answer, PgError> {
+    let broken = |e: String| PgError::new("08006", e);
     let mut out = BytesMut::new();
-    frontend::query(sql, &mut out).map_err(failed)?;
-    server.stream.write_all(&out).await.map_err(failed)?;
+    frontend::query(sql, &mut out).map_err(|e| broken(e.to_string()))?;
+    server
+        .stream
+        .write_all(&out)
+        .await
+        .map_err(|e| broken(e.to_string()))?;
     let mut reader = Reader::default();
-    let mut error = None;
+    let (mut value, mut error) = (None, None);
     loop {
-        let message = reader
+        match reader
             .next(&mut server.stream)
             .await
-            .map_err(|e| crate::reply::PgError::new("08006", e.to_string()))?;
-        match message {
+            .map_err(|e| broken(e.to_string()))?
+        {
             Message::ParameterStatus(body) => {
-                let (Ok(name), Ok(value)) = (body.name(), body.value()) else {
+                let (Ok(name), Ok(reported)) = (body.name(), body.value()) else {
                     continue;
                 };
                 match server.parameters.iter_mut().find(|(n, _)| n == name) {
-                    Some(known) => known.1 = value.to_string(),
+                    Some(known) => known.1 = reported.to_string(),
                     None => server
                         .parameters
-                        .push((name.to_string(), value.to_string())),
+                        .push((name.to_string(), reported.to_string())),
+                }
+            }
+            Message::DataRow(row) if value.is_none() => {
+                let mut ranges = row.ranges();
+                if let Ok(Some(Some(range))) =
+                    fallible_iterator::FallibleIterator::next(&mut ranges)
+                {
+                    value = row.buffer().get(range).map(<[u8]>::to_vec);
                 }
             }
             Message::ErrorResponse(body) => {
                 let (code, message) = error_fields(body.fields());
-                error = Some(crate::reply::PgError::new(&code, message));
+                error = Some(PgError::new(&code, message));
             }
-            Message::ReadyForQuery(_) => return error.map_or(Ok(()), Err),
+            Message::ReadyForQuery(status) => {
+                let idle = status.status() == b'I';
+                return error.map_or(Ok(Answer { value, idle }), Err);
+            }
             _ => {}
         }
     }
 }
 
-/// Whether the server is a standby (`pg_is_in_recovery()`), asked with a simple query.
+/// Whether the server is a standby (`pg_is_in_recovery()`).
 async fn in_recovery(server: &mut Server) -> Result<bool, String> {
-    let mut out = BytesMut::new();
-    frontend::query("SELECT pg_is_in_recovery()", &mut out).map_err(|e| e.to_string())?;
-    server
-        .stream
-        .write_all(&out)
+    let answer = simple_query(server, "SELECT pg_is_in_recovery()")
         .await
         .map_err(|e| e.to_string())?;
-    let mut reader = Reader::default();
-    let mut standby = None;
-    loop {
-        match reader
-            .next(&mut server.stream)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            Message::DataRow(row) => {
-                let mut ranges = row.ranges();
-                if let Ok(Some(Some(range))) =
-                    fallible_iterator::FallibleIterator::next(&mut ranges)
-                {
-                    standby = Some(row.buffer().get(range.start) == Some(&b't'));
-                }
-            }
-            Message::ErrorResponse(body) => {
-                let (code, message) = error_fields(body.fields());
-                return Err(format!("{code}: {message}"));
-            }
-            Message::ReadyForQuery(_) => {
-                return standby.ok_or_else(|| "no answer to pg_is_in_recovery()".into());
-            }
-            _ => {}
-        }
+    match answer.value {
+        Some(value) => Ok(value == b"t"),
+        None => Err("no answer to pg_is_in_recovery()".into()),
     }
 }
 

@@ -5,7 +5,7 @@
 use pgwarden_proxy::{ProxyConfig, Running};
 use pgwarden_testkit::broker::TestBroker;
 use pgwarden_testkit::issuer::{TestIssuer, TestKey};
-use pgwarden_testkit::{APP_ADMIN, APP_ADMIN_PASSWORD, PgCluster};
+use pgwarden_testkit::{APP_ADMIN, PgCluster};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -52,18 +52,8 @@ async fn world_with(cluster: PgCluster, url: &str, mode: &str, extra: &str) -> W
     let policy_dir = tempfile::tempdir().unwrap();
     let policy = policy_dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
-    let yaml = format!(
+    let auth = format!(
         r#"
-mounts:
-  database:
-    connections:
-      appdb:
-        connection_url: "{url}"
-        username: {APP_ADMIN}
-        password: {APP_ADMIN_PASSWORD}
-        allowed_roles: ["*"]
-    roles:
-{ROLES}
 policy_file: "{policy}"
 auth:
   kubernetes:
@@ -86,7 +76,7 @@ auth:
         iss = issuer.issuer(),
         jwks = issuer.jwks_url(),
     );
-    let mut broker = TestBroker::from_yaml(yaml);
+    let mut broker = TestBroker::at_url(url, ROLES, &auth);
     broker.boot().await;
     let socket_dir = tempfile::tempdir().unwrap();
     let mut world = World {

@@ -35,10 +35,9 @@ pub struct TestBroker {
     yaml: String,
 }
 
-/// The configuration text of a [`TestBroker`]: mount `database` with connection `appdb` on
-/// `cluster`, the roles in `roles`, then `extra` top-level YAML.
-fn config_yaml(cluster: &PgCluster, roles: &str, extra: &str) -> String {
-    let url = cluster.templated_url("appdb");
+/// The configuration text of a [`TestBroker`]: mount `database` with connection `appdb` at
+/// `url` (templated), the roles in `roles`, then `extra` top-level YAML.
+fn config_yaml(url: &str, roles: &str, extra: &str) -> String {
     format!(
         r#"
 mounts:
@@ -64,8 +63,14 @@ impl TestBroker {
     /// spaces, as under `roles:`); `extra` is top-level YAML appended to the configuration
     /// (auth mounts, `policy_file`, settings, `http`, `orphans`...), or empty.
     pub fn new(cluster: &PgCluster, roles: &str, extra: &str) -> TestBroker {
+        TestBroker::at_url(&cluster.templated_url("appdb"), roles, extra)
+    }
+
+    /// [`TestBroker::new`] with connection `appdb` at `url` (e.g. several hosts: a primary
+    /// and its replicas), not started yet.
+    pub fn at_url(url: &str, roles: &str, extra: &str) -> TestBroker {
         TestBroker {
-            yaml: config_yaml(cluster, roles, extra),
+            yaml: config_yaml(url, roles, extra),
             ..TestBroker::new_empty()
         }
     }

@@ -205,14 +205,8 @@ async fn handle(
     // came before; a failure (perhaps the state database is unreachable, so the record
     // cannot be stored yet either) is answered at once.
     if route != Route::Audit || result.is_err() {
-        let event = audit_event(actor, route.action(op), path, &result);
-        let started = result.as_ref().is_ok_and(|response| {
-            response
-                .extensions()
-                .get::<AuditNote>()
-                .is_some_and(|note| note.started)
-        });
-        if result.is_ok() && !started {
+        let (event, wait) = audit_event(actor, route.action(op), path, &result);
+        if wait {
             state.audit.record(event).await;
         } else {
             state.audit.submit(event);
@@ -221,13 +215,14 @@ async fn handle(
     result
 }
 
-/// The audit record of a request that ended with `result`.
+/// The audit record of a request that ended with `result`, and whether the response waits
+/// until it is durable (a success whose start was not recorded durably before).
 fn audit_event(
     actor: String,
     action: &str,
     path: &str,
     result: &Result<Response, ServerError>,
-) -> AuditEvent {
+) -> (AuditEvent, bool) {
     match result {
         Ok(response) => {
             let note = response
@@ -237,15 +232,18 @@ fn audit_event(
                 .unwrap_or_default();
             let actor = note.actor.unwrap_or(actor);
             let object = note.object.unwrap_or_else(|| path.to_string());
-            AuditEvent::now(&actor, action, &object, Outcome::Success)
-                .with_detail(note.detail.unwrap_or_default())
+            let event = AuditEvent::now(&actor, action, &object, Outcome::Success)
+                .with_detail(note.detail.unwrap_or_default());
+            (event, !note.started)
         }
         Err(error) => {
             let outcome = match error.status() {
                 401 | 403 => Outcome::Denied,
                 _ => Outcome::Failure,
             };
-            AuditEvent::now(&actor, action, path, outcome).with_detail(error.to_string())
+            let event =
+                AuditEvent::now(&actor, action, path, outcome).with_detail(error.to_string());
+            (event, false)
         }
     }
 }
