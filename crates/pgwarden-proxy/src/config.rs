@@ -28,6 +28,10 @@ pub struct ProxyConfig {
     /// transaction.
     #[serde(default)]
     pub pool_mode: PoolMode,
+    /// In transaction pooling, most named prepared statements kept on one server connection
+    /// (least recently used closed first); 0 refuses named prepared statements.
+    #[serde(default = "default_max_prepared_statements")]
+    pub max_prepared_statements: usize,
     /// Most server connections per pool (one pool per identity, role and database).
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
@@ -193,6 +197,9 @@ fn default_login_mount() -> String {
 }
 fn default_token_file() -> PathBuf {
     PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+fn default_max_prepared_statements() -> usize {
+    200
 }
 fn default_pool_size() -> usize {
     20

@@ -17,6 +17,7 @@ mod registry;
 mod relay;
 mod reply;
 mod settings;
+mod statements;
 mod tls;
 mod upstream;
 

@@ -3,13 +3,14 @@
 
 use crate::cancel::Cancels;
 use crate::client::Stream;
-use crate::config::{ClientAuth, ProxyConfig};
+use crate::config::{ClientAuth, PoolMode, ProxyConfig};
 use crate::identity::Identities;
 use crate::login::{self, Admitted, Entry};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::relay::Session;
 use crate::reply::{self, PgError};
+use crate::statements::Tracker;
 use crate::upstream::Connector;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -261,6 +262,9 @@ async fn handle(shared: &Arc<Shared>, stream: Stream, local: bool) {
         client: stream,
         pool,
         mode: shared.config.pool_mode,
+        statements: (shared.config.pool_mode == PoolMode::Transaction
+            && shared.config.max_prepared_statements > 0)
+            .then(|| Tracker::new(shared.config.max_prepared_statements)),
         wait: shared.config.query_wait_timeout,
         draining: shared.draining.clone(),
         cancel: registered.target.clone(),

@@ -10,6 +10,7 @@ use crate::frame::{Seen, Walker};
 use crate::metrics::Metrics;
 use crate::pool::{Attached, Checkout};
 use crate::reply::{self, PgError};
+use crate::statements::{self, Tracker};
 use crate::upstream;
 use bytes::BytesMut;
 use parking_lot::Mutex;
@@ -39,6 +40,8 @@ pub struct Session {
     pub pool: Attached,
     /// Session or transaction pooling.
     pub mode: PoolMode,
+    /// In transaction pooling, the client's named prepared statements (none: refused).
+    pub statements: Option<Tracker>,
     /// Longest wait for a server connection.
     pub wait: Duration,
     /// Turns true when the proxy is draining.
@@ -77,20 +80,33 @@ impl Progress {
 }
 
 /// Bytes read from one side and not yet all written to the other: `buf[start..end]`. The
-/// side is read again only once all of it is written, so nothing is ever copied.
+/// side is read again only once all of it is written, so nothing is copied unless it is
+/// rewritten. `kept` bytes after `end` (a message header not yet whole) are moved to the
+/// front before the next read.
 struct Pending {
-    buf: Box<[u8]>,
+    buf: Vec<u8>,
     start: usize,
     end: usize,
+    kept: usize,
 }
 
 impl Pending {
     fn new() -> Pending {
         Pending {
-            buf: vec![0; CHUNK].into_boxed_slice(),
+            buf: vec![0; CHUNK],
             start: 0,
             end: 0,
+            kept: 0,
         }
+    }
+
+    /// Replaces the bytes with `bytes`.
+    fn replace(&mut self, bytes: &[u8]) {
+        if bytes.len() > self.buf.len() {
+            self.buf.resize(bytes.len(), 0);
+        }
+        self.buf[..bytes.len()].copy_from_slice(bytes);
+        (self.start, self.end) = (0, bytes.len());
     }
 
     fn is_empty(&self) -> bool {
@@ -101,16 +117,19 @@ impl Pending {
         &self.buf[self.start..self.end]
     }
 
-    /// Reads from `from` into the emptied buffer.
+    /// Reads from `from` into the emptied buffer, after the bytes kept.
     fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
         from: &mut Stream,
     ) -> Poll<std::io::Result<usize>> {
-        let mut read = ReadBuf::new(&mut self.buf);
+        let kept = self.kept;
+        self.buf.copy_within(self.end..self.end + kept, 0);
+        (self.start, self.end, self.kept) = (0, kept, 0);
+        let mut read = ReadBuf::new(&mut self.buf[kept..]);
         ready!(Pin::new(from).poll_read(cx, &mut read))?;
         let n = read.filled().len();
-        (self.start, self.end) = (0, n);
+        self.end = kept + n;
         Poll::Ready(Ok(n))
     }
 
@@ -146,6 +165,7 @@ impl Session {
             mut client,
             pool,
             mode,
+            mut statements,
             wait,
             draining,
             cancel,
@@ -166,6 +186,8 @@ impl Session {
             ..Progress::default()
         };
         let (mut to_server, mut to_client) = (Pending::new(), Pending::new());
+        // Rewritten client bytes; the rest of a server message begun in an earlier read.
+        let (mut rewritten, mut answer_left) = (Vec::new(), 0);
         let mut closing = *draining.borrow();
         let mut drain_signal = std::pin::pin!(drained(draining));
         let ending: Option<PgError> = loop {
@@ -215,7 +237,8 @@ impl Session {
             match event {
                 Event::ClientRead(Ok(0) | Err(_)) => break None,
                 Event::ClientRead(Ok(_)) => {
-                    if let Err(error) = take_in(&mut to_server, &mut progress, mode) {
+                    let refuse_named = mode == PoolMode::Transaction && statements.is_none();
+                    if let Err(error) = take_in(&mut to_server, &mut progress, refuse_named) {
                         break Some(error);
                     }
                     if progress.terminated && to_server.is_empty() {
@@ -229,6 +252,20 @@ impl Session {
                             }
                             Err(error) => break Some(error),
                         }
+                    }
+                    if let (Some(tracker), Some(checkout)) = (statements.as_mut(), held.as_mut())
+                        && !to_server.is_empty()
+                    {
+                        rewritten.clear();
+                        let server = checkout.server();
+                        if let Err(error) = tracker.rewrite(
+                            to_server.bytes(),
+                            &mut server.statements,
+                            &mut rewritten,
+                        ) {
+                            break Some(error);
+                        }
+                        to_server.replace(&rewritten);
                     }
                 }
                 Event::ServerWrote(Ok(n)) => {
@@ -250,6 +287,23 @@ impl Session {
                     break None;
                 }
                 Event::ServerRead(Ok(_)) => {
+                    if let (Some(tracker), Some(checkout)) = (statements.as_mut(), held.as_mut()) {
+                        let Pending { buf, end, kept, .. } = &mut to_client;
+                        let server = checkout.server();
+                        match statements::filter_answers(
+                            buf,
+                            *end,
+                            &mut answer_left,
+                            tracker,
+                            &mut server.statements,
+                        ) {
+                            Ok((passed, partial)) => (*end, *kept) = (passed, partial),
+                            Err(_) => {
+                                held.take();
+                                break None;
+                            }
+                        }
+                    }
                     let walked = progress.server.walk(to_client.bytes(), |seen| {
                         if let Seen::FirstByte(b'Z', status) = seen {
                             progress.pending = progress.pending.saturating_sub(1);
@@ -292,9 +346,9 @@ async fn drained(mut draining: watch::Receiver<bool>) {
 }
 
 /// Walks what the client sent (appended to `buf`): counts what will be answered with
-/// `ReadyForQuery`, drops a final `Terminate`, refuses a named prepared statement in
-/// transaction pooling.
-fn take_in(buf: &mut Pending, progress: &mut Progress, mode: PoolMode) -> Result<(), PgError> {
+/// `ReadyForQuery`, drops a final `Terminate`, refuses a named prepared statement if
+/// `refuse_named`.
+fn take_in(buf: &mut Pending, progress: &mut Progress, refuse_named: bool) -> Result<(), PgError> {
     let mut terminated = false;
     let mut named_statement = false;
     progress
@@ -312,14 +366,14 @@ fn take_in(buf: &mut Pending, progress: &mut Progress, mode: PoolMode) -> Result
             Seen::FirstByte(..) => {}
         })
         .map_err(|e| PgError::new("08P01", format!("invalid message from the client: {e}")))?;
-    if named_statement && mode == PoolMode::Transaction {
+    if named_statement && refuse_named {
         // Its next transaction may run on a server where another client's statement has the
         // same name: refused before anything of this chunk reaches a server.
         return Err(PgError::new(
             "0A000",
             "named prepared statements are not supported with pool_mode transaction: use \
              unnamed ones (e.g. psycopg prepare_threshold=None, JDBC prepareThreshold=0, \
-             tokio-postgres query_typed) or pool_mode session",
+             tokio-postgres query_typed), pool_mode session, or max_prepared_statements above 0",
         ));
     }
     if terminated {
@@ -363,7 +417,7 @@ mod tests {
     use super::*;
     use crate::frame::message;
 
-    fn taken(bytes: Vec<u8>, mode: PoolMode) -> (Result<(), PgError>, Progress, Vec<u8>) {
+    fn taken(bytes: Vec<u8>, refuse_named: bool) -> (Result<(), PgError>, Progress, Vec<u8>) {
         let mut progress = Progress {
             status: b'I',
             ..Progress::default()
@@ -371,7 +425,7 @@ mod tests {
         let mut buf = Pending::new();
         buf.buf[..bytes.len()].copy_from_slice(&bytes);
         buf.end = bytes.len();
-        let outcome = take_in(&mut buf, &mut progress, mode);
+        let outcome = take_in(&mut buf, &mut progress, refuse_named);
         (outcome, progress, buf.bytes().to_vec())
     }
 
@@ -380,12 +434,12 @@ mod tests {
         // A function call pipelined with a query: two ReadyForQuery to wait for.
         let mut bytes = message(b'F', &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
         bytes.extend(message(b'Q', b"SELECT 1\0"));
-        let (outcome, progress, buf) = taken(bytes.clone(), PoolMode::Transaction);
+        let (outcome, progress, buf) = taken(bytes.clone(), true);
         assert_eq!(outcome, Ok(()));
         assert_eq!((progress.pending, progress.unsynced), (2, false));
         assert_eq!(&buf[..], &bytes[..]);
         // Extended protocol without a sync yet: the server stays held.
-        let (_, progress, _) = taken(message(b'P', b"\0SELECT 1\0\0\0"), PoolMode::Transaction);
+        let (_, progress, _) = taken(message(b'P', b"\0SELECT 1\0\0\0"), true);
         assert_eq!((progress.pending, progress.unsynced), (0, true));
         assert!(!progress.idle());
     }
@@ -393,12 +447,12 @@ mod tests {
     #[test]
     fn named_statements_wait_for_session_pooling_and_terminate_stays_here() {
         let named = message(b'P', b"s0\0SELECT 1\0\0\0");
-        let (outcome, _, _) = taken(named.clone(), PoolMode::Transaction);
+        let (outcome, _, _) = taken(named.clone(), true);
         assert_eq!(outcome.unwrap_err().code, "0A000");
-        assert_eq!(taken(named, PoolMode::Session).0, Ok(()));
+        assert_eq!(taken(named, false).0, Ok(()));
         let mut bytes = message(b'Q', b"SELECT 1\0");
         bytes.extend(TERMINATE);
-        let (_, progress, buf) = taken(bytes, PoolMode::Session);
+        let (_, progress, buf) = taken(bytes, false);
         assert!(progress.terminated);
         assert_eq!(&buf[..], &message(b'Q', b"SELECT 1\0")[..]);
     }

@@ -5,6 +5,7 @@
 use crate::client::Stream;
 use crate::config::{SslMode, TargetSessionAttrs, Upstream};
 use crate::reply::PgError;
+use crate::statements::ServerStatements;
 use bytes::BytesMut;
 use pgwarden_client::Credential;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
@@ -30,6 +31,8 @@ pub struct Server {
     pub address: String,
     /// The server's cancel key.
     pub key: (i32, i32),
+    /// The statements the proxy prepared on it (transaction pooling).
+    pub statements: ServerStatements,
 }
 
 /// Why no server connection could be made.
@@ -167,6 +170,7 @@ impl Connector {
             parameters: Vec::new(),
             address: address.to_string(),
             key: (0, 0),
+            statements: ServerStatements::default(),
         };
         loop {
             out.clear();

@@ -313,11 +313,11 @@ async fn transaction_mode_shares_three_server_connections_among_twelve_clients()
     let w = world("transaction", "").await;
     let token = w.token("team-a");
     let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..12 {
+    for n in 0..12i32 {
         let client = w.connect("appdb-readonly", &token).await.unwrap();
         tasks.spawn(async move {
             let mut pids = BTreeSet::new();
-            for i in 0..30 {
+            for i in 0..30i32 {
                 // Transactions that span several statements keep their server connection.
                 let rows = client
                     .simple_query(
@@ -342,6 +342,24 @@ async fn transaction_mode_shares_three_server_connections_among_twelve_clients()
                     .await
                     .unwrap_or_else(|e| panic!("client {n}, typed query {i}: {e}"));
                 assert_eq!(row[0].get::<_, i32>(0), 42);
+                // Named statements follow the client from server to server: every client
+                // calls its first one `s0`, each for another query, and some queries are
+                // the same for several clients.
+                let statement = client
+                    .prepare(&format!("SELECT $1::int + {}", n % 4))
+                    .await
+                    .unwrap_or_else(|e| panic!("client {n}, prepare {i}: {e}"));
+                for j in 0..3 {
+                    let row = client
+                        .query_one(&statement, &[&(i * 10 + j)])
+                        .await
+                        .unwrap_or_else(|e| panic!("client {n}, prepared query {i}: {e}"));
+                    assert_eq!(row.get::<_, i32>(0), i * 10 + j + n % 4);
+                }
+                if i % 2 == 0 {
+                    // Dropped: tokio-postgres closes it.
+                    drop(statement);
+                }
             }
             pids
         });
@@ -354,6 +372,32 @@ async fn transaction_mode_shares_three_server_connections_among_twelve_clients()
         all.len() <= 3,
         "at most pool_size server connections: {all:?}"
     );
+    // On the server, statements are named after their query: four queries, four statements
+    // at most, whichever clients prepared them.
+    let client = w.connect("appdb-readonly", &token).await.unwrap();
+    let names = first_value(
+        &client,
+        "SELECT string_agg(name, ',') FROM pg_prepared_statements",
+    )
+    .await;
+    let names: Vec<&str> = names.split(',').collect();
+    assert!(
+        (1..=4).contains(&names.len()) && names.iter().all(|n| n.starts_with("pgwarden_")),
+        "{names:?}"
+    );
+    // DISCARD ALL drops them on its server: they are prepared again when needed.
+    let statement = client.prepare("SELECT 7").await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            client
+                .query_one(&statement, &[])
+                .await
+                .unwrap()
+                .get::<_, i32>(0),
+            7
+        );
+        client.batch_execute("DISCARD ALL").await.unwrap();
+    }
     let metrics = w.metrics().await;
     assert!(
         metric(&metrics, "pgwarden_proxy_server_connections_total") <= 3.0,
@@ -622,6 +666,15 @@ with psycopg.connect(host="127.0.0.1", port={port}, user="appdb-readonly", dbnam
         # Server-side binding through the extended protocol, unnamed statements.
         n = conn.execute("SELECT count(*) FROM items WHERE id > %s", (0,), prepare=False).fetchone()[0]
         assert n == 3, n
+        # Named prepared statements (psycopg's _pg3_0, ...), also in transaction pooling.
+        n = conn.execute("SELECT count(*) + %s FROM items", (i,), prepare=True).fetchone()[0]
+        assert n == 3 + i, n
+    # A full statement cache closes its oldest statements (libpq 17+: Close messages).
+    conn.prepared_max = 2
+    for round in range(2):
+        for q in range(5):
+            n = conn.execute(f"SELECT {{q}} + %s::int", (round,), prepare=True).fetchone()[0]
+            assert n == q + round, n
     with conn.transaction():
         conn.execute("SELECT 1")
 print("ok")
@@ -677,13 +730,15 @@ async fn tls_clients_are_served_and_a_sixty_second_pgbench_survives_rotations() 
     );
 
     // pgbench for 60 s on leases of 3 s (max 6 s): the credential is replaced about every
-    // 4 s under it, and not one transaction fails.
+    // 4 s under it, and not one transaction fails. Its statements are named prepared ones
+    // (`-M prepared`), so they are prepared again on every new server connection.
     let script = files.path().join("items.sql");
     std::fs::write(&script, "SELECT count(*) FROM items;\n").unwrap();
     let out = std::process::Command::new(w.cluster.bin_dir().join("pgbench"))
         .env("PGPASSWORD", &token)
         .env("PGSSLMODE", "disable")
-        .args(["-n", "-c", "4", "-j", "2", "-T", "60", "-h", "127.0.0.1"])
+        .args(["-n", "-M", "prepared", "-c", "4", "-j", "2", "-T", "60"])
+        .args(["-h", "127.0.0.1"])
         .args(["-p", &w.port().to_string(), "-U", "short", "-f"])
         .arg(&script)
         .arg("appdb")

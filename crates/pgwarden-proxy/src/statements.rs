@@ -1,0 +1,818 @@
+//! Named prepared statements in transaction pooling. A client's statements must follow it
+//! from one server connection to the next, and two clients may give different statements the
+//! same name. So, as PgBouncer 1.21+ does, the proxy names each statement on the server after
+//! its `Parse` (`pgwarden_` and a hash of the query and parameter types), remembers what each
+//! client's names stand for, and prepares a statement on a server connection that lacks it
+//! just before the `Bind` or `Describe` that needs it.
+//!
+//! The client sees what PostgreSQL would answer, in order: the `ParseComplete` of a `Parse`
+//! the proxy added is dropped; a client's `Parse` of a statement the server already has is
+//! sent as a `Close` of a name no one uses, whose `CloseComplete` reaches the client as
+//! `ParseComplete`; a client's `Close` only forgets its name (the server's statement may
+//! serve other clients), answered the same way. Answers are matched to requests by order,
+//! and those the server skipped after an error are forgotten at the `ReadyForQuery` that ends
+//! their batch.
+
+use crate::reply::PgError;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Server-side statement names start with this.
+const PREFIX: &str = "pgwarden_";
+/// A statement name the proxy never prepares: closing it answers `CloseComplete`.
+const NO_STATEMENT: &[u8] = b"pgwarden_none";
+/// Longest message whose whole body is read before it is passed on (a named `Parse`).
+const MAX_HELD: usize = 8 * 1024 * 1024;
+/// The command tags (with their NUL) of statements that drop every prepared statement.
+const FORGETTING_TAGS: [&[u8]; 2] = [b"DISCARD ALL\0", b"DEALLOCATE ALL\0"];
+/// Longest of them: a shorter command tag is read whole before it is passed on.
+const LONGEST_FORGETTING_TAG: usize = 15;
+/// The answers that are whole messages of five bytes.
+const PARSE_COMPLETE: u8 = b'1';
+const CLOSE_COMPLETE: u8 = b'3';
+
+/// A statement as the server knows it.
+#[derive(Debug)]
+struct Prepared {
+    /// Its name on every server connection.
+    name: Box<[u8]>,
+    /// The client's `Parse` body after the statement name: query and parameter types.
+    definition: Box<[u8]>,
+}
+
+impl Prepared {
+    fn new(definition: &[u8]) -> Prepared {
+        let digest = Sha256::digest(definition);
+        let name = format!("{PREFIX}{}", hex::encode(&digest[..16]));
+        Prepared {
+            name: name.into_bytes().into_boxed_slice(),
+            definition: definition.into(),
+        }
+    }
+}
+
+/// The statements prepared on one server connection, least recently used first out.
+#[derive(Debug, Default)]
+pub struct ServerStatements {
+    last_used: HashMap<Box<[u8]>, u64>,
+    clock: u64,
+}
+
+impl ServerStatements {
+    fn has(&mut self, name: &[u8]) -> bool {
+        self.clock += 1;
+        match self.last_used.get_mut(name) {
+            Some(used) => {
+                *used = self.clock;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn add(&mut self, name: &[u8]) {
+        self.clock += 1;
+        self.last_used.insert(name.into(), self.clock);
+    }
+
+    fn least_recently_used(&self) -> Option<Box<[u8]>> {
+        let (name, _) = self.last_used.iter().min_by_key(|(_, used)| **used)?;
+        Some(name.clone())
+    }
+}
+
+/// What becomes of a server's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Passed on as it is.
+    Keep,
+    /// Not passed on (it answers the proxy).
+    Drop,
+    /// Passed on as a `ParseComplete`.
+    AsParseComplete,
+}
+
+/// An answer the server owes.
+#[derive(Debug)]
+struct Owed {
+    /// The batch (counted in `Sync`s and queries) of its request.
+    batch: u64,
+    verdict: Verdict,
+    /// The statement a `Parse` prepares: forgotten if the `Parse` is skipped or fails.
+    preparing: Option<Box<[u8]>>,
+}
+
+/// Where the client's byte stream stands.
+#[derive(Debug)]
+enum Incoming {
+    /// Reading a message header (type and length).
+    Header { bytes: [u8; 5], have: usize },
+    /// Passing on the rest of a message as it is.
+    Pass { left: usize },
+    /// Holding a message of type `tag` (`body_len` bytes of body) until it can be rewritten.
+    Hold {
+        tag: u8,
+        body_len: usize,
+        body: Vec<u8>,
+        /// NUL-ended names still to read before the rest of the body.
+        names: u8,
+    },
+}
+
+/// One client's statements and the answers its server connection owes, in transaction
+/// pooling.
+#[derive(Debug)]
+pub struct Tracker {
+    /// What the client's statement names stand for.
+    names: HashMap<Box<[u8]>, Arc<Prepared>>,
+    parse_answers: VecDeque<Owed>,
+    close_answers: VecDeque<Owed>,
+    /// Batches sent and batches answered (`ReadyForQuery`).
+    sent: u64,
+    answered: u64,
+    incoming: Incoming,
+    /// Most statements kept on one server connection.
+    capacity: usize,
+}
+
+impl Tracker {
+    /// A tracker keeping at most `capacity` (at least 1) statements on a server connection.
+    pub fn new(capacity: usize) -> Tracker {
+        Tracker {
+            names: HashMap::new(),
+            parse_answers: VecDeque::new(),
+            close_answers: VecDeque::new(),
+            sent: 0,
+            answered: 0,
+            incoming: Incoming::Header {
+                bytes: [0; 5],
+                have: 0,
+            },
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Rewrites the client's bytes for the server connection whose statements are `server`,
+    /// appending to `out`. A message is held back (not in `out`) until the bytes that decide
+    /// its rewriting have come.
+    pub fn rewrite(
+        &mut self,
+        mut input: &[u8],
+        server: &mut ServerStatements,
+        out: &mut Vec<u8>,
+    ) -> Result<(), PgError> {
+        while !input.is_empty() {
+            match &mut self.incoming {
+                Incoming::Pass { left } => {
+                    let step = (*left).min(input.len());
+                    out.extend_from_slice(&input[..step]);
+                    input = &input[step..];
+                    *left -= step;
+                    if *left == 0 {
+                        self.incoming = header();
+                    }
+                }
+                Incoming::Header { bytes, have } => {
+                    let step = (5 - *have).min(input.len());
+                    bytes[*have..*have + step].copy_from_slice(&input[..step]);
+                    *have += step;
+                    input = &input[step..];
+                    if *have == 5 {
+                        let bytes = *bytes;
+                        self.begin(bytes, out)?;
+                    }
+                }
+                Incoming::Hold {
+                    tag,
+                    body_len,
+                    body,
+                    names,
+                } => {
+                    let (tag, body_len) = (*tag, *body_len);
+                    let room = (body_len - body.len()).min(input.len());
+                    // The names (`Parse`: the statement; `Bind`: portal and statement) are
+                    // read up to their NULs, the rest as it comes.
+                    let take = match input[..room].iter().position(|b| *b == 0) {
+                        Some(at) if *names > 0 => {
+                            *names -= 1;
+                            at + 1
+                        }
+                        _ => room,
+                    };
+                    if body.len() + take > MAX_HELD {
+                        return Err(too_long(tag));
+                    }
+                    body.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    let settled = body.len() == body_len
+                        || (tag == b'B' && *names == 0)
+                        || (tag == b'P' && *names == 0 && body.len() == 1);
+                    if settled {
+                        let body = std::mem::take(body);
+                        self.settle(tag, body_len, body, server, out);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Acts on a message's header: its body is held if the message may need rewriting, else
+    /// passed on.
+    fn begin(&mut self, header: [u8; 5], out: &mut Vec<u8>) -> Result<(), PgError> {
+        let tag = header[0];
+        let length = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        let body_len = usize::try_from(length)
+            .ok()
+            .and_then(|l| l.checked_sub(4))
+            .ok_or_else(|| {
+                PgError::new(
+                    "08P01",
+                    format!("invalid message from the client: invalid message length {length}"),
+                )
+            })?;
+        if matches!(tag, b'Q' | b'S' | b'F') {
+            self.sent += 1;
+        }
+        if matches!(tag, b'P' | b'B' | b'D' | b'C') && body_len > 0 {
+            self.incoming = Incoming::Hold {
+                tag,
+                body_len,
+                body: Vec::with_capacity(body_len.min(1024)),
+                names: match tag {
+                    b'P' => 1,
+                    b'B' => 2,
+                    _ => 0,
+                },
+            };
+            return Ok(());
+        }
+        self.owe_for(tag, Verdict::Keep, None);
+        out.extend_from_slice(&header);
+        self.incoming = pass(body_len);
+        Ok(())
+    }
+
+    /// Passes on a held message, rewritten if it names a statement of the client's.
+    fn settle(
+        &mut self,
+        tag: u8,
+        body_len: usize,
+        body: Vec<u8>,
+        server: &mut ServerStatements,
+        out: &mut Vec<u8>,
+    ) {
+        let rest = body_len - body.len();
+        self.incoming = pass(rest);
+        let (name, after) = cstring(&body);
+        match tag {
+            b'P' if !name.is_empty() && rest == 0 => {
+                self.parse(name, after, server, out);
+                return;
+            }
+            b'B' => {
+                let (statement, parameters) = cstring(after);
+                if let Some(prepared) = self.named(statement) {
+                    self.ensure(&prepared, server, out);
+                    let length = 4 + name.len() + 1 + prepared.name.len() + 1 + parameters.len();
+                    start(out, b'B', length + rest);
+                    push_cstring(out, name);
+                    push_cstring(out, &prepared.name);
+                    out.extend_from_slice(parameters);
+                    return;
+                }
+            }
+            b'D' | b'C' if body.first() == Some(&b'S') => {
+                let (statement, _) = cstring(&body[1..]);
+                if tag == b'C' && !statement.is_empty() {
+                    // The server's statement may serve other clients: only the name goes.
+                    self.names.remove(statement);
+                    self.close_nothing(Verdict::Keep, out);
+                    return;
+                }
+                if let Some(prepared) = self.named(statement) {
+                    self.ensure(&prepared, server, out);
+                    let mut describe = vec![b'S'];
+                    push_cstring(&mut describe, &prepared.name);
+                    message(out, b'D', &describe);
+                    return;
+                }
+            }
+            _ => {}
+        }
+        self.owe_for(tag, Verdict::Keep, None);
+        start(out, tag, 4 + body_len);
+        out.extend_from_slice(&body);
+    }
+
+    /// A client's named `Parse`: its name now stands for `definition`.
+    fn parse(
+        &mut self,
+        name: &[u8],
+        definition: &[u8],
+        server: &mut ServerStatements,
+        out: &mut Vec<u8>,
+    ) {
+        let prepared = Arc::new(Prepared::new(definition));
+        self.names.insert(name.into(), prepared.clone());
+        if server.has(&prepared.name) {
+            self.close_nothing(Verdict::AsParseComplete, out);
+        } else {
+            self.prepare(&prepared, Verdict::Keep, server, out);
+        }
+    }
+
+    /// Prepares `prepared` on the server unless it has it, dropping the answer.
+    fn ensure(&mut self, prepared: &Prepared, server: &mut ServerStatements, out: &mut Vec<u8>) {
+        if !server.has(&prepared.name) {
+            self.prepare(prepared, Verdict::Drop, server, out);
+        }
+    }
+
+    /// Sends a `Parse` of `prepared`, first closing the least recently used statement if the
+    /// server has as many as it may keep.
+    fn prepare(
+        &mut self,
+        prepared: &Prepared,
+        verdict: Verdict,
+        server: &mut ServerStatements,
+        out: &mut Vec<u8>,
+    ) {
+        if server.last_used.len() >= self.capacity
+            && let Some(oldest) = server.least_recently_used()
+        {
+            server.last_used.remove(&oldest);
+            let mut close = vec![b'S'];
+            push_cstring(&mut close, &oldest);
+            message(out, b'C', &close);
+            self.owe(CLOSE_COMPLETE, Verdict::Drop, None);
+        }
+        server.add(&prepared.name);
+        start(
+            out,
+            b'P',
+            4 + prepared.name.len() + 1 + prepared.definition.len(),
+        );
+        push_cstring(out, &prepared.name);
+        out.extend_from_slice(&prepared.definition);
+        self.owe(PARSE_COMPLETE, verdict, Some(prepared.name.clone()));
+    }
+
+    /// Sends a `Close` of a statement no one has, for the answer the client is owed.
+    fn close_nothing(&mut self, verdict: Verdict, out: &mut Vec<u8>) {
+        let mut close = vec![b'S'];
+        push_cstring(&mut close, NO_STATEMENT);
+        message(out, b'C', &close);
+        self.owe(CLOSE_COMPLETE, verdict, None);
+    }
+
+    fn named(&self, statement: &[u8]) -> Option<Arc<Prepared>> {
+        if statement.is_empty() {
+            return None;
+        }
+        self.names.get(statement).cloned()
+    }
+
+    /// Notes the answer a message of type `tag` the client sent is owed, if it is one of
+    /// those the proxy also asks for.
+    fn owe_for(&mut self, tag: u8, verdict: Verdict, preparing: Option<Box<[u8]>>) {
+        match tag {
+            b'P' => self.owe(PARSE_COMPLETE, verdict, preparing),
+            b'C' => self.owe(CLOSE_COMPLETE, verdict, preparing),
+            _ => {}
+        }
+    }
+
+    fn owe(&mut self, answer: u8, verdict: Verdict, preparing: Option<Box<[u8]>>) {
+        let owed = Owed {
+            batch: self.sent,
+            verdict,
+            preparing,
+        };
+        match answer {
+            PARSE_COMPLETE => self.parse_answers.push_back(owed),
+            _ => self.close_answers.push_back(owed),
+        }
+    }
+
+    /// What becomes of a server message of type `tag`; a `ReadyForQuery` ends a batch, and
+    /// the answers its requests still owed were skipped (their statements are not prepared).
+    pub fn answer(&mut self, tag: u8, server: &mut ServerStatements) -> Verdict {
+        let owed = match tag {
+            PARSE_COMPLETE => self.parse_answers.pop_front(),
+            CLOSE_COMPLETE => self.close_answers.pop_front(),
+            b'Z' => {
+                let ended = self.answered;
+                self.answered += 1;
+                for owed in [&mut self.parse_answers, &mut self.close_answers] {
+                    while owed.front().is_some_and(|o| o.batch <= ended) {
+                        let skipped = owed.pop_front().expect("front exists");
+                        if let Some(name) = skipped.preparing {
+                            server.last_used.remove(&name);
+                        }
+                    }
+                }
+                None
+            }
+            _ => None,
+        };
+        owed.map_or(Verdict::Keep, |o| o.verdict)
+    }
+}
+
+/// Applies the tracker's verdicts to server bytes `buf[..len]` in place, message by message.
+/// `left` is what is left of a message begun in an earlier chunk. Returns the length of what
+/// may be passed on and of a trailing message start that is not whole (a header, or a short
+/// command tag), moved right after it for the next chunk.
+pub fn filter_answers(
+    buf: &mut [u8],
+    len: usize,
+    left: &mut usize,
+    tracker: &mut Tracker,
+    server: &mut ServerStatements,
+) -> Result<(usize, usize), PgError> {
+    let (mut read, mut write) = (0, 0);
+    while read < len {
+        if *left > 0 {
+            let step = (*left).min(len - read);
+            if read != write {
+                buf.copy_within(read..read + step, write);
+            }
+            (read, write, *left) = (read + step, write + step, *left - step);
+            continue;
+        }
+        if len - read < 5 {
+            // Kept right after what is passed on: the relay reads on after it.
+            if read != write {
+                buf.copy_within(read..len, write);
+            }
+            return Ok((write, len - read));
+        }
+        let tag = buf[read];
+        let length =
+            i32::from_be_bytes([buf[read + 1], buf[read + 2], buf[read + 3], buf[read + 4]]);
+        let body_len = usize::try_from(length)
+            .ok()
+            .and_then(|l| l.checked_sub(4))
+            .ok_or_else(|| PgError::new("08P01", format!("invalid message length {length}")))?;
+        if tag == b'C' && body_len <= LONGEST_FORGETTING_TAG {
+            // `DISCARD ALL` and `DEALLOCATE ALL` drop every statement of the connection.
+            if read + 5 + body_len > len {
+                if read != write {
+                    buf.copy_within(read..len, write);
+                }
+                return Ok((write, len - read));
+            }
+            if FORGETTING_TAGS.contains(&&buf[read + 5..read + 5 + body_len]) {
+                server.last_used.clear();
+            }
+        }
+        match tracker.answer(tag, server) {
+            Verdict::Drop if body_len == 0 => read += 5,
+            verdict => {
+                if read != write {
+                    buf.copy_within(read..read + 5, write);
+                }
+                if verdict == Verdict::AsParseComplete {
+                    buf[write] = PARSE_COMPLETE;
+                }
+                (read, write, *left) = (read + 5, write + 5, body_len);
+            }
+        }
+    }
+    Ok((write, 0))
+}
+
+/// The error for a message too long to hold while its statement is rewritten.
+fn too_long(tag: u8) -> PgError {
+    PgError::new(
+        "54000",
+        format!(
+            "a {:?} message longer than {} MiB with a named prepared statement cannot pass \
+             the proxy in pool_mode transaction: use an unnamed statement or pool_mode session",
+            char::from(tag),
+            MAX_HELD >> 20
+        ),
+    )
+}
+
+fn header() -> Incoming {
+    Incoming::Header {
+        bytes: [0; 5],
+        have: 0,
+    }
+}
+
+fn pass(left: usize) -> Incoming {
+    if left == 0 {
+        header()
+    } else {
+        Incoming::Pass { left }
+    }
+}
+
+/// A C string at the start of `bytes` (without its NUL) and what follows it.
+fn cstring(bytes: &[u8]) -> (&[u8], &[u8]) {
+    match bytes.iter().position(|b| *b == 0) {
+        Some(end) => (&bytes[..end], &bytes[end + 1..]),
+        None => (bytes, &[]),
+    }
+}
+
+fn push_cstring(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(bytes);
+    out.push(0);
+}
+
+/// Starts a message of type `tag` whose length field will be `length`.
+fn start(out: &mut Vec<u8>, tag: u8, length: usize) {
+    out.push(tag);
+    // Messages are at most `MAX_HELD` plus names the client sent in one message.
+    out.extend_from_slice(&(length as u32).to_be_bytes());
+}
+
+fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+    start(out, tag, 4 + body.len());
+    out.extend_from_slice(body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::message;
+
+    fn parse(name: &str, query: &str) -> Vec<u8> {
+        message(b'P', format!("{name}\0{query}\0\0\0").as_bytes())
+    }
+    fn bind(statement: &str) -> Vec<u8> {
+        message(b'B', format!("\0{statement}\0\0\0\0\0\0\0").as_bytes())
+    }
+    fn close(statement: &str) -> Vec<u8> {
+        message(b'C', format!("S{statement}\0").as_bytes())
+    }
+    fn describe(statement: &str) -> Vec<u8> {
+        message(b'D', format!("S{statement}\0").as_bytes())
+    }
+    const EXECUTE: &[u8] = b"E\0\0\0\x09\0\0\0\0\0";
+    const SYNC: &[u8] = b"S\0\0\0\x04";
+
+    fn server_name(query: &str) -> String {
+        let name = Prepared::new(format!("{query}\0\0\0").as_bytes()).name;
+        String::from_utf8(name.into()).unwrap()
+    }
+
+    /// Rewrites `input` fed one split at a time (every split must give the same bytes).
+    fn rewritten(tracker: &Tracker, server: &ServerStatements, input: &[u8]) -> Vec<u8> {
+        let mut first: Option<Vec<u8>> = None;
+        for split in 0..=input.len() {
+            let (mut tracker, mut server) = (clone(tracker), clone_server(server));
+            let mut out = Vec::new();
+            tracker
+                .rewrite(&input[..split], &mut server, &mut out)
+                .unwrap();
+            tracker
+                .rewrite(&input[split..], &mut server, &mut out)
+                .unwrap();
+            match &first {
+                None => first = Some(out),
+                Some(first) => assert_eq!(first, &out, "split at {split}"),
+            }
+        }
+        first.unwrap()
+    }
+
+    fn clone(tracker: &Tracker) -> Tracker {
+        let mut copy = Tracker::new(tracker.capacity);
+        copy.names = tracker.names.clone();
+        copy
+    }
+
+    fn clone_server(server: &ServerStatements) -> ServerStatements {
+        ServerStatements {
+            last_used: server.last_used.clone(),
+            clock: server.clock,
+        }
+    }
+
+    fn concat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    /// The server's answers, one message each, filtered as the relay does.
+    fn answers(tracker: &mut Tracker, server: &mut ServerStatements, tags: &[u8]) -> Vec<u8> {
+        let mut bytes: Vec<u8> = tags.iter().flat_map(|t| message(*t, &[])).collect();
+        let (mut left, len) = (0, bytes.len());
+        let (passed, kept) = filter_answers(&mut bytes, len, &mut left, tracker, server).unwrap();
+        assert_eq!(kept, 0);
+        bytes[..passed].chunks(5).map(|m| m[0]).collect()
+    }
+
+    #[test]
+    fn a_statement_follows_its_client_to_another_server_connection() {
+        let query = "SELECT $1::int";
+        let name = server_name(query);
+        let mut tracker = Tracker::new(10);
+        let (mut a, mut b) = (ServerStatements::default(), ServerStatements::default());
+        let input = concat(&[&parse("s1", query), &bind("s1"), EXECUTE, SYNC]);
+        let out = rewritten(&tracker, &a, &input);
+        assert_eq!(
+            out,
+            concat(&[&parse(&name, query), &bind(&name), EXECUTE, SYNC])
+        );
+        tracker.rewrite(&input, &mut a, &mut Vec::new()).unwrap();
+        assert_eq!(answers(&mut tracker, &mut a, b"12CZ"), b"12CZ");
+        // On a connection without it, the statement is prepared first; that answer is dropped.
+        let input = concat(&[&bind("s1"), EXECUTE, &describe("s1"), SYNC]);
+        let out = rewritten(&tracker, &b, &input);
+        assert_eq!(
+            out,
+            concat(&[
+                &parse(&name, query),
+                &bind(&name),
+                EXECUTE,
+                &describe(&name),
+                SYNC
+            ])
+        );
+        tracker.rewrite(&input, &mut b, &mut Vec::new()).unwrap();
+        assert_eq!(answers(&mut tracker, &mut b, b"12CtTZ"), b"2CtTZ");
+        // Back on the first connection, nothing needs preparing.
+        let input = concat(&[&bind("s1"), EXECUTE, SYNC]);
+        assert_eq!(
+            rewritten(&tracker, &a, &input),
+            concat(&[&bind(&name), EXECUTE, SYNC])
+        );
+    }
+
+    #[test]
+    fn a_statement_the_server_has_is_answered_in_order_and_close_only_forgets_the_name() {
+        let query = "SELECT 1";
+        let name = server_name(query);
+        let mut server = ServerStatements::default();
+        server.add(name.as_bytes());
+        let mut tracker = Tracker::new(10);
+        // An unnamed Parse before it keeps its own answer, in order.
+        let input = concat(&[&parse("", "SELECT 2"), &parse("mine", query), SYNC]);
+        let out = rewritten(&tracker, &server, &input);
+        assert_eq!(
+            out,
+            concat(&[&parse("", "SELECT 2"), &close("pgwarden_none"), SYNC])
+        );
+        tracker
+            .rewrite(&input, &mut server, &mut Vec::new())
+            .unwrap();
+        assert_eq!(answers(&mut tracker, &mut server, b"13Z"), b"11Z");
+        let input = concat(&[&close("mine"), &bind("mine"), SYNC]);
+        assert_eq!(
+            rewritten(&tracker, &server, &input),
+            concat(&[&close("pgwarden_none"), &bind("mine"), SYNC]),
+            "after Close the name is unknown: PostgreSQL answers that it does not exist"
+        );
+        tracker
+            .rewrite(&input, &mut server, &mut Vec::new())
+            .unwrap();
+        assert_eq!(answers(&mut tracker, &mut server, b"3EZ"), b"3EZ");
+        assert!(
+            server.has(name.as_bytes()),
+            "other clients may still use it"
+        );
+    }
+
+    #[test]
+    fn answers_skipped_after_an_error_are_forgotten_with_their_statements() {
+        let query = "SELECT 1";
+        let name = server_name(query);
+        let mut tracker = Tracker::new(10);
+        let mut server = ServerStatements::default();
+        let input = concat(&[
+            &parse("", "SELECT broken"),
+            &parse("s1", query),
+            &bind("s1"),
+            SYNC,
+        ]);
+        tracker
+            .rewrite(&input, &mut server, &mut Vec::new())
+            .unwrap();
+        // The first Parse fails: the server skips the rest up to Sync.
+        assert_eq!(answers(&mut tracker, &mut server, b"EZ"), b"EZ");
+        assert!(!server.has(name.as_bytes()));
+        // So the next batch prepares it again, and its answers are not confused.
+        let input = concat(&[&bind("s1"), SYNC]);
+        assert_eq!(
+            rewritten(&tracker, &server, &input),
+            concat(&[&parse(&name, query), &bind(&name), SYNC])
+        );
+        tracker
+            .rewrite(&input, &mut server, &mut Vec::new())
+            .unwrap();
+        assert_eq!(answers(&mut tracker, &mut server, b"12Z"), b"2Z");
+    }
+
+    #[test]
+    fn the_least_recently_used_statement_makes_room() {
+        let mut tracker = Tracker::new(1);
+        let mut server = ServerStatements::default();
+        let input = concat(&[&parse("a", "SELECT 1"), &parse("b", "SELECT 2"), SYNC]);
+        let out = rewritten(&tracker, &server, &input);
+        assert_eq!(
+            out,
+            concat(&[
+                &parse(&server_name("SELECT 1"), "SELECT 1"),
+                &close(&server_name("SELECT 1")),
+                &parse(&server_name("SELECT 2"), "SELECT 2"),
+                SYNC
+            ])
+        );
+        tracker
+            .rewrite(&input, &mut server, &mut Vec::new())
+            .unwrap();
+        assert_eq!(answers(&mut tracker, &mut server, b"131Z"), b"11Z");
+    }
+
+    #[test]
+    fn a_header_split_across_reads_is_kept_for_the_next() {
+        let mut tracker = Tracker::new(10);
+        let mut server = ServerStatements::default();
+        tracker
+            .rewrite(
+                &concat(&[&bind("x"), &parse("s", "SELECT 1"), SYNC]),
+                &mut server,
+                &mut Vec::new(),
+            )
+            .unwrap();
+        let mut stream = concat(&[
+            &message(b'E', b"xx"),
+            &message(b'1', &[]),
+            &message(b'Z', b"E"),
+        ]);
+        let mut left = 0;
+        let len = stream.len();
+        let (passed, kept) =
+            filter_answers(&mut stream[..9], 9, &mut left, &mut tracker, &mut server).unwrap();
+        assert_eq!((passed, kept), (7, 2));
+        stream.copy_within(passed..len, 0);
+        let (passed, kept) =
+            filter_answers(&mut stream, len - 7, &mut left, &mut tracker, &mut server).unwrap();
+        assert_eq!((passed, kept), (11, 0));
+        assert_eq!(
+            &stream[..passed],
+            &concat(&[&message(b'1', &[]), &message(b'Z', b"E")])[..]
+        );
+    }
+
+    #[test]
+    fn discard_all_forgets_the_connections_statements_even_split_across_reads() {
+        let mut tracker = Tracker::new(10);
+        let mut server = ServerStatements::default();
+        server.add(b"pgwarden_x");
+        let mut stream = concat(&[&message(b'C', b"DISCARD ALL\0"), &message(b'Z', b"I")]);
+        let (mut left, len) = (0, stream.len());
+        let (passed, kept) =
+            filter_answers(&mut stream, 10, &mut left, &mut tracker, &mut server).unwrap();
+        assert_eq!((passed, kept), (0, 10));
+        assert!(server.has(b"pgwarden_x"));
+        let (passed, kept) =
+            filter_answers(&mut stream, len, &mut left, &mut tracker, &mut server).unwrap();
+        assert_eq!((passed, kept), (len, 0));
+        assert!(!server.has(b"pgwarden_x"));
+    }
+
+    #[test]
+    fn oversized_and_malformed_messages_get_postgresql_errors() {
+        let mut tracker = Tracker::new(10);
+        let mut server = ServerStatements::default();
+        let mut header = vec![b'P'];
+        header.extend_from_slice(&(20 * 1024 * 1024i32).to_be_bytes());
+        header.extend_from_slice(b"name\0");
+        let mut huge = header.clone();
+        huge.resize(9 * 1024 * 1024, b'x');
+        let error = tracker
+            .rewrite(&huge, &mut server, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(error.code, "54000");
+        assert_eq!(
+            error.message,
+            "a 'P' message longer than 8 MiB with a named prepared statement cannot pass the \
+             proxy in pool_mode transaction: use an unnamed statement or pool_mode session"
+        );
+        // An unnamed one that long passes as it comes.
+        let mut tracker = Tracker::new(10);
+        let mut unnamed = vec![b'P'];
+        unnamed.extend_from_slice(&(20 * 1024 * 1024i32).to_be_bytes());
+        unnamed.resize(9 * 1024 * 1024, 0);
+        let mut out = Vec::new();
+        tracker.rewrite(&unnamed, &mut server, &mut out).unwrap();
+        assert_eq!(out, unnamed);
+        let error = Tracker::new(1)
+            .rewrite(&[b'Q', 0, 0, 0, 2], &mut server, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(
+            (error.code.as_str(), error.message.as_str()),
+            (
+                "08P01",
+                "invalid message from the client: invalid message length 2"
+            )
+        );
+    }
+}
