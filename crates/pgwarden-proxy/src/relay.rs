@@ -4,6 +4,7 @@
 //! (transaction pooling gives the server connection back then) and when the session is idle
 //! (a draining proxy closes it then).
 
+use crate::cancel::CancelTarget;
 use crate::client::Stream;
 use crate::config::PoolMode;
 use crate::frame::{Seen, Walker};
@@ -13,7 +14,6 @@ use crate::reply::{self, PgError};
 use crate::statements::{self, Tracker};
 use crate::upstream;
 use bytes::BytesMut;
-use parking_lot::Mutex;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,9 +28,6 @@ const CHUNK: usize = 32 * 1024;
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client's `Terminate` message.
 const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
-
-/// Where the server a client is using can be reached to cancel its query.
-pub type CancelTarget = Arc<Mutex<Option<(String, (i32, i32))>>>;
 
 /// One client's session.
 pub struct Session {
@@ -47,7 +44,7 @@ pub struct Session {
     /// Turns true when the proxy is draining.
     pub draining: watch::Receiver<bool>,
     /// Updated with the server in use, for cancel requests.
-    pub cancel: CancelTarget,
+    pub cancel: Arc<CancelTarget>,
     /// Counters.
     pub metrics: Arc<Metrics>,
 }
@@ -180,7 +177,9 @@ impl Session {
                 None
             }
         };
-        point(&cancel, held.as_mut());
+        if let Some(checkout) = held.as_mut() {
+            point(&cancel, checkout);
+        }
         let mut progress = Progress {
             status: b'I',
             ..Progress::default()
@@ -202,8 +201,8 @@ impl Session {
                 && to_server.is_empty()
                 && let Some(checkout) = held.take()
             {
+                cancel.unpoint().await;
                 checkout.release(true);
-                point(&cancel, None);
             }
             let reading_client = to_server.is_empty() && !progress.terminated;
             let event = std::future::poll_fn(|cx| {
@@ -247,7 +246,7 @@ impl Session {
                     if held.is_none() && !to_server.is_empty() {
                         match pool.acquire(wait).await {
                             Ok(mut checkout) => {
-                                point(&cancel, Some(&mut checkout));
+                                point(&cancel, &mut checkout);
                                 held = Some(checkout);
                             }
                             Err(error) => break Some(error),
@@ -328,7 +327,7 @@ impl Session {
             let _ = client.write_all(to_client.bytes()).await;
             let _ = client.write_all(&out).await;
         }
-        point(&cancel, None);
+        cancel.unpoint().await;
         if let Some(checkout) = held {
             let clean = progress.idle() && to_server.is_empty() && to_client.is_empty();
             give_back(checkout, clean).await;
@@ -392,8 +391,9 @@ fn take_in(buf: &mut Pending, progress: &mut Progress, refuse_named: bool) -> Re
 }
 
 /// Records which server a cancel request should reach.
-fn point(cancel: &CancelTarget, checkout: Option<&mut Checkout>) {
-    *cancel.lock() = checkout.map(|c| (c.server().address.clone(), c.server().key));
+fn point(cancel: &CancelTarget, checkout: &mut Checkout) {
+    let server = checkout.server();
+    cancel.point((server.address.clone(), server.key));
 }
 
 /// Returns the connection after the client left: reset and kept if it was between

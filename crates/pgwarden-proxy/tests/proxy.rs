@@ -406,6 +406,50 @@ async fn transaction_mode_shares_three_server_connections_among_twelve_clients()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_cancel_request_never_stops_the_next_clients_query() {
+    let w = world("transaction", "").await;
+    let token = w.token("team-a");
+    // Three clients keep the pool's three server connections busy with short queries.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut others = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let client = w.connect("appdb-readonly", &token).await.unwrap();
+        let stop = stop.clone();
+        others.spawn(async move {
+            let mut queries = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client
+                    .simple_query("SELECT pg_sleep(0.005)")
+                    .await
+                    .unwrap_or_else(|e| panic!("after {queries} queries, another's cancel: {e}"));
+                queries += 1;
+            }
+            queries
+        });
+    }
+    // Meanwhile a fourth cancels its own queries around the moment they end.
+    let canceller = std::sync::Arc::new(w.connect("appdb-readonly", &token).await.unwrap());
+    let mut cancelled = 0;
+    for round in 0..150u64 {
+        let client = canceller.clone();
+        let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(0.01)").await });
+        tokio::time::sleep(Duration::from_micros(8_000 + (round * 37) % 5_000)).await;
+        canceller.cancel_token().cancel_query(NoTls).await.unwrap();
+        if let Err(e) = query.await.unwrap() {
+            assert_eq!(e.as_db_error().unwrap().code().code(), "57014");
+            cancelled += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let done: Vec<u32> = others.join_all().await;
+    assert!(done.iter().all(|q| *q > 20), "{done:?}");
+    assert!(
+        cancelled > 0,
+        "no cancel request arrived in time to cancel anything"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_clients_are_refused_cleanly_and_others_keep_being_served() {
     let w = world("transaction", "").await;
     let good = w
