@@ -63,6 +63,55 @@ struct Progress {
     status: u8,
     /// The client sent `Terminate`.
     terminated: bool,
+    /// Where a `COPY … FROM STDIN` stands.
+    copy: CopyIn,
+}
+
+/// A server in `COPY … FROM STDIN` ignores syncs until the client's `CopyDone` or `CopyFail`,
+/// including those a client of the extended protocol sent right after the `Execute` that
+/// started it: those get no `ReadyForQuery`.
+#[derive(Default)]
+struct CopyIn {
+    /// The server said it is copying in (`CopyInResponse`) and the client has not ended it.
+    active: bool,
+    /// Syncs sent since the last `Execute` or query, before any `CopyDone` or `CopyFail`.
+    syncs: usize,
+    /// The client sent `CopyDone` or `CopyFail` since the last `Execute` or query.
+    ended: bool,
+    /// Syncs found to be ignored, not yet told to the statement tracker.
+    ignored: usize,
+}
+
+impl CopyIn {
+    /// Counts a client's sync; false if the server will ignore it.
+    fn answered(&mut self) -> bool {
+        if self.active {
+            self.ignored += 1;
+            return false;
+        }
+        if !self.ended {
+            self.syncs += 1;
+        }
+        true
+    }
+
+    /// The client sent an `Execute` or a query.
+    fn command(&mut self) {
+        (self.syncs, self.ended) = (0, false);
+    }
+
+    /// The client sent `CopyDone` or `CopyFail`.
+    fn end(&mut self) {
+        self.active = false;
+        self.ended = true;
+    }
+
+    /// The server is copying in: returns how many syncs already counted it will ignore.
+    fn started(&mut self) -> usize {
+        self.active = !self.ended;
+        self.ignored += self.syncs;
+        std::mem::take(&mut self.syncs)
+    }
 }
 
 impl Progress {
@@ -252,6 +301,9 @@ impl Session {
                             Err(error) => break Some(error),
                         }
                     }
+                    if let Some(tracker) = statements.as_mut() {
+                        tracker.syncs_ignored(std::mem::take(&mut progress.copy.ignored));
+                    }
                     if let (Some(tracker), Some(checkout)) = (statements.as_mut(), held.as_mut())
                         && !to_server.is_empty()
                     {
@@ -303,15 +355,23 @@ impl Session {
                             }
                         }
                     }
-                    let walked = progress.server.walk(to_client.bytes(), |seen| {
-                        if let Seen::FirstByte(b'Z', status) = seen {
+                    let walked = progress.server.walk(to_client.bytes(), |seen| match seen {
+                        Seen::FirstByte(b'Z', status) => {
                             progress.pending = progress.pending.saturating_sub(1);
                             progress.status = status;
                         }
+                        Seen::Message(b'G') => {
+                            let ignored = progress.copy.started();
+                            progress.pending = progress.pending.saturating_sub(ignored);
+                        }
+                        _ => {}
                     });
                     if walked.is_err() {
                         held.take();
                         break None;
+                    }
+                    if let Some(tracker) = statements.as_mut() {
+                        tracker.syncs_ignored(std::mem::take(&mut progress.copy.ignored));
                     }
                 }
                 Event::ClientWrote(Ok(n)) => {
@@ -353,14 +413,29 @@ fn take_in(buf: &mut Pending, progress: &mut Progress, refuse_named: bool) -> Re
     progress
         .client
         .walk(buf.bytes(), |seen| match seen {
-            Seen::Message(b'Q' | b'S' | b'F') => {
+            Seen::Message(b'S') => {
+                if progress.copy.answered() {
+                    progress.pending += 1;
+                    progress.unsynced = false;
+                }
+            }
+            Seen::Message(tag @ (b'Q' | b'F')) => {
                 progress.pending += 1;
                 progress.unsynced = false;
+                if tag == b'Q' {
+                    progress.copy.command();
+                }
             }
             Seen::Message(b'X') => terminated = true,
             // COPY data belongs to the query that started it.
-            Seen::Message(b'd' | b'c' | b'f') => {}
-            Seen::Message(_) => progress.unsynced = true,
+            Seen::Message(b'd') => {}
+            Seen::Message(b'c' | b'f') => progress.copy.end(),
+            Seen::Message(tag) => {
+                progress.unsynced = true;
+                if tag == b'E' {
+                    progress.copy.command();
+                }
+            }
             Seen::FirstByte(b'P', name) => named_statement |= name != 0,
             Seen::FirstByte(..) => {}
         })
@@ -422,11 +497,48 @@ mod tests {
             status: b'I',
             ..Progress::default()
         };
+        let (outcome, buf) = taken_after(&mut progress, bytes, refuse_named);
+        (outcome, progress, buf)
+    }
+
+    fn taken_after(
+        progress: &mut Progress,
+        bytes: Vec<u8>,
+        refuse_named: bool,
+    ) -> (Result<(), PgError>, Vec<u8>) {
         let mut buf = Pending::new();
-        buf.buf[..bytes.len()].copy_from_slice(&bytes);
-        buf.end = bytes.len();
-        let outcome = take_in(&mut buf, &mut progress, refuse_named);
-        (outcome, progress, buf.bytes().to_vec())
+        buf.replace(&bytes);
+        let outcome = take_in(&mut buf, progress, refuse_named);
+        (outcome, buf.bytes().to_vec())
+    }
+
+    #[test]
+    fn syncs_ignored_during_copy_in_are_not_awaited() {
+        let execute = || message(b'E', &[0, 0, 0, 0, 0]);
+        let sync = || message(b'S', &[]);
+        let copy_end = [message(b'd', b"1\n"), message(b'c', &[]), sync()].concat();
+        // The client waits for CopyInResponse before sending its data (tokio-postgres, libpq).
+        let (_, mut progress, _) = taken([execute(), sync()].concat(), false);
+        assert_eq!(progress.pending, 1);
+        assert_eq!(
+            progress.copy.started(),
+            1,
+            "the sync after Execute is ignored"
+        );
+        let _ = taken_after(&mut progress, [sync(), copy_end.clone()].concat(), false);
+        assert_eq!(progress.copy.ignored, 2);
+        assert_eq!(
+            progress.pending, 2,
+            "one ignored sync subtracted by the relay, one counted"
+        );
+        // A client that sends everything before the server's CopyInResponse arrives.
+        let (_, mut progress, _) = taken([execute(), sync(), copy_end].concat(), false);
+        assert_eq!(progress.pending, 2);
+        assert_eq!(progress.copy.started(), 1);
+        assert!(!progress.copy.active, "the copy already ended");
+        // A simple query's COPY: its own ReadyForQuery ends it.
+        let (_, mut progress, _) = taken(message(b'Q', b"COPY t FROM STDIN\0"), false);
+        assert_eq!(progress.copy.started(), 0);
     }
 
     #[test]

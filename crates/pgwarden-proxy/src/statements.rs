@@ -396,6 +396,12 @@ impl Tracker {
         }
     }
 
+    /// Takes note of `count` syncs the server ignored (sent during `COPY … FROM STDIN`): they
+    /// end no batch of their own.
+    pub fn syncs_ignored(&mut self, count: usize) {
+        self.answered += count as u64;
+    }
+
     /// What becomes of a server message of type `tag`; a `ReadyForQuery` ends a batch, and
     /// the answers its requests still owed were skipped (their statements are not prepared).
     pub fn answer(&mut self, tag: u8, server: &mut ServerStatements) -> Verdict {
@@ -707,6 +713,23 @@ mod tests {
             .rewrite(&input, &mut server, &mut Vec::new())
             .unwrap();
         assert_eq!(answers(&mut tracker, &mut server, b"12Z"), b"2Z");
+    }
+
+    #[test]
+    fn syncs_ignored_in_a_copy_end_no_batch() {
+        let query = "SELECT 1";
+        let name = server_name(query);
+        let mut tracker = Tracker::new(10);
+        let mut server = ServerStatements::default();
+        let copy = concat(&[EXECUTE, SYNC, &message(b'c', &[]), SYNC]);
+        tracker.rewrite(&copy, &mut server, &mut Vec::new()).unwrap();
+        // The relay saw CopyInResponse: the first sync gets no ReadyForQuery.
+        tracker.syncs_ignored(1);
+        assert_eq!(answers(&mut tracker, &mut server, b"GCZ"), b"GCZ");
+        let failing = concat(&[&parse("", "SELECT broken"), &parse("s1", query), SYNC]);
+        tracker.rewrite(&failing, &mut server, &mut Vec::new()).unwrap();
+        assert_eq!(answers(&mut tracker, &mut server, b"EZ"), b"EZ");
+        assert!(!server.has(name.as_bytes()), "skipped at its own ReadyForQuery");
     }
 
     #[test]

@@ -406,6 +406,48 @@ async fn transaction_mode_shares_three_server_connections_among_twelve_clients()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_from_stdin_through_the_extended_protocol_gives_its_connection_back() {
+    let w = world("transaction", "").await;
+    let token = w.token("team-a");
+    // Six clients, three server connections, all six finishing each round before the next:
+    // every COPY's connection must come back with the end of its transaction.
+    let round_done = std::sync::Arc::new(tokio::sync::Barrier::new(6));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..6 {
+        let mut client = w.connect("appdb-readonly", &token).await.unwrap();
+        let round_done = round_done.clone();
+        tasks.spawn(async move {
+            use futures::SinkExt;
+            for round in 0..3 {
+                let tx = client.transaction().await.unwrap();
+                tx.batch_execute("CREATE TEMP TABLE copied (x int) ON COMMIT DROP")
+                    .await
+                    .unwrap();
+                let sink = tx.copy_in("COPY copied FROM STDIN").await.unwrap();
+                let mut sink = std::pin::pin!(sink);
+                sink.send(bytes::Bytes::from_static(b"1\n2\n3\n"))
+                    .await
+                    .unwrap();
+                let rows = sink
+                    .finish()
+                    .await
+                    .unwrap_or_else(|e| panic!("client {n}, round {round}: {e:?}"));
+                assert_eq!(rows, 3);
+                let sum: i64 = tx
+                    .query_one("SELECT sum(x) FROM copied", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(sum, 6);
+                tx.commit().await.unwrap();
+                round_done.wait().await;
+            }
+        });
+    }
+    tasks.join_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_cancel_request_never_stops_the_next_clients_query() {
     let w = world("transaction", "").await;
     let token = w.token("team-a");
