@@ -35,19 +35,27 @@ impl CancelTarget {
     /// Stops pointing at a server once no cancel request to it is under way (waiting for
     /// those that are).
     pub async fn unpoint(&self) {
+        if self.unpoint_if_quiet() {
+            return;
+        }
         loop {
             let delivered = self.delivered.notified();
             tokio::pin!(delivered);
             delivered.as_mut().enable();
-            {
-                let mut state = self.state.lock();
-                if state.1 == 0 {
-                    state.0 = None;
-                    return;
-                }
+            if self.unpoint_if_quiet() {
+                return;
             }
             delivered.await;
         }
+    }
+
+    /// Stops pointing at a server if no cancel request to it is under way.
+    fn unpoint_if_quiet(&self) -> bool {
+        let mut state = self.state.lock();
+        if state.1 == 0 {
+            state.0 = None;
+        }
+        state.1 == 0
     }
 
     /// The server to cancel, counted as under way until the returned guard drops.

@@ -170,12 +170,15 @@ impl Pending {
         from: &mut Stream,
     ) -> Poll<std::io::Result<usize>> {
         let kept = self.kept;
-        self.buf.copy_within(self.end..self.end + kept, 0);
-        (self.start, self.end, self.kept) = (0, kept, 0);
+        if self.end != 0 {
+            // Once, and nothing to pass on until the read completes.
+            self.buf.copy_within(self.end..self.end + kept, 0);
+            (self.start, self.end) = (0, 0);
+        }
         let mut read = ReadBuf::new(&mut self.buf[kept..]);
         ready!(Pin::new(from).poll_read(cx, &mut read))?;
         let n = read.filled().len();
-        self.end = kept + n;
+        (self.end, self.kept) = (kept + n, 0);
         Poll::Ready(Ok(n))
     }
 
@@ -248,6 +251,7 @@ impl Session {
             if mode == PoolMode::Transaction
                 && progress.idle()
                 && to_server.is_empty()
+                && to_client.kept == 0
                 && let Some(checkout) = held.take()
             {
                 cancel.unpoint().await;
@@ -285,8 +289,11 @@ impl Session {
             match event {
                 Event::ClientRead(Ok(0) | Err(_)) => break None,
                 Event::ClientRead(Ok(_)) => {
-                    let refuse_named = mode == PoolMode::Transaction && statements.is_none();
-                    if let Err(error) = take_in(&mut to_server, &mut progress, refuse_named) {
+                    let rules = Rules {
+                        transaction: mode == PoolMode::Transaction,
+                        refuse_named: mode == PoolMode::Transaction && statements.is_none(),
+                    };
+                    if let Err(error) = take_in(&mut to_server, &mut progress, rules) {
                         break Some(error);
                     }
                     if progress.terminated && to_server.is_empty() {
@@ -301,8 +308,11 @@ impl Session {
                             Err(error) => break Some(error),
                         }
                     }
-                    if let Some(tracker) = statements.as_mut() {
-                        tracker.syncs_ignored(std::mem::take(&mut progress.copy.ignored));
+                    if statements.is_some()
+                        && let Some(checkout) = held.as_mut()
+                    {
+                        let ignored = std::mem::take(&mut progress.copy.ignored);
+                        checkout.server().statements.syncs_ignored(ignored);
                     }
                     if let (Some(tracker), Some(checkout)) = (statements.as_mut(), held.as_mut())
                         && !to_server.is_empty()
@@ -370,8 +380,11 @@ impl Session {
                         held.take();
                         break None;
                     }
-                    if let Some(tracker) = statements.as_mut() {
-                        tracker.syncs_ignored(std::mem::take(&mut progress.copy.ignored));
+                    if statements.is_some()
+                        && let Some(checkout) = held.as_mut()
+                    {
+                        let ignored = std::mem::take(&mut progress.copy.ignored);
+                        checkout.server().statements.syncs_ignored(ignored);
                     }
                 }
                 Event::ClientWrote(Ok(n)) => {
@@ -404,12 +417,23 @@ async fn drained(mut draining: watch::Receiver<bool>) {
     }
 }
 
+/// What a client may send.
+#[derive(Clone, Copy)]
+struct Rules {
+    /// Transaction pooling: a query or function call may not come before the `Sync` of
+    /// extended-protocol messages (after an error the server skips it, and its
+    /// `ReadyForQuery` never comes).
+    transaction: bool,
+    /// Named prepared statements are refused.
+    refuse_named: bool,
+}
+
 /// Walks what the client sent (appended to `buf`): counts what will be answered with
-/// `ReadyForQuery`, drops a final `Terminate`, refuses a named prepared statement if
-/// `refuse_named`.
-fn take_in(buf: &mut Pending, progress: &mut Progress, refuse_named: bool) -> Result<(), PgError> {
+/// `ReadyForQuery`, drops a final `Terminate`, refuses what `rules` do not allow.
+fn take_in(buf: &mut Pending, progress: &mut Progress, rules: Rules) -> Result<(), PgError> {
     let mut terminated = false;
     let mut named_statement = false;
+    let mut unsynced_query = false;
     progress
         .client
         .walk(buf.bytes(), |seen| match seen {
@@ -420,6 +444,7 @@ fn take_in(buf: &mut Pending, progress: &mut Progress, refuse_named: bool) -> Re
                 }
             }
             Seen::Message(tag @ (b'Q' | b'F')) => {
+                unsynced_query |= progress.unsynced;
                 progress.pending += 1;
                 progress.unsynced = false;
                 if tag == b'Q' {
@@ -440,7 +465,14 @@ fn take_in(buf: &mut Pending, progress: &mut Progress, refuse_named: bool) -> Re
             Seen::FirstByte(..) => {}
         })
         .map_err(|e| PgError::new("08P01", format!("invalid message from the client: {e}")))?;
-    if named_statement && refuse_named {
+    if unsynced_query && rules.transaction {
+        return Err(PgError::new(
+            "0A000",
+            "a query or function call before the Sync of extended-protocol messages is not \
+             supported with pool_mode transaction: send Sync first, or use pool_mode session",
+        ));
+    }
+    if named_statement && rules.refuse_named {
         // Its next transaction may run on a server where another client's statement has the
         // same name: refused before anything of this chunk reaches a server.
         return Err(PgError::new(
@@ -481,10 +513,12 @@ async fn give_back(mut checkout: Checkout, clean: bool) {
 /// `DISCARD ALL`, so the next client finds a fresh session; false if it did not complete.
 async fn reset(checkout: &mut Checkout) -> bool {
     let discard = upstream::simple_query(checkout.server(), "DISCARD ALL");
-    matches!(
+    let done = matches!(
         tokio::time::timeout(RESET_TIMEOUT, discard).await,
         Ok(Ok(answer)) if answer.idle
-    )
+    );
+    checkout.server().statements.clear();
+    done
 }
 
 #[cfg(test)]
@@ -492,24 +526,75 @@ mod tests {
     use super::*;
     use crate::frame::message;
 
-    fn taken(bytes: Vec<u8>, refuse_named: bool) -> (Result<(), PgError>, Progress, Vec<u8>) {
+    fn taken(bytes: Vec<u8>, transaction: bool) -> (Result<(), PgError>, Progress, Vec<u8>) {
         let mut progress = Progress {
             status: b'I',
             ..Progress::default()
         };
-        let (outcome, buf) = taken_after(&mut progress, bytes, refuse_named);
+        let (outcome, buf) = taken_after(&mut progress, bytes, transaction);
         (outcome, progress, buf)
     }
 
     fn taken_after(
         progress: &mut Progress,
         bytes: Vec<u8>,
-        refuse_named: bool,
+        transaction: bool,
     ) -> (Result<(), PgError>, Vec<u8>) {
         let mut buf = Pending::new();
         buf.replace(&bytes);
-        let outcome = take_in(&mut buf, progress, refuse_named);
+        let rules = Rules {
+            transaction,
+            refuse_named: transaction,
+        };
+        let outcome = take_in(&mut buf, progress, rules);
         (outcome, buf.bytes().to_vec())
+    }
+
+    #[test]
+    fn a_query_inside_an_unsynced_extended_batch_is_refused_in_transaction_mode() {
+        let bytes = [
+            message(b'P', b"\0SELECT 1\0\0\0"),
+            message(b'Q', b"SELECT 2\0"),
+        ]
+        .concat();
+        let (outcome, _, _) = taken(bytes.clone(), true);
+        assert_eq!(
+            outcome,
+            Err(PgError::new(
+                "0A000",
+                "a query or function call before the Sync of extended-protocol messages is not \
+                 supported with pool_mode transaction: send Sync first, or use pool_mode session"
+            ))
+        );
+        assert_eq!(taken(bytes, false).0, Ok(()));
+        let synced = [
+            message(b'P', b"\0SELECT 1\0\0\0"),
+            message(b'S', &[]),
+            message(b'Q', b"SELECT 2\0"),
+        ];
+        assert_eq!(taken(synced.concat(), true).0, Ok(()));
+    }
+
+    #[test]
+    fn kept_bytes_wait_for_the_read_that_completes_them() {
+        let (mut near, far) = tokio::io::duplex(64);
+        let mut pending = Pending::new();
+        pending.buf[10..13].copy_from_slice(b"Z\0\0");
+        (pending.start, pending.end, pending.kept) = (10, 10, 3);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut stream: Stream = Box::new(far);
+        assert!(pending.poll_fill(&mut cx, &mut stream).is_pending());
+        assert!(
+            pending.is_empty(),
+            "nothing to pass on while the read is pending"
+        );
+        futures::executor::block_on(near.write_all(b"\0\x05I")).unwrap();
+        assert!(matches!(
+            pending.poll_fill(&mut cx, &mut stream),
+            Poll::Ready(Ok(3))
+        ));
+        assert_eq!(pending.bytes(), b"Z\0\0\0\x05I");
     }
 
     #[test]

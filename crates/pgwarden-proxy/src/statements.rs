@@ -22,6 +22,9 @@ use std::sync::Arc;
 const PREFIX: &str = "pgwarden_";
 /// A statement name the proxy never prepares: closing it answers `CloseComplete`.
 const NO_STATEMENT: &[u8] = b"pgwarden_none";
+/// Most statement names one client may have, and most bytes of their definitions.
+const MAX_NAMES: usize = 10_000;
+const MAX_NAMED_BYTES: usize = 64 * 1024 * 1024;
 /// Longest message whose whole body is read before it is passed on (a named `Parse`).
 const MAX_HELD: usize = 8 * 1024 * 1024;
 /// The command tags (with their NUL) of statements that drop every prepared statement.
@@ -52,18 +55,22 @@ impl Prepared {
     }
 }
 
-/// The statements prepared on one server connection, least recently used first out.
+/// The statements prepared on one server connection, least recently used first out, and
+/// the batches (counted in `Sync`s, queries and function calls) sent to it and answered.
 #[derive(Debug, Default)]
 pub struct ServerStatements {
-    last_used: HashMap<Box<[u8]>, u64>,
+    /// Each statement's last use and the batch that prepared it.
+    statements: HashMap<Box<[u8]>, (u64, u64)>,
     clock: u64,
+    sent: u64,
+    answered: u64,
 }
 
 impl ServerStatements {
     fn has(&mut self, name: &[u8]) -> bool {
         self.clock += 1;
-        match self.last_used.get_mut(name) {
-            Some(used) => {
+        match self.statements.get_mut(name) {
+            Some((used, _)) => {
                 *used = self.clock;
                 true
             }
@@ -73,12 +80,30 @@ impl ServerStatements {
 
     fn add(&mut self, name: &[u8]) {
         self.clock += 1;
-        self.last_used.insert(name.into(), self.clock);
+        self.statements.insert(name.into(), (self.clock, self.sent));
     }
 
     fn least_recently_used(&self) -> Option<Box<[u8]>> {
-        let (name, _) = self.last_used.iter().min_by_key(|(_, used)| **used)?;
+        let (name, _) = self.statements.iter().min_by_key(|(_, (used, _))| *used)?;
         Some(name.clone())
+    }
+
+    /// Takes note of `count` syncs the server ignored (sent during `COPY … FROM STDIN`): they
+    /// end no batch of their own.
+    pub fn syncs_ignored(&mut self, count: usize) {
+        self.answered += count as u64;
+    }
+
+    /// Forgets every statement, as `DISCARD ALL` by the proxy itself does.
+    pub fn clear(&mut self) {
+        self.statements.clear();
+    }
+
+    /// The server dropped every statement in the batch being answered: those prepared in
+    /// later batches (pipelined after it) stay.
+    fn dropped_all(&mut self) {
+        let answering = self.answered;
+        self.statements.retain(|_, (_, batch)| *batch > answering);
     }
 }
 
@@ -96,11 +121,21 @@ pub enum Verdict {
 /// An answer the server owes.
 #[derive(Debug)]
 struct Owed {
-    /// The batch (counted in `Sync`s and queries) of its request.
+    /// The batch of its request.
     batch: u64,
     verdict: Verdict,
-    /// The statement a `Parse` prepares: forgotten if the `Parse` is skipped or fails.
-    preparing: Option<Box<[u8]>>,
+    /// What its request does to the server's statements, undone if the server skips it.
+    effect: Effect,
+}
+
+/// What a request does to a server's statements.
+#[derive(Debug)]
+enum Effect {
+    None,
+    /// A `Parse` prepares this statement.
+    Prepares(Box<[u8]>),
+    /// A `Close` makes room by closing this one.
+    Evicts(Box<[u8]>),
 }
 
 /// Where the client's byte stream stands.
@@ -128,9 +163,8 @@ pub struct Tracker {
     names: HashMap<Box<[u8]>, Arc<Prepared>>,
     parse_answers: VecDeque<Owed>,
     close_answers: VecDeque<Owed>,
-    /// Batches sent and batches answered (`ReadyForQuery`).
-    sent: u64,
-    answered: u64,
+    /// Bytes of the statements' definitions in `names`.
+    named_bytes: usize,
     incoming: Incoming,
     /// Most statements kept on one server connection.
     capacity: usize,
@@ -143,8 +177,7 @@ impl Tracker {
             names: HashMap::new(),
             parse_answers: VecDeque::new(),
             close_answers: VecDeque::new(),
-            sent: 0,
-            answered: 0,
+            named_bytes: 0,
             incoming: Incoming::Header {
                 bytes: [0; 5],
                 have: 0,
@@ -180,7 +213,7 @@ impl Tracker {
                     input = &input[step..];
                     if *have == 5 {
                         let bytes = *bytes;
-                        self.begin(bytes, out)?;
+                        self.begin(bytes, server, out)?;
                     }
                 }
                 Incoming::Hold {
@@ -210,7 +243,7 @@ impl Tracker {
                         || (tag == b'P' && *names == 0 && body.len() == 1);
                     if settled {
                         let body = std::mem::take(body);
-                        self.settle(tag, body_len, body, server, out);
+                        self.settle(tag, body_len, body, server, out)?;
                     }
                 }
             }
@@ -220,7 +253,12 @@ impl Tracker {
 
     /// Acts on a message's header: its body is held if the message may need rewriting, else
     /// passed on.
-    fn begin(&mut self, header: [u8; 5], out: &mut Vec<u8>) -> Result<(), PgError> {
+    fn begin(
+        &mut self,
+        header: [u8; 5],
+        server: &mut ServerStatements,
+        out: &mut Vec<u8>,
+    ) -> Result<(), PgError> {
         let tag = header[0];
         let length = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
         let body_len = usize::try_from(length)
@@ -233,7 +271,7 @@ impl Tracker {
                 )
             })?;
         if matches!(tag, b'Q' | b'S' | b'F') {
-            self.sent += 1;
+            server.sent += 1;
         }
         if matches!(tag, b'P' | b'B' | b'D' | b'C') && body_len > 0 {
             self.incoming = Incoming::Hold {
@@ -248,7 +286,7 @@ impl Tracker {
             };
             return Ok(());
         }
-        self.owe_for(tag, Verdict::Keep, None);
+        self.owe_for(tag, server);
         out.extend_from_slice(&header);
         self.incoming = pass(body_len);
         Ok(())
@@ -262,14 +300,13 @@ impl Tracker {
         body: Vec<u8>,
         server: &mut ServerStatements,
         out: &mut Vec<u8>,
-    ) {
+    ) -> Result<(), PgError> {
         let rest = body_len - body.len();
         self.incoming = pass(rest);
         let (name, after) = cstring(&body);
         match tag {
             b'P' if !name.is_empty() && rest == 0 => {
-                self.parse(name, after, server, out);
-                return;
+                return self.parse(name, after, server, out);
             }
             b'B' => {
                 let (statement, parameters) = cstring(after);
@@ -280,30 +317,33 @@ impl Tracker {
                     push_cstring(out, name);
                     push_cstring(out, &prepared.name);
                     out.extend_from_slice(parameters);
-                    return;
+                    return Ok(());
                 }
             }
             b'D' | b'C' if body.first() == Some(&b'S') => {
                 let (statement, _) = cstring(&body[1..]);
                 if tag == b'C' && !statement.is_empty() {
                     // The server's statement may serve other clients: only the name goes.
-                    self.names.remove(statement);
-                    self.close_nothing(Verdict::Keep, out);
-                    return;
+                    if let Some(gone) = self.names.remove(statement) {
+                        self.named_bytes = self.named_bytes.saturating_sub(gone.definition.len());
+                    }
+                    self.close_nothing(Verdict::Keep, server, out);
+                    return Ok(());
                 }
                 if let Some(prepared) = self.named(statement) {
                     self.ensure(&prepared, server, out);
                     let mut describe = vec![b'S'];
                     push_cstring(&mut describe, &prepared.name);
                     message(out, b'D', &describe);
-                    return;
+                    return Ok(());
                 }
             }
             _ => {}
         }
-        self.owe_for(tag, Verdict::Keep, None);
+        self.owe_for(tag, server);
         start(out, tag, 4 + body_len);
         out.extend_from_slice(&body);
+        Ok(())
     }
 
     /// A client's named `Parse`: its name now stands for `definition`.
@@ -313,14 +353,28 @@ impl Tracker {
         definition: &[u8],
         server: &mut ServerStatements,
         out: &mut Vec<u8>,
-    ) {
+    ) -> Result<(), PgError> {
         let prepared = Arc::new(Prepared::new(definition));
+        let replaced = self.names.get(name).map_or(0, |p| p.definition.len());
+        let bytes = self.named_bytes.saturating_sub(replaced) + definition.len();
+        if (replaced == 0 && self.names.len() >= MAX_NAMES) || bytes > MAX_NAMED_BYTES {
+            return Err(PgError::new(
+                "54000",
+                format!(
+                    "too many named prepared statements for one client in pool_mode \
+                     transaction (at most {MAX_NAMES}, {} MiB of queries): close some",
+                    MAX_NAMED_BYTES >> 20
+                ),
+            ));
+        }
+        self.named_bytes = bytes;
         self.names.insert(name.into(), prepared.clone());
         if server.has(&prepared.name) {
-            self.close_nothing(Verdict::AsParseComplete, out);
+            self.close_nothing(Verdict::AsParseComplete, server, out);
         } else {
             self.prepare(&prepared, Verdict::Keep, server, out);
         }
+        Ok(())
     }
 
     /// Prepares `prepared` on the server unless it has it, dropping the answer.
@@ -339,14 +393,19 @@ impl Tracker {
         server: &mut ServerStatements,
         out: &mut Vec<u8>,
     ) {
-        if server.last_used.len() >= self.capacity
+        if server.statements.len() >= self.capacity
             && let Some(oldest) = server.least_recently_used()
         {
-            server.last_used.remove(&oldest);
+            server.statements.remove(&oldest);
             let mut close = vec![b'S'];
             push_cstring(&mut close, &oldest);
             message(out, b'C', &close);
-            self.owe(CLOSE_COMPLETE, Verdict::Drop, None);
+            self.owe(
+                CLOSE_COMPLETE,
+                Verdict::Drop,
+                Effect::Evicts(oldest),
+                server,
+            );
         }
         server.add(&prepared.name);
         start(
@@ -356,15 +415,20 @@ impl Tracker {
         );
         push_cstring(out, &prepared.name);
         out.extend_from_slice(&prepared.definition);
-        self.owe(PARSE_COMPLETE, verdict, Some(prepared.name.clone()));
+        self.owe(
+            PARSE_COMPLETE,
+            verdict,
+            Effect::Prepares(prepared.name.clone()),
+            server,
+        );
     }
 
     /// Sends a `Close` of a statement no one has, for the answer the client is owed.
-    fn close_nothing(&mut self, verdict: Verdict, out: &mut Vec<u8>) {
+    fn close_nothing(&mut self, verdict: Verdict, server: &ServerStatements, out: &mut Vec<u8>) {
         let mut close = vec![b'S'];
         push_cstring(&mut close, NO_STATEMENT);
         message(out, b'C', &close);
-        self.owe(CLOSE_COMPLETE, verdict, None);
+        self.owe(CLOSE_COMPLETE, verdict, Effect::None, server);
     }
 
     fn named(&self, statement: &[u8]) -> Option<Arc<Prepared>> {
@@ -376,30 +440,24 @@ impl Tracker {
 
     /// Notes the answer a message of type `tag` the client sent is owed, if it is one of
     /// those the proxy also asks for.
-    fn owe_for(&mut self, tag: u8, verdict: Verdict, preparing: Option<Box<[u8]>>) {
+    fn owe_for(&mut self, tag: u8, server: &ServerStatements) {
         match tag {
-            b'P' => self.owe(PARSE_COMPLETE, verdict, preparing),
-            b'C' => self.owe(CLOSE_COMPLETE, verdict, preparing),
+            b'P' => self.owe(PARSE_COMPLETE, Verdict::Keep, Effect::None, server),
+            b'C' => self.owe(CLOSE_COMPLETE, Verdict::Keep, Effect::None, server),
             _ => {}
         }
     }
 
-    fn owe(&mut self, answer: u8, verdict: Verdict, preparing: Option<Box<[u8]>>) {
+    fn owe(&mut self, answer: u8, verdict: Verdict, effect: Effect, server: &ServerStatements) {
         let owed = Owed {
-            batch: self.sent,
+            batch: server.sent,
             verdict,
-            preparing,
+            effect,
         };
         match answer {
             PARSE_COMPLETE => self.parse_answers.push_back(owed),
             _ => self.close_answers.push_back(owed),
         }
-    }
-
-    /// Takes note of `count` syncs the server ignored (sent during `COPY … FROM STDIN`): they
-    /// end no batch of their own.
-    pub fn syncs_ignored(&mut self, count: usize) {
-        self.answered += count as u64;
     }
 
     /// What becomes of a server message of type `tag`; a `ReadyForQuery` ends a batch, and
@@ -409,13 +467,16 @@ impl Tracker {
             PARSE_COMPLETE => self.parse_answers.pop_front(),
             CLOSE_COMPLETE => self.close_answers.pop_front(),
             b'Z' => {
-                let ended = self.answered;
-                self.answered += 1;
+                let ended = server.answered;
+                server.answered += 1;
                 for owed in [&mut self.parse_answers, &mut self.close_answers] {
                     while owed.front().is_some_and(|o| o.batch <= ended) {
-                        let skipped = owed.pop_front().expect("front exists");
-                        if let Some(name) = skipped.preparing {
-                            server.last_used.remove(&name);
+                        match owed.pop_front().expect("front exists").effect {
+                            Effect::Prepares(name) => {
+                                server.statements.remove(&name);
+                            }
+                            Effect::Evicts(name) => server.add(&name),
+                            Effect::None => {}
                         }
                     }
                 }
@@ -471,7 +532,7 @@ pub fn filter_answers(
                 return Ok((write, len - read));
             }
             if FORGETTING_TAGS.contains(&&buf[read + 5..read + 5 + body_len]) {
-                server.last_used.clear();
+                server.dropped_all();
             }
         }
         match tracker.answer(tag, server) {
@@ -591,13 +652,14 @@ mod tests {
     fn clone(tracker: &Tracker) -> Tracker {
         let mut copy = Tracker::new(tracker.capacity);
         copy.names = tracker.names.clone();
+        copy.named_bytes = tracker.named_bytes;
         copy
     }
 
     fn clone_server(server: &ServerStatements) -> ServerStatements {
         ServerStatements {
-            last_used: server.last_used.clone(),
-            clock: server.clock,
+            statements: server.statements.clone(),
+            ..*server
         }
     }
 
@@ -722,14 +784,93 @@ mod tests {
         let mut tracker = Tracker::new(10);
         let mut server = ServerStatements::default();
         let copy = concat(&[EXECUTE, SYNC, &message(b'c', &[]), SYNC]);
-        tracker.rewrite(&copy, &mut server, &mut Vec::new()).unwrap();
+        tracker
+            .rewrite(&copy, &mut server, &mut Vec::new())
+            .unwrap();
         // The relay saw CopyInResponse: the first sync gets no ReadyForQuery.
-        tracker.syncs_ignored(1);
+        server.syncs_ignored(1);
         assert_eq!(answers(&mut tracker, &mut server, b"GCZ"), b"GCZ");
         let failing = concat(&[&parse("", "SELECT broken"), &parse("s1", query), SYNC]);
-        tracker.rewrite(&failing, &mut server, &mut Vec::new()).unwrap();
+        tracker
+            .rewrite(&failing, &mut server, &mut Vec::new())
+            .unwrap();
         assert_eq!(answers(&mut tracker, &mut server, b"EZ"), b"EZ");
-        assert!(!server.has(name.as_bytes()), "skipped at its own ReadyForQuery");
+        assert!(
+            !server.has(name.as_bytes()),
+            "skipped at its own ReadyForQuery"
+        );
+    }
+
+    #[test]
+    fn a_skipped_eviction_leaves_the_statement_known() {
+        let (a, b) = (server_name("SELECT 1"), server_name("SELECT 2"));
+        let mut tracker = Tracker::new(1);
+        let mut server = ServerStatements::default();
+        tracker
+            .rewrite(
+                &concat(&[&parse("a", "SELECT 1"), SYNC]),
+                &mut server,
+                &mut Vec::new(),
+            )
+            .unwrap();
+        assert_eq!(answers(&mut tracker, &mut server, b"1Z"), b"1Z");
+        // An error skips both the Close that makes room and the Parse of b.
+        let failing = concat(&[&parse("", "SELECT broken"), &parse("b", "SELECT 2"), SYNC]);
+        tracker
+            .rewrite(&failing, &mut server, &mut Vec::new())
+            .unwrap();
+        assert_eq!(answers(&mut tracker, &mut server, b"EZ"), b"EZ");
+        assert!(server.has(a.as_bytes()) && !server.has(b.as_bytes()));
+        assert_eq!(
+            rewritten(&tracker, &server, &concat(&[&bind("a"), SYNC])),
+            concat(&[&bind(&a), SYNC])
+        );
+    }
+
+    #[test]
+    fn a_pipelined_discard_all_keeps_statements_prepared_after_it() {
+        let (one, two) = (server_name("SELECT 1"), server_name("SELECT 2"));
+        let mut tracker = Tracker::new(10);
+        let mut server = ServerStatements::default();
+        server.add(one.as_bytes());
+        let input = concat(&[
+            &message(b'Q', b"DISCARD ALL\0"),
+            &parse("b", "SELECT 2"),
+            SYNC,
+        ]);
+        tracker
+            .rewrite(&input, &mut server, &mut Vec::new())
+            .unwrap();
+        let mut stream = concat(&[
+            &message(b'C', b"DISCARD ALL\0"),
+            &message(b'Z', b"I"),
+            &message(b'1', &[]),
+            &message(b'Z', b"I"),
+        ]);
+        let (mut left, len) = (0, stream.len());
+        filter_answers(&mut stream, len, &mut left, &mut tracker, &mut server).unwrap();
+        assert!(!server.has(one.as_bytes()) && server.has(two.as_bytes()));
+    }
+
+    #[test]
+    fn a_client_has_a_bounded_number_of_names() {
+        let mut tracker = Tracker::new(10);
+        let mut server = ServerStatements::default();
+        let mut input = Vec::new();
+        for n in 0..=MAX_NAMES {
+            input.extend(parse(&format!("s{n}"), "SELECT 1"));
+        }
+        let error = tracker
+            .rewrite(&input, &mut server, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(
+            (error.code.as_str(), error.message.as_str()),
+            (
+                "54000",
+                "too many named prepared statements for one client in pool_mode transaction \
+                 (at most 10000, 64 MiB of queries): close some"
+            )
+        );
     }
 
     #[test]
