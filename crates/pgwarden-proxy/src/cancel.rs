@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A server's address and cancel key.
-type ServerKey = (String, (i32, i32));
+type ServerKey = (Arc<str>, (i32, i32));
 
 /// Where a session's cancel requests go, and how many are under way.
 #[derive(Default)]
@@ -133,7 +133,7 @@ impl Cancels {
         let mut out = BytesMut::new();
         postgres_protocol::message::frontend::cancel_request(server_pid, server_secret, &mut out);
         let deliver = async {
-            let mut stream = tokio::net::TcpStream::connect(&address).await?;
+            let mut stream = tokio::net::TcpStream::connect(&*address).await?;
             stream.write_all(&out).await?;
             // The server closes the connection once the query's process is signalled.
             stream.read(&mut [0; 1]).await

@@ -36,7 +36,7 @@ pub struct Metrics {
     pub server_connects: Counter,
     /// Clients refused, by reason.
     pub refusals: Family<RefusalLabels, Counter>,
-    /// Time clients waited for a server connection.
+    /// Time clients waited for a server connection, when none was free at once.
     pub pool_wait: Histogram,
     /// Waits for a server connection that timed out.
     pub pool_wait_timeouts: Counter,
@@ -90,7 +90,7 @@ impl Metrics {
         r.register("refusals", "Clients refused, by reason", m.refusals.clone());
         r.register(
             "pool_wait_seconds",
-            "Time waited for a server connection",
+            "Time waited for a server connection when none was free at once",
             m.pool_wait.clone(),
         );
         r.register(

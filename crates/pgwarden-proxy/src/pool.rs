@@ -271,26 +271,36 @@ impl Pool {
         Attached(self.clone())
     }
 
-    /// A server connection: an idle one made with the credential in force (if it is still
-    /// healthy), else a new one; waits at most `wait` for a free slot.
-    pub async fn acquire(self: &Arc<Self>, wait: Duration) -> Result<Checkout, PgError> {
+    /// A free slot, waiting at most `wait` for one (the wait is measured).
+    async fn wait_for_permit(&self, wait: Duration) -> Result<OwnedSemaphorePermit, PgError> {
         let started = Instant::now();
-        let permit = match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => permit,
+        match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => {
+                self.metrics
+                    .pool_wait
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(permit)
+            }
             _ => {
                 self.metrics.pool_wait_timeouts.inc();
-                return Err(PgError::new(
+                Err(PgError::new(
                     "53300",
                     format!(
                         "no server connection free within {:?} (pool of {:?} for {})",
                         wait, self.key.path, self.key.subject
                     ),
-                ));
+                ))
             }
+        }
+    }
+
+    /// A server connection: an idle one made with the credential in force (if it is still
+    /// healthy), else a new one; waits at most `wait` for a free slot.
+    pub async fn acquire(self: &Arc<Self>, wait: Duration) -> Result<Checkout, PgError> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => self.wait_for_permit(wait).await?,
         };
-        self.metrics
-            .pool_wait
-            .observe(started.elapsed().as_secs_f64());
         let mut refreshed = false;
         loop {
             let current = self.provider.current();

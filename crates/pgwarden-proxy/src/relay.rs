@@ -258,6 +258,8 @@ impl Session {
                 checkout.release(true);
             }
             let reading_client = to_server.is_empty() && !progress.terminated;
+            // A drain matters between transactions: a session in one hears of it at its end.
+            let heed_drain = !closing && progress.idle();
             let event = std::future::poll_fn(|cx| {
                 if let Some(checkout) = held.as_mut() {
                     let server = &mut checkout.server().stream;
@@ -280,7 +282,7 @@ impl Session {
                 if reading_client && let Poll::Ready(r) = to_server.poll_fill(cx, &mut client) {
                     return Poll::Ready(Event::ClientRead(r));
                 }
-                if !closing && drain_signal.as_mut().poll(cx).is_ready() {
+                if heed_drain && drain_signal.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Draining);
                 }
                 Poll::Pending

@@ -6,6 +6,7 @@ use crate::client::Stream;
 use crate::config::{SslMode, TargetSessionAttrs, Upstream};
 use crate::reply::PgError;
 use crate::statements::ServerStatements;
+use std::sync::Arc;
 use bytes::BytesMut;
 use pgwarden_client::Credential;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
@@ -28,7 +29,7 @@ pub struct Server {
     /// The parameters the server reported (`server_version`, `TimeZone`, …).
     pub parameters: Vec<(String, String)>,
     /// Where it is, for cancel requests.
-    pub address: String,
+    pub address: Arc<str>,
     /// The server's cancel key.
     pub key: (i32, i32),
     /// The statements the proxy prepared on it (transaction pooling).
@@ -168,7 +169,7 @@ impl Connector {
         let mut server = Server {
             stream: Box::new(tokio::io::empty()),
             parameters: Vec::new(),
-            address: address.to_string(),
+            address: address.into(),
             key: (0, 0),
             statements: ServerStatements::default(),
         };
