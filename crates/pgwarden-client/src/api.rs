@@ -127,6 +127,20 @@ impl Client {
         }
     }
 
+    /// A client of the same pgwarden acting with `auth`, sharing this one's HTTP connections.
+    pub fn acting_as(&self, auth: Auth) -> Client {
+        let token = match &auth {
+            Auth::Token(token) => Some(token.clone()),
+            Auth::Kubernetes { .. } => None,
+        };
+        Client {
+            address: self.address.clone(),
+            http: self.http.clone(),
+            auth,
+            token: RwLock::new(token),
+        }
+    }
+
     /// The address of pgwarden.
     pub fn address(&self) -> &str {
         &self.address

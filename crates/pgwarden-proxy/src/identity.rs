@@ -57,12 +57,19 @@ impl From<ClientError> for Refusal {
     }
 }
 
-/// Checks tokens with pgwarden and remembers the verdicts it accepted.
+/// How long a token pgwarden refused is refused again without asking it: a client retrying
+/// a bad token (or someone trying many times) costs pgwarden one check.
+const REMEMBER_REFUSAL: Duration = Duration::from_secs(10);
+/// Most verdicts remembered of each kind; past that, the oldest go first.
+const MAX_REMEMBERED: usize = 10_000;
+
+/// Checks tokens with pgwarden and remembers its verdicts for a while.
 pub struct Identities {
-    address: String,
+    client: Client,
     logins: Vec<Login>,
     remember: Duration,
     known: Mutex<HashMap<[u8; 32], Verified>>,
+    refused: Mutex<HashMap<[u8; 32], (Instant, String)>>,
 }
 
 impl Identities {
@@ -70,10 +77,11 @@ impl Identities {
     /// `remember` (never past its own expiry).
     pub fn new(address: &str, logins: Vec<Login>, remember: Duration) -> Identities {
         Identities {
-            address: address.to_string(),
+            client: Client::new(address, Auth::Token(SecretString::from(""))),
             logins,
             remember,
             known: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
         }
     }
 
@@ -84,30 +92,54 @@ impl Identities {
         if let Some(known) = self.known.lock().get(&key).filter(|v| v.until > now) {
             return Ok(known.clone());
         }
+        if let Some((_, why)) = self
+            .refused
+            .lock()
+            .get(&key)
+            .filter(|(until, _)| *until > now)
+        {
+            return Err(Refusal::Invalid(why.clone()));
+        }
+        match self.check(password).await {
+            Ok(verified) => {
+                let remembered = Verified {
+                    until: verified.until.min(now + self.remember),
+                    ..verified.clone()
+                };
+                remember(&mut self.known.lock(), key, remembered, |v| v.until, now);
+                Ok(verified)
+            }
+            Err(Refusal::Invalid(why)) => {
+                let until = now + REMEMBER_REFUSAL;
+                remember(
+                    &mut self.refused.lock(),
+                    key,
+                    (until, why.clone()),
+                    |r| r.0,
+                    now,
+                );
+                Err(Refusal::Invalid(why))
+            }
+            Err(unreachable) => Err(unreachable),
+        }
+    }
+
+    /// Asks pgwarden who `password` proves the client is.
+    async fn check(&self, password: &SecretString) -> Result<Verified, Refusal> {
         let token = if looks_like_jwt(password.expose_secret()) {
             self.login(password).await?
         } else {
             password.clone()
         };
-        let verified = self.look_up(&token).await?;
-        let mut known = self.known.lock();
-        known.retain(|_, v| v.until > now);
-        known.insert(
-            key,
-            Verified {
-                until: verified.until.min(now + self.remember),
-                ..verified.clone()
-            },
-        );
-        Ok(verified)
+        self.look_up(&token).await
     }
 
     /// Exchanges a JWT for a pgwarden token at the first login that accepts it.
     async fn login(&self, jwt: &SecretString) -> Result<SecretString, Refusal> {
-        let client = Client::new(&self.address, Auth::Token(SecretString::from("")));
         let mut refusals = Vec::new();
         for login in &self.logins {
-            let answer = client
+            let answer = self
+                .client
                 .login_as(&login.mount, &login.role, jwt.clone())
                 .await;
             match answer.map(|auth| auth.client_token) {
@@ -126,7 +158,7 @@ impl Identities {
 
     /// Looks a pgwarden token up: who it is and how long it lasts.
     async fn look_up(&self, token: &SecretString) -> Result<Verified, Refusal> {
-        let client = Client::new(&self.address, Auth::Token(token.clone()));
+        let client = self.client.acting_as(Auth::Token(token.clone()));
         let lookup = client.lookup_self().await?;
         let lasts = if lookup.ttl == 0 {
             // The root token does not expire.
@@ -143,6 +175,24 @@ impl Identities {
     }
 }
 
+/// Remembers `value` for `key` in `map` until `until(value)`, first forgetting what expired
+/// and, when full, what expires first.
+fn remember<V>(
+    map: &mut HashMap<[u8; 32], V>,
+    key: [u8; 32],
+    value: V,
+    until: impl Fn(&V) -> Instant,
+    now: Instant,
+) {
+    map.retain(|_, v| until(v) > now);
+    if map.len() >= MAX_REMEMBERED
+        && let Some(first) = map.iter().min_by_key(|(_, v)| until(v)).map(|(k, _)| *k)
+    {
+        map.remove(&first);
+    }
+    map.insert(key, value);
+}
+
 /// Three base64url parts separated by dots, the first one a JSON object (`eyJ`).
 fn looks_like_jwt(text: &str) -> bool {
     text.starts_with("eyJ") && text.split('.').count() == 3
@@ -151,6 +201,46 @@ fn looks_like_jwt(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pgwarden that refuses every token, counting the lookups it is asked for.
+    async fn refusing_pgwarden() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let asked = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        let app = axum::Router::new().route(
+            "/v1/auth/token/lookup-self",
+            axum::routing::get(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async {
+                    (
+                        axum::http::StatusCode::FORBIDDEN,
+                        axum::Json(serde_json::json!({"errors": ["permission denied"]})),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (address, asked)
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_refused_again_without_asking_pgwarden() {
+        let (address, asked) = refusing_pgwarden().await;
+        let identities = Identities::new(&address, Vec::new(), Duration::from_secs(60));
+        let bad = SecretString::from("pgw_not_a_token");
+        for _ in 0..3 {
+            match identities.verify(&bad).await {
+                Err(Refusal::Invalid(why)) => assert_eq!(why, "permission denied"),
+                other => panic!("{:?}", other.map(|v| v.subject)),
+            }
+        }
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let other = SecretString::from("pgw_another_bad_one");
+        assert!(identities.verify(&other).await.is_err());
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn jwts_are_told_from_pgwarden_tokens() {
