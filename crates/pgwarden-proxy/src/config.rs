@@ -19,6 +19,9 @@ pub struct ProxyConfig {
     /// Directory of the Unix socket `.s.PGSQL.<port>` (the port `listen` bound, else 5432).
     #[serde(default)]
     pub unix_socket_dir: Option<PathBuf>,
+    /// The Unix socket's permissions, in octal (as PostgreSQL's `unix_socket_permissions`).
+    #[serde(default = "default_unix_socket_mode", deserialize_with = "octal_mode")]
+    pub unix_socket_mode: u32,
     /// How clients prove who they are.
     pub auth: ClientAuth,
     /// The secrets mount of roles named without one in the startup packet's `user`.
@@ -227,6 +230,23 @@ fn default_drain_timeout() -> Duration {
 }
 
 /// A duration in the broker's grammar ([`Ttl`]: seconds, `30s`, `5m`, `1h30m`, …).
+fn default_unix_socket_mode() -> u32 {
+    0o777
+}
+
+/// A file mode written in octal, e.g. `"0770"`.
+fn octal_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let text = String::deserialize(d)?;
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unix_socket_mode {text:?} is not a file mode in octal (e.g. \"0770\")"
+            ))
+        })
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     Ttl::deserialize(d).map(Ttl::as_duration)
 }
@@ -316,6 +336,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.pool_mode, PoolMode::Session);
         assert_eq!(config.pool_size, 20);
+        assert_eq!(config.unix_socket_mode, 0o777);
         assert_eq!(config.listen, default_listen());
         assert_eq!(config.upstream.sslmode, SslMode::Prefer);
         for (text, error) in [
@@ -334,6 +355,17 @@ mod tests {
         ] {
             assert_eq!(ProxyConfig::parse(text).unwrap_err(), error);
         }
+        let mode = ProxyConfig::parse(
+            "address: x\nunix_socket_mode: \"0999\"\nauth: { sidecar: { role: app } }\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            mode.lines().next(),
+            Some(
+                "error: line 2 column 19: unix_socket_mode \"0999\" is not a file mode in octal \
+                 (e.g. \"0770\")"
+            )
+        );
         let unknown = ProxyConfig::parse(
             "address: x\nauth: { sidecar: { role: app } }\npool_mod: transaction\n",
         )

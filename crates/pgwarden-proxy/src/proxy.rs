@@ -86,14 +86,10 @@ pub async fn start(config: ProxyConfig) -> Result<Running, String> {
         None => 5432,
     };
     let unix = match &config.unix_socket_dir {
-        Some(dir) => {
-            let path = dir.join(format!(".s.PGSQL.{port}"));
-            let _ = std::fs::remove_file(&path);
-            Some(
-                UnixListener::bind(&path)
-                    .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?,
-            )
-        }
+        Some(dir) => Some(listen_unix(
+            &dir.join(format!(".s.PGSQL.{port}")),
+            config.unix_socket_mode,
+        )?),
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
@@ -121,6 +117,24 @@ pub async fn start(config: ProxyConfig) -> Result<Running, String> {
         stop,
         task,
     })
+}
+
+/// Listens on the Unix socket at `path` with permissions `mode`. A socket file left by a
+/// process that died is replaced; one a live process listens on is not.
+fn listen_unix(path: &std::path::Path, mode: u32) -> Result<UnixListener, String> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "cannot listen on {}: another process is listening there",
+            path.display()
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set the permissions of {}: {e}", path.display()))?;
+    Ok(listener)
 }
 
 /// Accepts clients until told to stop, then drains.

@@ -726,6 +726,47 @@ async fn psql_and_psycopg_work_over_tcp_and_the_unix_socket() {
     ] {
         psql_and_psycopg(&w, port, &token, mode);
     }
+    // The socket is open to local users as PostgreSQL's is by default (the token still
+    // decides); a second proxy cannot take over a socket another one listens on.
+    use std::os::unix::fs::PermissionsExt;
+    let socket = w.socket_dir.path().join(format!(".s.PGSQL.{}", w.port()));
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o777);
+    let dir = tempfile::tempdir().unwrap();
+    let unix_only = |socket_mode: &str| {
+        ProxyConfig::parse(&format!(
+            "address: \"{}\"\nlisten: null\nunix_socket_dir: \"{}\"\nunix_socket_mode: \"{socket_mode}\"\n\
+             metrics_listen: 127.0.0.1:0\nauth: {{ identity: {{ logins: [{{mount: kubernetes, role: team-a}}] }} }}\n",
+            w.broker.base,
+            dir.path().display()
+        ))
+        .unwrap()
+    };
+    let first = pgwarden_proxy::start(unix_only("0770")).await.unwrap();
+    let path = dir.path().join(".s.PGSQL.5432");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o770
+    );
+    let error = pgwarden_proxy::start(unix_only("0770"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        error,
+        format!(
+            "cannot listen on {}: another process is listening there",
+            path.display()
+        )
+    );
+    first.shutdown().await;
+    // A socket file left behind by a proxy that is gone is replaced.
+    let again = pgwarden_proxy::start(unix_only("0700")).await.unwrap();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    again.shutdown().await;
 }
 
 /// psql over TCP and the Unix socket, then psycopg, through the proxy at `port`.
