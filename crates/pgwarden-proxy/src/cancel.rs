@@ -127,17 +127,23 @@ impl Cancels {
                 .filter(|(known, _)| bool::from(known.to_be_bytes().ct_eq(&secret.to_be_bytes())))
                 .and_then(|(_, target)| target.begin())
         };
-        let Some(((address, (server_pid, server_secret)), _delivering)) = target else {
+        let Some((server, _delivering)) = target else {
             return;
         };
-        let mut out = BytesMut::new();
-        postgres_protocol::message::frontend::cancel_request(server_pid, server_secret, &mut out);
-        let deliver = async {
-            let mut stream = tokio::net::TcpStream::connect(&*address).await?;
-            stream.write_all(&out).await?;
-            // The server closes the connection once the query's process is signalled.
-            stream.read(&mut [0; 1]).await
-        };
-        let _ = tokio::time::timeout(DELIVERY_TIMEOUT, deliver).await;
+        deliver(server).await;
     }
+}
+
+/// Asks the server at `address` to cancel the query of the process with `key`, and waits
+/// (a little) until it has taken the request.
+pub async fn deliver((address, (pid, secret)): ServerKey) {
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(pid, secret, &mut out);
+    let deliver = async {
+        let mut stream = tokio::net::TcpStream::connect(&*address).await?;
+        stream.write_all(&out).await?;
+        // The server closes the connection once the query's process is signalled.
+        stream.read(&mut [0; 1]).await
+    };
+    let _ = tokio::time::timeout(DELIVERY_TIMEOUT, deliver).await;
 }

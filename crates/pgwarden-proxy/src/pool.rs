@@ -271,8 +271,14 @@ impl Pool {
         Attached(self.clone())
     }
 
-    /// A free slot, waiting at most `wait` for one (the wait is measured).
-    async fn wait_for_permit(&self, wait: Duration) -> Result<OwnedSemaphorePermit, PgError> {
+    /// A free slot, if there is one now.
+    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// A free slot, waiting at most `wait` for one (the wait is measured); cancelling the
+    /// wait changes nothing.
+    pub async fn wait_for_permit(&self, wait: Duration) -> Result<OwnedSemaphorePermit, PgError> {
         let started = Instant::now();
         match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => {
@@ -297,10 +303,19 @@ impl Pool {
     /// A server connection: an idle one made with the credential in force (if it is still
     /// healthy), else a new one; waits at most `wait` for a free slot.
     pub async fn acquire(self: &Arc<Self>, wait: Duration) -> Result<Checkout, PgError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => self.wait_for_permit(wait).await?,
+        let permit = match self.try_permit() {
+            Some(permit) => permit,
+            None => self.wait_for_permit(wait).await?,
         };
+        self.acquire_with(permit).await
+    }
+
+    /// A server connection for the free slot `permit`: an idle one made with the credential
+    /// in force (if it is still healthy), else a new one.
+    pub async fn acquire_with(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Checkout, PgError> {
         let mut refreshed = false;
         loop {
             let current = self.provider.current();

@@ -19,7 +19,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::watch;
 
 /// Most bytes read from one side before they are passed on.
@@ -144,6 +145,16 @@ impl Pending {
             end: 0,
             kept: 0,
         }
+    }
+
+    /// Adds `bytes` after those there.
+    fn append(&mut self, bytes: &[u8]) {
+        let end = self.end + bytes.len();
+        if end > self.buf.len() {
+            self.buf.resize(end, 0);
+        }
+        self.buf[self.end..end].copy_from_slice(bytes);
+        self.end = end;
     }
 
     /// Replaces the bytes with `bytes`.
@@ -302,7 +313,24 @@ impl Session {
                         break None;
                     }
                     if held.is_none() && !to_server.is_empty() {
-                        match pool.acquire(wait).await {
+                        let permit = match pool.try_permit() {
+                            Some(permit) => permit,
+                            None => match wait_for_slot(&pool, wait, &mut client).await {
+                                Waited::Slot(permit, early) => {
+                                    let mut more = Pending::new();
+                                    more.replace(&early);
+                                    if let Err(error) = take_in(&mut more, &mut progress, rules) {
+                                        break Some(error);
+                                    }
+                                    to_server.append(more.bytes());
+                                    permit
+                                }
+                                Waited::TimedOut(error) => break Some(error),
+                                // Its query is not run for no one.
+                                Waited::ClientLeft => break None,
+                            },
+                        };
+                        match pool.acquire_with(permit).await {
                             Ok(mut checkout) => {
                                 point(&cancel, &mut checkout);
                                 held = Some(checkout);
@@ -454,8 +482,8 @@ fn take_in(buf: &mut Pending, progress: &mut Progress, rules: Rules) -> Result<(
                 }
             }
             Seen::Message(b'X') => terminated = true,
-            // COPY data belongs to the query that started it.
-            Seen::Message(b'd') => {}
+            // Copy data belongs to the query that started it; a flush asks for no answer.
+            Seen::Message(b'd' | b'H') => {}
             Seen::Message(b'c' | b'f') => progress.copy.end(),
             Seen::Message(tag) => {
                 progress.unsynced = true;
@@ -505,10 +533,47 @@ fn point(cancel: &CancelTarget, checkout: &mut Checkout) {
     cancel.point((server.address.clone(), server.key));
 }
 
+/// How a wait for a free slot ended.
+enum Waited {
+    /// With a slot, and what the client sent meanwhile.
+    Slot(OwnedSemaphorePermit, Vec<u8>),
+    TimedOut(PgError),
+    ClientLeft,
+}
+
+/// Waits for a free slot of `pool`, keeping what the client sends meanwhile, and noticing
+/// if it leaves.
+async fn wait_for_slot(pool: &Attached, wait: Duration, client: &mut Stream) -> Waited {
+    let mut early = Vec::new();
+    let read_meanwhile = async {
+        let mut chunk = [0; 1024];
+        while early.len() < CHUNK {
+            match client.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => early.extend_from_slice(&chunk[..n]),
+            }
+        }
+        std::future::pending().await
+    };
+    tokio::select! {
+        biased;
+        permit = pool.wait_for_permit(wait) => match permit {
+            Ok(permit) => Waited::Slot(permit, early),
+            Err(error) => Waited::TimedOut(error),
+        },
+        () = read_meanwhile => Waited::ClientLeft,
+    }
+}
+
 /// Returns the connection after the client left: reset and kept if it was between
-/// transactions (`clean`), else closed.
+/// transactions (`clean`), else closed, and any query it was running cancelled (the server
+/// would run it on for no one, beyond the pool's size).
 async fn give_back(mut checkout: Checkout, clean: bool) {
     let reusable = clean && reset(&mut checkout).await;
+    if !clean {
+        let server = checkout.server();
+        tokio::spawn(crate::cancel::deliver((server.address.clone(), server.key)));
+    }
     checkout.release(reusable);
 }
 
@@ -569,6 +634,19 @@ mod tests {
             ))
         );
         assert_eq!(taken(bytes, false).0, Ok(()));
+        // A flush after the sync (psycopg ends a pipeline so) asks for nothing.
+        let flushed = [
+            message(b'P', b"\0SELECT 1\0\0\0"),
+            message(b'S', &[]),
+            message(b'H', &[]),
+        ];
+        let (outcome, mut progress, _) = taken(flushed.concat(), true);
+        assert_eq!(outcome, Ok(()));
+        progress.pending = 0;
+        assert!(
+            progress.idle(),
+            "between transactions once the sync is answered"
+        );
         let synced = [
             message(b'P', b"\0SELECT 1\0\0\0"),
             message(b'S', &[]),

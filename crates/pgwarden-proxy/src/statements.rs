@@ -124,18 +124,22 @@ struct Owed {
     /// The batch of its request.
     batch: u64,
     verdict: Verdict,
-    /// What its request does to the server's statements, undone if the server skips it.
+    /// What its request does, undone if the server skips it (after an error) or done when
+    /// the answer comes.
     effect: Effect,
 }
 
-/// What a request does to a server's statements.
-#[derive(Debug)]
-enum Effect {
-    None,
-    /// A `Parse` prepares this statement.
-    Prepares(Box<[u8]>),
-    /// A `Close` makes room by closing this one.
-    Evicts(Box<[u8]>),
+/// What a request does to the statements.
+#[derive(Debug, Default)]
+struct Effect {
+    /// A `Parse` prepares this server statement (gone if it is skipped).
+    prepares: Option<Box<[u8]>>,
+    /// A `Close` closes this server statement to make room (still there if it is skipped).
+    evicts: Option<Box<[u8]>>,
+    /// The client's name now stands for this statement (undefined if it is skipped).
+    defines: Option<(Box<[u8]>, Arc<Prepared>)>,
+    /// The client closed this name: forgotten once the server answers.
+    forgets: Option<(Box<[u8]>, Arc<Prepared>)>,
 }
 
 /// Where the client's byte stream stands.
@@ -323,11 +327,16 @@ impl Tracker {
             b'D' | b'C' if body.first() == Some(&b'S') => {
                 let (statement, _) = cstring(&body[1..]);
                 if tag == b'C' && !statement.is_empty() {
-                    // The server's statement may serve other clients: only the name goes.
-                    if let Some(gone) = self.names.remove(statement) {
-                        self.named_bytes = self.named_bytes.saturating_sub(gone.definition.len());
-                    }
-                    self.close_nothing(Verdict::Keep, server, out);
+                    // The server's statement may serve other clients: only the name goes,
+                    // once the server answers (after an error it skips the Close).
+                    let effect = Effect {
+                        forgets: self
+                            .names
+                            .get(statement)
+                            .map(|p| (Box::from(statement), p.clone())),
+                        ..Effect::default()
+                    };
+                    self.close_nothing(Verdict::Keep, effect, server, out);
                     return Ok(());
                 }
                 if let Some(prepared) = self.named(statement) {
@@ -346,7 +355,8 @@ impl Tracker {
         Ok(())
     }
 
-    /// A client's named `Parse`: its name now stands for `definition`.
+    /// A client's named `Parse`: its name now stands for `definition`. A name already in
+    /// use gets PostgreSQL's `42P05` (the server is asked to prepare its statement again).
     fn parse(
         &mut self,
         name: &[u8],
@@ -354,10 +364,14 @@ impl Tracker {
         server: &mut ServerStatements,
         out: &mut Vec<u8>,
     ) -> Result<(), PgError> {
-        let prepared = Arc::new(Prepared::new(definition));
-        let replaced = self.names.get(name).map_or(0, |p| p.definition.len());
-        let bytes = self.named_bytes.saturating_sub(replaced) + definition.len();
-        if (replaced == 0 && self.names.len() >= MAX_NAMES) || bytes > MAX_NAMED_BYTES {
+        if let Some(existing) = self.names.get(name).cloned() {
+            self.ensure(&existing, server, out);
+            send_parse(out, &existing);
+            self.owe(PARSE_COMPLETE, Verdict::Keep, Effect::default(), server);
+            return Ok(());
+        }
+        let bytes = self.named_bytes + definition.len();
+        if self.names.len() >= MAX_NAMES || bytes > MAX_NAMED_BYTES {
             return Err(PgError::new(
                 "54000",
                 format!(
@@ -367,20 +381,38 @@ impl Tracker {
                 ),
             ));
         }
+        let prepared = Arc::new(Prepared::new(definition));
         self.named_bytes = bytes;
         self.names.insert(name.into(), prepared.clone());
+        let defines = Some((Box::from(name), prepared.clone()));
         if server.has(&prepared.name) {
-            self.close_nothing(Verdict::AsParseComplete, server, out);
+            let effect = Effect {
+                defines,
+                ..Effect::default()
+            };
+            self.close_nothing(Verdict::AsParseComplete, effect, server, out);
         } else {
-            self.prepare(&prepared, Verdict::Keep, server, out);
+            self.prepare(&prepared, Verdict::Keep, defines, server, out);
         }
         Ok(())
+    }
+
+    /// Forgets the client's `name` if it still stands for `prepared`.
+    fn forget(&mut self, name: &[u8], prepared: &Arc<Prepared>) {
+        if self
+            .names
+            .get(name)
+            .is_some_and(|p| Arc::ptr_eq(p, prepared))
+        {
+            self.names.remove(name);
+            self.named_bytes = self.named_bytes.saturating_sub(prepared.definition.len());
+        }
     }
 
     /// Prepares `prepared` on the server unless it has it, dropping the answer.
     fn ensure(&mut self, prepared: &Prepared, server: &mut ServerStatements, out: &mut Vec<u8>) {
         if !server.has(&prepared.name) {
-            self.prepare(prepared, Verdict::Drop, server, out);
+            self.prepare(prepared, Verdict::Drop, None, server, out);
         }
     }
 
@@ -390,6 +422,7 @@ impl Tracker {
         &mut self,
         prepared: &Prepared,
         verdict: Verdict,
+        defines: Option<(Box<[u8]>, Arc<Prepared>)>,
         server: &mut ServerStatements,
         out: &mut Vec<u8>,
     ) {
@@ -400,35 +433,34 @@ impl Tracker {
             let mut close = vec![b'S'];
             push_cstring(&mut close, &oldest);
             message(out, b'C', &close);
-            self.owe(
-                CLOSE_COMPLETE,
-                Verdict::Drop,
-                Effect::Evicts(oldest),
-                server,
-            );
+            let effect = Effect {
+                evicts: Some(oldest),
+                ..Effect::default()
+            };
+            self.owe(CLOSE_COMPLETE, Verdict::Drop, effect, server);
         }
         server.add(&prepared.name);
-        start(
-            out,
-            b'P',
-            4 + prepared.name.len() + 1 + prepared.definition.len(),
-        );
-        push_cstring(out, &prepared.name);
-        out.extend_from_slice(&prepared.definition);
-        self.owe(
-            PARSE_COMPLETE,
-            verdict,
-            Effect::Prepares(prepared.name.clone()),
-            server,
-        );
+        send_parse(out, prepared);
+        let effect = Effect {
+            prepares: Some(prepared.name.clone()),
+            defines,
+            ..Effect::default()
+        };
+        self.owe(PARSE_COMPLETE, verdict, effect, server);
     }
 
     /// Sends a `Close` of a statement no one has, for the answer the client is owed.
-    fn close_nothing(&mut self, verdict: Verdict, server: &ServerStatements, out: &mut Vec<u8>) {
+    fn close_nothing(
+        &mut self,
+        verdict: Verdict,
+        effect: Effect,
+        server: &ServerStatements,
+        out: &mut Vec<u8>,
+    ) {
         let mut close = vec![b'S'];
         push_cstring(&mut close, NO_STATEMENT);
         message(out, b'C', &close);
-        self.owe(CLOSE_COMPLETE, verdict, Effect::None, server);
+        self.owe(CLOSE_COMPLETE, verdict, effect, server);
     }
 
     fn named(&self, statement: &[u8]) -> Option<Arc<Prepared>> {
@@ -442,8 +474,8 @@ impl Tracker {
     /// those the proxy also asks for.
     fn owe_for(&mut self, tag: u8, server: &ServerStatements) {
         match tag {
-            b'P' => self.owe(PARSE_COMPLETE, Verdict::Keep, Effect::None, server),
-            b'C' => self.owe(CLOSE_COMPLETE, Verdict::Keep, Effect::None, server),
+            b'P' => self.owe(PARSE_COMPLETE, Verdict::Keep, Effect::default(), server),
+            b'C' => self.owe(CLOSE_COMPLETE, Verdict::Keep, Effect::default(), server),
             _ => {}
         }
     }
@@ -469,23 +501,56 @@ impl Tracker {
             b'Z' => {
                 let ended = server.answered;
                 server.answered += 1;
-                for owed in [&mut self.parse_answers, &mut self.close_answers] {
-                    while owed.front().is_some_and(|o| o.batch <= ended) {
-                        match owed.pop_front().expect("front exists").effect {
-                            Effect::Prepares(name) => {
-                                server.statements.remove(&name);
-                            }
-                            Effect::Evicts(name) => server.add(&name),
-                            Effect::None => {}
-                        }
-                    }
+                while let Some(skipped) = pop_if(&mut self.parse_answers, ended)
+                    .or_else(|| pop_if(&mut self.close_answers, ended))
+                {
+                    self.undo(skipped.effect, server);
                 }
                 None
             }
             _ => None,
         };
-        owed.map_or(Verdict::Keep, |o| o.verdict)
+        let Some(owed) = owed else {
+            return Verdict::Keep;
+        };
+        if let Some((name, prepared)) = &owed.effect.forgets {
+            self.forget(name, prepared);
+        }
+        owed.verdict
     }
+
+    /// Undoes what a request the server skipped would have done.
+    fn undo(&mut self, effect: Effect, server: &mut ServerStatements) {
+        if let Some(name) = effect.prepares {
+            server.statements.remove(&name);
+        }
+        if let Some(name) = effect.evicts {
+            server.add(&name);
+        }
+        if let Some((name, prepared)) = effect.defines {
+            self.forget(&name, &prepared);
+        }
+    }
+}
+
+/// The first answer owed in `owed` if its batch is `ended` or earlier.
+fn pop_if(owed: &mut VecDeque<Owed>, ended: u64) -> Option<Owed> {
+    if owed.front()?.batch <= ended {
+        owed.pop_front()
+    } else {
+        None
+    }
+}
+
+/// Sends a `Parse` of `prepared` under its server name.
+fn send_parse(out: &mut Vec<u8>, prepared: &Prepared) {
+    start(
+        out,
+        b'P',
+        4 + prepared.name.len() + 1 + prepared.definition.len(),
+    );
+    push_cstring(out, &prepared.name);
+    out.extend_from_slice(&prepared.definition);
 }
 
 /// Applies the tracker's verdicts to server bytes `buf[..len]` in place, message by message.
@@ -731,19 +796,49 @@ mod tests {
             .rewrite(&input, &mut server, &mut Vec::new())
             .unwrap();
         assert_eq!(answers(&mut tracker, &mut server, b"13Z"), b"11Z");
-        let input = concat(&[&close("mine"), &bind("mine"), SYNC]);
+        // A Close the server skips (after an error) leaves the name defined.
+        let failing = concat(&[&parse("", "SELECT broken"), &close("mine"), SYNC]);
+        tracker
+            .rewrite(&failing, &mut server, &mut Vec::new())
+            .unwrap();
+        assert_eq!(answers(&mut tracker, &mut server, b"EZ"), b"EZ");
+        assert_eq!(
+            rewritten(&tracker, &server, &concat(&[&bind("mine"), SYNC])),
+            concat(&[&bind(&name), SYNC])
+        );
+        // One it answers forgets it.
+        let input = concat(&[&close("mine"), SYNC]);
         assert_eq!(
             rewritten(&tracker, &server, &input),
-            concat(&[&close("pgwarden_none"), &bind("mine"), SYNC]),
-            "after Close the name is unknown: PostgreSQL answers that it does not exist"
+            concat(&[&close("pgwarden_none"), SYNC])
         );
         tracker
             .rewrite(&input, &mut server, &mut Vec::new())
             .unwrap();
-        assert_eq!(answers(&mut tracker, &mut server, b"3EZ"), b"3EZ");
+        assert_eq!(answers(&mut tracker, &mut server, b"3Z"), b"3Z");
+        assert_eq!(
+            rewritten(&tracker, &server, &concat(&[&bind("mine"), SYNC])),
+            concat(&[&bind("mine"), SYNC]),
+            "after Close the name is unknown: PostgreSQL answers that it does not exist"
+        );
         assert!(
             server.has(name.as_bytes()),
             "other clients may still use it"
+        );
+        // Parsing a name in use is PostgreSQL's 42P05: the server is asked to prepare the
+        // statement it already has.
+        let input = concat(&[&parse("again", query), SYNC]);
+        tracker
+            .rewrite(&input, &mut server, &mut Vec::new())
+            .unwrap();
+        assert_eq!(answers(&mut tracker, &mut server, b"3Z"), b"1Z");
+        assert_eq!(
+            rewritten(
+                &tracker,
+                &server,
+                &concat(&[&parse("again", "SELECT 9"), SYNC])
+            ),
+            concat(&[&parse(&name, query), SYNC])
         );
     }
 
@@ -762,11 +857,16 @@ mod tests {
         tracker
             .rewrite(&input, &mut server, &mut Vec::new())
             .unwrap();
-        // The first Parse fails: the server skips the rest up to Sync.
+        // The first Parse fails: the server skips the rest up to Sync, so the statement is
+        // neither prepared nor named (a Bind gets PostgreSQL's 26000).
         assert_eq!(answers(&mut tracker, &mut server, b"EZ"), b"EZ");
         assert!(!server.has(name.as_bytes()));
-        // So the next batch prepares it again, and its answers are not confused.
-        let input = concat(&[&bind("s1"), SYNC]);
+        assert_eq!(
+            rewritten(&tracker, &server, &concat(&[&bind("s1"), SYNC])),
+            concat(&[&bind("s1"), SYNC])
+        );
+        // Parsed again, it is prepared again, and its answers are not confused.
+        let input = concat(&[&parse("s1", query), &bind("s1"), SYNC]);
         assert_eq!(
             rewritten(&tracker, &server, &input),
             concat(&[&parse(&name, query), &bind(&name), SYNC])
@@ -774,7 +874,7 @@ mod tests {
         tracker
             .rewrite(&input, &mut server, &mut Vec::new())
             .unwrap();
-        assert_eq!(answers(&mut tracker, &mut server, b"12Z"), b"2Z");
+        assert_eq!(answers(&mut tracker, &mut server, b"12Z"), b"12Z");
     }
 
     #[test]

@@ -461,6 +461,81 @@ async fn copy_from_stdin_through_the_extended_protocol_gives_its_connection_back
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_leaves_no_query_running_on_the_server() {
+    let w = world("transaction", "").await;
+    let token = w.token("team-a");
+    let su = w.cluster.connect_superuser("appdb").await.unwrap();
+    let sleeping = || async {
+        let row = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3)' \
+                 AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    // A client that sends a query and leaves at once, its connection task aborted (no
+    // Terminate).
+    let config = w.config("appdb-readonly", &token);
+    let leave_mid_query = move || {
+        let config = config.clone();
+        async move {
+            let (client, connection) = config.connect(NoTls).await.unwrap();
+            let connection = tokio::spawn(connection);
+            let query =
+                tokio::spawn(async move { client.simple_query("SELECT pg_sleep(3)").await });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            connection.abort();
+            let _ = query.await;
+        }
+    };
+    // Mid-query: its query is cancelled, not left to run for no one.
+    leave_mid_query().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sleeping().await, 0);
+    // Queued for a slot (the three are held by open transactions): its query never runs.
+    let mut holders = Vec::new();
+    for _ in 0..3 {
+        let holder = w.connect("appdb-readonly", &token).await.unwrap();
+        holder.batch_execute("BEGIN").await.unwrap();
+        holders.push(holder);
+    }
+    let made = metric(
+        &w.metrics().await,
+        "pgwarden_proxy_server_connections_total",
+    );
+    let mut leaving = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        leaving.spawn(leave_mid_query());
+    }
+    leaving.join_all().await;
+    for holder in &holders {
+        holder.batch_execute("COMMIT").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sleeping().await, 0);
+    assert_eq!(
+        metric(
+            &w.metrics().await,
+            "pgwarden_proxy_server_connections_total"
+        ),
+        made,
+        "no server connection was used for a client that had left"
+    );
+    let servers = su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgwarden-proxy'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert!(servers <= 3, "{servers} server connections for a pool of 3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_cancel_request_never_stops_the_next_clients_query() {
     let w = world("transaction", "").await;
     let token = w.token("team-a");
@@ -809,6 +884,10 @@ with psycopg.connect(host="127.0.0.1", port={port}, user="appdb-readonly", dbnam
         # Named prepared statements (psycopg's _pg3_0, ...), also in transaction pooling.
         n = conn.execute("SELECT count(*) + %s FROM items", (i,), prepare=True).fetchone()[0]
         assert n == 3 + i, n
+    # A pipeline ends with Sync then Flush; the next query is a simple one.
+    with conn.pipeline():
+        conn.execute("SELECT %s::int", (1,))
+    assert conn.execute("select 42").fetchone()[0] == 42
     # A full statement cache closes its oldest statements (libpq 17+: Close messages).
     conn.prepared_max = 2
     for round in range(2):
