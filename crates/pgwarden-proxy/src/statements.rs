@@ -9,8 +9,9 @@
 //! the proxy added is dropped; a client's `Parse` of a statement the server already has is
 //! sent as a `Close` of a name no one uses, whose `CloseComplete` reaches the client as
 //! `ParseComplete`; a client's `Close` only forgets its name (the server's statement may
-//! serve other clients), answered the same way. Answers are matched to requests by order,
-//! and those the server skipped after an error are forgotten at the `ReadyForQuery` that ends
+//! serve other clients), answered the same way; a `Parse` of a name in use gets `42P05` as
+//! from PostgreSQL. Answers are matched to requests by order, and what the requests the
+//! server skipped after an error would have done is undone at the `ReadyForQuery` that ends
 //! their batch.
 
 use crate::reply::PgError;
