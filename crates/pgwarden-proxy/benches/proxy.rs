@@ -6,7 +6,8 @@
 //!
 //! `PGWARDEN_BENCH_SECONDS` (default 10) sets each run's length, `PGWARDEN_BENCH_CLIENTS`
 //! (default `1,8,32,64`) the concurrencies, `PGWARDEN_BENCH_MODES` (default
-//! `session,transaction`) the pool modes.
+//! `session,transaction`) the pool modes, `PGWARDEN_BENCH_PROXY_THREADS` (default 1, as
+//! PgBouncer's one thread) the proxy's runtime threads.
 
 use pgwarden_proxy::ProxyConfig;
 use pgwarden_testkit::broker::{ROOT_TOKEN, TestBroker};
@@ -282,8 +283,8 @@ async fn main() {
     }
 }
 
-/// The proxy on a thread and runtime of its own (one thread, like PgBouncer's), apart from
-/// the bench's broker and its runtime.
+/// The proxy on a runtime of its own (one thread, like PgBouncer's, unless
+/// `PGWARDEN_BENCH_PROXY_THREADS` says more), apart from the bench's broker and its runtime.
 struct Proxy {
     port: u16,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -295,10 +296,20 @@ impl Proxy {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let threads: usize = std::env::var("PGWARDEN_BENCH_PROXY_THREADS")
+                .map(|t| t.parse().expect("PGWARDEN_BENCH_PROXY_THREADS: a number"))
+                .unwrap_or(1);
+            let runtime = if threads <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .enable_all()
+                    .build()
+            }
+            .unwrap();
             runtime.block_on(async move {
                 let proxy = pgwarden_proxy::start(config).await.unwrap();
                 port_tx.send(proxy.addr.unwrap().port()).unwrap();
