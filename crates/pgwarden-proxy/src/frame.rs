@@ -58,29 +58,35 @@ impl Walker {
             }
             self.have = 0;
             let tag = self.header[0];
-            let length = i32::from_be_bytes([
-                self.header[1],
-                self.header[2],
-                self.header[3],
-                self.header[4],
-            ]);
-            if length < 4 {
-                return Err(BadLength(length));
-            }
+            self.left = body_length(&self.header)?;
             seen(Seen::Message(tag));
-            // Lossless: `length` is at least 4 and below 2^31.
-            self.left = length as usize - 4;
             self.want_first = (self.left > 0).then_some(tag);
         }
         Ok(())
     }
 }
 
+/// The body length a message header (type byte and big-endian length) announces.
+pub fn body_length(header: &[u8; 5]) -> Result<usize, BadLength> {
+    let length = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    usize::try_from(length)
+        .ok()
+        .and_then(|l| l.checked_sub(4))
+        .ok_or(BadLength(length))
+}
+
+/// Appends the header of a message of type `tag` whose body will be `body_len` bytes.
+pub fn start_message(out: &mut Vec<u8>, tag: u8, body_len: usize) {
+    out.push(tag);
+    // Bodies the proxy writes are under 2^31 bytes: what a client sent, and names.
+    out.extend_from_slice(&((body_len + 4) as u32).to_be_bytes());
+}
+
 /// A message of type `tag` with `body`, as it travels (for tests).
 #[cfg(test)]
 pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    let mut out = Vec::new();
+    start_message(&mut out, tag, body.len());
     out.extend_from_slice(body);
     out
 }

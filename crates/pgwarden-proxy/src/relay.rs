@@ -147,6 +147,16 @@ impl Pending {
         }
     }
 
+    /// Bytes to pass on, already read.
+    fn holding(bytes: Vec<u8>) -> Pending {
+        Pending {
+            end: bytes.len(),
+            buf: bytes,
+            start: 0,
+            kept: 0,
+        }
+    }
+
     /// Adds `bytes` after those there.
     fn append(&mut self, bytes: &[u8]) {
         let end = self.end + bytes.len();
@@ -317,8 +327,7 @@ impl Session {
                             Some(permit) => permit,
                             None => match wait_for_slot(&pool, wait, &mut client).await {
                                 Waited::Slot(permit, early) => {
-                                    let mut more = Pending::new();
-                                    more.replace(&early);
+                                    let mut more = Pending::holding(early);
                                     if let Err(error) = take_in(&mut more, &mut progress, rules) {
                                         break Some(error);
                                     }
@@ -338,11 +347,8 @@ impl Session {
                             Err(error) => break Some(error),
                         }
                     }
-                    if statements.is_some()
-                        && let Some(checkout) = held.as_mut()
-                    {
-                        let ignored = std::mem::take(&mut progress.copy.ignored);
-                        checkout.server().statements.syncs_ignored(ignored);
+                    if statements.is_some() {
+                        report_ignored_syncs(&mut progress, held.as_mut());
                     }
                     if let (Some(tracker), Some(checkout)) = (statements.as_mut(), held.as_mut())
                         && !to_server.is_empty()
@@ -410,11 +416,8 @@ impl Session {
                         held.take();
                         break None;
                     }
-                    if statements.is_some()
-                        && let Some(checkout) = held.as_mut()
-                    {
-                        let ignored = std::mem::take(&mut progress.copy.ignored);
-                        checkout.server().statements.syncs_ignored(ignored);
+                    if statements.is_some() {
+                        report_ignored_syncs(&mut progress, held.as_mut());
                     }
                 }
                 Event::ClientWrote(Ok(n)) => {
@@ -527,6 +530,14 @@ fn take_in(buf: &mut Pending, progress: &mut Progress, rules: Rules) -> Result<(
     Ok(())
 }
 
+/// Tells the server connection's statement tracking of the syncs it ignored in a copy.
+fn report_ignored_syncs(progress: &mut Progress, held: Option<&mut Checkout>) {
+    if let Some(checkout) = held {
+        let ignored = std::mem::take(&mut progress.copy.ignored);
+        checkout.server().statements.syncs_ignored(ignored);
+    }
+}
+
 /// Records which server a cancel request should reach.
 fn point(cancel: &CancelTarget, checkout: &mut Checkout) {
     let server = checkout.server();
@@ -607,8 +618,7 @@ mod tests {
         bytes: Vec<u8>,
         transaction: bool,
     ) -> (Result<(), PgError>, Vec<u8>) {
-        let mut buf = Pending::new();
-        buf.replace(&bytes);
+        let mut buf = Pending::holding(bytes);
         let rules = Rules {
             transaction,
             refuse_named: transaction,

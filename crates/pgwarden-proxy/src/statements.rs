@@ -14,6 +14,7 @@
 //! server skipped after an error would have done is undone at the `ReadyForQuery` that ends
 //! their batch.
 
+use crate::frame::{body_length, start_message};
 use crate::reply::PgError;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
@@ -183,10 +184,7 @@ impl Tracker {
             parse_answers: VecDeque::new(),
             close_answers: VecDeque::new(),
             named_bytes: 0,
-            incoming: Incoming::Header {
-                bytes: [0; 5],
-                have: 0,
-            },
+            incoming: header(),
             capacity: capacity.max(1),
         }
     }
@@ -265,16 +263,8 @@ impl Tracker {
         out: &mut Vec<u8>,
     ) -> Result<(), PgError> {
         let tag = header[0];
-        let length = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-        let body_len = usize::try_from(length)
-            .ok()
-            .and_then(|l| l.checked_sub(4))
-            .ok_or_else(|| {
-                PgError::new(
-                    "08P01",
-                    format!("invalid message from the client: invalid message length {length}"),
-                )
-            })?;
+        let body_len = body_length(&header)
+            .map_err(|e| PgError::new("08P01", format!("invalid message from the client: {e}")))?;
         if matches!(tag, b'Q' | b'S' | b'F') {
             server.sent += 1;
         }
@@ -317,8 +307,8 @@ impl Tracker {
                 let (statement, parameters) = cstring(after);
                 if let Some(prepared) = self.named(statement) {
                     self.ensure(&prepared, server, out);
-                    let length = 4 + name.len() + 1 + prepared.name.len() + 1 + parameters.len();
-                    start(out, b'B', length + rest);
+                    let head = name.len() + 1 + prepared.name.len() + 1 + parameters.len();
+                    start_message(out, b'B', head + rest);
                     push_cstring(out, name);
                     push_cstring(out, &prepared.name);
                     out.extend_from_slice(parameters);
@@ -342,16 +332,14 @@ impl Tracker {
                 }
                 if let Some(prepared) = self.named(statement) {
                     self.ensure(&prepared, server, out);
-                    let mut describe = vec![b'S'];
-                    push_cstring(&mut describe, &prepared.name);
-                    message(out, b'D', &describe);
+                    about_statement(out, b'D', &prepared.name);
                     return Ok(());
                 }
             }
             _ => {}
         }
         self.owe_for(tag, server);
-        start(out, tag, 4 + body_len);
+        start_message(out, tag, body_len);
         out.extend_from_slice(&body);
         Ok(())
     }
@@ -431,9 +419,7 @@ impl Tracker {
             && let Some(oldest) = server.least_recently_used()
         {
             server.statements.remove(&oldest);
-            let mut close = vec![b'S'];
-            push_cstring(&mut close, &oldest);
-            message(out, b'C', &close);
+            about_statement(out, b'C', &oldest);
             let effect = Effect {
                 evicts: Some(oldest),
                 ..Effect::default()
@@ -458,9 +444,7 @@ impl Tracker {
         server: &ServerStatements,
         out: &mut Vec<u8>,
     ) {
-        let mut close = vec![b'S'];
-        push_cstring(&mut close, NO_STATEMENT);
-        message(out, b'C', &close);
+        about_statement(out, b'C', NO_STATEMENT);
         self.owe(CLOSE_COMPLETE, verdict, effect, server);
     }
 
@@ -545,13 +529,20 @@ fn pop_if(owed: &mut VecDeque<Owed>, ended: u64) -> Option<Owed> {
 
 /// Sends a `Parse` of `prepared` under its server name.
 fn send_parse(out: &mut Vec<u8>, prepared: &Prepared) {
-    start(
+    start_message(
         out,
         b'P',
-        4 + prepared.name.len() + 1 + prepared.definition.len(),
+        prepared.name.len() + 1 + prepared.definition.len(),
     );
     push_cstring(out, &prepared.name);
     out.extend_from_slice(&prepared.definition);
+}
+
+/// Sends a `Describe` or `Close` (`tag`) of the prepared statement `name`.
+fn about_statement(out: &mut Vec<u8>, tag: u8, name: &[u8]) {
+    start_message(out, tag, 1 + name.len() + 1);
+    out.push(b'S');
+    push_cstring(out, name);
 }
 
 /// Applies the tracker's verdicts to server bytes `buf[..len]` in place, message by message.
@@ -566,47 +557,41 @@ pub fn filter_answers(
     server: &mut ServerStatements,
 ) -> Result<(usize, usize), PgError> {
     let (mut read, mut write) = (0, 0);
+    // Moves `count` bytes from `read` down to `write`.
+    let shift = |buf: &mut [u8], read: usize, write: usize, count: usize| {
+        if read != write {
+            buf.copy_within(read..read + count, write);
+        }
+    };
     while read < len {
         if *left > 0 {
             let step = (*left).min(len - read);
-            if read != write {
-                buf.copy_within(read..read + step, write);
-            }
+            shift(buf, read, write, step);
             (read, write, *left) = (read + step, write + step, *left - step);
             continue;
         }
-        if len - read < 5 {
+        let header: Option<&[u8; 5]> = buf[read..len].first_chunk();
+        let Some(&header) = header else {
             // Kept right after what is passed on: the relay reads on after it.
-            if read != write {
-                buf.copy_within(read..len, write);
-            }
+            shift(buf, read, write, len - read);
             return Ok((write, len - read));
-        }
-        let tag = buf[read];
-        let length =
-            i32::from_be_bytes([buf[read + 1], buf[read + 2], buf[read + 3], buf[read + 4]]);
-        let body_len = usize::try_from(length)
-            .ok()
-            .and_then(|l| l.checked_sub(4))
-            .ok_or_else(|| PgError::new("08P01", format!("invalid message length {length}")))?;
+        };
+        let tag = header[0];
+        let body_len = body_length(&header).map_err(|e| PgError::new("08P01", e.to_string()))?;
         if tag == b'C' && body_len <= LONGEST_FORGETTING_TAG {
             // `DISCARD ALL` and `DEALLOCATE ALL` drop every statement of the connection.
-            if read + 5 + body_len > len {
-                if read != write {
-                    buf.copy_within(read..len, write);
-                }
+            let Some(command) = buf[read + 5..len].get(..body_len) else {
+                shift(buf, read, write, len - read);
                 return Ok((write, len - read));
-            }
-            if FORGETTING_TAGS.contains(&&buf[read + 5..read + 5 + body_len]) {
+            };
+            if FORGETTING_TAGS.contains(&command) {
                 server.dropped_all();
             }
         }
         match tracker.answer(tag, server) {
             Verdict::Drop if body_len == 0 => read += 5,
             verdict => {
-                if read != write {
-                    buf.copy_within(read..read + 5, write);
-                }
+                shift(buf, read, write, 5);
                 if verdict == Verdict::AsParseComplete {
                     buf[write] = PARSE_COMPLETE;
                 }
@@ -656,18 +641,6 @@ fn cstring(bytes: &[u8]) -> (&[u8], &[u8]) {
 fn push_cstring(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
     out.push(0);
-}
-
-/// Starts a message of type `tag` whose length field will be `length`.
-fn start(out: &mut Vec<u8>, tag: u8, length: usize) {
-    out.push(tag);
-    // Messages are at most `MAX_HELD` plus names the client sent in one message.
-    out.extend_from_slice(&(length as u32).to_be_bytes());
-}
-
-fn message(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
-    start(out, tag, 4 + body.len());
-    out.extend_from_slice(body);
 }
 
 #[cfg(test)]

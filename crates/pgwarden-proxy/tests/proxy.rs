@@ -3,9 +3,9 @@
 //! (tokio-postgres, psql, psycopg) through the proxy in both pooling modes.
 
 use pgwarden_proxy::{ProxyConfig, Running};
+use pgwarden_testkit::PgCluster;
 use pgwarden_testkit::broker::TestBroker;
 use pgwarden_testkit::issuer::{TestIssuer, TestKey};
-use pgwarden_testkit::{APP_ADMIN, PgCluster};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -1135,14 +1135,10 @@ async fn a_sidecar_acts_as_its_pod_and_limits_answer_in_postgresql_terms() {
 async fn a_per_identity_role_acts_as_the_role_named_after_the_client() {
     let w = world("transaction", "").await;
     // The database owner's per-identity grants, as PostgREST setups have them.
-    let su = w.cluster.connect_superuser("appdb").await.unwrap();
-    su.batch_execute(&format!(
-        "CREATE ROLE \"system:serviceaccount:team-a:app\" NOLOGIN;
-         GRANT SELECT ON items TO \"system:serviceaccount:team-a:app\";
-         GRANT \"system:serviceaccount:team-a:app\" TO {APP_ADMIN} WITH ADMIN OPTION;"
-    ))
-    .await
-    .unwrap();
+    w.cluster
+        .create_identity_role("appdb", "system:serviceaccount:team-a:app")
+        .await
+        .unwrap();
     let client = w.connect("mine", &w.token("team-a")).await.unwrap();
     assert_eq!(
         first_value(&client, "SELECT current_user").await,

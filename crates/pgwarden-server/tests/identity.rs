@@ -673,14 +673,10 @@ grants:
         .await;
     assert_eq!(status, 204, "{body}");
     // The database owner's per-identity grants, as PostgREST setups have them.
-    let su = env.cluster.connect_superuser("appdb").await.unwrap();
-    su.batch_execute(&format!(
-        "CREATE ROLE \"system:serviceaccount:team-a:app\" NOLOGIN;
-         GRANT SELECT ON items TO \"system:serviceaccount:team-a:app\";
-         GRANT \"system:serviceaccount:team-a:app\" TO {ADMIN} WITH ADMIN OPTION;"
-    ))
-    .await
-    .unwrap();
+    env.cluster
+        .create_identity_role("appdb", "system:serviceaccount:team-a:app")
+        .await
+        .unwrap();
 
     let app = id.token("team-a", "team-a", "app").await;
     let (status, body) = env.call_as(&app, "GET", "database/creds/mine", None).await;

@@ -577,6 +577,24 @@ impl PgCluster {
             })
     }
 
+    /// Creates in `db` the group role named after `identity`, as the database owner of a
+    /// PostgREST setup does (e.g. `system:serviceaccount:team-a:app`): it may read `items`,
+    /// and [`APP_ADMIN`] may grant it (ADMIN OPTION).
+    pub async fn create_identity_role(&self, db: &str, identity: &str) -> Result<(), TestkitError> {
+        self.connect_superuser(db)
+            .await?
+            .batch_execute(&format!(
+                "CREATE ROLE \"{identity}\" NOLOGIN;
+                 GRANT SELECT ON items TO \"{identity}\";
+                 GRANT \"{identity}\" TO \"{APP_ADMIN}\" WITH ADMIN OPTION;"
+            ))
+            .await
+            .map_err(|source| TestkitError::Sql {
+                what: format!("creating the identity role {identity:?}"),
+                source,
+            })
+    }
+
     /// Stops the server (as [`PgCluster::stop`]) and starts it again on the same port and
     /// data; blocks until it accepts connections.
     pub fn restart(&mut self) -> Result<(), TestkitError> {
