@@ -4,10 +4,14 @@
 //! `pgwarden proxy`, in session and in transaction pooling. Prints one table with each
 //! path's TPS, p50 and p99 latency, and its ratio to PgBouncer and to the direct connection.
 //!
-//! `PGWARDEN_BENCH_SECONDS` (default 10) sets each run's length, `PGWARDEN_BENCH_CLIENTS`
-//! (default `1,8,32,64`) the concurrencies, `PGWARDEN_BENCH_MODES` (default
-//! `session,transaction`) the pool modes, `PGWARDEN_BENCH_PROXY_THREADS` (default 1, as
-//! PgBouncer's one thread) the proxy's runtime threads.
+//! Each row is measured in rounds (`PGWARDEN_BENCH_ROUNDS`, default 2) of `PGWARDEN_BENCH_SECONDS`
+//! (default 6) per path, the paths' order reversed from one round to the next (direct,
+//! PgBouncer, proxy, then proxy, PgBouncer, direct), so that a machine getting faster or slower
+//! during a row does not favour one path; a row's TPS is the mean of its rounds', its
+//! percentiles those of all its transactions. `PGWARDEN_BENCH_CLIENTS` (default `1,8,32,64`)
+//! sets the concurrencies, `PGWARDEN_BENCH_MODES` (default `session,transaction`) the pool
+//! modes, `PGWARDEN_BENCH_PROXY_THREADS` (default 1, as PgBouncer's one thread) the proxy's
+//! runtime threads.
 
 use pgwarden_proxy::ProxyConfig;
 use pgwarden_testkit::broker::{ROOT_TOKEN, TestBroker};
@@ -21,12 +25,38 @@ const ROLES: &str = "      bench: { db_name: appdb, preset: user, default_ttl: 1
 /// Server connections per pool in transaction mode (session mode needs one per client).
 const TRANSACTION_POOL: usize = 20;
 
-/// One pgbench run's outcome.
+/// The outcome of one or more pgbench runs of a path.
+#[derive(Default)]
 struct Run {
-    tps: f64,
-    p50: Duration,
-    p99: Duration,
+    /// Transactions per second of each run.
+    tps: Vec<f64>,
+    /// Every transaction's latency.
+    latencies: Vec<Duration>,
     failed: u64,
+}
+
+impl Run {
+    /// Adds `other`'s runs to these.
+    fn add(&mut self, other: Run) {
+        self.tps.extend(other.tps);
+        self.latencies.extend(other.latencies);
+        self.failed += other.failed;
+    }
+
+    /// The runs' mean rate.
+    fn mean_tps(&self) -> f64 {
+        self.tps.iter().sum::<f64>() / self.tps.len().max(1) as f64
+    }
+
+    /// The latency at quantile `q` (0–1) over all the runs.
+    fn at(&mut self, q: f64) -> Duration {
+        self.latencies.sort_unstable();
+        let last = self.latencies.len().saturating_sub(1);
+        self.latencies
+            .get(((self.latencies.len() as f64 * q) as usize).min(last))
+            .copied()
+            .unwrap_or_default()
+    }
 }
 
 /// Where pgbench connects.
@@ -89,9 +119,6 @@ fn pgbench(bin: &Path, target: &Target, select_only: bool, clients: usize, secon
         target.name,
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut latencies = pgwarden_testkit::pgbench::logged_latencies(dir.path());
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     let number = |prefix: &str| -> Option<f64> {
         stdout
             .lines()
@@ -100,9 +127,8 @@ fn pgbench(bin: &Path, target: &Target, select_only: bool, clients: usize, secon
             .and_then(|v| v.parse().ok())
     };
     Run {
-        tps: number("tps = ").unwrap_or_else(|| panic!("no tps in: {stdout}")),
-        p50: at(0.50),
-        p99: at(0.99),
+        tps: vec![number("tps = ").unwrap_or_else(|| panic!("no tps in: {stdout}"))],
+        latencies: pgwarden_testkit::pgbench::logged_latencies(dir.path()),
         failed: number("number of failed transactions: ").unwrap_or(0.0) as u64,
     }
 }
@@ -177,7 +203,12 @@ async fn main() {
     let seconds: u64 = std::env::var("PGWARDEN_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(6);
+    let rounds: usize = std::env::var("PGWARDEN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2)
+        .max(1);
     let clients: Vec<usize> = env_list("PGWARDEN_BENCH_CLIENTS", "1,8,32,64")
         .iter()
         .map(|c| c.parse().expect("PGWARDEN_BENCH_CLIENTS: numbers"))
@@ -206,9 +237,8 @@ async fn main() {
     let max_clients = clients.iter().copied().max().unwrap_or(1);
 
     println!(
-        "\npgbench through pgwarden proxy vs PgBouncer {} vs direct ({}s per run, durable PostgreSQL, 2 cores shared by all)\n",
+        "\npgbench through pgwarden proxy vs PgBouncer {} vs direct ({rounds} rounds of {seconds} s per path, order reversed each round; durable PostgreSQL, 2 cores shared by all)\n",
         pgbouncer_version(),
-        seconds
     );
     println!(
         "| mode | script | clients | path | TPS | p50 ms | p99 ms | failed | ÷ PgBouncer | ÷ direct |"
@@ -257,22 +287,28 @@ async fn main() {
                 "TPC-B-like"
             };
             for &n in &clients {
-                let bin = bin.clone();
-                let runs: Vec<Run> = [&direct, &paths[0], &paths[1]]
-                    .iter()
-                    .map(|target| pgbench(&bin, target, select_only, n, seconds))
-                    .collect();
-                let (base, bouncer_tps) = (runs[0].tps, runs[1].tps);
-                for (target, run) in [&direct, &paths[0], &paths[1]].iter().zip(&runs) {
+                let targets = [&direct, &paths[0], &paths[1]];
+                let mut runs: [Run; 3] = Default::default();
+                for round in 0..rounds {
+                    let mut order = [0, 1, 2];
+                    if round % 2 == 1 {
+                        order.reverse();
+                    }
+                    for i in order {
+                        runs[i].add(pgbench(&bin, targets[i], select_only, n, seconds));
+                    }
+                }
+                let (base, bouncer_tps) = (runs[0].mean_tps(), runs[1].mean_tps());
+                for (target, run) in targets.iter().zip(&mut runs) {
+                    let tps = run.mean_tps();
                     println!(
-                        "| {mode} | {script} | {n} | {} | {:.0} | {} | {} | {} | {:.2} | {:.2} |",
+                        "| {mode} | {script} | {n} | {} | {tps:.0} | {} | {} | {} | {:.2} | {:.2} |",
                         target.name,
-                        run.tps,
-                        ms(run.p50),
-                        ms(run.p99),
+                        ms(run.at(0.50)),
+                        ms(run.at(0.99)),
                         run.failed,
-                        run.tps / bouncer_tps,
-                        run.tps / base,
+                        tps / bouncer_tps,
+                        tps / base,
                     );
                 }
             }
