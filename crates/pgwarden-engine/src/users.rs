@@ -188,14 +188,7 @@ impl Target {
         };
         let oid = match found {
             Some(FastDrop::Kept(oid)) => oid,
-            Some(FastDrop::Dropped(oid)) => {
-                // No session can start now: end those that exist.
-                client
-                    .batch_execute(&end_sessions(oid))
-                    .await
-                    .map_err(sql(format!("ending the sessions of {username:?}")))?;
-                return self.end_sessions_on_replicas(username).await;
-            }
+            Some(FastDrop::Dropped) => return self.end_sessions_on_replicas(username).await,
             None => {
                 // Dropped already (by an earlier attempt whose session sweep failed, or by
                 // hand): its sessions may live on, here and on the standbys.
@@ -345,18 +338,19 @@ const END_DANGLING_SESSIONS: &str = "SELECT pg_terminate_backend(pid) FROM \
 
 /// What [`drop_if_nothing_depends`] did to an existing user (by its OID).
 enum FastDrop {
-    /// Dropped, with the sessions it had ended where the administrator may.
-    Dropped(u32),
+    /// Dropped, and its sessions ended.
+    Dropped,
     /// Left as is: objects or privileges depend on it.
     Kept(u32),
 }
 
 /// The fast revocation, for a user nothing depends on (the usual case), in one round trip:
-/// finds its OID, ends its sessions where the administrator may (`pg_signal_backend`; asking
-/// first keeps a refusal from undoing the drop) and drops it, in one transaction. The caller
-/// then ends any session that logged in meanwhile (none can after the commit); should that
-/// never happen (pgwarden dies first), no session that existed before the drop survives it.
-/// None when the user does not exist.
+/// in one transaction, finds its OID (kept in a session setting for what follows), ends its
+/// sessions where the administrator may (`pg_signal_backend`; asking first keeps a refusal
+/// from undoing the drop) and drops it; then, once that has committed (no session can start
+/// after), ends any session that logged in meanwhile. Should the last step never run
+/// (pgwarden dies first), no session that existed before the drop survives it. None when the
+/// user does not exist.
 async fn drop_if_nothing_depends(
     client: &tokio_postgres::Client,
     username: &str,
@@ -364,22 +358,40 @@ async fn drop_if_nothing_depends(
     let oid = oid_of(username);
     let dropped = client
         .simple_query(&format!(
-            "{oid};\n{}\nDROP ROLE IF EXISTS {};",
+            "BEGIN;\n{oid}, set_config('{DROPPED_SETTING}', coalesce(({oid})::text, ''), false);\n{}\n\
+             DROP ROLE IF EXISTS {};\nCOMMIT;\n{}",
             end_sessions_where(
                 &format!("({oid})"),
                 " AND pg_has_role(current_user, 'pg_signal_backend', 'USAGE')"
             ),
             quote_ident(username),
+            end_sessions_where(
+                &format!("nullif(current_setting('{DROPPED_SETTING}'), '')::oid"),
+                ""
+            ),
         ))
         .await;
-    match dropped {
-        Ok(messages) => Ok(first_oid(&messages).map(FastDrop::Dropped)),
-        Err(error) if error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
-            Ok(user_oid(client, username).await?.map(FastDrop::Kept))
-        }
-        Err(error) => Err(sql(format!("dropping user {username:?}"))(error)),
+    let Err(error) = dropped else {
+        return Ok(dropped
+            .ok()
+            .as_deref()
+            .and_then(first_oid)
+            .map(|_| FastDrop::Dropped));
+    };
+    // Ends the transaction if the drop failed (a failure after its commit leaves none).
+    client
+        .batch_execute("ROLLBACK;")
+        .await
+        .map_err(sql(format!("rolling back the drop of {username:?}")))?;
+    if error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) {
+        return Ok(user_oid(client, username).await?.map(FastDrop::Kept));
     }
+    Err(sql(format!("dropping user {username:?}"))(error))
 }
+
+/// The session setting in which [`drop_if_nothing_depends`] keeps the dropped user's OID for
+/// the statement after the commit.
+const DROPPED_SETTING: &str = "pgwarden.dropped_role";
 
 /// How long a standby may take to replay a user's drop before revocation counts as failed
 /// (and is retried).

@@ -12,6 +12,12 @@
 //!
 //! Run with `cargo bench -p pgwarden-server --bench broker`. Prints tables; asserts nothing.
 //! `PGWARDEN_BENCH_CLIENTS=8` (a comma-separated list) runs only the listed concurrencies.
+//!
+//! Each row is measured in rounds (`PGWARDEN_BENCH_ROUNDS`, default 2), the paths' order
+//! reversed from one round to the next (pgbench, template role, preset role, then preset,
+//! template, pgbench), so that the machine getting faster or slower during a row favours no
+//! path; a row's rate is its operations over its rounds' time, its percentiles those of all
+//! its operations.
 
 use pgwarden_core::{Lease, LeaseState, Owner, RoleSpec, Ttl, names};
 use pgwarden_store::{SqliteStore, Store};
@@ -33,13 +39,20 @@ fn roles() -> String {
     )
 }
 
-/// Latencies of one run and its wall time.
+/// Latencies of one or more runs and their wall time.
+#[derive(Default)]
 struct Run {
     latencies: Vec<Duration>,
     wall: Duration,
 }
 
 impl Run {
+    /// Adds `other`'s operations and time to these.
+    fn add(&mut self, other: Run) {
+        self.latencies.extend(other.latencies);
+        self.wall += other.wall;
+    }
+
     fn ops_per_sec(&self) -> f64 {
         self.latencies.len() as f64 / self.wall.as_secs_f64()
     }
@@ -115,12 +128,21 @@ async fn via_pgwarden(http: reqwest::Client, base: String, role: &'static str) {
     assert_eq!(status, 204);
 }
 
-/// How long pgbench runs at each concurrency.
+/// Rounds per row (`PGWARDEN_BENCH_ROUNDS`, default 2).
+fn bench_rounds() -> usize {
+    std::env::var("PGWARDEN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2)
+        .max(1)
+}
+
+/// How long pgbench runs at each concurrency, over all its rounds.
 const PGBENCH_SECONDS: u64 = 10;
 
 /// pgbench sending what pgwarden sends per credential (a fresh name, a SCRAM verifier, an
-/// expiry), each statement its own transaction, for [`PGBENCH_SECONDS`].
-fn pgbench(cluster: &PgCluster, clients: usize) -> Run {
+/// expiry), each statement its own transaction, for `seconds`.
+fn pgbench(cluster: &PgCluster, clients: usize, seconds: u64) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let verifier =
         postgres_protocol::password::scram_sha_256(names::random_alphanumeric(32).as_bytes());
@@ -150,7 +172,7 @@ fn pgbench(cluster: &PgCluster, clients: usize) -> Run {
             "-j",
             &clients.min(2).to_string(),
         ])
-        .args(["-T", &PGBENCH_SECONDS.to_string(), "-f"])
+        .args(["-T", &seconds.to_string(), "-f"])
         .arg(&script)
         .arg("appdb")
         .output()
@@ -285,25 +307,43 @@ async fn throughput_with(cluster: &PgCluster, base: &str, cpus: Cpus) {
         {
             continue;
         }
-        cpus.apply(cluster);
-        let limit = tokio::task::block_in_place(|| pgbench(cluster, workers));
-        let mut rows = Vec::new();
-        for role in ["template", "preset"] {
-            let http = reqwest::Client::new();
-            let base = base.to_string();
-            cpus.apply(cluster); // pins the pool's connections opened meanwhile too
-            let run = measure(
-                workers,
-                total,
-                || async {},
-                move |_: Arc<()>| via_pgwarden(http.clone(), base.clone(), role),
-            )
-            .await;
-            rows.push((format!("pgwarden ({role} role)"), run));
+        let rounds = bench_rounds();
+        let labels = [
+            "pgbench",
+            "pgwarden (template role)",
+            "pgwarden (preset role)",
+        ];
+        let mut runs: [Run; 3] = Default::default();
+        for round in 0..rounds {
+            let mut order = [0, 1, 2];
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for path in order {
+                cpus.apply(cluster); // pins the pool's connections opened meanwhile too
+                let run = match path {
+                    0 => {
+                        let seconds = (PGBENCH_SECONDS / rounds as u64).max(1);
+                        tokio::task::block_in_place(|| pgbench(cluster, workers, seconds))
+                    }
+                    _ => {
+                        let role = if path == 1 { "template" } else { "preset" };
+                        let (http, base) = (reqwest::Client::new(), base.to_string());
+                        measure(
+                            workers,
+                            (total / rounds).max(workers),
+                            || async {},
+                            move |_: Arc<()>| via_pgwarden(http.clone(), base.clone(), role),
+                        )
+                        .await
+                    }
+                };
+                runs[path].add(run);
+            }
         }
-        let baseline = limit.ops_per_sec();
-        rows.push(("pgbench".to_string(), limit));
-        for (label, run) in &rows {
+        let baseline = runs[0].ops_per_sec();
+        for path in [1, 2, 0] {
+            let (label, run) = (labels[path], &runs[path]);
             println!(
                 "| {} | {workers} | {label} | {} | {:.0} | {} | {} | {:.2} |",
                 cpus.label(),
