@@ -661,6 +661,61 @@ async fn a_retried_revocation_ends_sessions_that_outlived_the_drop() {
     );
 }
 
+/// A session that logs in after the revocation ended the user's sessions but before its drop
+/// commits (here the drop waits for a lock another transaction holds on the role) is ended
+/// once the drop has committed: PostgreSQL would leave it running.
+#[tokio::test]
+async fn a_session_that_logs_in_while_the_drop_waits_is_ended_after_the_commit() {
+    let s = setup().await;
+    let ro = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
+    let user = issue(&s, &ro).await;
+    let before = login(&s, &user).await.unwrap();
+    let su = s.cluster.connect_superuser("appdb").await.unwrap();
+    let blocker = s.cluster.connect_superuser("appdb").await.unwrap();
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; COMMENT ON ROLE \"{}\" IS 'held';",
+            user.username
+        ))
+        .await
+        .unwrap();
+    let meanwhile = async {
+        // The revocation has ended the sessions it found and waits to drop the role.
+        for attempt in 0.. {
+            assert!(attempt < 1500, "the drop never waited for the lock");
+            let waiting: i64 = su
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE wait_event_type = 'Lock' AND query LIKE '%DROP ROLE%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let during = login(&s, &user)
+            .await
+            .expect("the user can still log in until its drop commits");
+        blocker.batch_execute("COMMIT;").await.unwrap();
+        during
+    };
+    let (revoked, during) = tokio::join!(s.target.revoke_user(&ro, &user.username), meanwhile);
+    revoked.unwrap();
+    assert!(!role_exists(&s, &user.username).await);
+    assert!(
+        before.query_one("SELECT 1", &[]).await.is_err(),
+        "the session from before the revocation was ended"
+    );
+    assert!(
+        during.query_one("SELECT 1", &[]).await.is_err(),
+        "the session that logged in while the drop waited was ended after its commit"
+    );
+}
+
 #[tokio::test]
 async fn an_uncommitted_user_cannot_log_in_and_is_gone_unless_committed() {
     let s = setup().await;
