@@ -204,11 +204,7 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
-    let rounds: usize = std::env::var("PGWARDEN_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2)
-        .max(1);
+    let rounds = pgwarden_testkit::pgbench::rounds();
     let clients: Vec<usize> = env_list("PGWARDEN_BENCH_CLIENTS", "1,8,32,64")
         .iter()
         .map(|c| c.parse().expect("PGWARDEN_BENCH_CLIENTS: numbers"))
@@ -290,11 +286,7 @@ async fn main() {
                 let targets = [&direct, &paths[0], &paths[1]];
                 let mut runs: [Run; 3] = Default::default();
                 for round in 0..rounds {
-                    let mut order = [0, 1, 2];
-                    if round % 2 == 1 {
-                        order.reverse();
-                    }
-                    for i in order {
+                    for i in pgwarden_testkit::pgbench::round_order::<3>(round) {
                         runs[i].add(pgbench(&bin, targets[i], select_only, n, seconds));
                     }
                 }

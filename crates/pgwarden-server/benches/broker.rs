@@ -128,15 +128,6 @@ async fn via_pgwarden(http: reqwest::Client, base: String, role: &'static str) {
     assert_eq!(status, 204);
 }
 
-/// Rounds per row (`PGWARDEN_BENCH_ROUNDS`, default 2).
-fn bench_rounds() -> usize {
-    std::env::var("PGWARDEN_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(2)
-        .max(1)
-}
-
 /// How long pgbench runs at each concurrency, over all its rounds.
 const PGBENCH_SECONDS: u64 = 10;
 
@@ -307,7 +298,7 @@ async fn throughput_with(cluster: &PgCluster, base: &str, cpus: Cpus) {
         {
             continue;
         }
-        let rounds = bench_rounds();
+        let rounds = pgwarden_testkit::pgbench::rounds();
         let labels = [
             "pgbench",
             "pgwarden (template role)",
@@ -315,11 +306,7 @@ async fn throughput_with(cluster: &PgCluster, base: &str, cpus: Cpus) {
         ];
         let mut runs: [Run; 3] = Default::default();
         for round in 0..rounds {
-            let mut order = [0, 1, 2];
-            if round % 2 == 1 {
-                order.reverse();
-            }
-            for path in order {
+            for path in pgwarden_testkit::pgbench::round_order::<3>(round) {
                 cpus.apply(cluster); // pins the pool's connections opened meanwhile too
                 let run = match path {
                     0 => {

@@ -30,3 +30,34 @@ pub fn logged_latencies(dir: &Path) -> Vec<Duration> {
     }
     latencies
 }
+
+/// How many rounds a benchmark measures each row in (`PGWARDEN_BENCH_ROUNDS`, default 2).
+pub fn rounds() -> usize {
+    std::env::var("PGWARDEN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2)
+        .max(1)
+}
+
+/// The order in which round `round` measures a row's `N` paths: as listed in even rounds,
+/// reversed in odd ones, so that a machine getting faster or slower during a row favours none.
+pub fn round_order<const N: usize>(round: usize) -> [usize; N] {
+    let mut order = std::array::from_fn(|i| i);
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_order;
+
+    #[test]
+    fn odd_rounds_reverse_the_order() {
+        assert_eq!(round_order::<3>(0), [0, 1, 2]);
+        assert_eq!(round_order::<3>(1), [2, 1, 0]);
+        assert_eq!(round_order::<3>(2), [0, 1, 2]);
+    }
+}
