@@ -155,6 +155,21 @@ impl Target {
         self.drop_user(username, None, None).await
     }
 
+    /// Ends the sessions whose role no longer exists, in any database of the cluster (a drop
+    /// leaves them running: those still starting up when a revocation's drop committed, those
+    /// of roles dropped by hand); returns how many.
+    pub async fn end_sessions_of_dropped_users(&self) -> Result<usize, EngineError> {
+        let client = self.client().await?;
+        let ended = client
+            .simple_query(END_DANGLING_SESSIONS)
+            .await
+            .map_err(sql("ending the sessions of dropped users"))?;
+        Ok(ended
+            .iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count())
+    }
+
     /// Names of the users in this target's cluster shaped like the ones pgwarden generates
     /// (`v-<display>-<role>-<20 random>-<unix time>`), sorted.
     pub async fn generated_users(&self) -> Result<Vec<String>, EngineError> {
@@ -347,10 +362,13 @@ enum FastDrop {
 /// The fast revocation, for a user nothing depends on (the usual case), in one round trip:
 /// in one transaction, finds its OID (kept in a session setting for what follows), ends its
 /// sessions where the administrator may (`pg_signal_backend`; asking first keeps a refusal
-/// from undoing the drop) and drops it; then, once that has committed (no session can start
-/// after), ends any session that logged in meanwhile. Should the last step never run
-/// (pgwarden dies first), no session that existed before the drop survives it. None when the
-/// user does not exist.
+/// from undoing the drop) and drops it; then, once that has committed (no login can find the
+/// role after), ends any session that logged in meanwhile. A session still starting up then
+/// (it shows in `pg_stat_activity` only at the end of its start-up, which a client can delay
+/// with `post_auth_delay`) is missed here, and ended by the orphan sweep's
+/// [`Target::end_sessions_of_dropped_users`]. Should the last step never run (pgwarden dies
+/// first), no session that existed before the drop survives it. None when the user does not
+/// exist.
 async fn drop_if_nothing_depends(
     client: &tokio_postgres::Client,
     username: &str,
@@ -358,7 +376,8 @@ async fn drop_if_nothing_depends(
     let oid = oid_of(username);
     let dropped = client
         .simple_query(&format!(
-            "BEGIN;\n{oid}, set_config('{DROPPED_SETTING}', coalesce(({oid})::text, ''), false);\n{}\n\
+            "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n\
+             {oid}, set_config('{DROPPED_SETTING}', coalesce(({oid})::text, ''), false);\n{}\n\
              DROP ROLE IF EXISTS {};\nCOMMIT;\n{}",
             end_sessions_where(
                 &format!("({oid})"),
@@ -379,10 +398,17 @@ async fn drop_if_nothing_depends(
             .map(|_| FastDrop::Dropped));
     };
     // Ends the transaction if the drop failed (a failure after its commit leaves none). Should
-    // even that fail, the connection is broken, and the pool discards it.
+    // even that fail, the connection is broken, and the pool discards it; should this future be
+    // dropped first, the server ends the transaction after the timeout set above.
     let _ = client.batch_execute("ROLLBACK;").await;
     if error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) {
         return Ok(user_oid(client, username).await?.map(FastDrop::Kept));
+    }
+    if let Ok(None) = user_oid(client, username).await {
+        // The drop committed; ending the sessions that logged in meanwhile failed.
+        return Err(sql(format!(
+            "ending the sessions of {username:?} after dropping it"
+        ))(error));
     }
     Err(sql(format!("dropping user {username:?}"))(error))
 }

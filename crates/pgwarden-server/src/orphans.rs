@@ -12,6 +12,7 @@ use crate::config::OrphanConfig;
 use crate::metrics::Metrics;
 use parking_lot::Mutex;
 use pgwarden_core::{AuditEvent, Outcome, chain};
+use pgwarden_engine::Target;
 use pgwarden_store::Store;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -86,6 +87,7 @@ impl Orphans {
     pub async fn sweep(&self) {
         let mut listed: BTreeMap<String, String> = BTreeMap::new();
         for (connection, target) in self.catalog.targets() {
+            end_sessions_of_dropped_users(&connection, &target).await;
             match target.generated_users().await {
                 Ok(users) => {
                     for user in users {
@@ -172,6 +174,20 @@ impl Orphans {
             Err(error) => {
                 tracing::error!(username = %orphan.username, connection = %orphan.connection, error = %chain(&error), "dropping an untracked user failed; retrying next sweep");
             }
+        }
+    }
+}
+
+/// Ends, through `target`, the sessions left running by roles that no longer exist (see
+/// [`Target::end_sessions_of_dropped_users`]), saying so in the log.
+async fn end_sessions_of_dropped_users(connection: &str, target: &Target) {
+    match target.end_sessions_of_dropped_users().await {
+        Ok(0) => {}
+        Ok(ended) => {
+            tracing::warn!(%connection, ended, "ended sessions whose role had been dropped")
+        }
+        Err(error) => {
+            tracing::warn!(%connection, error = %chain(&error), "orphan sweep cannot end the sessions of dropped roles (grant the administrator pg_signal_backend)")
         }
     }
 }
