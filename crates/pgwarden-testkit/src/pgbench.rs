@@ -31,7 +31,8 @@ pub fn logged_latencies(dir: &Path) -> Vec<Duration> {
     latencies
 }
 
-/// How many rounds a benchmark measures each row in (`PGWARDEN_BENCH_ROUNDS`, default 2).
+/// How many rounds a benchmark measures each row in (`PGWARDEN_BENCH_ROUNDS`, default 2; an
+/// even number keeps every path's place in the order balanced).
 pub fn rounds() -> usize {
     std::env::var("PGWARDEN_BENCH_ROUNDS")
         .ok()
