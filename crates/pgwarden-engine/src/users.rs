@@ -160,14 +160,7 @@ impl Target {
     /// of roles dropped by hand); returns how many.
     pub async fn end_sessions_of_dropped_users(&self) -> Result<usize, EngineError> {
         let client = self.client().await?;
-        let ended = client
-            .simple_query(END_DANGLING_SESSIONS)
-            .await
-            .map_err(sql("ending the sessions of dropped users"))?;
-        Ok(ended
-            .iter()
-            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
-            .count())
+        end_dangling_sessions(&client).await
     }
 
     /// Names of the users in this target's cluster shaped like the ones pgwarden generates
@@ -207,10 +200,7 @@ impl Target {
             None => {
                 // Dropped already (by an earlier attempt whose session sweep failed, or by
                 // hand): its sessions may live on, here and on the standbys.
-                client
-                    .batch_execute(END_DANGLING_SESSIONS)
-                    .await
-                    .map_err(sql("ending the sessions of dropped users"))?;
+                end_dangling_sessions(&client).await?;
                 return self.end_sessions_on_replicas(username).await;
             }
         };
@@ -351,7 +341,19 @@ fn oid_of(username: &str) -> String {
 const END_DANGLING_SESSIONS: &str = "SELECT pg_terminate_backend(pid) FROM \
      pg_stat_get_activity(NULL) WHERE usesysid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE oid = usesysid);";
 
-/// What [`drop_if_nothing_depends`] did to an existing user (by its OID).
+/// Ends, through `client`, the sessions whose role no longer exists; returns how many.
+async fn end_dangling_sessions(client: &tokio_postgres::Client) -> Result<usize, EngineError> {
+    let ended = client
+        .simple_query(END_DANGLING_SESSIONS)
+        .await
+        .map_err(sql("ending the sessions of dropped users"))?;
+    Ok(ended
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count())
+}
+
+/// What [`drop_if_nothing_depends`] did to an existing user.
 enum FastDrop {
     /// Dropped, and its sessions ended.
     Dropped,
@@ -390,12 +392,9 @@ async fn drop_if_nothing_depends(
             ),
         ))
         .await;
-    let Err(error) = dropped else {
-        return Ok(dropped
-            .ok()
-            .as_deref()
-            .and_then(first_oid)
-            .map(|_| FastDrop::Dropped));
+    let error = match dropped {
+        Ok(messages) => return Ok(first_oid(&messages).map(|_| FastDrop::Dropped)),
+        Err(error) => error,
     };
     // Ends the transaction if the drop failed (a failure after its commit leaves none). Should
     // even that fail, the connection is broken, and the pool discards it; should this future be
