@@ -22,6 +22,7 @@
 use pgwarden_core::{Lease, LeaseState, Owner, RoleSpec, Ttl, names};
 use pgwarden_store::{SqliteStore, Store};
 use pgwarden_testkit::broker::{ROOT_TOKEN as ROOT, TestBroker};
+use pgwarden_testkit::cpu::CpuTime;
 use pgwarden_testkit::{APP_ADMIN as ADMIN, APP_ADMIN_PASSWORD as ADMIN_PW, PgCluster};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,18 +40,27 @@ fn roles() -> String {
     )
 }
 
-/// Latencies of one or more runs and their wall time.
+/// Latencies of one or more runs, their wall time and the CPU time they used.
 #[derive(Default)]
 struct Run {
     latencies: Vec<Duration>,
     wall: Duration,
+    cpu: CpuTime,
 }
 
 impl Run {
-    /// Adds `other`'s operations and time to these.
+    /// Adds `other`'s operations and times to these.
     fn add(&mut self, other: Run) {
         self.latencies.extend(other.latencies);
         self.wall += other.wall;
+        self.cpu.add(other.cpu);
+    }
+
+    /// CPU milliseconds per operation: the machine's, and those of the processes other than
+    /// this one (the database, and pgbench on its row).
+    fn cpu_ms_per_op(&self) -> (f64, f64) {
+        let per_op = |d: Duration| d.as_secs_f64() * 1000.0 / self.latencies.len().max(1) as f64;
+        (per_op(self.cpu.machine), per_op(self.cpu.others()))
     }
 
     fn ops_per_sec(&self) -> f64 {
@@ -82,7 +92,7 @@ where
     for _ in 0..workers {
         states.push(Arc::new(setup().await));
     }
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), CpuTime::now());
     let mut handles = Vec::new();
     for state in states {
         let op = op.clone();
@@ -103,6 +113,7 @@ where
     Run {
         latencies,
         wall: start.elapsed(),
+        cpu: CpuTime::now().since(cpu),
     }
 }
 
@@ -151,7 +162,7 @@ fn pgbench(cluster: &PgCluster, clients: usize, seconds: u64) -> Run {
         .into_iter()
         .find(|p| p.is_file() || p.as_os_str() == "pgbench")
         .unwrap();
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), CpuTime::now());
     let out = std::process::Command::new(pgbench)
         .current_dir(dir.path())
         .env("PGPASSWORD", ADMIN_PW)
@@ -168,7 +179,7 @@ fn pgbench(cluster: &PgCluster, clients: usize, seconds: u64) -> Run {
         .arg("appdb")
         .output()
         .expect("pgbench runs (apt-get install postgresql-contrib or postgresql)");
-    let wall = started.elapsed();
+    let (wall, cpu) = (started.elapsed(), CpuTime::now().since(cpu));
     assert!(
         out.status.success(),
         "pgbench: {}",
@@ -185,7 +196,11 @@ fn pgbench(cluster: &PgCluster, clients: usize, seconds: u64) -> Run {
         .unwrap_or_else(|| panic!("no tps in pgbench's output: {stdout}"));
     // Report pgbench's own rate (without connection set-up) through `wall`.
     let wall = Duration::from_secs_f64(latencies.len() as f64 / tps).min(wall);
-    Run { latencies, wall }
+    Run {
+        latencies,
+        wall,
+        cpu,
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -277,8 +292,10 @@ async fn throughput(cluster: &PgCluster, base: &str) {
         "\nissue + revoke through pgwarden's API vs pgbench sending the same CREATE ROLE/DROP ROLE \
          (PostgreSQL with default durability)\n"
     );
-    println!("| CPUs | concurrency | path | ops | ops/s | p50 ms | p99 ms | ops/s ÷ pgbench |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| CPUs | concurrency | path | ops | ops/s | p50 ms | p99 ms | ops/s ÷ pgbench | CPU ms/op | of which the database's |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let split = num_cpus() > 1;
     for cpus in [Cpus::Shared, Cpus::DatabaseApart] {
         if matches!(cpus, Cpus::DatabaseApart) && !split {
@@ -331,8 +348,9 @@ async fn throughput_with(cluster: &PgCluster, base: &str, cpus: Cpus) {
         let baseline = runs[0].ops_per_sec();
         for path in [1, 2, 0] {
             let (label, run) = (labels[path], &runs[path]);
+            let (cpu, database_cpu) = run.cpu_ms_per_op();
             println!(
-                "| {} | {workers} | {label} | {} | {:.0} | {} | {} | {:.2} |",
+                "| {} | {workers} | {label} | {} | {:.0} | {} | {} | {:.2} | {cpu:.2} | {database_cpu:.2} |",
                 cpus.label(),
                 run.latencies.len(),
                 run.ops_per_sec(),

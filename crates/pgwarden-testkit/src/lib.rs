@@ -5,6 +5,7 @@
 #[cfg(feature = "server")]
 pub mod broker;
 mod cluster;
+pub mod cpu;
 pub mod issuer;
 pub mod kube_api;
 pub mod partition;

@@ -1,0 +1,95 @@
+//! CPU time spent during a benchmark's run, from `/proc`: the whole machine's and this
+//! process's, so a benchmark can say how much CPU each operation cost and who spent it.
+
+use std::time::Duration;
+
+/// CPU time used so far: by every process of the machine, and by this one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTime {
+    /// Busy time of all CPUs (user, nice, system, interrupts), summed.
+    pub machine: Duration,
+    /// This process's user and system time.
+    pub this_process: Duration,
+}
+
+impl CpuTime {
+    /// The time used until now (zero where `/proc` cannot be read).
+    pub fn now() -> CpuTime {
+        CpuTime {
+            machine: machine_busy().unwrap_or_default(),
+            this_process: process_time().unwrap_or_default(),
+        }
+    }
+
+    /// The time used between `earlier` and this reading.
+    pub fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            machine: self.machine.saturating_sub(earlier.machine),
+            this_process: self.this_process.saturating_sub(earlier.this_process),
+        }
+    }
+
+    /// Adds `other`'s times to these.
+    pub fn add(&mut self, other: CpuTime) {
+        self.machine += other.machine;
+        self.this_process += other.this_process;
+    }
+
+    /// The rest of the machine's time: other processes (the database, pgbench, PgBouncer).
+    pub fn others(self) -> Duration {
+        self.machine.saturating_sub(self.this_process)
+    }
+}
+
+/// Clock ticks per second of `/proc`'s counters (`USER_HZ`: 100 on Linux).
+const TICKS_PER_SECOND: u64 = 100;
+
+fn ticks(count: u64) -> Duration {
+    Duration::from_millis(count.saturating_mul(1000) / TICKS_PER_SECOND)
+}
+
+/// Busy ticks of all CPUs: `/proc/stat`'s `cpu` line, user, nice, system, irq and softirq
+/// (not idle, iowait or steal).
+fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let busy = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| fields.get(i).copied().unwrap_or(0))
+        .sum();
+    Some(ticks(busy))
+}
+
+/// This process's user and system ticks (`/proc/self/stat`, fields 14 and 15).
+fn process_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command in parentheses: state is field 3, utime 14, stime 15.
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
+    let utime: u64 = rest.next()?.parse().ok()?;
+    let stime: u64 = rest.next()?.parse().ok()?;
+    Some(ticks(utime + stime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuTime;
+
+    #[test]
+    fn spinning_shows_in_both_clocks() {
+        let before = CpuTime::now();
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let used = CpuTime::now().since(before);
+        assert!(used.this_process.as_millis() >= 200, "{used:?}");
+        assert!(used.machine >= used.this_process / 2, "{used:?}");
+    }
+}
