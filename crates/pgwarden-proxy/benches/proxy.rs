@@ -2,7 +2,8 @@
 //! scripts at 1, 8, 32 and 64 clients, on a PostgreSQL with default durability, straight to
 //! the database, through PgBouncer (Debian's package, same pool mode and size) and through
 //! `pgwarden proxy`, in session and in transaction pooling. Prints one table with each
-//! path's TPS, p50 and p99 latency, and its ratio to PgBouncer and to the direct connection.
+//! path's TPS, p50 and p99 latency, its ratio to PgBouncer and to the direct connection, and
+//! the CPU time the whole machine spent per transaction (pgbench, the path and PostgreSQL).
 //!
 //! Each row is measured in rounds (`PGWARDEN_BENCH_ROUNDS`, default 2) of `PGWARDEN_BENCH_SECONDS`
 //! (default 6) per path, the paths' order reversed from one round to the next (direct,
@@ -15,6 +16,7 @@
 
 use pgwarden_proxy::ProxyConfig;
 use pgwarden_testkit::broker::{ROOT_TOKEN, TestBroker};
+use pgwarden_testkit::cpu::CpuTime;
 use pgwarden_testkit::{APP_ADMIN, APP_ADMIN_PASSWORD, PgCluster};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -33,6 +35,8 @@ struct Run {
     /// Every transaction's latency.
     latencies: Vec<Duration>,
     failed: u64,
+    /// CPU time the whole machine used during the runs.
+    cpu: CpuTime,
 }
 
 impl Run {
@@ -41,6 +45,12 @@ impl Run {
         self.tps.extend(other.tps);
         self.latencies.extend(other.latencies);
         self.failed += other.failed;
+        self.cpu.add(other.cpu);
+    }
+
+    /// The machine's CPU microseconds per transaction (pgbench, the path, PostgreSQL).
+    fn cpu_us_per_transaction(&self) -> f64 {
+        self.cpu.machine.as_secs_f64() * 1e6 / self.latencies.len().max(1) as f64
     }
 
     /// The runs' mean rate.
@@ -111,7 +121,9 @@ fn pgbench(bin: &Path, target: &Target, select_only: bool, clients: usize, secon
     if select_only {
         command.arg("-S");
     }
+    let cpu = CpuTime::now();
     let out = command.arg("appdb").output().expect("pgbench runs");
+    let cpu = CpuTime::now().since(cpu);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -130,6 +142,7 @@ fn pgbench(bin: &Path, target: &Target, select_only: bool, clients: usize, secon
         tps: vec![number("tps = ").unwrap_or_else(|| panic!("no tps in: {stdout}"))],
         latencies: pgwarden_testkit::pgbench::logged_latencies(dir.path()),
         failed: number("number of failed transactions: ").unwrap_or(0.0) as u64,
+        cpu,
     }
 }
 
@@ -237,9 +250,9 @@ async fn main() {
         pgbouncer_version(),
     );
     println!(
-        "| mode | script | clients | path | TPS | p50 ms | p99 ms | failed | ÷ PgBouncer | ÷ direct |"
+        "| mode | script | clients | path | TPS | p50 ms | p99 ms | failed | ÷ PgBouncer | ÷ direct | CPU µs/txn |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let direct = Target {
         name: "direct",
         port: cluster.port(),
@@ -294,13 +307,14 @@ async fn main() {
                 for (target, run) in targets.iter().zip(&mut runs) {
                     let tps = run.mean_tps();
                     println!(
-                        "| {mode} | {script} | {n} | {} | {tps:.0} | {} | {} | {} | {:.2} | {:.2} |",
+                        "| {mode} | {script} | {n} | {} | {tps:.0} | {} | {} | {} | {:.2} | {:.2} | {:.0} |",
                         target.name,
                         ms(run.at(0.50)),
                         ms(run.at(0.99)),
                         run.failed,
                         tps / bouncer_tps,
                         tps / base,
+                        run.cpu_us_per_transaction(),
                     );
                 }
             }

@@ -11,6 +11,9 @@
 //! is measured the same way each time.
 //!
 //! Run with `cargo bench -p pgwarden-server --bench broker`. Prints tables; asserts nothing.
+//! Beside each path's rate and latency, the CPU time the machine spent per operation, and how
+//! much of it went to other processes than this one's pgwarden and HTTP clients: the database
+//! (and, on pgbench's row, pgbench).
 //! `PGWARDEN_BENCH_CLIENTS=8` (a comma-separated list) runs only the listed concurrencies.
 //!
 //! Each row is measured in rounds (`PGWARDEN_BENCH_ROUNDS`, default 2), the paths' order
