@@ -189,19 +189,20 @@ impl Target {
         custom: Option<&Vec<String>>,
     ) -> Result<(), EngineError> {
         let mut client = self.client().await?;
-        let found = if custom.is_none() {
-            drop_if_nothing_depends(&client, username).await?
+        let oid = if custom.is_none() {
+            match drop_if_nothing_depends(&client, username).await? {
+                FastDrop::Kept(oid) => oid,
+                FastDrop::Dropped => return self.end_sessions_on_replicas(username).await,
+            }
         } else {
-            user_oid(&**client, username).await?.map(FastDrop::Kept)
-        };
-        let oid = match found {
-            Some(FastDrop::Kept(oid)) => oid,
-            Some(FastDrop::Dropped) => return self.end_sessions_on_replicas(username).await,
-            None => {
-                // Dropped already (by an earlier attempt whose session sweep failed, or by
-                // hand): its sessions may live on, here and on the standbys.
-                end_dangling_sessions(&client).await?;
-                return self.end_sessions_on_replicas(username).await;
+            match user_oid(&**client, username).await? {
+                Some(oid) => oid,
+                None => {
+                    // Dropped already (by an earlier attempt whose session sweep failed, or
+                    // by hand): its sessions may live on, here and on the standbys.
+                    end_dangling_sessions(&client).await?;
+                    return self.end_sessions_on_replicas(username).await;
+                }
             }
         };
         let u = quote_ident(username);
@@ -334,17 +335,22 @@ fn oid_of(username: &str) -> String {
     )
 }
 
-/// Ends the sessions whose role no longer exists: once a role is dropped, nothing else names
-/// its sessions, and PostgreSQL never ends them by itself. (`backend_type` would tell client
-/// sessions apart, but an administrator without `pg_read_all_stats` sees it as null for
-/// other roles' sessions; background processes have no role or an existing one.)
-const END_DANGLING_SESSIONS: &str = "SELECT pg_terminate_backend(pid) FROM \
-     pg_stat_get_activity(NULL) WHERE usesysid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE oid = usesysid);";
+/// The statement ending the sessions whose role no longer exists, where the SQL condition
+/// `and` (if any) holds too: once a role is dropped, nothing else names its sessions, and
+/// PostgreSQL never ends them by itself. (`backend_type` would tell client sessions apart, but
+/// an administrator without `pg_read_all_stats` sees it as null for other roles' sessions;
+/// background processes, and sessions still authenticating, have no role or an existing one.)
+fn end_dangling_sessions_where(and: &str) -> String {
+    format!(
+        "SELECT pg_terminate_backend(pid) FROM {SESSIONS} WHERE usesysid IS NOT NULL \
+         AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE oid = usesysid){and};"
+    )
+}
 
 /// Ends, through `client`, the sessions whose role no longer exists; returns how many.
 async fn end_dangling_sessions(client: &tokio_postgres::Client) -> Result<usize, EngineError> {
     let ended = client
-        .simple_query(END_DANGLING_SESSIONS)
+        .simple_query(&end_dangling_sessions_where(""))
         .await
         .map_err(sql("ending the sessions of dropped users"))?;
     Ok(ended
@@ -353,68 +359,56 @@ async fn end_dangling_sessions(client: &tokio_postgres::Client) -> Result<usize,
         .count())
 }
 
-/// What [`drop_if_nothing_depends`] did to an existing user.
+/// What [`drop_if_nothing_depends`] did to a user.
 enum FastDrop {
-    /// Dropped, and its sessions ended.
+    /// Dropped (or gone already), and its sessions ended.
     Dropped,
     /// Left as is: objects or privileges depend on it.
     Kept(u32),
 }
 
 /// The fast revocation, for a user nothing depends on (the usual case), in one round trip:
-/// in one transaction, finds its OID (kept in a session setting for what follows), ends its
-/// sessions where the administrator may (`pg_signal_backend`; asking first keeps a refusal
-/// from undoing the drop) and drops it; then, once that has committed (no login can find the
-/// role after), ends any session that logged in meanwhile. A session still starting up then
-/// (it shows in `pg_stat_activity` only at the end of its start-up, which a client can delay
-/// with `post_auth_delay`) is missed here, and ended by the orphan sweep's
-/// [`Target::end_sessions_of_dropped_users`]. Should the last step never run (pgwarden dies
-/// first), no session that existed before the drop survives it. None when the user does not
-/// exist.
+/// drops it in a transaction of its own, then, once that has committed (no login can find the
+/// role after), ends every session whose role no longer exists, where the administrator may
+/// (`pg_signal_backend`): the user's sessions from before the drop, and any that logged in
+/// meanwhile. A session still starting up then (it shows its role in `pg_stat_activity` only
+/// at the end of its start-up, which a client can delay with `post_auth_delay`) is missed
+/// here, and ended by the orphan sweep's [`Target::end_sessions_of_dropped_users`]. The server
+/// runs the query string whole once it has it, so pgwarden dying meanwhile does not stop the
+/// sessions' end after the commit. (Reading the sessions costs PostgreSQL more CPU than the
+/// rest of the revocation: it is read once, after the drop, not also before.)
 async fn drop_if_nothing_depends(
     client: &tokio_postgres::Client,
     username: &str,
-) -> Result<Option<FastDrop>, EngineError> {
-    let oid = oid_of(username);
+) -> Result<FastDrop, EngineError> {
     let dropped = client
-        .simple_query(&format!(
+        .batch_execute(&format!(
             "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n\
-             {oid}, set_config('{DROPPED_SETTING}', coalesce(({oid})::text, ''), false);\n{}\n\
              DROP ROLE IF EXISTS {};\nCOMMIT;\n{}",
-            end_sessions_where(
-                &format!("({oid})"),
-                " AND pg_has_role(current_user, 'pg_signal_backend', 'USAGE')"
-            ),
             quote_ident(username),
-            end_sessions_where(
-                &format!("nullif(current_setting('{DROPPED_SETTING}'), '')::oid"),
-                ""
+            end_dangling_sessions_where(
+                " AND pg_has_role(current_user, 'pg_signal_backend', 'USAGE')"
             ),
         ))
         .await;
     let error = match dropped {
-        Ok(messages) => return Ok(first_oid(&messages).map(|_| FastDrop::Dropped)),
+        Ok(()) => return Ok(FastDrop::Dropped),
         Err(error) => error,
     };
     // Ends the transaction if the drop failed (a failure after its commit leaves none). Should
     // even that fail, the connection is broken, and the pool discards it; should this future be
     // dropped first, the server ends the transaction after the timeout set above.
     let _ = client.batch_execute("ROLLBACK;").await;
-    if error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) {
-        return Ok(user_oid(client, username).await?.map(FastDrop::Kept));
-    }
-    if let Ok(None) = user_oid(client, username).await {
-        // The drop committed; ending the sessions that logged in meanwhile failed.
-        return Err(sql(format!(
+    let dependents = error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST);
+    match user_oid(client, username).await? {
+        Some(oid) if dependents => Ok(FastDrop::Kept(oid)),
+        // The drop committed; ending the sessions left without a role failed.
+        None if !dependents => Err(sql(format!(
             "ending the sessions of {username:?} after dropping it"
-        ))(error));
+        ))(error)),
+        _ => Err(sql(format!("dropping user {username:?}"))(error)),
     }
-    Err(sql(format!("dropping user {username:?}"))(error))
 }
-
-/// The session setting in which [`drop_if_nothing_depends`] keeps the dropped user's OID for
-/// the statement after the commit.
-const DROPPED_SETTING: &str = "pgwarden.dropped_role";
 
 /// How long a standby may take to replay a user's drop before revocation counts as failed
 /// (and is retried).
@@ -437,7 +431,7 @@ async fn end_sessions_until_gone(
     loop {
         let Some(oid) = user_oid(client, username).await? else {
             client
-                .batch_execute(END_DANGLING_SESSIONS)
+                .batch_execute(&end_dangling_sessions_where(""))
                 .await
                 .map_err(failed())?;
             return Ok(());

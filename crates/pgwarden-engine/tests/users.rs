@@ -661,9 +661,9 @@ async fn a_retried_revocation_ends_sessions_that_outlived_the_drop() {
     );
 }
 
-/// A session that logs in after the revocation ended the user's sessions but before its drop
-/// commits (here the drop waits for a lock another transaction holds on the role) is ended
-/// once the drop has committed: PostgreSQL would leave it running.
+/// A session that logs in while the revocation's drop waits (here for a lock another
+/// transaction holds on the role) is ended once the drop has committed, with the sessions from
+/// before: PostgreSQL would leave both running.
 #[tokio::test]
 async fn a_session_that_logs_in_while_the_drop_waits_is_ended_after_the_commit() {
     let s = setup().await;
@@ -714,6 +714,27 @@ async fn a_session_that_logs_in_while_the_drop_waits_is_ended_after_the_commit()
         during.query_one("SELECT 1", &[]).await.is_err(),
         "the session that logged in while the drop waited was ended after its commit"
     );
+}
+
+/// An administrator without `pg_signal_backend` (which `pgwarden check` reports) still drops
+/// revoked users: their open sessions outlive the drop, and the revocation does not fail over
+/// sessions it may not end.
+#[tokio::test]
+async fn without_pg_signal_backend_revocation_drops_the_user_and_leaves_its_sessions() {
+    let s = setup().await;
+    let su = s.cluster.connect_superuser("appdb").await.unwrap();
+    su.batch_execute(&format!("REVOKE pg_signal_backend FROM \"{ADMIN}\";"))
+        .await
+        .unwrap();
+    let ro = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
+    let user = issue(&s, &ro).await;
+    let session = login(&s, &user).await.unwrap();
+    s.target.revoke_user(&ro, &user.username).await.unwrap();
+    assert!(!role_exists(&s, &user.username).await);
+    session
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("the administrator may not end the session");
 }
 
 #[tokio::test]
