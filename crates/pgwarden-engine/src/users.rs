@@ -337,13 +337,16 @@ fn oid_of(username: &str) -> String {
 
 /// The statement ending the sessions whose role no longer exists, where the SQL condition
 /// `and` (if any) holds too: once a role is dropped, nothing else names its sessions, and
-/// PostgreSQL never ends them by itself. (`backend_type` would tell client sessions apart, but
-/// an administrator without `pg_read_all_stats` sees it as null for other roles' sessions;
-/// background processes, and sessions still authenticating, have no role or an existing one.)
+/// PostgreSQL never ends them by itself. A role's OID cast to `regrole` reads as its name
+/// (quoted when it is all digits) while the role exists and as the bare OID after: a cache
+/// lookup per session, where a join with `pg_roles` would read every role of the cluster.
+/// (`backend_type` would tell client sessions apart, but an administrator without
+/// `pg_read_all_stats` sees it as null for other roles' sessions; background processes, and
+/// sessions still authenticating, have no role or an existing one.)
 fn end_dangling_sessions_where(and: &str) -> String {
     format!(
-        "SELECT pg_terminate_backend(pid) FROM {SESSIONS} WHERE usesysid IS NOT NULL \
-         AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE oid = usesysid){and};"
+        "SELECT pg_terminate_backend(pid) FROM {SESSIONS} \
+         WHERE usesysid::regrole::text = usesysid::text{and};"
     )
 }
 

@@ -716,6 +716,38 @@ async fn a_session_that_logs_in_while_the_drop_waits_is_ended_after_the_commit()
     );
 }
 
+/// Only a session whose role is gone counts as left without one: the session of a role named
+/// exactly like its own OID (its name reads like the bare OID a dropped role's leaves) is not
+/// ended.
+#[tokio::test]
+async fn a_role_named_like_its_oid_keeps_its_sessions() {
+    let s = setup().await;
+    let su = s.cluster.connect_superuser("appdb").await.unwrap();
+    su.batch_execute("CREATE ROLE oidlike LOGIN;")
+        .await
+        .unwrap();
+    let oid: u32 = su
+        .query_one("SELECT oid FROM pg_roles WHERE rolname = 'oidlike'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    su.batch_execute(&format!(
+        "ALTER ROLE oidlike RENAME TO \"{oid}\"; ALTER ROLE \"{oid}\" PASSWORD 'pw-{oid}';"
+    ))
+    .await
+    .unwrap();
+    let session = s
+        .cluster
+        .connect_as(&oid.to_string(), &format!("pw-{oid}"), "appdb")
+        .await
+        .unwrap();
+    assert_eq!(s.target.end_sessions_of_dropped_users().await.unwrap(), 0);
+    session
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("the session of an existing role is left alone");
+}
+
 /// An administrator without `pg_signal_backend` (which `pgwarden check` reports) still drops
 /// revoked users: their open sessions outlive the drop, and the revocation does not fail over
 /// sessions it may not end.
