@@ -14,7 +14,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2_11::block_api::compress256;
 use sha2_11::{Digest, Sha256};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 /// PostgreSQL's default iteration count (`scram_iterations`).
 const ITERATIONS: u32 = 4096;
@@ -101,55 +101,63 @@ fn verifier(password: &str) -> String {
 
 /// The verifier of an ASCII `password` with `salt`.
 fn verifier_with_salt(password: &[u8], salt: &[u8]) -> String {
-    let salted = Zeroizing::new(salted_password(password, salt));
+    let salted = salted_password(password, salt);
     let client_key = hmac(&*salted, b"Client Key");
-    let stored_key = Sha256::digest(client_key);
+    let stored_key = Sha256::digest(client_key.as_slice());
     let server_key = hmac(&*salted, b"Server Key");
     format!(
         "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
         BASE64.encode(salt),
         BASE64.encode(stored_key),
-        BASE64.encode(server_key)
+        BASE64.encode(*server_key)
     )
 }
 
 /// SCRAM's `SaltedPassword`: PBKDF2-HMAC-SHA256 of `password` and `salt`, [`ITERATIONS`]
 /// rounds, one 32-byte block. Every round after the first hashes a 32-byte message, so both of
 /// its HMAC's hashes are one compression of a block padded once, from states keyed once.
-fn salted_password(password: &[u8], salt: &[u8]) -> [u8; 32] {
+/// What would let someone recompute it (keyed states, rounds, blocks) is wiped after use.
+fn salted_password(password: &[u8], salt: &[u8]) -> Zeroizing<[u8; 32]> {
     let (inner, outer) = keyed_states(password);
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(password)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(salt);
     mac.update(&1u32.to_be_bytes());
-    let mut round: [u8; 32] = mac.finalize().into_bytes().into();
-    let mut salted = round;
+    let mut round = Zeroizing::new(<[u8; 32]>::from(mac.finalize().into_bytes()));
+    let mut salted = round.clone();
     // One block: 32 bytes of message after a 64-byte key block, then SHA-256's padding.
-    let mut block = [0u8; 64];
+    let mut block = Zeroizing::new([0u8; 64]);
     block
         .iter_mut()
         .skip(32)
         .zip(PADDING)
         .for_each(|(b, p)| *b = p);
     for _ in 1..ITERATIONS {
-        block.iter_mut().zip(round).for_each(|(b, r)| *b = r);
-        let inner_hash = hash_from(inner, &block);
-        block.iter_mut().zip(inner_hash).for_each(|(b, h)| *b = h);
-        round = hash_from(outer, &block);
-        salted.iter_mut().zip(round).for_each(|(s, r)| *s ^= r);
+        block
+            .iter_mut()
+            .zip(round.iter())
+            .for_each(|(b, r)| *b = *r);
+        hash_into(&inner, &mut block);
+        hash_into(&outer, &mut block);
+        round
+            .iter_mut()
+            .zip(block.iter())
+            .for_each(|(r, b)| *r = *b);
+        salted
+            .iter_mut()
+            .zip(round.iter())
+            .for_each(|(s, r)| *s ^= r);
     }
-    block.zeroize();
-    round.zeroize();
     salted
 }
 
 /// SHA-256's state after the HMAC key block of `key` XORed with its inner pad (0x36), and
 /// with its outer pad (0x5c).
-fn keyed_states(key: &[u8]) -> ([u32; 8], [u32; 8]) {
+fn keyed_states(key: &[u8]) -> (Zeroizing<[u32; 8]>, Zeroizing<[u32; 8]>) {
     let mut key_block = Zeroizing::new([0u8; 64]);
-    let long_key_hash;
+    let long_key_hash: Zeroizing<[u8; 32]>;
     let key = if key.len() > 64 {
-        long_key_hash = Sha256::digest(key);
+        long_key_hash = Zeroizing::new(Sha256::digest(key).into());
         long_key_hash.as_slice()
     } else {
         key
@@ -161,8 +169,8 @@ fn keyed_states(key: &[u8]) -> ([u32; 8], [u32; 8]) {
             .iter_mut()
             .zip(key_block.iter())
             .for_each(|(p, k)| *p = k ^ pad);
-        let mut state = SHA256_INITIAL_STATE;
-        compress256(&mut state, &[*padded]);
+        let mut state = Zeroizing::new(SHA256_INITIAL_STATE);
+        compress256(&mut state, std::slice::from_ref(&*padded));
         state
     };
     (keyed(0x36), keyed(0x5c))
@@ -182,21 +190,23 @@ const SHA256_INITIAL_STATE: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 ];
 
-/// The hash of a message whose last block is `block`, continuing from `state`.
-fn hash_from(mut state: [u32; 8], block: &[u8; 64]) -> [u8; 32] {
-    compress256(&mut state, std::slice::from_ref(block));
-    let mut hash = [0u8; 32];
-    for (bytes, word) in hash.chunks_exact_mut(4).zip(state) {
+/// Replaces the first 32 bytes of `block` (the rest its padding) with the hash of the message
+/// it ends, continuing from `state`.
+fn hash_into(state: &[u32; 8], block: &mut [u8; 64]) {
+    let mut next = Zeroizing::new(*state);
+    compress256(&mut next, std::slice::from_ref(&*block));
+    for (bytes, word) in block.chunks_exact_mut(4).zip(next.iter()) {
         bytes.copy_from_slice(&word.to_be_bytes());
     }
-    hash
 }
 
-fn hmac(key: &[u8], message: &[u8]) -> impl AsRef<[u8]> {
+/// HMAC-SHA256 of `message` under `key`, wiped when dropped (the client key it makes is
+/// enough to log in).
+fn hmac(key: &[u8], message: &[u8]) -> Zeroizing<[u8; 32]> {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(message);
-    mac.finalize().into_bytes()
+    Zeroizing::new(mac.finalize().into_bytes().into())
 }
 
 #[cfg(test)]

@@ -335,25 +335,22 @@ fn oid_of(username: &str) -> String {
     )
 }
 
-/// The statement ending the sessions whose role no longer exists, where the SQL condition
-/// `and` (if any) holds too: once a role is dropped, nothing else names its sessions, and
-/// PostgreSQL never ends them by itself. A role's OID cast to `regrole` reads as its name
-/// (quoted when it is all digits) while the role exists and as the bare OID after: a cache
-/// lookup per session, where a join with `pg_roles` would read every role of the cluster.
-/// (`backend_type` would tell client sessions apart, but an administrator without
-/// `pg_read_all_stats` sees it as null for other roles' sessions; background processes, and
-/// sessions still authenticating, have no role or an existing one.)
-fn end_dangling_sessions_where(and: &str) -> String {
-    format!(
-        "SELECT pg_terminate_backend(pid) FROM {SESSIONS} \
-         WHERE usesysid::regrole::text = usesysid::text{and};"
-    )
-}
+/// The statement ending the sessions whose role no longer exists: once a role is dropped,
+/// nothing else names its sessions, and PostgreSQL never ends them by itself (they keep what
+/// the role had set, such as a preset user's group role). A role's OID cast to `regrole` reads
+/// as its name (quoted when it is all digits) while the role exists and as the bare OID after:
+/// a cache lookup per session, where a join with `pg_roles` would read every role of the
+/// cluster. Without `pg_signal_backend` it fails on the first such session (permission denied),
+/// never silently. (`backend_type` would tell client sessions apart, but an administrator
+/// without `pg_read_all_stats` sees it as null for other roles' sessions; background
+/// processes, and sessions still authenticating, have no role or an existing one.)
+const END_DANGLING_SESSIONS: &str = "SELECT pg_terminate_backend(pid) FROM \
+     pg_stat_get_activity(NULL) WHERE usesysid::regrole::text = usesysid::text;";
 
 /// Ends, through `client`, the sessions whose role no longer exists; returns how many.
 async fn end_dangling_sessions(client: &tokio_postgres::Client) -> Result<usize, EngineError> {
     let ended = client
-        .simple_query(&end_dangling_sessions_where(""))
+        .simple_query(END_DANGLING_SESSIONS)
         .await
         .map_err(sql("ending the sessions of dropped users"))?;
     Ok(ended
@@ -364,7 +361,7 @@ async fn end_dangling_sessions(client: &tokio_postgres::Client) -> Result<usize,
 
 /// What [`drop_if_nothing_depends`] did to a user.
 enum FastDrop {
-    /// Dropped (or gone already), and its sessions ended.
+    /// Dropped (or gone already), and the sessions left without a role ended.
     Dropped,
     /// Left as is: objects or privileges depend on it.
     Kept(u32),
@@ -372,14 +369,16 @@ enum FastDrop {
 
 /// The fast revocation, for a user nothing depends on (the usual case), in one round trip:
 /// drops it in a transaction of its own, then, once that has committed (no login can find the
-/// role after), ends every session whose role no longer exists, where the administrator may
-/// (`pg_signal_backend`): the user's sessions from before the drop, and any that logged in
-/// meanwhile. A session still starting up then (it shows its role in `pg_stat_activity` only
-/// at the end of its start-up, which a client can delay with `post_auth_delay`) is missed
-/// here, and ended by the orphan sweep's [`Target::end_sessions_of_dropped_users`]. The server
-/// runs the query string whole once it has it, so pgwarden dying meanwhile does not stop the
-/// sessions' end after the commit. (Reading the sessions costs PostgreSQL more CPU than the
-/// rest of the revocation: it is read once, after the drop, not also before.)
+/// role after), ends every session whose role no longer exists: the user's sessions from
+/// before the drop, and any that logged in meanwhile. A session still starting up then (it
+/// shows its role in `pg_stat_activity` only at the end of its start-up, which a client can
+/// delay with `post_auth_delay`) is missed here, and ended by the orphan sweep's
+/// [`Target::end_sessions_of_dropped_users`]. The server runs the query string whole once it
+/// has it, so pgwarden dying meanwhile does not stop the sessions' end after the commit.
+/// Without `pg_signal_backend` that end fails if there is any such session, and so does the
+/// revocation (retried until the sessions are gone): the user is dropped, but its sessions
+/// live on. (Reading the sessions costs PostgreSQL more CPU than the rest of the revocation:
+/// it is read once, after the drop, not also before.)
 async fn drop_if_nothing_depends(
     client: &tokio_postgres::Client,
     username: &str,
@@ -387,11 +386,8 @@ async fn drop_if_nothing_depends(
     let dropped = client
         .batch_execute(&format!(
             "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n\
-             DROP ROLE IF EXISTS {};\nCOMMIT;\n{}",
+             DROP ROLE IF EXISTS {};\nCOMMIT;\n{END_DANGLING_SESSIONS}",
             quote_ident(username),
-            end_dangling_sessions_where(
-                " AND pg_has_role(current_user, 'pg_signal_backend', 'USAGE')"
-            ),
         ))
         .await;
     let error = match dropped {
@@ -403,12 +399,21 @@ async fn drop_if_nothing_depends(
     // dropped first, the server ends the transaction after the timeout set above.
     let _ = client.batch_execute("ROLLBACK;").await;
     let dependents = error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST);
-    match user_oid(client, username).await? {
-        Some(oid) if dependents => Ok(FastDrop::Kept(oid)),
+    match user_oid(client, username).await {
+        Ok(Some(oid)) if dependents => Ok(FastDrop::Kept(oid)),
         // The drop committed; ending the sessions left without a role failed.
-        None if !dependents => Err(sql(format!(
-            "ending the sessions of {username:?} after dropping it"
-        ))(error)),
+        Ok(None) if !dependents => {
+            let what = if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+                format!(
+                    "user {username:?} was dropped, but the sessions of dropped roles cannot be \
+                     ended without pg_signal_backend"
+                )
+            } else {
+                format!("ending the sessions of dropped roles after dropping user {username:?}")
+            };
+            Err(sql(what)(error))
+        }
+        // Also when the user could not be looked up: the drop's error says more.
         _ => Err(sql(format!("dropping user {username:?}"))(error)),
     }
 }
@@ -434,7 +439,7 @@ async fn end_sessions_until_gone(
     loop {
         let Some(oid) = user_oid(client, username).await? else {
             client
-                .batch_execute(&end_dangling_sessions_where(""))
+                .batch_execute(END_DANGLING_SESSIONS)
                 .await
                 .map_err(failed())?;
             return Ok(());

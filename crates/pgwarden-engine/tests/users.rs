@@ -680,7 +680,7 @@ async fn a_session_that_logs_in_while_the_drop_waits_is_ended_after_the_commit()
         .await
         .unwrap();
     let meanwhile = async {
-        // The revocation has ended the sessions it found and waits to drop the role.
+        // The revocation waits to drop the role.
         for attempt in 0.. {
             assert!(attempt < 1500, "the drop never waited for the lock");
             let waiting: i64 = su
@@ -748,11 +748,11 @@ async fn a_role_named_like_its_oid_keeps_its_sessions() {
         .expect("the session of an existing role is left alone");
 }
 
-/// An administrator without `pg_signal_backend` (which `pgwarden check` reports) still drops
-/// revoked users: their open sessions outlive the drop, and the revocation does not fail over
-/// sessions it may not end.
+/// An administrator without `pg_signal_backend` (which `pgwarden check` reports) drops a revoked
+/// user but cannot end its sessions: the revocation fails, saying so (and is retried), until
+/// the sessions are gone; it never reports success while they live.
 #[tokio::test]
-async fn without_pg_signal_backend_revocation_drops_the_user_and_leaves_its_sessions() {
+async fn without_pg_signal_backend_a_revocation_fails_until_the_sessions_are_gone() {
     let s = setup().await;
     let su = s.cluster.connect_superuser("appdb").await.unwrap();
     su.batch_execute(&format!("REVOKE pg_signal_backend FROM \"{ADMIN}\";"))
@@ -761,12 +761,38 @@ async fn without_pg_signal_backend_revocation_drops_the_user_and_leaves_its_sess
     let ro = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
     let user = issue(&s, &ro).await;
     let session = login(&s, &user).await.unwrap();
-    s.target.revoke_user(&ro, &user.username).await.unwrap();
+    let error = s
+        .target
+        .revoke_user(&ro, &user.username)
+        .await
+        .unwrap_err()
+        .to_string();
+    let expected = format!(
+        "user {:?} was dropped, but the sessions of dropped roles cannot be ended without \
+         pg_signal_backend: ",
+        user.username
+    );
+    assert!(
+        error.starts_with(&expected) && error.ends_with("(SQLSTATE 42501)"),
+        "{error}"
+    );
     assert!(!role_exists(&s, &user.username).await);
     session
         .query_one("SELECT 1", &[])
         .await
         .expect("the administrator may not end the session");
+    drop(session);
+    // The retry succeeds once the session is gone (its backend exits a moment after).
+    for attempt in 0.. {
+        match s.target.revoke_user(&ro, &user.username).await {
+            Ok(()) => break,
+            Err(error) if attempt < 100 => {
+                assert!(error.to_string().starts_with(&expected), "{error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("the retry still fails: {error}"),
+        }
+    }
 }
 
 #[tokio::test]

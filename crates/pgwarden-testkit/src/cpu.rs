@@ -85,11 +85,14 @@ mod tests {
         let before = CpuTime::now();
         let start = std::time::Instant::now();
         let mut x = 0u64;
-        while start.elapsed() < std::time::Duration::from_millis(300) {
-            x = std::hint::black_box(x.wrapping_add(1));
+        // Spins until this process has used 300 ms of CPU (however busy the machine is).
+        while CpuTime::now().since(before).this_process < std::time::Duration::from_millis(300) {
+            assert!(start.elapsed().as_secs() < 60, "no CPU time was counted");
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
         }
         let used = CpuTime::now().since(before);
-        assert!(used.this_process.as_millis() >= 200, "{used:?}");
-        assert!(used.machine >= used.this_process / 2, "{used:?}");
+        assert!(used.machine * 5 >= used.this_process * 4, "{used:?}");
     }
 }
