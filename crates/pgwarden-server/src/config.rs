@@ -183,6 +183,10 @@ pub struct OrphanConfig {
     /// How long an orphan is reported before it is dropped (default 1h).
     #[serde(default = "default_orphan_grace")]
     pub grace: Ttl,
+    /// How often every connection is checked for sessions whose role no longer exists, which
+    /// are ended (default 10s).
+    #[serde(default = "default_sessions_interval")]
+    pub sessions_interval: Ttl,
     /// Drop orphans after the grace period (default true); false only reports them.
     #[serde(default = "yes")]
     pub drop: bool,
@@ -193,6 +197,7 @@ impl Default for OrphanConfig {
         OrphanConfig {
             interval: default_orphan_interval(),
             grace: default_orphan_grace(),
+            sessions_interval: default_sessions_interval(),
             drop: true,
         }
     }
@@ -235,6 +240,10 @@ fn default_orphan_interval() -> Ttl {
 
 fn default_orphan_grace() -> Ttl {
     Ttl::from_secs(3600)
+}
+
+fn default_sessions_interval() -> Ttl {
+    Ttl::from_secs(10)
 }
 
 fn default_listen() -> SocketAddr {

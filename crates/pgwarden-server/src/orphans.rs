@@ -1,6 +1,7 @@
 //! The orphan sweep: finds users in the targets that are shaped like pgwarden's but that no
 //! lease names (a crash that lost state, a restore from an old backup, a bug), reports them in
 //! the log, `/metrics` and `sys/orphans`, and drops them once their grace period has passed.
+//! More often, it ends the sessions whose role no longer exists.
 //!
 //! Listing the users before reading the leases keeps the sweep from racing issuance: a lease
 //! row is written before its user is created and deleted only after the user is dropped, so a
@@ -11,8 +12,7 @@ use crate::catalog::Catalog;
 use crate::config::OrphanConfig;
 use crate::metrics::Metrics;
 use parking_lot::Mutex;
-use pgwarden_core::{AuditEvent, Outcome, chain};
-use pgwarden_engine::Target;
+use pgwarden_core::{AuditEvent, Outcome, Ttl, chain};
 use pgwarden_store::Store;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -71,14 +71,33 @@ impl Orphans {
         self.found.lock()
     }
 
-    /// Sweeps every `interval` until `shutdown` turns true.
+    /// Sweeps users every `interval`, and ends the sessions of dropped roles every
+    /// `sessions_interval`, until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut ticks = tokio::time::interval(self.config.interval.as_duration());
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut users = ticker(self.config.interval);
+        let mut sessions = ticker(self.config.sessions_interval);
         loop {
             tokio::select! {
-                _ = ticks.tick() => self.sweep().await,
+                _ = users.tick() => self.sweep().await,
+                _ = sessions.tick() => self.end_sessions_of_dropped_users().await,
                 _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Ends, on every connection, the sessions left running by roles that no longer exist (a
+    /// revocation misses those still starting up when its drop commits; a drop by hand ends
+    /// none), saying so in the log.
+    pub async fn end_sessions_of_dropped_users(&self) {
+        for (connection, target) in self.catalog.targets() {
+            match target.end_sessions_of_dropped_users().await {
+                Ok(0) => {}
+                Ok(ended) => {
+                    tracing::warn!(%connection, ended, "ended sessions whose role had been dropped")
+                }
+                Err(error) => {
+                    tracing::warn!(%connection, error = %chain(&error), "cannot end the sessions of dropped roles (grant the administrator pg_signal_backend)")
+                }
             }
         }
     }
@@ -87,7 +106,6 @@ impl Orphans {
     pub async fn sweep(&self) {
         let mut listed: BTreeMap<String, String> = BTreeMap::new();
         for (connection, target) in self.catalog.targets() {
-            end_sessions_of_dropped_users(&connection, &target).await;
             match target.generated_users().await {
                 Ok(users) => {
                     for user in users {
@@ -178,16 +196,12 @@ impl Orphans {
     }
 }
 
-/// Ends, through `target`, the sessions left running by roles that no longer exist (see
-/// [`Target::end_sessions_of_dropped_users`]), saying so in the log.
-async fn end_sessions_of_dropped_users(connection: &str, target: &Target) {
-    match target.end_sessions_of_dropped_users().await {
-        Ok(0) => {}
-        Ok(ended) => {
-            tracing::warn!(%connection, ended, "ended sessions whose role had been dropped")
-        }
-        Err(error) => {
-            tracing::warn!(%connection, error = %chain(&error), "orphan sweep cannot end the sessions of dropped roles (grant the administrator pg_signal_backend)")
-        }
-    }
+/// Shortest period of either pass, whatever the configuration says.
+const MIN_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A ticker every `period` (at least [`MIN_PERIOD`]) whose missed ticks are not made up.
+fn ticker(period: Ttl) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval(period.as_duration().max(MIN_PERIOD));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
 }
