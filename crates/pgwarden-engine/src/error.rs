@@ -129,6 +129,11 @@ impl EngineError {
         }
     }
 
+    /// Whether PostgreSQL refused the administrator a privilege (SQLSTATE 42501).
+    pub fn is_permission_denied(&self) -> bool {
+        self.sqlstate() == Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+    }
+
     /// Whether running the same work again may succeed: it failed only because of concurrent
     /// work (serialization failure, deadlock, `tuple concurrently updated` from concurrent
     /// GRANTs).

@@ -199,8 +199,16 @@ impl Target {
                 Some(oid) => oid,
                 None => {
                     // Dropped already (by an earlier attempt whose session sweep failed, or
-                    // by hand): its sessions may live on, here and on the standbys.
-                    end_dangling_sessions(&client).await?;
+                    // by hand): its sessions may live on, here and on the standbys. Which
+                    // dangling sessions were its own is unknown, so without pg_signal_backend
+                    // they are left to the sessions pass rather than fail this revocation.
+                    client
+                        .batch_execute(&format!(
+                            "SELECT pg_terminate_backend(pid) FROM {SESSIONS} \
+                             WHERE {MAY_SIGNAL} AND {DANGLING};"
+                        ))
+                        .await
+                        .map_err(sql("ending the sessions of dropped users"))?;
                     return self.end_sessions_on_replicas(username).await;
                 }
             }
@@ -335,27 +343,36 @@ fn oid_of(username: &str) -> String {
     )
 }
 
-/// The statement ending the sessions whose role no longer exists: once a role is dropped,
-/// nothing else names its sessions, and PostgreSQL never ends them by itself (they keep what
-/// the role had set, such as a preset user's group role). A role's OID cast to `regrole` reads
-/// as its name (quoted when it is all digits) while the role exists and as the bare OID after:
-/// a cache lookup per session, where a join with `pg_roles` would read every role of the
-/// cluster. Without `pg_signal_backend` it fails on the first such session (permission denied),
-/// never silently. (`backend_type` would tell client sessions apart, but an administrator
-/// without `pg_read_all_stats` sees it as null for other roles' sessions; background
-/// processes, and sessions still authenticating, have no role or an existing one.)
-const END_DANGLING_SESSIONS: &str = "SELECT pg_terminate_backend(pid) FROM \
-     pg_stat_get_activity(NULL) WHERE usesysid::regrole::text = usesysid::text;";
+/// The condition on a session (a row of [`SESSIONS`]) whose role no longer exists: once a role
+/// is dropped, nothing else names its sessions, and PostgreSQL never ends them by itself (they
+/// keep what the role had set, such as a preset user's group role). A role's OID cast to
+/// `regrole` reads as its name (quoted when it is all digits) while the role exists and as
+/// the bare OID after: a cache lookup per session, where a join with `pg_roles` would read
+/// every role of the cluster. (`backend_type` would tell client sessions apart, but an
+/// administrator without `pg_read_all_stats` sees it as null for other roles' sessions;
+/// background processes, and sessions still authenticating, have no role or an existing one.)
+const DANGLING: &str = "usesysid::regrole::text = usesysid::text";
+
+/// Whether the administrator may end other roles' sessions. In a `WHERE` clause PostgreSQL
+/// evaluates it once, before reading any session.
+const MAY_SIGNAL: &str = "pg_has_role(current_user, 'pg_signal_backend', 'USAGE')";
+
+/// The statement ending the sessions whose role no longer exists ([`DANGLING`]). Without
+/// `pg_signal_backend` it fails on the first one (permission denied).
+fn end_dangling_sessions_statement() -> String {
+    format!("SELECT pg_terminate_backend(pid) FROM {SESSIONS} WHERE {DANGLING};")
+}
 
 /// Ends, through `client`, the sessions whose role no longer exists; returns how many.
 async fn end_dangling_sessions(client: &tokio_postgres::Client) -> Result<usize, EngineError> {
     let ended = client
-        .simple_query(END_DANGLING_SESSIONS)
+        .simple_query(&end_dangling_sessions_statement())
         .await
         .map_err(sql("ending the sessions of dropped users"))?;
+    // A session another process had signalled already is not counted.
     Ok(ended
         .iter()
-        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("t")))
         .count())
 }
 
@@ -372,13 +389,16 @@ enum FastDrop {
 /// role after), ends every session whose role no longer exists: the user's sessions from
 /// before the drop, and any that logged in meanwhile. A session still starting up then (it
 /// shows its role in `pg_stat_activity` only at the end of its start-up, which a client can
-/// delay with `post_auth_delay`) is missed here, and ended by the orphan sweep's
-/// [`Target::end_sessions_of_dropped_users`]. The server runs the query string whole once it
-/// has it, so pgwarden dying meanwhile does not stop the sessions' end after the commit.
-/// Without `pg_signal_backend` that end fails if there is any such session, and so does the
-/// revocation (retried until the sessions are gone): the user is dropped, but its sessions
-/// live on. (Reading the sessions costs PostgreSQL more CPU than the rest of the revocation:
-/// it is read once, after the drop, not also before.)
+/// delay with `post_auth_delay`) is missed here, and ended by the orphan sweep's sessions pass
+/// ([`Target::end_sessions_of_dropped_users`]). The server runs the query string whole once
+/// it has it, so pgwarden dying meanwhile does not stop the sessions' end after the commit.
+///
+/// An administrator without `pg_signal_backend` can end no other role's sessions: then, before
+/// the drop, a session of the user fails the transaction (permission denied), so the user is
+/// kept, and the revocation fails and is retried until its sessions are gone; sessions of
+/// other dropped roles are left to the sessions pass. With it, that check costs nothing.
+/// (Reading the sessions costs PostgreSQL more CPU than the rest of the revocation: it is
+/// read once, after the drop.)
 async fn drop_if_nothing_depends(
     client: &tokio_postgres::Client,
     username: &str,
@@ -386,7 +406,11 @@ async fn drop_if_nothing_depends(
     let dropped = client
         .batch_execute(&format!(
             "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n\
-             DROP ROLE IF EXISTS {};\nCOMMIT;\n{END_DANGLING_SESSIONS}",
+             SELECT pg_terminate_backend(pid) FROM {SESSIONS} \
+             WHERE NOT {MAY_SIGNAL} AND usesysid = ({});\n\
+             DROP ROLE IF EXISTS {};\nCOMMIT;\n\
+             SELECT pg_terminate_backend(pid) FROM {SESSIONS} WHERE {MAY_SIGNAL} AND {DANGLING};",
+            oid_of(username),
             quote_ident(username),
         ))
         .await;
@@ -398,21 +422,19 @@ async fn drop_if_nothing_depends(
     // even that fail, the connection is broken, and the pool discards it; should this future be
     // dropped first, the server ends the transaction after the timeout set above.
     let _ = client.batch_execute("ROLLBACK;").await;
-    let dependents = error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST);
+    let code = error.code();
     match user_oid(client, username).await {
-        Ok(Some(oid)) if dependents => Ok(FastDrop::Kept(oid)),
-        // The drop committed; ending the sessions left without a role failed.
-        Ok(None) if !dependents => {
-            let what = if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
-                format!(
-                    "user {username:?} was dropped, but the sessions of dropped roles cannot be \
-                     ended without pg_signal_backend"
-                )
-            } else {
-                format!("ending the sessions of dropped roles after dropping user {username:?}")
-            };
-            Err(sql(what)(error))
+        Ok(Some(oid)) if code == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
+            Ok(FastDrop::Kept(oid))
         }
+        Ok(Some(_)) if code == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => Err(sql(format!(
+            "user {username:?} has sessions the administrator cannot end without \
+             pg_signal_backend; it is kept until they end"
+        ))(error)),
+        // The drop committed; ending the sessions left without a role failed.
+        Ok(None) => Err(sql(format!(
+            "ending the sessions of dropped roles after dropping user {username:?}"
+        ))(error)),
         // Also when the user could not be looked up: the drop's error says more.
         _ => Err(sql(format!("dropping user {username:?}"))(error)),
     }
@@ -439,7 +461,7 @@ async fn end_sessions_until_gone(
     loop {
         let Some(oid) = user_oid(client, username).await? else {
             client
-                .batch_execute(END_DANGLING_SESSIONS)
+                .batch_execute(&end_dangling_sessions_statement())
                 .await
                 .map_err(failed())?;
             return Ok(());

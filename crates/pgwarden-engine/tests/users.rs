@@ -748,39 +748,45 @@ async fn a_role_named_like_its_oid_keeps_its_sessions() {
         .expect("the session of an existing role is left alone");
 }
 
-/// An administrator without `pg_signal_backend` (which `pgwarden check` reports) drops a revoked
-/// user but cannot end its sessions: the revocation fails, saying so (and is retried), until
-/// the sessions are gone; it never reports success while they live.
+/// An administrator without `pg_signal_backend` (which `pgwarden check` reports) cannot end a
+/// revoked user's sessions: the revocation fails, saying so, and keeps the user until they are
+/// gone (it is retried); it never reports success while they live. A session of another role
+/// dropped by hand does not hold up revocations.
 #[tokio::test]
-async fn without_pg_signal_backend_a_revocation_fails_until_the_sessions_are_gone() {
+async fn without_pg_signal_backend_a_user_is_kept_until_its_sessions_are_gone() {
     let s = setup().await;
     let su = s.cluster.connect_superuser("appdb").await.unwrap();
     su.batch_execute(&format!("REVOKE pg_signal_backend FROM \"{ADMIN}\";"))
         .await
         .unwrap();
     let ro = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
+    let foreign = issue(&s, &ro).await;
+    let _dangling = login(&s, &foreign).await.unwrap();
+    su.batch_execute(&format!("DROP ROLE \"{}\";", foreign.username))
+        .await
+        .unwrap();
+    let quiet = issue(&s, &ro).await;
+    s.target.revoke_user(&ro, &quiet.username).await.unwrap();
+    assert!(!role_exists(&s, &quiet.username).await);
+
     let user = issue(&s, &ro).await;
     let session = login(&s, &user).await.unwrap();
+    let expected = format!(
+        "user {:?} has sessions the administrator cannot end without pg_signal_backend; it is \
+         kept until they end: ",
+        user.username
+    );
     let error = s
         .target
         .revoke_user(&ro, &user.username)
         .await
         .unwrap_err()
         .to_string();
-    let expected = format!(
-        "user {:?} was dropped, but the sessions of dropped roles cannot be ended without \
-         pg_signal_backend: ",
-        user.username
-    );
     assert!(
         error.starts_with(&expected) && error.ends_with("(SQLSTATE 42501)"),
         "{error}"
     );
-    assert!(!role_exists(&s, &user.username).await);
-    session
-        .query_one("SELECT 1", &[])
-        .await
-        .expect("the administrator may not end the session");
+    assert!(role_exists(&s, &user.username).await);
     drop(session);
     // The retry succeeds once the session is gone (its backend exits a moment after).
     for attempt in 0.. {
@@ -793,6 +799,7 @@ async fn without_pg_signal_backend_a_revocation_fails_until_the_sessions_are_gon
             Err(error) => panic!("the retry still fails: {error}"),
         }
     }
+    assert!(!role_exists(&s, &user.username).await);
 }
 
 #[tokio::test]

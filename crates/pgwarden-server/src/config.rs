@@ -177,14 +177,15 @@ fn default_header_read_timeout() -> Ttl {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrphanConfig {
-    /// How often every connection is checked (default 5m).
+    /// How often every connection is checked for users no lease names (default 5m; at least
+    /// 1s).
     #[serde(default = "default_orphan_interval")]
     pub interval: Ttl,
     /// How long an orphan is reported before it is dropped (default 1h).
     #[serde(default = "default_orphan_grace")]
     pub grace: Ttl,
     /// How often every connection is checked for sessions whose role no longer exists, which
-    /// are ended (default 10s).
+    /// are ended (default 10s; at least 1s).
     #[serde(default = "default_sessions_interval")]
     pub sessions_interval: Ttl,
     /// Drop orphans after the grace period (default true); false only reports them.

@@ -72,17 +72,14 @@ impl Orphans {
     }
 
     /// Sweeps users every `interval`, and ends the sessions of dropped roles every
-    /// `sessions_interval`, until `shutdown` turns true.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut users = ticker(self.config.interval);
-        let mut sessions = ticker(self.config.sessions_interval);
-        loop {
-            tokio::select! {
-                _ = users.tick() => self.sweep().await,
-                _ = sessions.tick() => self.end_sessions_of_dropped_users().await,
-                _ = shutdown.changed() => return,
-            }
-        }
+    /// `sessions_interval`, until `shutdown` turns true; neither waits for the other.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        tokio::join!(
+            every(self.config.interval, shutdown.clone(), || self.sweep()),
+            every(self.config.sessions_interval, shutdown, || {
+                self.end_sessions_of_dropped_users()
+            }),
+        );
     }
 
     /// Ends, on every connection, the sessions left running by roles that no longer exist (a
@@ -95,8 +92,11 @@ impl Orphans {
                 Ok(ended) => {
                     tracing::warn!(%connection, ended, "ended sessions whose role had been dropped")
                 }
+                Err(error) if error.is_permission_denied() => {
+                    tracing::warn!(%connection, error = %chain(&error), "cannot end the sessions of dropped roles: grant the administrator pg_signal_backend")
+                }
                 Err(error) => {
-                    tracing::warn!(%connection, error = %chain(&error), "cannot end the sessions of dropped roles (grant the administrator pg_signal_backend)")
+                    tracing::warn!(%connection, error = %chain(&error), "cannot end the sessions of dropped roles")
                 }
             }
         }
@@ -199,9 +199,22 @@ impl Orphans {
 /// Shortest period of either pass, whatever the configuration says.
 const MIN_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A ticker every `period` (at least [`MIN_PERIOD`]) whose missed ticks are not made up.
-fn ticker(period: Ttl) -> tokio::time::Interval {
+/// Runs `pass` every `period` (at least [`MIN_PERIOD`]; a pass that overruns delays the next)
+/// until `shutdown` turns true, which abandons a pass under way.
+async fn every<F: std::future::Future<Output = ()>>(
+    period: Ttl,
+    mut shutdown: watch::Receiver<bool>,
+    mut pass: impl FnMut() -> F,
+) {
     let mut ticks = tokio::time::interval(period.as_duration().max(MIN_PERIOD));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks
+    loop {
+        tokio::select! {
+            () = async {
+                ticks.tick().await;
+                pass().await;
+            } => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }

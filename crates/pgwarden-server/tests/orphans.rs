@@ -104,6 +104,11 @@ async fn sessions_of_dropped_roles_are_ended_by_the_sessions_pass() {
     let gone = env.creds("appdb-readonly").await;
     let kept = env.creds("appdb-readonly").await;
     let dangling = env.login(&gone).await.unwrap();
+    let pid: i32 = dangling
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     let alive = env.login(&kept).await.unwrap();
     let su = env.cluster.connect_superuser("appdb").await.unwrap();
     su.batch_execute(&format!("DROP ROLE \"{}\"", gone.username))
@@ -112,7 +117,15 @@ async fn sessions_of_dropped_roles_are_ended_by_the_sessions_pass() {
     let mut ended = false;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if dangling.query_one("SELECT 1", &[]).await.is_err() {
+        let running: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running == 0 {
             ended = true;
             break;
         }
@@ -121,6 +134,7 @@ async fn sessions_of_dropped_roles_are_ended_by_the_sessions_pass() {
         ended,
         "the sessions pass ended the session of the dropped role"
     );
+    assert!(dangling.query_one("SELECT 1", &[]).await.is_err());
     alive
         .query_one("SELECT 1", &[])
         .await
