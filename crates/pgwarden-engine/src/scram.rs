@@ -116,7 +116,8 @@ fn verifier_with_salt(password: &[u8], salt: &[u8]) -> String {
 /// SCRAM's `SaltedPassword`: PBKDF2-HMAC-SHA256 of `password` and `salt`, [`ITERATIONS`]
 /// rounds, one 32-byte block. Every round after the first hashes a 32-byte message, so both of
 /// its HMAC's hashes are one compression of a block padded once, from states keyed once.
-/// What would let someone recompute it (keyed states, rounds, blocks) is wiped after use.
+/// The keyed states, rounds and blocks are wiped after use (the first round's HMAC state is
+/// not: the digest crates are built without their `zeroize` feature).
 fn salted_password(password: &[u8], salt: &[u8]) -> Zeroizing<[u8; 32]> {
     let (inner, outer) = keyed_states(password);
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(password)
