@@ -203,10 +203,7 @@ impl Target {
                     // dangling sessions were its own is unknown, so without pg_signal_backend
                     // they are left to the sessions pass rather than fail this revocation.
                     client
-                        .batch_execute(&format!(
-                            "SELECT pg_terminate_backend(pid) FROM {SESSIONS} \
-                             WHERE {MAY_SIGNAL} AND {DANGLING};"
-                        ))
+                        .batch_execute(&end_dangling_sessions_statement(true))
                         .await
                         .map_err(sql("ending the sessions of dropped users"))?;
                     return self.end_sessions_on_replicas(username).await;
@@ -320,18 +317,16 @@ impl Target {
 /// makes several times slower than the rest of a revocation).
 const SESSIONS: &str = "pg_stat_get_activity(NULL)";
 
-/// The statement ending every session of role `oid`, in any database of the cluster.
-fn end_sessions(oid: u32) -> String {
-    end_sessions_where(&oid.to_string(), "")
+/// The statement ending the sessions of the cluster (rows of [`SESSIONS`]) for which the SQL
+/// `condition` holds.
+fn end_sessions_matching(condition: &str) -> String {
+    format!("SELECT pg_terminate_backend(pid) FROM {SESSIONS} WHERE {condition};")
 }
 
-/// The statement ending the sessions of the role whose OID `role` gives (a number, or a
-/// query in parentheses) but this one, where the SQL condition `and` (if any) holds too.
-fn end_sessions_where(role: &str, and: &str) -> String {
-    format!(
-        "SELECT pg_terminate_backend(pid) FROM {SESSIONS} WHERE usesysid = {role} \
-         AND pid <> pg_backend_pid(){and};"
-    )
+/// The statement ending every session of role `oid` but this one, in any database of the
+/// cluster.
+fn end_sessions(oid: u32) -> String {
+    end_sessions_matching(&format!("usesysid = {oid} AND pid <> pg_backend_pid()"))
 }
 
 /// The query for the OID of role `username` (null if there is none): `to_regrole` reads the
@@ -358,18 +353,23 @@ const DANGLING: &str = "usesysid::regrole::text = usesysid::text";
 const MAY_SIGNAL: &str = "pg_has_role(current_user, 'pg_signal_backend', 'USAGE')";
 
 /// The statement ending the sessions whose role no longer exists ([`DANGLING`]). Without
-/// `pg_signal_backend` it fails on the first one (permission denied).
-fn end_dangling_sessions_statement() -> String {
-    format!("SELECT pg_terminate_backend(pid) FROM {SESSIONS} WHERE {DANGLING};")
+/// `pg_signal_backend` it fails on the first one (permission denied), or, `if_allowed`, ends
+/// none.
+fn end_dangling_sessions_statement(if_allowed: bool) -> String {
+    if if_allowed {
+        end_sessions_matching(&format!("{MAY_SIGNAL} AND {DANGLING}"))
+    } else {
+        end_sessions_matching(DANGLING)
+    }
 }
 
 /// Ends, through `client`, the sessions whose role no longer exists; returns how many.
 async fn end_dangling_sessions(client: &tokio_postgres::Client) -> Result<usize, EngineError> {
     let ended = client
-        .simple_query(&end_dangling_sessions_statement())
+        .simple_query(&end_dangling_sessions_statement(false))
         .await
         .map_err(sql("ending the sessions of dropped users"))?;
-    // A session another process had signalled already is not counted.
+    // A backend gone before its signal (`pg_terminate_backend` false) is not counted.
     Ok(ended
         .iter()
         .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("t")))
@@ -405,13 +405,14 @@ async fn drop_if_nothing_depends(
 ) -> Result<FastDrop, EngineError> {
     let dropped = client
         .batch_execute(&format!(
-            "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n\
-             SELECT pg_terminate_backend(pid) FROM {SESSIONS} \
-             WHERE NOT {MAY_SIGNAL} AND usesysid = ({});\n\
-             DROP ROLE IF EXISTS {};\nCOMMIT;\n\
-             SELECT pg_terminate_backend(pid) FROM {SESSIONS} WHERE {MAY_SIGNAL} AND {DANGLING};",
-            oid_of(username),
+            "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n{}\n\
+             DROP ROLE IF EXISTS {};\nCOMMIT;\n{}",
+            end_sessions_matching(&format!(
+                "NOT {MAY_SIGNAL} AND usesysid = ({})",
+                oid_of(username)
+            )),
             quote_ident(username),
+            end_dangling_sessions_statement(true),
         ))
         .await;
     let error = match dropped {
@@ -461,7 +462,7 @@ async fn end_sessions_until_gone(
     loop {
         let Some(oid) = user_oid(client, username).await? else {
             client
-                .batch_execute(&end_dangling_sessions_statement())
+                .batch_execute(&end_dangling_sessions_statement(false))
                 .await
                 .map_err(failed())?;
             return Ok(());
