@@ -312,10 +312,14 @@ impl Target {
     }
 }
 
-/// The sessions of the cluster: the function behind the `pg_stat_activity` view, without the
-/// view's joins to `pg_authid` and `pg_database` (which a churn of created and dropped users
-/// makes several times slower than the rest of a revocation).
-const SESSIONS: &str = "pg_stat_get_activity(NULL)";
+/// The sessions of the cluster, as rows of `pid` and `usesysid` (the role's OID): read from
+/// the per-backend functions, which fetch only those two fields. The `pg_stat_activity` view
+/// also joins `pg_authid` and `pg_database` (which a churn of created and dropped users makes
+/// several times slower than the rest of a revocation), and `pg_stat_get_activity` builds
+/// some thirty columns per session: about a third more of the database's CPU per read.
+const SESSIONS: &str = "(SELECT pg_stat_get_backend_pid(id) AS pid, \
+                        pg_stat_get_backend_userid(id) AS usesysid \
+                        FROM pg_stat_get_backend_idset() AS id) AS sessions";
 
 /// The statement ending the sessions of the cluster (rows of [`SESSIONS`]) for which the SQL
 /// `condition` holds.
