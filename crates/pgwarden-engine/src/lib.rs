@@ -15,6 +15,7 @@
 mod check;
 mod error;
 mod groups;
+mod held;
 mod iam;
 mod passwords;
 mod preset;

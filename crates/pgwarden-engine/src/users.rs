@@ -2,6 +2,7 @@
 
 use crate::error::{EngineError, retry_delay, sql};
 use crate::groups::{Group, current_database, join, prepare_identity};
+use crate::held::Held;
 use crate::quote::{quote_ident, quote_literal};
 use crate::scram::NewPassword;
 use crate::target::Target;
@@ -69,26 +70,23 @@ impl Target {
             }
         };
         let what = format!("creating user {username:?} for role {:?}", role.name);
-        // Held by the guard from here: should this future be dropped mid-transaction, the
-        // connection is closed rather than returned to the pool with the transaction open.
-        let mut user = UncommittedUser {
-            client: Some(client),
-            what,
-        };
+        // Held from here: should this future be dropped mid-transaction, the connection is
+        // closed rather than returned to the pool with the transaction open.
+        let client = Held::new(client);
         let mut attempt = 1;
         loop {
-            let Some(client) = user.client.as_mut() else {
-                unreachable!("the guard holds the connection until it is handed on");
-            };
-            let outcome = begin_with(client, &statements, &user.what).await;
+            let outcome = begin_with(&client, &statements, &what).await;
             match retry_delay(&outcome, attempt) {
                 Some(wait) => tokio::time::sleep(wait).await,
                 None => {
-                    if outcome.is_err() {
-                        // Rolled back by `begin_with`: the connection can go back to the pool.
-                        drop(user.client.take());
-                    }
-                    return outcome.map(|()| user);
+                    return match outcome {
+                        Ok(()) => Ok(UncommittedUser { client, what }),
+                        Err(error) => {
+                            // Rolled back by `begin_with`: the connection can go back to the pool.
+                            drop(client.release());
+                            Err(error)
+                        }
+                    };
                 }
             }
             attempt = attempt.saturating_add(1);
@@ -190,7 +188,12 @@ impl Target {
     ) -> Result<(), EngineError> {
         let mut client = self.client().await?;
         let oid = if custom.is_none() {
-            match drop_if_nothing_depends(&client, username).await? {
+            // Held: should this future be dropped inside the drop's transaction, the
+            // connection is closed rather than returned to the pool in it.
+            let held = Held::new(client);
+            let dropped = drop_if_nothing_depends(&held, username).await;
+            client = held.release();
+            match dropped? {
                 FastDrop::Kept(oid) => oid,
                 FastDrop::Dropped => return self.end_sessions_on_replicas(username).await,
             }
@@ -425,7 +428,7 @@ async fn drop_if_nothing_depends(
     };
     // Ends the transaction if the drop failed (a failure after its commit leaves none). Should
     // even that fail, the connection is broken, and the pool discards it; should this future be
-    // dropped first, the server ends the transaction after the timeout set above.
+    // dropped first, the caller's `Held` closes the connection, which ends the transaction.
     let _ = client.batch_execute("ROLLBACK;").await;
     let code = error.code();
     match user_oid(client, username).await {
@@ -512,7 +515,7 @@ fn member_of(group: &str, username: &str, verifier: &str, until: &str) -> String
 /// transaction is rolled back, so the connection can be used again (a connection that cannot
 /// even roll back is closed, and the pool drops it).
 async fn begin_with(
-    client: &mut deadpool_postgres::Object,
+    client: &tokio_postgres::Client,
     statements: &[String],
     what: &str,
 ) -> Result<(), EngineError> {
@@ -571,41 +574,31 @@ pub(crate) async fn in_one_transaction(
 /// A user created in a transaction not yet committed: no one can see or use it. Dropped
 /// without [`UncommittedUser::commit`], its connection is closed, which rolls it back.
 pub struct UncommittedUser {
-    client: Option<deadpool_postgres::Object>,
+    client: Held,
     what: String,
 }
 
 impl UncommittedUser {
-    /// Commits the user: from now on it exists.
-    pub async fn commit(mut self) -> Result<(), EngineError> {
-        let Some(client) = self.client.take() else {
-            unreachable!("an uncommitted user holds its connection");
-        };
-        let committed = client
+    /// Commits the user: from now on it exists. (Should this future be dropped before the
+    /// answer, the connection is closed: the user may or may not exist.)
+    pub async fn commit(self) -> Result<(), EngineError> {
+        let committed = self
+            .client
             .batch_execute("COMMIT;")
             .await
             .map_err(sql(format!("committing: {}", self.what)));
         if committed.is_err() {
-            let _ = client.batch_execute("ROLLBACK;").await;
+            let _ = self.client.batch_execute("ROLLBACK;").await;
         }
+        // A broken connection is closed already, and the pool discards it.
+        drop(self.client.release());
         committed
     }
 
     /// Rolls the user back: it never existed.
-    pub async fn rollback(mut self) {
-        if let Some(client) = self.client.take()
-            && client.batch_execute("ROLLBACK;").await.is_err()
-        {
-            drop(deadpool_postgres::Object::take(client));
-        }
-    }
-}
-
-impl Drop for UncommittedUser {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            // Out of the pool and closed: the server rolls the transaction back.
-            drop(deadpool_postgres::Object::take(client));
+    pub async fn rollback(self) {
+        if self.client.batch_execute("ROLLBACK;").await.is_ok() {
+            drop(self.client.release());
         }
     }
 }

@@ -661,6 +661,61 @@ async fn a_retried_revocation_ends_sessions_that_outlived_the_drop() {
     );
 }
 
+/// Returns once a `DROP ROLE` waits for a lock (seen through `su`).
+async fn until_a_drop_waits(su: &tokio_postgres::Client) {
+    for attempt in 0.. {
+        assert!(attempt < 1500, "the drop never waited for the lock");
+        let waiting: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%DROP ROLE%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A revocation dropped (its caller gone) while its drop waits, whose drop then fails, leaves
+/// no connection in the pool inside the failed transaction: what the target does next works,
+/// and the revocation run again drops the user.
+#[tokio::test]
+async fn a_revocation_cancelled_inside_its_transaction_leaves_the_pool_usable() {
+    let s = setup().await;
+    let ro = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
+    let user = issue(&s, &ro).await;
+    let u = &user.username;
+    let su = s.cluster.connect_superuser("appdb").await.unwrap();
+    let blocker = s.cluster.connect_superuser("appdb").await.unwrap();
+    blocker
+        .batch_execute(&format!("BEGIN; COMMENT ON ROLE \"{u}\" IS 'held';"))
+        .await
+        .unwrap();
+    tokio::select! {
+        _ = s.target.revoke_user(&ro, u) => panic!("the drop did not wait for the lock"),
+        () = until_a_drop_waits(&su) => {}
+    }
+    // The drop goes on once the lock is free, and fails: by then the user owns a table.
+    blocker
+        .batch_execute(&format!(
+            "CREATE TABLE owned_by_user (); ALTER TABLE owned_by_user OWNER TO \"{u}\"; COMMIT;"
+        ))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        issue_on(&s.target, &ro, &[])
+            .await
+            .expect("no connection of the pool is left in the failed drop's transaction");
+    }
+    s.target.revoke_user(&ro, u).await.unwrap();
+    assert!(!role_exists(&s, u).await);
+}
+
 /// A session that logs in while the revocation's drop waits (here for a lock another
 /// transaction holds on the role) is ended once the drop has committed, with the sessions from
 /// before: PostgreSQL would leave both running.
@@ -680,23 +735,7 @@ async fn a_session_that_logs_in_while_the_drop_waits_is_ended_after_the_commit()
         .await
         .unwrap();
     let meanwhile = async {
-        // The revocation waits to drop the role.
-        for attempt in 0.. {
-            assert!(attempt < 1500, "the drop never waited for the lock");
-            let waiting: i64 = su
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE wait_event_type = 'Lock' AND query LIKE '%DROP ROLE%'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_a_drop_waits(&su).await;
         let during = login(&s, &user)
             .await
             .expect("the user can still log in until its drop commits");
