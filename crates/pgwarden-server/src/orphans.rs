@@ -84,22 +84,40 @@ impl Orphans {
 
     /// Ends, on every connection, the sessions left running by roles that no longer exist (a
     /// revocation misses those still starting up when its drop commits; a drop by hand ends
-    /// none), saying so in the log.
+    /// none), saying so in the log. The connections are served side by side, each for at most
+    /// one sessions period: one that does not answer delays neither the others nor the next
+    /// pass.
     pub async fn end_sessions_of_dropped_users(&self) {
-        for (connection, target) in self.catalog.targets() {
-            match target.end_sessions_of_dropped_users().await {
-                Ok(0) => {}
-                Ok(ended) => {
-                    tracing::warn!(%connection, ended, "ended sessions whose role had been dropped")
+        let limit = self.sessions_period();
+        let passes = self
+            .catalog
+            .targets()
+            .into_iter()
+            .map(|(connection, target)| async move {
+                let ended =
+                    tokio::time::timeout(limit, target.end_sessions_of_dropped_users()).await;
+                match ended {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(ended)) => {
+                        tracing::warn!(%connection, ended, "ended sessions whose role had been dropped")
+                    }
+                    Ok(Err(error)) if error.is_permission_denied() => {
+                        tracing::warn!(%connection, error = %chain(&error), "cannot end the sessions of dropped roles: grant the administrator pg_signal_backend")
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%connection, error = %chain(&error), "cannot end the sessions of dropped roles")
+                    }
+                    Err(_) => {
+                        tracing::warn!(%connection, limit_s = limit.as_secs(), "cannot end the sessions of dropped roles: no answer in time; trying again next pass")
+                    }
                 }
-                Err(error) if error.is_permission_denied() => {
-                    tracing::warn!(%connection, error = %chain(&error), "cannot end the sessions of dropped roles: grant the administrator pg_signal_backend")
-                }
-                Err(error) => {
-                    tracing::warn!(%connection, error = %chain(&error), "cannot end the sessions of dropped roles")
-                }
-            }
-        }
+            });
+        futures::future::join_all(passes).await;
+    }
+
+    /// How often the sessions pass runs.
+    fn sessions_period(&self) -> std::time::Duration {
+        self.config.sessions_interval.as_duration().max(MIN_PERIOD)
     }
 
     /// One pass: list generated users, subtract those leases name, report and drop.

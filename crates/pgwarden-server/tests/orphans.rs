@@ -90,6 +90,26 @@ async fn with_drop_off_orphans_are_only_reported() {
     assert!(env.role_exists(ghost).await);
 }
 
+/// Whether the backend `pid` is gone within `limit` (watched through `su`).
+async fn ends_within(su: &tokio_postgres::Client, pid: i32, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let running: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running == 0 {
+            return true;
+        }
+    }
+    false
+}
+
 /// A session whose role was dropped without ending it (PostgreSQL leaves it running: here a
 /// drop by hand; in a revocation, a session still starting up when the drop committed) is
 /// ended by the sessions pass (`orphans.sessions_interval`; the user sweep here waits an
@@ -114,24 +134,8 @@ async fn sessions_of_dropped_roles_are_ended_by_the_sessions_pass() {
     su.batch_execute(&format!("DROP ROLE \"{}\"", gone.username))
         .await
         .unwrap();
-    let mut ended = false;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let running: i64 = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-                &[&pid],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if running == 0 {
-            ended = true;
-            break;
-        }
-    }
     assert!(
-        ended,
+        ends_within(&su, pid, Duration::from_secs(4)).await,
         "the sessions pass ended the session of the dropped role"
     );
     assert!(dangling.query_one("SELECT 1", &[]).await.is_err());
@@ -139,4 +143,45 @@ async fn sessions_of_dropped_roles_are_ended_by_the_sessions_pass() {
         .query_one("SELECT 1", &[])
         .await
         .expect("the session of an existing role is left alone");
+}
+
+/// A connection whose database does not answer (here a listener that never speaks: each
+/// attempt waits for the pool's 5 s create timeout) delays neither the sessions pass on the
+/// other connections nor the next pass: a session of a role dropped while a pass waits on it
+/// is ended within about one period.
+#[tokio::test]
+async fn a_connection_that_does_not_answer_delays_no_other_sessions_pass() {
+    let env = Env::start_with(
+        ROLES,
+        "orphans: { interval: 1h, sessions_interval: 1s, grace: 1h }",
+    )
+    .await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let url = format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{port}/appdb");
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/config/aaa-silent",
+            Some(json!({ "connection_url": url, "username": "u", "password": "p", "verify_connection": false })),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let gone = env.creds("appdb-readonly").await;
+    let dangling = env.login(&gone).await.unwrap();
+    let pid: i32 = dangling
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let su = env.cluster.connect_superuser("appdb").await.unwrap();
+    // A pass now waits on the silent connection (kept open, never answered).
+    let (_waiting, _) = silent.accept().await.unwrap();
+    su.batch_execute(&format!("DROP ROLE \"{}\"", gone.username))
+        .await
+        .unwrap();
+    assert!(
+        ends_within(&su, pid, Duration::from_millis(3500)).await,
+        "the session of the dropped role was ended while the silent connection was waited on"
+    );
 }
