@@ -4,9 +4,10 @@ use deadpool_postgres::Object;
 
 /// A pooled connection that may be inside a transaction: it goes back to the pool only
 /// through [`Held::release`], once the transaction is over. Dropped before (its future
-/// cancelled mid-transaction, or mid-query), it is closed instead, which ends the transaction
-/// on the server, rather than handed to the next caller inside it (an aborted transaction
-/// would fail that caller's statements).
+/// cancelled mid-transaction, or mid-query), it is closed instead, rather than handed to the
+/// next caller inside it (an aborted transaction would fail that caller's statements): the
+/// server ends the session and its transaction once it notices, at its next read or write (a
+/// statement under way, such as one waiting for a lock, runs to its end first).
 pub(crate) struct Held(Option<Object>);
 
 impl Held {
@@ -37,7 +38,7 @@ impl std::ops::Deref for Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some(client) = self.0.take() {
-            // Out of the pool and closed: the server ends the transaction.
+            // Out of the pool and closed (its connection task stops).
             drop(Object::take(client));
         }
     }

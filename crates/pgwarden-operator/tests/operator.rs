@@ -668,12 +668,20 @@ async fn a_failed_renewal_is_an_event_a_condition_and_a_metric_and_is_retried_in
         .into_iter()
         .any(|e| e["reason"] == "LeaseLapsed");
     assert!(!lapsed, "the lease lapsed while the broker was away");
-    let (user, password, lease) = world.credential(None).await;
+    // A replacement writes the Secret and the request's status one after the other: they
+    // come to name the same lease, whose user logs in.
+    until(
+        "the Secret and the status naming the same lease",
+        async || {
+            let (_, _, lease) = world.credential(None).await;
+            world
+                .request()
+                .is_some_and(|request| request["status"]["lease"]["id"] == lease.as_str())
+        },
+    )
+    .await;
+    let (user, password, _) = world.credential(None).await;
     assert!(world.logs_in(&user, &password).await);
-    assert_eq!(
-        world.request().unwrap()["status"]["lease"]["id"],
-        lease.as_str()
-    );
     world.stop_operator().await;
     world.assert_rbac_allows_every_call();
 }

@@ -13,6 +13,7 @@ use crate::config::OrphanConfig;
 use crate::metrics::Metrics;
 use parking_lot::Mutex;
 use pgwarden_core::{AuditEvent, Outcome, Ttl, chain};
+use pgwarden_engine::EngineError;
 use pgwarden_store::Store;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct Orphans {
     metrics: Arc<Metrics>,
     config: OrphanConfig,
     found: Mutex<BTreeMap<String, Orphan>>,
+    /// The connections whose sessions pass is under way.
+    sessions_in_flight: Arc<Mutex<HashSet<String>>>,
     audit: AuditLog,
 }
 
@@ -58,6 +61,7 @@ impl Orphans {
             metrics,
             config,
             found: Mutex::default(),
+            sessions_in_flight: Arc::default(),
             audit,
         }
     }
@@ -84,40 +88,30 @@ impl Orphans {
 
     /// Ends, on every connection, the sessions left running by roles that no longer exist (a
     /// revocation misses those still starting up when its drop commits; a drop by hand ends
-    /// none), saying so in the log. The connections are served side by side, each for at most
-    /// one sessions period: one that does not answer delays neither the others nor the next
-    /// pass.
+    /// none), saying so in the log. Each connection is served on a task of its own, for at most
+    /// [`SESSIONS_PASS_LIMIT`]; this waits for them for at most one sessions period. A
+    /// connection whose previous pass is still under way (its database slow to answer) is
+    /// skipped: it delays neither the others nor the next pass, and never gets a second pass
+    /// queued behind the first.
     pub async fn end_sessions_of_dropped_users(&self) {
-        let limit = self.sessions_period();
-        let passes = self
-            .catalog
-            .targets()
-            .into_iter()
-            .map(|(connection, target)| async move {
-                let ended =
-                    tokio::time::timeout(limit, target.end_sessions_of_dropped_users()).await;
-                match ended {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(ended)) => {
-                        tracing::warn!(%connection, ended, "ended sessions whose role had been dropped")
-                    }
-                    Ok(Err(error)) if error.is_permission_denied() => {
-                        tracing::warn!(%connection, error = %chain(&error), "cannot end the sessions of dropped roles: grant the administrator pg_signal_backend")
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(%connection, error = %chain(&error), "cannot end the sessions of dropped roles")
-                    }
-                    Err(_) => {
-                        tracing::warn!(%connection, limit_s = limit.as_secs(), "cannot end the sessions of dropped roles: no answer in time; trying again next pass")
-                    }
-                }
-            });
-        futures::future::join_all(passes).await;
-    }
-
-    /// How often the sessions pass runs.
-    fn sessions_period(&self) -> std::time::Duration {
-        self.config.sessions_interval.as_duration().max(MIN_PERIOD)
+        let mut passes = Vec::new();
+        for (connection, target) in self.catalog.targets() {
+            if !self.sessions_in_flight.lock().insert(connection.clone()) {
+                continue;
+            }
+            let in_flight = self.sessions_in_flight.clone();
+            passes.push(tokio::spawn(async move {
+                let ended = tokio::time::timeout(
+                    SESSIONS_PASS_LIMIT,
+                    target.end_sessions_of_dropped_users(),
+                )
+                .await;
+                log_sessions_pass(&connection, ended);
+                in_flight.lock().remove(&connection);
+            }));
+        }
+        let period = self.config.sessions_interval.as_duration().max(MIN_PERIOD);
+        let _ = tokio::time::timeout(period, futures::future::join_all(passes)).await;
     }
 
     /// One pass: list generated users, subtract those leases name, report and drop.
@@ -216,6 +210,32 @@ impl Orphans {
 
 /// Shortest period of either pass, whatever the configuration says.
 const MIN_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Longest one connection's sessions pass may take (a connection may take up to the pool's
+/// 10 s wait); then it is abandoned, and the next pass tries again.
+const SESSIONS_PASS_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Says in the log how the sessions pass on `connection` went (`Err`: it took too long).
+fn log_sessions_pass(
+    connection: &str,
+    ended: Result<Result<usize, EngineError>, tokio::time::error::Elapsed>,
+) {
+    match ended {
+        Ok(Ok(0)) => {}
+        Ok(Ok(ended)) => {
+            tracing::warn!(%connection, ended, "ended sessions whose role had been dropped")
+        }
+        Ok(Err(error)) if error.is_permission_denied() => {
+            tracing::warn!(%connection, error = %chain(&error), "cannot end the sessions of dropped roles: grant the administrator pg_signal_backend")
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%connection, error = %chain(&error), "cannot end the sessions of dropped roles")
+        }
+        Err(_) => {
+            tracing::warn!(%connection, limit_s = SESSIONS_PASS_LIMIT.as_secs(), "cannot end the sessions of dropped roles: no answer in time; trying again next pass")
+        }
+    }
+}
 
 /// Runs `pass` every `period` (at least [`MIN_PERIOD`]; a pass that overruns delays the next)
 /// until `shutdown` turns true, which abandons a pass under way.
