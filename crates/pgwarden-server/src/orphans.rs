@@ -110,7 +110,7 @@ impl Orphans {
                 in_flight.lock().remove(&connection);
             }));
         }
-        let period = self.config.sessions_interval.as_duration().max(MIN_PERIOD);
+        let period = period_of(self.config.sessions_interval);
         let _ = tokio::time::timeout(period, futures::future::join_all(passes)).await;
     }
 
@@ -211,6 +211,11 @@ impl Orphans {
 /// Shortest period of either pass, whatever the configuration says.
 const MIN_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The period a pass configured with `interval` runs at (at least [`MIN_PERIOD`]).
+fn period_of(interval: Ttl) -> std::time::Duration {
+    interval.as_duration().max(MIN_PERIOD)
+}
+
 /// Longest one connection's sessions pass may take (a connection may take up to the pool's
 /// 10 s wait); then it is abandoned, and the next pass tries again.
 const SESSIONS_PASS_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -237,14 +242,14 @@ fn log_sessions_pass(
     }
 }
 
-/// Runs `pass` every `period` (at least [`MIN_PERIOD`]; a pass that overruns delays the next)
+/// Runs `pass` every `period` (see [`period_of`]; a pass that overruns delays the next)
 /// until `shutdown` turns true, which abandons a pass under way.
 async fn every<F: std::future::Future<Output = ()>>(
     period: Ttl,
     mut shutdown: watch::Receiver<bool>,
     mut pass: impl FnMut() -> F,
 ) {
-    let mut ticks = tokio::time::interval(period.as_duration().max(MIN_PERIOD));
+    let mut ticks = tokio::time::interval(period_of(period));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
