@@ -10,7 +10,6 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2_11::block_api::compress256;
 use sha2_11::{Digest, Sha256};
@@ -20,6 +19,8 @@ use zeroize::Zeroizing;
 const ITERATIONS: u32 = 4096;
 /// PostgreSQL's salt length.
 const SALT_LEN: usize = 16;
+// PBKDF2's first round hashes the salt and a 4-byte block number in one block.
+const _: () = assert!(SALT_LEN + 4 <= SHORT_MESSAGE);
 
 /// A new user's random password, and the SCRAM verifier PostgreSQL stores for it.
 pub struct NewPassword {
@@ -99,16 +100,18 @@ fn verifier(password: &str) -> String {
     verifier_with_salt(password.as_bytes(), &rand::random::<[u8; SALT_LEN]>())
 }
 
-/// The verifier of an ASCII `password` with `salt`.
+/// The verifier of an ASCII `password` with `salt` (at most [`SHORT_MESSAGE`] bytes less
+/// four: PBKDF2's first round hashes the salt and a block number).
 fn verifier_with_salt(password: &[u8], salt: &[u8]) -> String {
     let salted = salted_password(password, salt);
-    let client_key = hmac(&*salted, b"Client Key");
-    let stored_key = Sha256::digest(client_key.as_slice());
-    let server_key = hmac(&*salted, b"Server Key");
+    let (inner, outer) = keyed_states(&*salted);
+    let client_key = hmac(&inner, &outer, b"Client Key");
+    let stored_key = hash_short(&SHA256_INITIAL_STATE, 0, &*client_key);
+    let server_key = hmac(&inner, &outer, b"Server Key");
     format!(
         "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
         BASE64.encode(salt),
-        BASE64.encode(stored_key),
+        BASE64.encode(*stored_key),
         BASE64.encode(*server_key)
     )
 }
@@ -116,15 +119,13 @@ fn verifier_with_salt(password: &[u8], salt: &[u8]) -> String {
 /// SCRAM's `SaltedPassword`: PBKDF2-HMAC-SHA256 of `password` and `salt`, [`ITERATIONS`]
 /// rounds, one 32-byte block. Every round after the first hashes a 32-byte message, so both of
 /// its HMAC's hashes are one compression of a block padded once, from states keyed once.
-/// The keyed states, rounds and blocks are wiped after use (the first round's HMAC state is
-/// not: the digest crates are built without their `zeroize` feature).
+/// Everything derived from the password (keyed states, rounds, blocks) is wiped after use.
 fn salted_password(password: &[u8], salt: &[u8]) -> Zeroizing<[u8; 32]> {
     let (inner, outer) = keyed_states(password);
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(password)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    mac.update(salt);
-    mac.update(&1u32.to_be_bytes());
-    let mut round = Zeroizing::new(<[u8; 32]>::from(mac.finalize().into_bytes()));
+    let mut first = Zeroizing::new(Vec::new());
+    first.extend_from_slice(salt);
+    first.extend_from_slice(&1u32.to_be_bytes());
+    let mut round = hmac(&inner, &outer, &first);
     let mut salted = round.clone();
     // One block: 32 bytes of message after a 64-byte key block, then SHA-256's padding.
     let mut block = Zeroizing::new([0u8; 64]);
@@ -158,6 +159,7 @@ fn keyed_states(key: &[u8]) -> (Zeroizing<[u32; 8]>, Zeroizing<[u32; 8]>) {
     let mut key_block = Zeroizing::new([0u8; 64]);
     let long_key_hash: Zeroizing<[u8; 32]>;
     let key = if key.len() > 64 {
+        // Only longer passwords than pgwarden makes; the hasher's buffer is not wiped.
         long_key_hash = Zeroizing::new(Sha256::digest(key).into());
         long_key_hash.as_slice()
     } else {
@@ -177,6 +179,43 @@ fn keyed_states(key: &[u8]) -> (Zeroizing<[u32; 8]>, Zeroizing<[u32; 8]>) {
     (keyed(0x36), keyed(0x5c))
 }
 
+/// HMAC-SHA256 of a `message` of at most [`SHORT_MESSAGE`] bytes, from the key's
+/// [`keyed_states`]; wiped when dropped (a client key is enough to log in).
+fn hmac(inner: &[u32; 8], outer: &[u32; 8], message: &[u8]) -> Zeroizing<[u8; 32]> {
+    let inner_hash = hash_short(inner, 64, message);
+    hash_short(outer, 64, &*inner_hash)
+}
+
+/// Longest message [`hash_short`] takes: what fits in one block with SHA-256's padding.
+const SHORT_MESSAGE: usize = 55;
+
+/// SHA-256 of `hashed` bytes already compressed into `state` (0, or a 64-byte key block)
+/// followed by `message` (at most [`SHORT_MESSAGE`] bytes): one compression of the message
+/// padded into a block. The block and the state are wiped after use.
+fn hash_short(state: &[u32; 8], hashed: u64, message: &[u8]) -> Zeroizing<[u8; 32]> {
+    assert!(
+        message.len() <= SHORT_MESSAGE,
+        "a message of {} bytes does not fit one block",
+        message.len()
+    );
+    let mut block = Zeroizing::new([0u8; 64]);
+    let (body, length) = block.split_at_mut(64 - 8);
+    body.iter_mut()
+        .zip(message.iter().chain(std::iter::once(&0x80)))
+        .for_each(|(b, m)| *b = *m);
+    let bits = hashed
+        .saturating_add(message.len() as u64)
+        .saturating_mul(8);
+    length.copy_from_slice(&bits.to_be_bytes());
+    hash_into(state, &mut block);
+    let mut digest = Zeroizing::new([0u8; 32]);
+    digest
+        .iter_mut()
+        .zip(block.iter())
+        .for_each(|(d, b)| *d = *b);
+    digest
+}
+
 /// SHA-256's padding after a 32-byte message that follows one 64-byte block: a 1 bit, zeros,
 /// and the length in bits (768) as a big-endian 64-bit number.
 const PADDING: [u8; 32] = {
@@ -191,23 +230,14 @@ const SHA256_INITIAL_STATE: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 ];
 
-/// Replaces the first 32 bytes of `block` (the rest its padding) with the hash of the message
-/// it ends, continuing from `state`.
+/// Replaces the first 32 bytes of `block` (padded, with the message's length) with the hash
+/// of the message it ends, continuing from `state`.
 fn hash_into(state: &[u32; 8], block: &mut [u8; 64]) {
     let mut next = Zeroizing::new(*state);
     compress256(&mut next, std::slice::from_ref(&*block));
     for (bytes, word) in block.chunks_exact_mut(4).zip(next.iter()) {
         bytes.copy_from_slice(&word.to_be_bytes());
     }
-}
-
-/// HMAC-SHA256 of `message` under `key`, wiped when dropped (the client key it makes is
-/// enough to log in).
-fn hmac(key: &[u8], message: &[u8]) -> Zeroizing<[u8; 32]> {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    mac.update(message);
-    Zeroizing::new(mac.finalize().into_bytes().into())
 }
 
 #[cfg(test)]
@@ -268,6 +298,22 @@ mod tests {
                 "a password was handed out twice"
             );
         }
+    }
+
+    #[test]
+    fn one_block_hashes_match_sha256_up_to_the_longest_message() {
+        let message: Vec<u8> = (0..=SHORT_MESSAGE as u8).collect();
+        for len in 0..=SHORT_MESSAGE {
+            let ours = hash_short(&SHA256_INITIAL_STATE, 0, &message[..len]);
+            let theirs: [u8; 32] = Sha256::digest(&message[..len]).into();
+            assert_eq!(*ours, theirs, "length {len}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "a message of 56 bytes does not fit one block")]
+    fn a_message_longer_than_one_block_is_refused() {
+        hash_short(&SHA256_INITIAL_STATE, 0, &[0; 56]);
     }
 
     #[test]
