@@ -296,6 +296,23 @@ impl Target {
         }
     }
 
+    /// The cluster this connection reaches and whom as: its administrator and its hosts.
+    /// Connections with the same one see the same sessions with the same rights, whatever
+    /// their database.
+    pub fn cluster(&self) -> String {
+        let mut hosts: Vec<String> = self
+            .hosts()
+            .iter()
+            .map(|(host, port)| format!("{host}:{port}"))
+            .collect();
+        hosts.sort();
+        format!(
+            "{}@{}",
+            self.config.get_user().unwrap_or_default(),
+            hosts.join(",")
+        )
+    }
+
     /// Every host of the URL with its port (one port may serve them all), in order.
     pub(crate) fn hosts(&self) -> Vec<(String, u16)> {
         let ports = self.config.get_ports();

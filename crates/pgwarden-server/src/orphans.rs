@@ -40,7 +40,7 @@ pub struct Orphans {
     metrics: Arc<Metrics>,
     config: OrphanConfig,
     found: Mutex<BTreeMap<String, Orphan>>,
-    /// The connections whose sessions pass is under way.
+    /// The clusters (see [`pgwarden_engine::Target::cluster`]) whose sessions pass is under way.
     sessions_in_flight: Arc<Mutex<HashSet<String>>>,
     audit: AuditLog,
 }
@@ -86,20 +86,21 @@ impl Orphans {
         );
     }
 
-    /// Ends, on every connection, the sessions left running by roles that no longer exist (a
+    /// Ends, on every cluster, the sessions left running by roles that no longer exist (a
     /// revocation misses those still starting up when its drop commits; a drop by hand ends
-    /// none), saying so in the log. Each connection is served on a task of its own, for at most
+    /// none), saying so in the log. One connection per cluster and administrator serves (its
+    /// read covers every database), each on a task of its own, for at most
     /// [`SESSIONS_PASS_LIMIT`]; this waits for them for at most one sessions period. A
-    /// connection whose previous pass is still under way (its database slow to answer) is
+    /// cluster whose previous pass is still under way (its database slow to answer) is
     /// skipped: it delays neither the others nor the next pass, and never gets a second pass
     /// queued behind the first.
     pub async fn end_sessions_of_dropped_users(&self) {
         let mut passes = Vec::new();
-        for (connection, target) in self.catalog.targets() {
-            if !self.sessions_in_flight.lock().insert(connection.clone()) {
+        for (connection, target) in one_per_key(self.catalog.targets(), |t| t.cluster()) {
+            let Some(in_flight) = InFlight::enter(&self.sessions_in_flight, target.cluster())
+            else {
                 continue;
-            }
-            let in_flight = self.sessions_in_flight.clone();
+            };
             passes.push(tokio::spawn(async move {
                 let ended = tokio::time::timeout(
                     SESSIONS_PASS_LIMIT,
@@ -107,7 +108,7 @@ impl Orphans {
                 )
                 .await;
                 log_sessions_pass(&connection, ended);
-                in_flight.lock().remove(&connection);
+                drop(in_flight);
             }));
         }
         let period = period_of(self.config.sessions_interval);
@@ -216,6 +217,37 @@ fn period_of(interval: Ttl) -> std::time::Duration {
     interval.as_duration().max(MIN_PERIOD)
 }
 
+/// The first (by name) of `items` for each `key`, sorted by name.
+fn one_per_key<T>(mut items: Vec<(String, T)>, key: impl Fn(&T) -> String) -> Vec<(String, T)> {
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut seen = HashSet::new();
+    items.retain(|(_, item)| seen.insert(key(item)));
+    items
+}
+
+/// A key's place in a set of passes under way, given up when dropped (also when its task
+/// panics or is aborted, so the key is never locked out of later passes).
+struct InFlight {
+    set: Arc<Mutex<HashSet<String>>>,
+    key: String,
+}
+
+impl InFlight {
+    /// Enters `key` into `set`, or `None` when it is there already.
+    fn enter(set: &Arc<Mutex<HashSet<String>>>, key: String) -> Option<InFlight> {
+        set.lock().insert(key.clone()).then(|| InFlight {
+            set: set.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.key);
+    }
+}
+
 /// Longest one connection's sessions pass may take (a connection may take up to the pool's
 /// 10 s wait); then it is abandoned, and the next pass tries again.
 const SESSIONS_PASS_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -259,5 +291,38 @@ async fn every<F: std::future::Future<Output = ()>>(
             } => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_connection_serves_each_cluster() {
+        let connections = vec![
+            ("db/b".to_string(), "admin@h:5432"),
+            ("db/c".to_string(), "other@h:5432"),
+            ("db/a".to_string(), "admin@h:5432"),
+            ("db/d".to_string(), "admin@h2:5432"),
+        ];
+        let kept: Vec<String> = one_per_key(connections, |k| k.to_string())
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(kept, ["db/a", "db/c", "db/d"]);
+    }
+
+    #[tokio::test]
+    async fn a_pass_that_panics_leaves_its_cluster_to_the_next() {
+        let set = Arc::new(Mutex::new(HashSet::new()));
+        let first = InFlight::enter(&set, "c".into()).expect("not under way yet");
+        assert!(InFlight::enter(&set, "c".into()).is_none(), "under way");
+        let pass = tokio::spawn(async move {
+            let _in_flight = first;
+            panic!("the pass failed");
+        });
+        assert!(pass.await.is_err());
+        assert!(InFlight::enter(&set, "c".into()).is_some(), "given up");
     }
 }
