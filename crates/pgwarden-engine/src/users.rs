@@ -82,8 +82,10 @@ impl Target {
                     return match outcome {
                         Ok(()) => Ok(UncommittedUser { client, what }),
                         Err(error) => {
-                            // Rolled back by `begin_with`: the connection can go back to the pool.
-                            drop(client.release());
+                            // Closed, not pooled: should `begin_with`'s `ROLLBACK` have failed
+                            // too (a template left the session mid-`COPY`, say), the
+                            // transaction would be handed to the next caller.
+                            drop(client);
                             Err(error)
                         }
                     };
@@ -161,7 +163,11 @@ impl Target {
         // than handed on with the statement still to answer.
         let client = Held::new(self.client().await?);
         let ended = end_dangling_sessions(&client).await;
-        drop(client.release());
+        if ended.is_ok() {
+            // Otherwise closed: a statement that failed or timed out may leave its
+            // transaction open.
+            drop(client.release());
+        }
         ended
     }
 
@@ -195,9 +201,11 @@ impl Target {
             // Held: should this future be dropped inside the drop's transaction, the
             // connection is closed rather than returned to the pool in it.
             let held = Held::new(client);
-            let dropped = drop_if_nothing_depends(&held, username).await;
+            // On failure the connection is closed (by `held`), not pooled: should the
+            // `ROLLBACK` after it have failed too, its transaction would be handed on.
+            let dropped = drop_if_nothing_depends(&held, username).await?;
             client = held.release();
-            match dropped? {
+            match dropped {
                 FastDrop::Kept(oid) => oid,
                 FastDrop::Dropped => return self.end_sessions_on_replicas(username).await,
             }
@@ -375,10 +383,21 @@ fn end_dangling_sessions_statement(if_allowed: bool) -> String {
     }
 }
 
+/// Longest the server may work on the sessions pass's statement (waiting for a lock on the
+/// roles' catalog, say): under the pass's own limit, so that a pass given up on has no
+/// statement left running on the server when the next one starts.
+const SESSIONS_STATEMENT_TIMEOUT: &str = "50s";
+
 /// Ends, through `client`, the sessions whose role no longer exists; returns how many.
 async fn end_dangling_sessions(client: &tokio_postgres::Client) -> Result<usize, EngineError> {
     let ended = client
-        .simple_query(&end_dangling_sessions_statement(false))
+        .simple_query(&format!(
+            "BEGIN;
+SET LOCAL statement_timeout = '{SESSIONS_STATEMENT_TIMEOUT}';
+{}
+COMMIT;",
+            end_dangling_sessions_statement(false)
+        ))
         .await
         .map_err(sql("ending the sessions of dropped users"))?;
     // A backend gone before its signal (`pg_terminate_backend` false) is not counted.
@@ -387,6 +406,11 @@ async fn end_dangling_sessions(client: &tokio_postgres::Client) -> Result<usize,
         .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("t")))
         .count())
 }
+
+/// Longest the fast revocation's `DROP ROLE` waits for a lock on the role: should pgwarden
+/// give up on it (a shutdown), the server must not keep it waiting, queueing every later
+/// lock on the role, the retry's included, behind it. A revocation that times out is retried.
+const DROP_LOCK_TIMEOUT: &str = "10s";
 
 /// What [`drop_if_nothing_depends`] did to a user.
 enum FastDrop {
@@ -417,7 +441,8 @@ async fn drop_if_nothing_depends(
 ) -> Result<FastDrop, EngineError> {
     let dropped = client
         .batch_execute(&format!(
-            "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n{}\n\
+            "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n\
+             SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}';\n{}\n\
              DROP ROLE IF EXISTS {};\nCOMMIT;\n{}",
             end_sessions_matching(&format!(
                 "NOT {MAY_SIGNAL} AND usesysid = ({})",
@@ -441,10 +466,14 @@ async fn drop_if_nothing_depends(
         Ok(Some(oid)) if code == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
             Ok(FastDrop::Kept(oid))
         }
-        Ok(Some(_)) if code == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => Err(sql(format!(
-            "user {username:?} has sessions the administrator cannot end without \
+        Ok(Some(_))
+            if code == Some(&SqlState::INSUFFICIENT_PRIVILEGE) && !refused_by_drop(&error) =>
+        {
+            Err(sql(format!(
+                "user {username:?} has sessions the administrator cannot end without \
              pg_signal_backend; it is kept until they end"
-        ))(error)),
+            ))(error))
+        }
         // The drop committed; ending the sessions left without a role failed.
         Ok(None) => Err(sql(format!(
             "ending the sessions of dropped roles after dropping user {username:?}"
@@ -452,6 +481,13 @@ async fn drop_if_nothing_depends(
         // Also when the user could not be looked up: the drop's error says more.
         _ => Err(sql(format!("dropping user {username:?}"))(error)),
     }
+}
+
+/// Whether `error` is `DROP ROLE`'s own refusal (a role the administrator may not drop: a
+/// superuser, or, from PostgreSQL 16, one it has no `ADMIN OPTION` on), not that of ending
+/// a session.
+fn refused_by_drop(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().and_then(|e| e.routine()) == Some("DropRole")
 }
 
 /// How long a standby may take to replay a user's drop before revocation counts as failed
@@ -585,22 +621,19 @@ pub struct UncommittedUser {
 }
 
 impl UncommittedUser {
-    /// Commits the user: from now on it exists. (Should this future be dropped before the
-    /// answer, the connection is closed: the user may or may not exist.)
+    /// Commits the user: from now on it exists. (Dropped before it is first polled, the
+    /// connection is closed and the user never exists; after, the `COMMIT` sent runs all the
+    /// same, and whether the user exists is unknown to the caller.)
     pub async fn commit(self) -> Result<(), EngineError> {
         // Released before `COMMIT`, which goes out on this future's first poll: should it be
         // dropped before the answer, the connection still commits, in order before whatever
-        // its next user sends (closing it could lose the `COMMIT` unsent).
-        let client = self.client.release();
-        let committed = client
+        // its next user sends (closing it could lose the `COMMIT` unsent). Any answer to
+        // `COMMIT` ends the transaction; a broken connection the pool discards.
+        self.client
+            .release()
             .batch_execute("COMMIT;")
             .await
-            .map_err(sql(format!("committing: {}", self.what)));
-        if committed.is_err() {
-            // A broken connection is closed already, and the pool discards it.
-            let _ = client.batch_execute("ROLLBACK;").await;
-        }
-        committed
+            .map_err(sql(format!("committing: {}", self.what)))
     }
 
     /// Rolls the user back: it never existed.

@@ -841,6 +841,32 @@ async fn without_pg_signal_backend_a_user_is_kept_until_its_sessions_are_gone() 
     assert!(!role_exists(&s, &user.username).await);
 }
 
+/// A user the administrator may not drop (here a superuser, refused on every major; from
+/// PostgreSQL 16 also any role it has no `ADMIN OPTION` on) is reported as such, not as
+/// sessions it cannot end, and kept.
+#[tokio::test]
+async fn a_role_the_administrator_may_not_drop_is_reported_as_a_refused_drop() {
+    let s = setup().await;
+    let su = s.cluster.connect_superuser("appdb").await.unwrap();
+    let name = names::generate_username("test", "super", 1);
+    su.batch_execute(&format!("CREATE ROLE \"{name}\" SUPERUSER;"))
+        .await
+        .unwrap();
+    let error = s.target.drop_orphan(&name).await.unwrap_err().to_string();
+    let expected = format!("dropping user {name:?}: ");
+    assert!(
+        error.starts_with(&expected) && error.ends_with("(SQLSTATE 42501)"),
+        "{error}"
+    );
+    assert!(!error.contains("pg_signal_backend"), "{error}");
+    assert!(role_exists(&s, &name).await);
+    // The connection that failed is not handed on: the next revocation works.
+    let ro = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
+    let user = issue(&s, &ro).await;
+    s.target.revoke_user(&ro, &user.username).await.unwrap();
+    assert!(!role_exists(&s, &user.username).await);
+}
+
 #[tokio::test]
 async fn an_uncommitted_user_cannot_log_in_and_is_gone_unless_committed() {
     let s = setup().await;
