@@ -1,6 +1,9 @@
-//! The SQLite writer: one thread owns the write connection and commits the writes that arrive
-//! while it is busy as one transaction (group commit). Concurrent durable writes then share one
-//! disk sync instead of queueing for one each, and no async worker ever waits for the disk.
+//! The SQLite writer: a thread commits the writes that arrive while it is busy as one
+//! transaction (group commit). Concurrent durable writes then share one disk sync instead of
+//! queueing for one each, and no async worker ever waits for the disk. A write that need not
+//! be synced runs on the caller's thread when the connection is free: it only appends to the
+//! log, and two thread hand-offs cost more than that on a busy machine. The thread alone
+//! checkpoints the log (every [`CHECKPOINT_EVERY`] commits), since that syncs.
 
 use crate::StoreError;
 use parking_lot::Mutex;
@@ -14,6 +17,11 @@ const MAX_BATCH: usize = 256;
 /// Prepared statements the writer's connection keeps.
 const STATEMENT_CACHE: usize = 64;
 
+/// Commits between two checkpoints of the log by the writer thread (SQLite's automatic one,
+/// which could run in a write on the caller's thread, is off). A commit adds a few pages to
+/// the log; SQLite's own default is to checkpoint at 1,000 pages.
+const CHECKPOINT_EVERY: u32 = 250;
+
 /// One write: `run` executes it on the writer's connection inside the batch's transaction
 /// and says whether it succeeded (else its changes are rolled back, the batch's others kept);
 /// `reply` sends its outcome to the caller once the batch has committed, or failed to.
@@ -26,6 +34,7 @@ struct Job {
 /// The handle to the writer thread. Dropping it waits for the thread to finish its writes
 /// and close the connection (so the files are complete when the store is gone).
 pub(crate) struct Writer {
+    connection: Arc<Mutex<WriteConnection>>,
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -40,15 +49,24 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`.
+    /// Starts the writer thread on `conn`, a connection in WAL mode.
     pub(crate) fn start(conn: Connection) -> std::io::Result<Writer> {
         // Room for the transaction control and every write's statements.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(std::io::Error::other)?;
+        let connection = Arc::new(Mutex::new(WriteConnection {
+            conn,
+            sync: SyncMode::Unknown,
+            commits_since_checkpoint: 0,
+        }));
         let (jobs, queue) = mpsc::channel();
+        let served = connection.clone();
         let thread = std::thread::Builder::new()
-            .name("pgwarden-state-writer".into())
-            .spawn(move || serve(conn, &queue))?;
+            .name(THREAD_NAME.into())
+            .spawn(move || serve(&served, &queue))?;
         Ok(Writer {
+            connection,
             jobs: Some(jobs),
             thread: Some(thread),
         })
@@ -58,6 +76,8 @@ impl Writer {
     /// committed: synced to disk first if `durable` (`synchronous = FULL`), else written to
     /// the log only (`NORMAL`: it survives a crash of pgwarden, and reaches the disk with the
     /// next durable write or checkpoint). The write happens even if the caller stops waiting.
+    /// A write not `durable` runs at once on this thread when the connection is free and no
+    /// checkpoint is due.
     pub(crate) async fn write<T: Send + 'static>(
         &self,
         durable: bool,
@@ -78,22 +98,44 @@ impl Writer {
             });
             let _ = tx.send(committed.and(outcome));
         });
-        self.jobs
-            .as_ref()
-            .ok_or(StoreError::Closed)?
-            .send(Job {
-                durable,
-                run,
-                reply,
-            })
-            .map_err(|_| StoreError::Closed)?;
+        let job = Job {
+            durable,
+            run,
+            reply,
+        };
+        if let Some(job) = self.try_here(job) {
+            self.jobs
+                .as_ref()
+                .ok_or(StoreError::Closed)?
+                .send(job)
+                .map_err(|_| StoreError::Closed)?;
+        }
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits `job` on this thread if it need not be synced, the connection is free and no
+    /// checkpoint is due; else hands it back, for the writer thread.
+    fn try_here(&self, job: Job) -> Option<Job> {
+        if job.durable {
+            return Some(job);
+        }
+        let Some(mut connection) = self.connection.try_lock() else {
+            return Some(job);
+        };
+        if connection.commits_since_checkpoint >= CHECKPOINT_EVERY {
+            return Some(job);
+        }
+        connection.commit(vec![job]);
+        None
     }
 }
 
-/// The writer thread: takes every job waiting (at least one) and commits them together.
-fn serve(conn: Connection, queue: &mpsc::Receiver<Job>) {
-    let mut sync = SyncMode::Unknown;
+/// The writer thread's name.
+const THREAD_NAME: &str = "pgwarden-state-writer";
+
+/// The writer thread: takes every job waiting (at least one), commits them together, and
+/// checkpoints the log when that is due.
+fn serve(connection: &Mutex<WriteConnection>, queue: &mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -102,7 +144,42 @@ fn serve(conn: Connection, queue: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit(&conn, &mut sync, batch);
+        let mut connection = connection.lock();
+        connection.commit(batch);
+        if connection.commits_since_checkpoint >= CHECKPOINT_EVERY {
+            connection.checkpoint();
+        }
+    }
+}
+
+/// The write connection, and what the writer knows of its state.
+struct WriteConnection {
+    conn: Connection,
+    /// Its `synchronous` setting.
+    sync: SyncMode,
+    /// Commits since the log was last checkpointed.
+    commits_since_checkpoint: u32,
+}
+
+impl WriteConnection {
+    /// Runs `batch` in one transaction, each job under a savepoint of its own, and replies to
+    /// each with the commit's outcome.
+    fn commit(&mut self, batch: Vec<Job>) {
+        commit(&self.conn, &mut self.sync, batch);
+        self.commits_since_checkpoint = self.commits_since_checkpoint.saturating_add(1);
+    }
+
+    /// Copies what the log holds into the database file, as far as no reader needs it
+    /// (`PASSIVE`: waits for no one), so the log is reused rather than growing. After a
+    /// failure (an I/O error, which the writes report too) it stays due, so every write goes
+    /// through the thread, and the next batch tries again.
+    fn checkpoint(&mut self) {
+        let done = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        if done.is_ok() {
+            self.commits_since_checkpoint = 0;
+        }
     }
 }
 
@@ -186,8 +263,17 @@ fn run_in_savepoint(
 
 #[cfg(test)]
 mod tests {
-    use super::Writer;
+    use super::{CHECKPOINT_EVERY, THREAD_NAME, Writer};
     use rusqlite::Connection;
+
+    /// A writer on a fresh database in WAL mode (kept while the directory lives).
+    fn writer() -> (tempfile::TempDir, Writer) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("state.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        (dir, Writer::start(conn).unwrap())
+    }
 
     /// `PRAGMA synchronous` as a job of `writer` sees it (1: NORMAL, 2: FULL).
     async fn sync_seen(writer: &Writer, durable: bool) -> i64 {
@@ -199,12 +285,20 @@ mod tests {
             .unwrap()
     }
 
+    /// Whether a write (a row inserted) ran on the writer's thread.
+    async fn on_writer_thread(writer: &Writer, durable: bool) -> bool {
+        writer
+            .write(durable, |c| {
+                c.execute("INSERT INTO t VALUES (1)", [])?;
+                Ok(std::thread::current().name() == Some(THREAD_NAME))
+            })
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn each_batch_runs_with_the_sync_its_writes_need() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("state.db")).unwrap();
-        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        let writer = Writer::start(conn).unwrap();
+        let (_dir, writer) = writer();
         // Relaxed, durable, durable again (kept), then relaxed again.
         for (durable, expected) in [(false, 1), (true, 2), (true, 2), (false, 1)] {
             assert_eq!(
@@ -213,5 +307,50 @@ mod tests {
                 "durable: {durable}"
             );
         }
+    }
+
+    #[tokio::test]
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "keeps the connection busy on purpose"
+    )]
+    async fn relaxed_writes_run_here_when_the_connection_is_free_durable_ones_on_the_thread() {
+        let (_dir, writer) = writer();
+        assert!(!on_writer_thread(&writer, false).await);
+        assert!(on_writer_thread(&writer, true).await);
+        assert!(!on_writer_thread(&writer, false).await);
+        // While the thread holds the connection, a relaxed write waits for it there.
+        let busy = writer.connection.lock();
+        let queued = on_writer_thread(&writer, false);
+        tokio::pin!(queued);
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(100), &mut queued);
+        assert!(waited.await.is_err(), "it waits for the connection");
+        drop(busy);
+        assert!(queued.await);
+    }
+
+    #[tokio::test]
+    async fn only_the_thread_checkpoints_the_log_and_a_due_checkpoint_sends_writes_there() {
+        let (dir, writer) = writer();
+        for n in 0..CHECKPOINT_EVERY {
+            assert!(!on_writer_thread(&writer, false).await, "write {n}");
+        }
+        let log = dir.path().join("state.db-wal");
+        let grown = std::fs::metadata(&log).unwrap().len();
+        assert!(grown > 0, "nothing checkpointed the log yet");
+        // Due now: the next write goes to the thread, which checkpoints after it.
+        assert!(on_writer_thread(&writer, false).await);
+        drop(writer.connection.lock()); // the thread answers before it checkpoints
+        assert!(!on_writer_thread(&writer, false).await, "not due any more");
+        // Checkpointed, the log is written again from its start instead of growing (by as much
+        // again as before, without the checkpoint).
+        for _ in 2..CHECKPOINT_EVERY {
+            on_writer_thread(&writer, false).await;
+        }
+        let after = std::fs::metadata(&log).unwrap().len();
+        assert!(
+            after < grown * 3 / 2,
+            "the log grew from {grown} to {after} bytes"
+        );
     }
 }
