@@ -25,7 +25,7 @@
 use pgwarden_core::{Lease, LeaseState, Owner, RoleSpec, Ttl, names};
 use pgwarden_store::{SqliteStore, Store};
 use pgwarden_testkit::broker::{ROOT_TOKEN as ROOT, TestBroker};
-use pgwarden_testkit::cpu::CpuTime;
+use pgwarden_testkit::cpu::{CpuTime, stat_fields};
 use pgwarden_testkit::{APP_ADMIN as ADMIN, APP_ADMIN_PASSWORD as ADMIN_PW, PgCluster};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -262,13 +262,8 @@ fn children_of(parent: i32) -> Vec<i32> {
         .unwrap()
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // After the command in parentheses: state, then the parent's pid.
-                    let rest = &stat[stat.rfind(')')? + 1..];
-                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                })
+            // The state, then the parent's pid.
+            stat_fields(&pid.to_string()).and_then(|fields| fields.get(1)?.parse::<i32>().ok())
                 == Some(parent)
         })
         .collect()

@@ -68,17 +68,34 @@ fn machine_busy() -> Option<Duration> {
 
 /// This process's user and system ticks (`/proc/self/stat`, fields 14 and 15).
 fn process_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // After the command in parentheses: state is field 3, utime 14, stime 15.
-    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
-    let utime: u64 = rest.next()?.parse().ok()?;
-    let stime: u64 = rest.next()?.parse().ok()?;
+    let fields = stat_fields("self")?;
+    let utime: u64 = fields.get(STAT_UTIME)?.parse().ok()?;
+    let stime: u64 = fields.get(STAT_UTIME + 1)?.parse().ok()?;
     Some(ticks(utime + stime))
+}
+
+/// Where `utime` (field 14) is in [`stat_fields`], which start at field 3.
+const STAT_UTIME: usize = 11;
+
+/// The fields of `/proc/<pid>/stat` after the command (which may hold spaces and
+/// parentheses): the state (field 3) first, then the parent's pid (field 4), and so on.
+pub fn stat_fields(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')?.checked_add(1)?..)?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::CpuTime;
+    use super::{CpuTime, stat_fields};
+
+    #[test]
+    fn stat_fields_start_with_the_state_and_the_parent() {
+        let fields = stat_fields("self").unwrap();
+        assert_eq!(fields[0], "R", "this process is running");
+        assert_eq!(fields[1], std::os::unix::process::parent_id().to_string());
+        assert!(stat_fields("0").is_none(), "no process 0 in /proc");
+    }
 
     #[test]
     fn spinning_shows_in_both_clocks() {
