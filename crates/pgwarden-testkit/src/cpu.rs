@@ -91,9 +91,13 @@ mod tests {
 
     #[test]
     fn stat_fields_start_with_the_state_and_the_parent() {
-        let fields = stat_fields("self").unwrap();
-        assert_eq!(fields[0], "R", "this process is running");
-        assert_eq!(fields[1], std::os::unix::process::parent_id().to_string());
+        let this_thread = stat_fields("thread-self").unwrap();
+        assert_eq!(this_thread[0], "R", "this thread is running");
+        let this_process = stat_fields("self").unwrap();
+        assert_eq!(
+            this_process[1],
+            std::os::unix::process::parent_id().to_string()
+        );
         assert!(stat_fields("0").is_none(), "no process 0 in /proc");
     }
 
