@@ -802,7 +802,8 @@ impl Store for SqliteStore {
         let events = events.to_vec();
         self.writer
             .write(durability == Durability::Synced, move |c| {
-                // The writer thread runs one write at a time: nothing appends in between.
+                // The writer runs one write at a time (its connection is behind a mutex):
+                // nothing appends in between.
                 let last: Option<(i64, String)> = c
                     .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
                     .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))

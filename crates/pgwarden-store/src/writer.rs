@@ -2,13 +2,16 @@
 //! transaction (group commit). Concurrent durable writes then share one disk sync instead of
 //! queueing for one each, and no async worker ever waits for the disk. A write that need not
 //! be synced runs on the caller's thread when the connection is free: it only appends to the
-//! log, and two thread hand-offs cost more than that on a busy machine. The thread alone
-//! checkpoints the log (every [`CHECKPOINT_EVERY`] commits), since that syncs.
+//! log, and two thread hand-offs cost more than that on a busy machine. Such a write never
+//! overtakes one queued for the thread. The thread alone checkpoints the log (once it holds
+//! [`CHECKPOINT_PAGES`]), and makes the first commit after, which starts the log over: both
+//! sync.
 
 use crate::StoreError;
 use parking_lot::Mutex;
 use rusqlite::Connection;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 
 /// Most writes committed together.
@@ -17,10 +20,10 @@ const MAX_BATCH: usize = 256;
 /// Prepared statements the writer's connection keeps.
 const STATEMENT_CACHE: usize = 64;
 
-/// Commits between two checkpoints of the log by the writer thread (SQLite's automatic one,
-/// which could run in a write on the caller's thread, is off). A commit adds a few pages to
-/// the log; SQLite's own default is to checkpoint at 1,000 pages.
-const CHECKPOINT_EVERY: u32 = 250;
+/// Pages in the log from which the writer thread checkpoints it (SQLite's own automatic
+/// checkpoint, which could run in a write on the caller's thread, is replaced): SQLite's
+/// default.
+const CHECKPOINT_PAGES: u32 = 1000;
 
 /// One write: `run` executes it on the writer's connection inside the batch's transaction
 /// and says whether it succeeded (else its changes are rolled back, the batch's others kept);
@@ -31,10 +34,15 @@ struct Job {
     reply: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
 }
 
-/// The handle to the writer thread. Dropping it waits for the thread to finish its writes
-/// and close the connection (so the files are complete when the store is gone).
+/// The write connection and its thread. Dropping it waits for the thread to finish its
+/// writes, then closes the connection, which checkpoints the log (so the files are complete
+/// when the store is gone).
 pub(crate) struct Writer {
     connection: Arc<Mutex<WriteConnection>>,
+    /// Jobs sent to the thread and not yet committed by it.
+    queued: Arc<AtomicUsize>,
+    /// Pages in the log after the last commit (from SQLite's WAL hook).
+    log_pages: Arc<AtomicU32>,
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -50,23 +58,34 @@ impl Drop for Writer {
 
 impl Writer {
     /// Starts the writer thread on `conn`, a connection in WAL mode.
-    pub(crate) fn start(conn: Connection) -> std::io::Result<Writer> {
+    pub(crate) fn start(mut conn: Connection) -> std::io::Result<Writer> {
         // Room for the transaction control and every write's statements.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        conn.pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(std::io::Error::other)?;
+        // SQLite's automatic checkpoint is a WAL hook: this one replaces it.
+        let log_pages = Arc::new(AtomicU32::new(0));
+        let counted = log_pages.clone();
+        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
+            counted.store(u32::try_from(pages).unwrap_or(0), Ordering::Relaxed);
+            Ok(())
+        }))
+        .map_err(std::io::Error::other)?;
         let connection = Arc::new(Mutex::new(WriteConnection {
             conn,
             sync: SyncMode::Unknown,
-            commits_since_checkpoint: 0,
         }));
+        let queued = Arc::new(AtomicUsize::new(0));
         let (jobs, queue) = mpsc::channel();
-        let served = connection.clone();
-        let thread = std::thread::Builder::new()
-            .name(THREAD_NAME.into())
-            .spawn(move || serve(&served, &queue))?;
+        let thread = {
+            let (connection, queued, log_pages) =
+                (connection.clone(), queued.clone(), log_pages.clone());
+            std::thread::Builder::new()
+                .name(THREAD_NAME.into())
+                .spawn(move || serve(&connection, &queue, &queued, &log_pages))?
+        };
         Ok(Writer {
             connection,
+            queued,
+            log_pages,
             jobs: Some(jobs),
             thread: Some(thread),
         })
@@ -76,8 +95,8 @@ impl Writer {
     /// committed: synced to disk first if `durable` (`synchronous = FULL`), else written to
     /// the log only (`NORMAL`: it survives a crash of pgwarden, and reaches the disk with the
     /// next durable write or checkpoint). The write happens even if the caller stops waiting.
-    /// A write not `durable` runs at once on this thread when the connection is free and no
-    /// checkpoint is due.
+    /// A write not `durable` runs at once on this thread when the connection is free, no
+    /// write waits for the thread, and no checkpoint is due.
     pub(crate) async fn write<T: Send + 'static>(
         &self,
         durable: bool,
@@ -104,17 +123,19 @@ impl Writer {
             reply,
         };
         if let Some(job) = self.try_here(job) {
-            self.jobs
-                .as_ref()
-                .ok_or(StoreError::Closed)?
-                .send(job)
-                .map_err(|_| StoreError::Closed)?;
+            self.queued.fetch_add(1, Ordering::SeqCst);
+            let sent = self.jobs.as_ref().map(|jobs| jobs.send(job));
+            if !matches!(sent, Some(Ok(()))) {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                return Err(StoreError::Closed);
+            }
         }
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Commits `job` on this thread if it need not be synced, the connection is free and no
-    /// checkpoint is due; else hands it back, for the writer thread.
+    /// Commits `job` on this thread if it need not be synced, the connection is free, no
+    /// job waits for the thread (which commits in order) and no checkpoint is due; else hands
+    /// it back, for the thread.
     fn try_here(&self, job: Job) -> Option<Job> {
         if job.durable {
             return Some(job);
@@ -122,10 +143,12 @@ impl Writer {
         let Some(mut connection) = self.connection.try_lock() else {
             return Some(job);
         };
-        if connection.commits_since_checkpoint >= CHECKPOINT_EVERY {
+        // Read under the lock: the thread counts its jobs off while it holds it.
+        if self.queued.load(Ordering::SeqCst) > 0 || checkpoint_due(&self.log_pages) {
             return Some(job);
         }
-        connection.commit(vec![job]);
+        let WriteConnection { conn, sync } = &mut *connection;
+        commit(conn, sync, vec![job]);
         None
     }
 }
@@ -133,9 +156,22 @@ impl Writer {
 /// The writer thread's name.
 const THREAD_NAME: &str = "pgwarden-state-writer";
 
-/// The writer thread: takes every job waiting (at least one), commits them together, and
-/// checkpoints the log when that is due.
-fn serve(connection: &Mutex<WriteConnection>, queue: &mpsc::Receiver<Job>) {
+/// Whether the log holds enough pages to checkpoint it.
+fn checkpoint_due(log_pages: &AtomicU32) -> bool {
+    log_pages.load(Ordering::Relaxed) >= CHECKPOINT_PAGES
+}
+
+/// The writer thread: takes every job waiting (at least one) and commits them together,
+/// after checkpointing the log when that is due: its commit then starts the log over, which
+/// syncs too. (When a reader kept the checkpoint from finishing, the log is not started
+/// over; it stays due, and the next batch tries again. A failed checkpoint is an I/O error,
+/// which the writes report too.)
+fn serve(
+    connection: &Mutex<WriteConnection>,
+    queue: &mpsc::Receiver<Job>,
+    queued: &AtomicUsize,
+    log_pages: &AtomicU32,
+) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -145,42 +181,21 @@ fn serve(connection: &Mutex<WriteConnection>, queue: &mpsc::Receiver<Job>) {
             }
         }
         let mut connection = connection.lock();
-        connection.commit(batch);
-        if connection.commits_since_checkpoint >= CHECKPOINT_EVERY {
-            connection.checkpoint();
+        let WriteConnection { conn, sync } = &mut *connection;
+        if checkpoint_due(log_pages) {
+            // `PASSIVE`: as far as no reader needs the log, waiting for no one.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         }
+        let committed = batch.len();
+        commit(conn, sync, batch);
+        queued.fetch_sub(committed, Ordering::SeqCst);
     }
 }
 
-/// The write connection, and what the writer knows of its state.
+/// The write connection, and its `synchronous` setting as the writer last set it.
 struct WriteConnection {
     conn: Connection,
-    /// Its `synchronous` setting.
     sync: SyncMode,
-    /// Commits since the log was last checkpointed.
-    commits_since_checkpoint: u32,
-}
-
-impl WriteConnection {
-    /// Runs `batch` in one transaction, each job under a savepoint of its own, and replies to
-    /// each with the commit's outcome.
-    fn commit(&mut self, batch: Vec<Job>) {
-        commit(&self.conn, &mut self.sync, batch);
-        self.commits_since_checkpoint = self.commits_since_checkpoint.saturating_add(1);
-    }
-
-    /// Copies what the log holds into the database file, as far as no reader needs it
-    /// (`PASSIVE`: waits for no one), so the log is reused rather than growing. After a
-    /// failure (an I/O error, which the writes report too) it stays due, so every write goes
-    /// through the thread, and the next batch tries again.
-    fn checkpoint(&mut self) {
-        let done = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        if done.is_ok() {
-            self.commits_since_checkpoint = 0;
-        }
-    }
 }
 
 /// The connection's `synchronous` setting, as last set by the writer.
@@ -263,15 +278,17 @@ fn run_in_savepoint(
 
 #[cfg(test)]
 mod tests {
-    use super::{CHECKPOINT_EVERY, THREAD_NAME, Writer};
+    use super::{CHECKPOINT_PAGES, THREAD_NAME, Writer};
     use rusqlite::Connection;
+    use std::sync::atomic::Ordering;
 
     /// A writer on a fresh database in WAL mode (kept while the directory lives).
     fn writer() -> (tempfile::TempDir, Writer) {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("state.db")).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER, pad BLOB)")
+            .unwrap();
         (dir, Writer::start(conn).unwrap())
     }
 
@@ -285,15 +302,20 @@ mod tests {
             .unwrap()
     }
 
-    /// Whether a write (a row inserted) ran on the writer's thread.
-    async fn on_writer_thread(writer: &Writer, durable: bool) -> bool {
+    /// Inserts `x` with `pad` bytes beside it; says whether that ran on the writer's thread.
+    async fn insert(writer: &Writer, durable: bool, x: i64, pad: usize) -> bool {
         writer
-            .write(durable, |c| {
-                c.execute("INSERT INTO t VALUES (1)", [])?;
+            .write(durable, move |c| {
+                c.execute("INSERT INTO t VALUES (?1, ?2)", (x, vec![0u8; pad]))?;
                 Ok(std::thread::current().name() == Some(THREAD_NAME))
             })
             .await
             .unwrap()
+    }
+
+    /// Waits until the thread has let go of the connection (it answers before that).
+    fn until_the_thread_is_done(writer: &Writer) {
+        drop(writer.connection.lock());
     }
 
     #[tokio::test]
@@ -306,6 +328,7 @@ mod tests {
                 expected,
                 "durable: {durable}"
             );
+            until_the_thread_is_done(&writer);
         }
     }
 
@@ -314,14 +337,15 @@ mod tests {
         clippy::await_holding_lock,
         reason = "keeps the connection busy on purpose"
     )]
-    async fn relaxed_writes_run_here_when_the_connection_is_free_durable_ones_on_the_thread() {
+    async fn relaxed_writes_run_here_unless_the_connection_is_busy_durable_ones_on_the_thread() {
         let (_dir, writer) = writer();
-        assert!(!on_writer_thread(&writer, false).await);
-        assert!(on_writer_thread(&writer, true).await);
-        assert!(!on_writer_thread(&writer, false).await);
+        assert!(!insert(&writer, false, 1, 0).await);
+        assert!(insert(&writer, true, 2, 0).await);
+        until_the_thread_is_done(&writer);
+        assert!(!insert(&writer, false, 3, 0).await);
         // While the thread holds the connection, a relaxed write waits for it there.
         let busy = writer.connection.lock();
-        let queued = on_writer_thread(&writer, false);
+        let queued = insert(&writer, false, 4, 0);
         tokio::pin!(queued);
         let waited = tokio::time::timeout(std::time::Duration::from_millis(100), &mut queued);
         assert!(waited.await.is_err(), "it waits for the connection");
@@ -330,27 +354,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_thread_checkpoints_the_log_and_a_due_checkpoint_sends_writes_there() {
+    async fn a_relaxed_write_never_overtakes_one_waiting_for_the_thread() {
+        let (_dir, writer) = writer();
+        // As when a job is sent and the thread has not taken the connection yet (the mutex
+        // hands it over fairly when a waiter has waited long, so a test cannot make the
+        // thread late on purpose).
+        writer.queued.fetch_add(1, Ordering::SeqCst);
+        assert!(insert(&writer, false, 1, 0).await, "queued behind it");
+        until_the_thread_is_done(&writer);
+        writer.queued.fetch_sub(1, Ordering::SeqCst);
+        assert!(!insert(&writer, false, 2, 0).await, "none waiting");
+    }
+
+    #[tokio::test]
+    async fn the_thread_checkpoints_a_full_log_and_starts_it_over() {
         let (dir, writer) = writer();
-        for n in 0..CHECKPOINT_EVERY {
-            assert!(!on_writer_thread(&writer, false).await, "write {n}");
+        // Rows of about a page each: relaxed, on this thread, until the log is full.
+        let mut n = 0;
+        while writer.log_pages.load(Ordering::Relaxed) < CHECKPOINT_PAGES {
+            assert!(!insert(&writer, false, n, 3000).await, "write {n}");
+            n += 1;
+            assert!(
+                n < 2 * i64::from(CHECKPOINT_PAGES),
+                "SQLite checkpointed by itself"
+            );
         }
         let log = dir.path().join("state.db-wal");
-        let grown = std::fs::metadata(&log).unwrap().len();
-        assert!(grown > 0, "nothing checkpointed the log yet");
-        // Due now: the next write goes to the thread, which checkpoints after it.
-        assert!(on_writer_thread(&writer, false).await);
-        drop(writer.connection.lock()); // the thread answers before it checkpoints
-        assert!(!on_writer_thread(&writer, false).await, "not due any more");
-        // Checkpointed, the log is written again from its start instead of growing (by as much
-        // again as before, without the checkpoint).
-        for _ in 2..CHECKPOINT_EVERY {
-            on_writer_thread(&writer, false).await;
+        let full = std::fs::metadata(&log).unwrap().len();
+        // Due now: the next write goes to the thread, which checkpoints, then starts the log
+        // over with that write.
+        assert!(insert(&writer, false, n, 3000).await);
+        until_the_thread_is_done(&writer);
+        let pages = writer.log_pages.load(Ordering::Relaxed);
+        assert!(pages < 10, "the log was started over: {pages} pages");
+        assert!(
+            !insert(&writer, false, n + 1, 3000).await,
+            "not due any more"
+        );
+        for x in 0..n {
+            insert(&writer, false, x, 3000).await;
         }
         let after = std::fs::metadata(&log).unwrap().len();
         assert!(
-            after < grown * 3 / 2,
-            "the log grew from {grown} to {after} bytes"
+            after < full * 3 / 2,
+            "the log grew from {full} to {after} bytes"
         );
     }
 }
