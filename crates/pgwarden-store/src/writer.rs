@@ -31,8 +31,11 @@ const CHECKPOINT_PAGES: u32 = 1000;
 struct Job {
     durable: bool,
     run: Box<dyn FnOnce(&Connection) -> bool + Send>,
-    reply: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+    reply: Reply,
 }
+
+/// How a write's caller hears the outcome of its batch's commit.
+type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// The write connection and its thread. Dropping it waits for the thread to finish its
 /// writes, then closes the connection, which checkpoints the log (so the files are complete
@@ -148,7 +151,9 @@ impl Writer {
             return Some(job);
         }
         let WriteConnection { conn, sync } = &mut *connection;
-        commit(conn, sync, vec![job]);
+        let committed = commit(conn, sync, vec![job]);
+        drop(connection);
+        committed.answer();
         None
     }
 }
@@ -186,9 +191,11 @@ fn serve(
             // `PASSIVE`: as far as no reader needs the log, waiting for no one.
             let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         }
-        let committed = batch.len();
-        commit(conn, sync, batch);
-        queued.fetch_sub(committed, Ordering::SeqCst);
+        let jobs = batch.len();
+        let committed = commit(conn, sync, batch);
+        queued.fetch_sub(jobs, Ordering::SeqCst);
+        drop(connection);
+        committed.answer();
     }
 }
 
@@ -230,9 +237,9 @@ fn run(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(statement)?.execute([]).map(drop)
 }
 
-/// Runs `batch` in one transaction, each job under a savepoint of its own, and replies to
-/// each with the commit's outcome.
-fn commit(conn: &Connection, sync: &mut SyncMode, batch: Vec<Job>) {
+/// Runs `batch` in one transaction, each job under a savepoint of its own; returns the
+/// commit's outcome for each job's caller.
+fn commit(conn: &Connection, sync: &mut SyncMode, batch: Vec<Job>) -> Committed {
     let durable = batch.iter().any(|job| job.durable);
     if !conn.is_autocommit() {
         // A previous batch's ROLLBACK failed (an I/O error): start clean.
@@ -257,8 +264,22 @@ fn commit(conn: &Connection, sync: &mut SyncMode, batch: Vec<Job>) {
     if outcome.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
     }
-    for reply in replies {
-        reply(outcome.clone().map_err(StoreError::Commit));
+    Committed { replies, outcome }
+}
+
+/// A batch's commit, done, with the answers its callers are still to hear: sent once the
+/// connection is let go of, so a caller's next write may run on its own thread at once.
+struct Committed {
+    replies: Vec<Reply>,
+    outcome: Result<(), String>,
+}
+
+impl Committed {
+    /// Tells each caller how the commit went.
+    fn answer(self) {
+        for reply in self.replies {
+            reply(self.outcome.clone().map_err(StoreError::Commit));
+        }
     }
 }
 
@@ -313,11 +334,6 @@ mod tests {
             .unwrap()
     }
 
-    /// Waits until the thread has let go of the connection (it answers before that).
-    fn until_the_thread_is_done(writer: &Writer) {
-        drop(writer.connection.lock());
-    }
-
     #[tokio::test]
     async fn each_batch_runs_with_the_sync_its_writes_need() {
         let (_dir, writer) = writer();
@@ -328,7 +344,6 @@ mod tests {
                 expected,
                 "durable: {durable}"
             );
-            until_the_thread_is_done(&writer);
         }
     }
 
@@ -341,7 +356,6 @@ mod tests {
         let (_dir, writer) = writer();
         assert!(!insert(&writer, false, 1, 0).await);
         assert!(insert(&writer, true, 2, 0).await);
-        until_the_thread_is_done(&writer);
         assert!(!insert(&writer, false, 3, 0).await);
         // While the thread holds the connection, a relaxed write waits for it there.
         let busy = writer.connection.lock();
@@ -361,7 +375,6 @@ mod tests {
         // thread late on purpose).
         writer.queued.fetch_add(1, Ordering::SeqCst);
         assert!(insert(&writer, false, 1, 0).await, "queued behind it");
-        until_the_thread_is_done(&writer);
         writer.queued.fetch_sub(1, Ordering::SeqCst);
         assert!(!insert(&writer, false, 2, 0).await, "none waiting");
     }
@@ -384,7 +397,6 @@ mod tests {
         // Due now: the next write goes to the thread, which checkpoints, then starts the log
         // over with that write.
         assert!(insert(&writer, false, n, 3000).await);
-        until_the_thread_is_done(&writer);
         let pages = writer.log_pages.load(Ordering::Relaxed);
         assert!(pages < 10, "the log was started over: {pages} pages");
         assert!(
