@@ -392,10 +392,7 @@ const SESSIONS_STATEMENT_TIMEOUT: &str = "50s";
 async fn end_dangling_sessions(client: &tokio_postgres::Client) -> Result<usize, EngineError> {
     let ended = client
         .simple_query(&format!(
-            "BEGIN;
-SET LOCAL statement_timeout = '{SESSIONS_STATEMENT_TIMEOUT}';
-{}
-COMMIT;",
+            "BEGIN;\nSET LOCAL statement_timeout = '{SESSIONS_STATEMENT_TIMEOUT}';\n{}\nCOMMIT;",
             end_dangling_sessions_statement(false)
         ))
         .await
@@ -457,9 +454,9 @@ async fn drop_if_nothing_depends(
         Err(error) => error,
     };
     // Ends the transaction if the drop failed (a failure after its commit leaves none). Should
-    // even that fail, the connection is broken, and the pool discards it; should this future be
-    // dropped first, the caller's `Held` closes the connection: the server then ends the
-    // transaction once it notices (a statement under way runs to its end first).
+    // even that fail, so does the lookup below, and the caller's `Held` closes the connection;
+    // as it does should this future be dropped first: the server then ends the transaction
+    // once it notices (a statement under way runs to its end first).
     let _ = client.batch_execute("ROLLBACK;").await;
     let code = error.code();
     match user_oid(client, username).await {
@@ -554,8 +551,8 @@ fn member_of(group: &str, username: &str, verifier: &str, until: &str) -> String
 }
 
 /// Sends `BEGIN` and a user's creation `statements` in one round trip. On failure the
-/// transaction is rolled back, so the connection can be used again (a connection that cannot
-/// even roll back is closed, and the pool drops it).
+/// transaction is rolled back, so the connection can be used for a retry (the caller closes
+/// it once it gives up: the `ROLLBACK` may have failed too).
 async fn begin_with(
     client: &tokio_postgres::Client,
     statements: &[String],

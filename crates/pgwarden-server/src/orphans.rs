@@ -96,9 +96,8 @@ impl Orphans {
     /// queued behind the first.
     pub async fn end_sessions_of_dropped_users(&self) {
         let mut passes = Vec::new();
-        for (connection, target) in one_per_key(self.catalog.targets(), |t| t.cluster()) {
-            let Some(in_flight) = InFlight::enter(&self.sessions_in_flight, target.cluster())
-            else {
+        for (connection, cluster, target) in one_per_key(self.catalog.targets(), |t| t.cluster()) {
+            let Some(in_flight) = InFlight::enter(&self.sessions_in_flight, cluster) else {
                 continue;
             };
             passes.push(tokio::spawn(async move {
@@ -217,12 +216,20 @@ fn period_of(interval: Ttl) -> std::time::Duration {
     interval.as_duration().max(MIN_PERIOD)
 }
 
-/// The first (by name) of `items` for each `key`, sorted by name.
-fn one_per_key<T>(mut items: Vec<(String, T)>, key: impl Fn(&T) -> String) -> Vec<(String, T)> {
+/// The first (by name) of `items` for each `key`, sorted by name, with its key.
+fn one_per_key<T>(
+    mut items: Vec<(String, T)>,
+    key: impl Fn(&T) -> String,
+) -> Vec<(String, String, T)> {
     items.sort_by(|a, b| a.0.cmp(&b.0));
     let mut seen = HashSet::new();
-    items.retain(|(_, item)| seen.insert(key(item)));
     items
+        .into_iter()
+        .filter_map(|(name, item)| {
+            let key = key(&item);
+            seen.insert(key.clone()).then_some((name, key, item))
+        })
+        .collect()
 }
 
 /// A key's place in a set of passes under way, given up when dropped (also when its task
@@ -306,11 +313,17 @@ mod tests {
             ("db/a".to_string(), "admin@h:5432"),
             ("db/d".to_string(), "admin@h2:5432"),
         ];
-        let kept: Vec<String> = one_per_key(connections, |k| k.to_string())
+        let kept: Vec<(String, String)> = one_per_key(connections, |k| k.to_string())
             .into_iter()
-            .map(|(name, _)| name)
+            .map(|(name, key, _)| (name, key))
             .collect();
-        assert_eq!(kept, ["db/a", "db/c", "db/d"]);
+        let expected = [
+            ("db/a", "admin@h:5432"),
+            ("db/c", "other@h:5432"),
+            ("db/d", "admin@h2:5432"),
+        ]
+        .map(|(name, key)| (name.to_string(), key.to_string()));
+        assert_eq!(kept, expected);
     }
 
     #[tokio::test]

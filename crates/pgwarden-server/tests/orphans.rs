@@ -104,8 +104,17 @@ async fn session_of(env: &Env, creds: &Creds) -> (tokio_postgres::Client, i32) {
     (session, pid)
 }
 
-/// Whether the backend `pid` is gone within `limit` (watched through `su`).
-async fn ends_within(su: &tokio_postgres::Client, pid: i32, limit: Duration) -> bool {
+/// Drops role `username` by hand through `su` (which leaves its sessions running), then
+/// says whether its session's backend `pid` is gone within `limit`.
+async fn ended_after_dropping(
+    su: &tokio_postgres::Client,
+    username: &str,
+    pid: i32,
+    limit: Duration,
+) -> bool {
+    su.batch_execute(&format!("DROP ROLE \"{username}\""))
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -136,11 +145,8 @@ async fn sessions_of_dropped_roles_are_ended_by_the_sessions_pass() {
     let (dangling, pid) = session_of(&env, &gone).await;
     let alive = env.login(&kept).await.unwrap();
     let su = env.cluster.connect_superuser("appdb").await.unwrap();
-    su.batch_execute(&format!("DROP ROLE \"{}\"", gone.username))
-        .await
-        .unwrap();
     assert!(
-        ends_within(&su, pid, Duration::from_secs(4)).await,
+        ended_after_dropping(&su, &gone.username, pid, Duration::from_secs(4)).await,
         "the sessions pass ended the session of the dropped role"
     );
     assert!(dangling.query_one("SELECT 1", &[]).await.is_err());
@@ -181,11 +187,8 @@ async fn connections_that_do_not_answer_delay_no_other_sessions_pass() {
         .await
         .expect("a sessions pass tried the silent connection")
         .unwrap();
-    su.batch_execute(&format!("DROP ROLE \"{}\"", gone.username))
-        .await
-        .unwrap();
     assert!(
-        ends_within(&su, pid, Duration::from_secs(3)).await,
+        ended_after_dropping(&su, &gone.username, pid, Duration::from_secs(3)).await,
         "the session of the dropped role was ended while the silent connections were waited on"
     );
 }
