@@ -16,18 +16,6 @@ impl Held {
         Held(Some(client))
     }
 
-    /// `query` prepared on this connection: parsed and planned by the server once, then taken
-    /// from the connection's cache.
-    pub(crate) async fn prepare_cached(
-        &self,
-        query: &str,
-    ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
-        match &self.0 {
-            Some(client) => client.prepare_cached(query).await,
-            None => unreachable!("a released connection is not used"),
-        }
-    }
-
     /// The connection, to go back to the pool when dropped: its transaction is over.
     pub(crate) fn release(mut self) -> Object {
         self.0

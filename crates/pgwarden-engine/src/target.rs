@@ -117,7 +117,8 @@ struct RotatedPasswords {
 
 impl AdminConnect {
     /// Connects with `config` (its password, the one `rotate-root` set, or the IAM token),
-    /// then with the other known passwords if it is refused while a rotation runs.
+    /// then with the other known passwords if it is refused while a rotation runs; then
+    /// prepares the fast revocation's statements on the connection.
     async fn open(
         &self,
         config: &Config,
@@ -160,7 +161,11 @@ impl AdminConnect {
             config.password(password.expose_secret());
             outcome = self.open_once(&config).await;
         }
-        outcome
+        let (client, task) = outcome?;
+        client
+            .batch_execute(&crate::users::prepare_revocation())
+            .await?;
+        Ok((client, task))
     }
 
     async fn open_once(

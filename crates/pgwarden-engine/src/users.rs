@@ -417,14 +417,29 @@ enum FastDrop {
     Kept(u32),
 }
 
-/// The fast revocation's check before its drop, with the user's name (quoted as an
-/// identifier) as `$1`: an administrator without `pg_signal_backend` fails on the user's first
-/// session (permission denied), which aborts the drop's transaction; with it, the condition is
-/// false before any session is read.
-fn end_sessions_unless_signalling() -> String {
-    end_sessions_matching(&format!(
-        "NOT {MAY_SIGNAL} AND usesysid = (SELECT to_regrole($1)::oid)"
-    ))
+/// The name of the fast revocation's check before its drop, prepared on every administrative
+/// connection ([`prepare_revocation`]).
+const CHECK_BEFORE_DROP: &str = "pgwarden_check_before_drop";
+
+/// The name of the fast revocation's sweep after its commit, prepared on every administrative
+/// connection ([`prepare_revocation`]).
+const SWEEP_AFTER_DROP: &str = "pgwarden_sweep_after_drop";
+
+/// Prepares the fast revocation's two statements reading the sessions, run when an
+/// administrative connection opens: planning them for every revocation cost PostgreSQL more
+/// CPU than running them (the check, whose parameter is the user's name quoted as an
+/// identifier, may be planned again on its first few runs, until its generic plan is chosen).
+/// The check fails on the user's first session (permission denied) for an administrator
+/// without `pg_signal_backend`, aborting the drop's transaction; with it, its condition is
+/// false before any session is read. The sweep ends the sessions left without a role.
+pub(crate) fn prepare_revocation() -> String {
+    format!(
+        "PREPARE {CHECK_BEFORE_DROP}(text) AS {}\nPREPARE {SWEEP_AFTER_DROP} AS {}",
+        end_sessions_matching(&format!(
+            "NOT {MAY_SIGNAL} AND usesysid = (SELECT to_regrole($1)::oid)"
+        )),
+        end_dangling_sessions_statement(true),
+    )
 }
 
 /// The fast revocation, for a user nothing depends on (the usual case), in one round trip:
@@ -433,46 +448,33 @@ fn end_sessions_unless_signalling() -> String {
 /// before the drop, and any that logged in meanwhile. A session still starting up then (it
 /// shows its role in `pg_stat_activity` only at the end of its start-up, which a client can
 /// delay with `post_auth_delay`) is missed here, and ended by the orphan sweep's sessions pass
-/// ([`Target::end_sessions_of_dropped_users`]). The messages go out together, in order (the
-/// client pipelines them), and the server answers each in turn: pgwarden dying meanwhile does
-/// not stop the sessions' end after the commit.
+/// ([`Target::end_sessions_of_dropped_users`]). The server runs the query string whole once
+/// it has it, so pgwarden dying meanwhile does not stop the sessions' end after the commit.
 ///
 /// An administrator without `pg_signal_backend` can end no other role's sessions: then, before
 /// the drop, a session of the user fails the transaction (permission denied), so the user is
 /// kept, and the revocation fails and is retried until its sessions are gone; sessions of
 /// other dropped roles are left to the sessions pass. With it, that check costs nothing.
-/// The two statements reading the sessions are prepared once per connection: planning them
-/// cost PostgreSQL more CPU than running them, and more than the drop itself. (Reading the
-/// sessions costs it more than the rest of the revocation: they are read once, after the
-/// drop.)
-async fn drop_if_nothing_depends(client: &Held, username: &str) -> Result<FastDrop, EngineError> {
-    let (check, end_dangling) = (
-        end_sessions_unless_signalling(),
-        end_dangling_sessions_statement(true),
-    );
-    let (before, after) = tokio::try_join!(
-        client.prepare_cached(&check),
-        client.prepare_cached(&end_dangling),
-    )
-    .map_err(sql("preparing the revocation's statements"))?;
-    let name = quote_ident(username);
-    let begin = format!(
-        "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n\
-         SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}';"
-    );
-    let drop = format!("DROP ROLE IF EXISTS {name};\nCOMMIT;");
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&name];
-    // Sent in the order written; after an error, the transaction is aborted, so what follows
-    // fails too (and `COMMIT`, in the drop's message, is not reached): the first error counts.
-    let (begun, checked, dropped, ended) = tokio::join!(
-        client.batch_execute(&begin),
-        client.execute(&before, &params),
-        client.batch_execute(&drop),
-        client.execute(&after, &[]),
-    );
-    let dropped = begun.and(checked).and(dropped).and(ended);
+/// (Reading the sessions costs PostgreSQL more CPU than the rest of the revocation: it is
+/// read once, after the drop.) Both statements reading the sessions are prepared when the
+/// connection opens; should they be gone (a template ran `DEALLOCATE ALL`), the check fails
+/// before the drop, and the connection is closed.
+async fn drop_if_nothing_depends(
+    client: &tokio_postgres::Client,
+    username: &str,
+) -> Result<FastDrop, EngineError> {
+    let dropped = client
+        .batch_execute(&format!(
+            "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n\
+             SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}';\n\
+             EXECUTE {CHECK_BEFORE_DROP}({});\n\
+             DROP ROLE IF EXISTS {};\nCOMMIT;\nEXECUTE {SWEEP_AFTER_DROP};",
+            quote_literal(&quote_ident(username)),
+            quote_ident(username),
+        ))
+        .await;
     let error = match dropped {
-        Ok(_) => return Ok(FastDrop::Dropped),
+        Ok(()) => return Ok(FastDrop::Dropped),
         Err(error) => error,
     };
     // Ends the transaction if the drop failed (a failure after its commit leaves none). Should
@@ -481,7 +483,7 @@ async fn drop_if_nothing_depends(client: &Held, username: &str) -> Result<FastDr
     // once it notices (a statement under way runs to its end first).
     let _ = client.batch_execute("ROLLBACK;").await;
     let code = error.code();
-    match user_oid(&**client, username).await {
+    match user_oid(client, username).await {
         Ok(Some(oid)) if code == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
             Ok(FastDrop::Kept(oid))
         }

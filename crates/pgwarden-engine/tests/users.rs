@@ -841,6 +841,80 @@ async fn without_pg_signal_backend_a_user_is_kept_until_its_sessions_are_gone() 
     assert!(!role_exists(&s, &user.username).await);
 }
 
+/// The revocation's check before the drop is a statement prepared on each connection, which
+/// PostgreSQL may run with a generic plan after a few runs: with that plan too, an
+/// administrator without `pg_signal_backend` keeps a user whose session lives, and says why.
+#[tokio::test]
+async fn without_pg_signal_backend_the_check_holds_with_its_generic_plan() {
+    let s = setup().await;
+    let su = s.cluster.connect_superuser("appdb").await.unwrap();
+    su.batch_execute(&format!(
+        "REVOKE pg_signal_backend FROM \"{ADMIN}\";\
+         ALTER ROLE \"{ADMIN}\" SET plan_cache_mode = force_generic_plan;"
+    ))
+    .await
+    .unwrap();
+    // Connections opened from now on plan generically.
+    let target = new_target(&s.cluster);
+    let ro = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
+    let user = issue_on(&target, &ro, &[]).await.unwrap();
+    let session = login(&s, &user).await.unwrap();
+    let error = target
+        .revoke_user(&ro, &user.username)
+        .await
+        .unwrap_err()
+        .to_string();
+    let expected = format!(
+        "user {:?} has sessions the administrator cannot end without pg_signal_backend; it is \
+         kept until they end: ",
+        user.username
+    );
+    assert!(
+        error.starts_with(&expected) && error.ends_with("(SQLSTATE 42501)"),
+        "{error}"
+    );
+    assert!(role_exists(&s, &user.username).await);
+    session.simple_query("SELECT 1").await.unwrap();
+}
+
+/// A template that deallocates the connection's prepared statements (here a renewal's
+/// `DEALLOCATE ALL`) takes the revocation's with them: the next revocation on that connection
+/// fails before its drop, keeping the user, and the retry, on a fresh connection, drops it and
+/// ends its session.
+#[tokio::test]
+async fn a_revocation_whose_prepared_statements_are_gone_fails_before_dropping() {
+    let s = setup().await;
+    let dealloc = role(
+        "dealloc",
+        r#"{"db_name":"appdb","creation_statements":["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}'"],"renew_statements":["DEALLOCATE ALL"]}"#,
+    );
+    // One connection: every call below runs on it until it is closed.
+    let target = new_target(&s.cluster);
+    let user = issue_on(&target, &dealloc, &[]).await.unwrap();
+    let session = login(&s, &user).await.unwrap();
+    let later = OffsetDateTime::now_utc() + Duration::from_secs(1200);
+    target
+        .renew_user(&dealloc, &user.username, later)
+        .await
+        .unwrap();
+    let error = target
+        .revoke_user(&dealloc, &user.username)
+        .await
+        .unwrap_err()
+        .to_string();
+    let expected = format!("dropping user {:?}: ", user.username);
+    assert!(
+        error.starts_with(&expected) && error.ends_with("(SQLSTATE 26000)"),
+        "{error}"
+    );
+    assert!(role_exists(&s, &user.username).await);
+    session.simple_query("SELECT 1").await.unwrap();
+    target.revoke_user(&dealloc, &user.username).await.unwrap();
+    assert!(!role_exists(&s, &user.username).await);
+    let ended = session.simple_query("SELECT 1").await.unwrap_err();
+    assert!(ended.is_closed() || ended.code().is_some(), "{ended}");
+}
+
 /// A user the administrator may not drop (here a superuser, refused on every major; from
 /// PostgreSQL 16 also any role it has no `ADMIN OPTION` on) is reported as such, not as
 /// sessions it cannot end, and kept.
