@@ -117,8 +117,7 @@ struct RotatedPasswords {
 
 impl AdminConnect {
     /// Connects with `config` (its password, the one `rotate-root` set, or the IAM token),
-    /// then with the other known passwords if it is refused while a rotation runs; then
-    /// prepares the fast revocation's statements on the connection.
+    /// then with the other known passwords if it is refused while a rotation runs.
     async fn open(
         &self,
         config: &Config,
@@ -161,11 +160,7 @@ impl AdminConnect {
             config.password(password.expose_secret());
             outcome = self.open_once(&config).await;
         }
-        let (client, task) = outcome?;
-        client
-            .batch_execute(&crate::users::prepare_revocation())
-            .await?;
-        Ok((client, task))
+        outcome
     }
 
     async fn open_once(
@@ -195,7 +190,15 @@ impl deadpool_postgres::Connect for AdminConnect {
         >,
     > {
         let config = config.clone();
-        Box::pin(async move { self.open(&config).await })
+        Box::pin(async move {
+            // The pool's connections run the fast revocation: its statements are prepared
+            // once (the separate connections, to a standby or another database, never do).
+            let (client, task) = self.open(&config).await?;
+            client
+                .batch_execute(&crate::users::prepare_revocation())
+                .await?;
+            Ok((client, task))
+        })
     }
 }
 
