@@ -150,8 +150,7 @@ impl Writer {
         if self.queued.load(Ordering::SeqCst) > 0 || checkpoint_due(&self.log_pages) {
             return Some(job);
         }
-        let WriteConnection { conn, sync } = &mut *connection;
-        let committed = commit(conn, sync, vec![job]);
+        let committed = connection.commit(vec![job]);
         drop(connection);
         committed.answer();
         None
@@ -186,13 +185,14 @@ fn serve(
             }
         }
         let mut connection = connection.lock();
-        let WriteConnection { conn, sync } = &mut *connection;
         if checkpoint_due(log_pages) {
             // `PASSIVE`: as far as no reader needs the log, waiting for no one.
-            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            let _ = connection
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         }
         let jobs = batch.len();
-        let committed = commit(conn, sync, batch);
+        let committed = connection.commit(batch);
         queued.fetch_sub(jobs, Ordering::SeqCst);
         drop(connection);
         committed.answer();
@@ -203,6 +203,40 @@ fn serve(
 struct WriteConnection {
     conn: Connection,
     sync: SyncMode,
+}
+
+impl WriteConnection {
+    /// Runs `batch` in one transaction, each job under a savepoint of its own; returns the
+    /// commit's outcome for each job's caller.
+    fn commit(&mut self, batch: Vec<Job>) -> Committed {
+        let conn = &self.conn;
+        let durable = batch.iter().any(|job| job.durable);
+        if !conn.is_autocommit() {
+            // A previous batch's ROLLBACK failed (an I/O error): start clean.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        let wanted = if durable {
+            SyncMode::Full
+        } else {
+            SyncMode::Normal
+        };
+        let mut outcome =
+            set_sync(conn, &mut self.sync, wanted).and_then(|()| run(conn, "BEGIN IMMEDIATE"));
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch {
+            if outcome.is_ok() {
+                outcome = run_in_savepoint(conn, job.run);
+            }
+            replies.push(job.reply);
+        }
+        let outcome = outcome
+            .and_then(|()| run(conn, "COMMIT"))
+            .map_err(|e| e.to_string());
+        if outcome.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        Committed { replies, outcome }
+    }
 }
 
 /// The connection's `synchronous` setting, as last set by the writer.
@@ -235,36 +269,6 @@ fn set_sync(conn: &Connection, sync: &mut SyncMode, wanted: SyncMode) -> rusqlit
 /// Runs `statement` (transaction control, without parameters), prepared once per connection.
 fn run(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(statement)?.execute([]).map(drop)
-}
-
-/// Runs `batch` in one transaction, each job under a savepoint of its own; returns the
-/// commit's outcome for each job's caller.
-fn commit(conn: &Connection, sync: &mut SyncMode, batch: Vec<Job>) -> Committed {
-    let durable = batch.iter().any(|job| job.durable);
-    if !conn.is_autocommit() {
-        // A previous batch's ROLLBACK failed (an I/O error): start clean.
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    let wanted = if durable {
-        SyncMode::Full
-    } else {
-        SyncMode::Normal
-    };
-    let mut outcome = set_sync(conn, sync, wanted).and_then(|()| run(conn, "BEGIN IMMEDIATE"));
-    let mut replies = Vec::with_capacity(batch.len());
-    for job in batch {
-        if outcome.is_ok() {
-            outcome = run_in_savepoint(conn, job.run);
-        }
-        replies.push(job.reply);
-    }
-    let outcome = outcome
-        .and_then(|()| run(conn, "COMMIT"))
-        .map_err(|e| e.to_string());
-    if outcome.is_err() && !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    Committed { replies, outcome }
 }
 
 /// A batch's commit, done, with the answers its callers are still to hear: sent once the
