@@ -23,9 +23,14 @@ async fn setup() -> Setup {
 
 /// A fresh target on `cluster`'s `appdb`, as after a restart.
 fn new_target(cluster: &PgCluster) -> Target {
+    target_at(cluster.templated_url("appdb"))
+}
+
+/// A target reached through `connection_url`.
+fn target_at(connection_url: String) -> Target {
     Target::new(&ConnectionDef {
         name: "appdb".into(),
-        connection_url: cluster.templated_url("appdb"),
+        connection_url,
         username: ADMIN.into(),
         password: SecretString::from(ADMIN_PW),
         allowed_roles: vec!["*".into()],
@@ -972,7 +977,7 @@ async fn an_uncommitted_user_cannot_log_in_and_is_gone_unless_committed() {
             "{refused}"
         );
         match give_up {
-            "rollback" => user.rollback().await,
+            "rollback" => user.rollback().await.unwrap(),
             _ => drop(user),
         }
         assert!(!role_exists(&s, &username).await, "{give_up}");
@@ -990,8 +995,31 @@ async fn an_uncommitted_user_cannot_log_in_and_is_gone_unless_committed() {
     login(&s, &more).await.unwrap();
 }
 
+/// Begins a user of `role`, then rolls it back if `give_up`, else commits it: its name, and
+/// what the end said.
+async fn begin_then_end(
+    s: &Setup,
+    role: &RoleDef,
+    give_up: bool,
+) -> (String, Result<(), pgwarden_engine::EngineError>) {
+    let username = names::generate_username("test", &role.name, 1);
+    let expires = OffsetDateTime::now_utc() + Duration::from_secs(600);
+    let password = NewPassword::generate();
+    let user = s
+        .target
+        .begin_user(role, &username, &password, expires, &[], "root")
+        .await
+        .unwrap();
+    let outcome = if give_up {
+        user.rollback().await
+    } else {
+        user.commit().await
+    };
+    (username, outcome)
+}
+
 #[tokio::test]
-async fn a_template_that_commits_by_itself_is_caught_before_its_user_counts_as_pending() {
+async fn a_template_that_commits_by_itself_is_caught_whether_committed_or_rolled_back() {
     let s = setup().await;
     let sneaky = role(
         "sneaky",
@@ -999,38 +1027,88 @@ async fn a_template_that_commits_by_itself_is_caught_before_its_user_counts_as_p
             "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
             "COMMIT;"]}"#,
     );
-    let username = names::generate_username("test", "sneaky", 1);
-    let expires = OffsetDateTime::now_utc() + Duration::from_secs(600);
-    let Err(error) = s
-        .target
-        .begin_user(
-            &sneaky,
-            &username,
-            &NewPassword::generate(),
-            expires,
-            &[],
-            "root",
-        )
+    for give_up in [false, true] {
+        let (username, outcome) = begin_then_end(&s, &sneaky, give_up).await;
+        let Err(error) = outcome else {
+            panic!("a self-committing template was taken as uncommitted (rollback: {give_up})");
+        };
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "creating user {username:?} for role \"sneaky\": the creation statements end the \
+                 transaction (COMMIT or END); remove that statement: pgwarden commits the user \
+                 itself once its lease is recorded"
+            )
+        );
+        assert!(
+            !error.created_nothing(),
+            "its user may exist: the caller must roll back"
+        );
+        assert!(
+            role_exists(&s, &username).await,
+            "the template committed it"
+        );
+        s.target.rollback_user(&sneaky, &username).await.unwrap();
+        assert!(!role_exists(&s, &username).await);
+    }
+}
+
+#[tokio::test]
+async fn a_creation_that_fails_is_reported_when_committed_and_leaves_nothing() {
+    let s = setup().await;
+    let broken = role(
+        "broken",
+        r#"{"db_name":"appdb","creation_statements":[
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+            "GRANT nosuchrole TO \"{{name}}\";"]}"#,
+    );
+    let ro = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
+    for give_up in [false, true] {
+        let (username, outcome) = begin_then_end(&s, &broken, give_up).await;
+        assert_eq!(
+            outcome.unwrap_err().to_string(),
+            format!(
+                "creating user {username:?} for role \"broken\": role \"nosuchrole\" does \
+                 not exist (SQLSTATE 42704)"
+            )
+        );
+        assert!(!role_exists(&s, &username).await, "rollback: {give_up}");
+        // The connection that failed is not handed on: the next issuance works.
+        let user = issue(&s, &ro).await;
+        login(&s, &user).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_issuance_and_a_revocation_each_wait_for_one_round_trip() {
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let link = pgwarden_testkit::partition::Partition::start(cluster.port())
         .await
-    else {
-        panic!("a self-committing template was taken as uncommitted");
-    };
-    assert_eq!(
-        error.to_string(),
-        format!(
-            "creating user {username:?} for role \"sneaky\": the creation statements end the \
-             transaction (COMMIT or END); remove that statement: pgwarden commits the user \
-             itself once its lease is recorded"
-        )
+        .unwrap();
+    let target = target_at(cluster.templated_url("appdb").replace(
+        &format!(":{}/", cluster.port()),
+        &format!(":{}/", link.port),
+    ));
+    let template = role(
+        "template",
+        r#"{"db_name":"appdb","creation_statements":[
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+            "GRANT pg_read_all_data TO \"{{name}}\";"]}"#,
     );
-    assert!(
-        !error.created_nothing(),
-        "its user may exist: the caller must roll back"
-    );
-    assert!(
-        role_exists(&s, &username).await,
-        "the template committed it"
-    );
-    s.target.rollback_user(&sneaky, &username).await.unwrap();
-    assert!(!role_exists(&s, &username).await);
+    let preset = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
+    for role in [&template, &preset] {
+        // The first one opens the pool's connection and makes the preset's group.
+        issue_on(&target, role, &[]).await.unwrap();
+        let before = link.round_trips();
+        let issued = issue_on(&target, role, &[]).await.unwrap();
+        assert_eq!(
+            link.round_trips() - before,
+            1,
+            "issuing {}: the COMMIT goes out behind the creation statements",
+            role.name
+        );
+        let before = link.round_trips();
+        target.revoke_user(role, &issued.username).await.unwrap();
+        assert_eq!(link.round_trips() - before, 1, "revoking {}", role.name);
+    }
 }

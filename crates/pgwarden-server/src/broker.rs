@@ -332,8 +332,13 @@ impl Broker {
         let created = match (begun, recorded) {
             (Ok(user), Ok(())) => user.commit().await,
             (Ok(user), Err(error)) => {
-                user.rollback().await;
                 self.metrics.issue_failures.inc();
+                if let Err(failure) = user.rollback().await
+                    && !failure.created_nothing()
+                {
+                    // A template that committed by itself: its user may exist unrecorded.
+                    let _ = target.rollback_user(&role, &lease.username).await;
+                }
                 return Err(error);
             }
             (Err(failure), Err(error)) => {

@@ -646,6 +646,44 @@ async fn unreachable_database_is_503_and_leaves_no_lease() {
 }
 
 #[tokio::test]
+async fn a_creation_template_that_commits_by_itself_is_refused_and_its_user_dropped() {
+    let env = Env::start(ROLES).await;
+    let role = json!({ "db_name": "appdb", "creation_statements": [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+        "COMMIT;"
+    ] });
+    let (status, body) = env.call("POST", "database/roles/sneaky", Some(role)).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = env.call("GET", "database/creds/sneaky", None).await;
+    assert_eq!(status, 400, "{body}");
+    let error = body["errors"][0].as_str().unwrap();
+    let username = error
+        .strip_prefix("creating user \"")
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("{error}"));
+    assert_eq!(
+        error,
+        format!(
+            "creating user \"{username}\" for role \"sneaky\": the creation statements end the \
+             transaction (COMMIT or END); remove that statement: pgwarden commits the user \
+             itself once its lease is recorded"
+        )
+    );
+    // The template committed the user; its lease, recorded first, has it dropped.
+    env.wait_role_gone(username, Duration::from_secs(10))
+        .await
+        .expect("the user the template committed is dropped");
+    let (status, _) = env
+        .call("LIST", "sys/leases/lookup/database/creds/", None)
+        .await;
+    assert_eq!(status, 404, "no lease left behind");
+    assert_eq!(
+        metric(&env.metrics().await, "pgwarden_issue_failures_total"),
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn failed_revocation_is_retried_and_stays_visible() {
     let env = Env::start(ROLES).await;
     let creds = env.creds("appdb-readonly").await;
