@@ -666,9 +666,12 @@ impl UncommittedUser {
     /// `COMMIT` goes out at once, behind the statements, so the server runs it as soon as
     /// they are done, without a round trip between. Should they fail, that `COMMIT` ends
     /// their aborted transaction as a `ROLLBACK` does, and they are tried again when they
-    /// failed only because of concurrent work. (Dropped before the answers, the connection
-    /// is closed, with or without the `COMMIT` through: whether the user exists is then
-    /// unknown to the caller, which recorded it first.)
+    /// failed only because of concurrent work. An error does not mean that nothing was
+    /// committed: unless [`EngineError::created_nothing`], the user may exist (a template
+    /// that committed by itself; statements the server ran but whose answer pgwarden could
+    /// not read, which that `COMMIT` then committed), for the caller, which recorded it
+    /// first, to drop. (Dropped before the answers, the connection is closed, with or
+    /// without the `COMMIT` through: whether the user exists is then unknown too.)
     pub async fn commit(self) -> Result<(), EngineError> {
         let UncommittedUser {
             client,

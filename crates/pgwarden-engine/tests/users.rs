@@ -1062,7 +1062,6 @@ async fn a_creation_that_fails_is_reported_when_committed_and_leaves_nothing() {
             "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
             "GRANT nosuchrole TO \"{{name}}\";"]}"#,
     );
-    let ro = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
     for give_up in [false, true] {
         let (username, outcome) = begin_then_end(&s, &broken, give_up).await;
         assert_eq!(
@@ -1073,13 +1072,13 @@ async fn a_creation_that_fails_is_reported_when_committed_and_leaves_nothing() {
             )
         );
         assert!(!role_exists(&s, &username).await, "rollback: {give_up}");
-        // The connection that failed is not handed on: the next issuance works.
-        let user = issue(&s, &ro).await;
-        login(&s, &user).await.unwrap();
     }
 }
 
-#[tokio::test]
+// One thread: the creation and its `COMMIT` are both queued before the connection's task
+// writes either, so the forwarder never sees the server speak between them (with more
+// threads it may, without the client waiting: the count is an upper bound).
+#[tokio::test(flavor = "current_thread")]
 async fn an_issuance_and_a_revocation_each_wait_for_one_round_trip() {
     let cluster = PgCluster::start_with_appdb().await.unwrap();
     let link = pgwarden_testkit::partition::Partition::start(cluster.port())
@@ -1093,7 +1092,7 @@ async fn an_issuance_and_a_revocation_each_wait_for_one_round_trip() {
         "template",
         r#"{"db_name":"appdb","creation_statements":[
             "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-            "GRANT pg_read_all_data TO \"{{name}}\";"]}"#,
+            "ALTER ROLE \"{{name}}\" SET statement_timeout = '1min';"]}"#,
     );
     let preset = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
     for role in [&template, &preset] {

@@ -336,17 +336,15 @@ impl Broker {
                 if let Err(failure) = user.rollback().await
                     && !failure.created_nothing()
                 {
-                    // A template that committed by itself: its user may exist unrecorded.
+                    // The statements failed, or committed the user themselves (a template's
+                    // `COMMIT`): it may exist unrecorded.
                     let _ = target.rollback_user(&role, &lease.username).await;
                 }
                 return Err(error);
             }
-            (Err(failure), Err(error)) => {
+            (Err(_), Err(error)) => {
+                // Failed before the creation statements went out: no user exists.
                 self.metrics.issue_failures.inc();
-                if !failure.created_nothing() {
-                    // A template that committed by itself: its user may exist unrecorded.
-                    let _ = target.rollback_user(&role, &lease.username).await;
-                }
                 return Err(error);
             }
             (Err(failure), Ok(())) => Err(failure),

@@ -673,14 +673,83 @@ async fn a_creation_template_that_commits_by_itself_is_refused_and_its_user_drop
     env.wait_role_gone(username, Duration::from_secs(10))
         .await
         .expect("the user the template committed is dropped");
-    let (status, _) = env
-        .call("LIST", "sys/leases/lookup/database/creds/", None)
-        .await;
-    assert_eq!(status, 404, "no lease left behind");
+    env.wait_no_leases(Duration::from_secs(5))
+        .await
+        .expect("no lease left behind");
     assert_eq!(
         metric(&env.metrics().await, "pgwarden_issue_failures_total"),
         1.0
     );
+}
+
+#[tokio::test]
+async fn a_lease_that_cannot_be_recorded_leaves_no_user_even_from_a_self_committing_template() {
+    let cluster = pgwarden_testkit::PgCluster::start_with_appdb()
+        .await
+        .unwrap();
+    let su = cluster.connect_superuser("postgres").await.unwrap();
+    su.batch_execute("CREATE DATABASE state").await.unwrap();
+    let state = format!(
+        "state: {{ postgresql: {{ url: \"{}\" }} }}",
+        cluster.superuser_url("state")
+    );
+    let broker = TestBroker::start(&cluster, ROLES, &state).await;
+    let env = Env {
+        cluster,
+        broker,
+        http: reqwest::Client::new(),
+    };
+    let sneaky = json!({ "db_name": "appdb", "creation_statements": [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+        "COMMIT;"
+    ] });
+    let (status, body) = env
+        .call("POST", "database/roles/sneaky", Some(sneaky))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    // The state refuses every new lease.
+    let state = env.cluster.connect_superuser("state").await.unwrap();
+    state
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'no room for leases'; END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON pgwarden_leases \
+             FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .unwrap();
+    let app = env.cluster.connect_superuser("appdb").await.unwrap();
+    for role in ["sneaky", "custom-reader", "appdb-readonly"] {
+        let (status, body) = env
+            .call("GET", &format!("database/creds/{role}"), None)
+            .await;
+        assert_eq!(status, 500, "{role}: {body}");
+        assert_eq!(
+            body,
+            json!({"errors": ["state database: db error: ERROR: no room for leases"]}),
+            "{role}"
+        );
+        // Refused before its answer: whatever the statements made is gone already.
+        let left: i64 = app
+            .query_one(
+                "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%' AND rolname LIKE $1",
+                &[&format!("%{}%", role.split('-').next_back().unwrap())],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "{role}: a user outlived its unrecorded lease");
+    }
+    assert_eq!(
+        metric(&env.metrics().await, "pgwarden_issue_failures_total"),
+        3.0
+    );
+    // Once the state takes leases again, so does issuance.
+    state
+        .batch_execute("DROP TRIGGER refuse ON pgwarden_leases")
+        .await
+        .unwrap();
+    env.creds("custom-reader").await;
 }
 
 #[tokio::test]

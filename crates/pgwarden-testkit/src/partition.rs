@@ -61,9 +61,10 @@ impl Partition {
         self.cut.store(true, Ordering::SeqCst);
     }
 
-    /// How many times so far a client spoke again after hearing from its server: the round
+    /// How many times so far a client spoke again after its server had: at most the round
     /// trips clients waited for (a client that sends its next request before the answer to
-    /// the last one, pipelining it, waits for none).
+    /// the last one, pipelining it, waits for none; it is counted only if the forwarder
+    /// happened to pass some of that answer on first).
     pub fn round_trips(&self) -> usize {
         self.round_trips.load(Ordering::SeqCst)
     }

@@ -169,6 +169,21 @@ impl Env {
     }
 
     /// Polls until `name` is gone from pg_roles or `limit` passes; returns how long it took.
+    /// Waits up to `limit` for the mount `database` to hold no lease; how long it took.
+    pub async fn wait_no_leases(&self, limit: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            let (status, _) = self
+                .call("LIST", "sys/leases/lookup/database/creds/", None)
+                .await;
+            if status == 404 {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
     pub async fn wait_role_gone(&self, name: &str, limit: Duration) -> Option<Duration> {
         let start = Instant::now();
         while start.elapsed() < limit {
