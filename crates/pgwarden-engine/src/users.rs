@@ -6,7 +6,6 @@ use crate::held::Held;
 use crate::quote::{quote_ident, quote_literal};
 use crate::scram::NewPassword;
 use crate::target::Target;
-use futures::TryStreamExt;
 use pgwarden_core::lease::valid_until;
 use pgwarden_core::template::{TemplateValues, render};
 use pgwarden_core::{RoleDef, RoleKind, Statements};
@@ -32,14 +31,13 @@ impl Target {
             .await
     }
 
-    /// Sends the statements creating `username` with `password` for `role`, valid until
-    /// `expires_at` (plus slack), in one transaction left open, without waiting for them to
-    /// run: the user exists only once the caller commits it (after recording it durably,
-    /// which may run meanwhile), and whether the statements worked is known only then. Only
-    /// the password's SCRAM verifier is sent. `admin_roles` are the admin preset roles of
-    /// this connection: a preset role's group also gets its privileges on what their users
-    /// create. `identity` is the caller's (its policy subject): an identity role's user joins
-    /// the role named after it.
+    /// Runs the statements creating `username` with `password` for `role`, valid until
+    /// `expires_at` (plus slack), in one transaction left open: the user exists only once
+    /// the caller commits it (after recording it durably, which may run meanwhile). Retried
+    /// when it fails only because of concurrent work. Only the password's SCRAM verifier is
+    /// sent. `admin_roles` are the admin preset roles of this connection: a preset role's
+    /// group also gets its privileges on what their users create. `identity` is the caller's
+    /// (its policy subject): an identity role's user joins the role named after it.
     pub async fn begin_user(
         &self,
         role: &RoleDef,
@@ -75,15 +73,26 @@ impl Target {
         // Held from here: should this future be dropped mid-transaction, the connection is
         // closed rather than returned to the pool with the transaction open.
         let client = Held::new(client);
-        let answer = send_in_one_transaction(&client, BEGIN_USER, &statements)
-            .await
-            .map_err(sql(what.clone()))?;
-        Ok(UncommittedUser {
-            client,
-            answer,
-            statements,
-            what,
-        })
+        let mut attempt = 1;
+        loop {
+            let outcome = begin_with(&client, &statements, &what).await;
+            match retry_delay(&outcome, attempt) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => {
+                    return match outcome {
+                        Ok(()) => Ok(UncommittedUser { client, what }),
+                        Err(error) => {
+                            // Closed, not pooled: should `begin_with`'s `ROLLBACK` have failed
+                            // too (a template left the session mid-`COPY`, say), the
+                            // transaction would be handed to the next caller.
+                            drop(client);
+                            Err(error)
+                        }
+                    };
+                }
+            }
+            attempt = attempt.saturating_add(1);
+        }
     }
 
     /// Moves `username`'s `VALID UNTIL` to `expires_at` (plus slack).
@@ -565,21 +574,24 @@ fn member_of(group: &str, username: &str, verifier: &str, until: &str) -> String
     )
 }
 
-/// What opens the transaction that creates a user. The timeout ends it should pgwarden
-/// vanish before committing (the server would otherwise hold its locks until TCP gives up).
-/// A template's `COMMIT` or `END` would leave a user existing unrecorded: the transaction id
-/// read around the statements catches it.
-const BEGIN_USER: &str = "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n";
-
-/// Sends [`BEGIN_USER`] and a user's creation `statements` in one round trip, and waits for
-/// them. On failure the transaction is rolled back, so the connection can be used for a retry
-/// (the caller closes it once it gives up: the `ROLLBACK` may have failed too).
+/// Sends `BEGIN` and a user's creation `statements` in one round trip. On failure the
+/// transaction is rolled back, so the connection can be used for a retry (the caller closes
+/// it once it gives up: the `ROLLBACK` may have failed too).
 async fn begin_with(
     client: &tokio_postgres::Client,
     statements: &[String],
     what: &str,
 ) -> Result<(), EngineError> {
-    let outcome = in_one_transaction(client, BEGIN_USER, statements, what).await;
+    // The timeout ends the transaction should pgwarden vanish before committing (the server
+    // would otherwise hold its locks until TCP gives up). A template's `COMMIT` or `END` would
+    // leave a user existing unrecorded: `in_one_transaction` catches it.
+    let outcome = in_one_transaction(
+        client,
+        "BEGIN;\nSET LOCAL idle_in_transaction_session_timeout = '60s';\n",
+        statements,
+        what,
+    )
+    .await;
     if outcome.is_err() {
         let _ = client.batch_execute("ROLLBACK;").await;
     }
@@ -596,40 +608,17 @@ pub(crate) async fn in_one_transaction(
     statements: &[String],
     what: &str,
 ) -> Result<(), EngineError> {
-    let answer = send_in_one_transaction(client, prefix, statements)
-        .await
-        .map_err(sql(what.to_string()))?;
-    transaction_kept(answer, what).await
-}
-
-/// The answer, still to be read, to `prefix` and `statements` sent as one query between two
-/// reads of the transaction's id; [`transaction_kept`] reads it. Whatever the client sends
-/// next goes after it, without waiting for it.
-async fn send_in_one_transaction(
-    client: &tokio_postgres::Client,
-    prefix: &str,
-    statements: &[String],
-) -> Result<Answer, tokio_postgres::Error> {
     // A newline ends a trailing `--` comment before each separator.
     let body: String = statements
         .iter()
         .map(|statement| format!("{statement}\n;\n"))
         .collect();
-    let answer = client
-        .simple_query_raw(&format!(
+    let messages = client
+        .simple_query(&format!(
             "{prefix}SELECT txid_current()::text;\n{body}SELECT txid_current()::text;"
         ))
-        .await?;
-    Ok(Box::pin(answer))
-}
-
-/// The answer to a query sent, read as it arrives.
-type Answer = std::pin::Pin<Box<tokio_postgres::SimpleQueryStream>>;
-
-/// Reads the answer of [`send_in_one_transaction`]: the statements' first error, or
-/// [`EngineError::TransactionEnded`] when they ended the transaction.
-async fn transaction_kept(answer: Answer, what: &str) -> Result<(), EngineError> {
-    let messages: Vec<_> = answer.try_collect().await.map_err(sql(what.to_string()))?;
+        .await
+        .map_err(sql(what.to_string()))?;
     let ids: Vec<&str> = messages
         .iter()
         .filter_map(|message| match message {
@@ -645,79 +634,39 @@ async fn transaction_kept(answer: Answer, what: &str) -> Result<(), EngineError>
     }
 }
 
-/// Reads a whole answer, for its error if any.
-async fn answered(answer: Answer) -> Result<(), tokio_postgres::Error> {
-    answer.try_for_each(|_| std::future::ready(Ok(()))).await
-}
-
-/// A user whose creation statements were sent in a transaction left open: no one can see or
-/// use it. Dropped without [`UncommittedUser::commit`], its connection is closed, which rolls
-/// it back.
+/// A user created in a transaction not yet committed: no one can see or use it. Dropped
+/// without [`UncommittedUser::commit`], its connection is closed, which rolls it back.
+///
+/// Its creation statements have answered before `COMMIT` is sent. Sending `COMMIT` right
+/// behind them would save a round trip, but should the connection be cut while they still
+/// run (waiting for a lock, say), the server would find that `COMMIT` when they finish and
+/// commit a user that pgwarden, told the connection failed, has already rolled back.
 pub struct UncommittedUser {
     client: Held,
-    /// The answer to the creation statements, perhaps still on its way.
-    answer: Answer,
-    statements: Vec<String>,
     what: String,
 }
 
 impl UncommittedUser {
-    /// Commits the user, once its creation statements have run: from now on it exists.
-    /// `COMMIT` goes out at once, behind the statements, so the server runs it as soon as
-    /// they are done, without a round trip between. Should they fail, that `COMMIT` ends
-    /// their aborted transaction as a `ROLLBACK` does, and they are tried again when they
-    /// failed only because of concurrent work. An error does not mean that nothing was
-    /// committed: unless [`EngineError::created_nothing`], the user may exist (a template
-    /// that committed by itself; statements the server ran but whose answer pgwarden could
-    /// not read, which that `COMMIT` then committed), for the caller, which recorded it
-    /// first, to drop. (Dropped before the answers, the connection is closed, with or
-    /// without the `COMMIT` through: whether the user exists is then unknown too.)
+    /// Commits the user: from now on it exists. (Dropped before it is first polled, the
+    /// connection is closed and the user never exists; after, the `COMMIT` sent runs all the
+    /// same, and whether the user exists is unknown to the caller.)
     pub async fn commit(self) -> Result<(), EngineError> {
-        let UncommittedUser {
-            client,
-            answer,
-            statements,
-            what,
-        } = self;
-        let commit = client.simple_query_raw("COMMIT;").await;
-        let mut created = transaction_kept(answer, &what).await;
-        let mut committed = match commit {
-            Ok(commit) => answered(Box::pin(commit)).await,
-            Err(error) => Err(error),
-        };
-        let mut attempt = 1;
-        while let Some(wait) = retry_delay(&created, attempt) {
-            tokio::time::sleep(wait).await;
-            created = begin_with(&client, &statements, &what).await;
-            if created.is_ok() {
-                committed = client.batch_execute("COMMIT;").await;
-            }
-            attempt = attempt.saturating_add(1);
-        }
-        // On any failure the connection is closed, not pooled: should the transaction still
-        // be open (a template left the session mid-`COPY`, say), it would be handed to the
-        // next caller.
-        created?;
-        committed.map_err(sql(format!("committing: {what}")))?;
-        drop(client.release());
-        Ok(())
+        // Released before `COMMIT`, which goes out on this future's first poll: should it be
+        // dropped before the answer, the connection still commits, in order before whatever
+        // its next user sends (closing it could lose the `COMMIT` unsent). Any answer to
+        // `COMMIT` ends the transaction; a broken connection the pool discards.
+        self.client
+            .release()
+            .batch_execute("COMMIT;")
+            .await
+            .map_err(sql(format!("committing: {}", self.what)))
     }
 
-    /// Rolls the user back, once its creation statements have run (`ROLLBACK` goes out at
-    /// once, behind them). `Ok`: the user never existed. An error is the statements' own:
-    /// unless [`EngineError::created_nothing`], a user may exist (a template that committed
-    /// by itself), for the caller to drop.
-    pub async fn rollback(self) -> Result<(), EngineError> {
-        let rollback = self.client.simple_query_raw("ROLLBACK;").await;
-        let created = transaction_kept(self.answer, &self.what).await;
-        let rolled_back = match rollback {
-            Ok(rollback) => answered(Box::pin(rollback)).await.is_ok(),
-            Err(_) => false,
-        };
-        if created.is_ok() && rolled_back {
+    /// Rolls the user back: it never existed.
+    pub async fn rollback(self) {
+        if self.client.batch_execute("ROLLBACK;").await.is_ok() {
             drop(self.client.release());
         }
-        created
     }
 }
 

@@ -977,7 +977,7 @@ async fn an_uncommitted_user_cannot_log_in_and_is_gone_unless_committed() {
             "{refused}"
         );
         match give_up {
-            "rollback" => user.rollback().await.unwrap(),
+            "rollback" => user.rollback().await,
             _ => drop(user),
         }
         assert!(!role_exists(&s, &username).await, "{give_up}");
@@ -995,31 +995,8 @@ async fn an_uncommitted_user_cannot_log_in_and_is_gone_unless_committed() {
     login(&s, &more).await.unwrap();
 }
 
-/// Begins a user of `role`, then rolls it back if `give_up`, else commits it: its name, and
-/// what the end said.
-async fn begin_then_end(
-    s: &Setup,
-    role: &RoleDef,
-    give_up: bool,
-) -> (String, Result<(), pgwarden_engine::EngineError>) {
-    let username = names::generate_username("test", &role.name, 1);
-    let expires = OffsetDateTime::now_utc() + Duration::from_secs(600);
-    let password = NewPassword::generate();
-    let user = s
-        .target
-        .begin_user(role, &username, &password, expires, &[], "root")
-        .await
-        .unwrap();
-    let outcome = if give_up {
-        user.rollback().await
-    } else {
-        user.commit().await
-    };
-    (username, outcome)
-}
-
 #[tokio::test]
-async fn a_template_that_commits_by_itself_is_caught_whether_committed_or_rolled_back() {
+async fn a_template_that_commits_by_itself_is_caught_before_its_user_counts_as_pending() {
     let s = setup().await;
     let sneaky = role(
         "sneaky",
@@ -1027,59 +1004,48 @@ async fn a_template_that_commits_by_itself_is_caught_whether_committed_or_rolled
             "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
             "COMMIT;"]}"#,
     );
-    for give_up in [false, true] {
-        let (username, outcome) = begin_then_end(&s, &sneaky, give_up).await;
-        let Err(error) = outcome else {
-            panic!("a self-committing template was taken as uncommitted (rollback: {give_up})");
-        };
-        assert_eq!(
-            error.to_string(),
-            format!(
-                "creating user {username:?} for role \"sneaky\": the creation statements end the \
-                 transaction (COMMIT or END); remove that statement: pgwarden commits the user \
-                 itself once its lease is recorded"
-            )
-        );
-        assert!(
-            !error.created_nothing(),
-            "its user may exist: the caller must roll back"
-        );
-        assert!(
-            role_exists(&s, &username).await,
-            "the template committed it"
-        );
-        s.target.rollback_user(&sneaky, &username).await.unwrap();
-        assert!(!role_exists(&s, &username).await);
-    }
-}
-
-#[tokio::test]
-async fn a_creation_that_fails_is_reported_when_committed_and_leaves_nothing() {
-    let s = setup().await;
-    let broken = role(
-        "broken",
-        r#"{"db_name":"appdb","creation_statements":[
-            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-            "GRANT nosuchrole TO \"{{name}}\";"]}"#,
+    let username = names::generate_username("test", "sneaky", 1);
+    let expires = OffsetDateTime::now_utc() + Duration::from_secs(600);
+    let Err(error) = s
+        .target
+        .begin_user(
+            &sneaky,
+            &username,
+            &NewPassword::generate(),
+            expires,
+            &[],
+            "root",
+        )
+        .await
+    else {
+        panic!("a self-committing template was taken as uncommitted");
+    };
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "creating user {username:?} for role \"sneaky\": the creation statements end the \
+             transaction (COMMIT or END); remove that statement: pgwarden commits the user \
+             itself once its lease is recorded"
+        )
     );
-    for give_up in [false, true] {
-        let (username, outcome) = begin_then_end(&s, &broken, give_up).await;
-        assert_eq!(
-            outcome.unwrap_err().to_string(),
-            format!(
-                "creating user {username:?} for role \"broken\": role \"nosuchrole\" does \
-                 not exist (SQLSTATE 42704)"
-            )
-        );
-        assert!(!role_exists(&s, &username).await, "rollback: {give_up}");
-    }
+    assert!(
+        !error.created_nothing(),
+        "its user may exist: the caller must roll back"
+    );
+    assert!(
+        role_exists(&s, &username).await,
+        "the template committed it"
+    );
+    s.target.rollback_user(&sneaky, &username).await.unwrap();
+    assert!(!role_exists(&s, &username).await);
 }
 
-// One thread: the creation and its `COMMIT` are both queued before the connection's task
-// writes either, so the forwarder never sees the server speak between them (with more
-// threads it may, without the client waiting: the count is an upper bound).
-#[tokio::test(flavor = "current_thread")]
-async fn an_issuance_and_a_revocation_each_wait_for_one_round_trip() {
+// The connection is cut while the creation waits for a lock; the server goes on with it once
+// the lock is free. Had `COMMIT` been sent behind the creation without waiting for its answer
+// (one round trip less), the server would find it and commit a user that pgwarden, told the
+// connection failed, has already rolled back: a user no lease names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_cut_off_while_it_waits_never_commits_later() {
     let cluster = PgCluster::start_with_appdb().await.unwrap();
     let link = pgwarden_testkit::partition::Partition::start(cluster.port())
         .await
@@ -1088,26 +1054,76 @@ async fn an_issuance_and_a_revocation_each_wait_for_one_round_trip() {
         &format!(":{}/", cluster.port()),
         &format!(":{}/", link.port),
     ));
-    let template = role(
-        "template",
+    let s = Setup { cluster, target };
+    let migration = s
+        .cluster
+        .connect_as(ADMIN, ADMIN_PW, "appdb")
+        .await
+        .unwrap();
+    // Made first, on its own: in one query string it would be part of the migration.
+    migration
+        .batch_execute("CREATE TABLE guarded (id int)")
+        .await
+        .unwrap();
+    migration
+        .batch_execute("BEGIN; ALTER TABLE guarded ADD COLUMN z int;")
+        .await
+        .unwrap();
+    let granting = role(
+        "granting",
         r#"{"db_name":"appdb","creation_statements":[
             "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-            "ALTER ROLE \"{{name}}\" SET statement_timeout = '1min';"]}"#,
+            "GRANT SELECT ON guarded TO \"{{name}}\";"]}"#,
     );
-    let preset = role("ro", r#"{"db_name":"appdb","preset":"readonly"}"#);
-    for role in [&template, &preset] {
-        // The first one opens the pool's connection and makes the preset's group.
-        issue_on(&target, role, &[]).await.unwrap();
-        let before = link.round_trips();
-        let issued = issue_on(&target, role, &[]).await.unwrap();
-        assert_eq!(
-            link.round_trips() - before,
-            1,
-            "issuing {}: the COMMIT goes out behind the creation statements",
-            role.name
-        );
-        let before = link.round_trips();
-        target.revoke_user(role, &issued.username).await.unwrap();
-        assert_eq!(link.round_trips() - before, 1, "revoking {}", role.name);
+    let username = names::generate_username("test", "granting", 1);
+    let expires = OffsetDateTime::now_utc() + Duration::from_secs(600);
+    let password = NewPassword::generate();
+    let creation = s
+        .target
+        .create_user(&granting, &username, &password, expires, &[], "root");
+    let su = s.cluster.connect_superuser("appdb").await.unwrap();
+    let cut_while_waiting = async {
+        for _ in 0..100 {
+            let row = su
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity \
+                     WHERE usename = $1 AND wait_event_type = 'Lock'",
+                    &[&ADMIN],
+                )
+                .await
+                .unwrap();
+            if let Some(row) = row {
+                link.sever();
+                return row.get::<_, i32>(0);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the creation never waited for the migration's lock");
+    };
+    let mut creation = std::pin::pin!(creation);
+    let creator = tokio::select! {
+        pid = cut_while_waiting => pid,
+        early = &mut creation => panic!("the creation ended before waiting: {early:?}"),
+    };
+    let outcome = creation.await;
+    assert!(
+        outcome.is_err(),
+        "the creation reported success over a cut connection"
+    );
+    migration.batch_execute("ROLLBACK").await.unwrap();
+    // The creating session finishes its statements, then finds its client gone.
+    for _ in 0..100 {
+        let alive = su
+            .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&creator])
+            .await
+            .unwrap();
+        if alive.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(
+        !role_exists(&s, &username).await,
+        "a user was committed after its creation was cut off"
+    );
 }

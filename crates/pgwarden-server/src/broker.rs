@@ -332,19 +332,16 @@ impl Broker {
         let created = match (begun, recorded) {
             (Ok(user), Ok(())) => user.commit().await,
             (Ok(user), Err(error)) => {
+                user.rollback().await;
                 self.metrics.issue_failures.inc();
-                if let Err(failure) = user.rollback().await
-                    && !failure.created_nothing()
-                {
-                    // The statements failed, or committed the user themselves (a template's
-                    // `COMMIT`): it may exist unrecorded.
-                    let _ = target.rollback_user(&role, &lease.username).await;
-                }
                 return Err(error);
             }
-            (Err(_), Err(error)) => {
-                // Failed before the creation statements went out: no user exists.
+            (Err(failure), Err(error)) => {
                 self.metrics.issue_failures.inc();
+                if !failure.created_nothing() {
+                    // A template that committed by itself: its user may exist unrecorded.
+                    let _ = target.rollback_user(&role, &lease.username).await;
+                }
                 return Err(error);
             }
             (Err(failure), Ok(())) => Err(failure),

@@ -1,10 +1,10 @@
 //! A TCP forwarder on loopback that a test can cut, as a network partition does: from the cut
 //! on, nothing passes in either direction and new connections hang, but no connection is
-//! closed (so a client notices only by waiting). It also counts the round trips its clients
-//! wait for.
+//! closed (so a client notices only by waiting). It can also close every connection at once,
+//! as a restarted pooler or load balancer does.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -13,7 +13,8 @@ pub struct Partition {
     /// The port clients connect to.
     pub port: u16,
     cut: Arc<AtomicBool>,
-    round_trips: Arc<AtomicUsize>,
+    /// The connections forwarded so far.
+    links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -23,16 +24,12 @@ impl Partition {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let cut = Arc::new(AtomicBool::new(false));
-        let round_trips = Arc::new(AtomicUsize::new(0));
-        let (flag, counter) = (cut.clone(), round_trips.clone());
+        let links = Arc::new(Mutex::new(Vec::new()));
+        let (flag, opened) = (cut.clone(), links.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let flag = flag.clone();
-                let turns = Turns {
-                    round_trips: counter.clone(),
-                    server_spoke_last: Arc::default(),
-                };
-                tokio::spawn(async move {
+                let link = tokio::spawn(async move {
                     if flag.load(Ordering::SeqCst) {
                         std::future::pending::<()>().await; // held open, never served
                     }
@@ -42,78 +39,35 @@ impl Partition {
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
                     tokio::join!(
-                        forward(client_read, server_write, flag.clone(), turns.client()),
-                        forward(server_read, client_write, flag, turns.server()),
+                        forward(client_read, server_write, flag.clone()),
+                        forward(server_read, client_write, flag),
                     );
                 });
+                opened
+                    .lock()
+                    .expect("the list of links")
+                    .push(link.abort_handle());
             }
         });
         Ok(Partition {
             port,
             cut,
-            round_trips,
+            links,
             task,
         })
+    }
+
+    /// Closes both ends of every connection forwarded so far (bytes on their way may be
+    /// lost); new connections are served.
+    pub fn sever(&self) {
+        for link in self.links.lock().expect("the list of links").drain(..) {
+            link.abort();
+        }
     }
 
     /// Cuts the link: from now on nothing passes.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
-    }
-
-    /// How many times so far a client spoke again after its server had: at most the round
-    /// trips clients waited for (a client that sends its next request before the answer to
-    /// the last one, pipelining it, waits for none; it is counted only if the forwarder
-    /// happened to pass some of that answer on first).
-    pub fn round_trips(&self) -> usize {
-        self.round_trips.load(Ordering::SeqCst)
-    }
-}
-
-/// Who spoke last on one forwarded connection, for [`Partition::round_trips`].
-#[derive(Clone)]
-struct Turns {
-    round_trips: Arc<AtomicUsize>,
-    server_spoke_last: Arc<AtomicBool>,
-}
-
-impl Turns {
-    /// The client's side: bytes from it after the server's count a round trip.
-    fn client(&self) -> Side {
-        Side {
-            turns: self.clone(),
-            is_server: false,
-        }
-    }
-
-    /// The server's side.
-    fn server(&self) -> Side {
-        Side {
-            turns: self.clone(),
-            is_server: true,
-        }
-    }
-}
-
-/// One direction of a forwarded connection, named by who sends on it.
-struct Side {
-    turns: Turns,
-    is_server: bool,
-}
-
-impl Side {
-    /// Notes that this side sent something (before it is passed on, so the other side cannot
-    /// answer first).
-    fn spoke(&self) {
-        let Turns {
-            round_trips,
-            server_spoke_last,
-        } = &self.turns;
-        if self.is_server {
-            server_spoke_last.store(true, Ordering::SeqCst);
-        } else if server_spoke_last.swap(false, Ordering::SeqCst) {
-            round_trips.fetch_add(1, Ordering::SeqCst);
-        }
     }
 }
 
@@ -123,13 +77,11 @@ impl Drop for Partition {
     }
 }
 
-/// Copies `from` (sent by `side`) to `to` until either closes, or forever holds both once
-/// `cut` is set.
+/// Copies `from` to `to` until either closes, or forever holds both once `cut` is set.
 async fn forward(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     cut: Arc<AtomicBool>,
-    side: Side,
 ) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
@@ -138,9 +90,6 @@ async fn forward(
         };
         if cut.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
-        }
-        if n > 0 {
-            side.spoke();
         }
         if n == 0 || to.write_all(&buffer[..n]).await.is_err() {
             return;
