@@ -60,11 +60,11 @@ pub enum EngineError {
         /// The caller's identity.
         identity: String,
     },
-    /// A role's creation statements ended the transaction (`COMMIT` or `END`): the user may
-    /// already exist, before pgwarden could make sure its lease is recorded.
+    /// A role's creation statements ended the transaction (`COMMIT`, `END`, `ROLLBACK`): the
+    /// user may already exist, before pgwarden could make sure its lease is recorded.
     #[error(
-        "{what}: the creation statements end the transaction (COMMIT or END); remove that \
-         statement: pgwarden commits the user itself once its lease is recorded"
+        "{what}: the creation statements end the transaction (COMMIT, END or ROLLBACK); remove \
+         that statement: pgwarden commits the user itself once its lease is recorded"
     )]
     TransactionEnded {
         /// What pgwarden was doing.

@@ -137,7 +137,8 @@ impl Target {
             RoleKind::Statements(s) if !s.revocation.is_empty() => Some(&s.revocation),
             _ => None,
         };
-        self.drop_user(username, heir_group(role), custom).await
+        self.drop_user_retried(username, heir_group(role), custom)
+            .await
     }
 
     /// Undoes a creation that may not have finished: the role's rollback statements if it has
@@ -147,12 +148,34 @@ impl Target {
             RoleKind::Statements(s) if !s.rollback.is_empty() => Some(&s.rollback),
             _ => None,
         };
-        self.drop_user(username, heir_group(role), custom).await
+        self.drop_user_retried(username, heir_group(role), custom)
+            .await
     }
 
     /// Drops `username`, a user no lease names, handing what it owns to the administrator.
     pub async fn drop_orphan(&self, username: &str) -> Result<(), EngineError> {
-        self.drop_user(username, None, None).await
+        self.drop_user_retried(username, None, None).await
+    }
+
+    /// [`Target::drop_user`], tried again when it failed only because of concurrent work
+    /// (revocations of users granted privileges on the same objects update the same catalog
+    /// rows: `tuple concurrently updated`). Each attempt is whole: every step of it can be
+    /// run again.
+    async fn drop_user_retried(
+        &self,
+        username: &str,
+        heir_group: Option<&str>,
+        custom: Option<&Vec<String>>,
+    ) -> Result<(), EngineError> {
+        let mut attempt = 1;
+        loop {
+            let outcome = self.drop_user(username, heir_group, custom).await;
+            match retry_delay(&outcome, attempt) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return outcome,
+            }
+            attempt = attempt.saturating_add(1);
+        }
     }
 
     /// Ends the sessions whose role no longer exists, in any database of the cluster (a drop

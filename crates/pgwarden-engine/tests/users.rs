@@ -615,7 +615,7 @@ async fn group_roles_must_be_safe_and_made_by_pgwarden_unless_adopted() {
 }
 
 #[tokio::test]
-async fn concurrent_template_grants_are_retried_not_failed() {
+async fn concurrent_template_grants_and_revocations_are_retried_not_failed() {
     let s = std::sync::Arc::new(setup().await);
     let reader = role(
         "reader",
@@ -628,8 +628,17 @@ async fn concurrent_template_grants_are_retried_not_failed() {
         let (s, reader) = (s.clone(), reader.clone());
         tasks.push(tokio::spawn(async move {
             let mut failures = Vec::new();
+            let mut issued = Vec::new();
             for _ in 0..5 {
-                if let Err(e) = issue_on(&s.target, &reader, &[]).await {
+                match issue_on(&s.target, &reader, &[]).await {
+                    Ok(user) => issued.push(user),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            // Revoked while the other tasks issue and revoke: each drop takes the user's
+            // privileges off the same tables.
+            for user in issued {
+                if let Err(e) = s.target.revoke_user(&reader, &user.username).await {
                     failures.push(e.to_string());
                 }
             }
@@ -1024,7 +1033,7 @@ async fn a_template_that_commits_by_itself_is_caught_before_its_user_counts_as_p
         error.to_string(),
         format!(
             "creating user {username:?} for role \"sneaky\": the creation statements end the \
-             transaction (COMMIT or END); remove that statement: pgwarden commits the user \
+             transaction (COMMIT, END or ROLLBACK); remove that statement: pgwarden commits the user \
              itself once its lease is recorded"
         )
     );

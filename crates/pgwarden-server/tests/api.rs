@@ -665,7 +665,7 @@ async fn a_creation_template_that_commits_by_itself_is_refused_and_its_user_drop
         error,
         format!(
             "creating user \"{username}\" for role \"sneaky\": the creation statements end the \
-             transaction (COMMIT or END); remove that statement: pgwarden commits the user \
+             transaction (COMMIT, END or ROLLBACK); remove that statement: pgwarden commits the user \
              itself once its lease is recorded"
         )
     );
