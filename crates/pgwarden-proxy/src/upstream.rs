@@ -39,7 +39,8 @@ pub struct Server {
 /// Why no server connection could be made.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnectError {
-    /// The server refused the credential's password (`28P01`).
+    /// The server refused the credential: a wrong password (`28P01`), or a role that is gone
+    /// or may no longer log in (`28000`), as while its lease is revoked or after it expired.
     #[error("the database refused the credential: {0}")]
     PasswordRefused(String),
     /// The server answered with another error.
@@ -242,11 +243,7 @@ impl Connector {
                 }
                 Message::ErrorResponse(body) => {
                     let (code, message) = error_fields(body.fields());
-                    return Err(if code == "28P01" {
-                        ConnectError::PasswordRefused(message)
-                    } else {
-                        ConnectError::Server { code, message }
-                    });
+                    return Err(refusal(code, message));
                 }
                 _ => return Err(unexpected("message during authentication")),
             }
@@ -415,4 +412,42 @@ async fn start_tls(
         .connect(name, tcp)
         .await
         .map_err(|e| ConnectError::Failed(format!("TLS: {e}")))
+}
+
+/// The error a server's refusal to log in means. A role dropped between its authentication
+/// and the session's start (a revocation or an expiry racing the login) is refused with
+/// `28000` "role … does not exist", and one being revoked with "role … is not permitted to
+/// log in": both mean the credential is spent, as a wrong password does. (Other `28000`s,
+/// such as no `pg_hba.conf` entry, are the server's own errors.)
+fn refusal(code: String, message: String) -> ConnectError {
+    let spent_role = code == "28000" && message.starts_with("role \"");
+    if code == "28P01" || spent_role {
+        ConnectError::PasswordRefused(message)
+    } else {
+        ConnectError::Server { code, message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_spent_credential_is_told_from_the_servers_other_refusals() {
+        let spent = |code: &str, message: &str| {
+            matches!(
+                super::refusal(code.into(), message.into()),
+                super::ConnectError::PasswordRefused(_)
+            )
+        };
+        assert!(spent(
+            "28P01",
+            "password authentication failed for user \"v-a\""
+        ));
+        assert!(spent("28000", "role \"v-a\" does not exist"));
+        assert!(spent("28000", "role \"v-a\" is not permitted to log in"));
+        assert!(!spent(
+            "28000",
+            "no pg_hba.conf entry for host \"10.0.0.1\", user \"v-a\", database \"appdb\""
+        ));
+        assert!(!spent("3D000", "database \"appdb\" does not exist"));
+    }
 }
