@@ -200,14 +200,31 @@ pub(crate) fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error)
 /// Attempts at work that fails only because of concurrent work.
 const ATTEMPTS: u32 = 10;
 
+/// Runs `attempt` until it succeeds, fails for another reason than concurrent work, or has
+/// been tried [`ATTEMPTS`] times, waiting [`retry_delay`] between tries; the last outcome.
+/// Each attempt must be whole: safe to run again after a failure.
+pub(crate) async fn retried<T, Attempt>(
+    mut attempt: impl FnMut() -> Attempt,
+) -> Result<T, EngineError>
+where
+    Attempt: std::future::Future<Output = Result<T, EngineError>>,
+{
+    let mut tries = 1;
+    loop {
+        let outcome = attempt().await;
+        match retry_delay(&outcome, tries) {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => return outcome,
+        }
+        tries = tries.saturating_add(1);
+    }
+}
+
 /// How long to wait before trying again work whose attempt number `attempt` (from 1) ended
 /// with `outcome`; `None` when it succeeded, failed for a reason other than concurrency, or
 /// has been tried [`ATTEMPTS`] times. Waits start at 25–37 ms and double up to 1 s, jittered,
 /// so competing writers spread out.
-pub(crate) fn retry_delay<T>(
-    outcome: &Result<T, EngineError>,
-    attempt: u32,
-) -> Option<std::time::Duration> {
+fn retry_delay<T>(outcome: &Result<T, EngineError>, attempt: u32) -> Option<std::time::Duration> {
     use std::time::Duration;
     match outcome {
         Err(error) if error.is_retryable() && attempt < ATTEMPTS => Some(pgwarden_core::backoff(

@@ -2,7 +2,7 @@
 //! joined by the administrator (so it can grant on, and take back, what the group owns), and
 //! given their preset's privileges, including on what the connection's admin groups create.
 
-use crate::error::{EngineError, retry_delay, sql};
+use crate::error::{EngineError, retried, sql};
 use crate::preset::grant_statements;
 use crate::quote::{quote_ident, quote_literal};
 use crate::target::Target;
@@ -86,18 +86,14 @@ impl Target {
             group.schemas,
             &admin_names,
         );
-        let mut attempt = 1;
-        loop {
-            let outcome = client.batch_execute(&grants).await.map_err(sql(format!(
+        let (client, grants) = (&***client, &grants);
+        retried(|| async move {
+            client.batch_execute(grants).await.map_err(sql(format!(
                 "granting {:?} privileges to group role {:?}",
                 group.preset, group.name
-            )));
-            match retry_delay(&outcome, attempt) {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => break outcome?,
-            }
-            attempt = attempt.saturating_add(1);
-        }
+            )))
+        })
+        .await?;
         ready.insert(key);
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Creating, renewing and revoking dynamic users in a target database.
 
-use crate::error::{EngineError, retry_delay, sql};
+use crate::error::{EngineError, retried, sql};
 use crate::groups::{Group, current_database, join, prepare_identity};
 use crate::held::Held;
 use crate::quote::{quote_ident, quote_literal};
@@ -73,25 +73,15 @@ impl Target {
         // Held from here: should this future be dropped mid-transaction, the connection is
         // closed rather than returned to the pool with the transaction open.
         let client = Held::new(client);
-        let mut attempt = 1;
-        loop {
-            let outcome = begin_with(&client, &statements, &what).await;
-            match retry_delay(&outcome, attempt) {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => {
-                    return match outcome {
-                        Ok(()) => Ok(UncommittedUser { client, what }),
-                        Err(error) => {
-                            // Closed, not pooled: should `begin_with`'s `ROLLBACK` have failed
-                            // too (a template left the session mid-`COPY`, say), the
-                            // transaction would be handed to the next caller.
-                            drop(client);
-                            Err(error)
-                        }
-                    };
-                }
+        match retried(|| begin_with(&client, &statements, &what)).await {
+            Ok(()) => Ok(UncommittedUser { client, what }),
+            Err(error) => {
+                // Closed, not pooled: should `begin_with`'s `ROLLBACK` have failed too (a
+                // template left the session mid-`COPY`, say), the transaction would be handed
+                // to the next caller.
+                drop(client);
+                Err(error)
             }
-            attempt = attempt.saturating_add(1);
         }
     }
 
@@ -137,8 +127,8 @@ impl Target {
             RoleKind::Statements(s) if !s.revocation.is_empty() => Some(&s.revocation),
             _ => None,
         };
-        self.drop_user_retried(username, heir_group(role), custom)
-            .await
+        let heir = heir_group(role);
+        retried(|| self.drop_user(username, heir, custom)).await
     }
 
     /// Undoes a creation that may not have finished: the role's rollback statements if it has
@@ -148,34 +138,13 @@ impl Target {
             RoleKind::Statements(s) if !s.rollback.is_empty() => Some(&s.rollback),
             _ => None,
         };
-        self.drop_user_retried(username, heir_group(role), custom)
-            .await
+        let heir = heir_group(role);
+        retried(|| self.drop_user(username, heir, custom)).await
     }
 
     /// Drops `username`, a user no lease names, handing what it owns to the administrator.
     pub async fn drop_orphan(&self, username: &str) -> Result<(), EngineError> {
-        self.drop_user_retried(username, None, None).await
-    }
-
-    /// [`Target::drop_user`], tried again when it failed only because of concurrent work
-    /// (revocations of users granted privileges on the same objects update the same catalog
-    /// rows: `tuple concurrently updated`). Each attempt is whole: every step of it can be
-    /// run again.
-    async fn drop_user_retried(
-        &self,
-        username: &str,
-        heir_group: Option<&str>,
-        custom: Option<&Vec<String>>,
-    ) -> Result<(), EngineError> {
-        let mut attempt = 1;
-        loop {
-            let outcome = self.drop_user(username, heir_group, custom).await;
-            match retry_delay(&outcome, attempt) {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => return outcome,
-            }
-            attempt = attempt.saturating_add(1);
-        }
+        retried(|| self.drop_user(username, None, None)).await
     }
 
     /// Ends the sessions whose role no longer exists, in any database of the cluster (a drop
@@ -212,7 +181,9 @@ impl Target {
     /// Drops the user at once when nothing depends on it (see [`drop_if_nothing_depends`]);
     /// else blocks logins, ends sessions, hands owned objects to `heir_group` (or the
     /// administrator), then drops the user, or runs `custom` statements instead of the last
-    /// two.
+    /// two. Every step can run again, so callers retry it when it fails only because of
+    /// concurrent work (drops of users granted privileges on the same objects update the same
+    /// catalog rows: `tuple concurrently updated`).
     async fn drop_user(
         &self,
         username: &str,

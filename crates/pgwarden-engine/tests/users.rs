@@ -1033,8 +1033,8 @@ async fn a_template_that_commits_by_itself_is_caught_before_its_user_counts_as_p
         error.to_string(),
         format!(
             "creating user {username:?} for role \"sneaky\": the creation statements end the \
-             transaction (COMMIT, END or ROLLBACK); remove that statement: pgwarden commits the user \
-             itself once its lease is recorded"
+             transaction (COMMIT, END or ROLLBACK); remove that statement: pgwarden commits the \
+             user itself once its lease is recorded"
         )
     );
     assert!(

@@ -357,7 +357,7 @@ impl Pool {
                     // Not made after all.
                     let retired = self.state.lock().close_one(generation, &self.metrics);
                     self.revoke_later(retired);
-                    if !matches!(error, ConnectError::PasswordRefused(_)) {
+                    if !matches!(error, ConnectError::CredentialRefused(_)) {
                         return Err(error.into());
                     }
                     if current.since.elapsed() < REPLICATION_GRACE {

@@ -42,7 +42,7 @@ pub enum ConnectError {
     /// The server refused the credential: a wrong password (`28P01`), or a role that is gone
     /// or may no longer log in (`28000`), as while its lease is revoked or after it expired.
     #[error("the database refused the credential: {0}")]
-    PasswordRefused(String),
+    CredentialRefused(String),
     /// The server answered with another error.
     #[error("{code}: {message}")]
     Server {
@@ -89,8 +89,8 @@ impl Connector {
                 tokio::time::timeout(CONNECT_TIMEOUT, self.open(address, credential, database));
             let mut server = match attempt.await {
                 Ok(Ok(server)) => server,
-                Ok(Err(ConnectError::PasswordRefused(m))) => {
-                    return Err(ConnectError::PasswordRefused(m));
+                Ok(Err(ConnectError::CredentialRefused(m))) => {
+                    return Err(ConnectError::CredentialRefused(m));
                 }
                 // One host: its own error, as it said it.
                 Ok(Err(error)) if hosts.len() == 1 => return Err(error),
@@ -422,7 +422,7 @@ async fn start_tls(
 fn refusal(code: String, message: String) -> ConnectError {
     let spent_role = code == "28000" && message.starts_with("role \"");
     if code == "28P01" || spent_role {
-        ConnectError::PasswordRefused(message)
+        ConnectError::CredentialRefused(message)
     } else {
         ConnectError::Server { code, message }
     }
@@ -435,7 +435,7 @@ mod tests {
         let spent = |code: &str, message: &str| {
             matches!(
                 super::refusal(code.into(), message.into()),
-                super::ConnectError::PasswordRefused(_)
+                super::ConnectError::CredentialRefused(_)
             )
         };
         assert!(spent(

@@ -645,14 +645,24 @@ async fn unreachable_database_is_503_and_leaves_no_lease() {
     );
 }
 
+/// A role whose creation statements commit the user themselves.
+fn self_committing_role() -> serde_json::Value {
+    json!({ "db_name": "appdb", "creation_statements": [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+        "COMMIT;"
+    ] })
+}
+
 #[tokio::test]
 async fn a_creation_template_that_commits_by_itself_is_refused_and_its_user_dropped() {
     let env = Env::start(ROLES).await;
-    let role = json!({ "db_name": "appdb", "creation_statements": [
-        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-        "COMMIT;"
-    ] });
-    let (status, body) = env.call("POST", "database/roles/sneaky", Some(role)).await;
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/roles/sneaky",
+            Some(self_committing_role()),
+        )
+        .await;
     assert_eq!(status, 204, "{body}");
     let (status, body) = env.call("GET", "database/creds/sneaky", None).await;
     assert_eq!(status, 400, "{body}");
@@ -665,8 +675,8 @@ async fn a_creation_template_that_commits_by_itself_is_refused_and_its_user_drop
         error,
         format!(
             "creating user \"{username}\" for role \"sneaky\": the creation statements end the \
-             transaction (COMMIT, END or ROLLBACK); remove that statement: pgwarden commits the user \
-             itself once its lease is recorded"
+             transaction (COMMIT, END or ROLLBACK); remove that statement: pgwarden commits the \
+             user itself once its lease is recorded"
         )
     );
     // The template committed the user; its lease, recorded first, has it dropped.
@@ -699,12 +709,12 @@ async fn a_lease_that_cannot_be_recorded_leaves_no_user_even_from_a_self_committ
         broker,
         http: reqwest::Client::new(),
     };
-    let sneaky = json!({ "db_name": "appdb", "creation_statements": [
-        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-        "COMMIT;"
-    ] });
     let (status, body) = env
-        .call("POST", "database/roles/sneaky", Some(sneaky))
+        .call(
+            "POST",
+            "database/roles/sneaky",
+            Some(self_committing_role()),
+        )
         .await;
     assert_eq!(status, 204, "{body}");
     // The state refuses every new lease.

@@ -168,31 +168,21 @@ impl Env {
         self.cluster.role_exists(name).await.unwrap()
     }
 
-    /// Polls until `name` is gone from pg_roles or `limit` passes; returns how long it took.
-    /// Waits up to `limit` for the mount `database` to hold no lease; how long it took.
+    /// Polls until the mount `database` holds no lease or `limit` passes; returns how long it
+    /// took.
     pub async fn wait_no_leases(&self, limit: Duration) -> Option<Duration> {
-        let started = Instant::now();
-        while started.elapsed() < limit {
+        poll_until(limit, || async {
             let (status, _) = self
                 .call("LIST", "sys/leases/lookup/database/creds/", None)
                 .await;
-            if status == 404 {
-                return Some(started.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        None
+            status == 404
+        })
+        .await
     }
 
+    /// Polls until `name` is gone from pg_roles or `limit` passes; returns how long it took.
     pub async fn wait_role_gone(&self, name: &str, limit: Duration) -> Option<Duration> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if !self.role_exists(name).await {
-                return Some(start.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        None
+        poll_until(limit, || async { !self.role_exists(name).await }).await
     }
 
     pub async fn metrics(&self) -> String {
@@ -212,6 +202,21 @@ pub struct Creds {
     pub username: String,
     pub password: String,
     pub lease_duration: u64,
+}
+
+/// Asks `done` every 100 ms until it says yes or `limit` passes; how long it took.
+async fn poll_until<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    mut done: impl FnMut() -> F,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
 
 pub fn metric(text: &str, name: &str) -> f64 {
