@@ -645,25 +645,20 @@ async fn unreachable_database_is_503_and_leaves_no_lease() {
     );
 }
 
-/// A role whose creation statements commit the user themselves.
-fn self_committing_role() -> serde_json::Value {
-    json!({ "db_name": "appdb", "creation_statements": [
+/// Adds role `sneaky`, whose creation statements commit the user themselves.
+async fn add_self_committing_role(env: &Env) {
+    let role = json!({ "db_name": "appdb", "creation_statements": [
         "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
         "COMMIT;"
-    ] })
+    ] });
+    let (status, body) = env.call("POST", "database/roles/sneaky", Some(role)).await;
+    assert_eq!(status, 204, "{body}");
 }
 
 #[tokio::test]
 async fn a_creation_template_that_commits_by_itself_is_refused_and_its_user_dropped() {
     let env = Env::start(ROLES).await;
-    let (status, body) = env
-        .call(
-            "POST",
-            "database/roles/sneaky",
-            Some(self_committing_role()),
-        )
-        .await;
-    assert_eq!(status, 204, "{body}");
+    add_self_committing_role(&env).await;
     let (status, body) = env.call("GET", "database/creds/sneaky", None).await;
     assert_eq!(status, 400, "{body}");
     let error = body["errors"][0].as_str().unwrap();
@@ -709,14 +704,7 @@ async fn a_lease_that_cannot_be_recorded_leaves_no_user_even_from_a_self_committ
         broker,
         http: reqwest::Client::new(),
     };
-    let (status, body) = env
-        .call(
-            "POST",
-            "database/roles/sneaky",
-            Some(self_committing_role()),
-        )
-        .await;
-    assert_eq!(status, 204, "{body}");
+    add_self_committing_role(&env).await;
     // The state refuses every new lease.
     let state = env.cluster.connect_superuser("state").await.unwrap();
     state
