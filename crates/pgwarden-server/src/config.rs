@@ -5,6 +5,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 /// Why the configuration cannot be used; each message names the field and the fix.
@@ -148,7 +149,12 @@ pub struct PostgresStateConfig {
 pub struct HttpConfig {
     /// Connections served at once; more wait to be accepted (default 512).
     #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
+    /// API requests worked on at once, counting those whose client hung up (their work goes
+    /// on, so that no lease is left half-done); more wait for their turn while their client
+    /// waits (default 512).
+    #[serde(default = "default_max_requests_in_flight")]
+    pub max_requests_in_flight: NonZeroUsize,
     /// Time a client has to send its request headers, or to start its next request on an
     /// idle kept-alive connection, before it is closed (default 10s).
     #[serde(default = "default_header_read_timeout")]
@@ -159,13 +165,24 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             max_connections: default_max_connections(),
+            max_requests_in_flight: default_max_requests_in_flight(),
             header_read_timeout: default_header_read_timeout(),
         }
     }
 }
 
-fn default_max_connections() -> usize {
-    512
+/// The default of both HTTP limits.
+const DEFAULT_HTTP_LIMIT: NonZeroUsize = match NonZeroUsize::new(512) {
+    Some(limit) => limit,
+    None => NonZeroUsize::MIN,
+};
+
+fn default_max_connections() -> NonZeroUsize {
+    DEFAULT_HTTP_LIMIT
+}
+
+fn default_max_requests_in_flight() -> NonZeroUsize {
+    DEFAULT_HTTP_LIMIT
 }
 
 fn default_header_read_timeout() -> Ttl {
@@ -668,6 +685,30 @@ settings:
             .unwrap_err()
             .to_string();
         assert!(err.contains("listen_adress"), "{err}");
+    }
+
+    #[test]
+    fn http_limits_of_zero_are_refused() {
+        for field in ["max_connections", "max_requests_in_flight"] {
+            let err = Config::parse(&format!("http: {{ {field}: 0 }}\n"))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err.lines().next(),
+                Some(
+                    "error: line 1 column 9: invalid value: integer `0`, expected a nonzero usize"
+                ),
+                "{err}"
+            );
+        }
+        let http = Config::parse("").unwrap().http;
+        assert_eq!(
+            (
+                http.max_connections.get(),
+                http.max_requests_in_flight.get()
+            ),
+            (512, 512)
+        );
     }
 
     #[test]

@@ -79,12 +79,15 @@ pub struct Running {
     leading: Option<JoinHandle<()>>,
     /// Tells `leading` to give the lead up (after the reaper has stopped).
     resign: watch::Sender<bool>,
+    /// The API requests' turns, closed on shutdown: requests still waiting for one get 503.
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl Running {
     /// Stops accepting requests, finishes those in flight, stops the reaper.
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
+        self.turns.close();
         let _ = self.reaper.await;
         // Only now, with no revocation of this replica under way, may another replica lead.
         let _ = self.resign.send(true);
@@ -205,6 +208,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let audit = reload_audit.clone();
         tokio::spawn(async move { audit.record(event).await });
     }));
+    let turns = Arc::new(tokio::sync::Semaphore::new(
+        config.http.max_requests_in_flight.get(),
+    ));
     let app = api::router(Arc::new(api::AppState {
         broker,
         root_token,
@@ -218,9 +224,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         requests,
         audit,
         static_roles,
+        in_flight: turns.clone(),
     }));
     let limits = listener::HttpLimits {
-        max_connections: config.http.max_connections,
+        max_connections: config.http.max_connections.get(),
         header_read_timeout: config.http.header_read_timeout.as_duration(),
     };
     let http = tokio::spawn(listener::serve(listener, app, limits, signal));
@@ -232,6 +239,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         reaper,
         leading,
         resign,
+        turns,
     })
 }
 

@@ -206,3 +206,42 @@ async fn revoke_prefix_matches_whole_path_segments() {
     assert_eq!(status, 204);
     assert!(!env.role_exists(&x_admin.username).await);
 }
+
+#[tokio::test]
+async fn clients_that_hang_up_cannot_pile_up_more_work_than_the_requests_in_flight() {
+    let env = Arc::new(Env::start_with(SLOW_ROLES, "http: { max_requests_in_flight: 2 }").await);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let hang_ups = (0..8).map(|_| {
+        impatient
+            .get(env.url("database/creds/slow"))
+            .header("X-Vault-Token", ROOT)
+            .send()
+    });
+    for hang_up in futures::future::join_all(hang_ups).await {
+        assert!(hang_up.unwrap_err().is_timeout());
+    }
+    // The two requests that had their turn finish their work; the six that were still waiting
+    // for one when their clients hung up leave nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(leases(&env, "database/creds/slow/").await.len(), 2);
+    assert_eq!(surviving_users(&env).await.len(), 2);
+
+    // A patient client waits for its turn and is served.
+    let started = std::time::Instant::now();
+    let patient = (0..3).map(|_| {
+        let env = env.clone();
+        async move { env.call("GET", "database/creds/slow", None).await }
+    });
+    for (status, body) in futures::future::join_all(patient).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(leases(&env, "database/creds/slow/").await.len(), 5);
+}

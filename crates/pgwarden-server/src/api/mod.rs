@@ -40,6 +40,7 @@ use routes::{Access, Op, Route};
 use secrecy::SecretString;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 pub use request::MAX_BODY_BYTES;
 
@@ -69,6 +70,8 @@ pub struct AppState {
     pub audit: AuditLog,
     /// Static roles.
     pub static_roles: Arc<crate::static_roles::StaticRoles>,
+    /// Turns for API requests: at most `http.max_requests_in_flight` are worked on at once.
+    pub in_flight: Arc<Semaphore>,
 }
 
 /// What a handler adds to its request's audit record, as a response extension: the object
@@ -136,13 +139,21 @@ async fn v1(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // A request waits for its turn while its client is still there: one that hangs up now
+    // leaves nothing behind. Its turn is held until its work ends, even if the client hangs up
+    // later, so a flood of clients that hang up cannot pile up work without bound.
+    let Ok(turn) = state.in_flight.clone().acquire_owned().await else {
+        return ServerError::Unavailable("the server is shutting down".into()).into_response();
+    };
     // On a task of its own: a client that hangs up (axum then drops this future) cannot stop
     // a request half-way, between a write to the state and the database statement it covers.
     let task = {
         let (state, method, path) = (state.clone(), method.clone(), path.clone());
         let request_id = uuid::Uuid::new_v4().to_string();
         tokio::spawn(REQUEST_ID.scope(request_id, async move {
-            handle(&state, &method, &path, &query, &headers, body).await
+            let response = handle(&state, &method, &path, &query, &headers, body).await;
+            drop(turn);
+            response
         }))
     };
     let response = task
