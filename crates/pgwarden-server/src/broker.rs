@@ -143,6 +143,17 @@ async fn detached<T: Send + 'static>(
     })
 }
 
+/// Why a lease's user was dropped, as metrics and the audit log name it. The reaper also
+/// finishes revocations that failed before: one it finishes before the lease's expiry was
+/// asked for, not expired.
+fn revocation_reason(rolling_back: bool, why: Why, lease: &Lease) -> &'static str {
+    match why {
+        _ if rolling_back => "rollback",
+        Why::Expired if lease.expires_at <= now() => "expired",
+        Why::Expired | Why::Requested => "requested",
+    }
+}
+
 /// Delay before retry number `attempts` (1, 2, 4 … seconds, at most [`MAX_BACKOFF`]).
 fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(16)).min(MAX_BACKOFF)
@@ -646,11 +657,7 @@ impl Broker {
                 self.store.delete_lease(id).await?;
                 self.schedule.remove(id);
                 self.failing.lock().remove(id);
-                let reason = match (rolling_back, why) {
-                    (true, _) => "rollback",
-                    (false, Why::Expired) => "expired",
-                    (false, Why::Requested) => "requested",
-                };
+                let reason = revocation_reason(rolling_back, why, &lease);
                 self.metrics
                     .leases_revoked
                     .get_or_create(&RevokeLabels { reason })

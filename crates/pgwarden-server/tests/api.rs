@@ -805,10 +805,17 @@ async fn failed_revocation_is_retried_and_stays_visible() {
         .await
         .expect("retried revocation succeeded");
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = env.metrics().await;
+    assert_eq!(metric(&metrics, "pgwarden_leases_failing_revocation"), 0.0);
+    // The retry finished a revocation that was asked for, long before the lease's expiry.
     assert_eq!(
-        metric(&env.metrics().await, "pgwarden_leases_failing_revocation"),
-        0.0
+        metric(
+            &metrics,
+            "pgwarden_leases_revoked_total{reason=\"requested\"}"
+        ),
+        1.0
     );
+    assert!(!metrics.contains("reason=\"expired\""), "{metrics}");
     let (status, _) = env
         .call(
             "PUT",
