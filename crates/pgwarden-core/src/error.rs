@@ -47,6 +47,12 @@ pub enum CoreError {
         /// The placeholder's name, without braces.
         placeholder: String,
     },
+    /// A statement template that runs `COPY`, whose data transfer pgwarden does not carry.
+    #[error(
+        "statement runs COPY, which templates cannot use: pgwarden does not carry COPY's data \
+         (FROM STDIN, TO STDOUT)"
+    )]
+    CopyInStatement,
     /// A value that would leave its quotes if substituted into a statement.
     #[error(
         "refusing to substitute {placeholder}: the value has characters outside the safe alphabet"

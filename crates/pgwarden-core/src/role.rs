@@ -406,6 +406,11 @@ mod tests {
                 "role \"r\": unknown placeholder {{group}} in statement; known: name, username, password, expiration",
             ),
             (
+                r#"{"db_name":"a","creation_statements":["CREATE ROLE \"{{name}}\"","COPY t FROM STDIN"]}"#,
+                "role \"r\": statement runs COPY, which templates cannot use: pgwarden does not \
+                 carry COPY's data (FROM STDIN, TO STDOUT)",
+            ),
+            (
                 r#"{"db_name":"a","preset":"user","schemas":["public",""]}"#,
                 "role \"r\": schema \"\" must not be empty",
             ),

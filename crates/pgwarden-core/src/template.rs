@@ -66,8 +66,13 @@ pub fn render(statement: &str, values: &TemplateValues<'_>) -> Result<String, Co
     })
 }
 
-/// Checks a template's placeholders without values, so bad templates fail when written, not when used.
+/// Checks a template's placeholders without values, so bad templates fail when written, not
+/// when used; and refuses `COPY`, whose data transfer the driver cannot carry (the statement
+/// would fail with a protocol error, on a connection left mid-`COPY`).
 pub fn validate(statement: &str) -> Result<(), CoreError> {
+    if runs_copy(statement) {
+        return Err(CoreError::CopyInStatement);
+    }
     render(
         statement,
         &TemplateValues {
@@ -79,9 +84,59 @@ pub fn validate(statement: &str) -> Result<(), CoreError> {
     .map(|_| ())
 }
 
+/// Whether one of `statement`'s `;`-separated parts starts with `COPY` (after blanks and
+/// comments). A `;` inside a literal may split a part early; that errs toward refusing.
+fn runs_copy(statement: &str) -> bool {
+    statement
+        .split(';')
+        .any(|part| first_word(part).eq_ignore_ascii_case("copy"))
+}
+
+/// The first word of `sql`, after blanks, `--` comments and `/* */` comments.
+fn first_word(mut sql: &str) -> &str {
+    loop {
+        sql = sql.trim_start();
+        if let Some(rest) = sql.strip_prefix("--") {
+            sql = rest.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(rest) = sql.strip_prefix("/*") {
+            sql = rest.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            break;
+        }
+    }
+    sql.split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_is_refused_wherever_a_statement_starts() {
+        for statement in [
+            "COPY t FROM STDIN",
+            "  copy t TO STDOUT;",
+            "GRANT x TO \"{{name}}\"; COPY t FROM STDIN;",
+            "-- load\n/* the seed */ Copy(SELECT 1) TO STDOUT",
+        ] {
+            assert_eq!(
+                validate(statement).unwrap_err().to_string(),
+                "statement runs COPY, which templates cannot use: pgwarden does not carry \
+                 COPY's data (FROM STDIN, TO STDOUT)",
+                "{statement}"
+            );
+        }
+        for statement in [
+            "CREATE ROLE \"{{name}}\"; -- COPY nothing",
+            "GRANT SELECT ON copy_log TO \"{{name}}\";",
+            "COMMENT ON ROLE \"{{name}}\" IS 'made by copying';",
+            "/* unclosed comment COPY",
+        ] {
+            assert!(validate(statement).is_ok(), "{statement}");
+        }
+    }
 
     #[test]
     fn unclosed_braces_are_text_and_detected() {

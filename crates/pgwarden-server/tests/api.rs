@@ -460,6 +460,16 @@ async fn bad_input_gets_precise_errors_and_changes_nothing() {
         ),
         (
             "POST",
+            "database/roles/r-copy",
+            Some(json!({"db_name": "appdb", "creation_statements": [
+                "CREATE ROLE \"{{name}}\" LOGIN PASSWORD '{{password}}'",
+                "COPY audit_seed FROM STDIN",
+            ]})),
+            400,
+            json!({"errors": ["role \"r-copy\": statement runs COPY, which templates cannot use: pgwarden does not carry COPY's data (FROM STDIN, TO STDOUT)"]}),
+        ),
+        (
+            "POST",
             "database/roles/r3",
             Some(
                 json!({"db_name": "appdb", "preset": "readonly", "max_ttl": 18446744073709551615u64}),
