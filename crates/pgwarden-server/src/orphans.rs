@@ -5,7 +5,9 @@
 //!
 //! Listing the users before reading the leases keeps the sweep from racing issuance: a lease
 //! row is written before its user is created and deleted only after the user is dropped, so a
-//! user listed while its lease exists is still named by a lease read afterwards.
+//! user listed while its lease exists is still named by a lease read afterwards. A revocation
+//! that finishes between the two reads leaves a user listed that no lease names, but that is
+//! gone: users found unnamed are listed again, and only those still there count.
 
 use crate::audit::AuditLog;
 use crate::catalog::Catalog;
@@ -114,9 +116,35 @@ impl Orphans {
         let _ = tokio::time::timeout(period, futures::future::join_all(passes)).await;
     }
 
-    /// One pass: list generated users, subtract those leases name, report and drop.
+    /// One pass: list generated users, subtract those leases name, list again to keep those
+    /// still there, report and drop.
     pub async fn sweep(&self) {
-        let mut listed: BTreeMap<String, String> = BTreeMap::new();
+        let listed = self.generated_users().await;
+        let named: HashSet<String> = match self.store.all_leases().await {
+            Ok(leases) => leases.into_iter().map(|lease| lease.username).collect(),
+            Err(error) => {
+                tracing::error!(error = %chain(&error), "orphan sweep cannot read leases; skipping");
+                return;
+            }
+        };
+        let mut unnamed = listed;
+        unnamed.retain(|user, _| !named.contains(user));
+        if !unnamed.is_empty() {
+            let still_there = self.generated_users().await;
+            unnamed.retain(|user, _| still_there.contains_key(user));
+        }
+        let now = OffsetDateTime::now_utc();
+        let due = self.record(unnamed, now);
+        for orphan in due {
+            self.drop_orphan(&orphan).await;
+        }
+        self.metrics.orphan_users.set(self.lock().len() as i64);
+    }
+
+    /// Every generated user in the targets (name → the first connection listing it); a target
+    /// that cannot be listed is logged and left out.
+    async fn generated_users(&self) -> BTreeMap<String, String> {
+        let mut listed = BTreeMap::new();
         for (connection, target) in self.catalog.targets() {
             match target.generated_users().await {
                 Ok(users) => {
@@ -129,33 +157,16 @@ impl Orphans {
                 }
             }
         }
-        let named: HashSet<String> = match self.store.all_leases().await {
-            Ok(leases) => leases.into_iter().map(|lease| lease.username).collect(),
-            Err(error) => {
-                tracing::error!(error = %chain(&error), "orphan sweep cannot read leases; skipping");
-                return;
-            }
-        };
-        let now = OffsetDateTime::now_utc();
-        let due = self.record(listed, &named, now);
-        for orphan in due {
-            self.drop_orphan(&orphan).await;
-        }
-        self.metrics.orphan_users.set(self.lock().len() as i64);
+        listed
     }
 
-    /// Updates what was found from this pass's `listed` users (name → connection) and the
-    /// usernames leases `named`; returns the orphans whose grace period is over.
-    fn record(
-        &self,
-        listed: BTreeMap<String, String>,
-        named: &HashSet<String>,
-        now: OffsetDateTime,
-    ) -> Vec<Orphan> {
+    /// Updates what was found from this pass's `unnamed` users (name → connection); returns
+    /// the orphans whose grace period is over.
+    fn record(&self, unnamed: BTreeMap<String, String>, now: OffsetDateTime) -> Vec<Orphan> {
         let mut found = self.lock();
-        found.retain(|user, _| listed.contains_key(user) && !named.contains(user));
-        for (username, connection) in listed {
-            if named.contains(&username) || found.contains_key(&username) {
+        found.retain(|user, _| unnamed.contains_key(user));
+        for (username, connection) in unnamed {
+            if found.contains_key(&username) {
                 continue;
             }
             let drop_at = self.config.drop.then(|| self.config.grace.after(now));
