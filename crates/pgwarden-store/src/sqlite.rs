@@ -4,7 +4,7 @@ use crate::encoding::{
     AUDIT_COLUMNS, Columns, LEASE_COLUMNS, REQUEST_COLUMNS, STATIC_ROLE_COLUMNS, TOKEN_COLUMNS,
     audit_from, from_millis, millis, request_from, static_role_from, to_json, version_column,
 };
-use crate::writer::Writer;
+use crate::writer::{BUSY_TIMEOUT, Writer};
 use crate::{
     AuditQuery, Durability, Store, StoreError, StoredConnection, StoredRequest, StoredStaticRole,
     migrations,
@@ -302,14 +302,13 @@ impl SqliteStore {
         let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         migrations::migrate(&mut conn).map_err(open_err)?;
         // Readers never wait for the writer in WAL mode, nor for its disk syncs.
         let reader = Connection::open(&path).map_err(open_err)?;
         reader
             .pragma_update(None, "query_only", true)
-            .and_then(|()| reader.busy_timeout(std::time::Duration::from_secs(5)))
+            .and_then(|()| reader.busy_timeout(BUSY_TIMEOUT))
             .map_err(open_err)?;
         Ok(SqliteStore {
             reader: Mutex::new(reader),

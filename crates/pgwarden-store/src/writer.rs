@@ -3,9 +3,10 @@
 //! queueing for one each, and no async worker ever waits for the disk. A write that need not
 //! be synced runs on the caller's thread when the connection is free: it only appends to the
 //! log, and two thread hand-offs cost more than that on a busy machine. Such a write never
-//! overtakes one queued for the thread. The thread alone checkpoints the log (once it holds
-//! [`CHECKPOINT_PAGES`]), and makes the first commit after, which starts the log over: both
-//! sync.
+//! overtakes one queued for the thread, nor waits for another process holding the file's
+//! write lock (a `sqlite3` shell): the thread waits for that instead. The thread alone
+//! checkpoints the log (once it holds [`CHECKPOINT_PAGES`]), and makes the first commit
+//! after, which starts the log over: both sync.
 
 use crate::StoreError;
 use parking_lot::Mutex;
@@ -13,6 +14,10 @@ use rusqlite::Connection;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
+
+/// How long a statement waits for another process holding the file's lock before it fails
+/// (`SQLITE_BUSY`); set on every connection of the state.
+pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Most writes committed together.
 const MAX_BATCH: usize = 256;
@@ -150,7 +155,11 @@ impl Writer {
         if self.queued.load(Ordering::SeqCst) > 0 || checkpoint_due(&self.log_pages) {
             return Some(job);
         }
-        let committed = connection.commit(vec![job]);
+        if connection.begin(false, false).is_err() {
+            // Another process holds the write lock (or the start failed): the thread waits.
+            return Some(job);
+        }
+        let committed = connection.run_batch(vec![job], Ok(()));
         drop(connection);
         committed.answer();
         None
@@ -209,8 +218,16 @@ impl WriteConnection {
     /// Runs `batch` in one transaction, each job under a savepoint of its own; returns the
     /// commit's outcome for each job's caller.
     fn commit(&mut self, batch: Vec<Job>) -> Committed {
-        let conn = &self.conn;
         let durable = batch.iter().any(|job| job.durable);
+        let begun = self.begin(durable, true);
+        self.run_batch(batch, begun)
+    }
+
+    /// Starts a write transaction, synced at its commit if `durable`. Unless told to `wait`,
+    /// fails at once (`SQLITE_BUSY`) instead of waiting up to [`BUSY_TIMEOUT`] for another
+    /// process holding the file's write lock.
+    fn begin(&mut self, durable: bool, wait: bool) -> rusqlite::Result<()> {
+        let conn = &self.conn;
         if !conn.is_autocommit() {
             // A previous batch's ROLLBACK failed (an I/O error): start clean.
             let _ = conn.execute_batch("ROLLBACK");
@@ -220,8 +237,21 @@ impl WriteConnection {
         } else {
             SyncMode::Normal
         };
-        let mut outcome =
-            set_sync(conn, &mut self.sync, wanted).and_then(|()| run(conn, "BEGIN IMMEDIATE"));
+        set_sync(conn, &mut self.sync, wanted)?;
+        if wait {
+            return run(conn, "BEGIN IMMEDIATE");
+        }
+        conn.busy_timeout(std::time::Duration::ZERO)?;
+        let begun = run(conn, "BEGIN IMMEDIATE");
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        begun
+    }
+
+    /// Runs `batch` in the transaction that `begun` started (or failed to), each job under a
+    /// savepoint of its own, and commits it; returns the outcome for each job's caller.
+    fn run_batch(&mut self, batch: Vec<Job>, begun: rusqlite::Result<()>) -> Committed {
+        let conn = &self.conn;
+        let mut outcome = begun;
         let mut replies = Vec::with_capacity(batch.len());
         for job in batch {
             if outcome.is_ok() {
@@ -303,7 +333,7 @@ fn run_in_savepoint(
 
 #[cfg(test)]
 mod tests {
-    use super::{CHECKPOINT_PAGES, THREAD_NAME, Writer};
+    use super::{BUSY_TIMEOUT, CHECKPOINT_PAGES, THREAD_NAME, Writer};
     use rusqlite::Connection;
     use std::sync::atomic::Ordering;
 
@@ -314,6 +344,7 @@ mod tests {
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.execute_batch("CREATE TABLE t (x INTEGER, pad BLOB)")
             .unwrap();
+        conn.busy_timeout(BUSY_TIMEOUT).unwrap();
         (dir, Writer::start(conn).unwrap())
     }
 
@@ -369,6 +400,35 @@ mod tests {
         assert!(waited.await.is_err(), "it waits for the connection");
         drop(busy);
         assert!(queued.await);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn another_process_holding_the_write_lock_stalls_no_async_worker() {
+        let (dir, writer) = writer();
+        let other = Connection::open(dir.path().join("state.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        // This runtime's only worker must keep running tasks while the write waits.
+        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        assert!(insert(&writer, false, 1, 0).await, "left to the thread");
+        holder.join().unwrap();
+        ticker.abort();
+        let ticked = ticks.load(Ordering::SeqCst);
+        assert!(ticked >= 20, "the worker ticked {ticked} times in 500 ms");
+        // With the lock free again, relaxed writes run here.
+        assert!(!insert(&writer, false, 2, 0).await);
     }
 
     #[tokio::test]
