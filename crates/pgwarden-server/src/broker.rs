@@ -144,13 +144,21 @@ async fn detached<T: Send + 'static>(
 }
 
 /// Why a lease's user was dropped, as metrics and the audit log name it. The reaper also
-/// finishes revocations that failed before: one it finishes before the lease's expiry was
-/// asked for, not expired.
-fn revocation_reason(rolling_back: bool, why: Why, lease: &Lease) -> &'static str {
-    match why {
-        _ if rolling_back => "rollback",
-        Why::Expired if lease.expires_at <= now() => "expired",
-        Why::Expired | Why::Requested => "requested",
+/// finishes revocations that failed before: one it finishes at `at`, before the lease's
+/// expiry, was asked for, not expired. (A revocation retried past the lease's expiry counts as
+/// expired, and a retried rollback as requested: the lease does not keep why it started.)
+fn revocation_reason(
+    rolling_back: bool,
+    why: Why,
+    expires_at: OffsetDateTime,
+    at: OffsetDateTime,
+) -> &'static str {
+    if rolling_back {
+        "rollback"
+    } else if why == Why::Expired && expires_at <= at {
+        "expired"
+    } else {
+        "requested"
     }
 }
 
@@ -657,7 +665,7 @@ impl Broker {
                 self.store.delete_lease(id).await?;
                 self.schedule.remove(id);
                 self.failing.lock().remove(id);
-                let reason = revocation_reason(rolling_back, why, &lease);
+                let reason = revocation_reason(rolling_back, why, lease.expires_at, now());
                 self.metrics
                     .leases_revoked
                     .get_or_create(&RevokeLabels { reason })
@@ -840,8 +848,31 @@ impl Broker {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
+    use super::{Why, backoff, revocation_reason};
     use std::time::Duration;
+
+    #[test]
+    fn a_revocation_is_expired_only_when_the_reaper_finds_its_lease_past_its_expiry() {
+        let at = time::macros::datetime!(2026-12-07 08:00 UTC);
+        let (before, after) = (at - time::Duration::SECOND, at + time::Duration::SECOND);
+        let cases = [
+            (true, Why::Expired, before, "rollback"),
+            (true, Why::Requested, after, "rollback"),
+            (false, Why::Expired, before, "expired"),
+            (false, Why::Expired, at, "expired"),
+            // A requested revocation that failed, finished by the reaper before the expiry.
+            (false, Why::Expired, after, "requested"),
+            (false, Why::Requested, before, "requested"),
+            (false, Why::Requested, after, "requested"),
+        ];
+        for (rolling_back, why, expires_at, reason) in cases {
+            assert_eq!(
+                revocation_reason(rolling_back, why, expires_at, at),
+                reason,
+                "{rolling_back} {expires_at}"
+            );
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {

@@ -36,7 +36,7 @@ pub enum ServerError {
     /// 413: the body is over the limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
-    /// 503: a target database cannot be reached.
+    /// 503: a target database cannot be reached, or the server is shutting down.
     #[error("{0}")]
     Unavailable(String),
     /// 500: something failed on pgwarden's side.

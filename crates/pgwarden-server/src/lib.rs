@@ -30,6 +30,7 @@ pub mod schedule;
 pub mod seal;
 pub mod static_roles;
 pub mod tokens;
+pub mod turns;
 pub mod ui;
 
 pub use config::{Config, ConfigError};
@@ -80,23 +81,34 @@ pub struct Running {
     /// Tells `leading` to give the lead up (after the reaper has stopped).
     resign: watch::Sender<bool>,
     /// The API requests' turns, closed on shutdown: requests still waiting for one get 503.
-    turns: Arc<tokio::sync::Semaphore>,
+    turns: Arc<turns::Turns>,
 }
+
+/// How long shutdown waits for the work of requests whose client hung up.
+const SHUTDOWN_WORK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Running {
     /// Stops accepting requests, finishes those in flight, stops the reaper.
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
         self.turns.close();
+        let served = self
+            .http
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        // The listener's drain does not wait for requests whose client hung up.
+        if !self.turns.all_back(SHUTDOWN_WORK_TIMEOUT).await {
+            tracing::warn!(
+                "requests whose client hung up still running after 30s; stopping anyway"
+            );
+        }
         let _ = self.reaper.await;
         // Only now, with no revocation of this replica under way, may another replica lead.
         let _ = self.resign.send(true);
         if let Some(leading) = self.leading {
             let _ = leading.await;
         }
-        self.http
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        served
     }
 }
 
@@ -208,9 +220,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let audit = reload_audit.clone();
         tokio::spawn(async move { audit.record(event).await });
     }));
-    let turns = Arc::new(tokio::sync::Semaphore::new(
-        config.http.max_requests_in_flight.get(),
-    ));
+    let turns = Arc::new(turns::Turns::new(config.http.max_requests_in_flight.get()));
     let app = api::router(Arc::new(api::AppState {
         broker,
         root_token,
@@ -224,7 +234,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         requests,
         audit,
         static_roles,
-        in_flight: turns.clone(),
+        turns: turns.clone(),
     }));
     let limits = listener::HttpLimits {
         max_connections: config.http.max_connections.get(),

@@ -814,9 +814,12 @@ async fn failed_revocation_is_retried_and_stays_visible() {
     env.wait_role_gone(&creds.username, Duration::from_secs(10))
         .await
         .expect("retried revocation succeeded");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    poll_until(Duration::from_secs(5), || async {
+        metric(&env.metrics().await, "pgwarden_leases_failing_revocation") == 0.0
+    })
+    .await
+    .expect("the lease leaves the failing ones");
     let metrics = env.metrics().await;
-    assert_eq!(metric(&metrics, "pgwarden_leases_failing_revocation"), 0.0);
     // The retry finished a revocation that was asked for, long before the lease's expiry.
     assert_eq!(
         metric(

@@ -224,8 +224,13 @@ async fn clients_that_hang_up_cannot_pile_up_more_work_than_the_requests_in_flig
         assert!(hang_up.unwrap_err().is_timeout());
     }
     // The two requests that had their turn finish their work; the six that were still waiting
-    // for one when their clients hung up leave nothing.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // for one when their clients hung up leave nothing, then or later.
+    poll_until(Duration::from_secs(20), || async {
+        surviving_users(&env).await.len() >= 2
+    })
+    .await
+    .expect("the two issuances with a turn finish");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(leases(&env, "database/creds/slow/").await.len(), 2);
     assert_eq!(surviving_users(&env).await.len(), 2);
 
@@ -235,7 +240,10 @@ async fn clients_that_hang_up_cannot_pile_up_more_work_than_the_requests_in_flig
         let env = env.clone();
         async move { env.call("GET", "database/creds/slow", None).await }
     });
-    for (status, body) in futures::future::join_all(patient).await {
+    let served = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(patient))
+        .await
+        .expect("every patient client is served");
+    for (status, body) in served {
         assert_eq!(status, 200, "{body}");
     }
     assert!(
@@ -244,4 +252,35 @@ async fn clients_that_hang_up_cannot_pile_up_more_work_than_the_requests_in_flig
         started.elapsed()
     );
     assert_eq!(leases(&env, "database/creds/slow/").await.len(), 5);
+}
+
+#[tokio::test]
+async fn on_shutdown_requests_waiting_for_a_turn_get_503_and_those_with_one_finish() {
+    let mut env = Env::start_with(SLOW_ROLES, "http: { max_requests_in_flight: 1 }").await;
+    let issue = |url: String| async move {
+        let response = reqwest::Client::new()
+            .get(url)
+            .header("X-Vault-Token", ROOT)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<serde_json::Value>().await.unwrap())
+    };
+    let with_turn = tokio::spawn(issue(env.url("database/creds/slow")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = tokio::spawn(issue(env.url("database/creds/slow")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    env.stop().await;
+    let (status, body) = waiting.await.unwrap();
+    assert_eq!(
+        (status, body),
+        (503, json!({"errors": ["the server is shutting down"]}))
+    );
+    let (status, body) = with_turn.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    // Its user was committed and recorded before the server stopped.
+    env.boot().await;
+    assert_eq!(leases(&env, "database/creds/slow/").await.len(), 1);
+    assert_eq!(surviving_users(&env).await.len(), 1);
 }

@@ -40,7 +40,6 @@ use routes::{Access, Op, Route};
 use secrecy::SecretString;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 
 pub use request::MAX_BODY_BYTES;
 
@@ -71,7 +70,7 @@ pub struct AppState {
     /// Static roles.
     pub static_roles: Arc<crate::static_roles::StaticRoles>,
     /// Turns for API requests: at most `http.max_requests_in_flight` are worked on at once.
-    pub in_flight: Arc<Semaphore>,
+    pub turns: Arc<crate::turns::Turns>,
 }
 
 /// What a handler adds to its request's audit record, as a response extension: the object
@@ -139,36 +138,16 @@ async fn v1(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // A request waits for its turn while its client is still there: one that hangs up now
-    // leaves nothing behind. Its turn is held until its work ends, even if the client hangs up
-    // later, so a flood of clients that hang up cannot pile up work without bound.
-    let Ok(turn) = state.in_flight.clone().acquire_owned().await else {
-        return ServerError::Unavailable("the server is shutting down".into()).into_response();
-    };
-    // On a task of its own: a client that hangs up (axum then drops this future) cannot stop
-    // a request half-way, between a write to the state and the database statement it covers.
-    let task = {
-        let (state, method, path) = (state.clone(), method.clone(), path.clone());
-        let request_id = uuid::Uuid::new_v4().to_string();
-        tokio::spawn(REQUEST_ID.scope(request_id, async move {
-            let response = handle(&state, &method, &path, &query, &headers, body).await;
-            drop(turn);
-            response
-        }))
-    };
-    let response = task
-        .await
-        .unwrap_or_else(|e| {
-            Err(ServerError::Internal(format!(
-                "request handler failed: {e}"
-            )))
-        })
-        .unwrap_or_else(|error| {
-            if error.status() >= 500 {
-                tracing::error!(%method, path, %error, "request failed");
-            }
-            error.into_response()
-        });
+    let response = match admit(&method, &path, &query, body).await {
+        Ok((op, body)) => serve_in_turn(&state, &method, &path, query, headers, op, body).await,
+        Err(error) => Err(error),
+    }
+    .unwrap_or_else(|error| {
+        if error.status() >= 500 {
+            tracing::error!(%method, path, %error, "request failed");
+        }
+        error.into_response()
+    });
     state
         .metrics
         .http_responses
@@ -179,28 +158,74 @@ async fn v1(
     response
 }
 
-/// Reads the body, serves the request and records it in the audit log.
-async fn handle(
-    state: &AppState,
+/// Checks the path and method, and reads the body, before the request takes a turn: a
+/// client slow to send its body holds none, and one that hangs up meanwhile leaves nothing.
+async fn admit(
     method: &Method,
     path: &str,
     query: &HashMap<String, String>,
-    headers: &HeaderMap,
     body: Body,
-) -> Result<Response, ServerError> {
+) -> Result<(Op, Bytes), ServerError> {
     if path.chars().any(char::is_control) {
         return Err(ServerError::BadRequest(
             "the path contains a control character".into(),
         ));
     }
-    let route = routes::parse(path);
-    if route == Route::Unknown {
+    if routes::parse(path) == Route::Unknown {
         return Err(ServerError::NotFound(format!(
             "no handler for path {path:?}"
         )));
     }
     let op = request::operation(method, query)?;
     let body = request::read_body(op, body).await?;
+    Ok((op, body))
+}
+
+/// Waits for a turn (while the client is still there: one that hangs up now leaves nothing
+/// behind), then serves the request on a task of its own that keeps the turn until its work
+/// ends, even if the client hangs up later: a flood of clients that hang up cannot pile up
+/// work without bound, and none can stop a request half-way, between a write to the state
+/// and the database statement it covers (axum drops this future when its client hangs up).
+async fn serve_in_turn(
+    state: &Arc<AppState>,
+    method: &Method,
+    path: &str,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    op: Op,
+    body: Bytes,
+) -> Result<Response, ServerError> {
+    let Some(turn) = state.turns.take().await else {
+        return Err(ServerError::Unavailable(
+            "the server is shutting down".into(),
+        ));
+    };
+    let task = {
+        let (state, path) = (state.clone(), path.to_string());
+        let request_id = uuid::Uuid::new_v4().to_string();
+        tokio::spawn(REQUEST_ID.scope(request_id, async move {
+            let response = handle(&state, &path, &query, &headers, op, &body).await;
+            drop(turn);
+            response
+        }))
+    };
+    task.await.unwrap_or_else(|e| {
+        Err(ServerError::Internal(format!(
+            "request handler {method} {path} failed: {e}"
+        )))
+    })
+}
+
+/// Serves an admitted request and records it in the audit log.
+async fn handle(
+    state: &AppState,
+    path: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    op: Op,
+    body: &Bytes,
+) -> Result<Response, ServerError> {
+    let route = routes::parse(path);
     let mut actor = String::from("anonymous");
     let incoming = Incoming {
         route: route.clone(),
@@ -208,7 +233,7 @@ async fn handle(
         path,
         query,
         headers,
-        body: &body,
+        body,
     };
     let result = serve(state, &incoming, &mut actor).await;
     // Reading the audit log is not recorded (a tail would fill it), unless it was refused. A

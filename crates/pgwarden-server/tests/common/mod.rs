@@ -205,7 +205,7 @@ pub struct Creds {
 }
 
 /// Asks `done` every 100 ms until it says yes or `limit` passes; how long it took.
-async fn poll_until<F: std::future::Future<Output = bool>>(
+pub async fn poll_until<F: std::future::Future<Output = bool>>(
     limit: Duration,
     mut done: impl FnMut() -> F,
 ) -> Option<Duration> {
