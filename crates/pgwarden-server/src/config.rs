@@ -152,7 +152,7 @@ pub struct HttpConfig {
     pub max_connections: NonZeroUsize,
     /// API requests worked on at once, counting those whose client hung up (their work goes
     /// on, so that no lease is left half-done); more wait for their turn while their client
-    /// waits (default 512).
+    /// waits (default 128).
     #[serde(default = "default_max_requests_in_flight")]
     pub max_requests_in_flight: NonZeroUsize,
     /// Time a client has to send its request headers, or to start its next request on an
@@ -171,18 +171,26 @@ impl Default for HttpConfig {
     }
 }
 
-/// The default of both HTTP limits.
-const DEFAULT_HTTP_LIMIT: NonZeroUsize = match NonZeroUsize::new(512) {
+/// The default cap on HTTP connections.
+const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = match NonZeroUsize::new(512) {
+    Some(limit) => limit,
+    None => NonZeroUsize::MIN,
+};
+
+/// The default number of API requests worked on at once: eight times a target's pool of
+/// connections, so that a burst queues for turns, where a client that gives up leaves
+/// nothing, rather than for a database connection, where its work runs on.
+const DEFAULT_MAX_REQUESTS_IN_FLIGHT: NonZeroUsize = match NonZeroUsize::new(128) {
     Some(limit) => limit,
     None => NonZeroUsize::MIN,
 };
 
 fn default_max_connections() -> NonZeroUsize {
-    DEFAULT_HTTP_LIMIT
+    DEFAULT_MAX_CONNECTIONS
 }
 
 fn default_max_requests_in_flight() -> NonZeroUsize {
-    DEFAULT_HTTP_LIMIT
+    DEFAULT_MAX_REQUESTS_IN_FLIGHT
 }
 
 fn default_header_read_timeout() -> Ttl {
@@ -707,7 +715,7 @@ settings:
                 http.max_connections.get(),
                 http.max_requests_in_flight.get()
             ),
-            (512, 512)
+            (512, 128)
         );
     }
 
