@@ -221,13 +221,20 @@ async fn exactly_one_replica_reaps_and_another_takes_over_when_it_stops() {
             metric(&text, "pgwarden_leader"),
             f64::from(u8::from(i == leader))
         );
-        let revoked = text
-            .lines()
-            .find(|l| l.starts_with("pgwarden_leases_revoked_total{reason=\"expired\"}"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .unwrap_or(0.0);
-        // The reaper's: three expiries and the queued revocation.
-        assert_eq!(revoked, if i == leader { 4.0 } else { 0.0 }, "replica {i}");
+        let revoked = |reason: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "pgwarden_leases_revoked_total{{reason=\"{reason}\"}}"
+                    ))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+                .unwrap_or(0.0)
+        };
+        // The reaper's: three expiries, and the queued revocation, which was asked for.
+        let (expired, requested) = if i == leader { (3.0, 1.0) } else { (0.0, 0.0) };
+        assert_eq!(revoked("expired"), expired, "replica {i}");
+        assert_eq!(revoked("requested"), requested, "replica {i}");
     }
 
     // The leader shuts down with leases due soon: it hands the lead over at once (a rolling
