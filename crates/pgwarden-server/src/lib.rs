@@ -220,7 +220,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let audit = reload_audit.clone();
         tokio::spawn(async move { audit.record(event).await });
     }));
-    let turns = Arc::new(turns::Turns::new(config.http.max_requests_in_flight.get()));
+    let turns = Arc::new(turns::Turns::new(
+        config.http.max_requests_in_flight.get(),
+        metrics.http_requests_in_flight.clone(),
+        metrics.http_requests_waiting.clone(),
+    ));
     let app = api::router(Arc::new(api::AppState {
         broker,
         root_token,

@@ -58,6 +58,10 @@ pub struct Metrics {
     pub leases: Gauge,
     /// Leases whose revocation has failed and is being retried.
     pub leases_failing_revocation: Gauge,
+    /// API requests holding a turn (being worked on, whether or not their client waits).
+    pub http_requests_in_flight: Gauge,
+    /// API requests waiting for a turn.
+    pub http_requests_waiting: Gauge,
     /// HTTP responses by status.
     pub http_responses: Family<ResponseLabels, Counter>,
     /// Login attempts by mount and outcome.
@@ -87,6 +91,8 @@ impl Metrics {
             revocation_failures: Counter::default(),
             leases: Gauge::default(),
             leases_failing_revocation: Gauge::default(),
+            http_requests_in_flight: Gauge::default(),
+            http_requests_waiting: Gauge::default(),
             http_responses: Family::default(),
             logins: Family::default(),
             denials: Family::default(),
@@ -127,6 +133,16 @@ impl Metrics {
             "leases_failing_revocation",
             "Leases whose revocation failed and is being retried",
             m.leases_failing_revocation.clone(),
+        );
+        registry.register(
+            "http_requests_in_flight",
+            "API requests being worked on, counting those whose client hung up",
+            m.http_requests_in_flight.clone(),
+        );
+        registry.register(
+            "http_requests_waiting",
+            "API requests waiting for a turn (http.max_requests_in_flight)",
+            m.http_requests_waiting.clone(),
         );
         registry.register(
             "http_responses",

@@ -220,9 +220,28 @@ async fn clients_that_hang_up_cannot_pile_up_more_work_than_the_requests_in_flig
             .header("X-Vault-Token", ROOT)
             .send()
     });
-    for hang_up in futures::future::join_all(hang_ups).await {
+    let hang_ups = tokio::spawn(futures::future::join_all(hang_ups));
+    // Two at work, six waiting for a turn; once their clients hang up, only the two.
+    let in_flight_and_waiting = || async {
+        let metrics = env.metrics().await;
+        (
+            metric(&metrics, "pgwarden_http_requests_in_flight"),
+            metric(&metrics, "pgwarden_http_requests_waiting"),
+        )
+    };
+    poll_until(Duration::from_secs(5), || async {
+        in_flight_and_waiting().await == (2.0, 6.0)
+    })
+    .await
+    .expect("two requests at work, six waiting");
+    for hang_up in hang_ups.await.unwrap() {
         assert!(hang_up.unwrap_err().is_timeout());
     }
+    poll_until(Duration::from_secs(5), || async {
+        in_flight_and_waiting().await.1 == 0.0
+    })
+    .await
+    .expect("the waiting requests are gone with their clients");
     // The two requests that had their turn finish their work; the six that were still waiting
     // for one when their clients hung up leave nothing, then or later.
     poll_until(Duration::from_secs(20), || async {
@@ -252,6 +271,7 @@ async fn clients_that_hang_up_cannot_pile_up_more_work_than_the_requests_in_flig
         started.elapsed()
     );
     assert_eq!(leases(&env, "database/creds/slow/").await.len(), 5);
+    assert_eq!(in_flight_and_waiting().await, (0.0, 0.0));
 }
 
 #[tokio::test]
