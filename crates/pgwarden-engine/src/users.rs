@@ -73,16 +73,10 @@ impl Target {
         // Held from here: should this future be dropped mid-transaction, the connection is
         // closed rather than returned to the pool with the transaction open.
         let client = Held::new(client);
-        match retried(|| begin_with(&client, &statements, &what)).await {
-            Ok(()) => Ok(UncommittedUser { client, what }),
-            Err(error) => {
-                // Closed, not pooled: should `begin_with`'s `ROLLBACK` have failed too (a
-                // template left the session mid-`COPY`, say), the transaction would be handed
-                // to the next caller.
-                drop(client);
-                Err(error)
-            }
-        }
+        // On failure `client` is closed, not pooled: should `begin_with`'s `ROLLBACK` have
+        // failed too, the transaction would be handed to the next caller.
+        retried(|| begin_with(&client, &statements, &what)).await?;
+        Ok(UncommittedUser { client, what })
     }
 
     /// Moves `username`'s `VALID UNTIL` to `expires_at` (plus slack).

@@ -171,26 +171,14 @@ impl Default for HttpConfig {
     }
 }
 
-/// The default cap on HTTP connections.
-const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = match NonZeroUsize::new(512) {
-    Some(limit) => limit,
-    None => NonZeroUsize::MIN,
-};
-
-/// The default number of API requests worked on at once: eight times a target's pool of
-/// connections, so that a burst queues for turns, where a client that gives up leaves
-/// nothing, rather than for a database connection, where its work runs on.
-const DEFAULT_MAX_REQUESTS_IN_FLIGHT: NonZeroUsize = match NonZeroUsize::new(128) {
-    Some(limit) => limit,
-    None => NonZeroUsize::MIN,
-};
-
 fn default_max_connections() -> NonZeroUsize {
-    DEFAULT_MAX_CONNECTIONS
+    NonZeroUsize::new(512).unwrap_or(NonZeroUsize::MIN)
 }
 
+/// Eight times a target's pool of connections: a burst queues for turns, where a client that
+/// gives up leaves nothing, rather than for a database connection, where its work runs on.
 fn default_max_requests_in_flight() -> NonZeroUsize {
-    DEFAULT_MAX_REQUESTS_IN_FLIGHT
+    NonZeroUsize::new(128).unwrap_or(NonZeroUsize::MIN)
 }
 
 fn default_header_read_timeout() -> Ttl {

@@ -119,7 +119,7 @@ impl Orphans {
     /// One pass: list generated users, subtract those leases name, list again to keep those
     /// still there, report and drop.
     pub async fn sweep(&self) {
-        let listed = self.generated_users().await;
+        let mut unnamed = self.generated_users().await;
         let named: HashSet<String> = match self.store.all_leases().await {
             Ok(leases) => leases.into_iter().map(|lease| lease.username).collect(),
             Err(error) => {
@@ -127,7 +127,6 @@ impl Orphans {
                 return;
             }
         };
-        let mut unnamed = listed;
         unnamed.retain(|user, _| !named.contains(user));
         if !unnamed.is_empty() {
             let still_there = self.generated_users().await;
