@@ -250,9 +250,15 @@ auth:
         .await
     }
 
-    /// Approves the broker request as a DBA, once the operator made it; returns its id.
+    /// Approves the broker request as a DBA, once the operator made it and wrote the
+    /// connection it names (as a DBA would, who checks the database is there); returns its id.
     async fn approve(&self, reason: &str) -> String {
         let id = self.broker_request().await;
+        eventually("the connection Ready", || {
+            let connection = self.api.get(CONNECTIONS, NS, "appdb")?;
+            (condition(&connection, "Ready")?["status"] == "True").then_some(())
+        })
+        .await;
         let approver = self.approver().await;
         approver.approve_request(&id, reason).await.unwrap();
         id
