@@ -1,7 +1,6 @@
 //! Leases: one issued database user with its TTL arithmetic and lifecycle state.
 
 use crate::{CoreError, RoleDef, Ttl, names::random_alphanumeric};
-use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -9,33 +8,78 @@ use time::OffsetDateTime;
 pub const VALID_UNTIL_SLACK: Duration = Duration::from_secs(5);
 
 /// Where a lease is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseState {
     /// Written before the user is created; rolled back if found at start-up.
     Pending,
     /// The user exists and is handed out.
     Active,
-    /// Revocation has been asked for and has not succeeded yet.
-    Revoking,
+    /// Dropping the user has begun, for the reason given, and has not succeeded yet.
+    Revoking(RevokeReason),
 }
 
 impl LeaseState {
-    /// The state's name as stored and shown.
+    /// The state's name as stored and shown (every revocation is `revoking`).
     pub fn as_str(self) -> &'static str {
         match self {
             LeaseState::Pending => "pending",
             LeaseState::Active => "active",
-            LeaseState::Revoking => "revoking",
+            LeaseState::Revoking(_) => "revoking",
         }
     }
 
-    /// The state named `text`, if any.
-    pub fn parse(text: &str) -> Option<Self> {
+    /// The state named `text` with, for `revoking`, the stored `reason` (a revocation stored
+    /// without one, by a version before reasons were kept, counts as requested); `None` if
+    /// either is unknown.
+    pub fn parse(text: &str, reason: Option<&str>) -> Option<Self> {
         Some(match text {
             "pending" => LeaseState::Pending,
             "active" => LeaseState::Active,
-            "revoking" => LeaseState::Revoking,
+            "revoking" => LeaseState::Revoking(match reason {
+                None => RevokeReason::Requested,
+                Some(reason) => RevokeReason::parse(reason)?,
+            }),
+            _ => return None,
+        })
+    }
+
+    /// Why the user is being dropped, while it is.
+    pub fn revoke_reason(self) -> Option<RevokeReason> {
+        match self {
+            LeaseState::Revoking(reason) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// Why a lease's user is dropped: kept with the lease from the moment revocation begins, so
+/// a retry (after a failure or a restart) runs the same statements and is counted the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeReason {
+    /// Someone asked: a revoke call, a withdrawn request, a revoked token.
+    Requested,
+    /// The lease reached its end.
+    Expired,
+    /// Its issuance did not finish: the role's rollback statements undo it.
+    Rollback,
+}
+
+impl RevokeReason {
+    /// The reason's name as stored, counted in metrics and written in the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevokeReason::Requested => "requested",
+            RevokeReason::Expired => "expired",
+            RevokeReason::Rollback => "rollback",
+        }
+    }
+
+    /// The reason named `text`, if any.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "requested" => RevokeReason::Requested,
+            "expired" => RevokeReason::Expired,
+            "rollback" => RevokeReason::Rollback,
             _ => return None,
         })
     }
@@ -218,6 +262,34 @@ mod tests {
     use super::*;
     use crate::RoleSpec;
     use time::macros::datetime;
+
+    #[test]
+    fn states_and_reasons_read_back_as_stored() {
+        let reasons = [
+            RevokeReason::Requested,
+            RevokeReason::Expired,
+            RevokeReason::Rollback,
+        ];
+        for reason in reasons {
+            let state = LeaseState::Revoking(reason);
+            assert_eq!(
+                LeaseState::parse(state.as_str(), Some(reason.as_str())),
+                Some(state)
+            );
+            assert_eq!(state.revoke_reason(), Some(reason));
+        }
+        for state in [LeaseState::Pending, LeaseState::Active] {
+            assert_eq!(LeaseState::parse(state.as_str(), None), Some(state));
+            assert_eq!(state.revoke_reason(), None);
+        }
+        // Stored before reasons were kept.
+        assert_eq!(
+            LeaseState::parse("revoking", None),
+            Some(LeaseState::Revoking(RevokeReason::Requested))
+        );
+        assert_eq!(LeaseState::parse("revoking", Some("bored")), None);
+        assert_eq!(LeaseState::parse("gone", None), None);
+    }
 
     fn role() -> RoleDef {
         RoleSpec {

@@ -34,7 +34,7 @@ pub use backoff::backoff;
 pub use connection::{AdminAuth, ConnectionDef};
 pub use error::{CoreError, chain};
 pub use identity::Identity;
-pub use lease::{Lease, LeaseState, Owner, Renewal};
+pub use lease::{Lease, LeaseState, Owner, Renewal, RevokeReason};
 pub use policy::{Allowed, Grant, Policy};
 pub use request::{AccessRequest, Approval, ApprovalRule, Decision, DecisionError, RequestState};
 pub use role::{Preset, RoleDef, RoleKind, RoleSpec, Statements};

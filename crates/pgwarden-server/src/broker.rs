@@ -10,7 +10,9 @@ use crate::schedule::Schedule;
 use parking_lot::Mutex;
 use pgwarden_core::names::generate_username;
 use pgwarden_core::wire::DbCredential;
-use pgwarden_core::{AuditEvent, Lease, LeaseState, Outcome, Owner, RoleKind, Ttl, chain};
+use pgwarden_core::{
+    AuditEvent, Lease, LeaseState, Outcome, Owner, RevokeReason, RoleKind, Ttl, chain,
+};
 use pgwarden_engine::PasswordPool;
 use pgwarden_store::{Durability, Store};
 use secrecy::SecretString;
@@ -143,25 +145,6 @@ async fn detached<T: Send + 'static>(
     })
 }
 
-/// Why a lease's user was dropped, as metrics and the audit log name it. The reaper also
-/// finishes revocations that failed before: one it finishes at `at`, before the lease's
-/// expiry, was asked for, not expired. (A revocation retried past the lease's expiry counts as
-/// expired, and a retried rollback as requested: the lease does not keep why it started.)
-fn revocation_reason(
-    rolling_back: bool,
-    why: Why,
-    expires_at: OffsetDateTime,
-    at: OffsetDateTime,
-) -> &'static str {
-    if rolling_back {
-        "rollback"
-    } else if why == Why::Expired && expires_at <= at {
-        "expired"
-    } else {
-        "requested"
-    }
-}
-
 /// Delay before retry number `attempts` (1, 2, 4 … seconds, at most [`MAX_BACKOFF`]).
 fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(16)).min(MAX_BACKOFF)
@@ -229,7 +212,7 @@ impl Broker {
                     .issued_at
                     .checked_add(self.pending_grace().try_into().unwrap_or_default())
                     .unwrap_or(lease.issued_at),
-                LeaseState::Revoking => now(),
+                LeaseState::Revoking(_) => now(),
                 LeaseState::Active => lease.expires_at,
             };
             if lease.revoke_attempts > 0 {
@@ -641,14 +624,14 @@ impl Broker {
             }
         };
         let marked = self.mark_revoking(id, why, Durability::Relaxed).await;
-        let Some((mut lease, rolling_back)) = marked? else {
+        let Some((mut lease, reason)) = marked? else {
             // Gone already: nothing to drop, and the request's record is durable all the same.
             record_started.await;
             return Ok(());
         };
         let drop_user = async {
             match self.catalog.target(&lease.mount, &lease.role.db_name) {
-                Ok(target) if rolling_back => target
+                Ok(target) if reason == RevokeReason::Rollback => target
                     .rollback_user(&lease.role, &lease.username)
                     .await
                     .map_err(Into::into),
@@ -665,16 +648,16 @@ impl Broker {
                 self.store.delete_lease(id).await?;
                 self.schedule.remove(id);
                 self.failing.lock().remove(id);
-                let reason = revocation_reason(rolling_back, why, lease.expires_at, now());
+                let label = reason.as_str();
                 self.metrics
                     .leases_revoked
-                    .get_or_create(&RevokeLabels { reason })
+                    .get_or_create(&RevokeLabels { reason: label })
                     .inc();
                 self.update_gauges();
-                tracing::info!(lease_id = %id, username = %lease.username, reason, "revoked");
+                tracing::info!(lease_id = %id, username = %lease.username, reason = label, "revoked");
                 let event = AuditEvent::now("pgwarden", "user.drop", id, Outcome::Success)
-                    .with_detail(format!("{reason}: user {} dropped", lease.username));
-                if why == Why::Requested && !rolling_back {
+                    .with_detail(format!("{label}: user {} dropped", lease.username));
+                if why == Why::Requested && reason == RevokeReason::Requested {
                     // The request that asked waits for its own record; this one need not
                     // lengthen it.
                     self.audit.submit(event);
@@ -687,7 +670,7 @@ impl Broker {
                 lease.revoke_attempts = lease.revoke_attempts.saturating_add(1);
                 lease.last_error = Some(error.to_string());
                 self.store
-                    .update_lease(&lease, LeaseState::Revoking, Durability::Synced)
+                    .update_lease(&lease, lease.state, Durability::Synced)
                     .await?;
                 let retry = backoff(lease.revoke_attempts);
                 self.schedule
@@ -753,14 +736,15 @@ impl Broker {
     /// Moves lease `id` to `revoking` in the store (compare-and-set, so an issuance or renewal
     /// finishing meanwhile, here or on another replica, sees it and undoes itself), unless
     /// there is nothing to do: the lease is gone, or (for an expiry) it was renewed. A lease
-    /// already `revoking` (a queued or failed revocation) is revoked whatever its expiry.
-    /// Returns the lease and whether it was still being issued (a rollback).
+    /// already `revoking` (a queued or failed revocation) is revoked whatever its expiry, for
+    /// the reason it began with. Returns the lease and why its user is dropped: a rollback
+    /// if it was still being issued.
     async fn mark_revoking(
         &self,
         id: &str,
         why: Why,
         durability: Durability,
-    ) -> Result<Option<(Lease, bool)>, ServerError> {
+    ) -> Result<Option<(Lease, RevokeReason)>, ServerError> {
         for _ in 0..3 {
             let Some(mut lease) = self.store.get_lease(id).await? else {
                 self.schedule.remove(id);
@@ -768,20 +752,22 @@ impl Broker {
                 return Ok(None);
             };
             let from = lease.state;
-            if why == Why::Expired && from == LeaseState::Active {
-                let at = now();
-                if lease.expires_at > at {
-                    // Renewed after the reaper picked it up.
-                    self.schedule.set(id, lease.expires_at);
-                    return Ok(None);
+            let reason = match (from, why) {
+                (LeaseState::Revoking(reason), _) => return Ok(Some((lease, reason))),
+                (LeaseState::Pending, _) => RevokeReason::Rollback,
+                (LeaseState::Active, Why::Requested) => RevokeReason::Requested,
+                (LeaseState::Active, Why::Expired) => {
+                    if lease.expires_at > now() {
+                        // Renewed after the reaper picked it up.
+                        self.schedule.set(id, lease.expires_at);
+                        return Ok(None);
+                    }
+                    RevokeReason::Expired
                 }
-            }
-            if from == LeaseState::Revoking {
-                return Ok(Some((lease, false)));
-            }
-            lease.state = LeaseState::Revoking;
+            };
+            lease.state = LeaseState::Revoking(reason);
             if self.store.update_lease(&lease, from, durability).await? {
-                return Ok(Some((lease, from == LeaseState::Pending)));
+                return Ok(Some((lease, reason)));
             }
             // Moved on meanwhile: look again.
         }
@@ -848,31 +834,8 @@ impl Broker {
 
 #[cfg(test)]
 mod tests {
-    use super::{Why, backoff, revocation_reason};
+    use super::backoff;
     use std::time::Duration;
-
-    #[test]
-    fn a_revocation_is_expired_only_when_the_reaper_finds_its_lease_past_its_expiry() {
-        let at = time::macros::datetime!(2026-12-07 08:00 UTC);
-        let (before, after) = (at - time::Duration::SECOND, at + time::Duration::SECOND);
-        let cases = [
-            (true, Why::Expired, before, "rollback"),
-            (true, Why::Requested, after, "rollback"),
-            (false, Why::Expired, before, "expired"),
-            (false, Why::Expired, at, "expired"),
-            // A requested revocation that failed, finished by the reaper before the expiry.
-            (false, Why::Expired, after, "requested"),
-            (false, Why::Requested, before, "requested"),
-            (false, Why::Requested, after, "requested"),
-        ];
-        for (rolling_back, why, expires_at, reason) in cases {
-            assert_eq!(
-                revocation_reason(rolling_back, why, expires_at, at),
-                reason,
-                "{rolling_back} {expires_at}"
-            );
-        }
-    }
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 /// Every column of a lease row.
 pub(crate) const LEASE_COLUMNS: &str = "id, username, owner, mount, role_json, state, \
      issued_at_ms, expires_at_ms, max_expires_at_ms, last_renewal_ms, revoke_attempts, \
-     last_error, subject, token_accessor";
+     last_error, subject, token_accessor, revoke_reason";
 /// Every column of a token row.
 pub(crate) const TOKEN_COLUMNS: &str = "accessor, hash, identity_json, mount, role, \
      issued_at_ms, expires_at_ms, max_expires_at_ms, ttl_secs";

@@ -87,6 +87,8 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 5: a connection's administrative password being rotated.
     "ALTER TABLE connections ADD COLUMN sealed_pending_password BLOB;",
+    // 6: why a lease's revocation began (NULL before: counted as requested).
+    "ALTER TABLE leases ADD COLUMN revoke_reason TEXT;",
 ];
 
 /// Brings the schema up to date inside one transaction.

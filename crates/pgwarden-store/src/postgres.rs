@@ -14,7 +14,8 @@ use crate::{
 use deadpool_postgres::Pool;
 use pgwarden_core::audit::GENESIS_HASH;
 use pgwarden_core::{
-    AuditEvent, AuditRecord, Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl,
+    AuditEvent, AuditRecord, Identity, Lease, LeaseState, Owner, RevokeReason, RoleDef,
+    TokenRecord, Ttl,
 };
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
@@ -113,6 +114,8 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 4: a connection's administrative password being rotated.
     "ALTER TABLE pgwarden_connections ADD COLUMN sealed_pending_password bytea;",
+    // 5: why a lease's revocation began (NULL before: counted as requested).
+    "ALTER TABLE pgwarden_leases ADD COLUMN revoke_reason text;",
 ];
 
 /// How long checking (and upgrading) the schema at start-up may take.
@@ -339,10 +342,16 @@ fn from_json<T: DeserializeOwned>(what: &'static str, text: &str) -> Result<T, S
     })
 }
 
-fn state(name: &str) -> Result<LeaseState, StoreError> {
-    LeaseState::parse(name).ok_or_else(|| StoreError::Corrupt {
+/// The state of a lease row (`state`, and `revoke_reason` while revoking).
+fn state(row: &Row) -> Result<LeaseState, StoreError> {
+    let name: &str = row.get("state");
+    let reason: Option<&str> = row.get("revoke_reason");
+    LeaseState::parse(name, reason).ok_or_else(|| StoreError::Corrupt {
         what: "lease state",
-        reason: name.to_string(),
+        reason: match reason {
+            Some(reason) => format!("{name} ({reason})"),
+            None => name.to_string(),
+        },
     })
 }
 
@@ -359,7 +368,7 @@ fn lease(row: &Row) -> Result<Lease, StoreError> {
         },
         mount: row.get("mount"),
         role: from_json("role", row.get("role_json"))?,
-        state: state(row.get("state"))?,
+        state: state(row)?,
         issued_at: from_millis(row.get("issued_at_ms"))?,
         expires_at: from_millis(row.get("expires_at_ms"))?,
         max_expires_at: from_millis(row.get("max_expires_at_ms"))?,
@@ -477,7 +486,7 @@ impl Store for PostgresStore {
     async fn insert_lease(&self, l: &Lease) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO pgwarden_leases ({LEASE_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         );
         self.execute(
             &sql,
@@ -496,6 +505,7 @@ impl Store for PostgresStore {
                 &l.last_error,
                 &l.owner.subject,
                 &l.owner.token_accessor,
+                &l.state.revoke_reason().map(RevokeReason::as_str),
             ],
         )
         .await
@@ -511,7 +521,7 @@ impl Store for PostgresStore {
         self.execute_on(
             self.pool_for(durability),
             "UPDATE pgwarden_leases SET state = $2, expires_at_ms = $3, last_renewal_ms = $4, \
-             revoke_attempts = $5, last_error = $6 WHERE id = $1 AND state = $7",
+             revoke_attempts = $5, last_error = $6, revoke_reason = $8 WHERE id = $1 AND state = $7",
             &[
                 &l.id,
                 &l.state.as_str(),
@@ -520,6 +530,7 @@ impl Store for PostgresStore {
                 &i64::from(l.revoke_attempts),
                 &l.last_error,
                 &from.as_str(),
+                &l.state.revoke_reason().map(RevokeReason::as_str),
             ],
         )
         .await

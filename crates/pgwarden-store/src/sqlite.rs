@@ -12,9 +12,10 @@ use crate::{
 use parking_lot::Mutex;
 use pgwarden_core::audit::GENESIS_HASH;
 use pgwarden_core::{
-    AuditEvent, AuditRecord, Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl,
+    AuditEvent, AuditRecord, Identity, Lease, LeaseState, Owner, RevokeReason, RoleDef,
+    TokenRecord, Ttl,
 };
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Type, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, named_params, params};
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -80,7 +81,7 @@ impl FromSql for Millis {
     }
 }
 
-/// A lease's state, stored by name (`state`).
+/// A lease's state, stored by name (`state`) and, while revoking, why (`revoke_reason`).
 struct State(LeaseState);
 
 impl ToSql for State {
@@ -89,12 +90,27 @@ impl ToSql for State {
     }
 }
 
-impl FromSql for State {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<State> {
-        let name = value.as_str()?;
-        LeaseState::parse(name)
-            .map(State)
-            .ok_or_else(|| corrupt("lease state", name.to_string()))
+impl State {
+    /// The state of a lease row.
+    fn of(row: &Row<'_>) -> rusqlite::Result<LeaseState> {
+        let name: String = row.get("state")?;
+        let reason: Option<String> = row.get("revoke_reason")?;
+        LeaseState::parse(&name, reason.as_deref()).ok_or_else(|| {
+            let stored = match reason {
+                Some(reason) => format!("{name} ({reason})"),
+                None => name,
+            };
+            let corrupt = Corrupt {
+                what: "lease state",
+                reason: stored,
+            };
+            rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(corrupt))
+        })
+    }
+
+    /// What `revoke_reason` holds for it.
+    fn reason(&self) -> Option<&'static str> {
+        self.0.revoke_reason().map(RevokeReason::as_str)
     }
 }
 
@@ -147,7 +163,7 @@ impl<T: JsonColumn> FromSql for Json<T> {
 /// A row of `leases` (all of [`LEASE_COLUMNS`]).
 fn lease(row: &Row<'_>) -> rusqlite::Result<Lease> {
     Ok(Lease {
-        state: row.get::<_, State>("state")?.0,
+        state: State::of(row)?,
         role: row.get::<_, Json<RoleDef>>("role_json")?.0,
         issued_at: row.get::<_, Millis>("issued_at_ms")?.0,
         expires_at: row.get::<_, Millis>("expires_at_ms")?.0,
@@ -363,7 +379,8 @@ impl Store for SqliteStore {
                 c.prepare_cached(&format!(
                     "INSERT INTO leases ({LEASE_COLUMNS}) VALUES (:id, :username, :owner, :mount, \
                      :role_json, :state, :issued_at_ms, :expires_at_ms, :max_expires_at_ms, \
-                     :last_renewal_ms, :revoke_attempts, :last_error, :subject, :token_accessor)"
+                     :last_renewal_ms, :revoke_attempts, :last_error, :subject, :token_accessor, \
+                     :revoke_reason)"
                 ))?
                 .execute(named_params! {
                     ":id": l.id,
@@ -372,6 +389,7 @@ impl Store for SqliteStore {
                     ":mount": l.mount,
                     ":role_json": role,
                     ":state": State(l.state),
+                    ":revoke_reason": State(l.state).reason(),
                     ":issued_at_ms": Millis(l.issued_at),
                     ":expires_at_ms": Millis(l.expires_at),
                     ":max_expires_at_ms": Millis(l.max_expires_at),
@@ -398,13 +416,15 @@ impl Store for SqliteStore {
             .write(durable, move |c| {
                 let changed = c
                     .prepare_cached(
-                        "UPDATE leases SET state = :state, expires_at_ms = :expires_at_ms, \
-                         last_renewal_ms = :last_renewal_ms, revoke_attempts = :revoke_attempts, \
-                         last_error = :last_error WHERE id = :id AND state = :from",
+                        "UPDATE leases SET state = :state, revoke_reason = :revoke_reason, \
+                         expires_at_ms = :expires_at_ms, last_renewal_ms = :last_renewal_ms, \
+                         revoke_attempts = :revoke_attempts, last_error = :last_error \
+                         WHERE id = :id AND state = :from",
                     )?
                     .execute(named_params! {
                         ":id": l.id,
                         ":state": State(l.state),
+                        ":revoke_reason": State(l.state).reason(),
                         ":expires_at_ms": Millis(l.expires_at),
                         ":last_renewal_ms": l.last_renewal.map(Millis),
                         ":revoke_attempts": l.revoke_attempts,
@@ -936,6 +956,17 @@ mod tests {
             ("lease state", "bogus".to_string())
         );
         assert_eq!(corrupt(store.all_leases().await).0, "lease state");
+        sql("UPDATE leases SET state = 'revoking', revoke_reason = 'bored'");
+        assert_eq!(
+            corrupt(store.get_lease(&lease.id).await),
+            ("lease state", "revoking (bored)".to_string())
+        );
+        // Stored before reasons were kept.
+        sql("UPDATE leases SET revoke_reason = NULL");
+        assert_eq!(
+            store.get_lease(&lease.id).await.unwrap().unwrap().state,
+            LeaseState::Revoking(RevokeReason::Requested)
+        );
         sql("UPDATE leases SET state = 'active', role_json = '{'");
         assert_eq!(corrupt(store.get_lease(&lease.id).await).0, "role");
         sql(&format!(

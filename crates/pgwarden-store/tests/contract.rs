@@ -4,7 +4,7 @@
 use pgwarden_core::static_role::{Rotation, StaticRoleDef};
 use pgwarden_core::{
     AccessRequest, AuditEvent, ChainVerifier, Identity, Lease, LeaseState, Outcome, Owner,
-    RequestState, RoleDef, RoleSpec, TokenRecord, Ttl,
+    RequestState, RevokeReason, RoleDef, RoleSpec, TokenRecord, Ttl,
 };
 use pgwarden_store::{
     AuditQuery, Durability, PostgresStore, SqliteStore, Store, StoredConnection, StoredRequest,
@@ -64,7 +64,7 @@ async fn a_lease_moves_on_only_from_the_state_its_writer_saw(open: Opener<'_>) {
             .await
             .unwrap()
     );
-    lease.state = LeaseState::Revoking;
+    lease.state = LeaseState::Revoking(RevokeReason::Expired);
     assert!(
         store
             .update_lease(&lease, LeaseState::Active, Durability::Relaxed)
@@ -81,11 +81,30 @@ async fn a_lease_moves_on_only_from_the_state_its_writer_saw(open: Opener<'_>) {
             .unwrap()
     );
     let stored = store.get_lease(&lease.id).await.unwrap().unwrap();
-    assert_eq!(stored.state, LeaseState::Revoking);
+    assert_eq!(stored.state, LeaseState::Revoking(RevokeReason::Expired));
+    // A failed attempt is recorded whatever the revocation's reason: states compare by name.
+    lease.revoke_attempts = 1;
+    assert!(
+        store
+            .update_lease(
+                &lease,
+                LeaseState::Revoking(RevokeReason::Requested),
+                Durability::Synced
+            )
+            .await
+            .unwrap()
+    );
+    let stored = store.get_lease(&lease.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, LeaseState::Revoking(RevokeReason::Expired));
+    assert_eq!(stored.revoke_attempts, 1);
     store.delete_lease(&lease.id).await.unwrap();
     assert!(
         !store
-            .update_lease(&lease, LeaseState::Revoking, Durability::Relaxed)
+            .update_lease(
+                &lease,
+                LeaseState::Revoking(RevokeReason::Requested),
+                Durability::Relaxed
+            )
             .await
             .unwrap()
     );
@@ -100,7 +119,7 @@ async fn due_leases_are_expired_revoking_or_stale_pending(open: Opener<'_>) {
     live.state = LeaseState::Active;
     live.expires_at = t0 + Duration::from_secs(3600);
     let mut revoking = root_lease("revoking", t0);
-    revoking.state = LeaseState::Revoking;
+    revoking.state = LeaseState::Revoking(RevokeReason::Requested);
     revoking.expires_at = t0 + Duration::from_secs(3600);
     let mut stale = root_lease("stale", t0 - Duration::from_secs(600));
     stale.expires_at = t0 + Duration::from_secs(3600);
@@ -149,7 +168,7 @@ async fn leases_survive_reopening(open: Opener<'_>) {
     {
         let store = open().await;
         store.insert_lease(&lease).await.unwrap();
-        lease.state = LeaseState::Revoking;
+        lease.state = LeaseState::Revoking(RevokeReason::Rollback);
         lease.revoke_attempts = 2;
         lease.last_error = Some("boom".into());
         store
@@ -621,7 +640,7 @@ async fn a_copy_keeps_everything_and_refuses_a_destination_with_state() {
     let sqlite = SqliteStore::open(dir.path()).unwrap();
     let t0 = datetime!(2026-11-22 10:00:00.5 UTC);
     let mut lease = root_lease("v-copied", t0);
-    lease.state = LeaseState::Revoking;
+    lease.state = LeaseState::Revoking(RevokeReason::Expired);
     lease.revoke_attempts = 3;
     lease.last_error = Some("unreachable".into());
     sqlite.insert_lease(&lease).await.unwrap();
