@@ -30,12 +30,12 @@ impl LeaseState {
 
     /// The state named `text` with, for `revoking`, the stored `reason` (a revocation stored
     /// without one, by a version before reasons were kept, counts as requested); `None` if
-    /// either is unknown.
+    /// either is unknown, or a reason comes with another state.
     pub fn parse(text: &str, reason: Option<&str>) -> Option<Self> {
-        Some(match text {
-            "pending" => LeaseState::Pending,
-            "active" => LeaseState::Active,
-            "revoking" => LeaseState::Revoking(match reason {
+        Some(match (text, reason) {
+            ("pending", None) => LeaseState::Pending,
+            ("active", None) => LeaseState::Active,
+            ("revoking", reason) => LeaseState::Revoking(match reason {
                 None => RevokeReason::Requested,
                 Some(reason) => RevokeReason::parse(reason)?,
             }),
@@ -288,6 +288,7 @@ mod tests {
             Some(LeaseState::Revoking(RevokeReason::Requested))
         );
         assert_eq!(LeaseState::parse("revoking", Some("bored")), None);
+        assert_eq!(LeaseState::parse("active", Some("expired")), None);
         assert_eq!(LeaseState::parse("gone", None), None);
     }
 

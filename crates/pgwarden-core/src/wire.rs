@@ -183,6 +183,9 @@ pub struct LeaseLookup {
     pub ttl: u64,
     /// `pending`, `active` or `revoking` (pgwarden's addition).
     pub state: String,
+    /// While `revoking`: `requested`, `expired` or `rollback` (pgwarden's addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<String>,
     /// Failed attempts to drop its user (pgwarden's addition).
     #[serde(default)]
     pub revocation_attempts: u32,
@@ -570,6 +573,7 @@ mod tests {
                 renewable: true,
                 ttl: 3599,
                 state: "active".into(),
+                revocation_reason: None,
                 revocation_attempts: 0,
                 last_error: None,
             },

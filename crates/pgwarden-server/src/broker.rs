@@ -145,6 +145,24 @@ async fn detached<T: Send + 'static>(
     })
 }
 
+/// Why a lease in state `from` is revoked when `why` asks at `at`: the reason a revocation
+/// already under way began with, a rollback while it is being issued; `None` when the reaper
+/// finds it renewed (its expiry `expires_at` still ahead).
+fn revoke_reason(
+    from: LeaseState,
+    why: Why,
+    expires_at: OffsetDateTime,
+    at: OffsetDateTime,
+) -> Option<RevokeReason> {
+    Some(match (from, why) {
+        (LeaseState::Revoking(reason), _) => reason,
+        (LeaseState::Pending, _) => RevokeReason::Rollback,
+        (LeaseState::Active, Why::Requested) => RevokeReason::Requested,
+        (LeaseState::Active, Why::Expired) if expires_at > at => return None,
+        (LeaseState::Active, Why::Expired) => RevokeReason::Expired,
+    })
+}
+
 /// Delay before retry number `attempts` (1, 2, 4 … seconds, at most [`MAX_BACKOFF`]).
 fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(16)).min(MAX_BACKOFF)
@@ -629,19 +647,7 @@ impl Broker {
             record_started.await;
             return Ok(());
         };
-        let drop_user = async {
-            match self.catalog.target(&lease.mount, &lease.role.db_name) {
-                Ok(target) if reason == RevokeReason::Rollback => target
-                    .rollback_user(&lease.role, &lease.username)
-                    .await
-                    .map_err(Into::into),
-                Ok(target) => target
-                    .revoke_user(&lease.role, &lease.username)
-                    .await
-                    .map_err(Into::into),
-                Err(e) => Err(e),
-            }
-        };
+        let drop_user = self.drop_user(&lease, reason);
         let (result, ()) = tokio::join!(drop_user, record_started);
         match result {
             Ok(()) => {
@@ -699,6 +705,30 @@ impl Broker {
         }
     }
 
+    /// Drops `lease`'s user for `reason`. A rollback runs the role's rollback statements, and
+    /// a retried one that fails again runs the full revocation too: minimal rollback
+    /// statements cannot drop a user that owns objects (one whose activation was lost in a
+    /// crash, its credential already in use).
+    async fn drop_user(&self, lease: &Lease, reason: RevokeReason) -> Result<(), ServerError> {
+        let target = self.catalog.target(&lease.mount, &lease.role.db_name)?;
+        let (role, username) = (&lease.role, &lease.username);
+        if reason != RevokeReason::Rollback {
+            return Ok(target.revoke_user(role, username).await?);
+        }
+        match target.rollback_user(role, username).await {
+            Err(rollback) if lease.revoke_attempts > 0 => target
+                .revoke_user(role, username)
+                .await
+                .map_err(|revocation| {
+                    ServerError::Internal(format!(
+                        "the rollback failed ({rollback}), and so did the full revocation: \
+                         {revocation}"
+                    ))
+                }),
+            rolled_back => Ok(rolled_back?),
+        }
+    }
+
     /// How long a pending lease is left to its issuer before it counts as abandoned.
     fn pending_grace(&self) -> Duration {
         if self.leadership.is_shared() {
@@ -752,19 +782,14 @@ impl Broker {
                 return Ok(None);
             };
             let from = lease.state;
-            let reason = match (from, why) {
-                (LeaseState::Revoking(reason), _) => return Ok(Some((lease, reason))),
-                (LeaseState::Pending, _) => RevokeReason::Rollback,
-                (LeaseState::Active, Why::Requested) => RevokeReason::Requested,
-                (LeaseState::Active, Why::Expired) => {
-                    if lease.expires_at > now() {
-                        // Renewed after the reaper picked it up.
-                        self.schedule.set(id, lease.expires_at);
-                        return Ok(None);
-                    }
-                    RevokeReason::Expired
-                }
+            let Some(reason) = revoke_reason(from, why, lease.expires_at, now()) else {
+                // Renewed after the reaper picked it up.
+                self.schedule.set(id, lease.expires_at);
+                return Ok(None);
             };
+            if let LeaseState::Revoking(_) = from {
+                return Ok(Some((lease, reason)));
+            }
             lease.state = LeaseState::Revoking(reason);
             if self.store.update_lease(&lease, from, durability).await? {
                 return Ok(Some((lease, reason)));
@@ -834,8 +859,39 @@ impl Broker {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
+    use super::{Why, backoff, revoke_reason};
+    use pgwarden_core::{LeaseState, RevokeReason};
     use std::time::Duration;
+
+    #[test]
+    fn a_revocation_keeps_the_reason_it_began_with() {
+        use LeaseState::{Active, Pending, Revoking};
+        use RevokeReason::{Expired, Requested, Rollback};
+        let at = time::macros::datetime!(2026-12-07 08:00 UTC);
+        let (before, after) = (at - time::Duration::SECOND, at + time::Duration::SECOND);
+        let cases = [
+            (Pending, Why::Expired, before, Some(Rollback)),
+            (Pending, Why::Requested, after, Some(Rollback)),
+            (Active, Why::Expired, before, Some(Expired)),
+            (Active, Why::Expired, at, Some(Expired)),
+            // Renewed after the reaper picked it up.
+            (Active, Why::Expired, after, None),
+            (Active, Why::Requested, after, Some(Requested)),
+            // Retried by the reaper, or asked for again, whatever the expiry.
+            (Revoking(Requested), Why::Expired, before, Some(Requested)),
+            (Revoking(Requested), Why::Expired, after, Some(Requested)),
+            (Revoking(Expired), Why::Requested, before, Some(Expired)),
+            (Revoking(Rollback), Why::Requested, after, Some(Rollback)),
+            (Revoking(Rollback), Why::Expired, before, Some(Rollback)),
+        ];
+        for (from, why, expires_at, reason) in cases {
+            assert_eq!(
+                revoke_reason(from, why, expires_at, at),
+                reason,
+                "{from:?} {why:?} {expires_at}"
+            );
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {

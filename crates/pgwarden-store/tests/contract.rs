@@ -133,6 +133,10 @@ async fn due_leases_are_expired_revoking_or_stale_pending(open: Opener<'_>) {
         .await
         .unwrap();
     due.sort();
+    assert_eq!(
+        store.get_lease(&revoking.id).await.unwrap().unwrap().state,
+        LeaseState::Revoking(RevokeReason::Requested)
+    );
     let mut expected = vec![expired.id, revoking.id, stale.id];
     expected.sort();
     assert_eq!(due, expected);

@@ -98,6 +98,10 @@ pub async fn lookup(
         expire_time: respond::rfc3339(lease.expires_at),
         last_renewal: lease.last_renewal.map(respond::rfc3339),
         state: lease.state.as_str().to_string(),
+        revocation_reason: lease
+            .state
+            .revoke_reason()
+            .map(|reason| reason.as_str().to_string()),
         revocation_attempts: lease.revoke_attempts,
         last_error: lease.last_error,
         id: lease.id,

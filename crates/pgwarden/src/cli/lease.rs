@@ -137,6 +137,9 @@ pub async fn run(args: LeaseArgs) -> Result<(), String> {
                         ("ttl", output::duration(lease.ttl)),
                         ("renewable", lease.renewable.to_string()),
                     ];
+                    if let Some(reason) = &lease.revocation_reason {
+                        rows.push(("revocation_reason", reason.clone()));
+                    }
                     if lease.revocation_attempts > 0 {
                         rows.push(("revocation_attempts", lease.revocation_attempts.to_string()));
                     }
