@@ -118,7 +118,9 @@ impl Target {
     /// revoked.
     pub async fn revoke_user(&self, role: &RoleDef, username: &str) -> Result<(), EngineError> {
         let custom = match &role.kind {
-            RoleKind::Statements(s) if !s.revocation.is_empty() => Some(&s.revocation),
+            RoleKind::Statements(s) if !s.revocation.is_empty() => {
+                Some(Custom::Revocation(&s.revocation))
+            }
             _ => None,
         };
         let heir = heir_group(role);
@@ -129,7 +131,9 @@ impl Target {
     /// any, else the full revocation.
     pub async fn rollback_user(&self, role: &RoleDef, username: &str) -> Result<(), EngineError> {
         let custom = match &role.kind {
-            RoleKind::Statements(s) if !s.rollback.is_empty() => Some(&s.rollback),
+            RoleKind::Statements(s) if !s.rollback.is_empty() => {
+                Some(Custom::Rollback(&s.rollback))
+            }
             _ => None,
         };
         let heir = heir_group(role);
@@ -182,7 +186,7 @@ impl Target {
         &self,
         username: &str,
         heir_group: Option<&str>,
-        custom: Option<&Vec<String>>,
+        custom: Option<Custom<'_>>,
     ) -> Result<(), EngineError> {
         let mut client = self.client().await?;
         let oid = if custom.is_none() {
@@ -222,15 +226,19 @@ impl Target {
             .batch_execute(&end_sessions(oid))
             .await
             .map_err(sql(format!("ending the sessions of {username:?}")))?;
-        if let Some(statements) = custom {
+        if let Some(custom) = custom {
+            let (statements, kind) = match custom {
+                Custom::Revocation(statements) => (statements, "revocation"),
+                Custom::Rollback(statements) => (statements, "rollback"),
+            };
             let tx = client
                 .transaction()
                 .await
                 .map_err(sql("starting a transaction"))?;
             for statement in render_all(statements, username, None, None)? {
-                tx.batch_execute(&statement)
-                    .await
-                    .map_err(sql(format!("revoking user {username:?}")))?;
+                tx.batch_execute(&statement).await.map_err(sql(format!(
+                    "running the {kind} statements of user {username:?}"
+                )))?;
             }
             tx.commit()
                 .await
@@ -497,6 +505,15 @@ async fn drop_if_nothing_depends(
 /// a session.
 fn refused_by_drop(error: &tokio_postgres::Error) -> bool {
     error.as_db_error().and_then(|e| e.routine()) == Some("DropRole")
+}
+
+/// A role's own statements, run instead of the default disowning and drop.
+#[derive(Clone, Copy)]
+enum Custom<'a> {
+    /// Its `revocation_statements`.
+    Revocation(&'a [String]),
+    /// Its `rollback_statements`.
+    Rollback(&'a [String]),
 }
 
 /// How long a standby may take to replay a user's drop before revocation counts as failed

@@ -142,9 +142,13 @@ async fn a_rollback_that_fails_is_retried_as_a_rollback() {
     assert_eq!(failing["data"]["revocation_reason"], "rollback");
     let error = failing["data"]["last_error"].as_str().unwrap();
     assert!(
-        error.starts_with("the rollback failed (")
-            && error.contains("and so did the full revocation: ")
-            && error.ends_with("relation \"dropped\" does not exist (SQLSTATE 42P01)"),
+        error.starts_with(&format!(
+            "the rollback failed (running the rollback statements of user {:?}: ",
+            half.username
+        )) && error.contains(&format!(
+            "and so did the full revocation: running the revocation statements of user {:?}: ",
+            half.username
+        )) && error.ends_with("relation \"dropped\" does not exist (SQLSTATE 42P01)"),
         "{error}"
     );
 
