@@ -21,6 +21,13 @@ const SLOW_ROLES: &str = r#"
           - DROP ROLE IF EXISTS "{{name}}";
         default_ttl: 1h
         max_ttl: 2h
+      slower:
+        db_name: appdb
+        creation_statements:
+          - CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';
+          - SELECT pg_sleep(3);
+        default_ttl: 1h
+        max_ttl: 2h
 "#;
 
 /// Names of users pgwarden made that still exist in the cluster.
@@ -207,6 +214,15 @@ async fn revoke_prefix_matches_whole_path_segments() {
     assert!(!env.role_exists(&x_admin.username).await);
 }
 
+/// Requests holding a turn, and requests waiting for one.
+async fn in_flight_and_waiting(env: &Env) -> (f64, f64) {
+    let metrics = env.metrics().await;
+    (
+        metric(&metrics, "pgwarden_http_requests_in_flight"),
+        metric(&metrics, "pgwarden_http_requests_waiting"),
+    )
+}
+
 #[tokio::test]
 async fn clients_that_hang_up_cannot_pile_up_more_work_than_the_requests_in_flight() {
     let env = Arc::new(Env::start_with(SLOW_ROLES, "http: { max_requests_in_flight: 2 }").await);
@@ -222,13 +238,7 @@ async fn clients_that_hang_up_cannot_pile_up_more_work_than_the_requests_in_flig
     });
     let hang_ups = tokio::spawn(futures::future::join_all(hang_ups));
     // Two at work, six waiting for a turn; once their clients hang up, only the two.
-    let in_flight_and_waiting = || async {
-        let metrics = env.metrics().await;
-        (
-            metric(&metrics, "pgwarden_http_requests_in_flight"),
-            metric(&metrics, "pgwarden_http_requests_waiting"),
-        )
-    };
+    let in_flight_and_waiting = || in_flight_and_waiting(&env);
     poll_until(Duration::from_secs(5), || async {
         in_flight_and_waiting().await == (2.0, 6.0)
     })
@@ -287,10 +297,18 @@ async fn on_shutdown_requests_waiting_for_a_turn_get_503_and_those_with_one_fini
         let status = response.status().as_u16();
         (status, response.json::<serde_json::Value>().await.unwrap())
     };
-    let with_turn = tokio::spawn(issue(env.url("database/creds/slow")));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let waiting = tokio::spawn(issue(env.url("database/creds/slow")));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let with_turn = tokio::spawn(issue(env.url("database/creds/slower")));
+    poll_until(Duration::from_secs(10), || async {
+        in_flight_and_waiting(&env).await == (1.0, 0.0)
+    })
+    .await
+    .expect("the first request takes the turn");
+    let waiting = tokio::spawn(issue(env.url("database/creds/slower")));
+    poll_until(Duration::from_secs(10), || async {
+        in_flight_and_waiting(&env).await == (1.0, 1.0)
+    })
+    .await
+    .expect("the second request waits for it");
     env.stop().await;
     let (status, body) = waiting.await.unwrap();
     assert_eq!(
@@ -301,6 +319,6 @@ async fn on_shutdown_requests_waiting_for_a_turn_get_503_and_those_with_one_fini
     assert_eq!(status, 200, "{body}");
     // Its user was committed and recorded before the server stopped.
     env.boot().await;
-    assert_eq!(leases(&env, "database/creds/slow/").await.len(), 1);
+    assert_eq!(leases(&env, "database/creds/slower/").await.len(), 1);
     assert_eq!(surviving_users(&env).await.len(), 1);
 }
