@@ -4,11 +4,12 @@
 mod common;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A role whose creation and revocation each take a second, to hold the race window open.
+/// Roles whose creation and revocation take a second (`slow`) or three (`slower`), to hold
+/// the race windows open.
 const SLOW_ROLES: &str = r#"
       appdb-readonly: { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 24h }
       slow:
@@ -26,6 +27,9 @@ const SLOW_ROLES: &str = r#"
         creation_statements:
           - CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';
           - SELECT pg_sleep(3);
+        revocation_statements:
+          - SELECT pg_sleep(3);
+          - DROP ROLE IF EXISTS "{{name}}";
         default_ttl: 1h
         max_ttl: 2h
 "#;
@@ -52,20 +56,27 @@ async fn revoking_a_lease_while_its_user_is_created_drops_the_user() {
     let env = Arc::new(Env::start(SLOW_ROLES).await);
     let issuing = tokio::spawn({
         let env = env.clone();
-        async move { env.call("GET", "database/creds/slow", None).await }
+        async move { env.call("GET", "database/creds/slower", None).await }
     });
     // The pending lease is recorded before CREATE ROLE; revoke it mid-creation.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(leases(&env, "database/creds/slow/").await.len(), 1);
+    poll_until(Duration::from_secs(10), || async {
+        leases(&env, "database/creds/slower/").await.len() == 1
+    })
+    .await
+    .expect("the pending lease is recorded");
     let (status, body) = env
-        .call("PUT", "sys/leases/revoke-prefix/database/creds/slow", None)
+        .call(
+            "PUT",
+            "sys/leases/revoke-prefix/database/creds/slower",
+            None,
+        )
         .await;
     assert_eq!(status, 204, "{body}");
     let (status, body) = issuing.await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(surviving_users(&env).await, Vec::<String>::new());
     assert_eq!(
-        leases(&env, "database/creds/slow/").await,
+        leases(&env, "database/creds/slower/").await,
         Vec::<String>::new()
     );
     let creds = Creds {
@@ -146,42 +157,59 @@ async fn eight_issuers_against_a_revoke_prefix_loop_leave_nothing_behind() {
 
 #[tokio::test]
 async fn a_client_that_hangs_up_mid_request_leaves_no_pending_lease() {
-    let env = Env::start(SLOW_ROLES).await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let hang_up = impatient
-        .get(env.url("database/creds/slow"))
-        .header("X-Vault-Token", ROOT)
-        .send()
-        .await;
-    assert!(hang_up.unwrap_err().is_timeout());
+    let env = Arc::new(Env::start(SLOW_ROLES).await);
+    let id = |ids: Vec<String>| format!("database/creds/slower/{}", ids[0]);
+    // The client hangs up while its issuance is at work.
+    hang_up_at_work(&env, "GET", "database/creds/slower", None).await;
     // The issuance finishes on its own: an active lease with a user that exists.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let ids = leases(&env, "database/creds/slow/").await;
-    assert_eq!(ids.len(), 1);
-    let id = format!("database/creds/slow/{}", ids[0]);
-    let (status, lookup) = env
-        .call("PUT", "sys/leases/lookup", Some(json!({ "lease_id": id })))
-        .await;
-    assert_eq!((status, &lookup["data"]["state"]), (200, &json!("active")));
+    poll_until(Duration::from_secs(30), || async {
+        let ids = leases(&env, "database/creds/slower/").await;
+        if ids.len() != 1 {
+            return false;
+        }
+        let (_, lookup) = env
+            .call(
+                "PUT",
+                "sys/leases/lookup",
+                Some(json!({ "lease_id": id(ids) })),
+            )
+            .await;
+        lookup["data"]["state"] == "active"
+    })
+    .await
+    .expect("the issuance finishes");
     assert_eq!(surviving_users(&env).await.len(), 1);
 
     // A revocation the client gives up on also finishes.
-    let hang_up = impatient
-        .put(env.url("sys/leases/revoke"))
-        .header("X-Vault-Token", ROOT)
-        .json(&json!({ "lease_id": id }))
-        .send()
-        .await;
-    assert!(hang_up.unwrap_err().is_timeout());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        leases(&env, "database/creds/slow/").await,
-        Vec::<String>::new()
-    );
+    let lease_id = id(leases(&env, "database/creds/slower/").await);
+    let body = json!({ "lease_id": lease_id });
+    hang_up_at_work(&env, "PUT", "sys/leases/revoke", Some(body)).await;
+    poll_until(Duration::from_secs(30), || async {
+        leases(&env, "database/creds/slower/").await.is_empty()
+    })
+    .await
+    .expect("the revocation finishes");
     assert_eq!(surviving_users(&env).await, Vec::<String>::new());
+}
+
+/// Sends a request and hangs up once it is at work (holding a turn).
+async fn hang_up_at_work(
+    env: &Arc<Env>,
+    method: &'static str,
+    path: &'static str,
+    body: Option<Value>,
+) {
+    let client = tokio::spawn({
+        let env = env.clone();
+        async move { env.call(method, path, body).await }
+    });
+    poll_until(Duration::from_secs(10), || async {
+        in_flight_and_waiting(env).await.0 == 1.0
+    })
+    .await
+    .expect("the request is at work");
+    client.abort();
+    assert!(client.await.unwrap_err().is_cancelled());
 }
 
 #[tokio::test]
@@ -226,41 +254,34 @@ async fn in_flight_and_waiting(env: &Env) -> (f64, f64) {
 #[tokio::test]
 async fn clients_that_hang_up_cannot_pile_up_more_work_than_the_requests_in_flight() {
     let env = Arc::new(Env::start_with(SLOW_ROLES, "http: { max_requests_in_flight: 2 }").await);
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
     let hang_ups = (0..8).map(|_| {
-        impatient
-            .get(env.url("database/creds/slow"))
-            .header("X-Vault-Token", ROOT)
-            .send()
+        let env = env.clone();
+        async move { env.call("GET", "database/creds/slower", None).await }
     });
     let hang_ups = tokio::spawn(futures::future::join_all(hang_ups));
     // Two at work, six waiting for a turn; once their clients hang up, only the two.
     let in_flight_and_waiting = || in_flight_and_waiting(&env);
-    poll_until(Duration::from_secs(5), || async {
+    poll_until(Duration::from_secs(10), || async {
         in_flight_and_waiting().await == (2.0, 6.0)
     })
     .await
     .expect("two requests at work, six waiting");
-    for hang_up in hang_ups.await.unwrap() {
-        assert!(hang_up.unwrap_err().is_timeout());
-    }
-    poll_until(Duration::from_secs(5), || async {
+    hang_ups.abort();
+    assert!(hang_ups.await.unwrap_err().is_cancelled());
+    poll_until(Duration::from_secs(10), || async {
         in_flight_and_waiting().await.1 == 0.0
     })
     .await
     .expect("the waiting requests are gone with their clients");
     // The two requests that had their turn finish their work; the six that were still waiting
     // for one when their clients hung up leave nothing, then or later.
-    poll_until(Duration::from_secs(20), || async {
+    poll_until(Duration::from_secs(30), || async {
         surviving_users(&env).await.len() >= 2
     })
     .await
     .expect("the two issuances with a turn finish");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(leases(&env, "database/creds/slow/").await.len(), 2);
+    assert_eq!(leases(&env, "database/creds/slower/").await.len(), 2);
     assert_eq!(surviving_users(&env).await.len(), 2);
 
     // A patient client waits for its turn and is served.
@@ -280,7 +301,7 @@ async fn clients_that_hang_up_cannot_pile_up_more_work_than_the_requests_in_flig
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(leases(&env, "database/creds/slow/").await.len(), 5);
+    assert_eq!(leases(&env, "database/creds/slow/").await.len(), 3);
     assert_eq!(in_flight_and_waiting().await, (0.0, 0.0));
 }
 
