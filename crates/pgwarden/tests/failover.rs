@@ -104,7 +104,7 @@ async fn sigkill_of_the_leader_mid_burst_loses_nothing_and_another_takes_over() 
             break leaders[0];
         }
         assert!(
-            at_kill.elapsed() < Duration::from_secs(10),
+            at_kill.elapsed() < Duration::from_secs(25),
             "no new leader: {leaders:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -114,7 +114,7 @@ async fn sigkill_of_the_leader_mid_burst_loses_nothing_and_another_takes_over() 
     for lease in &short {
         while exists(lease).await {
             assert!(
-                at_kill.elapsed() < Duration::from_secs(20),
+                at_kill.elapsed() < Duration::from_secs(40),
                 "{} outlived the failover ({remaining} were left at the kill)",
                 lease["data"]["username"]
             );
