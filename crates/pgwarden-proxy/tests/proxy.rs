@@ -301,11 +301,28 @@ async fn session_mode_serves_tokio_postgres_with_a_service_account_token() {
     let cancel = third.cancel_token();
     let started = Instant::now();
     let sleeping = tokio::spawn(async move { third.simple_query("SELECT pg_sleep(20)").await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let su = w.cluster.connect_superuser("appdb").await.unwrap();
+    while su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)' \
+             AND state = 'active'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the query never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     cancel.cancel_query(NoTls).await.unwrap();
     let error = sleeping.await.unwrap().unwrap_err();
     assert_eq!(error.as_db_error().unwrap().code().code(), "57014");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(15));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,7 +485,7 @@ async fn a_client_that_leaves_leaves_no_query_running_on_the_server() {
     let sleeping = || async {
         let row = su
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(3)' \
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' \
                  AND state = 'active'",
                 &[],
             )
@@ -476,25 +493,35 @@ async fn a_client_that_leaves_leaves_no_query_running_on_the_server() {
             .unwrap();
         row.get::<_, i64>(0)
     };
-    // A client that sends a query and leaves at once, its connection task aborted (no
-    // Terminate).
+    // A client that sends a query and leaves, its connection task aborted (no Terminate):
+    // once `left` says so.
     let config = w.config("appdb-readonly", &token);
-    let leave_mid_query = move || {
+    let leave_mid_query = move |left: tokio::sync::oneshot::Receiver<()>| {
         let config = config.clone();
         async move {
             let (client, connection) = config.connect(NoTls).await.unwrap();
             let connection = tokio::spawn(connection);
             let query =
-                tokio::spawn(async move { client.simple_query("SELECT pg_sleep(3)").await });
-            tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::spawn(async move { client.simple_query("SELECT pg_sleep(60)").await });
+            let _ = left.await;
             connection.abort();
             let _ = query.await;
         }
     };
     // Mid-query: its query is cancelled, not left to run for no one.
-    leave_mid_query().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sleeping().await, 0);
+    let (leave, left) = tokio::sync::oneshot::channel();
+    let leaving_one = tokio::spawn(leave_mid_query.clone()(left));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sleeping().await != 1 {
+        assert!(Instant::now() < deadline, "the query never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    leave.send(()).unwrap();
+    leaving_one.await.unwrap();
+    while sleeping().await != 0 {
+        assert!(Instant::now() < deadline, "the query runs on for no one");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Queued for a slot (the three are held by open transactions): its query never runs.
     let mut holders = Vec::new();
     for _ in 0..3 {
@@ -508,7 +535,10 @@ async fn a_client_that_leaves_leaves_no_query_running_on_the_server() {
     );
     let mut leaving = tokio::task::JoinSet::new();
     for _ in 0..6 {
-        leaving.spawn(leave_mid_query());
+        let (leave, left) = tokio::sync::oneshot::channel();
+        leaving.spawn(leave_mid_query.clone()(left));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        leave.send(()).unwrap();
     }
     leaving.join_all().await;
     for holder in &holders {
@@ -759,16 +789,22 @@ async fn sigterm_drains_open_transactions_then_revokes_every_lease() {
     let metrics_addr = proxy.metrics_addr;
     let port = proxy.addr.unwrap().port();
     let shutdown = tokio::spawn(proxy.shutdown());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Not ready any more, and no new clients.
-    let ready = tokio::task::spawn_blocking(move || http_get(metrics_addr, "/readyz"))
-        .await
-        .unwrap();
-    assert!(
-        ready.starts_with("HTTP/1.0 503") || ready.starts_with("HTTP/1.1 503"),
-        "{ready}"
-    );
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    // Soon not ready any more, and no new clients.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = tokio::task::spawn_blocking(move || http_get(metrics_addr, "/readyz"))
+            .await
+            .unwrap();
+        if ready.starts_with("HTTP/1.0 503") || ready.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "the proxy still takes clients");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The idle session was closed with PostgreSQL's shutdown error.
     let error = idle.simple_query("SELECT 1").await.unwrap_err();
     assert!(
