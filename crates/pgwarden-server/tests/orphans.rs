@@ -8,7 +8,7 @@ use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
 
-const SWEEP: &str = "orphans: { interval: 1s, grace: 3s }";
+const SWEEP: &str = "orphans: { interval: 1s, grace: 5s }";
 
 /// Copies the state files of `from` into `to`, replacing what is there.
 fn copy_state(from: &Path, to: &Path) {
@@ -44,7 +44,14 @@ async fn users_lost_from_the_state_are_reported_then_dropped() {
     env.boot().await;
 
     // Reported at the first sweep, while its grace period runs: it still exists.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    poll_until(Duration::from_secs(10), || async {
+        orphans(&env)
+            .await
+            .as_array()
+            .is_some_and(|found| !found.is_empty())
+    })
+    .await
+    .expect("the orphan is reported");
     let found = orphans(&env).await;
     assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
     assert_eq!(found[0]["username"], json!(lost.username));
@@ -55,7 +62,7 @@ async fn users_lost_from_the_state_are_reported_then_dropped() {
 
     // Dropped once the grace period is over; the tracked user and others stay.
     assert!(
-        env.wait_role_gone(&lost.username, Duration::from_secs(6))
+        env.wait_role_gone(&lost.username, Duration::from_secs(20))
             .await
             .is_some(),
         "the orphan is dropped"
