@@ -775,7 +775,19 @@ async fn failed_revocation_is_retried_and_stays_visible() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    poll_until(Duration::from_secs(10), || async {
+        let sessions: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&ADMIN],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        sessions == 0
+    })
+    .await
+    .expect("the administrator's sessions end");
 
     let (status, body) = env.revoke(&creds.lease_id).await;
     assert_eq!(status, 500, "{body}");

@@ -426,7 +426,9 @@ mod tests {
         holder.join().unwrap();
         ticker.abort();
         let ticked = ticks.load(Ordering::SeqCst);
-        assert!(ticked >= 20, "the worker ticked {ticked} times in 500 ms");
+        // About 50 when it is free; none or one when the write holds it (a loaded machine
+        // ticks less often, hence the margin).
+        assert!(ticked >= 5, "the worker ticked {ticked} times in 500 ms");
         // With the lock free again, relaxed writes run here.
         assert!(!insert(&writer, false, 2, 0).await);
     }

@@ -282,13 +282,21 @@ async fn files_stay_fresh_through_rotation_restart_and_signals() {
         users.len() >= 3,
         "credentials kept changing across rotation and restart: {users:?}"
     );
-    let hup_count = std::fs::read_to_string(&hups)
-        .unwrap_or_default()
-        .lines()
-        .count();
+    // (The application's trap for the last change may still be running.)
+    let hup_count = || {
+        std::fs::read_to_string(&hups)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while hup_count() < users.len() - 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
-        hup_count >= users.len() - 1,
-        "the application was signalled on each change ({hup_count} for {} users)",
+        hup_count() >= users.len() - 1,
+        "the application was signalled on each change ({} for {} users)",
+        hup_count(),
         users.len()
     );
     let current = env_file(&files.join("appdb.env"));
