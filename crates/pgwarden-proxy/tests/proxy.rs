@@ -1150,7 +1150,21 @@ async fn a_sidecar_acts_as_its_pod_and_limits_answer_in_postgresql_terms() {
     // max_client_conn 2: with one client in and one that says nothing, a third is refused.
     let port = sidecar.addr.unwrap().port();
     let _silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics_addr = sidecar.metrics_addr;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = tokio::task::spawn_blocking(move || http_get(metrics_addr, "/metrics"))
+            .await
+            .unwrap();
+        if metric(&metrics, "pgwarden_proxy_clients") == 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the silent client is not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         refused_with(&config).await,
         (
