@@ -145,33 +145,27 @@ async fn a_role_written_on_one_replica_is_served_by_the_others() {
         .call(0, "POST", "database/roles/appdb-new", Some(role))
         .await;
     assert_eq!(status, 204, "{body}");
-    let start = Instant::now();
-    loop {
-        let (status, body) = r.call(1, "GET", "database/creds/appdb-new", None).await;
-        if status == 200 {
-            assert_eq!(body["lease_duration"], 600);
-            break;
-        }
-        assert_eq!(status, 404, "{body}");
-        // Replicas read the definitions every second; this allows for a loaded machine.
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "replica 1 still does not know the role: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Replicas read the definitions every second; the deadline allows for a loaded machine.
+    let served = creds_until(&r, 1, 200).await;
+    assert_eq!(served["lease_duration"], 600);
     let (status, _) = r.call(1, "DELETE", "database/roles/appdb-new", None).await;
     assert_eq!(status, 204);
+    creds_until(&r, 0, 404).await;
+}
+
+/// Asks replica `i` for a credential of role `appdb-new` until it answers `want` (200: it
+/// knows the role, 404: it does not), at most for 15 s; returns the answer.
+async fn creds_until(r: &Replicas, i: usize, want: u16) -> serde_json::Value {
     let start = Instant::now();
     loop {
-        let (status, body) = r.call(0, "GET", "database/creds/appdb-new", None).await;
-        if status == 404 {
-            break;
+        let (status, body) = r.call(i, "GET", "database/creds/appdb-new", None).await;
+        if status == want {
+            return body;
         }
-        assert_eq!(status, 200, "{body}");
+        assert!(status == 200 || status == 404, "{status} {body}");
         assert!(
             start.elapsed() < Duration::from_secs(15),
-            "replica 0 still serves the deleted role"
+            "replica {i} still answers {status}: {body}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
