@@ -1,7 +1,9 @@
 //! How both backends lay a lease or token out in columns: the column lists, timestamps as
-//! whole milliseconds since the Unix epoch (`*_ms` columns), and JSON columns.
+//! whole milliseconds since the Unix epoch (`*_ms` columns), JSON columns, and a lease's state
+//! with its revocation reason.
 
 use crate::StoreError;
+use pgwarden_core::{LeaseState, RevokeReason};
 use time::OffsetDateTime;
 
 /// Every column of a lease row.
@@ -21,6 +23,20 @@ pub(crate) const STATIC_ROLE_COLUMNS: &str = "mount, name, version, role_json, s
 /// Every column of an audit row.
 pub(crate) const AUDIT_COLUMNS: &str =
     "seq, time_ms, actor, action, object, outcome, request_id, detail, prev_hash, hash";
+
+/// The state of a lease row, from its `state` and `revoke_reason` columns; for a corrupt one,
+/// what is stored there.
+pub(crate) fn lease_state(name: &str, reason: Option<&str>) -> Result<LeaseState, String> {
+    LeaseState::parse(name, reason).ok_or_else(|| match reason {
+        Some(reason) => format!("{name} ({reason})"),
+        None => name.to_string(),
+    })
+}
+
+/// What a lease's `revoke_reason` column holds in `state`.
+pub(crate) fn revoke_reason(state: LeaseState) -> Option<&'static str> {
+    state.revoke_reason().map(RevokeReason::as_str)
+}
 
 /// `t` as whole milliseconds since the Unix epoch (saturating).
 pub(crate) fn millis(t: OffsetDateTime) -> i64 {

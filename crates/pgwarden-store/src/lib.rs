@@ -268,9 +268,10 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_lease(&self, lease: &Lease) -> Result<(), StoreError>;
     /// Replaces a lease's mutable fields (state, expiries, revocation attempts) if its stored
     /// state is still `from` (compared by name: a revocation's stored reason is not compared,
-    /// and is replaced by `lease`'s); false when it is not, or no lease has this id (another request,
-    /// perhaps on another replica, moved it on: revoked it meanwhile). `durability` says
-    /// whether the change must survive a power cut (or a crash of a shared state database).
+    /// and is replaced by `lease`'s); false when it is not, or no lease has this id (another
+    /// request, perhaps on another replica, moved it on: revoked it meanwhile). `durability`
+    /// says whether the change must survive a power cut (or a crash of a shared state
+    /// database).
     async fn update_lease(
         &self,
         lease: &Lease,

@@ -6,7 +6,8 @@
 
 use crate::encoding::{
     AUDIT_COLUMNS, Columns, LEASE_COLUMNS, REQUEST_COLUMNS, STATIC_ROLE_COLUMNS, TOKEN_COLUMNS,
-    audit_from, from_millis, millis, request_from, static_role_from, to_json, version_column,
+    audit_from, from_millis, lease_state, millis, request_from, revoke_reason, static_role_from,
+    to_json, version_column,
 };
 use crate::{
     AuditQuery, Durability, Store, StoreError, StoredConnection, StoredRequest, StoredStaticRole,
@@ -14,8 +15,7 @@ use crate::{
 use deadpool_postgres::Pool;
 use pgwarden_core::audit::GENESIS_HASH;
 use pgwarden_core::{
-    AuditEvent, AuditRecord, Identity, Lease, LeaseState, Owner, RevokeReason, RoleDef,
-    TokenRecord, Ttl,
+    AuditEvent, AuditRecord, Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl,
 };
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
@@ -344,14 +344,9 @@ fn from_json<T: DeserializeOwned>(what: &'static str, text: &str) -> Result<T, S
 
 /// The state of a lease row (`state`, and `revoke_reason` while revoking).
 fn state(row: &Row) -> Result<LeaseState, StoreError> {
-    let name: &str = row.get("state");
-    let reason: Option<&str> = row.get("revoke_reason");
-    LeaseState::parse(name, reason).ok_or_else(|| StoreError::Corrupt {
+    lease_state(row.get("state"), row.get("revoke_reason")).map_err(|stored| StoreError::Corrupt {
         what: "lease state",
-        reason: match reason {
-            Some(reason) => format!("{name} ({reason})"),
-            None => name.to_string(),
-        },
+        reason: stored,
     })
 }
 
@@ -505,7 +500,7 @@ impl Store for PostgresStore {
                 &l.last_error,
                 &l.owner.subject,
                 &l.owner.token_accessor,
-                &l.state.revoke_reason().map(RevokeReason::as_str),
+                &revoke_reason(l.state),
             ],
         )
         .await
@@ -521,7 +516,8 @@ impl Store for PostgresStore {
         self.execute_on(
             self.pool_for(durability),
             "UPDATE pgwarden_leases SET state = $2, expires_at_ms = $3, last_renewal_ms = $4, \
-             revoke_attempts = $5, last_error = $6, revoke_reason = $8 WHERE id = $1 AND state = $7",
+             revoke_attempts = $5, last_error = $6, revoke_reason = $8 \
+             WHERE id = $1 AND state = $7",
             &[
                 &l.id,
                 &l.state.as_str(),
@@ -530,7 +526,7 @@ impl Store for PostgresStore {
                 &i64::from(l.revoke_attempts),
                 &l.last_error,
                 &from.as_str(),
-                &l.state.revoke_reason().map(RevokeReason::as_str),
+                &revoke_reason(l.state),
             ],
         )
         .await

@@ -2,7 +2,8 @@
 
 use crate::encoding::{
     AUDIT_COLUMNS, Columns, LEASE_COLUMNS, REQUEST_COLUMNS, STATIC_ROLE_COLUMNS, TOKEN_COLUMNS,
-    audit_from, from_millis, millis, request_from, static_role_from, to_json, version_column,
+    audit_from, from_millis, lease_state, millis, request_from, revoke_reason, static_role_from,
+    to_json, version_column,
 };
 use crate::writer::{BUSY_TIMEOUT, Writer};
 use crate::{
@@ -12,8 +13,7 @@ use crate::{
 use parking_lot::Mutex;
 use pgwarden_core::audit::GENESIS_HASH;
 use pgwarden_core::{
-    AuditEvent, AuditRecord, Identity, Lease, LeaseState, Owner, RevokeReason, RoleDef,
-    TokenRecord, Ttl,
+    AuditEvent, AuditRecord, Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl,
 };
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Type, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, named_params, params};
@@ -95,22 +95,14 @@ impl State {
     fn of(row: &Row<'_>) -> rusqlite::Result<LeaseState> {
         let name: String = row.get("state")?;
         let reason: Option<String> = row.get("revoke_reason")?;
-        LeaseState::parse(&name, reason.as_deref()).ok_or_else(|| {
-            let stored = match reason {
-                Some(reason) => format!("{name} ({reason})"),
-                None => name,
-            };
+        lease_state(&name, reason.as_deref()).map_err(|stored| {
             let corrupt = Corrupt {
                 what: "lease state",
                 reason: stored,
             };
-            rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(corrupt))
+            let column = row.as_ref().column_index("state").unwrap_or_default();
+            rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(corrupt))
         })
-    }
-
-    /// What `revoke_reason` holds for it.
-    fn reason(&self) -> Option<&'static str> {
-        self.0.revoke_reason().map(RevokeReason::as_str)
     }
 }
 
@@ -389,7 +381,7 @@ impl Store for SqliteStore {
                     ":mount": l.mount,
                     ":role_json": role,
                     ":state": State(l.state),
-                    ":revoke_reason": State(l.state).reason(),
+                    ":revoke_reason": revoke_reason(l.state),
                     ":issued_at_ms": Millis(l.issued_at),
                     ":expires_at_ms": Millis(l.expires_at),
                     ":max_expires_at_ms": Millis(l.max_expires_at),
@@ -424,7 +416,7 @@ impl Store for SqliteStore {
                     .execute(named_params! {
                         ":id": l.id,
                         ":state": State(l.state),
-                        ":revoke_reason": State(l.state).reason(),
+                        ":revoke_reason": revoke_reason(l.state),
                         ":expires_at_ms": Millis(l.expires_at),
                         ":last_renewal_ms": l.last_renewal.map(Millis),
                         ":revoke_attempts": l.revoke_attempts,
@@ -889,7 +881,7 @@ fn make_private_file(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgwarden_core::RoleSpec;
+    use pgwarden_core::{RevokeReason, RoleSpec};
     use time::macros::datetime;
 
     #[tokio::test]
