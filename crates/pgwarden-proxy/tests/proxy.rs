@@ -145,10 +145,7 @@ auth:
     }
 
     async fn metrics(&self) -> String {
-        let addr = self.proxy.as_ref().unwrap().metrics_addr;
-        tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
-            .await
-            .unwrap()
+        get(self.proxy.as_ref().unwrap().metrics_addr, "/metrics").await
     }
 }
 
@@ -179,6 +176,33 @@ fn exchange(port: u16, bytes: &[u8]) -> String {
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// [`http_get`] off the async workers.
+async fn get(addr: std::net::SocketAddr, path: &'static str) -> String {
+    tokio::task::spawn_blocking(move || http_get(addr, path))
+        .await
+        .unwrap()
+}
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` after `limit`.
+async fn until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many sessions are running `query` now.
+async fn running(su: &tokio_postgres::Client, query: &str) -> i64 {
+    su.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+        &[&query],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 /// The value of metric line `name` (with labels), 0 when absent.
@@ -304,23 +328,10 @@ async fn session_mode_serves_tokio_postgres_with_a_service_account_token() {
     let started = Instant::now();
     let sleeping = tokio::spawn(async move { third.simple_query("SELECT pg_sleep(20)").await });
     let su = w.cluster.connect_superuser("appdb").await.unwrap();
-    while su
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)' \
-             AND state = 'active'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the query never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("the query to run", Duration::from_secs(10), async || {
+        running(&su, "SELECT pg_sleep(20)").await == 1
+    })
+    .await;
     cancel.cancel_query(NoTls).await.unwrap();
     let error = sleeping.await.unwrap().unwrap_err();
     assert_eq!(error.as_db_error().unwrap().code().code(), "57014");
@@ -484,17 +495,7 @@ async fn a_client_that_leaves_leaves_no_query_running_on_the_server() {
     let w = world("transaction", "").await;
     let token = w.token("team-a");
     let su = w.cluster.connect_superuser("appdb").await.unwrap();
-    let sleeping = || async {
-        let row = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' \
-                 AND state = 'active'",
-                &[],
-            )
-            .await
-            .unwrap();
-        row.get::<_, i64>(0)
-    };
+    let sleeping = || running(&su, "SELECT pg_sleep(60)");
     // A client that sends a query and leaves, its connection task aborted (no Terminate):
     // once `left` says so.
     let config = w.config("appdb-readonly", &token);
@@ -513,17 +514,18 @@ async fn a_client_that_leaves_leaves_no_query_running_on_the_server() {
     // Mid-query: its query is cancelled, not left to run for no one.
     let (leave, left) = tokio::sync::oneshot::channel();
     let leaving_one = tokio::spawn(leave_mid_query.clone()(left));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sleeping().await != 1 {
-        assert!(Instant::now() < deadline, "the query never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("the query to run", Duration::from_secs(20), async || {
+        sleeping().await == 1
+    })
+    .await;
     leave.send(()).unwrap();
     leaving_one.await.unwrap();
-    while sleeping().await != 0 {
-        assert!(Instant::now() < deadline, "the query runs on for no one");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        "the query to be cancelled",
+        Duration::from_secs(20),
+        async || sleeping().await == 0,
+    )
+    .await;
     // Queued for a slot (the three are held by open transactions): its query never runs.
     let mut holders = Vec::new();
     for _ in 0..3 {
@@ -792,21 +794,21 @@ async fn sigterm_drains_open_transactions_then_revokes_every_lease() {
     let port = proxy.addr.unwrap().port();
     let shutdown = tokio::spawn(proxy.shutdown());
     // Soon not ready any more, and no new clients.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ready = tokio::task::spawn_blocking(move || http_get(metrics_addr, "/readyz"))
-            .await
-            .unwrap();
-        if ready.starts_with("HTTP/1.0 503") || ready.starts_with("HTTP/1.1 503") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{ready}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-        assert!(Instant::now() < deadline, "the proxy still takes clients");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        "/readyz to answer 503",
+        Duration::from_secs(10),
+        async || {
+            let ready = get(metrics_addr, "/readyz").await;
+            ready.starts_with("HTTP/1.0 503") || ready.starts_with("HTTP/1.1 503")
+        },
+    )
+    .await;
+    until(
+        "the listener to close",
+        Duration::from_secs(10),
+        async || std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+    )
+    .await;
     // The idle session was closed with PostgreSQL's shutdown error.
     let error = idle.simple_query("SELECT 1").await.unwrap_err();
     assert!(
@@ -1153,21 +1155,17 @@ async fn a_sidecar_acts_as_its_pod_and_limits_answer_in_postgresql_terms() {
     // max_client_conn 2: with one client in and one that says nothing, a third is refused.
     let port = sidecar.addr.unwrap().port();
     let _silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let metrics_addr = sidecar.metrics_addr;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = tokio::task::spawn_blocking(move || http_get(metrics_addr, "/metrics"))
-            .await
-            .unwrap();
-        if metric(&metrics, "pgwarden_proxy_clients") == 2.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the silent client is not counted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        "the silent client to be counted",
+        Duration::from_secs(10),
+        async || {
+            metric(
+                &get(sidecar.metrics_addr, "/metrics").await,
+                "pgwarden_proxy_clients",
+            ) == 2.0
+        },
+    )
+    .await;
     assert_eq!(
         refused_with(&config).await,
         (

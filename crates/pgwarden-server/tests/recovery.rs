@@ -39,6 +39,14 @@ async fn lookup(env: &Env, lease_id: &str) -> serde_json::Value {
     body
 }
 
+/// How many users `metrics` count as dropped for `reason`.
+fn revoked(metrics: &str, reason: &str) -> f64 {
+    metric(
+        metrics,
+        &format!("pgwarden_leases_revoked_total{{reason=\"{reason}\"}}"),
+    )
+}
+
 /// Waits until no lease is failing revocation, then returns the metrics.
 async fn metrics_once_nothing_fails(env: &Env) -> String {
     poll_until(Duration::from_secs(30), || async {
@@ -97,17 +105,13 @@ async fn half_created_leases_are_rolled_back_on_start() {
     assert_eq!(status, 200);
     assert_eq!(body["data"]["state"], "active");
     env.login(&kept).await.expect("kept credential still works");
-    assert_eq!(
-        metric(
-            &env.metrics().await,
-            "pgwarden_leases_revoked_total{reason=\"rollback\"}"
-        ),
-        2.0
-    );
+    assert_eq!(revoked(&env.metrics().await, "rollback"), 2.0);
 }
 
-/// A role whose revocation and rollback each say, in table `dropped`, which of them ran.
-const MARKED: &str = r#"
+/// Roles with rollback statements of their own: `marked`, whose revocation and rollback each
+/// say, in table `dropped`, which of them ran; `minimal`, whose rollback only drops the user,
+/// as most are written.
+const CUSTOM_ROLLBACKS: &str = r#"
       marked:
         db_name: appdb
         creation_statements:
@@ -120,11 +124,20 @@ const MARKED: &str = r#"
           - DROP ROLE IF EXISTS "{{name}}";
         default_ttl: 1h
         max_ttl: 2h
+      minimal:
+        db_name: appdb
+        creation_statements:
+          - CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';
+          - GRANT CREATE ON SCHEMA public TO "{{name}}";
+        rollback_statements:
+          - DROP ROLE IF EXISTS "{{name}}";
+        default_ttl: 1h
+        max_ttl: 2h
 "#;
 
 #[tokio::test]
 async fn a_rollback_that_fails_is_retried_as_a_rollback() {
-    let mut env = Env::start(MARKED).await;
+    let mut env = Env::start(CUSTOM_ROLLBACKS).await;
     let half = env.creds("marked").await;
     env.stop().await;
     rewind_to_pending(&env, &[&half]).await;
@@ -179,32 +192,13 @@ async fn a_rollback_that_fails_is_retried_as_a_rollback() {
     let ran: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(ran, [(half.username.clone(), "rollback".to_string())]);
     let metrics = metrics_once_nothing_fails(&env).await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "pgwarden_leases_revoked_total{reason=\"rollback\"}"
-        ),
-        1.0
-    );
+    assert_eq!(revoked(&metrics, "rollback"), 1.0);
     assert!(!metrics.contains("reason=\"requested\""), "{metrics}");
 }
 
-/// A role whose rollback only drops the user, as most are written.
-const MINIMAL_ROLLBACK: &str = r#"
-      minimal:
-        db_name: appdb
-        creation_statements:
-          - CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';
-          - GRANT CREATE ON SCHEMA public TO "{{name}}";
-        rollback_statements:
-          - DROP ROLE IF EXISTS "{{name}}";
-        default_ttl: 1h
-        max_ttl: 2h
-"#;
-
 #[tokio::test]
 async fn a_rollback_its_statements_cannot_finish_falls_back_to_the_full_revocation() {
-    let mut env = Env::start(MINIMAL_ROLLBACK).await;
+    let mut env = Env::start(CUSTOM_ROLLBACKS).await;
     let used = env.creds("minimal").await;
     // Its activation is lost in a crash after its credential made a table.
     env.login(&used)
@@ -222,12 +216,6 @@ async fn a_rollback_its_statements_cannot_finish_falls_back_to_the_full_revocati
         .await
         .expect("the user is dropped");
     let metrics = metrics_once_nothing_fails(&env).await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "pgwarden_leases_revoked_total{reason=\"rollback\"}"
-        ),
-        1.0
-    );
+    assert_eq!(revoked(&metrics, "rollback"), 1.0);
     assert!(metric(&metrics, "pgwarden_revocation_failures_total") >= 1.0);
 }
