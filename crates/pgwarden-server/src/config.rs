@@ -155,6 +155,12 @@ pub struct HttpConfig {
     /// waits (default 128).
     #[serde(default = "default_max_requests_in_flight")]
     pub max_requests_in_flight: NonZeroUsize,
+    /// Of those turns, the most that requests for one database connection's credentials
+    /// (issue, renew, revoke) hold at once; more wait for that connection's share without
+    /// holding a turn, so that a slow or unreachable database cannot hold up the others
+    /// (default 32, a quarter of the default turns; at most `max_requests_in_flight`).
+    #[serde(default = "default_max_requests_per_database")]
+    pub max_requests_per_database: NonZeroUsize,
     /// Time a client has to send its request headers, or to start its next request on an
     /// idle kept-alive connection, before it is closed (default 10s).
     #[serde(default = "default_header_read_timeout")]
@@ -166,6 +172,7 @@ impl Default for HttpConfig {
         HttpConfig {
             max_connections: default_max_connections(),
             max_requests_in_flight: default_max_requests_in_flight(),
+            max_requests_per_database: default_max_requests_per_database(),
             header_read_timeout: default_header_read_timeout(),
         }
     }
@@ -179,6 +186,12 @@ fn default_max_connections() -> NonZeroUsize {
 /// gives up leaves nothing, rather than for a database connection, where its work runs on.
 fn default_max_requests_in_flight() -> NonZeroUsize {
     NonZeroUsize::new(128).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// Twice a target's pool of connections: enough to keep the pool busy, and a quarter of the
+/// default turns, so that it takes four slow databases to hold them all.
+fn default_max_requests_per_database() -> NonZeroUsize {
+    NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN)
 }
 
 fn default_header_read_timeout() -> Ttl {
@@ -685,7 +698,11 @@ settings:
 
     #[test]
     fn http_limits_of_zero_are_refused() {
-        for field in ["max_connections", "max_requests_in_flight"] {
+        for field in [
+            "max_connections",
+            "max_requests_in_flight",
+            "max_requests_per_database",
+        ] {
             let err = Config::parse(&format!("http: {{ {field}: 0 }}\n"))
                 .unwrap_err()
                 .to_string();
@@ -701,9 +718,10 @@ settings:
         assert_eq!(
             (
                 http.max_connections.get(),
-                http.max_requests_in_flight.get()
+                http.max_requests_in_flight.get(),
+                http.max_requests_per_database.get()
             ),
-            (512, 128)
+            (512, 128, 32)
         );
     }
 

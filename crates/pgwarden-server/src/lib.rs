@@ -222,6 +222,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }));
     let turns = Arc::new(turns::Turns::new(
         config.http.max_requests_in_flight.get(),
+        config.http.max_requests_per_database.get(),
         metrics.http_requests_in_flight.clone(),
         metrics.http_requests_waiting.clone(),
     ));

@@ -141,7 +141,7 @@ impl Metrics {
         );
         registry.register(
             "http_requests_waiting",
-            "API requests waiting for a turn (http.max_requests_in_flight)",
+            "API requests waiting for a turn (http.max_requests_in_flight), or for their database's share of the turns (http.max_requests_per_database)",
             m.http_requests_waiting.clone(),
         );
         registry.register(

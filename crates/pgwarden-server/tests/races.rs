@@ -306,6 +306,88 @@ async fn clients_that_hang_up_cannot_pile_up_more_work_than_the_requests_in_flig
 }
 
 #[tokio::test]
+async fn a_slow_database_holds_only_its_share_of_the_turns_and_the_others_are_served() {
+    let env = Arc::new(
+        Env::start_with(
+            SLOW_ROLES,
+            "http: { max_requests_in_flight: 3, max_requests_per_database: 2 }",
+        )
+        .await,
+    );
+    // A second connection to the cluster: another database, as far as turns go.
+    let url = env.cluster.templated_url("appdb");
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/config/healthy",
+            Some(json!({ "connection_url": url, "username": ADMIN, "password": ADMIN_PW, "allowed_roles": "quick" })),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/roles/quick",
+            Some(json!({ "db_name": "healthy", "preset": "readonly" })),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let held = env.creds("appdb-readonly").await;
+
+    // Four slow issuances on appdb: two at work, two waiting for appdb's share; and a renewal
+    // of an appdb lease (named in its body) waits for the share as well, holding no turn.
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let env = env.clone();
+            tokio::spawn(async move { env.call("GET", "database/creds/slower", None).await })
+        })
+        .collect();
+    poll_until(Duration::from_secs(10), || async {
+        in_flight_and_waiting(&env).await == (2.0, 2.0)
+    })
+    .await
+    .expect("two slow requests at work, two waiting for appdb's share");
+    let renewal = tokio::spawn({
+        let (env, lease_id) = (env.clone(), held.lease_id.clone());
+        async move {
+            env.call(
+                "PUT",
+                "sys/leases/renew",
+                Some(json!({ "lease_id": lease_id })),
+            )
+            .await
+        }
+    });
+    poll_until(Duration::from_secs(10), || async {
+        in_flight_and_waiting(&env).await == (2.0, 3.0)
+    })
+    .await
+    .expect("the renewal waits for appdb's share");
+
+    // The third turn serves the other database at once: an issuance, and a revocation named
+    // in its body.
+    let quick = env.creds("quick").await;
+    env.login(&quick)
+        .await
+        .expect("the healthy database's user logs in");
+    let (status, body) = env.revoke(&quick.lease_id).await;
+    assert_eq!(status, 204, "{body}");
+    assert!(!env.role_exists(&quick.username).await);
+    assert!(
+        slow.iter().all(|s| !s.is_finished()) && !renewal.is_finished(),
+        "the other database was served before any slow request ended"
+    );
+
+    for request in slow {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = renewal.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(in_flight_and_waiting(&env).await, (0.0, 0.0));
+}
+
+#[tokio::test]
 async fn on_shutdown_requests_waiting_for_a_turn_get_503_and_those_with_one_finish() {
     let mut env = Env::start_with(SLOW_ROLES, "http: { max_requests_in_flight: 1 }").await;
     let issue = |url: String| async move {

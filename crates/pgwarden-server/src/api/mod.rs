@@ -195,7 +195,8 @@ async fn serve_in_turn(
     op: Op,
     body: Bytes,
 ) -> Result<Response, ServerError> {
-    let Some(turn) = state.turns.take().await else {
+    let database = database_of(state, path, &body);
+    let Some(turn) = state.turns.take(database.as_deref()).await else {
         return Err(ServerError::Unavailable(
             "the server is shutting down".into(),
         ));
@@ -214,6 +215,29 @@ async fn serve_in_turn(
             "request handler {method} {path} failed: {e}"
         )))
     })
+}
+
+/// The database connection (`<mount>/<connection>`) whose credentials the request at `path`
+/// issues, renews or revokes, read from its path and body alone (nothing is checked yet: a
+/// request refused later counts the same), for its database's share of the turns. `None` for
+/// other requests, and for a role that does not exist.
+fn database_of(state: &AppState, path: &str, body: &Bytes) -> Option<String> {
+    /// A renewal's or revocation's body, for the lease it names.
+    #[derive(serde::Deserialize)]
+    struct NamesLease {
+        lease_id: Option<String>,
+    }
+    let (mount, role) = match routes::parse(path) {
+        Route::Creds { mount, role } => (mount.to_string(), role.to_string()),
+        Route::Renew(id) | Route::Revoke(id) => {
+            let id = id.or_else(|| serde_json::from_slice::<NamesLease>(body).ok()?.lease_id)?;
+            let (mount, role) = pgwarden_core::lease::mount_and_role(&id)?;
+            (mount.to_string(), role.to_string())
+        }
+        _ => return None,
+    };
+    let role = state.broker.catalog().role(&mount, &role).ok()?;
+    Some(format!("{mount}/{}", role.db_name))
 }
 
 /// Serves an admitted request and records it in the audit log.
