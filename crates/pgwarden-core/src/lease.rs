@@ -240,17 +240,6 @@ pub fn extend(
     }
 }
 
-/// The mount and role named by a lease id of the shape [`Lease::new_pending`] gives
-/// (`<mount>/creds/<role>/<random>`), or `None` for any other text. Only the id's shape is
-/// read: the lease may not exist.
-pub fn mount_and_role(lease_id: &str) -> Option<(&str, &str)> {
-    let (path, random) = lease_id.rsplit_once('/')?;
-    let (mount_creds, role) = path.rsplit_once('/')?;
-    let mount = mount_creds.strip_suffix("/creds")?;
-    let named = |part: &str| !part.is_empty();
-    (named(mount) && named(role) && named(random)).then_some((mount, role))
-}
-
 /// The `VALID UNTIL` text for a lease ending at `expires_at`: five seconds later, in UTC with an
 /// explicit offset, e.g. `2026-11-22 10:00:05+00`.
 pub fn valid_until(expires_at: OffsetDateTime) -> String {
@@ -332,26 +321,6 @@ mod tests {
         let (prefix, random) = lease.id.rsplit_once('/').unwrap();
         assert_eq!(prefix, "database/creds/ro");
         assert_eq!(random.len(), 24);
-        assert_eq!(mount_and_role(&lease.id), Some(("database", "ro")));
-    }
-
-    #[test]
-    fn only_an_id_of_the_lease_shape_names_a_mount_and_role() {
-        assert_eq!(
-            mount_and_role("team/db/creds/ro/abc"),
-            Some(("team/db", "ro"))
-        );
-        for id in [
-            "",
-            "abc",
-            "database/creds/ro",
-            "database/creds/ro/",
-            "database/creds//abc",
-            "/creds/ro/abc",
-            "database/static-creds/ro/abc",
-        ] {
-            assert_eq!(mount_and_role(id), None, "{id:?}");
-        }
     }
 
     #[test]

@@ -158,9 +158,10 @@ pub struct HttpConfig {
     /// Of those turns, the most that requests for one database connection's credentials
     /// (issue, renew, revoke) hold at once; more wait for that connection's share without
     /// holding a turn, so that a slow or unreachable database cannot hold up the others
-    /// (default 32, a quarter of the default turns; at most `max_requests_in_flight`).
-    #[serde(default = "default_max_requests_per_database")]
-    pub max_requests_per_database: NonZeroUsize,
+    /// (default a quarter of `max_requests_in_flight`, rounded up; at most all of them). See
+    /// [`HttpConfig::database_share`].
+    #[serde(default)]
+    pub max_requests_per_database: Option<NonZeroUsize>,
     /// Time a client has to send its request headers, or to start its next request on an
     /// idle kept-alive connection, before it is closed (default 10s).
     #[serde(default = "default_header_read_timeout")]
@@ -172,8 +173,27 @@ impl Default for HttpConfig {
         HttpConfig {
             max_connections: default_max_connections(),
             max_requests_in_flight: default_max_requests_in_flight(),
-            max_requests_per_database: default_max_requests_per_database(),
+            max_requests_per_database: None,
             header_read_timeout: default_header_read_timeout(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The turns one database's requests may hold: `max_requests_per_database`, else a
+    /// quarter of `max_requests_in_flight` rounded up (32 of the default 128: twice a
+    /// database's pool, and it takes four slow databases to hold every turn). More than
+    /// there are turns is refused: it could only mean a share that protects nothing.
+    pub fn database_share(&self) -> Result<usize, ConfigError> {
+        let turns = self.max_requests_in_flight.get();
+        match self.max_requests_per_database {
+            None => Ok(turns.div_ceil(4)),
+            Some(share) if share.get() <= turns => Ok(share.get()),
+            Some(share) => Err(ConfigError::Invalid(format!(
+                "http.max_requests_per_database ({share}) is more than \
+                 http.max_requests_in_flight ({turns}): one database's requests can hold at \
+                 most every turn"
+            ))),
         }
     }
 }
@@ -186,12 +206,6 @@ fn default_max_connections() -> NonZeroUsize {
 /// gives up leaves nothing, rather than for a database connection, where its work runs on.
 fn default_max_requests_in_flight() -> NonZeroUsize {
     NonZeroUsize::new(128).unwrap_or(NonZeroUsize::MIN)
-}
-
-/// Twice a target's pool of connections: enough to keep the pool busy, and a quarter of the
-/// default turns, so that it takes four slow databases to hold them all.
-fn default_max_requests_per_database() -> NonZeroUsize {
-    NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN)
 }
 
 fn default_header_read_timeout() -> Ttl {
@@ -719,9 +733,27 @@ settings:
             (
                 http.max_connections.get(),
                 http.max_requests_in_flight.get(),
-                http.max_requests_per_database.get()
+                http.database_share().unwrap()
             ),
             (512, 128, 32)
+        );
+    }
+
+    #[test]
+    fn a_database_share_defaults_to_a_quarter_of_the_turns_and_cannot_exceed_them() {
+        let share = |yaml: &str| Config::parse(yaml).unwrap().http.database_share();
+        assert_eq!(share("http: { max_requests_in_flight: 10 }").unwrap(), 3);
+        assert_eq!(share("http: { max_requests_in_flight: 1 }").unwrap(), 1);
+        assert_eq!(
+            share("http: { max_requests_in_flight: 8, max_requests_per_database: 8 }").unwrap(),
+            8
+        );
+        assert_eq!(
+            share("http: { max_requests_in_flight: 8, max_requests_per_database: 9 }")
+                .unwrap_err()
+                .to_string(),
+            "config: http.max_requests_per_database (9) is more than http.max_requests_in_flight (8): \
+             one database's requests can hold at most every turn"
         );
     }
 

@@ -115,6 +115,7 @@ impl Running {
 /// Opens the state, recovers leases, checks connections and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let root_token = config.checked_root_token()?;
+    let database_share = config.http.database_share()?;
     let sealer = config
         .seal_key
         .as_ref()
@@ -222,7 +223,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }));
     let turns = Arc::new(turns::Turns::new(
         config.http.max_requests_in_flight.get(),
-        config.http.max_requests_per_database.get(),
+        database_share,
         metrics.http_requests_in_flight.clone(),
         metrics.http_requests_waiting.clone(),
     ));

@@ -17,7 +17,8 @@ pub struct Turns {
     total: usize,
     /// The most turns the requests for one database hold at once.
     share: usize,
-    /// Each database's share, by its name (`<mount>/<connection>`), made on first use.
+    /// Each database's share, by its name (`<mount>/<connection>`), made on first use and kept
+    /// (only the names of connections that had a role, a handful).
     shares: parking_lot::Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Requests holding a turn.
     in_use: Gauge,
@@ -208,6 +209,30 @@ mod tests {
         settle().await;
         assert_eq!(counts(&turns), (2, 0));
         assert!(!third.is_finished());
+    }
+
+    #[tokio::test]
+    async fn a_request_holding_its_share_while_waiting_for_a_turn_gives_both_back_when_it_goes() {
+        let turns = turns(1, 1);
+        let held = turns.take(None).await.expect("a turn");
+        let (waiting, _) = taker(&turns, Some("database/appdb"));
+        settle().await;
+        assert_eq!(counts(&turns), (1, 1));
+        // The client hangs up: its share is free again.
+        waiting.abort();
+        assert!(waiting.await.unwrap_err().is_cancelled());
+        assert_eq!(counts(&turns), (1, 0));
+        drop(held);
+        let again =
+            tokio::time::timeout(Duration::from_secs(1), turns.take(Some("database/appdb")));
+        assert!(again.await.expect("the share is back").is_some());
+        // Shutdown refuses a request that holds its share and waits for a turn.
+        let _held = turns.take(None).await.expect("a turn");
+        let (waiting, _) = taker(&turns, Some("database/appdb"));
+        settle().await;
+        turns.close();
+        assert!(!waiting.await.unwrap());
+        assert_eq!(counts(&turns), (1, 0));
     }
 
     #[test]

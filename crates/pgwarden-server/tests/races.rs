@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Roles whose creation and revocation take a second (`slow`) or three (`slower`), to hold
-/// the race windows open.
+/// the race windows open; and `blocked`, whose creation waits until the test releases
+/// advisory lock [`BLOCKING_LOCK`] (a database stuck for as long as the test needs).
 const SLOW_ROLES: &str = r#"
       appdb-readonly: { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 24h }
       slow:
@@ -32,7 +33,15 @@ const SLOW_ROLES: &str = r#"
           - DROP ROLE IF EXISTS "{{name}}";
         default_ttl: 1h
         max_ttl: 2h
+      blocked:
+        db_name: appdb
+        creation_statements:
+          - CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';
+          - SELECT pg_advisory_xact_lock_shared(4242);
+        default_ttl: 1h
+        max_ttl: 2h
 "#;
+const BLOCKING_LOCK: i64 = 4242;
 
 /// Names of users pgwarden made that still exist in the cluster.
 async fn surviving_users(env: &Env) -> Vec<String> {
@@ -253,7 +262,13 @@ async fn in_flight_and_waiting(env: &Env) -> (f64, f64) {
 
 #[tokio::test]
 async fn clients_that_hang_up_cannot_pile_up_more_work_than_the_requests_in_flight() {
-    let env = Arc::new(Env::start_with(SLOW_ROLES, "http: { max_requests_in_flight: 2 }").await);
+    let env = Arc::new(
+        Env::start_with(
+            SLOW_ROLES,
+            "http: { max_requests_in_flight: 2, max_requests_per_database: 2 }",
+        )
+        .await,
+    );
     let hang_ups = (0..8).map(|_| {
         let env = env.clone();
         async move { env.call("GET", "database/creds/slower", None).await }
@@ -306,7 +321,7 @@ async fn clients_that_hang_up_cannot_pile_up_more_work_than_the_requests_in_flig
 }
 
 #[tokio::test]
-async fn a_slow_database_holds_only_its_share_of_the_turns_and_the_others_are_served() {
+async fn a_stuck_database_holds_only_its_share_of_the_turns_and_the_others_are_served() {
     let env = Arc::new(
         Env::start_with(
             SLOW_ROLES,
@@ -320,70 +335,91 @@ async fn a_slow_database_holds_only_its_share_of_the_turns_and_the_others_are_se
         .call(
             "POST",
             "database/config/healthy",
-            Some(json!({ "connection_url": url, "username": ADMIN, "password": ADMIN_PW, "allowed_roles": "quick" })),
+            Some(json!({ "connection_url": url, "username": ADMIN, "password": ADMIN_PW, "allowed_roles": ["quick", "moving"] })),
         )
         .await;
     assert_eq!(status, 204, "{body}");
+    let role_on = |database: &str| json!({ "db_name": database, "preset": "readonly" });
+    for (role, database) in [("quick", "healthy"), ("moving", "appdb")] {
+        let path = format!("database/roles/{role}");
+        let (status, body) = env.call("POST", &path, Some(role_on(database))).await;
+        assert_eq!(status, 204, "{body}");
+    }
+    let renewed = env.creds("moving").await;
+    let revoked = env.creds("moving").await;
+    let queued = env.creds("moving").await;
+    // The role's leases keep its first connection when it names another.
     let (status, body) = env
-        .call(
-            "POST",
-            "database/roles/quick",
-            Some(json!({ "db_name": "healthy", "preset": "readonly" })),
-        )
+        .call("POST", "database/roles/moving", Some(role_on("healthy")))
         .await;
     assert_eq!(status, 204, "{body}");
-    let held = env.creds("appdb-readonly").await;
 
-    // Four slow issuances on appdb: two at work, two waiting for appdb's share; and a renewal
-    // of an appdb lease (named in its body) waits for the share as well, holding no turn.
-    let slow: Vec<_> = (0..4)
+    // appdb is stuck: four issuances, two at work and two waiting for appdb's share.
+    let lock = env.cluster.connect_superuser("appdb").await.unwrap();
+    lock.execute("SELECT pg_advisory_lock($1)", &[&BLOCKING_LOCK])
+        .await
+        .unwrap();
+    let mut stuck: Vec<_> = (0..4)
         .map(|_| {
             let env = env.clone();
-            tokio::spawn(async move { env.call("GET", "database/creds/slower", None).await })
+            tokio::spawn(async move { env.call("GET", "database/creds/blocked", None).await })
         })
         .collect();
     poll_until(Duration::from_secs(10), || async {
         in_flight_and_waiting(&env).await == (2.0, 2.0)
     })
     .await
-    .expect("two slow requests at work, two waiting for appdb's share");
-    let renewal = tokio::spawn({
-        let (env, lease_id) = (env.clone(), held.lease_id.clone());
-        async move {
-            env.call(
-                "PUT",
-                "sys/leases/renew",
-                Some(json!({ "lease_id": lease_id })),
-            )
-            .await
-        }
-    });
+    .expect("two requests at work on appdb, two waiting for its share");
+    // A renewal and a revocation of appdb leases, named in the body, wait for the share too,
+    // holding no turn.
+    for (path, lease) in [("renew", &renewed), ("revoke", &revoked)] {
+        let env = env.clone();
+        let (path, body) = (
+            format!("sys/leases/{path}"),
+            json!({ "lease_id": lease.lease_id }),
+        );
+        stuck.push(tokio::spawn(async move {
+            env.call("PUT", &path, Some(body)).await
+        }));
+    }
     poll_until(Duration::from_secs(10), || async {
-        in_flight_and_waiting(&env).await == (2.0, 3.0)
+        in_flight_and_waiting(&env).await == (2.0, 4.0)
     })
     .await
-    .expect("the renewal waits for appdb's share");
+    .expect("the renewal and the revocation wait for appdb's share");
 
-    // The third turn serves the other database at once: an issuance, and a revocation named
-    // in its body.
-    let quick = env.creds("quick").await;
-    env.login(&quick)
+    // The third turn serves the other database: an issuance and a revocation named in the
+    // body; and a revocation queued for later (`sync: false`), which waits for no database.
+    // (Bounded: without shares they would wait for the lock below.)
+    let others = tokio::time::timeout(Duration::from_secs(30), async {
+        let quick = env.creds("quick").await;
+        env.login(&quick)
+            .await
+            .expect("the healthy database's user logs in");
+        let (status, body) = env.revoke(&quick.lease_id).await;
+        assert_eq!(status, 204, "{body}");
+        assert!(!env.role_exists(&quick.username).await);
+        let queue = json!({ "lease_id": queued.lease_id, "sync": false });
+        env.call("PUT", "sys/leases/revoke", Some(queue)).await
+    })
+    .await;
+    let gauges_meanwhile = in_flight_and_waiting(&env).await;
+    lock.execute("SELECT pg_advisory_unlock($1)", &[&BLOCKING_LOCK])
         .await
-        .expect("the healthy database's user logs in");
-    let (status, body) = env.revoke(&quick.lease_id).await;
-    assert_eq!(status, 204, "{body}");
-    assert!(!env.role_exists(&quick.username).await);
-    assert!(
-        slow.iter().all(|s| !s.is_finished()) && !renewal.is_finished(),
-        "the other database was served before any slow request ended"
-    );
-
-    for request in slow {
-        let (status, body) = request.await.unwrap();
-        assert_eq!(status, 200, "{body}");
-    }
-    let (status, body) = renewal.await.unwrap();
-    assert_eq!(status, 200, "{body}");
+        .unwrap();
+    let (status, body) = others.expect("the other database is served while appdb is stuck");
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(gauges_meanwhile, (2.0, 4.0));
+    let answers: Vec<u16> = futures::future::join_all(stuck)
+        .await
+        .into_iter()
+        .map(|answer| answer.unwrap().0)
+        .collect();
+    assert_eq!(answers, [200, 200, 200, 200, 200, 204]);
+    assert!(!env.role_exists(&revoked.username).await);
+    env.wait_role_gone(&queued.username, Duration::from_secs(10))
+        .await
+        .expect("the queued revocation runs");
     assert_eq!(in_flight_and_waiting(&env).await, (0.0, 0.0));
 }
 

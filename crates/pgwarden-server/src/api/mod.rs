@@ -195,7 +195,7 @@ async fn serve_in_turn(
     op: Op,
     body: Bytes,
 ) -> Result<Response, ServerError> {
-    let database = database_of(state, path, &body);
+    let database = database_of(state, path, &body).await;
     let Some(turn) = state.turns.take(database.as_deref()).await else {
         return Err(ServerError::Unavailable(
             "the server is shutting down".into(),
@@ -218,26 +218,37 @@ async fn serve_in_turn(
 }
 
 /// The database connection (`<mount>/<connection>`) whose credentials the request at `path`
-/// issues, renews or revokes, read from its path and body alone (nothing is checked yet: a
-/// request refused later counts the same), for its database's share of the turns. `None` for
-/// other requests, and for a role that does not exist.
-fn database_of(state: &AppState, path: &str, body: &Bytes) -> Option<String> {
+/// issues, renews or revokes, for its database's share of the turns: the connection of the
+/// role asked for, or of the lease named (as recorded with the lease, whatever its role has
+/// become since). Read from the path, the body and the state alone: nothing is checked yet,
+/// and a request refused later counts the same. `None` for other requests, for a revocation
+/// queued for later (`"sync": false`, which waits for no database), and for a role or lease
+/// that does not exist.
+async fn database_of(state: &AppState, path: &str, body: &Bytes) -> Option<String> {
     /// A renewal's or revocation's body, for the lease it names.
-    #[derive(serde::Deserialize)]
-    struct NamesLease {
+    #[derive(serde::Deserialize, Default)]
+    struct LeaseBody {
         lease_id: Option<String>,
+        sync: Option<bool>,
     }
-    let (mount, role) = match routes::parse(path) {
-        Route::Creds { mount, role } => (mount.to_string(), role.to_string()),
-        Route::Renew(id) | Route::Revoke(id) => {
-            let id = id.or_else(|| serde_json::from_slice::<NamesLease>(body).ok()?.lease_id)?;
-            let (mount, role) = pgwarden_core::lease::mount_and_role(&id)?;
-            (mount.to_string(), role.to_string())
+    let lease_body = || serde_json::from_slice::<LeaseBody>(body).unwrap_or_default();
+    let lease_id = match routes::parse(path) {
+        Route::Creds { mount, role } => {
+            let role = state.broker.catalog().role(mount, role).ok()?;
+            return Some(format!("{mount}/{}", role.db_name));
+        }
+        Route::Renew(id) => id.or_else(|| lease_body().lease_id)?,
+        Route::Revoke(id) => {
+            let LeaseBody { lease_id, sync } = lease_body();
+            if sync == Some(false) {
+                return None;
+            }
+            id.or(lease_id)?
         }
         _ => return None,
     };
-    let role = state.broker.catalog().role(&mount, &role).ok()?;
-    Some(format!("{mount}/{}", role.db_name))
+    let lease = state.store.get_lease(&lease_id).await.ok()??;
+    Some(format!("{}/{}", lease.mount, lease.role.db_name))
 }
 
 /// Serves an admitted request and records it in the audit log.
