@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::RwLock;
 
@@ -95,6 +95,11 @@ pub struct Client {
     token: RwLock<Option<SecretString>>,
 }
 
+/// The HTTP client settings every [`Client`] shares.
+fn http_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().timeout(Duration::from_secs(15))
+}
+
 /// Reads a successful answer as the wire type `T`.
 pub(crate) fn parse<T: DeserializeOwned>(value: Value, what: &str) -> Result<T, ClientError> {
     serde_json::from_value(value).map_err(|e| ClientError::Protocol {
@@ -110,18 +115,41 @@ pub(crate) fn body<T: Serialize>(value: &T) -> Value {
 }
 
 impl Client {
-    /// A client of the pgwarden at `address` (e.g. `http://127.0.0.1:8200`).
+    /// A client of the pgwarden at `address` (e.g. `http://127.0.0.1:8200`, or `https://…`
+    /// with a certificate the system trusts).
     pub fn new(address: &str, auth: Auth) -> Client {
+        let http = http_client().build().expect("a default HTTP client");
+        Client::with_http(address, auth, http)
+    }
+
+    /// A client of the pgwarden at `address` (`https://…`) that trusts only the CA
+    /// certificates in the PEM file `ca_file` (as Vault clients do with `VAULT_CACERT`).
+    pub fn with_ca_file(address: &str, auth: Auth, ca_file: &Path) -> Result<Client, ClientError> {
+        let unusable = |reason: String| ClientError::CaFile {
+            path: ca_file.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(ca_file).map_err(|e| unusable(e.to_string()))?;
+        let certificates =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| unusable(e.to_string()))?;
+        if certificates.is_empty() {
+            return Err(unusable("no certificate in the file".into()));
+        }
+        let http = http_client()
+            .tls_certs_only(certificates)
+            .build()
+            .map_err(|e| unusable(pgwarden_core::chain(&e)))?;
+        Ok(Client::with_http(address, auth, http))
+    }
+
+    fn with_http(address: &str, auth: Auth, http: reqwest::Client) -> Client {
         let token = match &auth {
             Auth::Token(token) => Some(token.clone()),
             Auth::Kubernetes { .. } => None,
         };
         Client {
             address: address.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .build()
-                .expect("a default HTTP client"),
+            http,
             auth,
             token: RwLock::new(token),
         }

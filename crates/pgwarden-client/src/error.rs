@@ -21,6 +21,14 @@ pub enum ClientError {
         /// pgwarden's error message(s).
         message: String,
     },
+    /// The CA certificates to trust could not be read.
+    #[error("cannot use the CA file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// The login token file could not be read.
     #[error("cannot read the token file {path}: {reason}")]
     TokenFile {

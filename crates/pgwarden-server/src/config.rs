@@ -166,6 +166,10 @@ pub struct HttpConfig {
     /// idle kept-alive connection, before it is closed (default 10s).
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: Ttl,
+    /// Serve the API over TLS with this certificate chain and key (PEM files, taken again
+    /// when they change); without it the API is plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for HttpConfig {
@@ -174,9 +178,20 @@ impl Default for HttpConfig {
             max_connections: default_max_connections(),
             max_requests_in_flight: default_max_requests_in_flight(),
             max_requests_per_database: None,
+            tls: None,
             header_read_timeout: default_header_read_timeout(),
         }
     }
+}
+
+/// A certificate chain and its private key, in PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl HttpConfig {

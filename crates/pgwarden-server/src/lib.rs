@@ -29,6 +29,7 @@ pub mod requests;
 pub mod schedule;
 pub mod seal;
 pub mod static_roles;
+pub mod tls;
 pub mod tokens;
 pub mod turns;
 pub mod ui;
@@ -116,6 +117,17 @@ impl Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let root_token = config.checked_root_token()?;
     let database_share = config.http.database_share()?;
+    let certificate = match &config.http.tls {
+        Some(files) => Some(Arc::new(
+            tls::ReloadingCert::load(files.clone()).map_err(ConfigError::Invalid)?,
+        )),
+        None => None,
+    };
+    let acceptor = certificate
+        .as_ref()
+        .map(tls::ReloadingCert::acceptor)
+        .transpose()
+        .map_err(ConfigError::Invalid)?;
     let sealer = config
         .seal_key
         .as_ref()
@@ -246,8 +258,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         max_connections: config.http.max_connections.get(),
         header_read_timeout: config.http.header_read_timeout.as_duration(),
     };
-    let http = tokio::spawn(listener::serve(listener, app, limits, signal));
-    tracing::info!(%addr, "pgwarden listening");
+    if let Some(certificate) = certificate {
+        tokio::spawn(certificate.watch(signal.clone()));
+    } else if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the API is served without TLS beyond this host: tokens and passwords cross the network in clear; set http.tls, or put a TLS terminator in front");
+    }
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let http = tokio::spawn(listener::serve(listener, app, limits, acceptor, signal));
+    tracing::info!(%addr, scheme, "pgwarden listening");
     Ok(Running {
         addr,
         shutdown,

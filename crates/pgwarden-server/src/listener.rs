@@ -1,7 +1,8 @@
 //! The HTTP listener: the API router on hyper with the limits `axum::serve` lacks. Each
 //! connection must send its request headers within a timeout, which also closes keep-alive
 //! connections left idle; at most a fixed number of connections are served at once (more wait
-//! in the kernel's accept queue); on shutdown, requests in flight finish.
+//! in the kernel's accept queue); on shutdown, requests in flight finish. With TLS, the
+//! handshake must also end within that timeout, on the connection's own task.
 
 use axum::Router;
 use hyper::server::conn::http1;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 /// How long shutdown waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,11 +30,13 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
 }
 
-/// Serves `app` on `listener` within `limits` until `shutdown` turns true.
+/// Serves `app` on `listener` within `limits` (over TLS with `tls`) until `shutdown` turns
+/// true.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(
@@ -59,14 +63,36 @@ pub async fn serve(
             () = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = graceful.watch(
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone())),
-        );
+        let (watcher, http, tls) = (graceful.watcher(), http.clone(), tls.clone());
+        let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let _slot = slot;
+            let served = match tls {
+                None => {
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection).await
+                }
+                Some(tls) => {
+                    let handshake = tls.accept(stream);
+                    let stream =
+                        match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("no TLS handshake within the header read timeout");
+                                return;
+                            }
+                        };
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection).await
+                }
+            };
+            if let Err(error) = served {
                 tracing::debug!(%error, "connection ended with an error");
             }
-            drop(slot);
         });
     }
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())

@@ -1,7 +1,7 @@
 //! TLS for fake servers: a throwaway CA with a certificate for `localhost`/`127.0.0.1`, and an
 //! axum listener that terminates TLS with it.
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
@@ -27,11 +27,19 @@ impl TestCa {
         let ca_key = KeyPair::generate().expect("generating a CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Names of their own: OpenSSL takes a leaf whose subject is its issuer for self-signed.
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "pgwarden test CA");
         let ca_cert = ca_params.self_signed(&ca_key).expect("self-signing the CA");
         let issuer = Issuer::new(ca_params, ca_key);
         let leaf_key = KeyPair::generate().expect("generating a server key");
-        let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("server parameters")
+        let mut leaf =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("server parameters");
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let leaf = leaf
             .signed_by(&leaf_key, &issuer)
             .expect("signing the server certificate");
         let server_config = ServerConfig::builder()

@@ -148,16 +148,22 @@ enum Command {
 }
 
 /// Logs on stderr, filtered by PGWARDEN_LOG (else `default`); colours only on a terminal and
-/// without NO_COLOR. The database driver's debug lines (every statement, password verifiers
-/// included) stay off unless PGWARDEN_LOG names `tokio_postgres` itself.
+/// without NO_COLOR. Unless PGWARDEN_LOG names them, the database driver's debug lines (every
+/// statement, password verifiers included) stay off, and so do the certificate verifier's
+/// error lines (the error that fails the request says the same).
 fn init_logging(default: &str) {
-    let wanted = std::env::var("PGWARDEN_LOG").ok();
+    let wanted = std::env::var("PGWARDEN_LOG").unwrap_or_default();
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    if !wanted.is_some_and(|w| w.contains("tokio_postgres"))
-        && let Ok(quiet) = "tokio_postgres=info".parse()
-    {
-        filter = filter.add_directive(quiet);
+    for (target, quiet) in [
+        ("tokio_postgres", "tokio_postgres=info"),
+        ("rustls_platform_verifier", "rustls_platform_verifier=off"),
+    ] {
+        if !wanted.contains(target)
+            && let Ok(quiet) = quiet.parse()
+        {
+            filter = filter.add_directive(quiet);
+        }
     }
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()

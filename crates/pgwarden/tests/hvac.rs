@@ -12,20 +12,7 @@ use pgwarden_testkit::PgCluster;
 use pgwarden_testkit::issuer::{TestIssuer, TestKey};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Lines, Write};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
-
-fn python() -> PathBuf {
-    if let Some(path) = std::env::var_os("PGWARDEN_TEST_PYTHON") {
-        return PathBuf::from(path);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with hvac: run scripts/test, or `python3 -m venv .venv && .venv/bin/pip install hvac`, or set PGWARDEN_TEST_PYTHON"
-    );
-    venv
-}
 
 /// A Python script driving hvac, which prints one JSON line per step and waits for a line on
 /// stdin after issuing credentials.

@@ -83,7 +83,7 @@ pub async fn run(args: LoginArgs) -> Result<(), String> {
     let path = settings::token_file()?;
     let auth = args
         .client
-        .anonymous_client()
+        .anonymous_client()?
         .login_as(&args.mount, &args.role, jwt)
         .await
         .map_err(crate::cli::message)?;

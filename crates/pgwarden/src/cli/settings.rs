@@ -27,6 +27,11 @@ pub struct BrokerArgs {
     /// visible to other local users in the process list: prefer the variable or the file.
     #[arg(long, global = true, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// A PEM file of the CA certificates to trust (only those) for an https address: for a
+    /// pgwarden serving its API with a private CA's certificate (`http.tls`). Default:
+    /// PGWARDEN_CACERT, else VAULT_CACERT, else the system's trusted roots.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Flags every client command takes (also after its subcommand).
@@ -47,7 +52,7 @@ impl ClientArgs {
     }
 
     /// A client of the configured pgwarden for logging in (no token needed).
-    pub fn anonymous_client(&self) -> Client {
+    pub fn anonymous_client(&self) -> Result<Client, String> {
         self.broker.anonymous_client()
     }
 }
@@ -106,14 +111,30 @@ impl BrokerArgs {
         }
     }
 
+    /// The CA file: `--ca-cert`, PGWARDEN_CACERT or VAULT_CACERT, if any.
+    fn ca_cert(&self) -> Option<PathBuf> {
+        self.ca_cert
+            .clone()
+            .or_else(|| first_env(&["PGWARDEN_CACERT", "VAULT_CACERT"]).map(PathBuf::from))
+    }
+
+    /// A client of the configured pgwarden acting with `auth`.
+    fn client_with(&self, auth: Auth) -> Result<Client, String> {
+        let address = self.address();
+        match self.ca_cert() {
+            Some(ca) => Client::with_ca_file(&address, auth, &ca).map_err(|e| e.to_string()),
+            None => Ok(Client::new(&address, auth)),
+        }
+    }
+
     /// A client of the configured pgwarden with the configured token.
     pub fn client(&self) -> Result<Client, String> {
-        Ok(Client::new(&self.address(), Auth::Token(self.token()?)))
+        self.client_with(Auth::Token(self.token()?))
     }
 
     /// A client of the configured pgwarden for logging in (no token needed).
-    pub fn anonymous_client(&self) -> Client {
-        Client::new(&self.address(), Auth::Token(SecretString::from("")))
+    pub fn anonymous_client(&self) -> Result<Client, String> {
+        self.client_with(Auth::Token(SecretString::from("")))
     }
 }
 

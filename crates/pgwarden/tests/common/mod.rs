@@ -21,6 +21,20 @@ impl Drop for Server {
     }
 }
 
+/// The Python with hvac: `$PGWARDEN_TEST_PYTHON`, else `<workspace>/.venv/bin/python`
+/// (`scripts/test` creates it with hvac installed).
+pub fn python() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("PGWARDEN_TEST_PYTHON") {
+        return std::path::PathBuf::from(path);
+    }
+    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with hvac: run scripts/test, or `python3 -m venv .venv && .venv/bin/pip install hvac`, or set PGWARDEN_TEST_PYTHON"
+    );
+    venv
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -31,6 +45,35 @@ pub fn free_port() -> u16 {
 
 /// Starts `pgwarden server --config <config>` on `port` and waits until it answers.
 pub async fn spawn_server(config: &std::path::Path, port: u16, env: &[(&str, &str)]) -> Server {
+    let base = format!("http://127.0.0.1:{port}");
+    serving(config, port, env, base, reqwest::Client::new()).await
+}
+
+/// [`spawn_server`] for a configuration serving https with a certificate signed by the CA
+/// `ca_pem`.
+pub async fn spawn_tls_server(
+    config: &std::path::Path,
+    port: u16,
+    env: &[(&str, &str)],
+    ca_pem: &str,
+) -> Server {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{port}");
+    serving(config, port, env, base, client).await
+}
+
+/// Starts the server and waits until `client` gets its health at `base`.
+async fn serving(
+    config: &std::path::Path,
+    port: u16,
+    env: &[(&str, &str)],
+    base: String,
+    client: reqwest::Client,
+) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
         .args(["server", "--config"])
         .arg(config)
@@ -40,13 +83,12 @@ pub async fn spawn_server(config: &std::path::Path, port: u16, env: &[(&str, &st
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
+    let server = Server { child, base };
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if reqwest::get(format!("{}/v1/sys/health", server.base))
+        if client
+            .get(format!("{}/v1/sys/health", server.base))
+            .send()
             .await
             .is_ok_and(|r| r.status() == 200)
         {

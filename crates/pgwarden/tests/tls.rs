@@ -1,0 +1,214 @@
+//! The API over TLS (`http.tls`): the CLI and hvac trust pgwarden's private CA and get working
+//! credentials; without it they refuse the certificate; plain HTTP gets no answer; a renewed
+//! certificate is served without a restart; files that cannot be used stop the start.
+
+mod common;
+
+use common::*;
+use pgwarden_testkit::PgCluster;
+use pgwarden_testkit::tls::TestCa;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROLES: &str =
+    "      appdb-readonly: { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }";
+
+/// Writes `ca`'s server certificate and key where the configuration reads them, and its CA
+/// certificate to `<name>.pem` in `dir`; returns the CA file.
+fn install(dir: &Path, ca: &TestCa, name: &str) -> PathBuf {
+    std::fs::write(dir.join("tls.crt"), &ca.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), &ca.key_pem).unwrap();
+    let file = dir.join(format!("{name}.pem"));
+    std::fs::write(&file, &ca.ca_pem).unwrap();
+    file
+}
+
+/// `pgwarden creds database/appdb-readonly --format json` against `base`, trusting `ca` if
+/// given: the exit code, stdout and stderr.
+fn creds(base: &str, ca: Option<&Path>) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pgwarden"));
+    command
+        .args(["creds", "database/appdb-readonly", "--format", "json"])
+        .env_clear()
+        .env("PGWARDEN_ADDR", base)
+        .env("PGWARDEN_TOKEN", ROOT)
+        .stdin(Stdio::null());
+    if let Some(ca) = ca {
+        command.env("PGWARDEN_CACERT", ca);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Logs in with issued credentials: the user's name as PostgreSQL sees it.
+async fn login(cluster: &PgCluster, username: &str, password: &str) -> String {
+    let client = cluster
+        .connect_as(username, password, "appdb")
+        .await
+        .expect("the credential issued over TLS logs in");
+    client
+        .query_one("SELECT session_user::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn the_api_over_tls_serves_clients_that_trust_its_ca_and_takes_a_renewed_certificate() {
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestCa::localhost();
+    let first_ca = install(dir.path(), &first, "first-ca");
+    let tls = format!(
+        "http: {{ tls: {{ cert: \"{}\", key: \"{}\" }} }}",
+        dir.path().join("tls.crt").display(),
+        dir.path().join("tls.key").display()
+    );
+    let config = write_config(dir.path(), "tls.yaml", &cluster, &tls, ROLES);
+    let port = free_port();
+    let server = spawn_tls_server(&config, port, &APPDB_ENV, &first.ca_pem).await;
+    assert!(server.base.starts_with("https://"));
+
+    // The CLI trusting the CA: a credential that logs in.
+    let (code, out, err) = creds(&server.base, Some(&first_ca));
+    assert_eq!(code, 0, "{err}");
+    let issued: Value = serde_json::from_str(&out).unwrap();
+    let username = issued["username"].as_str().unwrap();
+    assert_eq!(
+        login(&cluster, username, issued["password"].as_str().unwrap()).await,
+        username
+    );
+
+    // Trusting only the system's roots, it refuses the certificate and says why.
+    let (code, out, err) = creds(&server.base, None);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot reach pgwarden at {base}: error sending request for url \
+             ({base}/v1/database/creds/appdb-readonly): client error (Connect): invalid peer \
+             certificate: UnknownIssuer\n",
+            base = server.base
+        )
+    );
+    // A CA file that holds no certificate.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let (code, _, err) = creds(&server.base, Some(&empty));
+    assert_eq!(
+        (code, err),
+        (
+            1,
+            format!(
+                "error: cannot use the CA file {}: no certificate in the file\n",
+                empty.display()
+            )
+        )
+    );
+
+    // hvac, the Python Vault client: VAULT_CACERT trusted, then the system's roots refused.
+    let hvac = Command::new(python())
+        .arg(format!("{}/tests/hvac_tls.py", env!("CARGO_MANIFEST_DIR")))
+        .env("VAULT_ADDR", &server.base)
+        .env("VAULT_TOKEN", ROOT)
+        .env("VAULT_CACERT", &first_ca)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = json_lines(hvac);
+    let issued = &output[0];
+    let username = issued["username"].as_str().unwrap();
+    assert_eq!(
+        login(&cluster, username, issued["password"].as_str().unwrap()).await,
+        username
+    );
+    assert_eq!(output[1], serde_json::json!({ "refused": true }));
+
+    // Plain HTTP to the TLS port gets no answer, and the server goes on serving.
+    let plain = reqwest::get(format!("http://127.0.0.1:{port}/v1/sys/health")).await;
+    assert!(plain.is_err(), "{plain:?}");
+    assert_eq!(creds(&server.base, Some(&first_ca)).0, 0);
+
+    // A renewed certificate from another CA is served within the reload interval, no restart.
+    let second = TestCa::localhost();
+    let second_ca = install(dir.path(), &second, "second-ca");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while creds(&server.base, Some(&second_ca)).0 != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate is served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, _, err) = creds(&server.base, Some(&first_ca));
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid peer certificate"), "{err}");
+}
+
+#[tokio::test]
+async fn tls_files_that_cannot_be_used_stop_the_start_with_the_reason() {
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::localhost();
+    install(dir.path(), &ca, "ca");
+    let other = TestCa::localhost();
+    let foreign_key = dir.path().join("other.key");
+    std::fs::write(&foreign_key, &other.key_pem).unwrap();
+    let cert = dir.path().join("tls.crt");
+    let missing = dir.path().join("missing.key");
+    for (key, reason) in [
+        (
+            &missing,
+            format!(
+                "error: config: http.tls.key {}: I/O error: No such file or directory (os error 2)",
+                missing.display()
+            ),
+        ),
+        (
+            &foreign_key,
+            format!(
+                "error: config: http.tls: the key {} does not serve the certificate {}: ",
+                foreign_key.display(),
+                cert.display()
+            ),
+        ),
+    ] {
+        let tls = format!(
+            "http: {{ tls: {{ cert: \"{}\", key: \"{}\" }} }}",
+            cert.display(),
+            key.display()
+        );
+        let config = write_config(dir.path(), "bad-tls.yaml", &cluster, &tls, ROLES);
+        let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+            .args(["server", "--config"])
+            .arg(&config)
+            .env("PGWARDEN_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("PGWARDEN_DATA_DIR", dir.path().join("data"))
+            .envs(APPDB_ENV)
+            .output()
+            .unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.lines().any(|line| line.starts_with(&reason)),
+            "{reason}\n{err}"
+        );
+    }
+}
+
+/// Waits for `child` to exit successfully; its stdout's lines as JSON.
+fn json_lines(child: std::process::Child) -> Vec<Value> {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the hvac script failed (see above)");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
