@@ -15,6 +15,10 @@ pub struct AgentConfig {
     /// pgwarden's address; required when a credential has a `path`.
     #[serde(default)]
     pub address: Option<String>,
+    /// A PEM file of the CA certificates to trust, and only those, when `address` is
+    /// `https://` with a certificate a private CA signed; else the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// How to log in; required when a credential has a `path`.
     #[serde(default)]
     pub auth: Option<AuthConfig>,

@@ -44,7 +44,11 @@ pub enum Mode {
     Once,
 }
 
-fn client(address: &str, auth: &AuthConfig) -> Result<Client, AgentError> {
+fn client(
+    address: &str,
+    ca_file: Option<&std::path::Path>,
+    auth: &AuthConfig,
+) -> Result<Client, AgentError> {
     let auth = match auth {
         AuthConfig::Kubernetes {
             role,
@@ -65,7 +69,7 @@ fn client(address: &str, auth: &AuthConfig) -> Result<Client, AgentError> {
             Auth::Token(SecretString::from(token.trim().to_string()))
         }
     };
-    Ok(Client::new(address, auth))
+    Client::with_ca_file(address, auth, ca_file).map_err(|e| AgentError(e.to_string()))
 }
 
 /// One credential being kept fresh.
@@ -192,7 +196,7 @@ pub async fn run(
                 "address and auth: required when a credential has a path".into(),
             ));
         };
-        let client = Arc::new(client(address, auth)?);
+        let client = Arc::new(client(address, config.ca_file.as_deref(), auth)?);
         client.login().await?;
         Some(client)
     } else {

@@ -122,9 +122,17 @@ impl Client {
         Client::with_http(address, auth, http)
     }
 
-    /// A client of the pgwarden at `address` (`https://…`) that trusts only the CA
-    /// certificates in the PEM file `ca_file` (as Vault clients do with `VAULT_CACERT`).
-    pub fn with_ca_file(address: &str, auth: Auth, ca_file: &Path) -> Result<Client, ClientError> {
+    /// A client of the pgwarden at `address` that, for `https://`, trusts only the CA
+    /// certificates in the PEM file `ca_file` (as Vault clients do with `VAULT_CACERT`), or
+    /// without one the system's roots, as [`Client::new`].
+    pub fn with_ca_file(
+        address: &str,
+        auth: Auth,
+        ca_file: Option<&Path>,
+    ) -> Result<Client, ClientError> {
+        let Some(ca_file) = ca_file else {
+            return Ok(Client::new(address, auth));
+        };
         let unusable = |reason: String| ClientError::CaFile {
             path: ca_file.display().to_string(),
             reason,

@@ -13,6 +13,10 @@ use std::time::Duration;
 pub struct ProxyConfig {
     /// pgwarden's address (e.g. `http://pgwarden:8200`).
     pub address: String,
+    /// A PEM file of the CA certificates to trust, and only those, when `address` is
+    /// `https://` with a certificate a private CA signed; else the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// TCP address clients connect to; `null` for the Unix socket only.
     #[serde(default = "default_listen")]
     pub listen: Option<SocketAddr>,

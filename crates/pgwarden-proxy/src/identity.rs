@@ -73,11 +73,11 @@ pub struct Identities {
 }
 
 impl Identities {
-    /// Checks tokens at pgwarden `address` through `logins`, trusting an accepted one for
-    /// `remember` (never past its own expiry).
-    pub fn new(address: &str, logins: Vec<Login>, remember: Duration) -> Identities {
+    /// Checks tokens with `client` (pgwarden, as nobody in particular) through `logins`,
+    /// trusting an accepted one for `remember` (never past its own expiry).
+    pub fn new(client: Client, logins: Vec<Login>, remember: Duration) -> Identities {
         Identities {
-            client: Client::new(address, Auth::Token(SecretString::from(""))),
+            client,
             logins,
             remember,
             known: Mutex::new(HashMap::new()),
@@ -228,7 +228,8 @@ mod tests {
     #[tokio::test]
     async fn a_refused_token_is_refused_again_without_asking_pgwarden() {
         let (address, asked) = refusing_pgwarden().await;
-        let identities = Identities::new(&address, Vec::new(), Duration::from_secs(60));
+        let anonymous = Client::new(&address, Auth::Token(SecretString::from("")));
+        let identities = Identities::new(anonymous, Vec::new(), Duration::from_secs(60));
         let bad = SecretString::from("pgw_not_a_token");
         for _ in 0..3 {
             match identities.verify(&bad).await {

@@ -11,7 +11,7 @@ use crate::proxy::Shared;
 use crate::reply::PgError;
 use crate::settings::Settings;
 use crate::upstream;
-use pgwarden_client::{Auth, Client, ClientError, CredentialProvider, ProviderOptions};
+use pgwarden_client::{Auth, ClientError, CredentialProvider, ProviderOptions};
 use std::sync::Arc;
 
 /// How a client's way in ended.
@@ -240,7 +240,7 @@ async fn make_pool(
             ));
         }
     };
-    let client = Arc::new(Client::new(&shared.config.address, auth));
+    let client = Arc::new(shared.broker.acting_as(auth));
     let options = ProviderOptions {
         revoke_replaced: false,
         ..ProviderOptions::default()

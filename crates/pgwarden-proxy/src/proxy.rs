@@ -13,6 +13,8 @@ use crate::reply::{self, PgError};
 use crate::statements::Tracker;
 use crate::upstream::Connector;
 use bytes::BytesMut;
+use pgwarden_client::{Auth, Client};
+use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +31,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Everything a client's handling needs.
 pub(crate) struct Shared {
     pub(crate) config: ProxyConfig,
+    /// pgwarden, as nobody in particular: logins act through it (sharing its connections).
+    pub(crate) broker: Client,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) identities: Option<Identities>,
     pub(crate) connector: Arc<Connector>,
@@ -64,9 +68,15 @@ impl Running {
 pub async fn start(config: ProxyConfig) -> Result<Running, String> {
     let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
     let connector = Arc::new(Connector::new(&config.upstream)?);
+    let broker = Client::with_ca_file(
+        &config.address,
+        Auth::Token(SecretString::from("")),
+        config.ca_file.as_deref(),
+    )
+    .map_err(|e| format!("ca_file: {e}"))?;
     let identities = match &config.auth {
         ClientAuth::Identity { logins } => Some(Identities::new(
-            &config.address,
+            broker.acting_as(Auth::Token(SecretString::from(""))),
             logins.clone(),
             config.identity_cache,
         )),
@@ -99,6 +109,7 @@ pub async fn start(config: ProxyConfig) -> Result<Running, String> {
         crate::health::serve(config.metrics_listen, metrics.clone(), draining.clone()).await?;
     let shared = Arc::new(Shared {
         config,
+        broker,
         metrics: metrics.clone(),
         identities,
         connector,

@@ -45,11 +45,18 @@ struct World {
 async fn world(mode: &str, extra: &str) -> World {
     let cluster = PgCluster::start_with_appdb().await.unwrap();
     let url = cluster.templated_url("appdb");
-    world_with(cluster, &url, mode, extra).await
+    world_with(cluster, &url, mode, extra, "").await
 }
 
-/// [`world`] with the broker's connection at `url` (several hosts, say).
-async fn world_with(cluster: PgCluster, url: &str, mode: &str, extra: &str) -> World {
+/// [`world`] with the broker's connection at `url` (several hosts, say), and `broker_extra`
+/// YAML in the broker's configuration.
+async fn world_with(
+    cluster: PgCluster,
+    url: &str,
+    mode: &str,
+    extra: &str,
+    broker_extra: &str,
+) -> World {
     let issuer = TestIssuer::start(&[TestKey::Rsa1]).await;
     let policy_dir = tempfile::tempdir().unwrap();
     let policy = policy_dir.path().join("policy.yaml");
@@ -73,6 +80,7 @@ auth:
     audiences: [{AUD}]
     roles:
       people: {{ user_claim: email, groups_claim: groups }}
+{broker_extra}
 "#,
         policy = policy.display(),
         iss = issuer.issuer(),
@@ -1086,6 +1094,7 @@ async fn target_session_attrs_picks_the_primary_or_the_standby() {
         &url,
         "transaction",
         "upstream: { target_session_attrs: read-write }",
+        "",
     )
     .await;
     let token = w.token("team-a");
@@ -1179,6 +1188,73 @@ async fn a_sidecar_acts_as_its_pod_and_limits_answer_in_postgresql_terms() {
     assert_eq!(
         wide.unwrap_err(),
         "a sidecar serves its own pod only: listen on loopback (e.g. 127.0.0.1:6432), not 0.0.0.0:6432"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_reaches_a_pgwarden_served_over_tls_through_its_ca_file() {
+    let ca = pgwarden_testkit::tls::TestCa::localhost();
+    let files = tempfile::tempdir().unwrap();
+    let path = |name: &str| files.path().join(name);
+    for (name, pem) in [
+        ("tls.crt", &ca.cert_pem),
+        ("tls.key", &ca.key_pem),
+        ("ca.pem", &ca.ca_pem),
+    ] {
+        std::fs::write(path(name), pem).unwrap();
+    }
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let url = cluster.templated_url("appdb");
+    let tls = format!(
+        "http: {{ tls: {{ cert: \"{}\", key: \"{}\" }} }}",
+        path("tls.crt").display(),
+        path("tls.key").display()
+    );
+    let w = world_with(cluster, &url, "session", "", &tls).await;
+    let https = format!("https://{}", w.broker.server.as_ref().unwrap().addr);
+    let token_file = path("token");
+    std::fs::write(&token_file, w.token("team-a")).unwrap();
+    let sidecar = |ca_file: &str| {
+        ProxyConfig::parse(&format!(
+            "address: \"{https}\"\n{ca_file}\nlisten: 127.0.0.1:0\nmetrics_listen: 127.0.0.1:0\n\
+             auth: {{ sidecar: {{ role: team-a, token_file: \"{}\" }} }}\n",
+            token_file.display()
+        ))
+        .unwrap()
+    };
+    let trusting = pgwarden_proxy::start(sidecar(&format!(
+        "ca_file: \"{}\"",
+        path("ca.pem").display()
+    )))
+    .await
+    .unwrap();
+    let config = pg_config(trusting.addr.unwrap().port(), "appdb-readonly", None);
+    let (client, connection) = config.connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    assert!(session_user(&client).await.starts_with("v-"));
+
+    // Trusting only the system's roots, the proxy cannot log in, and says why.
+    let untrusting = pgwarden_proxy::start(sidecar("")).await.unwrap();
+    let config = pg_config(untrusting.addr.unwrap().port(), "appdb-readonly", None);
+    assert_eq!(
+        refused_with(&config).await,
+        (
+            "08006".to_string(),
+            format!(
+                "cannot get a credential from pgwarden: cannot reach pgwarden at {https}: error \
+                 sending request for url ({https}/v1/auth/kubernetes/login): client error \
+                 (Connect): invalid peer certificate: UnknownIssuer"
+            )
+        )
+    );
+    let missing = pgwarden_proxy::start(sidecar("ca_file: /nonexistent/ca.pem")).await;
+    assert_eq!(
+        missing.err(),
+        Some(
+            "ca_file: cannot use the CA file /nonexistent/ca.pem: No such file or directory \
+             (os error 2)"
+                .to_string()
+        )
     );
 }
 

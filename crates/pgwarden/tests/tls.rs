@@ -1,5 +1,5 @@
-//! The API over TLS (`http.tls`): the CLI and hvac trust pgwarden's private CA and get working
-//! credentials; without it they refuse the certificate; plain HTTP gets no answer; a renewed
+//! The API over TLS (`http.tls`): the CLI, the agent and hvac trust pgwarden's private CA and
+//! get working credentials; without it they refuse the certificate; plain HTTP gets no answer; a renewed
 //! certificate is served without a restart; files that cannot be used stop the start.
 
 mod common;
@@ -46,6 +46,46 @@ fn creds(base: &str, ca: Option<&Path>) -> (i32, String, String) {
     )
 }
 
+/// `pgwarden agent --once` against `base` with `ca_file:` if given, writing the credential to
+/// `dir/agent.json`: the exit code and stderr.
+fn agent_once(dir: &Path, base: &str, ca: Option<&Path>) -> (i32, String) {
+    let token = dir.join("agent-token");
+    std::fs::write(&token, ROOT).unwrap();
+    let ca_file = ca.map_or(String::new(), |ca| format!("ca_file: \"{}\"", ca.display()));
+    let config = dir.join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "address: \"{base}\"\n{ca_file}\nauth: {{ token: {{ token_file: \"{}\" }} }}\n\
+             listen: \"127.0.0.1:{}\"\ncredentials:\n  - path: database/creds/appdb-readonly\n    \
+             files: [{{ path: \"{}\", format: json }}]\n",
+            token.display(),
+            free_port(),
+            dir.join("agent.json").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["agent", "--once", "--config"])
+        .arg(&config)
+        .env("PGWARDEN_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// What a client that does not trust pgwarden's CA says when asking `base` for a credential.
+fn unknown_issuer(base: &str) -> String {
+    format!(
+        "error: cannot reach pgwarden at {base}: error sending request for url \
+         ({base}/v1/database/creds/appdb-readonly): client error (Connect): invalid peer \
+         certificate: UnknownIssuer\n"
+    )
+}
+
 /// Logs in with issued credentials: the user's name as PostgreSQL sees it.
 async fn login(cluster: &PgCluster, username: &str, password: &str) -> String {
     let client = cluster
@@ -88,15 +128,22 @@ async fn the_api_over_tls_serves_clients_that_trust_its_ca_and_takes_a_renewed_c
     // Trusting only the system's roots, it refuses the certificate and says why.
     let (code, out, err) = creds(&server.base, None);
     assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(err, unknown_issuer(&server.base));
+    // The agent with `ca_file:` writes a working credential; without it, one clear line.
+    let (code, err) = agent_once(dir.path(), &server.base, Some(&first_ca));
+    assert_eq!(code, 0, "{err}");
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("agent.json")).unwrap())
+            .unwrap();
+    let username = written["username"].as_str().unwrap();
     assert_eq!(
-        err,
-        format!(
-            "error: cannot reach pgwarden at {base}: error sending request for url \
-             ({base}/v1/database/creds/appdb-readonly): client error (Connect): invalid peer \
-             certificate: UnknownIssuer\n",
-            base = server.base
-        )
+        login(&cluster, username, written["password"].as_str().unwrap()).await,
+        username
     );
+    let (code, err) = agent_once(dir.path(), &server.base, None);
+    assert_eq!(code, 1);
+    assert_eq!(err, unknown_issuer(&server.base));
+
     // A CA file that holds no certificate.
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "").unwrap();

@@ -120,11 +120,8 @@ impl BrokerArgs {
 
     /// A client of the configured pgwarden acting with `auth`.
     fn client_with(&self, auth: Auth) -> Result<Client, String> {
-        let address = self.address();
-        match self.ca_cert() {
-            Some(ca) => Client::with_ca_file(&address, auth, &ca).map_err(|e| e.to_string()),
-            None => Ok(Client::new(&address, auth)),
-        }
+        Client::with_ca_file(&self.address(), auth, self.ca_cert().as_deref())
+            .map_err(|e| e.to_string())
     }
 
     /// A client of the configured pgwarden with the configured token.
