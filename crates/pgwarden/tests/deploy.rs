@@ -56,6 +56,23 @@ fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} in {docs:#?}"))
 }
 
+/// Where `container` of `pod` mounts the volume of Secret (or ConfigMap) `source`.
+fn mount_path(container: &Value, pod: &Value, source: &str) -> String {
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"]["secretName"] == source || v["configMap"]["name"] == source)
+        .unwrap_or_else(|| panic!("no volume of {source}"));
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .unwrap_or_else(|| panic!("{source} is not mounted"));
+    mount["mountPath"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn the_base_runs_three_hardened_replicas_on_shared_state() {
     let (docs, text) = render("base");
@@ -72,8 +89,10 @@ fn the_base_runs_three_hardened_replicas_on_shared_state() {
         false
     );
     for probe in ["readinessProbe", "livenessProbe"] {
+        let get = &container[probe]["httpGet"];
         assert_eq!(
-            container[probe]["httpGet"]["path"], "/v1/sys/health",
+            (&get["path"], &get["scheme"]),
+            (&"/v1/sys/health".into(), &"HTTPS".into()),
             "{probe}"
         );
     }
@@ -127,6 +146,16 @@ fn the_base_runs_three_hardened_replicas_on_shared_state() {
     let config =
         pgwarden_server::Config::parse(config_map["data"]["pgwarden.yaml"].as_str().unwrap())
             .unwrap();
+    // The API is served over TLS from the mounted Secret pgwarden-tls.
+    let tls = config.http.tls.as_ref().expect("the API over TLS");
+    let tls_mount = mount_path(container, pod, "pgwarden-tls");
+    assert_eq!(
+        (tls.cert.to_str(), tls.key.to_str()),
+        (
+            Some(format!("{tls_mount}/tls.crt").as_str()),
+            Some(format!("{tls_mount}/tls.key").as_str())
+        )
+    );
     let state = config.state.postgresql.expect("state on PostgreSQL");
     assert_eq!(
         state.password_env.as_deref(),
@@ -152,11 +181,28 @@ fn the_sidecar_example_writes_credentials_before_the_app_starts_and_keeps_them_f
         .find(|c| c["name"] == "pgwarden-agent")
         .unwrap();
     assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // Both agents trust pgwarden's CA, mounted where the configuration reads it.
+    for agent in [init, sidecar] {
+        assert_eq!(
+            mount_path(agent, pod, "pgwarden-ca"),
+            "/etc/pgwarden-ca",
+            "{}",
+            agent["name"]
+        );
+    }
 
     // The agent configuration it mounts passes `pgwarden agent --check`.
     let agent_yaml = kind(&docs, "ConfigMap")["data"]["agent.yaml"]
         .as_str()
         .unwrap();
+    let agent: Value = serde_saphyr::from_str(agent_yaml).unwrap();
+    assert_eq!(
+        (&agent["address"], &agent["ca_file"]),
+        (
+            &"https://pgwarden.pgwarden.svc:8200".into(),
+            &"/etc/pgwarden-ca/ca.crt".into()
+        )
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agent.yaml");
     std::fs::write(&file, agent_yaml).unwrap();
@@ -218,8 +264,19 @@ fn the_operator_crds_come_from_the_types_and_the_examples_fit_them() {
         deployment["metadata"]["namespace"]
     );
     let pod = &deployment["spec"]["template"]["spec"];
-    assert_eq!(pod["containers"][0]["args"][0], "operator");
-    assert_eq!(pod["containers"][0]["args"][1], "run");
+    let operator = &pod["containers"][0];
+    let ca = format!("{}/ca.crt", mount_path(operator, pod, "pgwarden-tls"));
+    assert_eq!(
+        operator["args"],
+        serde_json::json!([
+            "operator",
+            "run",
+            "--addr",
+            "https://pgwarden.pgwarden.svc:8200",
+            "--ca-cert",
+            ca
+        ])
+    );
     let account = kind(&docs, "ServiceAccount");
     assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
     let binding = kind(&docs, "ClusterRoleBinding");
