@@ -122,9 +122,9 @@ impl Client {
         Client::with_http(address, auth, http)
     }
 
-    /// A client of the pgwarden at `address` that, for `https://`, trusts only the CA
-    /// certificates in the PEM file `ca_file` (as Vault clients do with `VAULT_CACERT`), or
-    /// without one the system's roots, as [`Client::new`].
+    /// A client of the pgwarden at `address` that trusts only the CA certificates in the PEM
+    /// file `ca_file` (as Vault clients do with `VAULT_CACERT`), or without one the system's
+    /// roots, as [`Client::new`]. A CA file with an address other than `https://` is refused.
     pub fn with_ca_file(
         address: &str,
         auth: Auth,
@@ -137,6 +137,12 @@ impl Client {
             path: ca_file.display().to_string(),
             reason,
         };
+        if !address.starts_with("https://") {
+            // Trusting a CA for a plain address would send tokens in clear all the same.
+            return Err(unusable(format!(
+                "it is for an https:// address, and {address} is not one"
+            )));
+        }
         let pem = std::fs::read(ca_file).map_err(|e| unusable(e.to_string()))?;
         let certificates =
             reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| unusable(e.to_string()))?;

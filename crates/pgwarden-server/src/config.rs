@@ -162,8 +162,9 @@ pub struct HttpConfig {
     /// [`HttpConfig::database_share`].
     #[serde(default)]
     pub max_requests_per_database: Option<NonZeroUsize>,
-    /// Time a client has to send its request headers, or to start its next request on an
-    /// idle kept-alive connection, before it is closed (default 10s).
+    /// Time a client has to finish its TLS handshake (with `tls`), to send its request
+    /// headers, or to start its next request on an idle kept-alive connection, before it is
+    /// closed (default 10s).
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: Ttl,
     /// Serve the API over TLS with this certificate chain and key (PEM files, taken again

@@ -25,8 +25,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct HttpLimits {
     /// Connections served at once.
     pub max_connections: usize,
-    /// Time a client has to send a request's headers, and to start its next request on a
-    /// kept-alive connection.
+    /// Time a client has to finish its TLS handshake, to send a request's headers, and to
+    /// start its next request on a kept-alive connection.
     pub header_read_timeout: Duration,
 }
 

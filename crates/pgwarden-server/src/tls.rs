@@ -1,39 +1,35 @@
 //! TLS for the API listener: the certificate chain and key from PEM files, taken again when
-//! either file changes (a renewal by cert-manager, say) without a restart. A renewal that
-//! cannot be read, or whose key does not match its certificate, keeps the last good pair.
+//! either file's contents change (a renewal by cert-manager, say) without a restart. A renewal
+//! that cannot be read, or whose key does not match its certificate, keeps the last good pair.
 
 use crate::config::TlsFiles;
-use parking_lot::RwLock;
-use rustls::pki_types::pem::PemObject;
+use parking_lot::{Mutex, RwLock};
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-/// How often the files are checked for a change.
+/// How often the files are read for a change.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
-
-/// What tells that a file changed: its modification time and length.
-type Stamp = Option<(SystemTime, u64)>;
-
-fn stamp(path: &std::path::Path) -> Stamp {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
 
 /// The certificate the listener presents, reloaded from its files when they change.
 #[derive(Debug)]
 pub struct ReloadingCert {
     files: TlsFiles,
     current: RwLock<Loaded>,
+    /// The last reload's error, reported once until something changes.
+    last_error: Mutex<Option<String>>,
 }
 
+/// A pair in use, and the digest of the files' contents it came from.
 #[derive(Debug)]
 struct Loaded {
-    stamps: [Stamp; 2],
+    digest: [u8; 32],
     key: Arc<CertifiedKey>,
 }
 
@@ -41,12 +37,30 @@ fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::aws_lc_rs::default_provider()
 }
 
-/// Reads the chain and key in `files` and checks that they belong together.
-fn load(files: &TlsFiles) -> Result<Loaded, String> {
-    // Stamped before reading: a change while reading is seen at the next check.
-    let stamps = [stamp(&files.cert), stamp(&files.key)];
-    let chain = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+/// The contents of the certificate file and of the key file. (Compared whole: a renewed key
+/// can have the old one's length and modification time.)
+fn read(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let cert = std::fs::read(&files.cert)
+        .map_err(|e| format!("http.tls.cert {}: {e}", files.cert.display()))?;
+    let key = std::fs::read(&files.key)
+        .map_err(|e| format!("http.tls.key {}: {e}", files.key.display()))?;
+    Ok((cert, key))
+}
+
+fn digest(cert: &[u8], key: &[u8]) -> [u8; 32] {
+    let length = u64::try_from(cert.len()).unwrap_or(u64::MAX);
+    Sha256::new()
+        .chain_update(length.to_be_bytes())
+        .chain_update(cert)
+        .chain_update(key)
+        .finalize()
+        .into()
+}
+
+/// The pair in `cert` and `key` (read from `files`), checked to belong together.
+fn parse(files: &TlsFiles, cert: &[u8], key_pem: &[u8]) -> Result<Loaded, String> {
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("http.tls.cert {}: {e}", files.cert.display()))?;
     if chain.is_empty() {
         return Err(format!(
@@ -54,17 +68,24 @@ fn load(files: &TlsFiles) -> Result<Loaded, String> {
             files.cert.display()
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("http.tls.key {}: {e}", files.key.display()))?;
-    let key = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+    let private = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => format!(
+            "http.tls.key {}: no private key in the file (an unencrypted PKCS#8, PKCS#1 or \
+             SEC1 PEM key)",
+            files.key.display()
+        ),
+        other => format!("http.tls.key {}: {other}", files.key.display()),
+    })?;
+    let key = CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
         format!(
-            "http.tls: the key {} does not serve the certificate {}: {e}",
+            "http.tls: the key {} does not serve the certificate {} (its first certificate \
+             must be the server's own): {e}",
             files.key.display(),
             files.cert.display()
         )
     })?;
     Ok(Loaded {
-        stamps,
+        digest: digest(cert, key_pem),
         key: Arc::new(key),
     })
 }
@@ -72,28 +93,38 @@ fn load(files: &TlsFiles) -> Result<Loaded, String> {
 impl ReloadingCert {
     /// Reads `files` now: an error says what is wrong with which file.
     pub fn load(files: TlsFiles) -> Result<ReloadingCert, String> {
-        let loaded = load(&files)?;
+        let (cert, key) = read(&files)?;
+        let loaded = parse(&files, &cert, &key)?;
         Ok(ReloadingCert {
             files,
             current: RwLock::new(loaded),
+            last_error: Mutex::new(None),
         })
     }
 
-    /// Reads the files again if either changed since last read; true if the pair in use
-    /// changed. A pair that cannot be used is an error, and the last good one stays.
+    /// Reads the files again and takes their pair if their contents changed; true if the
+    /// pair in use changed. A pair that cannot be used is an error (once: the same error
+    /// again is not reported), and the last good one stays.
     pub fn reload_if_changed(&self) -> Result<bool, String> {
-        let stamps = [stamp(&self.files.cert), stamp(&self.files.key)];
-        if self.current.read().stamps == stamps {
-            return Ok(false);
-        }
-        match load(&self.files) {
-            Ok(loaded) => {
-                *self.current.write() = loaded;
-                Ok(true)
+        let renewed = read(&self.files).and_then(|(cert, key)| {
+            if self.current.read().digest == digest(&cert, &key) {
+                return Ok(None);
             }
+            parse(&self.files, &cert, &key).map(Some)
+        });
+        let mut last_error = self.last_error.lock();
+        match renewed {
+            Ok(renewed) => {
+                *last_error = None;
+                let changed = renewed.is_some();
+                if let Some(loaded) = renewed {
+                    *self.current.write() = loaded;
+                }
+                Ok(changed)
+            }
+            Err(error) if last_error.as_deref() == Some(error.as_str()) => Ok(false),
             Err(error) => {
-                // Not tried again until the files change once more.
-                self.current.write().stamps = stamps;
+                *last_error = Some(error.clone());
                 Err(error)
             }
         }
@@ -110,7 +141,7 @@ impl ReloadingCert {
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
-    /// Checks the files every [`RELOAD_INTERVAL`] until `shutdown` turns true, logging each
+    /// Reads the files every [`RELOAD_INTERVAL`] until `shutdown` turns true, logging each
     /// reload and each renewal that cannot be used.
     pub async fn watch(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
@@ -173,7 +204,6 @@ mod tests {
         let first_der = served(&cert);
         assert_eq!(cert.reload_if_changed(), Ok(false));
 
-        // Lengths differ between names, so the change shows even within one mtime tick.
         let renewed = self_signed("renewed.example");
         write(dir.path(), &renewed);
         assert_eq!(cert.reload_if_changed(), Ok(true));
@@ -184,36 +214,63 @@ mod tests {
         let other = self_signed("other.example.org");
         std::fs::write(dir.path().join("tls.key"), &other.1).unwrap();
         let error = cert.reload_if_changed().unwrap_err();
-        assert!(
-            error.starts_with(&format!(
-                "http.tls: the key {} does not serve the certificate {}: ",
+        assert_eq!(
+            error,
+            format!(
+                "http.tls: the key {} does not serve the certificate {} (its first certificate \
+                 must be the server's own): keys may not be consistent: KeyMismatch",
                 dir.path().join("tls.key").display(),
                 dir.path().join("tls.crt").display()
-            )),
-            "{error}"
+            )
         );
         assert_eq!(served(&cert), renewed_der);
-        assert_eq!(cert.reload_if_changed(), Ok(false), "tried once per change");
+        assert_eq!(cert.reload_if_changed(), Ok(false), "reported once");
+        // Put right: taken.
+        write(dir.path(), &renewed);
+        assert_eq!(
+            cert.reload_if_changed(),
+            Ok(false),
+            "the pair in use already"
+        );
+        write(dir.path(), &first);
+        assert_eq!(cert.reload_if_changed(), Ok(true));
+        assert_eq!(served(&cert), first_der);
     }
 
     #[test]
     fn files_that_cannot_be_used_say_which_and_why() {
         let dir = tempfile::tempdir().unwrap();
         let files = TlsFiles {
-            cert: dir.path().join("missing.crt"),
-            key: dir.path().join("missing.key"),
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
         };
-        let error = ReloadingCert::load(files.clone()).unwrap_err();
-        assert!(
-            error.starts_with(&format!("http.tls.cert {}: ", files.cert.display())),
-            "{error}"
-        );
-        std::fs::write(&files.cert, "not a certificate").unwrap();
+        let refused = || ReloadingCert::load(files.clone()).unwrap_err();
         assert_eq!(
-            ReloadingCert::load(files.clone()).unwrap_err(),
+            refused(),
+            format!(
+                "http.tls.cert {}: No such file or directory (os error 2)",
+                files.cert.display()
+            )
+        );
+        let (cert, key) = self_signed("server");
+        std::fs::write(&files.cert, "not a certificate").unwrap();
+        std::fs::write(&files.key, &key).unwrap();
+        assert_eq!(
+            refused(),
             format!(
                 "http.tls.cert {}: no certificate in the file",
                 files.cert.display()
+            )
+        );
+        // The certificate where the key should be.
+        std::fs::write(&files.cert, &cert).unwrap();
+        std::fs::write(&files.key, &cert).unwrap();
+        assert_eq!(
+            refused(),
+            format!(
+                "http.tls.key {}: no private key in the file (an unencrypted PKCS#8, PKCS#1 or \
+                 SEC1 PEM key)",
+                files.key.display()
             )
         );
     }

@@ -18,8 +18,12 @@ const ROLES: &str =
 /// Writes `ca`'s server certificate and key where the configuration reads them, and its CA
 /// certificate to `<name>.pem` in `dir`; returns the CA file.
 fn install(dir: &Path, ca: &TestCa, name: &str) -> PathBuf {
-    std::fs::write(dir.join("tls.crt"), &ca.cert_pem).unwrap();
-    std::fs::write(dir.join("tls.key"), &ca.key_pem).unwrap();
+    // Each file replaced whole, as kubelet updates a mounted Secret.
+    for (file, pem) in [("tls.crt", &ca.cert_pem), ("tls.key", &ca.key_pem)] {
+        let partial = dir.join(format!("{file}.new"));
+        std::fs::write(&partial, pem).unwrap();
+        std::fs::rename(&partial, dir.join(file)).unwrap();
+    }
     let file = dir.join(format!("{name}.pem"));
     std::fs::write(&file, &ca.ca_pem).unwrap();
     file
@@ -106,7 +110,7 @@ async fn the_api_over_tls_serves_clients_that_trust_its_ca_and_takes_a_renewed_c
     let first = TestCa::localhost();
     let first_ca = install(dir.path(), &first, "first-ca");
     let tls = format!(
-        "http: {{ tls: {{ cert: \"{}\", key: \"{}\" }} }}",
+        "http: {{ tls: {{ cert: \"{}\", key: \"{}\" }}, header_read_timeout: 2s }}",
         dir.path().join("tls.crt").display(),
         dir.path().join("tls.key").display()
     );
@@ -177,6 +181,35 @@ async fn the_api_over_tls_serves_clients_that_trust_its_ca_and_takes_a_renewed_c
     );
     assert_eq!(output[1], serde_json::json!({ "refused": true }));
 
+    // A CA file with a plain address would send the token in clear: refused.
+    let plain_base = format!("http://127.0.0.1:{port}");
+    let (code, _, err) = creds(&plain_base, Some(&first_ca));
+    assert_eq!(
+        (code, err),
+        (
+            1,
+            format!(
+                "error: cannot use the CA file {}: it is for an https:// address, and \
+                 {plain_base} is not one\n",
+                first_ca.display()
+            )
+        )
+    );
+
+    // A client that never starts its handshake is closed after header_read_timeout (2 s).
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        use tokio::io::AsyncReadExt;
+        silent.read(&mut [0u8; 64]).await
+    })
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent client is closed: {closed:?}"
+    );
+
     // Plain HTTP to the TLS port gets no answer, and the server goes on serving.
     let plain = reqwest::get(format!("http://127.0.0.1:{port}/v1/sys/health")).await;
     assert!(plain.is_err(), "{plain:?}");
@@ -213,14 +246,16 @@ async fn tls_files_that_cannot_be_used_stop_the_start_with_the_reason() {
         (
             &missing,
             format!(
-                "error: config: http.tls.key {}: I/O error: No such file or directory (os error 2)",
+                "error: config: http.tls.key {}: No such file or directory (os error 2)",
                 missing.display()
             ),
         ),
         (
             &foreign_key,
             format!(
-                "error: config: http.tls: the key {} does not serve the certificate {}: ",
+                "error: config: http.tls: the key {} does not serve the certificate {} (its \
+                 first certificate must be the server's own): keys may not be consistent: \
+                 KeyMismatch",
                 foreign_key.display(),
                 cert.display()
             ),

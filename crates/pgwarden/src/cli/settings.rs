@@ -29,7 +29,8 @@ pub struct BrokerArgs {
     pub token: Option<String>,
     /// A PEM file of the CA certificates to trust (only those) for an https address: for a
     /// pgwarden serving its API with a private CA's certificate (`http.tls`). Default:
-    /// PGWARDEN_CACERT, else VAULT_CACERT, else the system's trusted roots.
+    /// PGWARDEN_CACERT, else VAULT_CACERT (for an https address only), else the system's trusted
+    /// roots.
     #[arg(long, global = true, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
 }
@@ -111,16 +112,22 @@ impl BrokerArgs {
         }
     }
 
-    /// The CA file: `--ca-cert`, PGWARDEN_CACERT or VAULT_CACERT, if any.
-    fn ca_cert(&self) -> Option<PathBuf> {
+    /// The CA file: `--ca-cert`, PGWARDEN_CACERT, or VAULT_CACERT for an https address (it
+    /// may be there for another Vault), if any.
+    fn ca_cert(&self, address: &str) -> Option<PathBuf> {
+        let vault = address
+            .starts_with("https://")
+            .then(|| first_env(&["VAULT_CACERT"]));
         self.ca_cert
             .clone()
-            .or_else(|| first_env(&["PGWARDEN_CACERT", "VAULT_CACERT"]).map(PathBuf::from))
+            .or_else(|| first_env(&["PGWARDEN_CACERT"]).map(PathBuf::from))
+            .or_else(|| vault.flatten().map(PathBuf::from))
     }
 
     /// A client of the configured pgwarden acting with `auth`.
     fn client_with(&self, auth: Auth) -> Result<Client, String> {
-        Client::with_ca_file(&self.address(), auth, self.ca_cert().as_deref())
+        let address = self.address();
+        Client::with_ca_file(&address, auth, self.ca_cert(&address).as_deref())
             .map_err(|e| e.to_string())
     }
 
