@@ -24,6 +24,9 @@ use tokio::sync::{Semaphore, watch};
 
 /// Revocations the reaper runs at once.
 const REAPER_CONCURRENCY: usize = 16;
+/// Revocations at once for one request that revokes several leases (by prefix, or a
+/// token's): half a database's pool, so one such request leaves room for the rest.
+const REVOKE_ALL_CONCURRENCY: usize = 8;
 /// Passwords kept hashed ahead of need.
 const PASSWORDS_AHEAD: usize = 8;
 /// How often a replica on shared state looks in the store for leases due (issued anywhere).
@@ -532,18 +535,25 @@ impl Broker {
             .await
     }
 
-    /// Revokes each of `ids` on a task of its own (so it finishes whatever the caller does);
-    /// reports the first failure after trying all.
+    /// Revokes each of `ids`, [`REVOKE_ALL_CONCURRENCY`] at a time, on a task of its own (so
+    /// it finishes whatever the caller does); reports the first failure after trying all.
     async fn revoke_all(self: &Arc<Self>, ids: Vec<String>) -> Result<usize, ServerError> {
+        use futures::StreamExt;
         let broker = self.clone();
         detached(async move {
-            let mut first_error = None;
-            for id in &ids {
-                if let Err(e) = broker.attempt_revocation(id, Why::Requested, None).await {
-                    first_error.get_or_insert(e);
-                }
-            }
-            first_error.map_or(Ok(ids.len()), Err)
+            let count = ids.len();
+            let outcomes: Vec<Result<(), ServerError>> = futures::stream::iter(ids)
+                .map(|id| {
+                    let broker = broker.clone();
+                    async move { broker.attempt_revocation(&id, Why::Requested, None).await }
+                })
+                .buffered(REVOKE_ALL_CONCURRENCY)
+                .collect()
+                .await;
+            outcomes
+                .into_iter()
+                .find_map(Result::err)
+                .map_or(Ok(count), Err)
         })
         .await
     }

@@ -11,9 +11,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 /// How long shutdown waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,19 +74,10 @@ pub async fn serve(
                     watcher.watch(connection).await
                 }
                 Some(tls) => {
-                    let handshake = tls.accept(stream);
-                    let stream =
-                        match tokio::time::timeout(limits.header_read_timeout, handshake).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%error, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!("no TLS handshake within the header read timeout");
-                                return;
-                            }
-                        };
+                    let limit = limits.header_read_timeout;
+                    let Some(stream) = handshake(&tls, stream, limit).await else {
+                        return;
+                    };
                     let connection = http.serve_connection(TokioIo::new(stream), service);
                     watcher.watch(connection).await
                 }
@@ -102,6 +94,27 @@ pub async fn serve(
         tracing::warn!("requests still in flight after 30s; stopping anyway");
     }
     Ok(())
+}
+
+/// Completes the TLS handshake on `stream` within `limit`; `None` (logged) when it fails or
+/// takes longer.
+async fn handshake(
+    tls: &TlsAcceptor,
+    stream: TcpStream,
+    limit: Duration,
+) -> Option<TlsStream<TcpStream>> {
+    let peer = stream.peer_addr().ok();
+    match tokio::time::timeout(limit, tls.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(?peer, %error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(?peer, "no TLS handshake within the header read timeout");
+            None
+        }
+    }
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
