@@ -16,7 +16,7 @@ pub struct ProxyConfig {
     /// A PEM file of the CA certificates to trust, and only those, when `address` is
     /// `https://` with a certificate a private CA signed; else the system's roots.
     #[serde(default)]
-    pub ca_file: Option<std::path::PathBuf>,
+    pub ca_file: Option<PathBuf>,
     /// TCP address clients connect to; `null` for the Unix socket only.
     #[serde(default = "default_listen")]
     pub listen: Option<SocketAddr>,
@@ -62,7 +62,7 @@ pub struct ProxyConfig {
     pub identity_cache: Duration,
     /// TLS towards clients (answering `SSLRequest`); without it, `SSLRequest` gets `N`.
     #[serde(default)]
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<pgwarden_tls::TlsFiles>,
     /// How server connections are made.
     #[serde(default)]
     pub upstream: Upstream,
@@ -117,16 +117,6 @@ pub enum PoolMode {
     Session,
     /// A server connection per transaction.
     Transaction,
-}
-
-/// A certificate chain and its key, PEM files.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// The certificate chain.
-    pub cert: PathBuf,
-    /// The private key.
-    pub key: PathBuf,
 }
 
 /// How server connections are made.

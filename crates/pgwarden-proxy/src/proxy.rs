@@ -14,6 +14,7 @@ use crate::statements::Tracker;
 use crate::upstream::Connector;
 use bytes::BytesMut;
 use pgwarden_client::{Auth, Client};
+use pgwarden_tls::ReloadingCert;
 use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,7 +67,14 @@ impl Running {
 
 /// Starts listening as `config` says.
 pub async fn start(config: ProxyConfig) -> Result<Running, String> {
-    let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
+    let certificate = match &config.tls {
+        Some(files) => Some(Arc::new(ReloadingCert::load("tls", files.clone())?)),
+        None => None,
+    };
+    let tls = certificate
+        .as_ref()
+        .map(|certificate| certificate.acceptor(&[]))
+        .transpose()?;
     let connector = Arc::new(Connector::new(&config.upstream)?);
     let broker = Client::with_ca_file(
         &config.address,
@@ -104,6 +112,9 @@ pub async fn start(config: ProxyConfig) -> Result<Running, String> {
     };
     let metrics = Arc::new(Metrics::new());
     let (stop, stopped) = watch::channel(false);
+    if let Some(certificate) = certificate {
+        tokio::spawn(certificate.watch(stopped.clone()));
+    }
     let (drain, draining) = watch::channel(false);
     let health =
         crate::health::serve(config.metrics_listen, metrics.clone(), draining.clone()).await?;

@@ -1,12 +1,11 @@
-//! rustls configurations: the acceptor for clients (`tls:`) and the connector for servers
-//! (`upstream:`), one crypto provider (aws-lc-rs) as everywhere in pgwarden.
+//! The rustls connector for servers (`upstream:`), one crypto provider (aws-lc-rs) as
+//! everywhere in pgwarden. (The acceptor for clients, `tls:`, is `pgwarden_tls`'s.)
 
-use crate::config::TlsFiles;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -17,20 +16,6 @@ fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>,
     CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<_, _>>())
         .map_err(|e| format!("{what} {}: {e}", path.display()))
-}
-
-/// An acceptor presenting the certificate chain and key in `files`.
-pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
-    let chain = certificates(&files.cert, "tls.cert")?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("tls.key {}: {e}", files.key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("tls: {e}"))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// A connector trusting the certificates in `root_cert`, or the system's roots; it always

@@ -959,6 +959,69 @@ print("ok")
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
 
+/// A TLS connector for tokio-postgres that trusts only the CA `ca_pem`.
+fn trusting(ca_pem: &str) -> tokio_postgres_rustls::MakeRustlsConnect {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_client_certificate_is_served_without_a_restart() {
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = (files.path().join("tls.crt"), files.path().join("tls.key"));
+    // Each file replaced whole, as kubelet updates a mounted Secret.
+    let install = |ca: &pgwarden_testkit::tls::TestCa| {
+        for (path, pem) in [(&cert, &ca.cert_pem), (&key, &ca.key_pem)] {
+            let partial = path.with_extension("new");
+            std::fs::write(&partial, pem).unwrap();
+            std::fs::rename(&partial, path).unwrap();
+        }
+    };
+    let first = pgwarden_testkit::tls::TestCa::localhost();
+    install(&first);
+    let tls = format!(
+        "tls: {{ cert: \"{}\", key: \"{}\" }}",
+        cert.display(),
+        key.display()
+    );
+    let w = world("session", &tls).await;
+    let token = w.token("team-a");
+    let mut pg = w.config("appdb-readonly", &token);
+    pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let session = |ca: String| {
+        let pg = pg.clone();
+        async move { pg.connect(trusting(&ca)).await.map(drop) }
+    };
+    session(first.ca_pem.clone())
+        .await
+        .expect("the first certificate is served");
+
+    let second = pgwarden_testkit::tls::TestCa::localhost();
+    install(&second);
+    until(
+        "the renewed certificate to be served",
+        Duration::from_secs(20),
+        async || session(second.ca_pem.clone()).await.is_ok(),
+    )
+    .await;
+    let refused = session(first.ca_pem.clone()).await.unwrap_err();
+    assert!(
+        // Both test CAs have one name: the old one is found, and its signature fails.
+        format!("{refused:?}").contains("InvalidCertificate(BadSignature)"),
+        "{refused:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_clients_are_served_and_a_sixty_second_pgbench_survives_rotations() {
     let ca = pgwarden_testkit::tls::TestCa::localhost();
@@ -975,21 +1038,9 @@ async fn tls_clients_are_served_and_a_sixty_second_pgbench_survives_rotations() 
     let token = w.token("team-a");
 
     // TLS, the proxy's certificate verified.
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject;
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_postgres_rustls::MakeRustlsConnect::new(config);
     let mut pg = w.config("appdb-readonly", &token);
     pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-    let (client, connection) = pg.connect(connector).await.unwrap();
+    let (client, connection) = pg.connect(trusting(&ca.ca_pem)).await.unwrap();
     tokio::spawn(connection);
     assert_eq!(
         first_value(&client, "SELECT count(*) FROM items").await,

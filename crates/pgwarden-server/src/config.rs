@@ -170,7 +170,7 @@ pub struct HttpConfig {
     /// Serve the API over TLS with this certificate chain and key (PEM files, taken again
     /// when they change); without it the API is plain HTTP.
     #[serde(default)]
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<pgwarden_tls::TlsFiles>,
 }
 
 impl Default for HttpConfig {
@@ -183,16 +183,6 @@ impl Default for HttpConfig {
             header_read_timeout: default_header_read_timeout(),
         }
     }
-}
-
-/// A certificate chain and its private key, in PEM files.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// The certificate chain, the server's own certificate first.
-    pub cert: PathBuf,
-    /// Its private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
 }
 
 impl HttpConfig {

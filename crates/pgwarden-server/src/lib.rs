@@ -29,7 +29,6 @@ pub mod requests;
 pub mod schedule;
 pub mod seal;
 pub mod static_roles;
-pub mod tls;
 pub mod tokens;
 pub mod turns;
 pub mod ui;
@@ -119,13 +118,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let database_share = config.http.database_share()?;
     let certificate = match &config.http.tls {
         Some(files) => Some(Arc::new(
-            tls::ReloadingCert::load(files.clone()).map_err(ConfigError::Invalid)?,
+            pgwarden_tls::ReloadingCert::load("http.tls", files.clone())
+                .map_err(ConfigError::Invalid)?,
         )),
         None => None,
     };
     let acceptor = certificate
         .as_ref()
-        .map(tls::ReloadingCert::acceptor)
+        .map(|certificate| certificate.acceptor(&[b"http/1.1"]))
         .transpose()
         .map_err(ConfigError::Invalid)?;
     let sealer = config

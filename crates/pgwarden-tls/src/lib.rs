@@ -1,18 +1,30 @@
-//! TLS for the API listener: the certificate chain and key from PEM files, taken again when
-//! either file's contents change (a renewal by cert-manager, say) without a restart. A renewal
-//! that cannot be read, or whose key does not match its certificate, keeps the last good pair.
+//! A TLS certificate served from PEM files (pgwarden's API, the proxy's clients), taken again
+//! when either file's contents change (a renewal by cert-manager, say) without a restart. A
+//! renewal that cannot be read, or whose key does not match its certificate, keeps the last
+//! good pair.
 
-use crate::config::TlsFiles;
 use parking_lot::{Mutex, RwLock};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+
+/// A certificate chain and its private key, in PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
 
 /// How often the files are read for a change.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
@@ -20,6 +32,8 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// The certificate the listener presents, reloaded from its files when they change.
 #[derive(Debug)]
 pub struct ReloadingCert {
+    /// The configuration's name for the files (`http.tls`), for errors and logs.
+    setting: &'static str,
     files: TlsFiles,
     current: RwLock<Loaded>,
     /// The last reload's error, reported once until something changes.
@@ -39,11 +53,11 @@ fn provider() -> rustls::crypto::CryptoProvider {
 
 /// The contents of the certificate file and of the key file. (Compared whole: a renewed key
 /// can have the old one's length and modification time.)
-fn read(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), String> {
+fn read(setting: &str, files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), String> {
     let cert = std::fs::read(&files.cert)
-        .map_err(|e| format!("http.tls.cert {}: {e}", files.cert.display()))?;
+        .map_err(|e| format!("{setting}.cert {}: {e}", files.cert.display()))?;
     let key = std::fs::read(&files.key)
-        .map_err(|e| format!("http.tls.key {}: {e}", files.key.display()))?;
+        .map_err(|e| format!("{setting}.key {}: {e}", files.key.display()))?;
     Ok((cert, key))
 }
 
@@ -58,27 +72,27 @@ fn digest(cert: &[u8], key: &[u8]) -> [u8; 32] {
 }
 
 /// The pair in `cert` and `key` (read from `files`), checked to belong together.
-fn parse(files: &TlsFiles, cert: &[u8], key_pem: &[u8]) -> Result<Loaded, String> {
+fn parse(setting: &str, files: &TlsFiles, cert: &[u8], key_pem: &[u8]) -> Result<Loaded, String> {
     let chain = CertificateDer::pem_slice_iter(cert)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("http.tls.cert {}: {e}", files.cert.display()))?;
+        .map_err(|e| format!("{setting}.cert {}: {e}", files.cert.display()))?;
     if chain.is_empty() {
         return Err(format!(
-            "http.tls.cert {}: no certificate in the file",
+            "{setting}.cert {}: no certificate in the file",
             files.cert.display()
         ));
     }
     let private = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
         pem::Error::NoItemsFound => format!(
-            "http.tls.key {}: no private key in the file (an unencrypted PKCS#8, PKCS#1 or \
+            "{setting}.key {}: no private key in the file (an unencrypted PKCS#8, PKCS#1 or \
              SEC1 PEM key)",
             files.key.display()
         ),
-        other => format!("http.tls.key {}: {other}", files.key.display()),
+        other => format!("{setting}.key {}: {other}", files.key.display()),
     })?;
     let key = CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
         format!(
-            "http.tls: the key {} does not serve the certificate {} (its first certificate \
+            "{setting}: the key {} does not serve the certificate {} (its first certificate \
              must be the server's own): {e}",
             files.key.display(),
             files.cert.display()
@@ -91,11 +105,13 @@ fn parse(files: &TlsFiles, cert: &[u8], key_pem: &[u8]) -> Result<Loaded, String
 }
 
 impl ReloadingCert {
-    /// Reads `files` now: an error says what is wrong with which file.
-    pub fn load(files: TlsFiles) -> Result<ReloadingCert, String> {
-        let (cert, key) = read(&files)?;
-        let loaded = parse(&files, &cert, &key)?;
+    /// Reads `files` now: an error says what is wrong with which file, as `setting` (the
+    /// configuration's name for them, e.g. `http.tls`) and the file's path.
+    pub fn load(setting: &'static str, files: TlsFiles) -> Result<ReloadingCert, String> {
+        let (cert, key) = read(setting, &files)?;
+        let loaded = parse(setting, &files, &cert, &key)?;
         Ok(ReloadingCert {
+            setting,
             files,
             current: RwLock::new(loaded),
             last_error: Mutex::new(None),
@@ -106,11 +122,11 @@ impl ReloadingCert {
     /// pair in use changed. A pair that cannot be used is an error (once: the same error
     /// again is not reported), and the last good one stays.
     pub fn reload_if_changed(&self) -> Result<bool, String> {
-        let renewed = read(&self.files).and_then(|(cert, key)| {
+        let renewed = read(self.setting, &self.files).and_then(|(cert, key)| {
             if self.current.read().digest == digest(&cert, &key) {
                 return Ok(None);
             }
-            parse(&self.files, &cert, &key).map(Some)
+            parse(self.setting, &self.files, &cert, &key).map(Some)
         });
         let mut last_error = self.last_error.lock();
         match renewed {
@@ -130,14 +146,15 @@ impl ReloadingCert {
         }
     }
 
-    /// An acceptor presenting this certificate, whatever it becomes.
-    pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, String> {
+    /// An acceptor presenting this certificate, whatever it becomes, offering the
+    /// application protocols `alpn` (none: no ALPN).
+    pub fn acceptor(self: &Arc<Self>, alpn: &[&[u8]]) -> Result<TlsAcceptor, String> {
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("http.tls: {e}"))?
+            .map_err(|e| format!("{}: {e}", self.setting))?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
@@ -200,7 +217,7 @@ mod tests {
     fn a_renewal_is_taken_and_a_broken_one_keeps_the_last_good_pair() {
         let dir = tempfile::tempdir().unwrap();
         let first = self_signed("first");
-        let cert = ReloadingCert::load(write(dir.path(), &first)).unwrap();
+        let cert = ReloadingCert::load("http.tls", write(dir.path(), &first)).unwrap();
         let first_der = served(&cert);
         assert_eq!(cert.reload_if_changed(), Ok(false));
 
@@ -244,7 +261,7 @@ mod tests {
             cert: dir.path().join("tls.crt"),
             key: dir.path().join("tls.key"),
         };
-        let refused = || ReloadingCert::load(files.clone()).unwrap_err();
+        let refused = || ReloadingCert::load("http.tls", files.clone()).unwrap_err();
         assert_eq!(
             refused(),
             format!(
