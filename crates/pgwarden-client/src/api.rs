@@ -95,6 +95,21 @@ pub struct Client {
     token: RwLock<Option<SecretString>>,
 }
 
+/// A transport error's `reason`, with what to do about the two a TLS setup causes: a
+/// certificate this client does not trust, and plain HTTP sent to a TLS port.
+fn with_hint(address: &str, reason: String) -> String {
+    if reason.contains("invalid peer certificate") {
+        format!(
+            "{reason} (pgwarden's certificate is not signed by a CA this client trusts: give \
+             the CA's certificate with --ca-cert, PGWARDEN_CACERT or ca_file)"
+        )
+    } else if address.starts_with("http://") && reason.contains("invalid HTTP version parsed") {
+        format!("{reason} (the server may speak TLS: use an https:// address)")
+    } else {
+        reason
+    }
+}
+
 /// The HTTP client settings every [`Client`] shares.
 fn http_client() -> reqwest::ClientBuilder {
     reqwest::Client::builder().timeout(Duration::from_secs(15))
@@ -211,7 +226,7 @@ impl Client {
         }
         let response = request.send().await.map_err(|e| ClientError::Unreachable {
             address: self.address.clone(),
-            reason: pgwarden_core::chain(&e),
+            reason: with_hint(&self.address, pgwarden_core::chain(&e)),
         })?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();

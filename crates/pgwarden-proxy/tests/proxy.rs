@@ -1294,7 +1294,9 @@ async fn a_proxy_reaches_a_pgwarden_served_over_tls_through_its_ca_file() {
             format!(
                 "cannot get a credential from pgwarden: cannot reach pgwarden at {https}: error \
                  sending request for url ({https}/v1/auth/kubernetes/login): client error \
-                 (Connect): invalid peer certificate: UnknownIssuer"
+                 (Connect): invalid peer certificate: UnknownIssuer (pgwarden's certificate is \
+                 not signed by a CA this client trusts: give the CA's certificate with \
+                 --ca-cert, PGWARDEN_CACERT or ca_file)"
             )
         )
     );

@@ -20,7 +20,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The YAML is malformed or has unknown fields.
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}: {}", for_users(source))]
     Parse {
         /// The file.
         path: String,
@@ -183,6 +183,14 @@ impl Default for HttpConfig {
             header_read_timeout: default_header_read_timeout(),
         }
     }
+}
+
+/// The YAML parser's error as a user can act on it: without its advice to the program that
+/// called it (a key given twice is refused; the parser suggests an option of its own).
+fn for_users(error: &serde_saphyr::Error) -> String {
+    error
+        .to_string()
+        .replace(", set DuplicateKeyPolicy in Options if acceptable", "")
 }
 
 impl HttpConfig {
@@ -714,6 +722,26 @@ settings:
             .unwrap_err()
             .to_string();
         assert!(err.contains("listen_adress"), "{err}");
+    }
+
+    #[test]
+    fn a_key_given_twice_names_the_line_and_nothing_a_user_cannot_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("twice.yaml");
+        std::fs::write(&file, "http: { max_connections: 5 }\nhttp: { tls: null }\n").unwrap();
+        let error = Config::load(&file).unwrap_err().to_string();
+        assert_eq!(
+            error.lines().next(),
+            Some(
+                format!(
+                    "config file {}: error: line 2 column 1: duplicate mapping key: http",
+                    file.display()
+                )
+                .as_str()
+            ),
+            "{error}"
+        );
+        assert!(!error.contains("DuplicateKeyPolicy"), "{error}");
     }
 
     #[test]

@@ -109,7 +109,9 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
          \x20 export PGWARDEN_ADDR={addr} PGWARDEN_TOKEN={root_token}\n\
          \x20 export VAULT_ADDR=$PGWARDEN_ADDR VAULT_TOKEN=$PGWARDEN_TOKEN   # for Vault clients\n\
          \x20 curl -s -H \"X-Vault-Token: $PGWARDEN_TOKEN\" $PGWARDEN_ADDR/v1/database/creds/appdb-readonly\n\
-         \x20 PGPASSWORD=<password> psql -h 127.0.0.1 -p {port} -U <username> appdb -c 'SELECT * FROM items'\n\n\
+         \x20 PGPASSWORD=<password> psql -h 127.0.0.1 -p {port} -U <username> appdb -c 'SELECT * FROM items'\n\
+         \x20 curl -s -X PUT -H \"X-Vault-Token: $PGWARDEN_TOKEN\" -d '{{\"lease_id\":\"<lease_id>\"}}' $PGWARDEN_ADDR/v1/sys/leases/revoke\n\
+         \x20   # the user is dropped and its sessions end: the same psql now fails to log in\n\n\
          Or fetch one and open psql with it in one go (python3 reads the JSON):\n\
          {PSQL_ONE_LINER}\n\n\
          Log in as a pod would (service account demo/app; its token is valid for 24 h) and use the\n\

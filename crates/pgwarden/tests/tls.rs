@@ -86,7 +86,8 @@ fn unknown_issuer(base: &str) -> String {
     format!(
         "error: cannot reach pgwarden at {base}: error sending request for url \
          ({base}/v1/database/creds/appdb-readonly): client error (Connect): invalid peer \
-         certificate: UnknownIssuer\n"
+         certificate: UnknownIssuer (pgwarden's certificate is not signed by a CA this client \
+         trusts: give the CA's certificate with --ca-cert, PGWARDEN_CACERT or ca_file)\n"
     )
 }
 
@@ -192,6 +193,21 @@ async fn the_api_over_tls_serves_clients_that_trust_its_ca_and_takes_a_renewed_c
                 "error: cannot use the CA file {}: it is for an https:// address, and \
                  {plain_base} is not one\n",
                 first_ca.display()
+            )
+        )
+    );
+
+    // Plain HTTP to the TLS port: the CLI says to use https.
+    let (code, _, err) = creds(&plain_base, None);
+    assert_eq!(
+        (code, err),
+        (
+            1,
+            format!(
+                "error: cannot reach pgwarden at {plain_base}: error sending request for url \
+                 ({plain_base}/v1/database/creds/appdb-readonly): client error (SendRequest): \
+                 invalid HTTP version parsed (the server may speak TLS: use an https:// \
+                 address)\n"
             )
         )
     );
