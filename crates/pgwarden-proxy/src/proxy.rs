@@ -67,10 +67,11 @@ impl Running {
 
 /// Starts listening as `config` says.
 pub async fn start(config: ProxyConfig) -> Result<Running, String> {
-    let certificate = match &config.tls {
-        Some(files) => Some(Arc::new(ReloadingCert::load("tls", files.clone())?)),
-        None => None,
-    };
+    let certificate = config
+        .tls
+        .as_ref()
+        .map(|files| ReloadingCert::load("tls", files))
+        .transpose()?;
     let tls = certificate
         .as_ref()
         .map(|certificate| certificate.acceptor(&[]))

@@ -116,13 +116,13 @@ impl Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let root_token = config.checked_root_token()?;
     let database_share = config.http.database_share()?;
-    let certificate = match &config.http.tls {
-        Some(files) => Some(Arc::new(
-            pgwarden_tls::ReloadingCert::load("http.tls", files.clone())
-                .map_err(ConfigError::Invalid)?,
-        )),
-        None => None,
-    };
+    let certificate = config
+        .http
+        .tls
+        .as_ref()
+        .map(|files| pgwarden_tls::ReloadingCert::load("http.tls", files))
+        .transpose()
+        .map_err(ConfigError::Invalid)?;
     let acceptor = certificate
         .as_ref()
         .map(|certificate| certificate.acceptor(&[b"http/1.1"]))

@@ -107,15 +107,15 @@ fn parse(setting: &str, files: &TlsFiles, cert: &[u8], key_pem: &[u8]) -> Result
 impl ReloadingCert {
     /// Reads `files` now: an error says what is wrong with which file, as `setting` (the
     /// configuration's name for them, e.g. `http.tls`) and the file's path.
-    pub fn load(setting: &'static str, files: TlsFiles) -> Result<ReloadingCert, String> {
-        let (cert, key) = read(setting, &files)?;
-        let loaded = parse(setting, &files, &cert, &key)?;
-        Ok(ReloadingCert {
+    pub fn load(setting: &'static str, files: &TlsFiles) -> Result<Arc<ReloadingCert>, String> {
+        let (cert, key) = read(setting, files)?;
+        let loaded = parse(setting, files, &cert, &key)?;
+        Ok(Arc::new(ReloadingCert {
             setting,
-            files,
+            files: files.clone(),
             current: RwLock::new(loaded),
             last_error: Mutex::new(None),
-        })
+        }))
     }
 
     /// Reads the files again and takes their pair if their contents changed; true if the
@@ -217,7 +217,7 @@ mod tests {
     fn a_renewal_is_taken_and_a_broken_one_keeps_the_last_good_pair() {
         let dir = tempfile::tempdir().unwrap();
         let first = self_signed("first");
-        let cert = ReloadingCert::load("http.tls", write(dir.path(), &first)).unwrap();
+        let cert = ReloadingCert::load("http.tls", &write(dir.path(), &first)).unwrap();
         let first_der = served(&cert);
         assert_eq!(cert.reload_if_changed(), Ok(false));
 
@@ -261,7 +261,7 @@ mod tests {
             cert: dir.path().join("tls.crt"),
             key: dir.path().join("tls.key"),
         };
-        let refused = || ReloadingCert::load("http.tls", files.clone()).unwrap_err();
+        let refused = || ReloadingCert::load("http.tls", &files).unwrap_err();
         assert_eq!(
             refused(),
             format!(
