@@ -337,28 +337,31 @@ impl Proxy {
     fn start(config: ProxyConfig) -> Proxy {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let (port_tx, port_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let threads: usize = std::env::var("PGWARDEN_BENCH_PROXY_THREADS")
-                .map(|t| t.parse().expect("PGWARDEN_BENCH_PROXY_THREADS: a number"))
-                .unwrap_or(1);
-            let runtime = if threads <= 1 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(threads)
-                    .enable_all()
-                    .build()
-            }
+        let thread = std::thread::Builder::new()
+            .name("pgwarden-proxy".into())
+            .spawn(move || {
+                let threads: usize = std::env::var("PGWARDEN_BENCH_PROXY_THREADS")
+                    .map(|t| t.parse().expect("PGWARDEN_BENCH_PROXY_THREADS: a number"))
+                    .unwrap_or(1);
+                let runtime = if threads <= 1 {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                } else {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(threads)
+                        .enable_all()
+                        .build()
+                }
+                .unwrap();
+                runtime.block_on(async move {
+                    let proxy = pgwarden_proxy::start(config).await.unwrap();
+                    port_tx.send(proxy.addr.unwrap().port()).unwrap();
+                    let _ = stopped.await;
+                    proxy.shutdown().await;
+                });
+            })
             .unwrap();
-            runtime.block_on(async move {
-                let proxy = pgwarden_proxy::start(config).await.unwrap();
-                port_tx.send(proxy.addr.unwrap().port()).unwrap();
-                let _ = stopped.await;
-                proxy.shutdown().await;
-            });
-        });
         let port = port_rx.recv().unwrap();
         Proxy { port, stop, thread }
     }
