@@ -2,7 +2,8 @@
 //! connection must send its request headers within a timeout, which also closes keep-alive
 //! connections left idle; at most a fixed number of connections are served at once (more wait
 //! in the kernel's accept queue); on shutdown, requests in flight finish. With TLS, the
-//! handshake must also end within that timeout, on the connection's own task.
+//! handshake must also end within that timeout, on the connection's own task, and shutdown
+//! closes connections still shaking hands.
 
 use axum::Router;
 use hyper::server::conn::http1;
@@ -66,6 +67,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (watcher, http, tls) = (graceful.watcher(), http.clone(), tls.clone());
         let service = TowerToHyperService::new(app.clone());
+        let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let served = match tls {
@@ -75,7 +77,13 @@ pub async fn serve(
                 }
                 Some(tls) => {
                     let limit = limits.header_read_timeout;
-                    let Some(stream) = handshake(&tls, stream, limit).await else {
+                    // A connection still shaking hands has no request in flight: shutdown
+                    // closes it rather than wait for its handshake.
+                    let stream = tokio::select! {
+                        stream = handshake(&tls, stream, limit) => stream,
+                        () = stopped(&mut shutdown) => None,
+                    };
+                    let Some(stream) = stream else {
                         return;
                     };
                     let connection = http.serve_connection(TokioIo::new(stream), service);
@@ -120,4 +128,56 @@ async fn handshake(
 /// Resolves once `shutdown` turns true (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwarden_testkit::tls::TestCa;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn shutdown_closes_a_connection_still_shaking_hands_at_once() {
+        let ca = TestCa::localhost();
+        let files = pgwarden_tls::TlsFiles {
+            cert: tempfile_with(&ca.cert_pem),
+            key: tempfile_with(&ca.key_pem),
+        };
+        let acceptor = pgwarden_tls::ReloadingCert::load("http.tls", &files)
+            .unwrap()
+            .acceptor(&[b"http/1.1"])
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = HttpLimits {
+            max_connections: 4,
+            header_read_timeout: Duration::from_secs(60),
+        };
+        let (stop, signal) = watch::channel(false);
+        let server = tokio::spawn(serve(
+            listener,
+            Router::new(),
+            limits,
+            Some(acceptor),
+            signal,
+        ));
+        // Connected, accepted, and silent: its handshake would wait 60 s.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.send(true).unwrap();
+        let stopped = tokio::time::timeout(Duration::from_secs(5), server).await;
+        assert!(
+            matches!(stopped, Ok(Ok(Ok(())))),
+            "shutdown did not wait for the handshake: {stopped:?}"
+        );
+        let read = silent.read(&mut [0u8; 16]).await;
+        assert!(matches!(read, Ok(0) | Err(_)), "closed: {read:?}");
+    }
+
+    /// A file holding `text`, kept until the test process ends.
+    fn tempfile_with(text: &str) -> std::path::PathBuf {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file.into_temp_path().keep().unwrap()
+    }
 }
