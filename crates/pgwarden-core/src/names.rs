@@ -29,6 +29,17 @@ pub fn random_alphanumeric(count: usize) -> String {
         .collect()
 }
 
+/// Whether `role` is one of PostgreSQL's predefined roles (`pg_read_server_files`,
+/// `pg_execute_server_program`, …): PostgreSQL reserves every name starting with `pg_`.
+pub fn is_predefined_role(role: &str) -> bool {
+    role.starts_with("pg_")
+}
+
+/// Why a predefined role is refused as the group role of dynamic users.
+pub const PREDEFINED_ROLE_REFUSED: &str = "is one of PostgreSQL's predefined roles (pg_*), \
+     whose powers (such as reading server files or running programs) every dynamic user would \
+     get; use a NOLOGIN role of your own and grant it what the users need";
+
 /// A fresh random password.
 pub fn generate_password() -> SecretString {
     SecretString::from(random_alphanumeric(PASSWORD_LEN))

@@ -214,6 +214,13 @@ impl RoleSpec {
             Some(preset) => {
                 let group_role = self.group_role.unwrap_or_else(|| name.to_string());
                 check_identifier(&group_role)
+                    .and_then(|()| {
+                        if crate::names::is_predefined_role(&group_role) {
+                            Err(crate::names::PREDEFINED_ROLE_REFUSED.to_string())
+                        } else {
+                            Ok(())
+                        }
+                    })
                     .map_err(|why| invalid(format!("group_role {group_role:?} {why}")))?;
                 let schemas = if self.schemas.is_empty() {
                     vec!["public".to_string()]
@@ -413,6 +420,13 @@ mod tests {
             (
                 r#"{"db_name":"a","preset":"user","schemas":["public",""]}"#,
                 "role \"r\": schema \"\" must not be empty",
+            ),
+            (
+                r#"{"db_name":"a","preset":"readonly","group_role":"pg_execute_server_program","adopt_group_role":true}"#,
+                "role \"r\": group_role \"pg_execute_server_program\" is one of PostgreSQL's \
+                 predefined roles (pg_*), whose powers (such as reading server files or running \
+                 programs) every dynamic user would get; use a NOLOGIN role of your own and \
+                 grant it what the users need",
             ),
         ];
         for (json, message) in cases {

@@ -139,8 +139,10 @@ async fn look_up(client: &impl GenericClient, group: &str) -> Result<Option<Foun
     }))
 }
 
-/// Refuses a group role every dynamic user would act as, if it has a dangerous attribute or
-/// is a member of a role that has one (or of a role that reads, writes or runs server files).
+/// Refuses a group role every dynamic user would act as, if it is one of PostgreSQL's
+/// predefined roles (`pg_read_server_files`, `pg_execute_server_program`, …), has a dangerous
+/// attribute, or is a member of a role that has one (or of a role that reads, writes or runs
+/// server files).
 fn refuse_unsafe(group: &str, found: &Found) -> Result<(), EngineError> {
     let unsafe_group = |reason: String| {
         Err(EngineError::UnsafeGroup {
@@ -148,6 +150,9 @@ fn refuse_unsafe(group: &str, found: &Found) -> Result<(), EngineError> {
             reason,
         })
     };
+    if pgwarden_core::names::is_predefined_role(group) {
+        return unsafe_group(pgwarden_core::names::PREDEFINED_ROLE_REFUSED.into());
+    }
     if let Some(attribute) = found.unsafe_attribute {
         return unsafe_group(format!(
             "has {attribute}; a preset's group role must be a NOLOGIN role without \

@@ -1,7 +1,7 @@
 //! Dynamic users against a real PostgreSQL: the password works, presets grant what they say,
 //! revocation ends sessions and drops the role, renewal moves VALID UNTIL.
 
-use pgwarden_core::{ConnectionDef, RoleDef, RoleSpec, names};
+use pgwarden_core::{ConnectionDef, RoleDef, RoleKind, RoleSpec, names};
 use pgwarden_engine::{NewPassword, Target};
 use pgwarden_testkit::{APP_ADMIN as ADMIN, APP_ADMIN_PASSWORD as ADMIN_PW, PgCluster};
 use secrecy::{ExposeSecret, SecretString};
@@ -583,6 +583,19 @@ async fn group_roles_must_be_safe_and_made_by_pgwarden_unless_adopted() {
     let adopted = role(
         "r",
         r#"{"db_name":"appdb","preset":"readonly","group_role":"legacy_group","adopt_group_role":true}"#,
+    );
+    // A predefined role is refused even where a role definition skipped the check at writing
+    // (one stored before it existed): its users could run programs on the server.
+    let mut predefined = adopted.clone();
+    if let RoleKind::Preset { group_role, .. } = &mut predefined.kind {
+        *group_role = "pg_execute_server_program".into();
+    }
+    let err = issue_on(&s.target, &predefined, &[]).await.err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "group role \"pg_execute_server_program\" is one of PostgreSQL's predefined roles \
+         (pg_*), whose powers (such as reading server files or running programs) every dynamic \
+         user would get; use a NOLOGIN role of your own and grant it what the users need"
     );
     let user = issue_on(&s.target, &adopted, &[]).await.unwrap();
     login(&s, &user).await.unwrap();
