@@ -73,11 +73,22 @@ pub const MAX_FIELD_CHARS: usize = 1024;
 /// characters (a NUL, which PostgreSQL refuses, or terminal escapes) are written as `\u{…}`, and
 /// the whole is cut to [`MAX_FIELD_CHARS`].
 pub fn clean(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(MAX_FIELD_CHARS));
+    scrub(text, MAX_FIELD_CHARS)
+}
+
+/// `text` made safe to log, as [`clean`] makes it but whole: no token, and no line break or
+/// terminal escape with which a caller's input could forge or hide log lines.
+pub fn clean_for_log(text: &str) -> String {
+    scrub(text, usize::MAX)
+}
+
+/// `text` with tokens redacted and control characters escaped, cut to `max_chars`.
+fn scrub(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars));
     let mut rest = text;
     let mut kept = 0usize;
     while let Some(c) = rest.chars().next() {
-        if kept >= MAX_FIELD_CHARS {
+        if kept >= max_chars {
             out.push('…');
             break;
         }

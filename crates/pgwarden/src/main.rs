@@ -4,13 +4,13 @@
 mod cli;
 #[cfg(feature = "dev")]
 mod dev;
+mod logging;
 mod operator;
 mod policy;
 mod rds;
 mod state;
 
 use clap::{Parser, Subcommand};
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -147,32 +147,6 @@ enum Command {
     },
 }
 
-/// Logs on stderr, filtered by PGWARDEN_LOG (else `default`); colours only on a terminal and
-/// without NO_COLOR. Unless PGWARDEN_LOG names them, the database driver's debug lines (every
-/// statement, password verifiers included) stay off, and so do the certificate verifier's
-/// error lines (the error that fails the request says the same).
-fn init_logging(default: &str) {
-    let wanted = std::env::var("PGWARDEN_LOG").unwrap_or_default();
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    for (target, quiet) in [
-        ("tokio_postgres", "tokio_postgres=info"),
-        ("rustls_platform_verifier", "rustls_platform_verifier=off"),
-    ] {
-        if !wanted.contains(target)
-            && let Ok(quiet) = quiet.parse()
-        {
-            filter = filter.add_directive(quiet);
-        }
-    }
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 /// A start-up failure as one line; a busy address names the way to pick another.
 pub(crate) fn start_error(error: pgwarden_server::StartError) -> String {
     let busy = matches!(&error, pgwarden_server::StartError::Io { source, .. }
@@ -295,7 +269,7 @@ async fn main() -> ExitCode {
                 command: operator::OperatorCommand::Crds
             }
     );
-    init_logging(if client_command {
+    logging::init(if client_command {
         "warn"
     } else {
         "info,tokio_postgres=warn"
