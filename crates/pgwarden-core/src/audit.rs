@@ -82,6 +82,12 @@ pub fn clean_for_log(text: &str) -> String {
     scrub(text, usize::MAX)
 }
 
+/// Whether `text` holds what looks like a pgwarden token or a JWT (what [`clean`] redacts).
+pub fn holds_secret(text: &str) -> bool {
+    text.char_indices()
+        .any(|(at, _)| text.get(at..).and_then(secret_at).is_some())
+}
+
 /// `text` with tokens redacted and control characters escaped, cut to `max_chars`.
 fn scrub(text: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max_chars));

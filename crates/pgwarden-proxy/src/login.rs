@@ -311,6 +311,14 @@ fn role_path(user: &str, default_mount: &str) -> Result<String, PgError> {
             "no user name given: the user names the pgwarden role (e.g. appdb-readonly)",
         ));
     }
+    if pgwarden_core::audit::holds_secret(user) {
+        // Never echoed, logged or sent on as a role name.
+        return Err(PgError::new(
+            "28000",
+            "the user name looks like a token: the user names the pgwarden role (e.g. \
+             appdb-readonly), and the token goes in the password",
+        ));
+    }
     if !valid(mount) || !valid(role) {
         return Err(PgError::new(
             "28000",
@@ -356,5 +364,13 @@ mod tests {
             );
         }
         assert_eq!(role_path("", "database").unwrap_err().code, "28000");
+        let token = format!("pgw_{}", "Ab1".repeat(14));
+        for secret in [token.as_str(), "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"] {
+            assert_eq!(
+                role_path(secret, "database").unwrap_err().message,
+                "the user name looks like a token: the user names the pgwarden role (e.g. \
+                 appdb-readonly), and the token goes in the password"
+            );
+        }
     }
 }
