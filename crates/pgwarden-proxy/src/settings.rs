@@ -55,16 +55,18 @@ impl Settings {
     }
 
     /// In transaction pooling: refuses the settings the server's `reported` parameters do not
-    /// already have, other than application names.
+    /// already have (in another spelling PostgreSQL takes as the same, such as `utf-8` for
+    /// `UTF8`), other than application names and a positive `extra_float_digits`.
     pub fn check_unchanged(&self, reported: &[(String, String)]) -> Result<(), PgError> {
         let unmet: Vec<String> = self
             .0
             .iter()
             .filter(|(name, value)| {
                 !LABELS.contains(&name.as_str())
+                    && !same_output(name, value)
                     && !reported
                         .iter()
-                        .any(|(n, v)| n.eq_ignore_ascii_case(name) && v.eq_ignore_ascii_case(value))
+                        .any(|(n, v)| n.eq_ignore_ascii_case(name) && equivalent(name, value, v))
             })
             .map(|(name, value)| format!("{name}={value}"))
             .collect();
@@ -81,6 +83,68 @@ impl Settings {
             ),
         ))
     }
+}
+
+/// Whether the client's `wanted` value of parameter `name` is the server's `reported` one as
+/// PostgreSQL reads both: an encoding's aliases (`utf-8`, `unicode` for `UTF8`), a `DateStyle`
+/// naming part of the server's (`ISO` of `ISO, MDY`), the names of UTC (`UTC`, `Etc/UTC`).
+fn equivalent(name: &str, wanted: &str, reported: &str) -> bool {
+    if wanted.eq_ignore_ascii_case(reported) {
+        return true;
+    }
+    match name.to_ascii_lowercase().as_str() {
+        "client_encoding" => encoding(wanted) == encoding(reported),
+        "datestyle" => {
+            let server = date_style(reported);
+            let client = date_style(wanted);
+            !client.is_empty() && client.iter().all(|part| server.contains(part))
+        }
+        "timezone" => is_utc(wanted) && is_utc(reported),
+        _ => false,
+    }
+}
+
+/// Settings whose every value the client may ask for gives the output the server's default
+/// gives: from PostgreSQL 12 on, any positive `extra_float_digits` prints floats exactly
+/// (the default, 1, included).
+fn same_output(name: &str, value: &str) -> bool {
+    name.eq_ignore_ascii_case("extra_float_digits")
+        && value.trim().parse::<i32>().is_ok_and(|d| d > 0)
+}
+
+/// An encoding's name as PostgreSQL compares them: without case and punctuation, `unicode`
+/// being `utf8`.
+fn encoding(name: &str) -> String {
+    let bare: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if bare == "unicode" {
+        "utf8".into()
+    } else {
+        bare
+    }
+}
+
+/// A `DateStyle`'s parts (output format, field order), lower case, aliases resolved.
+fn date_style(value: &str) -> Vec<String> {
+    value
+        .split(|c: char| c == ',' || c.is_ascii_whitespace())
+        .filter(|part| !part.is_empty())
+        .map(|part| match part.to_ascii_lowercase().as_str() {
+            "euro" | "european" => "dmy".to_string(),
+            "us" | "noneuro" | "noneuropean" => "mdy".to_string(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// Whether `zone` names UTC itself (not merely a zone at offset 0 today).
+fn is_utc(zone: &str) -> bool {
+    let zone = zone.to_ascii_lowercase();
+    let zone = zone.strip_prefix("etc/").unwrap_or(&zone);
+    matches!(zone, "utc" | "uct" | "universal" | "zulu")
 }
 
 /// The settings in a startup `options` value: `-c name=value`, `-cname=value` and
@@ -189,6 +253,42 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(fine.check_unchanged(&reported), Ok(()));
+        // What pgJDBC and asyncpg send, against what PostgreSQL reports.
+        let reported: Vec<(String, String)> = [
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+            ("TimeZone", "Etc/UTC"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        for pairs in [
+            &[
+                ("client_encoding", "UTF8"),
+                ("DateStyle", "ISO"),
+                ("TimeZone", "UTC"),
+                ("extra_float_digits", "2"),
+            ][..],
+            &[("client_encoding", "utf-8")][..],
+            &[("client_encoding", "unicode"), ("DateStyle", "mdy, iso")][..],
+        ] {
+            let drivers = Settings::from_startup(&startup(pairs)).unwrap();
+            assert_eq!(drivers.check_unchanged(&reported), Ok(()), "{pairs:?}");
+        }
+        for (name, value) in [
+            ("client_encoding", "LATIN1"),
+            ("DateStyle", "German"),
+            ("DateStyle", "ISO, DMY"),
+            ("TimeZone", "Europe/Berlin"),
+            ("TimeZone", "GMT"),
+            ("extra_float_digits", "0"),
+        ] {
+            let other = Settings::from_startup(&startup(&[(name, value)])).unwrap();
+            assert!(
+                other.check_unchanged(&reported).is_err(),
+                "{name}={value} is not the server's"
+            );
+        }
         let changed = Settings::from_startup(&startup(&[("options", "-c search_path=x")])).unwrap();
         assert_eq!(
             changed.check_unchanged(&reported).unwrap_err().message,

@@ -676,6 +676,22 @@ async fn bad_clients_are_refused_cleanly_and_others_keep_being_served() {
         message.starts_with("startup parameter(s) search_path=x cannot follow a client"),
         "{message}"
     );
+    // Those a driver sends in another spelling of the server's values (pgJDBC's DateStyle=ISO
+    // of "ISO, MDY", and extra_float_digits=2, whose output is the default's) are taken.
+    let mut as_jdbc = w.config("appdb-readonly", &w.token("team-a"));
+    as_jdbc.options("-c DateStyle=ISO -c extra_float_digits=2");
+    let (client, connection) = as_jdbc.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .simple_query("SELECT 0.1::float8")
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        });
+    assert_eq!(row.as_deref(), Some("0.1"));
     // A user that is no role name.
     let (code, message) = refusal(
         w.connect("../../sys", &w.token("team-a"))
