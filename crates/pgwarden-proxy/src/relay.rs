@@ -66,6 +66,9 @@ struct Progress {
     terminated: bool,
     /// Where a `COPY … FROM STDIN` stands.
     copy: CopyIn,
+    /// The server reported a setting changed (`ParameterStatus`: the client ran `SET
+    /// client_encoding`, `TimeZone`, …) since it was taken from the pool.
+    setting_changed: bool,
 }
 
 /// A server in `COPY … FROM STDIN` ignores syncs until the client's `CopyDone` or `CopyFail`,
@@ -276,7 +279,9 @@ impl Session {
                 && let Some(checkout) = held.take()
             {
                 cancel.unpoint().await;
-                checkout.release(true);
+                // A connection whose settings a client changed is not handed to the next one
+                // (which would, say, send UTF-8 to a LATIN1 session): it closes.
+                checkout.release(!std::mem::take(&mut progress.setting_changed));
             }
             let reading_client = to_server.is_empty() && !progress.terminated;
             // A drain matters between transactions: a session in one hears of it at its end.
@@ -410,6 +415,7 @@ impl Session {
                             let ignored = progress.copy.started();
                             progress.pending = progress.pending.saturating_sub(ignored);
                         }
+                        Seen::Message(b'S') => progress.setting_changed = true,
                         _ => {}
                     });
                     if walked.is_err() {

@@ -347,6 +347,59 @@ async fn session_mode_serves_tokio_postgres_with_a_service_account_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_closes_a_server_connection_whose_settings_a_client_changed() {
+    let w = world("transaction", "").await;
+    let token = w.token("team-a");
+    let su = w.cluster.connect_superuser("appdb").await.unwrap();
+    let alive = |pid: i32| {
+        let su = &su;
+        async move {
+            su.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                == 1
+        }
+    };
+    let pid_after = |client: tokio_postgres::Client, sql: &'static str| async move {
+        let pid: i32 = first_value(&client, sql).await.parse().unwrap();
+        (client, pid)
+    };
+    // A transaction that sets client_encoding (the server reports it) would hand LATIN1 to
+    // the next client, who was told UTF8 and sends UTF-8: that connection closes instead.
+    let changer = w.connect("appdb-readonly", &token).await.unwrap();
+    let (changer, changed) = pid_after(
+        changer,
+        "SET client_encoding = 'LATIN1'; SELECT pg_backend_pid()",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(changed).await {
+        assert!(
+            Instant::now() < deadline,
+            "the connection whose settings changed is closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One that changes no reported setting gives its connection back for reuse.
+    let plain = w.connect("appdb-readonly", &token).await.unwrap();
+    let (plain, kept) = pid_after(plain, "SELECT pg_backend_pid()").await;
+    let (plain, again) = pid_after(plain, "SELECT pg_backend_pid()").await;
+    assert_eq!(again, kept, "the idle connection is reused");
+    assert_ne!(kept, changed);
+    // Every client finds the pool's settings, whichever connection serves it (the changer's
+    // own setting does not follow it either, as with any SET in transaction pooling).
+    for client in [&plain, &changer] {
+        for _ in 0..4 {
+            assert_eq!(first_value(client, "SHOW client_encoding").await, "UTF8");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_mode_shares_three_server_connections_among_twelve_clients() {
     let w = world("transaction", "").await;
     let token = w.token("team-a");
