@@ -2,7 +2,7 @@
 //! in to its last byte, the periodic sweep, and draining on shutdown.
 
 use crate::cancel::Cancels;
-use crate::client::Stream;
+use crate::client::{self, Hello, Stream};
 use crate::config::{ClientAuth, PoolMode, ProxyConfig};
 use crate::identity::Identities;
 use crate::login::{self, Admitted, Entry};
@@ -231,7 +231,7 @@ async fn accept_unix(
 }
 
 /// Takes a client in, unless there are too many already.
-fn admit(shared: &Arc<Shared>, mut stream: Stream, local: bool) {
+fn admit(shared: &Arc<Shared>, stream: Stream, local: bool) {
     shared.metrics.clients_total.inc();
     let count = shared.clients.fetch_add(1, Ordering::SeqCst) + 1;
     let shared = shared.clone();
@@ -239,17 +239,32 @@ fn admit(shared: &Arc<Shared>, mut stream: Stream, local: bool) {
         shared.metrics.clients.inc();
         if count > shared.config.max_client_conn {
             shared.metrics.refused("too_many_clients");
-            refuse(
-                &mut stream,
-                &PgError::new("53300", "sorry, too many clients already"),
-            )
-            .await;
+            turn_away(&shared, stream, count).await;
         } else {
             handle(&shared, stream, local).await;
         }
         shared.metrics.clients.dec();
         shared.clients.fetch_sub(1, Ordering::SeqCst);
     });
+}
+
+/// Refuses a client beyond `max_client_conn` (the `count`th) with `53300`. As PostgreSQL does,
+/// the error comes after the SSL negotiation, where a client that asked for TLS (libpq's
+/// default `sslmode=prefer`) can read it; past twice the limit, at once, so a flood of
+/// clients beyond it costs no handshakes.
+async fn turn_away(shared: &Shared, mut stream: Stream, count: usize) {
+    let error = PgError::new("53300", "sorry, too many clients already");
+    if count > shared.config.max_client_conn.saturating_mul(2) {
+        refuse(&mut stream, &error).await;
+        return;
+    }
+    let hello = client::hello(stream, shared.tls.as_ref());
+    match tokio::time::timeout(shared.config.client_login_timeout, hello).await {
+        Ok(Ok(Hello::Session(mut startup))) => refuse(&mut startup.stream, &error).await,
+        Ok(Ok(Hello::Cancel { pid, secret })) => shared.cancels.cancel(pid, secret).await,
+        Ok(Err((Some(mut stream), _))) => refuse(&mut stream, &error).await,
+        Ok(Err((None, _))) | Err(_) => {}
+    }
 }
 
 /// Sends a FATAL error and closes.

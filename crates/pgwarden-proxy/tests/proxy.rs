@@ -1302,6 +1302,35 @@ async fn a_sidecar_acts_as_its_pod_and_limits_answer_in_postgresql_terms() {
             "sorry, too many clients already".to_string()
         )
     );
+    // One that asks for SSL first (libpq's default) reads it after the answer to that, as
+    // PostgreSQL sends it.
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .unwrap();
+        let mut ssl = [0u8; 1];
+        stream.read_exact(&mut ssl).unwrap();
+        let body = b"\0\x03\0\0user\0appdb-readonly\0database\0appdb\0\0";
+        let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        startup.extend(body);
+        stream.write_all(&startup).unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        (ssl[0], String::from_utf8_lossy(&rest).into_owned())
+    })
+    .await
+    .unwrap();
+    assert_eq!(answer.0, b'N');
+    assert!(
+        answer.1.starts_with('E')
+            && answer.1.contains("C53300")
+            && answer.1.contains("Msorry, too many clients already"),
+        "{answer:?}"
+    );
     // A sidecar listening beyond loopback is refused at start.
     let wide =
         ProxyConfig::parse("address: x\nlisten: 0.0.0.0:6432\nauth: { sidecar: { role: app } }\n");
