@@ -140,7 +140,12 @@ impl<'de> Deserialize<'de> for Ttl {
             Number(f64),
             Text(String),
         }
-        let ttl = match Raw::deserialize(deserializer)? {
+        let raw = Raw::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a number of seconds or a duration such as \"90s\", \"15m\" or \"1h\"",
+            )
+        })?;
+        let ttl = match raw {
             Raw::Seconds(secs) => Ttl::bounded(secs, secs),
             Raw::Number(n) if n >= 0.0 && n.fract() == 0.0 && n <= Ttl::MAX.0 as f64 => {
                 // Whole and in range: the conversion is exact.
@@ -235,6 +240,15 @@ mod tests {
         assert!(err.starts_with("invalid TTL \"1.5\""), "{err}");
         let err = serde_json::from_str::<Ttl>("-3").unwrap_err().to_string();
         assert!(err.starts_with("invalid TTL \"-3\""), "{err}");
+        for json in ["true", "[1]", "{\"a\":1}", "null"] {
+            let err = serde_json::from_str::<Ttl>(json).unwrap_err().to_string();
+            assert!(
+                err.starts_with(
+                    "expected a number of seconds or a duration such as \"90s\", \"15m\" or \"1h\""
+                ),
+                "{json}: {err}"
+            );
+        }
     }
 
     #[test]
