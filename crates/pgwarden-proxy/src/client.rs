@@ -94,7 +94,7 @@ pub async fn hello(
     tls: Option<&TlsAcceptor>,
 ) -> Result<Hello, (Option<Stream>, PgError)> {
     let mut buf = BytesMut::new();
-    let mut encrypted = false;
+    let (mut encrypted, mut ssl_answered, mut gss_answered) = (false, false, false);
     let mut context = DecodeContext::default();
     context.awaiting_frontend_ssl = true;
     context.awaiting_frontend_startup = true;
@@ -107,7 +107,20 @@ pub async fn hello(
             Err(error) => return Err((Some(stream), error)),
         };
         match message {
-            Frontend::SslNegotiation(SslNegotiationMetaMessage::PostgresSsl(_)) if !encrypted => {
+            Frontend::SslNegotiation(SslNegotiationMetaMessage::PostgresSsl(_))
+            | Frontend::SslNegotiation(SslNegotiationMetaMessage::PostgresGss(_))
+                if encrypted || ssl_answered =>
+            {
+                // Asked again after the answer (PostgreSQL reads it as a startup packet of
+                // protocol 1234.5679 or 5680).
+                let error = PgError::new(
+                    "0A000",
+                    "unsupported frontend protocol: encryption was already negotiated",
+                );
+                return Err((Some(stream), error));
+            }
+            Frontend::SslNegotiation(SslNegotiationMetaMessage::PostgresSsl(_)) => {
+                ssl_answered = true;
                 if !buf.is_empty() {
                     // Bytes sent after SSLRequest before our answer could be injected by a
                     // man in the middle (CVE-2021-23214): refuse, as PostgreSQL does.
@@ -133,7 +146,15 @@ pub async fn hello(
                 }
                 encrypted = true;
             }
-            Frontend::SslNegotiation(SslNegotiationMetaMessage::PostgresGss(_)) if !encrypted => {
+            Frontend::SslNegotiation(SslNegotiationMetaMessage::PostgresGss(_)) if gss_answered => {
+                let error = PgError::new(
+                    "0A000",
+                    "unsupported frontend protocol: GSSENCRequest was already answered",
+                );
+                return Err((Some(stream), error));
+            }
+            Frontend::SslNegotiation(SslNegotiationMetaMessage::PostgresGss(_)) => {
+                gss_answered = true;
                 if let Err(e) = stream.write_all(b"N").await {
                     return Err((Some(stream), gone(e)));
                 }

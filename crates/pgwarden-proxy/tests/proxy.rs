@@ -186,6 +186,37 @@ fn exchange(port: u16, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// SSL's magic request code, as a startup-phase packet.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// A startup packet (protocol 3.0) for `user` on database appdb.
+fn startup_packet(user: &str) -> Vec<u8> {
+    let body = format!("\0\x03\0\0user\0{user}\0database\0appdb\0\0");
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend(body.as_bytes());
+    packet
+}
+
+/// Sends an `SSLRequest` to the proxy's port, reads its one-byte answer, then sends `next`
+/// and reads what comes until it closes: the answer and the rest.
+async fn after_ssl_request(port: u16, next: Vec<u8>) -> (u8, String) {
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(&SSL_REQUEST).unwrap();
+        let mut answer = [0u8; 1];
+        stream.read_exact(&mut answer).unwrap();
+        stream.write_all(&next).unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        (answer[0], String::from_utf8_lossy(&rest).into_owned())
+    })
+    .await
+    .unwrap()
+}
+
 /// [`http_get`] off the async workers.
 async fn get(addr: std::net::SocketAddr, path: &'static str) -> String {
     tokio::task::spawn_blocking(move || http_get(addr, path))
@@ -771,6 +802,13 @@ async fn bad_clients_are_refused_cleanly_and_others_keep_being_served() {
         answer.contains("C08P01") && answer.contains("invalid length of startup packet"),
         "{answer:?}"
     );
+    // SSLRequest asked again after its answer: PostgreSQL's code.
+    let (ssl, again) = after_ssl_request(port, SSL_REQUEST.to_vec()).await;
+    assert_eq!(ssl, b'N');
+    assert!(
+        again.contains("C0A000") && again.contains("encryption was already negotiated"),
+        "{again:?}"
+    );
     // Garbage.
     let answer =
         tokio::task::spawn_blocking(move || exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
@@ -1304,26 +1342,7 @@ async fn a_sidecar_acts_as_its_pod_and_limits_answer_in_postgresql_terms() {
     );
     // One that asks for SSL first (libpq's default) reads it after the answer to that, as
     // PostgreSQL sends it.
-    let answer = tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream
-            .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-            .unwrap();
-        let mut ssl = [0u8; 1];
-        stream.read_exact(&mut ssl).unwrap();
-        let body = b"\0\x03\0\0user\0appdb-readonly\0database\0appdb\0\0";
-        let mut startup = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        startup.extend(body);
-        stream.write_all(&startup).unwrap();
-        let mut rest = Vec::new();
-        let _ = stream.read_to_end(&mut rest);
-        (ssl[0], String::from_utf8_lossy(&rest).into_owned())
-    })
-    .await
-    .unwrap();
+    let answer = after_ssl_request(port, startup_packet("appdb-readonly")).await;
     assert_eq!(answer.0, b'N');
     assert!(
         answer.1.starts_with('E')
