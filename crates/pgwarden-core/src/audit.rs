@@ -76,32 +76,45 @@ pub fn clean(text: &str) -> String {
     scrub(text, MAX_FIELD_CHARS)
 }
 
-/// `text` made safe to log, as [`clean`] makes it but whole: no token, and no line break or
-/// terminal escape with which a caller's input could forge or hide log lines.
+/// Longest value kept in one field of a log line, in characters.
+pub const MAX_LOG_FIELD_CHARS: usize = 4096;
+
+/// `text` made safe to log, as [`clean`] makes it (cut to [`MAX_LOG_FIELD_CHARS`]): no token,
+/// and no line break or terminal escape with which a caller's input could forge or hide log
+/// lines.
 pub fn clean_for_log(text: &str) -> String {
-    scrub(text, usize::MAX)
+    scrub(text, MAX_LOG_FIELD_CHARS)
 }
 
 /// Whether `text` holds what looks like a pgwarden token or a JWT (what [`clean`] redacts).
 pub fn holds_secret(text: &str) -> bool {
-    text.char_indices()
-        .any(|(at, _)| text.get(at..).and_then(secret_at).is_some())
+    let mut previous = None;
+    for (at, c) in text.char_indices() {
+        if secret_at(text.get(at..).unwrap_or_default(), previous).is_some() {
+            return true;
+        }
+        previous = Some(c);
+    }
+    false
 }
 
 /// `text` with tokens redacted and control characters escaped, cut to `max_chars`.
 fn scrub(text: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max_chars));
     let mut rest = text;
+    let mut previous = None;
     let mut kept = 0usize;
     while let Some(c) = rest.chars().next() {
         if kept >= max_chars {
             out.push('…');
             break;
         }
-        if let Some(len) = secret_at(rest) {
+        kept = kept.saturating_add(1);
+        if let Some(len) = secret_at(rest, previous) {
             out.push_str("[redacted]");
-            rest = rest.get(len..).unwrap_or_default();
-            kept = kept.saturating_add(1);
+            let (secret, after) = rest.split_at(len);
+            previous = secret.chars().next_back();
+            rest = after;
             continue;
         }
         if c.is_control() {
@@ -110,22 +123,28 @@ fn scrub(text: &str, max_chars: usize) -> String {
             out.push(c);
         }
         rest = rest.get(c.len_utf8()..).unwrap_or_default();
-        kept = kept.saturating_add(1);
+        previous = Some(c);
     }
     out
 }
 
 /// The length of a pgwarden token (`pgw_` and 40 alphanumerics) or a JWT (three base64url
-/// parts, the first starting `eyJ`) at the start of `text`, if one is there.
-fn secret_at(text: &str) -> Option<usize> {
+/// parts, the first starting `eyJ`, not within a word: `previous` is the character before
+/// `text`, so `surveyJobs.v2.ro` is no JWT) at the start of `text`, if one is there. Each look
+/// reads at most to the end of a run of characters that cannot hold the start of another
+/// look, so a text is read in linear time however it is made.
+fn secret_at(text: &str, previous: Option<char>) -> Option<usize> {
     let word =
         |s: &str, allowed: fn(char) -> bool| s.find(|c: char| !allowed(c)).unwrap_or(s.len());
+    let starts_word = |allowed: fn(char) -> bool| previous.is_none_or(|c| !allowed(c));
+    let alphanumeric = |c: char| c.is_ascii_alphanumeric();
+    let base64url = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
     if let Some(after) = text.strip_prefix(crate::token::TOKEN_PREFIX) {
-        let len = word(after, |c| c.is_ascii_alphanumeric());
+        let len = word(after, alphanumeric);
         return (len >= 40).then(|| crate::token::TOKEN_PREFIX.len().saturating_add(len));
     }
-    if text.starts_with("eyJ") {
-        let len = word(text, |c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if text.starts_with("eyJ") && starts_word(base64url) {
+        let len = word(text, base64url);
         let token = text.get(..len).unwrap_or_default();
         return (token.matches('.').count() >= 2).then_some(len);
     }
@@ -358,6 +377,42 @@ mod tests {
         let long = clean(&"x".repeat(5000));
         assert_eq!(long.chars().count(), MAX_FIELD_CHARS + 1);
         assert!(long.ends_with('…'));
+        // Within paths and after punctuation a token is found; within a word, nothing is.
+        assert_eq!(
+            clean(&format!("database/creds/{token} x.{token} {jwt}")),
+            "database/creds/[redacted] x.[redacted] [redacted]"
+        );
+        for name in ["db/surveyJobs.v2.ro", "moneyJournal.eu.ro", "my_pgw_role"] {
+            assert!(!holds_secret(name), "{name}");
+            assert_eq!(clean(name), name);
+        }
+        assert!(holds_secret(&format!("x/{token}")) && holds_secret(jwt));
+    }
+
+    #[test]
+    fn any_text_is_read_in_linear_time() {
+        // Words that each start like a secret and are not one: read once each, not once per
+        // place they could start (which took minutes for a megabyte). The bound is a hundred
+        // times what the linear reading takes.
+        for text in [
+            "eyJ".repeat(350_000),
+            "pgw_".repeat(260_000),
+            "eyJ.".repeat(260_000),
+        ] {
+            let started = std::time::Instant::now();
+            assert!(!holds_secret(&text) || text.starts_with("eyJ."));
+            let _ = scrub(&text, usize::MAX);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{:?} for {} bytes",
+                started.elapsed(),
+                text.len()
+            );
+        }
+        assert_eq!(
+            clean_for_log(&"y".repeat(10_000)).chars().count(),
+            MAX_LOG_FIELD_CHARS + 1
+        );
     }
 
     #[test]

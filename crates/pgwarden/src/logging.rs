@@ -2,8 +2,10 @@
 //! token or a JWT is redacted, and control characters are escaped, so no caller's input (a
 //! login's role, a path) can put a secret in the log or forge a line of it.
 
+use std::fmt;
 use std::io::IsTerminal;
-use tracing_subscriber::field::MakeExt;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::{FormatFields, Writer};
 
 /// Logs on stderr, filtered by PGWARDEN_LOG (else `default`); colours only on a terminal and
@@ -28,23 +30,53 @@ pub fn init(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .fmt_fields(cleaned_fields())
+        .fmt_fields(CleanedFields)
         .with_writer(std::io::stderr)
         .init();
 }
 
-/// Fields as `name=value` (the message bare), each value cleaned.
-fn cleaned_fields() -> impl for<'writer> FormatFields<'writer> + 'static {
-    tracing_subscriber::fmt::format::debug_fn(
-        |writer: &mut Writer<'_>, field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
-            let value = pgwarden_core::audit::clean_for_log(&format!("{value:?}"));
-            match field.name() {
-                "message" => writer.write_str(&value),
-                name => write!(writer, "{name}={value}"),
-            }
-        },
-    )
-    .delimited(" ")
+/// Fields as `name=value` (the message bare), each value cleaned; as the default format
+/// does, a raw identifier's `r#` is dropped and the `log.*` fields that describe a `log` crate
+/// record (a driver's notice) are left out.
+struct CleanedFields;
+
+impl<'writer> FormatFields<'writer> for CleanedFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut visitor = CleanedVisitor {
+            writer,
+            wrote: false,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+/// Writes one event's or span's fields for [`CleanedFields`].
+struct CleanedVisitor<'writer> {
+    writer: Writer<'writer>,
+    wrote: bool,
+    result: fmt::Result,
+}
+
+impl Visit for CleanedVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let value = pgwarden_core::audit::clean_for_log(&format!("{value:?}"));
+        let space = if self.wrote { " " } else { "" };
+        self.wrote = true;
+        self.result = match name {
+            "message" => write!(self.writer, "{space}{value}"),
+            name => write!(
+                self.writer,
+                "{space}{}={value}",
+                name.trim_start_matches("r#")
+            ),
+        };
+    }
 }
 
 #[cfg(test)]
@@ -59,7 +91,7 @@ mod tests {
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
             .without_time()
-            .fmt_fields(cleaned_fields())
+            .fmt_fields(CleanedFields)
             .with_writer(move || Sink(sink.clone()))
             .finish();
         tracing::subscriber::with_default(subscriber, log);
@@ -95,10 +127,25 @@ mod tests {
 
     #[test]
     fn ordinary_fields_read_as_before() {
-        let out = logged(|| tracing::info!(mount = "kubernetes", count = 3, "login"));
+        let out =
+            logged(|| tracing::info!(mount = "kubernetes", count = 3, r#type = "jwt", "login"));
         assert_eq!(
             out,
-            " INFO pgwarden::logging::tests: login mount=\"kubernetes\" count=3\n"
+            " INFO pgwarden::logging::tests: login mount=\"kubernetes\" count=3 type=\"jwt\"\n"
+        );
+        // A `log` crate record (tokio-postgres's notices) as tracing-log hands it over.
+        let out = logged(|| {
+            tracing::info!(
+                log.target = "tokio_postgres::connection",
+                log.module_path = "tokio_postgres::connection",
+                log.file = "src/connection.rs",
+                log.line = 351,
+                "NOTICE: relation exists"
+            )
+        });
+        assert_eq!(
+            out,
+            " INFO pgwarden::logging::tests: NOTICE: relation exists\n"
         );
     }
 }
