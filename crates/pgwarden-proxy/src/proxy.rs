@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub(crate) cancels: Cancels,
     pub(crate) tls: Option<TlsAcceptor>,
     clients: AtomicUsize,
+    /// Clients beyond `max_client_conn` being refused (each after its SSL negotiation).
+    turning_away: AtomicUsize,
     draining: watch::Receiver<bool>,
 }
 
@@ -129,6 +131,7 @@ pub async fn start(config: ProxyConfig) -> Result<Running, String> {
         cancels: Cancels::default(),
         tls,
         clients: AtomicUsize::new(0),
+        turning_away: AtomicUsize::new(0),
         draining,
     });
     let addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
@@ -233,37 +236,50 @@ async fn accept_unix(
 /// Takes a client in, unless there are too many already.
 fn admit(shared: &Arc<Shared>, stream: Stream, local: bool) {
     shared.metrics.clients_total.inc();
-    let count = shared.clients.fetch_add(1, Ordering::SeqCst) + 1;
     let shared = shared.clone();
+    if shared.clients.fetch_add(1, Ordering::SeqCst) >= shared.config.max_client_conn {
+        // Not a client: it holds no slot while it is turned away.
+        shared.clients.fetch_sub(1, Ordering::SeqCst);
+        let turning = shared.turning_away.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            turn_away(&shared, stream, turning < shared.config.max_client_conn).await;
+            shared.turning_away.fetch_sub(1, Ordering::SeqCst);
+        });
+        return;
+    }
     tokio::spawn(async move {
         shared.metrics.clients.inc();
-        if count > shared.config.max_client_conn {
-            shared.metrics.refused("too_many_clients");
-            turn_away(&shared, stream, count).await;
-        } else {
-            handle(&shared, stream, local).await;
-        }
+        handle(&shared, stream, local).await;
         shared.metrics.clients.dec();
         shared.clients.fetch_sub(1, Ordering::SeqCst);
     });
 }
 
-/// Refuses a client beyond `max_client_conn` (the `count`th) with `53300`. As PostgreSQL does,
-/// the error comes after the SSL negotiation, where a client that asked for TLS (libpq's
-/// default `sslmode=prefer`) can read it; past twice the limit, at once, so a flood of
-/// clients beyond it costs no handshakes.
-async fn turn_away(shared: &Shared, mut stream: Stream, count: usize) {
+/// Refuses a client beyond `max_client_conn` with `53300`. As PostgreSQL does, the error comes
+/// after the SSL negotiation (`negotiate`), where a client that asked for TLS (libpq's default
+/// `sslmode=prefer`) can read it; without `negotiate` (as many clients as `max_client_conn` are
+/// already being turned away), at once, so a flood costs no handshakes. A cancel request is
+/// served all the same.
+async fn turn_away(shared: &Shared, mut stream: Stream, negotiate: bool) {
     let error = PgError::new("53300", "sorry, too many clients already");
-    if count > shared.config.max_client_conn.saturating_mul(2) {
+    if !negotiate {
+        shared.metrics.refused("too_many_clients");
         refuse(&mut stream, &error).await;
         return;
     }
     let hello = client::hello(stream, shared.tls.as_ref());
-    match tokio::time::timeout(shared.config.client_login_timeout, hello).await {
-        Ok(Ok(Hello::Session(mut startup))) => refuse(&mut startup.stream, &error).await,
-        Ok(Ok(Hello::Cancel { pid, secret })) => shared.cancels.cancel(pid, secret).await,
-        Ok(Err((Some(mut stream), _))) => refuse(&mut stream, &error).await,
-        Ok(Err((None, _))) | Err(_) => {}
+    let stream = match tokio::time::timeout(shared.config.client_login_timeout, hello).await {
+        Ok(Ok(Hello::Cancel { pid, secret })) => {
+            shared.cancels.cancel(pid, secret).await;
+            return;
+        }
+        Ok(Ok(Hello::Session(startup))) => Some(startup.stream),
+        Ok(Err((stream, _))) => stream,
+        Err(_) => None,
+    };
+    shared.metrics.refused("too_many_clients");
+    if let Some(mut stream) = stream {
+        refuse(&mut stream, &error).await;
     }
 }
 

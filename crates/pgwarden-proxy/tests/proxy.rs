@@ -1350,6 +1350,27 @@ async fn a_sidecar_acts_as_its_pod_and_limits_answer_in_postgresql_terms() {
             && answer.1.contains("Msorry, too many clients already"),
         "{answer:?}"
     );
+    // A client being turned away holds no slot: with one lingering after its SSLRequest, the
+    // slot the first client frees serves the next.
+    let mut lingering = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    lingering.write_all(&SSL_REQUEST).unwrap();
+    lingering.read_exact(&mut [0u8; 1]).unwrap();
+    drop(client);
+    until(
+        "the first client to leave",
+        Duration::from_secs(10),
+        async || {
+            metric(
+                &get(sidecar.metrics_addr, "/metrics").await,
+                "pgwarden_proxy_clients",
+            ) == 1.0
+        },
+    )
+    .await;
+    let (next, connection) = config.connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    assert!(session_user(&next).await.starts_with("v-"));
+    drop(lingering);
     // A sidecar listening beyond loopback is refused at start.
     let wide =
         ProxyConfig::parse("address: x\nlisten: 0.0.0.0:6432\nauth: { sidecar: { role: app } }\n");
