@@ -19,6 +19,9 @@ pub enum Seen {
 #[error("invalid message length {0}")]
 pub struct BadLength(pub i32);
 
+/// Longest body a [`Walker`] keeps whole; a longer one is kept empty.
+const MAX_KEPT_BODY: usize = 4096;
+
 /// Follows message boundaries across chunks.
 #[derive(Debug, Default)]
 pub struct Walker {
@@ -29,9 +32,45 @@ pub struct Walker {
     left: usize,
     /// The current message's type, while its first body byte is still to come.
     want_first: Option<u8>,
+    /// Messages of this type have their bodies kept.
+    keep: Option<u8>,
+    /// The body of the current message, while it is one to keep (`None` once too long).
+    keeping: Option<Option<Vec<u8>>>,
+    /// Bodies of the messages kept, whole (empty when longer than [`MAX_KEPT_BODY`]).
+    kept: Vec<Vec<u8>>,
 }
 
 impl Walker {
+    /// A walker that also keeps the bodies of messages of type `tag` (a server's
+    /// `ParameterStatus`, say), for [`Walker::take_kept`].
+    pub fn keeping(tag: u8) -> Walker {
+        Walker {
+            keep: Some(tag),
+            ..Walker::default()
+        }
+    }
+
+    /// The bodies kept since the last call, oldest first.
+    pub fn take_kept(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.kept)
+    }
+
+    /// Adds `bytes` of the current message's body to the one being kept, if it is.
+    fn keep_body(&mut self, bytes: &[u8]) {
+        if let Some(body) = &mut self.keeping {
+            match body {
+                Some(kept) if kept.len() + bytes.len() <= MAX_KEPT_BODY => {
+                    kept.extend_from_slice(bytes);
+                }
+                _ => *body = None,
+            }
+            if self.left == 0 {
+                self.kept
+                    .push(self.keeping.take().flatten().unwrap_or_default());
+            }
+        }
+    }
+
     /// True between messages (no header or body partly read).
     pub fn at_boundary(&self) -> bool {
         self.have == 0 && self.left == 0
@@ -46,6 +85,7 @@ impl Walker {
                 }
                 let step = self.left.min(chunk.len());
                 self.left -= step;
+                self.keep_body(&chunk[..step]);
                 chunk = &chunk[step..];
                 continue;
             }
@@ -61,6 +101,10 @@ impl Walker {
             self.left = body_length(&self.header)?;
             seen(Seen::Message(tag));
             self.want_first = (self.left > 0).then_some(tag);
+            if self.keep == Some(tag) {
+                self.keeping = Some(Some(Vec::new()));
+                self.keep_body(&[]);
+            }
         }
         Ok(())
     }
@@ -125,6 +169,30 @@ mod tests {
         let mut walker = Walker::default();
         walker.walk(&stream[..7], |_| {}).unwrap();
         assert!(!walker.at_boundary());
+    }
+
+    #[test]
+    fn kept_bodies_come_whole_across_any_split() {
+        let mut stream = message(b'S', b"TimeZone\0UTC\0");
+        stream.extend(message(b'D', &[7; 50]));
+        stream.extend(message(b'S', b""));
+        stream.extend(message(b'S', &[b'x'; MAX_KEPT_BODY + 1]));
+        stream.extend(message(b'Z', b"I"));
+        for split in 0..stream.len() {
+            let mut walker = Walker::keeping(b'S');
+            walker.walk(&stream[..split], |_| {}).unwrap();
+            let mut kept = walker.take_kept();
+            walker.walk(&stream[split..], |_| {}).unwrap();
+            kept.extend(walker.take_kept());
+            assert_eq!(
+                kept,
+                vec![b"TimeZone\0UTC\0".to_vec(), Vec::new(), Vec::new()],
+                "split at {split}"
+            );
+        }
+        let mut plain = Walker::default();
+        plain.walk(&stream, |_| {}).unwrap();
+        assert!(plain.take_kept().is_empty());
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub rotations: Counter,
     /// Leases the proxy revoked (replaced ones whose last connection closed, and at exit).
     pub leases_revoked: Counter,
+    /// Server connections closed in transaction pooling because a client changed a setting
+    /// the server reports.
+    pub settings_closes: Counter,
 }
 
 impl Metrics {
@@ -73,6 +76,7 @@ impl Metrics {
             bytes_to_client,
             rotations: Counter::default(),
             leases_revoked: Counter::default(),
+            settings_closes: Counter::default(),
         };
         let r = &mut m.registry;
         r.register("clients", "Client connections open", m.clients.clone());
@@ -108,6 +112,11 @@ impl Metrics {
             "leases_revoked",
             "Leases revoked by the proxy",
             m.leases_revoked.clone(),
+        );
+        r.register(
+            "settings_closes",
+            "Server connections closed, not reused, because a client changed a reported setting",
+            m.settings_closes.clone(),
         );
         m
     }

@@ -66,9 +66,10 @@ struct Progress {
     terminated: bool,
     /// Where a `COPY … FROM STDIN` stands.
     copy: CopyIn,
-    /// The server reported a setting changed (`ParameterStatus`: the client ran `SET
-    /// client_encoding`, `TimeZone`, …) since it was taken from the pool.
-    setting_changed: bool,
+    /// Settings the server reported (`ParameterStatus`: the client ran `SET client_encoding`,
+    /// `SET LOCAL TimeZone`, …) since the connection was taken from the pool, last value of
+    /// each (a name `None` when the message could not be read).
+    reported: Vec<(Option<String>, String)>,
 }
 
 /// A server in `COPY … FROM STDIN` ignores syncs until the client's `CopyDone` or `CopyFail`,
@@ -119,6 +120,47 @@ impl CopyIn {
 }
 
 impl Progress {
+    /// Takes note of a `ParameterStatus` body (`name\0value\0`).
+    fn note_reported(&mut self, body: &[u8]) {
+        let mut parts = body
+            .split(|b| *b == 0)
+            .map(|part| std::str::from_utf8(part).ok());
+        let (name, value) = match (parts.next().flatten(), parts.next().flatten()) {
+            (Some(name), Some(value)) if !name.is_empty() => (Some(name), value),
+            _ => (None, ""),
+        };
+        match self
+            .reported
+            .iter_mut()
+            .find(|(n, _)| name.is_some() && n.as_deref() == name)
+        {
+            Some((_, last)) => value.clone_into(last),
+            None => self
+                .reported
+                .push((name.map(str::to_string), value.to_string())),
+        }
+    }
+
+    /// Whether the settings reported since the connection was taken are the pool's own
+    /// (`pool`: what its connections reported at start), as PostgreSQL reads them: a `SET
+    /// LOCAL` reverted at commit, or `SET TIME ZONE 'UTC'` on an `Etc/UTC` server, changes
+    /// nothing. Forgets them.
+    fn settings_kept(&mut self, pool: &Attached) -> bool {
+        if self.reported.is_empty() {
+            return true;
+        }
+        let started = pool.parameters();
+        let kept = self.reported.iter().all(|(name, value)| {
+            name.as_deref().is_some_and(|name| {
+                started.iter().any(|(n, v)| {
+                    n.eq_ignore_ascii_case(name) && crate::settings::equivalent(name, value, v)
+                })
+            })
+        });
+        self.reported.clear();
+        kept
+    }
+
     /// Between transactions: nothing in flight either way, no transaction open.
     fn idle(&self) -> bool {
         self.pending == 0
@@ -258,6 +300,7 @@ impl Session {
         }
         let mut progress = Progress {
             status: b'I',
+            server: Walker::keeping(b'S'),
             ..Progress::default()
         };
         let (mut to_server, mut to_client) = (Pending::new(), Pending::new());
@@ -281,7 +324,11 @@ impl Session {
                 cancel.unpoint().await;
                 // A connection whose settings a client changed is not handed to the next one
                 // (which would, say, send UTF-8 to a LATIN1 session): it closes.
-                checkout.release(!std::mem::take(&mut progress.setting_changed));
+                let kept = progress.settings_kept(&pool);
+                if !kept {
+                    metrics.settings_closes.inc();
+                }
+                checkout.release(kept);
             }
             let reading_client = to_server.is_empty() && !progress.terminated;
             // A drain matters between transactions: a session in one hears of it at its end.
@@ -415,12 +462,14 @@ impl Session {
                             let ignored = progress.copy.started();
                             progress.pending = progress.pending.saturating_sub(ignored);
                         }
-                        Seen::Message(b'S') => progress.setting_changed = true,
                         _ => {}
                     });
                     if walked.is_err() {
                         held.take();
                         break None;
+                    }
+                    for body in progress.server.take_kept() {
+                        progress.note_reported(&body);
                     }
                     if statements.is_some() {
                         report_ignored_syncs(&mut progress, held.as_mut());
@@ -613,6 +662,7 @@ mod tests {
     fn taken(bytes: Vec<u8>, transaction: bool) -> (Result<(), PgError>, Progress, Vec<u8>) {
         let mut progress = Progress {
             status: b'I',
+            server: Walker::keeping(b'S'),
             ..Progress::default()
         };
         let (outcome, buf) = taken_after(&mut progress, bytes, transaction);

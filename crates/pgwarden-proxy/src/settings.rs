@@ -88,7 +88,7 @@ impl Settings {
 /// Whether the client's `wanted` value of parameter `name` is the server's `reported` one as
 /// PostgreSQL reads both: an encoding's aliases (`utf-8`, `unicode` for `UTF8`), a `DateStyle`
 /// naming part of the server's (`ISO` of `ISO, MDY`), the names of UTC (`UTC`, `Etc/UTC`).
-fn equivalent(name: &str, wanted: &str, reported: &str) -> bool {
+pub(crate) fn equivalent(name: &str, wanted: &str, reported: &str) -> bool {
     if wanted.eq_ignore_ascii_case(reported) {
         return true;
     }
@@ -96,7 +96,15 @@ fn equivalent(name: &str, wanted: &str, reported: &str) -> bool {
         "client_encoding" => encoding(wanted) == encoding(reported),
         "datestyle" => {
             let server = date_style(reported);
-            let client = date_style(wanted);
+            let mut client = date_style(wanted);
+            // German alone also sets the field order to day first.
+            if client.iter().any(|p| p == "german")
+                && !client
+                    .iter()
+                    .any(|p| ["dmy", "mdy", "ymd"].contains(&p.as_str()))
+            {
+                client.push("dmy".into());
+            }
             !client.is_empty() && client.iter().all(|part| server.contains(part))
         }
         "timezone" => is_utc(wanted) && is_utc(reported),
@@ -104,12 +112,15 @@ fn equivalent(name: &str, wanted: &str, reported: &str) -> bool {
     }
 }
 
-/// Settings whose every value the client may ask for gives the output the server's default
-/// gives: from PostgreSQL 12 on, any positive `extra_float_digits` prints floats exactly
-/// (the default, 1, included).
+/// Settings whose value the client asks for gives the output the server's default gives:
+/// from PostgreSQL 12 on, an `extra_float_digits` of 1 to 3 prints floats exactly (the
+/// default, 1, included).
 fn same_output(name: &str, value: &str) -> bool {
     name.eq_ignore_ascii_case("extra_float_digits")
-        && value.trim().parse::<i32>().is_ok_and(|d| d > 0)
+        && value
+            .trim()
+            .parse::<i32>()
+            .is_ok_and(|d| (1..=3).contains(&d))
 }
 
 /// An encoding's name as PostgreSQL compares them: without case and punctuation, `unicode`
@@ -282,6 +293,7 @@ mod tests {
             ("TimeZone", "Europe/Berlin"),
             ("TimeZone", "GMT"),
             ("extra_float_digits", "0"),
+            ("extra_float_digits", "4"),
         ] {
             let other = Settings::from_startup(&startup(&[(name, value)])).unwrap();
             assert!(
@@ -289,6 +301,15 @@ mod tests {
                 "{name}={value} is not the server's"
             );
         }
+        // German alone means German, DMY.
+        let german = vec![("DateStyle".to_string(), "German, MDY".to_string())];
+        let asking = |value: &str| {
+            Settings::from_startup(&startup(&[("DateStyle", value)]))
+                .unwrap()
+                .check_unchanged(&german)
+        };
+        assert!(asking("German").is_err());
+        assert_eq!(asking("german, us"), Ok(()));
         let changed = Settings::from_startup(&startup(&[("options", "-c search_path=x")])).unwrap();
         assert_eq!(
             changed.check_unchanged(&reported).unwrap_err().message,

@@ -415,12 +415,30 @@ async fn transaction_mode_closes_a_server_connection_whose_settings_a_client_cha
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // One that changes no reported setting gives its connection back for reuse.
+    // One that changes no reported setting gives its connection back for reuse; so do a
+    // SET LOCAL, reverted at commit, and a SET of the value the server already has.
     let plain = w.connect("appdb-readonly", &token).await.unwrap();
     let (plain, kept) = pid_after(plain, "SELECT pg_backend_pid()").await;
+    let (plain, again) = pid_after(
+        plain,
+        "BEGIN; SET LOCAL client_encoding = 'LATIN1'; SELECT pg_backend_pid(); COMMIT",
+    )
+    .await;
+    assert_eq!(again, kept, "reused after a SET LOCAL");
+    let (plain, again) = pid_after(
+        plain,
+        "SET client_encoding = 'utf-8'; SELECT pg_backend_pid()",
+    )
+    .await;
+    assert_eq!(again, kept, "reused after a SET of the same value");
     let (plain, again) = pid_after(plain, "SELECT pg_backend_pid()").await;
     assert_eq!(again, kept, "the idle connection is reused");
     assert_ne!(kept, changed);
+    let metrics = w.metrics().await;
+    assert_eq!(
+        metric(&metrics, "pgwarden_proxy_settings_closes_total"),
+        1.0
+    );
     // Every client finds the pool's settings, whichever connection serves it (the changer's
     // own setting does not follow it either, as with any SET in transaction pooling).
     for client in [&plain, &changer] {
@@ -761,21 +779,14 @@ async fn bad_clients_are_refused_cleanly_and_others_keep_being_served() {
         "{message}"
     );
     // Those a driver sends in another spelling of the server's values (pgJDBC's DateStyle=ISO
-    // of "ISO, MDY", and extra_float_digits=2, whose output is the default's) are taken.
+    // of "ISO, MDY", and extra_float_digits=2, whose output is the default's) are taken; the
+    // session has the server's values, which the client asked for in effect.
     let mut as_jdbc = w.config("appdb-readonly", &w.token("team-a"));
     as_jdbc.options("-c DateStyle=ISO -c extra_float_digits=2");
     let (client, connection) = as_jdbc.connect(tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
-    let row = client
-        .simple_query("SELECT 0.1::float8")
-        .await
-        .unwrap()
-        .into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
-            _ => None,
-        });
-    assert_eq!(row.as_deref(), Some("0.1"));
+    assert_eq!(first_value(&client, "SHOW DateStyle").await, "ISO, MDY");
+    assert_eq!(first_value(&client, "SHOW extra_float_digits").await, "1");
     // A user that is no role name.
     let (code, message) = refusal(
         w.connect("../../sys", &w.token("team-a"))
