@@ -36,9 +36,9 @@ pub fn is_predefined_role(role: &str) -> bool {
 }
 
 /// Why a predefined role is refused as the group role of dynamic users.
-pub const PREDEFINED_ROLE_REFUSED: &str = "is one of PostgreSQL's predefined roles (pg_*), \
-     whose powers (such as reading server files or running programs) every dynamic user would \
-     get; use a NOLOGIN role of your own and grant it what the users need";
+pub const PREDEFINED_ROLE_REFUSED: &str = "is a name PostgreSQL reserves for its predefined \
+     roles (pg_*), whose powers (such as reading server files or running programs) every \
+     dynamic user would get; use a NOLOGIN role of your own and grant it what the users need";
 
 /// A fresh random password.
 pub fn generate_password() -> SecretString {

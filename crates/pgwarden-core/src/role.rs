@@ -423,10 +423,10 @@ mod tests {
             ),
             (
                 r#"{"db_name":"a","preset":"readonly","group_role":"pg_execute_server_program","adopt_group_role":true}"#,
-                "role \"r\": group_role \"pg_execute_server_program\" is one of PostgreSQL's \
-                 predefined roles (pg_*), whose powers (such as reading server files or running \
-                 programs) every dynamic user would get; use a NOLOGIN role of your own and \
-                 grant it what the users need",
+                "role \"r\": group_role \"pg_execute_server_program\" is a name PostgreSQL \
+                 reserves for its predefined roles (pg_*), whose powers (such as reading server \
+                 files or running programs) every dynamic user would get; use a NOLOGIN role of \
+                 your own and grant it what the users need",
             ),
         ];
         for (json, message) in cases {

@@ -140,10 +140,19 @@ impl<'de> Deserialize<'de> for Ttl {
             Number(f64),
             Text(String),
         }
-        let raw = Raw::deserialize(deserializer).map_err(|_| {
-            serde::de::Error::custom(
-                "expected a number of seconds or a duration such as \"90s\", \"15m\" or \"1h\"",
-            )
+        // Only a value of the wrong type gets the message of what a TTL may be; a broken
+        // document keeps its own error.
+        let raw = Raw::deserialize(deserializer).map_err(|error: D::Error| {
+            if error
+                .to_string()
+                .starts_with("data did not match any variant")
+            {
+                serde::de::Error::custom(
+                    "expected a number of seconds or a duration such as \"90s\", \"15m\" or \"1h\"",
+                )
+            } else {
+                error
+            }
         })?;
         let ttl = match raw {
             Raw::Seconds(secs) => Ttl::bounded(secs, secs),
@@ -249,6 +258,8 @@ mod tests {
                 "{json}: {err}"
             );
         }
+        let cut = serde_json::from_str::<Ttl>("\"1h").unwrap_err().to_string();
+        assert!(cut.starts_with("EOF while parsing a string"), "{cut}");
     }
 
     #[test]

@@ -593,9 +593,10 @@ async fn group_roles_must_be_safe_and_made_by_pgwarden_unless_adopted() {
     let err = issue_on(&s.target, &predefined, &[]).await.err().unwrap();
     assert_eq!(
         err.to_string(),
-        "group role \"pg_execute_server_program\" is one of PostgreSQL's predefined roles \
-         (pg_*), whose powers (such as reading server files or running programs) every dynamic \
-         user would get; use a NOLOGIN role of your own and grant it what the users need"
+        "group role \"pg_execute_server_program\" is a name PostgreSQL reserves for its \
+         predefined roles (pg_*), whose powers (such as reading server files or running \
+         programs) every dynamic user would get; use a NOLOGIN role of your own and grant it \
+         what the users need"
     );
     let user = issue_on(&s.target, &adopted, &[]).await.unwrap();
     login(&s, &user).await.unwrap();

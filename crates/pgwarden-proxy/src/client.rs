@@ -107,15 +107,20 @@ pub async fn hello(
             Err(error) => return Err((Some(stream), error)),
         };
         match message {
-            Frontend::SslNegotiation(SslNegotiationMetaMessage::PostgresSsl(_))
-            | Frontend::SslNegotiation(SslNegotiationMetaMessage::PostgresGss(_))
-                if encrypted || ssl_answered =>
+            Frontend::SslNegotiation(
+                request @ (SslNegotiationMetaMessage::PostgresSsl(_)
+                | SslNegotiationMetaMessage::PostgresGss(_)),
+            ) if encrypted
+                || match request {
+                    SslNegotiationMetaMessage::PostgresSsl(_) => ssl_answered,
+                    _ => gss_answered,
+                } =>
             {
-                // Asked again after the answer (PostgreSQL reads it as a startup packet of
-                // protocol 1234.5679 or 5680).
+                // Asked again after its answer, or after encryption began (PostgreSQL reads
+                // it as a startup packet of protocol 1234.5679 or 1234.5680).
                 let error = PgError::new(
                     "0A000",
-                    "unsupported frontend protocol: encryption was already negotiated",
+                    "unsupported frontend protocol: SSLRequest or GSSENCRequest sent again",
                 );
                 return Err((Some(stream), error));
             }
@@ -145,13 +150,6 @@ pub async fn hello(
                     }
                 }
                 encrypted = true;
-            }
-            Frontend::SslNegotiation(SslNegotiationMetaMessage::PostgresGss(_)) if gss_answered => {
-                let error = PgError::new(
-                    "0A000",
-                    "unsupported frontend protocol: GSSENCRequest was already answered",
-                );
-                return Err((Some(stream), error));
             }
             Frontend::SslNegotiation(SslNegotiationMetaMessage::PostgresGss(_)) => {
                 gss_answered = true;

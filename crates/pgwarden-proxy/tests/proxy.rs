@@ -817,9 +817,12 @@ async fn bad_clients_are_refused_cleanly_and_others_keep_being_served() {
     let (ssl, again) = after_ssl_request(port, SSL_REQUEST.to_vec()).await;
     assert_eq!(ssl, b'N');
     assert!(
-        again.contains("C0A000") && again.contains("encryption was already negotiated"),
+        again.contains("C0A000") && again.contains("SSLRequest or GSSENCRequest sent again"),
         "{again:?}"
     );
+    // A GSSENCRequest after SSL was refused is answered (libpq may try both).
+    let (_, gss) = after_ssl_request(port, vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await;
+    assert_eq!(gss, "N");
     // Garbage.
     let answer =
         tokio::task::spawn_blocking(move || exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))

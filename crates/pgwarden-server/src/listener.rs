@@ -139,10 +139,13 @@ mod tests {
     #[tokio::test]
     async fn shutdown_closes_a_connection_still_shaking_hands_at_once() {
         let ca = TestCa::localhost();
+        let dir = tempfile::tempdir().unwrap();
         let files = pgwarden_tls::TlsFiles {
-            cert: tempfile_with(&ca.cert_pem),
-            key: tempfile_with(&ca.key_pem),
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
         };
+        std::fs::write(&files.cert, &ca.cert_pem).unwrap();
+        std::fs::write(&files.key, &ca.key_pem).unwrap();
         let acceptor = pgwarden_tls::ReloadingCert::load("http.tls", &files)
             .unwrap()
             .acceptor(&[b"http/1.1"])
@@ -172,12 +175,5 @@ mod tests {
         );
         let read = silent.read(&mut [0u8; 16]).await;
         assert!(matches!(read, Ok(0) | Err(_)), "closed: {read:?}");
-    }
-
-    /// A file holding `text`, kept until the test process ends.
-    fn tempfile_with(text: &str) -> std::path::PathBuf {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), text).unwrap();
-        file.into_temp_path().keep().unwrap()
     }
 }
