@@ -1336,17 +1336,16 @@ async fn a_sidecar_acts_as_its_pod_and_limits_answer_in_postgresql_terms() {
     // max_client_conn 2: with one client in and one that says nothing, a third is refused.
     let port = sidecar.addr.unwrap().port();
     let _silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    until(
-        "the silent client to be counted",
-        Duration::from_secs(10),
-        async || {
+    let clients_come_to = async |count: f64, what: &str| {
+        until(what, Duration::from_secs(10), async || {
             metric(
                 &get(sidecar.metrics_addr, "/metrics").await,
                 "pgwarden_proxy_clients",
-            ) == 2.0
-        },
-    )
-    .await;
+            ) == count
+        })
+        .await;
+    };
+    clients_come_to(2.0, "the silent client to be counted").await;
     assert_eq!(
         refused_with(&config).await,
         (
@@ -1370,17 +1369,7 @@ async fn a_sidecar_acts_as_its_pod_and_limits_answer_in_postgresql_terms() {
     lingering.write_all(&SSL_REQUEST).unwrap();
     lingering.read_exact(&mut [0u8; 1]).unwrap();
     drop(client);
-    until(
-        "the first client to leave",
-        Duration::from_secs(10),
-        async || {
-            metric(
-                &get(sidecar.metrics_addr, "/metrics").await,
-                "pgwarden_proxy_clients",
-            ) == 1.0
-        },
-    )
-    .await;
+    clients_come_to(1.0, "the first client to leave").await;
     let (next, connection) = config.connect(NoTls).await.unwrap();
     tokio::spawn(connection);
     assert!(session_user(&next).await.starts_with("v-"));
