@@ -5,6 +5,7 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// What to do when a credential changes, as configured.
 #[derive(Debug, Clone, Deserialize)]
@@ -72,8 +73,16 @@ pub fn parse_signal(name: &str) -> Result<Signal, String> {
     Signal::from_str(&full).map_err(|_| format!("unknown signal {name:?}"))
 }
 
+/// Longest an `on_change` command may run.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Runs the action; failures are logged, never fatal (the files are already written).
 pub async fn fire(action: &Action) {
+    fire_within(action, COMMAND_TIMEOUT).await;
+}
+
+/// [`fire`], a command killed after `limit`.
+async fn fire_within(action: &Action, limit: Duration) {
     match action {
         Action::Signal { pid_file, signal } => match signal_pid_file(pid_file, *signal).await {
             Ok(pid) => tracing::info!(pid, signal = %signal, "application signalled"),
@@ -82,18 +91,25 @@ pub async fn fire(action: &Action) {
             }
         },
         Action::Command { program, args } => {
-            match tokio::process::Command::new(program)
+            let child = tokio::process::Command::new(program)
                 .args(args)
-                .status()
-                .await
-            {
+                .kill_on_drop(true)
+                .spawn();
+            let ran = match child {
+                // A command that hangs would hold up every later write of the credential:
+                // it is killed (when dropped) after `limit`.
+                Ok(mut child) => tokio::time::timeout(limit, child.wait())
+                    .await
+                    .map_err(|_| format!("still running after {limit:?}; killed"))
+                    .and_then(|waited| waited.map_err(|e| e.to_string())),
+                Err(error) => Err(format!("cannot run it: {error}")),
+            };
+            match ran {
                 Ok(status) if status.success() => {
                     tracing::info!(%program, ?args, "on_change command ran")
                 }
                 Ok(status) => tracing::warn!(%program, ?args, %status, "on_change command failed"),
-                Err(error) => {
-                    tracing::warn!(%program, ?args, %error, "cannot run the on_change command")
-                }
+                Err(error) => tracing::warn!(%program, ?args, %error, "on_change command failed"),
             }
         }
     }
@@ -104,10 +120,13 @@ async fn signal_pid_file(pid_file: &std::path::Path, signal: Signal) -> Result<i
     let text = tokio::fs::read_to_string(pid_file)
         .await
         .map_err(|e| e.to_string())?;
+    // 0 and negative numbers name process groups (-1: every process): never a pid here.
     let pid: i32 = text
         .trim()
         .parse()
-        .map_err(|_| format!("{:?} is not a pid", text.trim()))?;
+        .ok()
+        .filter(|pid| *pid > 0)
+        .ok_or_else(|| format!("{:?} is not a pid", text.trim()))?;
     kill(Pid::from_raw(pid), signal).map_err(|e| e.to_string())?;
     Ok(pid)
 }
@@ -115,6 +134,54 @@ async fn signal_pid_file(pid_file: &std::path::Path, signal: Signal) -> Result<i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_hung_command_is_killed_after_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let action = Action::Command {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                format!("echo $$ > {}; exec sleep 60", pid_file.display()),
+            ],
+        };
+        let started = std::time::Instant::now();
+        fire_within(&action, Duration::from_millis(500)).await;
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Killed: gone, or a zombie until reaped.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = state.rsplit(") ").next().and_then(|s| s.chars().next());
+            if matches!(state, None | Some('Z')) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pid} still runs: {state:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pid_file_naming_a_group_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pid");
+        for text in ["0", "-1", "-42"] {
+            std::fs::write(&file, text).unwrap();
+            assert_eq!(
+                signal_pid_file(&file, Signal::SIGHUP).await,
+                Err(format!("{text:?} is not a pid"))
+            );
+        }
+    }
 
     #[test]
     fn signals_by_either_name() {

@@ -9,7 +9,9 @@ use crate::on_change::fire;
 use crate::rds::RdsKept;
 use crate::refresh::{Refresher, keep, refresh_and_write, slot};
 use crate::static_creds::StaticKept;
-use pgwarden_client::{Auth, Client, ClientError, CredentialProvider, ProviderOptions};
+use pgwarden_client::{
+    Auth, Client, ClientError, CredentialProvider, Current, ProviderOptions, revoke_after,
+};
 use secrecy::SecretString;
 use std::future::Future;
 use std::sync::Arc;
@@ -17,6 +19,11 @@ use std::time::Duration;
 
 /// A lease found beside the files is adopted only if it has at least this long left.
 const MIN_ADOPTABLE: Duration = Duration::from_secs(2);
+/// First wait before writing a credential's files again after a failure; it doubles up to
+/// [`MAX_WRITE_RETRY`].
+const WRITE_RETRY: Duration = Duration::from_secs(1);
+/// Longest wait between attempts to write a credential's files.
+const MAX_WRITE_RETRY: Duration = Duration::from_secs(30);
 
 /// Why the agent stopped; the message is one line naming the problem.
 #[derive(Debug, thiserror::Error)]
@@ -72,10 +79,20 @@ fn client(
     Client::with_ca_file(address, auth, ca_file).map_err(|e| AgentError(e.to_string()))
 }
 
-/// One credential being kept fresh.
+/// One credential being kept fresh. Its provider does not revoke a replaced lease: the agent
+/// does, a grace period after the files hold the new one, so files it could not rewrite never
+/// hold a revoked password.
 struct Kept {
     delivery: Delivery,
     provider: Arc<CredentialProvider>,
+    client: Arc<Client>,
+    grace: Duration,
+}
+
+/// The credential the files hold.
+struct Written {
+    generation: u64,
+    lease_id: String,
 }
 
 /// Where the state of `delivery` lives: beside its first file.
@@ -88,16 +105,18 @@ fn state_file(delivery: &Delivery) -> std::path::PathBuf {
 }
 
 impl Kept {
-    /// Writes every file and the state beside them.
-    fn write(&self) -> Result<(), AgentError> {
-        let current = self.provider.current();
+    /// Writes every file and the state beside them for `current`.
+    fn write(&self, current: &Current) -> Result<Written, AgentError> {
         let delivery = &self.delivery;
         for file in &delivery.files {
             write_atomically(&file.path, &render(file, &current.credential)?)?;
         }
         save_state(&state_file(delivery), &delivery.path, &current.credential)?;
         tracing::info!(path = %delivery.path, lease_id = %current.credential.lease_id, files = delivery.files.len(), "credential files written");
-        Ok(())
+        Ok(Written {
+            generation: current.generation,
+            lease_id: current.credential.lease_id.clone(),
+        })
     }
 }
 
@@ -142,27 +161,51 @@ async fn obtain(
     })
 }
 
-/// Rewrites the files and tells the application whenever the credential is replaced, and keeps
-/// the health status current on renewals too.
-async fn watch(kept: Arc<Kept>, status: Arc<Status>) {
+/// Rewrites the files and tells the application whenever the credential is replaced (from
+/// `written`, what the files hold), then revokes the replaced lease after the grace period;
+/// keeps the health status current on renewals too. A write that fails is tried again (the
+/// files keep the previous credential, whose lease stays alive meanwhile).
+async fn watch(kept: Arc<Kept>, status: Arc<Status>, mut written: Written) {
     let mut changes = kept.provider.subscribe();
-    let mut written = changes.borrow().generation;
-    while changes.changed().await.is_ok() {
+    let mut failures = 0u32;
+    // Leases of credentials replaced again before their files could be written.
+    let mut never_written: Vec<String> = Vec::new();
+    loop {
         let current = changes.borrow_and_update().clone();
-        status.set(Slot::of(&kept.delivery.path, &current));
-        if current.generation == written {
-            continue;
-        }
-        match kept.write() {
-            Ok(()) => {
-                written = current.generation;
-                if let Some(action) = &kept.delivery.on_change {
-                    fire(action).await;
+        if current.generation != written.generation {
+            match kept.write(&current) {
+                Ok(now) => {
+                    failures = 0;
+                    let replaced = std::mem::replace(&mut written, now);
+                    never_written.push(replaced.lease_id);
+                    for lease_id in never_written.drain(..) {
+                        if lease_id != written.lease_id {
+                            revoke_after(kept.client.clone(), lease_id, kept.grace);
+                        }
+                    }
+                    if let Some(action) = &kept.delivery.on_change {
+                        fire(action).await;
+                    }
+                }
+                Err(error) => {
+                    let lease_id = &current.credential.lease_id;
+                    if !never_written.contains(lease_id) {
+                        never_written.push(lease_id.clone());
+                    }
+                    failures = failures.saturating_add(1);
+                    let wait = pgwarden_core::backoff(failures, WRITE_RETRY, MAX_WRITE_RETRY);
+                    tracing::error!(path = %kept.delivery.path, %error, retry_in_s = wait.as_secs(), "cannot write the new credential; the previous files stay, and their lease is kept");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => continue,
+                        changed = changes.changed() => if changed.is_err() { return } else { continue },
+                    }
                 }
             }
-            Err(error) => {
-                tracing::error!(path = %kept.delivery.path, %error, "cannot write the new credential; the previous files stay")
-            }
+        }
+        // Renewals of what the files hold.
+        status.set(Slot::of(&kept.delivery.path, &current));
+        if changes.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -204,6 +247,8 @@ pub async fn run(
     };
     let options = ProviderOptions {
         grace: config.grace_period,
+        // The watcher revokes a replaced lease once the files hold its successor.
+        revoke_replaced: false,
         ..ProviderOptions::default()
     };
     let status = Arc::new(Status::default());
@@ -230,20 +275,25 @@ pub async fn run(
         let k = Arc::new(Kept {
             delivery,
             provider: Arc::new(obtained.provider),
+            client: client.clone(),
+            grace: config.grace_period,
         });
-        if let Err(error) = k.write() {
-            if obtained.fresh {
-                // Nobody can use a credential that was not delivered: do not leave it alive.
-                let lease_id = k.provider.current().credential.lease_id.clone();
-                if let Err(revoke_error) = client.revoke(&lease_id).await {
-                    tracing::warn!(%lease_id, error = %revoke_error, "revoking the undelivered lease failed; it will expire on its own");
+        let first = k.provider.current();
+        let written = match k.write(&first) {
+            Ok(written) => written,
+            Err(error) => {
+                if obtained.fresh {
+                    // Nobody can use a credential that was not delivered: do not leave it alive.
+                    let lease_id = &first.credential.lease_id;
+                    if let Err(revoke_error) = client.revoke(lease_id).await {
+                        tracing::warn!(%lease_id, error = %revoke_error, "revoking the undelivered lease failed; it will expire on its own");
+                    }
                 }
+                return Err(error);
             }
-            return Err(error);
-        }
-        let current = k.provider.current();
-        status.set(Slot::of(&k.delivery.path, &current));
-        kept.push(k);
+        };
+        status.set(Slot::of(&k.delivery.path, &first));
+        kept.push((k, written));
     }
     if mode == Mode::Once {
         return Ok(());
@@ -256,9 +306,13 @@ pub async fn run(
         let _ = axum::serve(listener, router).await;
     });
     let credentials = kept.len() + refreshed.len();
+    let (kept, written): (Vec<Arc<Kept>>, Vec<Written>) = kept.into_iter().unzip();
+    // Each watcher starts from what the files hold: a credential replaced meanwhile (while
+    // the others were set up) is written at once.
     let watchers: Vec<_> = kept
         .iter()
-        .map(|k| tokio::spawn(watch(k.clone(), status.clone())))
+        .zip(written)
+        .map(|(k, written)| tokio::spawn(watch(k.clone(), status.clone(), written)))
         .chain(refreshed.into_iter().map(|start| start(status.clone())))
         .collect();
     tracing::info!(credentials, listen = %config.listen, "agent ready");

@@ -111,24 +111,11 @@ impl Shared {
         if !self.options.revoke_replaced {
             return Ok(current);
         }
-        let (client, grace, lease_id) = (
+        revoke_after(
             self.client.clone(),
-            self.options.grace,
             old.credential.lease_id.clone(),
+            self.options.grace,
         );
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            match client.revoke(&lease_id).await {
-                Ok(()) => tracing::debug!(%lease_id, "replaced lease revoked"),
-                // Unknown to pgwarden: it already ended at its max TTL.
-                Err(ClientError::Api { status: 400, .. }) => {
-                    tracing::debug!(%lease_id, "replaced lease already gone")
-                }
-                Err(error) => {
-                    tracing::warn!(%lease_id, %error, "revoking a replaced lease failed; it will expire on its own")
-                }
-            }
-        });
         Ok(current)
     }
 
@@ -207,6 +194,25 @@ impl Shared {
             }
         }
     }
+}
+
+/// Revokes `lease_id` after `grace` (for the connections or files still using it to move to
+/// its replacement), in the background. A lease already gone is fine; a failure is logged,
+/// and the lease then ends at its TTL.
+pub fn revoke_after(client: Arc<Client>, lease_id: String, grace: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        match client.revoke(&lease_id).await {
+            Ok(()) => tracing::debug!(%lease_id, "replaced lease revoked"),
+            // Unknown to pgwarden: it already ended at its max TTL.
+            Err(ClientError::Api { status: 400, .. }) => {
+                tracing::debug!(%lease_id, "replaced lease already gone")
+            }
+            Err(error) => {
+                tracing::warn!(%lease_id, %error, "revoking a replaced lease failed; it will expire on its own")
+            }
+        }
+    });
 }
 
 impl CredentialProvider {

@@ -319,6 +319,72 @@ async fn files_stay_fresh_through_rotation_restart_and_signals() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_that_cannot_be_rewritten_keep_their_lease_until_they_are() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("out");
+    std::fs::create_dir(&files).unwrap();
+    std::fs::write(dir.path().join("token"), broker.sa_token(600)).unwrap();
+    let port = free_port();
+    let config = agent_config(dir.path(), &broker.address(), port, &files, "");
+    // No grace period: a replaced lease would be revoked the moment its successor exists.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("grace_period: 1s", "grace_period: 0s"),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let _agent = agent(&config, &[]).stderr(log).spawn().unwrap();
+    wait_ready(port).await;
+    let held: Value =
+        serde_json::from_str(&std::fs::read_to_string(files.join("appdb.json")).unwrap()).unwrap();
+    let lease_id = held["lease_id"].as_str().unwrap().to_string();
+    // One file's place taken by a directory: no write of the files can complete (for root
+    // too) while the credential is replaced (its max TTL is 6 s).
+    let url = files.join("appdb.url");
+    std::fs::remove_file(&url).unwrap();
+    std::fs::create_dir(&url).unwrap();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert!(
+        std::fs::read_to_string(dir.path().join("agent.log"))
+            .unwrap()
+            .contains("cannot write the new credential"),
+        "the credential was replaced meanwhile"
+    );
+    // The lease the files hold was left to run out, not revoked by the agent.
+    let (status, audit) = call(
+        &broker.address(),
+        ROOT_TOKEN,
+        "GET",
+        "pgwarden/audit?action=lease.revoke",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{audit}");
+    let revocations = audit["data"]["records"].as_array().unwrap();
+    assert!(
+        !revocations
+            .iter()
+            .any(|r| r.to_string().contains(lease_id.as_str())),
+        "the files' lease was revoked while they held it: {revocations:?}"
+    );
+    // Once the files can be written, they are, with a credential that works.
+    std::fs::remove_dir(&url).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !url.is_file() {
+        assert!(Instant::now() < deadline, "the files are rewritten");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let now = env_file(&files.join("appdb.env"));
+    broker
+        .cluster
+        .connect_as(&now[0].1, &now[1].1, "appdb")
+        .await
+        .expect("the rewritten files work");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_adopts_the_lease_of_its_init_container() {
     let broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();
