@@ -320,6 +320,10 @@ pub async fn run(
     for w in &watchers {
         w.abort();
     }
+    // No new lease while stopping: none would be written, or revoked.
+    for k in &kept {
+        k.provider.halt();
+    }
     if let Some(client) = client.filter(|_| config.revoke_on_shutdown && !kept.is_empty()) {
         tracing::info!(
             grace_s = config.grace_period.as_secs(),

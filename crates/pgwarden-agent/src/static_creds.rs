@@ -5,7 +5,7 @@
 use crate::config::Delivery;
 use crate::refresh::{Refreshed, Refresher};
 use crate::run::AgentError;
-use pgwarden_client::{Client, Credential};
+use pgwarden_client::{Client, Credential, instant_after};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -64,12 +64,12 @@ impl Refresher for StaticKept {
             },
             // The password works until it is rotated, and the agent reads the new one within
             // seconds: count it valid while reads keep succeeding.
-            expires_at: read_at + ttl + POLL,
+            expires_at: instant_after(read_at, ttl.saturating_add(POLL)),
             next_at: read_at
                 + if ttl.is_zero() {
                     OVERDUE_POLL
                 } else {
-                    (ttl + AFTER_ROTATION).min(POLL)
+                    ttl.saturating_add(AFTER_ROTATION).min(POLL)
                 },
             changed,
             version: Some(current.last_vault_rotation),

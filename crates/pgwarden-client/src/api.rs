@@ -95,6 +95,40 @@ pub struct Client {
     token: RwLock<Option<SecretString>>,
 }
 
+/// Longest answer read from pgwarden (the largest, a page of audit records or a long lease
+/// list, are a few MiB).
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+/// Most characters of an error page that is not pgwarden's kept in an error.
+const MAX_FOREIGN_MESSAGE_CHARS: usize = 512;
+
+/// The response's body as text, refused beyond [`MAX_RESPONSE_BYTES`].
+async fn read_capped(mut response: reqwest::Response) -> Result<String, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| pgwarden_core::chain(&e))?
+    {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(format!(
+                "the answer is larger than {} MiB",
+                MAX_RESPONSE_BYTES >> 20
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// `text` on one line and cut to [`MAX_FOREIGN_MESSAGE_CHARS`].
+fn shortened(text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(MAX_FOREIGN_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+}
+
 /// A transport error's `reason`, with what to do about the two a TLS setup causes: a
 /// certificate this client does not trust, and plain HTTP sent to a TLS port.
 fn with_hint(address: &str, reason: String) -> String {
@@ -229,7 +263,12 @@ impl Client {
             reason: with_hint(&self.address, pgwarden_core::chain(&e)),
         })?;
         let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
+        let text = read_capped(response)
+            .await
+            .map_err(|reason| ClientError::Protocol {
+                what: what.to_string(),
+                reason,
+            })?;
         let value: Value = if text.is_empty() {
             Value::Null
         } else {
@@ -240,7 +279,8 @@ impl Client {
             // empty message; anything else is passed on as the text it was.
             let message = match serde_json::from_value::<ErrorBody>(value) {
                 Ok(errors) => errors.errors.join("; "),
-                Err(_) => text,
+                // Not pgwarden's (a proxy's error page, say): its start, on one line.
+                Err(_) => shortened(&text),
             };
             return Err(ClientError::Api {
                 what: what.to_string(),

@@ -1,7 +1,7 @@
 //! Integration with `deadpool-postgres`: a pool whose new connections always use the
 //! provider's current credential. A connection attempt refused with SQLSTATE 28P01 (invalid
-//! password) fetches a new credential and is retried once, and a pooled connection opened
-//! before the credential was replaced is not handed out again.
+//! password) fetches a new credential (at most one per 5 s) and is retried once, and a pooled
+//! connection opened before the credential was replaced is not handed out again.
 
 use crate::CredentialProvider;
 use crate::provider::Current;
@@ -11,13 +11,36 @@ use secrecy::ExposeSecret;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, Error, NoTls};
 
+/// Least time between two new credentials fetched because a password was rejected: a
+/// database that keeps rejecting new ones (a connection pooler's stale password cache, a
+/// replica not yet caught up) would otherwise get a new user per connection attempt.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Opens connections with the provider's credential (deadpool-postgres's `Connect`).
 struct ProviderConnect {
     provider: Arc<CredentialProvider>,
+    /// When a rejected password last fetched a new credential.
+    last_refresh: std::sync::Mutex<Option<Instant>>,
+}
+
+impl ProviderConnect {
+    /// Whether a rejected password may fetch a new credential now (and notes that it does).
+    fn may_refresh(&self) -> bool {
+        let mut last = self
+            .last_refresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
 }
 
 async fn connect(base: &Config, current: &Current) -> Result<(Client, JoinHandle<()>), Error> {
@@ -46,6 +69,10 @@ impl deadpool_postgres::Connect for ProviderConnect {
             let current = self.provider.current();
             match connect(&base, &current).await {
                 Err(e) if e.code() == Some(&SqlState::INVALID_PASSWORD) => {
+                    if !self.may_refresh() {
+                        tracing::warn!(lease_id = %current.credential.lease_id, "password rejected again soon after a new credential; not fetching another yet");
+                        return Err(e);
+                    }
                     tracing::info!(lease_id = %current.credential.lease_id, "password rejected; fetching a new credential");
                     match self.provider.refresh(current.generation).await {
                         Ok(fresh) => connect(&base, &fresh).await,
@@ -73,6 +100,7 @@ pub fn pool(
         base,
         ProviderConnect {
             provider: provider.clone(),
+            last_refresh: std::sync::Mutex::new(None),
         },
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,

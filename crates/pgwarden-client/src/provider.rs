@@ -62,6 +62,15 @@ pub struct CredentialProvider {
     task: JoinHandle<()>,
 }
 
+/// The instant `after` from `from`; a duration too long for the clock (a server's absurd
+/// TTL) gives a hundred years instead of a panic.
+pub fn instant_after(from: Instant, after: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    from.checked_add(after)
+        .or_else(|| from.checked_add(FAR))
+        .unwrap_or(from)
+}
+
 fn two_thirds(d: Duration) -> Duration {
     d * 2 / 3
 }
@@ -87,7 +96,7 @@ fn retry_delay(attempt: u32, max: Duration, left: Duration) -> Duration {
 impl Shared {
     fn publish(&self, credential: Credential, generation: u64) -> Current {
         let current = Current {
-            expires_at: Instant::now() + credential.lease_duration,
+            expires_at: instant_after(Instant::now(), credential.lease_duration),
             credential: Arc::new(credential),
             generation,
             capped: false,
@@ -138,7 +147,7 @@ impl Shared {
                     if c.generation != current.generation {
                         return false;
                     }
-                    c.expires_at = Instant::now() + renewal.lease_duration;
+                    c.expires_at = instant_after(Instant::now(), renewal.lease_duration);
                     c.capped = renewal.capped;
                     true
                 });
@@ -157,7 +166,7 @@ impl Shared {
     fn next_step_at(&self) -> Instant {
         let current = self.current.borrow();
         let left = current.expires_at.saturating_duration_since(Instant::now());
-        Instant::now() + two_thirds(left)
+        instant_after(Instant::now(), two_thirds(left))
     }
 
     async fn run(self: Arc<Self>) {
@@ -239,7 +248,7 @@ impl CredentialProvider {
         options: ProviderOptions,
     ) -> CredentialProvider {
         let (current, _) = watch::channel(Current {
-            expires_at: Instant::now() + valid_for,
+            expires_at: instant_after(Instant::now(), valid_for),
             credential: Arc::new(credential),
             generation: 0,
             capped: false,
@@ -283,6 +292,13 @@ impl CredentialProvider {
     }
 }
 
+impl CredentialProvider {
+    /// Stops renewing and replacing the credential (the agent stopping), without revoking.
+    pub fn halt(&self) {
+        self.task.abort();
+    }
+}
+
 impl Drop for CredentialProvider {
     fn drop(&mut self) {
         self.task.abort();
@@ -292,6 +308,17 @@ impl Drop for CredentialProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_absurd_ttl_is_far_away_not_a_panic() {
+        let now = Instant::now();
+        let far = instant_after(now, Duration::from_secs(u64::MAX));
+        assert!(far > instant_after(now, Duration::from_secs(99 * 365 * 24 * 3600)));
+        assert_eq!(
+            instant_after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+    }
 
     #[test]
     fn renewal_comes_at_two_thirds() {

@@ -98,5 +98,24 @@ async fn a_rejected_password_fetches_a_new_credential_and_retries_once() {
         .get(0);
     assert_ne!(user, first.credential.username);
     assert_eq!(provider.current().generation, first.generation + 1);
+    // Rejected again at once: no second new user within 5 s (a database that keeps
+    // rejecting new passwords would get one per attempt), then one.
+    drop(conn);
+    pool.resize(0);
+    pool.resize(2);
+    let second = provider.current();
+    client.revoke(&second.credential.lease_id).await.unwrap();
+    let refused = pool.get().await.err().expect("not retried so soon");
+    assert!(
+        matches!(&refused, deadpool_postgres::PoolError::Backend(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)),
+        "{refused:?}"
+    );
+    assert_eq!(provider.current().generation, second.generation);
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    pool.get()
+        .await
+        .expect("retried with a fresh credential after 5 s");
+    assert_eq!(provider.current().generation, second.generation + 1);
     broker.stop().await;
 }

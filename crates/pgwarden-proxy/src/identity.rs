@@ -170,7 +170,10 @@ impl Identities {
             subject: lookup.entity_id.unwrap_or_else(|| "root".to_string()),
             groups: lookup.groups,
             token: token.clone(),
-            until: Instant::now() + lasts,
+            // A TTL too long for the clock: checked again at the next login.
+            until: Instant::now()
+                .checked_add(lasts)
+                .unwrap_or_else(Instant::now),
         })
     }
 }

@@ -46,7 +46,9 @@ async fn apply(
     super::record_ready(api, connection, connection.status.as_ref(), &name, ready).await?;
     match outcome {
         Ok(()) => Ok(Action::requeue(RESYNC)),
-        Err(OperatorError::Invalid(_)) => Ok(Action::await_change()),
+        // A refusal waits for a change of the spec, or the resync: a Secret created after
+        // the resource (GitOps, ExternalSecrets) is read then.
+        Err(OperatorError::Invalid(_)) => Ok(Action::requeue(RESYNC)),
         Err(error) => Err(error),
     }
 }
