@@ -105,7 +105,7 @@ async fn a_rejected_password_fetches_a_new_credential_and_retries_once() {
     pool.resize(2);
     let second = provider.current();
     client.revoke(&second.credential.lease_id).await.unwrap();
-    let refused = pool.get().await.err().expect("not retried so soon");
+    let refused = pool.get().await.expect_err("not retried so soon");
     assert!(
         matches!(&refused, deadpool_postgres::PoolError::Backend(e)
             if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)),
@@ -113,7 +113,8 @@ async fn a_rejected_password_fetches_a_new_credential_and_retries_once() {
     );
     assert_eq!(provider.current().generation, second.generation);
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-    pool.get()
+    let _retried = pool
+        .get()
         .await
         .expect("retried with a fresh credential after 5 s");
     assert_eq!(provider.current().generation, second.generation + 1);
