@@ -793,6 +793,37 @@ async fn of_two_replicas_only_the_lease_holder_acts_and_the_other_takes_over_whe
 }
 
 #[tokio::test]
+async fn an_approval_revoked_before_the_operator_reads_it_is_not_replaced() {
+    let mut world = World::start().await;
+    world.declare("1h", "2h");
+    world.broker_request().await;
+    world.stop_operator().await;
+    // Approved and revoked in pgwarden while the operator is away.
+    let id = world.approve("ok").await;
+    let lease = world
+        .root()
+        .get_request(&id)
+        .await
+        .unwrap()
+        .lease_id
+        .unwrap();
+    world.root().revoke(&lease).await.unwrap();
+    world.start_operator();
+    let revoked = eventually("the LeaseRenewed condition saying so", || {
+        let request = world.request()?;
+        let renewed = condition(&request, "LeaseRenewed")?.clone();
+        (renewed["reason"] == "RevokedInPgwarden").then_some(renewed)
+    })
+    .await;
+    assert_eq!(revoked["status"], "False");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        world.live_leases().await.is_empty(),
+        "nothing issued in its place"
+    );
+}
+
+#[tokio::test]
 async fn a_lease_revoked_by_hand_in_pgwarden_is_not_replaced() {
     let world = World::start().await;
     world.declare("1h", "2h");

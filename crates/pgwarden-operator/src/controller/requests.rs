@@ -374,6 +374,13 @@ impl Handler<'_> {
             None => {
                 let credential = match self.broker().request_credential(&view.id).await {
                     Ok(answer) => Credential::from(answer),
+                    // Revoked in pgwarden before it could have ended (before this operator
+                    // first read it): not replaced, as any lease revoked by hand.
+                    Err(error) if already_gone(&error) && approval_still_running(view) => {
+                        let lease = view.lease_id.as_deref().unwrap_or_default();
+                        return self.honour_revocation(request, status, lease).await;
+                    }
+                    // Ended at its TTL (the operator was away that long): the approval stands.
                     Err(error) if already_gone(&error) => self.issue(view).await?,
                     Err(error) => return Err(error.into()),
                 };
@@ -811,6 +818,18 @@ fn expiry_in(seconds: u64) -> String {
 }
 
 /// Whether `lease`, found gone, should still have been alive: revoked, not lapsed.
+/// Whether the credential `view`'s approval issued would still run (its approved TTL from the
+/// last approval, less [`EARLY`]).
+fn approval_still_running(view: &RequestView) -> bool {
+    let early = time::Duration::seconds(EARLY.as_secs());
+    view.approvals
+        .iter()
+        .map(|approval| approval.at)
+        .max()
+        .and_then(|at| at.checked_add(time::Duration::seconds(view.ttl.as_secs().try_into().ok()?)))
+        .is_some_and(|end| time::OffsetDateTime::now_utc() < end - early)
+}
+
 fn revoked_early(lease: &LeaseStatus) -> bool {
     lease
         .expire_time
