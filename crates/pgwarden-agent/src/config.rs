@@ -192,6 +192,17 @@ pub struct Delivery {
     pub on_change: Option<Action>,
 }
 
+impl Delivery {
+    /// Where the lease of a credential from pgwarden is recorded: beside its first file.
+    pub fn state_file(&self) -> std::path::PathBuf {
+        let first = self
+            .files
+            .first()
+            .map_or(Path::new("."), |f| f.path.as_path());
+        crate::files::state_path(first, &self.path)
+    }
+}
+
 /// The configuration checked and resolved once: templates read, signals parsed.
 #[derive(Debug, Clone)]
 pub struct Agent {
@@ -233,6 +244,23 @@ impl AgentConfig {
             && (self.address.is_none() || self.auth.is_none())
         {
             return Err("address and auth: required when a credential has a path".into());
+        }
+        // Two leases recorded in one file would each be adopted as the other's.
+        let leased: Vec<&Delivery> = deliveries
+            .iter()
+            .filter(|d| d.source == Source::Broker)
+            .collect();
+        for (at, delivery) in leased.iter().enumerate() {
+            let state = delivery.state_file();
+            if let Some(other) = leased[..at].iter().find(|o| o.state_file() == state) {
+                return Err(format!(
+                    "credentials {:?} and {:?} would record their leases in the same file {}: \
+                     write their files to different directories",
+                    other.path,
+                    delivery.path,
+                    state.display()
+                ));
+            }
         }
         Ok(Agent {
             config: self.clone(),
@@ -361,6 +389,10 @@ credentials:
             (
                 "credentials:\n  - { path: p, files: [{ path: /f, format: env }], on_change: { command: [] } }\n",
                 "credential \"p\": on_change.command is empty",
+            ),
+            (
+                "credentials:\n  - { path: db/creds/app-db, files: [{ path: /x/a, format: env }] }\n  - { path: db/creds/app_db, files: [{ path: /x/b, format: env }] }\n",
+                "credentials \"db/creds/app-db\" and \"db/creds/app_db\" would record their leases in the same file /x/.pgwarden-lease-db_creds_app_db.json: write their files to different directories",
             ),
         ];
         for (yaml, message) in cases {

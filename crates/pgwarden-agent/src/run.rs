@@ -3,7 +3,7 @@
 //! told to stop.
 
 use crate::config::{Agent, AuthConfig, Delivery, Source};
-use crate::files::{load_state, render, save_state, state_path, write_atomically};
+use crate::files::{load_state, render, save_state, write_atomically};
 use crate::health::{Slot, Status};
 use crate::on_change::fire;
 use crate::rds::RdsKept;
@@ -95,15 +95,6 @@ struct Written {
     lease_id: String,
 }
 
-/// Where the state of `delivery` lives: beside its first file.
-fn state_file(delivery: &Delivery) -> std::path::PathBuf {
-    let first = delivery
-        .files
-        .first()
-        .map_or(std::path::Path::new("."), |f| f.path.as_path());
-    state_path(first, &delivery.path)
-}
-
 impl Kept {
     /// Writes every file and the state beside them for `current`.
     fn write(&self, current: &Current) -> Result<Written, AgentError> {
@@ -111,7 +102,7 @@ impl Kept {
         for file in &delivery.files {
             write_atomically(&file.path, &render(file, &current.credential)?)?;
         }
-        save_state(&state_file(delivery), &delivery.path, &current.credential)?;
+        save_state(&delivery.state_file(), &delivery.path, &current.credential)?;
         tracing::info!(path = %delivery.path, lease_id = %current.credential.lease_id, files = delivery.files.len(), "credential files written");
         Ok(Written {
             generation: current.generation,
@@ -132,7 +123,7 @@ async fn obtain(
     config: &Delivery,
     options: ProviderOptions,
 ) -> Result<Obtained, AgentError> {
-    if let Some(recorded) = load_state(&state_file(config), &config.path) {
+    if let Some(recorded) = load_state(&config.state_file(), &config.path) {
         match client.lookup(&recorded.lease_id).await {
             Ok(info) if info.ttl >= MIN_ADOPTABLE => {
                 tracing::info!(path = %config.path, lease_id = %recorded.lease_id, valid_for_s = info.ttl.as_secs(), "adopting the existing lease");
