@@ -14,7 +14,7 @@ use pgwarden_client::{
 };
 use secrecy::SecretString;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// A lease found beside the files is adopted only if it has at least this long left.
@@ -87,6 +87,17 @@ struct Kept {
     provider: Arc<CredentialProvider>,
     client: Arc<Client>,
     grace: Duration,
+    leases: Mutex<Leases>,
+}
+
+/// The leases the agent answers for, besides its provider's current one.
+struct Leases {
+    /// What the files hold.
+    written: Written,
+    /// Replaced leases not yet handed to [`revoke_after`]: credentials replaced again before
+    /// their files could be written, and the files' previous one until the application was
+    /// told of the new.
+    replaced: Vec<String>,
 }
 
 /// The credential the files hold.
@@ -96,19 +107,33 @@ struct Written {
 }
 
 impl Kept {
-    /// Writes every file and the state beside them for `current`.
-    fn write(&self, current: &Current) -> Result<Written, AgentError> {
-        let delivery = &self.delivery;
-        for file in &delivery.files {
-            write_atomically(&file.path, &render(file, &current.credential)?)?;
-        }
-        save_state(&delivery.state_file(), &delivery.path, &current.credential)?;
-        tracing::info!(path = %delivery.path, lease_id = %current.credential.lease_id, files = delivery.files.len(), "credential files written");
-        Ok(Written {
-            generation: current.generation,
-            lease_id: current.credential.lease_id.clone(),
-        })
+    fn leases(&self) -> MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Every lease this credential holds alive: the files', the replaced ones, the current.
+    fn all_leases(&self) -> Vec<String> {
+        let leases = self.leases();
+        let mut all = leases.replaced.clone();
+        all.push(leases.written.lease_id.clone());
+        all.push(self.provider.current().credential.lease_id.clone());
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+/// Writes every file of `delivery` and the state beside them for `current`.
+fn write_files(delivery: &Delivery, current: &Current) -> Result<Written, AgentError> {
+    for file in &delivery.files {
+        write_atomically(&file.path, &render(file, &current.credential)?)?;
+    }
+    save_state(&delivery.state_file(), &delivery.path, &current.credential)?;
+    tracing::info!(path = %delivery.path, lease_id = %current.credential.lease_id, files = delivery.files.len(), "credential files written");
+    Ok(Written {
+        generation: current.generation,
+        lease_id: current.credential.lease_id.clone(),
+    })
 }
 
 /// A credential to deliver, and whether its lease was issued just now (rather than adopted).
@@ -152,49 +177,56 @@ async fn obtain(
     })
 }
 
-/// Rewrites the files and tells the application whenever the credential is replaced (from
-/// `written`, what the files hold), then revokes the replaced lease after the grace period;
-/// keeps the health status current on renewals too. A write that fails is tried again (the
-/// files keep the previous credential, whose lease stays alive meanwhile).
-async fn watch(kept: Arc<Kept>, status: Arc<Status>, mut written: Written) {
+/// Rewrites the files and tells the application whenever the credential is replaced, then
+/// revokes the replaced leases after the grace period; keeps the health status current on
+/// renewals too. A write that fails is tried again; meanwhile the files keep the previous
+/// credential, whose lease is not revoked but left to run to its end.
+async fn watch(kept: Arc<Kept>, status: Arc<Status>) {
     let mut changes = kept.provider.subscribe();
     let mut failures = 0u32;
-    // Leases of credentials replaced again before their files could be written.
-    let mut never_written: Vec<String> = Vec::new();
     loop {
         let current = changes.borrow_and_update().clone();
-        if current.generation != written.generation {
-            match kept.write(&current) {
+        if kept.leases().written.generation != current.generation {
+            match write_files(&kept.delivery, &current) {
                 Ok(now) => {
                     failures = 0;
-                    let replaced = std::mem::replace(&mut written, now);
-                    never_written.push(replaced.lease_id);
-                    for lease_id in never_written.drain(..) {
-                        if lease_id != written.lease_id {
-                            revoke_after(kept.client.clone(), lease_id, kept.grace);
-                        }
+                    {
+                        let mut leases = kept.leases();
+                        let previous = std::mem::replace(&mut leases.written, now);
+                        leases.replaced.push(previous.lease_id);
+                        let written = leases.written.lease_id.clone();
+                        leases.replaced.retain(|id| *id != written);
                     }
+                    status.set(Slot::of(&kept.delivery.path, &current));
                     if let Some(action) = &kept.delivery.on_change {
                         fire(action).await;
                     }
+                    // The grace period starts once the application was told.
+                    for lease_id in std::mem::take(&mut kept.leases().replaced) {
+                        revoke_after(kept.client.clone(), lease_id, kept.grace);
+                    }
                 }
                 Err(error) => {
-                    let lease_id = &current.credential.lease_id;
-                    if !never_written.contains(lease_id) {
-                        never_written.push(lease_id.clone());
+                    {
+                        let mut leases = kept.leases();
+                        let lease_id = &current.credential.lease_id;
+                        if !leases.replaced.contains(lease_id) {
+                            leases.replaced.push(lease_id.clone());
+                        }
                     }
                     failures = failures.saturating_add(1);
                     let wait = pgwarden_core::backoff(failures, WRITE_RETRY, MAX_WRITE_RETRY);
-                    tracing::error!(path = %kept.delivery.path, %error, retry_in_s = wait.as_secs(), "cannot write the new credential; the previous files stay, and their lease is kept");
+                    tracing::error!(path = %kept.delivery.path, %error, retry_in_s = wait.as_secs(), "cannot write the new credential; the previous files stay, their lease left to run to its end");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => continue,
                         changed = changes.changed() => if changed.is_err() { return } else { continue },
                     }
                 }
             }
+        } else {
+            // A renewal of what the files hold.
+            status.set(Slot::of(&kept.delivery.path, &current));
         }
-        // Renewals of what the files hold.
-        status.set(Slot::of(&kept.delivery.path, &current));
         if changes.changed().await.is_err() {
             return;
         }
@@ -263,14 +295,8 @@ pub async fn run(
             }
         };
         let obtained = obtain(client, &delivery, options).await?;
-        let k = Arc::new(Kept {
-            delivery,
-            provider: Arc::new(obtained.provider),
-            client: client.clone(),
-            grace: config.grace_period,
-        });
-        let first = k.provider.current();
-        let written = match k.write(&first) {
+        let first = obtained.provider.current();
+        let written = match write_files(&delivery, &first) {
             Ok(written) => written,
             Err(error) => {
                 if obtained.fresh {
@@ -283,8 +309,17 @@ pub async fn run(
                 return Err(error);
             }
         };
-        status.set(Slot::of(&k.delivery.path, &first));
-        kept.push((k, written));
+        status.set(Slot::of(&delivery.path, &first));
+        kept.push(Arc::new(Kept {
+            delivery,
+            provider: Arc::new(obtained.provider),
+            client: client.clone(),
+            grace: config.grace_period,
+            leases: Mutex::new(Leases {
+                written,
+                replaced: Vec::new(),
+            }),
+        }));
     }
     if mode == Mode::Once {
         return Ok(());
@@ -297,23 +332,21 @@ pub async fn run(
         let _ = axum::serve(listener, router).await;
     });
     let credentials = kept.len() + refreshed.len();
-    let (kept, written): (Vec<Arc<Kept>>, Vec<Written>) = kept.into_iter().unzip();
     // Each watcher starts from what the files hold: a credential replaced meanwhile (while
     // the others were set up) is written at once.
     let watchers: Vec<_> = kept
         .iter()
-        .zip(written)
-        .map(|(k, written)| tokio::spawn(watch(k.clone(), status.clone(), written)))
+        .map(|k| tokio::spawn(watch(k.clone(), status.clone())))
         .chain(refreshed.into_iter().map(|start| start(status.clone())))
         .collect();
     tracing::info!(credentials, listen = %config.listen, "agent ready");
     shutdown.await;
-    for w in &watchers {
-        w.abort();
-    }
     // No new lease while stopping: none would be written, or revoked.
     for k in &kept {
         k.provider.halt();
+    }
+    for w in &watchers {
+        w.abort();
     }
     if let Some(client) = client.filter(|_| config.revoke_on_shutdown && !kept.is_empty()) {
         tracing::info!(
@@ -321,10 +354,13 @@ pub async fn run(
             "revoking leases after the grace period"
         );
         tokio::time::sleep(config.grace_period).await;
-        for k in kept {
-            let lease_id = k.provider.current().credential.lease_id.clone();
-            if let Err(error) = client.revoke(&lease_id).await {
-                tracing::warn!(%lease_id, %error, "revoking on shutdown failed; the lease will expire on its own");
+        for lease_id in kept.iter().flat_map(|k| k.all_leases()) {
+            match client.revoke(&lease_id).await {
+                // Already gone (ended, or revoked after its grace period).
+                Ok(()) | Err(ClientError::Api { status: 400, .. }) => {}
+                Err(error) => {
+                    tracing::warn!(%lease_id, %error, "revoking on shutdown failed; the lease will expire on its own")
+                }
             }
         }
     }

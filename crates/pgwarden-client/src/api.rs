@@ -101,19 +101,27 @@ const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// Most characters of an error page that is not pgwarden's kept in an error.
 const MAX_FOREIGN_MESSAGE_CHARS: usize = 512;
 
+/// Why an answer's body was not read.
+enum Unread {
+    /// Longer than [`MAX_RESPONSE_BYTES`].
+    TooLarge(String),
+    /// The connection failed while reading it.
+    Broken(String),
+}
+
 /// The response's body as text, refused beyond [`MAX_RESPONSE_BYTES`].
-async fn read_capped(mut response: reqwest::Response) -> Result<String, String> {
+async fn read_capped(mut response: reqwest::Response) -> Result<String, Unread> {
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| pgwarden_core::chain(&e))?
+        .map_err(|e| Unread::Broken(pgwarden_core::chain(&e)))?
     {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(format!(
+            return Err(Unread::TooLarge(format!(
                 "the answer is larger than {} MiB",
                 MAX_RESPONSE_BYTES >> 20
-            ));
+            )));
         }
         body.extend_from_slice(&chunk);
     }
@@ -263,12 +271,22 @@ impl Client {
             reason: with_hint(&self.address, pgwarden_core::chain(&e)),
         })?;
         let status = response.status().as_u16();
-        let text = read_capped(response)
-            .await
-            .map_err(|reason| ClientError::Protocol {
-                what: what.to_string(),
-                reason,
-            })?;
+        let text = match read_capped(response).await {
+            Ok(text) => text,
+            Err(Unread::TooLarge(reason)) => {
+                return Err(ClientError::Protocol {
+                    what: what.to_string(),
+                    reason,
+                });
+            }
+            // Cut off while reading (a reset, the timeout): as if unreachable, so retried.
+            Err(Unread::Broken(reason)) => {
+                return Err(ClientError::Unreachable {
+                    address: self.address.clone(),
+                    reason,
+                });
+            }
+        };
         let value: Value = if text.is_empty() {
             Value::Null
         } else {

@@ -69,6 +69,11 @@ impl deadpool_postgres::Connect for ProviderConnect {
             let current = self.provider.current();
             match connect(&base, &current).await {
                 Err(e) if e.code() == Some(&SqlState::INVALID_PASSWORD) => {
+                    // Replaced meanwhile (another connection's refusal did it): the new one.
+                    let newer = self.provider.current();
+                    if newer.generation != current.generation {
+                        return connect(&base, &newer).await;
+                    }
                     if !self.may_refresh() {
                         tracing::warn!(lease_id = %current.credential.lease_id, "password rejected again soon after a new credential; not fetching another yet");
                         return Err(e);

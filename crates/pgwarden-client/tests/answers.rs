@@ -73,3 +73,18 @@ async fn an_answer_beyond_16_mib_is_refused() {
         "unexpected answer to GET database/creds/app: the answer is larger than 16 MiB"
     );
 }
+
+#[tokio::test]
+async fn an_answer_cut_off_midway_is_transient() {
+    // Promises 1000 bytes, sends 10, and closes: retried later, as if unreachable.
+    let head = "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 1000\r\n\r\n".to_string();
+    let address = serving(head, b'x', 10).await;
+    let error = client(&address)
+        .credential("database/creds/app")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ClientError::Unreachable { .. }) && error.is_transient(),
+        "{error:?}"
+    );
+}

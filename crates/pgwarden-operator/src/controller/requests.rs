@@ -377,8 +377,11 @@ impl Handler<'_> {
                     // Revoked in pgwarden before it could have ended (before this operator
                     // first read it): not replaced, as any lease revoked by hand.
                     Err(error) if already_gone(&error) && approval_still_running(view) => {
-                        let lease = view.lease_id.as_deref().unwrap_or_default();
-                        return self.honour_revocation(request, status, lease).await;
+                        let lease = view
+                            .lease_id
+                            .clone()
+                            .unwrap_or_else(|| format!("of broker request {}", view.id));
+                        return self.honour_revocation(request, status, &lease).await;
                     }
                     // Ended at its TTL (the operator was away that long): the approval stands.
                     Err(error) if already_gone(&error) => self.issue(view).await?,
@@ -817,9 +820,10 @@ fn expiry_in(seconds: u64) -> String {
         .to_string()
 }
 
-/// Whether `lease`, found gone, should still have been alive: revoked, not lapsed.
 /// Whether the credential `view`'s approval issued would still run (its approved TTL from the
-/// last approval, less [`EARLY`]).
+/// last approval, less [`EARLY`]), so that its being gone means it was revoked. A policy grant
+/// whose `max_ttl` cut that TTL short is not known here: such a credential, gone at its
+/// shorter end, is taken for revoked too (not replaced: failing closed).
 fn approval_still_running(view: &RequestView) -> bool {
     let early = time::Duration::seconds(EARLY.as_secs());
     view.approvals
@@ -830,6 +834,7 @@ fn approval_still_running(view: &RequestView) -> bool {
         .is_some_and(|end| time::OffsetDateTime::now_utc() < end - early)
 }
 
+/// Whether `lease`, found gone, should still have been alive: revoked, not lapsed.
 fn revoked_early(lease: &LeaseStatus) -> bool {
     lease
         .expire_time
