@@ -139,6 +139,25 @@ auth:
         (stop, task)
     }
 
+    /// The request's LeaseRenewed condition, once it says the lease was revoked in pgwarden.
+    async fn revoked_in_pgwarden(&self) -> Value {
+        eventually("the LeaseRenewed condition saying so", || {
+            let request = self.request()?;
+            let renewed = condition(&request, "LeaseRenewed")?.clone();
+            (renewed["reason"] == "RevokedInPgwarden").then_some(renewed)
+        })
+        .await
+    }
+
+    /// Two seconds on, no lease lives.
+    async fn nothing_issued_in_its_place(&self) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            self.live_leases().await.is_empty(),
+            "nothing issued in its place"
+        );
+    }
+
     async fn stop_operator(&mut self) {
         let stopped = stop(self.operator.take().unwrap()).await;
         assert_eq!(stopped, controller::Stopped::Shutdown);
@@ -809,18 +828,9 @@ async fn an_approval_revoked_before_the_operator_reads_it_is_not_replaced() {
         .unwrap();
     world.root().revoke(&lease).await.unwrap();
     world.start_operator();
-    let revoked = eventually("the LeaseRenewed condition saying so", || {
-        let request = world.request()?;
-        let renewed = condition(&request, "LeaseRenewed")?.clone();
-        (renewed["reason"] == "RevokedInPgwarden").then_some(renewed)
-    })
-    .await;
+    let revoked = world.revoked_in_pgwarden().await;
     assert_eq!(revoked["status"], "False");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        world.live_leases().await.is_empty(),
-        "nothing issued in its place"
-    );
+    world.nothing_issued_in_its_place().await;
 }
 
 #[tokio::test]
@@ -830,12 +840,7 @@ async fn a_lease_revoked_by_hand_in_pgwarden_is_not_replaced() {
     world.approve("ok").await;
     let (user, _, lease) = world.credential(None).await;
     world.root().revoke(&lease).await.unwrap();
-    let revoked = eventually("the LeaseRenewed condition saying so", || {
-        let request = world.request()?;
-        let renewed = condition(&request, "LeaseRenewed")?.clone();
-        (renewed["reason"] == "RevokedInPgwarden").then_some(renewed)
-    })
-    .await;
+    let revoked = world.revoked_in_pgwarden().await;
     assert_eq!(revoked["status"], "False");
     assert_eq!(
         revoked["message"],
@@ -848,11 +853,7 @@ async fn a_lease_revoked_by_hand_in_pgwarden_is_not_replaced() {
         secret["data"].is_null().then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        world.live_leases().await.is_empty(),
-        "nothing issued in its place"
-    );
+    world.nothing_issued_in_its_place().await;
     assert!(!world.cluster.role_exists(&user).await.unwrap());
     world.assert_rbac_allows_every_call();
 }
