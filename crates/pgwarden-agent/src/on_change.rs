@@ -1,6 +1,6 @@
 //! Telling the application its credential changed: a signal to a pid from a file, or a command.
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -91,17 +91,24 @@ async fn fire_within(action: &Action, limit: Duration) {
             }
         },
         Action::Command { program, args } => {
+            // In a process group of its own, so that what it starts goes with it.
             let child = tokio::process::Command::new(program)
                 .args(args)
+                .process_group(0)
                 .kill_on_drop(true)
                 .spawn();
             let ran = match child {
                 // A command that hangs would hold up every later write of the credential:
-                // it is killed (when dropped) after `limit`.
-                Ok(mut child) => tokio::time::timeout(limit, child.wait())
-                    .await
-                    .map_err(|_| format!("still running after {limit:?}; killed"))
-                    .and_then(|waited| waited.map_err(|e| e.to_string())),
+                // its group is killed after `limit`.
+                Ok(mut child) => match tokio::time::timeout(limit, child.wait()).await {
+                    Ok(waited) => waited.map_err(|e| e.to_string()),
+                    Err(_) => {
+                        if let Some(group) = child.id().and_then(|id| i32::try_from(id).ok()) {
+                            let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+                        }
+                        Err(format!("still running after {limit:?}; killed"))
+                    }
+                },
                 Err(error) => Err(format!("cannot run it: {error}")),
             };
             match ran {
@@ -141,9 +148,10 @@ mod tests {
         let pid_file = dir.path().join("pid");
         let action = Action::Command {
             program: "sh".into(),
+            // A command that starts another and waits for it.
             args: vec![
                 "-c".into(),
-                format!("echo $$ > {}; exec sleep 60", pid_file.display()),
+                format!("sleep 60 & echo $! > {}; wait", pid_file.display()),
             ],
         };
         let started = std::time::Instant::now();
@@ -154,7 +162,7 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        // Killed: gone, or a zombie until reaped.
+        // What it started was killed too: gone, or a zombie until reaped.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
