@@ -151,11 +151,8 @@ impl Progress {
         }
         let started = pool.parameters();
         let kept = self.reported.iter().all(|(name, value)| {
-            name.as_deref().is_some_and(|name| {
-                started.iter().any(|(n, v)| {
-                    n.eq_ignore_ascii_case(name) && crate::settings::equivalent(name, value, v)
-                })
-            })
+            name.as_deref()
+                .is_some_and(|name| crate::settings::holds(&started, name, value))
         });
         self.reported.clear();
         kept

@@ -55,8 +55,8 @@ impl Settings {
     }
 
     /// In transaction pooling: refuses the settings the server's `reported` parameters do not
-    /// already have (in another spelling PostgreSQL takes as the same, such as `utf-8` for
-    /// `UTF8`), other than application names and a positive `extra_float_digits`.
+    /// already have (see [`holds`]), other than application names and an
+    /// `extra_float_digits` of 1 to 3.
     pub fn check_unchanged(&self, reported: &[(String, String)]) -> Result<(), PgError> {
         let unmet: Vec<String> = self
             .0
@@ -64,9 +64,7 @@ impl Settings {
             .filter(|(name, value)| {
                 !LABELS.contains(&name.as_str())
                     && !same_output(name, value)
-                    && !reported
-                        .iter()
-                        .any(|(n, v)| n.eq_ignore_ascii_case(name) && equivalent(name, value, v))
+                    && !holds(reported, name, value)
             })
             .map(|(name, value)| format!("{name}={value}"))
             .collect();
@@ -85,10 +83,18 @@ impl Settings {
     }
 }
 
+/// Whether a server's `reported` parameters have `name` at `value`, in any spelling
+/// PostgreSQL takes as the same (`utf-8` for `UTF8`, say; see [`equivalent`]).
+pub(crate) fn holds(reported: &[(String, String)], name: &str, value: &str) -> bool {
+    reported
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case(name) && equivalent(name, value, v))
+}
+
 /// Whether the client's `wanted` value of parameter `name` is the server's `reported` one as
 /// PostgreSQL reads both: an encoding's aliases (`utf-8`, `unicode` for `UTF8`), a `DateStyle`
 /// naming part of the server's (`ISO` of `ISO, MDY`), the names of UTC (`UTC`, `Etc/UTC`).
-pub(crate) fn equivalent(name: &str, wanted: &str, reported: &str) -> bool {
+fn equivalent(name: &str, wanted: &str, reported: &str) -> bool {
     if wanted.eq_ignore_ascii_case(reported) {
         return true;
     }

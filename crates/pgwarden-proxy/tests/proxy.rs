@@ -217,6 +217,15 @@ async fn after_ssl_request(port: u16, next: Vec<u8>) -> (u8, String) {
     .unwrap()
 }
 
+/// The proxy's `tls:` setting for the PEM files `cert` and `key`.
+fn tls_setting(cert: &std::path::Path, key: &std::path::Path) -> String {
+    format!(
+        "tls: {{ cert: \"{}\", key: \"{}\" }}",
+        cert.display(),
+        key.display()
+    )
+}
+
 /// [`http_get`] off the async workers.
 async fn get(addr: std::net::SocketAddr, path: &'static str) -> String {
     tokio::task::spawn_blocking(move || http_get(addr, path))
@@ -1110,11 +1119,7 @@ async fn a_renewed_client_certificate_is_served_without_a_restart() {
     };
     let first = pgwarden_testkit::tls::TestCa::localhost();
     install(&first);
-    let tls = format!(
-        "tls: {{ cert: \"{}\", key: \"{}\" }}",
-        cert.display(),
-        key.display()
-    );
+    let tls = tls_setting(&cert, &key);
     let w = world("session", &tls).await;
     let token = w.token("team-a");
     let mut pg = w.config("appdb-readonly", &token);
@@ -1150,11 +1155,7 @@ async fn tls_clients_are_served_and_a_sixty_second_pgbench_survives_rotations() 
     let (cert, key) = (files.path().join("tls.crt"), files.path().join("tls.key"));
     std::fs::write(&cert, &ca.cert_pem).unwrap();
     std::fs::write(&key, &ca.key_pem).unwrap();
-    let tls = format!(
-        "tls: {{ cert: \"{}\", key: \"{}\" }}",
-        cert.display(),
-        key.display()
-    );
+    let tls = tls_setting(&cert, &key);
     let w = world("transaction", &tls).await;
     let token = w.token("team-a");
 
