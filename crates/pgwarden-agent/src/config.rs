@@ -203,6 +203,28 @@ impl Delivery {
     }
 }
 
+/// Where `file` is, spelled one way whatever way it was written: absolute, without `.` or
+/// `..`, and through an existing directory's symbolic links.
+fn place(file: &Path) -> PathBuf {
+    let absolute = std::env::current_dir().unwrap_or_default().join(file);
+    let mut lexical = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                lexical.pop();
+            }
+            other => lexical.push(other),
+        }
+    }
+    match (lexical.parent(), lexical.file_name()) {
+        (Some(dir), Some(name)) => dir
+            .canonicalize()
+            .map_or_else(|_| lexical.clone(), |dir| dir.join(name)),
+        _ => lexical,
+    }
+}
+
 /// The configuration checked and resolved once: templates read, signals parsed.
 #[derive(Debug, Clone)]
 pub struct Agent {
@@ -250,9 +272,13 @@ impl AgentConfig {
             .iter()
             .filter(|d| d.source == Source::Broker)
             .collect();
+        let places: Vec<_> = leased.iter().map(|d| place(&d.state_file())).collect();
         for (at, delivery) in leased.iter().enumerate() {
             let state = delivery.state_file();
-            if let Some(other) = leased[..at].iter().find(|o| o.state_file() == state) {
+            if let Some(other) = (0..at)
+                .find(|&o| places[o] == places[at])
+                .map(|o| leased[o])
+            {
                 return Err(format!(
                     "credentials {:?} and {:?} would record their leases in the same file {}: \
                      write their files to different directories",
@@ -370,6 +396,28 @@ credentials:
     }
 
     #[test]
+    fn a_state_file_reached_through_a_symbolic_link_is_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let yaml = format!(
+            "address: x\nauth: {{ token: {{ token_file: /t }} }}\ncredentials:\n  \
+             - {{ path: db/creds/a, files: [{{ path: {d}/real/a, format: env }}] }}\n  \
+             - {{ path: db/creds/a, files: [{{ path: {d}/link/b, format: env }}] }}\n",
+            d = dir.path().display()
+        );
+        let error = parse(&yaml).unwrap_err();
+        assert!(
+            error.ends_with(&format!(
+                "would record their leases in the same file {}/link/.pgwarden-lease-db_creds_a.json: write their files to different directories",
+                dir.path().display()
+            )),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn check_names_what_to_fix() {
         let base = "address: x\nauth: { token: { token_file: /t } }\n";
         let cases = [
@@ -393,6 +441,10 @@ credentials:
             (
                 "credentials:\n  - { path: db/creds/app-db, files: [{ path: /x/a, format: env }] }\n  - { path: db/creds/app_db, files: [{ path: /x/b, format: env }] }\n",
                 "credentials \"db/creds/app-db\" and \"db/creds/app_db\" would record their leases in the same file /x/.pgwarden-lease-db_creds_app_db.json: write their files to different directories",
+            ),
+            (
+                "credentials:\n  - { path: db/creds/a, files: [{ path: /x/y/../a, format: env }] }\n  - { path: db/creds/a, files: [{ path: /x/./b, format: env }] }\n",
+                "credentials \"db/creds/a\" and \"db/creds/a\" would record their leases in the same file /x/.pgwarden-lease-db_creds_a.json: write their files to different directories",
             ),
         ];
         for (yaml, message) in cases {
