@@ -175,6 +175,18 @@ struct State {
     host: String,
     port: u16,
     database: String,
+    /// Leases replaced by this one that may not have been revoked yet: revoked by the next
+    /// agent that reads this state, should this one stop before it could.
+    #[serde(default)]
+    retired: Vec<String>,
+}
+
+/// What the state beside the files records.
+pub struct Recorded {
+    /// The credential the files hold, or are about to.
+    pub credential: Credential,
+    /// Leases it replaced that may still be alive.
+    pub retired: Vec<String>,
 }
 
 /// Where the state of credential `path` lives: beside its first file.
@@ -187,8 +199,14 @@ pub fn state_path(first_file: &Path, path: &str) -> PathBuf {
     dir.join(format!(".pgwarden-lease-{name}.json"))
 }
 
-/// Records `c` as the credential of `path`.
-pub fn save_state(file: &Path, path: &str, c: &Credential) -> Result<(), String> {
+/// Records `c` as the credential of `path`, and `retired` as the leases it replaced that may
+/// still be alive.
+pub fn save_state(
+    file: &Path,
+    path: &str,
+    c: &Credential,
+    retired: &[String],
+) -> Result<(), String> {
     let state = State {
         path: path.to_string(),
         lease_id: c.lease_id.clone(),
@@ -198,6 +216,7 @@ pub fn save_state(file: &Path, path: &str, c: &Credential) -> Result<(), String>
         host: c.host.clone(),
         port: c.port,
         database: c.database.clone(),
+        retired: retired.to_vec(),
     };
     write_atomically(
         file,
@@ -205,18 +224,21 @@ pub fn save_state(file: &Path, path: &str, c: &Credential) -> Result<(), String>
     )
 }
 
-/// The credential recorded for `path`, if any.
-pub fn load_state(file: &Path, path: &str) -> Option<Credential> {
+/// What is recorded for `path`, if anything.
+pub fn load_state(file: &Path, path: &str) -> Option<Recorded> {
     let state: State = serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()?;
-    (state.path == path).then(|| Credential {
-        lease_id: state.lease_id,
-        lease_duration: Duration::from_secs(state.lease_duration_secs),
-        username: state.username,
-        password: SecretString::from(state.password),
-        host: state.host,
-        port: state.port,
-        database: state.database,
-        hosts: Vec::new(),
+    (state.path == path).then(|| Recorded {
+        credential: Credential {
+            lease_id: state.lease_id,
+            lease_duration: Duration::from_secs(state.lease_duration_secs),
+            username: state.username,
+            password: SecretString::from(state.password),
+            host: state.host,
+            port: state.port,
+            database: state.database,
+            hosts: Vec::new(),
+        },
+        retired: state.retired,
     })
 }
 
@@ -307,12 +329,24 @@ mod tests {
             dir.path()
                 .join(".pgwarden-lease-database_creds_appdb_user.json")
         );
-        save_state(&s, "database/creds/appdb-user", &cred()).unwrap();
+        let retired = ["database/creds/r/old".to_string()];
+        save_state(&s, "database/creds/appdb-user", &cred(), &retired).unwrap();
         let back = load_state(&s, "database/creds/appdb-user").unwrap();
         assert_eq!(
-            (back.lease_id.as_str(), back.password.expose_secret()),
+            (
+                back.credential.lease_id.as_str(),
+                back.credential.password.expose_secret()
+            ),
             ("database/creds/r/abc", "p:w\\d")
         );
+        assert_eq!(back.retired, retired);
+        // A state written before leases were retired through it reads as retiring none.
+        let mut older: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&s).unwrap()).unwrap();
+        older.as_object_mut().unwrap().remove("retired");
+        std::fs::write(&s, older.to_string()).unwrap();
+        let back = load_state(&s, "database/creds/appdb-user").unwrap();
+        assert!(back.retired.is_empty());
         assert!(load_state(&s, "database/creds/other").is_none());
     }
 }

@@ -15,7 +15,7 @@ use pgwarden_client::{
 use secrecy::SecretString;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A lease found beside the files is adopted only if it has at least this long left.
 const MIN_ADOPTABLE: Duration = Duration::from_secs(2);
@@ -24,6 +24,9 @@ const MIN_ADOPTABLE: Duration = Duration::from_secs(2);
 const WRITE_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait between attempts to write a credential's files.
 const MAX_WRITE_RETRY: Duration = Duration::from_secs(30);
+/// How long after its grace period a replaced lease stays listed in the state beside the
+/// files, for its revocation to be done by then.
+const RETIRING_MARGIN: Duration = Duration::from_secs(60);
 
 /// Why the agent stopped; the message is one line naming the problem.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,10 @@ struct Leases {
     /// their files could be written, and the files' previous one until the application was
     /// told of the new.
     replaced: Vec<String>,
+    /// Leases handed to [`revoke_after`], and when: listed in the state beside the files
+    /// until their revocation is surely done, so that an agent stopped meanwhile does not
+    /// leave them alive.
+    retiring: Vec<(String, Instant)>,
 }
 
 /// The credential the files hold.
@@ -111,24 +118,59 @@ impl Kept {
         self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Every lease this credential holds alive: the files', the replaced ones, the current.
+    /// Every lease this credential holds alive: the files', the replaced ones, those being
+    /// revoked, the current.
     fn all_leases(&self) -> Vec<String> {
-        let leases = self.leases();
-        let mut all = leases.replaced.clone();
-        all.push(leases.written.lease_id.clone());
+        let mut all = self.retired("");
         all.push(self.provider.current().credential.lease_id.clone());
-        all.sort();
-        all.dedup();
         all
+    }
+
+    /// The leases other than `current` that may still be alive: the files', the replaced
+    /// ones and those whose revocation may not be done yet.
+    fn retired(&self, current: &str) -> Vec<String> {
+        let mut leases = self.leases();
+        let kept_for = self.grace.saturating_add(RETIRING_MARGIN);
+        leases
+            .retiring
+            .retain(|(_, since)| since.elapsed() < kept_for);
+        let mut retired: Vec<String> = leases.replaced.clone();
+        retired.push(leases.written.lease_id.clone());
+        retired.extend(leases.retiring.iter().map(|(id, _)| id.clone()));
+        retired.retain(|id| id != current);
+        retired.sort();
+        retired.dedup();
+        retired
+    }
+
+    /// Revokes `lease_ids` after the grace period, in the background.
+    fn retire(&self, lease_ids: Vec<String>) {
+        let now = Instant::now();
+        let mut leases = self.leases();
+        for lease_id in lease_ids {
+            revoke_after(self.client.clone(), lease_id.clone(), self.grace);
+            leases.retiring.push((lease_id, now));
+        }
     }
 }
 
-/// Writes every file of `delivery` and the state beside them for `current`.
-fn write_files(delivery: &Delivery, current: &Current) -> Result<Written, AgentError> {
+/// Writes the state beside `delivery`'s files for `current` (and the leases it replaced that
+/// may still be alive, `retired`), then every file: an agent stopped in between adopts
+/// `current` and revokes the others.
+fn write_files(
+    delivery: &Delivery,
+    current: &Current,
+    retired: &[String],
+) -> Result<Written, AgentError> {
+    save_state(
+        &delivery.state_file(),
+        &delivery.path,
+        &current.credential,
+        retired,
+    )?;
     for file in &delivery.files {
         write_atomically(&file.path, &render(file, &current.credential)?)?;
     }
-    save_state(&delivery.state_file(), &delivery.path, &current.credential)?;
     tracing::info!(path = %delivery.path, lease_id = %current.credential.lease_id, files = delivery.files.len(), "credential files written");
     Ok(Written {
         generation: current.generation,
@@ -136,10 +178,12 @@ fn write_files(delivery: &Delivery, current: &Current) -> Result<Written, AgentE
     })
 }
 
-/// A credential to deliver, and whether its lease was issued just now (rather than adopted).
+/// A credential to deliver, whether its lease was issued just now (rather than adopted), and
+/// the leases the state beside the files says may still be alive.
 struct Obtained {
     provider: CredentialProvider,
     fresh: bool,
+    retired: Vec<String>,
 }
 
 /// Adopts the lease recorded beside the files if it is still valid, else issues a new one.
@@ -148,7 +192,10 @@ async fn obtain(
     config: &Delivery,
     options: ProviderOptions,
 ) -> Result<Obtained, AgentError> {
-    if let Some(recorded) = load_state(&config.state_file(), &config.path) {
+    let mut retired = Vec::new();
+    if let Some(state) = load_state(&config.state_file(), &config.path) {
+        retired = state.retired;
+        let recorded = state.credential;
         match client.lookup(&recorded.lease_id).await {
             Ok(info) if info.ttl >= MIN_ADOPTABLE => {
                 tracing::info!(path = %config.path, lease_id = %recorded.lease_id, valid_for_s = info.ttl.as_secs(), "adopting the existing lease");
@@ -161,6 +208,7 @@ async fn obtain(
                         options,
                     ),
                     fresh: false,
+                    retired,
                 });
             }
             Ok(_) => {
@@ -174,6 +222,7 @@ async fn obtain(
     Ok(Obtained {
         provider: CredentialProvider::start(client.clone(), &config.path, options).await?,
         fresh: true,
+        retired,
     })
 }
 
@@ -187,7 +236,8 @@ async fn watch(kept: Arc<Kept>, status: Arc<Status>) {
     loop {
         let current = changes.borrow_and_update().clone();
         if kept.leases().written.generation != current.generation {
-            match write_files(&kept.delivery, &current) {
+            let retired = kept.retired(&current.credential.lease_id);
+            match write_files(&kept.delivery, &current, &retired) {
                 Ok(now) => {
                     failures = 0;
                     {
@@ -202,9 +252,8 @@ async fn watch(kept: Arc<Kept>, status: Arc<Status>) {
                         fire(action).await;
                     }
                     // The grace period starts once the application was told.
-                    for lease_id in std::mem::take(&mut kept.leases().replaced) {
-                        revoke_after(kept.client.clone(), lease_id, kept.grace);
-                    }
+                    let replaced = std::mem::take(&mut kept.leases().replaced);
+                    kept.retire(replaced);
                 }
                 Err(error) => {
                     {
@@ -296,7 +345,9 @@ pub async fn run(
         };
         let obtained = obtain(client, &delivery, options).await?;
         let first = obtained.provider.current();
-        let written = match write_files(&delivery, &first) {
+        let mut retired = obtained.retired;
+        retired.retain(|id| *id != first.credential.lease_id);
+        let written = match write_files(&delivery, &first, &retired) {
             Ok(written) => written,
             Err(error) => {
                 if obtained.fresh {
@@ -310,7 +361,7 @@ pub async fn run(
             }
         };
         status.set(Slot::of(&delivery.path, &first));
-        kept.push(Arc::new(Kept {
+        let credential = Arc::new(Kept {
             delivery,
             provider: Arc::new(obtained.provider),
             client: client.clone(),
@@ -318,8 +369,15 @@ pub async fn run(
             leases: Mutex::new(Leases {
                 written,
                 replaced: Vec::new(),
+                retiring: Vec::new(),
             }),
-        }));
+        });
+        if mode == Mode::Sidecar {
+            // Leases an earlier agent replaced but stopped before revoking (an init
+            // container's run leaves them to the sidecar, in the state).
+            credential.retire(retired);
+        }
+        kept.push(credential);
     }
     if mode == Mode::Once {
         return Ok(());

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 /// Short leases, so the agent renews and replaces them within the test.
 const ROLES: &str =
-    "      appdb-short: { db_name: appdb, preset: readonly, default_ttl: 3s, max_ttl: 6s }";
+    "      appdb-short: { db_name: appdb, preset: readonly, default_ttl: 3s, max_ttl: 6s }
+      appdb-long: { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 1h }";
 
 struct Broker {
     cluster: PgCluster,
@@ -35,7 +36,7 @@ impl Broker {
         let policy = dir.path().join("policy.yaml");
         std::fs::write(
             &policy,
-            "grants:\n  - subjects: [\"system:serviceaccount:team-a:app\"]\n    roles: [\"database/appdb-short\"]\n",
+            "grants:\n  - subjects: [\"system:serviceaccount:team-a:app\"]\n    roles: [\"database/appdb-short\", \"database/appdb-long\"]\n",
         )
         .unwrap();
         let extra = format!(
@@ -240,6 +241,19 @@ async fn files_stay_fresh_through_rotation_restart_and_signals() {
                 5,
                 "never a partial env file"
             );
+            // The state beside the files, read after them, names their lease: as the one to
+            // adopt, or as one replaced but perhaps not revoked yet (it is written first).
+            let state: Value = serde_json::from_str(
+                &std::fs::read_to_string(
+                    reader_files.join(".pgwarden-lease-database_creds_appdb_short.json"),
+                )
+                .unwrap(),
+            )
+            .expect("never a partial state file");
+            let named = std::iter::once(&state["lease_id"])
+                .chain(state["retired"].as_array().unwrap())
+                .any(|id| *id == json["lease_id"]);
+            assert!(named, "files {json} but state {state}");
             users.insert(json["username"].as_str().unwrap().to_string());
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -425,6 +439,102 @@ async fn a_sidecar_adopts_the_lease_of_its_init_container() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_an_agent_replaced_but_did_not_revoke_are_revoked_by_the_next() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = broker.sa_token(600);
+    std::fs::write(dir.path().join("token"), &token).unwrap();
+    let port = free_port();
+    let config = agent_config(dir.path(), &broker.address(), port, dir.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("appdb-short", "appdb-long")).unwrap();
+    let once = agent(&config, &["--once"]).output().await.unwrap();
+    assert!(
+        once.status.success(),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    // Another lease of the same identity, recorded as replaced but not yet revoked: the state
+    // an agent leaves when it stops between recording a new lease and revoking the old one.
+    let (status, login) = call(
+        &broker.address(),
+        "",
+        "POST",
+        "auth/kubernetes/login",
+        Some(json!({ "role": "team-a", "jwt": token })),
+    )
+    .await;
+    assert_eq!(status, 200, "{login}");
+    let app_token = login["auth"]["client_token"].as_str().unwrap();
+    let (status, replaced) = call(
+        &broker.address(),
+        app_token,
+        "GET",
+        "database/creds/appdb-long",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{replaced}");
+    let replaced_id = replaced["lease_id"].as_str().unwrap();
+    let (user, password) = (
+        replaced["data"]["username"].as_str().unwrap(),
+        replaced["data"]["password"].as_str().unwrap(),
+    );
+    broker
+        .cluster
+        .connect_as(user, password, "appdb")
+        .await
+        .expect("the replaced lease works until revoked");
+    let state_file = dir
+        .path()
+        .join(".pgwarden-lease-database_creds_appdb_long.json");
+    let mut state: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    assert_eq!(state["retired"], json!([]), "{state}");
+    state["retired"] = json!([replaced_id]);
+    std::fs::write(&state_file, state.to_string()).unwrap();
+
+    let _sidecar = agent(&config, &[]).spawn().unwrap();
+    let ready = wait_ready(port).await;
+    assert_eq!(
+        ready["credentials"][0]["lease_id"], state["lease_id"],
+        "the recorded lease is adopted"
+    );
+    // Revoked after the grace period (1 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = call(
+            &broker.address(),
+            ROOT_TOKEN,
+            "PUT",
+            "sys/leases/lookup",
+            Some(json!({ "lease_id": replaced_id })),
+        )
+        .await;
+        if status == 400 {
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(Instant::now() < deadline, "the replaced lease is revoked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        broker
+            .cluster
+            .connect_as(user, password, "appdb")
+            .await
+            .is_err(),
+        "the replaced lease's password no longer works"
+    );
+    let held = env_file(&dir.path().join("appdb.env"));
+    broker
+        .cluster
+        .connect_as(&held[0].1, &held[1].1, "appdb")
+        .await
+        .expect("the adopted lease's files work");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_setups_end_with_one_clear_line() {
     let broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -467,7 +577,7 @@ async fn bad_setups_end_with_one_clear_line() {
     assert_eq!(
         err,
         format!(
-            "error: cannot write {}/appdb.env: Not a directory (os error 20)\n",
+            "error: cannot write {}/.pgwarden-lease-database_creds_appdb_short.json: Not a directory (os error 20)\n",
             not_a_dir.display()
         )
     );
