@@ -24,6 +24,41 @@ pub struct ServiceAccount {
     pub uid: String,
 }
 
+impl ServiceAccount {
+    /// The service account `namespace`/`name`, if both are names Kubernetes could have made
+    /// (a namespace is a DNS label, a service account a DNS subdomain): anything else would
+    /// make a subject that policy globs could misread (`team-a:x` as namespace `team-a`).
+    pub fn named(namespace: &str, name: &str, uid: &str) -> Result<ServiceAccount, AuthError> {
+        let valid = |value: &str, max: usize, dots: bool| {
+            let edge =
+                |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            value.len() <= max
+                && edge(value.chars().next())
+                && edge(value.chars().last())
+                && value.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.')
+                })
+        };
+        if !valid(namespace, 63, false) {
+            return Err(AuthError::rejected(
+                Check::Claims,
+                format!("the token's namespace {namespace:?} is not a Kubernetes namespace name"),
+            ));
+        }
+        if !valid(name, 253, true) {
+            return Err(AuthError::rejected(
+                Check::Claims,
+                format!("the token's service account {name:?} is not a Kubernetes name"),
+            ));
+        }
+        Ok(ServiceAccount {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: uid.to_string(),
+        })
+    }
+}
+
 /// A login role (Vault's `auth/kubernetes/role/<name>`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,7 +92,12 @@ pub enum Validation {
         allow_legacy: bool,
     },
     /// By the API server.
-    TokenReview(TokenReviewer),
+    TokenReview {
+        /// The API server's client.
+        reviewer: TokenReviewer,
+        /// Audiences the token must be for (any one suffices); empty: the API server's own.
+        audiences: Vec<String>,
+    },
 }
 
 /// One Kubernetes auth mount.
@@ -74,8 +114,8 @@ fn string_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(value, |v, key| v.get(key))?.as_str()
 }
 
-/// What a legacy secret-based token must satisfy: signed by the cluster's keys, issued by
-/// [`LEGACY_ISSUER`].
+/// What a legacy secret-based token must satisfy to be read: signed by the cluster's keys,
+/// issued by [`LEGACY_ISSUER`]. Its audience is checked after ([`legacy_audience`]).
 fn legacy_rules() -> JwtRules {
     JwtRules {
         issuers: vec![LEGACY_ISSUER.to_string()],
@@ -83,6 +123,27 @@ fn legacy_rules() -> JwtRules {
         leeway_secs: 60,
         require_exp: false,
     }
+}
+
+/// Checks a verified legacy token's claims against the `audiences` a token must be for: a
+/// legacy token has none (it is valid for everything), so where one is required it is
+/// refused.
+fn legacy_audience(claims: &Map<String, Value>, audiences: &[String]) -> Result<(), AuthError> {
+    let carried: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(one)) => vec![one.as_str()],
+        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if audiences.is_empty() || carried.iter().any(|a| audiences.iter().any(|b| b == a)) {
+        return Ok(());
+    }
+    Err(AuthError::rejected(
+        Check::Audience,
+        format!(
+            "a legacy service-account token is not for an audience; this login role accepts \
+             only tokens for one of {audiences:?}"
+        ),
+    ))
 }
 
 /// The service account of a verified token's claims (projected, or legacy when allowed).
@@ -108,28 +169,28 @@ pub fn service_account_from_claims(
                 .map(String::from)
                 .ok_or_else(|| missing(&key))
         };
-        return Ok(ServiceAccount {
-            namespace: get("namespace")?,
-            name: get("service-account.name")?,
-            uid: get("service-account.uid")?,
-        });
+        return ServiceAccount::named(
+            &get("namespace")?,
+            &get("service-account.name")?,
+            &get("service-account.uid")?,
+        );
     }
     let get = |path: &[&str], what: &str| {
         string_at(&claims, path)
             .map(String::from)
             .ok_or_else(|| missing(what))
     };
-    Ok(ServiceAccount {
-        namespace: get(&["kubernetes.io", "namespace"], "kubernetes.io.namespace")?,
-        name: get(
+    ServiceAccount::named(
+        &get(&["kubernetes.io", "namespace"], "kubernetes.io.namespace")?,
+        &get(
             &["kubernetes.io", "serviceaccount", "name"],
             "kubernetes.io.serviceaccount.name",
         )?,
-        uid: get(
+        &get(
             &["kubernetes.io", "serviceaccount", "uid"],
             "kubernetes.io.serviceaccount.uid",
         )?,
-    })
+    )
 }
 
 impl KubernetesRole {
@@ -185,18 +246,29 @@ impl KubernetesAuth {
                 if let Some(audience) = &role.audience {
                     rules.audiences = vec![audience.clone()];
                 }
-                let claims = match verify(jwks, jwt, &rules).await {
-                    Ok(claims) => claims,
+                match verify(jwks, jwt, &rules).await {
+                    Ok(claims) => service_account_from_claims(&claims, *allow_legacy)?,
                     // A legacy token has no aud and no exp: verify it against the legacy
-                    // issuer alone; whether legacy tokens are accepted is decided below.
-                    Err(error) => verify(jwks, jwt, &legacy_rules())
-                        .await
-                        .map_err(|_| error)?,
-                };
-                service_account_from_claims(&claims, *allow_legacy)?
+                    // issuer alone, then decide whether legacy tokens are accepted here.
+                    Err(error) => {
+                        let claims = verify(jwks, jwt, &legacy_rules())
+                            .await
+                            .map_err(|_| error)?;
+                        let sa = service_account_from_claims(&claims, *allow_legacy)?;
+                        legacy_audience(&claims, &rules.audiences)?;
+                        sa
+                    }
+                }
             }
-            Validation::TokenReview(reviewer) => {
-                reviewer.review(jwt, role.audience.as_deref()).await?
+            Validation::TokenReview {
+                reviewer,
+                audiences,
+            } => {
+                let audiences = match &role.audience {
+                    Some(audience) => std::slice::from_ref(audience),
+                    None => audiences.as_slice(),
+                };
+                reviewer.review(jwt, audiences).await?
             }
         };
         role.admit(&sa)?;
@@ -256,6 +328,52 @@ mod tests {
             err.to_string(),
             "permission denied: the token has no kubernetes.io.namespace claim"
         );
+    }
+
+    #[test]
+    fn only_names_kubernetes_could_make_are_taken() {
+        let claims_of = |namespace: &str, name: &str| {
+            claims(
+                json!({"iss": "https://k8s", "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": "u"}}}),
+            )
+        };
+        let long_label = "a".repeat(63);
+        for (namespace, name) in [
+            ("team-a", "app"),
+            ("t1", "app.v2-x"),
+            (long_label.as_str(), "a"),
+        ] {
+            assert!(service_account_from_claims(&claims_of(namespace, name), false).is_ok());
+        }
+        let too_long = "a".repeat(64);
+        for namespace in [
+            "team-a:x",
+            "Team",
+            "-a",
+            "a-",
+            "",
+            "a.b",
+            "a\n",
+            too_long.as_str(),
+        ] {
+            let error =
+                service_account_from_claims(&claims_of(namespace, "app"), false).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "permission denied: the token's namespace {namespace:?} is not a Kubernetes namespace name"
+                )
+            );
+        }
+        for name in ["app:x", "App", ".app", "", "a b", "app*"] {
+            let error = service_account_from_claims(&claims_of("team-a", name), false).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "permission denied: the token's service account {name:?} is not a Kubernetes name"
+                )
+            );
+        }
     }
 
     #[test]

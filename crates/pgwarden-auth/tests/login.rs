@@ -237,6 +237,25 @@ async fn legacy_tokens_only_when_enabled_and_keys_from_a_file() {
     }
     let id = auth.login("team-a", &legacy).await.unwrap();
     assert_eq!(id.subject, "system:serviceaccount:team-a:old");
+    // Where a token must be for an audience, a legacy one (for none) is refused, whether the
+    // mount or the login role asks for it.
+    let mut for_pgwarden = k8s(&issuer, KeySource::File(file.clone()), true);
+    let mut role = team_a_role();
+    role.audience = Some("pgwarden-strict".into());
+    for_pgwarden.roles.insert("strict".into(), role);
+    for (role, accepted) in [("team-a", AUD), ("strict", "pgwarden-strict")] {
+        let err = for_pgwarden.login(role, &legacy).await.unwrap_err();
+        assert_eq!(
+            rejection(err),
+            (
+                format!(
+                    "permission denied: a legacy service-account token is not for an audience; \
+                     this login role accepts only tokens for one of [{accepted:?}]"
+                ),
+                "wrong_audience"
+            )
+        );
+    }
     let mut strict = k8s(&issuer, KeySource::File(file), false);
     if let Validation::Jwks {
         audiences,
@@ -259,15 +278,19 @@ async fn legacy_tokens_only_when_enabled_and_keys_from_a_file() {
 async fn token_review_asks_the_api_server() {
     let api = FakeApiServer::start("reviewer-secret").await;
     api.add_token("opaque-token-1", "team-a", "app");
-    let auth = |reviewer: &str| KubernetesAuth {
+    let with_audiences = |reviewer: &str, audiences: &[&str]| KubernetesAuth {
         mount: "kubernetes".into(),
-        validation: Validation::TokenReview(TokenReviewer {
-            host: api.url(),
-            reviewer_token: reviewer.to_string().into(),
-            http: reqwest::Client::new(),
-        }),
+        validation: Validation::TokenReview {
+            reviewer: TokenReviewer {
+                host: api.url(),
+                reviewer_token: reviewer.to_string().into(),
+                http: reqwest::Client::new(),
+            },
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+        },
         roles: HashMap::from([("team-a".to_string(), team_a_role())]),
     };
+    let auth = |reviewer: &str| with_audiences(reviewer, &[]);
     let id = auth("reviewer-secret")
         .login("team-a", "opaque-token-1")
         .await
@@ -289,6 +312,47 @@ async fn token_review_asks_the_api_server() {
     assert!(
         err.to_string().ends_with("failed: HTTP 401 Unauthorized"),
         "{err}"
+    );
+
+    // A mount's audiences are asked for: a token made for the API server itself (a pod's
+    // default token) is refused, one made for pgwarden accepted; a login role's audience
+    // replaces the mount's.
+    api.add_token_for("opaque-token-2", "team-a", "app", &[AUD]);
+    let for_pgwarden = with_audiences("reviewer-secret", &[AUD]);
+    let err = for_pgwarden
+        .login("team-a", "opaque-token-1")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rejection(err),
+        (
+            "permission denied: the API server rejected the token: [invalid bearer token, token \
+             audiences [\"https://kubernetes.default.svc\"] is invalid for the target audiences \
+             [\"pgwarden\"]]"
+                .into(),
+            "token_review"
+        )
+    );
+    let id = for_pgwarden
+        .login("team-a", "opaque-token-2")
+        .await
+        .unwrap();
+    assert_eq!(id.subject, "system:serviceaccount:team-a:app");
+    let mut role = team_a_role();
+    role.audience = Some("https://kubernetes.default.svc".into());
+    let mut by_role = with_audiences("reviewer-secret", &[AUD]);
+    by_role.roles.insert("default-token".into(), role);
+    by_role
+        .login("default-token", "opaque-token-1")
+        .await
+        .expect("the login role's audience is asked for");
+    assert_eq!(
+        by_role
+            .login("default-token", "opaque-token-2")
+            .await
+            .unwrap_err()
+            .label(),
+        "token_review"
     );
 }
 

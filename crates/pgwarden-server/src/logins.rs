@@ -63,6 +63,31 @@ fn read_file(mount: &str, what: &str, path: &std::path::Path) -> Result<String, 
     })
 }
 
+/// Refuses the settings of a Kubernetes mount that `token_review` makes meaningless: they
+/// would look like checks and check nothing.
+fn unused_with_token_review(
+    mount: &str,
+    k: &crate::config::KubernetesConfig,
+) -> Result<(), ConfigError> {
+    let keys = &k.keys;
+    let unused = [
+        (k.issuer.is_some(), "issuer"),
+        (
+            keys.jwks_file.is_some() || keys.jwks_url.is_some() || keys.oidc_discovery,
+            "keys",
+        ),
+        (k.allow_legacy_tokens, "allow_legacy_tokens"),
+    ];
+    match unused.iter().find(|(set, _)| *set) {
+        Some((_, field)) => Err(ConfigError::Invalid(format!(
+            "auth mount {mount:?}: {field} is not used with token_review (the API server \
+             validates the token; set audiences to accept only tokens made for pgwarden): \
+             remove it"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn token_review(
     mount: &str,
     config: &crate::config::TokenReviewConfig,
@@ -109,7 +134,13 @@ impl Logins {
             let mount = match config {
                 AuthConfig::Kubernetes(k) => {
                     let validation = match &k.token_review {
-                        Some(review) => Validation::TokenReview(token_review(name, review)?),
+                        Some(review) => {
+                            unused_with_token_review(name, k)?;
+                            Validation::TokenReview {
+                                reviewer: token_review(name, review)?,
+                                audiences: k.audiences.clone(),
+                            }
+                        }
                         None => Validation::Jwks {
                             jwks: Jwks::new(
                                 key_source(name, &k.keys, k.issuer.as_ref())?,
@@ -180,6 +211,36 @@ impl Logins {
                     max_ttl,
                 })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_token_review_would_not_use_are_refused() {
+        for (field, setting) in [
+            ("issuer", "issuer: https://kubernetes.default.svc"),
+            ("keys", "keys: { jwks_file: /etc/jwks.json }"),
+            ("allow_legacy_tokens", "allow_legacy_tokens: true"),
+        ] {
+            let yaml = format!(
+                "k8s:\n  type: kubernetes\n  token_review: {{ host: https://api, reviewer_token_file: /nonexistent }}\n  {setting}\n"
+            );
+            let auth: BTreeMap<String, AuthConfig> = serde_saphyr::from_str(&yaml).unwrap();
+            let Err(error) = Logins::from_config(&auth) else {
+                panic!("{field} was accepted with token_review");
+            };
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "config: auth mount \"k8s\": {field} is not used with token_review (the API server \
+                     validates the token; set audiences to accept only tokens made for \
+                     pgwarden): remove it"
+                )
+            );
         }
     }
 }

@@ -205,13 +205,21 @@ impl Drop for TestIssuer {
     }
 }
 
+/// The audience of a token made for the API server itself (a pod's default token).
+pub const API_SERVER_AUDIENCE: &str = "https://kubernetes.default.svc";
+
+/// A token the fake API server knows: its value, user name and audiences.
+type KnownToken = (String, String, Vec<String>);
+
 /// A fake Kubernetes API server answering `POST /apis/authentication.k8s.io/v1/tokenreviews`
 /// with the real TokenReview JSON: it authenticates the reviewer by bearer token and reviews
-/// tokens from a table of known tokens.
+/// tokens from a table of known tokens, each valid for its audiences, as a real API server
+/// does: for `spec.audiences` (its own when none are asked), answering the ones that matched
+/// in `status.audiences`.
 pub struct FakeApiServer {
     addr: SocketAddr,
     scheme: &'static str,
-    tokens: Arc<Mutex<Vec<(String, String)>>>,
+    tokens: Arc<Mutex<Vec<KnownToken>>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -230,7 +238,7 @@ impl FakeApiServer {
         reviewer_token: &str,
         tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     ) -> FakeApiServer {
-        let tokens: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let tokens: Arc<Mutex<Vec<KnownToken>>> = Arc::default();
         let known = tokens.clone();
         let reviewer = format!("Bearer {reviewer_token}");
         let app = axum::Router::new().route(
@@ -269,11 +277,17 @@ impl FakeApiServer {
         format!("{}://{}", self.scheme, self.addr)
     }
 
-    /// Makes `token` valid for service account `namespace`/`name`.
+    /// Makes `token` valid for service account `namespace`/`name`, for the API server itself.
     pub fn add_token(&self, token: &str, namespace: &str, name: &str) {
+        self.add_token_for(token, namespace, name, &[API_SERVER_AUDIENCE]);
+    }
+
+    /// Makes `token` valid for service account `namespace`/`name`, for `audiences`.
+    pub fn add_token_for(&self, token: &str, namespace: &str, name: &str, audiences: &[&str]) {
         self.tokens.lock().expect("tokens").push((
             token.to_string(),
             format!("system:serviceaccount:{namespace}:{name}"),
+            audiences.iter().map(|a| a.to_string()).collect(),
         ));
     }
 }
@@ -287,7 +301,7 @@ impl Drop for FakeApiServer {
 fn review_token(
     headers: &axum::http::HeaderMap,
     reviewer: &str,
-    known: &Mutex<Vec<(String, String)>>,
+    known: &Mutex<Vec<KnownToken>>,
     review: Value,
 ) -> (axum::http::StatusCode, axum::Json<Value>) {
     use axum::http::StatusCode;
@@ -297,18 +311,32 @@ fn review_token(
         return (StatusCode::UNAUTHORIZED, axum::Json(status));
     }
     let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let asked: Vec<String> = match review["spec"]["audiences"].as_array() {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect(),
+        _ => vec![API_SERVER_AUDIENCE.to_string()],
+    };
     let user = known
         .lock()
         .expect("tokens")
         .iter()
-        .find(|(t, _)| t == token)
-        .map(|(_, u)| u.clone());
+        .find(|(t, _, _)| t == token)
+        .map(|(_, user, audiences)| (user.clone(), audiences.clone()));
     let status = match user {
-        Some(username) => json!({
-            "authenticated": true,
-            "user": { "username": username, "uid": format!("uid-{username}"), "groups": ["system:serviceaccounts", "system:authenticated"] },
-            "audiences": review["spec"]["audiences"],
-        }),
+        Some((username, audiences)) => {
+            let matched: Vec<&String> = audiences.iter().filter(|a| asked.contains(a)).collect();
+            if matched.is_empty() {
+                json!({ "authenticated": false, "error": format!("[invalid bearer token, token audiences {audiences:?} is invalid for the target audiences {asked:?}]") })
+            } else {
+                json!({
+                    "authenticated": true,
+                    "user": { "username": username, "uid": format!("uid-{username}"), "groups": ["system:serviceaccounts", "system:authenticated"] },
+                    "audiences": matched,
+                })
+            }
+        }
         None => {
             json!({ "authenticated": false, "error": "[invalid bearer token, token lookup failed]" })
         }
