@@ -286,6 +286,7 @@ impl KubernetesAuth {
             groups: Vec::new(),
             display_name: format!("{}-{}-{}", self.mount, sa.namespace, sa.name),
             metadata,
+            subject_prefix: String::new(),
         })
     }
 }

@@ -120,6 +120,7 @@ impl JwtAuth {
                 ("user".to_string(), user),
             ]),
             groups,
+            subject_prefix: String::new(),
         })
     }
 }

@@ -14,6 +14,10 @@ pub struct Identity {
     pub display_name: String,
     /// Facts about the login shown by token lookup (role, namespace, service account…).
     pub metadata: BTreeMap<String, String>,
+    /// What the auth mount puts before each of this caller's policy subjects (`eu/`), so
+    /// that callers of two mounts never share one; `subject` carries it already.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subject_prefix: String,
 }
 
 impl Identity {
@@ -22,10 +26,12 @@ impl Identity {
         format!("system:serviceaccount:{namespace}:{name}")
     }
 
-    /// Every subject string policy grants can match: the caller's own and `group:<g>` per group.
+    /// Every subject string policy grants can match: the caller's own and `group:<g>` per
+    /// group (each after the mount's subject prefix).
     pub fn policy_subjects(&self) -> Vec<String> {
+        let prefix = &self.subject_prefix;
         std::iter::once(self.subject.clone())
-            .chain(self.groups.iter().map(|g| format!("group:{g}")))
+            .chain(self.groups.iter().map(|g| format!("{prefix}group:{g}")))
             .collect()
     }
 }
@@ -41,10 +47,20 @@ mod tests {
             groups: vec!["dba".into(), "team-a".into()],
             display_name: "jwt-ola".into(),
             metadata: BTreeMap::new(),
+            subject_prefix: String::new(),
         };
         assert_eq!(
             id.policy_subjects(),
             vec!["user:ola@example.com", "group:dba", "group:team-a"]
+        );
+        let scoped = Identity {
+            subject: "eu/user:ola@example.com".into(),
+            subject_prefix: "eu/".into(),
+            ..id
+        };
+        assert_eq!(
+            scoped.policy_subjects(),
+            vec!["eu/user:ola@example.com", "eu/group:dba", "eu/group:team-a"]
         );
         assert_eq!(
             Identity::service_account_subject("ns", "sa"),

@@ -353,6 +353,11 @@ pub struct KubernetesConfig {
     /// Validate through the API server's TokenReview instead of locally.
     #[serde(default)]
     pub token_review: Option<TokenReviewConfig>,
+    /// Put before each caller's policy subjects as `<prefix>/`: needed by all but one of
+    /// several Kubernetes mounts (clusters), whose service accounts would otherwise share
+    /// subjects.
+    #[serde(default)]
+    pub subject_prefix: Option<String>,
     /// Login roles.
     #[serde(default)]
     pub roles: std::collections::HashMap<String, pgwarden_auth::KubernetesRole>,
@@ -384,6 +389,11 @@ pub struct JwtConfig {
     /// Accepted audiences; empty skips the check.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Put before each caller's policy subjects as `<prefix>/`: needed by all but one of
+    /// several OIDC/JWT mounts (identity providers), whose people would otherwise share
+    /// subjects.
+    #[serde(default)]
+    pub subject_prefix: Option<String>,
     /// Login roles.
     #[serde(default)]
     pub roles: std::collections::HashMap<String, pgwarden_auth::JwtRole>,

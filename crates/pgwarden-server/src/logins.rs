@@ -3,10 +3,10 @@
 
 use crate::config::{AuthConfig, ConfigError, KeysConfig};
 use pgwarden_auth::{
-    AuthError, Jwks, JwtAuth, KeySource, KubernetesAuth, TokenReviewer, Validation,
+    AuthError, Jwks, JwtAuth, JwtRole, KeySource, KubernetesAuth, TokenReviewer, Validation,
 };
 use pgwarden_core::{Identity, Ttl};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 /// TTL of a login token when the login role sets none.
@@ -31,9 +31,79 @@ enum Mount {
     Jwt(JwtAuth),
 }
 
-/// Every auth mount by name.
+/// Every auth mount by name, with its subject prefix (`eu/`, or empty).
 pub struct Logins {
-    mounts: BTreeMap<String, Mount>,
+    mounts: BTreeMap<String, (Mount, String)>,
+}
+
+/// Refuses login roles of one jwt mount that name people by different claims: one person
+/// would then be two subjects (`user:<email>` and `user:<sub>`), and could approve their own
+/// access request as the other.
+fn one_user_claim(mount: &str, roles: &HashMap<String, JwtRole>) -> Result<(), ConfigError> {
+    let mut roles: Vec<(&String, &JwtRole)> = roles.iter().collect();
+    roles.sort_by_key(|(name, _)| *name);
+    let Some((first, first_role)) = roles.first() else {
+        return Ok(());
+    };
+    match roles
+        .iter()
+        .find(|(_, r)| r.user_claim != first_role.user_claim)
+    {
+        Some((other, role)) => Err(ConfigError::Invalid(format!(
+            "auth mount {mount:?}: login roles {first:?} and {other:?} name people by different \
+             claims ({:?}, {:?}), so one person would be two subjects (and could approve their \
+             own access request as the other): use one user_claim in a mount",
+            first_role.user_claim, role.user_claim
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The longest `subject_prefix`.
+const MAX_SUBJECT_PREFIX: usize = 32;
+
+/// Checks every mount's `subject_prefix` (lowercase letters, digits and `-`) and that no two
+/// mounts of one kind would give callers the same subjects; returns each mount's prefix as
+/// put before subjects (`eu/`, or empty), in the mounts' order.
+fn subject_prefixes(auth: &BTreeMap<String, AuthConfig>) -> Result<Vec<String>, ConfigError> {
+    let mut prefixes = Vec::new();
+    let mut taken: BTreeMap<(&str, String), &str> = BTreeMap::new();
+    for (name, config) in auth {
+        let (kind, prefix, subjects) = match config {
+            AuthConfig::Kubernetes(k) => (
+                "kubernetes",
+                &k.subject_prefix,
+                "service accounts system:serviceaccount:<namespace>:<name>",
+            ),
+            AuthConfig::Jwt(j) => ("jwt", &j.subject_prefix, "people user:<user_claim>"),
+        };
+        let prefix = match prefix {
+            None => String::new(),
+            Some(p)
+                if !p.is_empty()
+                    && p.len() <= MAX_SUBJECT_PREFIX
+                    && p.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
+            {
+                format!("{p}/")
+            }
+            Some(p) => {
+                return Err(ConfigError::Invalid(format!(
+                    "auth mount {name:?}: subject_prefix {p:?} must be 1 to \
+                     {MAX_SUBJECT_PREFIX} lowercase letters, digits or '-'"
+                )));
+            }
+        };
+        if let Some(other) = taken.insert((kind, prefix.clone()), name) {
+            return Err(ConfigError::Invalid(format!(
+                "auth mounts {other:?} and {name:?} would both name their {subjects}, so \
+                 that a caller of one could act as the other's: give one of them a \
+                 subject_prefix (subject_prefix: {name} makes its subjects {name}/…)"
+            )));
+        }
+        prefixes.push(prefix);
+    }
+    Ok(prefixes)
 }
 
 fn key_source(
@@ -129,8 +199,9 @@ impl Logins {
     /// Builds every auth mount of the configuration.
     pub fn from_config(auth: &BTreeMap<String, AuthConfig>) -> Result<Logins, ConfigError> {
         let http = reqwest::Client::new();
+        let prefixes = subject_prefixes(auth)?;
         let mut mounts = BTreeMap::new();
-        for (name, config) in auth {
+        for ((name, config), prefix) in auth.iter().zip(prefixes) {
             let mount = match config {
                 AuthConfig::Kubernetes(k) => {
                     let validation = match &k.token_review {
@@ -158,19 +229,22 @@ impl Logins {
                         roles: k.roles.clone(),
                     })
                 }
-                AuthConfig::Jwt(j) => Mount::Jwt(JwtAuth {
-                    mount: name.clone(),
-                    jwks: Jwks::new(
-                        key_source(name, &j.keys, j.issuer.as_ref())?,
-                        http.clone(),
-                        JWKS_MIN_REFRESH,
-                    ),
-                    issuer: j.issuer.clone(),
-                    audiences: j.audiences.clone(),
-                    roles: j.roles.clone(),
-                }),
+                AuthConfig::Jwt(j) => {
+                    one_user_claim(name, &j.roles)?;
+                    Mount::Jwt(JwtAuth {
+                        mount: name.clone(),
+                        jwks: Jwks::new(
+                            key_source(name, &j.keys, j.issuer.as_ref())?,
+                            http.clone(),
+                            JWKS_MIN_REFRESH,
+                        ),
+                        issuer: j.issuer.clone(),
+                        audiences: j.audiences.clone(),
+                        roles: j.roles.clone(),
+                    })
+                }
             };
-            mounts.insert(name.clone(), mount);
+            mounts.insert(name.clone(), (mount, prefix));
         }
         Ok(Logins { mounts })
     }
@@ -186,38 +260,94 @@ impl Logins {
             mount: mount.to_string(),
             role: role.to_string(),
         };
-        match self.mounts.get(mount).ok_or_else(unknown)? {
+        let (found, prefix) = self.mounts.get(mount).ok_or_else(unknown)?;
+        let (mut identity, (ttl, max_ttl)) = match found {
             Mount::Kubernetes(auth) => {
-                let (ttl, max_ttl) = auth
+                let ttls = auth
                     .role(role)
                     .map(|r| ttls(r.token_ttl, r.token_max_ttl))?;
-                let identity = auth.login(role, jwt).await?;
-                Ok(LoggedIn {
-                    identity,
-                    ttl,
-                    max_ttl,
-                })
+                (auth.login(role, jwt).await?, ttls)
             }
             Mount::Jwt(auth) => {
-                let (ttl, max_ttl) = auth
+                let ttls = auth
                     .roles
                     .get(role)
                     .map(|r| ttls(r.token_ttl, r.token_max_ttl))
                     .ok_or_else(unknown)?;
-                let identity = auth.login(role, jwt).await?;
-                Ok(LoggedIn {
-                    identity,
-                    ttl,
-                    max_ttl,
-                })
+                (auth.login(role, jwt).await?, ttls)
             }
-        }
+        };
+        identity.subject = format!("{prefix}{}", identity.subject);
+        identity.subject_prefix = prefix.clone();
+        Ok(LoggedIn {
+            identity,
+            ttl,
+            max_ttl,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refusal(yaml: &str) -> String {
+        let auth: BTreeMap<String, AuthConfig> = serde_saphyr::from_str(yaml).unwrap();
+        match Logins::from_config(&auth) {
+            Ok(_) => panic!("accepted: {yaml}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn mounts_of_one_kind_need_different_subject_prefixes() {
+        let jwt = |name: &str, prefix: &str| {
+            format!("{name}:\n  type: jwt\n  keys: {{ jwks_file: /k }}\n  {prefix}\n")
+        };
+        assert_eq!(
+            refusal(&(jwt("corp", "") + &jwt("partner", ""))),
+            "config: auth mounts \"corp\" and \"partner\" would both name their people \
+             user:<user_claim>, so that a caller of one could act as the other's: give one of \
+             them a subject_prefix (subject_prefix: partner makes its subjects partner/…)"
+        );
+        assert_eq!(
+            refusal(&(jwt("a", "subject_prefix: x") + &jwt("b", "subject_prefix: x"))),
+            "config: auth mounts \"a\" and \"b\" would both name their people \
+             user:<user_claim>, so that a caller of one could act as the other's: give one of \
+             them a subject_prefix (subject_prefix: b makes its subjects b/…)"
+        );
+        assert_eq!(
+            refusal(&jwt("a", "subject_prefix: EU/1")),
+            "config: auth mount \"a\": subject_prefix \"EU/1\" must be 1 to 32 lowercase \
+             letters, digits or '-'"
+        );
+        let k8s = |name: &str, prefix: &str| {
+            format!("{name}:\n  type: kubernetes\n  keys: {{ jwks_file: /k }}\n  {prefix}\n")
+        };
+        assert!(refusal(&(k8s("eu", "") + &k8s("us", ""))).starts_with(
+            "config: auth mounts \"eu\" and \"us\" would both name their service accounts"
+        ));
+        // One of each kind, or different prefixes, are fine.
+        for yaml in [
+            jwt("corp", "") + &k8s("cluster", ""),
+            jwt("corp", "") + &jwt("partner", "subject_prefix: partner"),
+        ] {
+            let auth: BTreeMap<String, AuthConfig> = serde_saphyr::from_str(&yaml).unwrap();
+            assert!(Logins::from_config(&auth).is_ok(), "{yaml}");
+        }
+    }
+
+    #[test]
+    fn a_jwt_mount_names_people_by_one_claim() {
+        assert_eq!(
+            refusal(
+                "jwt:\n  type: jwt\n  keys: { jwks_file: /k }\n  roles:\n    people: { user_claim: email }\n    people-sub: {}\n    robots: { user_claim: email }\n"
+            ),
+            "config: auth mount \"jwt\": login roles \"people\" and \"people-sub\" name people \
+             by different claims (\"email\", \"sub\"), so one person would be two subjects (and \
+             could approve their own access request as the other): use one user_claim in a mount"
+        );
+    }
 
     #[test]
     fn settings_token_review_would_not_use_are_refused() {
@@ -229,12 +359,8 @@ mod tests {
             let yaml = format!(
                 "k8s:\n  type: kubernetes\n  token_review: {{ host: https://api, reviewer_token_file: /nonexistent }}\n  {setting}\n"
             );
-            let auth: BTreeMap<String, AuthConfig> = serde_saphyr::from_str(&yaml).unwrap();
-            let Err(error) = Logins::from_config(&auth) else {
-                panic!("{field} was accepted with token_review");
-            };
             assert_eq!(
-                error.to_string(),
+                refusal(&yaml),
                 format!(
                     "config: auth mount \"k8s\": {field} is not used with token_review (the API server \
                      validates the token; set audiences to accept only tokens made for \

@@ -50,6 +50,14 @@ auth:
     audiences: [{AUD}]
     roles:
       people: {{ user_claim: email, groups_claim: groups }}
+  partner:
+    type: jwt
+    issuer: "{iss}"
+    keys: {{ oidc_discovery: true }}
+    audiences: [{AUD}]
+    subject_prefix: partner
+    roles:
+      people: {{ user_claim: email, groups_claim: groups }}
 settings:
   kv:
     team-a/appdb: {{ host: 127.0.0.1, port: 5432, database: appdb, credentials: database/creds/appdb-user }}
@@ -489,6 +497,42 @@ async fn people_log_in_with_oidc_and_get_their_groups_grants() {
             .as_str()
             .unwrap()
             .starts_with("v-jwt-kari-appdb-ad-")
+    );
+
+    // The same person through a second identity provider (a mount with a subject prefix) is
+    // another subject: the first one's grants and leases are not theirs.
+    let (status, body) = id
+        .env
+        .call_as(
+            "",
+            "POST",
+            "auth/partner/login",
+            Some(json!({ "role": "people", "jwt": sign(TestKey::Ec1, &claims) })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["auth"]["entity_id"], "partner/user:kari@example.com");
+    let partner = body["auth"]["client_token"].as_str().unwrap();
+    let (status, denied) = id
+        .env
+        .call_as(partner, "GET", "database/creds/appdb-admin", None)
+        .await;
+    assert_eq!(
+        (status, denied),
+        (403, json!({ "errors": ["permission denied"] }))
+    );
+    let (status, denied) = id
+        .env
+        .call_as(
+            partner,
+            "PUT",
+            "sys/leases/revoke",
+            Some(json!({ "lease_id": creds["lease_id"] })),
+        )
+        .await;
+    assert_eq!(
+        (status, denied["errors"].clone()),
+        (403, json!(["permission denied"]))
     );
 }
 
