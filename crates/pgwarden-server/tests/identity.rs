@@ -639,6 +639,7 @@ auth:
       {role}
   review-untrusted:
     type: kubernetes
+    subject_prefix: untrusted
     token_review: {{ host: "{url}", reviewer_token_file: "{reviewer}" }}
     roles:
       {role}
