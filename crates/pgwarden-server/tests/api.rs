@@ -53,6 +53,26 @@ async fn issue_login_revoke() {
     }
     let creds = env.creds("appdb-readonly").await;
     assert_eq!(creds.lease_duration, 3600);
+    // No cache may keep an answer: a credential, an error, anything.
+    for path in [
+        "database/creds/appdb-readonly",
+        "sys/health",
+        "no/such/path",
+    ] {
+        let response = env
+            .http
+            .get(format!("{}/v1/{path}", env.broker.base))
+            .header("X-Vault-Token", ROOT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()["cache-control"],
+            "no-store",
+            "{path}: {}",
+            response.status()
+        );
+    }
 }
 
 #[tokio::test]

@@ -128,6 +128,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::map_response(
             request::vault_payload_too_large,
         ))
+        // Answers carry passwords and tokens: no cache (a proxy's, a browser's) may keep one.
+        .layer(
+            tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+                axum::http::header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            ),
+        )
 }
 
 async fn v1(
