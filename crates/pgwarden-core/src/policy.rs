@@ -45,11 +45,29 @@ impl Grant {
     }
 }
 
-/// Whether `subject` is one policy can name: `system:serviceaccount:…`, `group:…` or `user:…`.
+/// Whether `subject` is one policy can name: `system:serviceaccount:…`, `group:…` or `user:…`,
+/// after an auth mount's `<subject prefix>/` or not.
 pub fn is_subject(subject: &str) -> bool {
+    let unprefixed = match subject.split_once('/') {
+        Some((prefix, rest)) if is_subject_prefix(prefix) => rest,
+        _ => subject,
+    };
     SUBJECT_KINDS
         .iter()
-        .any(|kind| subject.starts_with(kind) && subject.len() > kind.len())
+        .any(|kind| unprefixed.starts_with(kind) && unprefixed.len() > kind.len())
+}
+
+/// The longest subject prefix.
+pub const MAX_SUBJECT_PREFIX: usize = 32;
+
+/// Whether `prefix` may be an auth mount's subject prefix: 1 to [`MAX_SUBJECT_PREFIX`]
+/// lowercase letters, digits or `-`.
+pub fn is_subject_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.len() <= MAX_SUBJECT_PREFIX
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// The root token's subject.
@@ -85,12 +103,12 @@ impl Policy {
             // only for the access requests it makes (pgwarden operator's, on namespaces' behalf).
             if let Some(bad) = grant.subjects.iter().find(|s| *s != ROOT && !is_subject(s)) {
                 return Err(invalid(format!(
-                    "subject {bad:?} must be root or start with system:serviceaccount:, group: or user:"
+                    "subject {bad:?} must be root or start with system:serviceaccount:, group: or user: (after a mount's subject_prefix/, if any)"
                 )));
             }
             if let Some(bad) = bad_subject(&grant.approvers) {
                 return Err(invalid(format!(
-                    "approver {bad:?} must start with system:serviceaccount:, group: or user:"
+                    "approver {bad:?} must start with system:serviceaccount:, group: or user: (after a mount's subject_prefix/, if any)"
                 )));
             }
             if grant.requires_approval && grant.approvers.is_empty() {
@@ -319,8 +337,31 @@ mod tests {
         p.grants[2].approvers.push("dba".into());
         assert_eq!(
             p.validate().unwrap_err().to_string(),
-            "policy grant 3: approver \"dba\" must start with system:serviceaccount:, group: or user:"
+            "policy grant 3: approver \"dba\" must start with system:serviceaccount:, group: or user: (after a mount's subject_prefix/, if any)"
         );
+    }
+
+    #[test]
+    fn subjects_may_carry_a_mount_prefix() {
+        for subject in [
+            "user:ola@example.com",
+            "partner/user:ola@example.com",
+            "eu-1/system:serviceaccount:team-a:*",
+            "partner/group:dba",
+            "user:a/b",
+        ] {
+            assert!(is_subject(subject), "{subject}");
+        }
+        for subject in [
+            "partner/ola",
+            "*/user:ola",
+            "Partner/user:ola",
+            "/user:ola",
+            "a/b/user:ola",
+            "partner/user:",
+        ] {
+            assert!(!is_subject(subject), "{subject}");
+        }
     }
 
     fn subjects(s: &[&str]) -> Vec<String> {
@@ -369,7 +410,7 @@ mod tests {
         p.grants[1].subjects.push("dba".into());
         assert_eq!(
             p.validate().unwrap_err().to_string(),
-            "policy grant 2: subject \"dba\" must be root or start with system:serviceaccount:, group: or user:"
+            "policy grant 2: subject \"dba\" must be root or start with system:serviceaccount:, group: or user: (after a mount's subject_prefix/, if any)"
         );
         let mut p = policy();
         p.grants[0].roles.push("appdb-admin".into());

@@ -5,6 +5,7 @@ use crate::config::{AuthConfig, ConfigError, KeysConfig};
 use pgwarden_auth::{
     AuthError, Jwks, JwtAuth, JwtRole, KeySource, KubernetesAuth, TokenReviewer, Validation,
 };
+use pgwarden_core::policy::{MAX_SUBJECT_PREFIX, is_subject_prefix};
 use pgwarden_core::{Identity, Ttl};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -59,9 +60,6 @@ fn one_user_claim(mount: &str, roles: &HashMap<String, JwtRole>) -> Result<(), C
     }
 }
 
-/// The longest `subject_prefix`.
-const MAX_SUBJECT_PREFIX: usize = 32;
-
 /// Checks every mount's `subject_prefix` (lowercase letters, digits and `-`) and that no two
 /// mounts of one kind would give callers the same subjects; returns each mount's prefix as
 /// put before subjects (`eu/`, or empty), in the mounts' order.
@@ -79,14 +77,7 @@ fn subject_prefixes(auth: &BTreeMap<String, AuthConfig>) -> Result<Vec<String>, 
         };
         let prefix = match prefix {
             None => String::new(),
-            Some(p)
-                if !p.is_empty()
-                    && p.len() <= MAX_SUBJECT_PREFIX
-                    && p.chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
-            {
-                format!("{p}/")
-            }
+            Some(p) if is_subject_prefix(p) => format!("{p}/"),
             Some(p) => {
                 return Err(ConfigError::Invalid(format!(
                     "auth mount {name:?}: subject_prefix {p:?} must be 1 to \

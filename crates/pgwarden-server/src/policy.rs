@@ -163,7 +163,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "policy grant 1: subject \"dba\" must be root or start with system:serviceaccount:, group: or user:"
+            "policy grant 1: subject \"dba\" must be root or start with system:serviceaccount:, group: or user: (after a mount's subject_prefix/, if any)"
         );
         assert_eq!(parse("").unwrap(), Policy::default());
     }

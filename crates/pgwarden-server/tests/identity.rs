@@ -534,6 +534,25 @@ async fn people_log_in_with_oidc_and_get_their_groups_grants() {
         (status, denied["errors"].clone()),
         (403, json!(["permission denied"]))
     );
+    // A grant names them with the prefix.
+    std::fs::write(
+        &id.policy,
+        format!("{POLICY}  - subjects: [\"partner/group:dba\"]\n    roles: [\"database/appdb-readonly\"]\n"),
+    )
+    .unwrap();
+    let mut status = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = id
+            .env
+            .call_as(partner, "GET", "database/creds/appdb-readonly", None)
+            .await
+            .0;
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200, "the prefixed group's grant applies");
 }
 
 #[tokio::test]

@@ -400,6 +400,10 @@ async fn subjects_are_exact_and_cannot_approve_and_bad_input_is_named() {
              system:serviceaccount:<ns>:<name>, group:<name> or user:<name>, without *",
         ),
         (
+            json!({"role": "database/custom-reader", "subjects": [format!("user:{}", "x".repeat(100_000))]}),
+            "a subject of 100005 bytes is too long: at most 512",
+        ),
+        (
             json!({"role": "appdb-admin"}),
             "role \"appdb-admin\" must look like <mount>/<role>, e.g. database/appdb-admin",
         ),

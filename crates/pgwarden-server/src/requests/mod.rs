@@ -26,6 +26,8 @@ const MAX_RETRIES: usize = 8;
 const MAX_REASON_CHARS: usize = 2000;
 /// Most subjects a request may name.
 const MAX_SUBJECTS: usize = 64;
+/// Longest subject a request may name, in bytes (a service account's is at most about 340).
+const MAX_SUBJECT_BYTES: usize = 512;
 
 /// Who is asking, as requests see it.
 pub struct Asker {
@@ -154,6 +156,12 @@ impl Requests {
         if body.subjects.len() > MAX_SUBJECTS {
             return Err(ServerError::BadRequest(format!(
                 "a request may name at most {MAX_SUBJECTS} subjects"
+            )));
+        }
+        if let Some(long) = body.subjects.iter().find(|s| s.len() > MAX_SUBJECT_BYTES) {
+            return Err(ServerError::BadRequest(format!(
+                "a subject of {} bytes is too long: at most {MAX_SUBJECT_BYTES}",
+                long.len()
             )));
         }
         if let Some(bad) = body.subjects.iter().find(|s| !valid_subject(s)) {
