@@ -1,8 +1,11 @@
 //! The audit log's records and their hash chain: each record holds the SHA-256 of the one
 //! before, so altering or removing any record breaks the chain at a place that can be named.
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::sync::RwLock;
 use time::OffsetDateTime;
 
 /// The previous-record hash of the first record.
@@ -86,8 +89,52 @@ pub fn clean_for_log(text: &str) -> String {
     scrub(text, MAX_LOG_FIELD_CHARS)
 }
 
-/// Whether `text` holds what looks like a pgwarden token or a JWT (what [`clean`] redacts).
+/// Secrets of this process whose shape tells nothing (the root token), redacted wherever
+/// [`clean`] and [`clean_for_log`] see them.
+static KNOWN_SECRETS: RwLock<Vec<SecretString>> = RwLock::new(Vec::new());
+
+/// Shortest secret [`redact_everywhere`] takes: a shorter one would redact ordinary words.
+pub const MIN_KNOWN_SECRET_CHARS: usize = 16;
+
+/// From now on, [`clean`], [`clean_for_log`] and [`holds_secret`] treat `secret` as a token
+/// wherever it appears: for a secret the process holds whose shape nothing else gives away,
+/// such as the root token pasted where a lease id belongs. Ignored if shorter than
+/// [`MIN_KNOWN_SECRET_CHARS`].
+pub fn redact_everywhere(secret: &SecretString) {
+    if secret.expose_secret().chars().count() < MIN_KNOWN_SECRET_CHARS {
+        return;
+    }
+    let mut known = KNOWN_SECRETS
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !known
+        .iter()
+        .any(|k| k.expose_secret() == secret.expose_secret())
+    {
+        known.push(secret.clone());
+    }
+}
+
+/// `text` with every known secret replaced by `[redacted]`.
+fn without_known_secrets(text: &str) -> Cow<'_, str> {
+    let known = KNOWN_SECRETS
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut text = Cow::Borrowed(text);
+    for secret in known.iter().map(ExposeSecret::expose_secret) {
+        if text.contains(secret) {
+            text = Cow::Owned(text.replace(secret, "[redacted]"));
+        }
+    }
+    text
+}
+
+/// Whether `text` holds what looks like a pgwarden token or a JWT, or a known secret (what
+/// [`clean`] redacts).
 pub fn holds_secret(text: &str) -> bool {
+    if matches!(without_known_secrets(text), Cow::Owned(_)) {
+        return true;
+    }
     let mut previous = None;
     for (at, c) in text.char_indices() {
         if secret_at(text.get(at..).unwrap_or_default(), previous).is_some() {
@@ -100,8 +147,9 @@ pub fn holds_secret(text: &str) -> bool {
 
 /// `text` with tokens redacted and control characters escaped, cut to `max_chars`.
 fn scrub(text: &str, max_chars: usize) -> String {
+    let text = without_known_secrets(text);
     let mut out = String::with_capacity(text.len().min(max_chars));
-    let mut rest = text;
+    let mut rest = text.as_ref();
     let mut previous = None;
     let mut kept = 0usize;
     while let Some(c) = rest.chars().next() {
@@ -363,6 +411,24 @@ mod tests {
             verify(&first_gone).unwrap_err().to_string(),
             "audit record(s) 1 to 1 were removed: record 2 follows record 0"
         );
+    }
+
+    #[test]
+    fn known_secrets_are_redacted_wherever_they_appear() {
+        let secret = format!("root-{}", crate::names::random_alphanumeric(24));
+        let text = format!("lease \"{secret}\" not found; again:{secret}.");
+        assert_eq!(clean(&text), text, "not known yet");
+        redact_everywhere(&SecretString::from(secret.clone()));
+        redact_everywhere(&SecretString::from(secret.clone()));
+        assert_eq!(
+            clean(&text),
+            "lease \"[redacted]\" not found; again:[redacted]."
+        );
+        assert_eq!(clean_for_log(&text), clean(&text));
+        assert!(holds_secret(&format!("x{secret}x")));
+        // Too short to tell from ordinary words: not taken.
+        redact_everywhere(&SecretString::from("short-secret".to_string()));
+        assert_eq!(clean("a short-secret here"), "a short-secret here");
     }
 
     #[test]

@@ -115,6 +115,7 @@ impl Running {
 /// Opens the state, recovers leases, checks connections and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let root_token = config.checked_root_token()?;
+    pgwarden_core::audit::redact_everywhere(&root_token);
     let database_share = config.http.database_share()?;
     let certificate = config
         .http

@@ -883,11 +883,21 @@ async fn issue_and_revoke_are_audited_before_they_take_effect() {
     let (status, _) = env.call("GET", "database/creds/down-ro", None).await;
     assert_eq!(status, 503);
 
+    // The root token pasted where a lease id belongs is kept nowhere.
+    let (status, _) = env.revoke(ROOT).await;
+    assert_eq!(status, 400);
+
     // This request's record is durable only after every record queued before it.
     let (status, _) = env.call("LIST", "database/roles", None).await;
     assert_eq!(status, 200);
     let (status, body) = env.call("GET", "pgwarden/audit?limit=1000", None).await;
     assert_eq!(status, 200, "{body}");
+    let text = body.to_string();
+    assert!(!text.contains(ROOT), "the root token is in the audit log");
+    assert!(
+        text.contains("lease \\\"[redacted]\\\" not found"),
+        "the refused revocation is audited, its lease id redacted: {text}"
+    );
     let audit: pgwarden_core::wire::AuditList =
         serde_json::from_value(body["data"].clone()).unwrap();
     let of_lease: Vec<_> = audit
