@@ -3,9 +3,10 @@
 
 use crate::{AuthError, Check};
 use arc_swap::ArcSwap;
-use jsonwebtoken::DecodingKey;
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,26 +102,27 @@ impl Jwks {
         Ok(())
     }
 
-    fn find(&self, kid: Option<&str>) -> Option<Result<DecodingKey, AuthError>> {
+    fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<Result<DecodingKey, AuthError>> {
         let keys = self.keys.load();
         let jwk = match kid {
             Some(kid) => keys.find(kid),
             None if keys.keys.len() == 1 => keys.keys.first(),
             None => None,
         }?;
-        Some(
+        Some(usable_for(jwk, alg).and_then(|()| {
             DecodingKey::from_jwk(jwk)
-                .map_err(|e| AuthError::Unavailable(format!("unusable key in the key set: {e}"))),
-        )
+                .map_err(|e| AuthError::Unavailable(format!("unusable key in the key set: {e}")))
+        }))
     }
 
-    /// The key for `kid`, refreshing the set once if it is not known.
-    pub async fn key(&self, kid: Option<&str>) -> Result<DecodingKey, AuthError> {
-        if let Some(key) = self.find(kid) {
+    /// The key for `kid` to verify an `alg` signature with, refreshing the set once if it is
+    /// not known.
+    pub async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, AuthError> {
+        if let Some(key) = self.find(kid, alg) {
             return key;
         }
         self.refresh().await?;
-        self.find(kid).unwrap_or_else(|| {
+        self.find(kid, alg).unwrap_or_else(|| {
             Err(AuthError::rejected(
                 Check::UnknownKey,
                 format!(
@@ -129,5 +131,59 @@ impl Jwks {
                 ),
             ))
         })
+    }
+}
+
+/// Refuses `jwk` for an `alg` signature when the key set says it is for another algorithm
+/// (`alg`) or for encryption (`use: enc`).
+fn usable_for(jwk: &Jwk, alg: Algorithm) -> Result<(), AuthError> {
+    if let Some(declared) = jwk.common.key_algorithm
+        && Algorithm::from_str(&declared.to_string()).ok() != Some(alg)
+    {
+        return Err(AuthError::rejected(
+            Check::Signature,
+            format!("the token is signed with {alg:?}, but its key is for {declared}"),
+        ));
+    }
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return Err(AuthError::rejected(
+            Check::Signature,
+            "the token's key is for encryption, not signatures",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwk(extra: serde_json::Value) -> Jwk {
+        let mut value = serde_json::json!({"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"});
+        value
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_key_serves_only_its_algorithm_and_signatures() {
+        assert!(usable_for(&jwk(serde_json::json!({})), Algorithm::ES256).is_ok());
+        let es256 = jwk(serde_json::json!({"alg": "ES256", "use": "sig"}));
+        assert!(usable_for(&es256, Algorithm::ES256).is_ok());
+        assert_eq!(
+            usable_for(&es256, Algorithm::ES384)
+                .unwrap_err()
+                .to_string(),
+            "permission denied: the token is signed with ES384, but its key is for ES256"
+        );
+        let encryption = jwk(serde_json::json!({"use": "enc"}));
+        assert_eq!(
+            usable_for(&encryption, Algorithm::ES256)
+                .unwrap_err()
+                .to_string(),
+            "permission denied: the token's key is for encryption, not signatures"
+        );
     }
 }

@@ -46,7 +46,17 @@ pub async fn verify(
             format!("the token's algorithm {:?} is not accepted", header.alg),
         ));
     }
-    let key = jwks.key(header.kid.as_deref()).await?;
+    if let Some(critical) = &header.crit {
+        // RFC 7515: a header parameter marked critical that is not understood makes the
+        // token invalid, and pgwarden understands none.
+        return Err(AuthError::rejected(
+            Check::Malformed,
+            format!(
+                "the token marks header parameters {critical:?} critical, which pgwarden does not understand"
+            ),
+        ));
+    }
+    let key = jwks.key(header.kid.as_deref(), header.alg).await?;
     let mut validation = Validation::new(header.alg);
     validation.leeway = rules.leeway_secs;
     validation.validate_nbf = true;

@@ -6,7 +6,7 @@ use pgwarden_auth::{
     Validation,
 };
 use pgwarden_testkit::issuer::{
-    FakeApiServer, TestIssuer, TestKey, service_account_claims, sign, unix_now,
+    FakeApiServer, TestIssuer, TestKey, service_account_claims, sign, sign_with_header, unix_now,
 };
 use serde_json::json;
 use std::collections::HashMap;
@@ -192,6 +192,36 @@ async fn service_account_login_and_every_rejection() {
         let got = rejection(auth.login("team-a", &without(claim)).await.unwrap_err());
         assert_eq!(got, (message, label), "token without {claim}");
     }
+
+    // The key set says rsa-1 is for RS256: another RSA algorithm is refused with it. A header
+    // parameter marked critical is one pgwarden does not understand.
+    let claims = service_account_claims(&iss, AUD, "team-a", "app", 600);
+    let other_alg = sign_with_header(
+        TestKey::Rsa1,
+        |h| h.alg = jsonwebtoken::Algorithm::RS512,
+        &claims,
+    );
+    assert_eq!(
+        rejection(auth.login("team-a", &other_alg).await.unwrap_err()),
+        (
+            "permission denied: the token is signed with RS512, but its key is for RS256".into(),
+            "bad_signature"
+        )
+    );
+    let critical = sign_with_header(
+        TestKey::Rsa1,
+        |h| h.crit = Some(vec!["exp".into()]),
+        &claims,
+    );
+    assert_eq!(
+        rejection(auth.login("team-a", &critical).await.unwrap_err()),
+        (
+            "permission denied: the token marks header parameters [\"exp\"] critical, which \
+             pgwarden does not understand"
+                .into(),
+            "malformed"
+        )
+    );
 }
 
 #[tokio::test]

@@ -66,9 +66,16 @@ pub fn unix_now() -> i64 {
 
 /// Signs `claims` with `key` (kid in the header).
 pub fn sign(key: TestKey, claims: &Value) -> String {
+    sign_with_header(key, |_| {}, claims)
+}
+
+/// Signs `claims` with `key` under its usual header (kid included) as `edit` changes it: another
+/// algorithm of the key's family, a `crit` parameter…
+pub fn sign_with_header(key: TestKey, edit: impl FnOnce(&mut Header), claims: &Value) -> String {
     let (alg, encoding) = key.encoding_key();
     let mut header = Header::new(alg);
     header.kid = Some(key.kid().to_string());
+    edit(&mut header);
     encode(&header, claims, &encoding).expect("signing with a test key")
 }
 
