@@ -214,6 +214,24 @@ impl AccessRequest {
             && now < Ttl::from_secs(self.ttl.as_secs().saturating_add(60)).after(approved)
     }
 
+    /// When this request stopped mattering: its denial, withdrawal or expiry, and not before
+    /// the credential issued on approval can have ended. `None` while it is pending.
+    pub fn finished_at(&self) -> Option<OffsetDateTime> {
+        let decided = match self.state {
+            RequestState::Pending => return None,
+            RequestState::Denied => self.denial.as_ref().map(|d| d.at),
+            RequestState::Withdrawn => self.withdrawal.as_ref().map(|d| d.at),
+            RequestState::Expired => Some(self.expires_at),
+            RequestState::Approved => self.approvals.last().map(|d| d.at),
+        }
+        .unwrap_or(self.created_at);
+        let credential_end = self
+            .approvals
+            .last()
+            .map(|d| Ttl::from_secs(self.ttl.as_secs().saturating_add(60)).after(d.at));
+        Some(credential_end.map_or(decided, |end| end.max(decided)))
+    }
+
     /// Whether any of `subjects` (a caller's policy subjects) may read the credential: a
     /// request's subjects are exact identities or groups, never globs.
     pub fn readable_by(&self, subjects: &[String]) -> bool {

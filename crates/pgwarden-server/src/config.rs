@@ -265,18 +265,27 @@ pub struct RequestsConfig {
     /// How long a request waits for its approvals before it expires (default 24h).
     #[serde(default = "default_pending_ttl")]
     pub pending_ttl: Ttl,
+    /// How long a finished request (decided, withdrawn or expired, its credential ended) is
+    /// kept before it is forgotten (default 30d); the audit log keeps its story.
+    #[serde(default = "default_keep_finished")]
+    pub keep_finished: Ttl,
 }
 
 impl Default for RequestsConfig {
     fn default() -> Self {
         RequestsConfig {
             pending_ttl: default_pending_ttl(),
+            keep_finished: default_keep_finished(),
         }
     }
 }
 
 fn default_pending_ttl() -> Ttl {
     Ttl::from_secs(24 * 3600)
+}
+
+fn default_keep_finished() -> Ttl {
+    Ttl::from_secs(30 * 24 * 3600)
 }
 
 /// The audit log.

@@ -172,7 +172,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         policy.clone(),
         request_sealer,
         audit.clone(),
-        config.requests.pending_ttl,
+        &config.requests,
     ));
     let static_roles = Arc::new(static_roles::StaticRoles::new(
         store.clone(),

@@ -38,6 +38,11 @@ struct Setup {
 }
 
 async fn start(pending_ttl: &str) -> Setup {
+    start_with(&format!("pending_ttl: {pending_ttl}")).await
+}
+
+/// Like [`start`], with `requests` settings.
+async fn start_with(requests: &str) -> Setup {
     let issuer = TestIssuer::start(&[TestKey::Ec1]).await;
     let policy_dir = tempfile::tempdir().unwrap();
     let policy_file = policy_dir.path().join("policy.yaml");
@@ -46,7 +51,7 @@ async fn start(pending_ttl: &str) -> Setup {
     let extra = format!(
         r#"
 policy_file: "{policy}"
-requests: {{ pending_ttl: {pending_ttl} }}
+requests: {{ {requests} }}
 audit: {{ file: "{audit}" }}
 auth:
   jwt:
@@ -530,6 +535,82 @@ async fn a_denial_ends_the_request_and_pending_requests_expire() {
     assert_eq!(expired.len(), 1, "{expired:?}");
     assert_eq!(expired[0].event.object, late);
     assert!(s.env.cluster.roles_like("v-%").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn finished_requests_are_forgotten_after_keep_finished() {
+    let s = start_with("pending_ttl: 1h, keep_finished: 2s").await;
+    let ola = s.person("ola@example.com", &["dev"]).await;
+    let kari = s.person("kari@example.com", &["dba"]).await;
+    let ask = || s.ask(&ola, json!({"role": "database/custom-reader"}));
+    let (denied, pending, approved) = (ask().await, ask().await, ask().await);
+    assert_eq!(s.decide(&kari, &denied, "deny", "no").await.0, 200);
+    assert_eq!(s.decide(&kari, &approved, "approve", "ok").await.0, 200);
+    let (env, ola) = (&s.env, ola.as_str());
+    let read = |id: String| async move {
+        env.call_as(ola, "GET", &format!("pgwarden/requests/{id}"), None)
+            .await
+            .0
+    };
+    // The leader sweeps every 5 s.
+    let mut forgotten = false;
+    for _ in 0..150 {
+        if read(denied.clone()).await == 404 {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(forgotten, "the denied request is forgotten");
+    // Still pending, or its credential still live: kept.
+    assert_eq!(read(pending).await, 200);
+    assert_eq!(read(approved).await, 200);
+    let forgets: Vec<_> = s
+        .audit()
+        .await
+        .records
+        .into_iter()
+        .filter(|r| r.event.action == "request.forget")
+        .map(|r| (r.event.object, r.event.detail))
+        .collect();
+    assert_eq!(
+        forgets,
+        vec![(denied, "denied and kept for 2s".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn one_requester_has_at_most_sixteen_requests_pending() {
+    let s = start("1h").await;
+    let ola = s.person("ola@example.com", &["dev"]).await;
+    let body = json!({"role": "database/custom-reader"});
+    let mut made = Vec::new();
+    for _ in 0..16 {
+        made.push(s.ask(&ola, body.clone()).await);
+    }
+    let (status, refused) = s
+        .env
+        .call_as(&ola, "POST", "pgwarden/requests", Some(body.clone()))
+        .await;
+    assert_eq!(
+        (status, error(&refused)),
+        (
+            409,
+            "user:ola@example.com has 16 requests pending, the most one may have: withdraw \
+             one or wait for decisions"
+        )
+    );
+    let (status, _) = s
+        .env
+        .call_as(
+            &ola,
+            "DELETE",
+            &format!("pgwarden/requests/{}", made[0]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    s.ask(&ola, body).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -344,6 +344,9 @@ pub trait Store: Send + Sync + 'static {
         request: &StoredRequest,
         from_version: u64,
     ) -> Result<bool, StoreError>;
+    /// Forgets a request, durably, if its stored version is still `version`; false when it
+    /// is not (changed meanwhile) or it is gone.
+    async fn delete_request(&self, id: &str, version: u64) -> Result<bool, StoreError>;
     /// One request by id.
     async fn get_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError>;
     /// Every request, newest first.

@@ -880,6 +880,15 @@ impl Store for PostgresStore {
         .map(|n| n > 0)
     }
 
+    async fn delete_request(&self, id: &str, version: u64) -> Result<bool, StoreError> {
+        self.execute(
+            "DELETE FROM pgwarden_requests WHERE id = $1 AND version = $2",
+            &[&id, &version_column(version)],
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
     async fn get_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError> {
         let sql = format!("SELECT {REQUEST_COLUMNS} FROM pgwarden_requests WHERE id = $1");
         self.query(&sql, &[&id])

@@ -787,6 +787,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn delete_request(&self, id: &str, version: u64) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.writer
+            .write(DURABLE, move |c| {
+                let deleted = c
+                    .prepare_cached("DELETE FROM requests WHERE id = ?1 AND version = ?2")?
+                    .execute(params![id, version_column(version)])?;
+                Ok(deleted > 0)
+            })
+            .await
+    }
+
     async fn get_request(&self, id: &str) -> Result<Option<StoredRequest>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(

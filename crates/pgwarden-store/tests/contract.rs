@@ -416,9 +416,16 @@ async fn a_request_changes_only_from_the_version_its_writer_saw(open: Opener<'_>
     assert_eq!(store.get_request("req-none").await.unwrap(), None);
     assert_eq!(
         store.all_requests().await.unwrap(),
-        vec![first, older],
+        vec![first.clone(), older.clone()],
         "newest first"
     );
+    // Forgotten only from the version its deleter saw.
+    assert!(!store.delete_request("req-1", 0).await.unwrap());
+    assert!(store.delete_request("req-1", 1).await.unwrap());
+    assert!(!store.delete_request("req-1", 1).await.unwrap(), "gone");
+    drop(store);
+    let store = open().await;
+    assert_eq!(store.all_requests().await.unwrap(), vec![older]);
 }
 
 /// Static role `name` of mount `database`, never rotated, due at `t0`.

@@ -26,6 +26,10 @@ const MAX_RETRIES: usize = 8;
 const MAX_REASON_CHARS: usize = 2000;
 /// Most subjects a request may name.
 const MAX_SUBJECTS: usize = 64;
+/// Most requests one requester other than root (the operator asks for every namespace) may
+/// have pending at once (concurrent asks may pass it by a few): a bound on what one identity
+/// can make approvers and the state hold.
+const MAX_PENDING_PER_REQUESTER: usize = 16;
 /// Longest subject a request may name, in bytes (a service account's is at most about 340).
 const MAX_SUBJECT_BYTES: usize = 512;
 
@@ -59,6 +63,7 @@ pub struct Requests {
     sealer: Arc<Sealer>,
     audit: AuditLog,
     pending_ttl: Ttl,
+    keep_finished: Ttl,
 }
 
 fn now() -> OffsetDateTime {
@@ -88,14 +93,15 @@ fn valid_subject(subject: &str) -> bool {
 }
 
 impl Requests {
-    /// The service over `store`; `pending_ttl` is how long a request waits for a decision.
+    /// The service over `store`, with `config`'s times: how long a request waits for a
+    /// decision, and how long a finished one is kept.
     pub fn new(
         store: Arc<dyn Store>,
         broker: Arc<Broker>,
         policy: Arc<PolicyHolder>,
         sealer: Arc<Sealer>,
         audit: AuditLog,
-        pending_ttl: Ttl,
+        config: &crate::config::RequestsConfig,
     ) -> Requests {
         Requests {
             store,
@@ -103,7 +109,8 @@ impl Requests {
             policy,
             sealer,
             audit,
-            pending_ttl,
+            pending_ttl: config.pending_ttl,
+            keep_finished: config.keep_finished,
         }
     }
 
@@ -200,6 +207,9 @@ impl Requests {
             None => definition.default_ttl.min(cap),
         };
         let created_at = now();
+        if !asker.root {
+            self.refuse_too_many_pending(asker, created_at).await?;
+        }
         let subjects = if body.subjects.is_empty() {
             vec![asker.subject.clone()]
         } else {
@@ -244,6 +254,33 @@ impl Requests {
                     .iter()
                     .any(|s| pgwarden_core::glob::any_match(&rule.approvers, s))
             })
+    }
+
+    /// Refuses a new request from `asker` when it has [`MAX_PENDING_PER_REQUESTER`] pending
+    /// at `at`.
+    async fn refuse_too_many_pending(
+        &self,
+        asker: &Asker,
+        at: OffsetDateTime,
+    ) -> Result<(), ServerError> {
+        let pending = self
+            .store
+            .all_requests()
+            .await?
+            .iter()
+            .filter(|r| {
+                r.request.requester == asker.subject
+                    && r.request.state_at(at) == RequestState::Pending
+            })
+            .count();
+        if pending >= MAX_PENDING_PER_REQUESTER {
+            return Err(ServerError::Conflict(format!(
+                "{} has {pending} requests pending, the most one may have: withdraw one or \
+                 wait for decisions",
+                asker.subject
+            )));
+        }
+        Ok(())
     }
 
     /// The requests `asker` may see, newest first, in `state` if given.

@@ -1,10 +1,11 @@
 //! The leader's sweep over access requests: pending ones past their expiry become expired,
-//! sealed credentials whose lease ended are forgotten, and a withdrawn request's lease that is
-//! somehow still active is revoked.
+//! sealed credentials whose lease ended are forgotten, a withdrawn request's lease that is
+//! somehow still active is revoked, and requests finished long enough ago are forgotten.
 
 use super::Requests;
 use crate::error::ServerError;
 use pgwarden_core::{AuditEvent, LeaseState, Outcome, RequestState, chain};
+use pgwarden_store::StoredRequest;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -15,8 +16,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Requests {
     /// While this replica leads, every [`SWEEP_INTERVAL`]: marks pending requests past their
-    /// expiry as expired, forgets the sealed credentials of leases that have ended, and
-    /// revokes any lease still active for a request that was withdrawn.
+    /// expiry as expired, forgets the sealed credentials of leases that have ended, revokes
+    /// any lease still active for a request that was withdrawn, and forgets requests finished
+    /// more than `requests.keep_finished` ago.
     pub async fn run_sweeper(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
@@ -47,6 +49,9 @@ impl Requests {
             {
                 self.revoke_quietly(lease_id).await;
             }
+            if self.forgotten(&stored, at).await? {
+                continue;
+            }
             let from = stored.request.version;
             let expired = stored.request.expire(at);
             let ended = !expired && stored.sealed_credential.is_some() && {
@@ -75,5 +80,41 @@ impl Requests {
             }
         }
         Ok(())
+    }
+
+    /// Forgets `stored` if it finished more than `keep_finished` before `at` and has no live
+    /// lease; whether it did.
+    async fn forgotten(
+        &self,
+        stored: &StoredRequest,
+        at: OffsetDateTime,
+    ) -> Result<bool, ServerError> {
+        let request = &stored.request;
+        let due = request
+            .finished_at()
+            .is_some_and(|finished| self.keep_finished.after(finished) <= at);
+        if !due {
+            return Ok(false);
+        }
+        if let Some(lease_id) = &request.lease_id
+            && self.store.get_lease(lease_id).await?.is_some()
+        {
+            return Ok(false); // the reaper ends it first
+        }
+        if !self
+            .store
+            .delete_request(&request.id, request.version)
+            .await?
+        {
+            return Ok(false); // changed meanwhile: seen again at the next sweep
+        }
+        let event = AuditEvent::now("pgwarden", "request.forget", &request.id, Outcome::Success)
+            .with_detail(format!(
+                "{} and kept for {}",
+                request.state.as_str(),
+                self.keep_finished
+            ));
+        self.audit.record(event).await;
+        Ok(true)
     }
 }
