@@ -369,7 +369,7 @@ async fn two_dbas_approve_and_only_the_subjects_get_a_working_credential() {
         .unwrap();
     assert_eq!(
         approval.event.detail,
-        format!("approved; lease {lease_id} issued")
+        format!("approved; lease {lease_id} issued; reason: ok too")
     );
     // A refusal happens before the request is read: its record names the path.
     assert_eq!(

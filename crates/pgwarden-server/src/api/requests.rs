@@ -95,7 +95,10 @@ pub async fn decide(
     } else {
         state.requests.deny(&asker, id, &body.reason).await?
     };
-    let detail = outcome(&request);
+    let detail = match body.reason.as_str() {
+        "" => outcome(&request),
+        reason => format!("{}; reason: {reason}", outcome(&request)),
+    };
     Ok(AuditNote::about(id, detail).on(respond::ok(view(state, request))))
 }
 
