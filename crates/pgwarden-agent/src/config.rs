@@ -203,10 +203,15 @@ impl Delivery {
     }
 }
 
-/// Where `file` is, spelled one way whatever way it was written: absolute, without `.` or
-/// `..`, and through an existing directory's symbolic links.
+/// Where `file` is, spelled one way whatever way it was written: its existing directory as
+/// the file system resolves it (symbolic links, then `..`), else absolute without `.` or `..`.
 fn place(file: &Path) -> PathBuf {
     let absolute = std::env::current_dir().unwrap_or_default().join(file);
+    if let (Some(dir), Some(name)) = (absolute.parent(), absolute.file_name())
+        && let Ok(dir) = dir.canonicalize()
+    {
+        return dir.join(name);
+    }
     let mut lexical = PathBuf::new();
     for part in absolute.components() {
         match part {
@@ -217,12 +222,7 @@ fn place(file: &Path) -> PathBuf {
             other => lexical.push(other),
         }
     }
-    match (lexical.parent(), lexical.file_name()) {
-        (Some(dir), Some(name)) => dir
-            .canonicalize()
-            .map_or_else(|_| lexical.clone(), |dir| dir.join(name)),
-        _ => lexical,
-    }
+    lexical
 }
 
 /// The configuration checked and resolved once: templates read, signals parsed.
@@ -399,22 +399,23 @@ credentials:
     fn a_state_file_reached_through_a_symbolic_link_is_the_same_file() {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("real");
-        std::fs::create_dir(&real).unwrap();
+        std::fs::create_dir_all(real.join("sub")).unwrap();
         std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
-        let yaml = format!(
-            "address: x\nauth: {{ token: {{ token_file: /t }} }}\ncredentials:\n  \
-             - {{ path: db/creds/a, files: [{{ path: {d}/real/a, format: env }}] }}\n  \
-             - {{ path: db/creds/a, files: [{{ path: {d}/link/b, format: env }}] }}\n",
-            d = dir.path().display()
-        );
-        let error = parse(&yaml).unwrap_err();
-        assert!(
-            error.ends_with(&format!(
-                "would record their leases in the same file {}/link/.pgwarden-lease-db_creds_a.json: write their files to different directories",
-                dir.path().display()
-            )),
-            "{error}"
-        );
+        std::os::unix::fs::symlink(real.join("sub"), dir.path().join("deep")).unwrap();
+        // link/b is real/b; deep/../b is real/sub/.. = real/b too (.. after the link).
+        for (one, other) in [("real/a", "link/b"), ("real/a", "deep/../b")] {
+            let yaml = format!(
+                "address: x\nauth: {{ token: {{ token_file: /t }} }}\ncredentials:\n  \
+                 - {{ path: db/creds/a, files: [{{ path: {d}/{one}, format: env }}] }}\n  \
+                 - {{ path: db/creds/a, files: [{{ path: {d}/{other}, format: env }}] }}\n",
+                d = dir.path().display()
+            );
+            let error = parse(&yaml).unwrap_err();
+            assert!(
+                error.contains("would record their leases in the same file"),
+                "{other}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -140,7 +140,8 @@ pub fn render(file: &OutputFile, c: &Credential) -> Result<String, String> {
 }
 
 /// Replaces `path` with `contents` atomically (temporary file in the same directory, fsync,
-/// rename), mode 0600: a reader sees the old file or the new one, never a mix.
+/// rename, fsync of the directory), mode 0600: a reader sees the old file or the new one,
+/// never a mix, and writes reach the disk in the order they were made.
 pub fn write_atomically(path: &Path, contents: &str) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path
@@ -156,7 +157,8 @@ pub fn write_atomically(path: &Path, contents: &str) -> Result<(), String> {
             .open(&tmp)?;
         file.write_all(contents.as_bytes())?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);

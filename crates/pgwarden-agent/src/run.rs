@@ -9,9 +9,7 @@ use crate::on_change::fire;
 use crate::rds::RdsKept;
 use crate::refresh::{Refresher, keep, refresh_and_write, slot};
 use crate::static_creds::StaticKept;
-use pgwarden_client::{
-    Auth, Client, ClientError, CredentialProvider, Current, ProviderOptions, revoke_after,
-};
+use pgwarden_client::{Auth, Client, ClientError, CredentialProvider, Current, ProviderOptions};
 use secrecy::SecretString;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -24,9 +22,9 @@ const MIN_ADOPTABLE: Duration = Duration::from_secs(2);
 const WRITE_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait between attempts to write a credential's files.
 const MAX_WRITE_RETRY: Duration = Duration::from_secs(30);
-/// How long after its grace period a replaced lease stays listed in the state beside the
-/// files, for its revocation to be done by then.
-const RETIRING_MARGIN: Duration = Duration::from_secs(60);
+/// How long the agent keeps trying to revoke a replaced lease (pgwarden unreachable, say)
+/// before leaving it to its TTL.
+const RETIRE_FOR: Duration = Duration::from_secs(3600);
 
 /// Why the agent stopped; the message is one line naming the problem.
 #[derive(Debug, thiserror::Error)]
@@ -97,14 +95,14 @@ struct Kept {
 struct Leases {
     /// What the files hold.
     written: Written,
-    /// Replaced leases not yet handed to [`revoke_after`]: credentials replaced again before
+    /// Replaced leases not yet handed to [`Kept::retire`]: credentials replaced again before
     /// their files could be written, and the files' previous one until the application was
     /// told of the new.
     replaced: Vec<String>,
-    /// Leases handed to [`revoke_after`], and when: listed in the state beside the files
-    /// until their revocation is surely done, so that an agent stopped meanwhile does not
-    /// leave them alive.
-    retiring: Vec<(String, Instant)>,
+    /// Leases being revoked ([`Kept::retire`]): listed in the state beside the files until
+    /// pgwarden has revoked them, so that an agent stopped meanwhile does not leave them
+    /// alive.
+    retiring: Vec<String>,
 }
 
 /// The credential the files hold.
@@ -123,33 +121,54 @@ impl Kept {
     fn all_leases(&self) -> Vec<String> {
         let mut all = self.retired("");
         all.push(self.provider.current().credential.lease_id.clone());
+        all.sort();
+        all.dedup();
         all
     }
 
     /// The leases other than `current` that may still be alive: the files', the replaced
     /// ones and those whose revocation may not be done yet.
     fn retired(&self, current: &str) -> Vec<String> {
-        let mut leases = self.leases();
-        let kept_for = self.grace.saturating_add(RETIRING_MARGIN);
-        leases
-            .retiring
-            .retain(|(_, since)| since.elapsed() < kept_for);
+        let leases = self.leases();
         let mut retired: Vec<String> = leases.replaced.clone();
         retired.push(leases.written.lease_id.clone());
-        retired.extend(leases.retiring.iter().map(|(id, _)| id.clone()));
+        retired.extend(leases.retiring.iter().cloned());
         retired.retain(|id| id != current);
         retired.sort();
         retired.dedup();
         retired
     }
 
-    /// Revokes `lease_ids` after the grace period, in the background.
-    fn retire(&self, lease_ids: Vec<String>) {
-        let now = Instant::now();
-        let mut leases = self.leases();
+    /// Revokes `lease_ids` after the grace period, in the background, trying again (for up
+    /// to [`RETIRE_FOR`]) until pgwarden has revoked each or no longer knows it; each stays
+    /// among the leases being revoked until then.
+    fn retire(self: &Arc<Self>, lease_ids: Vec<String>) {
         for lease_id in lease_ids {
-            revoke_after(self.client.clone(), lease_id.clone(), self.grace);
-            leases.retiring.push((lease_id, now));
+            self.leases().retiring.push(lease_id.clone());
+            let kept = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(kept.grace).await;
+                let started = Instant::now();
+                let mut failures = 0u32;
+                loop {
+                    match kept.client.revoke(&lease_id).await {
+                        // Revoked, or already gone (ended at its TTL).
+                        Ok(()) | Err(ClientError::Api { status: 400, .. }) => break,
+                        Err(error) if started.elapsed() >= RETIRE_FOR => {
+                            tracing::warn!(%lease_id, %error, "revoking a replaced lease keeps failing; it will expire on its own");
+                            break;
+                        }
+                        Err(error) => {
+                            failures = failures.saturating_add(1);
+                            let wait =
+                                pgwarden_core::backoff(failures, WRITE_RETRY, MAX_WRITE_RETRY);
+                            tracing::warn!(%lease_id, %error, retry_in_s = wait.as_secs(), "revoking a replaced lease failed; trying again");
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                }
+                kept.leases().retiring.retain(|id| *id != lease_id);
+            });
         }
     }
 }
@@ -218,6 +237,8 @@ async fn obtain(
                 tracing::info!(lease_id = %recorded.lease_id, %error, "the recorded lease cannot be adopted; fetching a new one")
             }
         }
+        // Not adopted, it may still be alive: revoked with the others.
+        retired.push(recorded.lease_id);
     }
     Ok(Obtained {
         provider: CredentialProvider::start(client.clone(), &config.path, options).await?,
@@ -372,9 +393,13 @@ pub async fn run(
                 retiring: Vec::new(),
             }),
         });
-        if mode == Mode::Sidecar {
+        if mode == Mode::Sidecar && !retired.is_empty() {
             // Leases an earlier agent replaced but stopped before revoking (an init
-            // container's run leaves them to the sidecar, in the state).
+            // container's run leaves them to the sidecar, in the state). The files held one
+            // of them until now, perhaps: the application is told before the grace period.
+            if let Some(action) = &credential.delivery.on_change {
+                fire(action).await;
+            }
             credential.retire(retired);
         }
         kept.push(credential);

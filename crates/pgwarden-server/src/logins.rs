@@ -32,9 +32,15 @@ enum Mount {
     Jwt(JwtAuth),
 }
 
-/// Every auth mount by name, with its subject prefix (`eu/`, or empty).
+/// An auth mount and what it puts before its callers' subjects (`eu/`, or empty).
+struct AuthMount {
+    login: Mount,
+    subject_prefix: String,
+}
+
+/// Every auth mount by name.
 pub struct Logins {
-    mounts: BTreeMap<String, (Mount, String)>,
+    mounts: BTreeMap<String, AuthMount>,
 }
 
 /// Refuses login roles of one jwt mount that name people by different claims: one person
@@ -235,7 +241,13 @@ impl Logins {
                     })
                 }
             };
-            mounts.insert(name.clone(), (mount, prefix));
+            mounts.insert(
+                name.clone(),
+                AuthMount {
+                    login: mount,
+                    subject_prefix: prefix,
+                },
+            );
         }
         Ok(Logins { mounts })
     }
@@ -245,14 +257,23 @@ impl Logins {
         self.mounts.contains_key(mount)
     }
 
+    /// Whether a login token of `mount` whose subjects carry `prefix` still names its caller
+    /// as the mount does: false once the mount is gone or its `subject_prefix` changed (the
+    /// token's subjects would be another mount's).
+    pub fn still_names(&self, mount: &str, prefix: &str) -> bool {
+        self.mounts
+            .get(mount)
+            .is_some_and(|m| m.subject_prefix == prefix)
+    }
+
     /// Logs in with `jwt` for login role `role` of `mount`.
     pub async fn login(&self, mount: &str, role: &str, jwt: &str) -> Result<LoggedIn, AuthError> {
         let unknown = || AuthError::UnknownRole {
             mount: mount.to_string(),
             role: role.to_string(),
         };
-        let (found, prefix) = self.mounts.get(mount).ok_or_else(unknown)?;
-        let (mut identity, (ttl, max_ttl)) = match found {
+        let found = self.mounts.get(mount).ok_or_else(unknown)?;
+        let (mut identity, (ttl, max_ttl)) = match &found.login {
             Mount::Kubernetes(auth) => {
                 let ttls = auth
                     .role(role)
@@ -268,8 +289,8 @@ impl Logins {
                 (auth.login(role, jwt).await?, ttls)
             }
         };
-        identity.subject = format!("{prefix}{}", identity.subject);
-        identity.subject_prefix = prefix.clone();
+        identity.subject = format!("{}{}", found.subject_prefix, identity.subject);
+        identity.subject_prefix = found.subject_prefix.clone();
         Ok(LoggedIn {
             identity,
             ttl,

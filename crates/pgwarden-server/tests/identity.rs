@@ -553,6 +553,39 @@ async fn people_log_in_with_oidc_and_get_their_groups_grants() {
         }
     }
     assert_eq!(status, 200, "the prefixed group's grant applies");
+
+    // The mount's prefix changes: its earlier tokens name subjects it no longer makes, and
+    // are refused until their callers log in again.
+    let mut id = id;
+    id.env.stop().await;
+    id.env
+        .broker
+        .replace_in_config("subject_prefix: partner", "subject_prefix: partner-eu");
+    id.env.boot().await;
+    let (status, _) = id
+        .env
+        .call_as(partner, "GET", "auth/token/lookup-self", None)
+        .await;
+    assert_eq!(status, 403, "a token from before the prefix changed");
+    let (status, body) = id
+        .env
+        .call_as(
+            "",
+            "POST",
+            "auth/partner/login",
+            Some(json!({ "role": "people", "jwt": sign(TestKey::Ec1, &claims) })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["auth"]["entity_id"],
+        "partner-eu/user:kari@example.com"
+    );
+    let (status, _) = id
+        .env
+        .call_as(token, "GET", "auth/token/lookup-self", None)
+        .await;
+    assert_eq!(status, 200, "the unprefixed mount's token is unaffected");
 }
 
 #[tokio::test]

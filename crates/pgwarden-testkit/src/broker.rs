@@ -127,6 +127,15 @@ impl TestBroker {
         self.server = Some(running);
     }
 
+    /// Changes the configuration the next boot reads: `from` (which must be there) becomes `to`.
+    pub fn replace_in_config(&mut self, from: &str, to: &str) {
+        assert!(
+            self.yaml.contains(from),
+            "{from:?} is not in the configuration"
+        );
+        self.yaml = self.yaml.replacen(from, to, 1);
+    }
+
     /// Shuts the server down, if it runs, and keeps the data directory.
     ///
     /// Panics when the shutdown fails.

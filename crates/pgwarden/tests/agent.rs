@@ -445,7 +445,12 @@ async fn leases_an_agent_replaced_but_did_not_revoke_are_revoked_by_the_next() {
     let token = broker.sa_token(600);
     std::fs::write(dir.path().join("token"), &token).unwrap();
     let port = free_port();
-    let config = agent_config(dir.path(), &broker.address(), port, dir.path(), "");
+    let told = dir.path().join("told");
+    let on_change = format!(
+        "    on_change: {{ command: [touch, \"{}\"] }}",
+        told.display()
+    );
+    let config = agent_config(dir.path(), &broker.address(), port, dir.path(), &on_change);
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("appdb-short", "appdb-long")).unwrap();
     let once = agent(&config, &["--once"]).output().await.unwrap();
@@ -525,6 +530,10 @@ async fn leases_an_agent_replaced_but_did_not_revoke_are_revoked_by_the_next() {
             .await
             .is_err(),
         "the replaced lease's password no longer works"
+    );
+    assert!(
+        told.exists(),
+        "the application was told to move to the files before the revocation"
     );
     let held = env_file(&dir.path().join("appdb.env"));
     broker

@@ -71,11 +71,16 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
     ) {
         return Ok(Caller::Root);
     }
-    state
-        .tokens
-        .authenticate(token)
-        .await
-        .map(|record| Caller::Token(Box::new(record)))
+    let record = state.tokens.authenticate(token).await?;
+    if !state
+        .logins
+        .still_names(&record.mount, &record.identity.subject_prefix)
+    {
+        // Its mount was removed, or given another subject prefix: the token's subjects are
+        // no longer what that mount makes. Its caller logs in again.
+        return Err(ServerError::PermissionDenied);
+    }
+    Ok(Caller::Token(Box::new(record)))
 }
 
 impl Caller {
