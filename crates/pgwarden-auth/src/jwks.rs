@@ -102,13 +102,25 @@ impl Jwks {
         Ok(())
     }
 
+    /// The key for `kid` (or the set's only key, without one) usable for an `alg` signature:
+    /// of several keys with one id (a signing and an encryption key, say), the first usable;
+    /// if none is, why the first is not. `None` when no key has that id.
     fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<Result<DecodingKey, AuthError>> {
         let keys = self.keys.load();
-        let jwk = match kid {
-            Some(kid) => keys.find(kid),
-            None if keys.keys.len() == 1 => keys.keys.first(),
-            None => None,
-        }?;
+        let candidates: Vec<&Jwk> = match kid {
+            Some(kid) => keys
+                .keys
+                .iter()
+                .filter(|k| k.common.key_id.as_deref() == Some(kid))
+                .collect(),
+            None if keys.keys.len() == 1 => keys.keys.iter().collect(),
+            None => Vec::new(),
+        };
+        let first = candidates.first()?;
+        let jwk = candidates
+            .iter()
+            .find(|jwk| usable_for(jwk, alg).is_ok())
+            .unwrap_or(first);
         Some(usable_for(jwk, alg).and_then(|()| {
             DecodingKey::from_jwk(jwk)
                 .map_err(|e| AuthError::Unavailable(format!("unusable key in the key set: {e}")))
@@ -179,11 +191,47 @@ mod tests {
             "permission denied: the token is signed with ES384, but its key is for ES256"
         );
         let encryption = jwk(serde_json::json!({"use": "enc"}));
+        assert!(usable_for(&encryption, Algorithm::ES256).is_err());
         assert_eq!(
             usable_for(&encryption, Algorithm::ES256)
                 .unwrap_err()
                 .to_string(),
             "permission denied: the token's key is for encryption, not signatures"
         );
+    }
+
+    #[tokio::test]
+    async fn of_keys_sharing_an_id_the_usable_one_is_taken() {
+        let path =
+            std::env::temp_dir().join(format!("pgwarden-jwks-kid-{}.json", std::process::id()));
+        let set = |keys: Vec<serde_json::Value>| serde_json::json!({ "keys": keys }).to_string();
+        let enc = serde_json::to_value(jwk(serde_json::json!({"kid": "k", "use": "enc"}))).unwrap();
+        let sig = serde_json::to_value(jwk(
+            serde_json::json!({"kid": "k", "use": "sig", "alg": "ES256"}),
+        ))
+        .unwrap();
+        std::fs::write(&path, set(vec![enc.clone(), sig])).unwrap();
+        let jwks = Jwks::new(
+            KeySource::File(path.clone()),
+            reqwest::Client::new(),
+            Duration::ZERO,
+        );
+        assert!(jwks.key(Some("k"), Algorithm::ES256).await.is_ok());
+        std::fs::write(&path, set(vec![enc])).unwrap();
+        let only_enc = Jwks::new(
+            KeySource::File(path.clone()),
+            reqwest::Client::new(),
+            Duration::ZERO,
+        );
+        assert_eq!(
+            only_enc
+                .key(Some("k"), Algorithm::ES256)
+                .await
+                .err()
+                .unwrap()
+                .to_string(),
+            "permission denied: the token's key is for encryption, not signatures"
+        );
+        std::fs::remove_file(path).unwrap();
     }
 }

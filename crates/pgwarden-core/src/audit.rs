@@ -93,25 +93,30 @@ pub fn clean_for_log(text: &str) -> String {
 /// [`clean`] and [`clean_for_log`] see them.
 static KNOWN_SECRETS: RwLock<Vec<SecretString>> = RwLock::new(Vec::new());
 
-/// Shortest secret [`redact_everywhere`] takes: a shorter one would redact ordinary words.
-pub const MIN_KNOWN_SECRET_CHARS: usize = 16;
+/// Shortest secret [`redact_everywhere`] takes, in bytes: a shorter one would redact ordinary
+/// words.
+pub const MIN_KNOWN_SECRET_BYTES: usize = 16;
 
 /// From now on, [`clean`], [`clean_for_log`] and [`holds_secret`] treat `secret` as a token
-/// wherever it appears: for a secret the process holds whose shape nothing else gives away,
-/// such as the root token pasted where a lease id belongs. Ignored if shorter than
-/// [`MIN_KNOWN_SECRET_CHARS`].
+/// wherever it appears, as it is and as Rust's `{:?}` escapes it (log fields are formatted
+/// so): for a secret the process holds whose shape nothing else gives away, such as the root
+/// token pasted where a lease id belongs. Ignored if shorter than [`MIN_KNOWN_SECRET_BYTES`].
 pub fn redact_everywhere(secret: &SecretString) {
-    if secret.expose_secret().chars().count() < MIN_KNOWN_SECRET_CHARS {
+    let plain = secret.expose_secret();
+    if plain.len() < MIN_KNOWN_SECRET_BYTES {
         return;
     }
+    let debug = format!("{plain:?}");
+    let escaped = debug
+        .get(1..debug.len().saturating_sub(1))
+        .unwrap_or_default();
     let mut known = KNOWN_SECRETS
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !known
-        .iter()
-        .any(|k| k.expose_secret() == secret.expose_secret())
-    {
-        known.push(secret.clone());
+    for form in [plain, escaped] {
+        if !known.iter().any(|k| k.expose_secret() == form) {
+            known.push(SecretString::from(form.to_string()));
+        }
     }
 }
 
@@ -426,9 +431,17 @@ mod tests {
         );
         assert_eq!(clean_for_log(&text), clean(&text));
         assert!(holds_secret(&format!("x{secret}x")));
-        // Too short to tell from ordinary words: not taken.
+        // Too short to tell from ordinary words (under 16 bytes): not taken.
         redact_everywhere(&SecretString::from("short-secret".to_string()));
         assert_eq!(clean("a short-secret here"), "a short-secret here");
+        let quoted = format!("tok\"{}\\", crate::names::random_alphanumeric(16));
+        redact_everywhere(&SecretString::from(quoted.clone()));
+        assert_eq!(clean(&format!("({quoted})")), "([redacted])");
+        assert_eq!(
+            clean_for_log(&format!("{:?}", format!("lease {quoted}"))),
+            "\"lease [redacted]\"",
+            "as a log field formats it"
+        );
     }
 
     #[test]

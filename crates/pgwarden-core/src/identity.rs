@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 /// A verified caller: a Kubernetes service account or a person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
-    /// The policy subject: `system:serviceaccount:<namespace>:<name>` or `user:<name>`.
+    /// The policy subject: `system:serviceaccount:<namespace>:<name>` or `user:<name>`, after
+    /// the mount's subject prefix if it has one (`partner/user:<name>`).
     pub subject: String,
-    /// Groups the caller belongs to (matched by policy as `group:<name>`).
+    /// Groups the caller belongs to (matched by policy as `group:<name>`, after the subject
+    /// prefix).
     pub groups: Vec<String>,
     /// A short name for generated usernames and logs, e.g. `kubernetes-team-a-app`.
     pub display_name: String,

@@ -350,10 +350,11 @@ pub struct KubernetesConfig {
     /// The cluster's service-account issuer (`iss`); checked when set.
     #[serde(default)]
     pub issuer: Option<String>,
-    /// Signing keys (ignored with `token_review`).
+    /// Signing keys (refused with `token_review`).
     #[serde(default)]
     pub keys: KeysConfig,
-    /// Accepted audiences (any one suffices); empty skips the check.
+    /// Accepted audiences (any one suffices); empty skips the check, or with `token_review`
+    /// accepts tokens for the API server itself.
     #[serde(default)]
     pub audiences: Vec<String>,
     /// Accept legacy secret-based tokens (`iss: kubernetes/serviceaccount`).

@@ -209,6 +209,14 @@ impl Logins {
                                 audiences: k.audiences.clone(),
                             }
                         }
+                        None if k.allow_legacy_tokens && !k.audiences.is_empty() => {
+                            return Err(ConfigError::Invalid(format!(
+                                "auth mount {name:?}: allow_legacy_tokens accepts nothing while \
+                                 audiences are required (a legacy token is for no audience): \
+                                 remove one of them, or move the audience to the login roles \
+                                 that must not take legacy tokens"
+                            )));
+                        }
                         None => Validation::Jwks {
                             jwks: Jwks::new(
                                 key_source(name, &k.keys, k.issuer.as_ref())?,
@@ -347,6 +355,18 @@ mod tests {
             let auth: BTreeMap<String, AuthConfig> = serde_saphyr::from_str(&yaml).unwrap();
             assert!(Logins::from_config(&auth).is_ok(), "{yaml}");
         }
+    }
+
+    #[test]
+    fn legacy_tokens_and_required_audiences_are_refused_together() {
+        assert_eq!(
+            refusal(
+                "k8s:\n  type: kubernetes\n  keys: { jwks_file: /k }\n  audiences: [pgwarden]\n  allow_legacy_tokens: true\n"
+            ),
+            "config: auth mount \"k8s\": allow_legacy_tokens accepts nothing while audiences \
+             are required (a legacy token is for no audience): remove one of them, or move the \
+             audience to the login roles that must not take legacy tokens"
+        );
     }
 
     #[test]

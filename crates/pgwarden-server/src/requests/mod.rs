@@ -30,14 +30,15 @@ const MAX_SUBJECTS: usize = 64;
 /// have pending at once (concurrent asks may pass it by a few): a bound on what one identity
 /// can make approvers and the state hold.
 const MAX_PENDING_PER_REQUESTER: usize = 16;
-/// Longest subject a request may name, in bytes (a service account's is at most about 340).
+/// Longest subject a request may name, in bytes (a service account's, prefixed, is at most
+/// about 380).
 const MAX_SUBJECT_BYTES: usize = 512;
 
 /// Who is asking, as requests see it.
 pub struct Asker {
     /// The caller's subject (`root` for the root token).
     pub subject: String,
-    /// Every policy subject of the caller (its own and `group:<g>`).
+    /// Every policy subject of the caller (its own and `group:<g>`, after its mount's prefix).
     pub subjects: Vec<String>,
     /// Short name for generated usernames.
     pub display_name: String,
