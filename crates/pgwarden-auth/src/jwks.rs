@@ -191,7 +191,6 @@ mod tests {
             "permission denied: the token is signed with ES384, but its key is for ES256"
         );
         let encryption = jwk(serde_json::json!({"use": "enc"}));
-        assert!(usable_for(&encryption, Algorithm::ES256).is_err());
         assert_eq!(
             usable_for(&encryption, Algorithm::ES256)
                 .unwrap_err()

@@ -467,21 +467,27 @@ async fn revoke_self_racing_issuance_leaves_no_user_behind() {
     );
 }
 
+/// Logs a person in at `auth/<mount>/login` (login role `people`) with a token of `claims`;
+/// returns the answer.
+async fn person_login(env: &Env, mount: &str, claims: &Value) -> Value {
+    let (status, body) = env
+        .call_as(
+            "",
+            "POST",
+            &format!("auth/{mount}/login"),
+            Some(json!({ "role": "people", "jwt": sign(TestKey::Ec1, claims) })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 #[tokio::test]
 async fn people_log_in_with_oidc_and_get_their_groups_grants() {
     let id = start(POLICY, "1h").await;
     let claims = json!({"iss": id.issuer.issuer(), "aud": AUD, "exp": unix_now() + 600, "sub": "42",
         "email": "kari@example.com", "groups": ["dba"]});
-    let (status, body) = id
-        .env
-        .call_as(
-            "",
-            "POST",
-            "auth/jwt/login",
-            Some(json!({ "role": "people", "jwt": sign(TestKey::Ec1, &claims) })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = person_login(&id.env, "jwt", &claims).await;
     let token = body["auth"]["client_token"].as_str().unwrap();
     let (status, creds) = id
         .env
@@ -501,16 +507,7 @@ async fn people_log_in_with_oidc_and_get_their_groups_grants() {
 
     // The same person through a second identity provider (a mount with a subject prefix) is
     // another subject: the first one's grants and leases are not theirs.
-    let (status, body) = id
-        .env
-        .call_as(
-            "",
-            "POST",
-            "auth/partner/login",
-            Some(json!({ "role": "people", "jwt": sign(TestKey::Ec1, &claims) })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = person_login(&id.env, "partner", &claims).await;
     assert_eq!(body["auth"]["entity_id"], "partner/user:kari@example.com");
     let partner = body["auth"]["client_token"].as_str().unwrap();
     let (status, denied) = id
@@ -567,16 +564,7 @@ async fn people_log_in_with_oidc_and_get_their_groups_grants() {
         .call_as(partner, "GET", "auth/token/lookup-self", None)
         .await;
     assert_eq!(status, 403, "a token from before the prefix changed");
-    let (status, body) = id
-        .env
-        .call_as(
-            "",
-            "POST",
-            "auth/partner/login",
-            Some(json!({ "role": "people", "jwt": sign(TestKey::Ec1, &claims) })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = person_login(&id.env, "partner", &claims).await;
     assert_eq!(
         body["auth"]["entity_id"],
         "partner-eu/user:kari@example.com"
