@@ -397,12 +397,17 @@ async fn subjects_are_exact_and_cannot_approve_and_bad_input_is_named() {
         (
             json!({"role": "database/custom-reader", "subjects": ["user:*"]}),
             "subject \"user:*\" must name one identity or group: \
-             system:serviceaccount:<ns>:<name>, group:<name> or user:<name>, without *",
+             system:serviceaccount:<ns>:<name>, group:<name> or user:<name>, without * or invisible characters",
         ),
         (
             json!({"role": "database/custom-reader", "subjects": ["user:a\nb"]}),
             "subject \"user:a\\nb\" must name one identity or group: \
-             system:serviceaccount:<ns>:<name>, group:<name> or user:<name>, without *",
+             system:serviceaccount:<ns>:<name>, group:<name> or user:<name>, without * or invisible characters",
+        ),
+        (
+            json!({"role": "database/custom-reader", "subjects": ["user:ola@exam\u{200b}ple.com"]}),
+            "subject \"user:ola@exam\\u{200b}ple.com\" must name one identity or group: \
+             system:serviceaccount:<ns>:<name>, group:<name> or user:<name>, without * or invisible characters",
         ),
         (
             json!({"role": "database/custom-reader", "subjects": [format!("user:{}", "x".repeat(100_000))]}),

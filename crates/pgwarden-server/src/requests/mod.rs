@@ -86,11 +86,18 @@ fn refused(error: DecisionError) -> ServerError {
     }
 }
 
-/// A subject a request may name: one identity or group, no glob, no control character.
+/// A subject a request may name: one identity or group, no glob, no control character, and
+/// nothing invisible that would make it look like another on the approvers' page (zero-width
+/// characters, bidirectional overrides).
 fn valid_subject(subject: &str) -> bool {
     pgwarden_core::policy::is_subject(subject)
         && !subject.contains('*')
-        && !subject.chars().any(char::is_control)
+        && !subject.chars().any(|c| c.is_control() || invisible(c))
+}
+
+/// Whether `c` is a format character that changes how text looks without being seen.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 impl Requests {
@@ -175,7 +182,7 @@ impl Requests {
         if let Some(bad) = body.subjects.iter().find(|s| !valid_subject(s)) {
             return Err(ServerError::BadRequest(format!(
                 "subject {bad:?} must name one identity or group: system:serviceaccount:<ns>:<name>, \
-                 group:<name> or user:<name>, without *"
+                 group:<name> or user:<name>, without * or invisible characters"
             )));
         }
         let Some((allowed, _)) =
