@@ -132,5 +132,30 @@ pub async fn verify(
             AuthError::rejected(check, detail)
         })?
         .claims;
+    issued_in_the_past(&claims, rules.leeway_secs)?;
     Ok(claims)
+}
+
+/// Refuses a token whose `iat` is not a number, or later than now (give or take `leeway`
+/// seconds): a token from the future was not issued by a working issuer.
+fn issued_in_the_past(claims: &Map<String, Value>, leeway: u64) -> Result<(), AuthError> {
+    let Some(iat) = claims.get("iat") else {
+        return Ok(());
+    };
+    let Some(iat) = iat.as_f64() else {
+        return Err(AuthError::rejected(
+            Check::Malformed,
+            "the token's iat is not a number",
+        ));
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    if iat > now + leeway as f64 {
+        return Err(AuthError::rejected(
+            Check::NotYetValid,
+            "the token was issued in the future (iat)",
+        ));
+    }
+    Ok(())
 }

@@ -135,6 +135,30 @@ async fn service_account_login_and_every_rejection() {
         (
             "team-a",
             {
+                let mut later = service_account_claims(&iss, AUD, "team-a", "app", 600);
+                later["iat"] = json!(unix_now() + 3600);
+                sign(TestKey::Rsa1, &later)
+            },
+            (
+                "permission denied: the token was issued in the future (iat)",
+                "not_yet_valid",
+            ),
+        ),
+        (
+            "team-a",
+            {
+                let mut odd = service_account_claims(&iss, AUD, "team-a", "app", 600);
+                odd["iat"] = json!("yesterday");
+                sign(TestKey::Rsa1, &odd)
+            },
+            (
+                "permission denied: the token's iat is not a number",
+                "malformed",
+            ),
+        ),
+        (
+            "team-a",
+            {
                 claims["nbf"] = json!(unix_now() + 3600);
                 sign(TestKey::Rsa1, &claims)
             },
