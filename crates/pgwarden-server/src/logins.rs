@@ -236,6 +236,11 @@ impl Logins {
                 }
                 AuthConfig::Jwt(j) => {
                     one_user_claim(name, &j.roles)?;
+                    if j.audiences.is_empty()
+                        && j.roles.values().any(|r| r.bound_audiences.is_empty())
+                    {
+                        tracing::warn!(mount = %name, "this jwt auth mount takes tokens made for any client of its identity provider (no audiences): set audiences to the client id pgwarden's tokens are made for");
+                    }
                     Mount::Jwt(JwtAuth {
                         mount: name.clone(),
                         jwks: Jwks::new(

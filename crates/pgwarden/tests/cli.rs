@@ -105,7 +105,8 @@ fn policy_check_and_explain() {
 }
 
 /// A server whose address is taken ends with one line naming `--listen`; on its way it has made
-/// the state store private and warned about a data_dir others can read; piped logs carry no
+/// the state store private and warned about a data_dir others can read and a jwt mount that
+/// takes tokens for any audience; piped logs carry no
 /// terminal colour codes.
 #[test]
 fn server_start_failure_is_one_clear_line_and_state_stays_private() {
@@ -120,7 +121,7 @@ fn server_start_failure_is_one_clear_line_and_state_stays_private() {
     std::fs::write(
         &config,
         format!(
-            "data_dir: \"{}\"\nroot_token_file: \"{}\"\n",
+            "data_dir: \"{}\"\nroot_token_file: \"{}\"\nauth:\n  people:\n    type: jwt\n    keys: {{ jwks_file: /nonexistent/jwks.json }}\n    roles: {{ staff: {{ user_claim: email }} }}\n",
             data.display(),
             token.display()
         ),
@@ -146,6 +147,10 @@ fn server_start_failure_is_one_clear_line_and_state_stays_private() {
     );
     assert!(
         err.contains("data_dir is readable by other users; chmod 700 it"),
+        "{err}"
+    );
+    assert!(
+        err.contains("this jwt auth mount takes tokens made for any client of its identity provider (no audiences): set audiences to the client id pgwarden's tokens are made for mount=people"),
         "{err}"
     );
     assert!(!err.contains('\x1b'), "colour codes in piped logs: {err:?}");
