@@ -106,8 +106,7 @@ fn policy_check_and_explain() {
 
 /// A server whose address is taken ends with one line naming `--listen`; on its way it has made
 /// the state store private and warned about a data_dir others can read and a jwt mount that
-/// takes tokens for any audience; piped logs carry no
-/// terminal colour codes.
+/// takes tokens for any audience; piped logs carry no terminal colour codes.
 #[test]
 fn server_start_failure_is_one_clear_line_and_state_stays_private() {
     use std::os::unix::fs::PermissionsExt;
