@@ -3,7 +3,7 @@
 
 use crate::{AuthError, Check};
 use arc_swap::ArcSwap;
-use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::jwk::{Jwk, JwkSet, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -147,7 +147,8 @@ impl Jwks {
 }
 
 /// Refuses `jwk` for an `alg` signature when the key set says it is for another algorithm
-/// (`alg`) or for encryption (`use: enc`).
+/// (`alg`), for encryption (`use: enc`), or for operations that do not include verifying
+/// (`key_ops` without `verify`).
 fn usable_for(jwk: &Jwk, alg: Algorithm) -> Result<(), AuthError> {
     if let Some(declared) = jwk.common.key_algorithm
         && Algorithm::from_str(&declared.to_string()).ok() != Some(alg)
@@ -157,10 +158,15 @@ fn usable_for(jwk: &Jwk, alg: Algorithm) -> Result<(), AuthError> {
             format!("the token is signed with {alg:?}, but its key is for {declared}"),
         ));
     }
-    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+    let verifies = jwk
+        .common
+        .key_operations
+        .as_ref()
+        .is_none_or(|ops| ops.contains(&KeyOperations::Verify));
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) || !verifies {
         return Err(AuthError::rejected(
             Check::Signature,
-            "the token's key is for encryption, not signatures",
+            "the token's key is not for verifying signatures (its use or key_ops)",
         ));
     }
     Ok(())
@@ -195,8 +201,17 @@ mod tests {
             usable_for(&encryption, Algorithm::ES256)
                 .unwrap_err()
                 .to_string(),
-            "permission denied: the token's key is for encryption, not signatures"
+            "permission denied: the token's key is not for verifying signatures (its use or key_ops)"
         );
+        let encrypts = jwk(serde_json::json!({"key_ops": ["encrypt"]}));
+        assert_eq!(
+            usable_for(&encrypts, Algorithm::ES256)
+                .unwrap_err()
+                .to_string(),
+            "permission denied: the token's key is not for verifying signatures (its use or key_ops)"
+        );
+        let verifies = jwk(serde_json::json!({"key_ops": ["verify"]}));
+        assert!(usable_for(&verifies, Algorithm::ES256).is_ok());
     }
 
     #[tokio::test]
@@ -229,7 +244,7 @@ mod tests {
                 .err()
                 .unwrap()
                 .to_string(),
-            "permission denied: the token's key is for encryption, not signatures"
+            "permission denied: the token's key is not for verifying signatures (its use or key_ops)"
         );
         std::fs::remove_file(path).unwrap();
     }

@@ -43,27 +43,42 @@ pub struct Logins {
     mounts: BTreeMap<String, AuthMount>,
 }
 
-/// Refuses login roles of one jwt mount that name people by different claims: one person
-/// would then be two subjects (`user:<email>` and `user:<sub>`), and could approve their own
-/// access request as the other.
+/// Refuses login roles of one jwt mount that read a person's subjects from different claims
+/// (`user_claim`, `groups_claim`), or from an empty one: one person would then be two
+/// subjects (`user:<email>` and `user:<sub>`), or in other groups by role, and could approve
+/// as one what names them as the other.
 fn one_user_claim(mount: &str, roles: &HashMap<String, JwtRole>) -> Result<(), ConfigError> {
     let mut roles: Vec<(&String, &JwtRole)> = roles.iter().collect();
     roles.sort_by_key(|(name, _)| *name);
+    if let Some((name, _)) = roles.iter().find(|(_, r)| r.user_claim.trim().is_empty()) {
+        return Err(ConfigError::Invalid(format!(
+            "auth mount {mount:?}: login role {name:?} has an empty user_claim"
+        )));
+    }
     let Some((first, first_role)) = roles.first() else {
         return Ok(());
     };
-    match roles
-        .iter()
-        .find(|(_, r)| r.user_claim != first_role.user_claim)
-    {
+    let claims = |r: &JwtRole| (r.user_claim.clone(), r.groups_claim.clone());
+    match roles.iter().find(|(_, r)| claims(r) != claims(first_role)) {
         Some((other, role)) => Err(ConfigError::Invalid(format!(
-            "auth mount {mount:?}: login roles {first:?} and {other:?} name people by different \
-             claims ({:?}, {:?}), so one person would be two subjects (and could approve their \
-             own access request as the other): use one user_claim in a mount",
-            first_role.user_claim, role.user_claim
+            "auth mount {mount:?}: login roles {first:?} and {other:?} read people from \
+             different claims (user_claim {:?} and {:?}, groups_claim {} and {}), so one \
+             person would be two subjects or in other groups by role (and could approve as one \
+             what names them as the other): use one user_claim and one groups_claim in a mount",
+            first_role.user_claim,
+            role.user_claim,
+            named(&first_role.groups_claim),
+            named(&role.groups_claim)
         ))),
         None => Ok(()),
     }
+}
+
+/// A claim's name quoted, or `none`.
+fn named(claim: &Option<String>) -> String {
+    claim
+        .as_ref()
+        .map_or_else(|| "none".into(), |c| format!("{c:?}"))
 }
 
 /// Checks every mount's `subject_prefix` (lowercase letters, digits and `-`) and that no two
@@ -375,14 +390,33 @@ mod tests {
     }
 
     #[test]
-    fn a_jwt_mount_names_people_by_one_claim() {
+    fn a_jwt_mount_reads_people_from_one_claim_each() {
+        let mount = |roles: &str| {
+            format!("jwt:\n  type: jwt\n  keys: {{ jwks_file: /k }}\n  roles:\n{roles}")
+        };
         assert_eq!(
-            refusal(
-                "jwt:\n  type: jwt\n  keys: { jwks_file: /k }\n  roles:\n    people: { user_claim: email }\n    people-sub: {}\n    robots: { user_claim: email }\n"
-            ),
-            "config: auth mount \"jwt\": login roles \"people\" and \"people-sub\" name people \
-             by different claims (\"email\", \"sub\"), so one person would be two subjects (and \
-             could approve their own access request as the other): use one user_claim in a mount"
+            refusal(&mount(
+                "    people: { user_claim: email }\n    people-sub: {}\n    robots: { user_claim: email }\n"
+            )),
+            "config: auth mount \"jwt\": login roles \"people\" and \"people-sub\" read people \
+             from different claims (user_claim \"email\" and \"sub\", groups_claim none and \
+             none), so one person would be two subjects or in other groups by role (and could \
+             approve as one what names them as the other): use one user_claim and one \
+             groups_claim in a mount"
+        );
+        assert_eq!(
+            refusal(&mount(
+                "    admins: { user_claim: email, groups_claim: roles }\n    people: { user_claim: email, groups_claim: groups }\n"
+            )),
+            "config: auth mount \"jwt\": login roles \"admins\" and \"people\" read people \
+             from different claims (user_claim \"email\" and \"email\", groups_claim \
+             \"roles\" and \"groups\"), so one person would be two subjects or in \
+             other groups by role (and could approve as one what names them as the other): use \
+             one user_claim and one groups_claim in a mount"
+        );
+        assert_eq!(
+            refusal(&mount("    people: { user_claim: \" \" }\n")),
+            "config: auth mount \"jwt\": login role \"people\" has an empty user_claim"
         );
     }
 
