@@ -1,6 +1,7 @@
 //! Rendering credentials into the files applications read, writing them atomically, and the
 //! state file that lets a sidecar adopt the lease an init container fetched.
 
+use nix::fcntl::{Flock, FlockArg};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use pgwarden_client::Credential;
 use secrecy::{ExposeSecret, SecretString};
@@ -199,6 +200,28 @@ pub fn state_path(first_file: &Path, path: &str) -> PathBuf {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     dir.join(format!(".pgwarden-lease-{name}.json"))
+}
+
+/// The exclusive lock one agent holds on the state at `state_file` (on a `.lock` file beside
+/// it) while it keeps that credential: two agents writing one set of files would each record
+/// a lease the other then overwrites, and leave it alive.
+pub fn lock_state(state_file: &Path, path: &str) -> Result<Flock<std::fs::File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock = state_file.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock)
+        .map_err(|e| format!("cannot write {}: {e}", lock.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => format!(
+            "another agent keeps credential {path:?} (it holds {}): run one agent per set of files",
+            lock.display()
+        ),
+        other => format!("cannot lock {}: {other}", lock.display()),
+    })
 }
 
 /// Records `c` as the credential of `path`, and `retired` as the leases it replaced that may

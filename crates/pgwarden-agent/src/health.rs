@@ -34,9 +34,19 @@ impl Slot {
 #[derive(Default)]
 pub struct Status {
     slots: Mutex<Vec<Slot>>,
+    /// How many credentials there are to be ready for.
+    expected: usize,
 }
 
 impl Status {
+    /// The status of an agent with `expected` credentials: ready once each is written.
+    pub fn expecting(expected: usize) -> Status {
+        Status {
+            slots: Mutex::default(),
+            expected,
+        }
+    }
+
     /// Records (or updates) the credential `slot.path`.
     pub fn set(&self, slot: Slot) {
         let mut slots = self.slots.lock();
@@ -49,7 +59,9 @@ impl Status {
     fn report(&self) -> (bool, serde_json::Value) {
         let now = Instant::now();
         let slots = self.slots.lock();
-        let ready = !slots.is_empty() && slots.iter().all(|s| s.expires_at > now);
+        let ready = !slots.is_empty()
+            && slots.len() >= self.expected
+            && slots.iter().all(|s| s.expires_at > now);
         let credentials: Vec<_> = slots
             .iter()
             .map(|s| json!({ "path": s.path, "lease_id": s.lease_id, "valid_for_seconds": s.expires_at.saturating_duration_since(now).as_secs() }))

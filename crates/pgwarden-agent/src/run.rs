@@ -3,7 +3,7 @@
 //! told to stop.
 
 use crate::config::{Agent, AuthConfig, Delivery, Source};
-use crate::files::{load_state, render, save_state, write_atomically};
+use crate::files::{load_state, lock_state, render, save_state, write_atomically};
 use crate::health::{Slot, Status};
 use crate::on_change::fire;
 use crate::rds::RdsKept;
@@ -12,6 +12,7 @@ use crate::static_creds::StaticKept;
 use pgwarden_client::{Auth, Client, ClientError, CredentialProvider, Current, ProviderOptions};
 use secrecy::SecretString;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -210,7 +211,7 @@ async fn obtain(
     client: &Arc<Client>,
     config: &Delivery,
     options: ProviderOptions,
-) -> Result<Obtained, AgentError> {
+) -> Result<Obtained, ClientError> {
     let mut retired = Vec::new();
     if let Some(state) = load_state(&config.state_file(), &config.path) {
         retired = state.retired;
@@ -233,6 +234,8 @@ async fn obtain(
             Ok(_) => {
                 tracing::info!(lease_id = %recorded.lease_id, "the recorded lease is about to end; fetching a new one")
             }
+            // pgwarden cannot say now: asked again rather than replaced.
+            Err(error) if error.is_transient() => return Err(error),
             Err(error) => {
                 tracing::info!(lease_id = %recorded.lease_id, %error, "the recorded lease cannot be adopted; fetching a new one")
             }
@@ -319,13 +322,75 @@ async fn first_refresh<R: Refresher>(
     }))
 }
 
+/// Runs `attempt` until it succeeds. If `waits`, a transient failure (pgwarden unreachable,
+/// or answering 5xx) is tried again with backoff, for `what`, until `shutdown` (then `None`).
+async fn retrying<T, F, Fut>(
+    waits: bool,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    what: &str,
+    mut attempt: F,
+) -> Result<Option<T>, AgentError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let mut failures = 0u32;
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(Some(done)),
+            Err(error) if waits && error.is_transient() => {
+                failures = failures.saturating_add(1);
+                let wait = pgwarden_core::backoff(failures, WRITE_RETRY, MAX_WRITE_RETRY);
+                tracing::warn!(%error, retry_in_s = wait.as_secs(), "{what} failed; trying again, the files keep what they hold");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.as_mut() => return Ok(None),
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` resolves (sidecar) or the files are written (once).
+///
+/// A sidecar first takes its port, and each credential's state file's lock: a second agent on
+/// the same configuration or the same files stops there, having written nothing. A sidecar
+/// restarted beside files it recorded a lease for waits for pgwarden when it cannot reach it.
 pub async fn run(
     agent: Agent,
     mode: Mode,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let Agent { config, deliveries } = agent;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let listener = match mode {
+        Mode::Sidecar => Some(
+            tokio::net::TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| AgentError(format!("cannot listen on {}: {e}", config.listen)))?,
+        ),
+        Mode::Once => None,
+    };
+    let leased: Vec<&Delivery> = deliveries
+        .iter()
+        .filter(|d| d.source == Source::Broker)
+        .collect();
+    let _locks = leased
+        .iter()
+        .map(|d| lock_state(&d.state_file(), &d.path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let waits = mode == Mode::Sidecar
+        && leased
+            .iter()
+            .any(|d| load_state(&d.state_file(), &d.path).is_some());
+    let status = Arc::new(Status::expecting(deliveries.len()));
+    if let Some(listener) = listener {
+        let router = crate::health::router(status.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+    }
     let client = if deliveries.iter().any(|d| d.source.from_pgwarden()) {
         let (Some(address), Some(auth)) = (&config.address, &config.auth) else {
             return Err(AgentError(
@@ -333,7 +398,13 @@ pub async fn run(
             ));
         };
         let client = Arc::new(client(address, config.ca_file.as_deref(), auth)?);
-        client.login().await?;
+        let logged_in = retrying(waits, &mut shutdown, "logging in to pgwarden", || {
+            client.login()
+        })
+        .await?;
+        if logged_in.is_none() {
+            return Ok(());
+        }
         Some(client)
     } else {
         None
@@ -344,7 +415,6 @@ pub async fn run(
         revoke_replaced: false,
         ..ProviderOptions::default()
     };
-    let status = Arc::new(Status::default());
     let mut kept = Vec::new();
     let mut refreshed = Vec::new();
     for delivery in deliveries {
@@ -364,19 +434,29 @@ pub async fn run(
                 unreachable!("a client exists when a credential has a path")
             }
         };
-        let obtained = obtain(client, &delivery, options).await?;
+        let fetched = retrying(waits, &mut shutdown, "fetching the credential", || {
+            obtain(client, &delivery, options)
+        })
+        .await?;
+        let Some(obtained) = fetched else {
+            return Ok(());
+        };
         let first = obtained.provider.current();
         let mut retired = obtained.retired;
         retired.retain(|id| *id != first.credential.lease_id);
         let written = match write_files(&delivery, &first, &retired) {
             Ok(written) => written,
             Err(error) => {
-                if obtained.fresh {
-                    // Nobody can use a credential that was not delivered: do not leave it alive.
-                    let lease_id = &first.credential.lease_id;
-                    if let Err(revoke_error) = client.revoke(lease_id).await {
-                        tracing::warn!(%lease_id, error = %revoke_error, "revoking the undelivered lease failed; it will expire on its own");
-                    }
+                let lease_id = &first.credential.lease_id;
+                let recorded = load_state(&delivery.state_file(), &delivery.path)
+                    .is_some_and(|state| state.credential.lease_id == *lease_id);
+                // A lease recorded beside the files is the next start's to adopt or revoke (a
+                // file may hold it already); one nothing records, nobody can use.
+                if obtained.fresh
+                    && !recorded
+                    && let Err(revoke_error) = client.revoke(lease_id).await
+                {
+                    tracing::warn!(%lease_id, error = %revoke_error, "revoking the undelivered lease failed; it will expire on its own");
                 }
                 return Err(error);
             }
@@ -407,13 +487,6 @@ pub async fn run(
     if mode == Mode::Once {
         return Ok(());
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| AgentError(format!("cannot listen on {}: {e}", config.listen)))?;
-    let router = crate::health::router(status.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
     let credentials = kept.len() + refreshed.len();
     // Each watcher starts from what the files hold: a credential replaced meanwhile (while
     // the others were set up) is written at once.

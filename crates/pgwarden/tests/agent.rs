@@ -544,6 +544,116 @@ async fn leases_an_agent_replaced_but_did_not_revoke_are_revoked_by_the_next() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agent_per_set_of_files_and_a_restart_waits_for_pgwarden() {
+    let mut broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), broker.sa_token(600)).unwrap();
+    let long = |port: u16, name: &str| {
+        let config = agent_config(dir.path(), &broker.address(), port, dir.path(), "");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let renamed = dir.path().join(name);
+        std::fs::write(&renamed, text.replace("appdb-short", "appdb-long")).unwrap();
+        renamed
+    };
+    let port = free_port();
+    // (Each writes agent.yaml first: the other agent's is made first.)
+    let other = long(free_port(), "other.yaml");
+    let config = long(port, "agent.yaml");
+    let lease_in_files = || {
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("appdb.json")).unwrap())
+                .unwrap();
+        json["lease_id"].as_str().unwrap().to_string()
+    };
+    let mut first = agent(&config, &[]).spawn().unwrap();
+    wait_ready(port).await;
+    let held = lease_in_files();
+
+    // A second agent on the same configuration, or on the same files: it stops before
+    // fetching or writing anything.
+    let same = agent(&config, &[]).output().await.unwrap();
+    assert_eq!(same.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&same.stderr),
+        format!("error: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)\n")
+    );
+    let elsewhere = agent(&other, &[]).output().await.unwrap();
+    assert_eq!(elsewhere.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&elsewhere.stderr),
+        format!(
+            "error: another agent keeps credential \"database/creds/appdb-long\" (it holds \
+             {}/.pgwarden-lease-database_creds_appdb_long.lock): run one agent per set of files\n",
+            dir.path().display()
+        )
+    );
+    assert_eq!(lease_in_files(), held, "the files are the first agent's");
+
+    // Killed, then restarted while pgwarden is down: it waits, keeping the files, and adopts
+    // their lease once pgwarden is back.
+    first.kill().await.unwrap();
+    broker.server.stop().await;
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let mut restarted = agent(&config, &[]).stderr(log).spawn().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        restarted.try_wait().unwrap().is_none(),
+        "still running: {}",
+        std::fs::read_to_string(dir.path().join("agent.log")).unwrap()
+    );
+    let waiting = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(waiting.status(), 503);
+    broker.server.boot().await;
+    let ready = wait_ready(port).await;
+    assert_eq!(ready["credentials"][0]["lease_id"], held.as_str());
+    assert_eq!(lease_in_files(), held);
+    let env = env_file(&dir.path().join("appdb.env"));
+    broker
+        .cluster
+        .connect_as(&env[0].1, &env[1].1, "appdb")
+        .await
+        .expect("the adopted files work");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_lease_a_file_may_hold_is_left_to_the_next_start() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), broker.sa_token(600)).unwrap();
+    let config = agent_config(dir.path(), &broker.address(), free_port(), dir.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("appdb-short", "appdb-long")).unwrap();
+    // The fourth file's place is taken by a directory: the state and three files are
+    // written with the new lease, then the write fails.
+    std::fs::create_dir(dir.path().join("appdb.url")).unwrap();
+    let once = agent(&config, &["--once"]).output().await.unwrap();
+    assert_eq!(once.status.code(), Some(1));
+    let env = env_file(&dir.path().join("appdb.env"));
+    broker
+        .cluster
+        .connect_as(&env[0].1, &env[1].1, "appdb")
+        .await
+        .expect("the lease a file holds is not revoked");
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            dir.path()
+                .join(".pgwarden-lease-database_creds_appdb_long.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("appdb.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        state["lease_id"], json["lease_id"],
+        "recorded for the next start"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_setups_end_with_one_clear_line() {
     let broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -586,11 +696,11 @@ async fn bad_setups_end_with_one_clear_line() {
     assert_eq!(
         err,
         format!(
-            "error: cannot write {}/.pgwarden-lease-database_creds_appdb_short.json: Not a directory (os error 20)\n",
+            "error: cannot write {}/.pgwarden-lease-database_creds_appdb_short.lock: Not a directory (os error 20)\n",
             not_a_dir.display()
         )
     );
-    // The lease issued for the undelivered credential was revoked, not left alive.
+    // Nothing was issued for the credential it cannot deliver (the state's lock comes first).
     let (status, body) = call(
         &broker.address(),
         ROOT_TOKEN,
