@@ -87,3 +87,26 @@ pub fn router(status: Arc<Status>) -> Router {
             }),
         )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn ready_once_every_credential_is_written_and_valid() {
+        let status = Status::expecting(2);
+        let slot = |path: &str, valid_for: Duration| Slot {
+            path: path.into(),
+            lease_id: format!("{path}/lease"),
+            expires_at: Instant::now() + valid_for,
+        };
+        assert!(!status.report().0, "nothing written yet");
+        status.set(slot("a", Duration::from_secs(60)));
+        assert!(!status.report().0, "one of two written");
+        status.set(slot("b", Duration::from_secs(60)));
+        assert!(status.report().0);
+        status.set(slot("b", Duration::ZERO));
+        assert!(!status.report().0, "a lease has ended");
+    }
+}

@@ -384,7 +384,10 @@ pub async fn run(
         && leased
             .iter()
             .any(|d| load_state(&d.state_file(), &d.path).is_some());
-    let status = Arc::new(Status::expecting(deliveries.len()));
+    // The health status keeps one slot per credential path.
+    let paths: std::collections::BTreeSet<&str> =
+        deliveries.iter().map(|d| d.path.as_str()).collect();
+    let status = Arc::new(Status::expecting(paths.len()));
     if let Some(listener) = listener {
         let router = crate::health::router(status.clone());
         tokio::spawn(async move {
