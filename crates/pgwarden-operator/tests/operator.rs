@@ -125,6 +125,7 @@ auth:
             reporter: "pgwarden-operator".into(),
             lease_namespace: "pgwarden".into(),
             identity: identity.into(),
+            subject_prefixes: Default::default(),
         };
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let shutdown = futures::FutureExt::shared(Box::pin(async move {

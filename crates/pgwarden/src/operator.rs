@@ -2,7 +2,7 @@
 
 use crate::cli::settings::BrokerArgs;
 use clap::{Args, Subcommand};
-use pgwarden_operator::controller::{self, Metrics, Settings, Stopped};
+use pgwarden_operator::controller::{self, Metrics, Settings, Stopped, SubjectPrefixes};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ pub enum OperatorCommand {
     /// broker at --addr with the root token (PGWARDEN_TOKEN or PGWARDEN_TOKEN_FILE): writing
     /// connections and roles is root's. Policy must let `root` request the roles
     /// (`requires_approval: true`, with approvers) — see deploy/operator/README.md.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 /// Flags of `pgwarden operator run`.
@@ -49,6 +49,26 @@ pub struct RunArgs {
     /// Where to serve /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:9464")]
     metrics_listen: SocketAddr,
+    /// The `subject_prefix` of the broker's Kubernetes auth mount this cluster's service
+    /// accounts log in through (none: the unprefixed mount).
+    #[arg(long, value_parser = subject_prefix)]
+    service_account_prefix: Option<String>,
+    /// The `subject_prefix` of the broker's jwt auth mount the people and groups that requests
+    /// name log in through (none: the unprefixed mount).
+    #[arg(long, value_parser = subject_prefix)]
+    people_prefix: Option<String>,
+}
+
+/// A `subject_prefix` as the broker takes it.
+fn subject_prefix(value: &str) -> Result<String, String> {
+    if pgwarden_core::policy::is_subject_prefix(value) {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "must be 1 to {} lowercase letters, digits or '-', as the mount's subject_prefix",
+            pgwarden_core::policy::MAX_SUBJECT_PREFIX
+        ))
+    }
 }
 
 /// Runs `pgwarden operator …`.
@@ -57,8 +77,13 @@ pub async fn run(command: OperatorCommand) -> Result<(), String> {
         OperatorCommand::Crds => pgwarden_operator::crds_yaml()
             .map(|yaml| print!("{yaml}"))
             .map_err(|e| format!("cannot write the CRDs as YAML: {e}")),
-        OperatorCommand::Run(args) => operate(args).await,
+        OperatorCommand::Run(args) => operate(*args).await,
     }
+}
+
+/// A prefix as put before subjects (`eu/`), or empty.
+fn as_put(prefix: Option<String>) -> String {
+    prefix.map(|p| format!("{p}/")).unwrap_or_default()
 }
 
 /// This replica's name in the leader election: POD_NAME, else the host name and process id.
@@ -97,6 +122,10 @@ async fn operate(args: RunArgs) -> Result<(), String> {
         reporter: "pgwarden-operator".into(),
         lease_namespace: args.lease_namespace,
         identity: identity(),
+        subject_prefixes: SubjectPrefixes {
+            service_accounts: as_put(args.service_account_prefix),
+            people: as_put(args.people_prefix),
+        },
     };
     tokio::spawn(async move {
         crate::stop_signal().await;

@@ -224,3 +224,17 @@ async fn check_names_what_each_administrator_lacks() {
         (Some(1), "error: 3 problem(s) found\n".to_string())
     );
 }
+
+/// The operator's subject prefixes are checked as the broker checks a mount's.
+#[test]
+fn operator_subject_prefixes_are_checked() {
+    let (code, _, err) = pgwarden(&["operator", "run", "--people-prefix", "EU/x"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(
+            "invalid value 'EU/x' for '--people-prefix <PEOPLE_PREFIX>': must be 1 to 32 \
+             lowercase letters, digits or '-', as the mount's subject_prefix"
+        ),
+        "{err}"
+    );
+}

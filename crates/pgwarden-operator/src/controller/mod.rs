@@ -52,6 +52,18 @@ pub struct Settings {
     pub lease_namespace: String,
     /// This replica's name in the leader election (its pod's).
     pub identity: String,
+    /// What the broker puts before the subjects a request names.
+    pub subject_prefixes: SubjectPrefixes,
+}
+
+/// The `subject_prefix` (as put before subjects: `eu/`, or empty) of the broker's auth mounts
+/// the subjects of this cluster's requests log in through.
+#[derive(Debug, Clone, Default)]
+pub struct SubjectPrefixes {
+    /// The Kubernetes mount of this cluster's service accounts.
+    pub service_accounts: String,
+    /// The jwt mount of people and their groups.
+    pub people: String,
 }
 
 /// Why [`run`] returned.

@@ -59,16 +59,21 @@ fn marker(request: &DatabaseAccessRequest, namespace: &str) -> String {
     )
 }
 
-/// The broker's name of a request subject.
-fn broker_subject(subject: &crate::Subject, namespace: &str) -> String {
+/// The broker's name of a request subject, after its auth mount's prefix.
+fn broker_subject(
+    subject: &crate::Subject,
+    namespace: &str,
+    prefixes: &super::SubjectPrefixes,
+) -> String {
     match subject.kind {
         SubjectKind::ServiceAccount => format!(
-            "system:serviceaccount:{}:{}",
+            "{}system:serviceaccount:{}:{}",
+            prefixes.service_accounts,
             subject.namespace.as_deref().unwrap_or(namespace),
             subject.name
         ),
-        SubjectKind::User => format!("user:{}", subject.name),
-        SubjectKind::Group => format!("group:{}", subject.name),
+        SubjectKind::User => format!("{}user:{}", prefixes.people, subject.name),
+        SubjectKind::Group => format!("{}group:{}", prefixes.people, subject.name),
     }
 }
 
@@ -172,6 +177,10 @@ impl Handler<'_> {
 
     fn broker(&self) -> &pgwarden_client::Client {
         &self.context.settings.broker
+    }
+
+    fn prefixes(&self) -> &super::SubjectPrefixes {
+        &self.context.settings.subject_prefixes
     }
 
     async fn apply(&self, cached: &DatabaseAccessRequest) -> Result<Action, OperatorError> {
@@ -299,7 +308,7 @@ impl Handler<'_> {
                 .spec
                 .subjects
                 .iter()
-                .map(|s| broker_subject(s, self.namespace))
+                .map(|s| broker_subject(s, self.namespace, self.prefixes()))
                 .collect(),
         };
         Ok(self.broker().create_request(&body).await?.id)
@@ -318,7 +327,7 @@ impl Handler<'_> {
             .spec
             .subjects
             .iter()
-            .map(|s| broker_subject(s, self.namespace))
+            .map(|s| broker_subject(s, self.namespace, self.prefixes()))
             .collect();
         let role = self.role_path(request);
         if view.requester != "root" || view.role != role {
@@ -883,21 +892,46 @@ mod tests {
             name: "x".into(),
             namespace: namespace.map(str::to_string),
         };
+        let none = super::super::SubjectPrefixes::default();
         assert_eq!(
-            broker_subject(&subject(SubjectKind::ServiceAccount, None), "team-a"),
+            broker_subject(&subject(SubjectKind::ServiceAccount, None), "team-a", &none),
             "system:serviceaccount:team-a:x"
         );
         assert_eq!(
-            broker_subject(&subject(SubjectKind::ServiceAccount, Some("b")), "team-a"),
+            broker_subject(
+                &subject(SubjectKind::ServiceAccount, Some("b")),
+                "team-a",
+                &none
+            ),
             "system:serviceaccount:b:x"
         );
         assert_eq!(
-            broker_subject(&subject(SubjectKind::User, None), "a"),
+            broker_subject(&subject(SubjectKind::User, None), "a", &none),
             "user:x"
         );
         assert_eq!(
-            broker_subject(&subject(SubjectKind::Group, None), "a"),
+            broker_subject(&subject(SubjectKind::Group, None), "a", &none),
             "group:x"
+        );
+        let prefixed = super::super::SubjectPrefixes {
+            service_accounts: "eu/".into(),
+            people: "corp/".into(),
+        };
+        assert_eq!(
+            broker_subject(
+                &subject(SubjectKind::ServiceAccount, None),
+                "team-a",
+                &prefixed
+            ),
+            "eu/system:serviceaccount:team-a:x"
+        );
+        assert_eq!(
+            broker_subject(&subject(SubjectKind::User, None), "a", &prefixed),
+            "corp/user:x"
+        );
+        assert_eq!(
+            broker_subject(&subject(SubjectKind::Group, None), "a", &prefixed),
+            "corp/group:x"
         );
     }
 }
