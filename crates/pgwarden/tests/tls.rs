@@ -83,9 +83,14 @@ fn agent_once(dir: &Path, base: &str, ca: Option<&Path>) -> (i32, String) {
 
 /// What a client that does not trust pgwarden's CA says when asking `base` for a credential.
 fn unknown_issuer(base: &str) -> String {
+    unknown_issuer_at(base, "database/creds/appdb-readonly")
+}
+
+/// [`unknown_issuer`] for a request to `/v1/<path>`.
+fn unknown_issuer_at(base: &str, path: &str) -> String {
     format!(
         "error: cannot reach pgwarden at {base}: error sending request for url \
-         ({base}/v1/database/creds/appdb-readonly): client error (Connect): invalid peer \
+         ({base}/v1/{path}): client error (Connect): invalid peer \
          certificate: UnknownIssuer (pgwarden's certificate is not signed by a CA this client \
          trusts: give the CA's certificate with --ca-cert, PGWARDEN_CACERT or ca_file)\n"
     )
@@ -145,9 +150,10 @@ async fn the_api_over_tls_serves_clients_that_trust_its_ca_and_takes_a_renewed_c
         login(&cluster, username, written["password"].as_str().unwrap()).await,
         username
     );
+    // (It first asks about the lease the run above recorded.)
     let (code, err) = agent_once(dir.path(), &server.base, None);
     assert_eq!(code, 1);
-    assert_eq!(err, unknown_issuer(&server.base));
+    assert_eq!(err, unknown_issuer_at(&server.base, "sys/leases/lookup"));
 
     // A CA file that holds no certificate.
     let empty = dir.path().join("empty.pem");
