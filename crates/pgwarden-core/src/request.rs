@@ -203,15 +203,17 @@ impl AccessRequest {
         }
     }
 
-    /// Whether the credential issued on approval may still be live at `now`: it is issued
-    /// right after the last approval and cannot outlive the approved TTL (a minute's slack
-    /// covers the issuance itself).
+    /// Whether the credential issued on approval may still be live at `now`.
     pub fn credential_may_be_live(&self, now: OffsetDateTime) -> bool {
-        let Some(approved) = self.approvals.last().map(|d| d.at) else {
-            return false;
-        };
-        self.lease_id.is_some()
-            && now < Ttl::from_secs(self.ttl.as_secs().saturating_add(60)).after(approved)
+        self.lease_id.is_some() && self.credential_end().is_some_and(|end| now < end)
+    }
+
+    /// The latest a credential issued on approval can live to: it is issued right after the
+    /// last approval and cannot outlive the approved TTL (a minute's slack covers the issuance
+    /// itself). `None` before any approval.
+    fn credential_end(&self) -> Option<OffsetDateTime> {
+        let approved = self.approvals.last()?.at;
+        Some(Ttl::from_secs(self.ttl.as_secs().saturating_add(60)).after(approved))
     }
 
     /// When this request stopped mattering: its denial, withdrawal or expiry, and not before
@@ -225,11 +227,10 @@ impl AccessRequest {
             RequestState::Approved => self.approvals.last().map(|d| d.at),
         }
         .unwrap_or(self.created_at);
-        let credential_end = self
-            .approvals
-            .last()
-            .map(|d| Ttl::from_secs(self.ttl.as_secs().saturating_add(60)).after(d.at));
-        Some(credential_end.map_or(decided, |end| end.max(decided)))
+        Some(
+            self.credential_end()
+                .map_or(decided, |end| end.max(decided)),
+        )
     }
 
     /// Whether any of `subjects` (a caller's policy subjects) may read the credential: a
