@@ -28,6 +28,16 @@ impl Identity {
         format!("system:serviceaccount:{namespace}:{name}")
     }
 
+    /// This identity as an auth mount with subject prefix `prefix` (`eu/`, or empty) names
+    /// it: the prefix before its subject, and remembered for its groups'.
+    pub fn under_prefix(self, prefix: &str) -> Identity {
+        Identity {
+            subject: format!("{prefix}{}", self.subject),
+            subject_prefix: prefix.to_string(),
+            ..self
+        }
+    }
+
     /// Every subject string policy grants can match: the caller's own and `group:<g>` per
     /// group (each after the mount's subject prefix).
     pub fn policy_subjects(&self) -> Vec<String> {
@@ -55,11 +65,8 @@ mod tests {
             id.policy_subjects(),
             vec!["user:ola@example.com", "group:dba", "group:team-a"]
         );
-        let scoped = Identity {
-            subject: "eu/user:ola@example.com".into(),
-            subject_prefix: "eu/".into(),
-            ..id
-        };
+        let scoped = id.under_prefix("eu/");
+        assert_eq!(scoped.subject, "eu/user:ola@example.com");
         assert_eq!(
             scoped.policy_subjects(),
             vec!["eu/user:ola@example.com", "eu/group:dba", "eu/group:team-a"]

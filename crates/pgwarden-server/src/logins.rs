@@ -301,7 +301,7 @@ impl Logins {
             role: role.to_string(),
         };
         let found = self.mounts.get(mount).ok_or_else(unknown)?;
-        let (mut identity, (ttl, max_ttl)) = match &found.login {
+        let (identity, (ttl, max_ttl)) = match &found.login {
             Mount::Kubernetes(auth) => {
                 let ttls = auth
                     .role(role)
@@ -317,10 +317,8 @@ impl Logins {
                 (auth.login(role, jwt).await?, ttls)
             }
         };
-        identity.subject = format!("{}{}", found.subject_prefix, identity.subject);
-        identity.subject_prefix = found.subject_prefix.clone();
         Ok(LoggedIn {
-            identity,
+            identity: identity.under_prefix(&found.subject_prefix),
             ttl,
             max_ttl,
         })
