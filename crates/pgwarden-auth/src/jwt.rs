@@ -28,6 +28,19 @@ pub struct JwtRules {
     pub require_exp: bool,
 }
 
+/// Strings of a claim that is a string or a list of strings.
+pub(crate) fn claim_strings(claims: &Map<String, Value>, name: &str) -> Vec<String> {
+    match claims.get(name) {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The verified claims of `token`.
 pub async fn verify(
     jwks: &Jwks,

@@ -2,7 +2,7 @@
 //! belongs to, checked locally against the cluster's keys or by TokenReview, and bound to
 //! login roles by name and namespace.
 
-use crate::jwt::{JwtRules, verify};
+use crate::jwt::{JwtRules, claim_strings, verify};
 use crate::{AuthError, Check, Jwks, TokenReviewer};
 use pgwarden_core::glob::any_match;
 use pgwarden_core::{Identity, Ttl};
@@ -129,12 +129,8 @@ fn legacy_rules() -> JwtRules {
 /// legacy token has none (it is valid for everything), so where one is required it is
 /// refused.
 fn legacy_audience(claims: &Map<String, Value>, audiences: &[String]) -> Result<(), AuthError> {
-    let carried: Vec<&str> = match claims.get("aud") {
-        Some(Value::String(one)) => vec![one.as_str()],
-        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
-        _ => Vec::new(),
-    };
-    if audiences.is_empty() || carried.iter().any(|a| audiences.iter().any(|b| b == a)) {
+    let carried = claim_strings(claims, "aud");
+    if audiences.is_empty() || carried.iter().any(|a| audiences.contains(a)) {
         return Ok(());
     }
     Err(AuthError::rejected(

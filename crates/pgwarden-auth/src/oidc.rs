@@ -1,11 +1,11 @@
 //! OIDC/JWT login for people (Vault's `auth/jwt`): a signed token from the identity provider,
 //! mapped to a user and groups by login roles.
 
-use crate::jwt::{JwtRules, verify};
+use crate::jwt::{JwtRules, claim_strings, verify};
 use crate::{AuthError, Check, Jwks};
 use pgwarden_core::{Identity, Ttl};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use serde_with::{OneOrMany, serde_as};
 use std::collections::{BTreeMap, HashMap};
 
@@ -51,19 +51,6 @@ pub struct JwtAuth {
     pub audiences: Vec<String>,
     /// Login roles by name.
     pub roles: HashMap<String, JwtRole>,
-}
-
-/// Strings of a claim that is a string or a list of strings.
-fn claim_strings(claims: &Map<String, Value>, name: &str) -> Vec<String> {
-    match claims.get(name) {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(String::from)
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 impl JwtAuth {
