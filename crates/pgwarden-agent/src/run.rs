@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 /// A lease found beside the files is adopted only if it has at least this long left.
 const MIN_ADOPTABLE: Duration = Duration::from_secs(2);
-/// First wait before writing a credential's files again after a failure; it doubles up to
-/// [`MAX_WRITE_RETRY`].
-const WRITE_RETRY: Duration = Duration::from_secs(1);
-/// Longest wait between attempts to write a credential's files.
-const MAX_WRITE_RETRY: Duration = Duration::from_secs(30);
+/// First wait before trying a failed step again (writing the files, revoking a replaced
+/// lease, reaching pgwarden at a restart); it doubles up to [`MAX_RETRY`].
+const RETRY: Duration = Duration::from_secs(1);
+/// Longest wait between two tries of a failed step.
+const MAX_RETRY: Duration = Duration::from_secs(30);
 /// How long the agent keeps trying to revoke a replaced lease (pgwarden unreachable, say)
 /// before leaving it to its TTL.
 const RETIRE_FOR: Duration = Duration::from_secs(3600);
@@ -161,8 +161,7 @@ impl Kept {
                         }
                         Err(error) => {
                             failures = failures.saturating_add(1);
-                            let wait =
-                                pgwarden_core::backoff(failures, WRITE_RETRY, MAX_WRITE_RETRY);
+                            let wait = pgwarden_core::backoff(failures, RETRY, MAX_RETRY);
                             tracing::warn!(%lease_id, %error, retry_in_s = wait.as_secs(), "revoking a replaced lease failed; trying again");
                             tokio::time::sleep(wait).await;
                         }
@@ -288,7 +287,7 @@ async fn watch(kept: Arc<Kept>, status: Arc<Status>) {
                         }
                     }
                     failures = failures.saturating_add(1);
-                    let wait = pgwarden_core::backoff(failures, WRITE_RETRY, MAX_WRITE_RETRY);
+                    let wait = pgwarden_core::backoff(failures, RETRY, MAX_RETRY);
                     tracing::error!(path = %kept.delivery.path, %error, retry_in_s = wait.as_secs(), "cannot write the new credential; the previous files stay, their lease left to run to its end");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => continue,
@@ -340,7 +339,7 @@ where
             Ok(done) => return Ok(Some(done)),
             Err(error) if waits && error.is_transient() => {
                 failures = failures.saturating_add(1);
-                let wait = pgwarden_core::backoff(failures, WRITE_RETRY, MAX_WRITE_RETRY);
+                let wait = pgwarden_core::backoff(failures, RETRY, MAX_RETRY);
                 tracing::warn!(%error, retry_in_s = wait.as_secs(), "{what} failed; trying again, the files keep what they hold");
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}

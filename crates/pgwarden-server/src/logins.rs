@@ -47,7 +47,10 @@ pub struct Logins {
 /// (`user_claim`, `groups_claim`), or from an empty one: one person would then be two
 /// subjects (`user:<email>` and `user:<sub>`), or in other groups by role, and could approve
 /// as one what names them as the other.
-fn one_user_claim(mount: &str, roles: &HashMap<String, JwtRole>) -> Result<(), ConfigError> {
+fn one_way_to_read_people(
+    mount: &str,
+    roles: &HashMap<String, JwtRole>,
+) -> Result<(), ConfigError> {
     let mut roles: Vec<(&String, &JwtRole)> = roles.iter().collect();
     roles.sort_by_key(|(name, _)| *name);
     if let Some((name, _)) = roles.iter().find(|(_, r)| r.user_claim.trim().is_empty()) {
@@ -250,7 +253,7 @@ impl Logins {
                     })
                 }
                 AuthConfig::Jwt(j) => {
-                    one_user_claim(name, &j.roles)?;
+                    one_way_to_read_people(name, &j.roles)?;
                     if j.audiences.is_empty()
                         && j.roles.values().any(|r| r.bound_audiences.is_empty())
                     {
