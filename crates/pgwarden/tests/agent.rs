@@ -145,6 +145,17 @@ async fn wait_ready(port: u16) -> Value {
     panic!("agent never became ready");
 }
 
+/// Writes to `to` the agent configuration at `config`, for the role with hour-long leases.
+fn with_long_leases(config: &Path, to: &Path) {
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(to, text.replace("appdb-short", "appdb-long")).unwrap();
+}
+
+/// A JSON file the agent wrote: a credential in the `json` format, or a lease state.
+fn json_file(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 fn env_file(path: &Path) -> Vec<(String, String)> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -351,8 +362,7 @@ async fn files_that_cannot_be_rewritten_keep_their_lease_until_they_are() {
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
     let _agent = agent(&config, &[]).stderr(log).spawn().unwrap();
     wait_ready(port).await;
-    let held: Value =
-        serde_json::from_str(&std::fs::read_to_string(files.join("appdb.json")).unwrap()).unwrap();
+    let held = json_file(&files.join("appdb.json"));
     let lease_id = held["lease_id"].as_str().unwrap().to_string();
     // One file's place taken by a directory: no write of the files can complete (for root
     // too) while the credential is replaced (its max TTL is 6 s).
@@ -411,9 +421,7 @@ async fn a_sidecar_adopts_the_lease_of_its_init_container() {
         "{}",
         String::from_utf8_lossy(&once.stderr)
     );
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("appdb.json")).unwrap())
-            .unwrap();
+    let json = json_file(&dir.path().join("appdb.json"));
     let lease_id = json["lease_id"].as_str().unwrap().to_string();
 
     let _sidecar = agent(&config, &[]).spawn().unwrap();
@@ -451,8 +459,7 @@ async fn leases_an_agent_replaced_but_did_not_revoke_are_revoked_by_the_next() {
         told.display()
     );
     let config = agent_config(dir.path(), &broker.address(), port, dir.path(), &on_change);
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("appdb-short", "appdb-long")).unwrap();
+    with_long_leases(&config, &config);
     let once = agent(&config, &["--once"]).output().await.unwrap();
     assert!(
         once.status.success(),
@@ -493,8 +500,7 @@ async fn leases_an_agent_replaced_but_did_not_revoke_are_revoked_by_the_next() {
     let state_file = dir
         .path()
         .join(".pgwarden-lease-database_creds_appdb_long.json");
-    let mut state: Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    let mut state = json_file(&state_file);
     assert_eq!(state["retired"], json!([]), "{state}");
     state["retired"] = json!([replaced_id]);
     std::fs::write(&state_file, state.to_string()).unwrap();
@@ -550,9 +556,8 @@ async fn one_agent_per_set_of_files_and_a_restart_waits_for_pgwarden() {
     std::fs::write(dir.path().join("token"), broker.sa_token(600)).unwrap();
     let long = |port: u16, name: &str| {
         let config = agent_config(dir.path(), &broker.address(), port, dir.path(), "");
-        let text = std::fs::read_to_string(&config).unwrap();
         let renamed = dir.path().join(name);
-        std::fs::write(&renamed, text.replace("appdb-short", "appdb-long")).unwrap();
+        with_long_leases(&config, &renamed);
         renamed
     };
     let port = free_port();
@@ -560,9 +565,7 @@ async fn one_agent_per_set_of_files_and_a_restart_waits_for_pgwarden() {
     let other = long(free_port(), "other.yaml");
     let config = long(port, "agent.yaml");
     let lease_in_files = || {
-        let json: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join("appdb.json")).unwrap())
-                .unwrap();
+        let json = json_file(&dir.path().join("appdb.json"));
         json["lease_id"].as_str().unwrap().to_string()
     };
     let mut first = agent(&config, &[]).spawn().unwrap();
@@ -623,8 +626,7 @@ async fn a_fresh_lease_a_file_may_hold_is_left_to_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), broker.sa_token(600)).unwrap();
     let config = agent_config(dir.path(), &broker.address(), free_port(), dir.path(), "");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("appdb-short", "appdb-long")).unwrap();
+    with_long_leases(&config, &config);
     // The fourth file's place is taken by a directory: the state and three files are
     // written with the new lease, then the write fails.
     std::fs::create_dir(dir.path().join("appdb.url")).unwrap();
@@ -636,17 +638,11 @@ async fn a_fresh_lease_a_file_may_hold_is_left_to_the_next_start() {
         .connect_as(&env[0].1, &env[1].1, "appdb")
         .await
         .expect("the lease a file holds is not revoked");
-    let state: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            dir.path()
-                .join(".pgwarden-lease-database_creds_appdb_long.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("appdb.json")).unwrap())
-            .unwrap();
+    let state = json_file(
+        &dir.path()
+            .join(".pgwarden-lease-database_creds_appdb_long.json"),
+    );
+    let json = json_file(&dir.path().join("appdb.json"));
     assert_eq!(
         state["lease_id"], json["lease_id"],
         "recorded for the next start"
