@@ -70,6 +70,15 @@ auth:
         self.server.base.clone()
     }
 
+    /// Logs in to `appdb` with the user and password the env file `env` holds.
+    async fn log_in_with(
+        &self,
+        env: &Path,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let env = env_file(env);
+        self.cluster.connect_as(&env[0].1, &env[1].1, "appdb").await
+    }
+
     fn sa_token(&self, ttl: i64) -> String {
         sign(
             TestKey::Rsa1,
@@ -400,10 +409,8 @@ async fn files_that_cannot_be_rewritten_keep_their_lease_until_they_are() {
         assert!(Instant::now() < deadline, "the files are rewritten");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let now = env_file(&files.join("appdb.env"));
     broker
-        .cluster
-        .connect_as(&now[0].1, &now[1].1, "appdb")
+        .log_in_with(&files.join("appdb.env"))
         .await
         .expect("the rewritten files work");
 }
@@ -541,10 +548,8 @@ async fn leases_an_agent_replaced_but_did_not_revoke_are_revoked_by_the_next() {
         told.exists(),
         "the application was told to move to the files before the revocation"
     );
-    let held = env_file(&dir.path().join("appdb.env"));
     broker
-        .cluster
-        .connect_as(&held[0].1, &held[1].1, "appdb")
+        .log_in_with(&dir.path().join("appdb.env"))
         .await
         .expect("the adopted lease's files work");
 }
@@ -612,10 +617,8 @@ async fn one_agent_per_set_of_files_and_a_restart_waits_for_pgwarden() {
     let ready = wait_ready(port).await;
     assert_eq!(ready["credentials"][0]["lease_id"], held.as_str());
     assert_eq!(lease_in_files(), held);
-    let env = env_file(&dir.path().join("appdb.env"));
     broker
-        .cluster
-        .connect_as(&env[0].1, &env[1].1, "appdb")
+        .log_in_with(&dir.path().join("appdb.env"))
         .await
         .expect("the adopted files work");
 }
@@ -632,10 +635,8 @@ async fn a_fresh_lease_a_file_may_hold_is_left_to_the_next_start() {
     std::fs::create_dir(dir.path().join("appdb.url")).unwrap();
     let once = agent(&config, &["--once"]).output().await.unwrap();
     assert_eq!(once.status.code(), Some(1));
-    let env = env_file(&dir.path().join("appdb.env"));
     broker
-        .cluster
-        .connect_as(&env[0].1, &env[1].1, "appdb")
+        .log_in_with(&dir.path().join("appdb.env"))
         .await
         .expect("the lease a file holds is not revoked");
     let state = json_file(
