@@ -154,7 +154,8 @@ impl Kept {
                 loop {
                     match kept.client.revoke(&lease_id).await {
                         // Revoked, or already gone (ended at its TTL).
-                        Ok(()) | Err(ClientError::Api { status: 400, .. }) => break,
+                        Ok(()) => break,
+                        Err(error) if error.is_unknown_lease() => break,
                         Err(error) if started.elapsed() >= RETIRE_FOR => {
                             tracing::warn!(%lease_id, %error, "revoking a replaced lease keeps failing; it will expire on its own");
                             break;
@@ -514,8 +515,9 @@ pub async fn run(
         tokio::time::sleep(config.grace_period).await;
         for lease_id in kept.iter().flat_map(|k| k.all_leases()) {
             match client.revoke(&lease_id).await {
+                Ok(()) => {}
                 // Already gone (ended, or revoked after its grace period).
-                Ok(()) | Err(ClientError::Api { status: 400, .. }) => {}
+                Err(error) if error.is_unknown_lease() => {}
                 Err(error) => {
                     tracing::warn!(%lease_id, %error, "revoking on shutdown failed; the lease will expire on its own")
                 }

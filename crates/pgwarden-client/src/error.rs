@@ -67,4 +67,10 @@ impl ClientError {
     pub fn is_permission_denied(&self) -> bool {
         matches!(self, ClientError::Api { status: 403, .. })
     }
+
+    /// True when pgwarden answered a lease request with 400, as it does for a lease it does
+    /// not know: one that ended at its TTL or was revoked already.
+    pub fn is_unknown_lease(&self) -> bool {
+        matches!(self, ClientError::Api { status: 400, .. })
+    }
 }

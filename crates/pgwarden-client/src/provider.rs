@@ -214,7 +214,7 @@ pub fn revoke_after(client: Arc<Client>, lease_id: String, grace: Duration) {
         match client.revoke(&lease_id).await {
             Ok(()) => tracing::debug!(%lease_id, "replaced lease revoked"),
             // Unknown to pgwarden: it already ended at its max TTL.
-            Err(ClientError::Api { status: 400, .. }) => {
+            Err(error) if error.is_unknown_lease() => {
                 tracing::debug!(%lease_id, "replaced lease already gone")
             }
             Err(error) => {
