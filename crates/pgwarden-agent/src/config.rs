@@ -33,6 +33,10 @@ pub struct AgentConfig {
     /// Revoke the leases when the agent stops (for jobs), after the grace period.
     #[serde(default)]
     pub revoke_on_shutdown: bool,
+    /// How often each lease is looked up between renewals, so that one revoked in pgwarden
+    /// is replaced within this time rather than at its next renewal; zero: only at renewals.
+    #[serde(default = "default_check_interval", deserialize_with = "duration")]
+    pub check_interval: Duration,
 }
 
 fn default_listen() -> SocketAddr {
@@ -40,6 +44,10 @@ fn default_listen() -> SocketAddr {
 }
 
 fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_check_interval() -> Duration {
     Duration::from_secs(30)
 }
 
@@ -383,16 +391,18 @@ credentials:
         .unwrap();
         assert_eq!(config.listen, default_listen());
         assert_eq!(config.grace_period, Duration::from_secs(30));
+        assert_eq!(config.check_interval, Duration::from_secs(30));
         assert!(!config.revoke_on_shutdown);
         assert!(
             matches!(config.auth, Some(AuthConfig::Kubernetes { ref mount, ref token_file, .. })
             if mount == "kubernetes" && token_file == &default_token_file())
         );
         let with_token = parse(
-            "address: x\nauth: { token: { token_file: /t } }\ngrace_period: 2m\ncredentials:\n  - { path: p, files: [{ path: /f, format: url }], on_change: { command: [/bin/true] } }\n",
+            "address: x\nauth: { token: { token_file: /t } }\ngrace_period: 2m\ncheck_interval: 0\ncredentials:\n  - { path: p, files: [{ path: /f, format: url }], on_change: { command: [/bin/true] } }\n",
         )
         .unwrap();
         assert_eq!(with_token.grace_period, Duration::from_secs(120));
+        assert_eq!(with_token.check_interval, Duration::ZERO, "checks off");
     }
 
     #[test]

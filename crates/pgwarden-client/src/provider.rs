@@ -2,7 +2,9 @@
 //! two thirds of the lease while renewal can still extend it; once a renewal is capped by the
 //! max TTL, fetch a new credential at two thirds of what is left, publish it, and revoke the old
 //! lease only after a grace period so in-flight work can finish. While pgwarden is unreachable,
-//! retry with capped exponential backoff and jitter and keep the current credential.
+//! retry with capped exponential backoff and jitter and keep the current credential. Between
+//! renewals, ask every `check_interval` whether the lease still stands, and replace it at once
+//! if pgwarden revoked it (by hand, with a prefix, or with its token).
 
 use crate::{Client, ClientError, Credential};
 use std::sync::Arc;
@@ -21,6 +23,9 @@ pub struct ProviderOptions {
     pub revoke_replaced: bool,
     /// Longest wait between retries while pgwarden is unreachable.
     pub max_backoff: Duration,
+    /// How often to look the lease up between renewals, so that one revoked in pgwarden is
+    /// replaced within this time rather than at the next renewal; `None`: only at renewals.
+    pub check_interval: Option<Duration>,
 }
 
 impl Default for ProviderOptions {
@@ -29,6 +34,7 @@ impl Default for ProviderOptions {
             grace: Duration::from_secs(30),
             revoke_replaced: true,
             max_backoff: Duration::from_secs(30),
+            check_interval: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -128,10 +134,11 @@ impl Shared {
         Ok(current)
     }
 
-    /// Renews the current lease, or replaces the credential when renewal cannot extend it.
-    async fn step(&self) -> Result<(), ClientError> {
+    /// Renews the current lease, or replaces the credential when renewal cannot extend it or
+    /// its lease (of generation `revoked`) was found revoked.
+    async fn step(&self, revoked: Option<u64>) -> Result<(), ClientError> {
         let current = self.current.borrow().clone();
-        if current.capped {
+        if current.capped || revoked == Some(current.generation) {
             return self.reissue(current.generation).await.map(|_| ());
         }
         match self
@@ -162,31 +169,70 @@ impl Shared {
         }
     }
 
-    /// When the next step is due: two thirds into what is left of the lease.
-    fn next_step_at(&self) -> Instant {
+    /// When the next step is due: at once if the current lease is the one found `revoked`,
+    /// else two thirds into what is left of the lease.
+    fn next_step_at(&self, revoked: Option<u64>) -> Instant {
         let current = self.current.borrow();
+        if revoked == Some(current.generation) {
+            return Instant::now();
+        }
         let left = current.expires_at.saturating_duration_since(Instant::now());
         instant_after(Instant::now(), two_thirds(left))
+    }
+
+    /// When to look the lease up next (far away when checks are off).
+    fn next_check_at(&self) -> Instant {
+        const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        instant_after(Instant::now(), self.options.check_interval.unwrap_or(NEVER))
+    }
+
+    /// The generation of the current credential if pgwarden says its lease is gone or being
+    /// revoked. Any other answer, or none, leaves it to the next renewal.
+    async fn revoked_generation(&self) -> Option<u64> {
+        let current = self.current.borrow().clone();
+        let lease_id = &current.credential.lease_id;
+        let gone = match self.client.lease_lookup(lease_id).await {
+            Ok(lookup) => lookup.state == "revoking",
+            Err(error) => error.is_unknown_lease(),
+        };
+        if !gone {
+            return None;
+        }
+        tracing::info!(path = %self.path, %lease_id, "pgwarden revoked the lease; fetching a new credential");
+        Some(current.generation)
     }
 
     async fn run(self: Arc<Self>) {
         let mut failures = 0u32;
         let mut changed = self.current.subscribe();
-        let mut due = self.next_step_at();
+        // The generation whose lease a check found revoked, until it is replaced.
+        let mut revoked = None;
+        let mut due = self.next_step_at(revoked);
+        let mut check_at = self.next_check_at();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => {}
+                _ = tokio::time::sleep_until(check_at) => {
+                    check_at = self.next_check_at();
+                    if let Some(generation) = self.revoked_generation().await {
+                        revoked = Some(generation);
+                        due = self.next_step_at(revoked);
+                    }
+                    continue;
+                }
                 // Replaced from outside (a refresh after a rejected password): plan anew.
                 Ok(()) = changed.changed() => {
-                    due = self.next_step_at();
+                    due = self.next_step_at(revoked);
                     continue;
                 }
             }
-            match self.step().await {
+            match self.step(revoked).await {
                 Ok(()) => {
                     failures = 0;
+                    revoked = None;
                     changed.borrow_and_update();
-                    due = self.next_step_at();
+                    due = self.next_step_at(revoked);
+                    check_at = self.next_check_at();
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);

@@ -1,6 +1,7 @@
 //! An application on the auto-renewing pool never sees a stale password: with leases of 3 s
 //! (max 8 s) it runs queries for 30 s without one failure while credentials come and go, and
-//! every replaced user is dropped after the grace period.
+//! every replaced user is dropped after the grace period. A lease revoked in pgwarden is
+//! replaced at the next look-up.
 
 use pgwarden_client::{Auth, Client, CredentialProvider, ProviderOptions, pool};
 use pgwarden_testkit::PgCluster;
@@ -118,5 +119,102 @@ async fn a_rejected_password_fetches_a_new_credential_and_retries_once() {
         .await
         .expect("retried with a fresh credential after 5 s");
     assert_eq!(provider.current().generation, second.generation + 1);
+    broker.stop().await;
+}
+
+/// Leases of an hour: their renewal is 40 minutes away, so only a look-up replaces them.
+const LONG: &str = "      long: { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }";
+
+/// Waits up to `within` for `provider` to publish a credential after `generation`.
+async fn replaced_within(
+    provider: &CredentialProvider,
+    generation: u64,
+    within: Duration,
+) -> Option<pgwarden_client::Current> {
+    let mut changes = provider.subscribe();
+    tokio::time::timeout(
+        within,
+        changes.wait_for(|current| current.generation > generation),
+    )
+    .await
+    .ok()
+    .map(|seen| seen.expect("the provider runs").clone())
+}
+
+/// Whether `credential`'s user can log in to appdb with its password.
+async fn logs_in(cluster: &PgCluster, credential: &pgwarden_client::Credential) -> bool {
+    use secrecy::ExposeSecret;
+    let password = credential.password.expose_secret();
+    cluster
+        .connect_as(&credential.username, password, "appdb")
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn a_lease_revoked_in_pgwarden_is_replaced_at_the_next_look_up() {
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let mut broker = TestBroker::start(&cluster, LONG, "").await;
+    let client = Arc::new(Client::new(
+        &broker.base,
+        Auth::Token(SecretString::from(ROOT)),
+    ));
+    let start = |check_interval| {
+        let options = ProviderOptions {
+            grace: Duration::from_secs(1),
+            check_interval,
+            ..ProviderOptions::default()
+        };
+        CredentialProvider::start(client.clone(), "database/creds/long", options)
+    };
+
+    // Without look-ups, a lease revoked behind the provider's back stays published.
+    let unchecked = start(None).await.unwrap();
+    let first = unchecked.current();
+    client.revoke(&first.credential.lease_id).await.unwrap();
+    assert!(!logs_in(&cluster, &first.credential).await);
+    assert!(
+        replaced_within(&unchecked, first.generation, Duration::from_secs(3))
+            .await
+            .is_none(),
+        "replaced with no look-up"
+    );
+    unchecked.stop(false).await.unwrap();
+
+    // With them, it is replaced within the interval by a credential that works.
+    let checked = start(Some(Duration::from_secs(1))).await.unwrap();
+    let first = checked.current();
+    assert!(logs_in(&cluster, &first.credential).await);
+    client.revoke(&first.credential.lease_id).await.unwrap();
+    let second = replaced_within(&checked, first.generation, Duration::from_secs(5))
+        .await
+        .expect("replaced within the look-up interval");
+    assert_ne!(second.credential.username, first.credential.username);
+    assert!(logs_in(&cluster, &second.credential).await);
+    assert!(!logs_in(&cluster, &first.credential).await);
+
+    // A lease that still stands is left alone: no new credential over three look-ups.
+    assert!(
+        replaced_within(&checked, second.generation, Duration::from_secs(3))
+            .await
+            .is_none(),
+        "a standing lease was replaced"
+    );
+    // Revoked with its prefix, as an operator ends every lease of a role.
+    let revoked = reqwest::Client::new()
+        .put(format!(
+            "{}/v1/sys/leases/revoke-prefix/database/creds/long",
+            broker.base
+        ))
+        .header("X-Vault-Token", ROOT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    let third = replaced_within(&checked, second.generation, Duration::from_secs(5))
+        .await
+        .expect("replaced after a prefix revocation");
+    assert!(logs_in(&cluster, &third.credential).await);
+    checked.stop(true).await.unwrap();
     broker.stop().await;
 }

@@ -1,6 +1,7 @@
 //! The sidecar agent as a real process against a real broker and PostgreSQL: files change
 //! atomically and the application is signalled, the broker's restart and a rotating token file
-//! are survived, an init container's lease is adopted, and bad setups end with one clear line.
+//! are survived, an init container's lease is adopted, a lease revoked in pgwarden is replaced
+//! at the next look-up, and bad setups end with one clear line.
 
 mod common;
 
@@ -552,6 +553,73 @@ async fn leases_an_agent_replaced_but_did_not_revoke_are_revoked_by_the_next() {
         .log_in_with(&dir.path().join("appdb.env"))
         .await
         .expect("the adopted lease's files work");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_revoked_in_pgwarden_is_replaced_at_the_next_look_up() {
+    let broker = Broker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), broker.sa_token(600)).unwrap();
+    let port = free_port();
+    let told = dir.path().join("told");
+    let on_change = format!(
+        "    on_change: {{ command: [touch, \"{}\"] }}",
+        told.display()
+    );
+    let config = agent_config(dir.path(), &broker.address(), port, dir.path(), &on_change);
+    with_long_leases(&config, &config);
+    // Renewal is 40 minutes away: only a look-up can notice the revocation.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("grace_period: 1s", "grace_period: 1s\ncheck_interval: 1s"),
+    )
+    .unwrap();
+    let _sidecar = agent(&config, &[]).spawn().unwrap();
+    let ready = wait_ready(port).await;
+    let first = ready["credentials"][0]["lease_id"].clone();
+    let env = dir.path().join("appdb.env");
+    let old = env_file(&env);
+    broker
+        .log_in_with(&env)
+        .await
+        .expect("the first lease works");
+
+    let (status, body) = call(
+        &broker.address(),
+        ROOT_TOKEN,
+        "PUT",
+        "sys/leases/revoke",
+        Some(json!({ "lease_id": first })),
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readyz(port)
+        .await
+        .map(|r| r["credentials"][0]["lease_id"].clone())
+        == Some(first.clone())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the revoked lease is replaced within seconds"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    broker
+        .log_in_with(&env)
+        .await
+        .expect("the files hold a working credential again");
+    assert_ne!(env_file(&env)[0], old[0], "a new user");
+    assert!(told.exists(), "the application was told");
+    assert!(
+        broker
+            .cluster
+            .connect_as(&old[0].1, &old[1].1, "appdb")
+            .await
+            .is_err(),
+        "the revoked password stays refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
