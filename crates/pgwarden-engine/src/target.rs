@@ -308,17 +308,23 @@ impl Target {
     /// Connections with the same one see the same sessions with the same rights, whatever
     /// their database.
     pub fn cluster(&self) -> String {
+        format!(
+            "{}@{}",
+            self.config.get_user().unwrap_or_default(),
+            self.server()
+        )
+    }
+
+    /// The server this connection reaches, as its sorted `host:port` list: every connection
+    /// with the same one shares its roles, whatever their database or administrator.
+    pub fn server(&self) -> String {
         let mut hosts: Vec<String> = self
             .hosts()
             .iter()
             .map(|(host, port)| format!("{host}:{port}"))
             .collect();
         hosts.sort();
-        format!(
-            "{}@{}",
-            self.config.get_user().unwrap_or_default(),
-            hosts.join(",")
-        )
+        hosts.join(",")
     }
 
     /// Every host of the URL with its port (one port may serve them all), in order.

@@ -297,6 +297,36 @@ async fn bad_static_roles_get_exact_errors() {
         body["errors"][0],
         "user \"legacy app\" of connection \"appdb\" is already managed by static role \"legacy\""
     );
+    // Nor through a connection to another database of the same server: the user is the same.
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/config/postgres-db",
+            Some(
+                json!({ "connection_url": env.cluster.templated_url("postgres"),
+                "username": common::ADMIN, "password": common::ADMIN_PW, "allowed_roles": "*" }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/static-roles/twin",
+            Some(json!({"db_name": "postgres-db", "username": USER, "rotation_period": 60})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["errors"][0],
+        format!(
+            "user \"legacy app\" of connection \"postgres-db\" is already managed by static role \
+             \"legacy\" of connection \"appdb\" in mount \"database\", on the same server \
+             (127.0.0.1:{}): a role is shared by every database of a server, and two rotations \
+             would undo each other",
+            env.cluster.port()
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -183,16 +183,38 @@ impl StaticRoles {
             )));
         }
         let stored = self.store.static_roles().await?;
+        let server = self.catalog.target(mount, &def.db_name)?.server();
+        // A role belongs to the server, not to one database: connections to other databases
+        // of it, in any mount, reach the same user.
+        let same_server = |other: &StoredStaticRole| match self
+            .catalog
+            .target(&other.mount, &other.def.db_name)
+        {
+            Ok(target) => target.server() == server,
+            Err(_) => other.mount == mount && other.def.db_name == def.db_name,
+        };
         if let Some(other) = stored.iter().find(|r| {
-            r.mount == mount
-                && r.def.name != name
-                && r.def.db_name == def.db_name
+            !(r.mount == mount && r.def.name == name)
                 && r.def.username == def.username
+                && same_server(r)
         }) {
-            return Err(ServerError::BadRequest(format!(
-                "user {:?} of connection {:?} is already managed by static role {:?}",
-                def.username, def.db_name, other.def.name
-            )));
+            let (same_mount, same_connection) =
+                (other.mount == mount, other.def.db_name == def.db_name);
+            return Err(ServerError::BadRequest(
+                match (same_mount, same_connection) {
+                    (true, true) => format!(
+                        "user {:?} of connection {:?} is already managed by static role {:?}",
+                        def.username, def.db_name, other.def.name
+                    ),
+                    _ => format!(
+                        "user {:?} of connection {:?} is already managed by static role {:?} of \
+                     connection {:?} in mount {:?}, on the same server ({server}): a role is \
+                     shared by every database of a server, and two rotations would undo each \
+                     other",
+                        def.username, def.db_name, other.def.name, other.def.db_name, other.mount
+                    ),
+                },
+            ));
         }
         let now = OffsetDateTime::now_utc();
         if let Some(existing) = stored
