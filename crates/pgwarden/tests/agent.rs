@@ -161,6 +161,22 @@ fn with_long_leases(config: &Path, to: &Path) {
     std::fs::write(to, text.replace("appdb-short", "appdb-long")).unwrap();
 }
 
+/// An agent configuration in `dir` for the hour-long role, logging in with a ten-minute token,
+/// whose `on_change` creates the file `told`: returns the configuration, its health port and
+/// `told`.
+fn long_lease_agent(broker: &Broker, dir: &Path) -> (PathBuf, u16, PathBuf) {
+    std::fs::write(dir.join("token"), broker.sa_token(600)).unwrap();
+    let port = free_port();
+    let told = dir.join("told");
+    let on_change = format!(
+        "    on_change: {{ command: [touch, \"{}\"] }}",
+        told.display()
+    );
+    let config = agent_config(dir, &broker.address(), port, dir, &on_change);
+    with_long_leases(&config, &config);
+    (config, port, told)
+}
+
 /// A JSON file the agent wrote: a credential in the `json` format, or a lease state.
 fn json_file(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -458,16 +474,8 @@ async fn a_sidecar_adopts_the_lease_of_its_init_container() {
 async fn leases_an_agent_replaced_but_did_not_revoke_are_revoked_by_the_next() {
     let broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let token = broker.sa_token(600);
-    std::fs::write(dir.path().join("token"), &token).unwrap();
-    let port = free_port();
-    let told = dir.path().join("told");
-    let on_change = format!(
-        "    on_change: {{ command: [touch, \"{}\"] }}",
-        told.display()
-    );
-    let config = agent_config(dir.path(), &broker.address(), port, dir.path(), &on_change);
-    with_long_leases(&config, &config);
+    let (config, port, told) = long_lease_agent(&broker, dir.path());
+    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
     let once = agent(&config, &["--once"]).output().await.unwrap();
     assert!(
         once.status.success(),
@@ -559,15 +567,7 @@ async fn leases_an_agent_replaced_but_did_not_revoke_are_revoked_by_the_next() {
 async fn a_lease_revoked_in_pgwarden_is_replaced_at_the_next_look_up() {
     let broker = Broker::start().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), broker.sa_token(600)).unwrap();
-    let port = free_port();
-    let told = dir.path().join("told");
-    let on_change = format!(
-        "    on_change: {{ command: [touch, \"{}\"] }}",
-        told.display()
-    );
-    let config = agent_config(dir.path(), &broker.address(), port, dir.path(), &on_change);
-    with_long_leases(&config, &config);
+    let (config, port, told) = long_lease_agent(&broker, dir.path());
     // Renewal is 40 minutes away: only a look-up can notice the revocation.
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
