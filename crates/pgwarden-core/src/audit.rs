@@ -1,6 +1,10 @@
-//! The audit log's records and their hash chain: each record holds the SHA-256 of the one
+//! The audit log's records and their hash chain: each record holds the hash of the one
 //! before, so altering or removing any record breaks the chain at a place that can be named.
+//! With a [`ChainKey`] (derived from the seal key) the hashes are HMAC-SHA256, which only a
+//! holder of the key can make: someone who can write the state database but lacks the key
+//! cannot re-hash the records they changed.
 
+use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -10,6 +14,30 @@ use time::OffsetDateTime;
 
 /// The previous-record hash of the first record.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What starts the hash of a record chained with a [`ChainKey`]; a record without it was
+/// chained with plain SHA-256 (before a seal key was set, or without one).
+pub const KEYED_PREFIX: &str = "hmac-sha256:";
+
+/// The secret the audit chain is keyed with: HMAC-SHA256 of a fixed label under the seal key,
+/// so it never equals the key that seals stored secrets.
+#[derive(Clone)]
+pub struct ChainKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl ChainKey {
+    /// The chain key derived from the 32-byte seal key `seal_key`.
+    pub fn derive(seal_key: &[u8]) -> ChainKey {
+        let mut mac = Hmac::<Sha256>::new_from_slice(seal_key).expect("HMAC takes any key length");
+        mac.update(b"pgwarden audit chain v1");
+        ChainKey(zeroize::Zeroizing::new(mac.finalize().into_bytes().into()))
+    }
+}
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainKey(..)")
+    }
+}
 
 /// How an audited action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,17 +264,40 @@ pub struct AuditRecord {
     /// What happened.
     #[serde(flatten)]
     pub event: AuditEvent,
-    /// Hex SHA-256 of the record before ([`GENESIS_HASH`] for the first).
+    /// The hash of the record before ([`GENESIS_HASH`] for the first).
     pub prev_hash: String,
-    /// Hex SHA-256 of this record's contents and `prev_hash`.
+    /// Hex SHA-256 of this record's contents and `prev_hash`, or, chained with a
+    /// [`ChainKey`], [`KEYED_PREFIX`] and their hex HMAC-SHA256.
     pub hash: String,
 }
 
-/// The hash of record `seq` holding `event` after the record hashed `prev_hash`. Every field
-/// is length-prefixed, so no two different records hash the same bytes.
-pub fn record_hash(seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
+/// The hash of record `seq` holding `event` after the record hashed `prev_hash`, keyed with
+/// `key` if given. Every field is length-prefixed, so no two different records hash the same
+/// bytes.
+pub fn record_hash(
+    seq: u64,
+    event: &AuditEvent,
+    prev_hash: &str,
+    key: Option<&ChainKey>,
+) -> String {
+    match key {
+        None => {
+            let mut hasher = Sha256::new();
+            feed_fields(seq, event, prev_hash, |bytes| hasher.update(bytes));
+            hex::encode(hasher.finalize())
+        }
+        Some(key) => {
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(&*key.0).expect("HMAC takes any key length");
+            feed_fields(seq, event, prev_hash, |bytes| mac.update(bytes));
+            format!("{KEYED_PREFIX}{}", hex::encode(mac.finalize().into_bytes()))
+        }
+    }
+}
+
+/// Feeds a record's fields, each after its length, to `update`.
+fn feed_fields(seq: u64, event: &AuditEvent, prev_hash: &str, mut update: impl FnMut(&[u8])) {
     let millis = event.time.unix_timestamp_nanos() / 1_000_000;
-    let mut hasher = Sha256::new();
     for field in [
         seq.to_string().as_str(),
         millis.to_string().as_str(),
@@ -258,16 +309,21 @@ pub fn record_hash(seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
         &event.detail,
         prev_hash,
     ] {
-        hasher.update((field.len() as u64).to_be_bytes());
-        hasher.update(field.as_bytes());
+        update(&(field.len() as u64).to_be_bytes());
+        update(field.as_bytes());
     }
-    hex::encode(hasher.finalize())
 }
 
 impl AuditRecord {
-    /// Chains `event` as record `seq` after the record hashed `prev_hash`.
-    pub fn chain(seq: u64, event: AuditEvent, prev_hash: &str) -> AuditRecord {
-        let hash = record_hash(seq, &event, prev_hash);
+    /// Chains `event` as record `seq` after the record hashed `prev_hash`, keyed with `key`
+    /// if given.
+    pub fn chain(
+        seq: u64,
+        event: AuditEvent,
+        prev_hash: &str,
+        key: Option<&ChainKey>,
+    ) -> AuditRecord {
+        let hash = record_hash(seq, &event, prev_hash, key);
         AuditRecord {
             seq,
             event,
@@ -301,6 +357,29 @@ pub enum ChainBreak {
         /// The record whose link is wrong.
         seq: u64,
     },
+    /// A keyed record, and no key to check it with.
+    #[error("audit record {seq} is keyed with the seal key: give the configuration that has it")]
+    KeyNeeded {
+        /// The record.
+        seq: u64,
+    },
+    /// A record chained without the key after keyed ones: it was rewritten by someone
+    /// without the key, or written by pgwarden without a seal key.
+    #[error(
+        "audit record {seq} is not keyed, though records before it are: it was rewritten without the seal key, or written by pgwarden without one"
+    )]
+    Unkeyed {
+        /// The record.
+        seq: u64,
+    },
+    /// The chain ends in records chained without the key, though the key is set.
+    #[error(
+        "the newest audit records, from {seq} on, are not keyed, though pgwarden keys every record once it has a seal key: they were rewritten without the key, or no record was written since the key was set"
+    )]
+    EndsUnkeyed {
+        /// The first of them.
+        seq: u64,
+    },
 }
 
 /// Checks records in order, one at a time, so a long chain can be read in pages.
@@ -308,18 +387,31 @@ pub enum ChainBreak {
 pub struct ChainVerifier {
     last_seq: u64,
     last_hash: String,
+    key: Option<ChainKey>,
+    /// The first record of the run of unkeyed records the chain ends with so far.
+    unkeyed_since: Option<u64>,
+    keyed_seen: bool,
 }
 
 impl Default for ChainVerifier {
     fn default() -> Self {
-        ChainVerifier {
-            last_seq: 0,
-            last_hash: GENESIS_HASH.into(),
-        }
+        ChainVerifier::new(None)
     }
 }
 
 impl ChainVerifier {
+    /// A verifier of a chain whose records are keyed with `key` (from the first keyed one on);
+    /// without one, a keyed record is a [`ChainBreak::KeyNeeded`].
+    pub fn new(key: Option<ChainKey>) -> ChainVerifier {
+        ChainVerifier {
+            last_seq: 0,
+            last_hash: GENESIS_HASH.into(),
+            key,
+            unkeyed_since: None,
+            keyed_seen: false,
+        }
+    }
+
     /// Checks the next record of the chain.
     pub fn check(&mut self, record: &AuditRecord) -> Result<(), ChainBreak> {
         let expected = self.last_seq.saturating_add(1);
@@ -329,15 +421,38 @@ impl ChainVerifier {
                 next: record.seq.max(expected),
             });
         }
-        if record_hash(record.seq, &record.event, &record.prev_hash) != record.hash {
+        let keyed = record.hash.starts_with(KEYED_PREFIX);
+        let key = match (keyed, &self.key) {
+            (true, None) => return Err(ChainBreak::KeyNeeded { seq: record.seq }),
+            (true, Some(key)) => Some(key),
+            (false, _) if self.keyed_seen => return Err(ChainBreak::Unkeyed { seq: record.seq }),
+            (false, _) => None,
+        };
+        if record_hash(record.seq, &record.event, &record.prev_hash, key) != record.hash {
             return Err(ChainBreak::Altered { seq: record.seq });
         }
         if record.prev_hash != self.last_hash {
             return Err(ChainBreak::Unlinked { seq: record.seq });
         }
+        self.keyed_seen |= keyed;
+        if keyed {
+            self.unkeyed_since = None;
+        } else {
+            self.unkeyed_since.get_or_insert(record.seq);
+        }
         self.last_seq = record.seq;
         self.last_hash.clone_from(&record.hash);
         Ok(())
+    }
+
+    /// Ends the check: with a key, the chain must end in keyed records (pgwarden keys every
+    /// record once it has a seal key), or else its newest records were rewritten without it
+    /// (or none was written since the key was set).
+    pub fn finish(&self) -> Result<(), ChainBreak> {
+        match (&self.key, self.unkeyed_since) {
+            (Some(_), Some(seq)) => Err(ChainBreak::EndsUnkeyed { seq }),
+            _ => Ok(()),
+        }
     }
 
     /// Records checked so far.
@@ -351,32 +466,107 @@ mod tests {
     use super::*;
     use time::macros::datetime;
 
-    fn chain(n: u64) -> Vec<AuditRecord> {
-        let mut prev = GENESIS_HASH.to_string();
-        (1..=n)
-            .map(|seq| {
-                let event = AuditEvent {
-                    time: datetime!(2026-11-25 12:00:00.123 UTC),
-                    actor: "user:ola".into(),
-                    action: "creds.issue".into(),
-                    object: format!("database/creds/r/{seq}"),
-                    outcome: Outcome::Success,
-                    request_id: "r1".into(),
-                    detail: String::new(),
-                };
-                let record = AuditRecord::chain(seq, event, &prev);
-                prev.clone_from(&record.hash);
-                record
-            })
-            .collect()
+    fn event(seq: u64) -> AuditEvent {
+        AuditEvent {
+            time: datetime!(2026-11-25 12:00:00.123 UTC),
+            actor: "user:ola".into(),
+            action: "creds.issue".into(),
+            object: format!("database/creds/r/{seq}"),
+            outcome: Outcome::Success,
+            request_id: "r1".into(),
+            detail: String::new(),
+        }
     }
 
-    fn verify(records: &[AuditRecord]) -> Result<u64, ChainBreak> {
-        let mut verifier = ChainVerifier::default();
+    /// Appends `n` records to `records`, keyed with `key` if given.
+    fn extend(records: &mut Vec<AuditRecord>, n: u64, key: Option<&ChainKey>) {
+        for _ in 0..n {
+            let (seq, prev) = records
+                .last()
+                .map_or((1, GENESIS_HASH), |last| (last.seq + 1, last.hash.as_str()));
+            let record = AuditRecord::chain(seq, event(seq), prev, key);
+            records.push(record);
+        }
+    }
+
+    fn chain(n: u64) -> Vec<AuditRecord> {
+        let mut records = Vec::new();
+        extend(&mut records, n, None);
+        records
+    }
+
+    fn verify_with(records: &[AuditRecord], key: Option<&ChainKey>) -> Result<u64, ChainBreak> {
+        let mut verifier = ChainVerifier::new(key.cloned());
         for record in records {
             verifier.check(record)?;
         }
+        verifier.finish()?;
         Ok(verifier.checked())
+    }
+
+    fn verify(records: &[AuditRecord]) -> Result<u64, ChainBreak> {
+        verify_with(records, None)
+    }
+
+    #[test]
+    fn a_keyed_chain_verifies_only_with_its_key_and_only_whole() {
+        let key = ChainKey::derive(&[7; 32]);
+        let other = ChainKey::derive(&[8; 32]);
+        // Two records from before the seal key was set, then three keyed ones.
+        let mut records = chain(2);
+        extend(&mut records, 3, Some(&key));
+        assert!(
+            records[2].hash.starts_with(KEYED_PREFIX),
+            "{}",
+            records[2].hash
+        );
+        assert_eq!(verify_with(&records, Some(&key)), Ok(5));
+        assert_eq!(
+            verify(&records).unwrap_err().to_string(),
+            "audit record 3 is keyed with the seal key: give the configuration that has it"
+        );
+        assert_eq!(
+            verify_with(&records, Some(&other)).unwrap_err().to_string(),
+            "audit record 3 was altered: its contents do not match its hash"
+        );
+
+        // Someone without the key edits record 4 and re-hashes it and what follows: the
+        // chain turns unkeyed where it was keyed.
+        let mut rewritten = records[..3].to_vec();
+        rewritten.push(AuditRecord {
+            event: AuditEvent {
+                actor: "user:mallory".into(),
+                ..event(4)
+            },
+            ..records[3].clone()
+        });
+        rewritten[3] = AuditRecord::chain(4, rewritten[3].event.clone(), &records[2].hash, None);
+        extend(&mut rewritten, 1, None);
+        assert_eq!(
+            verify_with(&rewritten, Some(&key)).unwrap_err().to_string(),
+            "audit record 4 is not keyed, though records before it are: it was rewritten \
+             without the seal key, or written by pgwarden without one"
+        );
+        // Every keyed record rewritten unkeyed: the chain no longer ends keyed.
+        let mut downgraded = records[..2].to_vec();
+        extend(&mut downgraded, 3, None);
+        assert_eq!(
+            verify(&downgraded),
+            Ok(5),
+            "a plain chain, as far as it shows"
+        );
+        assert_eq!(
+            verify_with(&downgraded, Some(&key)).unwrap_err(),
+            ChainBreak::EndsUnkeyed { seq: 1 }
+        );
+        // An unkeyed record before the keyed ones edited and re-hashed: the first keyed
+        // record's link, which only the key can make, gives it away.
+        let mut early = records.clone();
+        early[1] = AuditRecord::chain(2, event(20), &records[0].hash, None);
+        assert_eq!(
+            verify_with(&early, Some(&key)).unwrap_err().to_string(),
+            "audit record 3 does not follow record 2: record 2 was altered or replaced"
+        );
     }
 
     #[test]
@@ -404,7 +594,7 @@ mod tests {
         // Edited and re-hashed: the next record's link gives it away.
         let mut rehashed = chain(5);
         rehashed[1].event.outcome = Outcome::Denied;
-        rehashed[1] = AuditRecord::chain(2, rehashed[1].event.clone(), &rehashed[0].hash);
+        rehashed[1] = AuditRecord::chain(2, rehashed[1].event.clone(), &rehashed[0].hash, None);
         assert_eq!(
             verify(&rehashed).unwrap_err().to_string(),
             "audit record 3 does not follow record 2: record 2 was altered or replaced"

@@ -29,7 +29,7 @@ pub mod token;
 pub mod ttl;
 pub mod wire;
 
-pub use audit::{AuditEvent, AuditRecord, ChainBreak, ChainVerifier, Outcome};
+pub use audit::{AuditEvent, AuditRecord, ChainBreak, ChainKey, ChainVerifier, Outcome};
 pub use backoff::backoff;
 pub use connection::{AdminAuth, ConnectionDef};
 pub use error::{CoreError, chain};

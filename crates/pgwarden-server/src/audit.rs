@@ -4,7 +4,7 @@
 //! until it is written when a durable write of its own follows, or not at all.
 
 use crate::metrics::Metrics;
-use pgwarden_core::{AuditEvent, AuditRecord, Outcome, chain};
+use pgwarden_core::{AuditEvent, AuditRecord, ChainKey, Outcome, chain};
 use pgwarden_store::{Durability, Store};
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,10 +43,22 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Starts the appender over `store`, copying records to `file` when set.
-    pub fn start(store: Arc<dyn Store>, file: Option<PathBuf>, metrics: Arc<Metrics>) -> AuditLog {
+    /// Starts the appender over `store`, chaining records with `key` when there is one (a
+    /// seal key) and copying them to `file` when set.
+    pub fn start(
+        store: Arc<dyn Store>,
+        file: Option<PathBuf>,
+        metrics: Arc<Metrics>,
+        key: Option<ChainKey>,
+    ) -> AuditLog {
         let (queue, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(append_batches(store, file, metrics, receiver));
+        let sink = Sink {
+            store,
+            file,
+            metrics,
+            key,
+        };
+        tokio::spawn(append_batches(sink, receiver));
         AuditLog { queue }
     }
 
@@ -108,12 +120,7 @@ impl AuditLog {
 
 /// The appender: takes whatever is queued (up to [`MAX_BATCH`]), appends it in one go (synced
 /// if any of it must be) and tells each waiter how it went.
-async fn append_batches(
-    store: Arc<dyn Store>,
-    file: Option<PathBuf>,
-    metrics: Arc<Metrics>,
-    mut receiver: mpsc::UnboundedReceiver<Queued>,
-) {
+async fn append_batches(sink: Sink, mut receiver: mpsc::UnboundedReceiver<Queued>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let durability = if batch.iter().any(|q| q.durability == Durability::Synced) {
@@ -123,16 +130,7 @@ async fn append_batches(
         };
         let (events, waiters): (Vec<AuditEvent>, Vec<oneshot::Sender<bool>>) =
             batch.drain(..).map(|q| (q.event, q.stored)).unzip();
-        if append(
-            store.as_ref(),
-            file.as_deref(),
-            &metrics,
-            &events,
-            durability,
-        )
-        .await
-        .is_ok()
-        {
+        if sink.append(&events, durability).await.is_ok() {
             for waiter in waiters {
                 let _ = waiter.send(true);
             }
@@ -140,18 +138,10 @@ async fn append_batches(
         }
         // One bad event must not take the others down with it: append them one by one.
         for (event, waiter) in events.into_iter().zip(waiters) {
-            let single = std::slice::from_ref(&event);
-            let appended = append(
-                store.as_ref(),
-                file.as_deref(),
-                &metrics,
-                single,
-                durability,
-            );
-            let stored = match appended.await {
+            let stored = match sink.append(std::slice::from_ref(&event), durability).await {
                 Ok(()) => true,
                 Err(error) => {
-                    metrics.audit_failures.inc();
+                    sink.metrics.audit_failures.inc();
                     tracing::error!(error = %chain(&error), action = %event.action, "an audit record could not be stored");
                     false
                 }
@@ -161,19 +151,31 @@ async fn append_batches(
     }
 }
 
-/// Chains `events` into the store, then copies the records to `file` when set.
-async fn append(
-    store: &dyn Store,
-    file: Option<&std::path::Path>,
-    metrics: &Metrics,
-    events: &[AuditEvent],
-    durability: Durability,
-) -> Result<(), pgwarden_store::StoreError> {
-    let records = store.append_audit(events, durability).await?;
-    if let Some(path) = file {
-        copy_to_file(path, &records, metrics);
+/// Where records go: the store's chain, and the file copy.
+struct Sink {
+    store: Arc<dyn Store>,
+    file: Option<PathBuf>,
+    metrics: Arc<Metrics>,
+    /// Keys the chain (from the seal key).
+    key: Option<ChainKey>,
+}
+
+impl Sink {
+    /// Chains `events` into the store, then copies the records to the file when set.
+    async fn append(
+        &self,
+        events: &[AuditEvent],
+        durability: Durability,
+    ) -> Result<(), pgwarden_store::StoreError> {
+        let records = self
+            .store
+            .append_audit(events, durability, self.key.as_ref())
+            .await?;
+        if let Some(path) = &self.file {
+            copy_to_file(path, &records, &self.metrics);
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The record of a policy reload: how many grants are in force, or why the file was rejected.

@@ -147,7 +147,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let catalog = Arc::new(Catalog::load(&config, store.clone(), sealer).await?);
     catalog.finish_root_rotations().await;
     let metrics = Arc::new(Metrics::new());
-    let audit = audit::AuditLog::start(store.clone(), config.audit.file.clone(), metrics.clone());
+    let audit = audit::AuditLog::start(
+        store.clone(),
+        config.audit.file.clone(),
+        metrics.clone(),
+        audit_chain_key(&config)?,
+    );
     let broker = Arc::new(Broker::new(
         store.clone(),
         catalog.clone(),
@@ -276,6 +281,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         resign,
         turns,
     })
+}
+
+/// The key the audit chain is keyed with: derived from the seal key, if there is one.
+pub fn audit_chain_key(config: &Config) -> Result<Option<pgwarden_core::ChainKey>, StartError> {
+    Ok(config
+        .seal_key
+        .as_ref()
+        .map(seal::chain_key)
+        .transpose()
+        .map_err(ConfigError::from)?)
 }
 
 /// The key that seals credentials issued on approval: the configured seal key, or else a

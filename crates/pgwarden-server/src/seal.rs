@@ -29,14 +29,25 @@ pub enum SealError {
     Seal,
 }
 
+/// The 32 bytes of the hex seal key `key`.
+fn key_bytes(key: &SecretString) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    let bytes =
+        Zeroizing::new(hex::decode(key.expose_secret().trim()).map_err(|_| SealError::BadKey)?);
+    if bytes.len() != 32 {
+        return Err(SealError::BadKey);
+    }
+    Ok(bytes)
+}
+
+/// The key the audit chain is keyed with, derived from the hex seal key `key`.
+pub fn chain_key(key: &SecretString) -> Result<pgwarden_core::ChainKey, SealError> {
+    Ok(pgwarden_core::ChainKey::derive(&key_bytes(key)?))
+}
+
 impl Sealer {
     /// A sealer for the hex `key`.
     pub fn new(key: &SecretString) -> Result<Sealer, SealError> {
-        let bytes =
-            Zeroizing::new(hex::decode(key.expose_secret().trim()).map_err(|_| SealError::BadKey)?);
-        if bytes.len() != 32 {
-            return Err(SealError::BadKey);
-        }
+        let bytes = key_bytes(key)?;
         Ok(Sealer {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&bytes)),
         })

@@ -26,7 +26,7 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use pgwarden_core::{
-    AccessRequest, AuditEvent, AuditRecord, Lease, LeaseState, RoleDef, TokenRecord,
+    AccessRequest, AuditEvent, AuditRecord, ChainKey, Lease, LeaseState, RoleDef, TokenRecord,
 };
 use time::OffsetDateTime;
 
@@ -375,12 +375,14 @@ pub trait Store: Send + Sync + 'static {
     /// Every static role, by mount and name.
     async fn static_roles(&self) -> Result<Vec<StoredStaticRole>, StoreError>;
     /// Appends `events` to the audit chain in order, as durably as `durability` says, each
-    /// hashed with the one before (appends from several replicas are serialised); returns the
-    /// records as chained. A relaxed append becomes durable with the next synced write.
+    /// hashed with the one before, keyed with `key` if given (appends from several replicas
+    /// are serialised); returns the records as chained. A relaxed append becomes durable with
+    /// the next synced write.
     async fn append_audit(
         &self,
         events: &[AuditEvent],
         durability: Durability,
+        key: Option<&ChainKey>,
     ) -> Result<Vec<AuditRecord>, StoreError>;
     /// Audit records matching `query`, oldest first.
     async fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;

@@ -15,7 +15,8 @@ use crate::{
 use deadpool_postgres::Pool;
 use pgwarden_core::audit::GENESIS_HASH;
 use pgwarden_core::{
-    AuditEvent, AuditRecord, Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl,
+    AuditEvent, AuditRecord, ChainKey, Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord,
+    Ttl,
 };
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
@@ -914,6 +915,7 @@ impl Store for PostgresStore {
         &self,
         events: &[AuditEvent],
         durability: Durability,
+        key: Option<&ChainKey>,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         within_timeout(self.pool_for(durability), async |client| {
             in_transaction(client, async |client| {
@@ -939,7 +941,7 @@ impl Store for PostgresStore {
                 let mut records = Vec::with_capacity(events.len());
                 for event in events {
                     seq = seq.saturating_add(1);
-                    let record = AuditRecord::chain(seq, event.clone(), &prev);
+                    let record = AuditRecord::chain(seq, event.clone(), &prev, key);
                     prev.clone_from(&record.hash);
                     records.push(record);
                 }

@@ -13,7 +13,8 @@ use crate::{
 use parking_lot::Mutex;
 use pgwarden_core::audit::GENESIS_HASH;
 use pgwarden_core::{
-    AuditEvent, AuditRecord, Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord, Ttl,
+    AuditEvent, AuditRecord, ChainKey, Identity, Lease, LeaseState, Owner, RoleDef, TokenRecord,
+    Ttl,
 };
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Type, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, named_params, params};
@@ -821,8 +822,9 @@ impl Store for SqliteStore {
         &self,
         events: &[AuditEvent],
         durability: Durability,
+        key: Option<&ChainKey>,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let events = events.to_vec();
+        let (events, key) = (events.to_vec(), key.cloned());
         self.writer
             .write(durability == Durability::Synced, move |c| {
                 // The writer runs one write at a time (its connection is behind a mutex):
@@ -837,7 +839,7 @@ impl Store for SqliteStore {
                 let mut records = Vec::with_capacity(events.len());
                 for event in events {
                     seq = seq.saturating_add(1);
-                    let record = AuditRecord::chain(seq, event, &prev);
+                    let record = AuditRecord::chain(seq, event, &prev, key.as_ref());
                     insert_audit(c, &record)?;
                     prev.clone_from(&record.hash);
                     records.push(record);

@@ -1,10 +1,11 @@
 //! The contract every [`Store`] backend keeps, run against SQLite and against PostgreSQL (a
 //! throwaway cluster from the testkit, with a fresh database per check).
 
+use pgwarden_core::audit::KEYED_PREFIX;
 use pgwarden_core::static_role::{Rotation, StaticRoleDef};
 use pgwarden_core::{
-    AccessRequest, AuditEvent, ChainVerifier, Identity, Lease, LeaseState, Outcome, Owner,
-    RequestState, RevokeReason, RoleDef, RoleSpec, TokenRecord, Ttl,
+    AccessRequest, AuditEvent, ChainKey, ChainVerifier, Identity, Lease, LeaseState, Outcome,
+    Owner, RequestState, RevokeReason, RoleDef, RoleSpec, TokenRecord, Ttl,
 };
 use pgwarden_store::{
     AuditQuery, Durability, PostgresStore, SqliteStore, Store, StoredConnection, StoredRequest,
@@ -509,18 +510,21 @@ fn event(actor: &str, action: &str, n: usize) -> AuditEvent {
 }
 
 async fn audit_appends_from_replicas_form_one_chain(open: Opener<'_>) {
-    // Two handles on the same state: two replicas (or, for SQLite, a reopened file).
+    // Two handles on the same state: two replicas (or, for SQLite, a reopened file), which
+    // share the seal key the chain is keyed with.
     let (a, b) = (open().await, open().await);
+    let key = ChainKey::derive(&[3; 32]);
     let mut appends = tokio::task::JoinSet::new();
     for n in 0..40 {
         let store = if n % 2 == 0 { a.clone() } else { b.clone() };
+        let key = key.clone();
         appends.spawn(async move {
             let events = [
                 event("user:ola", "creds.issue", n),
                 event("root", "lease.revoke", n),
             ];
             store
-                .append_audit(&events, Durability::Synced)
+                .append_audit(&events, Durability::Synced, Some(&key))
                 .await
                 .unwrap()
         });
@@ -533,10 +537,16 @@ async fn audit_appends_from_replicas_form_one_chain(open: Opener<'_>) {
     }
     let all = a.audit_records(&AuditQuery::all(1000)).await.unwrap();
     assert_eq!(all.len(), 80);
-    let mut verifier = ChainVerifier::default();
+    assert!(all.iter().all(|r| r.hash.starts_with(KEYED_PREFIX)));
+    let mut verifier = ChainVerifier::new(Some(key));
     for record in &all {
         verifier.check(record).unwrap();
     }
+    verifier.finish().unwrap();
+    assert!(
+        ChainVerifier::default().check(&all[0]).is_err(),
+        "keyed: not checked without the key"
+    );
     let revokes = a
         .audit_records(&AuditQuery {
             after: 10,
@@ -700,7 +710,7 @@ async fn a_copy_keeps_everything_and_refuses_a_destination_with_state() {
     sqlite.insert_static_role(&rotated).await.unwrap();
     let events: Vec<AuditEvent> = (0..1500).map(|n| event("root", "creds.issue", n)).collect();
     let chained = sqlite
-        .append_audit(&events, Durability::Relaxed)
+        .append_audit(&events, Durability::Relaxed, None)
         .await
         .unwrap();
 
@@ -733,7 +743,7 @@ async fn a_copy_keeps_everything_and_refuses_a_destination_with_state() {
     );
     // The copy's chain goes on from where the original stopped.
     let next = postgres
-        .append_audit(&[event("root", "x", 0)], Durability::Synced)
+        .append_audit(&[event("root", "x", 0)], Durability::Synced, None)
         .await
         .unwrap();
     assert_eq!(next[0].seq, 1501);

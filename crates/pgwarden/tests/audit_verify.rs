@@ -1,6 +1,7 @@
 //! `pgwarden audit verify`: the audit chain a running server wrote verifies, on SQLite and on
 //! shared PostgreSQL state; after a record is edited or deleted in the store, it fails and
-//! names exactly that record.
+//! names exactly that record. With a seal key, records are keyed, and a rewrite by someone
+//! without the key is told apart.
 
 mod common;
 
@@ -114,4 +115,88 @@ async fn a_postgresql_chain_verifies_and_tampering_is_named() {
             .unwrap();
     })
     .await;
+}
+
+/// Re-hashes, with plain SHA-256, the records of the SQLite state in `data` from `from` on: what
+/// someone who can write the state database, but lacks the seal key, can do.
+async fn rehash_without_the_key(data: &Path, from: u64) {
+    use pgwarden_store::{AuditQuery, SqliteStore, Store};
+    let store = SqliteStore::open(data).unwrap();
+    let records = store.audit_records(&AuditQuery::all(10_000)).await.unwrap();
+    drop(store);
+    let db = rusqlite::Connection::open(data.join("state.db")).unwrap();
+    let mut prev = records[from as usize - 2].hash.clone();
+    for record in &records[from as usize - 1..] {
+        let hash = pgwarden_core::audit::record_hash(record.seq, &record.event, &prev, None);
+        db.execute(
+            "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            rusqlite::params![prev, hash, record.seq as i64],
+        )
+        .unwrap();
+        prev = hash;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_seal_key_the_chain_cannot_be_rewritten_without_it() {
+    let cluster = PgCluster::start_with_appdb().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let top = format!("data_dir: \"{}\"", data.display());
+    // Records from before the seal key was set, then keyed ones.
+    let plain = write_config(dir.path(), "plain.yaml", &cluster, &top, ROLES);
+    make_records(&plain).await;
+    let key_file = dir.path().join("seal-key");
+    std::fs::write(&key_file, "ab".repeat(32)).unwrap();
+    let top = format!("{top}\nseal_key_file: \"{}\"", key_file.display());
+    let keyed = write_config(dir.path(), "keyed.yaml", &cluster, &top, ROLES);
+    make_records(&keyed).await;
+    let db = rusqlite::Connection::open(data.join("state.db")).unwrap();
+    let first_keyed: i64 = db
+        .query_row(
+            "SELECT min(seq) FROM audit WHERE hash LIKE 'hmac-sha256:%'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let first_keyed = first_keyed as u64;
+    assert!(first_keyed > 1);
+
+    let (ok, _, stderr) = verify(&plain);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: audit record {first_keyed} is keyed with the seal key: give the \
+             configuration that has it (records 1 to {} verify)",
+            first_keyed - 1
+        )
+    );
+
+    // Rewritten from the third keyed record on: it no longer follows keyed records.
+    rehash_without_the_key(&data, first_keyed + 2).await;
+    let (ok, _, stderr) = verify(&keyed);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: audit record {} is not keyed, though records before it are: it was \
+             rewritten without the seal key, or written by pgwarden without one (records 1 to \
+             {} verify)",
+            first_keyed + 2,
+            first_keyed + 1
+        )
+    );
+    // Rewritten from the first keyed record on: a plain chain as far as it shows, which the
+    // key tells apart.
+    rehash_without_the_key(&data, first_keyed).await;
+    assert!(verify(&plain).0, "no key, no way to tell");
+    let (ok, _, stderr) = verify(&keyed);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        "error: the newest audit records, from 1 on, are not keyed, though pgwarden keys every \
+         record once it has a seal key: they were rewritten without the key, or no record was \
+         written since the key was set"
+    );
 }

@@ -167,7 +167,8 @@ async fn verify(path: &std::path::Path) -> Result<(), String> {
     let store = pgwarden_server::open_store(&config)
         .await
         .map_err(|e| chain(&e))?;
-    let mut verifier = pgwarden_core::ChainVerifier::default();
+    let key = pgwarden_server::audit_chain_key(&config).map_err(|e| chain(&e))?;
+    let mut verifier = pgwarden_core::ChainVerifier::new(key);
     let mut query = pgwarden_store::AuditQuery::all(VERIFY_PAGE);
     let mut last_hash = pgwarden_core::audit::GENESIS_HASH.to_string();
     loop {
@@ -181,6 +182,7 @@ async fn verify(path: &std::path::Path) -> Result<(), String> {
         }
         last_hash.clone_from(&last.hash);
     }
+    verifier.finish().map_err(|broken| broken.to_string())?;
     println!(
         "audit log intact: {} records, last hash {last_hash}",
         verifier.checked()
