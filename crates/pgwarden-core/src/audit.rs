@@ -4,6 +4,7 @@
 //! holder of the key can make: someone who can write the state database but lacks the key
 //! cannot re-hash the records they changed.
 
+use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -25,12 +26,21 @@ pub const KEYED_PREFIX: &str = "hmac-sha256:";
 pub struct ChainKey(zeroize::Zeroizing<[u8; 32]>);
 
 impl ChainKey {
-    /// The chain key derived from the 32-byte seal key `seal_key`.
-    pub fn derive(seal_key: &[u8]) -> ChainKey {
-        let mut mac = Hmac::<Sha256>::new_from_slice(seal_key).expect("HMAC takes any key length");
+    /// The chain key derived from the seal key `seal_key`.
+    pub fn derive(seal_key: &[u8; 32]) -> ChainKey {
+        let mut mac = hmac_sha256(seal_key);
         mac.update(b"pgwarden audit chain v1");
         ChainKey(zeroize::Zeroizing::new(mac.finalize().into_bytes().into()))
     }
+}
+
+/// HMAC-SHA256 under the 32-byte `key`: zero-padded to SHA-256's block, as HMAC pads a short
+/// key (taking the padded block, unlike a key of any length, cannot fail).
+fn hmac_sha256(key: &[u8; 32]) -> Hmac<Sha256> {
+    let block = zeroize::Zeroizing::new(std::array::from_fn::<u8, 64, _>(|i| {
+        key.get(i).copied().unwrap_or(0)
+    }));
+    <Hmac<Sha256> as KeyInit>::new(&(*block).into())
 }
 
 impl std::fmt::Debug for ChainKey {
@@ -287,8 +297,7 @@ pub fn record_hash(
             hex::encode(hasher.finalize())
         }
         Some(key) => {
-            let mut mac =
-                Hmac::<Sha256>::new_from_slice(&*key.0).expect("HMAC takes any key length");
+            let mut mac = hmac_sha256(&key.0);
             feed_fields(seq, event, prev_hash, |bytes| mac.update(bytes));
             format!("{KEYED_PREFIX}{}", hex::encode(mac.finalize().into_bytes()))
         }
@@ -506,6 +515,16 @@ mod tests {
 
     fn verify(records: &[AuditRecord]) -> Result<u64, ChainBreak> {
         verify_with(records, None)
+    }
+
+    #[test]
+    fn the_padded_key_is_hmac_with_the_key_itself() {
+        let key = [0x5a; 32];
+        let mut padded = hmac_sha256(&key);
+        let mut plain = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        padded.update(b"record");
+        plain.update(b"record");
+        assert_eq!(padded.finalize().into_bytes(), plain.finalize().into_bytes());
     }
 
     #[test]

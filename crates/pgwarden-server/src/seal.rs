@@ -41,7 +41,9 @@ fn key_bytes(key: &SecretString) -> Result<Zeroizing<Vec<u8>>, SealError> {
 
 /// The key the audit chain is keyed with, derived from the hex seal key `key`.
 pub fn chain_key(key: &SecretString) -> Result<pgwarden_core::ChainKey, SealError> {
-    Ok(pgwarden_core::ChainKey::derive(&key_bytes(key)?))
+    let bytes = key_bytes(key)?;
+    let bytes: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| SealError::BadKey)?;
+    Ok(pgwarden_core::ChainKey::derive(bytes))
 }
 
 impl Sealer {
