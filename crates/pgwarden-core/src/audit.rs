@@ -521,10 +521,13 @@ mod tests {
     fn the_padded_key_is_hmac_with_the_key_itself() {
         let key = [0x5a; 32];
         let mut padded = hmac_sha256(&key);
-        let mut plain = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        let mut plain = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
         padded.update(b"record");
         plain.update(b"record");
-        assert_eq!(padded.finalize().into_bytes(), plain.finalize().into_bytes());
+        assert_eq!(
+            padded.finalize().into_bytes(),
+            plain.finalize().into_bytes()
+        );
     }
 
     #[test]
