@@ -261,9 +261,11 @@ async fn make_pool(
     ))
 }
 
-/// What a client is told when pgwarden would not issue its credential, and the refusal's
-/// metric label.
-fn refused_credential(key: &PoolKey, error: ClientError) -> (&'static str, PgError) {
+/// What a client is told when pgwarden would not issue its credential (the pool's first, or a
+/// new one), and the refusal's metric label: its own refusal (a revoked token, a role the
+/// policy no longer grants) is an authorization error, never a connection failure that
+/// clients retry.
+pub(crate) fn refused_credential(key: &PoolKey, error: ClientError) -> (&'static str, PgError) {
     match error {
         ClientError::Api {
             status: 403,

@@ -373,9 +373,7 @@ impl Pool {
                     self.provider
                         .refresh(current.generation)
                         .await
-                        .map_err(|e| {
-                            PgError::new("08006", format!("cannot get a new credential: {e}"))
-                        })?;
+                        .map_err(|e| crate::login::refused_credential(&self.key, e).1)?;
                 }
             }
         }

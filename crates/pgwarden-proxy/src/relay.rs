@@ -7,7 +7,7 @@
 use crate::cancel::CancelTarget;
 use crate::client::Stream;
 use crate::config::PoolMode;
-use crate::frame::{Seen, Walker};
+use crate::frame::{BadLength, Seen, Walker};
 use crate::metrics::Metrics;
 use crate::pool::{Attached, Checkout};
 use crate::reply::{self, PgError};
@@ -66,6 +66,9 @@ struct Progress {
     terminated: bool,
     /// Where a `COPY … FROM STDIN` stands.
     copy: CopyIn,
+    /// A `ReadyForQuery` came that nothing counted was waiting for: what the server still
+    /// has to answer is unknown, so its connection stays with this client and then closes.
+    desynced: bool,
     /// Settings the server reported (`ParameterStatus`: the client ran `SET client_encoding`,
     /// `SET LOCAL TimeZone`, …) since the connection was taken from the pool, last value of
     /// each (a name `None` when the message could not be read).
@@ -117,6 +120,12 @@ impl CopyIn {
         self.ignored += self.syncs;
         std::mem::take(&mut self.syncs)
     }
+
+    /// The server left copy-in mode by itself: an error (a bad row, say) or `ReadyForQuery`.
+    /// It answers the syncs that follow, whether or not the client ends the copy.
+    fn over(&mut self) {
+        self.active = false;
+    }
 }
 
 impl Progress {
@@ -161,6 +170,7 @@ impl Progress {
     /// Between transactions: nothing in flight either way, no transaction open.
     fn idle(&self) -> bool {
         self.pending == 0
+            && !self.desynced
             && !self.unsynced
             && self.status == b'I'
             && self.client.at_boundary()
@@ -450,23 +460,9 @@ impl Session {
                             }
                         }
                     }
-                    let walked = progress.server.walk(to_client.bytes(), |seen| match seen {
-                        Seen::FirstByte(b'Z', status) => {
-                            progress.pending = progress.pending.saturating_sub(1);
-                            progress.status = status;
-                        }
-                        Seen::Message(b'G') => {
-                            let ignored = progress.copy.started();
-                            progress.pending = progress.pending.saturating_sub(ignored);
-                        }
-                        _ => {}
-                    });
-                    if walked.is_err() {
+                    if take_out(&mut progress, to_client.bytes()).is_err() {
                         held.take();
                         break None;
-                    }
-                    for body in progress.server.take_kept() {
-                        progress.note_reported(&body);
                     }
                     if statements.is_some() {
                         report_ignored_syncs(&mut progress, held.as_mut());
@@ -578,6 +574,35 @@ fn take_in(buf: &mut Pending, progress: &mut Progress, rules: Rules) -> Result<(
             progress.unsynced = true;
             buf.start = buf.end;
         }
+    }
+    Ok(())
+}
+
+/// Walks what the server sent (`bytes`, about to be passed on): counts the `ReadyForQuery`
+/// messages awaited, follows `COPY … FROM STDIN`, keeps the settings it reported.
+fn take_out(progress: &mut Progress, bytes: &[u8]) -> Result<(), BadLength> {
+    progress.server.walk(bytes, |seen| match seen {
+        Seen::FirstByte(b'Z', status) => {
+            match progress.pending.checked_sub(1) {
+                Some(left) => progress.pending = left,
+                None if !progress.desynced => {
+                    progress.desynced = true;
+                    tracing::warn!("the server answered more than the proxy counted; its connection stays with this client and closes after it");
+                }
+                None => {}
+            }
+            progress.status = status;
+            progress.copy.over();
+        }
+        Seen::Message(b'E') => progress.copy.over(),
+        Seen::Message(b'G') => {
+            let ignored = progress.copy.started();
+            progress.pending = progress.pending.saturating_sub(ignored);
+        }
+        _ => {}
+    })?;
+    for body in progress.server.take_kept() {
+        progress.note_reported(&body);
     }
     Ok(())
 }
@@ -767,6 +792,38 @@ mod tests {
         // A simple query's COPY: its own ReadyForQuery ends it.
         let (_, mut progress, _) = taken(message(b'Q', b"COPY t FROM STDIN\0"), false);
         assert_eq!(progress.copy.started(), 0);
+    }
+
+    #[test]
+    fn a_copy_the_server_ended_with_an_error_answers_the_syncs_after_it() {
+        let ready = || message(b'Z', b"I");
+        // A simple query's COPY, a bad row: the server ends the copy itself (error, then
+        // ReadyForQuery); the client never sends CopyDone or CopyFail.
+        let (_, mut progress, _) = taken(message(b'Q', b"COPY t FROM STDIN\0"), true);
+        take_out(&mut progress, &message(b'G', &[0, 0, 0])).unwrap();
+        let _ = taken_after(&mut progress, message(b'd', b"not-an-int\n"), true);
+        let failed = [message(b'E', b"SERROR\0C22P02\0\0"), ready()].concat();
+        take_out(&mut progress, &failed).unwrap();
+        assert!(progress.idle());
+        // Its next sync and query: both answered, so the server is busy until the second
+        // ReadyForQuery.
+        let next = [message(b'S', &[]), message(b'Q', b"SELECT pg_sleep(2)\0")].concat();
+        let _ = taken_after(&mut progress, next, true);
+        assert_eq!(progress.pending, 2);
+        take_out(&mut progress, &ready()).unwrap();
+        assert!(!progress.idle(), "the query still runs");
+        take_out(&mut progress, &ready()).unwrap();
+        assert!(progress.idle());
+    }
+
+    #[test]
+    fn a_ready_for_query_nothing_awaited_keeps_the_server_with_its_client() {
+        let (_, mut progress, _) = taken(message(b'Q', b"SELECT 1\0"), true);
+        take_out(&mut progress, &message(b'Z', b"I")).unwrap();
+        assert!(progress.idle());
+        take_out(&mut progress, &message(b'Z', b"I")).unwrap();
+        assert!(progress.desynced);
+        assert!(!progress.idle(), "never between transactions again");
     }
 
     #[test]

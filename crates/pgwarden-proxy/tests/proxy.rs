@@ -21,12 +21,13 @@ const ROLES: &str =
     "      appdb-readonly: { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 24h }
       short: { db_name: appdb, preset: readonly, default_ttl: 3s, max_ttl: 6s }
       rotating: { db_name: appdb, preset: readonly, default_ttl: 9s, max_ttl: 18s }
-      mine: { db_name: appdb, identity_role: true }";
+      mine: { db_name: appdb, identity_role: true }
+      writer: { db_name: appdb, preset: user, default_ttl: 1h, max_ttl: 24h }";
 
 const POLICY: &str = r#"
 grants:
   - subjects: ["system:serviceaccount:team-a:*"]
-    roles: ["database/appdb-readonly", "database/short", "database/rotating", "database/mine"]
+    roles: ["database/appdb-readonly", "database/short", "database/rotating", "database/mine", "database/writer"]
   - subjects: ["group:dba"]
     roles: ["database/appdb-readonly"]
 "#;
@@ -607,6 +608,157 @@ async fn copy_from_stdin_through_the_extended_protocol_gives_its_connection_back
         });
     }
     tasks.join_all().await;
+}
+
+/// A client of the wire protocol by hand, logged in through the proxy.
+struct RawClient(std::net::TcpStream);
+
+impl RawClient {
+    /// Logs in to the proxy at `port` as `role` with `password`, up to its first
+    /// `ReadyForQuery`.
+    fn login(port: u16, role: &str, password: &str) -> RawClient {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream.write_all(&startup_packet(role)).unwrap();
+        let mut client = RawClient(stream);
+        let (tag, _) = client.next();
+        assert_eq!(tag, b'R', "asked for a password");
+        client.send(b'p', &[password.as_bytes(), b"\0"].concat());
+        client.until(b'Z');
+        client
+    }
+
+    fn send(&mut self, tag: u8, body: &[u8]) {
+        self.0.write_all(&raw_message(tag, body)).unwrap();
+    }
+
+    /// The next message: its type and body.
+    fn next(&mut self) -> (u8, Vec<u8>) {
+        let mut header = [0u8; 5];
+        self.0.read_exact(&mut header).unwrap();
+        let len = i32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0; len - 4];
+        self.0.read_exact(&mut body).unwrap();
+        (header[0], body)
+    }
+
+    /// Every message up to and including the next one of type `tag`.
+    fn until(&mut self, tag: u8) -> Vec<(u8, Vec<u8>)> {
+        let mut seen = Vec::new();
+        loop {
+            let message = self.next();
+            let done = message.0 == tag;
+            seen.push(message);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+fn raw_message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut message = vec![tag];
+    message.extend(((body.len() + 4) as i32).to_be_bytes());
+    message.extend(body);
+    message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_the_server_ended_never_hands_a_busy_connection_to_the_next_client() {
+    let w = world("transaction", "").await;
+    let port = w.port();
+    let (token_a, token_b) = (w.token("team-a"), w.token("team-a"));
+    let a = tokio::task::spawn_blocking(move || {
+        let mut a = RawClient::login(port, "writer", &token_a);
+        a.send(
+            b'Q',
+            b"CREATE TEMP TABLE IF NOT EXISTS copied (x int); COPY copied FROM STDIN\0",
+        );
+        a.until(b'G');
+        // A bad row: the server ends the copy itself, with an error and ReadyForQuery; the
+        // client never sends CopyDone or CopyFail.
+        a.send(b'd', b"not-a-number\n");
+        let failed = a.until(b'Z');
+        assert!(failed.iter().any(|(tag, _)| *tag == b'E'), "{failed:?}");
+        // A sync and a slow query in one write: the server answers both.
+        let mut next = raw_message(b'S', &[]);
+        next.extend(raw_message(
+            b'Q',
+            b"SELECT pg_sleep(1); BEGIN; SET LOCAL application_name = 'in-A'; SELECT 'A-secret'\0",
+        ));
+        a.0.write_all(&next).unwrap();
+        let mut answers = a.until(b'Z');
+        answers.extend(a.until(b'Z'));
+        answers
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another client of the same pool, meanwhile: its own answer, outside A's transaction.
+    let b = w.connect("writer", &token_b).await.unwrap();
+    let row = b
+        .query_one("SELECT 'B'::text, current_setting('application_name')", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "B");
+    assert_ne!(
+        row.get::<_, String>(1),
+        "in-A",
+        "B runs outside A's transaction"
+    );
+    let answers = a.await.unwrap();
+    let rows: Vec<String> = answers
+        .iter()
+        .filter(|(tag, _)| *tag == b'D')
+        .map(|(_, body)| String::from_utf8_lossy(body).into_owned())
+        .collect();
+    assert!(
+        rows.iter().any(|row| row.contains("A-secret")),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_token_was_revoked_refuses_its_clients_as_unauthorized() {
+    use pgwarden_client::{Auth, Client};
+    use secrecy::{ExposeSecret, SecretString};
+    let w = world("transaction", "").await;
+    let root = Client::new(
+        &w.broker.base,
+        Auth::Token(SecretString::from(pgwarden_testkit::broker::ROOT_TOKEN)),
+    );
+    let login = root
+        .login_as(
+            "kubernetes",
+            "team-a",
+            SecretString::from(w.token("team-a")),
+        )
+        .await
+        .unwrap();
+    let token = login.client_token.unwrap().expose_secret().to_string();
+    let client = w.connect("appdb-readonly", &token).await.unwrap();
+    assert_eq!(first_value(&client, "SELECT 'in'").await, "in");
+    drop(client);
+    // A logout: the token's leases, the pool's among them, are revoked with it.
+    root.write(
+        "auth/token/revoke-accessor",
+        serde_json::json!({ "accessor": login.accessor }),
+    )
+    .await
+    .unwrap();
+    // Still let in while its identity is cached, but its queries get an authorization
+    // error, not a connection failure that clients retry.
+    let client = w.connect("appdb-readonly", &token).await.unwrap();
+    let error = client.simple_query("SELECT 1").await.unwrap_err();
+    let db = error.as_db_error().unwrap_or_else(|| panic!("{error:?}"));
+    assert_eq!(
+        (db.code().code(), db.message()),
+        (
+            "28000",
+            "system:serviceaccount:team-a:app may not use database/creds/appdb-readonly: \
+             permission denied"
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
