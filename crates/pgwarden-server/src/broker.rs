@@ -525,14 +525,19 @@ impl Broker {
         self.revoke_all(ids).await
     }
 
-    /// Revokes every lease issued to the token with `accessor` (a logout). The token must
-    /// already be gone, so that an issuance racing this call sees it and undoes itself.
-    pub async fn revoke_token_leases(
-        self: &Arc<Self>,
-        accessor: &str,
-    ) -> Result<usize, ServerError> {
-        self.revoke_all(self.store.lease_ids_for_token(accessor).await?)
-            .await
+    /// Revokes the token with `accessor` and every lease issued to it (a logout), to the end
+    /// even if the caller goes away; returns how many leases. The token goes in the write
+    /// that marks its leases `revoking`: should pgwarden stop before dropping their users,
+    /// the next start does, and an issuance racing this either is marked too or finds the
+    /// token gone and undoes itself.
+    pub async fn revoke_token(self: &Arc<Self>, accessor: &str) -> Result<usize, ServerError> {
+        let (broker, accessor) = (self.clone(), accessor.to_string());
+        detached(async move {
+            broker.store.revoke_token(&accessor).await?;
+            let ids = broker.store.lease_ids_for_token(&accessor).await?;
+            broker.revoke_all(ids).await
+        })
+        .await
     }
 
     /// Revokes each of `ids`, [`REVOKE_ALL_CONCURRENCY`] at a time, on a task of its own (so

@@ -87,12 +87,6 @@ impl Tokens {
         Ok(renewal)
     }
 
-    /// Forgets the token with `accessor`.
-    pub async fn revoke(&self, accessor: &str) -> Result<(), ServerError> {
-        self.store.delete_token(accessor).await?;
-        Ok(())
-    }
-
     /// Forgets tokens that have expired.
     pub async fn purge_expired(&self) -> Result<usize, ServerError> {
         Ok(self

@@ -146,6 +146,24 @@ pub(crate) fn audit_from(row: &impl Columns) -> Result<pgwarden_core::AuditRecor
     })
 }
 
+/// The statement that marks `revoking` the leases of the token whose accessor is the
+/// parameter `param`, in the leases table `table` (a rollback for one still pending, a
+/// requested revocation otherwise), leaving those already being revoked as they are.
+pub(crate) fn mark_token_leases(table: &str, param: &str) -> String {
+    use pgwarden_core::{LeaseState, RevokeReason};
+    let (pending, revoking) = (
+        LeaseState::Pending.as_str(),
+        LeaseState::Revoking(RevokeReason::Requested).as_str(),
+    );
+    format!(
+        "UPDATE {table} SET state = '{revoking}', revoke_reason = CASE state WHEN '{pending}' \
+         THEN '{rollback}' ELSE '{requested}' END WHERE token_accessor = {param} \
+         AND state <> '{revoking}'",
+        rollback = RevokeReason::Rollback.as_str(),
+        requested = RevokeReason::Requested.as_str(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -331,6 +331,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Forgets a token; false when there was none.
     async fn delete_token(&self, accessor: &str) -> Result<bool, StoreError>;
+    /// Forgets a token and, in the same write, marks every lease it created that is not being
+    /// revoked yet `revoking` (a rollback for one still pending), so that nothing the token
+    /// left is forgotten should pgwarden stop before revoking them; false when there was no
+    /// such token (its leases are marked all the same).
+    async fn revoke_token(&self, accessor: &str) -> Result<bool, StoreError>;
     /// Every token, for copying the state elsewhere.
     async fn all_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Forgets tokens that ended before `now`; returns how many.

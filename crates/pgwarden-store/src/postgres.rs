@@ -6,8 +6,8 @@
 
 use crate::encoding::{
     AUDIT_COLUMNS, Columns, LEASE_COLUMNS, REQUEST_COLUMNS, STATIC_ROLE_COLUMNS, TOKEN_COLUMNS,
-    audit_from, from_millis, lease_state, millis, request_from, revoke_reason, static_role_from,
-    to_json, version_column,
+    audit_from, from_millis, lease_state, mark_token_leases, millis, request_from, revoke_reason,
+    static_role_from, to_json, version_column,
 };
 use crate::{
     AuditQuery, Durability, Store, StoreError, StoredConnection, StoredRequest, StoredStaticRole,
@@ -759,6 +759,26 @@ impl Store for PostgresStore {
         )
         .await
         .map(|n| n > 0)
+    }
+
+    async fn revoke_token(&self, accessor: &str) -> Result<bool, StoreError> {
+        let mark = mark_token_leases("pgwarden_leases", "$1");
+        within_timeout(&self.pool, async |client| {
+            in_transaction(client, async |client| {
+                let existed = client
+                    .execute(
+                        "DELETE FROM pgwarden_tokens WHERE accessor = $1",
+                        &[&accessor],
+                    )
+                    .await
+                    .map_err(db)?
+                    > 0;
+                client.execute(&mark, &[&accessor]).await.map_err(db)?;
+                Ok(existed)
+            })
+            .await
+        })
+        .await
     }
 
     async fn all_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {

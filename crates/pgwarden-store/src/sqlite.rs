@@ -2,8 +2,8 @@
 
 use crate::encoding::{
     AUDIT_COLUMNS, Columns, LEASE_COLUMNS, REQUEST_COLUMNS, STATIC_ROLE_COLUMNS, TOKEN_COLUMNS,
-    audit_from, from_millis, lease_state, millis, request_from, revoke_reason, static_role_from,
-    to_json, version_column,
+    audit_from, from_millis, lease_state, mark_token_leases, millis, request_from, revoke_reason,
+    static_role_from, to_json, version_column,
 };
 use crate::writer::{BUSY_TIMEOUT, Writer};
 use crate::{
@@ -657,6 +657,22 @@ impl Store for SqliteStore {
                 Ok(c.prepare_cached("DELETE FROM tokens WHERE accessor = ?1")?
                     .execute([accessor])?
                     > 0)
+            })
+            .await
+    }
+
+    async fn revoke_token(&self, accessor: &str) -> Result<bool, StoreError> {
+        let accessor = accessor.to_string();
+        self.writer
+            .write(DURABLE, move |c| {
+                // One job: its savepoint makes the two statements one change.
+                let existed = c
+                    .prepare_cached("DELETE FROM tokens WHERE accessor = ?1")?
+                    .execute([&accessor])?
+                    > 0;
+                c.prepare_cached(&mark_token_leases("leases", "?1"))?
+                    .execute([&accessor])?;
+                Ok(existed)
             })
             .await
     }

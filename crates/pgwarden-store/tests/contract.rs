@@ -270,6 +270,84 @@ async fn tokens_round_trip_and_find_their_leases(open: Opener<'_>) {
     assert!(!store.delete_token("acc1").await.unwrap());
 }
 
+async fn a_revoked_token_leaves_its_leases_marked_for_revocation(open: Opener<'_>) {
+    let store = open().await;
+    let t0 = datetime!(2026-11-22 10:00:00 UTC);
+    let token = |accessor: &str| TokenRecord {
+        accessor: accessor.into(),
+        hash: format!("hash-{accessor}"),
+        identity: Identity {
+            subject: "user:ola".into(),
+            groups: Vec::new(),
+            display_name: "jwt-ola".into(),
+            metadata: Default::default(),
+            subject_prefix: String::new(),
+        },
+        mount: "jwt".into(),
+        role: "people".into(),
+        issued_at: t0,
+        expires_at: t0 + std::time::Duration::from_secs(60),
+        max_expires_at: t0 + std::time::Duration::from_secs(600),
+        ttl: Ttl::from_secs(60),
+    };
+    let lease_of = |accessor: &str, username: &str| {
+        let owner = Owner {
+            display_name: "jwt-ola".into(),
+            subject: "user:ola".into(),
+            token_accessor: Some(accessor.into()),
+        };
+        Lease::new_pending(
+            "database",
+            &role(),
+            username.into(),
+            owner,
+            Ttl::default(),
+            t0,
+        )
+    };
+    store.insert_token(&token("out")).await.unwrap();
+    store.insert_token(&token("kept")).await.unwrap();
+    let (pending, mut active, mut failing, other) = (
+        lease_of("out", "pending"),
+        lease_of("out", "active"),
+        lease_of("out", "failing"),
+        lease_of("kept", "other"),
+    );
+    for lease in [&pending, &active, &failing, &other] {
+        store.insert_lease(lease).await.unwrap();
+    }
+    active.state = LeaseState::Active;
+    failing.state = LeaseState::Revoking(RevokeReason::Expired);
+    for lease in [&active, &failing] {
+        assert!(
+            store
+                .update_lease(lease, LeaseState::Pending, Durability::Synced)
+                .await
+                .unwrap()
+        );
+    }
+    assert!(store.revoke_token("out").await.unwrap());
+    assert_eq!(store.token_by_hash("hash-out").await.unwrap(), None);
+    let state = async |lease: &Lease| store.get_lease(&lease.id).await.unwrap().unwrap().state;
+    assert_eq!(
+        state(&pending).await,
+        LeaseState::Revoking(RevokeReason::Rollback),
+        "still being issued: rolled back"
+    );
+    assert_eq!(
+        state(&active).await,
+        LeaseState::Revoking(RevokeReason::Requested)
+    );
+    assert_eq!(
+        state(&failing).await,
+        LeaseState::Revoking(RevokeReason::Expired),
+        "a revocation under way keeps its reason"
+    );
+    assert_eq!(state(&other).await, LeaseState::Pending, "another token's");
+    assert!(store.token_by_hash("hash-kept").await.unwrap().is_some());
+    assert!(!store.revoke_token("out").await.unwrap(), "gone already");
+}
+
 async fn concurrent_writes_commit_together_and_a_failing_one_fails_alone(open: Opener<'_>) {
     let store = open().await;
     let t0 = datetime!(2026-11-22 10:00:00 UTC);
@@ -600,6 +678,7 @@ where
 {
     leases_survive_reopening(&fresh().await).await;
     tokens_round_trip_and_find_their_leases(&fresh().await).await;
+    a_revoked_token_leaves_its_leases_marked_for_revocation(&fresh().await).await;
     concurrent_writes_commit_together_and_a_failing_one_fails_alone(&fresh().await).await;
     prefix_matching_is_literal(&fresh().await).await;
     roles_and_connections_round_trip(&fresh().await).await;

@@ -156,8 +156,7 @@ pub async fn renew_self(
 
 /// Revokes a token and every lease it created (a logout).
 async fn revoke_token(state: &AppState, accessor: &str) -> Result<StatusCode, ServerError> {
-    state.tokens.revoke(accessor).await?;
-    let leases = state.broker.revoke_token_leases(accessor).await?;
+    let leases = state.broker.revoke_token(accessor).await?;
     tracing::info!(target: "pgwarden::audit", accessor, leases, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }
