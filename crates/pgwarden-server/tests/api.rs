@@ -459,6 +459,27 @@ async fn bad_input_gets_precise_errors_and_changes_nothing() {
         ),
         (
             "PUT",
+            "sys/leases/lookup",
+            Some(json!({"lease_id": ""})),
+            400,
+            json!({"errors": ["lease_id is required"]}),
+        ),
+        (
+            "PUT",
+            "sys/leases/lookup",
+            Some(json!({"lease_id": "x\n"})),
+            400,
+            json!({"errors": ["lease_id contains a control character"]}),
+        ),
+        (
+            "PUT",
+            "sys/leases/renew/%ff%fe",
+            None,
+            400,
+            json!({"errors": ["invalid request path: Invalid URL: Invalid UTF-8 in `path`"]}),
+        ),
+        (
+            "PUT",
             "sys/leases/renew",
             Some(json!({"lease_id": "x", "increment": "soon"})),
             400,

@@ -89,7 +89,8 @@ pub async fn lookup(
     caller: &Caller,
     body: LookupBody,
 ) -> Result<Json<SecretResponse<LeaseLookup>>, ServerError> {
-    let lease = owned_lease(state, caller, &body.lease_id).await?;
+    let id = lease_id(None, Some(body.lease_id))?;
+    let lease = owned_lease(state, caller, &id).await?;
     let now = time::OffsetDateTime::now_utc();
     Ok(respond::ok(LeaseLookup {
         renewable: lease.state == LeaseState::Active && now < lease.max_expires_at,

@@ -29,6 +29,7 @@ use crate::policy::PolicyHolder;
 use crate::tokens::Tokens;
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
@@ -140,12 +141,27 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn v1(
     State(state): State<Arc<AppState>>,
     method: Method,
-    Path(path): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let response = match admit(&method, &path, &query, body).await {
+    // Axum's refusal of a path that is not UTF-8 once decoded answers in Vault's error shape,
+    // like every other.
+    let (path, admitted) = match path {
+        Ok(Path(path)) => {
+            let admitted = admit(&method, &path, &query, body).await;
+            (path, admitted)
+        }
+        Err(rejection) => (
+            String::new(),
+            Err(ServerError::BadRequest(format!(
+                "invalid request path: {}",
+                rejection.body_text()
+            ))),
+        ),
+    };
+    let response = match admitted {
         Ok((op, body)) => serve_in_turn(&state, &method, &path, query, headers, op, body).await,
         Err(error) => Err(error),
     }
