@@ -48,7 +48,7 @@ fn default_grace() -> Duration {
 }
 
 fn default_check_interval() -> Duration {
-    Duration::from_secs(30)
+    pgwarden_client::CHECK_INTERVAL
 }
 
 /// A duration in the broker's grammar ([`Ttl`]: seconds, `30s`, `5m`, `1h30m`, …).
@@ -391,7 +391,7 @@ credentials:
         .unwrap();
         assert_eq!(config.listen, default_listen());
         assert_eq!(config.grace_period, Duration::from_secs(30));
-        assert_eq!(config.check_interval, Duration::from_secs(30));
+        assert_eq!(config.check_interval, Duration::from_secs(300));
         assert!(!config.revoke_on_shutdown);
         assert!(
             matches!(config.auth, Some(AuthConfig::Kubernetes { ref mount, ref token_file, .. })

@@ -73,4 +73,31 @@ impl ClientError {
     pub fn is_unknown_lease(&self) -> bool {
         matches!(self, ClientError::Api { status: 400, .. })
     }
+
+    /// True when the answer says the lease is not found (pgwarden's `lease "…" not found`,
+    /// Vault's `invalid lease`), not merely that the request was bad.
+    pub fn is_lease_not_found(&self) -> bool {
+        matches!(self, ClientError::Api { status: 400, message, .. }
+            if message.contains("not found") || message.contains("invalid lease"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unknown_lease_is_not_found() {
+        let answer = |status, message: &str| ClientError::Api {
+            what: "lookup x".into(),
+            status,
+            message: message.into(),
+        };
+        let gone = "lease \"x\" not found (it may have expired or been revoked)";
+        assert!(answer(400, gone).is_lease_not_found());
+        assert!(answer(400, "invalid lease").is_lease_not_found());
+        assert!(!answer(400, "lease_id is required").is_lease_not_found());
+        assert!(!answer(404, gone).is_lease_not_found());
+        assert!(answer(400, "lease_id is required").is_unknown_lease());
+    }
 }

@@ -18,5 +18,7 @@ mod requests;
 pub use api::{Auth, Client, Credential, LeaseInfo, Renewal};
 pub use error::ClientError;
 pub use pool::pool;
-pub use provider::{CredentialProvider, Current, ProviderOptions, instant_after, revoke_after};
+pub use provider::{
+    CHECK_INTERVAL, CredentialProvider, Current, ProviderOptions, instant_after, revoke_after,
+};
 pub use requests::AuditQuery;

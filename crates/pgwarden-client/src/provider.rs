@@ -13,6 +13,13 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+/// Longest wait for a look-up's answer: a slow pgwarden must not hold up a renewal.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a provider looks its lease up between renewals by default: each look-up is an
+/// API request, with its audit record, per credential.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(300);
+
 /// Tuning of a [`CredentialProvider`].
 #[derive(Debug, Clone, Copy)]
 pub struct ProviderOptions {
@@ -34,7 +41,7 @@ impl Default for ProviderOptions {
             grace: Duration::from_secs(30),
             revoke_replaced: true,
             max_backoff: Duration::from_secs(30),
-            check_interval: Some(Duration::from_secs(30)),
+            check_interval: Some(CHECK_INTERVAL),
         }
     }
 }
@@ -180,20 +187,29 @@ impl Shared {
         instant_after(Instant::now(), two_thirds(left))
     }
 
-    /// When to look the lease up next (far away when checks are off).
+    /// When to look the lease up next (far away when checks are off, or set to zero).
     fn next_check_at(&self) -> Instant {
-        const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-        instant_after(Instant::now(), self.options.check_interval.unwrap_or(NEVER))
+        let interval = self.options.check_interval.filter(|i| !i.is_zero());
+        instant_after(Instant::now(), interval.unwrap_or(Duration::MAX))
     }
 
-    /// The generation of the current credential if pgwarden says its lease is gone or being
-    /// revoked. Any other answer, or none, leaves it to the next renewal.
+    /// The generation of the current credential if pgwarden says its lease is unknown or
+    /// being revoked. Any other answer, or none within [`LOOKUP_TIMEOUT`], leaves it to the
+    /// next renewal.
     async fn revoked_generation(&self) -> Option<u64> {
         let current = self.current.borrow().clone();
         let lease_id = &current.credential.lease_id;
-        let gone = match self.client.lease_lookup(lease_id).await {
-            Ok(lookup) => lookup.state == "revoking",
-            Err(error) => error.is_unknown_lease(),
+        let lookup = tokio::time::timeout(LOOKUP_TIMEOUT, self.client.lease_lookup(lease_id));
+        let gone = match lookup.await {
+            Ok(Ok(lookup)) => lookup.state == "revoking",
+            Ok(Err(error)) if error.is_lease_not_found() => true,
+            Ok(Err(error)) => {
+                if !error.is_transient() {
+                    tracing::warn!(path = %self.path, %lease_id, %error, "looking the lease up failed; its next renewal will tell whether it stands");
+                }
+                false
+            }
+            Err(_) => false,
         };
         if !gone {
             return None;
@@ -214,6 +230,10 @@ impl Shared {
                 _ = tokio::time::sleep_until(due) => {}
                 _ = tokio::time::sleep_until(check_at) => {
                     check_at = self.next_check_at();
+                    // While renewals fail, their retries already ask pgwarden.
+                    if failures > 0 {
+                        continue;
+                    }
                     if let Some(generation) = self.revoked_generation().await {
                         revoked = Some(generation);
                         due = self.next_step_at(revoked);

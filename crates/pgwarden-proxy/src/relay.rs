@@ -66,8 +66,7 @@ struct Progress {
     terminated: bool,
     /// Where a `COPY … FROM STDIN` stands.
     copy: CopyIn,
-    /// A `ReadyForQuery` came that nothing counted was waiting for: what the server still
-    /// has to answer is unknown, so its connection stays with this client and then closes.
+    /// What the server still has to answer is unknown (see [`Progress::desync`]).
     desynced: bool,
     /// Settings the server reported (`ParameterStatus`: the client ran `SET client_encoding`,
     /// `SET LOCAL TimeZone`, …) since the connection was taken from the pool, last value of
@@ -88,6 +87,9 @@ struct CopyIn {
     ended: bool,
     /// Syncs found to be ignored, not yet told to the statement tracker.
     ignored: usize,
+    /// A sync came while copying in: ignored if the copy succeeds, answered if a row before
+    /// it failed, which the proxy cannot tell until the copy ends.
+    uncertain: bool,
 }
 
 impl CopyIn {
@@ -95,6 +97,7 @@ impl CopyIn {
     fn answered(&mut self) -> bool {
         if self.active {
             self.ignored += 1;
+            self.uncertain = true;
             return false;
         }
         if !self.ended {
@@ -121,14 +124,33 @@ impl CopyIn {
         std::mem::take(&mut self.syncs)
     }
 
-    /// The server left copy-in mode by itself: an error (a bad row, say) or `ReadyForQuery`.
-    /// It answers the syncs that follow, whether or not the client ends the copy.
-    fn over(&mut self) {
+    /// The server sent an error: a copy in progress is over (a bad row, say), and the syncs
+    /// the server reads after it are answered. Returns whether syncs counted as ignored may
+    /// have been among them.
+    fn failed(&mut self) -> bool {
         self.active = false;
+        self.uncertain
+    }
+
+    /// The server is ready for the next command: no copy is in progress.
+    fn ready(&mut self) {
+        (self.active, self.uncertain) = (false, false);
     }
 }
 
 impl Progress {
+    /// The proxy lost count of what the server still has to answer (a `ReadyForQuery` came
+    /// that nothing awaited, or a copy failed after syncs it may or may not answer): the
+    /// connection stays with this client and is closed after it, never handed on.
+    fn desync(&mut self) {
+        if !self.desynced {
+            self.desynced = true;
+            tracing::warn!(
+                "the proxy lost count of the server's answers; its connection stays with this client and closes after it"
+            );
+        }
+    }
+
     /// Takes note of a `ParameterStatus` body (`name\0value\0`).
     fn note_reported(&mut self, body: &[u8]) {
         let mut parts = body
@@ -171,6 +193,7 @@ impl Progress {
     fn idle(&self) -> bool {
         self.pending == 0
             && !self.desynced
+            && !self.copy.active
             && !self.unsynced
             && self.status == b'I'
             && self.client.at_boundary()
@@ -581,26 +604,26 @@ fn take_in(buf: &mut Pending, progress: &mut Progress, rules: Rules) -> Result<(
 /// Walks what the server sent (`bytes`, about to be passed on): counts the `ReadyForQuery`
 /// messages awaited, follows `COPY … FROM STDIN`, keeps the settings it reported.
 fn take_out(progress: &mut Progress, bytes: &[u8]) -> Result<(), BadLength> {
+    let mut lost_count = false;
     progress.server.walk(bytes, |seen| match seen {
         Seen::FirstByte(b'Z', status) => {
             match progress.pending.checked_sub(1) {
                 Some(left) => progress.pending = left,
-                None if !progress.desynced => {
-                    progress.desynced = true;
-                    tracing::warn!("the server answered more than the proxy counted; its connection stays with this client and closes after it");
-                }
-                None => {}
+                None => lost_count = true,
             }
             progress.status = status;
-            progress.copy.over();
+            progress.copy.ready();
         }
-        Seen::Message(b'E') => progress.copy.over(),
+        Seen::Message(b'E') => lost_count |= progress.copy.failed(),
         Seen::Message(b'G') => {
             let ignored = progress.copy.started();
             progress.pending = progress.pending.saturating_sub(ignored);
         }
         _ => {}
     })?;
+    if lost_count {
+        progress.desync();
+    }
     for body in progress.server.take_kept() {
         progress.note_reported(&body);
     }
@@ -813,6 +836,54 @@ mod tests {
         take_out(&mut progress, &ready()).unwrap();
         assert!(!progress.idle(), "the query still runs");
         take_out(&mut progress, &ready()).unwrap();
+        assert!(progress.idle());
+    }
+
+    #[test]
+    fn a_connection_copying_in_is_not_between_transactions() {
+        let (execute, sync) = (message(b'E', &[0, 0, 0, 0, 0]), message(b'S', &[]));
+        // Outside a transaction, through the extended protocol: the sync after Execute is
+        // ignored, so nothing is pending once the server copies in, yet it is busy.
+        let (_, mut progress, _) = taken([execute, sync.clone()].concat(), true);
+        take_out(&mut progress, &message(b'G', &[0, 0, 0])).unwrap();
+        assert_eq!(progress.pending, 0);
+        assert!(!progress.idle(), "copying in");
+        let end = [message(b'd', b"1\n"), message(b'c', &[]), sync].concat();
+        let _ = taken_after(&mut progress, end, true);
+        take_out(
+            &mut progress,
+            &[message(b'C', b"COPY 1\0"), message(b'Z', b"I")].concat(),
+        )
+        .unwrap();
+        assert!(progress.idle());
+    }
+
+    #[test]
+    fn a_copy_that_fails_after_a_sync_sent_during_it_loses_count() {
+        let copy = || message(b'Q', b"COPY t FROM STDIN\0");
+        let (sync, ready) = (message(b'S', &[]), message(b'Z', b"I"));
+        // A sync pipelined behind a bad row: the server answers it, or ignores it had the
+        // row been good. The failure tells which, so the count is given up.
+        let (_, mut progress, _) = taken(copy(), true);
+        take_out(&mut progress, &message(b'G', &[0, 0, 0])).unwrap();
+        let pipelined = [
+            message(b'd', b"not-a-number\n"),
+            sync.clone(),
+            message(b'Q', b"SELECT pg_sleep(2)\0"),
+        ];
+        let _ = taken_after(&mut progress, pipelined.concat(), true);
+        let failed = [message(b'E', b"SERROR\0C22P02\0\0"), ready.clone()];
+        take_out(&mut progress, &failed.concat()).unwrap();
+        take_out(&mut progress, &ready).unwrap();
+        assert!(progress.desynced);
+        assert!(!progress.idle(), "kept with its client");
+        // The same sync in a copy that succeeds was ignored: the count holds.
+        let (_, mut progress, _) = taken(copy(), true);
+        take_out(&mut progress, &message(b'G', &[0, 0, 0])).unwrap();
+        let good = [message(b'd', b"1\n"), sync, message(b'c', &[])];
+        let _ = taken_after(&mut progress, good.concat(), true);
+        take_out(&mut progress, &[message(b'C', b"COPY 1\0"), ready].concat()).unwrap();
+        assert!(!progress.desynced);
         assert!(progress.idle());
     }
 

@@ -668,8 +668,20 @@ fn raw_message(tag: u8, body: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_the_server_ended_never_hands_a_busy_connection_to_the_next_client() {
     let w = world("transaction", "").await;
+    for pipelined in [false, true] {
+        a_failed_copy_then_another_client(&w, pipelined).await;
+    }
+}
+
+/// Client A copies a bad row in, so the server ends the copy itself (an error, then
+/// ReadyForQuery; A never sends CopyDone or CopyFail), then sends a sync and a slow query
+/// that opens a transaction: after the failure's answer, or `pipelined` behind the bad row.
+/// Meanwhile client B of the same pool must get its own answer, outside A's transaction, and
+/// A all of its own.
+async fn a_failed_copy_then_another_client(w: &World, pipelined: bool) {
     let port = w.port();
     let (token_a, token_b) = (w.token("team-a"), w.token("team-a"));
+    let (sent, a_has_sent) = tokio::sync::oneshot::channel();
     let a = tokio::task::spawn_blocking(move || {
         let mut a = RawClient::login(port, "writer", &token_a);
         a.send(
@@ -677,34 +689,39 @@ async fn a_copy_the_server_ended_never_hands_a_busy_connection_to_the_next_clien
             b"CREATE TEMP TABLE IF NOT EXISTS copied (x int); COPY copied FROM STDIN\0",
         );
         a.until(b'G');
-        // A bad row: the server ends the copy itself, with an error and ReadyForQuery; the
-        // client never sends CopyDone or CopyFail.
-        a.send(b'd', b"not-a-number\n");
-        let failed = a.until(b'Z');
-        assert!(failed.iter().any(|(tag, _)| *tag == b'E'), "{failed:?}");
-        // A sync and a slow query in one write: the server answers both.
+        let bad_row = raw_message(b'd', b"not-a-number\n");
         let mut next = raw_message(b'S', &[]);
         next.extend(raw_message(
             b'Q',
             b"SELECT pg_sleep(1); BEGIN; SET LOCAL application_name = 'in-A'; SELECT 'A-secret'\0",
         ));
-        a.0.write_all(&next).unwrap();
-        let mut answers = a.until(b'Z');
+        let mut answers = if pipelined {
+            a.0.write_all(&[bad_row, next].concat()).unwrap();
+            a.until(b'Z')
+        } else {
+            a.0.write_all(&bad_row).unwrap();
+            let failed = a.until(b'Z');
+            a.0.write_all(&next).unwrap();
+            failed
+        };
+        let _ = sent.send(());
+        assert!(answers.iter().any(|(tag, _)| *tag == b'E'), "{answers:?}");
+        // The sync's ReadyForQuery, then the query's.
+        answers.extend(a.until(b'Z'));
         answers.extend(a.until(b'Z'));
         answers
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Another client of the same pool, meanwhile: its own answer, outside A's transaction.
+    a_has_sent.await.unwrap();
     let b = w.connect("writer", &token_b).await.unwrap();
     let row = b
         .query_one("SELECT 'B'::text, current_setting('application_name')", &[])
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), "B");
+    assert_eq!(row.get::<_, String>(0), "B", "pipelined: {pipelined}");
     assert_ne!(
         row.get::<_, String>(1),
         "in-A",
-        "B runs outside A's transaction"
+        "B runs outside A's transaction (pipelined: {pipelined})"
     );
     let answers = a.await.unwrap();
     let rows: Vec<String> = answers
@@ -714,7 +731,7 @@ async fn a_copy_the_server_ended_never_hands_a_busy_connection_to_the_next_clien
         .collect();
     assert!(
         rows.iter().any(|row| row.contains("A-secret")),
-        "{answers:?}"
+        "pipelined: {pipelined}: {answers:?}"
     );
 }
 
@@ -759,6 +776,56 @@ async fn a_pool_whose_token_was_revoked_refuses_its_clients_as_unauthorized() {
              permission denied"
         )
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_copy_outside_a_transaction_keeps_its_connection_to_its_end() {
+    let w = world("transaction", "").await;
+    let admin = w
+        .cluster
+        .connect_as(
+            pgwarden_testkit::APP_ADMIN,
+            pgwarden_testkit::APP_ADMIN_PASSWORD,
+            "appdb",
+        )
+        .await
+        .unwrap();
+    // Made by pgwarden's administrator: the writer preset's grants extend to it.
+    admin
+        .batch_execute("CREATE TABLE copied_rows (x int)")
+        .await
+        .unwrap();
+    let token = w.token("team-a");
+    // Six clients on three server connections, each copying in autocommit (no transaction
+    // holds the connection): each copy's connection must stay its own until the copy ends.
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..6 {
+        let client = w.connect("writer", &token).await.unwrap();
+        tasks.spawn(async move {
+            use futures::SinkExt;
+            for round in 0..5 {
+                let sink = client.copy_in("COPY copied_rows FROM STDIN").await.unwrap();
+                let mut sink = std::pin::pin!(sink);
+                sink.send(bytes::Bytes::from_static(b"1\n2\n3\n"))
+                    .await
+                    .unwrap();
+                let rows = sink
+                    .finish()
+                    .await
+                    .unwrap_or_else(|e| panic!("client {n}, round {round}: {e:?}"));
+                assert_eq!(rows, 3);
+            }
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(60), tasks.join_all())
+        .await
+        .expect("every copy ends");
+    let copied: i64 = admin
+        .query_one("SELECT count(*) FROM copied_rows", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(copied, 6 * 5 * 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,6 +108,13 @@ fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+/// The refusal of an issuance whose token was revoked while it ran.
+fn token_revoked_meanwhile() -> ServerError {
+    ServerError::Forbidden(
+        "the token was revoked while the credential was being issued; nothing was issued".into(),
+    )
+}
+
 fn not_found(id: &str) -> ServerError {
     ServerError::BadRequest(format!(
         "lease {id:?} not found (it may have expired or been revoked)"
@@ -382,17 +389,12 @@ impl Broker {
             }
             return Err(error.into());
         }
-        if let Some(accessor) = &lease.owner.token_accessor
-            && self.store.token_by_accessor(accessor).await?.is_none()
-        {
+        if self.token_gone(&lease).await? {
             // The token was revoked after this lease was recorded but before its revocation
-            // listed the token's leases: this issuance must not outlive it.
+            // marked the token's leases: this issuance must not outlive it.
             self.metrics.issue_failures.inc();
             let _ = self.revoke_locked(&lease.id, Why::Requested, None).await;
-            return Err(ServerError::Forbidden(
-                "the token was revoked while the credential was being issued; nothing was issued"
-                    .into(),
-            ));
+            return Err(token_revoked_meanwhile());
         }
         lease.state = LeaseState::Active;
         match self
@@ -407,6 +409,10 @@ impl Broker {
                 self.metrics.issue_failures.inc();
                 if let Err(error) = target.rollback_user(&lease.role, &lease.username).await {
                     tracing::error!(lease_id = %lease.id, username = %lease.username, error = %chain(&error), "dropping the user of a lease revoked during issuance failed; the orphan sweep will drop it");
+                }
+                if self.token_gone(&lease).await? {
+                    // Its token's revocation marked it.
+                    return Err(token_revoked_meanwhile());
                 }
                 return Err(ServerError::Conflict(format!(
                     "lease {:?} was revoked while it was being issued; its user was dropped",
@@ -426,6 +432,14 @@ impl Broker {
             lease,
             password: password.password().clone(),
             endpoint: target.endpoint(),
+        })
+    }
+
+    /// Whether `lease` was issued with a token that has been revoked since.
+    async fn token_gone(&self, lease: &Lease) -> Result<bool, ServerError> {
+        Ok(match &lease.owner.token_accessor {
+            Some(accessor) => self.store.token_by_accessor(accessor).await?.is_none(),
+            None => false,
         })
     }
 
@@ -533,8 +547,11 @@ impl Broker {
     pub async fn revoke_token(self: &Arc<Self>, accessor: &str) -> Result<usize, ServerError> {
         let (broker, accessor) = (self.clone(), accessor.to_string());
         detached(async move {
-            broker.store.revoke_token(&accessor).await?;
-            let ids = broker.store.lease_ids_for_token(&accessor).await?;
+            let ids = broker.store.revoke_token(&accessor).await?;
+            // Due now: should a revocation below fail, the reaper keeps at it.
+            for id in &ids {
+                broker.schedule.set(id, now());
+            }
             broker.revoke_all(ids).await
         })
         .await
@@ -580,14 +597,7 @@ impl Broker {
                  (sys/leases/revoke-prefix/{mount}/creds/<role>) or let them expire"
             )));
         }
-        let static_roles: Vec<String> = self
-            .store
-            .static_roles()
-            .await?
-            .into_iter()
-            .filter(|role| role.mount == mount && role.def.db_name == name)
-            .map(|role| role.def.name)
-            .collect();
+        let static_roles = self.catalog.static_roles_using(mount, name).await?;
         if !static_roles.is_empty() {
             return Err(ServerError::Conflict(format!(
                 "connection {name:?} is used by static role(s) {}; delete them first",

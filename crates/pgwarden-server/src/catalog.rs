@@ -503,9 +503,16 @@ impl Catalog {
             ensure_writable(&m.connections, "connection", name)?;
             Ok(m.connections.get(name).map(|entry| entry.def.clone()))
         })?;
+        let previous_server = previous
+            .as_ref()
+            .and_then(|def| Target::new(def).ok())
+            .map(|target| target.server());
         let def = connection_def(name, write, previous)?;
         let sealer = self.sealer()?;
         let target = Target::new(&def)?;
+        if previous_server.is_some_and(|server| server != target.server()) {
+            self.refuse_moving_static_roles(mount, name).await?;
+        }
         if def.verify_connection {
             target.verify().await.map_err(|e| {
                 ServerError::BadRequest(format!(
@@ -532,6 +539,37 @@ impl Catalog {
             |m| m.add_connection(def, Source::Api, target),
         )
         .await
+    }
+
+    /// Refuses (409) to point connection `name` at another server while static roles use
+    /// it: each manages a user of the server it was defined on (and one user has one static
+    /// role per server).
+    async fn refuse_moving_static_roles(&self, mount: &str, name: &str) -> Result<(), ServerError> {
+        let using = self.static_roles_using(mount, name).await?;
+        if using.is_empty() {
+            return Ok(());
+        }
+        Err(ServerError::Conflict(format!(
+            "connection {name:?} is used by static role(s) {}; its hosts cannot change while \
+             they manage users there: delete them first",
+            using.join(", ")
+        )))
+    }
+
+    /// Names of the static roles of connection `name` in `mount`.
+    pub async fn static_roles_using(
+        &self,
+        mount: &str,
+        name: &str,
+    ) -> Result<Vec<String>, ServerError> {
+        Ok(self
+            .store
+            .static_roles()
+            .await?
+            .into_iter()
+            .filter(|role| role.mount == mount && role.def.db_name == name)
+            .map(|role| role.def.name)
+            .collect())
     }
 
     /// Deletes an API connection (missing is not an error).

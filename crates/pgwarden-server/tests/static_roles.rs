@@ -327,6 +327,39 @@ async fn bad_static_roles_get_exact_errors() {
             env.cluster.port()
         )
     );
+    // A connection whose static roles manage users on its server cannot move to another.
+    env.cluster
+        .create_static_user("other app", FIRST_PASSWORD)
+        .await
+        .unwrap();
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/static-roles/other",
+            Some(json!({"db_name": "postgres-db", "username": "other app", "rotation_period": 60})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let elsewhere = env
+        .cluster
+        .templated_url("postgres")
+        .replace("127.0.0.1", "localhost");
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/config/postgres-db",
+            Some(
+                json!({ "connection_url": elsewhere, "username": common::ADMIN,
+                "password": common::ADMIN_PW, "allowed_roles": "*" }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        body["errors"][0],
+        "connection \"postgres-db\" is used by static role(s) other; its hosts cannot change \
+         while they manage users there: delete them first"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,9 +333,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_token(&self, accessor: &str) -> Result<bool, StoreError>;
     /// Forgets a token and, in the same write, marks every lease it created that is not being
     /// revoked yet `revoking` (a rollback for one still pending), so that nothing the token
-    /// left is forgotten should pgwarden stop before revoking them; false when there was no
-    /// such token (its leases are marked all the same).
-    async fn revoke_token(&self, accessor: &str) -> Result<bool, StoreError>;
+    /// left is forgotten should pgwarden stop before revoking them; returns the ids of all the
+    /// token's leases, by id.
+    async fn revoke_token(&self, accessor: &str) -> Result<Vec<String>, StoreError>;
     /// Every token, for copying the state elsewhere.
     async fn all_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Forgets tokens that ended before `now`; returns how many.

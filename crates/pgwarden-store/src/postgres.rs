@@ -473,6 +473,10 @@ async fn in_transaction<T>(
     }
 }
 
+/// The ids of the leases of the token whose accessor is `$1`, in order.
+const TOKEN_LEASE_IDS: &str =
+    "SELECT id FROM pgwarden_leases WHERE token_accessor = $1 ORDER BY id COLLATE \"C\"";
+
 fn ids(rows: &[Row]) -> Vec<String> {
     rows.iter().map(|row| row.get("id")).collect()
 }
@@ -564,12 +568,7 @@ impl Store for PostgresStore {
     }
 
     async fn lease_ids_for_token(&self, accessor: &str) -> Result<Vec<String>, StoreError> {
-        let rows = self
-            .query(
-                "SELECT id FROM pgwarden_leases WHERE token_accessor = $1 ORDER BY id COLLATE \"C\"",
-                &[&accessor],
-            )
-            .await?;
+        let rows = self.query(TOKEN_LEASE_IDS, &[&accessor]).await?;
         Ok(ids(&rows))
     }
 
@@ -761,20 +760,23 @@ impl Store for PostgresStore {
         .map(|n| n > 0)
     }
 
-    async fn revoke_token(&self, accessor: &str) -> Result<bool, StoreError> {
+    async fn revoke_token(&self, accessor: &str) -> Result<Vec<String>, StoreError> {
         let mark = mark_token_leases("pgwarden_leases", "$1");
         within_timeout(&self.pool, async |client| {
             in_transaction(client, async |client| {
-                let existed = client
+                client
                     .execute(
                         "DELETE FROM pgwarden_tokens WHERE accessor = $1",
                         &[&accessor],
                     )
                     .await
-                    .map_err(db)?
-                    > 0;
+                    .map_err(db)?;
                 client.execute(&mark, &[&accessor]).await.map_err(db)?;
-                Ok(existed)
+                let rows = client
+                    .query(TOKEN_LEASE_IDS, &[&accessor])
+                    .await
+                    .map_err(db)?;
+                Ok(ids(&rows))
             })
             .await
         })

@@ -357,6 +357,9 @@ const DUE_LEASES: &str = "SELECT id FROM leases WHERE (state = 'active' AND expi
 
 /// Durable writes: a new lease must survive power loss, or a committed user could go
 /// untracked; so must tokens, definitions and failed revocations.
+/// The ids of the leases of the token whose accessor is `?1`, in order.
+const TOKEN_LEASE_IDS: &str = "SELECT id FROM leases WHERE token_accessor = ?1 ORDER BY id";
+
 const DURABLE: bool = true;
 /// Writes whose loss in a power cut errs on the safe side: an activation or renewal lost ends
 /// a credential early; a deletion lost makes the revocation run again, finding the user gone.
@@ -462,8 +465,7 @@ impl Store for SqliteStore {
 
     async fn lease_ids_for_token(&self, accessor: &str) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT id FROM leases WHERE token_accessor = ?1 ORDER BY id")?;
+            let mut stmt = c.prepare_cached(TOKEN_LEASE_IDS)?;
             let ids = stmt
                 .query_map([accessor], |row| row.get("id"))?
                 .collect::<Result<_, _>>()?;
@@ -661,18 +663,20 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn revoke_token(&self, accessor: &str) -> Result<bool, StoreError> {
+    async fn revoke_token(&self, accessor: &str) -> Result<Vec<String>, StoreError> {
         let accessor = accessor.to_string();
         self.writer
             .write(DURABLE, move |c| {
-                // One job: its savepoint makes the two statements one change.
-                let existed = c
-                    .prepare_cached("DELETE FROM tokens WHERE accessor = ?1")?
-                    .execute([&accessor])?
-                    > 0;
+                // One job: its savepoint makes the statements one change.
+                c.prepare_cached("DELETE FROM tokens WHERE accessor = ?1")?
+                    .execute([&accessor])?;
                 c.prepare_cached(&mark_token_leases("leases", "?1"))?
                     .execute([&accessor])?;
-                Ok(existed)
+                let mut stmt = c.prepare_cached(TOKEN_LEASE_IDS)?;
+                let ids = stmt
+                    .query_map([&accessor], |row| row.get("id"))?
+                    .collect::<Result<_, _>>()?;
+                Ok(ids)
             })
             .await
     }

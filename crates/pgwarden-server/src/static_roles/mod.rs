@@ -39,6 +39,9 @@ pub struct StaticRoles {
     file_defined: parking_lot::Mutex<HashSet<String>>,
     /// Pending passwords the leader has seen, with the role's version and since when.
     pending_since: parking_lot::Mutex<HashMap<String, (u64, Instant)>>,
+    /// Held while a definition is checked and stored (after its role's lock): two
+    /// definitions of different roles for one user cannot both pass the check.
+    defining: tokio::sync::Mutex<()>,
 }
 
 /// `<mount>/static-roles/<name>`, as roles are named in errors, locks and the audit log.
@@ -75,6 +78,7 @@ impl StaticRoles {
             locks: Default::default(),
             retry_at: Default::default(),
             file_defined: Default::default(),
+            defining: Default::default(),
             pending_since: Default::default(),
         }
     }
@@ -182,6 +186,7 @@ impl StaticRoles {
                 def.db_name
             )));
         }
+        let _one_at_a_time = self.defining.lock().await;
         let stored = self.store.static_roles().await?;
         let server = self.catalog.target(mount, &def.db_name)?.server();
         // A role belongs to the server, not to one database: connections to other databases
