@@ -383,7 +383,7 @@ pub enum ChainBreak {
     },
     /// The chain ends in records chained without the key, though the key is set.
     #[error(
-        "the newest audit records, from {seq} on, are not keyed, though pgwarden keys every record once it has a seal key: they were rewritten without the key, or no record was written since the key was set"
+        "the audit chain ends in records that are not keyed (from {seq} on, which may include records written before the seal key was set), though pgwarden keys every record once it has one: the records written since were rewritten without the key, or none was written since the key was set"
     )]
     EndsUnkeyed {
         /// The first of them.
@@ -555,14 +555,11 @@ mod tests {
         // Someone without the key edits record 4 and re-hashes it and what follows: the
         // chain turns unkeyed where it was keyed.
         let mut rewritten = records[..3].to_vec();
-        rewritten.push(AuditRecord {
-            event: AuditEvent {
-                actor: "user:mallory".into(),
-                ..event(4)
-            },
-            ..records[3].clone()
-        });
-        rewritten[3] = AuditRecord::chain(4, rewritten[3].event.clone(), &records[2].hash, None);
+        let edited = AuditEvent {
+            actor: "user:mallory".into(),
+            ..event(4)
+        };
+        rewritten.push(AuditRecord::chain(4, edited, &records[2].hash, None));
         extend(&mut rewritten, 1, None);
         assert_eq!(
             verify_with(&rewritten, Some(&key)).unwrap_err().to_string(),

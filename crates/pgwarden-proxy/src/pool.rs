@@ -373,7 +373,11 @@ impl Pool {
                     self.provider
                         .refresh(current.generation)
                         .await
-                        .map_err(|e| crate::login::refused_credential(&self.key, e).1)?;
+                        .map_err(|e| {
+                            let (reason, error) = crate::login::refused_credential(&self.key, e);
+                            self.metrics.refused(reason);
+                            error
+                        })?;
                 }
             }
         }

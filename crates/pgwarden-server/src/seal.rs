@@ -30,20 +30,16 @@ pub enum SealError {
 }
 
 /// The 32 bytes of the hex seal key `key`.
-fn key_bytes(key: &SecretString) -> Result<Zeroizing<Vec<u8>>, SealError> {
+fn key_bytes(key: &SecretString) -> Result<Zeroizing<[u8; 32]>, SealError> {
     let bytes =
         Zeroizing::new(hex::decode(key.expose_secret().trim()).map_err(|_| SealError::BadKey)?);
-    if bytes.len() != 32 {
-        return Err(SealError::BadKey);
-    }
-    Ok(bytes)
+    let bytes: [u8; 32] = bytes.as_slice().try_into().map_err(|_| SealError::BadKey)?;
+    Ok(Zeroizing::new(bytes))
 }
 
 /// The key the audit chain is keyed with, derived from the hex seal key `key`.
 pub fn chain_key(key: &SecretString) -> Result<pgwarden_core::ChainKey, SealError> {
-    let bytes = key_bytes(key)?;
-    let bytes: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| SealError::BadKey)?;
-    Ok(pgwarden_core::ChainKey::derive(bytes))
+    Ok(pgwarden_core::ChainKey::derive(&*key_bytes(key)?))
 }
 
 impl Sealer {
@@ -51,7 +47,7 @@ impl Sealer {
     pub fn new(key: &SecretString) -> Result<Sealer, SealError> {
         let bytes = key_bytes(key)?;
         Ok(Sealer {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(&bytes)),
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&*bytes)),
         })
     }
 

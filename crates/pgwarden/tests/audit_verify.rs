@@ -195,8 +195,9 @@ async fn with_a_seal_key_the_chain_cannot_be_rewritten_without_it() {
     assert!(!ok);
     assert_eq!(
         stderr.trim(),
-        "error: the newest audit records, from 1 on, are not keyed, though pgwarden keys every \
-         record once it has a seal key: they were rewritten without the key, or no record was \
-         written since the key was set"
+        "error: the audit chain ends in records that are not keyed (from 1 on, which may \
+         include records written before the seal key was set), though pgwarden keys every \
+         record once it has one: the records written since were rewritten without the key, or \
+         none was written since the key was set"
     );
 }
