@@ -326,10 +326,11 @@ async fn two_dbas_approve_and_only_the_subjects_get_a_working_credential() {
 
     // Every step is on record, the chain verifies, and no secret is in it.
     let audit = s.audit().await;
-    let mut verifier = ChainVerifier::default();
+    let mut verifier = ChainVerifier::new(Some(pgwarden_testkit::broker::audit_chain_key()));
     for record in &audit.records {
         verifier.check(record).unwrap();
     }
+    verifier.finish().unwrap();
     // The file copy holds the same records, one JSON object per line, private to pgwarden.
     let lines = std::fs::read_to_string(&s.audit_file).unwrap();
     let copied: Vec<pgwarden_core::AuditRecord> = lines

@@ -17,6 +17,12 @@ pub const ROOT_TOKEN: &str = "test-root-token-0123456789";
 /// The seal key (64 hex digits) of every [`TestBroker`], so runtime connections can be stored.
 pub const SEAL_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
+/// The key the audit chain of every [`TestBroker`] is keyed with (derived from [`SEAL_KEY`]).
+pub fn audit_chain_key() -> pgwarden_core::ChainKey {
+    pgwarden_server::seal::chain_key(&SecretString::from(SEAL_KEY))
+        .expect("SEAL_KEY is 64 hex digits")
+}
+
 /// A pgwarden server running in this process, against one cluster, on its own data directory.
 ///
 /// The data directory outlives [`TestBroker::stop`], so [`TestBroker::boot`] restarts the
