@@ -34,27 +34,11 @@ impl Broker {
         let cluster = PgCluster::start_with_appdb().await.unwrap();
         let issuer = TestIssuer::start(&[TestKey::Rsa1]).await;
         let dir = tempfile::tempdir().unwrap();
-        let policy = dir.path().join("policy.yaml");
-        std::fs::write(
-            &policy,
-            "grants:\n  - subjects: [\"system:serviceaccount:team-a:app\"]\n    roles: [\"database/appdb-short\", \"database/appdb-long\"]\n",
-        )
-        .unwrap();
-        let extra = format!(
-            r#"
-policy_file: "{policy}"
-auth:
-  kubernetes:
-    type: kubernetes
-    issuer: "{iss}"
-    keys: {{ jwks_url: "{jwks}" }}
-    audiences: [pgwarden]
-    roles:
-      team-a: {{ bound_service_account_names: [app], bound_service_account_namespaces: [team-a], token_ttl: 2s }}
-"#,
-            policy = policy.display(),
-            iss = issuer.issuer(),
-            jwks = issuer.jwks_url(),
+        let extra = team_a_login(
+            dir.path(),
+            &issuer,
+            &["database/appdb-short", "database/appdb-long"],
+            ", token_ttl: 2s",
         );
         let mut server = TestBroker::new(&cluster, ROLES, &extra);
         server.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));

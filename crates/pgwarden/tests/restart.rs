@@ -109,27 +109,10 @@ async fn a_logout_cut_short_by_sigkill_is_finished_by_the_next_start() {
     let cluster = PgCluster::start_with_appdb().await.unwrap();
     let issuer = TestIssuer::start(&[TestKey::Rsa1]).await;
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        "grants:\n  - subjects: [\"system:serviceaccount:team-a:app\"]\n    roles: [\"database/appdb-long\"]\n",
-    )
-    .unwrap();
     let top = format!(
-        r#"data_dir: "{data}"
-policy_file: "{policy}"
-auth:
-  kubernetes:
-    type: kubernetes
-    issuer: "{iss}"
-    keys: {{ jwks_url: "{jwks}" }}
-    audiences: [pgwarden]
-    roles:
-      team-a: {{ bound_service_account_names: [app], bound_service_account_namespaces: [team-a] }}"#,
-        data = dir.path().join("data").display(),
-        policy = policy.display(),
-        iss = issuer.issuer(),
-        jwks = issuer.jwks_url(),
+        "data_dir: \"{}\"\n{}",
+        dir.path().join("data").display(),
+        team_a_login(dir.path(), &issuer, &["database/appdb-long"], "")
     );
     let config = write_config(
         dir.path(),

@@ -163,3 +163,40 @@ mounts:
     .unwrap();
     config
 }
+
+/// Top-level YAML for service account `app` of namespace `team-a`: a policy file, written into
+/// `dir`, granting it `roles` (`database/<role>`), and the auth mount `kubernetes` trusting
+/// `issuer` for audience `pgwarden`, whose login role `team-a` binds that account, with
+/// `role_extra` (e.g. `, token_ttl: 2s`) added to its settings.
+pub fn team_a_login(
+    dir: &std::path::Path,
+    issuer: &pgwarden_testkit::issuer::TestIssuer,
+    roles: &[&str],
+    role_extra: &str,
+) -> String {
+    let policy = dir.join("policy.yaml");
+    let granted: Vec<String> = roles.iter().map(|role| format!("\"{role}\"")).collect();
+    std::fs::write(
+        &policy,
+        format!(
+            "grants:\n  - subjects: [\"system:serviceaccount:team-a:app\"]\n    roles: [{}]\n",
+            granted.join(", ")
+        ),
+    )
+    .unwrap();
+    format!(
+        r#"policy_file: "{policy}"
+auth:
+  kubernetes:
+    type: kubernetes
+    issuer: "{iss}"
+    keys: {{ jwks_url: "{jwks}" }}
+    audiences: [pgwarden]
+    roles:
+      team-a: {{ bound_service_account_names: [app], bound_service_account_namespaces: [team-a]{role_extra} }}
+"#,
+        policy = policy.display(),
+        iss = issuer.issuer(),
+        jwks = issuer.jwks_url(),
+    )
+}
