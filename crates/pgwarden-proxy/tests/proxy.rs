@@ -568,6 +568,21 @@ async fn transaction_mode_shares_three_server_connections_among_twelve_clients()
     );
 }
 
+/// Sends the rows 1, 2 and 3 into `sink`, a `COPY … FROM STDIN` begun through the proxy, and
+/// checks that the server copied three (`what` names the attempt in a failure).
+async fn copy_three_rows(sink: tokio_postgres::CopyInSink<bytes::Bytes>, what: &str) {
+    use futures::SinkExt;
+    let mut sink = std::pin::pin!(sink);
+    sink.send(bytes::Bytes::from_static(b"1\n2\n3\n"))
+        .await
+        .unwrap();
+    let rows = sink
+        .finish()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+    assert_eq!(rows, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_from_stdin_through_the_extended_protocol_gives_its_connection_back() {
     let w = world("transaction", "").await;
@@ -580,22 +595,13 @@ async fn copy_from_stdin_through_the_extended_protocol_gives_its_connection_back
         let mut client = w.connect("appdb-readonly", &token).await.unwrap();
         let round_done = round_done.clone();
         tasks.spawn(async move {
-            use futures::SinkExt;
             for round in 0..3 {
                 let tx = client.transaction().await.unwrap();
                 tx.batch_execute("CREATE TEMP TABLE copied (x int) ON COMMIT DROP")
                     .await
                     .unwrap();
                 let sink = tx.copy_in("COPY copied FROM STDIN").await.unwrap();
-                let mut sink = std::pin::pin!(sink);
-                sink.send(bytes::Bytes::from_static(b"1\n2\n3\n"))
-                    .await
-                    .unwrap();
-                let rows = sink
-                    .finish()
-                    .await
-                    .unwrap_or_else(|e| panic!("client {n}, round {round}: {e:?}"));
-                assert_eq!(rows, 3);
+                copy_three_rows(sink, &format!("client {n}, round {round}")).await;
                 let sum: i64 = tx
                     .query_one("SELECT sum(x) FROM copied", &[])
                     .await
@@ -802,18 +808,9 @@ async fn an_extended_copy_outside_a_transaction_keeps_its_connection_to_its_end(
     for n in 0..6 {
         let client = w.connect("writer", &token).await.unwrap();
         tasks.spawn(async move {
-            use futures::SinkExt;
             for round in 0..5 {
                 let sink = client.copy_in("COPY copied_rows FROM STDIN").await.unwrap();
-                let mut sink = std::pin::pin!(sink);
-                sink.send(bytes::Bytes::from_static(b"1\n2\n3\n"))
-                    .await
-                    .unwrap();
-                let rows = sink
-                    .finish()
-                    .await
-                    .unwrap_or_else(|e| panic!("client {n}, round {round}: {e:?}"));
-                assert_eq!(rows, 3);
+                copy_three_rows(sink, &format!("client {n}, round {round}")).await;
             }
         });
     }
