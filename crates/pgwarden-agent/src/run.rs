@@ -416,7 +416,8 @@ pub async fn run(
         grace: config.grace_period,
         // The watcher revokes a replaced lease once the files hold its successor.
         revoke_replaced: false,
-        check_interval: Some(config.check_interval).filter(|interval| !interval.is_zero()),
+        // Zero: the provider looks nothing up.
+        check_interval: Some(config.check_interval),
         ..ProviderOptions::default()
     };
     let mut kept = Vec::new();

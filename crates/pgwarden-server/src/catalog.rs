@@ -503,10 +503,8 @@ impl Catalog {
             ensure_writable(&m.connections, "connection", name)?;
             Ok(m.connections.get(name).map(|entry| entry.def.clone()))
         })?;
-        let previous_server = previous
-            .as_ref()
-            .and_then(|def| Target::new(def).ok())
-            .map(|target| target.server());
+        // The server the connection reaches now, if it exists.
+        let previous_server = self.target(mount, name).ok().map(|target| target.server());
         let def = connection_def(name, write, previous)?;
         let sealer = self.sealer()?;
         let target = Target::new(&def)?;

@@ -297,10 +297,11 @@ async fn handle(
     // Reading the audit log is not recorded (a tail would fill it), unless it was refused. A
     // success is answered once its record is durable, unless a durable record of its start
     // came before; a failure (perhaps the state database is unreachable, so the record
-    // cannot be stored yet either) is answered at once.
+    // cannot be stored yet either) is answered at once. So is a lease look-up: it changes
+    // nothing, and agents, proxies and clients send one every few minutes per credential.
     if route != Route::Audit || result.is_err() {
         let (event, wait) = audit_event(actor, route.action(op), path, &result);
-        if wait {
+        if wait && route != Route::Lookup {
             state.audit.record(event).await;
         } else {
             state.audit.submit(event);
@@ -309,12 +310,8 @@ async fn handle(
     result
 }
 
-/// The action of `sys/leases/lookup`.
-const LEASE_LOOKUP: &str = "lease.lookup";
-
 /// The audit record of a request that ended with `result`, and whether the response waits
-/// until it is durable (a success whose start was not recorded durably before, other than a
-/// lease look-up).
+/// until it is durable (a success whose start was not recorded durably before).
 fn audit_event(
     actor: String,
     action: &str,
@@ -332,9 +329,7 @@ fn audit_event(
             let object = note.object.unwrap_or_else(|| path.to_string());
             let event = AuditEvent::now(&actor, action, &object, Outcome::Success)
                 .with_detail(note.detail.unwrap_or_default());
-            // A lease look-up changes nothing, and agents, proxies and clients ask one every
-            // few minutes per credential: its record need not hold up the answer for a sync.
-            (event, !note.started && action != LEASE_LOOKUP)
+            (event, !note.started)
         }
         Err(error) => {
             let outcome = match error.status() {

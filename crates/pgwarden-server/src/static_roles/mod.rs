@@ -203,23 +203,19 @@ impl StaticRoles {
                 && r.def.username == def.username
                 && same_server(r)
         }) {
-            let (same_mount, same_connection) =
-                (other.mount == mount, other.def.db_name == def.db_name);
-            return Err(ServerError::BadRequest(
-                match (same_mount, same_connection) {
-                    (true, true) => format!(
-                        "user {:?} of connection {:?} is already managed by static role {:?}",
-                        def.username, def.db_name, other.def.name
-                    ),
-                    _ => format!(
-                        "user {:?} of connection {:?} is already managed by static role {:?} of \
-                     connection {:?} in mount {:?}, on the same server ({server}): a role is \
-                     shared by every database of a server, and two rotations would undo each \
-                     other",
-                        def.username, def.db_name, other.def.name, other.def.db_name, other.mount
-                    ),
-                },
-            ));
+            let managed = format!(
+                "user {:?} of connection {:?} is already managed by static role {:?}",
+                def.username, def.db_name, other.def.name
+            );
+            if other.mount == mount && other.def.db_name == def.db_name {
+                return Err(ServerError::BadRequest(managed));
+            }
+            return Err(ServerError::BadRequest(format!(
+                "{managed} of connection {:?} in mount {:?}, on the same server ({server}): a \
+                 role is shared by every database of a server, and two rotations would undo \
+                 each other",
+                other.def.db_name, other.mount
+            )));
         }
         let now = OffsetDateTime::now_utc();
         if let Some(existing) = stored
