@@ -542,22 +542,17 @@ impl Broker {
     /// Revokes the token with `accessor` and every lease issued to it (a logout), to the end
     /// even if the caller goes away; returns how many leases. The token goes in the write
     /// that marks its leases `revoking`: should pgwarden stop before dropping their users,
-    /// the next start does. An issuance racing this is marked too, finds the token gone and
-    /// undoes itself, or is listed once the token is gone.
+    /// the next start does. An issuance racing this either recorded its lease before that
+    /// write (which then marks it too), or finds the token gone once it has recorded it, and
+    /// undoes itself (the store orders the two: see [`Store::revoke_token`]).
     pub async fn revoke_token(self: &Arc<Self>, accessor: &str) -> Result<usize, ServerError> {
         let (broker, accessor) = (self.clone(), accessor.to_string());
         detached(async move {
-            let mut ids = broker.store.revoke_token(&accessor).await?;
+            let ids = broker.store.revoke_token(&accessor).await?;
             // Due now: should a revocation below fail, the reaper keeps at it.
             for id in &ids {
                 broker.schedule.set(id, now());
             }
-            // On shared state an issuance may record its lease while that write is under way,
-            // unmarked, and still read the token (not yet gone for others): listed now that
-            // it is.
-            ids.extend(broker.store.lease_ids_for_token(&accessor).await?);
-            ids.sort();
-            ids.dedup();
             broker.revoke_all(ids).await
         })
         .await

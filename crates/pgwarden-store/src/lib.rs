@@ -284,8 +284,6 @@ pub trait Store: Send + Sync + 'static {
     async fn get_lease(&self, id: &str) -> Result<Option<Lease>, StoreError>;
     /// Ids of leases starting with `prefix`, sorted.
     async fn lease_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
-    /// Ids of the leases issued to the token with `accessor`.
-    async fn lease_ids_for_token(&self, accessor: &str) -> Result<Vec<String>, StoreError>;
     /// Every lease, for start-up recovery.
     async fn all_leases(&self) -> Result<Vec<Lease>, StoreError>;
     /// Ids of the leases the reaper must act on at `now`: active ones that have expired,
@@ -334,7 +332,9 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a token and, in the same write, marks every lease it created that is not being
     /// revoked yet `revoking` (a rollback for one still pending), so that nothing the token
     /// left is forgotten should pgwarden stop before revoking them; returns the ids of all the
-    /// token's leases, by id.
+    /// token's leases, by id. A lease recorded for the token at the same time (on another
+    /// replica) is either marked too, or recorded only once the token is gone for every
+    /// reader: never recorded unmarked while its issuer can still read the token.
     async fn revoke_token(&self, accessor: &str) -> Result<Vec<String>, StoreError>;
     /// Every token, for copying the state elsewhere.
     async fn all_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;

@@ -473,6 +473,10 @@ async fn in_transaction<T>(
     }
 }
 
+/// Locks the row of the token whose accessor is `$1`, if there is one, against its deletion
+/// until the transaction ends.
+const LOCK_TOKEN: &str = "SELECT 1 FROM pgwarden_tokens WHERE accessor = $1 FOR KEY SHARE";
+
 /// The ids of the leases of the token whose accessor is `$1`, in order.
 const TOKEN_LEASE_IDS: &str =
     "SELECT id FROM pgwarden_leases WHERE token_accessor = $1 ORDER BY id COLLATE \"C\"";
@@ -488,28 +492,41 @@ impl Store for PostgresStore {
             "INSERT INTO pgwarden_leases ({LEASE_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         );
-        self.execute(
-            &sql,
-            &[
-                &l.id,
-                &l.username,
-                &l.owner.display_name,
-                &l.mount,
-                &to_json("role", &l.role)?,
-                &l.state.as_str(),
-                &millis(l.issued_at),
-                &millis(l.expires_at),
-                &millis(l.max_expires_at),
-                &l.last_renewal.map(millis),
-                &i64::from(l.revoke_attempts),
-                &l.last_error,
-                &l.owner.subject,
-                &l.owner.token_accessor,
-                &revoke_reason(l.state),
-            ],
-        )
+        let params: [&(dyn ToSql + Sync); 15] = [
+            &l.id,
+            &l.username,
+            &l.owner.display_name,
+            &l.mount,
+            &to_json("role", &l.role)?,
+            &l.state.as_str(),
+            &millis(l.issued_at),
+            &millis(l.expires_at),
+            &millis(l.max_expires_at),
+            &l.last_renewal.map(millis),
+            &i64::from(l.revoke_attempts),
+            &l.last_error,
+            &l.owner.subject,
+            &l.owner.token_accessor,
+            &revoke_reason(l.state),
+        ];
+        let Some(accessor) = &l.owner.token_accessor else {
+            return self.execute(&sql, &params).await.map(drop);
+        };
+        // The token's row is locked while the lease is recorded, so that a logout of the
+        // token (which deletes that row first, then marks the token's leases) either waits
+        // for this lease and marks it too, or has committed before it is recorded: then the
+        // issuer, reading the token afterwards, finds it gone and undoes the lease itself.
+        within_timeout(&self.pool, async |client| {
+            in_transaction(client, async |client| {
+                let lock = client.prepare_cached(LOCK_TOKEN).await.map_err(db)?;
+                client.execute(&lock, &[accessor]).await.map_err(db)?;
+                let insert = client.prepare_cached(&sql).await.map_err(db)?;
+                client.execute(&insert, &params).await.map_err(db)?;
+                Ok(())
+            })
+            .await
+        })
         .await
-        .map(drop)
     }
 
     async fn update_lease(
@@ -564,11 +581,6 @@ impl Store for PostgresStore {
                 &[&prefix],
             )
             .await?;
-        Ok(ids(&rows))
-    }
-
-    async fn lease_ids_for_token(&self, accessor: &str) -> Result<Vec<String>, StoreError> {
-        let rows = self.query(TOKEN_LEASE_IDS, &[&accessor]).await?;
         Ok(ids(&rows))
     }
 

@@ -463,16 +463,6 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn lease_ids_for_token(&self, accessor: &str) -> Result<Vec<String>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(TOKEN_LEASE_IDS)?;
-            let ids = stmt
-                .query_map([accessor], |row| row.get("id"))?
-                .collect::<Result<_, _>>()?;
-            Ok(ids)
-        })
-    }
-
     async fn all_leases(&self) -> Result<Vec<Lease>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(&format!(

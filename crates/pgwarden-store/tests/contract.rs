@@ -243,10 +243,6 @@ async fn tokens_round_trip_and_find_their_leases(open: Opener<'_>) {
         store.get_lease(&lease.id).await.unwrap().unwrap().owner,
         lease.owner
     );
-    assert_eq!(
-        store.lease_ids_for_token("acc1").await.unwrap(),
-        vec![lease.id.clone()]
-    );
     store
         .set_token_expiry("acc1", t0 + std::time::Duration::from_secs(120))
         .await
@@ -270,10 +266,9 @@ async fn tokens_round_trip_and_find_their_leases(open: Opener<'_>) {
     assert!(!store.delete_token("acc1").await.unwrap());
 }
 
-async fn a_revoked_token_leaves_its_leases_marked_for_revocation(open: Opener<'_>) {
-    let store = open().await;
-    let t0 = datetime!(2026-11-22 10:00:00 UTC);
-    let token = |accessor: &str| TokenRecord {
+/// A token of person `user:ola` logged in at `t0`, with `accessor`.
+fn ola_token(accessor: &str, t0: OffsetDateTime) -> TokenRecord {
+    TokenRecord {
         accessor: accessor.into(),
         hash: format!("hash-{accessor}"),
         identity: Identity {
@@ -289,22 +284,31 @@ async fn a_revoked_token_leaves_its_leases_marked_for_revocation(open: Opener<'_
         expires_at: t0 + std::time::Duration::from_secs(60),
         max_expires_at: t0 + std::time::Duration::from_secs(600),
         ttl: Ttl::from_secs(60),
+    }
+}
+
+/// A pending lease for `username`, issued at `t0` to the token with `accessor`.
+fn ola_lease(accessor: &str, username: &str, t0: OffsetDateTime) -> Lease {
+    let owner = Owner {
+        display_name: "jwt-ola".into(),
+        subject: "user:ola".into(),
+        token_accessor: Some(accessor.into()),
     };
-    let lease_of = |accessor: &str, username: &str| {
-        let owner = Owner {
-            display_name: "jwt-ola".into(),
-            subject: "user:ola".into(),
-            token_accessor: Some(accessor.into()),
-        };
-        Lease::new_pending(
-            "database",
-            &role(),
-            username.into(),
-            owner,
-            Ttl::default(),
-            t0,
-        )
-    };
+    Lease::new_pending(
+        "database",
+        &role(),
+        username.into(),
+        owner,
+        Ttl::default(),
+        t0,
+    )
+}
+
+async fn a_revoked_token_leaves_its_leases_marked_for_revocation(open: Opener<'_>) {
+    let store = open().await;
+    let t0 = datetime!(2026-11-22 10:00:00 UTC);
+    let token = |accessor: &str| ola_token(accessor, t0);
+    let lease_of = |accessor: &str, username: &str| ola_lease(accessor, username, t0);
     store.insert_token(&token("out")).await.unwrap();
     store.insert_token(&token("kept")).await.unwrap();
     let (pending, mut active, mut failing, other) = (
@@ -737,6 +741,78 @@ async fn postgres_keeps_the_contract() {
         true,
     )
     .await;
+}
+
+// A logout on one replica and an issuance on another, interleaved as in the worst case: the
+// logout has deleted the token but is held up (here by a lock on one of the token's leases)
+// before marking the token's leases, while the issuance records its lease. Had the lease been
+// recorded then, its issuer would still read the token (the logout has not committed) and
+// activate it, and the logout would not mark it: a crash before the logout revoked it would
+// leave the credential active though its token was revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_recorded_during_a_logout_is_marked_or_finds_the_token_gone() {
+    let cluster = PgCluster::start().unwrap();
+    let su = cluster.connect_superuser("postgres").await.unwrap();
+    su.batch_execute("CREATE DATABASE racing").await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(postgres_store(&cluster.superuser_url("racing")).await);
+    let t0 = datetime!(2026-11-22 10:00:00 UTC);
+    store.insert_token(&ola_token("out", t0)).await.unwrap();
+    let first = ola_lease("out", "first", t0);
+    store.insert_lease(&first).await.unwrap();
+
+    let holder = cluster.connect_superuser("racing").await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM pgwarden_leases WHERE id = '{}' FOR UPDATE",
+            first.id
+        ))
+        .await
+        .unwrap();
+    let logout = tokio::spawn({
+        let store = store.clone();
+        async move { store.revoke_token("out").await.unwrap() }
+    });
+    let watcher = cluster.connect_superuser("racing").await.unwrap();
+    let mut held = false;
+    for _ in 0..200 {
+        held = watcher
+            .query_opt(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = 'racing' \
+                 AND wait_event_type = 'Lock' AND query LIKE 'UPDATE%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .is_some();
+        if held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(held, "the logout never waited before marking the leases");
+
+    let second = ola_lease("out", "second", t0);
+    let mut issuance = tokio::spawn({
+        let (store, second) = (store.clone(), second.clone());
+        async move {
+            store.insert_lease(&second).await.unwrap();
+            // What the issuer reads once its lease is recorded.
+            store.token_by_accessor("out").await.unwrap().is_some()
+        }
+    });
+    let early = tokio::time::timeout(Duration::from_secs(1), &mut issuance).await;
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    let marked = logout.await.unwrap();
+    let token_seen = match early {
+        Ok(seen) => seen.unwrap(),
+        Err(_) => issuance.await.unwrap(),
+    };
+    let state = store.get_lease(&second.id).await.unwrap().unwrap().state;
+    assert!(
+        !token_seen || state == LeaseState::Revoking(RevokeReason::Rollback),
+        "the issuer read the token after recording its lease, yet the logout left the lease \
+         {state:?} (it marked {marked:?})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
