@@ -974,3 +974,62 @@ async fn issue_and_revoke_are_audited_before_they_take_effect() {
     assert_eq!(failed[1], ("failure", "database/creds/down-ro"));
     assert_eq!(issues[2].event.request_id, issues[3].event.request_id);
 }
+
+/// A request refused before its token is read (a path no route serves, one that is not UTF-8
+/// or holds a control character) is audited all the same: probing leaves a trace.
+#[tokio::test]
+async fn requests_refused_before_routing_are_audited() {
+    let env = Env::start(ROLES).await;
+    for (method, path, status) in [
+        ("GET", "sys/frobnicate", 404),
+        ("PUT", "sys/leases/renew/%ff%fe", 400),
+        ("GET", "database/creds/x%07", 400),
+    ] {
+        assert_eq!(env.call(method, path, None).await.0, status, "{path}");
+    }
+    // Durable only after every record queued before it.
+    let (status, _) = env.call("LIST", "database/roles", None).await;
+    assert_eq!(status, 200);
+    let (status, body) = env.call("GET", "pgwarden/audit?limit=1000", None).await;
+    assert_eq!(status, 200, "{body}");
+    let audit: pgwarden_core::wire::AuditList =
+        serde_json::from_value(body["data"].clone()).unwrap();
+    let refused: Vec<_> = audit
+        .records
+        .iter()
+        .map(|r| &r.event)
+        .filter(|e| e.action == "request.refused")
+        .map(|e| {
+            (
+                e.actor.as_str(),
+                e.outcome.as_str(),
+                e.object.as_str(),
+                e.detail.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        vec![
+            (
+                "anonymous",
+                "failure",
+                "sys/frobnicate",
+                "no handler for path \"sys/frobnicate\""
+            ),
+            (
+                "anonymous",
+                "failure",
+                "/v1/sys/leases/renew/%ff%fe",
+                "invalid request path: Invalid URL: Invalid UTF-8 in `path`"
+            ),
+            (
+                "anonymous",
+                "failure",
+                // Cleaned as every audit field is.
+                "database/creds/x\\u{7}",
+                "the path contains a control character"
+            ),
+        ]
+    );
+}

@@ -31,7 +31,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use caller::{Admitted, Caller};
@@ -116,6 +116,11 @@ impl AuditNote {
     }
 }
 
+/// The audit action of a request refused before it was routed: a path no route serves, or
+/// that is not UTF-8 or holds a control character, a method the route does not take, a body
+/// too large or unreadable.
+const REFUSED: &str = "request.refused";
+
 /// The whole HTTP surface.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -144,6 +149,7 @@ async fn v1(
     path: Result<Path<String>, PathRejection>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    uri: Uri,
     body: Body,
 ) -> Response {
     // Axum's refusal of a path that is not UTF-8 once decoded answers in Vault's error shape,
@@ -163,7 +169,15 @@ async fn v1(
     };
     let response = match admitted {
         Ok((op, body)) => serve_in_turn(&state, &method, &path, query, headers, op, body).await,
-        Err(error) => Err(error),
+        Err(error) => {
+            // Refused before any token was read: recorded all the same, so that probing
+            // leaves a trace. Named by the path as sent when it could not be decoded.
+            let object = if path.is_empty() { uri.path() } else { &path };
+            let refused = Err(error);
+            let (event, _) = audit_event("anonymous".into(), REFUSED, object, &refused);
+            state.audit.submit(event);
+            refused
+        }
     }
     .unwrap_or_else(|error| {
         if error.status() >= 500 {
