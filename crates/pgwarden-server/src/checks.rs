@@ -89,6 +89,34 @@ pub async fn check_config(config: &Config) -> Result<Vec<Report>, ConfigError> {
     Ok(reports)
 }
 
+/// One line per role of the configuration file that names a connection whose `allowed_roles`
+/// do not take it: such a role can never be issued.
+pub fn unallowed_roles(config: &Config) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (mount, mount_config) in &config.mounts {
+        for (name, spec) in &mount_config.roles {
+            let Some(connection) = spec.db_name.as_deref() else {
+                continue;
+            };
+            let Some(allowed) = mount_config
+                .connections
+                .get(connection)
+                .map(|c| &c.allowed_roles)
+            else {
+                continue;
+            };
+            if !pgwarden_core::glob::any_match(allowed, name) {
+                lines.push(format!(
+                    "{mount}/{name}: role not in the allowed_roles of connection \
+                     {connection:?} ({allowed:?}): it can never be issued; fix: add it to \
+                     allowed_roles"
+                ));
+            }
+        }
+    }
+    lines
+}
+
 /// Logs each report: a warning per finding, an error when a connection cannot be checked.
 pub fn log(reports: &[Report]) {
     for report in reports {

@@ -516,6 +516,14 @@ impl Config {
 
     /// Reads `path`, applies environment overrides and resolves secrets.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let mut config = Config::read(path)?;
+        config.resolve_secrets()?;
+        Ok(config)
+    }
+
+    /// Reads `path` and applies environment overrides, leaving the root token and the seal key
+    /// unread: for work that needs neither (`pgwarden check`).
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
@@ -525,7 +533,6 @@ impl Config {
             source,
         })?;
         config.apply_env()?;
-        config.resolve_secrets()?;
         Ok(config)
     }
 

@@ -191,6 +191,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let recovered = broker.recover().await.map_err(StartError::Recover)?;
     tracing::info!(leases = recovered, expired_tokens_purged = purged, data_dir = %config.data_dir.display(), "state loaded");
     checks::log(&checks::check_catalog(&catalog).await);
+    for line in checks::unallowed_roles(&config) {
+        tracing::warn!("{line}");
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Io {

@@ -95,7 +95,7 @@ pub async fn run(listen: SocketAddr, root_token: Option<String>) -> Result<(), S
         TestKey::Rsa1,
         &service_account_claims(&issuer.issuer(), "pgwarden", "demo", "approver", 24 * 3600),
     );
-    let request_flow = request_flow(&sa_token, &approver_token, data.path())?;
+    let request_flow = request_flow(&sa_token, &approver_token, &root_token, data.path())?;
     let running = pgwarden_server::start(config)
         .await
         .map_err(crate::start_error)?;
@@ -154,10 +154,11 @@ const DEMO_POLICY: &str = r#"grants:
 "#;
 
 /// Shell lines that walk an access request through: the app asks, the approver approves, the
-/// app opens psql with the credential, root reads the audit log.
+/// app opens psql with the credential, root (`root_token`) reads the audit log.
 fn request_flow(
     app_jwt: &str,
     approver_jwt: &str,
+    root_token: &str,
     data_dir: &std::path::Path,
 ) -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
@@ -169,7 +170,7 @@ fn request_flow(
   ID=$(PGWARDEN_TOKEN=$APP $PW request create database/appdb-admin --reason "try it" --format json     | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   PGWARDEN_TOKEN=$APPROVER $PW request approve $ID --reason "ok"
   PGWARDEN_TOKEN=$APP $PW request creds $ID --psql -- -tAc 'SELECT session_user'
-  $PW audit tail   # with the root token: every step on record"#,
+  PGWARDEN_TOKEN={root_token} $PW audit tail   # as root: every step on record"#,
         token_file = token_file.display(),
     ))
 }

@@ -99,7 +99,8 @@ enum Command {
     /// one line per connection: `ok`, or each missing privilege (CREATEROLE, pg_signal_backend,
     /// ownership of the database and of the schemas the preset roles cover) with the SQL that
     /// fixes it, or why it cannot connect. A superuser works but is reported as more than
-    /// needed. Exits 1 when anything is missing or unreachable. The state store is not opened.
+    /// needed. Exits 1 when anything is missing or unreachable. The state store is not opened,
+    /// and the root token and seal key files are not read.
     Check {
         /// The server's YAML configuration file.
         #[arg(long, short, value_name = "FILE")]
@@ -189,7 +190,8 @@ async fn server(config: PathBuf, listen: Option<SocketAddr>) -> Result<(), Strin
 }
 
 async fn check(config: PathBuf) -> Result<(), String> {
-    let config = pgwarden_server::Config::load(&config).map_err(|e| e.to_string())?;
+    // Neither the root token nor the seal key is needed to check the administrators.
+    let config = pgwarden_server::Config::read(&config).map_err(|e| e.to_string())?;
     let reports = pgwarden_server::checks::check_config(&config)
         .await
         .map_err(|e| e.to_string())?;
@@ -210,6 +212,10 @@ async fn check(config: PathBuf) -> Result<(), String> {
                 failed = failed.saturating_add(1);
             }
         }
+    }
+    for line in pgwarden_server::checks::unallowed_roles(&config) {
+        println!("{line}");
+        failed = failed.saturating_add(1);
     }
     if failed > 0 {
         return Err(format!("{failed} problem(s) found"));

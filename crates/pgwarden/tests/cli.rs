@@ -175,7 +175,8 @@ fn dev_without_the_feature_says_how_to_get_it() {
     );
 }
 
-/// `pgwarden check` prints one line per connection or missing privilege, with the fix.
+/// `pgwarden check` prints one line per connection or missing privilege, with the fix. It
+/// reads neither the root token nor the seal key (their files here do not exist).
 #[tokio::test]
 async fn check_names_what_each_administrator_lacks() {
     use pgwarden_testkit::{APP_ADMIN, APP_ADMIN_PASSWORD, PgCluster};
@@ -190,13 +191,16 @@ async fn check_names_what_each_administrator_lacks() {
     std::fs::write(
         &config,
         format!(
-            r#"mounts:
+            r#"root_token_file: /nonexistent/root-token
+seal_key_file: /nonexistent/seal-key
+mounts:
   database:
     connections:
-      good: {{ connection_url: "{url}", username: {APP_ADMIN}, password_env: GOOD_PW, allowed_roles: ["*"] }}
+      good: {{ connection_url: "{url}", username: {APP_ADMIN}, password_env: GOOD_PW, allowed_roles: ["good-*"] }}
       weak: {{ connection_url: "{url}", username: weak, password_env: WEAK_PW, allowed_roles: ["*"] }}
     roles:
       ro: {{ db_name: weak, preset: readonly }}
+      stray: {{ db_name: good, preset: readonly }}
 "#
         ),
     )
@@ -217,11 +221,13 @@ async fn check_names_what_each_administrator_lacks() {
          grant CONNECT or TEMPORARY on it; fix: ALTER DATABASE \"appdb\" OWNER TO \"weak\";\n\
          database/weak: administrator \"weak\" does not own schema \"public\": presets cannot \
          grant on its tables or set its default privileges; fix: ALTER SCHEMA \"public\" OWNER \
-         TO \"weak\";\n"
+         TO \"weak\";\n\
+         database/stray: role not in the allowed_roles of connection \"good\" ([\"good-*\"]): \
+         it can never be issued; fix: add it to allowed_roles\n"
     );
     assert_eq!(
         (out.status.code(), String::from_utf8(out.stderr).unwrap()),
-        (Some(1), "error: 3 problem(s) found\n".to_string())
+        (Some(1), "error: 4 problem(s) found\n".to_string())
     );
 }
 

@@ -94,12 +94,13 @@ async fn the_demo_prints_working_commands_and_cleans_up() {
     let (status, _) = call(&base, app_token, "GET", "database/creds/appdb-admin", None).await;
     assert_eq!(status, 403);
 
-    // The printed access-request walk-through works as printed, in bash.
+    // The printed access-request walk-through works as printed, in bash, in the shell that
+    // followed the printed pod login (its PGWARDEN_TOKEN the app's, not root's).
     let flow = between(&printed, "With the pgwarden command line:\n", "\n\n");
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c", flow])
         .env("PGWARDEN_ADDR", &base)
-        .env("PGWARDEN_TOKEN", ROOT)
+        .env("PGWARDEN_TOKEN", app_token)
         .output()
         .unwrap();
     let (stdout, stderr) = (
