@@ -189,7 +189,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let tokens = tokens::Tokens::new(store.clone());
     let purged = tokens.purge_expired().await.map_err(StartError::Recover)?;
     let recovered = broker.recover().await.map_err(StartError::Recover)?;
-    tracing::info!(leases = recovered, expired_tokens_purged = purged, data_dir = %config.data_dir.display(), "state loaded");
+    let state = match &config.state.postgresql {
+        Some(_) => "the shared PostgreSQL database".to_string(),
+        None => format!("SQLite in {}", config.data_dir.display()),
+    };
+    tracing::info!(leases = recovered, expired_tokens_purged = purged, %state, "state loaded");
     checks::log(&checks::check_catalog(&catalog).await);
     for line in checks::unallowed_roles(&config) {
         tracing::warn!("{line}");
