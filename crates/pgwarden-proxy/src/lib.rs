@@ -22,4 +22,4 @@ mod tls;
 mod upstream;
 
 pub use config::ProxyConfig;
-pub use proxy::{Running, start};
+pub use proxy::{Running, check_files, start};

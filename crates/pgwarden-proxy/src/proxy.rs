@@ -67,24 +67,57 @@ impl Running {
     }
 }
 
+/// What the proxy reads from files before it listens.
+struct Loaded {
+    /// The certificate shown to clients, reloaded when its files change.
+    certificate: Option<Arc<ReloadingCert>>,
+    tls: Option<TlsAcceptor>,
+    connector: Arc<Connector>,
+    broker: Client,
+}
+
+impl Loaded {
+    /// Reads the client certificate and key, the upstream TLS files and the broker's CA.
+    fn read(config: &ProxyConfig) -> Result<Loaded, String> {
+        let certificate = config
+            .tls
+            .as_ref()
+            .map(|files| ReloadingCert::load("tls", files))
+            .transpose()?;
+        let tls = certificate
+            .as_ref()
+            .map(|certificate| certificate.acceptor(&[]))
+            .transpose()?;
+        let connector = Arc::new(Connector::new(&config.upstream)?);
+        let broker = Client::with_ca_file(
+            &config.address,
+            Auth::Token(SecretString::from("")),
+            config.ca_file.as_deref(),
+        )
+        .map_err(|e| format!("ca_file: {e}"))?;
+        Ok(Loaded {
+            certificate,
+            tls,
+            connector,
+            broker,
+        })
+    }
+}
+
+/// Checks that the files `config` names (certificates, keys, CAs) can be read and used,
+/// without listening or connecting anywhere.
+pub fn check_files(config: &ProxyConfig) -> Result<(), String> {
+    Loaded::read(config).map(drop)
+}
+
 /// Starts listening as `config` says.
 pub async fn start(config: ProxyConfig) -> Result<Running, String> {
-    let certificate = config
-        .tls
-        .as_ref()
-        .map(|files| ReloadingCert::load("tls", files))
-        .transpose()?;
-    let tls = certificate
-        .as_ref()
-        .map(|certificate| certificate.acceptor(&[]))
-        .transpose()?;
-    let connector = Arc::new(Connector::new(&config.upstream)?);
-    let broker = Client::with_ca_file(
-        &config.address,
-        Auth::Token(SecretString::from("")),
-        config.ca_file.as_deref(),
-    )
-    .map_err(|e| format!("ca_file: {e}"))?;
+    let Loaded {
+        certificate,
+        tls,
+        connector,
+        broker,
+    } = Loaded::read(&config)?;
     let identities = match &config.auth {
         ClientAuth::Identity { logins } => Some(Identities::new(
             broker.acting_as(Auth::Token(SecretString::from(""))),

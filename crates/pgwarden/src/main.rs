@@ -89,7 +89,7 @@ enum Command {
         /// The proxy's YAML configuration.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
-        /// Validate the configuration and exit.
+        /// Validate the configuration, read the certificates, keys and CAs it names, and exit.
         #[arg(long)]
         check: bool,
     },
@@ -246,6 +246,7 @@ async fn agent(config: PathBuf, once: bool, check: bool) -> Result<(), String> {
 async fn proxy(config: PathBuf, check: bool) -> Result<(), String> {
     let loaded = pgwarden_proxy::ProxyConfig::load(&config).map_err(|e| e.to_string())?;
     if check {
+        pgwarden_proxy::check_files(&loaded)?;
         println!("{}: valid", config.display());
         return Ok(());
     }

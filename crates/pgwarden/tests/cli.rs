@@ -244,3 +244,36 @@ fn operator_subject_prefixes_are_checked() {
         "{err}"
     );
 }
+
+/// `proxy --check` reads the files the configuration names, as a start would.
+#[test]
+fn proxy_check_reads_the_files_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.yaml");
+    let write = |tls: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "address: http://127.0.0.1:8200\nlisten: 127.0.0.1:6432\n\
+                 auth: {{ identity: {{ logins: [{{ mount: kubernetes, role: apps }}] }} }}\n{tls}"
+            ),
+        )
+        .unwrap();
+    };
+    let path = config.to_str().unwrap();
+    write("");
+    assert_eq!(
+        pgwarden(&["proxy", "--check", "--config", path]),
+        (0, format!("{path}: valid\n"), String::new())
+    );
+    write("tls: { cert: /nonexistent/tls.crt, key: /nonexistent/tls.key }\n");
+    assert_eq!(
+        pgwarden(&["proxy", "--check", "--config", path]),
+        (
+            1,
+            String::new(),
+            "error: tls.cert /nonexistent/tls.crt: No such file or directory (os error 2)\n"
+                .to_string()
+        )
+    );
+}
