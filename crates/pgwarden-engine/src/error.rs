@@ -185,10 +185,21 @@ fn is_retryable(error: &tokio_postgres::Error) -> bool {
     let Some(db) = error.as_db_error() else {
         return false;
     };
-    let code = db.code();
+    only_concurrency(db.code(), db.message())
+}
+
+/// Whether a statement refused with SQLSTATE `code` and `message` failed only because
+/// concurrent work got in its way: a serialization failure, a deadlock, or a catalog row
+/// (a role's, say) that another session changed or deleted meanwhile, as two replicas
+/// dropping one user at once do.
+fn only_concurrency(code: &SqlState, message: &str) -> bool {
     *code == SqlState::T_R_SERIALIZATION_FAILURE
         || *code == SqlState::T_R_DEADLOCK_DETECTED
-        || (*code == SqlState::INTERNAL_ERROR && db.message() == "tuple concurrently updated")
+        || (*code == SqlState::INTERNAL_ERROR
+            && matches!(
+                message,
+                "tuple concurrently updated" | "tuple concurrently deleted"
+            ))
 }
 
 /// Wraps a failed statement with what pgwarden was doing.
@@ -238,7 +249,30 @@ fn retry_delay<T>(outcome: &Result<T, EngineError>, attempt: u32) -> Option<std:
 
 #[cfg(test)]
 mod tests {
-    use super::redact_verifiers;
+    use super::{only_concurrency, redact_verifiers};
+    use tokio_postgres::error::SqlState;
+
+    #[test]
+    fn concurrent_catalog_changes_are_retried_and_other_internal_errors_are_not() {
+        for (code, message, retried) in [
+            (
+                SqlState::T_R_SERIALIZATION_FAILURE,
+                "could not serialize",
+                true,
+            ),
+            (SqlState::T_R_DEADLOCK_DETECTED, "deadlock detected", true),
+            (SqlState::INTERNAL_ERROR, "tuple concurrently updated", true),
+            (SqlState::INTERNAL_ERROR, "tuple concurrently deleted", true),
+            (
+                SqlState::INTERNAL_ERROR,
+                "cache lookup failed for role 1",
+                false,
+            ),
+            (SqlState::UNDEFINED_OBJECT, "role does not exist", false),
+        ] {
+            assert_eq!(only_concurrency(&code, message), retried, "{message}");
+        }
+    }
 
     #[test]
     fn verifiers_quoted_by_an_error_are_cut() {

@@ -390,9 +390,14 @@ impl Broker {
             return Err(error.into());
         }
         if self.token_gone(&lease).await? {
-            // The token was revoked after this lease was recorded but before its revocation
-            // marked the token's leases: this issuance must not outlive it.
+            // The token was revoked after this lease was recorded: this issuance must not
+            // outlive it. The logout (on another replica) may have rolled the lease back
+            // already, before this user was committed, dropping nothing and forgetting the
+            // lease: so the user is dropped here first, then the lease revoked if it is left.
             self.metrics.issue_failures.inc();
+            if let Err(error) = target.rollback_user(&lease.role, &lease.username).await {
+                tracing::error!(lease_id = %lease.id, username = %lease.username, error = %chain(&error), "dropping the user of a lease whose token was revoked during issuance failed; the orphan sweep will drop it");
+            }
             let _ = self.revoke_locked(&lease.id, Why::Requested, None).await;
             return Err(token_revoked_meanwhile());
         }
@@ -778,9 +783,15 @@ impl Broker {
             .await
         {
             Ok(ids) => {
-                let reaping = self.reaping.lock();
-                for id in ids.iter().filter(|id| !reaping.contains(*id)) {
-                    self.schedule.set_if_absent(id, at);
+                // Due now even if scheduled later here: a lease this replica issued is
+                // scheduled at its expiry, and another replica may have queued its revocation,
+                // or failed at it, since. A revocation failing here keeps its backoff.
+                let (reaping, failing) = (self.reaping.lock(), self.failing.lock());
+                for id in ids
+                    .iter()
+                    .filter(|id| !reaping.contains(*id) && !failing.contains(*id))
+                {
+                    self.schedule.set_no_later(id, at);
                 }
             }
             Err(error) => {

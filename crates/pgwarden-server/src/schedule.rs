@@ -45,6 +45,14 @@ impl Schedule {
         }
     }
 
+    /// Sets `id` to be due at `at` unless it is due at or before `at` already.
+    pub fn set_no_later(&self, id: &str, at: OffsetDateTime) {
+        let due = self.lock().by_id.get(id).copied();
+        if due.is_none_or(|due| due > at) {
+            self.set(id, at);
+        }
+    }
+
     /// Takes `id` off the schedule.
     pub fn remove(&self, id: &str) {
         let mut inner = self.lock();

@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 const ROLES: &str = r#"
       appdb-long:  { db_name: appdb, preset: readonly, default_ttl: 1h, max_ttl: 2h }
       appdb-short: { db_name: appdb, preset: readonly, default_ttl: 3s, max_ttl: 1m }
+      appdb-slow:
+        db_name: appdb
+        creation_statements:
+          - CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';
+          - SELECT pg_sleep(0.5);
 "#;
 
 /// A cluster with `appdb` and the state database `state`, and `n` replicas sharing it.
@@ -22,11 +27,16 @@ struct Replicas {
 
 impl Replicas {
     async fn start(n: usize) -> Replicas {
+        Replicas::start_with(n, "").await
+    }
+
+    /// `n` replicas whose configuration also holds `more`.
+    async fn start_with(n: usize, more: &str) -> Replicas {
         let cluster = PgCluster::start_with_appdb().await.unwrap();
         let su = cluster.connect_superuser("postgres").await.unwrap();
         su.batch_execute("CREATE DATABASE state").await.unwrap();
         let extra = format!(
-            "state: {{ postgresql: {{ url: \"{}\" }} }}",
+            "state: {{ postgresql: {{ url: \"{}\" }} }}\n{more}",
             cluster.superuser_url("state")
         );
         let mut replicas = Vec::new();
@@ -545,6 +555,112 @@ async fn two_replicas_rotating_one_static_role_never_lose_its_password() {
         assert!(
             signed_in,
             "replica {i} hands out a password that does not sign in"
+        );
+    }
+}
+
+/// Waits up to 10 s for `username`'s user to be dropped; whether it was.
+async fn dropped_within_10s(r: &Replicas, username: &Value) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if !r.user_exists(username).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+// The leader has every lease it issued scheduled at its expiry; a revocation another replica
+// queues (or fails at) must still be reaped at once, not at the lease's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_queued_on_another_replica_is_reaped_at_once() {
+    let r = Replicas::start(2).await;
+    let leader = r.one_leader(Duration::from_secs(20)).await;
+    let creds = r.creds(leader, "appdb-long").await;
+    let queue = json!({ "lease_id": creds["lease_id"], "sync": false });
+    let (status, body) = r
+        .call(1 - leader, "PUT", "sys/leases/revoke", Some(queue))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        dropped_within_10s(&r, &creds["data"]["username"]).await,
+        "the queued revocation waits for the lease's hour"
+    );
+}
+
+// A logout on one replica while another still creates a user for the same token: the logout
+// rolls the pending lease back (dropping nothing yet) and forgets it; the issuer, finding the
+// token gone once its user is committed, must drop that user itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logout_on_one_replica_during_an_issuance_on_another_leaves_no_user() {
+    use pgwarden_testkit::issuer::{TestIssuer, TestKey};
+    let issuer = TestIssuer::start(&[TestKey::Rsa1]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "grants:\n  - subjects: [\"system:serviceaccount:team-a:*\"]\n    roles: [\"database/appdb-slow\"]\n",
+    )
+    .unwrap();
+    let auth = format!(
+        "policy_file: \"{}\"\nauth:\n  kubernetes:\n    type: kubernetes\n    issuer: \"{}\"\n    \
+         keys: {{ jwks_url: \"{}\" }}\n    audiences: [pgwarden]\n    roles:\n      \
+         team-a: {{ bound_service_account_names: [\"*\"], bound_service_account_namespaces: [team-a] }}\n",
+        policy.display(),
+        issuer.issuer(),
+        issuer.jwks_url()
+    );
+    let r = Replicas::start_with(2, &auth).await;
+    let as_caller = |i: usize, token: String, method: &'static str, path: &'static str| {
+        let request = r
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}/v1/{path}", r.replicas[i].base),
+            )
+            .header("X-Vault-Token", token);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    for round in 0..3 {
+        let jwt = issuer.service_account_token(TestKey::Rsa1, "pgwarden", "team-a", "app");
+        let (status, login) = r
+            .call(
+                0,
+                "POST",
+                "auth/kubernetes/login",
+                Some(json!({ "role": "team-a", "jwt": jwt })),
+            )
+            .await;
+        assert_eq!(status, 200, "{login}");
+        let token = login["auth"]["client_token"].as_str().unwrap().to_string();
+        let issuance = tokio::spawn(as_caller(
+            0,
+            token.clone(),
+            "GET",
+            "database/creds/appdb-slow",
+        ));
+        // Well inside the creation's half-second sleep.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (status, body) = as_caller(1, token, "POST", "auth/token/revoke-self").await;
+        assert_eq!(status, 204, "{body}");
+        let (status, body) = issuance.await.unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (
+                403,
+                r#"{"errors":["the token was revoked while the credential was being issued; nothing was issued"]}"#
+            ),
+            "round {round}"
+        );
+        assert_eq!(
+            r.cluster.roles_like("v-kubernet-%").await.unwrap(),
+            Vec::<String>::new(),
+            "round {round}: a user no lease names"
         );
     }
 }
