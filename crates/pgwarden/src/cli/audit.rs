@@ -13,15 +13,12 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// `pgwarden audit` flags and subcommand.
+/// `pgwarden audit`'s subcommand.
 #[derive(Args, Debug)]
 pub struct AuditArgs {
     /// What to do.
     #[command(subcommand)]
     pub command: AuditCommand,
-    /// Where pgwarden is and which token to use.
-    #[command(flatten)]
-    pub client: ClientArgs,
 }
 
 /// The audit subcommands.
@@ -65,6 +62,9 @@ pub struct TailArgs {
     /// pgwarden being unreachable; Ctrl-C stops).
     #[arg(long)]
     pub follow: bool,
+    /// Where pgwarden is and which token to use (`verify` reads the state store instead).
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Records fetched per call.
@@ -150,9 +150,11 @@ async fn tail(client: &Client, args: TailArgs, format: Format) -> Result<(), Str
 
 /// Runs an audit subcommand.
 pub async fn run(args: AuditArgs) -> Result<(), String> {
-    let format = args.client.format;
     match args.command {
-        AuditCommand::Tail(tail_args) => tail(&args.client.client()?, tail_args, format).await,
+        AuditCommand::Tail(tail_args) => {
+            let (client, format) = (tail_args.client.client()?, tail_args.client.format);
+            tail(&client, tail_args, format).await
+        }
         AuditCommand::Verify(verify_args) => verify(&verify_args.config).await,
     }
 }
