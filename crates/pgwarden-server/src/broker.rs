@@ -681,6 +681,15 @@ impl Broker {
         let drop_user = self.drop_user(&lease, reason);
         let (result, ()) = tokio::join!(drop_user, record_started);
         match result {
+            Ok(()) if let Some(again) = self.rollback_again_at(&lease, reason) => {
+                // The issuer, on another replica, may still commit the user after this drop
+                // found nothing: the lease is kept, and dropped again once that cannot be.
+                self.schedule.set(id, again);
+                self.failing.lock().remove(id);
+                self.update_gauges();
+                tracing::info!(lease_id = %id, username = %lease.username, "rolled back while its issuer may still be creating it; dropping again in a minute");
+                Ok(())
+            }
             Ok(()) => {
                 self.store.delete_lease(id).await?;
                 self.schedule.remove(id);
@@ -761,6 +770,18 @@ impl Broker {
     }
 
     /// How long a pending lease is left to its issuer before it counts as abandoned.
+    /// When a rollback of `lease` just done must be done again: on shared state, until the
+    /// issuer's grace is over, a creation on another replica may still commit the user that
+    /// the rollback did not find (an uncommitted role is invisible to other sessions).
+    fn rollback_again_at(&self, lease: &Lease, reason: RevokeReason) -> Option<OffsetDateTime> {
+        if reason != RevokeReason::Rollback {
+            return None;
+        }
+        let grace = time::Duration::try_from(self.pending_grace()).ok()?;
+        let again = lease.issued_at.checked_add(grace)?;
+        (again > now()).then_some(again)
+    }
+
     fn pending_grace(&self) -> Duration {
         if self.leadership.is_shared() {
             SHARED_PENDING_GRACE

@@ -589,15 +589,13 @@ async fn a_revocation_queued_on_another_replica_is_reaped_at_once() {
     );
 }
 
-// A logout on one replica while another still creates a user for the same token: the logout
-// rolls the pending lease back (dropping nothing yet) and forgets it; the issuer, finding the
-// token gone once its user is committed, must drop that user itself.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_logout_on_one_replica_during_an_issuance_on_another_leaves_no_user() {
-    use pgwarden_testkit::issuer::{TestIssuer, TestKey};
-    let issuer = TestIssuer::start(&[TestKey::Rsa1]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.yaml");
+/// Two replicas whose Kubernetes mount takes service accounts of namespace `team-a` (tokens
+/// from `issuer`), which the policy (in `dir`) lets get `appdb-slow`.
+async fn with_logins(
+    issuer: &pgwarden_testkit::issuer::TestIssuer,
+    dir: &std::path::Path,
+) -> Replicas {
+    let policy = dir.join("policy.yaml");
     std::fs::write(
         &policy,
         "grants:\n  - subjects: [\"system:serviceaccount:team-a:*\"]\n    roles: [\"database/appdb-slow\"]\n",
@@ -611,13 +609,43 @@ async fn a_logout_on_one_replica_during_an_issuance_on_another_leaves_no_user() 
         issuer.issuer(),
         issuer.jwks_url()
     );
-    let r = Replicas::start_with(2, &auth).await;
-    let as_caller = |i: usize, token: String, method: &'static str, path: &'static str| {
-        let request = r
+    Replicas::start_with(2, &auth).await
+}
+
+impl Replicas {
+    /// Logs service account `team-a/app` in on replica `i`; its pgwarden token.
+    async fn login(&self, i: usize, issuer: &pgwarden_testkit::issuer::TestIssuer) -> String {
+        let jwt = issuer.service_account_token(
+            pgwarden_testkit::issuer::TestKey::Rsa1,
+            "pgwarden",
+            "team-a",
+            "app",
+        );
+        let (status, login) = self
+            .call(
+                i,
+                "POST",
+                "auth/kubernetes/login",
+                Some(json!({ "role": "team-a", "jwt": jwt })),
+            )
+            .await;
+        assert_eq!(status, 200, "{login}");
+        login["auth"]["client_token"].as_str().unwrap().to_string()
+    }
+
+    /// Sends `method` to `/v1/<path>` on replica `i` with `token`; the status and body text.
+    fn call_as(
+        &self,
+        i: usize,
+        token: String,
+        method: &str,
+        path: &str,
+    ) -> impl std::future::Future<Output = (u16, String)> + 'static {
+        let request = self
             .http
             .request(
                 reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-                format!("{}/v1/{path}", r.replicas[i].base),
+                format!("{}/v1/{path}", self.replicas[i].base),
             )
             .header("X-Vault-Token", token);
         async move {
@@ -625,28 +653,26 @@ async fn a_logout_on_one_replica_during_an_issuance_on_another_leaves_no_user() 
             let status = response.status().as_u16();
             (status, response.text().await.unwrap())
         }
-    };
-    for round in 0..3 {
-        let jwt = issuer.service_account_token(TestKey::Rsa1, "pgwarden", "team-a", "app");
-        let (status, login) = r
-            .call(
-                0,
-                "POST",
-                "auth/kubernetes/login",
-                Some(json!({ "role": "team-a", "jwt": jwt })),
-            )
+    }
+}
+
+// A logout on one replica while another still creates a user for the same token: the logout
+// rolls the pending lease back (dropping nothing yet); the issuer, finding the token gone once
+// its user is committed, must drop that user itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logout_on_one_replica_during_an_issuance_on_another_leaves_no_user() {
+    let issuer =
+        pgwarden_testkit::issuer::TestIssuer::start(&[pgwarden_testkit::issuer::TestKey::Rsa1])
             .await;
-        assert_eq!(status, 200, "{login}");
-        let token = login["auth"]["client_token"].as_str().unwrap().to_string();
-        let issuance = tokio::spawn(as_caller(
-            0,
-            token.clone(),
-            "GET",
-            "database/creds/appdb-slow",
-        ));
+    let dir = tempfile::tempdir().unwrap();
+    let r = with_logins(&issuer, dir.path()).await;
+    for round in 0..3 {
+        let token = r.login(0, &issuer).await;
+        let issuance =
+            tokio::spawn(r.call_as(0, token.clone(), "GET", "database/creds/appdb-slow"));
         // Well inside the creation's half-second sleep.
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let (status, body) = as_caller(1, token, "POST", "auth/token/revoke-self").await;
+        let (status, body) = r.call_as(1, token, "POST", "auth/token/revoke-self").await;
         assert_eq!(status, 204, "{body}");
         let (status, body) = issuance.await.unwrap();
         assert_eq!(
@@ -662,5 +688,97 @@ async fn a_logout_on_one_replica_during_an_issuance_on_another_leaves_no_user() 
             Vec::<String>::new(),
             "round {round}: a user no lease names"
         );
+    }
+}
+
+// The same logout, but the issuing replica commits its user and dies before dropping it: the
+// logout's rollback found nothing to drop, so it must keep the lease until the issuer's grace
+// is over, and the leader then drops the user. (The issuer here is the test itself: it records
+// the pending lease in the shared state, creates the user in an open transaction, and commits
+// it once the logout has rolled the lease back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollback_that_found_nothing_is_repeated_once_the_issuers_grace_is_over() {
+    use pgwarden_core::{Lease, LeaseState, Owner, RevokeReason, RoleSpec, Ttl};
+    let issuer =
+        pgwarden_testkit::issuer::TestIssuer::start(&[pgwarden_testkit::issuer::TestKey::Rsa1])
+            .await;
+    let dir = tempfile::tempdir().unwrap();
+    let r = with_logins(&issuer, dir.path()).await;
+    let token = r.login(0, &issuer).await;
+    let (status, body) = r
+        .call_as(0, token.clone(), "GET", "auth/token/lookup-self")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let accessor = serde_json::from_str::<Value>(&body).unwrap()["data"]["accessor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let state = pgwarden_server::Config::parse(&format!(
+        "state: {{ postgresql: {{ url: \"{}\" }} }}",
+        r.cluster.superuser_url("state")
+    ))
+    .unwrap();
+    let store = pgwarden_server::open_store(&state).await.unwrap();
+    let role = serde_json::from_str::<RoleSpec>(r#"{"db_name":"appdb","preset":"readonly"}"#)
+        .unwrap()
+        .into_def("appdb-slow")
+        .unwrap();
+    let username = "v-kubernet-appdb-sl-diedaftercommit-1".to_string();
+    let owner = Owner {
+        display_name: "kubernetes-team-a-app".into(),
+        subject: "system:serviceaccount:team-a:app".into(),
+        token_accessor: Some(accessor),
+    };
+    let lease = Lease::new_pending(
+        "database",
+        &role,
+        username.clone(),
+        owner,
+        Ttl::default(),
+        time::OffsetDateTime::now_utc(),
+    );
+    store.insert_lease(&lease).await.unwrap();
+    let creator = r
+        .cluster
+        .connect_as(
+            pgwarden_testkit::APP_ADMIN,
+            pgwarden_testkit::APP_ADMIN_PASSWORD,
+            "appdb",
+        )
+        .await
+        .unwrap();
+    creator
+        .batch_execute(&format!(
+            "BEGIN; CREATE ROLE \"{username}\" LOGIN PASSWORD 'unknown-to-anyone'"
+        ))
+        .await
+        .unwrap();
+
+    let (status, body) = r.call_as(1, token, "POST", "auth/token/revoke-self").await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        store.get_lease(&lease.id).await.unwrap().map(|l| l.state),
+        Some(LeaseState::Revoking(RevokeReason::Rollback)),
+        "the rollback found nothing and forgot the lease"
+    );
+    creator.batch_execute("COMMIT").await.unwrap();
+    assert!(r.cluster.role_exists(&username).await.unwrap());
+
+    // The grace is 60 s from the lease's issue.
+    let start = Instant::now();
+    while r.cluster.role_exists(&username).await.unwrap() {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the user the issuer committed outlived the grace"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    while store.get_lease(&lease.id).await.unwrap().is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(95),
+            "the lease is kept"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

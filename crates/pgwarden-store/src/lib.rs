@@ -288,7 +288,9 @@ pub trait Store: Send + Sync + 'static {
     async fn all_leases(&self) -> Result<Vec<Lease>, StoreError>;
     /// Ids of the leases the reaper must act on at `now`: active ones that have expired,
     /// revocations under way or failed, and pending ones issued before `stale` (whose issuer
-    /// died: a live one finishes long before).
+    /// died: a live one finishes long before). A rollback (of a lease marked while pending)
+    /// issued after `stale` waits like a pending lease: its issuer may still be creating the
+    /// user.
     async fn due_lease_ids(
         &self,
         now: OffsetDateTime,

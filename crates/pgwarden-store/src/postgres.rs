@@ -597,8 +597,8 @@ impl Store for PostgresStore {
         let rows = self
             .query(
                 "SELECT id FROM pgwarden_leases WHERE (state = 'active' AND expires_at_ms <= $1) \
-                 OR state = 'revoking' OR (state = 'pending' AND issued_at_ms <= $2) \
-                 ORDER BY expires_at_ms",
+                 OR (state = 'revoking' AND (COALESCE(revoke_reason, '') <> 'rollback' OR issued_at_ms <= $2)) \
+                 OR (state = 'pending' AND issued_at_ms <= $2) ORDER BY expires_at_ms",
                 &[&millis(now), &millis(stale)],
             )
             .await?;

@@ -353,7 +353,8 @@ impl SqliteStore {
 
 /// The leases due for the reaper (see [`Store::due_lease_ids`]).
 const DUE_LEASES: &str = "SELECT id FROM leases WHERE (state = 'active' AND expires_at_ms <= :now) \
-     OR state = 'revoking' OR (state = 'pending' AND issued_at_ms <= :stale) ORDER BY expires_at_ms";
+     OR (state = 'revoking' AND (COALESCE(revoke_reason, '') <> 'rollback' OR issued_at_ms <= :stale)) \
+     OR (state = 'pending' AND issued_at_ms <= :stale) ORDER BY expires_at_ms";
 
 /// Durable writes: a new lease must survive power loss, or a committed user could go
 /// untracked; so must tokens, definitions and failed revocations.

@@ -111,7 +111,7 @@ async fn a_lease_moves_on_only_from_the_state_its_writer_saw(open: Opener<'_>) {
     );
 }
 
-async fn due_leases_are_expired_revoking_or_stale_pending(open: Opener<'_>) {
+async fn due_leases_are_expired_revoking_or_stale_pending_or_stale_rollbacks(open: Opener<'_>) {
     let store = open().await;
     let t0 = datetime!(2026-11-22 10:00:00 UTC);
     let mut expired = root_lease("expired", t0);
@@ -126,7 +126,20 @@ async fn due_leases_are_expired_revoking_or_stale_pending(open: Opener<'_>) {
     stale.expires_at = t0 + Duration::from_secs(3600);
     let mut in_flight = root_lease("in-flight", t0);
     in_flight.expires_at = t0 + Duration::from_secs(3600);
-    for lease in [&expired, &live, &revoking, &stale, &in_flight] {
+    // Rolled back while pending: the issuer may still commit its user until `stale`.
+    let mut rolled_back_in_flight = root_lease("rolled-back-in-flight", t0);
+    rolled_back_in_flight.state = LeaseState::Revoking(RevokeReason::Rollback);
+    let mut rolled_back_stale = root_lease("rolled-back-stale", t0 - Duration::from_secs(600));
+    rolled_back_stale.state = LeaseState::Revoking(RevokeReason::Rollback);
+    for lease in [
+        &expired,
+        &live,
+        &revoking,
+        &stale,
+        &in_flight,
+        &rolled_back_in_flight,
+        &rolled_back_stale,
+    ] {
         store.insert_lease(lease).await.unwrap();
     }
     let mut due = store
@@ -138,7 +151,7 @@ async fn due_leases_are_expired_revoking_or_stale_pending(open: Opener<'_>) {
         store.get_lease(&revoking.id).await.unwrap().unwrap().state,
         LeaseState::Revoking(RevokeReason::Requested)
     );
-    let mut expected = vec![expired.id, revoking.id, stale.id];
+    let mut expected = vec![expired.id, revoking.id, stale.id, rolled_back_stale.id];
     expected.sort();
     assert_eq!(due, expected);
 }
@@ -689,7 +702,7 @@ where
     prefix_matching_is_literal(&fresh().await).await;
     roles_and_connections_round_trip(&fresh().await).await;
     a_lease_moves_on_only_from_the_state_its_writer_saw(&fresh().await).await;
-    due_leases_are_expired_revoking_or_stale_pending(&fresh().await).await;
+    due_leases_are_expired_revoking_or_stale_pending_or_stale_rollbacks(&fresh().await).await;
     one_holder_leads_until_its_lead_lapses(&fresh().await, shared).await;
     a_request_changes_only_from_the_version_its_writer_saw(&fresh().await).await;
     a_static_role_changes_only_from_the_version_its_writer_saw(&fresh().await).await;
