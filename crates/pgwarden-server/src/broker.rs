@@ -590,13 +590,7 @@ impl Broker {
     /// needs it. Issuances wait, so none records a lease against the deleted connection.
     pub async fn delete_connection(&self, mount: &str, name: &str) -> Result<(), ServerError> {
         let _exclusive = self.connections_in_use.write().await;
-        let using = self
-            .store
-            .all_leases()
-            .await?
-            .iter()
-            .filter(|lease| lease.mount == mount && lease.role.db_name == name)
-            .count();
+        let using = self.catalog.leases_using(mount, name).await?;
         if using > 0 {
             return Err(ServerError::Conflict(format!(
                 "connection {name:?} is used by {using} lease(s); revoke them first \
@@ -611,6 +605,18 @@ impl Broker {
             )));
         }
         self.catalog.delete_connection(mount, name).await
+    }
+
+    /// Creates or updates an API connection. Issuances wait, so none records a lease against
+    /// its old server while it moves to another (refused while leases use it).
+    pub async fn put_connection(
+        &self,
+        mount: &str,
+        name: &str,
+        write: pgwarden_core::wire::ConnectionWrite,
+    ) -> Result<(), ServerError> {
+        let _exclusive = self.connections_in_use.write().await;
+        self.catalog.put_connection(mount, name, write).await
     }
 
     /// One lease by id.

@@ -509,7 +509,7 @@ impl Catalog {
         let sealer = self.sealer()?;
         let target = Target::new(&def)?;
         if previous_server.is_some_and(|server| server != target.server()) {
-            self.refuse_moving_static_roles(mount, name).await?;
+            self.refuse_moving_while_used(mount, name).await?;
         }
         if def.verify_connection {
             target.verify().await.map_err(|e| {
@@ -539,10 +539,19 @@ impl Catalog {
         .await
     }
 
-    /// Refuses (409) to point connection `name` at another server while static roles use
-    /// it: each manages a user of the server it was defined on (and one user has one static
-    /// role per server).
-    async fn refuse_moving_static_roles(&self, mount: &str, name: &str) -> Result<(), ServerError> {
+    /// Refuses (409) to point connection `name` at another server while leases or static
+    /// roles use it: each lease's user lives on the server it was created on, where its
+    /// revocation must drop it, and each static role manages a user of the server it was
+    /// defined on (and one user has one static role per server).
+    async fn refuse_moving_while_used(&self, mount: &str, name: &str) -> Result<(), ServerError> {
+        let leases = self.leases_using(mount, name).await?;
+        if leases > 0 {
+            return Err(ServerError::Conflict(format!(
+                "connection {name:?} is used by {leases} lease(s) whose users live on its \
+                 current server; its hosts cannot change until they are revoked \
+                 (sys/leases/revoke-prefix/{mount}/creds/<role>) or expire"
+            )));
+        }
         let using = self.static_roles_using(mount, name).await?;
         if using.is_empty() {
             return Ok(());
@@ -552,6 +561,17 @@ impl Catalog {
              they manage users there: delete them first",
             using.join(", ")
         )))
+    }
+
+    /// How many leases of `mount` have their users made through connection `name`.
+    pub async fn leases_using(&self, mount: &str, name: &str) -> Result<usize, ServerError> {
+        Ok(self
+            .store
+            .all_leases()
+            .await?
+            .iter()
+            .filter(|lease| lease.mount == mount && lease.role.db_name == name)
+            .count())
     }
 
     /// Names of the static roles of connection `name` in `mount`.

@@ -335,6 +335,23 @@ async fn roles_and_connections_at_run_time() {
     assert_eq!(status, 400);
     assert!(body["errors"][0].as_str().unwrap().starts_with("connection \"broken\" failed verification: database of connection \"broken\" is unreachable: "), "{body}");
 
+    // Nor moved to another server: their users live on this one.
+    let elsewhere = url.replace("127.0.0.1", "localhost");
+    let (status, body) = env
+        .call(
+            "POST",
+            "database/config/second",
+            Some(json!({ "connection_url": elsewhere, "username": ADMIN, "password": ADMIN_PW, "allowed_roles": "rt-*" })),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            409,
+            json!({ "errors": ["connection \"second\" is used by 2 lease(s) whose users live on its current server; its hosts cannot change until they are revoked (sys/leases/revoke-prefix/database/creds/<role>) or expire"] })
+        )
+    );
+
     // A connection in use by leases cannot be deleted: their revocation needs it.
     let (status, body) = env.call("DELETE", "database/config/second", None).await;
     assert_eq!(

@@ -52,11 +52,7 @@ pub async fn write(
     name: &str,
     body: ConnectionWrite,
 ) -> Result<StatusCode, ServerError> {
-    state
-        .broker
-        .catalog()
-        .put_connection(mount, name, body)
-        .await?;
+    state.broker.put_connection(mount, name, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
