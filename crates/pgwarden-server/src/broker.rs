@@ -775,7 +775,6 @@ impl Broker {
         }
     }
 
-    /// How long a pending lease is left to its issuer before it counts as abandoned.
     /// When a rollback of `lease` just done must be done again: on shared state, until the
     /// issuer's grace is over, a creation on another replica may still commit the user that
     /// the rollback did not find (an uncommitted role is invisible to other sessions).
@@ -788,6 +787,7 @@ impl Broker {
         (again > now()).then_some(again)
     }
 
+    /// How long a pending lease is left to its issuer before it counts as abandoned.
     fn pending_grace(&self) -> Duration {
         if self.leadership.is_shared() {
             SHARED_PENDING_GRACE
