@@ -24,7 +24,7 @@ pub enum LeaseCommand {
     /// List the ids of every lease under a prefix (root token only).
     List {
         /// Only leases under this prefix, e.g. `database/creds/appdb-user`; all when absent.
-        #[arg(value_name = "PREFIX", default_value = "")]
+        #[arg(value_name = "PREFIX", default_value = "", hide_default_value = true)]
         prefix: String,
     },
     /// Extend a lease, never past its role's max TTL (a warning says when that cut it short).
