@@ -98,7 +98,8 @@ pub struct Broker {
     /// New users' passwords, hashed ahead of need.
     passwords: PasswordPool,
     /// Held shared while an issuance picks its connection and records its lease, exclusively
-    /// while a connection is deleted, so no lease is recorded against a deleted connection.
+    /// while a connection is deleted or moved to another server, so no lease is recorded
+    /// against a deleted connection or the old server.
     connections_in_use: tokio::sync::RwLock<()>,
     /// Where every dropped user (and failed drop) is recorded.
     audit: AuditLog,
@@ -586,37 +587,26 @@ impl Broker {
         .await
     }
 
-    /// Deletes an API connection, refused (409) while any lease uses it: their revocation
-    /// needs it. Issuances wait, so none records a lease against the deleted connection.
+    /// Deletes an API connection, refused (409) while any lease or static role uses it: their
+    /// revocation needs it. Issuances wait, so none records a lease against the deleted
+    /// connection.
     pub async fn delete_connection(&self, mount: &str, name: &str) -> Result<(), ServerError> {
-        let _exclusive = self.connections_in_use.write().await;
-        let using = self.catalog.leases_using(mount, name).await?;
-        if using > 0 {
-            return Err(ServerError::Conflict(format!(
-                "connection {name:?} is used by {using} lease(s); revoke them first \
-                 (sys/leases/revoke-prefix/{mount}/creds/<role>) or let them expire"
-            )));
-        }
-        let static_roles = self.catalog.static_roles_using(mount, name).await?;
-        if !static_roles.is_empty() {
-            return Err(ServerError::Conflict(format!(
-                "connection {name:?} is used by static role(s) {}; delete them first",
-                static_roles.join(", ")
-            )));
-        }
-        self.catalog.delete_connection(mount, name).await
+        self.catalog
+            .delete_connection(mount, name, &self.connections_in_use)
+            .await
     }
 
-    /// Creates or updates an API connection. Issuances wait, so none records a lease against
-    /// its old server while it moves to another (refused while leases use it).
+    /// Creates or updates an API connection. While it moves to another server (refused while
+    /// leases use it), issuances wait, so none records a lease against the old one.
     pub async fn put_connection(
         &self,
         mount: &str,
         name: &str,
         write: pgwarden_core::wire::ConnectionWrite,
     ) -> Result<(), ServerError> {
-        let _exclusive = self.connections_in_use.write().await;
-        self.catalog.put_connection(mount, name, write).await
+        self.catalog
+            .put_connection(mount, name, write, &self.connections_in_use)
+            .await
     }
 
     /// One lease by id.

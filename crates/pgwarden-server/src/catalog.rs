@@ -211,6 +211,15 @@ fn unseal(
     })
 }
 
+/// A change to a connection that leases and static roles forbid while they use it.
+#[derive(Clone, Copy)]
+enum Change {
+    /// Deleting it.
+    Delete,
+    /// Pointing it at another server.
+    Move,
+}
+
 impl Catalog {
     /// Re-reads the API-written definitions from the store, so that what another replica wrote
     /// is served here too.
@@ -490,12 +499,17 @@ impl Catalog {
         self.read(mount, |m| Ok(m.connections.keys().cloned().collect()))
     }
 
-    /// Creates or replaces an API connection, checking it first unless asked not to.
+    /// Creates or replaces an API connection, checking it first unless asked not to. A move to
+    /// another server holds `issuing` (the broker's, shared by each issuance while it records
+    /// its lease) exclusively from its check that no lease uses the connection to its commit,
+    /// so that none records a lease against the old server meanwhile; other writes (which
+    /// connect to verify) keep no issuance waiting.
     pub async fn put_connection(
         &self,
         mount: &str,
         name: &str,
         write: ConnectionWrite,
+        issuing: &tokio::sync::RwLock<()>,
     ) -> Result<(), ServerError> {
         validate_name(name)?;
         let _serial = self.writes.lock().await;
@@ -508,9 +522,13 @@ impl Catalog {
         let def = connection_def(name, write, previous)?;
         let sealer = self.sealer()?;
         let target = Target::new(&def)?;
-        if previous_server.is_some_and(|server| server != target.server()) {
-            self.refuse_moving_while_used(mount, name).await?;
-        }
+        let _no_issuance = if previous_server.is_some_and(|server| server != target.server()) {
+            let exclusive = issuing.write().await;
+            self.refuse_while_used(mount, name, Change::Move).await?;
+            Some(exclusive)
+        } else {
+            None
+        };
         if def.verify_connection {
             target.verify().await.map_err(|e| {
                 ServerError::BadRequest(format!(
@@ -539,32 +557,48 @@ impl Catalog {
         .await
     }
 
-    /// Refuses (409) to point connection `name` at another server while leases or static
-    /// roles use it: each lease's user lives on the server it was created on, where its
-    /// revocation must drop it, and each static role manages a user of the server it was
+    /// Refuses (409) to `change` connection `name` while leases or static roles use it: each
+    /// lease's user lives on the server it was created on, where its revocation must drop it
+    /// through this connection, and each static role manages a user of the server it was
     /// defined on (and one user has one static role per server).
-    async fn refuse_moving_while_used(&self, mount: &str, name: &str) -> Result<(), ServerError> {
+    async fn refuse_while_used(
+        &self,
+        mount: &str,
+        name: &str,
+        change: Change,
+    ) -> Result<(), ServerError> {
         let leases = self.leases_using(mount, name).await?;
         if leases > 0 {
-            return Err(ServerError::Conflict(format!(
-                "connection {name:?} is used by {leases} lease(s) whose users live on its \
-                 current server; its hosts cannot change until they are revoked \
-                 (sys/leases/revoke-prefix/{mount}/creds/<role>) or expire"
-            )));
+            return Err(ServerError::Conflict(match change {
+                Change::Delete => format!(
+                    "connection {name:?} is used by {leases} lease(s); revoke them first \
+                     (sys/leases/revoke-prefix/{mount}/creds/<role>) or let them expire"
+                ),
+                Change::Move => format!(
+                    "connection {name:?} is used by {leases} lease(s) whose users live on its \
+                     current server; its hosts cannot change until they are revoked \
+                     (sys/leases/revoke-prefix/{mount}/creds/<role>) or expire"
+                ),
+            }));
         }
         let using = self.static_roles_using(mount, name).await?;
         if using.is_empty() {
             return Ok(());
         }
-        Err(ServerError::Conflict(format!(
-            "connection {name:?} is used by static role(s) {}; its hosts cannot change while \
-             they manage users there: delete them first",
-            using.join(", ")
-        )))
+        let using = using.join(", ");
+        Err(ServerError::Conflict(match change {
+            Change::Delete => {
+                format!("connection {name:?} is used by static role(s) {using}; delete them first")
+            }
+            Change::Move => format!(
+                "connection {name:?} is used by static role(s) {using}; its hosts cannot change \
+                 while they manage users there: delete them first"
+            ),
+        }))
     }
 
     /// How many leases of `mount` have their users made through connection `name`.
-    pub async fn leases_using(&self, mount: &str, name: &str) -> Result<usize, ServerError> {
+    async fn leases_using(&self, mount: &str, name: &str) -> Result<usize, ServerError> {
         Ok(self
             .store
             .all_leases()
@@ -590,9 +624,18 @@ impl Catalog {
             .collect())
     }
 
-    /// Deletes an API connection (missing is not an error).
-    pub async fn delete_connection(&self, mount: &str, name: &str) -> Result<(), ServerError> {
+    /// Deletes an API connection (missing is not an error), refused (409) while leases or
+    /// static roles use it: their revocation needs it. Holds `issuing` (see
+    /// [`Catalog::put_connection`]) exclusively from that check to the deletion.
+    pub async fn delete_connection(
+        &self,
+        mount: &str,
+        name: &str,
+        issuing: &tokio::sync::RwLock<()>,
+    ) -> Result<(), ServerError> {
         let _serial = self.writes.lock().await;
+        let _no_issuance = issuing.write().await;
+        self.refuse_while_used(mount, name, Change::Delete).await?;
         self.commit(
             mount,
             |m| ensure_writable(&m.connections, "connection", name),
