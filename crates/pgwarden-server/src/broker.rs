@@ -393,8 +393,9 @@ impl Broker {
         if self.token_gone(&lease).await? {
             // The token was revoked after this lease was recorded: this issuance must not
             // outlive it. The logout (on another replica) may have rolled the lease back
-            // already, before this user was committed, dropping nothing and forgetting the
-            // lease: so the user is dropped here first, then the lease revoked if it is left.
+            // before this user was committed, dropping nothing; it keeps the lease for the
+            // issuer's grace, but a creation that took longer finds it forgotten. So the user
+            // is dropped here first, then the lease revoked if it is left.
             self.metrics.issue_failures.inc();
             if let Err(error) = target.rollback_user(&lease.role, &lease.username).await {
                 tracing::error!(lease_id = %lease.id, username = %lease.username, error = %chain(&error), "dropping the user of a lease whose token was revoked during issuance failed; the orphan sweep will drop it");
