@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use pgwarden_testkit::PgCluster;
+use pgwarden_testkit::issuer::{TestIssuer, TestKey};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -590,38 +591,45 @@ async fn a_revocation_queued_on_another_replica_is_reaped_at_once() {
 }
 
 /// Two replicas whose Kubernetes mount takes service accounts of namespace `team-a` (tokens
-/// from `issuer`), which the policy (in `dir`) lets get `appdb-slow`.
-async fn with_logins(
-    issuer: &pgwarden_testkit::issuer::TestIssuer,
-    dir: &std::path::Path,
-) -> Replicas {
-    let policy = dir.join("policy.yaml");
-    std::fs::write(
-        &policy,
-        "grants:\n  - subjects: [\"system:serviceaccount:team-a:*\"]\n    roles: [\"database/appdb-slow\"]\n",
-    )
-    .unwrap();
-    let auth = format!(
-        "policy_file: \"{}\"\nauth:\n  kubernetes:\n    type: kubernetes\n    issuer: \"{}\"\n    \
-         keys: {{ jwks_url: \"{}\" }}\n    audiences: [pgwarden]\n    roles:\n      \
-         team-a: {{ bound_service_account_names: [\"*\"], bound_service_account_namespaces: [team-a] }}\n",
-        policy.display(),
-        issuer.issuer(),
-        issuer.jwks_url()
-    );
-    Replicas::start_with(2, &auth).await
+/// from `issuer`), which the policy lets get `appdb-slow`.
+struct WithLogins {
+    replicas: Replicas,
+    issuer: TestIssuer,
+    _policy_dir: tempfile::TempDir,
 }
 
-impl Replicas {
-    /// Logs service account `team-a/app` in on replica `i`; its pgwarden token.
-    async fn login(&self, i: usize, issuer: &pgwarden_testkit::issuer::TestIssuer) -> String {
-        let jwt = issuer.service_account_token(
-            pgwarden_testkit::issuer::TestKey::Rsa1,
-            "pgwarden",
-            "team-a",
-            "app",
+impl WithLogins {
+    async fn start() -> WithLogins {
+        let issuer = TestIssuer::start(&[TestKey::Rsa1]).await;
+        let policy_dir = tempfile::tempdir().unwrap();
+        let policy = policy_dir.path().join("policy.yaml");
+        std::fs::write(
+            &policy,
+            "grants:\n  - subjects: [\"system:serviceaccount:team-a:*\"]\n    roles: [\"database/appdb-slow\"]\n",
+        )
+        .unwrap();
+        let auth = format!(
+            "policy_file: \"{}\"\nauth:\n  kubernetes:\n    type: kubernetes\n    issuer: \"{}\"\n    \
+             keys: {{ jwks_url: \"{}\" }}\n    audiences: [pgwarden]\n    roles:\n      \
+             team-a: {{ bound_service_account_names: [\"*\"], bound_service_account_namespaces: [team-a] }}\n",
+            policy.display(),
+            issuer.issuer(),
+            issuer.jwks_url()
         );
+        WithLogins {
+            replicas: Replicas::start_with(2, &auth).await,
+            issuer,
+            _policy_dir: policy_dir,
+        }
+    }
+
+    /// Logs service account `team-a/app` in on replica `i`; its pgwarden token.
+    async fn login(&self, i: usize) -> String {
+        let jwt = self
+            .issuer
+            .service_account_token(TestKey::Rsa1, "pgwarden", "team-a", "app");
         let (status, login) = self
+            .replicas
             .call(
                 i,
                 "POST",
@@ -632,7 +640,9 @@ impl Replicas {
         assert_eq!(status, 200, "{login}");
         login["auth"]["client_token"].as_str().unwrap().to_string()
     }
+}
 
+impl Replicas {
     /// Sends `method` to `/v1/<path>` on replica `i` with `token`; the status and body text.
     fn call_as(
         &self,
@@ -661,13 +671,10 @@ impl Replicas {
 // its user is committed, must drop that user itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_logout_on_one_replica_during_an_issuance_on_another_leaves_no_user() {
-    let issuer =
-        pgwarden_testkit::issuer::TestIssuer::start(&[pgwarden_testkit::issuer::TestKey::Rsa1])
-            .await;
-    let dir = tempfile::tempdir().unwrap();
-    let r = with_logins(&issuer, dir.path()).await;
+    let logins = WithLogins::start().await;
+    let r = &logins.replicas;
     for round in 0..3 {
-        let token = r.login(0, &issuer).await;
+        let token = logins.login(0).await;
         let issuance =
             tokio::spawn(r.call_as(0, token.clone(), "GET", "database/creds/appdb-slow"));
         // Well inside the creation's half-second sleep.
@@ -699,12 +706,9 @@ async fn a_logout_on_one_replica_during_an_issuance_on_another_leaves_no_user() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollback_that_found_nothing_is_repeated_once_the_issuers_grace_is_over() {
     use pgwarden_core::{Lease, LeaseState, Owner, RevokeReason, RoleSpec, Ttl};
-    let issuer =
-        pgwarden_testkit::issuer::TestIssuer::start(&[pgwarden_testkit::issuer::TestKey::Rsa1])
-            .await;
-    let dir = tempfile::tempdir().unwrap();
-    let r = with_logins(&issuer, dir.path()).await;
-    let token = r.login(0, &issuer).await;
+    let logins = WithLogins::start().await;
+    let r = &logins.replicas;
+    let token = logins.login(0).await;
     let (status, body) = r
         .call_as(0, token.clone(), "GET", "auth/token/lookup-self")
         .await;
