@@ -3,9 +3,9 @@
 //! (tokio-postgres, psql, psycopg) through the proxy in both pooling modes.
 
 use pgwarden_proxy::{ProxyConfig, Running};
-use pgwarden_testkit::PgCluster;
 use pgwarden_testkit::broker::TestBroker;
 use pgwarden_testkit::issuer::{TestIssuer, TestKey};
+use pgwarden_testkit::{APP_ADMIN, APP_ADMIN_PASSWORD, PgCluster};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -789,11 +789,7 @@ async fn an_extended_copy_outside_a_transaction_keeps_its_connection_to_its_end(
     let w = world("transaction", "").await;
     let admin = w
         .cluster
-        .connect_as(
-            pgwarden_testkit::APP_ADMIN,
-            pgwarden_testkit::APP_ADMIN_PASSWORD,
-            "appdb",
-        )
+        .connect_as(APP_ADMIN, APP_ADMIN_PASSWORD, "appdb")
         .await
         .unwrap();
     // Made by pgwarden's administrator: the writer preset's grants extend to it.

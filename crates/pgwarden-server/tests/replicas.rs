@@ -745,11 +745,7 @@ async fn a_rollback_that_found_nothing_is_repeated_once_the_issuers_grace_is_ove
     store.insert_lease(&lease).await.unwrap();
     let creator = r
         .cluster
-        .connect_as(
-            pgwarden_testkit::APP_ADMIN,
-            pgwarden_testkit::APP_ADMIN_PASSWORD,
-            "appdb",
-        )
+        .connect_as(ADMIN, ADMIN_PW, "appdb")
         .await
         .unwrap();
     creator
