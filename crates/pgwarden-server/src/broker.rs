@@ -338,7 +338,7 @@ impl Broker {
         let record = async {
             // No lease may be recorded against a connection being deleted.
             let _in_use = self.connections_in_use.read().await;
-            self.catalog.target_for_role(mount, &role)?;
+            let stored_url = self.catalog.recording_through(mount, &role, &target)?;
             if let Some(event) = started {
                 // Written first: the lease's durable record makes it durable too.
                 let object = lease.id.clone();
@@ -346,7 +346,16 @@ impl Broker {
                 let event = AuditEvent { object, ..event }.with_detail(detail);
                 self.audit.record_before(event).await;
             }
-            self.store.insert_lease(&lease).await?;
+            match stored_url {
+                None => self.store.insert_lease(&lease).await?,
+                // Another replica may have deleted or moved the connection meanwhile: the
+                // store records the lease only if it has not.
+                Some(url) => {
+                    if !self.store.insert_lease_via(&lease, &url).await? {
+                        return Err(crate::catalog::changed_while_issuing(&role.db_name));
+                    }
+                }
+            }
             Ok::<_, ServerError>(())
         };
         let (begun, recorded) = tokio::join!(

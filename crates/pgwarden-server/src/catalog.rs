@@ -12,7 +12,7 @@ use pgwarden_core::role::validate_name;
 use pgwarden_core::wire::ConnectionWrite;
 use pgwarden_core::{AdminAuth, ConnectionDef, Preset, RoleDef, RoleKind, RoleSpec};
 use pgwarden_engine::Target;
-use pgwarden_store::{Store, StoredConnection};
+use pgwarden_store::{Store, StoredConnection, Unused};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -395,6 +395,31 @@ impl Catalog {
         })
     }
 
+    /// What recording a lease of `role` whose user is made through `target` depends on (see
+    /// [`pgwarden_store::Store::insert_lease_via`]): the URL its connection is stored with,
+    /// written through the API (`None` for one of the configuration file, which only a
+    /// restart changes). Refused (409) when the connection no longer reaches `target`'s
+    /// server: deleted or moved since the issuance looked it up.
+    pub fn recording_through(
+        &self,
+        mount: &str,
+        role: &RoleDef,
+        target: &Target,
+    ) -> Result<Option<String>, ServerError> {
+        let changed = || changed_while_issuing(&role.db_name);
+        let current = self.target_for_role(mount, role).map_err(|_| changed())?;
+        if current.server() != target.server() {
+            return Err(changed());
+        }
+        let entry = self
+            .connection(mount, &role.db_name)
+            .map_err(|_| changed())?;
+        Ok(match entry.source {
+            Source::Api => Some(entry.def.connection_url),
+            Source::File => None,
+        })
+    }
+
     /// The admin preset roles of `mount` whose users are created through `connection`: other
     /// preset groups of that connection are given their privileges on what these create.
     pub fn admin_roles(&self, mount: &str, connection: &str) -> Result<Vec<RoleDef>, ServerError> {
@@ -429,13 +454,16 @@ impl Catalog {
 
     /// Applies an API change: refuses file-defined names (`writable`), writes the store without
     /// holding `mounts`, then updates memory. The caller holds `writes`.
-    async fn commit(
+    async fn commit<E>(
         &self,
         mount: &str,
         writable: impl FnOnce(&Mount) -> Result<(), ServerError>,
-        persist: impl Future<Output = Result<(), pgwarden_store::StoreError>>,
+        persist: impl Future<Output = Result<(), E>>,
         apply: impl FnOnce(&mut Mount),
-    ) -> Result<(), ServerError> {
+    ) -> Result<(), ServerError>
+    where
+        ServerError: From<E>,
+    {
         self.read(mount, writable)?;
         persist.await?;
         self.write(mount, |m| {
@@ -522,7 +550,8 @@ impl Catalog {
         let def = connection_def(name, write, previous)?;
         let sealer = self.sealer()?;
         let target = Target::new(&def)?;
-        let _no_issuance = if previous_server.is_some_and(|server| server != target.server()) {
+        let moving = previous_server.is_some_and(|server| server != target.server());
+        let _no_issuance = if moving {
             let exclusive = issuing.write().await;
             self.refuse_while_used(mount, name, Change::Move).await?;
             Some(exclusive)
@@ -548,10 +577,19 @@ impl Catalog {
             verify_connection: def.verify_connection,
             sealed_pending_password: None,
         };
+        // A move is refused by the store too when another replica recorded a lease through
+        // the connection since the count above.
+        let persist = async {
+            if !moving {
+                return Ok(self.store.put_connection(mount, &stored).await?);
+            }
+            let outcome = self.store.move_connection(mount, &stored).await?;
+            changed_unless_used(mount, name, Change::Move, outcome)
+        };
         self.commit(
             mount,
             |m| ensure_writable(&m.connections, "connection", name),
-            self.store.put_connection(mount, &stored),
+            persist,
             |m| m.add_connection(def, Source::Api, target),
         )
         .await
@@ -569,17 +607,7 @@ impl Catalog {
     ) -> Result<(), ServerError> {
         let leases = self.leases_using(mount, name).await?;
         if leases > 0 {
-            return Err(ServerError::Conflict(match change {
-                Change::Delete => format!(
-                    "connection {name:?} is used by {leases} lease(s); revoke them first \
-                     (sys/leases/revoke-prefix/{mount}/creds/<role>) or let them expire"
-                ),
-                Change::Move => format!(
-                    "connection {name:?} is used by {leases} lease(s) whose users live on its \
-                     current server; its hosts cannot change until they are revoked \
-                     (sys/leases/revoke-prefix/{mount}/creds/<role>) or expire"
-                ),
-            }));
+            return Err(used_by_leases(mount, name, change, leases));
         }
         let using = self.static_roles_using(mount, name).await?;
         if using.is_empty() {
@@ -598,14 +626,12 @@ impl Catalog {
     }
 
     /// How many leases of `mount` have their users made through connection `name`.
-    async fn leases_using(&self, mount: &str, name: &str) -> Result<usize, ServerError> {
-        Ok(self
-            .store
-            .all_leases()
-            .await?
+    async fn leases_using(&self, mount: &str, name: &str) -> Result<u64, ServerError> {
+        let leases = self.store.all_leases().await?;
+        Ok(leases
             .iter()
             .filter(|lease| lease.mount == mount && lease.role.db_name == name)
-            .count())
+            .count() as u64)
     }
 
     /// Names of the static roles of connection `name` in `mount`.
@@ -639,13 +665,54 @@ impl Catalog {
         self.commit(
             mount,
             |m| ensure_writable(&m.connections, "connection", name),
-            async { self.store.delete_connection(mount, name).await.map(drop) },
+            async {
+                let outcome = self.store.delete_connection(mount, name).await?;
+                changed_unless_used(mount, name, Change::Delete, outcome)
+            },
             |m| {
                 m.connections.remove(name);
                 m.targets.remove(name);
             },
         )
         .await
+    }
+}
+
+/// The refusal (409) of an issuance whose connection `name` was deleted or pointed at another
+/// server (through this replica or another) while its user was being made.
+pub fn changed_while_issuing(name: &str) -> ServerError {
+    ServerError::Conflict(format!(
+        "connection {name:?} was deleted or pointed at another server while this credential \
+         was being issued; nothing was created: ask again"
+    ))
+}
+
+/// The refusal (409) to `change` connection `name` of `mount`, which `leases` leases use.
+fn used_by_leases(mount: &str, name: &str, change: Change, leases: u64) -> ServerError {
+    ServerError::Conflict(match change {
+        Change::Delete => format!(
+            "connection {name:?} is used by {leases} lease(s); revoke them first \
+             (sys/leases/revoke-prefix/{mount}/creds/<role>) or let them expire"
+        ),
+        Change::Move => format!(
+            "connection {name:?} is used by {leases} lease(s) whose users live on its \
+             current server; its hosts cannot change until they are revoked \
+             (sys/leases/revoke-prefix/{mount}/creds/<role>) or expire"
+        ),
+    })
+}
+
+/// Fails with the refusal to `change` connection `name` of `mount` when the store found
+/// leases using it: recorded through another replica since this one counted them.
+fn changed_unless_used(
+    mount: &str,
+    name: &str,
+    change: Change,
+    outcome: Unused,
+) -> Result<(), ServerError> {
+    match outcome {
+        Unused::UsedBy(leases) => Err(used_by_leases(mount, name, change, leases)),
+        Unused::Changed | Unused::Missing => Ok(()),
     }
 }
 

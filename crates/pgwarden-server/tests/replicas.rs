@@ -782,3 +782,134 @@ async fn a_rollback_that_found_nothing_is_repeated_once_the_issuers_grace_is_ove
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Connection `apidb` of the cluster's `appdb`, reached as `host`, written through the API.
+fn apidb(r: &Replicas, host: &str) -> Value {
+    json!({
+        "plugin_name": "postgresql-database-plugin",
+        "connection_url": r.cluster.templated_url("appdb").replace("127.0.0.1", host),
+        "username": ADMIN,
+        "password": ADMIN_PW,
+        "allowed_roles": "api-*",
+    })
+}
+
+/// Asks replica `i` for a credential of `api-maker` until it gives one (it has read the
+/// connection), at most for 15 s, and revokes it there.
+async fn issues_through_apidb(r: &Replicas, i: usize) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = r.call(i, "GET", "database/creds/api-maker", None).await;
+        if status == 200 {
+            let lease = json!({ "lease_id": body["lease_id"] });
+            let (status, _) = r.call(i, "PUT", "sys/leases/revoke", Some(lease)).await;
+            assert_eq!(status, 204);
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "replica {i} still answers {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// A connection deleted, or pointed at another server, through one replica, and a credential
+// asked through it of another replica before that one has read the change (it reads the
+// definitions every second). The other replica's own lock cannot see the change: the state
+// database orders the two. Had the lease been recorded, its user would live where its
+// connection no longer leads, and no revocation could drop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_changed_on_one_replica_is_not_issued_through_by_another_meanwhile() {
+    let r = Replicas::start(2).await;
+    let (status, body) = r
+        .call(
+            0,
+            "POST",
+            "database/config/apidb",
+            Some(apidb(&r, "127.0.0.1")),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let maker = json!({
+        "db_name": "apidb",
+        "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+        "default_ttl": "10m",
+    });
+    let (status, body) = r
+        .call(0, "POST", "database/roles/api-maker", Some(maker))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let refused = json!({ "errors": ["connection \"apidb\" was deleted or pointed at another server while this credential was being issued; nothing was created: ask again"] });
+    let (mut deletes_refused, mut moves_refused) = (0, 0);
+    let mut host = "127.0.0.1";
+    for round in 0..6 {
+        issues_through_apidb(&r, 1).await;
+        let deleting = round % 2 == 0;
+        let (status, body) = if deleting {
+            r.call(0, "DELETE", "database/config/apidb", None).await
+        } else {
+            host = if host == "localhost" {
+                "127.0.0.1"
+            } else {
+                "localhost"
+            };
+            r.call(0, "POST", "database/config/apidb", Some(apidb(&r, host)))
+                .await
+        };
+        assert_eq!(status, 204, "{body}");
+        let (status, body) = r.call(1, "GET", "database/creds/api-maker", None).await;
+        match status {
+            409 => {
+                assert_eq!(body, refused);
+                if deleting {
+                    deletes_refused += 1;
+                } else {
+                    moves_refused += 1;
+                }
+            }
+            // Replica 1 read the change first: no such connection, or the moved one.
+            400 if deleting => assert_eq!(
+                body,
+                json!({ "errors": ["role \"api-maker\" names connection \"apidb\", which does not exist in mount \"database\""] })
+            ),
+            200 if !deleting => {
+                let lease = json!({ "lease_id": body["lease_id"] });
+                assert_eq!(
+                    r.call(1, "PUT", "sys/leases/revoke", Some(lease)).await.0,
+                    204
+                );
+            }
+            _ => panic!("round {round}: {status} {body}"),
+        }
+        let (status, leases) = r
+            .call(
+                0,
+                "LIST",
+                "sys/leases/lookup/database/creds/api-maker",
+                None,
+            )
+            .await;
+        assert_eq!(status, 404, "round {round}: a lease is left: {leases}");
+        if deleting {
+            let (status, body) = r
+                .call(0, "POST", "database/config/apidb", Some(apidb(&r, host)))
+                .await;
+            assert_eq!(status, 204, "{body}");
+        }
+    }
+    let su = r.cluster.connect_superuser("appdb").await.unwrap();
+    let users: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-root-api-make-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(users, 0, "users of api-maker are left");
+    assert!(
+        deletes_refused > 0 && moves_refused > 0,
+        "the race was never run: {deletes_refused} deletions and {moves_refused} moves refused"
+    );
+}

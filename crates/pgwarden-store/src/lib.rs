@@ -104,6 +104,17 @@ pub enum Durability {
     Relaxed,
 }
 
+/// What a change of a connection that leases forbid found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unused {
+    /// No lease used it: it was changed.
+    Changed,
+    /// There was no such connection.
+    Missing,
+    /// This many leases have users through it: nothing was changed.
+    UsedBy(u64),
+}
+
 /// What [`copy_state`] copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Copied {
@@ -266,6 +277,16 @@ pub struct StoredConnection {
 pub trait Store: Send + Sync + 'static {
     /// Records a new lease (normally pending, before its user is created).
     async fn insert_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Records a new lease as [`Store::insert_lease`] does, only while the API connection its
+    /// user is made through (its mount's connection named by its role's `db_name`) is stored
+    /// with `connection_url`; false, with nothing recorded, once another replica deleted it
+    /// or pointed it elsewhere. Ordered with [`Store::delete_connection`] and
+    /// [`Store::move_connection`]: each sees the lease, or the lease is not recorded.
+    async fn insert_lease_via(
+        &self,
+        lease: &Lease,
+        connection_url: &str,
+    ) -> Result<bool, StoreError>;
     /// Replaces a lease's mutable fields (state, expiries, revocation attempts) if its stored
     /// state is still `from` (compared by name: a revocation's stored reason is not compared,
     /// and is replaced by `lease`'s); false when it is not, or no lease has this id (another
@@ -313,8 +334,14 @@ pub trait Store: Send + Sync + 'static {
         mount: &str,
         connection: &StoredConnection,
     ) -> Result<(), StoreError>;
-    /// Deletes a connection; false when there was none.
-    async fn delete_connection(&self, mount: &str, name: &str) -> Result<bool, StoreError>;
+    /// Replaces a connection whose server changes, unless leases have users through it.
+    async fn move_connection(
+        &self,
+        mount: &str,
+        connection: &StoredConnection,
+    ) -> Result<Unused, StoreError>;
+    /// Deletes a connection, unless leases have users through it.
+    async fn delete_connection(&self, mount: &str, name: &str) -> Result<Unused, StoreError>;
     /// Every stored connection with its mount.
     async fn connections(&self) -> Result<Vec<(String, StoredConnection)>, StoreError>;
     /// Records a token issued at login.

@@ -11,6 +11,7 @@ use crate::encoding::{
 };
 use crate::{
     AuditQuery, Durability, Store, StoreError, StoredConnection, StoredRequest, StoredStaticRole,
+    Unused,
 };
 use deadpool_postgres::Pool;
 use pgwarden_core::audit::GENESIS_HASH;
@@ -245,6 +246,90 @@ impl PostgresStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
+    /// Records lease `l`, only while its connection has `connection_url` when one is given;
+    /// whether it was recorded. A lease with neither a token nor a connection to lock is a
+    /// plain insert.
+    async fn insert_lease_if(
+        &self,
+        l: &Lease,
+        connection_url: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let role = to_json("role", &l.role)?;
+        let (state, reason) = (l.state.as_str(), revoke_reason(l.state));
+        let times = (
+            millis(l.issued_at),
+            millis(l.expires_at),
+            millis(l.max_expires_at),
+            l.last_renewal.map(millis),
+        );
+        let attempts = i64::from(l.revoke_attempts);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &l.id,
+            &l.username,
+            &l.owner.display_name,
+            &l.mount,
+            &role,
+            &state,
+            &times.0,
+            &times.1,
+            &times.2,
+            &times.3,
+            &attempts,
+            &l.last_error,
+            &l.owner.subject,
+            &l.owner.token_accessor,
+            &reason,
+        ];
+        if l.owner.token_accessor.is_none() && connection_url.is_none() {
+            let sql = format!(
+                "INSERT INTO pgwarden_leases ({LEASE_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            );
+            return self.execute(&sql, &params).await.map(|n| n > 0);
+        }
+        params.push(&l.role.db_name);
+        params.push(&connection_url);
+        self.execute(INSERT_LEASE_LOCKED, &params)
+            .await
+            .map(|n| n > 0)
+    }
+
+    /// Runs `change` (with `params`, whose first two are `mount` and `name`) on connection
+    /// `name` of `mount`, unless leases have users through it: in one transaction that first
+    /// locks the connection against new leases, then counts those recorded.
+    async fn change_unused_connection(
+        &self,
+        mount: &str,
+        name: &str,
+        change: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Unused, StoreError> {
+        within_timeout(&self.pool, async |client| {
+            in_transaction(client, async |client| {
+                client
+                    .execute(CHANGE_UNUSED_CONNECTION, &[&mount, &name])
+                    .await
+                    .map_err(db)?;
+                let used: i64 = client
+                    .query_one(LEASES_VIA, &[&mount, &name])
+                    .await
+                    .map_err(db)?
+                    .get(0);
+                if used > 0 {
+                    return Ok(Unused::UsedBy(used.unsigned_abs()));
+                }
+                let changed = client.execute(change, params).await.map_err(db)?;
+                Ok(if changed > 0 {
+                    Unused::Changed
+                } else {
+                    Unused::Missing
+                })
+            })
+            .await
+        })
+        .await
+    }
+
     /// Runs `sql` with `params`, committed durably; the number of rows changed.
     async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
         self.execute_on(&self.pool, sql, params).await
@@ -473,9 +558,63 @@ async fn in_transaction<T>(
     }
 }
 
-/// Locks the row of the token whose accessor is `$1`, if there is one, against its deletion
-/// until the transaction ends.
-const LOCK_TOKEN: &str = "SELECT 1 FROM pgwarden_tokens WHERE accessor = $1 FOR KEY SHARE";
+/// Records a lease (its columns `$1` to `$15` in [`LEASE_COLUMNS`] order) in one statement
+/// that first locks, until it commits, the row of its token (`$14`, if any) against its
+/// deletion, and that of its connection (`$16`, when its expected URL `$17` is given) against
+/// its deletion or move. The lease is recorded only while that connection still has that URL.
+/// So a logout of the token (which deletes the token's row, then marks its leases) either
+/// waits for this lease and marks it too, or has committed before it is recorded: then the
+/// issuer, reading the token afterwards, finds it gone and undoes the lease itself. And a
+/// deletion or move of the connection ([`CHANGE_UNUSED_CONNECTION`]) either waits for this
+/// lease and is refused, or has committed first: then no lease is recorded.
+const INSERT_LEASE_LOCKED: &str = "WITH token AS (\
+     SELECT 1 FROM pgwarden_tokens WHERE accessor = $14 FOR KEY SHARE), \
+     via AS (SELECT 1 FROM pgwarden_connections \
+     WHERE mount = $4 AND name = $16 AND connection_url = $17 FOR KEY SHARE) \
+     INSERT INTO pgwarden_leases (id, username, owner, mount, role_json, state, issued_at_ms, \
+     expires_at_ms, max_expires_at_ms, last_renewal_ms, revoke_attempts, last_error, subject, \
+     token_accessor, revoke_reason) \
+     SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::bigint, $8::bigint, \
+     $9::bigint, $10::bigint, $11::bigint, $12::text, $13::text, $14::text, $15::text \
+     WHERE (SELECT count(*) FROM token) >= 0 AND ($17::text IS NULL OR EXISTS (SELECT 1 FROM via))";
+
+/// Locks connection `$2` of mount `$1` against new leases through it (which lock it to be
+/// recorded, see [`INSERT_LEASE_LOCKED`]) until the transaction ends.
+const CHANGE_UNUSED_CONNECTION: &str =
+    "SELECT 1 FROM pgwarden_connections WHERE mount = $1 AND name = $2 FOR UPDATE";
+
+/// How many leases of mount `$1` have users made through its connection `$2`.
+const LEASES_VIA: &str = "SELECT count(*) FROM pgwarden_leases \
+     WHERE mount = $1 AND role_json::json ->> 'db_name' = $2";
+
+/// Creates or replaces connection `$2` of mount `$1` (the other columns in order).
+const UPSERT_CONNECTION: &str = "INSERT INTO pgwarden_connections (mount, name, connection_url, \
+     username, sealed_password, allowed_roles_json, verify_connection, sealed_pending_password) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (mount, name) DO UPDATE SET connection_url = excluded.connection_url, \
+     username = excluded.username, sealed_password = excluded.sealed_password, \
+     allowed_roles_json = excluded.allowed_roles_json, \
+     verify_connection = excluded.verify_connection, \
+     sealed_pending_password = excluded.sealed_pending_password";
+
+/// The parameters of [`UPSERT_CONNECTION`] for connection `c` of `mount` (`allowed`: its
+/// allowed roles as JSON).
+fn connection_params<'a>(
+    mount: &'a &'a str,
+    c: &'a StoredConnection,
+    allowed: &'a String,
+) -> [&'a (dyn ToSql + Sync); 8] {
+    [
+        mount,
+        &c.name,
+        &c.connection_url,
+        &c.username,
+        &c.sealed_password,
+        allowed,
+        &c.verify_connection,
+        &c.sealed_pending_password,
+    ]
+}
 
 /// The ids of the leases of the token whose accessor is `$1`, in order.
 const TOKEN_LEASE_IDS: &str =
@@ -488,45 +627,11 @@ fn ids(rows: &[Row]) -> Vec<String> {
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn insert_lease(&self, l: &Lease) -> Result<(), StoreError> {
-        let sql = format!(
-            "INSERT INTO pgwarden_leases ({LEASE_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-        );
-        let params: [&(dyn ToSql + Sync); 15] = [
-            &l.id,
-            &l.username,
-            &l.owner.display_name,
-            &l.mount,
-            &to_json("role", &l.role)?,
-            &l.state.as_str(),
-            &millis(l.issued_at),
-            &millis(l.expires_at),
-            &millis(l.max_expires_at),
-            &l.last_renewal.map(millis),
-            &i64::from(l.revoke_attempts),
-            &l.last_error,
-            &l.owner.subject,
-            &l.owner.token_accessor,
-            &revoke_reason(l.state),
-        ];
-        let Some(accessor) = &l.owner.token_accessor else {
-            return self.execute(&sql, &params).await.map(drop);
-        };
-        // The token's row is locked while the lease is recorded, so that a logout of the
-        // token (which deletes that row first, then marks the token's leases) either waits
-        // for this lease and marks it too, or has committed before it is recorded: then the
-        // issuer, reading the token afterwards, finds it gone and undoes the lease itself.
-        within_timeout(&self.pool, async |client| {
-            in_transaction(client, async |client| {
-                let lock = client.prepare_cached(LOCK_TOKEN).await.map_err(db)?;
-                client.execute(&lock, &[accessor]).await.map_err(db)?;
-                let insert = client.prepare_cached(&sql).await.map_err(db)?;
-                client.execute(&insert, &params).await.map_err(db)?;
-                Ok(())
-            })
-            .await
-        })
-        .await
+        self.insert_lease_if(l, None).await.map(drop)
+    }
+
+    async fn insert_lease_via(&self, l: &Lease, connection_url: &str) -> Result<bool, StoreError> {
+        self.insert_lease_if(l, Some(connection_url)).await
     }
 
     async fn update_lease(
@@ -661,37 +766,35 @@ impl Store for PostgresStore {
     }
 
     async fn put_connection(&self, mount: &str, c: &StoredConnection) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO pgwarden_connections (mount, name, connection_url, username, \
-             sealed_password, allowed_roles_json, verify_connection, sealed_pending_password) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (mount, name) DO UPDATE SET connection_url = excluded.connection_url, \
-             username = excluded.username, sealed_password = excluded.sealed_password, \
-             allowed_roles_json = excluded.allowed_roles_json, \
-             verify_connection = excluded.verify_connection, \
-             sealed_pending_password = excluded.sealed_pending_password",
-            &[
-                &mount,
-                &c.name,
-                &c.connection_url,
-                &c.username,
-                &c.sealed_password,
-                &to_json("allowed_roles list", &c.allowed_roles)?,
-                &c.verify_connection,
-                &c.sealed_pending_password,
-            ],
-        )
-        .await
-        .map(drop)
+        let allowed = to_json("allowed_roles list", &c.allowed_roles)?;
+        self.execute(UPSERT_CONNECTION, &connection_params(&mount, c, &allowed))
+            .await
+            .map(drop)
     }
 
-    async fn delete_connection(&self, mount: &str, name: &str) -> Result<bool, StoreError> {
-        self.execute(
+    async fn move_connection(
+        &self,
+        mount: &str,
+        c: &StoredConnection,
+    ) -> Result<Unused, StoreError> {
+        let allowed = to_json("allowed_roles list", &c.allowed_roles)?;
+        self.change_unused_connection(
+            mount,
+            &c.name,
+            UPSERT_CONNECTION,
+            &connection_params(&mount, c, &allowed),
+        )
+        .await
+    }
+
+    async fn delete_connection(&self, mount: &str, name: &str) -> Result<Unused, StoreError> {
+        self.change_unused_connection(
+            mount,
+            name,
             "DELETE FROM pgwarden_connections WHERE mount = $1 AND name = $2",
             &[&mount, &name],
         )
         .await
-        .map(|n| n > 0)
     }
 
     async fn connections(&self) -> Result<Vec<(String, StoredConnection)>, StoreError> {

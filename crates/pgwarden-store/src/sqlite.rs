@@ -8,7 +8,7 @@ use crate::encoding::{
 use crate::writer::{BUSY_TIMEOUT, Writer};
 use crate::{
     AuditQuery, Durability, Store, StoreError, StoredConnection, StoredRequest, StoredStaticRole,
-    migrations,
+    Unused, migrations,
 };
 use parking_lot::Mutex;
 use pgwarden_core::audit::GENESIS_HASH;
@@ -193,6 +193,36 @@ fn token(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
 }
 
 /// A row of `connections`, with its mount.
+/// Creates or replaces connection `conn` of `mount` (`allowed`: its allowed roles as JSON);
+/// whether a row changed.
+fn upsert_connection(
+    c: &Connection,
+    mount: &str,
+    conn: &StoredConnection,
+    allowed: &str,
+) -> Result<bool, StoreError> {
+    Ok(c.execute(
+        "INSERT INTO connections (mount, name, connection_url, username, sealed_password, \
+         allowed_roles_json, verify_connection, sealed_pending_password) VALUES (:mount, \
+         :name, :connection_url, :username, :sealed_password, :allowed_roles_json, \
+         :verify_connection, :sealed_pending_password) \
+         ON CONFLICT (mount, name) DO UPDATE SET connection_url = excluded.connection_url, \
+         username = excluded.username, sealed_password = excluded.sealed_password, \
+         allowed_roles_json = excluded.allowed_roles_json, verify_connection = excluded.verify_connection, \
+         sealed_pending_password = excluded.sealed_pending_password",
+        named_params! {
+            ":mount": mount,
+            ":name": conn.name,
+            ":connection_url": conn.connection_url,
+            ":username": conn.username,
+            ":sealed_password": conn.sealed_password,
+            ":allowed_roles_json": allowed,
+            ":verify_connection": conn.verify_connection,
+            ":sealed_pending_password": conn.sealed_pending_password,
+        },
+    )? > 0)
+}
+
 fn connection(row: &Row<'_>) -> rusqlite::Result<(String, StoredConnection)> {
     Ok((
         row.get("mount")?,
@@ -295,6 +325,90 @@ impl SqliteStore {
             })
             .await
     }
+
+    /// Records lease `l`, only while its connection is stored with `connection_url` when one
+    /// is given; whether it was recorded.
+    async fn insert_lease_if(
+        &self,
+        l: &Lease,
+        connection_url: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let role = to_json("role", &l.role)?;
+        let l = l.clone();
+        self.writer
+            .write(DURABLE, move |c| {
+                let values = ":id, :username, :owner, :mount, :role_json, :state, :issued_at_ms, \
+                     :expires_at_ms, :max_expires_at_ms, :last_renewal_ms, :revoke_attempts, \
+                     :last_error, :subject, :token_accessor, :revoke_reason";
+                let sql = match connection_url {
+                    None => format!("INSERT INTO leases ({LEASE_COLUMNS}) VALUES ({values})"),
+                    Some(_) => format!(
+                        "INSERT INTO leases ({LEASE_COLUMNS}) SELECT {values} WHERE EXISTS \
+                         (SELECT 1 FROM connections WHERE mount = :mount AND name = :connection \
+                         AND connection_url = :connection_url)"
+                    ),
+                };
+                let mut statement = c.prepare_cached(&sql)?;
+                let role_state = State(l.state);
+                let reason = revoke_reason(l.state);
+                let times = (
+                    Millis(l.issued_at),
+                    Millis(l.expires_at),
+                    Millis(l.max_expires_at),
+                );
+                let last_renewal = l.last_renewal.map(Millis);
+                let mut params: Vec<(&str, &dyn ToSql)> = vec![
+                    (":id", &l.id),
+                    (":username", &l.username),
+                    (":owner", &l.owner.display_name),
+                    (":mount", &l.mount),
+                    (":role_json", &role),
+                    (":state", &role_state),
+                    (":revoke_reason", &reason),
+                    (":issued_at_ms", &times.0),
+                    (":expires_at_ms", &times.1),
+                    (":max_expires_at_ms", &times.2),
+                    (":last_renewal_ms", &last_renewal),
+                    (":revoke_attempts", &l.revoke_attempts),
+                    (":last_error", &l.last_error),
+                    (":subject", &l.owner.subject),
+                    (":token_accessor", &l.owner.token_accessor),
+                ];
+                if let Some(url) = &connection_url {
+                    params.push((":connection", &l.role.db_name));
+                    params.push((":connection_url", url));
+                }
+                Ok(statement.execute(params.as_slice())? > 0)
+            })
+            .await
+    }
+
+    /// Changes connection `name` of `mount` with `change` (returning whether a row changed),
+    /// unless leases have users through it.
+    async fn change_unused_connection(
+        &self,
+        mount: &str,
+        name: &str,
+        change: impl FnOnce(&Connection) -> Result<bool, StoreError> + Send + 'static,
+    ) -> Result<Unused, StoreError> {
+        let (mount, name) = (mount.to_string(), name.to_string());
+        self.writer
+            .write(DURABLE, move |c| {
+                let used: i64 = c
+                    .prepare_cached(LEASES_VIA)?
+                    .query_row([&mount, &name], |row| row.get(0))?;
+                if used > 0 {
+                    return Ok(Unused::UsedBy(used.unsigned_abs()));
+                }
+                Ok(if change(c)? {
+                    Unused::Changed
+                } else {
+                    Unused::Missing
+                })
+            })
+            .await
+    }
+
     /// Opens (creating if needed) `state.db` in `data_dir` and migrates it.
     pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         let path = data_dir.join("state.db");
@@ -356,11 +470,15 @@ const DUE_LEASES: &str = "SELECT id FROM leases WHERE (state = 'active' AND expi
      OR (state = 'revoking' AND (COALESCE(revoke_reason, '') <> 'rollback' OR issued_at_ms <= :stale)) \
      OR (state = 'pending' AND issued_at_ms <= :stale) ORDER BY expires_at_ms";
 
-/// Durable writes: a new lease must survive power loss, or a committed user could go
-/// untracked; so must tokens, definitions and failed revocations.
 /// The ids of the leases of the token whose accessor is `?1`, in order.
 const TOKEN_LEASE_IDS: &str = "SELECT id FROM leases WHERE token_accessor = ?1 ORDER BY id";
 
+/// How many leases of mount `?1` have users made through its connection `?2`.
+const LEASES_VIA: &str =
+    "SELECT count(*) FROM leases WHERE mount = ?1 AND json_extract(role_json, '$.db_name') = ?2";
+
+/// Durable writes: a new lease must survive power loss, or a committed user could go
+/// untracked; so must tokens, definitions and failed revocations.
 const DURABLE: bool = true;
 /// Writes whose loss in a power cut errs on the safe side: an activation or renewal lost ends
 /// a credential early; a deletion lost makes the revocation run again, finding the user gone.
@@ -369,35 +487,11 @@ const RELAXED: bool = false;
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn insert_lease(&self, l: &Lease) -> Result<(), StoreError> {
-        let role = to_json("role", &l.role)?;
-        let l = l.clone();
-        self.writer
-            .write(DURABLE, move |c| {
-                c.prepare_cached(&format!(
-                    "INSERT INTO leases ({LEASE_COLUMNS}) VALUES (:id, :username, :owner, :mount, \
-                     :role_json, :state, :issued_at_ms, :expires_at_ms, :max_expires_at_ms, \
-                     :last_renewal_ms, :revoke_attempts, :last_error, :subject, :token_accessor, \
-                     :revoke_reason)"
-                ))?
-                .execute(named_params! {
-                    ":id": l.id,
-                    ":username": l.username,
-                    ":owner": l.owner.display_name,
-                    ":mount": l.mount,
-                    ":role_json": role,
-                    ":state": State(l.state),
-                    ":revoke_reason": revoke_reason(l.state),
-                    ":issued_at_ms": Millis(l.issued_at),
-                    ":expires_at_ms": Millis(l.expires_at),
-                    ":max_expires_at_ms": Millis(l.max_expires_at),
-                    ":last_renewal_ms": l.last_renewal.map(Millis),
-                    ":revoke_attempts": l.revoke_attempts,
-                    ":last_error": l.last_error,
-                    ":subject": l.owner.subject,
-                    ":token_accessor": l.owner.token_accessor,
-                })?;
-                Ok(())
-            })
+        self.insert_lease_if(l, None).await.map(drop)
+    }
+
+    async fn insert_lease_via(&self, l: &Lease, connection_url: &str) -> Result<bool, StoreError> {
+        self.insert_lease_if(l, Some(connection_url.to_string()))
             .await
     }
 
@@ -547,41 +641,33 @@ impl Store for SqliteStore {
         let (mount, conn) = (mount.to_string(), conn.clone());
         self.writer
             .write(DURABLE, move |c| {
-                c.execute(
-                    "INSERT INTO connections (mount, name, connection_url, username, sealed_password, \
-                     allowed_roles_json, verify_connection, sealed_pending_password) VALUES (:mount, \
-                     :name, :connection_url, :username, :sealed_password, :allowed_roles_json, \
-                     :verify_connection, :sealed_pending_password) \
-                     ON CONFLICT (mount, name) DO UPDATE SET connection_url = excluded.connection_url, \
-                     username = excluded.username, sealed_password = excluded.sealed_password, \
-                     allowed_roles_json = excluded.allowed_roles_json, verify_connection = excluded.verify_connection, \
-                     sealed_pending_password = excluded.sealed_pending_password",
-                    named_params! {
-                        ":mount": mount,
-                        ":name": conn.name,
-                        ":connection_url": conn.connection_url,
-                        ":username": conn.username,
-                        ":sealed_password": conn.sealed_password,
-                        ":allowed_roles_json": allowed,
-                        ":verify_connection": conn.verify_connection,
-                        ":sealed_pending_password": conn.sealed_pending_password,
-                    },
-                )?;
-                Ok(())
+                upsert_connection(c, &mount, &conn, &allowed).map(drop)
             })
             .await
     }
 
-    async fn delete_connection(&self, mount: &str, name: &str) -> Result<bool, StoreError> {
-        let (mount, name) = (mount.to_string(), name.to_string());
-        self.writer
-            .write(DURABLE, move |c| {
-                Ok(c.execute(
-                    "DELETE FROM connections WHERE mount = ?1 AND name = ?2",
-                    [mount, name],
-                )? > 0)
-            })
-            .await
+    async fn move_connection(
+        &self,
+        mount: &str,
+        conn: &StoredConnection,
+    ) -> Result<Unused, StoreError> {
+        let allowed = to_json("allowed_roles list", &conn.allowed_roles)?;
+        let (owned_mount, conn) = (mount.to_string(), conn.clone());
+        self.change_unused_connection(mount, &conn.name.clone(), move |c| {
+            upsert_connection(c, &owned_mount, &conn, &allowed)
+        })
+        .await
+    }
+
+    async fn delete_connection(&self, mount: &str, name: &str) -> Result<Unused, StoreError> {
+        let (owned_mount, owned_name) = (mount.to_string(), name.to_string());
+        self.change_unused_connection(mount, name, move |c| {
+            Ok(c.execute(
+                "DELETE FROM connections WHERE mount = ?1 AND name = ?2",
+                [owned_mount, owned_name],
+            )? > 0)
+        })
+        .await
     }
 
     async fn connections(&self) -> Result<Vec<(String, StoredConnection)>, StoreError> {

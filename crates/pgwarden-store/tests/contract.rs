@@ -9,7 +9,7 @@ use pgwarden_core::{
 };
 use pgwarden_store::{
     AuditQuery, Durability, PostgresStore, SqliteStore, Store, StoredConnection, StoredRequest,
-    StoredStaticRole,
+    StoredStaticRole, Unused,
 };
 use pgwarden_testkit::PgCluster;
 use std::future::Future;
@@ -458,8 +458,92 @@ async fn roles_and_connections_round_trip(open: Opener<'_>) {
         store.connections().await.unwrap(),
         vec![("database".to_string(), rotating)]
     );
-    assert!(store.delete_connection("database", "appdb").await.unwrap());
+    assert_eq!(
+        store.delete_connection("database", "appdb").await.unwrap(),
+        Unused::Changed
+    );
     assert!(store.connections().await.unwrap().is_empty());
+    assert_eq!(
+        store.delete_connection("database", "appdb").await.unwrap(),
+        Unused::Missing
+    );
+}
+
+/// Connection `appdb` of mount `database`, reaching `url`.
+fn appdb_connection(url: &str) -> StoredConnection {
+    StoredConnection {
+        name: "appdb".into(),
+        connection_url: url.into(),
+        username: "admin".into(),
+        sealed_password: vec![1, 2, 3],
+        allowed_roles: vec!["*".into()],
+        verify_connection: false,
+        sealed_pending_password: None,
+    }
+}
+
+const HERE: &str = "postgresql://here/appdb";
+const THERE: &str = "postgresql://there/appdb";
+
+async fn a_connection_in_use_is_neither_deleted_nor_moved(open: Opener<'_>) {
+    let store = open().await;
+    let t0 = datetime!(2026-12-08 10:00:00 UTC);
+    store
+        .put_connection("database", &appdb_connection(HERE))
+        .await
+        .unwrap();
+    // A lease of another connection, or recorded through another URL, does not use it.
+    let elsewhere = serde_json::from_str::<RoleSpec>(
+        r#"{"db_name":"otherdb","preset":"readonly","default_ttl":60,"max_ttl":600}"#,
+    )
+    .unwrap()
+    .into_def("other")
+    .unwrap();
+    let other = Lease {
+        role: elsewhere,
+        ..root_lease("other", t0)
+    };
+    store.insert_lease(&other).await.unwrap();
+    let stale = root_lease("stale", t0);
+    assert!(!store.insert_lease_via(&stale, THERE).await.unwrap());
+    assert_eq!(store.get_lease(&stale.id).await.unwrap(), None);
+
+    let used = root_lease("used", t0);
+    assert!(store.insert_lease_via(&used, HERE).await.unwrap());
+    assert_eq!(store.get_lease(&used.id).await.unwrap(), Some(used.clone()));
+    assert_eq!(
+        store
+            .move_connection("database", &appdb_connection(THERE))
+            .await
+            .unwrap(),
+        Unused::UsedBy(1)
+    );
+    assert_eq!(
+        store.delete_connection("database", "appdb").await.unwrap(),
+        Unused::UsedBy(1)
+    );
+    assert_eq!(
+        store.connections().await.unwrap(),
+        vec![("database".to_string(), appdb_connection(HERE))]
+    );
+
+    store.delete_lease(&used.id).await.unwrap();
+    assert_eq!(
+        store
+            .move_connection("database", &appdb_connection(THERE))
+            .await
+            .unwrap(),
+        Unused::Changed
+    );
+    let behind = root_lease("behind", t0);
+    assert!(!store.insert_lease_via(&behind, HERE).await.unwrap());
+    assert_eq!(
+        store.delete_connection("database", "appdb").await.unwrap(),
+        Unused::Changed
+    );
+    let gone = root_lease("gone", t0);
+    assert!(!store.insert_lease_via(&gone, THERE).await.unwrap());
+    assert_eq!(store.all_leases().await.unwrap(), vec![other]);
 }
 /// A pending request for `database/appdb-admin` made at `t0`.
 fn request(id: &str, t0: OffsetDateTime) -> StoredRequest {
@@ -701,6 +785,7 @@ where
     concurrent_writes_commit_together_and_a_failing_one_fails_alone(&fresh().await).await;
     prefix_matching_is_literal(&fresh().await).await;
     roles_and_connections_round_trip(&fresh().await).await;
+    a_connection_in_use_is_neither_deleted_nor_moved(&fresh().await).await;
     a_lease_moves_on_only_from_the_state_its_writer_saw(&fresh().await).await;
     due_leases_are_expired_revoking_or_stale_pending_or_stale_rollbacks(&fresh().await).await;
     one_holder_leads_until_its_lead_lapses(&fresh().await, shared).await;
@@ -826,6 +911,100 @@ async fn a_lease_recorded_during_a_logout_is_marked_or_finds_the_token_gone() {
         "the issuer read the token after recording its lease, yet the logout left the lease \
          {state:?} (it marked {marked:?})"
     );
+}
+
+/// Waits until a session of database `racing` running a statement that starts with `prefix`
+/// waits for a lock; false if none did within 4 s.
+async fn waits_for_a_lock(watcher: &tokio_postgres::Client, prefix: &str) -> bool {
+    for _ in 0..200 {
+        let waiting = watcher
+            .query_opt(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = 'racing' \
+                 AND wait_event_type = 'Lock' AND starts_with(query, $1)",
+                &[&prefix],
+            )
+            .await
+            .unwrap();
+        if waiting.is_some() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+// A deletion of a connection through one replica and an issuance through it on another,
+// interleaved both ways. Had the issuance recorded its lease during the deletion (both
+// reading the state before the other's commit), the lease would name a connection gone, and
+// its user could never be dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_recorded_during_a_connection_deletion_refuses_it_or_is_not_recorded() {
+    let cluster = PgCluster::start().unwrap();
+    let su = cluster.connect_superuser("postgres").await.unwrap();
+    su.batch_execute("CREATE DATABASE racing").await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(postgres_store(&cluster.superuser_url("racing")).await);
+    let t0 = datetime!(2026-12-08 10:00:00 UTC);
+    let holder = cluster.connect_superuser("racing").await.unwrap();
+    let watcher = cluster.connect_superuser("racing").await.unwrap();
+    store
+        .put_connection("database", &appdb_connection(HERE))
+        .await
+        .unwrap();
+
+    // The issuance first: it has locked the connection and waits (here on another session
+    // inserting the same lease id) when the deletion comes. The deletion waits for it, then
+    // counts its lease.
+    let first = root_lease("first", t0);
+    holder
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO pgwarden_leases (id, username, owner, mount, role_json, state, \
+             issued_at_ms, expires_at_ms, max_expires_at_ms, subject) \
+             VALUES ('{}', 'x', 'x', 'x', '{{}}', 'pending', 0, 0, 0, 'x')",
+            first.id
+        ))
+        .await
+        .unwrap();
+    let issuance = tokio::spawn({
+        let (store, first) = (store.clone(), first.clone());
+        async move { store.insert_lease_via(&first, HERE).await.unwrap() }
+    });
+    assert!(
+        waits_for_a_lock(&watcher, "WITH token").await,
+        "the issuance never waited"
+    );
+    let deletion = tokio::spawn({
+        let store = store.clone();
+        async move { store.delete_connection("database", "appdb").await.unwrap() }
+    });
+    assert!(
+        waits_for_a_lock(&watcher, "SELECT 1 FROM pgwarden_connections").await,
+        "the deletion did not wait for the issuance under way"
+    );
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert!(issuance.await.unwrap());
+    assert_eq!(deletion.await.unwrap(), Unused::UsedBy(1));
+    store.delete_lease(&first.id).await.unwrap();
+
+    // The deletion first: it has not committed when the issuance comes, which waits for it,
+    // then records nothing.
+    holder
+        .batch_execute(
+            "BEGIN; DELETE FROM pgwarden_connections WHERE mount = 'database' AND name = 'appdb'",
+        )
+        .await
+        .unwrap();
+    let second = root_lease("second", t0);
+    let issuance = tokio::spawn({
+        let (store, second) = (store.clone(), second.clone());
+        async move { store.insert_lease_via(&second, HERE).await.unwrap() }
+    });
+    assert!(
+        waits_for_a_lock(&watcher, "WITH token").await,
+        "the issuance did not wait for the deletion under way"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert!(!issuance.await.unwrap());
+    assert!(store.all_leases().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
