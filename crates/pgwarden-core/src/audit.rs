@@ -351,6 +351,15 @@ pub enum ChainBreak {
         /// The record.
         seq: u64,
     },
+    /// A keyed record's contents do not match its hash under the key given: it was altered,
+    /// or keyed with another seal key.
+    #[error(
+        "audit record {seq} was altered, or keyed with another seal key than this configuration's: its contents do not match its hash"
+    )]
+    AlteredOrOtherKey {
+        /// The record.
+        seq: u64,
+    },
     /// Records are missing between two that remain.
     #[error("audit record(s) {first} to {last} were removed: record {next} follows record {prev}", first = prev.saturating_add(1), last = next.saturating_sub(1))]
     Removed {
@@ -438,7 +447,12 @@ impl ChainVerifier {
             (false, _) => None,
         };
         if record_hash(record.seq, &record.event, &record.prev_hash, key) != record.hash {
-            return Err(ChainBreak::Altered { seq: record.seq });
+            let seq = record.seq;
+            return Err(if keyed {
+                ChainBreak::AlteredOrOtherKey { seq }
+            } else {
+                ChainBreak::Altered { seq }
+            });
         }
         if record.prev_hash != self.last_hash {
             return Err(ChainBreak::Unlinked { seq: record.seq });
@@ -549,7 +563,8 @@ mod tests {
         );
         assert_eq!(
             verify_with(&records, Some(&other)).unwrap_err().to_string(),
-            "audit record 3 was altered: its contents do not match its hash"
+            "audit record 3 was altered, or keyed with another seal key than this \
+             configuration's: its contents do not match its hash"
         );
 
         // Someone without the key edits record 4 and re-hashes it and what follows: the

@@ -11,9 +11,15 @@ use std::path::Path;
 use std::process::Command;
 
 fn verify(config: &Path) -> (bool, String, String) {
+    verify_with(config, &[])
+}
+
+/// `audit verify` with `more` arguments.
+fn verify_with(config: &Path, more: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
         .args(["audit", "verify", "--config"])
         .arg(config)
+        .args(more)
         .envs(APPDB_ENV)
         .output()
         .unwrap();
@@ -50,11 +56,36 @@ async fn make_records(config: &Path) {
     assert!(stdout.starts_with("audit log intact: "), "{stdout}");
 }
 
-/// Alters record 3, then (restored) deletes record 5, through `sql`, checking each report.
+/// The record count and last hash an intact chain's check printed.
+fn count_and_last_hash(stdout: &str) -> (u64, String) {
+    let rest = stdout.trim().strip_prefix("audit log intact: ").unwrap();
+    let (count, hash) = rest.split_once(" records, last hash ").unwrap();
+    (count.parse().unwrap(), hash.to_string())
+}
+
+/// Cuts the last record, then alters record 3, then (restored) deletes record 5, through
+/// `sql`, checking each report.
 async fn tamper_and_check(config: &Path, sql: impl AsyncFn(&str)) {
     let (ok, stdout, _) = verify(config);
     assert!(ok);
-    assert!(stdout.contains(" records, last hash "), "{stdout}");
+    let (count, last) = count_and_last_hash(&stdout);
+
+    // Cut from the end: the chain left verifies, but not against the last hash known.
+    sql(&format!("DELETE FROM {{audit}} WHERE seq = {count}")).await;
+    let (ok, stdout, stderr) = verify(config);
+    assert!(ok, "{stderr}");
+    let (shorter, earlier) = count_and_last_hash(&stdout);
+    assert_eq!(shorter, count - 1);
+    assert!(verify_with(config, &["--known-hash", &earlier]).0);
+    let (ok, _, stderr) = verify_with(config, &["--known-hash", &last]);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: no audit record has hash {last}: records were cut from the chain's end, or \
+             the chain was replaced, since that hash was printed (records 1 to {shorter} verify)"
+        )
+    );
 
     // Record 3 moved a millisecond: altered, and moving it back restores it.
     sql("UPDATE {audit} SET time_ms = time_ms + 1 WHERE seq = 3").await;
@@ -161,6 +192,26 @@ async fn with_a_seal_key_the_chain_cannot_be_rewritten_without_it() {
         .unwrap();
     let first_keyed = first_keyed as u64;
     assert!(first_keyed > 1);
+
+    // Another seal key than the one the records were keyed with.
+    let other_key_file = dir.path().join("other-seal-key");
+    std::fs::write(&other_key_file, "cd".repeat(32)).unwrap();
+    let other_top = top.replace(
+        &key_file.display().to_string(),
+        &other_key_file.display().to_string(),
+    );
+    let other = write_config(dir.path(), "other.yaml", &cluster, &other_top, ROLES);
+    let (ok, _, stderr) = verify(&other);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: audit record {first_keyed} was altered, or keyed with another seal key \
+             than this configuration's: its contents do not match its hash (records 1 to {} \
+             verify)",
+            first_keyed - 1
+        )
+    );
 
     let (ok, _, stderr) = verify(&plain);
     assert!(!ok);

@@ -34,7 +34,7 @@ pub enum AuditCommand {
     /// to the one before. Prints the number of records and the last hash when the chain is
     /// intact; otherwise names the first record that was altered, removed or replaced and
     /// exits 1. Records cut from the end leave no gap to find: keep the last hash printed
-    /// here (or the JSON-lines file copy) elsewhere to compare.
+    /// here elsewhere, and give it to the next check with `--known-hash`.
     Verify(VerifyArgs),
 }
 
@@ -44,6 +44,10 @@ pub struct VerifyArgs {
     /// The server's YAML configuration (only its state settings are used).
     #[arg(long, short, value_name = "FILE")]
     pub config: std::path::PathBuf,
+    /// A hash an earlier check printed as the last: the chain must still hold that record,
+    /// else records were cut from its end (or it was replaced) since.
+    #[arg(long, value_name = "HASH")]
+    pub known_hash: Option<String>,
 }
 
 /// `pgwarden audit tail` flags.
@@ -155,15 +159,18 @@ pub async fn run(args: AuditArgs) -> Result<(), String> {
             let (client, format) = (tail_args.client.client()?, tail_args.client.format);
             tail(&client, tail_args, format).await
         }
-        AuditCommand::Verify(verify_args) => verify(&verify_args.config).await,
+        AuditCommand::Verify(verify_args) => {
+            verify(&verify_args.config, verify_args.known_hash.as_deref()).await
+        }
     }
 }
 
 /// Records read from the store per round trip while verifying.
 const VERIFY_PAGE: usize = 1000;
 
-/// Checks the whole chain in the state store the configuration at `path` names.
-async fn verify(path: &std::path::Path) -> Result<(), String> {
+/// Checks the whole chain in the state store the configuration at `path` names, and that it
+/// holds the record whose hash is `known`, if given.
+async fn verify(path: &std::path::Path, known: Option<&str>) -> Result<(), String> {
     use pgwarden_core::chain;
     let config = pgwarden_server::Config::load(path).map_err(|e| chain(&e))?;
     let store = pgwarden_server::open_store(&config)
@@ -173,6 +180,7 @@ async fn verify(path: &std::path::Path) -> Result<(), String> {
     let mut verifier = pgwarden_core::ChainVerifier::new(key);
     let mut query = pgwarden_store::AuditQuery::all(VERIFY_PAGE);
     let mut last_hash = pgwarden_core::audit::GENESIS_HASH.to_string();
+    let mut known_found = known.is_none();
     loop {
         let records = store.audit_records(&query).await.map_err(|e| chain(&e))?;
         let Some(last) = records.last() else { break };
@@ -181,10 +189,18 @@ async fn verify(path: &std::path::Path) -> Result<(), String> {
             verifier.check(record).map_err(|broken| {
                 format!("{broken} (records 1 to {} verify)", verifier.checked())
             })?;
+            known_found |= known == Some(record.hash.as_str());
         }
         last_hash.clone_from(&last.hash);
     }
     verifier.finish().map_err(|broken| broken.to_string())?;
+    if let Some(known) = known.filter(|_| !known_found) {
+        return Err(format!(
+            "no audit record has hash {known}: records were cut from the chain's end, or the \
+             chain was replaced, since that hash was printed (records 1 to {} verify)",
+            verifier.checked()
+        ));
+    }
     println!(
         "audit log intact: {} records, last hash {last_hash}",
         verifier.checked()
