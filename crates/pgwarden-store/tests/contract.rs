@@ -841,6 +841,36 @@ async fn postgres_keeps_the_contract() {
     .await;
 }
 
+/// A cluster with a PostgreSQL store on its database `racing`, for checks that interleave
+/// its statements with other sessions'.
+async fn racing_store() -> (PgCluster, Arc<dyn Store>) {
+    let cluster = PgCluster::start().unwrap();
+    let su = cluster.connect_superuser("postgres").await.unwrap();
+    su.batch_execute("CREATE DATABASE racing").await.unwrap();
+    let store = Arc::new(postgres_store(&cluster.superuser_url("racing")).await);
+    (cluster, store)
+}
+
+/// Waits until a session of database `racing` running a statement that starts with `prefix`
+/// waits for a lock; false if none did within 4 s.
+async fn waits_for_a_lock(watcher: &tokio_postgres::Client, prefix: &str) -> bool {
+    for _ in 0..200 {
+        let waiting = watcher
+            .query_opt(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = 'racing' \
+                 AND wait_event_type = 'Lock' AND starts_with(query, $1)",
+                &[&prefix],
+            )
+            .await
+            .unwrap();
+        if waiting.is_some() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 // A logout on one replica and an issuance on another, interleaved as in the worst case: the
 // logout has deleted the token but is held up (here by a lock on one of the token's leases)
 // before marking the token's leases, while the issuance records its lease. Had the lease been
@@ -849,10 +879,7 @@ async fn postgres_keeps_the_contract() {
 // leave the credential active though its token was revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lease_recorded_during_a_logout_is_marked_or_finds_the_token_gone() {
-    let cluster = PgCluster::start().unwrap();
-    let su = cluster.connect_superuser("postgres").await.unwrap();
-    su.batch_execute("CREATE DATABASE racing").await.unwrap();
-    let store: Arc<dyn Store> = Arc::new(postgres_store(&cluster.superuser_url("racing")).await);
+    let (cluster, store) = racing_store().await;
     let t0 = datetime!(2026-11-22 10:00:00 UTC);
     store.insert_token(&ola_token("out", t0)).await.unwrap();
     let first = ola_lease("out", "first", t0);
@@ -871,23 +898,10 @@ async fn a_lease_recorded_during_a_logout_is_marked_or_finds_the_token_gone() {
         async move { store.revoke_token("out").await.unwrap() }
     });
     let watcher = cluster.connect_superuser("racing").await.unwrap();
-    let mut held = false;
-    for _ in 0..200 {
-        held = watcher
-            .query_opt(
-                "SELECT 1 FROM pg_stat_activity WHERE datname = 'racing' \
-                 AND wait_event_type = 'Lock' AND query LIKE 'UPDATE%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .is_some();
-        if held {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(held, "the logout never waited before marking the leases");
+    assert!(
+        waits_for_a_lock(&watcher, "UPDATE").await,
+        "the logout never waited before marking the leases"
+    );
 
     let second = ola_lease("out", "second", t0);
     let mut issuance = tokio::spawn({
@@ -913,36 +927,13 @@ async fn a_lease_recorded_during_a_logout_is_marked_or_finds_the_token_gone() {
     );
 }
 
-/// Waits until a session of database `racing` running a statement that starts with `prefix`
-/// waits for a lock; false if none did within 4 s.
-async fn waits_for_a_lock(watcher: &tokio_postgres::Client, prefix: &str) -> bool {
-    for _ in 0..200 {
-        let waiting = watcher
-            .query_opt(
-                "SELECT 1 FROM pg_stat_activity WHERE datname = 'racing' \
-                 AND wait_event_type = 'Lock' AND starts_with(query, $1)",
-                &[&prefix],
-            )
-            .await
-            .unwrap();
-        if waiting.is_some() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 // A deletion of a connection through one replica and an issuance through it on another,
 // interleaved both ways. Had the issuance recorded its lease during the deletion (both
 // reading the state before the other's commit), the lease would name a connection gone, and
 // its user could never be dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lease_recorded_during_a_connection_deletion_refuses_it_or_is_not_recorded() {
-    let cluster = PgCluster::start().unwrap();
-    let su = cluster.connect_superuser("postgres").await.unwrap();
-    su.batch_execute("CREATE DATABASE racing").await.unwrap();
-    let store: Arc<dyn Store> = Arc::new(postgres_store(&cluster.superuser_url("racing")).await);
+    let (cluster, store) = racing_store().await;
     let t0 = datetime!(2026-12-08 10:00:00 UTC);
     let holder = cluster.connect_superuser("racing").await.unwrap();
     let watcher = cluster.connect_superuser("racing").await.unwrap();
