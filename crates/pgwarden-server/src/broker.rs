@@ -97,10 +97,6 @@ pub struct Broker {
     leadership: Arc<Leadership>,
     /// New users' passwords, hashed ahead of need.
     passwords: PasswordPool,
-    /// Held shared while an issuance picks its connection and records its lease, exclusively
-    /// while a connection is deleted or moved to another server, so no lease is recorded
-    /// against a deleted connection or the old server.
-    connections_in_use: tokio::sync::RwLock<()>,
     /// Where every dropped user (and failed drop) is recorded.
     audit: AuditLog,
 }
@@ -199,7 +195,6 @@ impl Broker {
             locks: Mutex::default(),
             failing: Mutex::default(),
             reaping: Mutex::default(),
-            connections_in_use: tokio::sync::RwLock::default(),
             passwords: PasswordPool::start(PASSWORDS_AHEAD),
         }
     }
@@ -331,14 +326,11 @@ impl Broker {
         let mut lease = Lease::new_pending(mount, &role, username, owner, ttl, issued_at);
         let _guard = self.lock(&lease.id).await;
         let password = self.passwords.take().await;
-        let target = self.catalog.target_for_role(mount, &role)?;
+        let (target, stored_url) = self.catalog.target_for_role(mount, &role)?;
         let admin_roles = self.catalog.admin_roles(mount, &role.db_name)?;
         // The lease is recorded while its user is created, and the user is committed only
         // once the record is durable: no user ever exists that the state does not name.
         let record = async {
-            // No lease may be recorded against a connection being deleted.
-            let _in_use = self.connections_in_use.read().await;
-            let stored_url = self.catalog.recording_through(mount, &role, &target)?;
             if let Some(event) = started {
                 // Written first: the lease's durable record makes it durable too.
                 let object = lease.id.clone();
@@ -348,8 +340,9 @@ impl Broker {
             }
             match stored_url {
                 None => self.store.insert_lease(&lease).await?,
-                // Another replica may have deleted or moved the connection meanwhile: the
-                // store records the lease only if it has not.
+                // The connection may have been deleted or moved meanwhile, here or through
+                // another replica: the store records the lease only while it holds the URL
+                // the user is being made through.
                 Some(url) => {
                     if !self.store.insert_lease_via(&lease, &url).await? {
                         return Err(crate::catalog::changed_while_issuing(&role.db_name));
@@ -598,25 +591,21 @@ impl Broker {
     }
 
     /// Deletes an API connection, refused (409) while any lease or static role uses it: their
-    /// revocation needs it. Issuances wait, so none records a lease against the deleted
-    /// connection.
+    /// revocation needs it. The state orders it with issuances: a lease is recorded only while
+    /// its connection is stored as its issuer read it.
     pub async fn delete_connection(&self, mount: &str, name: &str) -> Result<(), ServerError> {
-        self.catalog
-            .delete_connection(mount, name, &self.connections_in_use)
-            .await
+        self.catalog.delete_connection(mount, name).await
     }
 
-    /// Creates or updates an API connection. While it moves to another server (refused while
-    /// leases use it), issuances wait, so none records a lease against the old one.
+    /// Creates or updates an API connection; a move to another server is refused while leases
+    /// use it (ordered with issuances as a deletion is).
     pub async fn put_connection(
         &self,
         mount: &str,
         name: &str,
         write: pgwarden_core::wire::ConnectionWrite,
     ) -> Result<(), ServerError> {
-        self.catalog
-            .put_connection(mount, name, write, &self.connections_in_use)
-            .await
+        self.catalog.put_connection(mount, name, write).await
     }
 
     /// One lease by id.

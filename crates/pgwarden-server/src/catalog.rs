@@ -12,7 +12,7 @@ use pgwarden_core::role::validate_name;
 use pgwarden_core::wire::ConnectionWrite;
 use pgwarden_core::{AdminAuth, ConnectionDef, Preset, RoleDef, RoleKind, RoleSpec};
 use pgwarden_engine::Target;
-use pgwarden_store::{Store, StoredConnection, Unused};
+use pgwarden_store::{ConnectionChange, Store, StoredConnection};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -367,9 +367,22 @@ impl Catalog {
         })
     }
 
-    /// The target a role's users are created in, if its connection allows the role.
-    pub fn target_for_role(&self, mount: &str, role: &RoleDef) -> Result<Arc<Target>, ServerError> {
-        self.target_allowing(mount, &role.db_name, &role.name)
+    /// The target a role's users are created in, if its connection allows the role, and the
+    /// URL that connection is stored with if it was written through the API (`None` for one
+    /// of the file), read together: the lease's record checks that the state still holds
+    /// the connection the user is made through ([`Store::insert_lease_via`]).
+    pub fn target_for_role(
+        &self,
+        mount: &str,
+        role: &RoleDef,
+    ) -> Result<(Arc<Target>, Option<String>), ServerError> {
+        self.allowing(mount, &role.db_name, &role.name, |m, entry| {
+            let stored_url = match entry.source {
+                Source::Api => Some(entry.def.connection_url.clone()),
+                Source::File => None,
+            };
+            Ok((m.target(mount, &role.db_name)?, stored_url))
+        })
     }
 
     /// The target of connection `connection`, if its `allowed_roles` take (dynamic or static)
@@ -380,6 +393,17 @@ impl Catalog {
         connection: &str,
         role: &str,
     ) -> Result<Arc<Target>, ServerError> {
+        self.allowing(mount, connection, role, |m, _| m.target(mount, connection))
+    }
+
+    /// `f` of `mount` and connection `connection`, if its `allowed_roles` take role `role`.
+    fn allowing<T>(
+        &self,
+        mount: &str,
+        connection: &str,
+        role: &str,
+        f: impl FnOnce(&Mount, &Entry<ConnectionDef>) -> Result<T, ServerError>,
+    ) -> Result<T, ServerError> {
         self.read(mount, |m| {
             let conn = m.connections.get(connection).ok_or_else(|| {
                 ServerError::BadRequest(format!(
@@ -391,32 +415,7 @@ impl Catalog {
                     "role {role:?} is not in the allowed_roles of connection {connection:?}"
                 )));
             }
-            m.target(mount, connection)
-        })
-    }
-
-    /// What recording a lease of `role` whose user is made through `target` depends on (see
-    /// [`pgwarden_store::Store::insert_lease_via`]): the URL its connection is stored with,
-    /// written through the API (`None` for one of the configuration file, which only a
-    /// restart changes). Refused (409) when the connection no longer reaches `target`'s
-    /// server: deleted or moved since the issuance looked it up.
-    pub fn recording_through(
-        &self,
-        mount: &str,
-        role: &RoleDef,
-        target: &Target,
-    ) -> Result<Option<String>, ServerError> {
-        let changed = || changed_while_issuing(&role.db_name);
-        let current = self.target_for_role(mount, role).map_err(|_| changed())?;
-        if current.server() != target.server() {
-            return Err(changed());
-        }
-        let entry = self
-            .connection(mount, &role.db_name)
-            .map_err(|_| changed())?;
-        Ok(match entry.source {
-            Source::Api => Some(entry.def.connection_url),
-            Source::File => None,
+            f(m, conn)
         })
     }
 
@@ -528,16 +527,15 @@ impl Catalog {
     }
 
     /// Creates or replaces an API connection, checking it first unless asked not to. A move to
-    /// another server holds `issuing` (the broker's, shared by each issuance while it records
-    /// its lease) exclusively from its check that no lease uses the connection to its commit,
-    /// so that none records a lease against the old server meanwhile; other writes (which
-    /// connect to verify) keep no issuance waiting.
+    /// another server is refused while leases or static roles use it; the store refuses it
+    /// too should a lease be recorded meanwhile (an issuance records its lease only while the
+    /// connection is stored as the issuer read it), and refuses any write when another
+    /// replica changed the connection since this one read it.
     pub async fn put_connection(
         &self,
         mount: &str,
         name: &str,
         write: ConnectionWrite,
-        issuing: &tokio::sync::RwLock<()>,
     ) -> Result<(), ServerError> {
         validate_name(name)?;
         let _serial = self.writes.lock().await;
@@ -545,19 +543,18 @@ impl Catalog {
             ensure_writable(&m.connections, "connection", name)?;
             Ok(m.connections.get(name).map(|entry| entry.def.clone()))
         })?;
+        // What the store must still hold for this write to apply: another replica may have
+        // changed it within the second before this one read it.
+        let expected_url = previous.as_ref().map(|def| def.connection_url.clone());
         // The server the connection reaches now, if it exists.
         let previous_server = self.target(mount, name).ok().map(|target| target.server());
         let def = connection_def(name, write, previous)?;
         let sealer = self.sealer()?;
         let target = Target::new(&def)?;
         let moving = previous_server.is_some_and(|server| server != target.server());
-        let _no_issuance = if moving {
-            let exclusive = issuing.write().await;
+        if moving {
             self.refuse_while_used(mount, name, Change::Move).await?;
-            Some(exclusive)
-        } else {
-            None
-        };
+        }
         if def.verify_connection {
             target.verify().await.map_err(|e| {
                 ServerError::BadRequest(format!(
@@ -578,13 +575,14 @@ impl Catalog {
             sealed_pending_password: None,
         };
         // A move is refused by the store too when another replica recorded a lease through
-        // the connection since the count above.
+        // the connection since the count above; any write, when another replica changed the
+        // connection since this one read it.
         let persist = async {
-            if !moving {
-                return Ok(self.store.put_connection(mount, &stored).await?);
-            }
-            let outcome = self.store.move_connection(mount, &stored).await?;
-            changed_unless_used(mount, name, Change::Move, outcome)
+            let outcome = self
+                .store
+                .write_connection(mount, &stored, expected_url.as_deref(), moving)
+                .await?;
+            done_unless_refused(mount, name, Change::Move, outcome)
         };
         self.commit(
             mount,
@@ -651,23 +649,17 @@ impl Catalog {
     }
 
     /// Deletes an API connection (missing is not an error), refused (409) while leases or
-    /// static roles use it: their revocation needs it. Holds `issuing` (see
-    /// [`Catalog::put_connection`]) exclusively from that check to the deletion.
-    pub async fn delete_connection(
-        &self,
-        mount: &str,
-        name: &str,
-        issuing: &tokio::sync::RwLock<()>,
-    ) -> Result<(), ServerError> {
+    /// static roles use it: their revocation needs it. (The store refuses it too should a
+    /// lease be recorded meanwhile.)
+    pub async fn delete_connection(&self, mount: &str, name: &str) -> Result<(), ServerError> {
         let _serial = self.writes.lock().await;
-        let _no_issuance = issuing.write().await;
         self.refuse_while_used(mount, name, Change::Delete).await?;
         self.commit(
             mount,
             |m| ensure_writable(&m.connections, "connection", name),
             async {
                 let outcome = self.store.delete_connection(mount, name).await?;
-                changed_unless_used(mount, name, Change::Delete, outcome)
+                done_unless_refused(mount, name, Change::Delete, outcome)
             },
             |m| {
                 m.connections.remove(name);
@@ -678,12 +670,12 @@ impl Catalog {
     }
 }
 
-/// The refusal (409) of an issuance whose connection `name` was deleted or pointed at another
-/// server (through this replica or another) while its user was being made.
+/// The refusal (409) of an issuance whose connection `name` was deleted or rewritten
+/// (through this replica or another) while its user was being made.
 pub fn changed_while_issuing(name: &str) -> ServerError {
     ServerError::Conflict(format!(
-        "connection {name:?} was deleted or pointed at another server while this credential \
-         was being issued; nothing was created: ask again"
+        "connection {name:?} was deleted or rewritten while this credential was being issued; \
+         nothing was created: ask again"
     ))
 }
 
@@ -702,17 +694,22 @@ fn used_by_leases(mount: &str, name: &str, change: Change, leases: u64) -> Serve
     })
 }
 
-/// Fails with the refusal to `change` connection `name` of `mount` when the store found
-/// leases using it: recorded through another replica since this one counted them.
-fn changed_unless_used(
+/// Fails with the refusal (409) to `change` connection `name` of `mount` when the store
+/// found leases using it (recorded through another replica since this one counted them), or
+/// found it changed through another replica since this one read it.
+fn done_unless_refused(
     mount: &str,
     name: &str,
     change: Change,
-    outcome: Unused,
+    outcome: ConnectionChange,
 ) -> Result<(), ServerError> {
     match outcome {
-        Unused::UsedBy(leases) => Err(used_by_leases(mount, name, change, leases)),
-        Unused::Changed | Unused::Missing => Ok(()),
+        ConnectionChange::UsedBy(leases) => Err(used_by_leases(mount, name, change, leases)),
+        ConnectionChange::Stale => Err(ServerError::Conflict(format!(
+            "connection {name:?} was changed through another replica since this one read it; \
+             read it again and retry"
+        ))),
+        ConnectionChange::Changed | ConnectionChange::Missing => Ok(()),
     }
 }
 

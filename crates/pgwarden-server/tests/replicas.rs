@@ -783,11 +783,11 @@ async fn a_rollback_that_found_nothing_is_repeated_once_the_issuers_grace_is_ove
     }
 }
 
-/// Connection `apidb` of the cluster's `appdb`, reached as `host`, written through the API.
-fn apidb(r: &Replicas, host: &str) -> Value {
+/// Connection `apidb`, to the `appdb` of `cluster`, written through the API.
+fn apidb(cluster: &PgCluster) -> Value {
     json!({
         "plugin_name": "postgresql-database-plugin",
-        "connection_url": r.cluster.templated_url("appdb").replace("127.0.0.1", host),
+        "connection_url": cluster.templated_url("appdb"),
         "username": ADMIN,
         "password": ADMIN_PW,
         "allowed_roles": "api-*",
@@ -814,21 +814,30 @@ async fn issues_through_apidb(r: &Replicas, i: usize) {
     }
 }
 
-// A connection deleted, or pointed at another server, through one replica, and a credential
-// asked through it of another replica before that one has read the change (it reads the
-// definitions every second). The other replica's own lock cannot see the change: the state
-// database orders the two. Had the lease been recorded, its user would live where its
-// connection no longer leads, and no revocation could drop it.
+/// How many users of role `api-maker` `cluster` has.
+async fn api_makers(cluster: &PgCluster) -> i64 {
+    let su = cluster.connect_superuser("appdb").await.unwrap();
+    su.query_one(
+        "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-root-api-make-%'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+// A connection deleted, or pointed at another server, through one replica, then a credential
+// asked through it of another replica, and the connection written back through that one,
+// before that one has read the change (replicas read the definitions every second). The other
+// replica's memory cannot tell: the state database orders them. Had the lease been recorded,
+// its user would live where its connection no longer leads, and no revocation could drop it;
+// had the write back been taken, the connection would leave the leases made meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_connection_changed_on_one_replica_is_not_issued_through_by_another_meanwhile() {
+async fn a_connection_changed_on_one_replica_is_not_used_by_another_meanwhile() {
     let r = Replicas::start(2).await;
+    let elsewhere = PgCluster::start_with_appdb().await.unwrap();
     let (status, body) = r
-        .call(
-            0,
-            "POST",
-            "database/config/apidb",
-            Some(apidb(&r, "127.0.0.1")),
-        )
+        .call(0, "POST", "database/config/apidb", Some(apidb(&r.cluster)))
         .await;
     assert_eq!(status, 204, "{body}");
     let maker = json!({
@@ -840,28 +849,32 @@ async fn a_connection_changed_on_one_replica_is_not_issued_through_by_another_me
         .call(0, "POST", "database/roles/api-maker", Some(maker))
         .await;
     assert_eq!(status, 204, "{body}");
-    let refused = json!({ "errors": ["connection \"apidb\" was deleted or pointed at another server while this credential was being issued; nothing was created: ask again"] });
-    let (mut deletes_refused, mut moves_refused) = (0, 0);
-    let mut host = "127.0.0.1";
+    let changed = json!({ "errors": ["connection \"apidb\" was deleted or rewritten while this credential was being issued; nothing was created: ask again"] });
+    let stale = json!({ "errors": ["connection \"apidb\" was changed through another replica since this one read it; read it again and retry"] });
+    let unknown = json!({ "errors": ["role \"api-maker\" names connection \"apidb\", which does not exist in mount \"database\""] });
+    let (mut deletes_refused, mut moves_refused, mut stale_refused) = (0, 0, 0);
+    let clusters = [&r.cluster, &elsewhere];
+    let mut at = 0;
     for round in 0..6 {
         issues_through_apidb(&r, 1).await;
         let deleting = round % 2 == 0;
         let (status, body) = if deleting {
             r.call(0, "DELETE", "database/config/apidb", None).await
         } else {
-            host = if host == "localhost" {
-                "127.0.0.1"
-            } else {
-                "localhost"
-            };
-            r.call(0, "POST", "database/config/apidb", Some(apidb(&r, host)))
-                .await
+            at = 1 - at;
+            r.call(
+                0,
+                "POST",
+                "database/config/apidb",
+                Some(apidb(clusters[at])),
+            )
+            .await
         };
         assert_eq!(status, 204, "{body}");
         let (status, body) = r.call(1, "GET", "database/creds/api-maker", None).await;
         match status {
             409 => {
-                assert_eq!(body, refused);
+                assert_eq!(body, changed);
                 if deleting {
                     deletes_refused += 1;
                 } else {
@@ -869,10 +882,7 @@ async fn a_connection_changed_on_one_replica_is_not_issued_through_by_another_me
                 }
             }
             // Replica 1 read the change first: no such connection, or the moved one.
-            400 if deleting => assert_eq!(
-                body,
-                json!({ "errors": ["role \"api-maker\" names connection \"apidb\", which does not exist in mount \"database\""] })
-            ),
+            400 if deleting => assert_eq!(body, unknown),
             200 if !deleting => {
                 let lease = json!({ "lease_id": body["lease_id"] });
                 assert_eq!(
@@ -880,6 +890,26 @@ async fn a_connection_changed_on_one_replica_is_not_issued_through_by_another_me
                     204
                 );
             }
+            _ => panic!("round {round}: {status} {body}"),
+        }
+        // Written back through replica 1, as it last read it.
+        let back = clusters[if deleting { at } else { 1 - at }];
+        let (status, body) = r
+            .call(1, "POST", "database/config/apidb", Some(apidb(back)))
+            .await;
+        match status {
+            409 => {
+                assert_eq!(body, stale);
+                stale_refused += 1;
+                if deleting {
+                    let (status, body) = r
+                        .call(0, "POST", "database/config/apidb", Some(apidb(back)))
+                        .await;
+                    assert_eq!(status, 204, "{body}");
+                }
+            }
+            // Replica 1 read the change first: a write like any other.
+            204 => at = if deleting { at } else { 1 - at },
             _ => panic!("round {round}: {status} {body}"),
         }
         let (status, leases) = r
@@ -891,25 +921,12 @@ async fn a_connection_changed_on_one_replica_is_not_issued_through_by_another_me
             )
             .await;
         assert_eq!(status, 404, "round {round}: a lease is left: {leases}");
-        if deleting {
-            let (status, body) = r
-                .call(0, "POST", "database/config/apidb", Some(apidb(&r, host)))
-                .await;
-            assert_eq!(status, 204, "{body}");
-        }
     }
-    let su = r.cluster.connect_superuser("appdb").await.unwrap();
-    let users: i64 = su
-        .query_one(
-            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-root-api-make-%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(users, 0, "users of api-maker are left");
+    assert_eq!(api_makers(&r.cluster).await, 0, "users are left");
+    assert_eq!(api_makers(&elsewhere).await, 0, "users are left elsewhere");
     assert!(
-        deletes_refused > 0 && moves_refused > 0,
-        "the race was never run: {deletes_refused} deletions and {moves_refused} moves refused"
+        deletes_refused > 0 && moves_refused > 0 && stale_refused > 0,
+        "the race was never run: {deletes_refused} issuances refused after a deletion, \
+         {moves_refused} after a move, {stale_refused} stale writes"
     );
 }

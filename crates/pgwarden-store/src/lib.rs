@@ -104,15 +104,36 @@ pub enum Durability {
     Relaxed,
 }
 
-/// What a change of a connection that leases forbid found.
+/// What a write or deletion of a connection found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unused {
-    /// No lease used it: it was changed.
+pub enum ConnectionChange {
+    /// Done.
     Changed,
-    /// There was no such connection.
+    /// There was no such connection (a deletion).
     Missing,
+    /// The stored connection is not the one the writer read (another replica changed it):
+    /// nothing was changed.
+    Stale,
     /// This many leases have users through it: nothing was changed.
     UsedBy(u64),
+}
+
+/// Which stored connection a change applies to, checked under the connection's lock.
+pub(crate) enum Expect {
+    /// Whichever there is.
+    Any,
+    /// Only one with this URL (`None`: only if there is none).
+    Url(Option<String>),
+}
+
+impl Expect {
+    /// Whether a stored connection with `url` (`None`: none) is the one expected.
+    pub(crate) fn holds(&self, url: Option<&str>) -> bool {
+        match self {
+            Expect::Any => true,
+            Expect::Url(expected) => expected.as_deref() == url,
+        }
+    }
 }
 
 /// What [`copy_state`] copied.
@@ -279,9 +300,10 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_lease(&self, lease: &Lease) -> Result<(), StoreError>;
     /// Records a new lease as [`Store::insert_lease`] does, only while the API connection its
     /// user is made through (its mount's connection named by its role's `db_name`) is stored
-    /// with `connection_url`; false, with nothing recorded, once another replica deleted it
-    /// or pointed it elsewhere. Ordered with [`Store::delete_connection`] and
-    /// [`Store::move_connection`]: each sees the lease, or the lease is not recorded.
+    /// with `connection_url`, the URL the issuer read; false, with nothing recorded, once it
+    /// was deleted or its URL rewritten (through any replica). Ordered with
+    /// [`Store::delete_connection`] and [`Store::write_connection`]: each sees the lease, or
+    /// the lease is not recorded.
     async fn insert_lease_via(
         &self,
         lease: &Lease,
@@ -334,14 +356,24 @@ pub trait Store: Send + Sync + 'static {
         mount: &str,
         connection: &StoredConnection,
     ) -> Result<(), StoreError>;
-    /// Replaces a connection whose server changes, unless leases have users through it.
-    async fn move_connection(
+    /// Creates or replaces a connection written through the API, only while the stored one
+    /// has `expected_url` (`None`: there is none), as the writer read it; when the write
+    /// `moves` it to another server, only while no lease has users through it. Never
+    /// [`ConnectionChange::Missing`].
+    async fn write_connection(
         &self,
         mount: &str,
         connection: &StoredConnection,
-    ) -> Result<Unused, StoreError>;
-    /// Deletes a connection, unless leases have users through it.
-    async fn delete_connection(&self, mount: &str, name: &str) -> Result<Unused, StoreError>;
+        expected_url: Option<&str>,
+        moves: bool,
+    ) -> Result<ConnectionChange, StoreError>;
+    /// Deletes a connection, unless leases have users through it. Never
+    /// [`ConnectionChange::Stale`].
+    async fn delete_connection(
+        &self,
+        mount: &str,
+        name: &str,
+    ) -> Result<ConnectionChange, StoreError>;
     /// Every stored connection with its mount.
     async fn connections(&self) -> Result<Vec<(String, StoredConnection)>, StoreError>;
     /// Records a token issued at login.

@@ -10,8 +10,8 @@ use crate::encoding::{
     static_role_from, to_json, version_column,
 };
 use crate::{
-    AuditQuery, Durability, Store, StoreError, StoredConnection, StoredRequest, StoredStaticRole,
-    Unused,
+    AuditQuery, ConnectionChange, Durability, Expect, Store, StoreError, StoredConnection,
+    StoredRequest, StoredStaticRole,
 };
 use deadpool_postgres::Pool;
 use pgwarden_core::audit::GENESIS_HASH;
@@ -295,34 +295,43 @@ impl PostgresStore {
     }
 
     /// Runs `change` (with `params`, whose first two are `mount` and `name`) on connection
-    /// `name` of `mount`, unless leases have users through it: in one transaction that first
-    /// locks the connection against new leases, then counts those recorded.
-    async fn change_unused_connection(
+    /// `name` of `mount`, if it is the one `expect`ed and, when `unused` is asked, no lease
+    /// has users through it: in one transaction that first locks the connection against new
+    /// leases and other changes, then checks.
+    async fn change_connection(
         &self,
         mount: &str,
         name: &str,
+        expect: Expect,
+        unused: bool,
         change: &str,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Unused, StoreError> {
+    ) -> Result<ConnectionChange, StoreError> {
         within_timeout(&self.pool, async |client| {
             in_transaction(client, async |client| {
-                client
-                    .execute(CHANGE_UNUSED_CONNECTION, &[&mount, &name])
-                    .await
-                    .map_err(db)?;
-                let used: i64 = client
-                    .query_one(LEASES_VIA, &[&mount, &name])
+                let stored: Option<String> = client
+                    .query_opt(LOCK_CONNECTION, &[&mount, &name])
                     .await
                     .map_err(db)?
-                    .get(0);
-                if used > 0 {
-                    return Ok(Unused::UsedBy(used.unsigned_abs()));
+                    .map(|row| row.get(0));
+                if !expect.holds(stored.as_deref()) {
+                    return Ok(ConnectionChange::Stale);
+                }
+                if unused {
+                    let used: i64 = client
+                        .query_one(LEASES_VIA, &[&mount, &name])
+                        .await
+                        .map_err(db)?
+                        .get(0);
+                    if used > 0 {
+                        return Ok(ConnectionChange::UsedBy(used.unsigned_abs()));
+                    }
                 }
                 let changed = client.execute(change, params).await.map_err(db)?;
                 Ok(if changed > 0 {
-                    Unused::Changed
+                    ConnectionChange::Changed
                 } else {
-                    Unused::Missing
+                    ConnectionChange::Missing
                 })
             })
             .await
@@ -561,12 +570,13 @@ async fn in_transaction<T>(
 /// Records a lease (its columns `$1` to `$15` in [`LEASE_COLUMNS`] order) in one statement
 /// that first locks, until it commits, the row of its token (`$14`, if any) against its
 /// deletion, and that of its connection (`$16`, when its expected URL `$17` is given) against
-/// its deletion or move. The lease is recorded only while that connection still has that URL.
-/// So a logout of the token (which deletes the token's row, then marks its leases) either
-/// waits for this lease and marks it too, or has committed before it is recorded: then the
-/// issuer, reading the token afterwards, finds it gone and undoes the lease itself. And a
-/// deletion or move of the connection ([`CHANGE_UNUSED_CONNECTION`]) either waits for this
-/// lease and is refused, or has committed first: then no lease is recorded.
+/// its deletion or rewrite. The lease is recorded only while that connection still has that
+/// URL. So a logout of the token (which deletes the token's row, then marks its leases)
+/// either waits for this lease and marks it too, or has committed before it is recorded:
+/// then the issuer, reading the token afterwards, finds it gone and undoes the lease itself.
+/// And a deletion or rewrite of the connection ([`LOCK_CONNECTION`]) either waits for this
+/// lease (a deletion, or a move to another server, is then refused), or has committed
+/// first: then no lease is recorded.
 const INSERT_LEASE_LOCKED: &str = "WITH token AS (\
      SELECT 1 FROM pgwarden_tokens WHERE accessor = $14 FOR KEY SHARE), \
      via AS (SELECT 1 FROM pgwarden_connections \
@@ -578,10 +588,11 @@ const INSERT_LEASE_LOCKED: &str = "WITH token AS (\
      $9::bigint, $10::bigint, $11::bigint, $12::text, $13::text, $14::text, $15::text \
      WHERE (SELECT count(*) FROM token) >= 0 AND ($17::text IS NULL OR EXISTS (SELECT 1 FROM via))";
 
-/// Locks connection `$2` of mount `$1` against new leases through it (which lock it to be
-/// recorded, see [`INSERT_LEASE_LOCKED`]) until the transaction ends.
-const CHANGE_UNUSED_CONNECTION: &str =
-    "SELECT 1 FROM pgwarden_connections WHERE mount = $1 AND name = $2 FOR UPDATE";
+/// Locks connection `$2` of mount `$1` until the transaction ends, against new leases
+/// through it (which lock it to be recorded, see [`INSERT_LEASE_LOCKED`]) and other changes;
+/// its URL.
+const LOCK_CONNECTION: &str =
+    "SELECT connection_url FROM pgwarden_connections WHERE mount = $1 AND name = $2 FOR UPDATE";
 
 /// How many leases of mount `$1` have users made through its connection `$2`.
 const LEASES_VIA: &str = "SELECT count(*) FROM pgwarden_leases \
@@ -772,25 +783,35 @@ impl Store for PostgresStore {
             .map(drop)
     }
 
-    async fn move_connection(
+    async fn write_connection(
         &self,
         mount: &str,
         c: &StoredConnection,
-    ) -> Result<Unused, StoreError> {
+        expected_url: Option<&str>,
+        moves: bool,
+    ) -> Result<ConnectionChange, StoreError> {
         let allowed = to_json("allowed_roles list", &c.allowed_roles)?;
-        self.change_unused_connection(
+        self.change_connection(
             mount,
             &c.name,
+            Expect::Url(expected_url.map(str::to_string)),
+            moves,
             UPSERT_CONNECTION,
             &connection_params(&mount, c, &allowed),
         )
         .await
     }
 
-    async fn delete_connection(&self, mount: &str, name: &str) -> Result<Unused, StoreError> {
-        self.change_unused_connection(
+    async fn delete_connection(
+        &self,
+        mount: &str,
+        name: &str,
+    ) -> Result<ConnectionChange, StoreError> {
+        self.change_connection(
             mount,
             name,
+            Expect::Any,
+            true,
             "DELETE FROM pgwarden_connections WHERE mount = $1 AND name = $2",
             &[&mount, &name],
         )

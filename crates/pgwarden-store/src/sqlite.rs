@@ -7,8 +7,8 @@ use crate::encoding::{
 };
 use crate::writer::{BUSY_TIMEOUT, Writer};
 use crate::{
-    AuditQuery, Durability, Store, StoreError, StoredConnection, StoredRequest, StoredStaticRole,
-    Unused, migrations,
+    AuditQuery, ConnectionChange, Durability, Expect, Store, StoreError, StoredConnection,
+    StoredRequest, StoredStaticRole, migrations,
 };
 use parking_lot::Mutex;
 use pgwarden_core::audit::GENESIS_HASH;
@@ -192,7 +192,6 @@ fn token(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
     })
 }
 
-/// A row of `connections`, with its mount.
 /// Creates or replaces connection `conn` of `mount` (`allowed`: its allowed roles as JSON);
 /// whether a row changed.
 fn upsert_connection(
@@ -223,6 +222,7 @@ fn upsert_connection(
     )? > 0)
 }
 
+/// A row of `connections`, with its mount.
 fn connection(row: &Row<'_>) -> rusqlite::Result<(String, StoredConnection)> {
     Ok((
         row.get("mount")?,
@@ -384,26 +384,40 @@ impl SqliteStore {
     }
 
     /// Changes connection `name` of `mount` with `change` (returning whether a row changed),
-    /// unless leases have users through it.
-    async fn change_unused_connection(
+    /// if it is the one `expect`ed and, when `unused` is asked, no lease has users through
+    /// it. (The writer thread runs one write at a time.)
+    async fn change_connection(
         &self,
         mount: &str,
         name: &str,
+        expect: Expect,
+        unused: bool,
         change: impl FnOnce(&Connection) -> Result<bool, StoreError> + Send + 'static,
-    ) -> Result<Unused, StoreError> {
+    ) -> Result<ConnectionChange, StoreError> {
         let (mount, name) = (mount.to_string(), name.to_string());
         self.writer
             .write(DURABLE, move |c| {
-                let used: i64 = c
-                    .prepare_cached(LEASES_VIA)?
-                    .query_row([&mount, &name], |row| row.get(0))?;
-                if used > 0 {
-                    return Ok(Unused::UsedBy(used.unsigned_abs()));
+                let stored: Option<String> = c
+                    .prepare_cached(
+                        "SELECT connection_url FROM connections WHERE mount = ?1 AND name = ?2",
+                    )?
+                    .query_row([&mount, &name], |row| row.get(0))
+                    .optional()?;
+                if !expect.holds(stored.as_deref()) {
+                    return Ok(ConnectionChange::Stale);
+                }
+                if unused {
+                    let used: i64 = c
+                        .prepare_cached(LEASES_VIA)?
+                        .query_row([&mount, &name], |row| row.get(0))?;
+                    if used > 0 {
+                        return Ok(ConnectionChange::UsedBy(used.unsigned_abs()));
+                    }
                 }
                 Ok(if change(c)? {
-                    Unused::Changed
+                    ConnectionChange::Changed
                 } else {
-                    Unused::Missing
+                    ConnectionChange::Missing
                 })
             })
             .await
@@ -646,22 +660,29 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn move_connection(
+    async fn write_connection(
         &self,
         mount: &str,
         conn: &StoredConnection,
-    ) -> Result<Unused, StoreError> {
+        expected_url: Option<&str>,
+        moves: bool,
+    ) -> Result<ConnectionChange, StoreError> {
         let allowed = to_json("allowed_roles list", &conn.allowed_roles)?;
+        let expect = Expect::Url(expected_url.map(str::to_string));
         let (owned_mount, conn) = (mount.to_string(), conn.clone());
-        self.change_unused_connection(mount, &conn.name.clone(), move |c| {
+        self.change_connection(mount, &conn.name.clone(), expect, moves, move |c| {
             upsert_connection(c, &owned_mount, &conn, &allowed)
         })
         .await
     }
 
-    async fn delete_connection(&self, mount: &str, name: &str) -> Result<Unused, StoreError> {
+    async fn delete_connection(
+        &self,
+        mount: &str,
+        name: &str,
+    ) -> Result<ConnectionChange, StoreError> {
         let (owned_mount, owned_name) = (mount.to_string(), name.to_string());
-        self.change_unused_connection(mount, name, move |c| {
+        self.change_connection(mount, name, Expect::Any, true, move |c| {
             Ok(c.execute(
                 "DELETE FROM connections WHERE mount = ?1 AND name = ?2",
                 [owned_mount, owned_name],

@@ -8,8 +8,8 @@ use pgwarden_core::{
     Owner, RequestState, RevokeReason, RoleDef, RoleSpec, TokenRecord, Ttl,
 };
 use pgwarden_store::{
-    AuditQuery, Durability, PostgresStore, SqliteStore, Store, StoredConnection, StoredRequest,
-    StoredStaticRole, Unused,
+    AuditQuery, ConnectionChange, Durability, PostgresStore, SqliteStore, Store, StoredConnection,
+    StoredRequest, StoredStaticRole,
 };
 use pgwarden_testkit::PgCluster;
 use std::future::Future;
@@ -460,12 +460,12 @@ async fn roles_and_connections_round_trip(open: Opener<'_>) {
     );
     assert_eq!(
         store.delete_connection("database", "appdb").await.unwrap(),
-        Unused::Changed
+        ConnectionChange::Changed
     );
     assert!(store.connections().await.unwrap().is_empty());
     assert_eq!(
         store.delete_connection("database", "appdb").await.unwrap(),
-        Unused::Missing
+        ConnectionChange::Missing
     );
 }
 
@@ -488,10 +488,23 @@ const THERE: &str = "postgresql://there/appdb";
 async fn a_connection_in_use_is_neither_deleted_nor_moved(open: Opener<'_>) {
     let store = open().await;
     let t0 = datetime!(2026-12-08 10:00:00 UTC);
-    store
-        .put_connection("database", &appdb_connection(HERE))
-        .await
-        .unwrap();
+    let write = async |url: &str, expected: Option<&str>, moves: bool| {
+        store
+            .write_connection("database", &appdb_connection(url), expected, moves)
+            .await
+            .unwrap()
+    };
+    // Written only over the connection its writer read.
+    assert_eq!(
+        write(HERE, Some(HERE), false).await,
+        ConnectionChange::Stale
+    );
+    assert_eq!(write(HERE, None, false).await, ConnectionChange::Changed);
+    assert_eq!(write(HERE, None, false).await, ConnectionChange::Stale);
+    assert_eq!(
+        write(THERE, Some(THERE), true).await,
+        ConnectionChange::Stale
+    );
     // A lease of another connection, or recorded through another URL, does not use it.
     let elsewhere = serde_json::from_str::<RoleSpec>(
         r#"{"db_name":"otherdb","preset":"readonly","default_ttl":60,"max_ttl":600}"#,
@@ -512,39 +525,43 @@ async fn a_connection_in_use_is_neither_deleted_nor_moved(open: Opener<'_>) {
     assert!(store.insert_lease_via(&used, HERE).await.unwrap());
     assert_eq!(store.get_lease(&used.id).await.unwrap(), Some(used.clone()));
     assert_eq!(
-        store
-            .move_connection("database", &appdb_connection(THERE))
-            .await
-            .unwrap(),
-        Unused::UsedBy(1)
+        write(THERE, Some(HERE), true).await,
+        ConnectionChange::UsedBy(1)
     );
     assert_eq!(
         store.delete_connection("database", "appdb").await.unwrap(),
-        Unused::UsedBy(1)
+        ConnectionChange::UsedBy(1)
     );
     assert_eq!(
         store.connections().await.unwrap(),
         vec![("database".to_string(), appdb_connection(HERE))]
     );
+    // A rewrite that keeps the server is not a move.
+    assert_eq!(
+        write(HERE, Some(HERE), false).await,
+        ConnectionChange::Changed
+    );
 
     store.delete_lease(&used.id).await.unwrap();
     assert_eq!(
-        store
-            .move_connection("database", &appdb_connection(THERE))
-            .await
-            .unwrap(),
-        Unused::Changed
+        write(THERE, Some(HERE), true).await,
+        ConnectionChange::Changed
     );
     let behind = root_lease("behind", t0);
     assert!(!store.insert_lease_via(&behind, HERE).await.unwrap());
     assert_eq!(
         store.delete_connection("database", "appdb").await.unwrap(),
-        Unused::Changed
+        ConnectionChange::Changed
+    );
+    assert_eq!(
+        store.delete_connection("database", "appdb").await.unwrap(),
+        ConnectionChange::Missing
     );
     let gone = root_lease("gone", t0);
     assert!(!store.insert_lease_via(&gone, THERE).await.unwrap());
     assert_eq!(store.all_leases().await.unwrap(), vec![other]);
 }
+
 /// A pending request for `database/appdb-admin` made at `t0`.
 fn request(id: &str, t0: OffsetDateTime) -> StoredRequest {
     StoredRequest {
@@ -928,11 +945,11 @@ async fn a_lease_recorded_during_a_logout_is_marked_or_finds_the_token_gone() {
 }
 
 // A deletion of a connection through one replica and an issuance through it on another,
-// interleaved both ways. Had the issuance recorded its lease during the deletion (both
+// interleaved both ways, then a move first. Had the issuance recorded its lease during the deletion (both
 // reading the state before the other's commit), the lease would name a connection gone, and
 // its user could never be dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_lease_recorded_during_a_connection_deletion_refuses_it_or_is_not_recorded() {
+async fn a_lease_recorded_during_a_connection_change_refuses_it_or_is_not_recorded() {
     let (cluster, store) = racing_store().await;
     let t0 = datetime!(2026-12-08 10:00:00 UTC);
     let holder = cluster.connect_superuser("racing").await.unwrap();
@@ -968,12 +985,12 @@ async fn a_lease_recorded_during_a_connection_deletion_refuses_it_or_is_not_reco
         async move { store.delete_connection("database", "appdb").await.unwrap() }
     });
     assert!(
-        waits_for_a_lock(&watcher, "SELECT 1 FROM pgwarden_connections").await,
+        waits_for_a_lock(&watcher, "SELECT connection_url FROM pgwarden_connections").await,
         "the deletion did not wait for the issuance under way"
     );
     holder.batch_execute("ROLLBACK").await.unwrap();
     assert!(issuance.await.unwrap());
-    assert_eq!(deletion.await.unwrap(), Unused::UsedBy(1));
+    assert_eq!(deletion.await.unwrap(), ConnectionChange::UsedBy(1));
     store.delete_lease(&first.id).await.unwrap();
 
     // The deletion first: it has not committed when the issuance comes, which waits for it,
@@ -992,6 +1009,33 @@ async fn a_lease_recorded_during_a_connection_deletion_refuses_it_or_is_not_reco
     assert!(
         waits_for_a_lock(&watcher, "WITH token").await,
         "the issuance did not wait for the deletion under way"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert!(!issuance.await.unwrap());
+    assert!(store.all_leases().await.unwrap().is_empty());
+
+    // A move first, as the store makes one: the connection locked, then rewritten, not yet
+    // committed. (A bare UPDATE of the URL would not make the issuance wait: it locks the
+    // row less strongly.) The issuance waits for it, then finds the URL changed.
+    store
+        .put_connection("database", &appdb_connection(HERE))
+        .await
+        .unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM pgwarden_connections WHERE mount = 'database' AND name = 'appdb' \
+             FOR UPDATE; UPDATE pgwarden_connections SET connection_url = '{THERE}'"
+        ))
+        .await
+        .unwrap();
+    let third = root_lease("third", t0);
+    let issuance = tokio::spawn({
+        let (store, third) = (store.clone(), third.clone());
+        async move { store.insert_lease_via(&third, HERE).await.unwrap() }
+    });
+    assert!(
+        waits_for_a_lock(&watcher, "WITH token").await,
+        "the issuance did not wait for the move under way"
     );
     holder.batch_execute("COMMIT").await.unwrap();
     assert!(!issuance.await.unwrap());

@@ -77,6 +77,11 @@ async fn tamper_and_check(config: &Path, sql: impl AsyncFn(&str)) {
     let (shorter, earlier) = count_and_last_hash(&stdout);
     assert_eq!(shorter, count - 1);
     assert!(verify_with(config, &["--known-hash", &earlier]).0);
+    // As pasted: case and surrounding blanks do not matter; an empty chain's hash is known.
+    let pasted = format!(" {} ", earlier.to_uppercase());
+    assert!(verify_with(config, &["--known-hash", &pasted]).0);
+    let genesis = pgwarden_core::audit::GENESIS_HASH;
+    assert!(verify_with(config, &["--known-hash", genesis]).0);
     let (ok, _, stderr) = verify_with(config, &["--known-hash", &last]);
     assert!(!ok);
     assert_eq!(

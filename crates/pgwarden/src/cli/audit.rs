@@ -180,6 +180,10 @@ async fn verify(path: &std::path::Path, known: Option<&str>) -> Result<(), Strin
     let mut verifier = pgwarden_core::ChainVerifier::new(key);
     let mut query = pgwarden_store::AuditQuery::all(VERIFY_PAGE);
     let mut last_hash = pgwarden_core::audit::GENESIS_HASH.to_string();
+    // An empty chain's check printed the genesis hash, which no record has.
+    let known = known
+        .map(|hash| hash.trim().to_ascii_lowercase())
+        .filter(|hash| hash != pgwarden_core::audit::GENESIS_HASH);
     let mut known_found = known.is_none();
     loop {
         let records = store.audit_records(&query).await.map_err(|e| chain(&e))?;
@@ -189,7 +193,7 @@ async fn verify(path: &std::path::Path, known: Option<&str>) -> Result<(), Strin
             verifier.check(record).map_err(|broken| {
                 format!("{broken} (records 1 to {} verify)", verifier.checked())
             })?;
-            known_found |= known == Some(record.hash.as_str());
+            known_found |= known.as_deref() == Some(record.hash.as_str());
         }
         last_hash.clone_from(&last.hash);
     }
