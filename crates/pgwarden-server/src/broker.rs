@@ -475,7 +475,10 @@ impl Broker {
             )));
         }
         let renewal = lease.plan_renewal(increment, at)?;
-        let target = self.catalog.target(&lease.mount, &lease.role.db_name)?;
+        let target = self
+            .catalog
+            .current_target(&lease.mount, &lease.role.db_name)
+            .await?;
         target
             .renew_user(&lease.role, &lease.username, renewal.expires_at)
             .await?;
@@ -745,7 +748,10 @@ impl Broker {
     /// statements cannot drop a user that owns objects (one whose activation was lost in a
     /// crash, its credential already in use).
     async fn drop_user(&self, lease: &Lease, reason: RevokeReason) -> Result<(), ServerError> {
-        let target = self.catalog.target(&lease.mount, &lease.role.db_name)?;
+        let target = self
+            .catalog
+            .current_target(&lease.mount, &lease.role.db_name)
+            .await?;
         let (role, username) = (&lease.role, &lease.username);
         if reason != RevokeReason::Rollback {
             return Ok(target.revoke_user(role, username).await?);

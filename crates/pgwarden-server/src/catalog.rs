@@ -446,6 +446,41 @@ impl Catalog {
         self.read(mount, |m| m.target(mount, name))
     }
 
+    /// The target of connection `name` as the state holds it now, for acting on a user that
+    /// exists (renewing or dropping it). On shared state another replica may have written,
+    /// moved or re-created an API connection within the second before this one reads it:
+    /// the stored URL is compared with this replica's first, and the definitions read again
+    /// when they differ. (Once a lease uses a connection, it can be neither moved nor
+    /// deleted.)
+    pub async fn current_target(
+        &self,
+        mount: &str,
+        name: &str,
+    ) -> Result<Arc<Target>, ServerError> {
+        if self.refreshed.lock().is_none() {
+            return self.target(mount, name);
+        }
+        let known = self.read(mount, |m| {
+            Ok(m.connections
+                .get(name)
+                .map(|entry| (entry.source, entry.def.connection_url.clone())))
+        })?;
+        let current = match known {
+            Some((Source::File, _)) => true,
+            Some((Source::Api, url)) => self
+                .store
+                .connections()
+                .await?
+                .iter()
+                .any(|(m, c)| m == mount && c.name == name && c.connection_url == url),
+            None => false,
+        };
+        if !current {
+            self.refresh().await?;
+        }
+        self.target(mount, name)
+    }
+
     /// Names of the roles in `mount`.
     pub fn role_names(&self, mount: &str) -> Result<Vec<String>, ServerError> {
         self.read(mount, |m| Ok(m.roles.keys().cloned().collect()))

@@ -930,3 +930,40 @@ async fn a_connection_changed_on_one_replica_is_not_used_by_another_meanwhile() 
          {moves_refused} after a move, {stale_refused} stale writes"
     );
 }
+
+// A lease issued through a connection that replica 0 has just created or moved, revoked at
+// once through replica 1, which has not read the change yet (replicas read the definitions
+// every second): replica 1 must drop the user where it lives, not answer 500 for a
+// connection it does not know, nor drop nothing on the server the connection left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_has_not_read_a_connection_revokes_its_users_where_they_are() {
+    let r = Replicas::start(2).await;
+    let elsewhere = PgCluster::start_with_appdb().await.unwrap();
+    let maker = json!({
+        "db_name": "apidb",
+        "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+        "default_ttl": "10m",
+    });
+    let (status, body) = r
+        .call(0, "POST", "database/roles/api-maker", Some(maker))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    for (round, cluster) in [&r.cluster, &elsewhere, &r.cluster].into_iter().enumerate() {
+        // Created (round 0), then moved to the other cluster and back while unused.
+        let (status, body) = r
+            .call(0, "POST", "database/config/apidb", Some(apidb(cluster)))
+            .await;
+        assert_eq!(status, 204, "round {round}: {body}");
+        let creds = r.creds(0, "api-maker").await;
+        let lease = json!({ "lease_id": creds["lease_id"] });
+        let (status, body) = r.call(1, "PUT", "sys/leases/revoke", Some(lease)).await;
+        assert_eq!(status, 204, "round {round}: {body}");
+        let username = creds["data"]["username"].as_str().unwrap();
+        assert!(
+            !cluster.role_exists(username).await.unwrap(),
+            "round {round}: the user outlived its revocation"
+        );
+    }
+    assert_eq!(api_makers(&r.cluster).await, 0);
+    assert_eq!(api_makers(&elsewhere).await, 0);
+}
