@@ -794,6 +794,23 @@ fn apidb(cluster: &PgCluster) -> Value {
     })
 }
 
+/// Two replicas with role `api-maker` (a template of connection `apidb`, which is not
+/// written yet), and a second cluster with `appdb`.
+async fn with_api_maker() -> (Replicas, PgCluster) {
+    let r = Replicas::start(2).await;
+    let elsewhere = PgCluster::start_with_appdb().await.unwrap();
+    let maker = json!({
+        "db_name": "apidb",
+        "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+        "default_ttl": "10m",
+    });
+    let (status, body) = r
+        .call(0, "POST", "database/roles/api-maker", Some(maker))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    (r, elsewhere)
+}
+
 /// Asks replica `i` for a credential of `api-maker` until it gives one (it has read the
 /// connection), at most for 15 s, and revokes it there.
 async fn issues_through_apidb(r: &Replicas, i: usize) {
@@ -834,19 +851,9 @@ async fn api_makers(cluster: &PgCluster) -> i64 {
 // had the write back been taken, the connection would leave the leases made meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_connection_changed_on_one_replica_is_not_used_by_another_meanwhile() {
-    let r = Replicas::start(2).await;
-    let elsewhere = PgCluster::start_with_appdb().await.unwrap();
+    let (r, elsewhere) = with_api_maker().await;
     let (status, body) = r
         .call(0, "POST", "database/config/apidb", Some(apidb(&r.cluster)))
-        .await;
-    assert_eq!(status, 204, "{body}");
-    let maker = json!({
-        "db_name": "apidb",
-        "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
-        "default_ttl": "10m",
-    });
-    let (status, body) = r
-        .call(0, "POST", "database/roles/api-maker", Some(maker))
         .await;
     assert_eq!(status, 204, "{body}");
     let changed = json!({ "errors": ["connection \"apidb\" was deleted or rewritten while this credential was being issued; nothing was created: ask again"] });
@@ -937,17 +944,7 @@ async fn a_connection_changed_on_one_replica_is_not_used_by_another_meanwhile() 
 // connection it does not know, nor drop nothing on the server the connection left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_that_has_not_read_a_connection_revokes_its_users_where_they_are() {
-    let r = Replicas::start(2).await;
-    let elsewhere = PgCluster::start_with_appdb().await.unwrap();
-    let maker = json!({
-        "db_name": "apidb",
-        "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
-        "default_ttl": "10m",
-    });
-    let (status, body) = r
-        .call(0, "POST", "database/roles/api-maker", Some(maker))
-        .await;
-    assert_eq!(status, 204, "{body}");
+    let (r, elsewhere) = with_api_maker().await;
     for (round, cluster) in [&r.cluster, &elsewhere, &r.cluster].into_iter().enumerate() {
         // Created (round 0), then moved to the other cluster and back while unused.
         let (status, body) = r
