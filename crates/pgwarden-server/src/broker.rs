@@ -593,24 +593,6 @@ impl Broker {
         .await
     }
 
-    /// Deletes an API connection, refused (409) while any lease or static role uses it: their
-    /// revocation needs it. The state orders it with issuances: a lease is recorded only while
-    /// its connection is stored as its issuer read it.
-    pub async fn delete_connection(&self, mount: &str, name: &str) -> Result<(), ServerError> {
-        self.catalog.delete_connection(mount, name).await
-    }
-
-    /// Creates or updates an API connection; a move to another server is refused while leases
-    /// use it (ordered with issuances as a deletion is).
-    pub async fn put_connection(
-        &self,
-        mount: &str,
-        name: &str,
-        write: pgwarden_core::wire::ConnectionWrite,
-    ) -> Result<(), ServerError> {
-        self.catalog.put_connection(mount, name, write).await
-    }
-
     /// One lease by id.
     pub async fn lookup(&self, id: &str) -> Result<Lease, ServerError> {
         self.store.get_lease(id).await?.ok_or_else(|| not_found(id))

@@ -52,7 +52,11 @@ pub async fn write(
     name: &str,
     body: ConnectionWrite,
 ) -> Result<StatusCode, ServerError> {
-    state.broker.put_connection(mount, name, body).await?;
+    state
+        .broker
+        .catalog()
+        .put_connection(mount, name, body)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -68,6 +72,10 @@ pub async fn rotate_root(
 
 /// Deletes an API connection no lease uses.
 pub async fn delete(state: &AppState, mount: &str, name: &str) -> Result<StatusCode, ServerError> {
-    state.broker.delete_connection(mount, name).await?;
+    state
+        .broker
+        .catalog()
+        .delete_connection(mount, name)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
