@@ -289,7 +289,7 @@ impl PostgresStore {
         }
         params.push(&l.role.db_name);
         params.push(&connection_url);
-        self.execute(INSERT_LEASE_LOCKED, &params)
+        self.execute(&INSERT_LEASE_LOCKED, &params)
             .await
             .map(|n| n > 0)
     }
@@ -577,16 +577,19 @@ async fn in_transaction<T>(
 /// And a deletion or rewrite of the connection ([`LOCK_CONNECTION`]) either waits for this
 /// lease (a deletion, or a move to another server, is then refused), or has committed
 /// first: then no lease is recorded.
-const INSERT_LEASE_LOCKED: &str = "WITH token AS (\
-     SELECT 1 FROM pgwarden_tokens WHERE accessor = $14 FOR KEY SHARE), \
-     via AS (SELECT 1 FROM pgwarden_connections \
-     WHERE mount = $4 AND name = $16 AND connection_url = $17 FOR KEY SHARE) \
-     INSERT INTO pgwarden_leases (id, username, owner, mount, role_json, state, issued_at_ms, \
-     expires_at_ms, max_expires_at_ms, last_renewal_ms, revoke_attempts, last_error, subject, \
-     token_accessor, revoke_reason) \
-     SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::bigint, $8::bigint, \
-     $9::bigint, $10::bigint, $11::bigint, $12::text, $13::text, $14::text, $15::text \
-     WHERE (SELECT count(*) FROM token) >= 0 AND ($17::text IS NULL OR EXISTS (SELECT 1 FROM via))";
+static INSERT_LEASE_LOCKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH token AS (SELECT 1 FROM pgwarden_tokens WHERE accessor = $14 FOR KEY SHARE), \
+         via AS (SELECT 1 FROM pgwarden_connections \
+         WHERE mount = $4 AND name = $16 AND connection_url = $17 FOR KEY SHARE) \
+         INSERT INTO pgwarden_leases ({LEASE_COLUMNS}) \
+         SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::bigint, \
+         $8::bigint, $9::bigint, $10::bigint, $11::bigint, $12::text, $13::text, $14::text, \
+         $15::text \
+         WHERE (SELECT count(*) FROM token) >= 0 \
+         AND ($17::text IS NULL OR EXISTS (SELECT 1 FROM via))"
+    )
+});
 
 /// Locks connection `$2` of mount `$1` until the transaction ends, against new leases
 /// through it (which lock it to be recorded, see [`INSERT_LEASE_LOCKED`]) and other changes;
