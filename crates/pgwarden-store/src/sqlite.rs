@@ -349,7 +349,7 @@ impl SqliteStore {
                     ),
                 };
                 let mut statement = c.prepare_cached(&sql)?;
-                let role_state = State(l.state);
+                let state = State(l.state);
                 let reason = revoke_reason(l.state);
                 let times = (
                     Millis(l.issued_at),
@@ -363,7 +363,7 @@ impl SqliteStore {
                     (":owner", &l.owner.display_name),
                     (":mount", &l.mount),
                     (":role_json", &role),
-                    (":state", &role_state),
+                    (":state", &state),
                     (":revoke_reason", &reason),
                     (":issued_at_ms", &times.0),
                     (":expires_at_ms", &times.1),
