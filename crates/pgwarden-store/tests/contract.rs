@@ -995,24 +995,9 @@ async fn a_lease_recorded_during_a_connection_change_refuses_it_or_is_not_record
 
     // The deletion first: it has not committed when the issuance comes, which waits for it,
     // then records nothing.
-    holder
-        .batch_execute(
-            "BEGIN; DELETE FROM pgwarden_connections WHERE mount = 'database' AND name = 'appdb'",
-        )
-        .await
-        .unwrap();
-    let second = root_lease("second", t0);
-    let issuance = tokio::spawn({
-        let (store, second) = (store.clone(), second.clone());
-        async move { store.insert_lease_via(&second, HERE).await.unwrap() }
-    });
-    assert!(
-        waits_for_a_lock(&watcher, "WITH token").await,
-        "the issuance did not wait for the deletion under way"
-    );
-    holder.batch_execute("COMMIT").await.unwrap();
-    assert!(!issuance.await.unwrap());
-    assert!(store.all_leases().await.unwrap().is_empty());
+    let deletion =
+        "BEGIN; DELETE FROM pgwarden_connections WHERE mount = 'database' AND name = 'appdb'";
+    issuance_behind(&store, &holder, &watcher, deletion, "the deletion").await;
 
     // A move first, as the store makes one: the connection locked, then rewritten, not yet
     // committed. (A bare UPDATE of the URL would not make the issuance wait: it locks the
@@ -1021,21 +1006,31 @@ async fn a_lease_recorded_during_a_connection_change_refuses_it_or_is_not_record
         .put_connection("database", &appdb_connection(HERE))
         .await
         .unwrap();
-    holder
-        .batch_execute(&format!(
-            "BEGIN; SELECT 1 FROM pgwarden_connections WHERE mount = 'database' AND name = 'appdb' \
-             FOR UPDATE; UPDATE pgwarden_connections SET connection_url = '{THERE}'"
-        ))
-        .await
-        .unwrap();
-    let third = root_lease("third", t0);
+    let moving = format!(
+        "BEGIN; SELECT 1 FROM pgwarden_connections WHERE mount = 'database' AND name = 'appdb' \
+         FOR UPDATE; UPDATE pgwarden_connections SET connection_url = '{THERE}'"
+    );
+    issuance_behind(&store, &holder, &watcher, &moving, "the move").await;
+}
+
+/// Runs `change` on `holder` (a transaction left open), then an issuance through `appdb` at
+/// [`HERE`], which must wait for `what` under way, then record nothing once it commits.
+async fn issuance_behind(
+    store: &Arc<dyn Store>,
+    holder: &tokio_postgres::Client,
+    watcher: &tokio_postgres::Client,
+    change: &str,
+    what: &str,
+) {
+    holder.batch_execute(change).await.unwrap();
+    let lease = root_lease("behind", datetime!(2026-12-08 10:00:00 UTC));
     let issuance = tokio::spawn({
-        let (store, third) = (store.clone(), third.clone());
-        async move { store.insert_lease_via(&third, HERE).await.unwrap() }
+        let store = store.clone();
+        async move { store.insert_lease_via(&lease, HERE).await.unwrap() }
     });
     assert!(
-        waits_for_a_lock(&watcher, "WITH token").await,
-        "the issuance did not wait for the move under way"
+        waits_for_a_lock(watcher, "WITH token").await,
+        "the issuance did not wait for {what} under way"
     );
     holder.batch_execute("COMMIT").await.unwrap();
     assert!(!issuance.await.unwrap());
